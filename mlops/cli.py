@@ -1,0 +1,164 @@
+"""The `mlops` command. Thin: parse, call one function, print.
+
+Heavy libraries (torch, lightning, mlflow, prefect) are imported inside the commands that need them,
+so `mlops --help`, `validate` and `plan` answer in well under a second or two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from mlops.errors import MlopsError
+
+EPILOG = """examples:
+  mlops validate recipes/quickstart.yaml
+  mlops plan recipes/quickstart.yaml
+  mlops run recipes/quickstart.yaml trainer.max_epochs=3 model.hidden=[64,32]
+  mlops run -m recipes/quickstart.yaml model.lr=1e-3,1e-2
+  mlops run --json recipes/quickstart.yaml
+"""
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="a recipe YAML file, e.g. recipes/quickstart.yaml")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides: key=value, group=option, +new=value")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlops", description="Take a model from a YAML recipe to a registered, servable ONNX bundle.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a recipe: types, keys, files, columns (errors at file:line)")
+    _recipe_args(p)
+    p.add_argument("--json", action="store_true", help="print the resolved recipe as JSON")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", help="show the steps a run would take and which cached results it reuses")
+    _recipe_args(p)
+    p.add_argument("--json", action="store_true", help="last line of stdout: the plan as JSON")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("run", help="run a recipe as a Prefect flow: train, evaluate, export ONNX, register")
+    p.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun: a=1,2 b=x,y runs every combination")
+    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object summarising the run")
+    _recipe_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("schema", help="print the recipe JSON Schema (for editors)")
+    p.add_argument("--out", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mlops.recipe import load_recipe
+
+    loaded = load_recipe(args.recipe, args.overrides)
+    if args.json:
+        print(json.dumps(loaded.resolved()))
+    else:
+        r = loaded.recipe
+        print(f"ok: {args.recipe} is a valid recipe '{r.name}' (model '{r.model_name}', recipe hash {loaded.hash[:12]})")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from mlops.engine.plan import compile_plan, render
+    from mlops.recipe import load_recipe
+
+    plan = compile_plan(load_recipe(args.recipe, args.overrides))
+    print(render(plan), end="")
+    if args.json:
+        hits = plan.hits()
+        steps = [{"name": s.name, "inputs": list(s.inputs), "key": s.key, "cached": hits[s.name]} for s in plan.steps]
+        print(json.dumps({"recipe": plan.loaded.recipe.name, "recipe_hash": plan.loaded.hash, "steps": steps}))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mlops.engine.multirun import expand
+    from mlops.recipe import load_recipe
+
+    jobs = expand(args.overrides) if args.multirun else [args.overrides]
+    for job in jobs:  # fail fast, before any server starts or anything is written
+        load_recipe(args.recipe, job)
+    from mlops.engine import runner
+
+    if args.multirun:
+        result = runner.multirun(args.recipe, jobs)
+        for summary in result["jobs"]:
+            _print_summary(summary, brief=True)
+    else:
+        result = runner.run(args.recipe, jobs[0])
+        _print_summary(result, brief=False)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def _print_summary(s: dict[str, Any], brief: bool) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=False, highlight=False)
+    shown = {k: v for k, v in s["metrics"].items() if k.startswith("test/")}
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
+    model = f"{s['model_name']}/{s['model_version']}" if s["model_version"] else f"{s['model_name']} (not registered)"
+    console.print(f"[bold]run {s['run_id']}[/bold] {' '.join(s['overrides'])}  model {model} "
+                  f"aliases {','.join(s['aliases']) or '-'}  {metrics}")
+    if brief:
+        return
+    uri = s["tracking_uri"]
+    console.print(f"  bundle     {s['bundle']}")
+    console.print(f"  data       {s['data_fingerprint']}")
+    console.print(f"  run dir    {s['run_dir']}")
+    console.print(f"  steps      {', '.join(f'{k}:{v}' for k, v in s['cache'].items())}")
+    console.print(f"  look next  mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"  look next  {uri}")
+    if s["model_version"]:
+        alias = "champion" if "champion" in s["aliases"] else "challenger"
+        console.print(f"  serve it   mlops serve {s['model_name']}@{alias}   (or the bundle dir above)")
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from mlops.recipe.schema import json_schema
+
+    text = json.dumps(json_schema(), indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        import mlops
+
+        print(mlops.__version__)
+        return 0
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0
+    try:
+        return func(args)
+    except MlopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

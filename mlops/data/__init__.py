@@ -1,0 +1,1 @@
+"""Data: sources, content fingerprints, schema inference, deterministic splits, preprocessing."""

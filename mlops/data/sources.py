@@ -1,0 +1,86 @@
+"""Where rows come from: scikit-learn's bundled data sets by name, or CSV/Parquet files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlops.errors import DataError
+from mlops.recipe.schema import DataConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def data_path(data: DataConfig, recipe_path: Path) -> Path:
+    assert data.path is not None
+    p = Path(data.path).expanduser()
+    return p if p.is_absolute() else (recipe_path.parent / p).resolve()
+
+
+def file_format(data: DataConfig, path: Path) -> str:
+    if data.format:
+        return data.format
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise DataError(f"cannot tell the format of {path}: set data.format to csv or parquet")
+
+
+def load_builtin(name: str) -> pd.DataFrame:
+    from sklearn import datasets
+
+    loaders = {
+        "breast_cancer": datasets.load_breast_cancer,
+        "wine": datasets.load_wine,
+        "digits": datasets.load_digits,
+        "diabetes": datasets.load_diabetes,
+    }
+    if name not in loaders:
+        raise DataError(f"unknown built-in dataset '{name}' (known: {', '.join(loaders)})")
+    bunch = loaders[name](as_frame=True)
+    frame = bunch.frame.copy()
+    frame.columns = [str(c).replace(" ", "_") for c in frame.columns]
+    return frame
+
+
+def load_frame(data: DataConfig, recipe_path: Path) -> tuple[pd.DataFrame, bytes | None]:
+    """The rows, and the raw bytes they were read from (None for built-in data sets)."""
+    import io
+
+    import pandas as pd
+
+    if data.dataset is not None:
+        return load_builtin(data.dataset), None
+    path = data_path(data, recipe_path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    raw = path.read_bytes()
+    fmt = file_format(data, path)
+    try:
+        frame = pd.read_csv(io.BytesIO(raw)) if fmt == "csv" else pd.read_parquet(io.BytesIO(raw))
+    except Exception as exc:  # a corrupt or mislabelled file is the user's to fix
+        raise DataError(f"cannot read {path} as {fmt}: {exc}") from None
+    if frame.empty:
+        raise DataError(f"{path} has no rows")
+    return frame, raw
+
+
+def column_names(data: DataConfig, recipe_path: Path) -> list[str]:
+    """Column names without reading the whole file."""
+    if data.dataset is not None:
+        return list(load_builtin(data.dataset).columns)
+    path = data_path(data, recipe_path)
+    fmt = file_format(data, path)
+    try:
+        if fmt == "csv":
+            import pandas as pd
+
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    except Exception as exc:
+        raise DataError(f"cannot read {path} as {fmt}: {exc}") from None

@@ -1,0 +1,122 @@
+"""Compile a recipe into a plan: a chain of steps, each with its inputs and a cache key.
+
+A step's key hashes the config it reads, its inputs' keys (so a change upstream invalidates
+everything downstream) and the source of the code that computes it. The first step's key includes
+the data's content fingerprint. Nothing here imports torch, lightning, mlflow or prefect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlops
+from mlops.engine.cache import Cache
+from mlops.recipe import LoadedRecipe
+
+PACKAGE = Path(mlops.__file__).parent
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    description: str
+    inputs: tuple[str, ...]
+    config: dict[str, Any]
+    code: tuple[str, ...]  # modules (relative to the package) whose source versions this step
+    cached: bool = True  # register always runs, idempotently
+    key: str = ""
+
+
+@dataclass
+class Plan:
+    loaded: LoadedRecipe
+    steps: list[Step]
+    data_fingerprint: str | None
+    cache: Cache = field(repr=False, default_factory=Cache)
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+    def hits(self) -> dict[str, bool]:
+        return {s.name: s.cached and self.cache.has(s.name, s.key) for s in self.steps}
+
+
+def code_version(paths: tuple[str, ...]) -> str:
+    h = hashlib.sha256(mlops.__version__.encode())
+    for rel in paths:
+        target = PACKAGE / rel
+        for f in sorted(target.rglob("*.py")) if target.is_dir() else [target]:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def source_fingerprint(loaded: LoadedRecipe) -> str:
+    """The data's identity before reading it row by row: a hash of the file's bytes, or the data set's
+    name and scikit-learn's version for a built-in one."""
+    from mlops.data.fingerprint import builtin_source_key, fingerprint_bytes
+    from mlops.data.sources import data_path
+
+    data = loaded.recipe.data
+    if data.dataset is not None:
+        return builtin_source_key(data.dataset)
+    return fingerprint_bytes(data_path(data, loaded.path).read_bytes())
+
+
+def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
+    r = loaded.recipe
+    data_cfg = r.data.model_dump(mode="json", exclude={"split"})
+    source = source_fingerprint(loaded)
+    tracking = {"tracking": r.tracking.model_dump(mode="json"), "registry": r.registry.model_dump(mode="json")}
+    specs = [
+        Step("load_data", "read the rows and fingerprint their bytes", (), data_cfg | {"source": source},
+             ("data/sources.py", "data/fingerprint.py")),
+        Step("split", "deterministic train/val/test split", ("load_data",),
+             {"split": r.data.split.model_dump(mode="json"), "seed": r.split_seed, "target": r.data.target,
+              "task": r.data.task}, ("data/split.py", "data/schema.py")),
+        Step("preprocess", "infer the data schema, fit imputation/scaling/one-hot on train", ("split",),
+             data_cfg, ("data/schema.py", "data/preprocess.py")),
+        Step("train", "fit the LightningModule", ("preprocess",),
+             {"model": r.model.model_dump(mode="json", by_alias=True), "trainer": r.trainer.model_dump(mode="json"),
+              "seed": r.seed}, ("train",)),
+        Step("evaluate", "val/test metrics and plots", ("train", "preprocess"), {}, ("evaluate",)),
+        Step("export", "ONNX with preprocessing inside, parity check, bundle", ("train", "preprocess", "evaluate"),
+             {"export": r.export.model_dump(mode="json"), "name": r.model_name, "recipe": loaded.hash},
+             ("package/graph.py", "package/export.py", "package/bundle.py")),
+        Step("register", "register in MLflow and set aliases", ("export",), tracking, ("package/registry.py",),
+             cached=False),
+    ]
+    keys: dict[str, str] = {}
+    steps = []
+    for s in specs:
+        payload = {"step": s.name, "config": s.config, "inputs": [keys[i] for i in s.inputs], "code": code_version(s.code)}
+        keys[s.name] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        steps.append(Step(s.name, s.description, s.inputs, s.config, s.code, s.cached, keys[s.name]))
+    return Plan(loaded=loaded, steps=steps, data_fingerprint=source if r.data.path else None, cache=cache or Cache())
+
+
+def render(plan: Plan) -> str:
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    r = plan.loaded.recipe
+    hits = plan.hits()
+    table = Table(title=f"plan for recipe '{r.name}' -> model '{r.model_name}'", title_justify="left")
+    for col in ("#", "step", "does", "inputs", "cache key", "cached result"):
+        table.add_column(col)
+    for i, s in enumerate(plan.steps, 1):
+        status = "reused" if hits[s.name] else ("always runs (idempotent)" if not s.cached else "will run")
+        table.add_row(str(i), s.name, s.description, ", ".join(s.inputs) or "-", s.key, status)
+    buf = StringIO()
+    console = Console(file=buf, width=140, force_terminal=False)
+    console.print(table)
+    t = r.trainer
+    console.print(f"trainer: {t.accelerator} x {t.devices} devices, strategy {t.strategy}, {t.max_epochs} epochs"
+                  + ("  (multi-process: trains in a worker subprocess)" if t.multiprocess else ""))
+    console.print(f"recipe hash {plan.loaded.hash[:16]}; cache at {plan.cache.root}")
+    return buf.getvalue()

@@ -1,0 +1,227 @@
+"""The steps of a run as plain functions: `step(ctx, out_dir) -> result`.
+
+Each writes its files into `out_dir` (the cache publishes the directory atomically) and returns a
+JSON-able result whose paths are relative to that directory. None of them knows about Prefect;
+`mlops.engine.runner` wraps them. Only `register` talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlops.errors import MlopsError
+from mlops.recipe import LoadedRecipe
+
+
+@dataclass
+class RunContext:
+    loaded: LoadedRecipe
+    run_id: str | None
+    tracking_uri: str
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def dir(self, step: str) -> Path:
+        return Path(self.results[step]["dir"])
+
+
+def load_data(ctx: RunContext, out: Path) -> dict[str, Any]:
+    from mlops.data.fingerprint import dvc_revision, fingerprint_bytes, fingerprint_frame
+    from mlops.data.sources import data_path, load_frame
+
+    data = ctx.loaded.recipe.data
+    frame, raw = load_frame(data, ctx.loaded.path)
+    fingerprint = fingerprint_bytes(raw) if raw is not None else fingerprint_frame(frame)
+    dvc = dvc_revision(data_path(data, ctx.loaded.path)) if data.path else None
+    frame.to_parquet(out / "data.parquet", index=False)
+    source = data.path or f"sklearn:{data.dataset}"
+    return {"fingerprint": fingerprint, "dvc": dvc, "source": source, "rows": len(frame), "columns": list(frame.columns)}
+
+
+def split(ctx: RunContext, out: Path) -> dict[str, Any]:
+    import pandas as pd
+
+    from mlops.data.schema import infer_task
+    from mlops.data.split import split_digest, split_indices
+
+    r = ctx.loaded.recipe
+    frame = pd.read_parquet(ctx.dir("load_data") / "data.parquet")
+    task = infer_task(frame[r.data.target].dropna(), r.data.task)
+    parts = split_indices(frame, r.data.target, r.data.split, r.split_seed, classification=task != "regression")
+    np.savez(out / "split.npz", **parts)
+    return {"task": task, "sizes": {k: int(len(v)) for k, v in parts.items()}, "digest": split_digest(parts),
+            "seed": r.split_seed}
+
+
+def frames(ctx: RunContext) -> dict[str, Any]:
+    import pandas as pd
+
+    frame = pd.read_parquet(ctx.dir("load_data") / "data.parquet")
+    idx = np.load(ctx.dir("split") / "split.npz")
+    return {name: frame.iloc[idx[name]].reset_index(drop=True) for name in ("train", "val", "test")}
+
+
+def preprocess(ctx: RunContext, out: Path) -> dict[str, Any]:
+    from mlops.data.preprocess import fit_preprocessor
+    from mlops.data.schema import encode_labels, infer_schema
+
+    r = ctx.loaded.recipe
+    parts = frames(ctx)
+    schema = infer_schema(r.data.model_copy(update={"task": ctx.results["split"]["task"]}), parts["train"])
+    pre = fit_preprocessor(schema, parts["train"])
+    arrays: dict[str, np.ndarray] = {}
+    target_scale = None
+    if schema.task == "regression":
+        y_train = parts["train"][r.data.target].to_numpy(np.float32)
+        target_scale = (float(y_train.mean()), float(y_train.std()) or 1.0)
+    for name, frame in parts.items():
+        arrays[f"x_{name}"] = pre.transform(frame)
+        if schema.task == "regression":
+            assert target_scale is not None
+            y = frame[r.data.target].to_numpy(np.float32)
+            arrays[f"y_{name}"] = ((y - np.float32(target_scale[0])) / np.float32(target_scale[1])).astype(np.float32)
+        else:
+            arrays[f"y_{name}"] = encode_labels(frame[r.data.target], schema.labels or [])
+    np.savez(out / "arrays.npz", **arrays)
+    (out / "schema.json").write_text(schema.model_dump_json(indent=2))
+    (out / "preprocessor.json").write_text(pre.model_dump_json(indent=2))
+    return {"task": schema.task, "n_features": pre.n_features, "labels": schema.labels, "target_scale": target_scale}
+
+
+def train(ctx: RunContext, out: Path) -> dict[str, Any]:
+    from mlops.train.fit import TrainJob
+
+    r = ctx.loaded.recipe
+    prep = ctx.results["preprocess"]
+    job = TrainJob(
+        model=r.model, trainer=r.trainer, seed=r.seed, task=prep["task"], input_dim=prep["n_features"],
+        output_dim=1 if prep["task"] == "regression" else len(prep["labels"]),
+        arrays=str(ctx.dir("preprocess") / "arrays.npz"), out_dir=str(out),
+    )
+    if r.trainer.multiprocess:
+        result = _train_in_worker(job, out)
+    else:
+        from mlops.train.fit import fit
+
+        fitted = fit(job)
+        assert fitted is not None
+        result = fitted.model_dump()
+    return result
+
+
+def _train_in_worker(job: Any, out: Path) -> dict[str, Any]:
+    """DDP relaunches the current command per rank; a dedicated worker module makes that harmless."""
+    job_file = out / "job.json"
+    job_file.write_text(job.model_dump_json(indent=2))
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT", "NODE_RANK",
+                                                             "RANK", "MASTER_ADDR", "GROUP_RANK")}
+    proc = subprocess.run([sys.executable, "-m", "mlops.train.worker", str(job_file)], env=env)
+    result_file = out / "train_result.json"
+    if proc.returncode != 0 or not result_file.is_file():
+        raise MlopsError(f"training worker failed with exit code {proc.returncode} (its output is above)")
+    return json.loads(result_file.read_text())
+
+
+def load_module(ctx: RunContext) -> Any:
+    import torch
+
+    from mlops.train.fit import build_module
+
+    result = ctx.results["train"]
+    module = build_module(result["init"])
+    module.load_state_dict(torch.load(ctx.dir("train") / result["state_dict"], map_location="cpu", weights_only=True))
+    return module.eval()
+
+
+def evaluate(ctx: RunContext, out: Path) -> dict[str, Any]:
+    from mlops.evaluate.metrics import classification_metrics, regression_metrics
+    from mlops.evaluate.plots import confusion_matrix_png, residual_png
+    from mlops.package.export import torch_outputs
+
+    prep = ctx.results["preprocess"]
+    module = load_module(ctx)
+    arrays = np.load(ctx.dir("preprocess") / "arrays.npz")
+    metrics: dict[str, float] = {}
+    for split_name in ("val", "test"):
+        x, y = arrays[f"x_{split_name}"], arrays[f"y_{split_name}"]
+        out_ = torch_outputs(module, x, prep["task"])
+        if prep["task"] == "regression":
+            mean, std = prep["target_scale"]
+            metrics |= regression_metrics(y * std + mean, out_ * std + mean, split_name)
+        else:
+            metrics |= classification_metrics(y, out_, split_name)
+    x, y = arrays["x_test"], arrays["y_test"]
+    test_out = torch_outputs(module, x, prep["task"])
+    if prep["task"] == "regression":
+        mean, std = prep["target_scale"]
+        plot = residual_png(y * std + mean, test_out * std + mean, out / "residuals.png")
+    else:
+        plot = confusion_matrix_png(y, test_out.argmax(axis=1), prep["labels"], out / "confusion_matrix.png")
+    return {"metrics": metrics, "plots": [plot.name]}
+
+
+def export(ctx: RunContext, out: Path) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    import mlops
+    from mlops.data.preprocess import Preprocessor
+    from mlops.data.schema import DataSchema
+    from mlops.package.bundle import write_bundle
+    from mlops.package.export import check_parity, export_network
+    from mlops.package.graph import assemble, io_description, postprocessing_graph, preprocessing_graph
+
+    r = ctx.loaded.recipe
+    prep = ctx.results["preprocess"]
+    pre = Preprocessor.model_validate_json((ctx.dir("preprocess") / "preprocessor.json").read_text())
+    schema = DataSchema.model_validate_json((ctx.dir("preprocess") / "schema.json").read_text())
+    module = load_module(ctx)
+    net = export_network(module, prep["n_features"], r.export.opset)
+    scale = tuple(prep["target_scale"]) if prep["target_scale"] else None
+    n_out = 1 if prep["task"] == "regression" else len(prep["labels"])
+    full = assemble(preprocessing_graph(pre, r.export.opset, net.ir_version), net,
+                    postprocessing_graph(prep["task"], n_out, prep["labels"], scale, r.export.opset, net.ir_version))
+    model_bytes = full.SerializeToString()
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    parity = check_parity(session, module, frames(ctx)["test"], pre, prep["task"], scale,
+                          r.export.parity_batch_sizes, r.export.parity_atol)
+    inputs = [{"name": s.name, "kind": "numeric", "dtype": "float32"} for s in pre.numeric]
+    inputs += [{"name": c.name, "kind": "categorical", "dtype": "string"} for c in pre.categorical]
+    meta = write_bundle(out / "bundle", model_bytes, {
+        "name": r.model_name, "task": prep["task"], "inputs": inputs, "outputs": io_description(full)["outputs"],
+        "labels": prep["labels"], "recipe_hash": ctx.loaded.hash, "data_fingerprint": ctx.results["load_data"]["fingerprint"],
+        "metrics": ctx.results["evaluate"]["metrics"], "data_schema": schema.model_dump(), "parity": parity,
+        "mlops_version": mlops.__version__,
+    })
+    return {"bundle": "bundle", "parity": parity, "onnx_sha256": meta.onnx_sha256, "onnx_bytes": len(model_bytes)}
+
+
+def register(ctx: RunContext, out: Path) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    from mlops.package.registry import aliases_of, register_bundle
+
+    r = ctx.loaded.recipe
+    if not r.registry.enabled or ctx.run_id is None:
+        return {"model_name": r.model_name, "model_version": None, "aliases": []}
+    client = MlflowClient(ctx.tracking_uri)
+    sha = ctx.results["export"]["onnx_sha256"]
+    # idempotent: the same bundle (by checksum) is never registered twice
+    existing = client.search_model_versions(f"name='{r.model_name}' and tags.onnx_sha256='{sha}'")
+    if existing:
+        v = str(max(int(m.version) for m in existing))
+        return {"model_name": r.model_name, "model_version": v, "aliases": aliases_of(client, r.model_name, v),
+                "reused": True}
+    tags = {"onnx_sha256": sha, "recipe_hash": ctx.loaded.hash,
+            "data_fingerprint": ctx.results["load_data"]["fingerprint"]}
+    return register_bundle(client, ctx.tracking_uri, ctx.run_id, r.model_name, ctx.dir("export") / "bundle", tags)
+
+
+STEPS = {"load_data": load_data, "split": split, "preprocess": preprocess, "train": train, "evaluate": evaluate,
+         "export": export, "register": register}

@@ -1,0 +1,1 @@
+"""Evaluation: metrics from scikit-learn, plots for people."""

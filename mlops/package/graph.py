@@ -1,0 +1,107 @@
+"""The ONNX graph around the trained network: raw named columns in, labels/probabilities out.
+
+Preprocessing is built here op for op as `Preprocessor.transform` computes it in numpy (float32
+Where/Sub/Div, one-hot by comparing label-encoded codes), so serving cannot drift from training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, compose, helper, numpy_helper
+
+from mlops.data.preprocess import Preprocessor
+
+ML_OPSET = 3
+
+
+def preprocessing_graph(pre: Preprocessor, opset: int, ir_version: int) -> onnx.ModelProto:
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    inputs: list[onnx.ValueInfoProto] = []
+    blocks: list[str] = []
+    for i, s in enumerate(pre.numeric):
+        inputs.append(helper.make_tensor_value_info(s.name, TensorProto.FLOAT, ["N", 1]))
+        mean, std = f"num{i}_mean", f"num{i}_std"
+        inits += [numpy_helper.from_array(np.array([s.mean], np.float32), mean),
+                  numpy_helper.from_array(np.array([s.std], np.float32), std)]
+        nodes += [
+            helper.make_node("IsNaN", [s.name], [f"num{i}_nan"]),
+            helper.make_node("Where", [f"num{i}_nan", mean, s.name], [f"num{i}_filled"]),
+            helper.make_node("Sub", [f"num{i}_filled", mean], [f"num{i}_centred"]),
+            helper.make_node("Div", [f"num{i}_centred", std], [f"num{i}_scaled"]),
+        ]
+        blocks.append(f"num{i}_scaled")
+    for j, c in enumerate(pre.categorical):
+        inputs.append(helper.make_tensor_value_info(c.name, TensorProto.STRING, ["N", 1]))
+        if not c.levels:
+            continue
+        levels = f"cat{j}_levels"
+        inits.append(numpy_helper.from_array(np.arange(len(c.levels), dtype=np.int64), levels))
+        nodes += [
+            helper.make_node("LabelEncoder", [c.name], [f"cat{j}_code"], domain="ai.onnx.ml",
+                             keys_strings=c.levels, values_int64s=list(range(len(c.levels))), default_int64=-1),
+            helper.make_node("Equal", [f"cat{j}_code", levels], [f"cat{j}_hot"]),
+            helper.make_node("Cast", [f"cat{j}_hot"], [f"cat{j}_onehot"], to=TensorProto.FLOAT),
+        ]
+        blocks.append(f"cat{j}_onehot")
+    nodes.append(helper.make_node("Concat", blocks, ["features"], axis=1))
+    out = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", pre.n_features])
+    graph = helper.make_graph(nodes, "preprocess", inputs, [out], initializer=inits)
+    return _model(graph, opset, ir_version)
+
+
+def postprocessing_graph(task: str, n_out: int, labels: list[str] | None, target_scale: tuple[float, float] | None,
+                         opset: int, ir_version: int) -> onnx.ModelProto:
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n_out])
+    if task == "regression":
+        mean, std = target_scale or (0.0, 1.0)
+        inits = [numpy_helper.from_array(np.array([std], np.float32), "target_std"),
+                 numpy_helper.from_array(np.array([mean], np.float32), "target_mean"),
+                 numpy_helper.from_array(np.array([1], np.int64), "squeeze_axis")]
+        nodes = [helper.make_node("Mul", ["logits", "target_std"], ["scaled"]),
+                 helper.make_node("Add", ["scaled", "target_mean"], ["shifted"]),
+                 helper.make_node("Squeeze", ["shifted", "squeeze_axis"], ["prediction"])]
+        outputs = [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["N"])]
+        graph = helper.make_graph(nodes, "postprocess", [logits], outputs, initializer=inits)
+    else:
+        assert labels is not None
+        nodes = [
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+            helper.make_node("ArgMax", ["logits"], ["label_index"], axis=1, keepdims=0),
+            helper.make_node("LabelEncoder", ["label_index"], ["label"], domain="ai.onnx.ml",
+                             keys_int64s=list(range(len(labels))), values_strings=labels, default_string=""),
+        ]
+        outputs = [helper.make_tensor_value_info("label", TensorProto.STRING, ["N"]),
+                   helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_out])]
+        graph = helper.make_graph(nodes, "postprocess", [logits], outputs)
+    return _model(graph, opset, ir_version)
+
+
+def assemble(pre: onnx.ModelProto, net: onnx.ModelProto, post: onnx.ModelProto) -> onnx.ModelProto:
+    """pre -> net -> post as one model; the network's names get a prefix so nothing collides."""
+    net_in, net_out = net.graph.input[0].name, net.graph.output[0].name
+    head = compose.merge_models(pre, net, io_map=[("features", net_in)], prefix2="net/")
+    full = compose.merge_models(head, post, io_map=[(f"net/{net_out}", "logits")])
+    full.graph.name = "mlops"
+    onnx.checker.check_model(full, full_check=True)
+    return full
+
+
+def _model(graph: onnx.GraphProto, opset: int, ir_version: int) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
+    model.ir_version = ir_version
+    return model
+
+
+def io_description(model: onnx.ModelProto) -> dict[str, Any]:
+    def describe(v: onnx.ValueInfoProto) -> dict[str, Any]:
+        t = v.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+        dtype = "string" if t.elem_type == TensorProto.STRING else helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        return {"name": v.name, "dtype": dtype, "shape": dims}
+
+    return {"inputs": [describe(v) for v in model.graph.input], "outputs": [describe(v) for v in model.graph.output]}

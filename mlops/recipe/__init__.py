@@ -1,0 +1,59 @@
+"""Recipes: Hydra composition, the pydantic schema, and errors that point at file:line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlops.errors import RecipeError
+from mlops.recipe.compose import Composed, compose
+from mlops.recipe.schema import Recipe
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    """A validated recipe with where it came from, for every later phase."""
+
+    recipe: Recipe
+    composed: Composed
+
+    @property
+    def path(self) -> Path:
+        return self.composed.path
+
+    @property
+    def overrides(self) -> list[str]:
+        return self.composed.overrides
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully resolved recipe with defaults filled in: what a run actually used."""
+        return self.recipe.model_dump(mode="json", by_alias=True)
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.resolved(), sort_keys=False)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, *, check_data: bool = True) -> LoadedRecipe:
+    """Compose, validate and check a recipe. Raises RecipeError naming file, line and key."""
+    from mlops.recipe.checks import semantic_problems
+    from mlops.recipe.validate import validate
+
+    composed = compose(path, overrides)
+    recipe = validate(composed)
+    if check_data:
+        problems = semantic_problems(recipe, composed)
+        if problems:
+            raise RecipeError(str(composed.origin("")).split(":")[0], problems)
+    return LoadedRecipe(recipe, composed)
+
+
+__all__ = ["LoadedRecipe", "Recipe", "RecipeError", "load_recipe"]

@@ -1,0 +1,188 @@
+"""Hydra composition of a recipe file plus command-line overrides, and where each key was set.
+
+We use Hydra's compose API rather than `@hydra.main`: it works inside Prefect tasks and tests and does
+no directory changes. The recipe's own directory is the primary config dir; `configs/` next to it (or
+`MLOPS_CONFIG_PATH`) holds the config groups its defaults list names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlops.errors import MlopsError
+
+COMMAND_LINE = "command line"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a key's value came from: a YAML file and 1-based line, or a command-line override."""
+
+    file: str
+    line: int | None = None
+    override: str | None = None
+
+    def __str__(self) -> str:
+        if self.override is not None:
+            return f"command-line override '{self.override}'"
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+@dataclass
+class Composed:
+    """A composed recipe: the plain dict plus the origin of every key that any source set."""
+
+    path: Path
+    overrides: list[str]
+    config: dict[str, Any]
+    origins: dict[str, Origin] = field(default_factory=dict)
+
+    def origin(self, key: str) -> Origin:
+        """The origin of a dotted key, or of its nearest ancestor that some source set."""
+        parts = key.split(".")
+        while parts:
+            found = self.origins.get(".".join(parts))
+            if found is not None:
+                return found
+            parts.pop()
+        return Origin(_display(self.path), 1)
+
+
+def config_search_path(recipe: Path) -> list[Path]:
+    """Directories holding config groups, most specific first."""
+    dirs = [Path(p) for p in os.environ.get("MLOPS_CONFIG_PATH", "").split(os.pathsep) if p]
+    for candidate in (recipe.parent / "configs", recipe.parent.parent / "configs"):
+        if candidate.is_dir():
+            dirs.append(candidate)
+    return [d.resolve() for d in dirs]
+
+
+def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
+    """Compose `recipe` with Hydra and record the origin of every key."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    path = Path(recipe)
+    if not path.is_file():
+        raise MlopsError(f"recipe file not found: {path}")
+    path = path.resolve()
+    overrides = list(overrides or [])
+    search = config_search_path(path)
+    hydra_overrides = overrides + [
+        "hydra.searchpath=[" + ",".join(f"file://{d}" for d in search) + "]",
+        "hydra/job_logging=none",
+        "hydra/hydra_logging=none",
+    ]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(path.parent), version_base="1.3", job_name=path.stem):
+            try:
+                cfg = hydra_compose(config_name=path.stem, overrides=hydra_overrides)
+            except HydraException as exc:
+                raise _composition_error(path, overrides, exc, search) from None
+            except Exception as exc:  # OmegaConf/YAML errors while loading a config file
+                raise MlopsError(f"{_display(path)}: cannot compose recipe: {exc}") from None
+            origins = _origins(path, hydra_overrides, search)
+    finally:
+        GlobalHydra.instance().clear()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    config.pop("hydra", None)
+    for o in overrides:
+        key, _, _ = o.lstrip("+~").partition("=")
+        origins[key] = Origin(COMMAND_LINE, override=o)
+    return Composed(path=path, overrides=overrides, config=config, origins=origins)
+
+
+def _origins(primary: Path, overrides: list[str], search: list[Path]) -> dict[str, Origin]:
+    """Walk the defaults list in merge order; later files win, as they do in Hydra's merge."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    loader = GlobalHydra.instance().config_loader()
+    defaults = loader.compute_defaults_list(config_name=primary.stem, overrides=overrides, run_mode=RunMode.RUN)
+    origins: dict[str, Origin] = {}
+    for d in defaults.defaults:
+        package = d.package or ""
+        if d.config_path is None or package == "hydra" or package.startswith("hydra."):
+            continue
+        file = _find_config_file(d.config_path, primary, search)
+        if file is None:
+            continue
+        for key, line in yaml_key_lines(file).items():
+            if key == "defaults" or key.startswith("defaults."):
+                continue
+            full = f"{package}.{key}" if package else key
+            origins[full] = Origin(_display(file), line)
+    return origins
+
+
+def _find_config_file(config_path: str, primary: Path, search: list[Path]) -> Path | None:
+    for base in [primary.parent, *search]:
+        candidate = base / f"{config_path}.yaml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def yaml_key_lines(file: Path) -> dict[str, int]:
+    """Every dotted key of a YAML mapping with its 1-based line (ruamel keeps positions, OmegaConf does not)."""
+    from ruamel.yaml import YAML
+
+    data = YAML(typ="rt").load(file.read_text())
+    lines: dict[str, int] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if not hasattr(node, "lc") or not isinstance(node, dict):
+            return
+        for k in node:
+            key = f"{prefix}{k}"
+            lines[key] = node.lc.key(k)[0] + 1
+            walk(node[k], key + ".")
+
+    walk(data, "")
+    return lines
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _composition_error(path: Path, overrides: list[str], exc: Exception, search: list[Path]) -> MlopsError:
+    """Hydra's own errors (unknown group option, override of a missing key) in our format."""
+    import re
+
+    from mlops.recipe.suggest import closest, keys_at
+
+    text = str(exc).splitlines()[0]
+    cause = str(exc.__cause__ or "")
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    culprit = next((o for o in overrides if f"'{o.lstrip('+~').partition('=')[0]}'" in text or f"'{o}'" in text), None)
+    if missing:
+        group, option = missing.groups()
+        options = sorted({f.stem for d in [path.parent, *search] for f in (d / group).glob("*.yaml")})
+        hint = closest(option, options)
+        culprit = next((o for o in overrides if o.lstrip("+~").startswith(f"{group}=")), None)
+        where = f"command-line override '{culprit}'" if culprit else _display(path)
+        msg = f"{where}: {group}: no config '{option}' in group '{group}' (options: {', '.join(options)})"
+        return MlopsError(f"recipe {_display(path)} is invalid:\n  {msg}" + (f" (did you mean '{hint}'?)" if hint else ""))
+    if culprit is not None:
+        key = culprit.lstrip("+~").partition("=")[0]
+        parent, _, leaf = key.rpartition(".")
+        if "not in struct" in cause or "Could not override" in text:
+            hint = closest(leaf, keys_at(parent))
+            msg = f"command-line override '{culprit}': {key}: unknown key"
+            msg += f" (did you mean '{parent + '.' if parent else ''}{hint}'?)" if hint else f" (valid keys: {', '.join(keys_at(parent))})"
+        else:
+            msg = f"command-line override '{culprit}': {text}"
+        return MlopsError(f"recipe {_display(path)} is invalid:\n  {msg}")
+    return MlopsError(f"recipe {_display(path)} is invalid:\n  {text} {cause}".rstrip())

@@ -1,0 +1,58 @@
+"""Turn pydantic's errors into problems that name the file, line and key that caused them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from mlops.errors import Problem, RecipeError
+from mlops.recipe.compose import Composed
+from mlops.recipe.schema import Recipe
+from mlops.recipe.suggest import closest, keys_at
+
+
+def validate(composed: Composed) -> Recipe:
+    """Validate a composed recipe; every problem at once, each at its origin."""
+    try:
+        return Recipe.model_validate(composed.config)
+    except ValidationError as exc:
+        problems = [problem_from_error(composed, e) for e in exc.errors(include_url=False)]
+        raise RecipeError(str(composed.origin("")).split(":")[0], _dedupe(problems)) from None
+
+
+def problem_from_error(composed: Composed, error: Any) -> Problem:
+    loc = [str(p) for p in error["loc"] if not _is_union_tag(p)]
+    key = ".".join(loc)
+    kind = error["type"]
+    where = str(composed.origin(key))
+    if kind == "extra_forbidden":
+        parent, _, leaf = key.rpartition(".")
+        suggestion = closest(leaf, keys_at(parent))
+        valid = ", ".join(keys_at(parent))
+        hint = f"did you mean '{suggestion}'?" if suggestion else f"valid keys: {valid}"
+        return Problem(key, "unknown key", where, hint)
+    if kind == "missing":
+        return Problem(key, "required key is missing", where)
+    message = error["msg"]
+    if "input" in error and kind not in ("model_type",):
+        message += f", got {error['input']!r}"
+    hint = ""
+    if kind == "literal_error" and isinstance(error.get("input"), str):
+        expected = [x.strip(" '") for x in str(error.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",")]
+        suggestion = closest(error["input"], [e for e in expected if e])
+        hint = f"did you mean '{suggestion}'?" if suggestion else ""
+    return Problem(key, message, where, hint)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts the union member it tried into loc ("int", "list[int]", "literal['auto']"...)
+    return isinstance(part, str) and ("[" in part or part in ("int", "str", "float", "bool", "EarlyStoppingConfig"))
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    # A union (devices: int | 'auto' | list) fails once per member: keep the first failure per key.
+    seen: dict[str, Problem] = {}
+    for p in problems:
+        seen.setdefault(p.key, p)
+    return list(seen.values())

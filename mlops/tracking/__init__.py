@@ -1,0 +1,1 @@
+"""MLflow tracking: the store to use, what every run records, and the environment lock."""

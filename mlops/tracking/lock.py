@@ -1,0 +1,52 @@
+"""`recipe.lock`: what it takes to reproduce a run (recipe hash, data fingerprints, seeds, versions)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+KEY_PACKAGES = ("mlops", "torch", "lightning", "mlflow", "prefect", "hydra-core", "omegaconf", "pydantic",
+                "onnx", "onnxruntime", "onnxscript", "numpy", "pandas", "scikit-learn")
+
+
+def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def pip_freeze() -> str:
+    """Every installed distribution as `name==version` (read from metadata: no pip subprocess)."""
+    rows = {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    return "\n".join(sorted(rows, key=str.lower)) + "\n"
+
+
+def git_state(where: Path) -> dict[str, Any] | None:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (subprocess.SubprocessError, FileNotFoundError, OSError):
+        return None
+
+
+def build_lock(recipe_hash: str, resolved: dict[str, Any], data: dict[str, Any], seed: int, where: Path) -> dict[str, Any]:
+    return {
+        "recipe_hash": recipe_hash,
+        "recipe": resolved,
+        "data": data,
+        "seeds": {"global": seed, "split": resolved["data"]["split"].get("seed") or seed},
+        "packages": package_versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "git": git_state(where),
+    }

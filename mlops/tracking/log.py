@@ -1,0 +1,103 @@
+"""What every run records in MLflow, step by step. Step functions stay free of MLflow; the runner
+calls these after each step."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mlops.recipe import LoadedRecipe
+from mlops.tracking.lock import pip_freeze
+
+MAX_PARAM = 6000  # MLflow's limit on a parameter value
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out |= flatten(v, key + ".")
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list | dict) else str(v)
+    return out
+
+
+def start_run(client: Any, experiment_id: str, loaded: LoadedRecipe, parent_run_id: str | None,
+              extra_tags: dict[str, str]) -> str:
+    from mlflow.entities import Param
+
+    tags = {"mlops.recipe": str(loaded.path), "mlops.recipe_hash": loaded.hash,
+            "mlops.overrides": json.dumps(loaded.overrides), "mlflow.source.name": "mlops run"} | extra_tags
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=_run_name(loaded), tags=tags)
+    params = [Param(k, v[:MAX_PARAM]) for k, v in flatten(loaded.resolved()).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[i:i + 100])
+    return str(run.info.run_id)
+
+
+def _run_name(loaded: LoadedRecipe) -> str:
+    shown = " ".join(loaded.overrides)
+    return f"{loaded.recipe.name} {shown}".strip()[:250]
+
+
+def log_text(client: Any, run_id: str, text: str, artifact_file: str) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / Path(artifact_file).name
+        path.write_text(text)
+        parent = str(Path(artifact_file).parent)
+        client.log_artifact(run_id, str(path), None if parent == "." else parent)
+
+
+def log_environment(client: Any, run_id: str, loaded: LoadedRecipe, lock: dict[str, Any]) -> None:
+    log_text(client, run_id, loaded.to_yaml(), "recipe.yaml")
+    log_text(client, run_id, json.dumps(lock, indent=2, default=str), "recipe.lock")
+    log_text(client, run_id, pip_freeze(), "environment/pip-freeze.txt")
+    for name, version in lock["packages"].items():
+        client.set_tag(run_id, f"mlops.version.{name}", version)
+    if lock.get("git"):
+        client.set_tag(run_id, "mlflow.source.git.commit", lock["git"]["commit"])
+        client.set_tag(run_id, "mlops.git_dirty", str(lock["git"]["dirty"]))
+
+
+def log_step(client: Any, run_id: str, step: str, result: dict[str, Any], cached: bool) -> None:
+    """Record one step's outcome; a cached step's results are recorded just the same."""
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    client.set_tag(run_id, f"mlops.step.{step}", "cached" if cached else "ran")
+    out = Path(result.get("dir", "."))
+    if step == "load_data":
+        client.set_tag(run_id, "mlops.data_fingerprint", result["fingerprint"])
+        client.log_batch(run_id, params=[Param("data.fingerprint", result["fingerprint"]),
+                                         Param("data.rows", str(result["rows"]))])
+        if result.get("dvc"):
+            client.set_tag(run_id, "mlops.dvc_md5", str(result["dvc"].get("md5")))
+    elif step == "split":
+        client.log_batch(run_id, params=[Param(f"split.{k}_rows", str(v)) for k, v in result["sizes"].items()]
+                         + [Param("split.digest", result["digest"]), Param("task", result["task"])])
+    elif step == "preprocess":
+        client.log_artifact(run_id, str(out / "schema.json"), "data")
+        client.log_artifact(run_id, str(out / "preprocessor.json"), "data")
+    elif step == "train":
+        metrics = [Metric(k, v, now + int(row["epoch"]), int(row["epoch"])) for row in result["history"] for k, v in row.items() if k != "epoch"]
+        metrics += [Metric("train/fit_seconds", result["fit_seconds"], now, 0),
+                    Metric("train/epochs", result["epochs_run"], now, 0)]
+        for i in range(0, len(metrics), 500):
+            client.log_batch(run_id, metrics=metrics[i:i + 500])
+        client.set_tag(run_id, "mlops.world_size", str(result["world_size"]))
+    elif step == "evaluate":
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in result["metrics"].items()])
+        for plot in result["plots"]:
+            client.log_artifact(run_id, str(out / plot), "plots")
+    elif step == "export":
+        client.log_batch(run_id, metrics=[Metric("export/parity_max_abs_diff", result["parity"]["max_abs_diff"], now, 0),
+                                          Metric("export/onnx_bytes", result["onnx_bytes"], now, 0)])
+        client.log_artifacts(run_id, str(out / "bundle"), "bundle")
+    elif step == "register" and result.get("model_version"):
+        client.set_tag(run_id, "mlops.model", f"{result['model_name']}/{result['model_version']}")

@@ -1,0 +1,1 @@
+"""Training: LightningModules, the DataModule, the Trainer from the recipe, and the multi-process worker."""

@@ -1,0 +1,71 @@
+"""The built-in tabular MLP. Any LightningModule named by `model._target_` may replace it: it is built
+with `input_dim`, `output_dim`, `task` and the recipe's `model.params`, and its `forward(x)` takes the
+preprocessed float32 features (that is what the ONNX export wraps)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class TabularMLP(L.LightningModule):
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        task: str,
+        hidden: list[int],
+        dropout: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: str = "adam",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        layers: list[nn.Module] = []
+        width = input_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, output_dim))
+        self.net = nn.Sequential(*layers)
+        self.task = task
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.task == "regression":
+            return F.mse_loss(out.squeeze(-1), y)
+        return F.cross_entropy(out, y)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self(x), y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        out = self(x)
+        # sync_dist so every DDP rank reports the metric over the whole validation set, not its shard
+        self.log("val/loss", self.loss(out, y), on_epoch=True, sync_dist=True, batch_size=len(x))
+        if self.task == "regression":
+            err = out.squeeze(-1) - y
+            self.log("val/rmse", err.pow(2).mean().sqrt(), on_epoch=True, sync_dist=True, batch_size=len(x))
+            self.log("val/mae", err.abs().mean(), on_epoch=True, sync_dist=True, batch_size=len(x))
+        else:
+            acc = (out.argmax(-1) == y).float().mean()
+            self.log("val/accuracy", acc, on_epoch=True, sync_dist=True, batch_size=len(x))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        params = self.parameters()
+        if hp.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=hp.lr, weight_decay=hp.weight_decay, momentum=0.9)
+        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        return cls(params, lr=hp.lr, weight_decay=hp.weight_decay)
