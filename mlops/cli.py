@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_summary(s: dict[str, Any], brief: bool) -> None:
     from rich.console import Console
 
-    console = Console(stderr=False, highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     shown = {k: v for k, v in s["metrics"].items() if k.startswith("test/")}
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
     model = f"{s['model_name']}/{s['model_version']}" if s["model_version"] else f"{s['model_name']} (not registered)"

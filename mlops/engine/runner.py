@@ -133,13 +133,26 @@ def _summary(plan: Plan, ctx: RunContext, run_dir: Path, hits: dict[str, bool], 
     }
 
 
-@flow(name="mlops-run", flow_run_name="{recipe}", validate_parameters=False)
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    return " ".join([Path(params["recipe"]).stem, *params.get("overrides", [])])
+
+
+def _multirun_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"{Path(flow_run.parameters['recipe']).stem} multirun"
+
+
+@flow(name="mlops-run", flow_run_name=_run_name, validate_parameters=False)
 def run_flow(recipe: str, overrides: list[str], parent_run_id: str | None = None) -> dict[str, Any]:
     """Train, evaluate, export and register one recipe (the deployable entrypoint)."""
     return execute(load_recipe(recipe, overrides), parent_run_id)
 
 
-@flow(name="mlops-multirun", flow_run_name="{recipe} multirun", validate_parameters=False)
+@flow(name="mlops-multirun", flow_run_name=_multirun_name, validate_parameters=False)
 def multirun_flow(recipe: str, jobs: list[list[str]]) -> dict[str, Any]:
     """Hydra-style multirun: one subflow and one nested MLflow run per combination of overrides."""
     from mlflow import MlflowClient

@@ -74,7 +74,7 @@ def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
     path = path.resolve()
     overrides = list(overrides or [])
     search = config_search_path(path)
-    hydra_overrides = overrides + [
+    hydra_overrides = [_schema_override(o) for o in overrides] + [
         "hydra.searchpath=[" + ",".join(f"file://{d}" for d in search) + "]",
         "hydra/job_logging=none",
         "hydra/hydra_logging=none",
@@ -98,6 +98,18 @@ def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
         key, _, _ = o.lstrip("+~").partition("=")
         origins[key] = Origin(COMMAND_LINE, override=o)
     return Composed(path=path, overrides=overrides, config=config, origins=origins)
+
+
+def _schema_override(override: str) -> str:
+    """`a.b=v` for a key the schema knows but no YAML sets becomes `++a.b=v`: Hydra's struct mode would
+    refuse it, yet it is a valid recipe key. Group choices (`model=mlp`) and unknown keys are left alone."""
+    from mlops.recipe.suggest import keys_at
+
+    key, eq, _ = override.partition("=")
+    if not eq or key.startswith(("+", "~")) or "." not in key:
+        return override
+    parent, _, leaf = key.rpartition(".")
+    return f"++{override}" if leaf in keys_at(parent) else override
 
 
 def _origins(primary: Path, overrides: list[str], search: list[Path]) -> dict[str, Origin]:
@@ -167,12 +179,15 @@ def _composition_error(path: Path, overrides: list[str], exc: Exception, search:
     cause = str(exc.__cause__ or "")
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     culprit = next((o for o in overrides if f"'{o.lstrip('+~').partition('=')[0]}'" in text or f"'{o}'" in text), None)
+    bad = getattr(exc, "override", None)  # a parse error names the override it could not parse
+    culprit = culprit or next((o for o in overrides if bad in (o, f"++{o}")), None)
     if missing:
         group, option = missing.groups()
         options = sorted({f.stem for d in [path.parent, *search] for f in (d / group).glob("*.yaml")})
         hint = closest(option, options)
         culprit = next((o for o in overrides if o.lstrip("+~").startswith(f"{group}=")), None)
-        where = f"command-line override '{culprit}'" if culprit else _display(path)
+        line = None if culprit else _defaults_line(path, group)
+        where = f"command-line override '{culprit}'" if culprit else _display(path) + (f":{line}" if line else "")
         msg = f"{where}: {group}: no config '{option}' in group '{group}' (options: {', '.join(options)})"
         return MlopsError(f"recipe {_display(path)} is invalid:\n  {msg}" + (f" (did you mean '{hint}'?)" if hint else ""))
     if culprit is not None:
@@ -186,3 +201,21 @@ def _composition_error(path: Path, overrides: list[str], exc: Exception, search:
             msg = f"command-line override '{culprit}': {text}"
         return MlopsError(f"recipe {_display(path)} is invalid:\n  {msg}")
     return MlopsError(f"recipe {_display(path)} is invalid:\n  {text} {cause}".rstrip())
+
+
+def _defaults_line(path: Path, group: str) -> int | None:
+    """The 1-based line of `group`'s entry in the recipe's own defaults list, if it has one."""
+    from ruamel.yaml import YAML
+
+    try:
+        data = YAML(typ="rt").load(path.read_text())
+    except Exception:
+        return None
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    if not isinstance(defaults, list):
+        return None
+    for i, item in enumerate(defaults):
+        keys = [str(k).removeprefix("override ").split("@")[0].strip() for k in item] if isinstance(item, dict) else []
+        if group in keys:
+            return defaults.lc.item(i)[0] + 1
+    return None

@@ -41,5 +41,5 @@ def keys_at(path: str) -> list[str]:
 
 
 def closest(word: str, choices: list[str]) -> str | None:
-    matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.7)
     return matches[0] if matches else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -34,8 +35,9 @@ def problem_from_error(composed: Composed, error: Any) -> Problem:
         return Problem(key, "unknown key", where, hint)
     if kind == "missing":
         return Problem(key, "required key is missing", where)
-    message = error["msg"]
-    if "input" in error and kind not in ("model_type",):
+    # pydantic's wording, minus its internals: "Value error, " prefixes and class names
+    message = re.sub(r" or instance of \w+", "", error["msg"].removeprefix("Value error, "))
+    if "input" in error and kind not in ("model_type",) and not isinstance(error["input"], dict):
         message += f", got {error['input']!r}"
     hint = ""
     if kind == "literal_error" and isinstance(error.get("input"), str):

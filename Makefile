@@ -1,0 +1,46 @@
+# Two commands on a fresh machine:  make demo  and  make test.  Both create .venv and install what they need.
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# torch first, pinned: 2.13.0 is a CPU wheel on local disk here; a bare requirement would pull a CUDA build
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test test-fast lint bench schema clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[train,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mlops validate recipes/quickstart.yaml
+	$(BIN)/mlops plan recipes/quickstart.yaml
+	$(BIN)/mlops run recipes/quickstart.yaml
+	@echo ""
+	@echo "Next: the MLflow UI over the store above, a sweep over overrides, or the other recipes:"
+	@echo "  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.mlops/mlflow.db"
+	@echo "  $(BIN)/mlops run -m recipes/quickstart.yaml model.lr=1e-3,1e-2"
+	@echo "  $(BIN)/mlops run recipes/churn_csv.yaml"
+
+lint: $(STAMP)
+	$(BIN)/ruff check mlops tests benchmarks examples
+
+test: lint
+	$(BIN)/pytest -n 2 --dist loadgroup -q -p no:cacheprovider tests
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train.py
+
+schema: $(STAMP)
+	$(BIN)/mlops schema --out recipe.schema.json
+
+clean:
+	rm -rf .mlops .pytest_cache .ruff_cache

@@ -1,0 +1,81 @@
+"""The ONNX preprocessing graph computes exactly what training's numpy transform computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+
+from mlops.data.preprocess import fit_preprocessor
+from mlops.data.schema import infer_schema
+from mlops.errors import ParityError
+from mlops.package.export import check_parity, export_network, onnx_feeds
+from mlops.package.graph import assemble, postprocessing_graph, preprocessing_graph
+from mlops.recipe.schema import DataConfig
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    n = 60
+    df = pd.DataFrame({
+        "age": rng.normal(40, 10, n), "income": rng.lognormal(10, 1, n),
+        "city": rng.choice(["a", "b", "c"], n), "flag": rng.choice([1.0, 2.0], n), "y": rng.choice(["n", "y"], n),
+    })
+    df.loc[::7, "age"] = np.nan
+    df.loc[::5, "city"] = None
+    return df
+
+
+def fitted(frame: pd.DataFrame):  # type: ignore[no-untyped-def]
+    cfg = DataConfig(path="x.csv", target="y", categorical=["flag"])
+    schema = infer_schema(cfg, frame)
+    return schema, fit_preprocessor(schema, frame)
+
+
+def test_schema_records_types_ranges_categories_and_missing(frame: pd.DataFrame) -> None:
+    schema, _ = fitted(frame)
+    assert schema.task == "binary" and schema.labels == ["n", "y"]
+    assert schema.categorical == ["city", "flag"] and schema.numeric == ["age", "income"]
+    assert schema.column("city").categories == ["a", "b", "c"]
+    assert schema.column("flag").categories == ["1", "2"]
+    assert schema.column("age").missing_rate == pytest.approx(9 / 60)
+    assert schema.column("income").min == pytest.approx(frame["income"].min())
+
+
+def test_preprocessing_graph_matches_numpy_transform_exactly(frame: pd.DataFrame) -> None:
+    _, pre = fitted(frame)
+    model = preprocessing_graph(pre, opset=18, ir_version=10)
+    session = ort.InferenceSession(model.SerializeToString())
+    test = frame.copy()
+    test.loc[0, "city"] = "unseen"
+    test.loc[1, "income"] = np.nan
+    (got,) = session.run(["features"], onnx_feeds(test, pre))
+    expected = pre.transform(test)
+    assert got.shape == (60, 2 + 3 + 2)
+    np.testing.assert_array_equal(got, expected)
+    assert not got[0, 2:5].any()  # an unseen category encodes as all zeros
+    assert got[1, 1] == 0.0  # a missing number is imputed with the mean, i.e. 0 after scaling
+
+
+def _full_model(frame: pd.DataFrame, net: torch.nn.Module):  # type: ignore[no-untyped-def]
+    _, pre = fitted(frame)
+    onnx_net = export_network(net, pre.n_features, 18)
+    full = assemble(preprocessing_graph(pre, 18, onnx_net.ir_version), onnx_net,
+                    postprocessing_graph("binary", 2, ["n", "y"], None, 18, onnx_net.ir_version))
+    return pre, ort.InferenceSession(full.SerializeToString())
+
+
+def test_parity_passes_for_the_exported_model_and_fails_for_another(frame: pd.DataFrame) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(7, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    pre, session = _full_model(frame, net)
+    report = check_parity(session, net, frame, pre, "binary", None, [1, 7, 64], 1e-5)
+    assert report["max_abs_diff"] <= 1e-5 and report["rows"] == 60
+    labels = session.run(["label"], onnx_feeds(frame, pre))[0]
+    assert set(labels) <= {"n", "y"}
+    other = torch.nn.Sequential(torch.nn.Linear(7, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    with pytest.raises(ParityError, match="max \\|diff\\|"):
+        check_parity(session, other, frame, pre, "binary", None, [7], 1e-5)

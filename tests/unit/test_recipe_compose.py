@@ -1,0 +1,249 @@
+"""Composition: defaults lists, overrides, group choices, origins, the recipe hash, the JSON Schema, multirun."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mlops.cli import main
+from mlops.engine.multirun import expand
+from mlops.errors import MlopsError, RecipeError
+from mlops.recipe import load_recipe
+from mlops.recipe.compose import Origin, compose
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = "recipes/quickstart.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(REPO)  # origins are shown relative to the working directory
+    monkeypatch.delenv("MLOPS_CONFIG_PATH", raising=False)
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / ".mlops"))
+
+
+def line_of(path: str, text: str, after: str | None = None) -> int:
+    """The 1-based line of `path` whose stripped text starts with `text` (the first one after `after`)."""
+    rows = (REPO / path).read_text().splitlines()
+    start = 0 if after is None else next(i for i, r in enumerate(rows) if r.strip().startswith(after)) + 1
+    hits = [i + 1 for i in range(start, len(rows)) if rows[i].strip().startswith(text)]
+    assert hits, f"test bug: no line starting with {text!r} in {path}"
+    return hits[0]
+
+
+def test_quickstart_composes_from_its_groups() -> None:
+    loaded = load_recipe(QUICKSTART)  # with the data checks: the columns of breast_cancer are read
+
+    r = loaded.recipe
+    assert r.name == "quickstart"
+    assert r.data.dataset == "breast_cancer" and r.data.path is None
+    assert r.data.target == "target" and r.data.task == "binary"
+    assert r.model.hidden == [64, 32] and r.model.optimizer == "adam"
+    assert r.trainer.accelerator == "cpu" and r.trainer.devices == 1
+    assert r.trainer.max_epochs == 15  # the recipe (merged after _self_) beats trainer/cpu.yaml's 20
+    assert not r.trainer.multiprocess
+    resolved = loaded.resolved()
+    assert resolved["model"]["_target_"] == "mlops.train.models.TabularMLP"  # by alias, as users write it
+    assert resolved["export"]["opset"] == 18 and resolved["trainer"]["num_nodes"] == 1  # defaults filled in
+    assert loaded.path == (REPO / QUICKSTART).resolve()
+    assert loaded.overrides == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.max_epochs=3", "model.hidden=[64,32]"], {"trainer.max_epochs": 3, "model.hidden": [64, 32]}),
+        (["model.hidden=[128,16,8]", "model.lr=0.05"], {"model.hidden": [128, 16, 8], "model.lr": 0.05}),
+        (["model.optimizer=sgd", "seed=7"], {"model.optimizer": "sgd", "seed": 7, "split_seed": 7}),
+        (["trainer.early_stopping=null"], {"trainer.early_stopping": None}),
+        (["data.split.seed=5", "seed=7"], {"split_seed": 5, "seed": 7}),
+    ],
+    ids=["max_epochs-and-hidden", "hidden-and-lr", "optimizer-and-seed", "disable-early-stopping",
+         "split-seed-beats-seed"],
+)
+def test_overrides_change_values(overrides: list[str], expected: dict[str, object]) -> None:
+    loaded = load_recipe(QUICKSTART, overrides, check_data=False)
+
+    for dotted, value in expected.items():
+        node: object = loaded.recipe
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        assert node == value, dotted
+    assert loaded.overrides == overrides
+    for o in overrides:
+        key = o.partition("=")[0]
+        assert str(loaded.composed.origin(key)) == f"command-line override '{o}'"
+
+
+def test_group_override_swaps_the_trainer_config() -> None:
+    loaded = load_recipe(QUICKSTART, ["trainer=ddp_cpu"], check_data=False)
+
+    t = loaded.recipe.trainer
+    assert (t.devices, t.strategy) == (2, "ddp")
+    assert t.accelerator == "cpu" and t.precision == "32-true"  # inherited from trainer/cpu.yaml
+    assert t.max_epochs == 15  # the recipe's own value still wins over the group's
+    assert t.multiprocess
+
+
+def test_group_override_and_value_override_combine() -> None:
+    loaded = load_recipe(QUICKSTART, ["trainer=ddp_cpu", "trainer.devices=3", "data=wine"], check_data=False)
+
+    assert loaded.recipe.trainer.devices == 3 and loaded.recipe.trainer.strategy == "ddp"
+    assert loaded.recipe.data.dataset == "wine" and loaded.recipe.data.split.train == 0.6
+
+
+@pytest.mark.parametrize("override", ["+trainer.foo=1", "+colour=red", "+model.params_=1"])
+def test_append_of_unknown_key_is_refused(override: str) -> None:
+    key = override[1:].partition("=")[0]
+
+    with pytest.raises(RecipeError) as info:
+        load_recipe(QUICKSTART, [override], check_data=False)
+
+    [problem] = info.value.problems
+    assert problem.key == key
+    assert problem.message == "unknown key"
+    assert problem.where == f"command-line override '{override}'"
+
+
+def test_append_of_existing_key_is_refused_naming_the_override() -> None:
+    with pytest.raises(MlopsError, match=r"command-line override '\+trainer\.max_epochs=3'.*already"):
+        load_recipe(QUICKSTART, ["+trainer.max_epochs=3"], check_data=False)
+
+
+def test_origins_point_at_the_file_and_line_that_set_each_key() -> None:
+    composed = compose(QUICKSTART)
+
+    o = composed.origins
+    assert o["name"] == Origin(QUICKSTART, line_of(QUICKSTART, "name:"))
+    assert o["trainer.max_epochs"] == Origin(QUICKSTART, line_of(QUICKSTART, "max_epochs:"))
+    assert o["trainer.accelerator"] == Origin("configs/trainer/cpu.yaml", line_of("configs/trainer/cpu.yaml", "accelerator:"))
+    assert o["trainer.early_stopping.patience"] == Origin(
+        "configs/trainer/cpu.yaml", line_of("configs/trainer/cpu.yaml", "patience:")
+    )
+    cpu_ckpt = line_of("configs/trainer/cpu.yaml", "monitor:", after="checkpoint:")
+    assert o["trainer.checkpoint.monitor"] == Origin("configs/trainer/cpu.yaml", cpu_ckpt)
+    assert o["model.lr"] == Origin("configs/model/mlp.yaml", line_of("configs/model/mlp.yaml", "lr:"))
+    bc = "configs/data/breast_cancer.yaml"
+    assert o["data.split.train"] == Origin(bc, line_of(bc, "train:"))
+    assert "defaults" not in o and not any(k.startswith("defaults.") for k in o)
+    # a key below one that was set falls back to its nearest ancestor; an unset key to the recipe itself
+    assert composed.origin("model.hidden.1") == o["model.hidden"]
+    assert str(composed.origin("export.opset")) == f"{QUICKSTART}:1"
+
+
+def test_origins_follow_a_group_override_and_command_line_values() -> None:
+    composed = compose(QUICKSTART, ["trainer=ddp_cpu", "model.lr=0.5"])
+
+    ddp = "configs/trainer/ddp_cpu.yaml"
+    assert composed.origin("trainer.devices") == Origin(ddp, line_of(ddp, "devices:"))
+    assert composed.origin("trainer.strategy") == Origin(ddp, line_of(ddp, "strategy:"))
+    cpu = "configs/trainer/cpu.yaml"
+    assert composed.origin("trainer.accelerator") == Origin(cpu, line_of(cpu, "accelerator:"))
+    assert str(composed.origin("model.lr")) == "command-line override 'model.lr=0.5'"
+    assert composed.config["model"]["lr"] == 0.5
+
+
+def test_recipe_hash_is_stable_and_tracks_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = load_recipe(QUICKSTART, check_data=False)
+    again = load_recipe(QUICKSTART, check_data=False)
+    same_value = load_recipe(QUICKSTART, ["trainer.max_epochs=15"], check_data=False)  # what the recipe says
+    changed = load_recipe(QUICKSTART, ["trainer.max_epochs=16"], check_data=False)
+    grouped = load_recipe(QUICKSTART, ["trainer=ddp_cpu"], check_data=False)
+    monkeypatch.chdir(REPO / "recipes")
+    elsewhere = load_recipe("quickstart.yaml", check_data=False)
+
+    assert len(base.hash) == 64 and int(base.hash, 16) >= 0
+    assert base.hash == again.hash == same_value.hash == elsewhere.hash
+    assert changed.hash != base.hash
+    assert grouped.hash not in (base.hash, changed.hash)
+
+
+def test_recipe_hash_ignores_how_a_value_was_written(tmp_path: Path) -> None:
+    """The hash is of the resolved recipe: writing a default explicitly, or in another form, changes nothing."""
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    (tmp_path / "recipes").mkdir()
+    head = "defaults:\n  - data: breast_cancer\n  - model: mlp\n  - trainer: cpu\n  - _self_\nname: q\n"
+    plain = tmp_path / "recipes" / "a.yaml"
+    plain.write_text(head + "trainer:\n  max_epochs: 15\n")
+    explicit = tmp_path / "recipes" / "b.yaml"
+    explicit.write_text(head + "trainer: {max_epochs: 15, num_nodes: 1}\nexport: {opset: 18}\nmodel:\n  lr: 0.001\n")
+    other = tmp_path / "recipes" / "c.yaml"
+    other.write_text(head + "trainer:\n  max_epochs: 15\nexport: {opset: 17}\n")
+
+    base = load_recipe(plain, check_data=False).hash
+    assert load_recipe(explicit, check_data=False).hash == base
+    assert load_recipe(other, check_data=False).hash != base
+
+
+def _schema_from_cli(capsys: pytest.CaptureFixture[str]) -> dict:
+    assert main(["schema"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    return json.loads(out)
+
+
+def test_schema_command_prints_a_json_schema(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    schema = _schema_from_cli(capsys)
+
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    assert schema["type"] == "object"
+    assert {"name", "data"} <= set(schema["required"])
+    assert "trainer" in schema["properties"]
+    trainer = schema["$defs"]["TrainerConfig"]
+    assert trainer["additionalProperties"] is False  # typos are errors in editors too
+    assert trainer["properties"]["max_epochs"]["type"] == "integer"
+    assert "_target_" in schema["$defs"]["ModelConfig"]["properties"]  # the alias users write, not `target`
+
+    out = tmp_path / "schema.json"
+    assert main(["schema", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == ""
+    assert json.loads(out.read_text()) == schema
+
+
+def test_composed_quickstart_validates_against_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    schema = _schema_from_cli(capsys)
+    resolved = load_recipe(QUICKSTART, check_data=False).resolved()
+    typo = json.loads(json.dumps(resolved))
+    typo["trainer"]["max_epoch"] = 3
+    wrong_type = json.loads(json.dumps(resolved))
+    wrong_type["trainer"]["max_epochs"] = "abc"
+
+    try:
+        import jsonschema
+    except ImportError:  # structural checks only
+        assert set(resolved) <= set(schema["properties"])
+        assert set(resolved["trainer"]) <= set(schema["$defs"]["TrainerConfig"]["properties"])
+        assert "max_epoch" not in schema["$defs"]["TrainerConfig"]["properties"]
+        return
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator_cls.check_schema(schema)
+    validator = validator_cls(schema)
+    assert list(validator.iter_errors(resolved)) == []
+    assert [list(e.absolute_path) for e in validator.iter_errors(typo)] == [["trainer"]]
+    assert [list(e.absolute_path) for e in validator.iter_errors(wrong_type)] == [["trainer", "max_epochs"]]
+
+
+def test_multirun_expands_to_the_cartesian_product() -> None:
+    jobs = expand(["a=1,2", "b=x,y"])
+
+    assert len(jobs) == 4
+    assert sorted(map(tuple, jobs)) == [("a=1", "b=x"), ("a=1", "b=y"), ("a=2", "b=x"), ("a=2", "b=y")]
+    assert expand(["a=1", "b=x"]) == [["a=1", "b=x"]]
+    assert len(expand(["a=1,2,3", "b=x,y", "c=z"])) == 6
+
+
+def test_multirun_jobs_compose_into_distinct_recipes() -> None:
+    jobs = expand(["trainer.max_epochs=1,2", "model.lr=0.1"])
+    loaded = [load_recipe(QUICKSTART, job, check_data=False) for job in jobs]
+
+    assert sorted(r.recipe.trainer.max_epochs for r in loaded) == [1, 2]
+    assert {r.recipe.model.lr for r in loaded} == {0.1}
+    assert len({r.hash for r in loaded}) == 2
+
+
+def test_multirun_rejects_an_unparsable_override() -> None:
+    with pytest.raises(MlopsError, match="cannot parse overrides"):
+        expand(["a=[1,"])
