@@ -68,7 +68,7 @@ def source_fingerprint(loaded: LoadedRecipe) -> str:
 
 def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
     r = loaded.recipe
-    data_cfg = r.data.model_dump(mode="json", exclude={"split"})
+    data_cfg = r.data.model_dump(mode="json", exclude={"split", "datamodule"})
     source = source_fingerprint(loaded)
     tracking = {"tracking": r.tracking.model_dump(mode="json"), "registry": r.registry.model_dump(mode="json")}
     specs = [
@@ -80,7 +80,8 @@ def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
         Step("preprocess", "infer the data schema, fit imputation/scaling/one-hot on train", ("split",),
              data_cfg, ("data/schema.py", "data/preprocess.py")),
         Step("train", "fit the LightningModule", ("preprocess",),
-             {"model": r.model.model_dump(mode="json", by_alias=True), "trainer": r.trainer.model_dump(mode="json"),
+             {"model": r.model.model_dump(mode="json", by_alias=True),
+              "datamodule": r.data.datamodule.model_dump(mode="json", by_alias=True), "trainer": r.trainer.model_dump(mode="json"),
               "seed": r.seed}, ("train",)),
         Step("evaluate", "val/test metrics and plots", ("train", "preprocess"), {}, ("evaluate",)),
         Step("export", "ONNX with preprocessing inside, parity check, bundle", ("train", "preprocess", "evaluate"),

@@ -101,7 +101,7 @@ def train(ctx: RunContext, out: Path) -> dict[str, Any]:
     r = ctx.loaded.recipe
     prep = ctx.results["preprocess"]
     job = TrainJob(
-        model=r.model, trainer=r.trainer, seed=r.seed, task=prep["task"], input_dim=prep["n_features"],
+        model=r.model, datamodule=r.data.datamodule, trainer=r.trainer, seed=r.seed, task=prep["task"], input_dim=prep["n_features"],
         output_dim=1 if prep["task"] == "regression" else len(prep["labels"]),
         arrays=str(ctx.dir("preprocess") / "arrays.npz"), out_dir=str(out),
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mlops.errors import MlopsError, Problem
 from mlops.recipe.compose import Composed
-from mlops.recipe.schema import BUILTIN_MODEL, Recipe
+from mlops.recipe.schema import BUILTIN_DATAMODULE, BUILTIN_MODEL, Recipe
 from mlops.recipe.suggest import closest
 
 EPOCH_METRICS = {
@@ -28,18 +28,12 @@ def semantic_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
     return problems
 
 
-def resolve_data_path(recipe: Recipe, recipe_path: Path) -> Path:
-    assert recipe.data.path is not None
-    p = Path(recipe.data.path).expanduser()
-    return p if p.is_absolute() else (recipe_path.parent / p).resolve()
-
-
 def _data_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
-    from mlops.data.sources import column_names
+    from mlops.data.sources import column_names, data_path
 
     data = recipe.data
     if data.path is not None:
-        path = resolve_data_path(recipe, composed.path)
+        path = data_path(data, composed.path)
         where = str(composed.origin("data.path"))
         if not path.is_file():
             return [Problem("data.path", f"file not found: {path}", where)]
@@ -68,11 +62,13 @@ def _unknown_column(key: str, name: str, columns: list[str], composed: Composed)
 
 
 def _target_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
-    target = recipe.model.target
-    if target == BUILTIN_MODEL:
-        return []
-    reason = importable_class(target)
-    return [Problem("model._target_", reason, str(composed.origin("model._target_")))] if reason else []
+    problems = []
+    for key, target, builtin in (("model._target_", recipe.model.target, BUILTIN_MODEL),
+                                 ("data.datamodule._target_", recipe.data.datamodule.target, BUILTIN_DATAMODULE)):
+        reason = None if target == builtin else importable_class(target)
+        if reason:
+            problems.append(Problem(key, reason, str(composed.origin(key))))
+    return problems
 
 
 def importable_class(dotted: str) -> str | None:

@@ -20,7 +20,14 @@ from pydantic import (
 
 BUILTIN_DATASETS = ("breast_cancer", "wine", "digits", "diabetes")
 BUILTIN_MODEL = "mlops.train.models.TabularMLP"
+BUILTIN_DATAMODULE = "mlops.train.datamodule.ArrayDataModule"
 Task = Literal["auto", "binary", "multiclass", "regression"]
+
+
+def dotted_path(v: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", v):
+        raise ValueError(f"'{v}' is not a dotted path like 'package.module.ClassName'")
+    return v
 
 
 class Section(BaseModel):
@@ -44,6 +51,16 @@ class SplitConfig(Section):
         return self
 
 
+class DataModuleConfig(Section):
+    """The LightningDataModule that feeds training. It is built with `arrays` (the preprocessed
+    {split: (x, y)}), `batch_size`, `seed` and `params`; preprocessing stays in the exported graph."""
+
+    target: str = Field(BUILTIN_DATAMODULE, alias="_target_", description="dotted path of a LightningDataModule")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    _dotted = field_validator("target")(lambda cls, v: dotted_path(v))
+
+
 class DataConfig(Section):
     """Where the rows come from: a built-in dataset by name, or a CSV/Parquet file."""
 
@@ -58,6 +75,7 @@ class DataConfig(Section):
     drop: list[str] = Field(default_factory=list, description="columns to leave out")
     categorical: list[str] | None = Field(None, description="force these columns categorical; strings are anyway")
     split: SplitConfig = Field(default_factory=SplitConfig)
+    datamodule: DataModuleConfig = Field(default_factory=DataModuleConfig)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -78,12 +96,7 @@ class ModelConfig(Section):
     batch_size: PositiveInt = 64
     params: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for a custom _target_")
 
-    @field_validator("target")
-    @classmethod
-    def _dotted(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", v):
-            raise ValueError(f"'{v}' is not a dotted path like 'package.module.ClassName'")
-        return v
+    _dotted = field_validator("target")(lambda cls, v: dotted_path(v))
 
 
 class EarlyStoppingConfig(Section):

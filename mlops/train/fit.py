@@ -14,13 +14,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mlops.recipe.schema import BUILTIN_MODEL, ModelConfig, TrainerConfig
+from mlops.recipe.schema import BUILTIN_MODEL, DataModuleConfig, ModelConfig, TrainerConfig
 
 
 class TrainJob(BaseModel):
     """Everything a training process needs, serialisable to JSON for the worker subprocess."""
 
     model: ModelConfig
+    datamodule: DataModuleConfig
     trainer: TrainerConfig
     seed: int
     task: str
@@ -52,6 +53,7 @@ def model_init(job: TrainJob) -> dict[str, Any]:
 
 
 def build_module(init: dict[str, Any]) -> Any:
+    """Instantiate `init["class"]` (a dotted path) with `init["kwargs"]`."""
     module_name, _, attr = init["class"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), attr)
     return cls(**init["kwargs"])
@@ -71,7 +73,6 @@ def fit(job: TrainJob) -> TrainResult | None:
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from mlops.train.datamodule import ArrayDataModule
     from mlops.train.progress import EpochHistory
 
     quiet_lightning()
@@ -96,7 +97,9 @@ def fit(job: TrainJob) -> TrainResult | None:
         gradient_clip_val=t.gradient_clip_val, callbacks=callbacks, logger=False, default_root_dir=str(out),
         enable_progress_bar=interactive, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
     )
-    dm = ArrayDataModule(arrays, batch_size=job.model.batch_size, seed=job.seed)
+    dm = build_module({"class": job.datamodule.target,
+                       "kwargs": {"arrays": arrays, "batch_size": job.model.batch_size, "seed": job.seed}
+                       | dict(job.datamodule.params)})
     started = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     fit_seconds = time.perf_counter() - started

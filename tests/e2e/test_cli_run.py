@@ -34,6 +34,12 @@ def test_run_caches_registers_and_moves_aliases(isolated_env: dict[str, str]) ->
     assert meta["data_fingerprint"] == first["data_fingerprint"] and meta["labels"] == ["0", "1"]
     assert meta["parity"]["max_abs_diff"] <= 1e-5
 
+    # the plan now shows what a re-run would reuse
+    plan = last_json(run_cli(["plan", "--json", "recipes/quickstart.yaml", "trainer.max_epochs=2"], isolated_env))
+    assert {s["name"]: s["cached"] for s in plan["steps"]} == {
+        "load_data": True, "split": True, "preprocess": True, "train": True, "evaluate": True, "export": True,
+        "register": False}
+
     # unchanged recipe: every cached step is reused and the same model version is reported, not a new one
     again = last_json(run_cli(["run", "--json", "recipes/quickstart.yaml", "trainer.max_epochs=2"], isolated_env))
     assert {k: v for k, v in again["cache"].items() if k != "register"} == {

@@ -247,3 +247,9 @@ def test_multirun_jobs_compose_into_distinct_recipes() -> None:
 def test_multirun_rejects_an_unparsable_override() -> None:
     with pytest.raises(MlopsError, match="cannot parse overrides"):
         expand(["a=[1,"])
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "recipes").glob("*.yaml")))
+def test_every_shipped_recipe_validates(recipe: str) -> None:
+    loaded = load_recipe(REPO / "recipes" / recipe)
+    assert loaded.recipe.name and loaded.recipe.data.target
