@@ -20,6 +20,7 @@ EPILOG = """examples:
   mlops run recipes/quickstart.yaml trainer.max_epochs=3 model.hidden=[64,32]
   mlops run -m recipes/quickstart.yaml model.lr=1e-3,1e-2
   mlops run --json recipes/quickstart.yaml
+  mlops sweep recipes/quickstart_sweep.yaml
 """
 
 
@@ -51,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object summarising the run")
     _recipe_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="run the recipe's Optuna sweep (resumable); register the best as challenger")
+    p.add_argument("--worker", action="store_true",
+                   help="join the study from another process or machine (shared RDB storage); no registration")
+    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object summarising the sweep")
+    _recipe_args(p)
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("schema", help="print the recipe JSON Schema (for editors)")
     p.add_argument("--out", help="write to this file instead of stdout")
@@ -101,6 +109,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_summary(result, brief=False)
     if args.json:
         print(json.dumps(result))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mlops.recipe import load_recipe
+    from mlops.sweep.study import sweep_config
+
+    sweep_config(load_recipe(args.recipe, args.overrides))  # a recipe without a sweep fails before anything starts
+    from mlops.engine.sweep import sweep
+
+    result = sweep(args.recipe, args.overrides, worker=args.worker)
+    t = result["trials"]
+    print(f"study {result['study_name']}: {t['complete']} complete, {t['pruned']} pruned, {t['failed']} failed "
+          f"(storage {result['storage']})")
+    if "best" in result:
+        print(f"best trial {result['best']['number']}: {result['best']['value']:.5f}  {' '.join(result['best']['overrides'])}")
+        _print_summary(result, brief=False)
+    if args.json:
+        print(json.dumps(result, default=str))
     return 0
 
 

@@ -36,10 +36,12 @@ class Cache:
         try:
             result = fn(tmp)
             (tmp / RESULT).write_text(json.dumps(result, indent=2, default=str))
-            if final.exists():  # a concurrent run got there first: keep theirs
-                shutil.rmtree(tmp)
-            else:
+            try:
                 tmp.rename(final)
+            except OSError:  # a concurrent run (a parallel sweep trial) published it first: keep theirs
+                if not (final / RESULT).is_file():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -26,6 +26,7 @@ class RunContext:
     loaded: LoadedRecipe
     run_id: str | None
     tracking_uri: str
+    prune: Any = None  # a PruneLink when this run is a sweep trial
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def dir(self, step: str) -> Path:
@@ -103,7 +104,7 @@ def train(ctx: RunContext, out: Path) -> dict[str, Any]:
     job = TrainJob(
         model=r.model, datamodule=r.data.datamodule, trainer=r.trainer, seed=r.seed, task=prep["task"], input_dim=prep["n_features"],
         output_dim=1 if prep["task"] == "regression" else len(prep["labels"]),
-        arrays=str(ctx.dir("preprocess") / "arrays.npz"), out_dir=str(out),
+        arrays=str(ctx.dir("preprocess") / "arrays.npz"), out_dir=str(out), prune=ctx.prune,
     )
     if r.trainer.multiprocess:
         result = _train_in_worker(job, out)
@@ -113,6 +114,10 @@ def train(ctx: RunContext, out: Path) -> dict[str, Any]:
         fitted = fit(job)
         assert fitted is not None
         result = fitted.model_dump()
+    if result.get("pruned"):
+        from mlops.train.pruning import TrialPruned
+
+        raise TrialPruned(result)  # never cache or export a model the pruner stopped half-way
     return result
 
 

@@ -16,7 +16,7 @@ from mlops.recipe.schema import BUILTIN_DATAMODULE, BUILTIN_MODEL, Recipe
 from mlops.recipe.suggest import closest
 
 EPOCH_METRICS = {
-    "classification": ("train/loss", "val/loss", "val/accuracy"),
+    "classification": ("train/loss", "val/loss", "val/accuracy", "val/auroc"),
     "regression": ("train/loss", "val/loss", "val/rmse", "val/mae"),
 }
 
@@ -25,6 +25,7 @@ def semantic_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
     problems = _data_problems(recipe, composed)
     problems += _target_problems(recipe, composed)
     problems += _metric_problems(recipe, composed)
+    problems += _sweep_param_problems(recipe, composed)
     return problems
 
 
@@ -93,15 +94,21 @@ def importable_class(dotted: str) -> str | None:
     return None
 
 
-def _metric_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
-    family = "regression" if recipe.data.task == "regression" else "classification"
-    valid = EPOCH_METRICS[family]
+def epoch_metrics(recipe: Recipe) -> tuple[str, ...]:
+    """The metrics the built-in model logs every epoch for the recipe's task."""
     if recipe.data.task == "auto":
-        valid = tuple(dict.fromkeys(EPOCH_METRICS["classification"] + EPOCH_METRICS["regression"]))
+        return tuple(dict.fromkeys(EPOCH_METRICS["classification"] + EPOCH_METRICS["regression"]))
+    return EPOCH_METRICS["regression" if recipe.data.task == "regression" else "classification"]
+
+
+def _metric_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
+    valid = epoch_metrics(recipe)
     problems = []
     monitors = [("trainer.checkpoint.monitor", recipe.trainer.checkpoint.monitor)]
     if recipe.trainer.early_stopping is not None:
         monitors.append(("trainer.early_stopping.monitor", recipe.trainer.early_stopping.monitor))
+    if recipe.sweep is not None:
+        monitors.append(("sweep.metric", recipe.sweep.metric))
     for key, metric in monitors:
         if metric not in valid:
             hint = closest(metric, list(valid))
@@ -113,4 +120,26 @@ def _metric_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
                     f"did you mean '{hint}'?" if hint else "",
                 )
             )
+    return problems
+
+
+def _sweep_param_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
+    """Every swept key must be a key the recipe has: a typo would otherwise sweep nothing."""
+    from mlops.recipe.suggest import keys_at, model_at
+
+    if recipe.sweep is None:
+        return []
+    problems = []
+    for key in recipe.sweep.params:
+        parts = key.split(".")
+        for i in range(1, len(parts) + 1):
+            parent, leaf = ".".join(parts[: i - 1]), parts[i - 1]
+            if model_at(parent) is None:  # under a free-form dict such as model.params: anything goes
+                break
+            if leaf not in keys_at(parent):
+                hint = closest(leaf, keys_at(parent))
+                problems.append(Problem(f"sweep.params.{key}", f"'{key}' is not a recipe key",
+                                        str(composed.origin(f"sweep.params.{key}")),
+                                        f"did you mean '{'.'.join([*parts[: i - 1], hint])}'?" if hint else ""))
+                break
     return problems

@@ -157,6 +157,70 @@ class ExportConfig(Section):
     parity_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 7, 64])
 
 
+class FloatParam(Section):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatParam:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+class IntParam(Section):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _range(self) -> IntParam:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class CategoricalParam(Section):
+    type: Literal["categorical"]
+    choices: Annotated[list[Any], Field(min_length=1)]
+
+
+SearchSpace = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class SweepConfig(Section):
+    """An Optuna study over recipe keys. Trials run as Prefect tasks; the study is durable and resumable."""
+
+    metric: str = Field("val/loss", description="a metric the model logs each epoch, read at the best checkpoint")
+    direction: Literal["minimize", "maximize"] = "minimize"
+    n_trials: PositiveInt = 20
+    parallelism: PositiveInt = Field(1, description="trials at once on this machine")
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    seed: int | None = Field(None, description="sampler seed; defaults to the recipe's seed")
+    pruner: Literal["none", "median", "hyperband"] = "median"
+    pruner_startup_trials: Annotated[int, Field(ge=0)] = 2
+    pruner_warmup_epochs: Annotated[int, Field(ge=0)] = 1
+    storage: str | None = Field(None, description="Optuna RDB URL shared by workers; sqlite under .mlops/ if null")
+    study_name: str | None = Field(None, description="defaults to '<recipe name>-<hash of the search space>'")
+    retries: Annotated[int, Field(ge=0)] = 1
+    params: dict[str, SearchSpace] = Field(default_factory=dict, description="dotted recipe key -> search space")
+
+    @model_validator(mode="after")
+    def _grid(self) -> SweepConfig:
+        if self.sampler == "grid":
+            for key, p in self.params.items():
+                if isinstance(p, FloatParam) and p.step is None:
+                    raise ValueError(f"grid sampler needs a step for float parameter '{key}'")
+        return self
+
+
 class Recipe(Section):
     """A whole lifecycle: each phase reads its own section and nothing is configured twice."""
 
@@ -169,6 +233,7 @@ class Recipe(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    sweep: SweepConfig | None = None
 
     @property
     def model_name(self) -> str:

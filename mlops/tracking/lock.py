@@ -7,7 +7,10 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlops.recipe import LoadedRecipe
 
 KEY_PACKAGES = ("mlops", "torch", "lightning", "mlflow", "prefect", "hydra-core", "omegaconf", "pydantic",
                 "onnx", "onnxruntime", "onnxscript", "numpy", "pandas", "scikit-learn")
@@ -39,14 +42,22 @@ def git_state(where: Path) -> dict[str, Any] | None:
         return None
 
 
-def build_lock(recipe_hash: str, resolved: dict[str, Any], data: dict[str, Any], seed: int, where: Path) -> dict[str, Any]:
+def build_lock(loaded: LoadedRecipe, load_data: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to re-run this recipe: `mlops reproduce` reads it back."""
+    from mlops.data.sources import data_path
+
+    r = loaded.recipe
+    data = {"fingerprint": load_data["fingerprint"], "dvc": load_data.get("dvc"), "source": load_data["source"],
+            "resolved_path": str(data_path(r.data, loaded.path)) if r.data.path else None}
     return {
-        "recipe_hash": recipe_hash,
-        "recipe": resolved,
+        "recipe_hash": loaded.hash,
+        "recipe": loaded.resolved(),
+        "recipe_file": str(loaded.path),
+        "overrides": loaded.overrides,
         "data": data,
-        "seeds": {"global": seed, "split": resolved["data"]["split"].get("seed") or seed},
+        "seeds": {"global": r.seed, "split": r.split_seed},
         "packages": package_versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "git": git_state(where),
+        "git": git_state(loaded.path.parent),
     }

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mlops.recipe.schema import BUILTIN_MODEL, DataModuleConfig, ModelConfig, TrainerConfig
+from mlops.train.pruning import PruneLink
 
 
 class TrainJob(BaseModel):
@@ -29,6 +30,7 @@ class TrainJob(BaseModel):
     output_dim: int
     arrays: str  # .npz with x_train, y_train, x_val, y_val
     out_dir: str
+    prune: PruneLink | None = None  # set for a sweep trial: report epochs to Optuna, stop when pruned
 
 
 class TrainResult(BaseModel):
@@ -37,6 +39,7 @@ class TrainResult(BaseModel):
     best_score: float | None
     fit_seconds: float
     world_size: int
+    pruned: bool = False
     state_dict: str  # file name of the best weights, relative to the job's out_dir
     init: dict[str, Any]  # class path and constructor arguments, to rebuild the module for export
 
@@ -87,6 +90,12 @@ def fit(job: TrainJob) -> TrainResult | None:
                                  save_top_k=1, filename="best")
     history = EpochHistory(max_epochs=t.max_epochs)
     callbacks: list[Any] = [checkpoint, history]
+    pruning = None
+    if job.prune is not None:
+        from mlops.train.pruning import OptunaPruning
+
+        pruning = OptunaPruning(job.prune)
+        callbacks.append(pruning)
     if t.early_stopping is not None:
         es = t.early_stopping
         callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta))
@@ -113,7 +122,7 @@ def fit(job: TrainJob) -> TrainResult | None:
     score = checkpoint.best_model_score
     result = TrainResult(
         history=history.rows, epochs_run=len(history.rows), best_score=float(score) if score is not None else None,
-        fit_seconds=fit_seconds, world_size=trainer.world_size, state_dict=weights.name, init=init,
+        fit_seconds=fit_seconds, world_size=trainer.world_size, pruned=bool(pruning and pruning.pruned), state_dict=weights.name, init=init,
     )
     (out / "train_result.json").write_text(result.model_dump_json(indent=2))
     return result

@@ -34,6 +34,11 @@ class TabularMLP(L.LightningModule):
         layers.append(nn.Linear(width, output_dim))
         self.net = nn.Sequential(*layers)
         self.task = task
+        if task != "regression":
+            from torchmetrics.classification import BinaryAUROC, MulticlassAUROC
+
+            # a Metric object accumulates over the whole epoch and syncs across DDP ranks by itself
+            self.val_auroc = BinaryAUROC() if output_dim == 2 else MulticlassAUROC(num_classes=output_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -61,6 +66,9 @@ class TabularMLP(L.LightningModule):
         else:
             acc = (out.argmax(-1) == y).float().mean()
             self.log("val/accuracy", acc, on_epoch=True, sync_dist=True, batch_size=len(x))
+            proba = out.softmax(-1)
+            self.val_auroc.update(proba[:, 1] if proba.shape[1] == 2 else proba, y)
+            self.log("val/auroc", self.val_auroc, on_epoch=True, batch_size=len(x))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

@@ -1,0 +1,190 @@
+"""`mlops sweep`: an Optuna study as a Prefect flow. Each trial is a Prefect task (with retries) that
+trains in its own process and is a nested MLflow run under the sweep's parent run.
+
+The study lives in durable storage under a name derived from the recipe, so running the same command
+again resumes it; `--worker` joins a study from another process or machine that shares the storage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from mlops.engine.runner import configure_prefect, run_flow
+from mlops.recipe import LoadedRecipe, load_recipe
+
+configure_prefect()
+
+from prefect import flow, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+
+@task(name="trial", cache_policy=NO_CACHE, persist_result=False)
+def trial_task(job: dict[str, Any]) -> dict[str, Any]:
+    from mlops.sweep.launch import launch
+    from mlops.sweep.trial import TrialJob
+
+    return launch(TrialJob.model_validate(job))
+
+
+def _prepare_data(loaded: LoadedRecipe) -> None:
+    """Compute the shared data steps once, before parallel trials would race to compute them."""
+    from mlops.engine.execute import run_step
+    from mlops.engine.plan import compile_plan
+    from mlops.engine.steps import RunContext
+
+    plan = compile_plan(loaded)
+    ctx = RunContext(loaded=loaded, run_id=None, tracking_uri="")
+    for name in ("load_data", "split", "preprocess"):
+        ctx.results[name] = run_step(plan, ctx, name)
+
+
+def _parent_run(study: Any, loaded: LoadedRecipe) -> str:
+    """The sweep's MLflow parent run; a resumed sweep continues under the same one."""
+    from mlflow import MlflowClient
+
+    from mlops.sweep.study import storage_url
+    from mlops.tracking.store import experiment_id, tracking_uri
+
+    uri = tracking_uri(loaded.recipe)
+    client = MlflowClient(uri)
+    existing = study.user_attrs.get("mlflow_parent_run_id")
+    if existing:
+        try:
+            client.update_run(existing, status="RUNNING")
+            return str(existing)
+        except Exception:  # the tracking store was wiped or changed: start a new parent
+            pass
+    exp = experiment_id(client, loaded.recipe.experiment, uri)
+    assert loaded.recipe.sweep is not None
+    run = client.create_run(exp, run_name=f"{loaded.recipe.name} sweep {study.study_name}", tags={
+        "mlops.sweep": "true", "mlops.study": study.study_name, "mlops.study_storage": storage_url(loaded.recipe.sweep),
+        "mlops.recipe": str(loaded.path), "mlops.overrides": json.dumps(loaded.overrides)})
+    study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+    return str(run.info.run_id)
+
+
+def _tell(study: Any, trial: Any, loaded: LoadedRecipe, outcome: dict[str, Any] | BaseException) -> str:
+    from optuna.trial import TrialState
+
+    from mlops.sweep.objective import objective_value
+    from mlops.sweep.study import ERROR
+
+    if isinstance(outcome, BaseException):
+        trial.set_user_attr(ERROR, str(outcome)[:2000])
+        study.tell(trial, state=TrialState.FAIL)
+        return f"failed: {outcome}"
+    trial.set_user_attr("mlflow_run_id", outcome["run_id"])
+    if outcome["state"] == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+        return f"pruned after {len(outcome['history'])} epochs"
+    value = objective_value(loaded.recipe, outcome["history"])
+    study.tell(trial, value)
+    return f"{loaded.recipe.sweep.metric if loaded.recipe.sweep else 'value'} = {value:.5f}"
+
+
+def _run_trials(study: Any, loaded: LoadedRecipe, parent: str) -> None:
+    from mlops.sweep.study import OWNER, as_overrides, counts, finished, owner, suggest
+    from mlops.sweep.trial import TrialJob
+    from mlops.train.pruning import PruneLink
+
+    cfg = loaded.recipe.sweep
+    assert cfg is not None
+    inflight: dict[Any, Any] = {}
+    while True:
+        while len(inflight) < cfg.parallelism and finished(study) + counts(study)["running"] < cfg.n_trials:
+            trial = study.ask()
+            trial.set_user_attr(OWNER, owner())
+            params = suggest(trial, cfg)
+            prune = None if cfg.pruner == "none" else PruneLink(
+                storage=_storage(study), study_name=study.study_name, trial_id=trial._trial_id, metric=cfg.metric)
+            job = TrialJob(recipe=str(loaded.path), overrides=loaded.overrides + as_overrides(params),
+                           parent_run_id=parent, trial_number=trial.number, prune=prune, result_file="")
+            print(f"mlops: trial {trial.number} started: {' '.join(as_overrides(params))}", flush=True)
+            inflight[trial_task.with_options(retries=cfg.retries).submit(job.model_dump())] = trial
+        if not inflight:
+            return
+        done = [f for f in inflight if f.state.is_final()]
+        if not done:
+            time.sleep(0.2)
+            continue
+        for future in done:
+            trial = inflight.pop(future)
+            try:
+                outcome: dict[str, Any] | BaseException = future.result()
+            except Exception as exc:  # the trial's own error, after its retries
+                outcome = exc
+            verdict = _tell(study, trial, loaded, outcome)
+            c = counts(study)
+            print(f"mlops: trial {trial.number} {verdict}  [{c['complete']} complete, {c['pruned']} pruned, "
+                  f"{c['failed']} failed of {cfg.n_trials}]", flush=True)
+
+
+def _storage(study: Any) -> str:
+    return str(study._storage.url) if hasattr(study._storage, "url") else str(study._storage._backend.url)
+
+
+def _sweep_name() -> str:
+    from pathlib import Path
+
+    from prefect.runtime import flow_run
+
+    return f"{Path(flow_run.parameters['recipe']).stem} sweep"
+
+
+@flow(name="mlops-sweep", flow_run_name=_sweep_name, validate_parameters=False)
+def sweep_flow(recipe: str, overrides: list[str], worker: bool = False) -> dict[str, Any]:
+    from mlops.sweep.study import counts, open_study, recover_orphans
+
+    loaded = load_recipe(recipe, overrides)
+    study = open_study(loaded, create=not worker)
+    requeued = recover_orphans(study)
+    if requeued:
+        print(f"mlops: resuming study {study.study_name}: re-running trial(s) {requeued} left unfinished", flush=True)
+    parent = _parent_run(study, loaded)
+    print(f"mlops: study {study.study_name} ({counts(study)['complete']} trials complete so far), "
+          f"MLflow parent run {parent}", flush=True)
+    _prepare_data(loaded)
+    _run_trials(study, loaded, parent)
+    summary: dict[str, Any] = {"study_name": study.study_name, "storage": _storage(study), "parent_run_id": parent,
+                               "trials": counts(study), "requeued": requeued}
+    if worker:
+        return summary
+    return summary | _finish(study, loaded, parent)
+
+
+def _finish(study: Any, loaded: LoadedRecipe, parent: str) -> dict[str, Any]:
+    """Log the study to the parent run, then export and register the best trial's model (reused from the
+    step cache, not retrained) as `challenger`."""
+    from mlflow import MlflowClient
+
+    from mlops.errors import MlopsError
+    from mlops.sweep.report import log_study
+    from mlops.sweep.study import as_overrides
+    from mlops.tracking.store import tracking_uri
+
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise MlopsError(f"study {study.study_name} has no complete trial: see the failed trials' errors "
+                         "with `mlops runs`") from None
+    client = MlflowClient(tracking_uri(loaded.recipe))
+    best_overrides = as_overrides(best.params)
+    log_study(client, parent, study)
+    print(f"mlops: best trial {best.number}: value {best.value:.5f} with {' '.join(best_overrides)}", flush=True)
+    final = run_flow(str(loaded.path), loaded.overrides + best_overrides, parent_run_id=parent)
+    client.set_tag(parent, "mlops.model", f"{final['model_name']}/{final['model_version']}")
+    client.set_terminated(parent, "FINISHED")
+    return final | {"best": {"number": best.number, "value": best.value, "params": best.params,
+                             "overrides": best_overrides, "trial_run_id": best.user_attrs.get("mlflow_run_id")}}
+
+
+def sweep(recipe: str, overrides: list[str], worker: bool = False) -> dict[str, Any]:
+    from pathlib import Path
+
+    loaded = load_recipe(recipe, overrides)
+    assert loaded.recipe.sweep is not None
+    runner = ThreadPoolTaskRunner(max_workers=loaded.recipe.sweep.parallelism)
+    return sweep_flow.with_options(task_runner=runner)(str(Path(recipe).resolve()), overrides, worker)

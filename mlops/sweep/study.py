@@ -1,0 +1,181 @@
+"""Optuna studies for a recipe's `sweep:` section: durable storage, samplers, pruners, parameters as
+Hydra overrides, and resuming after a crash.
+
+A trial's parameters are sampled once, here, in the coordinating process, and handed to the trial
+process as overrides: every DDP rank of that trial reads the same job file, so all ranks train the
+same configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from mlops.errors import MlopsError
+from mlops.recipe import LoadedRecipe
+from mlops.recipe.schema import CategoricalParam, FloatParam, IntParam, SweepConfig
+from mlops.tracking.store import mlops_home
+
+OWNER = "mlops.owner"  # host:pid of the process running a trial, to tell a dead trial from a live one
+ERROR = "mlops.error"
+RETRY_OF = "mlops.retry_of"
+DIED = "its process died before it finished"
+
+
+def sweep_config(loaded: LoadedRecipe) -> SweepConfig:
+    if loaded.recipe.sweep is None:
+        raise MlopsError(f"{loaded.path} has no 'sweep:' section (add one, e.g. '- sweep: mlp_small' to its defaults)")
+    return loaded.recipe.sweep
+
+
+def storage_url(cfg: SweepConfig) -> str:
+    if cfg.storage:
+        return cfg.storage
+    home = mlops_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'optuna.db'}"
+
+
+def study_name(loaded: LoadedRecipe) -> str:
+    """Derived from the recipe: the same recipe (and overrides) resumes the same study."""
+    cfg = sweep_config(loaded)
+    if cfg.study_name:
+        return cfg.study_name
+    resolved = loaded.resolved()
+    resolved["sweep"] = {k: v for k, v in resolved["sweep"].items() if k not in ("parallelism", "n_trials", "retries")}
+    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{loaded.recipe.name}-{digest}"
+
+
+def sampler(cfg: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if cfg.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if cfg.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_space(cfg), seed=seed)
+    # constant_liar keeps parallel trials from all sampling the same point
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=cfg.parallelism > 1)
+
+
+def pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials,
+                                           n_warmup_steps=cfg.pruner_warmup_epochs)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.pruner_warmup_epochs))
+    return optuna.pruners.NopPruner()
+
+
+def grid_space(cfg: SweepConfig) -> dict[str, list[Any]]:
+    space: dict[str, list[Any]] = {}
+    for key, p in cfg.params.items():
+        if isinstance(p, CategoricalParam):
+            space[key] = [_encode(c) for c in p.choices]
+        elif isinstance(p, IntParam):
+            space[key] = list(range(p.low, p.high + 1, p.step))
+        else:
+            assert p.step is not None
+            n = int(round((p.high - p.low) / p.step))
+            space[key] = [round(p.low + i * p.step, 12) for i in range(n + 1)]
+    return space
+
+
+def open_study(loaded: LoadedRecipe, *, create: bool = True) -> optuna.Study:
+    cfg = sweep_config(loaded)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name, url = study_name(loaded), storage_url(cfg)
+    seed = cfg.seed if cfg.seed is not None else loaded.recipe.seed
+    try:
+        if not create:
+            return optuna.load_study(study_name=name, storage=url, sampler=sampler(cfg, seed), pruner=pruner(cfg))
+        return optuna.create_study(study_name=name, storage=url, direction=cfg.direction, sampler=sampler(cfg, seed),
+                                   pruner=pruner(cfg), load_if_exists=True)
+    except KeyError:
+        raise MlopsError(f"no study '{name}' in {url}: start it with `mlops sweep` before adding workers") from None
+    except Exception as exc:  # a storage URL that cannot be reached or used
+        if isinstance(exc, MlopsError):
+            raise
+        raise MlopsError(f"cannot open Optuna storage {url}: {exc}") from None
+
+
+def _encode(choice: Any) -> Any:
+    """Optuna's categorical choices must be scalars: lists and dicts travel as JSON text."""
+    return json.dumps(choice, separators=(",", ":")) if isinstance(choice, list | dict) else choice
+
+
+def suggest(trial: optuna.Trial, cfg: SweepConfig) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, p in cfg.params.items():
+        if isinstance(p, FloatParam):
+            values[key] = trial.suggest_float(key, p.low, p.high, log=p.log, step=p.step)
+        elif isinstance(p, IntParam):
+            values[key] = trial.suggest_int(key, p.low, p.high, log=p.log, step=p.step)
+        else:
+            values[key] = trial.suggest_categorical(key, [_encode(c) for c in p.choices])
+    return values
+
+
+def as_overrides(params: dict[str, Any]) -> list[str]:
+    """Sampled values as Hydra overrides: `model.lr=0.0031`, `model.hidden=[128,64]`."""
+    out = []
+    for key, value in params.items():
+        if isinstance(value, str) and not value.startswith(("[", "{")):
+            value = json.dumps(value)  # quoted, so Hydra keeps it a string
+        out.append(f"{key}={value}")
+    return out
+
+
+def owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner_id: str) -> bool:
+    host, _, pid = owner_id.rpartition(":")
+    if host != socket.gethostname():
+        return True  # another machine's trial: its worker decides
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_orphans(study: optuna.Study) -> list[int]:
+    """Trials left RUNNING by a process on this host that is gone (kill -9, power loss) are marked
+    failed and queued again with the same parameters, so only the trial in flight is re-run."""
+    requeued = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _alive(str(t.user_attrs.get(OWNER, ""))):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, ERROR, DIED)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={RETRY_OF: t.number})
+        requeued.append(t.number)
+    return requeued
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    trials = study.get_trials(deepcopy=False)
+    return {
+        "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        # failures we recorded with an error count toward the budget; a dead process's trial does not
+        "failed": sum(t.state == TrialState.FAIL and not str(t.user_attrs.get(ERROR, "")).startswith(DIED)
+                      for t in trials),
+        "running": sum(t.state == TrialState.RUNNING for t in trials),
+        "waiting": sum(t.state == TrialState.WAITING for t in trials),
+    }
+
+
+def finished(study: optuna.Study) -> int:
+    c = counts(study)
+    return c["complete"] + c["pruned"] + c["failed"]

@@ -1,0 +1,55 @@
+"""Report each epoch's value to an Optuna trial and stop training when the pruner says so.
+
+Only global rank 0 talks to the study; its decision is broadcast so every DDP rank stops together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+from pydantic import BaseModel
+
+
+class PruneLink(BaseModel):
+    storage: str
+    study_name: str
+    trial_id: int
+    metric: str
+
+
+class TrialPruned(Exception):
+    """Raised after a pruned fit so the half-trained model is never cached or exported."""
+
+
+class OptunaPruning(Callback):
+    def __init__(self, link: PruneLink) -> None:
+        self.link = link
+        self.pruned = False
+        self._trial: Any = None
+
+    def _open(self) -> Any:
+        if self._trial is None:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            study = optuna.load_study(study_name=self.link.study_name, storage=self.link.storage)
+            self._trial = optuna.trial.Trial(study, self.link.trial_id)
+        return self._trial
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        prune = False
+        value = trainer.callback_metrics.get(self.link.metric)
+        if trainer.is_global_zero and value is not None:
+            trial = self._open()
+            trial.report(float(value), step=trainer.current_epoch)
+            prune = trial.should_prune()
+        prune = trainer.strategy.broadcast(prune)
+        if prune:
+            self.pruned = True
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                print(f"trial pruned at epoch {trainer.current_epoch + 1} ({self.link.metric} {float(value):.4f})",
+                      flush=True)
