@@ -60,6 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.set_defaults(func=cmd_sweep)
 
+    p = sub.add_parser("runs", help="a table of tracked runs: metrics, params that differ, data, duration")
+    p.add_argument("recipe", nargs="?", help="only this recipe's experiment")
+    p.add_argument("--experiment", help="an experiment name (instead of a recipe)")
+    p.add_argument("--metric", action="append", default=[], help="a metric column (repeatable)")
+    p.add_argument("--sort", help="sort by this metric, highest first")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="last line of stdout: the runs as a JSON list")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("diff", help="every difference between two runs: config, data, packages, seeds, metrics")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("reproduce", help="re-run a run from its recipe.lock and compare metrics and ONNX bytes")
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
+
     p = sub.add_parser("schema", help="print the recipe JSON Schema (for editors)")
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_schema)
@@ -129,6 +149,63 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, default=str))
     return 0
+
+
+def _client(recipe: str | None = None) -> Any:
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow import MlflowClient
+
+    from mlops.tracking.store import tracking_uri
+
+    loaded = None
+    if recipe:
+        from mlops.recipe import load_recipe
+
+        loaded = load_recipe(recipe, check_data=False)
+    return MlflowClient(tracking_uri(loaded.recipe if loaded else None)), loaded
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from mlops.tracking.compare import default_metrics, list_runs, render_runs
+
+    client, loaded = _client(args.recipe)
+    experiment = args.experiment or (loaded.recipe.experiment if loaded else None)
+    rows = list_runs(client, experiment, args.metric, args.sort, args.limit)
+    metrics = args.metric or default_metrics(rows)
+    print(render_runs(rows, metrics), end="")
+    if args.json:
+        print(json.dumps(rows, default=str))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from mlops.tracking.compare import diff_runs, render_diff
+
+    client, _ = _client()
+    rows = diff_runs(client, args.run_a, args.run_b)
+    print(render_diff(rows, args.run_a, args.run_b), end="")
+    if args.json:
+        print(json.dumps(rows, default=str))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from mlops.tracking.reproduce import reproduce
+
+    client, _ = _client()
+    result = reproduce(client, args.run_id)
+    if result["match"]:
+        print(f"reproduced run {args.run_id} exactly: same metrics, same per-epoch history, byte-identical ONNX "
+              f"(sha256 {result['onnx_sha256'][:16]}); reproduction run {result['reproduction_run_id']}")
+    else:
+        print(f"run {args.run_id} did NOT reproduce ({len(result['mismatches'])} differences):")
+        for m in result["mismatches"]:
+            print(f"  {m['field']}: original {m['original']!r}, now {m['now']!r}")
+    if args.json:
+        print(json.dumps(result, default=str))
+    return 0 if result["match"] else 1
 
 
 def _print_summary(s: dict[str, Any], brief: bool) -> None:

@@ -71,7 +71,8 @@ def execute(loaded: LoadedRecipe, parent_run_id: str | None = None, *, until: st
     if until is not None:
         client.set_terminated(run_id, "FINISHED")
         return {"run_id": run_id, "state": "complete", "history": ctx.results["train"]["history"],
-                "metrics": ctx.results.get("evaluate", {}).get("metrics", {}), "cache": cache_hits}
+                "metrics": ctx.results.get("evaluate", {}).get("metrics", {}), "cache": cache_hits,
+                "onnx_sha256": ctx.results.get("export", {}).get("onnx_sha256")}
     summary = _summary(plan, ctx, run_dir, cache_hits, time.perf_counter() - started)
     _write(run_dir / "summary.json", json.dumps(summary, indent=2))
     client.log_artifact(run_id, str(run_dir / "summary.json"))

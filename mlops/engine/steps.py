@@ -169,7 +169,8 @@ def evaluate(ctx: RunContext, out: Path) -> dict[str, Any]:
         plot = residual_png(y * std + mean, test_out * std + mean, out / "residuals.png")
     else:
         plot = confusion_matrix_png(y, test_out.argmax(axis=1), prep["labels"], out / "confusion_matrix.png")
-    return {"metrics": metrics, "plots": [plot.name]}
+    # logged at the step after the last epoch, so a metric's history reads: epochs..., final evaluation
+    return {"metrics": metrics, "plots": [plot.name], "step": ctx.results["train"]["epochs_run"]}
 
 
 def export(ctx: RunContext, out: Path) -> dict[str, Any]:

@@ -92,7 +92,8 @@ def log_step(client: Any, run_id: str, step: str, result: dict[str, Any], cached
             client.log_batch(run_id, metrics=metrics[i:i + 500])
         client.set_tag(run_id, "mlops.world_size", str(result["world_size"]))
     elif step == "evaluate":
-        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in result["metrics"].items()])
+        step_no = int(result.get("step", 0))
+        client.log_batch(run_id, metrics=[Metric(k, v, now + step_no, step_no) for k, v in result["metrics"].items()])
         for plot in result["plots"]:
             client.log_artifact(run_id, str(out / plot), "plots")
     elif step == "export":

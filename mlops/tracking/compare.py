@@ -1,0 +1,136 @@
+"""Compare runs: a table of runs with what differs between them, and a field-by-field diff of two runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mlops.errors import MlopsError
+from mlops.tracking.log import flatten
+
+# params every run has that say nothing about what differs
+NOISE = {"data.fingerprint", "split.digest"}
+
+
+def get_run(client: Any, run_id: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise MlopsError(f"no run '{run_id}' in the tracking store {client.tracking_uri}") from None
+
+
+def read_lock(client: Any, run_id: str) -> dict[str, Any]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return json.loads(Path(client.download_artifacts(run_id, "recipe.lock")).read_text())
+    except (MlflowException, OSError):
+        raise MlopsError(f"run {run_id} has no recipe.lock artifact (was it made by `mlops run`?)") from None
+
+
+def list_runs(client: Any, experiment: str | None, metrics: list[str], sort: str | None, limit: int) -> list[dict[str, Any]]:
+    if experiment is not None:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise MlopsError(f"no experiment '{experiment}' in {client.tracking_uri}")
+        ids = [exp.experiment_id]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, max_results=limit, order_by=["attributes.start_time DESC"])
+    rows = []
+    for r in runs:
+        info, data = r.info, r.data
+        seconds = (info.end_time - info.start_time) / 1000 if info.end_time else None
+        kind = "sweep" if data.tags.get("mlops.sweep") else "multirun" if data.tags.get("mlops.multirun") else (
+            f"trial {data.tags['mlops.trial']}" if "mlops.trial" in data.tags else "run")
+        rows.append({"run_id": info.run_id, "name": info.run_name, "status": info.status, "kind": kind,
+                     "parent": data.tags.get("mlflow.parentRunId"), "start_time": info.start_time,
+                     "seconds": seconds, "metrics": dict(data.metrics), "params": dict(data.params),
+                     "data_fingerprint": data.tags.get("mlops.data_fingerprint"),
+                     "model": data.tags.get("mlops.model")})
+    varying = differing_params([r["params"] for r in rows])
+    for row in rows:
+        row["differs"] = {k: row["params"].get(k) for k in varying}
+        row["shown_metrics"] = {m: row["metrics"].get(m) for m in metrics}
+    if sort:
+        rows.sort(key=lambda r: (r["metrics"].get(sort) is None, -(r["metrics"].get(sort) or 0)))
+    return rows
+
+
+def differing_params(params: list[dict[str, str]]) -> list[str]:
+    keys = sorted({k for p in params for k in p} - NOISE)
+    return [k for k in keys if len({p.get(k) for p in params if p}) > 1]
+
+
+def default_metrics(rows: list[dict[str, Any]]) -> list[str]:
+    seen = {m for r in rows for m in r["metrics"]}
+    preferred = ["test/auroc", "test/accuracy", "test/f1", "test/rmse", "test/r2", "best/value", "val/loss"]
+    return [m for m in preferred if m in seen][:4]
+
+
+def render_runs(rows: list[dict[str, Any]], metrics: list[str]) -> str:
+    from datetime import UTC, datetime
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    varying = sorted({k for r in rows for k in r["differs"]})
+    table = Table(title=f"{len(rows)} runs", title_justify="left")
+    for col in ["run", "kind", "status", "started", "secs", *metrics, *varying, "data"]:
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        started = datetime.fromtimestamp(r["start_time"] / 1000, UTC).strftime("%m-%d %H:%M:%S")
+        cells = [r["run_id"][:12], r["kind"], r["status"], started,
+                 f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"]
+        cells += [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "-" for m in metrics]
+        cells += [str(r["differs"].get(k, "-")) for k in varying]
+        cells.append((r["data_fingerprint"] or "-").replace("sha256:", "")[:10])
+        table.add_row(*cells)
+    buf = StringIO()
+    Console(file=buf, width=200, force_terminal=False).print(table)
+    return buf.getvalue()
+
+
+def diff_runs(client: Any, run_a: str, run_b: str) -> list[dict[str, Any]]:
+    """Every difference between two runs: resolved config, data, package versions, seeds, metrics."""
+    a, b = get_run(client, run_a), get_run(client, run_b)
+    lock_a, lock_b = read_lock(client, run_a), read_lock(client, run_b)
+    sections = {
+        "config": (flatten(lock_a["recipe"]), flatten(lock_b["recipe"])),
+        "overrides": ({"overrides": " ".join(lock_a.get("overrides", []))},
+                      {"overrides": " ".join(lock_b.get("overrides", []))}),
+        "data": (flatten(lock_a["data"]), flatten(lock_b["data"])),
+        "packages": (lock_a["packages"], lock_b["packages"]),
+        "seeds": ({k: str(v) for k, v in lock_a["seeds"].items()}, {k: str(v) for k, v in lock_b["seeds"].items()}),
+        "environment": ({"python": lock_a.get("python"), "git": json.dumps(lock_a.get("git"))},
+                        {"python": lock_b.get("python"), "git": json.dumps(lock_b.get("git"))}),
+        "metrics": ({k: repr(v) for k, v in a.data.metrics.items()}, {k: repr(v) for k, v in b.data.metrics.items()}),
+    }
+    rows = []
+    for section, (left, right) in sections.items():
+        for key in sorted(set(left) | set(right)):
+            if left.get(key) != right.get(key):
+                rows.append({"section": section, "key": key, "a": left.get(key), "b": right.get(key)})
+    return rows
+
+
+def render_diff(rows: list[dict[str, Any]], run_a: str, run_b: str) -> str:
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    if not rows:
+        return f"runs {run_a} and {run_b} are identical in config, data, packages, seeds and metrics\n"
+    table = Table(title=f"{len(rows)} differences", title_justify="left")
+    for col in ("section", "key", f"A {run_a[:12]}", f"B {run_b[:12]}"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["section"], r["key"], str(r["a"]), str(r["b"]))
+    buf = StringIO()
+    Console(file=buf, width=200, force_terminal=False).print(table)
+    return buf.getvalue()
