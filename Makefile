@@ -38,6 +38,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/sweep.py
 
 schema: $(STAMP)
 	$(BIN)/mlops schema --out recipe.schema.json
