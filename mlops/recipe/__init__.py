@@ -52,7 +52,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, check_d
     if check_data:
         problems = semantic_problems(recipe, composed)
         if problems:
-            raise RecipeError(str(composed.origin("")).split(":")[0], problems)
+            raise RecipeError(composed.display, problems)
     return LoadedRecipe(recipe, composed)
 
 

@@ -40,6 +40,11 @@ class Composed:
     config: dict[str, Any]
     origins: dict[str, Origin] = field(default_factory=dict)
 
+    @property
+    def display(self) -> str:
+        """The recipe file as the user named it (relative to the working directory when inside it)."""
+        return _display(self.path)
+
     def origin(self, key: str) -> Origin:
         """The origin of a dotted key, or of its nearest ancestor that some source set."""
         parts = key.split(".")

@@ -41,5 +41,10 @@ def keys_at(path: str) -> list[str]:
 
 
 def closest(word: str, choices: list[str]) -> str | None:
+    """The likeliest intended choice: one the word abbreviates (`val/acc` -> `val/accuracy`), else the
+    most similar spelling."""
+    prefixed = sorted((c for c in choices if c.startswith(word) and c != word), key=len)
+    if prefixed and len(word) >= 3:
+        return prefixed[0]
     matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.7)
     return matches[0] if matches else None

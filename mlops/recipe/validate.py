@@ -19,7 +19,7 @@ def validate(composed: Composed) -> Recipe:
         return Recipe.model_validate(composed.config)
     except ValidationError as exc:
         problems = [problem_from_error(composed, e) for e in exc.errors(include_url=False)]
-        raise RecipeError(str(composed.origin("")).split(":")[0], _dedupe(problems)) from None
+        raise RecipeError(composed.display, _dedupe(problems)) from None
 
 
 def problem_from_error(composed: Composed, error: Any) -> Problem:

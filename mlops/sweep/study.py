@@ -94,9 +94,17 @@ def open_study(loaded: LoadedRecipe, *, create: bool = True) -> optuna.Study:
     seed = cfg.seed if cfg.seed is not None else loaded.recipe.seed
     try:
         if not create:
-            return optuna.load_study(study_name=name, storage=url, sampler=sampler(cfg, seed), pruner=pruner(cfg))
-        return optuna.create_study(study_name=name, storage=url, direction=cfg.direction, sampler=sampler(cfg, seed),
-                                   pruner=pruner(cfg), load_if_exists=True)
+            study = optuna.load_study(study_name=name, storage=url, sampler=sampler(cfg, seed), pruner=pruner(cfg))
+        else:
+            study = optuna.create_study(study_name=name, storage=url, direction=cfg.direction,
+                                        sampler=sampler(cfg, seed), pruner=pruner(cfg), load_if_exists=True)
+        existing = len(study.get_trials(deepcopy=False))
+        if existing and cfg.sampler != "grid":
+            # A sampler seeded as in the first session would draw the same points again (a resumed TPE
+            # study re-ran trial 0's parameters): offset the seed by the trials already in the study.
+            # The grid sampler keeps its seed: it maps grid ids to points by a seeded shuffle.
+            study.sampler = sampler(cfg, seed + existing)
+        return study
     except KeyError:
         raise MlopsError(f"no study '{name}' in {url}: start it with `mlops sweep` before adding workers") from None
     except Exception as exc:  # a storage URL that cannot be reached or used
