@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_reproduce)
 
+    p = sub.add_parser("serve", help="serve a model over KServe's V1/V2 protocols (ONNX Runtime, no torch)")
+    p.add_argument("model", help="NAME@ALIAS, NAME/VERSION (MLflow registry) or a bundle directory")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--log", help="prediction log (SQLite); default .mlops/predictions/<model>.sqlite")
+    p.add_argument("--max-batch", type=int, default=1024, help="most rows one request may carry")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("schema", help="print the recipe JSON Schema (for editors)")
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_schema)
@@ -148,6 +156,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _print_summary(result, brief=False)
     if args.json:
         print(json.dumps(result, default=str))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mlops.serve.run import serve
+
+    serve(args.model, args.host, args.port, args.log, args.max_batch)
     return 0
 
 

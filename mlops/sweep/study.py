@@ -59,9 +59,18 @@ def sampler(cfg: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
     if cfg.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed)
     if cfg.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_space(cfg), seed=seed)
+        return _GridSampler(grid_space(cfg), seed=seed)
     # constant_liar keeps parallel trials from all sampling the same point
     return optuna.samplers.TPESampler(seed=seed, constant_liar=cfg.parallelism > 1)
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler calls `study.stop()` when a trial ends and the grid is done, which raises
+    RuntimeError outside `study.optimize` (optuna#4121, #5141): `study.tell` of the last grid point
+    failed the sweep. The sweep's loop counts its own trials, so there is nothing to stop."""
+
+    def after_trial(self, study: optuna.Study, trial: Any, state: TrialState, values: Any) -> None:
+        pass
 
 
 def pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:

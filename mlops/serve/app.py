@@ -1,0 +1,261 @@
+"""The lean ASGI runtime: KServe's V1 and V2 (Open Inference) REST protocols over one Predictor.
+
+Every response to a bad request is a 4xx JSON body naming the field at fault; anything else that goes
+wrong is a 5xx with an error id, never a crash. Predictions are logged before their 200 is sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mlops.serve.log import PredictionLog, prediction_rows
+from mlops.serve.metrics import ServeMetrics
+from mlops.serve.predictor import Prediction, Predictor, RequestError
+
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+
+
+def _error(status: int, field: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": f"{field}: {message}", "field": field}, status_code=status)
+
+
+def _reject_constant(token: str) -> float:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)  # NaN/Infinity are not JSON
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError("body", f"invalid JSON: {exc}") from None
+
+
+class Server:
+    def __init__(self, predictor: Predictor, log: PredictionLog | None, version: str | None = None,
+                 token: str | None = None, max_body: int = DEFAULT_MAX_BODY, variant: str = "champion") -> None:
+        self.predictor = predictor
+        self.log = log
+        self.version = version
+        self.token = token
+        self.max_body = max_body
+        self.variant = variant
+        self.metrics = ServeMetrics()
+
+    # --- shared request handling --------------------------------------------------------------------
+
+    async def _body(self, request: Request) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            raise RequestError("body", f"over the size limit of {self.max_body} bytes", status=413)
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > self.max_body:
+                raise RequestError("body", f"over the size limit of {self.max_body} bytes", status=413)
+        return _parse(raw)
+
+    def _authorised(self, request: Request) -> bool:
+        if not self.token:
+            return True
+        given = request.headers.get("authorization", "")
+        return secrets.compare_digest(given.encode(), f"Bearer {self.token}".encode())
+
+    def _model(self, request: Request) -> None:
+        name = request.path_params["name"]
+        if name != self.predictor.name:
+            raise RequestError("model", f"no model named '{name}' (this server has '{self.predictor.name}')", 404)
+
+    async def _handle(self, request: Request, route: str, work: Any) -> Response:
+        started = time.perf_counter()
+        self.metrics.in_flight.inc()
+        status = 500
+        try:
+            if not self._authorised(request):
+                status = 401
+                return _error(401, "authorization", "missing or wrong bearer token")
+            response = await work(request, started)
+            status = response.status_code
+            return response
+        except RequestError as exc:
+            status = exc.status
+            return JSONResponse(exc.body(), status_code=exc.status)
+        except Exception as exc:  # a bug or a broken model: report it with an id, keep serving
+            error_id = uuid.uuid4().hex[:12]
+            print(f"mlops serve: error {error_id} on {route}: {type(exc).__name__}: {exc}", flush=True)
+            return JSONResponse({"error": f"internal error {error_id}", "field": None}, status_code=500)
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.observe(route, self.predictor.name, self.variant, status, time.perf_counter() - started)
+
+    async def _predict_and_log(self, feeds: dict[str, Any], request_id: str | None, started: float,
+                               raw_rows: list[dict[str, Any]]) -> tuple[Prediction, list[str]]:
+        prediction = self.predictor.predict(feeds)
+        rows = prediction.rows
+        base = request_id or uuid.uuid4().hex
+        ids = [base] if rows == 1 else [f"{base}-{i}" for i in range(rows)]
+        if self.log is not None:
+            latency = (time.perf_counter() - started) * 1000
+            await self.log.write("predictions", prediction_rows(ids, self.predictor.name, self.version, self.variant,
+                                                                raw_rows, prediction.instances(), latency))
+        if "label" in prediction.outputs:
+            self.metrics.count_classes(self.predictor.name, self.variant, prediction.outputs["label"])
+        return prediction, ids
+
+    # --- V2 -----------------------------------------------------------------------------------------
+
+    async def live(self, request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        return JSONResponse({"ready": True})
+
+    async def server_metadata(self, request: Request) -> Response:
+        import mlops
+
+        return JSONResponse({"name": "mlops", "version": mlops.__version__, "extensions": []})
+
+    async def model_metadata(self, request: Request) -> Response:
+        async def work(request: Request, started: float) -> Response:
+            self._model(request)
+            meta = self.predictor.meta
+            inputs = [{"name": i.name, "datatype": "BYTES" if i.dtype == "string" else "FP32", "shape": [-1, 1]}
+                      for i in meta.inputs]
+            outputs = [{"name": o["name"], "datatype": "BYTES" if o["dtype"] == "string" else "FP32",
+                        "shape": [-1 if isinstance(d, str) else d for d in o["shape"]]} for o in meta.outputs]
+            return JSONResponse({"name": meta.name, "versions": [self.version] if self.version else [],
+                                 "platform": "onnxruntime_onnx", "inputs": inputs, "outputs": outputs})
+
+        return await self._handle(request, "metadata", work)
+
+    async def model_ready(self, request: Request) -> Response:
+        async def work(request: Request, started: float) -> Response:
+            self._model(request)
+            return JSONResponse({"name": self.predictor.name, "ready": True})
+
+        return await self._handle(request, "ready", work)
+
+    async def infer(self, request: Request) -> Response:
+        async def work(request: Request, started: float) -> Response:
+            self._model(request)
+            body = await self._body(request)
+            if not isinstance(body, dict):
+                raise RequestError("body", "must be a JSON object with 'inputs'")
+            request_id = body.get("id")
+            if request_id is not None and not isinstance(request_id, str):
+                raise RequestError("id", "must be a string")
+            feeds = self.predictor.feeds_from_v2(body.get("inputs"))
+            raw = _rows_of(feeds)
+            prediction, ids = await self._predict_and_log(feeds, request_id, started, raw)
+            outputs = []
+            for name, values in prediction.outputs.items():
+                datatype = "BYTES" if values.dtype == object else "FP32"
+                data = values.reshape(-1).tolist()
+                outputs.append({"name": name, "datatype": datatype, "shape": list(values.shape), "data": data})
+            return JSONResponse({"model_name": self.predictor.name, "model_version": self.version,
+                                 "id": request_id or ids[0], "parameters": {"prediction_ids": ",".join(ids)},
+                                 "outputs": outputs})
+
+        return await self._handle(request, "v2_infer", work)
+
+    # --- V1 -----------------------------------------------------------------------------------------
+
+    async def v1_model(self, request: Request) -> Response:
+        async def work(request: Request, started: float) -> Response:
+            self._model(request)
+            return JSONResponse({"name": self.predictor.name, "ready": True})
+
+        return await self._handle(request, "v1_model", work)
+
+    async def v1_predict(self, request: Request) -> Response:
+        async def work(request: Request, started: float) -> Response:
+            name, _, verb = request.path_params["name_verb"].partition(":")
+            request.path_params["name"] = name
+            self._model(request)
+            if verb != "predict":
+                raise RequestError("path", f"unknown verb ':{verb}' (use :predict)", 404)
+            body = await self._body(request)
+            if not isinstance(body, dict) or "instances" not in body:
+                raise RequestError("instances", "the body must be an object with an 'instances' list")
+            request_id = body.get("id")
+            if request_id is not None and not isinstance(request_id, str):
+                raise RequestError("id", "must be a string")
+            feeds = self.predictor.feeds_from_rows(body["instances"])
+            prediction, ids = await self._predict_and_log(feeds, request_id, started, _rows_of(feeds))
+            return JSONResponse({"predictions": prediction.instances(), "ids": ids})
+
+        return await self._handle(request, "v1_predict", work)
+
+    async def feedback(self, request: Request) -> Response:
+        """Ground truth for a prediction id: `{"id": ..., "label": "yes"}` or `{"id": ..., "value": 3.2}`."""
+        async def work(request: Request, started: float) -> Response:
+            body = await self._body(request)
+            items = body if isinstance(body, list) else [body]
+            rows = []
+            for k, item in enumerate(items):
+                where = f"[{k}]" if isinstance(body, list) else "body"
+                if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+                    raise RequestError(f"{where}.id", "a prediction id (string) is required")
+                label, value = item.get("label"), item.get("value")
+                if label is None and value is None:
+                    raise RequestError(f"{where}.label", "give 'label' (classification) or 'value' (regression)")
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                          or not math.isfinite(value)):
+                    raise RequestError(f"{where}.value", "must be a finite number")
+                rows.append((item["id"], time.time(), None if label is None else str(label), value, json.dumps(item)))
+            if self.log is not None:
+                await self.log.write("feedback", rows)
+            return JSONResponse({"recorded": len(rows)})
+
+        return await self._handle(request, "feedback", work)
+
+    async def prometheus(self, request: Request) -> Response:
+        body, content_type = self.metrics.render()
+        return Response(body, media_type=content_type)
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/v2/health/live", self.live), Route("/v2/health/ready", self.ready), Route("/v2", self.server_metadata),
+            Route("/v2/models/{name}", self.model_metadata), Route("/v2/models/{name}/ready", self.model_ready),
+            Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
+            Route("/v1/models/{name}", self.v1_model),
+            Route("/v1/models/{name_verb:path}", self.v1_predict, methods=["POST"]),
+            Route("/v1/feedback", self.feedback, methods=["POST"]),
+            Route("/metrics", self.prometheus),
+        ]
+        return Starlette(routes=routes, lifespan=self._lifespan)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        if self.log is not None:  # drain and close: whatever was acknowledged is already committed
+            self.log.close()
+
+
+def _rows_of(feeds: dict[str, Any]) -> list[dict[str, Any]]:
+    """The validated inputs as one object per row, for the log (NaN -> null, "" -> null)."""
+    names = list(feeds)
+    n = len(feeds[names[0]]) if names else 0
+    rows = []
+    for i in range(n):
+        row = {}
+        for name in names:
+            v = feeds[name][i, 0]
+            if isinstance(v, str):
+                row[name] = v or None
+            else:
+                f = float(v)
+                row[name] = None if math.isnan(f) else f
+        rows.append(row)
+    return rows

@@ -1,0 +1,208 @@
+"""One predictor over a model bundle: ONNX Runtime and the bundle's input schema, nothing else.
+
+Both runtimes (our ASGI app and the `kserve.Model`) call this. It never imports torch, lightning,
+mlflow or prefect, and loads no pickle: only `model.onnx` and `bundle.json`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlops.package.bundle import BundleMeta, read_bundle
+
+NUMERIC_V2 = {"FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"}
+# the largest integer a float32 holds exactly: beyond it an integer cast to FP32 would silently change
+FP32_EXACT_INT = 2**24
+
+
+class RequestError(Exception):
+    """A request the model cannot take: 4xx with the field at fault."""
+
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status = status
+
+    def body(self) -> dict[str, Any]:
+        return {"error": f"{self.field}: {self.message}", "field": self.field}
+
+
+@dataclass
+class Prediction:
+    outputs: dict[str, np.ndarray]  # label [N] (str) and probabilities [N,C], or prediction [N]
+    rows: int
+
+    def instances(self) -> list[dict[str, Any]]:
+        """One JSON-able dict per row (the V1 response shape)."""
+        out = []
+        for i in range(self.rows):
+            row: dict[str, Any] = {}
+            for name, values in self.outputs.items():
+                v = values[i]
+                row[name] = v.tolist() if isinstance(v, np.ndarray) else (v.item() if hasattr(v, "item") else v)
+            out.append(row)
+        return out
+
+
+class Predictor:
+    def __init__(self, bundle_dir: str | Path, max_batch: int = 1024, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(bundle_dir)
+        self.meta: BundleMeta = read_bundle(self.path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # many small requests: one thread each beats contention
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.max_batch = max_batch
+        self.columns = {i.name: i for i in self.meta.inputs}
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    def predict(self, feeds: dict[str, np.ndarray]) -> Prediction:
+        outputs = dict(zip(self.output_names, self.session.run(None, feeds), strict=True))
+        rows = len(next(iter(feeds.values()))) if feeds else 0
+        return Prediction(outputs, rows)
+
+    # --- request decoding -------------------------------------------------------------------------
+
+    def feeds_from_rows(self, rows: list[dict[str, Any]], where: str = "instances") -> dict[str, np.ndarray]:
+        """V1 instances: objects of named raw columns, or lists in schema order; null means missing."""
+        if not isinstance(rows, list) or not rows:
+            raise RequestError(where, "must be a non-empty list of instances")
+        self._check_batch(len(rows), where)
+        names = list(self.columns)
+        columns: dict[str, list[Any]] = {n: [] for n in names}
+        for i, row in enumerate(rows):
+            if isinstance(row, list):
+                if len(row) != len(names):
+                    raise RequestError(f"{where}[{i}]", f"expected {len(names)} values in schema order {names}, "
+                                       f"got {len(row)}")
+                row = dict(zip(names, row, strict=True))
+            if not isinstance(row, dict):
+                raise RequestError(f"{where}[{i}]", "must be an object of named columns or a list in schema order")
+            unknown = set(row) - set(names)
+            if unknown:
+                raise RequestError(f"{where}[{i}].{sorted(unknown)[0]}", f"unknown column (expected: {', '.join(names)})")
+            for n in names:
+                if n not in row:
+                    raise RequestError(f"{where}[{i}].{n}", "missing column (send null for a missing value)")
+                columns[n].append(row[n])
+        return {n: self._column(n, values, f"{where}[].{n}") for n, values in columns.items()}
+
+    def feeds_from_v2(self, inputs: Any) -> dict[str, np.ndarray]:
+        """V2 inputs: one tensor per column (shape [N] or [N,1]), or one [N, n_columns] tensor."""
+        if not isinstance(inputs, list) or not inputs:
+            raise RequestError("inputs", "must be a non-empty list of tensors")
+        names = list(self.columns)
+        for k, t in enumerate(inputs):
+            if not isinstance(t, dict):
+                raise RequestError(f"inputs[{k}]", "must be an object with name, shape, datatype, data")
+            for key in ("name", "shape", "datatype", "data"):
+                if key not in t:
+                    raise RequestError(f"inputs[{k}].{key}", "is required")
+        if len(inputs) == 1 and inputs[0]["name"] not in self.columns:
+            return self._single_tensor(inputs[0], names)
+        seen: dict[str, np.ndarray] = {}
+        rows = None
+        for k, t in enumerate(inputs):
+            name = t["name"]
+            if name not in self.columns:
+                raise RequestError(f"inputs[{k}].name", f"unknown input '{name}' (expected: {', '.join(names)})")
+            if name in seen:
+                raise RequestError(f"inputs[{k}].name", f"input '{name}' given twice")
+            values = self._tensor_values(t, k, columns=1)
+            if rows is not None and len(values) != rows:
+                raise RequestError(f"inputs[{k}].shape", f"has {len(values)} rows, other inputs have {rows}")
+            rows = len(values)
+            seen[name] = self._column(name, values, f"inputs[{k}].data", t["datatype"])
+        missing = [n for n in names if n not in seen]
+        if missing:
+            raise RequestError(f"inputs.{missing[0]}", "missing input (send null in BYTES or NaN-free data)")
+        return seen
+
+    def _single_tensor(self, t: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
+        values = self._tensor_values(t, 0, columns=len(names))
+        if not all(isinstance(r, list) for r in values):
+            raise RequestError("inputs[0].shape", f"a single tensor must be [N, {len(names)}] in schema order {names}")
+        return {n: self._column(n, [r[j] for r in values], f"inputs[0].data[][{j}]", t["datatype"])
+                for j, n in enumerate(names)}
+
+    def _tensor_values(self, t: dict[str, Any], k: int, columns: int) -> list[Any]:
+        shape, data, dtype = t["shape"], t["data"], t["datatype"]
+        if not isinstance(dtype, str) or (dtype not in NUMERIC_V2 and dtype not in ("BYTES", "BOOL")):
+            raise RequestError(f"inputs[{k}].datatype", f"unsupported datatype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape) or not 1 <= len(shape) <= 2:
+            raise RequestError(f"inputs[{k}].shape", "must be [N] or [N, M] with non-negative integers")
+        if not isinstance(data, list):
+            raise RequestError(f"inputs[{k}].data", "must be a list")
+        flat = _flatten(data)
+        expected = shape[0] * (shape[1] if len(shape) == 2 else 1)
+        if len(flat) != expected:
+            raise RequestError(f"inputs[{k}].shape", f"shape {shape} needs {expected} values, data has {len(flat)}")
+        if len(shape) == 2 and shape[1] != columns:
+            raise RequestError(f"inputs[{k}].shape", f"second dimension must be {columns}, got {shape[1]}")
+        if shape[0] == 0:
+            raise RequestError(f"inputs[{k}].shape", "needs at least one row")
+        self._check_batch(shape[0], f"inputs[{k}].shape")
+        if len(shape) == 2 and shape[1] > 1:
+            return [flat[i * shape[1]:(i + 1) * shape[1]] for i in range(shape[0])]
+        return flat
+
+    def _check_batch(self, n: int, where: str) -> None:
+        if n > self.max_batch:
+            raise RequestError(where, f"batch of {n} rows is over the limit of {self.max_batch}", status=413)
+
+    def _column(self, name: str, values: list[Any], where: str, datatype: str | None = None) -> np.ndarray:
+        spec = self.columns[name]
+        if spec.dtype == "string":
+            out = []
+            for i, v in enumerate(values):
+                if v is None:
+                    out.append("")
+                elif isinstance(v, str):
+                    out.append(v)
+                elif isinstance(v, bool):
+                    raise RequestError(f"{where}[{i}]", "expected a string category, got a boolean")
+                elif isinstance(v, int | float) and math.isfinite(v):
+                    out.append(str(int(v)) if float(v).is_integer() else str(v))  # as training wrote numbers
+                else:
+                    raise RequestError(f"{where}[{i}]", f"expected a string category, got {type(v).__name__}")
+            return np.asarray(out, dtype=object).reshape(-1, 1)
+        if datatype == "BYTES":
+            raise RequestError(where, f"column '{name}' is numeric: send a numeric datatype, not BYTES")
+        arr = np.empty(len(values), dtype=np.float32)
+        for i, v in enumerate(values):
+            if v is None:
+                arr[i] = np.nan  # missing: the graph imputes it
+            elif isinstance(v, bool) or not isinstance(v, int | float):
+                raise RequestError(f"{where}[{i}]", f"expected a number for '{name}', got {type(v).__name__}")
+            elif not math.isfinite(v):
+                raise RequestError(f"{where}[{i}]", f"non-finite number {v!r} (send null for a missing value)")
+            elif isinstance(v, int) and abs(v) > FP32_EXACT_INT:
+                raise RequestError(f"{where}[{i}]", f"integer {v} cannot be cast to FP32 without loss")
+            elif abs(v) > np.finfo(np.float32).max:
+                raise RequestError(f"{where}[{i}]", f"{v!r} overflows FP32")
+            else:
+                arr[i] = v
+        return arr.reshape(-1, 1)
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for v in data:
+        if isinstance(v, list):
+            out.extend(_flatten(v))
+        else:
+            out.append(v)
+    return out
