@@ -18,6 +18,7 @@ from mlops.package.bundle import BundleMeta, read_bundle
 NUMERIC_V2 = {"FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"}
 # the largest integer a float32 holds exactly: beyond it an integer cast to FP32 would silently change
 FP32_EXACT_INT = 2**24
+FP32_MAX = float(np.finfo(np.float32).max)
 
 
 class RequestError(Exception):
@@ -134,7 +135,9 @@ class Predictor:
         values = self._tensor_values(t, 0, columns=len(names))
         if not all(isinstance(r, list) for r in values):
             raise RequestError("inputs[0].shape", f"a single tensor must be [N, {len(names)}] in schema order {names}")
-        return {n: self._column(n, [r[j] for r in values], f"inputs[0].data[][{j}]", t["datatype"])
+        # a tensor mixing numbers and strings can only be BYTES: its numeric columns then carry JSON numbers
+        datatype = None if t["datatype"] == "BYTES" else t["datatype"]
+        return {n: self._column(n, [r[j] for r in values], f"inputs[0].data[][{j}]", datatype)
                 for j, n in enumerate(names)}
 
     def _tensor_values(self, t: dict[str, Any], k: int, columns: int) -> list[Any]:
@@ -191,7 +194,7 @@ class Predictor:
                 raise RequestError(f"{where}[{i}]", f"non-finite number {v!r} (send null for a missing value)")
             elif isinstance(v, int) and abs(v) > FP32_EXACT_INT:
                 raise RequestError(f"{where}[{i}]", f"integer {v} cannot be cast to FP32 without loss")
-            elif abs(v) > np.finfo(np.float32).max:
+            elif abs(v) > FP32_MAX:
                 raise RequestError(f"{where}[{i}]", f"{v!r} overflows FP32")
             else:
                 arr[i] = v

@@ -1,0 +1,46 @@
+"""A small real bundle built without torch: preprocessing graph + a linear layer + postprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from onnx import TensorProto, helper, numpy_helper
+
+from mlops.data.preprocess import fit_preprocessor
+from mlops.data.schema import infer_schema
+from mlops.package.bundle import write_bundle
+from mlops.package.graph import ML_OPSET, assemble, io_description, postprocessing_graph, preprocessing_graph
+from mlops.recipe.schema import DataConfig
+
+
+def training_frame(n: int = 200, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"age": rng.normal(40, 10, n), "income": rng.normal(50, 15, n),
+                       "city": rng.choice(["a", "b", "c"], n)})
+    df["y"] = np.where(df["age"] + (df["city"] == "a") * 10 > 42, "yes", "no")
+    return df
+
+
+def build_bundle(dest: Path, name: str = "toy") -> Path:
+    frame = training_frame()
+    schema = infer_schema(DataConfig(path="x.csv", target="y"), frame)
+    pre = fit_preprocessor(schema, frame)
+    weights = np.random.default_rng(1).normal(size=(pre.n_features, 2)).astype(np.float32)
+    net_graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"])], "net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", pre.n_features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        initializer=[numpy_helper.from_array(weights, "w")])
+    net = helper.make_model(net_graph, opset_imports=[helper.make_opsetid("", 18),
+                                                      helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
+    net.ir_version = 10
+    full = assemble(preprocessing_graph(pre, 18, 10), net, postprocessing_graph("binary", 2, schema.labels, None, 18, 10))
+    inputs = [{"name": s.name, "kind": "numeric", "dtype": "float32"} for s in pre.numeric]
+    inputs += [{"name": c.name, "kind": "categorical", "dtype": "string"} for c in pre.categorical]
+    write_bundle(dest, full.SerializeToString(), {
+        "name": name, "task": "binary", "inputs": inputs, "outputs": io_description(full)["outputs"],
+        "labels": schema.labels, "recipe_hash": "test", "data_fingerprint": "sha256:test", "metrics": {},
+        "data_schema": schema.model_dump(), "parity": {}, "mlops_version": "test"})
+    return dest

@@ -1,0 +1,188 @@
+"""The serving app over a real bundle and ONNX Runtime: protocols, validation, auth, log, metrics."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from mlops.serve.app import Server
+from mlops.serve.log import PredictionLog, read_predictions
+from mlops.serve.predictor import Predictor
+from tests.conftest import ROOT
+from tests.serve_fixtures import build_bundle
+
+ROW = {"age": 41.0, "income": 50.0, "city": "a"}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_bundle(tmp_path_factory.mktemp("bundle") / "bundle")
+
+
+def make_client(bundle: Path, tmp_path: Path, **kwargs: Any) -> tuple[TestClient, Path]:
+    log_path = tmp_path / "log.sqlite"
+    server = Server(Predictor(bundle, max_batch=kwargs.pop("max_batch", 16)), PredictionLog(log_path), version="3",
+                    **kwargs)
+    return TestClient(server.app()), log_path
+
+
+@pytest.fixture
+def client(bundle: Path, tmp_path: Path) -> TestClient:
+    c, _ = make_client(bundle, tmp_path, max_body=4096)
+    with c:
+        yield c
+
+
+def v2(inputs: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"inputs": inputs} | extra
+
+
+def col(name: str, data: list[Any], datatype: str = "FP64", shape: list[int] | None = None) -> dict[str, Any]:
+    return {"name": name, "shape": shape or [len(data)], "datatype": datatype, "data": data}
+
+
+GOOD_V2 = [col("age", [41.0, None]), col("income", [50, 60], "INT64"), col("city", ["a", None], "BYTES")]
+
+BAD = [
+    # (id, path, body or raw bytes, status, field substring)
+    ("v1-invalid-json", "/v1/models/toy:predict", b"{not json", 400, "body"),
+    ("v1-nan-literal", "/v1/models/toy:predict", b'{"instances":[{"age":NaN,"income":1,"city":"a"}]}', 400, "body"),
+    ("v1-no-instances", "/v1/models/toy:predict", {"rows": []}, 400, "instances"),
+    ("v1-body-not-object", "/v1/models/toy:predict", [1, 2], 400, "instances"),
+    ("v1-empty-instances", "/v1/models/toy:predict", {"instances": []}, 400, "instances"),
+    ("v1-missing-column", "/v1/models/toy:predict", {"instances": [{"age": 1, "income": 2}]}, 400, "instances[0].city"),
+    ("v1-unknown-column", "/v1/models/toy:predict", {"instances": [ROW | {"zip": 1}]}, 400, "instances[0].zip"),
+    ("v1-string-for-number", "/v1/models/toy:predict", {"instances": [ROW | {"age": "old"}]}, 400, "age"),
+    ("v1-bool-for-number", "/v1/models/toy:predict", {"instances": [ROW | {"income": True}]}, 400, "income"),
+    ("v1-list-for-category", "/v1/models/toy:predict", {"instances": [ROW | {"city": ["a"]}]}, 400, "city"),
+    ("v1-huge-number", "/v1/models/toy:predict", {"instances": [ROW | {"age": 1e300}]}, 400, "age"),
+    ("v1-wrong-list-length", "/v1/models/toy:predict", {"instances": [[1.0, 2.0]]}, 400, "instances[0]"),
+    ("v1-instance-not-object", "/v1/models/toy:predict", {"instances": ["x"]}, 400, "instances[0]"),
+    ("v1-id-not-string", "/v1/models/toy:predict", {"instances": [ROW], "id": 5}, 400, "id"),
+    ("v1-batch-over-limit", "/v1/models/toy:predict", {"instances": [ROW] * 17}, 413, "instances"),
+    ("v1-unknown-model", "/v1/models/other:predict", {"instances": [ROW]}, 404, "model"),
+    ("v1-unknown-verb", "/v1/models/toy:explain", {"instances": [ROW]}, 404, "path"),
+    ("v2-no-inputs", "/v2/models/toy/infer", {"outputs": []}, 400, "inputs"),
+    ("v2-input-not-object", "/v2/models/toy/infer", v2(["age"]), 400, "inputs[0]"),
+    ("v2-missing-datatype", "/v2/models/toy/infer", v2([{"name": "age", "shape": [1], "data": [1]}]), 400,
+     "inputs[0].datatype"),
+    ("v2-unknown-input", "/v2/models/toy/infer", v2(GOOD_V2 + [col("zip", [1, 2])]), 400, "inputs[3].name"),
+    ("v2-missing-input", "/v2/models/toy/infer", v2(GOOD_V2[:2]), 400, "inputs.city"),
+    ("v2-duplicate-input", "/v2/models/toy/infer", v2(GOOD_V2 + [GOOD_V2[0]]), 400, "inputs[3].name"),
+    ("v2-shape-mismatch", "/v2/models/toy/infer", v2([col("age", [1.0, 2.0], shape=[3])] + GOOD_V2[1:]), 400,
+     "inputs[0].shape"),
+    ("v2-rows-disagree", "/v2/models/toy/infer", v2([col("age", [1.0])] + GOOD_V2[1:]), 400, "inputs[1].shape"),
+    ("v2-bad-datatype", "/v2/models/toy/infer", v2([col("age", [1.0, 2.0], "FLOAT")] + GOOD_V2[1:]), 400,
+     "inputs[0].datatype"),
+    ("v2-bytes-for-number", "/v2/models/toy/infer", v2([col("age", ["1", "2"], "BYTES")] + GOOD_V2[1:]), 400,
+     "inputs[0].data"),
+    ("v2-lossy-int-cast", "/v2/models/toy/infer", v2([col("income", [2**40, 1], "INT64")] + GOOD_V2[:1] + GOOD_V2[2:]),
+     400, "inputs[0].data"),
+    ("v2-negative-shape", "/v2/models/toy/infer", v2([col("age", [1.0], shape=[-1])] + GOOD_V2[1:]), 400,
+     "inputs[0].shape"),
+    ("v2-data-not-list", "/v2/models/toy/infer", v2([{"name": "age", "shape": [1], "datatype": "FP32", "data": 1}]),
+     400, "inputs[0].data"),
+    ("v2-single-tensor-wrong-width", "/v2/models/toy/infer", v2([col("x", [[1.0, 2.0]], shape=[1, 2])]), 400,
+     "inputs[0].shape"),
+    ("v2-unknown-model", "/v2/models/other/infer", v2(GOOD_V2), 404, "model"),
+    ("feedback-no-id", "/v1/feedback", {"label": "yes"}, 400, "body.id"),
+    ("feedback-no-label", "/v1/feedback", {"id": "x"}, 400, "body.label"),
+    ("feedback-bad-value", "/v1/feedback", [{"id": "x", "value": "high"}], 400, "[0].value"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "field"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_request_is_a_4xx_naming_the_field(client: TestClient, path: str, body: Any, status: int, field: str) -> None:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert field in payload["field"], payload
+    assert payload["error"].startswith(payload["field"])
+
+
+def test_body_over_the_size_limit_is_413(client: TestClient) -> None:
+    response = client.post("/v1/models/toy:predict", content=b" " * 5000, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["field"] == "body"
+
+
+def test_v1_predict_with_objects_lists_and_nulls(client: TestClient, tmp_path: Path) -> None:
+    response = client.post("/v1/models/toy:predict",
+                           json={"id": "req-1", "instances": [ROW, [None, 50.0, None], ROW | {"city": "unseen"}]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["ids"] == ["req-1-0", "req-1-1", "req-1-2"]
+    for p in body["predictions"]:
+        assert p["label"] in ("no", "yes") and abs(sum(p["probabilities"]) - 1) < 1e-5
+
+
+def test_v2_infer_per_column_and_single_tensor_agree(client: TestClient) -> None:
+    per_column = client.post("/v2/models/toy/infer", json=v2(GOOD_V2, id="abc"))
+    assert per_column.status_code == 200, per_column.text
+    body = per_column.json()
+    assert body["id"] == "abc" and body["model_name"] == "toy" and body["model_version"] == "3"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["label"]["datatype"] == "BYTES" and outputs["label"]["shape"] == [2]
+    assert outputs["probabilities"]["shape"] == [2, 2]
+    single = client.post("/v2/models/toy/infer", json=v2([col("x", [[41.0, 50, "a"], [None, 60, None]], "BYTES",
+                                                              shape=[2, 3])]))
+    assert single.status_code == 200, single.text
+    assert {o["name"]: o["data"] for o in single.json()["outputs"]} == {o: outputs[o]["data"] for o in outputs}
+
+
+def test_metadata_health_and_metrics(client: TestClient) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/models/toy/ready").json() == {"name": "toy", "ready": True}
+    meta = client.get("/v2/models/toy").json()
+    assert [i["name"] for i in meta["inputs"]] == ["age", "income", "city"]
+    assert meta["inputs"][2]["datatype"] == "BYTES"
+    assert client.get("/v2/models/nope").status_code == 404
+    client.post("/v1/models/toy:predict", json={"instances": [ROW]})
+    client.post("/v1/models/toy:predict", json={"instances": []})
+    text = client.get("/metrics").text
+    assert 'mlops_requests_total{model="toy",route="v1_predict",status="200",variant="champion"} 1.0' in text
+    assert 'mlops_requests_total{model="toy",route="v1_predict",status="400",variant="champion"} 1.0' in text
+    assert 'mlops_request_latency_seconds_bucket{le="0.0001"' in text
+
+
+def test_predictions_and_feedback_are_logged(bundle: Path, tmp_path: Path) -> None:
+    c, log_path = make_client(bundle, tmp_path)
+    with c:
+        c.post("/v1/models/toy:predict", json={"id": "p1", "instances": [ROW]})
+        assert c.post("/v1/feedback", json={"id": "p1", "label": "yes"}).json() == {"recorded": 1}
+    rows = read_predictions(log_path)
+    assert [(r["id"], r["model"], r["version"], r["variant"]) for r in rows] == [("p1", "toy", "3", "champion")]
+    assert json.loads(rows[0]["inputs"]) == ROW
+    assert json.loads(rows[0]["outputs"])["label"] in ("no", "yes")
+    feedback = sqlite3.connect(log_path).execute("SELECT id, label FROM feedback").fetchall()
+    assert feedback == [("p1", "yes")]
+
+
+def test_bearer_token(bundle: Path, tmp_path: Path) -> None:
+    c, _ = make_client(bundle, tmp_path, token="s3cret")
+    with c:
+        assert c.post("/v1/models/toy:predict", json={"instances": [ROW]}).status_code == 401
+        wrong = c.post("/v1/models/toy:predict", json={"instances": [ROW]}, headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["field"] == "authorization"
+        ok = c.post("/v1/models/toy:predict", json={"instances": [ROW]}, headers={"authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+
+
+def test_serving_process_imports_no_training_stack(bundle: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from mlops.serve.run import build_server\n"
+        f"server = build_server({str(bundle)!r}, {str(tmp_path / 'log.sqlite')!r})\n"
+        "server.app()\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'prefect', 'evidently', 'mlflow') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
