@@ -22,9 +22,11 @@ demo: $(STAMP)
 	$(BIN)/mlops plan recipes/quickstart.yaml
 	$(BIN)/mlops run recipes/quickstart.yaml
 	@echo ""
-	@echo "Next: the MLflow UI over the store above, a sweep over overrides, or the other recipes:"
+	@echo "Next: look at the run, serve the model, sweep, or try the other recipes:"
 	@echo "  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.mlops/mlflow.db"
+	@echo "  $(BIN)/mlops serve quickstart@champion      # KServe V1/V2 on 127.0.0.1:8080"
 	@echo "  $(BIN)/mlops run -m recipes/quickstart.yaml model.lr=1e-3,1e-2"
+	@echo "  $(BIN)/mlops sweep recipes/quickstart_sweep.yaml"
 	@echo "  $(BIN)/mlops run recipes/churn_csv.yaml"
 
 lint: $(STAMP)

@@ -19,7 +19,12 @@ if TYPE_CHECKING:
 
 def export_network(module: torch.nn.Module, input_dim: int, opset: int) -> onnx.ModelProto:
     """The network alone, `x` [batch, input_dim] -> `logits`, with a dynamic batch dimension."""
+    import logging
+
     import torch
+
+    # the exporter warns about every torchvision op it cannot register when torchvision is absent
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
     class Forward(torch.nn.Module):  # only forward(x): a LightningModule's other methods stay out
         def __init__(self, inner: torch.nn.Module) -> None:
