@@ -99,7 +99,8 @@ def _run_trials(study: Any, loaded: LoadedRecipe, parent: str) -> None:
             trial.set_user_attr(OWNER, owner())
             params = suggest(trial, cfg)
             prune = None if cfg.pruner == "none" else PruneLink(
-                storage=_storage(study), study_name=study.study_name, trial_id=trial._trial_id, metric=cfg.metric)
+                storage=_storage(study), study_name=study.study_name, trial_id=trial._trial_id, metric=cfg.metric,
+                pruner=cfg.pruner, startup_trials=cfg.pruner_startup_trials, warmup_epochs=cfg.pruner_warmup_epochs)
             job = TrialJob(recipe=str(loaded.path), overrides=loaded.overrides + as_overrides(params),
                            parent_run_id=parent, trial_number=trial.number, prune=prune, result_file="")
             print(f"mlops: trial {trial.number} started: {' '.join(as_overrides(params))}", flush=True)
@@ -152,7 +153,22 @@ def sweep_flow(recipe: str, overrides: list[str], worker: bool = False) -> dict[
                                "trials": counts(study), "requeued": requeued}
     if worker:
         return summary
-    return summary | _finish(study, loaded, parent)
+    _await_other_workers(study)
+    return summary | _finish(study, loaded, parent) | {"trials": counts(study)}
+
+
+def _await_other_workers(study: Any, poll: float = 1.0) -> None:
+    """The budget is spent, but trials that `--worker` processes started may still be running: the best
+    trial is chosen once they are done (a dead worker's trial is given up after its owner is gone)."""
+    from mlops.sweep.study import counts, recover_orphans
+
+    announced = False
+    while counts(study)["running"]:
+        if not announced:
+            print(f"mlops: waiting for {counts(study)['running']} trial(s) running in other workers", flush=True)
+            announced = True
+        recover_orphans(study)
+        time.sleep(poll)
 
 
 def _finish(study: Any, loaded: LoadedRecipe, parent: str) -> dict[str, Any]:

@@ -20,6 +20,11 @@ class PruneLink(BaseModel):
     study_name: str
     trial_id: int
     metric: str
+    # the recipe's sweep.pruner and its settings: the trial process must ask the same pruner the study
+    # was configured with, not Optuna's default (a MedianPruner that waits for 5 complete trials)
+    pruner: str = "median"
+    startup_trials: int = 2
+    warmup_epochs: int = 1
 
 
 class TrialPruned(Exception):
@@ -46,8 +51,14 @@ def _optuna_pruning() -> type:
             if self._trial is None:
                 import optuna
 
+                from mlops.recipe.schema import SweepConfig
+                from mlops.sweep.study import pruner
+
                 optuna.logging.set_verbosity(optuna.logging.WARNING)
-                study = optuna.load_study(study_name=self.link.study_name, storage=self.link.storage)
+                cfg = SweepConfig(pruner=self.link.pruner, pruner_startup_trials=self.link.startup_trials,
+                                  pruner_warmup_epochs=self.link.warmup_epochs)
+                study = optuna.load_study(study_name=self.link.study_name, storage=self.link.storage,
+                                          pruner=pruner(cfg))
                 self._trial = optuna.trial.Trial(study, self.link.trial_id)
             return self._trial
 
