@@ -8,7 +8,6 @@ JSON-able result whose paths are relative to that directory. None of them knows 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -125,9 +124,10 @@ def _train_in_worker(job: Any, out: Path) -> dict[str, Any]:
     """DDP relaunches the current command per rank; a dedicated worker module makes that harmless."""
     job_file = out / "job.json"
     job_file.write_text(job.model_dump_json(indent=2))
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT", "NODE_RANK",
-                                                             "RANK", "MASTER_ADDR", "GROUP_RANK")}
-    proc = subprocess.run([sys.executable, "-m", "mlops.train.worker", str(job_file)], env=env)
+    from mlops.engine.children import clean_env, die_with_parent
+
+    proc = subprocess.run([sys.executable, "-m", "mlops.train.worker", str(job_file)], env=clean_env(),
+                          preexec_fn=die_with_parent())
     result_file = out / "train_result.json"
     if proc.returncode != 0 or not result_file.is_file():
         raise MlopsError(f"training worker failed with exit code {proc.returncode} (its output is above)")

@@ -26,6 +26,7 @@ OWNER = "mlops.owner"  # host:pid of the process running a trial, to tell a dead
 ERROR = "mlops.error"
 RETRY_OF = "mlops.retry_of"
 DIED = "its process died before it finished"
+ORPHAN_GRACE_S = 60
 
 
 def sweep_config(loaded: LoadedRecipe) -> SweepConfig:
@@ -153,7 +154,13 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive(owner_id: str) -> bool:
+def _alive(owner_id: str, started: Any) -> bool:
+    if not owner_id:
+        # asked but its owner never recorded: the asking process died between the two calls, unless the
+        # trial is only moments old (another worker may be about to record itself)
+        import datetime
+
+        return started is None or (datetime.datetime.now() - started).total_seconds() < ORPHAN_GRACE_S
     host, _, pid = owner_id.rpartition(":")
     if host != socket.gethostname():
         return True  # another machine's trial: its worker decides
@@ -171,7 +178,7 @@ def recover_orphans(study: optuna.Study) -> list[int]:
     failed and queued again with the same parameters, so only the trial in flight is re-run."""
     requeued = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _alive(str(t.user_attrs.get(OWNER, ""))):
+        if _alive(str(t.user_attrs.get(OWNER, "")), t.datetime_start):
             continue
         study._storage.set_trial_user_attr(t._trial_id, ERROR, DIED)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

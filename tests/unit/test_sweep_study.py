@@ -1,0 +1,69 @@
+"""Study bookkeeping: which RUNNING trials are orphans, and what a resumed study re-runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from mlops.sweep import study as study_mod
+from mlops.sweep.study import (
+    DIED,
+    ERROR,
+    OWNER,
+    RETRY_OF,
+    as_overrides,
+    counts,
+    finished,
+    owner,
+    recover_orphans,
+)
+
+
+def dead_owner() -> str:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return owner().rsplit(":", 1)[0] + ":" + proc.stdout.strip()  # this host, a pid that has exited
+
+
+def test_recover_orphans_requeues_only_dead_trials(monkeypatch: pytest.MonkeyPatch) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    dead, ownerless, live, elsewhere = (study.ask() for _ in range(4))
+    for t in (dead, ownerless, live, elsewhere):
+        t.suggest_float("lr", 1e-4, 1e-1, log=True)
+    dead.set_user_attr(OWNER, dead_owner())
+    live.set_user_attr(OWNER, owner())
+    elsewhere.set_user_attr(OWNER, "another-host:1")
+    monkeypatch.setattr(study_mod, "ORPHAN_GRACE_S", 0)  # the ownerless trial counts as old
+
+    requeued = recover_orphans(study)
+
+    assert sorted(requeued) == sorted([dead.number, ownerless.number])
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[live.number] == states[elsewhere.number] == TrialState.RUNNING
+    assert states[dead.number] == states[ownerless.number] == TrialState.FAIL
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(t.user_attrs[RETRY_OF] for t in waiting) == sorted(requeued)
+    assert {t.user_attrs[RETRY_OF]: t.system_attrs["fixed_params"]["lr"] for t in waiting} == {
+        dead.number: dead.params["lr"], ownerless.number: ownerless.params["lr"]}
+    # a dead process's trial does not use up the budget; a trial that raised does
+    assert counts(study)["failed"] == 0 and finished(study) == 0
+    failing = study.ask()
+    failing.set_user_attr(ERROR, "RuntimeError: boom")
+    study.tell(failing, state=TrialState.FAIL)
+    assert counts(study)["failed"] == 1 and study.get_trials()[dead.number].user_attrs[ERROR] == DIED
+
+
+def test_a_young_ownerless_trial_is_left_alone() -> None:
+    study = optuna.create_study()
+    study.ask()
+    assert recover_orphans(study) == []
+
+
+def test_parameters_become_hydra_overrides() -> None:
+    assert as_overrides({"model.lr": 0.01, "model.hidden": "[128,64]", "model.optimizer": "adamw",
+                         "trainer.max_epochs": 7}) == [
+        "model.lr=0.01", "model.hidden=[128,64]", 'model.optimizer="adamw"', "trainer.max_epochs=7"]
