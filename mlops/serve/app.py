@@ -171,13 +171,6 @@ class Server:
 
     # --- V1 -----------------------------------------------------------------------------------------
 
-    async def v1_model(self, request: Request) -> Response:
-        async def work(request: Request, started: float) -> Response:
-            self._model(request)
-            return JSONResponse({"name": self.predictor.name, "ready": True})
-
-        return await self._handle(request, "v1_model", work)
-
     async def v1_predict(self, request: Request) -> Response:
         async def work(request: Request, started: float) -> Response:
             name, _, verb = request.path_params["name_verb"].partition(":")
@@ -229,7 +222,7 @@ class Server:
             Route("/v2/health/live", self.live), Route("/v2/health/ready", self.ready), Route("/v2", self.server_metadata),
             Route("/v2/models/{name}", self.model_metadata), Route("/v2/models/{name}/ready", self.model_ready),
             Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
-            Route("/v1/models/{name}", self.v1_model),
+            Route("/v1/models/{name}", self.model_ready),  # V1 model status: the same answer
             Route("/v1/models/{name_verb:path}", self.v1_predict, methods=["POST"]),
             Route("/v1/feedback", self.feedback, methods=["POST"]),
             Route("/metrics", self.prometheus),
