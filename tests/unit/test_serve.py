@@ -140,6 +140,8 @@ def test_v2_infer_per_column_and_single_tensor_agree(client: TestClient) -> None
 def test_metadata_health_and_metrics(client: TestClient) -> None:
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/models/toy/ready").json() == {"name": "toy", "ready": True}
+    assert client.get("/v1/models/toy").json() == {"name": "toy", "ready": True}
+    assert client.get("/v1/models/other").status_code == 404
     meta = client.get("/v2/models/toy").json()
     assert [i["name"] for i in meta["inputs"]] == ["age", "income", "city"]
     assert meta["inputs"][2]["datatype"] == "BYTES"
