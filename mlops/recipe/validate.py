@@ -47,9 +47,18 @@ def problem_from_error(composed: Composed, error: Any) -> Problem:
     return Problem(key, message, where, hint)
 
 
+SCALAR_TAGS = {"int", "str", "float", "bool", "none"}
+
+
 def _is_union_tag(part: Any) -> bool:
-    # pydantic puts the union member it tried into loc ("int", "list[int]", "literal['auto']"...)
-    return isinstance(part, str) and ("[" in part or part in ("int", "str", "float", "bool", "EarlyStoppingConfig"))
+    """pydantic puts the union member it tried into loc ("int", "list[int]", "literal['auto']", a model's
+    class name, or a discriminator value such as "float"): none of them is a key the user wrote."""
+    from pydantic import BaseModel
+
+    from mlops.recipe import schema
+
+    models = {n for n, v in vars(schema).items() if isinstance(v, type) and issubclass(v, BaseModel)}
+    return isinstance(part, str) and ("[" in part or part in SCALAR_TAGS or part in models)
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
