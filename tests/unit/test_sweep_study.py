@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -67,3 +68,26 @@ def test_parameters_become_hydra_overrides() -> None:
     assert as_overrides({"model.lr": 0.01, "model.hidden": "[128,64]", "model.optimizer": "adamw",
                          "trainer.max_epochs": 7}) == [
         "model.lr=0.01", "model.hidden=[128,64]", 'model.optimizer="adamw"', "trainer.max_epochs=7"]
+
+
+def test_study_report_on_the_parent_run(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from mlops.sweep.report import log_study
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("model.lr", 1e-4, 1e-1, log=True) * 10
+                   - t.suggest_int("trainer.max_epochs", 2, 9) / 100, n_trials=6)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("s", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(exp).info.run_id
+
+    log_study(client, run_id, study)
+
+    run = client.get_run(run_id)
+    assert run.data.metrics["best/value"] == study.best_value
+    assert run.data.metrics["trials/complete"] == 6
+    assert run.data.tags["mlops.best_trial"] == str(study.best_trial.number)
+    assert run.data.tags["mlops.best.model.lr"] == str(study.best_params["model.lr"])
+    plots = {a.path for a in client.list_artifacts(run_id, "study")}
+    assert plots == {"study/optimization_history.png", "study/param_importances.png"}
