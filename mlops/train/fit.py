@@ -74,20 +74,20 @@ def fit(job: TrainJob) -> TrainResult | None:
     import lightning as L
     import numpy as np
     import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping
 
-    from mlops.train.progress import EpochHistory
+    from mlops.train.progress import BestWeights, EpochHistory
 
     quiet_lightning()
     L.seed_everything(job.seed, workers=True, verbose=False)
     out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     data = np.load(job.arrays)
     arrays = {s: (data[f"x_{s}"], data[f"y_{s}"]) for s in ("train", "val")}
     init = model_init(job)
     module = build_module(init)
     t = job.trainer
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", monitor=t.checkpoint.monitor, mode=t.checkpoint.mode,
-                                 save_top_k=1, filename="best")
+    checkpoint = BestWeights(monitor=t.checkpoint.monitor, mode=t.checkpoint.mode)
     history = EpochHistory(max_epochs=t.max_epochs)
     callbacks: list[Any] = [checkpoint, history]
     pruning = None
@@ -105,6 +105,7 @@ def fit(job: TrainJob) -> TrainResult | None:
         precision=t.precision, max_epochs=t.max_epochs, min_epochs=t.min_epochs, deterministic=t.deterministic,
         gradient_clip_val=t.gradient_clip_val, callbacks=callbacks, logger=False, default_root_dir=str(out),
         enable_progress_bar=interactive, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
+        enable_checkpointing=False,  # BestWeights keeps the best epoch in memory
     )
     dm = build_module({"class": job.datamodule.target,
                        "kwargs": {"arrays": arrays, "batch_size": job.model.batch_size, "seed": job.seed}
@@ -114,12 +115,11 @@ def fit(job: TrainJob) -> TrainResult | None:
     fit_seconds = time.perf_counter() - started
     if trainer.global_rank != 0:
         return None
-    best = checkpoint.best_model_path
-    if best:
-        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    if checkpoint.best_state is not None:
+        module.load_state_dict(checkpoint.best_state)
     weights = out / "model.pt"
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, weights)
-    score = checkpoint.best_model_score
+    score = checkpoint.best_score
     result = TrainResult(
         history=history.rows, epochs_run=len(history.rows), best_score=float(score) if score is not None else None,
         fit_seconds=fit_seconds, world_size=trainer.world_size, pruned=bool(pruning and pruning.pruned), state_dict=weights.name, init=init,
