@@ -153,22 +153,22 @@ def evaluate(ctx: RunContext, out: Path) -> dict[str, Any]:
     prep = ctx.results["preprocess"]
     module = load_module(ctx)
     arrays = np.load(ctx.dir("preprocess") / "arrays.npz")
+    regression = prep["task"] == "regression"
+    mean, std = prep["target_scale"] if regression else (0.0, 1.0)
     metrics: dict[str, float] = {}
     for split_name in ("val", "test"):
-        x, y = arrays[f"x_{split_name}"], arrays[f"y_{split_name}"]
-        out_ = torch_outputs(module, x, prep["task"])
-        if prep["task"] == "regression":
-            mean, std = prep["target_scale"]
-            metrics |= regression_metrics(y * std + mean, out_ * std + mean, split_name)
+        y = arrays[f"y_{split_name}"]
+        outputs = torch_outputs(module, arrays[f"x_{split_name}"], prep["task"])
+        if regression:
+            y, outputs = y * std + mean, outputs * std + mean  # back in the target's own units
+            metrics |= regression_metrics(y, outputs, split_name)
         else:
-            metrics |= classification_metrics(y, out_, split_name)
-    x, y = arrays["x_test"], arrays["y_test"]
-    test_out = torch_outputs(module, x, prep["task"])
-    if prep["task"] == "regression":
-        mean, std = prep["target_scale"]
-        plot = residual_png(y * std + mean, test_out * std + mean, out / "residuals.png")
+            metrics |= classification_metrics(y, outputs, split_name)
+    # `y` and `outputs` are the test split's now
+    if regression:
+        plot = residual_png(y, outputs, out / "residuals.png")
     else:
-        plot = confusion_matrix_png(y, test_out.argmax(axis=1), prep["labels"], out / "confusion_matrix.png")
+        plot = confusion_matrix_png(y, outputs.argmax(axis=1), prep["labels"], out / "confusion_matrix.png")
     # logged at the step after the last epoch, so a metric's history reads: epochs..., final evaluation
     return {"metrics": metrics, "plots": [plot.name], "step": ctx.results["train"]["epochs_run"]}
 

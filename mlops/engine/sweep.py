@@ -86,7 +86,7 @@ def _tell(study: Any, trial: Any, loaded: LoadedRecipe, outcome: dict[str, Any] 
 
 
 def _run_trials(study: Any, loaded: LoadedRecipe, parent: str) -> None:
-    from mlops.sweep.study import OWNER, as_overrides, counts, finished, owner, suggest
+    from mlops.sweep.study import OWNER, as_overrides, counts, finished, owner, storage_url, suggest
     from mlops.sweep.trial import TrialJob
     from mlops.train.pruning import PruneLink
 
@@ -99,7 +99,7 @@ def _run_trials(study: Any, loaded: LoadedRecipe, parent: str) -> None:
             trial.set_user_attr(OWNER, owner())
             params = suggest(trial, cfg)
             prune = None if cfg.pruner == "none" else PruneLink(
-                storage=_storage(study), study_name=study.study_name, trial_id=trial._trial_id, metric=cfg.metric,
+                storage=storage_url(cfg), study_name=study.study_name, trial_id=trial._trial_id, metric=cfg.metric,
                 pruner=cfg.pruner, startup_trials=cfg.pruner_startup_trials, warmup_epochs=cfg.pruner_warmup_epochs)
             job = TrialJob(recipe=str(loaded.path), overrides=loaded.overrides + as_overrides(params),
                            parent_run_id=parent, trial_number=trial.number, prune=prune, result_file="")
@@ -123,10 +123,6 @@ def _run_trials(study: Any, loaded: LoadedRecipe, parent: str) -> None:
                   f"{c['failed']} failed of {cfg.n_trials}]", flush=True)
 
 
-def _storage(study: Any) -> str:
-    return str(study._storage.url) if hasattr(study._storage, "url") else str(study._storage._backend.url)
-
-
 def _sweep_name() -> str:
     from pathlib import Path
 
@@ -137,9 +133,10 @@ def _sweep_name() -> str:
 
 @flow(name="mlops-sweep", flow_run_name=_sweep_name, validate_parameters=False)
 def sweep_flow(recipe: str, overrides: list[str], worker: bool = False) -> dict[str, Any]:
-    from mlops.sweep.study import counts, open_study, recover_orphans
+    from mlops.sweep.study import counts, open_study, recover_orphans, storage_url
 
     loaded = load_recipe(recipe, overrides)
+    assert loaded.recipe.sweep is not None
     study = open_study(loaded, create=not worker)
     requeued = recover_orphans(study)
     if requeued:
@@ -149,7 +146,8 @@ def sweep_flow(recipe: str, overrides: list[str], worker: bool = False) -> dict[
           f"MLflow parent run {parent}", flush=True)
     _prepare_data(loaded)
     _run_trials(study, loaded, parent)
-    summary: dict[str, Any] = {"study_name": study.study_name, "storage": _storage(study), "parent_run_id": parent,
+    summary: dict[str, Any] = {"study_name": study.study_name, "storage": storage_url(loaded.recipe.sweep),
+                               "parent_run_id": parent,
                                "trials": counts(study), "requeued": requeued}
     if worker:
         return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ class LoadedRecipe:
         """The fully resolved recipe with defaults filled in: what a run actually used."""
         return self.recipe.model_dump(mode="json", by_alias=True)
 
-    @property
+    @cached_property
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()
 

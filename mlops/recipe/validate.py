@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -50,15 +51,19 @@ def problem_from_error(composed: Composed, error: Any) -> Problem:
 SCALAR_TAGS = {"int", "str", "float", "bool", "none"}
 
 
-def _is_union_tag(part: Any) -> bool:
-    """pydantic puts the union member it tried into loc ("int", "list[int]", "literal['auto']", a model's
-    class name, or a discriminator value such as "float"): none of them is a key the user wrote."""
+@cache
+def _model_names() -> frozenset[str]:
     from pydantic import BaseModel
 
     from mlops.recipe import schema
 
-    models = {n for n, v in vars(schema).items() if isinstance(v, type) and issubclass(v, BaseModel)}
-    return isinstance(part, str) and ("[" in part or part in SCALAR_TAGS or part in models)
+    return frozenset(n for n, v in vars(schema).items() if isinstance(v, type) and issubclass(v, BaseModel))
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic puts the union member it tried into loc ("int", "list[int]", "literal['auto']", a model's
+    class name, or a discriminator value such as "float"): none of them is a key the user wrote."""
+    return isinstance(part, str) and ("[" in part or part in SCALAR_TAGS or part in _model_names())
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

@@ -57,3 +57,18 @@ def test_cache_publishes_whole_results_only(tmp_path: Path) -> None:
     assert not cache.has("train", "k1") and list((tmp_path / "train").iterdir()) == []
     result = cache.compute("train", "k1", lambda out: (out / "w.bin").write_bytes(b"ok") and {"file": "w.bin"})
     assert cache.has("train", "k1") and (Path(result["dir"]) / "w.bin").read_bytes() == b"ok"
+
+
+def test_editing_a_step_function_invalidates_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from mlops.engine import plan as plan_mod
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(plan_mod.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(plan_mod, "PACKAGE", copy)
+    before = keys([], tmp_path)
+    with open(copy / "engine" / "steps.py", "a") as f:
+        f.write("\n# a changed step body\n")
+    after = keys([], tmp_path)
+    assert all(before[s] != after[s] for s in before)
