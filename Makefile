@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch first, pinned: 2.13.0 is a CPU wheel on local disk here; a bare requirement would pull a CUDA build
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint bench schema clean
+.PHONY: install demo test test-fast lint bench schema clean system-deps
 
 install: $(STAMP)
 
@@ -32,8 +32,14 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check mlops tests benchmarks examples
 
-test: lint
+test: lint system-deps
 	$(BIN)/pytest -n 2 --dist loadgroup -q -p no:cacheprovider tests
+
+# headless Chromium renders the evaluation report in tests/integration/test_report_render.py
+system-deps:
+	@command -v chromium >/dev/null || ( \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium )
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit

@@ -50,8 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a recipe as a Prefect flow: train, evaluate, export ONNX, register")
     p.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun: a=1,2 b=x,y runs every combination")
     p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object summarising the run")
+    p.add_argument("--allow-failed-gates", action="store_true",
+                   help="register a model that failed its gates WITH aliases (loudly tagged gates=allowed)")
     _recipe_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("evaluate", help="evaluate a registered model (or bundle) on a recipe's data, apply its gates")
+    p.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or a bundle directory")
+    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object with metrics and gates")
+    p.add_argument("--allow-failed-gates", action="store_true", help="exit 0 even when a gate fails (says so)")
+    _recipe_args(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sweep", help="run the recipe's Optuna sweep (resumable); register the best as challenger")
     p.add_argument("--worker", action="store_true",
@@ -129,15 +138,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mlops.engine import runner
 
     if args.multirun:
-        result = runner.multirun(args.recipe, jobs)
+        result = runner.multirun(args.recipe, jobs, allow_failed_gates=args.allow_failed_gates)
         for summary in result["jobs"]:
             _print_summary(summary, brief=True)
     else:
-        result = runner.run(args.recipe, jobs[0])
+        result = runner.run(args.recipe, jobs[0], allow_failed_gates=args.allow_failed_gates)
         _print_summary(result, brief=False)
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mlops.recipe import load_recipe
+
+    loaded = load_recipe(args.recipe, args.overrides)
+    from mlops.engine.evaluate_model import evaluate_model
+
+    result = evaluate_model(loaded, args.model, args.allow_failed_gates)
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"[bold]evaluated {result['model']}[/bold] (run {result['run_id']})  "
+                  + "  ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items() if _headline(k)))
+    console.print(f"  gates      {result['gates']['outcome']}")
+    console.print(f"  report     {result['report']}")
+    if args.json:
+        print(json.dumps(result, default=str))
+    if result["gates"]["outcome"] == "failed":
+        from mlops.errors import GateError
+
+        raise GateError("\n".join([f"{result['model']} FAILED its gates:",
+                                    *(f"  {line}" for line in result["gates"]["failures"])]))
+    return 0
+
+
+HEADLINE = ("accuracy", "auroc", "f1", "f1_macro", "rmse", "mae", "r2")
+
+
+def _headline(metric: str) -> bool:
+    split, _, name = metric.partition("/")
+    return split == "test" and name in HEADLINE
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -227,7 +268,7 @@ def _print_summary(s: dict[str, Any], brief: bool) -> None:
     from rich.console import Console
 
     console = Console(highlight=False, soft_wrap=True)
-    shown = {k: v for k, v in s["metrics"].items() if k.startswith("test/")}
+    shown = {k: v for k, v in s["metrics"].items() if _headline(k)}
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
     model = f"{s['model_name']}/{s['model_version']}" if s["model_version"] else f"{s['model_name']} (not registered)"
     console.print(f"[bold]run {s['run_id']}[/bold] {' '.join(s['overrides'])}  model {model} "
@@ -239,6 +280,10 @@ def _print_summary(s: dict[str, Any], brief: bool) -> None:
     console.print(f"  data       {s['data_fingerprint']}")
     console.print(f"  run dir    {s['run_dir']}")
     console.print(f"  steps      {', '.join(f'{k}:{v}' for k, v in s['cache'].items())}")
+    gates = s["gates"]
+    console.print(f"  gates      {gates['outcome']} ({len(gates['verdicts'])} gates"
+                  + (f", vs champion {gates['champion']}" if gates["champion"] else "") + ")")
+    console.print(f"  report     {gates['report']}")
     console.print(f"  look next  mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"  look next  {uri}")
     if s["model_version"]:
         alias = "champion" if "champion" in s["aliases"] else "challenger"
@@ -259,7 +304,12 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides after an option (`RECIPE --model X a=1`) are still overrides
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.version:
         import mlops
 

@@ -42,3 +42,13 @@ class DataError(MlopsError):
 
 class ParityError(MlopsError):
     """The exported ONNX model disagrees with the trained model: never ship it."""
+
+
+class ExpectationError(DataError):
+    """Data that breaks an expectation declared in the recipe: the run stops before training."""
+
+
+class GateError(MlopsError):
+    """A model that failed its promotion gates. It is registered (tagged gates=failed) but gets no alias."""
+
+    exit_code = 3

@@ -14,6 +14,7 @@ from typing import Any
 from mlops.engine.cache import Cache
 from mlops.engine.plan import Plan, compile_plan
 from mlops.engine.steps import STEPS, RunContext
+from mlops.errors import GateError
 from mlops.recipe import LoadedRecipe
 from mlops.tracking.store import mlops_home, tracking_uri
 
@@ -22,7 +23,7 @@ StepRunner = Callable[[str], Callable[[Plan, RunContext, str], dict[str, Any]]]
 
 def execute(loaded: LoadedRecipe, parent_run_id: str | None = None, *, until: str | None = None,
             prune: Any = None, cache: Cache | None = None, tags: dict[str, str] | None = None,
-            step_runner: StepRunner | None = None) -> dict[str, Any]:
+            step_runner: StepRunner | None = None, allow_failed_gates: bool = False) -> dict[str, Any]:
     """Run the recipe's plan (up to and including step `until`), tracking in MLflow. Returns the summary.
 
     `prune` links a sweep trial to its Optuna trial; `cache` replaces the shared step cache (reproduce
@@ -45,7 +46,7 @@ def execute(loaded: LoadedRecipe, parent_run_id: str | None = None, *, until: st
     run_id = start_run(client, exp, loaded, parent_run_id, run_tags)
     run_dir = _run_dir(loaded, run_id)
     print(f"mlops: run {run_id} of recipe '{loaded.recipe.name}' -> {run_dir}", flush=True)
-    ctx = RunContext(loaded=loaded, run_id=run_id, tracking_uri=uri, prune=prune)
+    ctx = RunContext(loaded=loaded, run_id=run_id, tracking_uri=uri, prune=prune, allow_failed_gates=allow_failed_gates)
     cache_hits: dict[str, bool] = {}
     steps = plan.steps if until is None else plan.steps[: [s.name for s in plan.steps].index(until) + 1]
     try:
@@ -76,6 +77,13 @@ def execute(loaded: LoadedRecipe, parent_run_id: str | None = None, *, until: st
     summary = _summary(plan, ctx, run_dir, cache_hits, time.perf_counter() - started)
     _write(run_dir / "summary.json", json.dumps(summary, indent=2))
     client.log_artifact(run_id, str(run_dir / "summary.json"))
+    if summary["gates"]["outcome"] == "failed":
+        client.set_terminated(run_id, "FAILED")  # the model is registered for the record, but nothing promotes it
+        raise GateError("\n".join([
+            f"model {summary['model_name']} version {summary['model_version']} FAILED its gates: registered with "
+            "tag gates=failed and no alias", *(f"  {line}" for line in summary["gates"]["failures"]),
+            f"report: {summary['gates']['report']}",
+            "(rerun with --allow-failed-gates to register it with aliases anyway)"]))
     client.set_terminated(run_id, "FINISHED")
     return summary
 
@@ -110,8 +118,11 @@ def _summary(plan: Plan, ctx: RunContext, run_dir: Path, hits: dict[str, bool], 
     bundle = run_dir / "bundle"
     shutil.copytree(ctx.dir("export") / "bundle", bundle, dirs_exist_ok=True)
     reg = ctx.results["register"]
+    gate = ctx.results["gate"]
+    for name in gate["report"].values():
+        shutil.copy2(ctx.dir("gate") / name, run_dir / name)
     train = ctx.results["train"]
-    metrics = dict(ctx.results["evaluate"]["metrics"])
+    metrics = dict(ctx.results["evaluate"]["metrics"]) | ctx.results["assess"]["metrics"]
     metrics["train/epochs"] = train["epochs_run"]
     return {
         "run_id": ctx.run_id,
@@ -126,6 +137,10 @@ def _summary(plan: Plan, ctx: RunContext, run_dir: Path, hits: dict[str, bool], 
         "overrides": plan.loaded.overrides,
         "split_sizes": ctx.results["split"]["sizes"],
         "parity_max_abs_diff": ctx.results["export"]["parity"]["max_abs_diff"],
+        "gates": {"outcome": gate["outcome"], "failures": gate["failures"], "champion": gate["champion"],
+                  "verdicts": [{k: v.get(k) for k in ("metric", "slice", "threshold", "value", "status", "detail")}
+                               for v in gate["gates"]],
+                  "report": str(run_dir / gate["report"]["html"])},
         "world_size": train["world_size"],
         "cache": {k: ("reused" if v else "ran") for k, v in hits.items()},
         "run_dir": str(run_dir),

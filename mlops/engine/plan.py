@@ -72,9 +72,12 @@ def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
     data_cfg = r.data.model_dump(mode="json", exclude={"split", "datamodule"})
     source = source_fingerprint(loaded)
     tracking = {"tracking": r.tracking.model_dump(mode="json"), "registry": r.registry.model_dump(mode="json")}
+    ev = r.evaluate
     specs = [
         Step("load_data", "read the rows and fingerprint their bytes", (), data_cfg | {"source": source},
              ("data/sources.py", "data/fingerprint.py")),
+        Step("check_data", "check the recipe's data expectations before training", ("load_data",),
+             {"expectations": r.evaluate.expectations.model_dump(mode="json")}, ("data/expectations.py",)),
         Step("split", "deterministic train/val/test split", ("load_data",),
              {"split": r.data.split.model_dump(mode="json"), "seed": r.split_seed, "target": r.data.target,
               "task": r.data.task}, ("data/split.py", "data/schema.py")),
@@ -84,12 +87,19 @@ def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
              {"model": r.model.model_dump(mode="json", by_alias=True),
               "datamodule": r.data.datamodule.model_dump(mode="json", by_alias=True), "trainer": r.trainer.model_dump(mode="json"),
               "seed": r.seed}, ("train",)),
-        Step("evaluate", "val/test metrics and plots", ("train", "preprocess"), {}, ("evaluate",)),
+        Step("evaluate", "val/test metrics and plots", ("train", "preprocess"),
+             {"custom_metrics": ev.model_dump(mode="json", by_alias=True)["custom_metrics"]},
+             ("evaluate/metrics.py", "evaluate/scored.py", "evaluate/plots.py")),
         Step("export", "ONNX with preprocessing inside, parity check, bundle", ("train", "preprocess", "evaluate"),
-             {"export": r.export.model_dump(mode="json"), "name": r.model_name, "recipe": loaded.hash},
+             {"export": r.export.model_dump(mode="json"), "name": r.model_name, "recipe": loaded.model_hash},
              ("package/graph.py", "package/export.py", "package/bundle.py")),
-        Step("register", "register in MLflow and set aliases", ("export",), tracking, ("package/registry.py",),
-             cached=False),
+        Step("assess", "slices, fairness, robustness, inference benchmark of the ONNX model", ("export", "split"),
+             ev.model_dump(mode="json", by_alias=True, exclude={"gates", "expectations", "seed"})
+             | {"seed": r.eval_seed, "target": r.data.target}, ("evaluate",)),
+        Step("gate", "apply the gates (vs champion: paired test), write the evaluation report", ("assess",),
+             {"gates": [g.model_dump(mode="json") for g in ev.gates]}, ("evaluate",), cached=False),
+        Step("register", "register in MLflow; aliases only if the gates passed", ("export", "gate"), tracking,
+             ("package/registry.py",), cached=False),
     ]
     keys: dict[str, str] = {}
     steps = []

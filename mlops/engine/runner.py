@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.engine.execute import execute, run_step
+from mlops.errors import GateError
 from mlops.recipe import load_recipe
 from mlops.tracking.store import tracking_uri
 
@@ -29,6 +30,7 @@ configure_prefect()
 
 from prefect import flow, task  # noqa: E402  (configured first: Prefect reads settings at import)
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.states import Failed  # noqa: E402
 
 step_task = task(run_step, cache_policy=NO_CACHE, persist_result=False)
 
@@ -52,13 +54,18 @@ def _multirun_name() -> str:
 
 
 @flow(name="mlops-run", flow_run_name=_run_name, validate_parameters=False)
-def run_flow(recipe: str, overrides: list[str], parent_run_id: str | None = None) -> dict[str, Any]:
-    """Train, evaluate, export and register one recipe (the deployable entrypoint)."""
-    return execute(load_recipe(recipe, overrides), parent_run_id, step_runner=as_tasks)
+def run_flow(recipe: str, overrides: list[str], parent_run_id: str | None = None,
+             allow_failed_gates: bool = False) -> dict[str, Any]:
+    """Train, evaluate, export, gate and register one recipe (the deployable entrypoint)."""
+    try:
+        return execute(load_recipe(recipe, overrides), parent_run_id, step_runner=as_tasks,
+                       allow_failed_gates=allow_failed_gates)
+    except GateError as exc:  # a verdict, not a crash: the flow run is Failed with the reason, no traceback
+        return Failed(message=str(exc).splitlines()[0], data=exc)
 
 
 @flow(name="mlops-multirun", flow_run_name=_multirun_name, validate_parameters=False)
-def multirun_flow(recipe: str, jobs: list[list[str]]) -> dict[str, Any]:
+def multirun_flow(recipe: str, jobs: list[list[str]], allow_failed_gates: bool = False) -> dict[str, Any]:
     """Hydra-style multirun: one subflow and one nested MLflow run per combination of overrides."""
     from mlflow import MlflowClient
 
@@ -73,20 +80,29 @@ def multirun_flow(recipe: str, jobs: list[list[str]]) -> dict[str, Any]:
                                tags={"mlops.multirun": "true", "mlops.recipe": str(first.path),
                                      "mlops.jobs": json.dumps(jobs)}).info.run_id
     summaries = []
+    gate_failures: list[str] = []
     try:
         for i, job in enumerate(jobs, 1):
             print(f"mlops: multirun job {i}/{len(jobs)}: {' '.join(job) or '(no overrides)'}", flush=True)
-            summaries.append(run_flow(recipe, job, parent_run_id=parent))
+            try:
+                summaries.append(run_flow(recipe, job, parent_run_id=parent, allow_failed_gates=allow_failed_gates))
+            except GateError as exc:  # one job's model failing its gates must not stop the others
+                gate_failures.append(f"job {i} ({' '.join(job) or 'no overrides'}): {exc}")
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
-    client.set_terminated(parent, "FINISHED")
+    client.set_terminated(parent, "FAILED" if gate_failures else "FINISHED")
+    if gate_failures:
+        exc = GateError(f"{len(gate_failures)} of {len(jobs)} multirun jobs failed their gates:\n" + "\n".join(gate_failures))
+        return Failed(message=str(exc).splitlines()[0], data=exc)
     return {"parent_run_id": parent, "jobs": summaries}
 
 
-def run(recipe: str | Path, overrides: list[str]) -> dict[str, Any]:
-    return run_flow(str(Path(recipe).resolve()), overrides)
+def run(recipe: str | Path, overrides: list[str], allow_failed_gates: bool = False) -> dict[str, Any]:
+    state = run_flow(str(Path(recipe).resolve()), overrides, allow_failed_gates=allow_failed_gates, return_state=True)
+    return state.result()  # raises the flow's exception, GateError included
 
 
-def multirun(recipe: str | Path, jobs: list[list[str]]) -> dict[str, Any]:
-    return multirun_flow(str(Path(recipe).resolve()), jobs)
+def multirun(recipe: str | Path, jobs: list[list[str]], allow_failed_gates: bool = False) -> dict[str, Any]:
+    state = multirun_flow(str(Path(recipe).resolve()), jobs, allow_failed_gates=allow_failed_gates, return_state=True)
+    return state.result()

@@ -26,6 +26,7 @@ class RunContext:
     run_id: str | None
     tracking_uri: str
     prune: Any = None  # a PruneLink when this run is a sweep trial
+    allow_failed_gates: bool = False
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def dir(self, step: str) -> Path:
@@ -45,6 +46,15 @@ def load_data(ctx: RunContext, out: Path) -> dict[str, Any]:
     return {"fingerprint": fingerprint, "dvc": dvc, "source": source, "rows": len(frame), "columns": list(frame.columns)}
 
 
+def check_data(ctx: RunContext, out: Path) -> dict[str, Any]:
+    import pandas as pd
+
+    from mlops.data.expectations import check_expectations
+
+    frame = pd.read_parquet(ctx.dir("load_data") / "data.parquet")
+    return check_expectations(frame, ctx.loaded.recipe.evaluate.expectations, ctx.results["load_data"]["source"])
+
+
 def split(ctx: RunContext, out: Path) -> dict[str, Any]:
     import pandas as pd
 
@@ -54,10 +64,22 @@ def split(ctx: RunContext, out: Path) -> dict[str, Any]:
     r = ctx.loaded.recipe
     frame = pd.read_parquet(ctx.dir("load_data") / "data.parquet")
     task = infer_task(frame[r.data.target].dropna(), r.data.task)
+    _check_gates_for(ctx, task)
     parts = split_indices(frame, r.data.target, r.data.split, r.split_seed, classification=task != "regression")
     np.savez(out / "split.npz", **parts)
     return {"task": task, "sizes": {k: int(len(v)) for k, v in parts.items()}, "digest": split_digest(parts),
             "seed": r.split_seed}
+
+
+def _check_gates_for(ctx: RunContext, task: str) -> None:
+    """Validate time could not know an 'auto' task; now that it is known, refuse gates it cannot compute
+    before minutes of training, never a silent pass at the end."""
+    from mlops.errors import RecipeError
+    from mlops.recipe.checks import gate_problems
+
+    problems = gate_problems(ctx.loaded.recipe, task)
+    if problems:
+        raise RecipeError(f"{ctx.loaded.path} (task {task})", problems)
 
 
 def frames(ctx: RunContext) -> dict[str, Any]:
@@ -146,8 +168,10 @@ def load_module(ctx: RunContext) -> Any:
 
 
 def evaluate(ctx: RunContext, out: Path) -> dict[str, Any]:
-    from mlops.evaluate.metrics import classification_metrics, regression_metrics
-    from mlops.evaluate.plots import confusion_matrix_png, residual_png
+    """Every metric of the task (and the recipe's custom ones) on val and test, from the trained model."""
+    from mlops.evaluate.metrics import compute_metrics, custom_metric_fns
+    from mlops.evaluate.plots import calibration_png, confusion_matrix_png, residual_png, roc_png
+    from mlops.evaluate.scored import Scored
     from mlops.package.export import torch_outputs
 
     prep = ctx.results["preprocess"]
@@ -155,22 +179,24 @@ def evaluate(ctx: RunContext, out: Path) -> dict[str, Any]:
     arrays = np.load(ctx.dir("preprocess") / "arrays.npz")
     regression = prep["task"] == "regression"
     mean, std = prep["target_scale"] if regression else (0.0, 1.0)
+    custom = custom_metric_fns(ctx.loaded.recipe.evaluate.custom_metrics)
     metrics: dict[str, float] = {}
+    scored: dict[str, Scored] = {}
     for split_name in ("val", "test"):
         y = arrays[f"y_{split_name}"]
         outputs = torch_outputs(module, arrays[f"x_{split_name}"], prep["task"])
         if regression:
             y, outputs = y * std + mean, outputs * std + mean  # back in the target's own units
-            metrics |= regression_metrics(y, outputs, split_name)
-        else:
-            metrics |= classification_metrics(y, outputs, split_name)
-    # `y` and `outputs` are the test split's now
+        scored[split_name] = Scored(prep["task"], y, outputs, prep["labels"])
+        metrics |= compute_metrics(scored[split_name], split_name, custom)
+    test = scored["test"]
     if regression:
-        plot = residual_png(y, outputs, out / "residuals.png")
+        plots = [residual_png(test.y, test.out, out / "residuals.png")]
     else:
-        plot = confusion_matrix_png(y, outputs.argmax(axis=1), prep["labels"], out / "confusion_matrix.png")
+        plots = [confusion_matrix_png(test.y, test.pred, prep["labels"], out / "confusion_matrix.png"),
+                 roc_png(test, out / "roc.png"), calibration_png(test, out / "calibration.png")]
     # logged at the step after the last epoch, so a metric's history reads: epochs..., final evaluation
-    return {"metrics": metrics, "plots": [plot.name], "step": ctx.results["train"]["epochs_run"]}
+    return {"metrics": metrics, "plots": [p.name for p in plots], "step": ctx.results["train"]["epochs_run"]}
 
 
 def export(ctx: RunContext, out: Path) -> dict[str, Any]:
@@ -201,33 +227,70 @@ def export(ctx: RunContext, out: Path) -> dict[str, Any]:
     inputs += [{"name": c.name, "kind": "categorical", "dtype": "string"} for c in pre.categorical]
     meta = write_bundle(out / "bundle", model_bytes, {
         "name": r.model_name, "task": prep["task"], "inputs": inputs, "outputs": io_description(full)["outputs"],
-        "labels": prep["labels"], "recipe_hash": ctx.loaded.hash, "data_fingerprint": ctx.results["load_data"]["fingerprint"],
+        "labels": prep["labels"], "recipe_hash": ctx.loaded.model_hash, "data_fingerprint": ctx.results["load_data"]["fingerprint"],
         "metrics": ctx.results["evaluate"]["metrics"], "data_schema": schema.model_dump(), "parity": parity,
         "mlops_version": mlops.__version__,
     })
     return {"bundle": "bundle", "parity": parity, "onnx_sha256": meta.onnx_sha256, "onnx_bytes": len(model_bytes)}
 
 
+def assess(ctx: RunContext, out: Path) -> dict[str, Any]:
+    """Slices, fairness, robustness and the inference benchmark, all on the exported ONNX model."""
+    from mlops.evaluate.assess import assess_bundle
+
+    parts = frames(ctx)
+    module = load_module(ctx) if ctx.loaded.recipe.evaluate.performance.torch else None
+    features = np.load(ctx.dir("preprocess") / "arrays.npz")["x_test"] if module is not None else None
+    result = assess_bundle(ctx.loaded.recipe, ctx.dir("export") / "bundle", parts["test"], parts["train"],
+                           module, features)
+    (out / "assess.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def gate(ctx: RunContext, out: Path) -> dict[str, Any]:
+    """Decide on promotion: every gate against the computed metrics, `vs: champion` gates by a paired test on
+    the same rows, and the evaluation report. Never cached: the champion it compares with can change."""
+    from mlops.evaluate.assess import decide
+
+    r = ctx.loaded.recipe
+    parts = frames(ctx)
+    results = {"metrics": ctx.results["evaluate"]["metrics"] | ctx.results["assess"]["metrics"],
+               "slices": ctx.results["assess"]["slices"], "fairness": ctx.results["assess"]["fairness"],
+               "robustness": ctx.results["assess"]["robustness"],
+               "performance": ctx.results["assess"]["performance"]}
+    plots = {Path(p).stem: str(ctx.dir("evaluate") / p) for p in ctx.results["evaluate"]["plots"]}
+    return decide(r, ctx.dir("export") / "bundle", {k: parts[k] for k in ("val", "test")}, results, plots,
+                  ctx.tracking_uri, out, {"run_id": ctx.run_id, "onnx_sha256": ctx.results["export"]["onnx_sha256"]},
+                  allow_failed=ctx.allow_failed_gates)
+
+
 def register(ctx: RunContext, out: Path) -> dict[str, Any]:
+    """Register the bundle. Only a model whose gates passed (or were overridden) gets an alias."""
     from mlflow import MlflowClient
 
-    from mlops.package.registry import aliases_of, register_bundle
+    from mlops.package.registry import aliases_of, promote_version, register_bundle
 
     r = ctx.loaded.recipe
     if not r.registry.enabled or ctx.run_id is None:
         return {"model_name": r.model_name, "model_version": None, "aliases": []}
     client = MlflowClient(ctx.tracking_uri)
     sha = ctx.results["export"]["onnx_sha256"]
+    gates = ctx.results.get("gate", {}).get("outcome", "passed")  # passed | failed | allowed
     # idempotent: the same bundle (by checksum) is never registered twice
     existing = client.search_model_versions(f"name='{r.model_name}' and tags.onnx_sha256='{sha}'")
     if existing:
-        v = str(max(int(m.version) for m in existing))
+        latest = max(existing, key=lambda m: int(m.version))
+        v = str(latest.version)
+        if latest.tags.get("gates") == "failed" and gates != "failed":  # now passed, or overridden: promote it
+            client.set_model_version_tag(r.model_name, v, "gates", gates)
+            promote_version(client, r.model_name, v)
         return {"model_name": r.model_name, "model_version": v, "aliases": aliases_of(client, r.model_name, v),
-                "reused": True}
+                "reused": True, "gates": gates}
     tags = {"onnx_sha256": sha, "recipe_hash": ctx.loaded.hash,
-            "data_fingerprint": ctx.results["load_data"]["fingerprint"]}
-    return register_bundle(client, ctx.tracking_uri, ctx.run_id, r.model_name, ctx.dir("export") / "bundle", tags)
+            "data_fingerprint": ctx.results["load_data"]["fingerprint"], "gates": gates}
+    return register_bundle(client, ctx.tracking_uri, ctx.run_id, r.model_name, ctx.dir("export") / "bundle", tags,
+                           set_aliases=gates != "failed") | {"gates": gates}
 
 
-STEPS = {"load_data": load_data, "split": split, "preprocess": preprocess, "train": train, "evaluate": evaluate,
-         "export": export, "register": register}
+STEPS = {"load_data": load_data, "check_data": check_data, "split": split, "preprocess": preprocess, "train": train,
+         "evaluate": evaluate, "export": export, "assess": assess, "gate": gate, "register": register}

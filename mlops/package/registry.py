@@ -15,8 +15,9 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def register_bundle(client: Any, uri: str, run_id: str, model_name: str, bundle_dir: Path,
-                    tags: dict[str, str]) -> dict[str, Any]:
-    """Register the bundle's ONNX model (the run already holds the bundle) and set aliases. Returns version and aliases."""
+                    tags: dict[str, str], set_aliases: bool = True) -> dict[str, Any]:
+    """Register the bundle's ONNX model (the run already holds the bundle) and, unless it failed its gates,
+    set aliases: `challenger`, and `champion` when there is none yet. Returns version and aliases."""
     import mlflow
     import mlflow.onnx
     import onnx
@@ -30,13 +31,19 @@ def register_bundle(client: Any, uri: str, run_id: str, model_name: str, bundle_
     version = str(info.registered_model_version)
     for key, value in (tags | {"bundle_uri": f"runs:/{run_id}/bundle", "run_id": run_id}).items():
         client.set_model_version_tag(model_name, version, key, value)
+    aliases = promote_version(client, model_name, version) if set_aliases else []
+    return {"model_name": model_name, "model_version": version, "aliases": aliases}
+
+
+def promote_version(client: Any, model_name: str, version: str) -> list[str]:
+    """A new eligible version becomes the challenger, and the champion when there is none yet."""
     aliases = [CHALLENGER]
     client.set_registered_model_alias(model_name, CHALLENGER, version)
     # On the SQL store search_model_versions() returns empty aliases: read them from the registered model
     if CHAMPION not in client.get_registered_model(model_name).aliases:
         client.set_registered_model_alias(model_name, CHAMPION, version)
         aliases.append(CHAMPION)
-    return {"model_name": model_name, "model_version": version, "aliases": sorted(aliases)}
+    return sorted(aliases)
 
 
 def aliases_of(client: Any, model_name: str, version: str) -> list[str]:

@@ -37,6 +37,14 @@ class LoadedRecipe:
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()
 
+    @cached_property
+    def model_hash(self) -> str:
+        """The hash of what determines the model: everything but `evaluate`. A new gate or threshold re-decides
+        on the cached model and evaluation instead of re-exporting it or starting a new sweep study."""
+        resolved = self.resolved()
+        resolved.pop("evaluate", None)
+        return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
+
     def to_yaml(self) -> str:
         import yaml
 

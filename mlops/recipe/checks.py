@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 from mlops.errors import MlopsError, Problem
@@ -26,6 +27,7 @@ def semantic_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
     problems += _target_problems(recipe, composed)
     problems += _metric_problems(recipe, composed)
     problems += _sweep_param_problems(recipe, composed)
+    problems += _gate_problems(recipe, composed)
     return problems
 
 
@@ -53,6 +55,13 @@ def _data_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
                 problems.append(_unknown_column(f"data.{key}", name, columns, composed))
     if data.features is not None and data.target in data.features:
         problems.append(Problem("data.features", "the target column cannot be a feature", str(composed.origin("data.features"))))
+    ev = recipe.evaluate
+    named = [(f"evaluate.slices.{i}.column", s.column) for i, s in enumerate(ev.slices)]
+    named += [(f"evaluate.fairness.sensitive.{i}", c) for i, c in enumerate(ev.fairness.sensitive if ev.fairness else [])]
+    named += [(f"evaluate.expectations.columns.{c}", c) for c in ev.expectations.columns]
+    for key, name in named:
+        if name not in columns:
+            problems.append(_unknown_column(key, name, columns, composed))
     return problems
 
 
@@ -64,8 +73,10 @@ def _unknown_column(key: str, name: str, columns: list[str], composed: Composed)
 
 def _target_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
     problems = []
-    for key, target, builtin in (("model._target_", recipe.model.target, BUILTIN_MODEL),
-                                 ("data.datamodule._target_", recipe.data.datamodule.target, BUILTIN_DATAMODULE)):
+    targets = [("model._target_", recipe.model.target, BUILTIN_MODEL),
+               ("data.datamodule._target_", recipe.data.datamodule.target, BUILTIN_DATAMODULE)]
+    targets += [(f"evaluate.custom_metrics.{n}._target_", c.target, "") for n, c in recipe.evaluate.custom_metrics.items()]
+    for key, target, builtin in targets:
         reason = None if target == builtin else importable_class(target)
         if reason:
             problems.append(Problem(key, reason, str(composed.origin(key))))
@@ -143,3 +154,87 @@ def _sweep_param_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
                                         f"did you mean '{'.'.join([*parts[: i - 1], hint])}'?" if hint else ""))
                 break
     return problems
+
+
+# the task of a built-in data set is known before reading it: gates can be checked against its metrics
+BUILTIN_TASKS = {"breast_cancer": "binary", "wine": "multiclass", "digits": "multiclass", "diabetes": "regression"}
+
+
+def recipe_task(recipe: Recipe) -> str:
+    if recipe.data.task != "auto":
+        return recipe.data.task
+    return BUILTIN_TASKS.get(recipe.data.dataset or "", "auto")
+
+
+def gateable_metrics(recipe: Recipe, task: str | None = None) -> dict[str, str]:
+    """Every metric name a gate may read for this recipe (and task, once known)."""
+    from mlops.evaluate.names import available
+
+    ev = recipe.evaluate
+    task = task or recipe_task(recipe)
+    metrics = available(task, {n: c.direction for n, c in ev.custom_metrics.items()},
+                        fairness=ev.fairness is not None and task != "regression",
+                        robustness=ev.robustness.enabled, performance=ev.performance.enabled)
+    if not ev.performance.torch:
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("perf/torch/")}
+    return metrics
+
+
+def gate_problems(recipe: Recipe, task: str | None = None, origin: Callable[[str], str] | None = None) -> list[Problem]:
+    """A gate must read a metric that will be computed, in a way that can be decided: never a silent pass."""
+    ev = recipe.evaluate
+    task = task or recipe_task(recipe)
+    where = origin or (lambda key: "recipe")
+    valid = gateable_metrics(recipe, task)
+    problems = []
+    if ev.fairness is not None and task == "regression":
+        problems.append(Problem("evaluate.fairness", "fairness metrics need a classifier; this recipe is a regression",
+                                where("evaluate.fairness")))
+    slice_columns = {s.column for s in ev.slices}
+    for i, gate in enumerate(ev.gates):
+        key = f"evaluate.gates.{i}"
+        family = gate.metric.partition("/")[0]
+        if gate.metric not in valid:
+            hint = closest(gate.metric, list(valid))
+            reason = f"'{gate.metric}' is not a metric this recipe computes"
+            if family == "fairness" and ev.fairness is None:
+                reason += " (fairness needs evaluate.fairness.sensitive)"
+            elif family in ("perf", "robustness"):
+                reason += f" ({family} checks are off or the name is unknown)"
+            problems.append(Problem(f"{key}.metric", reason, where(f"{key}.metric"),
+                                    f"did you mean '{hint}'?" if hint else f"task {task}: see `mlops schema`"))
+            continue
+        if gate.vs is not None and family not in ("val", "test"):
+            problems.append(Problem(f"{key}.vs", f"only val/ and test/ metrics can be compared with the champion, "
+                                    f"not '{gate.metric}'", where(f"{key}.vs"), "use an absolute min/max instead"))
+        if gate.vs is not None and gate.test == "mcnemar" and not gate.metric.endswith("/accuracy"):
+            problems.append(Problem(f"{key}.test", f"mcnemar compares per-row correctness: it decides on accuracy, "
+                                    f"not '{gate.metric}'", where(f"{key}.test"),
+                                    "use paired_bootstrap or permutation"))
+        if gate.slice is None:
+            continue
+        if gate.vs is not None:
+            problems.append(Problem(f"{key}.slice", "a comparison with the champion runs on the whole split",
+                                    where(f"{key}.slice"), "remove 'slice'"))
+        elif family == "fairness":
+            sensitive = ev.fairness.sensitive if ev.fairness else []
+            if gate.slice not in sensitive:
+                hint = closest(gate.slice, sensitive)
+                problems.append(Problem(f"{key}.slice", f"'{gate.slice}' is not a sensitive column "
+                                        f"(evaluate.fairness.sensitive: {', '.join(sensitive)})",
+                                        where(f"{key}.slice"), f"did you mean '{hint}'?" if hint else ""))
+        elif family in ("val", "test"):
+            column, eq, _ = gate.slice.partition("=")
+            if not eq or column not in slice_columns:
+                hint = closest(column, sorted(slice_columns))
+                problems.append(Problem(f"{key}.slice", f"'{gate.slice}' must be 'column=value' of a column in "
+                                        f"evaluate.slices ({', '.join(sorted(slice_columns)) or 'none declared'})",
+                                        where(f"{key}.slice"), f"did you mean '{hint}'?" if hint else ""))
+        else:
+            problems.append(Problem(f"{key}.slice", f"'{family}/' metrics are not computed per slice",
+                                    where(f"{key}.slice"), "remove 'slice'"))
+    return problems
+
+
+def _gate_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
+    return gate_problems(recipe, origin=lambda key: str(composed.origin(key)))

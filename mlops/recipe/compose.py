@@ -156,7 +156,14 @@ def yaml_key_lines(file: Path) -> dict[str, int]:
     lines: dict[str, int] = {}
 
     def walk(node: Any, prefix: str) -> None:
-        if not hasattr(node, "lc") or not isinstance(node, dict):
+        if not hasattr(node, "lc"):
+            return
+        if isinstance(node, list):  # list items by index, as pydantic reports them: evaluate.gates.1.metric
+            for i, item in enumerate(node):
+                lines[f"{prefix}{i}"] = node.lc.item(i)[0] + 1
+                walk(item, f"{prefix}{i}.")
+            return
+        if not isinstance(node, dict):
             return
         for k in node:
             key = f"{prefix}{k}"

@@ -157,6 +157,118 @@ class ExportConfig(Section):
     parity_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 7, 64])
 
 
+class CustomMetricConfig(Section):
+    """A metric function `fn(y_true, y_score) -> float`, computed on val/, test/ and every slice."""
+
+    target: str = Field(alias="_target_", description="dotted path of the function")
+    input: Literal["proba", "label"] = Field("proba", description="class probabilities [N, C] (or regression "
+                                             "predictions), or predicted class indices")
+    direction: Literal["higher", "lower"] = Field("higher", description="which way is better, for gates vs champion")
+
+    _dotted = field_validator("target")(lambda cls, v: dotted_path(v))
+
+
+class SliceConfig(Section):
+    """Test metrics per value of a column, or per bin of a numeric one."""
+
+    column: str
+    bins: PositiveInt | list[float] | None = Field(None, description="numeric columns: a number of quantile bins, "
+                                                    "or bin edges; absent: one slice per value")
+
+    @field_validator("bins")
+    @classmethod
+    def _edges(cls, v: int | list[float] | None) -> int | list[float] | None:
+        if isinstance(v, list) and (len(v) < 2 or any(b >= a for a, b in zip(v[1:], v[:-1], strict=False))):
+            raise ValueError("bin edges must be at least two increasing numbers")
+        return v
+
+
+class FairnessConfig(Section):
+    """Group fairness of a classifier over sensitive columns (computed with fairlearn)."""
+
+    sensitive: Annotated[list[str], Field(min_length=1)] = Field(description="columns that define the groups")
+    positive_label: str | None = Field(None, description="the favourable class; the second label of a binary task "
+                                       "when absent")
+    bins: PositiveInt = Field(4, description="numeric sensitive columns are cut into this many quantile bins")
+
+
+class RobustnessConfig(Section):
+    """Stress checks of the exported ONNX model: it must never crash and its outputs must stay finite."""
+
+    enabled: bool = True
+    rows: PositiveInt = Field(200, description="test rows used by each check")
+    epsilon: PositiveFloat = Field(0.01, description="perturbation size, as a fraction of each numeric "
+                                   "column's training standard deviation")
+    repeats: PositiveInt = Field(5, description="perturbation draws per row")
+
+
+class PerformanceConfig(Section):
+    """Inference benchmark of the exported ONNX model, and of the torch model for comparison."""
+
+    enabled: bool = True
+    batch_size: PositiveInt = Field(64, description="batch size of the throughput measurement")
+    iterations: PositiveInt = Field(300, description="timed calls at batch size 1")
+    torch: bool = Field(True, description="benchmark the torch model too")
+
+
+class ColumnExpectation(Section):
+    min: float | None = None
+    max: float | None = None
+    allowed: list[Any] | None = Field(None, description="the only values the column may take")
+    max_missing: Annotated[float, Field(ge=0, le=1)] | None = Field(None, description="largest fraction of "
+                                                                     "missing values")
+
+
+class ExpectationsConfig(Section):
+    """Data expectations checked before training: a violation stops the run with the column and rows."""
+
+    min_rows: PositiveInt | None = None
+    max_rows: PositiveInt | None = None
+    columns: dict[str, ColumnExpectation] = Field(default_factory=dict)
+
+
+class Gate(Section):
+    """One promotion gate: an absolute bound (`min`/`max`), or a statistical comparison `vs: champion`."""
+
+    metric: str = Field(description="a computed metric: test/auroc, fairness/demographic_parity_diff, "
+                        "perf/latency_p99_ms, ...")
+    min: float | None = None
+    max: float | None = None
+    vs: Literal["champion"] | None = None
+    max_drop: Annotated[float, Field(ge=0)] = Field(0.0, description="vs champion: the largest tolerated drop")
+    test: Literal["paired_bootstrap", "mcnemar", "permutation"] = "paired_bootstrap"
+    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
+    n_resamples: Annotated[int, Field(ge=100, le=100_000)] = 1000
+    strict: bool = Field(False, description="vs champion: pass only with evidence that the challenger is not worse "
+                         "by more than max_drop (its confidence bound clears the margin), instead of failing only "
+                         "when it is shown worse")
+    slice: str | None = Field(None, description="fairness/ metrics: the sensitive column; test/ metrics: "
+                              "'column=value' of a declared slice")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Gate:
+        bounded = self.min is not None or self.max is not None
+        if bounded == (self.vs is not None):
+            raise ValueError("a gate has either an absolute bound (min and/or max) or 'vs: champion', not "
+                             + ("both" if bounded else "neither"))
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g})")
+        return self
+
+
+class EvaluateConfig(Section):
+    """Held-out evaluation, stress tests and the promotion gates (config group `gates/`)."""
+
+    custom_metrics: dict[str, CustomMetricConfig] = Field(default_factory=dict)
+    slices: list[SliceConfig] = Field(default_factory=list)
+    fairness: FairnessConfig | None = None
+    robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    expectations: ExpectationsConfig = Field(default_factory=ExpectationsConfig)
+    gates: list[Gate] = Field(default_factory=list)
+    seed: int | None = Field(None, description="seed of resampling and perturbations; the recipe's seed if absent")
+
+
 class FloatParam(Section):
     type: Literal["float"]
     low: float
@@ -233,6 +345,7 @@ class Recipe(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     sweep: SweepConfig | None = None
 
     @property
@@ -242,6 +355,10 @@ class Recipe(Section):
     @property
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
+
+    @property
+    def eval_seed(self) -> int:
+        return self.evaluate.seed if self.evaluate.seed is not None else self.seed
 
     @property
     def split_seed(self) -> int:

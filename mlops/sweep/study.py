@@ -50,6 +50,7 @@ def study_name(loaded: LoadedRecipe) -> str:
         return cfg.study_name
     resolved = loaded.resolved()
     resolved["sweep"] = {k: v for k, v in resolved["sweep"].items() if k not in ("parallelism", "n_trials", "retries")}
+    resolved.pop("evaluate", None)  # gates decide on the best model; they do not change what trials train
     digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:10]
     return f"{loaded.recipe.name}-{digest}"
 

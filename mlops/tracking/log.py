@@ -100,5 +100,16 @@ def log_step(client: Any, run_id: str, step: str, result: dict[str, Any], cached
         client.log_batch(run_id, metrics=[Metric("export/parity_max_abs_diff", result["parity"]["max_abs_diff"], now, 0),
                                           Metric("export/onnx_bytes", result["onnx_bytes"], now, 0)])
         client.log_artifacts(run_id, str(out / "bundle"), "bundle")
+    elif step == "check_data":
+        client.set_tag(run_id, "mlops.expectations", f"{result['checked']} checked, all met")
+    elif step == "assess":
+        metrics = [Metric(k, v, now, 0) for k, v in result["metrics"].items()]
+        if metrics:
+            client.log_batch(run_id, metrics=metrics)
+        client.log_artifact(run_id, str(out / "assess.json"), "evaluation")
+    elif step == "gate":
+        client.set_tag(run_id, "mlops.gates", result["outcome"])
+        for name in result["report"].values():
+            client.log_artifact(run_id, str(out / name), "evaluation")
     elif step == "register" and result.get("model_version"):
         client.set_tag(run_id, "mlops.model", f"{result['model_name']}/{result['model_version']}")

@@ -37,13 +37,13 @@ def test_run_caches_registers_and_moves_aliases(isolated_env: dict[str, str]) ->
     # the plan now shows what a re-run would reuse
     plan = last_json(run_cli(["plan", "--json", "recipes/quickstart.yaml", "trainer.max_epochs=2"], isolated_env))
     assert {s["name"]: s["cached"] for s in plan["steps"]} == {
-        "load_data": True, "split": True, "preprocess": True, "train": True, "evaluate": True, "export": True,
-        "register": False}
+        "load_data": True, "check_data": True, "split": True, "preprocess": True, "train": True, "evaluate": True,
+        "export": True, "assess": True, "gate": False, "register": False}
 
     # unchanged recipe: every cached step is reused and the same model version is reported, not a new one
     again = last_json(run_cli(["run", "--json", "recipes/quickstart.yaml", "trainer.max_epochs=2"], isolated_env))
-    assert {k: v for k, v in again["cache"].items() if k != "register"} == {
-        k: "reused" for k in ("load_data", "split", "preprocess", "train", "evaluate", "export")}
+    assert {k: v for k, v in again["cache"].items() if k not in ("gate", "register")} == {
+        k: "reused" for k in ("load_data", "check_data", "split", "preprocess", "train", "evaluate", "export", "assess")}
     assert again["model_version"] == "1" and again["run_id"] != first["run_id"]
 
     # a model change re-runs from train on; data steps stay cached; the new version is only the challenger

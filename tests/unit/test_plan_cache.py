@@ -26,7 +26,20 @@ def test_same_recipe_same_keys(tmp_path: Path) -> None:
 def test_model_change_invalidates_train_and_after_only(tmp_path: Path) -> None:
     base, changed = keys([], tmp_path), keys(["model.lr=0.01"], tmp_path)
     same = [s for s in base if base[s] == changed[s]]
-    assert same == ["load_data", "split", "preprocess"]
+    assert same == ["load_data", "check_data", "split", "preprocess"]
+
+
+def test_gate_change_keeps_every_computed_result(tmp_path: Path) -> None:
+    """A stricter gate re-decides on the cached evaluation: nothing is retrained or re-measured."""
+    base, changed = keys([], tmp_path), keys(["evaluate.gates.0.min=0.95"], tmp_path)
+    assert [s for s in base if base[s] != changed[s]] == ["gate", "register"]
+
+
+def test_assessment_change_reruns_only_the_assessment(tmp_path: Path) -> None:
+    base, changed = keys([], tmp_path), keys(["evaluate.robustness.epsilon=0.1"], tmp_path)
+    assert [s for s in base if base[s] != changed[s]] == ["assess", "gate", "register"]
+    expectations = keys(["++evaluate.expectations.min_rows=10"], tmp_path)
+    assert [s for s in base if base[s] != expectations[s]] == ["check_data"]
 
 
 def test_split_change_invalidates_split_and_after(tmp_path: Path) -> None:

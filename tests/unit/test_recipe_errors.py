@@ -230,6 +230,82 @@ CASES = [
         ("[1,",),
         overrides=("trainer.max_epochs=[1,",),
     ),
+    # evaluate: a gate on a metric that is never computed is refused here, never silently passed at the end
+    Case(
+        "gate-unknown-metric",
+        DEFAULTS + "name: q\nevaluate:\n  gates:\n    - metric: test/aurocc  " + MARK + "\n      min: 0.9\n",
+        "evaluate.gates.0.metric",
+        ("'test/aurocc' is not a metric this recipe computes", "did you mean 'test/auroc'?"),
+    ),
+    Case(
+        "gate-regression-metric-on-a-classifier",
+        DEFAULTS + "name: q\nevaluate:\n  gates:\n    - metric: test/auroc\n      min: 0.9\n"
+        "    - metric: test/r2  " + MARK + "\n      min: 0.5\n",
+        "evaluate.gates.1.metric",
+        ("'test/r2' is not a metric this recipe computes",),
+    ),
+    Case(
+        "gate-fairness-without-sensitive-columns",
+        DEFAULTS + "name: q\nevaluate:\n  gates:\n    - metric: fairness/demographic_parity_diff  " + MARK
+        + "\n      max: 0.1\n",
+        "evaluate.gates.0.metric",
+        ("fairness needs evaluate.fairness.sensitive",),
+    ),
+    Case(
+        "gate-champion-on-a-latency",
+        DEFAULTS + "name: q\nevaluate:\n  gates:\n    - metric: perf/latency_p99_ms\n      vs: champion  " + MARK
+        + "\n",
+        "evaluate.gates.0.vs",
+        ("only val/ and test/ metrics can be compared with the champion",),
+    ),
+    Case(
+        "gate-mcnemar-needs-accuracy",
+        DEFAULTS + "name: q\nevaluate:\n  gates:\n    - metric: test/auroc\n      vs: champion\n"
+        "      test: mcnemar  " + MARK + "\n",
+        "evaluate.gates.0.test",
+        ("decides on accuracy", "use paired_bootstrap or permutation"),
+    ),
+    Case(
+        "gate-bound-and-champion",
+        DEFAULTS + "name: q\nevaluate:\n  gates:\n    - metric: test/auroc  " + MARK + "\n      min: 0.9\n"
+        "      vs: champion\n",
+        "evaluate.gates.0",
+        ("either an absolute bound (min and/or max) or 'vs: champion', not both",),
+    ),
+    Case(
+        "gate-typo-in-the-gates-group-file",
+        DEFAULTS.replace("  - _self_", "  - gates: classification\n  - _self_") + "name: q\n",
+        "evaluate.gates.3.metric",
+        ("'perf/latency_p99' is not a metric", "did you mean 'perf/latency_p99_ms'?"),
+        config_edit=("gates/classification.yaml", "metric: perf/latency_p99_ms",
+                     "metric: perf/latency_p99  " + MARK),
+    ),
+    Case(
+        "gate-slice-not-declared",
+        "name: q\n" + CSV_DATA + "evaluate:\n  slices:\n    - column: plan\n  gates:\n    - metric: test/auroc\n"
+        "      min: 0.5\n      slice: regon=north  " + MARK + "\n",
+        "evaluate.gates.0.slice",
+        ("must be 'column=value' of a column in evaluate.slices (plan)",),
+    ),
+    Case(
+        "slice-column-not-in-data",
+        "name: q\n" + CSV_DATA + "evaluate:\n  slices:\n    - column: plann  " + MARK + "\n",
+        "evaluate.slices.0.column",
+        ("column 'plann' is not in the data", "did you mean 'plan'?"),
+    ),
+    Case(
+        "expectation-column-not-in-data",
+        "name: q\n" + CSV_DATA + "evaluate:\n  expectations:\n    columns:\n      incme: {min: 0}  " + MARK + "\n",
+        "evaluate.expectations.columns.incme",
+        ("column 'incme' is not in the data", "did you mean 'income'?"),
+    ),
+    Case(
+        "custom-metric-not-importable",
+        DEFAULTS + "name: q\nevaluate:\n  custom_metrics:\n    cost:\n      _target_: sklearn.metrics.no_such_fn  "
+        + MARK + "\n",
+        "evaluate.custom_metrics.cost._target_",
+        ("cannot import 'sklearn.metrics.no_such_fn'",),
+    ),
 ]
 
 

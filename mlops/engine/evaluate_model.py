@@ -1,0 +1,91 @@
+"""`mlops evaluate RECIPE --model REF`: evaluate any registered model (or bundle) on the recipe's data.
+
+The data steps come from the step cache, so the rows are exactly the ones a run of this recipe tests on;
+the model is scored through its ONNX bundle only. The evaluation is tracked as its own MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlops.engine.execute import run_step
+from mlops.engine.plan import compile_plan
+from mlops.engine.steps import RunContext, frames
+from mlops.recipe import LoadedRecipe
+
+
+def resolve(ref: str, uri: str) -> tuple[Path, str]:
+    """A bundle directory, or NAME@ALIAS / NAME/VERSION from the registry -> (bundle dir, 'NAME/VERSION')."""
+    if Path(ref).is_dir():
+        return Path(ref), str(Path(ref).resolve())
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow import MlflowClient
+
+    from mlops.package.registry import download_bundle, resolve_model
+    from mlops.tracking.store import mlops_home
+
+    client = MlflowClient(uri)
+    name, version = resolve_model(client, ref)
+    return download_bundle(client, name, version, mlops_home() / "bundles"), f"{name}/{version}"
+
+
+def evaluate_model(loaded: LoadedRecipe, ref: str, allow_failed_gates: bool = False) -> dict[str, Any]:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from mlops.evaluate.assess import assess_bundle, decide
+    from mlops.evaluate.metrics import compute_metrics, custom_metric_fns
+    from mlops.evaluate.plots import calibration_png, confusion_matrix_png, residual_png, roc_png
+    from mlops.evaluate.scored import score_bundle
+    from mlops.package.bundle import read_bundle
+    from mlops.tracking.store import experiment_id, mlops_home, tracking_uri
+
+    r = loaded.recipe
+    uri = tracking_uri(r)
+    bundle_dir, model_ref = resolve(ref, uri)
+    meta = read_bundle(bundle_dir)
+    plan = compile_plan(loaded)
+    ctx = RunContext(loaded=loaded, run_id=None, tracking_uri=uri)
+    for step in ("load_data", "check_data", "split"):
+        ctx.results[step] = run_step(plan, ctx, step)
+    parts = frames(ctx)
+    print(f"mlops: evaluating {model_ref} on {len(parts['test'])} test rows of recipe '{r.name}'", flush=True)
+    out = mlops_home() / "evaluations" / f"{meta.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    custom = custom_metric_fns(r.evaluate.custom_metrics)
+    metrics: dict[str, float] = {}
+    for split in ("val", "test"):
+        scored = score_bundle(bundle_dir, parts[split], r.data.target)
+        metrics |= compute_metrics(scored, split, custom)
+    if scored.task == "regression":
+        plots = [residual_png(scored.y, scored.out, out / "residuals.png")]
+    else:
+        plots = [confusion_matrix_png(scored.y, scored.pred, scored.labels or [], out / "confusion_matrix.png"),
+                 roc_png(scored, out / "roc.png"), calibration_png(scored, out / "calibration.png")]
+    assessed = assess_bundle(r, bundle_dir, parts["test"], parts["train"])
+    results = {"metrics": metrics | assessed["metrics"]} | {k: assessed[k] for k in
+                                                          ("slices", "fairness", "robustness", "performance")}
+    client = MlflowClient(uri)
+    exp = experiment_id(client, r.experiment, uri)
+    run_id = client.create_run(exp, run_name=f"evaluate {model_ref}", tags={
+        "mlops.evaluates": model_ref, "mlops.recipe": str(loaded.path), "mlops.recipe_hash": loaded.hash,
+        "mlflow.source.name": "mlops evaluate"}).info.run_id
+    decision = decide(r, bundle_dir, {k: parts[k] for k in ("val", "test")}, results,
+                      {p.stem: str(p) for p in plots}, uri, out, {"version": model_ref, "run_id": run_id},
+                      allow_failed=allow_failed_gates)
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    logged = [Metric(k, v, now, 0) for k, v in results["metrics"].items()]
+    for i in range(0, len(logged), 500):
+        client.log_batch(run_id, metrics=logged[i:i + 500])
+    client.set_tag(run_id, "mlops.gates", decision["outcome"])
+    for name in decision["report"].values():
+        client.log_artifact(run_id, str(out / name), "evaluation")
+    client.set_terminated(run_id, "FAILED" if decision["outcome"] == "failed" else "FINISHED")
+    summary = {"model": model_ref, "run_id": run_id, "metrics": results["metrics"], "gates": decision,
+               "report": str(out / decision["report"]["html"]), "tracking_uri": uri}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary

@@ -1,0 +1,126 @@
+"""The evaluation of one exported model, end to end: what `mlops run` does after export, and what
+`mlops evaluate --model` does for any registered model.
+
+`assess_bundle` computes what does not depend on other models (slices, fairness, robustness, inference
+speed); `decide` adds the champion comparison, applies the gates and writes the report.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from mlops.errors import MlopsError
+from mlops.recipe.schema import Recipe
+
+
+def assess_bundle(recipe: Recipe, bundle_dir: Path, test: Any, train: Any, module: Any = None,
+                  features: Any = None) -> dict[str, Any]:
+    from mlops.evaluate.fairness import fairness_report
+    from mlops.evaluate.metrics import custom_metric_fns
+    from mlops.evaluate.performance import benchmark_onnx, benchmark_torch, perf_metrics
+    from mlops.evaluate.robustness import robustness_checks, robustness_summary
+    from mlops.evaluate.scored import score_bundle
+    from mlops.evaluate.slices import slice_metrics
+
+    ev = recipe.evaluate
+    scored = score_bundle(bundle_dir, test, recipe.data.target)
+    custom = custom_metric_fns(ev.custom_metrics)
+    slices = slice_metrics(test, scored, ev.slices, custom) if ev.slices else []
+    fairness = fairness_report(test, scored, ev.fairness) if ev.fairness else {}
+    robustness = robustness_checks(bundle_dir, test, train, ev.robustness, recipe.eval_seed) if ev.robustness.enabled else []
+    metrics: dict[str, float] = {}
+    performance: dict[str, Any] = {}
+    if ev.performance.enabled:
+        print("mlops: benchmarking inference of the exported model", flush=True)
+        performance["onnx"] = benchmark_onnx(bundle_dir, test, ev.performance)
+        use_torch = module is not None and features is not None and ev.performance.torch
+        performance["torch"] = benchmark_torch(module, features, ev.performance) if use_torch else None
+        metrics |= perf_metrics(performance["onnx"], performance["torch"])
+    if robustness:
+        metrics |= robustness_summary(robustness)
+    for column, report in fairness.items():
+        for name in ("demographic_parity_diff", "demographic_parity_ratio", "equal_opportunity_diff",
+                     "equalized_odds_diff"):
+            if report.get(name) is not None:
+                metrics[f"fairness/{metric_key(column)}/{name}"] = float(report[name])
+    return {"metrics": metrics, "slices": slices, "fairness": fairness, "robustness": robustness,
+            "performance": performance}
+
+
+def metric_key(text: str) -> str:
+    """A column name as an MLflow metric name allows it."""
+    return re.sub(r"[^\w\-. ]", "_", text)
+
+
+def champion_bundle(tracking_uri: str, model_name: str) -> tuple[str, Path] | None:
+    """The registered champion's bundle, downloaded once; None when the model has no champion yet."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from mlops.package.registry import CHAMPION, download_bundle
+    from mlops.tracking.store import mlops_home
+
+    client = MlflowClient(tracking_uri)
+    try:
+        version = str(client.get_model_version_by_alias(model_name, CHAMPION).version)
+    except MlflowException:
+        return None
+    return f"{model_name}/{version}", download_bundle(client, model_name, version, mlops_home() / "bundles")
+
+
+def decide(recipe: Recipe, bundle_dir: Path, frames: dict[str, Any], results: dict[str, Any],
+           plots: dict[str, str], tracking_uri: str, out: Path, model: dict[str, Any],
+           allow_failed: bool = False, champion: tuple[str, Path] | None | bool = True) -> dict[str, Any]:
+    """Apply the recipe's gates and write the report into `out`. `champion=True` looks it up in the registry."""
+    from mlops.evaluate.gates import evaluate_gates, failure_lines, outcome
+    from mlops.evaluate.metrics import custom_metric_fns
+    from mlops.evaluate.report import write_report
+    from mlops.evaluate.scored import score_bundle
+    from mlops.package.bundle import read_bundle
+
+    ev = recipe.evaluate
+    target = recipe.data.target
+    custom = custom_metric_fns(ev.custom_metrics)
+    directions = {n: c.direction for n, c in ev.custom_metrics.items()}
+    challenger: dict[str, Any] = {}
+    theirs: dict[str, Any] | None = None
+    ref = None
+    champion_error = None
+    if any(g.vs is not None for g in ev.gates):
+        challenger = {split: score_bundle(bundle_dir, frame, target) for split, frame in frames.items()}
+        found = champion_bundle(tracking_uri, recipe.model_name) if champion is True else champion or None
+        if found:
+            ref, champ_dir = found
+            print(f"mlops: scoring the champion {ref} on the same {len(frames['test'])} test rows", flush=True)
+            try:
+                theirs = {split: score_bundle(champ_dir, frame, target) for split, frame in frames.items()}
+            except MlopsError as exc:
+                champion_error = f"the champion {ref} cannot score this data: {exc}"
+    verdicts = evaluate_gates(ev.gates, results, challenger, theirs, ref, custom, directions, recipe.eval_seed)
+    if champion_error:
+        for v in verdicts:
+            if v["kind"] == "champion":
+                v |= {"status": "error", "detail": champion_error}
+    result = outcome(verdicts)
+    if result == "failed" and allow_failed:
+        result = "allowed"
+    meta = read_bundle(bundle_dir)
+    report = {"model": {"name": meta.name, "task": meta.task, "labels": meta.labels,
+                        "onnx_sha256": meta.onnx_sha256} | model,
+              "recipe": recipe.name, "outcome": result, "champion": ref, "gates": verdicts} | results | {"plots": plots}
+    paths = write_report(report, out)
+    _print_verdicts(verdicts, result, paths["html"])
+    return {"outcome": result, "gates": verdicts, "failures": failure_lines(verdicts), "champion": ref,
+            "report": {k: Path(v).name for k, v in paths.items()}}
+
+
+def _print_verdicts(verdicts: list[dict[str, Any]], result: str, html: str) -> None:
+    for v in verdicts:
+        where = f" [{v['slice']}]" if v.get("slice") else ""
+        print(f"mlops: gate {v['metric']}{where} {v['threshold']}: {v['status'].upper()} ({v['detail']})", flush=True)
+    if result == "allowed":
+        print("mlops: WARNING: gates FAILED and --allow-failed-gates was given: the model is registered WITH "
+              "aliases anyway (tag gates=allowed)", flush=True)
+    print(f"mlops: evaluation report {html}", flush=True)

@@ -1,0 +1,131 @@
+"""Promotion gates: each gate reads one computed metric and says passed, failed, skipped or error.
+
+A gate never passes silently: a metric that was not computed is an error (and an error fails the model).
+A `vs: champion` gate scores the registered champion on the same rows and decides with a statistical test.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mlops.evaluate.metrics import MetricFn, metric_fns
+from mlops.evaluate.names import Direction, task_metrics
+from mlops.evaluate.scored import Scored
+from mlops.recipe.schema import Gate
+
+FAILING = ("failed", "error")
+
+
+def threshold_text(gate: Gate) -> str:
+    if gate.vs is not None:
+        return f"drop vs {gate.vs} <= {gate.max_drop:g} ({gate.test}, alpha {gate.alpha:g}" + (
+            ", strict)" if gate.strict else ")")
+    parts = []
+    if gate.min is not None:
+        parts.append(f">= {gate.min:g}")
+    if gate.max is not None:
+        parts.append(f"<= {gate.max:g}")
+    return " and ".join(parts)
+
+
+def metric_value(gate: Gate, results: dict[str, Any]) -> tuple[float | None, str]:
+    """The value a gate reads, or None and why it is not there."""
+    family, _, name = gate.metric.partition("/")
+    if family == "fairness":
+        fairness = results.get("fairness") or {}
+        if not fairness:
+            return None, "fairness was not computed (set evaluate.fairness.sensitive)"
+        column = gate.slice or (next(iter(fairness)) if len(fairness) == 1 else None)
+        if column is None:
+            return None, f"several sensitive columns ({', '.join(fairness)}): name one with 'slice'"
+        if column not in fairness:
+            return None, f"'{column}' is not a sensitive column (evaluate.fairness.sensitive: {', '.join(fairness)})"
+        value = fairness[column].get(name)
+        return (float(value), "") if value is not None else (None, f"{name} is undefined for '{column}'")
+    if gate.slice is not None:
+        column, _, label = gate.slice.partition("=")
+        rows = [s for s in results.get("slices", []) if s["column"] == column and s["slice"] == label]
+        if not rows:
+            known = sorted({f"{s['column']}={s['slice']}" for s in results.get("slices", [])})
+            return None, f"no slice '{gate.slice}' (slices: {', '.join(known[:12]) or 'none computed'})"
+        value = rows[0]["metrics"].get(name)
+        return (float(value), "") if value is not None else (None, f"{name} is undefined on slice '{gate.slice}'")
+    value = results.get("metrics", {}).get(gate.metric)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, f"'{gate.metric}' was not computed for this model"
+    return float(value), ""
+
+
+def absolute_verdict(gate: Gate, results: dict[str, Any]) -> dict[str, Any]:
+    value, why = metric_value(gate, results)
+    verdict = {"metric": gate.metric, "kind": "absolute", "slice": gate.slice, "threshold": threshold_text(gate),
+               "value": value, "comparison": None}
+    if value is None:
+        return verdict | {"status": "error", "detail": why}
+    low_ok = gate.min is None or value >= gate.min
+    high_ok = gate.max is None or value <= gate.max
+    if low_ok and high_ok:
+        return verdict | {"status": "passed", "detail": f"{value:.6g} {threshold_text(gate)}"}
+    broken = f"below the minimum {gate.min:g}" if not low_ok else f"above the maximum {gate.max:g}"
+    return verdict | {"status": "failed", "detail": f"{value:.6g} is {broken}"}
+
+
+def champion_verdict(gate: Gate, challenger: dict[str, Scored], champion: dict[str, Scored] | None,
+                     champion_ref: str | None, custom: dict[str, MetricFn], directions: dict[str, Direction],
+                     seed: int) -> dict[str, Any]:
+    """Score both models on the same rows of the gate's split and test the difference."""
+    from mlops.evaluate.stats import compare
+
+    split, _, name = gate.metric.partition("/")
+    verdict: dict[str, Any] = {"metric": gate.metric, "kind": "champion", "slice": gate.slice,
+                               "threshold": threshold_text(gate), "value": None, "comparison": None,
+                               "champion": champion_ref}
+    if champion is None:
+        return verdict | {"status": "skipped", "detail": "no champion is registered yet: nothing to compare with"}
+    ours, theirs = challenger[split], champion[split]
+    fn = metric_fns(ours.task, custom).get(name)
+    if fn is None:
+        return verdict | {"status": "error", "detail": f"'{name}' is not a {ours.task} metric"}
+    if theirs.task != ours.task or theirs.labels != ours.labels:
+        return verdict | {"status": "error", "detail": f"the champion ({champion_ref}) predicts {theirs.task} "
+                          f"{theirs.labels or ''}, this model {ours.task} {ours.labels or ''}: not comparable"}
+    try:
+        result = compare(fn, ours, theirs, test=gate.test, higher_is_better=directions.get(name, "higher") == "higher",
+                         max_drop=gate.max_drop, alpha=gate.alpha, n_resamples=gate.n_resamples, seed=seed,
+                         strict=gate.strict)
+    except ValueError as exc:  # e.g. the metric is undefined on these rows: undecidable is not a pass
+        return verdict | {"status": "error", "detail": f"cannot compare with the champion: {exc}"}
+    lo, hi = result["ci"]
+    detail = (f"{result['challenger']:.6g} vs champion {result['champion']:.6g}: difference {result['estimate']:+.4g} "
+              f"[{lo:+.4g}, {hi:+.4g}], p = {result['p_value']:.3g}")
+    return verdict | {"status": "passed" if result["passed"] else "failed", "value": result["challenger"],
+                      "detail": detail, "comparison": result}
+
+
+def evaluate_gates(gates: list[Gate], results: dict[str, Any], challenger: dict[str, Scored],
+                   champion: dict[str, Scored] | None, champion_ref: str | None,
+                   custom: dict[str, MetricFn], custom_directions: dict[str, Direction], seed: int) -> list[dict[str, Any]]:
+    task = next(iter(challenger.values())).task if challenger else "auto"
+    directions = task_metrics(task) | custom_directions
+    verdicts = []
+    for gate in gates:
+        if gate.vs is None:
+            verdicts.append(absolute_verdict(gate, results))
+        else:
+            verdicts.append(champion_verdict(gate, challenger, champion, champion_ref, custom, directions, seed))
+    return verdicts
+
+
+def outcome(verdicts: list[dict[str, Any]]) -> str:
+    return "failed" if any(v["status"] in FAILING for v in verdicts) else "passed"
+
+
+def failure_lines(verdicts: list[dict[str, Any]]) -> list[str]:
+    """One line per failed gate: which gate, the value and the threshold."""
+    out = []
+    for v in verdicts:
+        if v["status"] in FAILING:
+            where = f" [{v['slice']}]" if v.get("slice") else ""
+            out.append(f"gate {v['metric']}{where} {v['threshold']}: {v['status'].upper()}: {v['detail']}")
+    return out

@@ -1,0 +1,87 @@
+"""What every evaluation reads: true targets and a model's outputs on the same rows.
+
+`Scored` is the same whether the outputs came from the trained torch module or from the exported ONNX
+model, so metrics, slices, fairness and the champion comparison are computed one way only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Scored:
+    task: str  # binary | multiclass | regression
+    y: np.ndarray  # class indices (int) or targets in their own units (float)
+    out: np.ndarray  # probabilities [N, C], or predictions [N] in the target's units
+    labels: list[str] | None = None
+
+    @property
+    def classification(self) -> bool:
+        return self.task != "regression"
+
+    @property
+    def pred(self) -> np.ndarray:
+        """Predicted class index, or the regression prediction."""
+        return self.out.argmax(axis=1) if self.classification else self.out
+
+    def take(self, rows: np.ndarray) -> Scored:
+        return Scored(self.task, self.y[rows], self.out[rows], self.labels)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def encode_targets(values: Any, task: str, labels: list[str] | None) -> np.ndarray:
+    """Raw target column -> class indices of `labels` (as the bundle names them), or float targets."""
+    import pandas as pd
+
+    series = pd.Series(values)
+    if task == "regression":
+        return series.to_numpy(np.float64)
+    from mlops.data.schema import encode_labels
+
+    return encode_labels(series, labels or [])
+
+
+def onnx_outputs(session: Any, feeds: dict[str, np.ndarray], task: str, batch: int = 4096) -> np.ndarray:
+    """Probabilities [N, C] or predictions [N] from an ONNX session over raw-column feeds, in chunks."""
+    names = [o.name for o in session.get_outputs()]
+    want = "prediction" if task == "regression" else "probabilities"
+    n = len(next(iter(feeds.values())))
+    parts = []
+    for start in range(0, n, batch):
+        chunk = {k: v[start:start + batch] for k, v in feeds.items()}
+        parts.append(dict(zip(names, session.run(None, chunk), strict=True))[want])
+    return np.concatenate(parts).astype(np.float64)
+
+
+def bundle_feeds(bundle_inputs: list[Any], frame: Any) -> dict[str, np.ndarray]:
+    """Raw columns as an exported graph takes them: float32 [N,1] (NaN = missing) or strings [N,1]."""
+    from mlops.data.preprocess import category_strings, numeric_column
+
+    feeds: dict[str, np.ndarray] = {}
+    for spec in bundle_inputs:
+        if spec.name not in frame.columns:
+            from mlops.errors import MlopsError
+
+            raise MlopsError(f"the model needs column '{spec.name}', which the data does not have")
+        col = frame[spec.name]
+        feeds[spec.name] = (category_strings(col) if spec.dtype == "string" else numeric_column(col))[:, None]
+    return feeds
+
+
+def score_bundle(bundle_dir: Path, frame: Any, target: str) -> Scored:
+    """Score a model bundle (ONNX only) on raw rows that carry the target column."""
+    import onnxruntime as ort
+
+    from mlops.package.bundle import read_bundle
+
+    meta = read_bundle(bundle_dir)
+    session = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = onnx_outputs(session, bundle_feeds(meta.inputs, frame), meta.task)
+    return Scored(meta.task, encode_targets(frame[target], meta.task, meta.labels), out, meta.labels)
