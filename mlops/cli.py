@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker", action="store_true",
                    help="join the study from another process or machine (shared RDB storage); no registration")
     p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object summarising the sweep")
+    p.add_argument("--allow-failed-gates", action="store_true",
+                   help="register the best model WITH aliases even if it fails its gates (says so loudly)")
     _recipe_args(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -95,7 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--log", help="prediction log (SQLite); default .mlops/predictions/<model>.sqlite")
     p.add_argument("--max-batch", type=int, default=1024, help="most rows one request may carry")
+    p.add_argument("--shadow", metavar="MODEL",
+                   help="also run this model on every answered request, after the response; logged as variant "
+                        "'shadow', never returned")
+    p.add_argument("--ab", metavar="MODEL:PERCENT",
+                   help="A/B test: this model answers PERCENT%% of request keys (variant 'challenger'), "
+                        "e.g. quickstart@challenger:10")
+    p.add_argument("--ab-key-header", default="X-Request-Key",
+                   help="request header whose value picks the A/B arm (default X-Request-Key; "
+                        "without it the body's id, else random)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("feedback", help="record ground truth by prediction id in a prediction log (CSV or JSONL)")
+    p.add_argument("file", help="CSV with columns id and label (or value, for regression), or JSONL of "
+                                '{"id": ..., "label": ...} objects')
+    p.add_argument("--log", help="the prediction log (SQLite) that `mlops serve` wrote")
+    p.add_argument("--model", help="NAME (or NAME@ALIAS, or a bundle dir): use its default log "
+                                   ".mlops/predictions/<NAME>.sqlite")
+    p.add_argument("--json", action="store_true", help="last line of stdout: the counts as JSON")
+    p.set_defaults(func=cmd_feedback)
 
     p = sub.add_parser("schema", help="print the recipe JSON Schema (for editors)")
     p.add_argument("--out", help="write to this file instead of stdout")
@@ -188,7 +208,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep_config(load_recipe(args.recipe, args.overrides))  # a recipe without a sweep fails before anything starts
     from mlops.engine.sweep import sweep
 
-    result = sweep(args.recipe, args.overrides, worker=args.worker)
+    result = sweep(args.recipe, args.overrides, worker=args.worker, allow_failed_gates=args.allow_failed_gates)
     t = result["trials"]
     print(f"study {result['study_name']}: {t['complete']} complete, {t['pruned']} pruned, {t['failed']} failed "
           f"(storage {result['storage']})")
@@ -203,7 +223,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from mlops.serve.run import serve
 
-    serve(args.model, args.host, args.port, args.log, args.max_batch)
+    serve(args.model, args.host, args.port, args.log, args.max_batch, shadow=args.shadow, ab=args.ab,
+          ab_key_header=args.ab_key_header)
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from mlops.serve.log import read_feedback_file, record_feedback
+    from mlops.serve.run import feedback_log_path
+
+    log_path = feedback_log_path(args.model, args.log)
+    result = record_feedback(log_path, read_feedback_file(args.file))
+    print(f"feedback from {args.file}: {result['matched']} of {result['rows']} ids matched a prediction and were "
+          f"recorded, {result['unknown']} unknown (log {result['log']})")
+    if result["unknown"]:
+        print(f"  unknown ids, e.g. {', '.join(result['unknown_ids'])}")
+    if args.json:
+        print(json.dumps(result))
+    if not result["matched"]:
+        raise MlopsError(f"none of the {result['rows']} ids in {args.file} has a prediction in {log_path}: "
+                         "is it the right log?")
     return 0
 
 

@@ -23,11 +23,12 @@ def training_frame(n: int = 200, seed: int = 0) -> pd.DataFrame:
     return df
 
 
-def build_bundle(dest: Path, name: str = "toy") -> Path:
+def build_bundle(dest: Path, name: str = "toy", weights_seed: int = 1) -> Path:
+    """`weights_seed` draws the linear layer: another seed gives a model that answers differently."""
     frame = training_frame()
     schema = infer_schema(DataConfig(path="x.csv", target="y"), frame)
     pre = fit_preprocessor(schema, frame)
-    weights = np.random.default_rng(1).normal(size=(pre.n_features, 2)).astype(np.float32)
+    weights = np.random.default_rng(weights_seed).normal(size=(pre.n_features, 2)).astype(np.float32)
     net_graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["logits"])], "net",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", pre.n_features])],

@@ -132,7 +132,7 @@ def _sweep_name() -> str:
 
 
 @flow(name="mlops-sweep", flow_run_name=_sweep_name, validate_parameters=False)
-def sweep_flow(recipe: str, overrides: list[str], worker: bool = False) -> dict[str, Any]:
+def sweep_flow(recipe: str, overrides: list[str], worker: bool = False, allow_failed_gates: bool = False) -> dict[str, Any]:
     from mlops.sweep.study import counts, open_study, recover_orphans, storage_url
 
     loaded = load_recipe(recipe, overrides)
@@ -152,7 +152,7 @@ def sweep_flow(recipe: str, overrides: list[str], worker: bool = False) -> dict[
     if worker:
         return summary
     _await_other_workers(study)
-    return summary | _finish(study, loaded, parent) | {"trials": counts(study)}
+    return summary | _finish(study, loaded, parent, allow_failed_gates) | {"trials": counts(study)}
 
 
 def _await_other_workers(study: Any, poll: float = 1.0) -> None:
@@ -169,12 +169,12 @@ def _await_other_workers(study: Any, poll: float = 1.0) -> None:
         time.sleep(poll)
 
 
-def _finish(study: Any, loaded: LoadedRecipe, parent: str) -> dict[str, Any]:
+def _finish(study: Any, loaded: LoadedRecipe, parent: str, allow_failed_gates: bool = False) -> dict[str, Any]:
     """Log the study to the parent run, then export and register the best trial's model (reused from the
     step cache, not retrained) as `challenger`."""
     from mlflow import MlflowClient
 
-    from mlops.errors import MlopsError
+    from mlops.errors import GateError, MlopsError
     from mlops.sweep.report import log_study
     from mlops.sweep.study import as_overrides
     from mlops.tracking.store import tracking_uri
@@ -188,17 +188,23 @@ def _finish(study: Any, loaded: LoadedRecipe, parent: str) -> dict[str, Any]:
     best_overrides = as_overrides(best.params)
     log_study(client, parent, study)
     print(f"mlops: best trial {best.number}: value {best.value:.5f} with {' '.join(best_overrides)}", flush=True)
-    final = run_flow(str(loaded.path), loaded.overrides + best_overrides, parent_run_id=parent)
+    try:
+        final = run_flow(str(loaded.path), loaded.overrides + best_overrides, parent_run_id=parent,
+                         allow_failed_gates=allow_failed_gates)
+    except GateError:
+        client.set_tag(parent, "mlops.gates", "failed")
+        client.set_terminated(parent, "FAILED")
+        raise
     client.set_tag(parent, "mlops.model", f"{final['model_name']}/{final['model_version']}")
     client.set_terminated(parent, "FINISHED")
     return final | {"best": {"number": best.number, "value": best.value, "params": best.params,
                              "overrides": best_overrides, "trial_run_id": best.user_attrs.get("mlflow_run_id")}}
 
 
-def sweep(recipe: str, overrides: list[str], worker: bool = False) -> dict[str, Any]:
+def sweep(recipe: str, overrides: list[str], worker: bool = False, allow_failed_gates: bool = False) -> dict[str, Any]:
     from pathlib import Path
 
     loaded = load_recipe(recipe, overrides)
     assert loaded.recipe.sweep is not None
     runner = ThreadPoolTaskRunner(max_workers=loaded.recipe.sweep.parallelism)
-    return sweep_flow.with_options(task_runner=runner)(str(Path(recipe).resolve()), overrides, worker)
+    return sweep_flow.with_options(task_runner=runner)(str(Path(recipe).resolve()), overrides, worker, allow_failed_gates)

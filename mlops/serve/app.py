@@ -2,6 +2,9 @@
 
 Every response to a bad request is a 4xx JSON body naming the field at fault; anything else that goes
 wrong is a 5xx with an error id, never a crash. Predictions are logged before their 200 is sent.
+
+Optionally an A/B challenger answers a stable share of requests (by a hash of the request key), and a
+shadow model runs on a copy of every answered request after the response is sent (see routing.py).
 """
 
 from __future__ import annotations
@@ -16,13 +19,24 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mlops.serve.log import PredictionLog, prediction_rows
+from mlops.serve.log import FeedbackError, PredictionLog, feedback_row, prediction_rows
 from mlops.serve.metrics import ServeMetrics
 from mlops.serve.predictor import Prediction, Predictor, RequestError
+from mlops.serve.routing import (
+    CHALLENGER,
+    DEFAULT_KEY_HEADER,
+    DEFAULT_SHADOW_QUEUE,
+    SHADOW,
+    Arm,
+    ShadowRunner,
+    assign_arm,
+    request_key,
+)
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 
@@ -43,8 +57,13 @@ def _parse(raw: bytes) -> Any:
 
 
 class Server:
+    """One champion; optionally an A/B `challenger` answering `ab_percent` % of request keys, and a `shadow`
+    that sees every answered request but never answers (each an `Arm`: predictor, version)."""
+
     def __init__(self, predictor: Predictor, log: PredictionLog | None, version: str | None = None,
-                 token: str | None = None, max_body: int = DEFAULT_MAX_BODY, variant: str = "champion") -> None:
+                 token: str | None = None, max_body: int = DEFAULT_MAX_BODY, variant: str = "champion",
+                 shadow: Arm | None = None, challenger: Arm | None = None, ab_percent: float = 0.0,
+                 ab_key_header: str = DEFAULT_KEY_HEADER, shadow_queue: int = DEFAULT_SHADOW_QUEUE) -> None:
         self.predictor = predictor
         self.log = log
         self.version = version
@@ -52,6 +71,12 @@ class Server:
         self.max_body = max_body
         self.variant = variant
         self.metrics = ServeMetrics()
+        self.champion = Arm(predictor, version, variant)
+        self.challenger = Arm(challenger.predictor, challenger.version, CHALLENGER) if challenger else None
+        self.ab_percent = ab_percent
+        self.ab_key_header = ab_key_header
+        self.shadow = (ShadowRunner(Arm(shadow.predictor, shadow.version, SHADOW), log, self.metrics, shadow_queue)
+                       if shadow else None)
 
     # --- shared request handling --------------------------------------------------------------------
 
@@ -97,21 +122,45 @@ class Server:
             return JSONResponse({"error": f"internal error {error_id}", "field": None}, status_code=500)
         finally:
             self.metrics.in_flight.dec()
-            self.metrics.observe(route, self.predictor.name, self.variant, status, time.perf_counter() - started)
+            arm: Arm = getattr(request.state, "arm", None) or self.champion  # the arm that answered, if any
+            self.metrics.observe(route, arm.name, arm.variant, status, time.perf_counter() - started)
 
-    async def _predict_and_log(self, feeds: dict[str, Any], request_id: str | None, started: float,
+    def _arm(self, request: Request, request_id: str | None) -> Arm:
+        """Champion, or the A/B challenger for `ab_percent` % of request keys (key header, else body id)."""
+        arm = self.champion
+        if self.challenger is not None:
+            key, _ = request_key(request.headers.get(self.ab_key_header), request_id)
+            if assign_arm(key, self.ab_percent):
+                arm = self.challenger
+        request.state.arm = arm
+        return arm
+
+    async def _predict_and_log(self, arm: Arm, feeds: dict[str, Any], request_id: str | None, started: float,
                                raw_rows: list[dict[str, Any]]) -> tuple[Prediction, list[str]]:
-        prediction = self.predictor.predict(feeds)
+        prediction = arm.predictor.predict(feeds)
         rows = prediction.rows
         base = request_id or uuid.uuid4().hex
         ids = [base] if rows == 1 else [f"{base}-{i}" for i in range(rows)]
         if self.log is not None:
             latency = (time.perf_counter() - started) * 1000
-            await self.log.write("predictions", prediction_rows(ids, self.predictor.name, self.version, self.variant,
+            await self.log.write("predictions", prediction_rows(ids, arm.name, arm.version, arm.variant,
                                                                 raw_rows, prediction.instances(), latency))
         if "label" in prediction.outputs:
-            self.metrics.count_classes(self.predictor.name, self.variant, prediction.outputs["label"])
+            self.metrics.count_classes(arm.name, arm.variant, prediction.outputs["label"])
         return prediction, ids
+
+    def _answer(self, body: dict[str, Any], arm: Arm, feeds: dict[str, Any], ids: list[str],
+                raw_rows: list[dict[str, Any]], prediction: Prediction) -> JSONResponse:
+        """The response, tagged with the variant that answered; the shadow gets its copy once it is sent."""
+        background = None
+        if self.shadow is not None:
+            background = BackgroundTask(self._to_shadow, feeds, ids, raw_rows, prediction)
+        return JSONResponse(body, headers={"X-Model-Variant": arm.variant}, background=background)
+
+    async def _to_shadow(self, feeds: dict[str, Any], ids: list[str], raw_rows: list[dict[str, Any]],
+                         prediction: Prediction) -> None:
+        if self.shadow is not None:
+            self.shadow.submit(feeds, ids, raw_rows, prediction)  # never blocks: a full queue drops and counts
 
     # --- V2 -----------------------------------------------------------------------------------------
 
@@ -155,17 +204,18 @@ class Server:
             request_id = body.get("id")
             if request_id is not None and not isinstance(request_id, str):
                 raise RequestError("id", "must be a string")
-            feeds = self.predictor.feeds_from_v2(body.get("inputs"))
+            arm = self._arm(request, request_id)
+            feeds = arm.predictor.feeds_from_v2(body.get("inputs"))
             raw = _rows_of(feeds)
-            prediction, ids = await self._predict_and_log(feeds, request_id, started, raw)
+            prediction, ids = await self._predict_and_log(arm, feeds, request_id, started, raw)
             outputs = []
             for name, values in prediction.outputs.items():
                 datatype = "BYTES" if values.dtype == object else "FP32"
                 data = values.reshape(-1).tolist()
                 outputs.append({"name": name, "datatype": datatype, "shape": list(values.shape), "data": data})
-            return JSONResponse({"model_name": self.predictor.name, "model_version": self.version,
-                                 "id": request_id or ids[0], "parameters": {"prediction_ids": ",".join(ids)},
-                                 "outputs": outputs})
+            return self._answer({"model_name": arm.name, "model_version": arm.version, "id": request_id or ids[0],
+                                 "parameters": {"prediction_ids": ",".join(ids)}, "outputs": outputs},
+                                arm, feeds, ids, raw, prediction)
 
         return await self._handle(request, "v2_infer", work)
 
@@ -184,9 +234,11 @@ class Server:
             request_id = body.get("id")
             if request_id is not None and not isinstance(request_id, str):
                 raise RequestError("id", "must be a string")
-            feeds = self.predictor.feeds_from_rows(body["instances"])
-            prediction, ids = await self._predict_and_log(feeds, request_id, started, _rows_of(feeds))
-            return JSONResponse({"predictions": prediction.instances(), "ids": ids})
+            arm = self._arm(request, request_id)
+            feeds = arm.predictor.feeds_from_rows(body["instances"])
+            raw = _rows_of(feeds)
+            prediction, ids = await self._predict_and_log(arm, feeds, request_id, started, raw)
+            return self._answer({"predictions": prediction.instances(), "ids": ids}, arm, feeds, ids, raw, prediction)
 
         return await self._handle(request, "v1_predict", work)
 
@@ -198,15 +250,10 @@ class Server:
             rows = []
             for k, item in enumerate(items):
                 where = f"[{k}]" if isinstance(body, list) else "body"
-                if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
-                    raise RequestError(f"{where}.id", "a prediction id (string) is required")
-                label, value = item.get("label"), item.get("value")
-                if label is None and value is None:
-                    raise RequestError(f"{where}.label", "give 'label' (classification) or 'value' (regression)")
-                if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                          or not math.isfinite(value)):
-                    raise RequestError(f"{where}.value", "must be a finite number")
-                rows.append((item["id"], time.time(), None if label is None else str(label), value, json.dumps(item)))
+                try:
+                    rows.append(feedback_row(item))
+                except FeedbackError as exc:
+                    raise RequestError(f"{where}.{exc.field}", exc.message) from None
             if self.log is not None:
                 await self.log.write("feedback", rows)
             return JSONResponse({"recorded": len(rows)})
@@ -232,6 +279,8 @@ class Server:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         yield
+        if self.shadow is not None:  # let queued shadow work finish (bounded wait) before the log closes
+            self.shadow.close()
         if self.log is not None:  # drain and close: whatever was acknowledged is already committed
             self.log.close()
 

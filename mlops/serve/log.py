@@ -10,7 +10,9 @@ concurrent requests share one commit. `synchronous=NORMAL` survives a process cr
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
+import math
 import os
 import queue
 import sqlite3
@@ -19,6 +21,8 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
+
+from mlops.errors import MlopsError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -111,3 +115,132 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     rows = [dict(r) for r in db.execute("SELECT * FROM predictions ORDER BY ts")]
     db.close()
     return rows
+
+
+# --- feedback: ground truth by prediction id, from `POST /v1/feedback` and `mlops feedback FILE` ----------
+
+
+class FeedbackError(ValueError):
+    """One feedback item that cannot be recorded: the field at fault and why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def feedback_row(item: Any, now: float | None = None) -> tuple[Any, ...]:
+    """`{"id": ..., "label": "yes"}` (classification) or `{"id": ..., "value": 3.2}` (regression) -> a row."""
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+        raise FeedbackError("id", "a prediction id (string) is required")
+    label, value = item.get("label"), item.get("value")
+    if label is None and value is None:
+        raise FeedbackError("label", "give 'label' (classification) or 'value' (regression)")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)):
+        raise FeedbackError("value", "must be a finite number")
+    return (item["id"], time.time() if now is None else now, None if label is None else str(label), value,
+            json.dumps(item))
+
+
+def read_feedback_file(path: str | Path) -> list[tuple[Any, ...]]:
+    """Feedback rows from a CSV file (header with `id` and `label` and/or `value`; an empty cell is absent)
+    or a JSONL file (`.jsonl`/`.ndjson`: one object per line, as `POST /v1/feedback` takes).
+
+    The whole file is checked before anything is written; the first problem raises with its line and field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MlopsError(f"{path}: no such feedback file")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
+        raise MlopsError(f"{path}: unknown feedback format '{suffix}' (use .csv or .jsonl)")
+    now = time.time()
+    rows = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for line, item in (_csv_items(path, f) if suffix == ".csv" else _jsonl_items(path, f)):
+            try:
+                rows.append(feedback_row(item, now))
+            except FeedbackError as exc:
+                raise MlopsError(f"{path}:{line}: {exc.field}: {exc.message}") from None
+    if not rows:
+        raise MlopsError(f"{path}: no feedback rows")
+    return rows
+
+
+def _csv_items(path: Path, f: Any) -> Any:
+    reader = csv.reader(f)
+    header = next(reader, None)
+    if header is None:
+        return
+    header = [h.strip() for h in header]
+    if "id" not in header:
+        raise MlopsError(f"{path}:1: id: the header needs an 'id' column (and 'label' or 'value'), got {header}")
+    if "label" not in header and "value" not in header:
+        raise MlopsError(f"{path}:1: label: the header needs a 'label' (classification) or 'value' (regression) "
+                         f"column, got {header}")
+    for cells in reader:
+        if not cells or all(not c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            raise MlopsError(f"{path}:{reader.line_num}: row: expected {len(header)} fields ({', '.join(header)}), "
+                             f"got {len(cells)}")
+        item: dict[str, Any] = {h: c for h, c in zip(header, cells, strict=True) if c != ""}
+        if "value" in item:
+            try:
+                item["value"] = float(item["value"])
+            except ValueError:
+                raise MlopsError(f"{path}:{reader.line_num}: value: not a number: {item['value']!r}") from None
+        yield reader.line_num, item
+
+
+def _jsonl_items(path: Path, f: Any) -> Any:
+    for line, text in enumerate(f, start=1):
+        if not text.strip():
+            continue
+        try:
+            item = json.loads(text, parse_constant=_no_constant)
+        except ValueError as exc:
+            raise MlopsError(f"{path}:{line}: body: invalid JSON: {exc}") from None
+        if not isinstance(item, dict):
+            raise MlopsError(f"{path}:{line}: body: expected a JSON object with 'id' and 'label' or 'value'")
+        yield line, item
+
+
+def _no_constant(token: str) -> float:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def known_ids(path: str | Path, ids: list[str]) -> set[str]:
+    """Which of `ids` have a prediction in the log at `path`."""
+    db = sqlite3.connect(path)
+    try:
+        found: set[str] = set()
+        unique = sorted(set(ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in db.execute(f"SELECT DISTINCT id FROM predictions WHERE id IN ({marks})", chunk))
+        return found
+    except sqlite3.DatabaseError as exc:
+        raise MlopsError(f"{path} is not a prediction log: {exc}") from None
+    finally:
+        db.close()
+
+
+def record_feedback(log_path: str | Path, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """Record the rows whose id has a prediction in the log (through the same writer as the server);
+    rows with an unknown id are counted and left out."""
+    log_path = Path(log_path)
+    if not log_path.is_file():
+        raise MlopsError(f"no prediction log at {log_path} (give --log PATH, or --model NAME for the default)")
+    found = known_ids(log_path, [r[0] for r in rows])
+    matched = [r for r in rows if r[0] in found]
+    unknown = [r[0] for r in rows if r[0] not in found]
+    if matched:
+        log = PredictionLog(log_path)
+        try:
+            log.submit("feedback", matched).result(timeout=60)
+        finally:
+            log.close()
+    return {"log": str(log_path), "rows": len(rows), "matched": len(matched), "unknown": len(unknown),
+            "unknown_ids": unknown[:5]}

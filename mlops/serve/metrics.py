@@ -22,9 +22,18 @@ class ServeMetrics:
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.classes = Counter("mlops_predicted_class_total", "Predicted classes", ["model", "variant", "label"],
                                registry=self.registry)
+        # shadow: rows compared, rows that disagreed (label differs; regression: off by > 0.1 %),
+        # requests whose shadow call failed, and requests dropped because the shadow queue was full
+        self.shadow_rows = Counter("mlops_shadow_rows_total", "Rows the shadow model answered and compared",
+                                   ["model"], registry=self.registry)
         self.shadow_disagreements = Counter("mlops_shadow_disagreements_total",
-                                            "Rows where the shadow model's label differed", ["model"],
-                                            registry=self.registry)
+                                            "Rows where the shadow model's answer differed from the served one",
+                                            ["model"], registry=self.registry)
+        self.shadow_errors = Counter("mlops_shadow_errors_total", "Requests whose shadow call raised",
+                                     ["model"], registry=self.registry)
+        self.shadow_dropped = Counter("mlops_shadow_dropped_total",
+                                      "Requests not sent to the shadow because its queue was full", ["model"],
+                                      registry=self.registry)
         self.in_flight = Gauge("mlops_requests_in_flight", "Requests being handled", registry=self.registry)
 
     def observe(self, route: str, model: str, variant: str, status: int, seconds: float) -> None:

@@ -32,24 +32,60 @@ def default_log_path(model: str) -> Path:
     return mlops_home() / "predictions" / f"{model}.sqlite"
 
 
-def build_server(ref: str, log_path: str | None = None, max_batch: int = 1024, max_body: int | None = None) -> Any:
+def build_server(ref: str, log_path: str | None = None, max_batch: int = 1024, max_body: int | None = None,
+                 shadow: str | None = None, ab: str | None = None, ab_key_header: str | None = None) -> Any:
+    """The server for `ref`; `shadow` is another model reference, `ab` is `REF:PERCENT`."""
     from mlops.serve.app import DEFAULT_MAX_BODY, Server
     from mlops.serve.log import PredictionLog
     from mlops.serve.predictor import Predictor
+    from mlops.serve.routing import CHALLENGER, DEFAULT_KEY_HEADER, SHADOW, Arm, check_compatible, parse_ab
 
+    ab_ref, ab_percent = parse_ab(ab) if ab else (None, 0.0)  # a malformed --ab fails before anything loads
     bundle, version = resolve_bundle(ref)
     predictor = Predictor(bundle, max_batch=max_batch)
+    arms: dict[str, Arm] = {}
+    for flag, other, variant in (("--shadow", shadow, SHADOW), ("--ab", ab_ref, CHALLENGER)):
+        if other:
+            other_bundle, other_version = resolve_bundle(other)
+            other_predictor = Predictor(other_bundle, max_batch=max_batch)
+            check_compatible(predictor, other_predictor, flag)
+            arms[variant] = Arm(other_predictor, other_version, variant)
     log = PredictionLog(log_path or default_log_path(predictor.name))
     return Server(predictor, log, version=version, token=os.environ.get("MLOPS_SERVE_TOKEN") or None,
-                  max_body=max_body or DEFAULT_MAX_BODY)
+                  max_body=max_body or DEFAULT_MAX_BODY, shadow=arms.get(SHADOW), challenger=arms.get(CHALLENGER),
+                  ab_percent=ab_percent, ab_key_header=ab_key_header or DEFAULT_KEY_HEADER)
 
 
-def serve(ref: str, host: str, port: int, log_path: str | None, max_batch: int) -> None:
+def serve(ref: str, host: str, port: int, log_path: str | None, max_batch: int, shadow: str | None = None,
+          ab: str | None = None, ab_key_header: str | None = None) -> None:
     import uvicorn
 
-    server = build_server(ref, log_path, max_batch)
+    server = build_server(ref, log_path, max_batch, shadow=shadow, ab=ab, ab_key_header=ab_key_header)
     print(f"mlops serve: model '{server.predictor.name}' version {server.version or '-'} from {server.predictor.path}",
           flush=True)
+    if server.challenger is not None:
+        c = server.challenger
+        print(f"mlops serve: A/B challenger '{c.name}' version {c.version or '-'} from {c.predictor.path} answers "
+              f"{server.ab_percent:g}% of request keys (header {server.ab_key_header}, else the body's id)", flush=True)
+    if server.shadow is not None:
+        a = server.shadow.arm
+        print(f"mlops serve: shadow '{a.name}' version {a.version or '-'} from {a.predictor.path} (logged as "
+              "variant 'shadow', never answers)", flush=True)
     print(f"mlops serve: http://{host}:{port}/v2/models/{server.predictor.name}/infer  (log {server.log.path})",
           flush=True)
     uvicorn.run(server.app(), host=host, port=port, log_level="warning", access_log=False)
+
+
+def feedback_log_path(model: str | None, log_path: str | None) -> Path:
+    """`--log PATH`, else the default log of `--model` (a name, NAME@ALIAS, NAME/VERSION or a bundle dir)."""
+    if log_path:
+        return Path(log_path)
+    if not model:
+        raise MlopsError("give --log PATH (the prediction log) or --model NAME (for its default log)")
+    if (Path(model) / "bundle.json").is_file():
+        import json
+
+        name = json.loads((Path(model) / "bundle.json").read_text())["name"]
+    else:
+        name = model.split("@", 1)[0].split("/", 1)[0]
+    return default_log_path(name)

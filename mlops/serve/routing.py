@@ -1,0 +1,196 @@
+"""Shadow and A/B routing: which model answers a request, and which one only listens.
+
+- **A/B**: `assign_arm(key, percent)` hashes a request key with SHA-256 (never Python's `hash()`, which is
+  salted per process), so a key lands in the same arm in every process, on every restart.
+- **Shadow**: `ShadowRunner` runs a second model on each request after the answer is computed, on one
+  thread of its own fed by a bounded queue. A full queue drops the work (and counts the drop) rather than
+  grow; an exception is printed and counted, never returned. The served response cannot depend on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlops.errors import MlopsError
+from mlops.serve.log import PredictionLog, prediction_rows
+
+if TYPE_CHECKING:
+    from mlops.serve.metrics import ServeMetrics
+    from mlops.serve.predictor import Prediction, Predictor
+
+CHAMPION, CHALLENGER, SHADOW = "champion", "challenger", "shadow"
+DEFAULT_KEY_HEADER = "X-Request-Key"
+DEFAULT_SHADOW_QUEUE = 256  # requests waiting for the shadow; beyond it they are dropped and counted
+REL_TOLERANCE = 1e-3  # regression: the shadow disagrees when its value is off by more than 0.1 %
+ABS_TOLERANCE = 1e-6  # ... or, near zero, by more than this
+
+
+@dataclass
+class Arm:
+    """One model the server can call, with the version it answers as and its variant in the log."""
+
+    predictor: Predictor
+    version: str | None
+    variant: str
+
+    @property
+    def name(self) -> str:
+        return self.predictor.name
+
+
+def assign_arm(key: str, percent: float) -> bool:
+    """True when `key` goes to the challenger arm, which receives `percent` % of keys.
+
+    The first 8 bytes of SHA-256(key) as a fraction of 2**64 place the key on [0, 100): deterministic
+    across processes, machines and Python versions, and uniform enough that the split is exact to within
+    sampling noise.
+    """
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") * 100.0 / 2**64 < percent
+
+
+def request_key(header_value: str | None, request_id: str | None) -> tuple[str, bool]:
+    """The A/B key: the key header, else the body's `id`, else a fresh id. Second value: is it sticky."""
+    if header_value:
+        return header_value, True
+    if request_id:
+        return request_id, True
+    return uuid.uuid4().hex, False
+
+
+def parse_ab(spec: str) -> tuple[str, float]:
+    """`REF:PERCENT` (`quickstart@challenger:10`) -> (ref, percent); the last colon separates them."""
+    ref, sep, pct = spec.rpartition(":")
+    try:
+        percent = float(pct)
+    except ValueError:
+        percent = float("nan")
+    if not sep or not ref or not 0 <= percent <= 100:
+        raise MlopsError(f"--ab '{spec}': expected MODEL:PERCENT with PERCENT in [0, 100], "
+                         "e.g. quickstart@challenger:10")
+    return ref, percent
+
+
+def check_compatible(champion: Predictor, other: Predictor, flag: str) -> None:
+    """The other model must take the same request: same input columns, same types, same order."""
+    ours = [(i.name, i.dtype) for i in champion.meta.inputs]
+    theirs = [(i.name, i.dtype) for i in other.meta.inputs]
+    if ours != theirs:
+        raise MlopsError(f"{flag} model '{other.name}' takes inputs {theirs}, but the champion '{champion.name}' "
+                         f"takes {ours}: both must accept the same requests")
+
+
+def disagreements(served: dict[str, np.ndarray], shadow: dict[str, np.ndarray], rows: int) -> int:
+    """Rows where the shadow's answer differs: its `label` for a classifier, else its first numeric output
+    beyond a relative tolerance (regression). Outputs the two do not share count as all rows differing."""
+    if "label" in served or "label" in shadow:
+        if "label" not in served or "label" not in shadow:
+            return rows
+        a, b = np.asarray(served["label"]).reshape(rows, -1), np.asarray(shadow["label"]).reshape(rows, -1)
+        if a.shape != b.shape:
+            return rows
+        return int(np.any(a.astype(str) != b.astype(str), axis=1).sum())
+    name = next(iter(served), None)
+    if name is None or name not in shadow:
+        return rows
+    a = np.asarray(served[name], dtype=np.float64).reshape(rows, -1)
+    b = np.asarray(shadow[name], dtype=np.float64).reshape(rows, -1)
+    if a.shape != b.shape:
+        return rows
+    tolerance = np.maximum(REL_TOLERANCE * np.maximum(np.abs(a), np.abs(b)), ABS_TOLERANCE)
+    differ = ~(np.abs(a - b) <= tolerance)  # NaN on either side is a disagreement
+    return int(np.any(differ, axis=1).sum())
+
+
+_STOP = object()
+
+
+class ShadowRunner:
+    """Runs the shadow model on one background thread. `submit` never blocks and never raises.
+
+    Its rows go to the prediction log with variant `shadow` and the SAME id as the served row, so
+    `SELECT ... WHERE id = ?` returns both answers; the variant tells them apart.
+    """
+
+    def __init__(self, arm: Arm, log: PredictionLog | None, metrics: ServeMetrics,
+                 max_queue: int = DEFAULT_SHADOW_QUEUE) -> None:
+        self.arm = arm
+        self.log = log
+        self.metrics = metrics
+        for counter in (metrics.shadow_rows, metrics.shadow_disagreements, metrics.shadow_errors,
+                        metrics.shadow_dropped):
+            counter.labels(arm.name)  # exported at 0 from the start, so rates and alerts work at once
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, max_queue))
+        self._thread = threading.Thread(target=self._worker, name="shadow", daemon=True)
+        self._thread.start()
+
+    def submit(self, feeds: dict[str, np.ndarray], ids: list[str], inputs: list[dict[str, Any]],
+               served: Prediction) -> bool:
+        """Hand one request's validated feeds over; False (and counted) when the shadow is saturated."""
+        try:
+            self._queue.put_nowait((feeds, ids, inputs, served))
+            return True
+        except queue.Full:
+            self.metrics.shadow_dropped.labels(self.arm.name).inc()
+            return False
+
+    def join(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted so far has run (for tests and shutdown); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return not self._queue.unfinished_tasks
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish what is queued (up to `timeout`), then stop the thread."""
+        self.join(timeout)
+        try:
+            self._queue.put(_STOP, timeout=1)
+        except queue.Full:
+            return
+        self._thread.join(timeout=1)
+
+    def _worker(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _STOP:
+                    return
+                self._run(*item)
+            except Exception as exc:  # the shadow's failure is counted and printed, never returned
+                self.metrics.shadow_errors.labels(self.arm.name).inc()
+                print(f"mlops serve: shadow '{self.arm.name}' failed: {type(exc).__name__}: {exc}", flush=True)
+            finally:
+                self._queue.task_done()
+
+    def _run(self, feeds: dict[str, np.ndarray], ids: list[str], inputs: list[dict[str, Any]],
+             served: Prediction) -> None:
+        started = time.perf_counter()
+        # its own columns, in its own order: the arrays are shared read-only with the served request
+        mine = {i.name: feeds[i.name] for i in self.arm.predictor.meta.inputs}
+        prediction = self.arm.predictor.predict(mine)
+        latency = (time.perf_counter() - started) * 1000
+        if prediction.rows != served.rows:
+            raise ValueError(f"answered {prediction.rows} rows for a request of {served.rows}")
+        instances = prediction.instances()  # before counting: an output that cannot be logged is an error
+        self.metrics.shadow_rows.labels(self.arm.name).inc(served.rows)
+        differ = disagreements(served.outputs, prediction.outputs, served.rows)
+        if differ:
+            self.metrics.shadow_disagreements.labels(self.arm.name).inc(differ)
+        if self.log is not None:
+            done = self.log.submit("predictions", prediction_rows(ids, self.arm.name, self.arm.version, SHADOW,
+                                                                  inputs, instances, latency))
+            done.add_done_callback(self._logged)
+
+    def _logged(self, done: Any) -> None:
+        if done.exception() is not None:
+            self.metrics.shadow_errors.labels(self.arm.name).inc()
+            print(f"mlops serve: shadow log write failed: {done.exception()}", flush=True)
