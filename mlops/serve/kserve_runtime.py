@@ -1,0 +1,262 @@
+"""The same bundle served by KServe's stock `kserve.ModelServer`: a `kserve.Model` over our `Predictor`.
+
+Requests decode through the same `Predictor.feeds_from_rows` / `feeds_from_v2` as our own app
+(mlops.serve.app), and answers carry the same outputs (`label` + `probabilities`, or `prediction`) with
+the same names, shapes and datatypes, so a client cannot tell the runtimes apart on V1 and V2 inference.
+What this runtime does not do: write the prediction log, take /v1/feedback, A/B or shadow routing, bearer
+tokens, body size limits. Those stay with our app.
+
+    python -m mlops.serve.kserve_runtime BUNDLE_DIR --port 8080
+
+Importing this module does not import torch, lightning, prefect or mlflow (kserve itself does not either).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import json
+import logging
+import sys
+import uuid
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from mlops.package.bundle import read_bundle
+from mlops.serve.predictor import Predictor, RequestError
+
+
+def _import_kserve() -> ModuleType:
+    """`kserve.model_server` runs argparse over sys.argv when imported, with prefix matching on: under
+    `mlops serve BUNDLE --log x` it would take `--log` for its own `--log_config_file` and fail to start.
+    Nothing of ours is meant for it, so it sees a bare argv."""
+    if "kserve" in sys.modules:
+        return sys.modules["kserve"]
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        return importlib.import_module("kserve")
+    finally:
+        sys.argv = saved
+
+
+kserve = _import_kserve()
+
+
+class BundleRequestError(kserve.errors.InvalidInput):
+    """A `RequestError` as kserve's InvalidInput: any stock ModelServer answers it 400 with the field in its
+    message; the handler `serve_kserve` installs answers with the RequestError's own status and body."""
+
+    def __init__(self, error: RequestError) -> None:
+        super().__init__(f"{error.field}: {error.message}")
+        self.error = error
+
+
+class BundleModel(kserve.Model):
+    """One ONNX bundle (model.onnx + bundle.json, no pickle) behind KServe's V1 and V2 endpoints."""
+
+    def __init__(self, bundle_dir: str | Path, name: str | None = None, max_batch: int = 1024,
+                 version: str | None = None) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        # the endpoint name is needed before load(): bundle.json alone gives it, without opening the model
+        super().__init__(name or read_bundle(self.bundle_dir).name)
+        self.max_batch = max_batch
+        self.version = version
+        self.predictor: Predictor | None = None
+
+    def load(self) -> bool:
+        self.predictor = Predictor(self.bundle_dir, max_batch=self.max_batch)
+        self.ready = True
+        return self.ready
+
+    def _loaded(self) -> Predictor:
+        if self.predictor is None:
+            raise kserve.errors.ModelNotReady(self.name)
+        return self.predictor
+
+    # V2 model metadata: the same tensors our app lists (kserve adds its own name and an empty platform)
+    def get_input_types(self) -> list[dict[str, Any]]:
+        return [{"name": i.name, "datatype": "BYTES" if i.dtype == "string" else "FP32", "shape": [-1, 1]}
+                for i in self._loaded().meta.inputs]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return [{"name": o["name"], "datatype": "BYTES" if o["dtype"] == "string" else "FP32",
+                 "shape": [-1 if isinstance(d, str) else d for d in o["shape"]]} for o in self._loaded().meta.outputs]
+
+    def predict(self, payload: Any, headers: dict[str, str] | None = None,
+                response_headers: dict[str, str] | None = None) -> Any:
+        # synchronous on purpose: kserve then calls it inline, as our app runs ONNX Runtime inline
+        try:
+            if isinstance(payload, kserve.InferRequest):
+                return self._infer_v2(payload)
+            return self._predict_v1(payload)
+        except RequestError as exc:
+            raise BundleRequestError(exc) from None
+
+    def _predict_v1(self, body: Any) -> dict[str, Any]:
+        predictor = self._loaded()
+        if isinstance(body, bytes | str):  # kserve passes the body through undecoded unless it is sent as JSON
+            body = _parse(body)
+        if not isinstance(body, dict) or "instances" not in body:
+            raise RequestError("instances", "the body must be an object with an 'instances' list")
+        request_id = body.get("id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise RequestError("id", "must be a string")
+        prediction = predictor.predict(predictor.feeds_from_rows(body["instances"]))
+        return {"predictions": prediction.instances(), "ids": _ids(request_id, prediction.rows)}
+
+    def _infer_v2(self, request: Any) -> Any:
+        predictor = self._loaded()
+        prediction = predictor.predict(predictor.feeds_from_v2(v2_inputs(request)))
+        ids = _ids(request.id, prediction.rows)
+        outputs = []
+        for name, values in prediction.outputs.items():
+            # our app calls every numeric output FP32: cast so kserve's dtype check agrees with the label
+            data = values if values.dtype == object else values.astype(np.float32, copy=False)
+            outputs.append(kserve.InferOutput(name=name, shape=list(data.shape),
+                                              datatype="BYTES" if data.dtype == object else "FP32", data=data))
+        return kserve.InferResponse(response_id=request.id or ids[0], model_name=self.name, infer_outputs=outputs,
+                                    model_version=self.version, parameters={"prediction_ids": ",".join(ids)},
+                                    use_binary_outputs=request.use_binary_outputs,
+                                    requested_outputs=request.request_outputs)
+
+
+def v2_inputs(request: Any) -> list[dict[str, Any]]:
+    """kserve's InferRequest as the JSON `inputs` list `Predictor.feeds_from_v2` takes. BYTES arrive as str
+    from JSON but as bytes from the binary extension: decoded here, so both reach the same checks."""
+    out = []
+    for k, t in enumerate(request.inputs):
+        data = t.data.tolist() if isinstance(t.data, np.ndarray) else t.data
+        shape = list(t.shape) if isinstance(t.shape, list | tuple) else t.shape
+        out.append({"name": t.name, "shape": shape, "datatype": t.datatype, "data": _text(data, f"inputs[{k}].data")})
+    return out
+
+
+def _text(data: Any, where: str) -> Any:
+    if isinstance(data, list):
+        return [_text(v, where) for v in data]
+    if isinstance(data, bytes):
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(where, "BYTES must be UTF-8 text") from None
+    return data
+
+
+def _reject_constant(token: str) -> float:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def _parse(raw: bytes | str) -> Any:
+    """As our app parses a body: strict JSON (no NaN/Infinity), whatever the content-type said."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError("body", f"invalid JSON: {exc}") from None
+
+
+def _ids(request_id: str | None, rows: int) -> list[str]:
+    """Prediction ids as our app makes them (one per row). Nothing here logs them: see the module doc."""
+    base = request_id or uuid.uuid4().hex
+    return [base] if rows == 1 else [f"{base}-{i}" for i in range(rows)]
+
+
+def _field(loc: tuple[Any, ...] | list[Any], kind: str) -> str:
+    """A pydantic error location as our field names: ('body', 'inputs', 0, 'datatype') -> inputs[0].datatype."""
+    parts = list(loc)
+    if parts[:1] == ["body"]:
+        parts = parts[1:]
+    if parts[:1] in (["InferenceRequest"], ["bytes"]):  # the V2 body is Union[InferenceRequest, bytes]: a tag
+        parts = parts[1:]
+    if kind == "json_invalid" or not parts:
+        return "body"
+    field = ""
+    for p in parts:
+        field += f"[{p}]" if isinstance(p, int) else (f".{p}" if field else str(p))
+    return field
+
+
+def install_error_handlers(app: Any) -> None:
+    """Answer bad requests as our app does: `{"error": "<field>: <why>", "field": ...}` with its status.
+
+    Without this, kserve answers a BundleRequestError 400 (InvalidInput) and a malformed V2 body 422 with
+    FastAPI's `detail` list; a body over the batch limit would be 400 instead of our 413."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    async def request_error(_: Any, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, BundleRequestError)
+        return JSONResponse(exc.error.body(), status_code=exc.error.status)
+
+    async def validation_error(_: Any, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        # a JSON object fails both union arms: the InferenceRequest arm says which field, the bytes arm nothing
+        errors = sorted(exc.errors(), key=lambda e: "bytes" in e.get("loc", ())) or [{"loc": ("body",)}]
+        first = errors[0]
+        field = _field(first.get("loc", ()), first.get("type", ""))
+        return JSONResponse({"error": f"{field}: {first.get('msg', 'invalid')}", "field": field}, status_code=400)
+
+    app.add_exception_handler(BundleRequestError, request_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+
+class _ModelServer(kserve.ModelServer):
+    """The stock server, bound to the host asked for: its uvicorn.Config hard-codes 0.0.0.0, and start()
+    builds the REST server just before calling this hook, so the host is set there."""
+
+    def __init__(self, host: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._bind_host = host
+
+    def setup_event_loop(self) -> None:
+        rest = getattr(self, "_rest_server", None)
+        if rest is None:  # a kserve whose start() no longer works this way: refuse to bind wider than asked
+            raise RuntimeError("kserve.ModelServer changed: cannot bind the REST server to a host")
+        rest.config.host = self._bind_host
+        super().setup_event_loop()
+
+
+def serve_kserve(bundle_dir: Path, host: str, port: int, name: str | None = None, *, max_batch: int = 1024,
+                 version: str | None = None) -> None:
+    """Serve one bundle with `kserve.ModelServer` on http://host:port (blocks until SIGINT/SIGTERM).
+
+    Set away from kserve's defaults, and why:
+    - enable_grpc=False: REST only, like our app (no second port, 8081, to collide on);
+    - workers=1: several uvicorn workers fork the loaded model per process; scale with replicas instead;
+    - enable_latency_logging=False and the `kserve.trace` / `uvicorn.access` loggers at WARNING: by default
+      it logs several lines per request, which halves throughput (our app logs no access lines either);
+    - the host: kserve binds 0.0.0.0 whatever it is told; this binds `host` (loopback by default);
+    - error handlers: bad requests answer as our app's do (see install_error_handlers).
+    """
+    model = BundleModel(bundle_dir, name=name, max_batch=max_batch, version=version)
+    model.load()
+    server = _ModelServer(host, http_port=port, workers=1, enable_grpc=False, enable_docs_url=False,
+                          enable_latency_logging=False)
+    for logger in ("kserve.trace", "uvicorn.access"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
+    install_error_handlers(kserve.model_server.app)
+    print(f"mlops serve (kserve {importlib.metadata.version('kserve')}): model '{model.name}' "
+          f"version {version or '-'} from {bundle_dir}", flush=True)
+    print(f"mlops serve (kserve): http://{host}:{port}/v2/models/{model.name}/infer  (no prediction log)", flush=True)
+    server.start([model])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlops.serve.kserve_runtime",
+                                     description="serve a bundle directory with KServe's ModelServer")
+    parser.add_argument("bundle", type=Path, help="bundle directory (model.onnx + bundle.json)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--name", help="model name on the endpoint path (default: the bundle's)")
+    parser.add_argument("--max-batch", type=int, default=1024, help="most rows one request may carry")
+    args = parser.parse_args(argv)
+    serve_kserve(args.bundle, args.host, args.port, args.name, max_batch=args.max_batch)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
