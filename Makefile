@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[train,serve,dev]"
+	$(BIN)/pip install --quiet -e ".[train,serve,deploy,monitor,score,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -35,18 +35,35 @@ lint: $(STAMP)
 test: lint system-deps
 	$(BIN)/pytest -n 2 --dist loadgroup -q -p no:cacheprovider tests
 
-# headless Chromium renders the evaluation report in tests/integration/test_report_render.py
+# headless Chromium renders the evaluation report in tests/integration/test_report_render.py;
+# Prometheus (+ promtool) scrapes `mlops serve` in tests/integration/test_serve_prometheus.py. Debian's package
+# enables a prometheus.service on :9090: it is disabled and stopped at once (the tests run their own on free ports)
 system-deps:
 	@command -v chromium >/dev/null || ( \
 		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium )
+	@{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || ( \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			--no-install-recommends prometheus && \
+		{ $$SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || \
+		  $$SUDO systemctl disable prometheus.service >/dev/null 2>&1 || true; } && \
+		{ $$SUDO service prometheus stop >/dev/null 2>&1 || true; } )
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
-bench: $(STAMP)
+bench: $(STAMP) bench-deps
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/sweep.py
+	$(BIN)/python benchmarks/serve.py
+
+# benchmarks/serve.py drives the servers with Debian's wrk (HTTP load generator, Lua-scripted POST bodies)
+.PHONY: bench-deps
+bench-deps:
+	@command -v wrk >/dev/null || ( \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk )
 
 schema: $(STAMP)
 	$(BIN)/mlops schema --out recipe.schema.json

@@ -7,6 +7,7 @@ so `mlops --help`, `validate` and `plan` answer in well under a second or two.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -106,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ab-key-header", default="X-Request-Key",
                    help="request header whose value picks the A/B arm (default X-Request-Key; "
                         "without it the body's id, else random)")
+    p.add_argument("--runtime", choices=("mlops", "kserve"), default="mlops",
+                   help="mlops: the lean ASGI app with prediction log, shadow, A/B and batching (default); kserve: "
+                        "the stock kserve.ModelServer over the same model (inference only: no log, no routing)")
+    p.add_argument("--batch-max", type=int, default=None, metavar="N",
+                   help="adaptive batching: concurrent small requests share one model call of up to N rows "
+                        "(default off; 1 is off)")
+    p.add_argument("--batch-wait-ms", type=float, default=None, metavar="W",
+                   help="with --batch-max: the longest a request waits for others to join its batch (default "
+                        "2 ms); a request that arrives alone is sent at once")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("feedback", help="record ground truth by prediction id in a prediction log (CSV or JSONL)")
@@ -116,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    ".mlops/predictions/<NAME>.sqlite")
     p.add_argument("--json", action="store_true", help="last line of stdout: the counts as JSON")
     p.set_defaults(func=cmd_feedback)
+
+    # each later phase registers its own commands (light modules: argparse only at import)
+    for phase in ("mlops.deploy.commands", "mlops.score.commands", "mlops.monitor.commands",
+                  "mlops.improve.commands"):
+        importlib.import_module(phase).add_commands(sub)
 
     p = sub.add_parser("schema", help="print the recipe JSON Schema (for editors)")
     p.add_argument("--out", help="write to this file instead of stdout")
@@ -221,10 +236,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.runtime == "kserve":
+        from mlops.serve.run import serve_with_kserve
+
+        serve_with_kserve(args)
+        return 0
     from mlops.serve.run import serve
 
     serve(args.model, args.host, args.port, args.log, args.max_batch, shadow=args.shadow, ab=args.ab,
-          ab_key_header=args.ab_key_header)
+          ab_key_header=args.ab_key_header, batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms)
     return 0
 
 

@@ -9,14 +9,17 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PositiveFloat,
     PositiveInt,
     field_validator,
     model_validator,
 )
+
+from mlops.deploy.config import DeployConfig
+from mlops.improve.config import ImproveConfig
+from mlops.monitor.config import MonitorConfig
+from mlops.recipe.section import Section
 
 BUILTIN_DATASETS = ("breast_cancer", "wine", "digits", "diabetes")
 BUILTIN_MODEL = "mlops.train.models.TabularMLP"
@@ -28,10 +31,6 @@ def dotted_path(v: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", v):
         raise ValueError(f"'{v}' is not a dotted path like 'package.module.ClassName'")
     return v
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class SplitConfig(Section):
@@ -347,6 +346,9 @@ class Recipe(Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     sweep: SweepConfig | None = None
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    improve: ImproveConfig = Field(default_factory=ImproveConfig)
 
     @property
     def model_name(self) -> str:

@@ -5,12 +5,13 @@ wrong is a 5xx with an error id, never a crash. Predictions are logged before th
 
 Optionally an A/B challenger answers a stable share of requests (by a hash of the request key), and a
 shadow model runs on a copy of every answered request after the response is sent (see routing.py).
+With `batch_max` > 1, concurrent small requests to one model share one model call (see batching.py); each
+still gets its own id, log rows, variant and metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import secrets
 import time
@@ -24,9 +25,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mlops.serve.batching import DEFAULT_WAIT_MS, MicroBatcher, SharedLogWrites, batch_rows_histogram
 from mlops.serve.log import FeedbackError, PredictionLog, feedback_row, prediction_rows
 from mlops.serve.metrics import ServeMetrics
-from mlops.serve.predictor import Prediction, Predictor, RequestError
+from mlops.serve.predictor import Prediction, Predictor, RequestError, parse_json_body
 from mlops.serve.routing import (
     CHALLENGER,
     DEFAULT_KEY_HEADER,
@@ -45,17 +47,6 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
     return JSONResponse({"error": f"{field}: {message}", "field": field}, status_code=status)
 
 
-def _reject_constant(token: str) -> float:
-    raise ValueError(f"{token} is not valid JSON")
-
-
-def _parse(raw: bytes) -> Any:
-    try:
-        return json.loads(raw, parse_constant=_reject_constant)  # NaN/Infinity are not JSON
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError("body", f"invalid JSON: {exc}") from None
-
-
 class Server:
     """One champion; optionally an A/B `challenger` answering `ab_percent` % of request keys, and a `shadow`
     that sees every answered request but never answers (each an `Arm`: predictor, version)."""
@@ -63,7 +54,8 @@ class Server:
     def __init__(self, predictor: Predictor, log: PredictionLog | None, version: str | None = None,
                  token: str | None = None, max_body: int = DEFAULT_MAX_BODY, variant: str = "champion",
                  shadow: Arm | None = None, challenger: Arm | None = None, ab_percent: float = 0.0,
-                 ab_key_header: str = DEFAULT_KEY_HEADER, shadow_queue: int = DEFAULT_SHADOW_QUEUE) -> None:
+                 ab_key_header: str = DEFAULT_KEY_HEADER, shadow_queue: int = DEFAULT_SHADOW_QUEUE,
+                 batch_max: int = 1, batch_wait_ms: float = DEFAULT_WAIT_MS) -> None:
         self.predictor = predictor
         self.log = log
         self.version = version
@@ -77,6 +69,18 @@ class Server:
         self.ab_key_header = ab_key_header
         self.shadow = (ShadowRunner(Arm(shadow.predictor, shadow.version, SHADOW), log, self.metrics, shadow_queue)
                        if shadow else None)
+        # adaptive batching (off when batch_max <= 1): one batcher per answering arm, so arms never share a call
+        self.batch_max = batch_max
+        self.batch_wait_ms = batch_wait_ms
+        self.batchers: dict[str, MicroBatcher] = {}
+        if batch_max > 1:
+            histogram = batch_rows_histogram(self.metrics.registry)
+            for arm in (self.champion, self.challenger):
+                if arm is not None:
+                    observe = histogram.labels(arm.name, arm.variant).observe
+                    self.batchers[arm.variant] = MicroBatcher(arm.predictor, batch_max, batch_wait_ms, observe)
+        # a batch's requests resume together: their log rows then share one hand-off and one commit
+        self._log_writer: Any = SharedLogWrites(log) if self.batchers and log is not None else log
 
     # --- shared request handling --------------------------------------------------------------------
 
@@ -89,7 +93,7 @@ class Server:
             raw += chunk
             if len(raw) > self.max_body:
                 raise RequestError("body", f"over the size limit of {self.max_body} bytes", status=413)
-        return _parse(raw)
+        return parse_json_body(raw)
 
     def _authorised(self, request: Request) -> bool:
         if not self.token:
@@ -137,14 +141,15 @@ class Server:
 
     async def _predict_and_log(self, arm: Arm, feeds: dict[str, Any], request_id: str | None, started: float,
                                raw_rows: list[dict[str, Any]]) -> tuple[Prediction, list[str]]:
-        prediction = arm.predictor.predict(feeds)
+        batcher = self.batchers.get(arm.variant)
+        prediction = await batcher.predict(feeds) if batcher is not None else arm.predictor.predict(feeds)
         rows = prediction.rows
         base = request_id or uuid.uuid4().hex
         ids = [base] if rows == 1 else [f"{base}-{i}" for i in range(rows)]
         if self.log is not None:
             latency = (time.perf_counter() - started) * 1000
-            await self.log.write("predictions", prediction_rows(ids, arm.name, arm.version, arm.variant,
-                                                                raw_rows, prediction.instances(), latency))
+            await self._log_writer.write("predictions", prediction_rows(
+                ids, arm.name, arm.version, arm.variant, raw_rows, prediction.instances(), latency))
         if "label" in prediction.outputs:
             self.metrics.count_classes(arm.name, arm.variant, prediction.outputs["label"])
         return prediction, ids
@@ -279,6 +284,8 @@ class Server:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         yield
+        for batcher in self.batchers.values():
+            await batcher.close()
         if self.shadow is not None:  # let queued shadow work finish (bounded wait) before the log closes
             self.shadow.close()
         if self.log is not None:  # drain and close: whatever was acknowledged is already committed

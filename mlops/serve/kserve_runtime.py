@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
-import json
 import logging
 import sys
 import uuid
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from mlops.package.bundle import read_bundle
-from mlops.serve.predictor import Predictor, RequestError
+from mlops.serve.predictor import Predictor, RequestError, parse_json_body
 
 
 def _import_kserve() -> ModuleType:
@@ -100,7 +99,7 @@ class BundleModel(kserve.Model):
     def _predict_v1(self, body: Any) -> dict[str, Any]:
         predictor = self._loaded()
         if isinstance(body, bytes | str):  # kserve passes the body through undecoded unless it is sent as JSON
-            body = _parse(body)
+            body = parse_json_body(body)
         if not isinstance(body, dict) or "instances" not in body:
             raise RequestError("instances", "the body must be an object with an 'instances' list")
         request_id = body.get("id")
@@ -145,18 +144,6 @@ def _text(data: Any, where: str) -> Any:
         except UnicodeDecodeError:
             raise RequestError(where, "BYTES must be UTF-8 text") from None
     return data
-
-
-def _reject_constant(token: str) -> float:
-    raise ValueError(f"{token} is not valid JSON")
-
-
-def _parse(raw: bytes | str) -> Any:
-    """As our app parses a body: strict JSON (no NaN/Infinity), whatever the content-type said."""
-    try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError("body", f"invalid JSON: {exc}") from None
 
 
 def _ids(request_id: str | None, rows: int) -> list[str]:

@@ -6,6 +6,7 @@ mlflow or prefect, and loads no pickle: only `model.onnx` and `bundle.json`.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,21 @@ class RequestError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": f"{self.field}: {self.message}", "field": self.field}
+
+
+def parse_json_body(raw: bytes | str) -> Any:
+    """A request body as both runtimes parse it: strict JSON (no NaN/Infinity), whatever the content-type
+    said. Nesting deeper than Python's recursion limit is a bad request too, not a crash."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError("body", f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError("body", "invalid JSON: nested too deeply") from None
+
+
+def _reject_constant(token: str) -> float:
+    raise ValueError(f"{token} is not valid JSON")
 
 
 @dataclass
@@ -111,6 +127,8 @@ class Predictor:
             for key in ("name", "shape", "datatype", "data"):
                 if key not in t:
                     raise RequestError(f"inputs[{k}].{key}", "is required")
+            if not isinstance(t["name"], str):
+                raise RequestError(f"inputs[{k}].name", "must be a string")
         if len(inputs) == 1 and inputs[0]["name"] not in self.columns:
             return self._single_tensor(inputs[0], names)
         seen: dict[str, np.ndarray] = {}

@@ -101,7 +101,8 @@ def _command(runtime: str, bundle: Path, port: int, workdir: Path) -> list[str]:
     if runtime == "mlops":
         return [sys.executable, "-m", "mlops.cli", "serve", str(bundle), "--port", str(port),
                 "--log", str(workdir / f"predictions-{port}.sqlite")]
-    return [sys.executable, "-m", "mlops.serve.kserve_runtime", str(bundle), "--port", str(port)]
+    # the stock kserve.ModelServer, started as a user would: `mlops serve --runtime kserve`
+    return [sys.executable, "-m", "mlops.cli", "serve", str(bundle), "--runtime", "kserve", "--port", str(port)]
 
 
 def _start(runtime: str, bundle: Path, workdir: Path) -> Runtime:

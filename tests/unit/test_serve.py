@@ -188,3 +188,12 @@ def test_serving_process_imports_no_training_stack(bundle: Path, tmp_path: Path)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_kserve_runtime_refuses_what_only_our_app_does(tmp_path: Path) -> None:
+    """`--runtime kserve` serves inference only: a flag it would silently ignore is an error instead."""
+    bundle = build_bundle(tmp_path / "bundle")
+    proc = subprocess.run([sys.executable, "-m", "mlops.cli", "serve", str(bundle), "--runtime", "kserve",
+                           "--shadow", str(bundle)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--shadow" in proc.stderr and "--runtime mlops" in proc.stderr

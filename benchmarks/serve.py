@@ -1,0 +1,535 @@
+"""Serving throughput and latency: `mlops serve` vs KServe's stock ModelServer vs a bare ASGI loop, in one run.
+
+    .venv/bin/python benchmarks/serve.py [--duration 5] [--bundle DIR] [--batch-args "--batch-max 32 ..."]
+
+All servers serve the same bundle, each in its own process started with `taskset -c <server core>`; the load
+generator (Debian's `wrk`, `make bench-deps` installs it) runs with `taskset -c <client core>`, one thread,
+1, 8 and 32 connections, a fixed single-row request body per protocol (V1 `{"instances": [...]}`, V2 one
+tensor per column) after a short warm-up. The variants, all live at once and measured interleaved (for each
+protocol and concurrency, every server in turn) so that background load hits them alike:
+
+* `mlops serve`: `python -m mlops.cli serve BUNDLE`, its defaults: the SQLite prediction log and the
+  Prometheus metrics on (the log goes to a temporary file);
+* `mlops serve` + adaptive batching: the same with the batching flags, when `mlops serve --help` lists them
+  (`--batch-max` and `--batch-wait-ms`, or whatever `--batch-args` gives); otherwise the row is skipped;
+* `mlops serve --shadow BUNDLE`: the same bundle again as the shadow (its cost on the answered requests);
+* KServe: `python -m mlops.serve.kserve_runtime BUNDLE`, kserve.ModelServer over our kserve.Model;
+* bare ASGI: a raw ASGI callable under uvicorn (same uvicorn settings as `mlops serve`: loop and http
+  implementation `auto`, access log off, log level warning) that decodes the JSON with no validation,
+  runs the ONNX Runtime session (1 intra-op thread, as ours) and answers JSON. The floor for any server.
+
+The bundle: `--bundle DIR`, else the quickstart model already downloaded from the registry under
+$MLOPS_HOME/bundles/quickstart/ (what `mlops serve quickstart@champion` left there), else
+`quickstart@champion` from an existing local MLflow store, else the test fixture bundle
+(tests/serve_fixtures.build_bundle: the ONNX preprocessing graph over age/income/city, a linear layer,
+the label postprocessing) built into a temporary directory. The header says which.
+
+Reports per protocol a table of requests/s and p99 latency at each concurrency, then the issue's goals:
+ours / KServe throughput at c=8 (>= 3.5x), ours / KServe p99 at c=8 (<= 0.3x), ours / bare at c=8
+(>= 0.5x), batched / unbatched throughput at c=32 (>= 1.5x), and what the shadow adds to p99 at c=8 (<= 5 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CONCURRENCY = (1, 8, 32)
+PROTOCOLS = ("v1", "v2")
+DEFAULT_BATCH_ARGS = ["--batch-max", "32", "--batch-wait-ms", "2"]
+
+OURS, BATCHED, SHADOW, KSERVE, BARE = "ours", "batched", "shadow", "kserve", "bare"
+LABELS = {OURS: "`mlops serve` (log + metrics)", BATCHED: "`mlops serve` + adaptive batching",
+          SHADOW: "`mlops serve --shadow` (same bundle)", KSERVE: "KServe ModelServer (stock)",
+          BARE: "bare ASGI + ONNX Runtime (floor)"}
+
+
+# --------------------------------------------------------------------------- the bare ASGI floor
+
+
+def bare_asgi_app(bundle: Path) -> Any:
+    """A raw ASGI app: V1/V2 JSON in, ONNX Runtime, JSON out; no validation, no log, no metrics."""
+    import numpy as np
+    import onnxruntime as ort
+
+    meta = json.loads((bundle / "bundle.json").read_text())
+    name = meta["name"]
+    dtypes = {i["name"]: (object if i["dtype"] == "string" else np.float32) for i in meta["inputs"]}
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # as mlops.serve.predictor.Predictor
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(bundle / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    output_names = [o.name for o in session.get_outputs()]
+    v1_path, v2_path = f"/v1/models/{name}:predict", f"/v2/models/{name}/infer"
+
+    async def respond(send: Any, status: int, payload: Any) -> None:
+        body = json.dumps(payload).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path = scope["path"]
+        if scope["method"] == "GET":
+            await respond(send, 200 if path.startswith("/v2/health") else 404, {"ready": True})
+            return
+        raw, more = b"", True
+        while more:
+            message = await receive()
+            raw += message.get("body", b"")
+            more = message.get("more_body", False)
+        body = json.loads(raw)
+        if path == v1_path:
+            rows = body["instances"]
+            feeds = {n: np.array([r[n] for r in rows], dtype=t).reshape(-1, 1) for n, t in dtypes.items()}
+        elif path == v2_path:
+            feeds = {t["name"]: np.array(t["data"], dtype=dtypes[t["name"]]).reshape(-1, 1) for t in body["inputs"]}
+        else:
+            await respond(send, 404, {"error": path})
+            return
+        outputs = dict(zip(output_names, session.run(None, feeds), strict=True))
+        if path == v1_path:
+            columns = {k: v.tolist() for k, v in outputs.items()}
+            n = len(next(iter(feeds.values())))
+            await respond(send, 200, {"predictions": [{k: v[i] for k, v in columns.items()} for i in range(n)]})
+        else:
+            await respond(send, 200, {"model_name": name, "outputs": [
+                {"name": k, "datatype": "BYTES" if v.dtype == object else "FP32", "shape": list(v.shape),
+                 "data": v.reshape(-1).tolist()} for k, v in outputs.items()]})
+
+    return app
+
+
+def run_bare(bundle: Path, host: str, port: int) -> None:
+    import uvicorn
+
+    # the settings mlops.serve.run.serve gives uvicorn: loop/http "auto" (uvloop, httptools), no access log
+    uvicorn.run(bare_asgi_app(bundle), host=host, port=port, log_level="warning", access_log=False)
+
+
+# --------------------------------------------------------------------------- the bundle and its request
+
+
+def find_bundle(arg: str | None, tmp: Path) -> tuple[Path, str]:
+    """The bundle to serve and a line saying where it came from (see the module doc for the order)."""
+    if arg:
+        path = Path(arg).resolve()
+        if not (path / "bundle.json").is_file():
+            raise SystemExit(f"--bundle {arg}: no bundle.json there")
+        return path, f"--bundle {path}"
+    home = Path(os.environ.get("MLOPS_HOME") or ROOT / ".mlops").resolve()
+    downloaded = sorted((p for p in (home / "bundles" / "quickstart").glob("*/bundle")
+                         if (p / "bundle.json").is_file() and p.parent.name.isdigit()),
+                        key=lambda p: int(p.parent.name))
+    if downloaded:
+        return downloaded[-1], f"quickstart version {downloaded[-1].parent.name}, downloaded under {home}/bundles"
+    if os.environ.get("MLFLOW_TRACKING_URI") or (home / "mlflow.db").is_file():
+        with contextlib.suppress(Exception):  # no registry, no quickstart, no champion: the fixture below
+            os.environ.setdefault("MLOPS_HOME", str(home))
+            from mlops.serve.run import resolve_bundle
+
+            path, version = resolve_bundle("quickstart@champion")
+            return path, f"quickstart@champion (version {version}) from the MLflow registry"
+    sys.path.insert(0, str(ROOT))
+    from tests.serve_fixtures import build_bundle
+
+    path = build_bundle(tmp / "bundle", name="toy")
+    return path, ("tests/serve_fixtures.build_bundle (no quickstart model registered here): ONNX preprocessing "
+                  "of age, income, city + a linear layer + label postprocessing, built in a temp dir")
+
+
+def example_row(bundle: Path) -> dict[str, Any]:
+    """One real row of the bundle's data where it is known, else the training means / first categories."""
+    meta = json.loads((bundle / "bundle.json").read_text())
+    names = [i["name"] for i in meta["inputs"]]
+    with contextlib.suppress(Exception):
+        if meta["name"] == "quickstart":
+            from sklearn.datasets import load_breast_cancer
+
+            data = load_breast_cancer()
+            row = {f.replace(" ", "_"): float(v) for f, v in zip(data.feature_names, data.data[0], strict=True)}
+            if set(names) <= set(row):
+                return {n: row[n] for n in names}
+        if set(names) == {"age", "income", "city"}:
+            sys.path.insert(0, str(ROOT))
+            from tests.serve_fixtures import training_frame
+
+            first = training_frame().iloc[0]
+            return {"age": round(float(first["age"]), 4), "income": round(float(first["income"]), 4),
+                    "city": str(first["city"])}
+    columns = {c["name"]: c for c in meta.get("data_schema", {}).get("columns", [])}
+    row = {}
+    for i in meta["inputs"]:
+        c = columns.get(i["name"], {})
+        if i["dtype"] == "string":
+            row[i["name"]] = (c.get("categories") or ["a"])[0]
+        else:
+            row[i["name"]] = round(float(c.get("mean") or 0.0), 4)
+    return row
+
+
+def request_bodies(bundle: Path) -> tuple[str, dict[str, str]]:
+    """The model name and the single-row request body per protocol."""
+    meta = json.loads((bundle / "bundle.json").read_text())
+    row = example_row(bundle)
+    v1 = {"instances": [row]}
+    v2 = {"inputs": [{"name": i["name"], "shape": [1, 1], "datatype": "BYTES" if i["dtype"] == "string" else "FP32",
+                      "data": [row[i["name"]]]} for i in meta["inputs"]]}
+    return meta["name"], {"v1": json.dumps(v1), "v2": json.dumps(v2)}
+
+
+def paths(name: str) -> dict[str, str]:
+    return {"v1": f"/v1/models/{name}:predict", "v2": f"/v2/models/{name}/infer"}
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(cmd: list[str], cpu: int | None) -> list[str]:
+    return ["taskset", "-c", str(cpu), *cmd] if cpu is not None else cmd
+
+
+@dataclass
+class Server:
+    key: str
+    cmd: list[str]
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    note: str = ""
+    ok: dict[str, bool] = field(default_factory=dict)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def start(server: Server, cpu: int | None, tmp: Path, env: dict[str, str]) -> None:
+    server.port = free_port()
+    server.log = tmp / f"{server.key}.out"
+    cmd = pinned([*server.cmd, "--port", str(server.port)], cpu)
+    with open(server.log, "wb") as out:
+        server.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+
+
+def wait_ready(server: Server, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    assert server.proc is not None and server.log is not None
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"exited with {server.proc.returncode}:\n{server.log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(server.url("/v2/health/ready"), timeout=2) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.2)
+    raise RuntimeError(f"not ready after {timeout:.0f}s:\n{server.log.read_text()[-2000:]}")
+
+
+def stop(server: Server) -> None:
+    proc = server.proc
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and anything it started
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def check_answers(server: Server, name: str, bodies: dict[str, str]) -> None:
+    """Every server must answer 200 with a prediction to the exact body wrk will send, before timing."""
+    for proto, body in bodies.items():
+        req = urllib.request.Request(server.url(paths(name)[proto]), data=body.encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                answer = json.loads(r.read())
+                server.ok[proto] = r.status == 200 and ("predictions" in answer or "outputs" in answer)
+                if not server.ok[proto]:
+                    print(f"  {server.key} {proto}: 200 but no prediction: {json.dumps(answer)[:500]}")
+        except urllib.error.HTTPError as exc:
+            server.ok[proto] = False
+            print(f"  {server.key} {proto}: HTTP {exc.code}: {exc.read()[:500].decode(errors='replace')}")
+            if server.log is not None:
+                print("  its output ends:\n" + server.log.read_text(errors="replace")[-1500:])
+        except OSError as exc:
+            server.ok[proto] = False
+            print(f"  {server.key} {proto}: {exc}")
+
+
+def metric(server: Server, name: str) -> float:
+    """Sum of one Prometheus counter on the server's /metrics (0 when absent)."""
+    try:
+        with urllib.request.urlopen(server.url("/metrics"), timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return float("nan")
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def batching_args(override: str | None) -> tuple[list[str] | None, str]:
+    """The adaptive batching flags of `mlops serve`, read from its --help at run time."""
+    if override:
+        return shlex.split(override), f"--batch-args {override}"
+    out = subprocess.run([sys.executable, "-m", "mlops.cli", "serve", "--help"], cwd=ROOT, capture_output=True,
+                         text=True).stdout
+    flags = set(re.findall(r"(--[a-z][a-z0-9-]*)", out))
+    if {"--batch-max", "--batch-wait-ms"} <= flags:
+        return DEFAULT_BATCH_ARGS, " ".join(DEFAULT_BATCH_ARGS)
+    batchy = sorted(f for f in flags if "batch" in f and f != "--max-batch")
+    seen = f" (it lists {', '.join(batchy)}: pass them with --batch-args)" if batchy else ""
+    return None, f"`mlops serve --help` shows no adaptive batching flags (--batch-max, --batch-wait-ms){seen}"
+
+
+# --------------------------------------------------------------------------- load
+
+
+LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [==[{body}]==]
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('BENCH_JSON {{"requests": %d, "duration_us": %d, "p50": %.1f, "p75": %.1f, "p90": %.1f, '
+    .. '"p99": %.1f, "non2xx": %d, "connect": %d, "read": %d, "write": %d, "timeout": %d}}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(75), latency:percentile(90),
+    latency:percentile(99), e.status, e.connect, e.read, e.write, e.timeout))
+end
+"""
+
+
+def wrk(url: str, script: Path, connections: int, seconds: float, cpu: int | None) -> dict[str, float]:
+    cmd = pinned(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s",
+                  "-s", str(script), url], cpu)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = re.search(r"^BENCH_JSON (.*)$", proc.stdout, re.M)
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+    r = json.loads(found.group(1))
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", proc.stdout)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", proc.stdout)  # the same count as r["non2xx"]
+    return {"rps": float(rps.group(1)) if rps else r["requests"] / (r["duration_us"] / 1e6),
+            "p50": r["p50"] / 1000, "p90": r["p90"] / 1000, "p99": r["p99"] / 1000, "requests": r["requests"],
+            "non2xx": max(r["non2xx"], int(non2xx.group(1)) if non2xx else 0),
+            "socket_errors": r["connect"] + r["read"] + r["write"] + r["timeout"]}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine_line(server_cpu: int | None, client_cpu: int | None, cpus: list[int]) -> str:
+    model = "?"
+    with contextlib.suppress(OSError):
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        model = found.group(1).strip() if found else model
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    pin = (f"servers on core {server_cpu}, wrk on core {client_cpu}" if server_cpu is not None
+           else "NOT pinned (fewer than 2 usable cores or no taskset): servers and wrk share the cores")
+    return f"{len(cpus)} usable cores of {os.cpu_count()} ({model}), load average {load}; {pin}"
+
+
+def versions() -> str:
+    import importlib.metadata as md
+
+    got = []
+    for pkg in ("uvicorn", "uvloop", "httptools", "starlette", "kserve", "onnxruntime"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            got.append(f"{pkg} {md.version(pkg)}")
+    out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+    wrk_version = (out.stdout or out.stderr).split(" [")[0].strip()
+    return f"Python {platform.python_version()}, " + ", ".join(got) + f", {wrk_version}"
+
+
+def cell(result: dict[str, float] | None, what: str) -> str:
+    if result is None:
+        return "-"
+    value = f"{result[what]:,.0f}" if what == "rps" else f"{result[what]:.2f}"
+    bad = result["non2xx"] + result["socket_errors"]
+    return f"{value} ⚠" if bad else value
+
+
+def table(proto: str, servers: list[Server], results: dict[tuple[str, str, int], dict[str, float]]) -> list[str]:
+    head = "| server | " + " | ".join(f"c={c} req/s | c={c} p99 ms" for c in CONCURRENCY) + " | errors |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(CONCURRENCY))]
+    for s in servers:
+        row, errors = [], []
+        for c in CONCURRENCY:
+            r = results.get((s.key, proto, c))
+            row += [cell(r, "rps"), cell(r, "p99")]
+            if r and r["non2xx"]:
+                errors.append(f"c={c}: {r['non2xx']:.0f} non-2xx")
+            if r and r["socket_errors"]:
+                errors.append(f"c={c}: {r['socket_errors']:.0f} socket errors")
+        if not s.ok.get(proto, False):
+            errors.append("not measured: " + (s.note or "did not answer 200 to the request body"))
+        lines.append(f"| {LABELS[s.key]} | " + " | ".join(row) + f" | {'; '.join(errors) or '0'} |")
+    return lines
+
+
+def ratio(a: dict[str, float] | None, b: dict[str, float] | None, what: str) -> float | None:
+    if not a or not b or not b[what]:
+        return None
+    return a[what] / b[what]
+
+
+def goals(proto: str, results: dict[tuple[str, str, int], dict[str, float]], batch_note: str) -> list[str]:
+    def get(key: str, c: int) -> dict[str, float] | None:
+        return results.get((key, proto, c))
+
+    def line(text: str, value: float | None, goal: str, met: bool | None, fmt: str, why: str = "") -> str:
+        shown = "n/a" if value is None else format(value, fmt)
+        verdict = "n/a" if value is None or met is None else ("MET" if met else "NOT MET")
+        return f"- {text}: **{shown}** (goal {goal}) {verdict}{why}"
+
+    tput = ratio(get(OURS, 8), get(KSERVE, 8), "rps")
+    p99 = ratio(get(OURS, 8), get(KSERVE, 8), "p99")
+    bare = ratio(get(OURS, 8), get(BARE, 8), "rps")
+    batched = ratio(get(BATCHED, 32), get(OURS, 32), "rps")
+    shadow = ratio(get(SHADOW, 8), get(OURS, 8), "p99")
+    shadow = None if shadow is None else shadow - 1
+    return [
+        line("ours / KServe throughput at c=8", tput, ">= 3.5x", tput is not None and tput >= 3.5, ".2f"),
+        line("ours / KServe p99 at c=8", p99, "<= 0.3x", p99 is not None and p99 <= 0.3, ".2f"),
+        line("ours / bare ASGI throughput at c=8", bare, ">= 0.5x", bare is not None and bare >= 0.5, ".2f"),
+        line("batched / unbatched throughput at c=32", batched, ">= 1.5x", batched is not None and batched >= 1.5,
+             ".2f", "" if batched is not None else f": {batch_note}"),
+        line("shadow's p99 overhead at c=8", shadow, "<= +5 %", shadow is not None and shadow <= 0.05, "+.1%"),
+    ]
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=5, help="seconds per timed wrk run (default 5)")
+    parser.add_argument("--warmup", type=float, default=2, help="seconds of warm-up per server and protocol")
+    parser.add_argument("--bundle", help="bundle directory to serve (default: see the module doc)")
+    parser.add_argument("--batch-args", help="adaptive batching flags of `mlops serve` (default: read --help)")
+    parser.add_argument("--bare-asgi", metavar="BUNDLE", help=argparse.SUPPRESS)  # the floor's own process
+    parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=8080, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_asgi:
+        run_bare(Path(args.bare_asgi), args.host, args.port)
+        return
+    if shutil.which("wrk") is None:
+        raise SystemExit("benchmarks/serve.py needs wrk: `make bench-deps` (Debian: apt-get install wrk)")
+
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu = client_cpu = None
+    if len(cpus) >= 2 and shutil.which("taskset"):
+        server_cpu, client_cpu = cpus[0], cpus[1]
+        os.sched_setaffinity(0, {client_cpu})  # this process only waits on wrk: keep it off the server's core
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp_name:
+        tmp = Path(tmp_name)
+        bundle, origin = find_bundle(args.bundle, tmp)
+        name, bodies = request_bodies(bundle)
+        batch, batch_note = batching_args(args.batch_args)
+        env = os.environ | {"MLOPS_HOME": str(tmp / ".mlops"), "PYTHONUNBUFFERED": "1"}
+        env.pop("MLOPS_SERVE_TOKEN", None)
+        ours = [sys.executable, "-m", "mlops.cli", "serve", str(bundle)]
+        servers = [Server(OURS, [*ours, "--log", str(tmp / "ours.sqlite")])]
+        if batch:
+            servers.append(Server(BATCHED, [*ours, "--log", str(tmp / "batched.sqlite"), *batch]))
+        servers += [Server(SHADOW, [*ours, "--log", str(tmp / "shadow.sqlite"), "--shadow", str(bundle)]),
+                    Server(KSERVE, [sys.executable, "-m", "mlops.serve.kserve_runtime", str(bundle)]),
+                    Server(BARE, [sys.executable, str(Path(__file__).resolve()), "--bare-asgi", str(bundle)])]
+        shown = servers if batch else [*servers[:1], Server(BATCHED, [], note=batch_note), *servers[1:]]
+
+        print(f"\nserving benchmark: {machine_line(server_cpu, client_cpu, cpus)}")
+        print(f"{versions()}")
+        print(f"bundle: {origin}")
+        print(f"load: wrk -t1 -c{{{','.join(map(str, CONCURRENCY))}}} -d{args.duration:g}s --latency, one "
+              f"single-row body per protocol, after a {args.warmup:g}s warm-up; servers measured interleaved")
+        print(f"V1 body: {bodies['v1'][:300]}")
+        results: dict[tuple[str, str, int], dict[str, float]] = {}
+        shadow_counts: dict[str, tuple[float, float]] = {}
+        try:
+            for s in servers:
+                start(s, server_cpu, tmp, env)
+            for s in servers:
+                try:
+                    wait_ready(s)
+                    check_answers(s, name, bodies)
+                except RuntimeError as exc:
+                    s.note = f"failed to start: {str(exc).splitlines()[0]}"
+                    print(f"  {s.key}: {exc}")
+            scripts = {}
+            for proto, body in bodies.items():
+                scripts[proto] = tmp / f"{proto}.lua"
+                scripts[proto].write_text(LUA.format(body=body))
+            for proto in PROTOCOLS:
+                live = [s for s in servers if s.ok.get(proto)]
+                for s in live:
+                    wrk(s.url(paths(name)[proto]), scripts[proto], 8, args.warmup, client_cpu)
+                before = {s.key: (metric(s, "mlops_shadow_rows_total"), metric(s, "mlops_shadow_dropped_total"))
+                          for s in live if s.key == SHADOW}
+                for c in CONCURRENCY:
+                    for s in live:
+                        results[(s.key, proto, c)] = wrk(s.url(paths(name)[proto]), scripts[proto], c,
+                                                         args.duration, client_cpu)
+                for s in live:
+                    if s.key == SHADOW:
+                        time.sleep(1)  # let the shadow queue drain before counting
+                        rows, dropped = metric(s, "mlops_shadow_rows_total"), metric(s, "mlops_shadow_dropped_total")
+                        shadow_counts[proto] = (rows - before[s.key][0], dropped - before[s.key][1])
+        finally:
+            for s in servers:
+                stop(s)
+
+        for proto in PROTOCOLS:
+            print(f"\n### {proto.upper()} (`POST {paths(name)[proto]}`, one row per request)\n")
+            print("\n".join(table(proto, shown, results)))
+            print(f"\nGoals ({proto.upper()}):")
+            print("\n".join(goals(proto, results, batch_note)))
+            if proto in shadow_counts:
+                rows, dropped = shadow_counts[proto]
+                print(f"- shadow during the timed runs: {rows:,.0f} rows compared, {dropped:,.0f} requests dropped "
+                      "(queue full)")
+        print("\n⚠ = non-2xx responses or socket errors in that run (see the errors column). p99 from wrk's "
+              "latency distribution; req/s from wrk's Requests/sec.")
+        print(f"batching: {batch_note}")
+        print(f"finished in {time.monotonic() - started:.0f}s; load average now "
+              f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

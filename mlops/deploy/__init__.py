@@ -1,0 +1,1 @@
+"""Deployment targets: manifests (KServe, Dockerfile, prefect.yaml, alert rules), rollout and rollback."""

@@ -1,0 +1,1 @@
+"""Continuous improvement: triggers, retraining, champion/challenger decisions, A/B readout, error analysis."""

@@ -1,0 +1,1 @@
+"""Production monitoring: drift, live metrics from ground truth, operational metrics, alerts, backtests."""

@@ -1,0 +1,255 @@
+"""The OpenAPI document of `mlops serve` for one bundle: its real routes, with request schemas from the
+bundle's input schema, so a client generator or a fuzzer (schemathesis) knows what to send and which
+4xx answers to expect.
+
+Every route answers a bad request with a 4xx JSON body `{"error": "<field>: <why>", "field": "<field>"}`
+naming the field at fault; 5xx is never an expected answer. The document is OpenAPI 3.1 (JSON Schema
+2020-12): nullable columns are `["number", "null"]`, and a V1 instance given as a list in schema order is
+a `prefixItems` tuple.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlops.package.bundle import BundleInput, BundleMeta
+from mlops.serve.predictor import FP32_EXACT_INT, FP32_MAX, NUMERIC_V2
+
+OPENAPI_VERSION = "3.1.0"
+JSON = "application/json"
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+# the error statuses a route answers bad requests with, and what each means
+CLIENT_ERRORS = {
+    "400": "A request the model cannot take (bad JSON, wrong shape, type or value): the body names the field.",
+    "401": "Missing or wrong bearer token (only when the server runs with MLOPS_SERVE_TOKEN).",
+    "404": "No model of that name on this server, or an unknown verb.",
+    "413": "Body over the size limit, or a batch of more rows than the server's max batch.",
+    "422": "Reserved for a well-formed request the model refuses; same error body.",
+}
+# the label of the variant that answered a prediction (A/B testing: see mlops/serve/routing.py)
+VARIANTS = ["champion", "challenger"]
+
+
+def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of a server over the bundle `meta` that takes at most `max_batch` rows."""
+    from mlops import __version__
+
+    name = meta.name
+    columns = [i.name for i in meta.inputs]
+    model_param = {"name": "name", "in": "path", "required": True, "description": "The model's name.",
+                   "schema": {"type": "string", "enum": [name]}, "example": name}
+    auth = [{}, {"bearer": []}]  # a bearer token only when the server was started with MLOPS_SERVE_TOKEN
+
+    def op(operation_id: str, summary: str, ok: dict[str, Any], errors: tuple[str, ...] = (),
+           body: dict[str, Any] | None = None, params: list[dict[str, Any]] | None = None,
+           secured: bool = True, tags: tuple[str, ...] = ()) -> dict[str, Any]:
+        responses: dict[str, Any] = {"200": ok}
+        for status in (*errors, *(("401",) if secured else ())):
+            responses[status] = {"$ref": f"#/components/responses/{_ERROR_NAMES[status]}"}
+        if secured:  # anything unexpected is a 500 with an error id (a bug: the fuzz tests require none)
+            responses["500"] = {"$ref": "#/components/responses/ServerError"}
+        out: dict[str, Any] = {"operationId": operation_id, "summary": summary, "tags": list(tags),
+                               "responses": responses}
+        if params:
+            out["parameters"] = params
+        if body is not None:
+            out["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
+        if secured:
+            out["security"] = auth
+        return out
+
+    def ok_json(schema: dict[str, Any], description: str = "OK",
+                headers: dict[str, Any] | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"description": description, "content": {JSON: {"schema": schema}}}
+        if headers:
+            out["headers"] = headers
+        return out
+
+    variant_header = {"X-Model-Variant": {"description": "The variant that answered (A/B testing).",
+                                          "schema": {"type": "string", "enum": VARIANTS}}}
+    body_errors = ("400", "404", "413", "422")
+    paths: dict[str, Any] = {
+        # --- V1 -------------------------------------------------------------------------------------
+        "/v1/models/{name}": {"get": op(
+            "v1ModelStatus", "V1 model status", ok_json(_ref("ModelReady")), ("404",), params=[model_param],
+            tags=("v1",))},
+        "/v1/models/{name}:predict": {"post": op(
+            "v1Predict", "V1 predict: one prediction per instance", ok_json(_ref("V1Response"), headers=variant_header),
+            body_errors, body=_ref("V1Request"), params=[model_param], tags=("v1",))},
+        "/v1/feedback": {"post": op(
+            "v1Feedback", "Ground truth for earlier predictions, by prediction id", ok_json(_ref("FeedbackResponse")),
+            ("400", "413", "422"), body=_ref("FeedbackRequest"), tags=("v1",))},
+        # --- V2 (Open Inference Protocol) -----------------------------------------------------------
+        "/v2/health/live": {"get": op("v2Live", "Liveness", ok_json(_obj({"live": {"type": "boolean"}})),
+                                      secured=False, tags=("v2",))},
+        "/v2/health/ready": {"get": op("v2Ready", "Readiness", ok_json(_obj({"ready": {"type": "boolean"}})),
+                                       secured=False, tags=("v2",))},
+        "/v2": {"get": op("v2ServerMetadata", "Server metadata", ok_json(_obj({
+            "name": {"type": "string"}, "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}}})), secured=False, tags=("v2",))},
+        "/v2/models/{name}": {"get": op(
+            "v2ModelMetadata", "Model metadata: inputs and outputs", ok_json(_ref("ModelMetadata")), ("404",),
+            params=[model_param], tags=("v2",))},
+        "/v2/models/{name}/ready": {"get": op(
+            "v2ModelReady", "Model readiness", ok_json(_ref("ModelReady")), ("404",), params=[model_param],
+            tags=("v2",))},
+        "/v2/models/{name}/infer": {"post": op(
+            "v2Infer", "V2 inference: one tensor per input column, or one [N, columns] tensor",
+            ok_json(_ref("V2Response"), headers=variant_header), body_errors, body=_ref("V2Request"),
+            params=[model_param], tags=("v2",))},
+        # --- operations -----------------------------------------------------------------------------
+        "/metrics": {"get": op("metrics", "Prometheus metrics", {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}}}, secured=False, tags=("ops",))},
+        "/openapi.json": {"get": op("openapi", "This document", ok_json({"type": "object"}), secured=False,
+                                    tags=("ops",))},
+    }
+    responses = {_ERROR_NAMES[status]: {"description": text, "content": {JSON: {"schema": ERROR_REF}}}
+                 for status, text in CLIENT_ERRORS.items()}
+    responses["ServerError"] = {"description": "A bug or a broken model, reported with an error id; never expected.",
+                                "content": {JSON: {"schema": _obj({"error": {"type": "string"},
+                                                                   "field": {"type": "null"}})}}}
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": f"mlops serve: {name}", "version": __version__,
+                 "description": (f"KServe V1 and V2 (Open Inference Protocol) REST for model '{name}' "
+                                 f"(task {meta.task}; inputs in schema order: {', '.join(columns)}). At most "
+                                 f"{max_batch} rows a request. Bad requests get a 4xx JSON body naming the field "
+                                 "at fault.")},
+        "tags": [{"name": "v1", "description": "KServe V1 protocol"},
+                 {"name": "v2", "description": "KServe V2 / Open Inference Protocol"},
+                 {"name": "ops", "description": "Monitoring and discovery"}],
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(meta, max_batch),
+            "responses": responses,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "The MLOPS_SERVE_TOKEN the server was started with."}},
+        },
+    }
+
+
+_ERROR_NAMES = {"400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "413": "TooLarge",
+                "422": "Unprocessable"}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(properties: dict[str, Any], required: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties,
+            "required": list(properties) if required is None else required, **extra}
+
+
+def column_schema(column: BundleInput) -> dict[str, Any]:
+    """One raw value of a column, as V1 instances and V2 tensors carry it; null means missing (imputed)."""
+    if column.dtype == "string":
+        return {"type": ["string", "null"], "description": f"'{column.name}': a category; null when missing."}
+    return {"type": ["number", "null"], "minimum": -FP32_MAX, "maximum": FP32_MAX,
+            "description": (f"'{column.name}': a finite number that FP32 holds (integers within ±{FP32_EXACT_INT}); "
+                            "null when missing. NaN and Infinity are not JSON and are refused.")}
+
+
+def _schemas(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
+    columns = [i.name for i in meta.inputs]
+    values = {i.name: column_schema(i) for i in meta.inputs}
+    rows = {"type": "integer", "minimum": 1, "maximum": max_batch}
+
+    instance = {"anyOf": [
+        {"type": "object", "title": "named columns", "properties": values, "required": columns,
+         "additionalProperties": False},
+        {"type": "array", "title": "values in schema order", "prefixItems": [values[c] for c in columns],
+         "items": False, "minItems": len(columns), "maxItems": len(columns)},
+    ]}
+
+    def tensor(column: BundleInput) -> dict[str, Any]:
+        datatype = ["BYTES"] if column.dtype == "string" else sorted(NUMERIC_V2)
+        return _obj({
+            "name": {"const": column.name},
+            "shape": {"type": "array", "prefixItems": [rows, {"const": 1}], "items": False, "minItems": 1,
+                      "maxItems": 2, "description": "[N] or [N, 1]; N data values."},
+            "datatype": {"type": "string", "enum": datatype},
+            "data": {"type": "array", "items": values[column.name], "minItems": 1, "maxItems": max_batch},
+            "parameters": {"type": "object"},
+        }, required=["name", "shape", "datatype", "data"], title=f"column {column.name}")
+
+    single = _obj({
+        "name": {"type": "string", "not": {"enum": columns}, "description": "Any name but a column's."},
+        "shape": {"type": "array", "prefixItems": [rows, {"const": len(columns)}], "items": False,
+                  "minItems": 2, "maxItems": 2},
+        "datatype": {"type": "string", "enum": ["BYTES", *sorted(NUMERIC_V2)],
+                     "description": "BYTES when the columns mix numbers and strings."},
+        "data": {"type": "array", "minItems": 1, "maxItems": max_batch, "items": {
+            "type": "array", "prefixItems": [values[c] for c in columns], "items": False,
+            "minItems": len(columns), "maxItems": len(columns)}, "description": f"rows in schema order {columns}"},
+        "parameters": {"type": "object"},
+    }, required=["name", "shape", "datatype", "data"], title="one [N, columns] tensor")
+
+    prediction_props: dict[str, Any] = {}
+    for o in meta.outputs:
+        scalar: dict[str, Any] = {"type": "string"} if o.get("dtype") == "string" else {"type": "number"}
+        shape = o.get("shape") or []
+        if len(shape) >= 2:
+            width = shape[1] if isinstance(shape[1], int) else None
+            scalar = {"type": "array", "items": scalar, **({"minItems": width, "maxItems": width} if width else {})}
+        prediction_props[o["name"]] = scalar
+    output_names = [o["name"] for o in meta.outputs]
+    tensor_meta = _obj({"name": {"type": "string"}, "datatype": {"type": "string"},
+                        "shape": {"type": "array", "items": {"type": "integer"}}})
+
+    feedback_item = {
+        "type": "object", "title": "feedback",
+        "properties": {"id": {"type": "string", "minLength": 1, "description": "A prediction id the server returned."},
+                       "label": {"type": "string", "description": "The true class (classification)."},
+                       "value": {"type": "number", "description": "The true value (regression)."}},
+        "required": ["id"], "anyOf": [{"required": ["label"]}, {"required": ["value"]}],
+    }
+    return {
+        "Error": {"type": "object", "required": ["error", "field"],
+                  "properties": {"error": {"type": "string", "description": "'<field>: <why>'"},
+                                 "field": {"type": "string", "description": "The field at fault, e.g. "
+                                           "'instances[0].age', 'inputs[1].shape', 'body', 'model'."}}},
+        "ModelReady": _obj({"name": {"type": "string", "const": meta.name}, "ready": {"type": "boolean"}}),
+        "V1Request": _obj({
+            "instances": {"type": "array", "items": instance, "minItems": 1, "maxItems": max_batch,
+                          "description": f"Rows: objects of named columns, or lists in schema order {columns}."},
+            "id": {"type": "string", "description": "Request id: prediction ids are it, or it-0, it-1, ..."},
+        }, required=["instances"]),
+        "V1Response": _obj({
+            "predictions": {"type": "array", "items": _obj(prediction_props)},
+            "ids": {"type": "array", "items": {"type": "string"}},
+        }),
+        "V2Request": _obj({
+            "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "inputs": {"anyOf": [
+                {"type": "array", "title": "one tensor per column", "items": {"anyOf": [tensor(i) for i in meta.inputs]},
+                 "minItems": len(columns), "maxItems": len(columns)},
+                {"type": "array", "title": "one tensor of all columns", "items": single, "minItems": 1, "maxItems": 1},
+            ]},
+            "outputs": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string", "enum": output_names}}}},
+        }, required=["inputs"]),
+        "V2Response": _obj({
+            "model_name": {"type": "string"},
+            "model_version": {"type": ["string", "null"]},
+            "id": {"type": "string"},
+            "parameters": _obj({"prediction_ids": {"type": "string"}}),
+            "outputs": {"type": "array", "items": _obj({
+                "name": {"type": "string", "enum": output_names},
+                "datatype": {"type": "string", "enum": ["BYTES", "FP32"]},
+                "shape": {"type": "array", "items": {"type": "integer"}},
+                "data": {"type": "array", "items": {"type": ["string", "number"]}},
+            })},
+        }),
+        "ModelMetadata": _obj({
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"},
+            "inputs": {"type": "array", "items": tensor_meta},
+            "outputs": {"type": "array", "items": tensor_meta},
+        }),
+        "FeedbackRequest": {"anyOf": [feedback_item, {"type": "array", "items": feedback_item}]},
+        "FeedbackResponse": _obj({"recorded": {"type": "integer", "minimum": 0}}),
+    }
