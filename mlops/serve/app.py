@@ -269,6 +269,11 @@ class Server:
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
 
+    async def openapi(self, request: Request) -> Response:
+        from mlops.serve.openapi import openapi_spec
+
+        return JSONResponse(openapi_spec(self.predictor.meta, self.predictor.max_batch))
+
     def app(self) -> Starlette:
         routes = [
             Route("/v2/health/live", self.live), Route("/v2/health/ready", self.ready), Route("/v2", self.server_metadata),
@@ -277,7 +282,7 @@ class Server:
             Route("/v1/models/{name}", self.model_ready),  # V1 model status: the same answer
             Route("/v1/models/{name_verb:path}", self.v1_predict, methods=["POST"]),
             Route("/v1/feedback", self.feedback, methods=["POST"]),
-            Route("/metrics", self.prometheus),
+            Route("/metrics", self.prometheus), Route("/openapi.json", self.openapi),
         ]
         return Starlette(routes=routes, lifespan=self._lifespan)
 

@@ -23,9 +23,6 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from mlops.package.bundle import read_bundle
@@ -49,18 +46,9 @@ POST_ROUTES = {"v1": V1, "v2": V2, "feedback": FEEDBACK}
 START_TIMEOUT = 90  # a cold `python -m mlops.cli` import on a busy 2-core machine takes seconds
 
 
-# --- the app, with GET /openapi.json mounted until mlops/serve/app.py serves it itself -------------------
-
 def with_openapi(server: Server) -> Starlette:
-    app = server.app()
-    if not any(getattr(r, "path", None) == "/openapi.json" for r in app.routes):
-        spec = openapi_spec(server.predictor.meta, server.predictor.max_batch)
-
-        async def openapi(request: Request) -> Response:
-            return JSONResponse(spec)
-
-        app.router.routes.append(Route("/openapi.json", openapi))
-    return app
+    """The app as `mlops serve` runs it, GET /openapi.json included."""
+    return server.app()
 
 
 @pytest.fixture(scope="module")
