@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ab-key-header", default="X-Request-Key",
                    help="request header whose value picks the A/B arm (default X-Request-Key; "
                         "without it the body's id, else random)")
+    p.add_argument("--reload-interval", type=float, default=None, metavar="S",
+                   help="for NAME@ALIAS references: re-resolve the aliases every S seconds and swap a moved one in "
+                        "without a restart (default 10; 0: only on POST /v2/repository/models/NAME/load)")
     p.add_argument("--runtime", choices=("mlops", "kserve"), default="mlops",
                    help="mlops: the lean ASGI app with prediction log, shadow, A/B and batching (default); kserve: "
                         "the stock kserve.ModelServer over the same model (inference only: no log, no routing)")
@@ -244,7 +247,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mlops.serve.run import serve
 
     serve(args.model, args.host, args.port, args.log, args.max_batch, shadow=args.shadow, ab=args.ab,
-          ab_key_header=args.ab_key_header, batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms)
+          ab_key_header=args.ab_key_header, batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms,
+          reload_interval=args.reload_interval)
     return 0
 
 

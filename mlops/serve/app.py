@@ -37,6 +37,7 @@ from mlops.serve.routing import (
     Arm,
     ShadowRunner,
     assign_arm,
+    check_compatible,
     request_key,
 )
 
@@ -81,6 +82,29 @@ class Server:
                     self.batchers[arm.variant] = MicroBatcher(arm.predictor, batch_max, batch_wait_ms, observe)
         # a batch's requests resume together: their log rows then share one hand-off and one commit
         self._log_writer: Any = SharedLogWrites(log) if self.batchers and log is not None else log
+        self.watcher: Any = None  # an AliasWatcher when served from NAME@ALIAS references (mlops/serve/reload.py)
+        for arm in (self.champion, self.challenger, self.shadow.arm if self.shadow else None):
+            if arm is not None:
+                self.metrics.serving(arm.name, arm.variant, arm.version)
+
+    def swap(self, variant: str, predictor: Predictor, version: str | None) -> None:
+        """Serve `predictor` as `variant` from the next request on (its alias moved). Requests already in a
+        model call finish on the old one. It must take the same inputs, or the swap is refused."""
+        current = {self.variant: self.champion, CHALLENGER: self.challenger,
+                   SHADOW: self.shadow.arm if self.shadow else None}.get(variant)
+        if current is None:
+            raise ValueError(f"no {variant} arm to swap")
+        check_compatible(self.champion.predictor, predictor, variant)
+        arm = Arm(predictor, version, variant)
+        if variant == self.variant:
+            self.champion, self.predictor, self.version = arm, predictor, version
+        elif variant == CHALLENGER:
+            self.challenger = arm
+        elif self.shadow is not None:
+            self.shadow.arm = arm
+        if variant in self.batchers:
+            self.batchers[variant].predictor = predictor
+        self.metrics.serving(arm.name, variant, version, previous=current.version or "")
 
     # --- shared request handling --------------------------------------------------------------------
 
@@ -269,6 +293,21 @@ class Server:
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
 
+    async def load(self, request: Request) -> Response:
+        """KServe's V2 repository extension, `POST /v2/repository/models/<name>/load`: re-resolve the aliases
+        this server follows now, instead of at the next periodic check."""
+        async def work(request: Request, started: float) -> Response:
+            self._model(request)
+            from starlette.concurrency import run_in_threadpool
+
+            changes = await run_in_threadpool(self.watcher.check) if self.watcher is not None else []
+            failed = [c for c in changes if "error" in c]
+            body = {"name": self.predictor.name, "load": not failed, "version": self.version, "changes": changes,
+                    "watching": sorted(self.watcher.watched) if self.watcher is not None else []}
+            return JSONResponse(body, status_code=409 if failed else 200)
+
+        return await self._handle(request, "load", work)
+
     async def openapi(self, request: Request) -> Response:
         from mlops.serve.openapi import openapi_spec
 
@@ -282,13 +321,18 @@ class Server:
             Route("/v1/models/{name}", self.model_ready),  # V1 model status: the same answer
             Route("/v1/models/{name_verb:path}", self.v1_predict, methods=["POST"]),
             Route("/v1/feedback", self.feedback, methods=["POST"]),
+            Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
             Route("/metrics", self.prometheus), Route("/openapi.json", self.openapi),
         ]
         return Starlette(routes=routes, lifespan=self._lifespan)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        if self.watcher is not None:
+            self.watcher.start()
         yield
+        if self.watcher is not None:
+            self.watcher.stop()
         for batcher in self.batchers.values():
             await batcher.close()
         if self.shadow is not None:  # let queued shadow work finish (bounded wait) before the log closes

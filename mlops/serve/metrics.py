@@ -35,6 +35,17 @@ class ServeMetrics:
                                       "Requests not sent to the shadow because its queue was full", ["model"],
                                       registry=self.registry)
         self.in_flight = Gauge("mlops_requests_in_flight", "Requests being handled", registry=self.registry)
+        # which version each arm serves now: 1 for the live one (a rollout reads it; see mlops/serve/reload.py)
+        self.model_info = Gauge("mlops_model_info", "The model version each variant serves (value 1)",
+                                ["model", "variant", "version"], registry=self.registry)
+        self.reloads = Counter("mlops_model_reloads_total", "Versions swapped in because their alias moved",
+                               ["model", "variant"], registry=self.registry)
+
+    def serving(self, model: str, variant: str, version: str | None, previous: str | None = None) -> None:
+        if previous is not None:
+            self.model_info.remove(model, variant, previous)
+            self.reloads.labels(model, variant).inc()
+        self.model_info.labels(model, variant, version or "").set(1)
 
     def observe(self, route: str, model: str, variant: str, status: int, seconds: float) -> None:
         self.requests.labels(route, model, variant, str(status)).inc()

@@ -68,6 +68,14 @@ def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
     variant_header = {"X-Model-Variant": {"description": "The variant that answered (A/B testing).",
                                           "schema": {"type": "string", "enum": VARIANTS}}}
     body_errors = ("400", "404", "413", "422")
+    load_result = _obj({"name": {"type": "string"}, "load": {"type": "boolean"},
+                        "version": {"type": ["string", "null"]}, "changes": {"type": "array"},
+                        "watching": {"type": "array", "items": {"type": "string"}}})
+    load_op = op("v2RepositoryLoad", "Re-resolve the NAME@ALIAS references this server follows, and swap in "
+                 "versions whose alias moved (no body needed)", ok_json(load_result), ("404",),
+                 params=[model_param], tags=("v2",))
+    load_op["responses"]["409"] = ok_json(load_result, "A moved alias pointed at a version that could not be "
+                                          "loaded: the running version keeps serving")
     paths: dict[str, Any] = {
         # --- V1 -------------------------------------------------------------------------------------
         "/v1/models/{name}": {"get": op(
@@ -97,6 +105,8 @@ def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
             "v2Infer", "V2 inference: one tensor per input column, or one [N, columns] tensor",
             ok_json(_ref("V2Response"), headers=variant_header), body_errors, body=_ref("V2Request"),
             params=[model_param], tags=("v2",))},
+        # --- V2 model repository extension: follow a moved alias now (mlops/serve/reload.py) ---------------
+        "/v2/repository/models/{name}/load": {"post": load_op},
         # --- operations -----------------------------------------------------------------------------
         "/metrics": {"get": op("metrics", "Prometheus metrics", {
             "description": "Prometheus text exposition format",

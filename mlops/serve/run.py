@@ -28,6 +28,9 @@ def resolve_bundle(ref: str) -> tuple[Path, str | None]:
     return download_bundle(client, name, version, mlops_home() / "bundles"), version
 
 
+CHAMPION_VARIANT = "champion"
+
+
 def default_log_path(model: str) -> Path:
     return mlops_home() / "predictions" / f"{model}.sqlite"
 
@@ -47,39 +50,47 @@ def check_batching(batch_max: int | None, batch_wait_ms: float | None) -> tuple[
 
 def build_server(ref: str, log_path: str | None = None, max_batch: int = 1024, max_body: int | None = None,
                  shadow: str | None = None, ab: str | None = None, ab_key_header: str | None = None,
-                 batch_max: int | None = None, batch_wait_ms: float | None = None) -> Any:
+                 batch_max: int | None = None, batch_wait_ms: float | None = None,
+                 reload_interval: float | None = None) -> Any:
     """The server for `ref`; `shadow` is another model reference, `ab` is `REF:PERCENT`; `batch_max` > 1
     turns adaptive batching on (up to that many rows per model call, waiting at most `batch_wait_ms`)."""
     from mlops.serve.app import DEFAULT_MAX_BODY, Server
     from mlops.serve.log import PredictionLog
     from mlops.serve.predictor import Predictor
+    from mlops.serve.reload import DEFAULT_INTERVAL_S, AliasWatcher
     from mlops.serve.routing import CHALLENGER, DEFAULT_KEY_HEADER, SHADOW, Arm, check_compatible, parse_ab
 
     ab_ref, ab_percent = parse_ab(ab) if ab else (None, 0.0)  # a malformed --ab fails before anything loads
     batch_max, batch_wait_ms = check_batching(batch_max, batch_wait_ms)
+    if reload_interval is not None and not 0 <= reload_interval <= 86_400:  # NaN fails too
+        raise MlopsError(f"--reload-interval {reload_interval}: expected seconds in [0, 86400] (0: never)")
     bundle, version = resolve_bundle(ref)
     predictor = Predictor(bundle, max_batch=max_batch)
     arms: dict[str, Arm] = {}
+    refs = {CHAMPION_VARIANT: (ref, version)}
     for flag, other, variant in (("--shadow", shadow, SHADOW), ("--ab", ab_ref, CHALLENGER)):
         if other:
             other_bundle, other_version = resolve_bundle(other)
             other_predictor = Predictor(other_bundle, max_batch=max_batch)
             check_compatible(predictor, other_predictor, flag)
             arms[variant] = Arm(other_predictor, other_version, variant)
+            refs[variant] = (other, other_version)
     log = PredictionLog(log_path or default_log_path(predictor.name))
-    return Server(predictor, log, version=version, token=os.environ.get("MLOPS_SERVE_TOKEN") or None,
-                  max_body=max_body or DEFAULT_MAX_BODY, shadow=arms.get(SHADOW), challenger=arms.get(CHALLENGER),
-                  ab_percent=ab_percent, ab_key_header=ab_key_header or DEFAULT_KEY_HEADER, batch_max=batch_max,
-                  batch_wait_ms=batch_wait_ms)
+    server = Server(predictor, log, version=version, token=os.environ.get("MLOPS_SERVE_TOKEN") or None,
+                    max_body=max_body or DEFAULT_MAX_BODY, shadow=arms.get(SHADOW), challenger=arms.get(CHALLENGER),
+                    ab_percent=ab_percent, ab_key_header=ab_key_header or DEFAULT_KEY_HEADER, batch_max=batch_max,
+                    batch_wait_ms=batch_wait_ms)
+    server.watcher = AliasWatcher(server, refs, DEFAULT_INTERVAL_S if reload_interval is None else reload_interval)
+    return server
 
 
 def serve(ref: str, host: str, port: int, log_path: str | None, max_batch: int, shadow: str | None = None,
           ab: str | None = None, ab_key_header: str | None = None, batch_max: int | None = None,
-          batch_wait_ms: float | None = None) -> None:
+          batch_wait_ms: float | None = None, reload_interval: float | None = None) -> None:
     import uvicorn
 
     server = build_server(ref, log_path, max_batch, shadow=shadow, ab=ab, ab_key_header=ab_key_header,
-                          batch_max=batch_max, batch_wait_ms=batch_wait_ms)
+                          batch_max=batch_max, batch_wait_ms=batch_wait_ms, reload_interval=reload_interval)
     print(f"mlops serve: model '{server.predictor.name}' version {server.version or '-'} from {server.predictor.path}",
           flush=True)
     if server.challenger is not None:
@@ -93,6 +104,10 @@ def serve(ref: str, host: str, port: int, log_path: str | None, max_batch: int, 
     if server.batchers:
         print(f"mlops serve: adaptive batching: up to {server.batch_max} rows per model call, a request waits at "
               f"most {server.batch_wait_ms:g} ms for others (none when it is alone)", flush=True)
+    if server.watcher.watched and server.watcher.interval > 0:
+        print(f"mlops serve: following {', '.join(w.ref for w in server.watcher.watched.values())}: a moved alias is "
+              f"swapped in within {server.watcher.interval:g} s (or at once on POST "
+              f"/v2/repository/models/{server.predictor.name}/load), no restart", flush=True)
     print(f"mlops serve: http://{host}:{port}/v2/models/{server.predictor.name}/infer  (log {server.log.path})",
           flush=True)
     uvicorn.run(server.app(), host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,58 @@
+"""Alias following in the server: a moved alias swaps in at once; a version that cannot be loaded is refused
+and the running one keeps answering. The registry is what is faked here (a resolver function)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.testclient import TestClient
+
+from mlops.serve.app import Server
+from mlops.serve.log import PredictionLog, read_predictions
+from mlops.serve.predictor import Predictor
+from mlops.serve.reload import AliasWatcher
+from tests.serve_fixtures import build_bundle
+
+ROW = {"age": 41.0, "income": 50.0, "city": "a"}
+
+
+def test_swap_on_load_and_refusal_of_a_broken_version(tmp_path: Path) -> None:
+    v1 = build_bundle(tmp_path / "v1", weights_seed=1)
+    v2 = build_bundle(tmp_path / "v2", weights_seed=2)
+    broken = build_bundle(tmp_path / "v3", weights_seed=3)
+    (broken / "model.onnx").write_bytes((broken / "model.onnx").read_bytes() + b"tampered")
+    registry = {"toy@champion": (v1, "1")}
+    log_path = tmp_path / "log.sqlite"
+    server = Server(Predictor(v1), PredictionLog(log_path), version="1")
+    server.watcher = AliasWatcher(server, {"champion": ("toy@champion", "1")}, interval=0,
+                                  resolve=lambda ref: registry[ref])
+    with TestClient(server.app()) as client:
+        def answer(request_id: str) -> dict:
+            response = client.post("/v1/models/toy:predict", json={"id": request_id, "instances": [ROW]})
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        first = answer("a")
+        registry["toy@champion"] = (v2, "2")
+        loaded = client.post("/v2/repository/models/toy/load")
+        assert loaded.status_code == 200
+        assert loaded.json()["changes"] == [{"variant": "champion", "ref": "toy@champion", "from": "1", "to": "2"}]
+        second = answer("b")
+        assert second["predictions"] == Predictor(v2).predict(Predictor(v2).feeds_from_rows([ROW])).instances()
+        assert first["predictions"] != second["predictions"]  # the two versions answer differently
+
+        registry["toy@champion"] = (broken, "3")
+        refused = client.post("/v2/repository/models/toy/load")
+        assert refused.status_code == 409 and "altered" in refused.json()["changes"][0]["error"]
+        answer("c")
+        metrics = client.get("/metrics").text
+    assert 'mlops_model_info{model="toy",variant="champion",version="2"} 1.0' in metrics
+    assert 'version="1"' not in metrics.split("mlops_model_info")[-1].split("\n# ")[0]
+    assert {r["id"]: r["version"] for r in read_predictions(log_path)} == {"a": "1", "b": "2", "c": "2"}
+
+
+def test_pinned_references_are_not_watched(tmp_path: Path) -> None:
+    bundle = build_bundle(tmp_path / "b")
+    server = Server(Predictor(bundle), None)
+    watcher = AliasWatcher(server, {"champion": (str(bundle), None), "shadow": ("toy/3", "3")}, interval=1)
+    assert watcher.watched == {}
