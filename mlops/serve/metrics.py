@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -34,6 +35,8 @@ class ServeMetrics:
         self.shadow_dropped = Counter("mlops_shadow_dropped_total",
                                       "Requests not sent to the shadow because its queue was full", ["model"],
                                       registry=self.registry)
+        self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+        self._classes: dict[tuple[str, str, Any], Any] = {}
         self.in_flight = Gauge("mlops_requests_in_flight", "Requests being handled", registry=self.registry)
         # which version each arm serves now: 1 for the live one (a rollout reads it; see mlops/serve/reload.py)
         self.model_info = Gauge("mlops_model_info", "The model version each variant serves (value 1)",
@@ -48,12 +51,23 @@ class ServeMetrics:
         self.model_info.labels(model, variant, version or "").set(1)
 
     def observe(self, route: str, model: str, variant: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, model, variant, str(status)).inc()
-        self.latency.labels(route, model, variant).observe(seconds)
+        # `labels()` hashes and validates its arguments on every call, which cost more than the model call
+        # itself for a small model: each label combination's children are looked up once and kept
+        key = (route, model, variant, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(route, model, variant, str(status)),
+                                               self.latency.labels(route, model, variant))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def count_classes(self, model: str, variant: str, labels: Any) -> None:
-        for label, n in Tally(str(v) for v in labels).items():
-            self.classes.labels(model, variant, label).inc(n)
+        for label, n in Tally(np.ravel(labels).tolist()).items():
+            key = (model, variant, label)
+            child = self._classes.get(key)
+            if child is None:
+                child = self._classes[key] = self.classes.labels(model, variant, str(label))
+            child.inc(n)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
