@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import secrets
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,7 +27,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mlops.serve.batching import DEFAULT_WAIT_MS, MicroBatcher, SharedLogWrites, batch_rows_histogram
-from mlops.serve.log import FeedbackError, PredictionLog, feedback_row, prediction_rows
+from mlops.serve.log import (
+    FeedbackError,
+    LoopCommits,
+    PredictionLog,
+    feedback_row,
+    loop_commits_ok,
+    prediction_rows,
+)
 from mlops.serve.metrics import ServeMetrics
 from mlops.serve.predictor import Prediction, Predictor, RequestError, parse_json_body
 from mlops.serve.routing import (
@@ -80,8 +88,13 @@ class Server:
                 if arm is not None:
                     observe = histogram.labels(arm.name, arm.variant).observe
                     self.batchers[arm.variant] = MicroBatcher(arm.predictor, batch_max, batch_wait_ms, observe)
-        # a batch's requests resume together: their log rows then share one hand-off and one commit
-        self._log_writer: Any = SharedLogWrites(log) if self.batchers and log is not None else log
+        # where the rows of answered requests go: committed on the loop when commits do not fsync (see
+        # LoopCommits); else through the log thread, a batch's requests sharing one hand-off and one commit
+        self._log_writer: Any = log
+        if log is not None and loop_commits_ok():
+            self._log_writer = LoopCommits(log)
+        elif log is not None and self.batchers:
+            self._log_writer = SharedLogWrites(log)
         self.watcher: Any = None  # an AliasWatcher when served from NAME@ALIAS references (mlops/serve/reload.py)
         for arm in (self.champion, self.challenger, self.shadow.arm if self.shadow else None):
             if arm is not None:
@@ -144,6 +157,11 @@ class Server:
         except RequestError as exc:
             status = exc.status
             return JSONResponse(exc.body(), status_code=exc.status)
+        except sqlite3.Error as exc:  # the prediction could not be logged: never answer it as a success
+            status = 503
+            print(f"mlops serve: prediction log error on {route}: {exc}", flush=True)
+            return JSONResponse({"error": f"log: the prediction log is unavailable ({exc})", "field": "log"},
+                                status_code=503)
         except Exception as exc:  # a bug or a broken model: report it with an id, keep serving
             error_id = uuid.uuid4().hex[:12]
             print(f"mlops serve: error {error_id} on {route}: {type(exc).__name__}: {exc}", flush=True)
@@ -284,7 +302,7 @@ class Server:
                 except FeedbackError as exc:
                     raise RequestError(f"{where}.{exc.field}", exc.message) from None
             if self.log is not None:
-                await self.log.write("feedback", rows)
+                await self._log_writer.write("feedback", rows)
             return JSONResponse({"recorded": len(rows)})
 
         return await self._handle(request, "feedback", work)
@@ -337,6 +355,8 @@ class Server:
             await batcher.close()
         if self.shadow is not None:  # let queued shadow work finish (bounded wait) before the log closes
             self.shadow.close()
+        if isinstance(self._log_writer, LoopCommits):
+            self._log_writer.close()
         if self.log is not None:  # drain and close: whatever was acknowledged is already committed
             self.log.close()
 

@@ -197,3 +197,22 @@ def test_kserve_runtime_refuses_what_only_our_app_does(tmp_path: Path) -> None:
                            "--shadow", str(bundle)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "--shadow" in proc.stderr and "--runtime mlops" in proc.stderr
+
+
+@pytest.mark.parametrize("sync", ["NORMAL", "FULL"], ids=["commit-on-loop", "commit-on-log-thread"])
+def test_a_prediction_that_cannot_be_logged_is_never_a_200(bundle: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch, sync: str) -> None:
+    monkeypatch.setenv("MLOPS_LOG_SYNC", sync)
+    client, log_path = make_client(bundle, tmp_path)
+    with client:
+        assert client.post("/v1/models/toy:predict", json={"instances": [ROW]}).status_code == 200
+        db = sqlite3.connect(log_path)
+        db.execute("ALTER TABLE predictions RENAME TO moved")  # every later insert fails
+        db.commit()
+        failed = client.post("/v1/models/toy:predict", json={"instances": [ROW]})
+        assert failed.status_code == 503 and failed.json()["field"] == "log"
+        db.execute("ALTER TABLE moved RENAME TO predictions")
+        db.commit()
+        db.close()
+        assert client.post("/v1/models/toy:predict", json={"id": "back", "instances": [ROW]}).status_code == 200
+    assert [r["id"] for r in read_predictions(log_path)][-1] == "back" and len(read_predictions(log_path)) == 2
