@@ -50,6 +50,12 @@ system-deps:
 		  $$SUDO systemctl disable prometheus.service >/dev/null 2>&1 || true; } && \
 		{ $$SUDO service prometheus stop >/dev/null 2>&1 || true; } )
 
+# PySpark 4 needs Java 17+ (tests/integration/test_score_spark.py): Debian 12's default-jre-headless is 17
+	@command -v java >/dev/null || ( \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			--no-install-recommends default-jre-headless )
+
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
@@ -57,6 +63,7 @@ bench: $(STAMP) bench-deps
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/sweep.py
 	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/batch.py
 
 # benchmarks/serve.py drives the servers with Debian's wrk (HTTP load generator, Lua-scripted POST bodies)
 .PHONY: bench-deps

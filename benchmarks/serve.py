@@ -13,7 +13,9 @@ protocol and concurrency, every server in turn) so that background load hits the
 * `mlops serve` + adaptive batching: the same with the batching flags, when `mlops serve --help` lists them
   (`--batch-max` and `--batch-wait-ms`, or whatever `--batch-args` gives); otherwise the row is skipped;
 * `mlops serve --shadow BUNDLE`: the same bundle again as the shadow (its cost on the answered requests);
-* KServe: `python -m mlops.serve.kserve_runtime BUNDLE`, kserve.ModelServer over our kserve.Model;
+* KServe stock: `kserve.ModelServer(http_port=...).start([model])` over our kserve.Model, every other setting
+  at KServe's default (its per-request logging on): the goals compare with this one;
+* KServe tuned: `mlops serve BUNDLE --runtime kserve`, the same with its per-request logging off;
 * bare ASGI: a raw ASGI callable under uvicorn (same uvicorn settings as `mlops serve`: loop and http
   implementation `auto`, access log off, log level warning) that decodes the JSON with no validation,
   runs the ONNX Runtime session (1 intra-op thread, as ours) and answers JSON. The floor for any server.
@@ -56,9 +58,10 @@ CONCURRENCY = (1, 8, 32)
 PROTOCOLS = ("v1", "v2")
 DEFAULT_BATCH_ARGS = ["--batch-max", "32", "--batch-wait-ms", "2"]
 
-OURS, BATCHED, SHADOW, KSERVE, BARE = "ours", "batched", "shadow", "kserve", "bare"
+OURS, BATCHED, SHADOW, STOCK, KSERVE, BARE = "ours", "batched", "shadow", "stock", "kserve", "bare"
 LABELS = {OURS: "`mlops serve` (log + metrics)", BATCHED: "`mlops serve` + adaptive batching",
-          SHADOW: "`mlops serve --shadow` (same bundle)", KSERVE: "KServe ModelServer (stock)",
+          SHADOW: "`mlops serve --shadow` (same bundle)", STOCK: "KServe ModelServer, stock settings",
+          KSERVE: "KServe ModelServer, tuned (`mlops serve --runtime kserve`)",
           BARE: "bare ASGI + ONNX Runtime (floor)"}
 
 
@@ -125,6 +128,16 @@ def bare_asgi_app(bundle: Path) -> Any:
                  "data": v.reshape(-1).tolist()} for k, v in outputs.items()]})
 
     return app
+
+
+def run_kserve_stock(bundle: Path, port: int) -> None:
+    """`kserve.ModelServer(http_port=...).start([model])` with every other setting at KServe's default (its
+    per-request latency and access logging, gRPC on its default port): what the issue calls stock."""
+    from mlops.serve.kserve_runtime import BundleModel, kserve
+
+    model = BundleModel(bundle)
+    model.load()
+    kserve.ModelServer(http_port=port).start([model])
 
 
 def run_bare(bundle: Path, host: str, port: int) -> None:
@@ -417,15 +430,15 @@ def goals(proto: str, results: dict[tuple[str, str, int], dict[str, float]], bat
         verdict = "n/a" if value is None or met is None else ("MET" if met else "NOT MET")
         return f"- {text}: **{shown}** (goal {goal}) {verdict}{why}"
 
-    tput = ratio(get(OURS, 8), get(KSERVE, 8), "rps")
-    p99 = ratio(get(OURS, 8), get(KSERVE, 8), "p99")
+    tput = ratio(get(OURS, 8), get(STOCK, 8), "rps")
+    p99 = ratio(get(OURS, 8), get(STOCK, 8), "p99")
     bare = ratio(get(OURS, 8), get(BARE, 8), "rps")
     batched = ratio(get(BATCHED, 32), get(OURS, 32), "rps")
     shadow = ratio(get(SHADOW, 8), get(OURS, 8), "p99")
     shadow = None if shadow is None else shadow - 1
     return [
-        line("ours / KServe throughput at c=8", tput, ">= 3.5x", tput is not None and tput >= 3.5, ".2f"),
-        line("ours / KServe p99 at c=8", p99, "<= 0.3x", p99 is not None and p99 <= 0.3, ".2f"),
+        line("ours / KServe stock throughput at c=8", tput, ">= 3.5x", tput is not None and tput >= 3.5, ".2f"),
+        line("ours / KServe stock p99 at c=8", p99, "<= 0.3x", p99 is not None and p99 <= 0.3, ".2f"),
         line("ours / bare ASGI throughput at c=8", bare, ">= 0.5x", bare is not None and bare >= 0.5, ".2f"),
         line("batched / unbatched throughput at c=32", batched, ">= 1.5x", batched is not None and batched >= 1.5,
              ".2f", "" if batched is not None else f": {batch_note}"),
@@ -443,11 +456,15 @@ def main() -> None:
     parser.add_argument("--bundle", help="bundle directory to serve (default: see the module doc)")
     parser.add_argument("--batch-args", help="adaptive batching flags of `mlops serve` (default: read --help)")
     parser.add_argument("--bare-asgi", metavar="BUNDLE", help=argparse.SUPPRESS)  # the floor's own process
+    parser.add_argument("--kserve-stock", metavar="BUNDLE", help=argparse.SUPPRESS)  # stock KServe's process
     parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=8080, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_asgi:
         run_bare(Path(args.bare_asgi), args.host, args.port)
+        return
+    if args.kserve_stock:
+        run_kserve_stock(Path(args.kserve_stock), args.port)
         return
     if shutil.which("wrk") is None:
         raise SystemExit("benchmarks/serve.py needs wrk: `make bench-deps` (Debian: apt-get install wrk)")
@@ -470,7 +487,8 @@ def main() -> None:
         if batch:
             servers.append(Server(BATCHED, [*ours, "--log", str(tmp / "batched.sqlite"), *batch]))
         servers += [Server(SHADOW, [*ours, "--log", str(tmp / "shadow.sqlite"), "--shadow", str(bundle)]),
-                    Server(KSERVE, [sys.executable, "-m", "mlops.serve.kserve_runtime", str(bundle)]),
+                    Server(STOCK, [sys.executable, str(Path(__file__).resolve()), "--kserve-stock", str(bundle)]),
+                    Server(KSERVE, [sys.executable, "-m", "mlops.cli", "serve", str(bundle), "--runtime", "kserve"]),
                     Server(BARE, [sys.executable, str(Path(__file__).resolve()), "--bare-asgi", str(bundle)])]
         shown = servers if batch else [*servers[:1], Server(BATCHED, [], note=batch_note), *servers[1:]]
 

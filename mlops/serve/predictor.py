@@ -114,7 +114,7 @@ class Predictor:
                 if n not in row:
                     raise RequestError(f"{where}[{i}].{n}", "missing column (send null for a missing value)")
                 columns[n].append(row[n])
-        return {n: self._column(n, values, f"{where}[].{n}") for n, values in columns.items()}
+        return {n: self.column(n, values, f"{where}[].{n}") for n, values in columns.items()}
 
     def feeds_from_v2(self, inputs: Any) -> dict[str, np.ndarray]:
         """V2 inputs: one tensor per column (shape [N] or [N,1]), or one [N, n_columns] tensor."""
@@ -143,7 +143,7 @@ class Predictor:
             if rows is not None and len(values) != rows:
                 raise RequestError(f"inputs[{k}].shape", f"has {len(values)} rows, other inputs have {rows}")
             rows = len(values)
-            seen[name] = self._column(name, values, f"inputs[{k}].data", t["datatype"])
+            seen[name] = self.column(name, values, f"inputs[{k}].data", t["datatype"])
         missing = [n for n in names if n not in seen]
         if missing:
             raise RequestError(f"inputs.{missing[0]}", "missing input (send null in BYTES or NaN-free data)")
@@ -155,7 +155,7 @@ class Predictor:
             raise RequestError("inputs[0].shape", f"a single tensor must be [N, {len(names)}] in schema order {names}")
         # a tensor mixing numbers and strings can only be BYTES: its numeric columns then carry JSON numbers
         datatype = None if t["datatype"] == "BYTES" else t["datatype"]
-        return {n: self._column(n, [r[j] for r in values], f"inputs[0].data[][{j}]", datatype)
+        return {n: self.column(n, [r[j] for r in values], f"inputs[0].data[][{j}]", datatype)
                 for j, n in enumerate(names)}
 
     def _tensor_values(self, t: dict[str, Any], k: int, columns: int) -> list[Any]:
@@ -184,7 +184,7 @@ class Predictor:
         if n > self.max_batch:
             raise RequestError(where, f"batch of {n} rows is over the limit of {self.max_batch}", status=413)
 
-    def _column(self, name: str, values: list[Any], where: str, datatype: str | None = None) -> np.ndarray:
+    def column(self, name: str, values: list[Any], where: str, datatype: str | None = None) -> np.ndarray:
         spec = self.columns[name]
         if spec.dtype == "string":
             out = []

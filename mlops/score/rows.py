@@ -1,0 +1,248 @@
+"""Judge and score rows offline with the serving code: one verdict for a row, whether it arrives in a request,
+a file or a stream.
+
+Every value goes through `Predictor.column`, the check the server applies to each column of a request, so a
+row the server would refuse with a 400 is refused here too, with the same message, and a row it accepts is fed
+to ONNX Runtime exactly as the server feeds it. What differs is the outcome: the server refuses a request,
+batch and stream scoring keep going and report each bad row with the column at fault.
+
+Files and streams carry no JSON types, so their cells are first turned into the values a request would hold:
+`from_text` for text (CSV, Redis fields), `from_typed` for typed data (Parquet, Arrow).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlops.serve.predictor import Predictor, RequestError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlops.package.bundle import BundleMeta
+
+# pandas' default `na_values`: the cells training's `read_csv` took for missing values
+NA_TEXT = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                     "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+_INT = re.compile(r"\s*[+-]?\d+\s*")
+MAX_SHOWN = 40  # characters of an offending value quoted in an error
+
+
+def from_text(cell: str | None, numeric: bool) -> Any:
+    """A text cell as the JSON value a request would carry: NA tokens -> null; in a numeric column a number
+    (an integer stays an int, so the server's lossless-FP32 check applies) or, when it is not one, the text
+    itself, which the column check then refuses by name."""
+    if cell is None or cell in NA_TEXT:
+        return None
+    if not numeric:
+        return cell
+    try:
+        value = float(cell)
+    except ValueError:
+        return cell
+    if "_" in cell:  # float() takes "1_000"; read_csv does not
+        return cell
+    if value.is_integer() and _INT.fullmatch(cell):
+        return int(cell)
+    return value
+
+
+def from_typed(value: Any) -> Any:
+    """A typed cell (numpy/pandas scalar) as a plain Python value; NaN, NaT and NA are missing."""
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, np.generic):
+        return from_typed(value.item())
+    try:
+        import pandas as pd
+
+        if value is pd.NA or value is pd.NaT:
+            return None
+    except ImportError:  # pragma: no cover - pandas is a core dependency
+        pass
+    return value
+
+
+@dataclass
+class Judged:
+    """The verdict on n rows: feeds for the rows that passed (in order) and, per row, what failed."""
+
+    feeds: dict[str, np.ndarray]
+    ok: np.ndarray  # bool [n]
+    problems: list[list[tuple[str, str]]]  # per row: (column, message) for each failing column
+
+    @property
+    def rows(self) -> int:
+        return len(self.ok)
+
+    def error(self, i: int) -> str | None:
+        """Row i's error as one line naming each column at fault, or None."""
+        return "; ".join(f"{field}: {message}" for field, message in self.problems[i]) or None
+
+
+def judge(predictor: Predictor, columns: dict[str, Sequence[Any]], n: int,
+          row_problems: Sequence[tuple[str, str] | None] | None = None) -> Judged:
+    """Check `columns` (every input of the bundle, n plain values each) with the server's column check.
+
+    A column that passes as a whole costs one call; one that fails is checked again in runs split at each bad
+    value, so every bad row is found, not only the first. `row_problems` marks rows already known to be bad
+    (a missing id).
+    """
+    problems: list[list[tuple[str, str]]] = [[] for _ in range(n)]
+    for i, p in enumerate(row_problems or ()):
+        if p is not None:
+            problems[i].append(p)
+    feeds: dict[str, np.ndarray] = {}
+    for name, spec in predictor.columns.items():
+        values = list(columns[name])
+        try:
+            feeds[name] = predictor.column(name, values, name)
+            continue
+        except RequestError:
+            pass
+        feeds[name] = _column_by_parts(predictor, name, spec.dtype, values, problems)
+    ok = np.array([not p for p in problems], dtype=bool)
+    if not ok.all():
+        feeds = {k: v[ok] for k, v in feeds.items()}
+    return Judged(feeds, ok, problems)
+
+
+def _column_by_parts(predictor: Predictor, name: str, dtype: str, values: list[Any],
+                     problems: list[list[tuple[str, str]]]) -> np.ndarray:
+    """A column with bad values: check it in runs, each ending at the next value the check refuses (its index
+    is in the error's field, `name[i]`), so k bad values cost k + 1 calls, not one per value."""
+    placeholder: Any = "" if dtype == "string" else np.nan
+    parts: list[np.ndarray] = []
+    start = 0
+    while start < len(values):
+        try:
+            parts.append(predictor.column(name, values[start:], name))
+            break
+        except RequestError as exc:
+            bad = start + _index(exc.field, name)
+            if not start <= bad < len(values):  # unexpected field shape: fall back to one value at a time
+                bad = start + next(i for i, v in enumerate(values[start:]) if not _passes(predictor, name, v))
+            if bad > start:
+                parts.append(predictor.column(name, values[start:bad], name))
+            v = values[bad]
+            problems[bad].append((name, exc.message if repr(v) in exc.message
+                                  else f"{exc.message} (value {_shown(v)})"))
+            parts.append(np.asarray([placeholder], dtype=object if dtype == "string" else np.float32).reshape(-1, 1))
+            start = bad + 1
+    return np.concatenate(parts) if parts else np.empty((0, 1), dtype=object if dtype == "string" else np.float32)
+
+
+def _index(field: str, name: str) -> int:
+    """i from the field `name[i]` of a refused value; -1 when the field has another shape."""
+    if field.startswith(name + "[") and field.endswith("]") and field[len(name) + 1:-1].isdigit():
+        return int(field[len(name) + 1:-1])
+    return -1
+
+
+def _passes(predictor: Predictor, name: str, value: Any) -> bool:
+    try:
+        predictor.column(name, [value], name)
+        return True
+    except RequestError:
+        return False
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
+
+
+def frame_columns(predictor: Predictor, frame: pd.DataFrame, text: bool,
+                  integers: frozenset[str] = frozenset()) -> dict[str, list[Any]]:
+    """The bundle's input columns of `frame` as plain values: parsed from text (CSV) or from typed cells;
+    `integers` names integer-typed columns whose values pandas may hold as floats (when a null is near)."""
+    out: dict[str, list[Any]] = {}
+    for name, spec in predictor.columns.items():
+        numeric = spec.dtype != "string"
+        cells = frame[name].tolist()
+        if text:
+            out[name] = [from_text(c, numeric) for c in cells]
+        elif name in integers:
+            out[name] = [int(v) if isinstance(v, float) else v for v in map(from_typed, cells)]
+        else:
+            out[name] = [from_typed(c) for c in cells]
+    return out
+
+
+# --- outputs -----------------------------------------------------------------------------------------------
+
+ARROW_TYPES = {"string": "string", "float32": "float32", "float64": "float64", "int64": "int64", "int32": "int32",
+               "bool": "bool"}
+
+
+def output_fields(meta: BundleMeta) -> list[tuple[str, str, bool]]:
+    """(name, element dtype, is a list per row) for each model output, from bundle.json: `label` (string),
+    `probabilities` (float32 list), `prediction` (float32)."""
+    fields = []
+    for o in meta.outputs:
+        dtype = str(o.get("dtype", "float32"))
+        if dtype not in ARROW_TYPES:
+            raise ValueError(f"model output '{o['name']}' has dtype {dtype}, which batch scoring cannot store")
+        fields.append((str(o["name"]), dtype, len(o.get("shape", ["N"])) > 1))
+    return fields
+
+
+def score_frame(predictor: Predictor, frame: pd.DataFrame, text: bool, first_row: int, source: str,
+                id_column: str | None, model_version: str | None, fields: list[tuple[str, str, bool]],
+                integers: frozenset[str] = frozenset()) -> pd.DataFrame:
+    """Judge and score one chunk whose first row is row `first_row` of the input: one output row per input row,
+    in order. Columns: id, row, model, version, each model output (null on a failed row), error (null on a
+    scored row). The id is the `id_column` value (a row without one fails), else `<source>:<row>`."""
+    import pandas as pd
+
+    n = len(frame)
+    rows = np.arange(first_row, first_row + n, dtype=np.int64)
+    generated = [f"{source}:{r}" for r in rows.tolist()]
+    row_problems: list[tuple[str, str] | None] = []
+    ids = generated
+    if id_column is not None:
+        declared = [from_typed(v) for v in frame[id_column].tolist()]
+        declared = [None if v is None or v == "" else str(v) for v in declared]
+        row_problems = [None if v is not None else (id_column, "missing id") for v in declared]
+        ids = [v if v is not None else g for v, g in zip(declared, generated, strict=True)]
+    judged = judge(predictor, frame_columns(predictor, frame, text, integers), n, row_problems)
+    out: dict[str, Any] = {
+        "id": pd.Series(ids, dtype=object),
+        "row": rows,
+        "model": pd.Series([predictor.name] * n, dtype=object),
+        "version": pd.Series([model_version] * n, dtype=object),
+    }
+    outputs = predictor.predict(judged.feeds).outputs if judged.ok.any() else {}
+    where = np.flatnonzero(judged.ok)
+    for name, dtype, is_list in fields:
+        column = np.full(n, None, dtype=object)  # object even when empty: Arrow then takes the schema's type
+        if name in outputs:
+            values = outputs[name]
+            if is_list:  # one array per row (assigning them at once would broadcast them as a 2-D block)
+                for i, v in zip(where.tolist(), values.astype(dtype), strict=True):
+                    column[i] = v
+            else:
+                column[where] = values.tolist()
+        out[name] = pd.Series(column, dtype=object)
+    out["error"] = pd.Series([judged.error(i) if judged.problems[i] else None for i in range(n)], dtype=object)
+    return pd.DataFrame(out)
+
+
+def arrow_schema(fields: list[tuple[str, str, bool]]) -> Any:
+    import pyarrow as pa
+
+    cols = [pa.field("id", pa.string(), nullable=False), pa.field("row", pa.int64(), nullable=False),
+            pa.field("model", pa.string(), nullable=False), pa.field("version", pa.string())]
+    for name, dtype, is_list in fields:
+        t = pa.type_for_alias(ARROW_TYPES[dtype])
+        cols.append(pa.field(name, pa.list_(t) if is_list else t))
+    cols.append(pa.field("error", pa.string()))
+    return pa.schema(cols)

@@ -1,0 +1,150 @@
+"""The file a batch scores: CSV or Parquet, read in chunks of exactly `chunk_rows` rows (the last may be short),
+so chunk k always holds rows [k * chunk_rows, (k + 1) * chunk_rows) and a resumed run finds the same chunks.
+
+CSV is read as text, every cell a string, and parsed by `mlops.score.rows.from_text` (the Spark engine reads
+the same file as text and parses it with the same function). Parquet keeps its types.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlops.errors import DataError, MlopsError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+FORMATS = ("csv", "parquet")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: Path
+    format: str  # csv | parquet
+    columns: list[str]
+    # integer-typed Parquet columns: pandas turns them into floats when they hold nulls, and both engines turn
+    # those back into ints, so a row is judged as the integer it is (the server's lossless-FP32 check)
+    integer_columns: frozenset[str] = frozenset()
+
+    @property
+    def text(self) -> bool:
+        """True when cells are text to parse (CSV), False when typed (Parquet)."""
+        return self.format == "csv"
+
+    def identity(self) -> dict[str, Any]:
+        """What tells this file from another, or from itself after an edit, without reading it all."""
+        st = self.path.stat()
+        return {"path": str(self.path), "format": self.format, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def count_rows(self) -> int | None:
+        """Rows in the file: exact for Parquet (its footer); for CSV the line count, a close estimate (a quoted
+        field may span lines) that only sizes the progress bar."""
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(self.path).metadata.num_rows)
+        lines, last = 0, b"\n"
+        with open(self.path, "rb") as f:
+            while block := f.read(1 << 20):
+                lines += block.count(b"\n")
+                last = block[-1:]
+        return max(lines - 1 + (last != b"\n"), 0)  # less the header, plus an unterminated last line
+
+    def chunks(self, chunk_rows: int, columns: list[str], as_text: str | None = None) -> Iterator[pd.DataFrame]:
+        """Consecutive chunks of `chunk_rows` rows holding only `columns` (CSV: str; Parquet: typed, except
+        `as_text`, cast to strings as Spark casts it: an integer id stays "123" even with nulls around)."""
+        try:
+            if self.format == "csv":
+                yield from self._csv_chunks(chunk_rows, columns)
+            else:
+                yield from self._parquet_chunks(chunk_rows, columns, as_text)
+        except MlopsError:
+            raise
+        except Exception as exc:  # a malformed file is the user's to fix; say where
+            raise DataError(f"cannot read {self.path} as {self.format}: {exc}") from None
+
+    def _csv_chunks(self, chunk_rows: int, columns: list[str]) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
+        # text only: no type guessing per chunk (a column would change type between chunks), no NA guessing
+        # (from_text decides, as the Spark engine does)
+        reader = pd.read_csv(self.path, dtype=str, keep_default_na=False, na_filter=False, usecols=columns,
+                             chunksize=chunk_rows)
+        with reader:
+            yield from reader
+
+    def _parquet_chunks(self, chunk_rows: int, columns: list[str], as_text: str | None) -> Iterator[pd.DataFrame]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pending: list[pa.RecordBatch] = []
+        held = 0
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=chunk_rows, columns=columns):
+            if as_text is not None:
+                k = batch.schema.get_field_index(as_text)
+                batch = batch.set_column(k, as_text, batch.column(k).cast(pa.string()))
+            # without pandas' metadata, as Spark converts: Arrow types decide the pandas dtypes in both engines
+            pending.append(batch.replace_schema_metadata(None))
+            held += batch.num_rows
+            while held >= chunk_rows:  # batches may stop at row-group ends: re-cut to exact chunks
+                table = pa.Table.from_batches(pending)
+                yield table.slice(0, chunk_rows).to_pandas()
+                rest = table.slice(chunk_rows)
+                pending, held = rest.to_batches(), rest.num_rows
+        if held:
+            yield pa.Table.from_batches(pending).to_pandas()
+
+
+def open_input(path: str | Path, fmt: str | None = None) -> InputFile:
+    """The input file and its column names; a missing file or an unknown format is the user's to fix."""
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise DataError(f"input file not found: {p}")
+    if fmt is None:
+        suffix = p.suffix.lower()
+        fmt = "csv" if suffix == ".csv" else "parquet" if suffix in (".parquet", ".pq") else None
+        if fmt is None:
+            raise DataError(f"cannot tell the format of {p} from its suffix: pass --format csv or --format parquet")
+    if fmt not in FORMATS:
+        raise DataError(f"unknown input format '{fmt}' (use csv or parquet)")
+    try:
+        if fmt == "csv":
+            import pandas as pd
+
+            columns = [str(c) for c in pd.read_csv(p, nrows=0).columns]
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            schema = pq.read_schema(p)
+            columns = list(schema.names)
+            integers = frozenset(f.name for f in schema if pa.types.is_integer(f.type))
+    except Exception as exc:
+        raise DataError(f"cannot read {p} as {fmt}: {exc}") from None
+    return InputFile(p, fmt, columns, integers if fmt == "parquet" else frozenset())
+
+
+def check_columns(inp: InputFile, needed: list[str], id_column: str | None) -> None:
+    """Every model input (and the id column) must be in the file: a whole-file problem, not a row's."""
+    missing = [c for c in needed if c not in inp.columns]
+    if missing:
+        raise DataError(f"{inp.path} lacks the model's input column{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(missing)} (it has: {', '.join(inp.columns)})")
+    if id_column is not None and id_column not in inp.columns:
+        raise DataError(f"--id-column '{id_column}' is not a column of {inp.path} (it has: {', '.join(inp.columns)})")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,215 @@
+"""`mlops stream` against the real local redis-server: consumers SIGKILLed mid-batch at the two moments that
+matter (outputs written but not logged; written and logged but not acknowledged), restarted, and every message
+ends with exactly one output record and one log row; SIGTERM finishes the batch in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlops.score.stream import IdempotentLog
+from mlops.serve.log import read_predictions
+from mlops.serve.predictor import Predictor
+from tests.conftest import ROOT
+from tests.serve_fixtures import build_bundle
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+BATCH = 16
+
+
+@pytest.fixture
+def r() -> Iterator[Any]:
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"redis-server is not reachable at {REDIS_URL} (CI must provide it): {exc}")
+        pytest.skip(f"redis-server is not reachable at {REDIS_URL}: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def stream(r: Any) -> Iterator[str]:
+    """A stream name no other test uses; its keys (and dedupe markers) are deleted afterwards."""
+    name = f"mlops-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    r.client_unpause()  # in case a test failed while Redis was paused
+    r.delete(name, f"{name}:predictions", f"{name}:dead")
+    for key in r.scan_iter(match=f"mlops:written:{name}*", count=1000):
+        r.delete(key)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+    bundle = build_bundle(tmp_path / "bundle")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: toy\ndata:\n  path: data.csv\n  target: y\n")
+    log = tmp_path / "predictions.sqlite"
+    IdempotentLog(log).close()  # created up front so the test can lock it
+    return bundle, recipe, log
+
+
+def produce(r: Any, stream: str, n: int) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """n messages: good rows (text fields or one JSON field) and, every 9th, a bad one. Returns the good rows
+    by message id (as plain values) and the field each bad message should be dead-lettered for."""
+    good: dict[str, dict[str, Any]] = {}
+    bad: dict[str, str] = {}
+    for i in range(n):
+        row = {"age": 20.0 + i % 50, "income": 30.0 + (i * 7) % 40, "city": "abc"[i % 3]}
+        if i % 9 == 4:
+            kind = (i // 9) % 3
+            fields, field = [({"age": "old", "income": "1", "city": "a"}, "age"),
+                             ({"json": "{not json"}, "json"),
+                             ({"age": "1", "income": "2"}, "city")][kind]
+            bad[r.xadd(stream, fields).decode()] = field
+        elif i % 2:
+            good[r.xadd(stream, {"json": json.dumps(row)}).decode()] = row
+        else:
+            good[r.xadd(stream, {k: str(v) for k, v in row.items()}).decode()] = row
+    return good, bad
+
+
+def start(recipe: Path, bundle: Path, log: Path, stream: str, consumer: str, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlops.cli", "stream", str(recipe), "--model", str(bundle), "--source", REDIS_URL,
+         "--stream", stream, "--group", "g", "--consumer", consumer, "--log", str(log), "--batch", str(BATCH),
+         "--block-ms", "200", "--json", *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(what: str, check: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"consumer exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def last_command(r: Any, consumer: str) -> str | None:
+    """The last command the consumer's named Redis connection ran."""
+    for client in r.client_list():
+        if client.get("name") == f"mlops-stream:g:{consumer}":
+            return client.get("cmd")
+    return None
+
+
+def pending(r: Any, stream: str, consumer: str | None = None) -> int:
+    if consumer is None:
+        return int(r.xpending(stream, "g")["pending"])
+    return len(r.xpending_range(stream, "g", "-", "+", 10_000, consumername=consumer))
+
+
+def records(r: Any, stream: str) -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in r.xrange(stream)]
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def test_consumers_killed_mid_batch_lose_and_double_nothing(r: Any, stream: str, setup: tuple[Path, Path, Path]
+                                                            ) -> None:
+    bundle, recipe, log = setup
+    good, bad = produce(r, stream, 200)
+    out, dead = f"{stream}:predictions", f"{stream}:dead"
+    hold = sqlite3.connect(log, isolation_level=None, timeout=30)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        # 1. c1 writes its first batch to the output streams, then waits on the log (the test holds its lock):
+        #    killed there, the batch is written but neither logged nor acknowledged
+        hold.execute("BEGIN IMMEDIATE")
+        procs.append(c1 := start(recipe, bundle, log, stream, "c1"))
+        wait_for("c1's first batch in the output streams", lambda: r.xlen(out) + r.xlen(dead) > 0, c1)
+        kill(c1)
+        hold.execute("ROLLBACK")
+        first_batch = r.xlen(out) + r.xlen(dead)
+        assert first_batch == BATCH and pending(r, stream, "c1") == BATCH
+        assert read_predictions(log) == []
+
+        # 2. c2 claims c1's batch (XAUTOCLAIM), finds it already in the streams, logs it, and is killed before it
+        #    can acknowledge it (Redis pauses writes once the log is committed)
+        hold.execute("BEGIN IMMEDIATE")
+        procs.append(c2 := start(recipe, bundle, log, stream, "c2", "--claim-idle-ms", "0"))
+        wait_for("c2 to claim c1's batch", lambda: pending(r, stream, "c2") == BATCH, c2)
+        wait_for("c2 to run its write script", lambda: last_command(r, "c2") == "evalsha", c2)
+        r.client_pause(15_000, all=False)  # WRITE: the XACK waits, reads go on
+        hold.execute("ROLLBACK")
+        wait_for("c2 to log the batch", lambda: len(read_predictions(log)) > 0, c2)
+        kill(c2)
+        r.client_unpause()
+        assert r.xlen(out) + r.xlen(dead) == BATCH  # nothing written twice by the claim
+        assert pending(r, stream, "c2") == BATCH
+        logged_early = len(read_predictions(log))
+
+        # 3. c2 restarts under its name: its own pending batch first (all already written), then the rest
+        procs.append(c3 := start(recipe, bundle, log, stream, "c2", "--idle-exit-s", "1.5"))
+        output, _ = c3.communicate(timeout=180)
+        assert c3.returncode == 0, output
+        summary = json.loads(output.strip().splitlines()[-1])
+    finally:
+        hold.close()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+    # exactly one record per message: predictions for good rows, dead letters naming the field for bad ones
+    outputs = records(r, out)
+    dead_letters = records(r, dead)
+    assert sorted(rec["source_id"] for rec in outputs) == sorted(good)
+    assert {rec["source_id"]: rec["field"] for rec in dead_letters} == bad
+    assert len(outputs) == len(good) and len(dead_letters) == len(bad)
+    # exactly one log row per prediction, with the id derived from the message id
+    rows = read_predictions(log)
+    assert sorted(row["id"] for row in rows) == sorted(f"{stream}:{mid}" for mid in good)
+    assert {row["variant"] for row in rows} == {"stream"}
+    assert pending(r, stream) == 0
+    assert summary["recovered"] == BATCH and summary["handled"] == 200 - first_batch + BATCH
+    assert summary["duplicates"] == BATCH + logged_early  # the batch again in the streams and in the log
+    # and the predictions are the model's, as the server computes them
+    predictor = Predictor(bundle)
+    ids = sorted(good)
+    expected = predictor.predict(predictor.feeds_from_rows([good[i] for i in ids])).outputs["label"]
+    by_source = {rec["source_id"]: rec for rec in outputs}
+    assert [by_source[i]["label"] for i in ids] == list(expected)
+    assert all(rec["id"] == f"{stream}:{rec['source_id']}" for rec in outputs)
+
+
+def test_sigterm_finishes_the_batch_in_flight(r: Any, stream: str, setup: tuple[Path, Path, Path]) -> None:
+    bundle, recipe, log = setup
+    good, bad = produce(r, stream, 300)
+    proc = start(recipe, bundle, log, stream, "t1", "--batch", "4")
+    try:
+        wait_for("the first predictions", lambda: r.xlen(f"{stream}:predictions") > 0, proc)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    assert proc.returncode == 0, output
+    summary = json.loads(output.strip().splitlines()[-1])
+    assert summary["stopped"] == "signal"
+    assert 0 < summary["handled"] < 300  # stopped early ...
+    assert pending(r, stream) == 0  # ... with nothing left unacknowledged
+    assert r.xlen(f"{stream}:predictions") + r.xlen(f"{stream}:dead") == summary["handled"]
+    assert len(read_predictions(log)) == summary["predicted"]
