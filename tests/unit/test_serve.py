@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
@@ -216,3 +217,32 @@ def test_a_prediction_that_cannot_be_logged_is_never_a_200(bundle: Path, tmp_pat
         db.close()
         assert client.post("/v1/models/toy:predict", json={"id": "back", "instances": [ROW]}).status_code == 200
     assert [r["id"] for r in read_predictions(log_path)][-1] == "back" and len(read_predictions(log_path)) == 2
+
+
+@pytest.mark.parametrize(("values", "index", "message"), [
+    ([1.0, float("nan"), 2.0], 1, "non-finite"),
+    ([1.0, 2.0, 1e39], 2, "overflows FP32"),
+    ([1, 2, 3, 2**25], 3, "without loss"),
+    ([1.5, 2, 2**25], 2, "without loss"),
+    ([1.0, True], 1, "got bool"),
+    ([1.0, "2"], 1, "got str"),
+])
+def test_a_bad_value_is_named_by_row_whichever_path_checks_the_column(bundle: Path, values: list[Any], index: int,
+                                                                     message: str) -> None:
+    from mlops.serve.predictor import RequestError
+
+    with pytest.raises(RequestError) as caught:
+        Predictor(bundle).column("age", values, "instances[].age")
+    assert caught.value.field == f"instances[].age[{index}]" and message in caught.value.message
+
+
+def test_numeric_and_string_columns_are_the_arrays_the_graph_takes(bundle: Path) -> None:
+    p = Predictor(bundle)
+    floats = [0.1, -3.0, 1e30, 2.5]
+    assert p.column("age", floats, "x").dtype == np.float32
+    np.testing.assert_array_equal(p.column("age", floats, "x"), np.float32(floats).reshape(-1, 1))
+    np.testing.assert_array_equal(p.column("age", [1, 2**24, 3.5], "x"), np.float32([1, 2**24, 3.5]).reshape(-1, 1))
+    with_missing = p.column("age", [1.0, None], "x")
+    assert with_missing[0, 0] == 1.0 and np.isnan(with_missing[1, 0])
+    assert p.column("city", ["a", "b"], "x").tolist() == [["a"], ["b"]]
+    assert p.column("city", ["a", None, 3], "x").tolist() == [["a"], [""], ["3"]]
