@@ -3,8 +3,203 @@ so `mlops validate` checks it without importing anything heavy."""
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+from mlops.monitor.timespec import parse_duration, parse_time
 from mlops.recipe.section import Section
+
+NumericMethod = Literal["psi", "ks", "wasserstein", "jensenshannon"]
+CategoricalMethod = Literal["psi", "jensenshannon", "chi2"]
+DriftMethod = Literal["psi", "ks", "wasserstein", "jensenshannon", "chi2"]
+Share = Annotated[float, Field(ge=0, le=1)]
+# what `mlops monitor` computes from joined ground truth; `accuracy.metric` must be one of them
+LIVE_METRICS = {"binary": {"accuracy": "higher", "f1": "higher", "f1_macro": "higher", "auroc": "higher",
+                           "calibration_error": "lower"},
+                "multiclass": {"accuracy": "higher", "f1_macro": "higher", "auroc": "higher",
+                               "calibration_error": "lower"},
+                "regression": {"rmse": "lower", "mae": "lower", "r2": "higher"}}
+
+
+def _duration(v: str) -> str:
+    parse_duration(v)
+    return v
+
+
+class WindowConfig(Section):
+    """How the prediction log is cut into windows. Every rule is judged once per window."""
+
+    by: Literal["count", "time"] = Field("count", description="count: every `size` rows; time: every `duration`, "
+                                         "aligned to the epoch (hourly windows start on the hour, UTC)")
+    size: PositiveInt = Field(1000, description="rows per window (by: count)")
+    duration: str = Field("1h", description="length of a window (by: time): 30m, 1h, 1d ...")
+    min_samples: PositiveInt = Field(500, description="a window with fewer rows is recorded but judged by no "
+                                     "rule (too few rows to tell drift from noise)")
+
+    _d = field_validator("duration")(lambda cls, v: _duration(v))
+
+    @model_validator(mode="after")
+    def _enough(self) -> WindowConfig:
+        if self.by == "count" and self.min_samples > self.size:
+            raise ValueError(f"min_samples ({self.min_samples}) is above the window size ({self.size}): no window "
+                             "would ever be judged")
+        return self
+
+
+class ReferenceConfig(Section):
+    """What production is compared with: the training split the model learned from, or a known-good
+    window of production traffic."""
+
+    source: Literal["training", "production"] = Field("training", description="training: the recipe's data and "
+                                                      "split, reproduced; production: the log between start and end")
+    start: str | float | None = Field(None, description="production: the window's start (ISO 8601 or unix seconds)")
+    end: str | float | None = Field(None, description="production: the window's end (exclusive)")
+    max_rows: PositiveInt = Field(100_000, description="a larger reference is sampled (seeded) to this many rows")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _time(cls, v: str | float | None) -> str | float | None:
+        if v is not None:
+            parse_time(str(v))
+        return v
+
+    @model_validator(mode="after")
+    def _window(self) -> ReferenceConfig:
+        given = self.start is not None and self.end is not None
+        if self.source == "production" and not given:
+            raise ValueError("a production reference needs 'start' and 'end' (the known-good window of the log)")
+        if self.source == "training" and (self.start is not None or self.end is not None):
+            raise ValueError("'start' and 'end' choose a production window: set source: production, or drop them")
+        if given and parse_time(str(self.start)) >= parse_time(str(self.end)):
+            raise ValueError(f"start ({self.start}) must be before end ({self.end})")
+        return self
+
+
+class FeatureDriftConfig(Section):
+    """One feature's own drift method and threshold, and whether its drift alone fires the drift alert."""
+
+    method: DriftMethod | None = None
+    threshold: PositiveFloat | None = None
+    key: bool = Field(False, description="drift of this feature fires the drift alert on its own")
+
+
+class DriftConfig(Section):
+    """Drift of every input feature, and of the predictions, against the reference.
+
+    Distances (psi, wasserstein, jensenshannon) drift at or above their threshold; p-values (ks, chi2) at or
+    below it. PSI is the default because it does not grow more sensitive with the window: KS flags
+    negligible shifts at large n (a 0.02 sd shift at 100k rows), PSI and Wasserstein do not."""
+
+    enabled: bool = True
+    num_method: NumericMethod = "psi"
+    cat_method: CategoricalMethod = "psi"
+    num_threshold: PositiveFloat | None = Field(None, description="null: the method's default (psi, wasserstein, "
+                                                "jensenshannon 0.1; ks 0.05)")
+    cat_threshold: PositiveFloat | None = Field(None, description="null: the method's default (psi, "
+                                                "jensenshannon 0.1; chi2 0.05)")
+    share: Annotated[float, Field(gt=0, le=1)] = Field(0.5, description="the window drifts when at least this "
+                                                       "share of the features drift (Evidently's drift_share)")
+    features: dict[str, FeatureDriftConfig] = Field(default_factory=dict, description="per-feature overrides")
+    predictions: bool = Field(True, description="also watch the predictions (label and confidence, or the "
+                              "regression output): rule prediction_drift")
+
+
+class SchemaChecksConfig(Section):
+    """Production inputs against the training data's schema (types, ranges, categories, missing rates)."""
+
+    enabled: bool = True
+    max_violation_rate: Share = Field(0.01, description="the schema rule fires when more than this share of a "
+                                      "window's rows has a type error, an unseen category or an out-of-range value")
+    range_margin: Annotated[float, Field(ge=0)] = Field(0.05, description="a value counts as out of range beyond "
+                                                        "the training range widened by this fraction of its width "
+                                                        "on each side")
+    max_missing_increase: Share = Field(0.1, description="a column's missing rate may exceed its training rate by "
+                                        "this much (absolute) before the schema rule fires")
+    examples: PositiveInt = Field(5, description="examples kept per problem")
+
+
+class AccuracyConfig(Section):
+    """Live model quality from ground truth joined by prediction id, against the test metric at training time."""
+
+    enabled: bool = True
+    metric: str | None = Field(None, description="accuracy (classification) or rmse (regression) when null; "
+                               "also f1, f1_macro, auroc, calibration_error, mae, r2")
+    max_drop: Annotated[float, Field(ge=0)] = Field(0.05, description="how much worse than the baseline (absolute; "
+                                                    "for a lower-is-better metric, how much higher) before firing")
+    baseline: float | None = Field(None, description="null: the bundle's test/<metric> recorded at training time")
+    min_labels: PositiveInt = Field(50, description="labelled predictions a window needs before it is judged")
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        known = sorted({m for task in LIVE_METRICS.values() for m in task})
+        if v is not None and v not in known:
+            raise ValueError(f"unknown live metric '{v}' (known: {', '.join(known)})")
+        return v
+
+
+class LatencyConfig(Section):
+    enabled: bool = True
+    percentile: Annotated[float, Field(gt=0, le=100)] = Field(99, description="the latency percentile judged")
+    sla_ms: PositiveFloat = Field(100.0, description="fires when that percentile of a window's requests is above")
+
+
+class ErrorRateConfig(Section):
+    """Failed requests, from the server's Prometheus counters (`mlops_requests_total` by status): the prediction
+    log holds answered predictions only. Scraped on each run; the rate is over requests since the last run."""
+
+    enabled: bool = True
+    metrics_url: str | None = Field(None, description="the server's /metrics URL; null: the rule is not judged")
+    baseline: Share = Field(0.01, description="the error rate the service normally runs at")
+    max_increase: Share = Field(0.01, description="fires above baseline + max_increase")
+    count_4xx: bool = Field(False, description="count client errors (4xx) too; by default only 5xx")
+    min_requests: PositiveInt = Field(100, description="requests since the last run needed to judge the rate")
+
+
+class AlertsConfig(Section):
+    """Where a firing rule goes, and the hysteresis that keeps it from flapping."""
+
+    log: bool = Field(True, description="print one line per alert")
+    webhook: str | None = Field(None, description="POST each alert as JSON to this http(s) URL")
+    webhook_timeout_s: PositiveFloat = 5.0
+    prefect: bool | Literal["auto"] = Field("auto", description="emit a Prefect event (mlops.alert.<rule>) for "
+                                            "automations; auto: when a Prefect API is configured or inside a flow run")
+    consecutive: PositiveInt = Field(2, description="breaching windows in a row before a rule fires")
+    cooldown: str = Field("6h", description="after firing, the same rule stays quiet this long (log time)")
+    prometheus_textfile: str | None = Field(None, description="also write mlops_drift_detected gauges here (for "
+                                            "node_exporter's textfile collector)")
+
+    _d = field_validator("cooldown")(lambda cls, v: _duration(v))
+
+    @field_validator("webhook")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"'{v}' is not an http(s) URL")
+        return v
+
+
+class ReportConfig(Section):
+    evidently: bool = Field(True, description="an Evidently report (HTML + JSON) of the latest judged window")
+    max_rows: PositiveInt = Field(20_000, description="rows of that window and of the reference in the Evidently "
+                                  "report; beyond it both are sampled (the alerts always use every row)")
+    dashboard_windows: PositiveInt = Field(500, description="latest windows shown on the dashboard")
 
 
 class MonitorConfig(Section):
-    """Filled by the monitor phase."""
+    """`mlops monitor`: drift, live accuracy, operational metrics and alerts over the prediction log."""
+
+    log: str | None = Field(None, description="the prediction log; null: where `mlops serve` writes it "
+                            "(.mlops/predictions/<model>.sqlite)")
+    variants: list[str] = Field(default_factory=lambda: ["champion", "challenger"],
+                                description="log rows of these variants are the model's traffic (not the shadow's)")
+    window: WindowConfig = Field(default_factory=WindowConfig)
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    schema_checks: SchemaChecksConfig = Field(default_factory=SchemaChecksConfig)
+    accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    error_rate: ErrorRateConfig = Field(default_factory=ErrorRateConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)

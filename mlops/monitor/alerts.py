@@ -1,0 +1,124 @@
+"""Alert channels: a log line, a webhook POST (JSON), a Prefect event for automations; and the optional
+Prometheus textfile of drift gauges. Prefect is imported here only, and only when an event is sent.
+
+Event names: `mlops.alert.<rule>` when a rule fires (drift, prediction_drift, schema, missing_values,
+accuracy_drop, latency, error_rate) and `mlops.resolved.<rule>` when it resolves. The resource is the model:
+`{"prefect.resource.id": "mlops.model.<name>", "mlops.model.version": <version>}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mlops.monitor.config import AlertsConfig
+
+
+def resource(model: str, version: str | None) -> dict[str, str]:
+    return {"prefect.resource.id": f"mlops.model.{model}", "prefect.resource.name": model,
+            "mlops.model.version": version or "unregistered"}
+
+
+def deliver(alert: dict[str, Any], cfg: AlertsConfig) -> dict[str, Any]:
+    """Send one alert to every configured channel; each channel's outcome (never raises for a channel)."""
+    out: dict[str, Any] = {}
+    if cfg.log:
+        w = alert["window"]
+        print(f"mlops monitor: ALERT {alert['state'].upper()} {alert['rule']} model {alert['model']} "
+              f"v{alert['version'] or '-'} window {w['start_iso']} .. {w['end_iso']} ({w['rows']} rows): "
+              f"{alert['reason']}", file=sys.stderr, flush=True)
+        out["log"] = "printed"
+    if cfg.webhook:
+        out["webhook"] = post_webhook(cfg.webhook, alert, cfg.webhook_timeout_s)
+    if prefect_enabled(cfg.prefect):
+        try:
+            out["prefect"] = emit_prefect_event(alert)
+        except ImportError as exc:
+            print(f"mlops monitor: cannot emit a Prefect event ({exc}): install prefect or set "
+                  "monitor.alerts.prefect: false", file=sys.stderr, flush=True)
+            out["prefect"] = {"error": str(exc)}
+    return out
+
+
+def post_webhook(url: str, alert: dict[str, Any], timeout: float) -> dict[str, Any]:
+    body = json.dumps(alert, default=str).encode()
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json", "User-Agent": "mlops-monitor"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - the recipe's URL
+            return {"status": resp.status}
+    except OSError as exc:  # urllib's HTTPError and URLError are OSErrors: a dead receiver must not stop the run
+        print(f"mlops monitor: webhook {url} failed: {exc}", file=sys.stderr, flush=True)
+        return {"error": str(exc)}
+
+
+def prefect_enabled(setting: bool | str) -> bool:
+    """`auto`: a Prefect API is configured (environment, profile or settings context), or this runs inside a
+    Prefect flow run. Prefect is imported only here, when an alert is about to go out."""
+    if setting is True or setting is False:
+        return setting
+    try:
+        from prefect.context import FlowRunContext
+        from prefect.settings import get_current_settings
+    except ImportError:  # Prefect is not installed: nobody can be listening
+        return False
+    return bool(get_current_settings().api.url) or FlowRunContext.get() is not None
+
+
+def event_name(rule: str, state: str) -> str:
+    from mlops.monitor.rules import EVENT_PREFIX, RESOLVED_PREFIX
+
+    return (EVENT_PREFIX if state == "fired" else RESOLVED_PREFIX) + rule
+
+
+def emit_prefect_event(alert: dict[str, Any]) -> dict[str, Any]:
+    from prefect.events import emit_event
+
+    payload = {k: alert[k] for k in ("rule", "state", "window", "value", "threshold", "reason", "detail",
+                                     "dashboard", "log") if k in alert}
+    event = emit_event(alert["event"], resource=resource(alert["model"], alert["version"]),
+                       payload=json.loads(json.dumps(payload, default=str)))
+    return {"event_id": str(event.id)} if event is not None else {"error": "Prefect emits no events here"}
+
+
+def flush_prefect_events(timeout: float = 30.0) -> None:
+    """Events go out on a background worker: wait for it before the process may exit (no-op inside a running
+    event loop, whose owner drains the worker)."""
+    if "prefect.events" not in sys.modules:
+        return
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+        return
+    except RuntimeError:
+        pass
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=timeout)
+
+
+def write_drift_textfile(path: Path, model: str, columns: list[dict[str, Any]]) -> None:
+    """`mlops_drift_detected{model, feature}` (1/0) and `mlops_drift_score` of the latest judged window, in
+    Prometheus's text format, for node_exporter's textfile collector. Written atomically."""
+    def esc(v: str) -> str:
+        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    lines = ["# HELP mlops_drift_detected 1 when the feature drifted in the latest judged window",
+             "# TYPE mlops_drift_detected gauge"]
+    lines += [f'mlops_drift_detected{{model="{esc(model)}",feature="{esc(c["column"])}"}} {int(bool(c["drift"]))}'
+              for c in columns if c["drift"] is not None]
+    lines += ["# HELP mlops_drift_score the feature's drift statistic in the latest judged window",
+              "# TYPE mlops_drift_score gauge"]
+    lines += [f'mlops_drift_score{{model="{esc(model)}",feature="{esc(c["column"])}",method="{c["method"]}"}} '
+              f'{c["score"]:.10g}' for c in columns if c["score"] is not None]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".drift-", suffix=".prom", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,315 @@
+"""The prediction log, read as a stream of windows with bounded memory.
+
+Rows are read by rowid in chunks (keyset pagination: each chunk is its own short query, so a live server
+keeps writing meanwhile), parsed into compact columns (float64 per numeric value, one object per category)
+and cut into windows by count or by time. Ground truth is joined by prediction id in the same query (the
+latest feedback for an id wins). Only one window's columns are held at a time, never the log.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlops.errors import MlopsError
+
+CHUNK_ROWS = 10_000
+LATE_GRACE_S = 2.0  # a time window is complete once its end is this far in the past (writes in flight)
+
+try:  # several times faster than json on the log's many small objects; a Prefect and KServe dependency
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - the json module is always there
+    from json import loads as _loads
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """Which rows of the log are this model's traffic."""
+
+    model: str
+    version: str | None = None  # None: every version of the model
+    variants: tuple[str, ...] = ("champion", "challenger")
+    since: float | None = None  # unix seconds, inclusive
+    until: float | None = None  # exclusive
+
+
+@dataclass
+class Rows:
+    """A run of log rows as columns. Numeric inputs are float64 with NaN for missing; categorical ones are
+    strings or None; `label`/`proba` (classification) or `prediction` (regression) are the model's outputs;
+    `truth_label`/`truth_value` the joined ground truth (None / NaN where none arrived)."""
+
+    rowid: np.ndarray
+    ids: np.ndarray
+    ts: np.ndarray
+    latency_ms: np.ndarray
+    versions: np.ndarray
+    numeric: dict[str, np.ndarray]
+    categorical: dict[str, np.ndarray]
+    label: np.ndarray | None = None
+    proba: np.ndarray | None = None
+    prediction: np.ndarray | None = None
+    truth_label: np.ndarray | None = None
+    truth_value: np.ndarray | None = None
+    # row-aligned problems: per column, the raw value where it had the wrong type (None elsewhere); per
+    # unknown column, which rows carried it
+    bad_values: dict[str, np.ndarray] = field(default_factory=dict)
+    unknown: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.rowid.size)
+
+    @property
+    def confidence(self) -> np.ndarray | None:
+        return None if self.proba is None or self.proba.size == 0 else self.proba.max(axis=1)
+
+    def take(self, sel: slice) -> Rows:
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[sel]
+
+        return Rows(self.rowid[sel], self.ids[sel], self.ts[sel], self.latency_ms[sel], self.versions[sel],
+                    {k: v[sel] for k, v in self.numeric.items()}, {k: v[sel] for k, v in self.categorical.items()},
+                    cut(self.label), cut(self.proba), cut(self.prediction), cut(self.truth_label),
+                    cut(self.truth_value), {k: v[sel] for k, v in self.bad_values.items()},
+                    {k: v[sel] for k, v in self.unknown.items()})
+
+    @staticmethod
+    def concat(parts: list[Rows]) -> Rows:
+        def cat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+            present = [a for a in arrays if a is not None]
+            return np.concatenate(present) if present else None
+
+        def sparse(name: str, attr: str, empty: Any) -> np.ndarray:
+            """A row-aligned problem column that only some parts have: the others contribute `empty`."""
+            return np.concatenate([getattr(p, attr).get(name, np.full(len(p), empty)) for p in parts])
+
+        first = parts[0]
+        return Rows(cat([p.rowid for p in parts]), cat([p.ids for p in parts]), cat([p.ts for p in parts]),
+                    cat([p.latency_ms for p in parts]), cat([p.versions for p in parts]),
+                    {k: np.concatenate([p.numeric[k] for p in parts]) for k in first.numeric},
+                    {k: np.concatenate([p.categorical[k] for p in parts]) for k in first.categorical},
+                    cat([p.label for p in parts]), cat([p.proba for p in parts]), cat([p.prediction for p in parts]),
+                    cat([p.truth_label for p in parts]), cat([p.truth_value for p in parts]),
+                    {k: sparse(k, "bad_values", None) for k in set().union(*(p.bad_values for p in parts))},
+                    {k: sparse(k, "unknown", False) for k in set().union(*(p.unknown for p in parts))})
+
+
+@dataclass
+class Window:
+    index: int  # 0-based within this read
+    rows: Rows
+    start_ts: float  # nominal bounds: by time, the aligned window; by count, first and last row
+    end_ts: float
+    key: int | None = None  # by time: floor(start / duration)
+
+    @property
+    def start_rowid(self) -> int:
+        return int(self.rows.rowid[0])
+
+    @property
+    def end_rowid(self) -> int:
+        return int(self.rows.rowid[-1])
+
+
+def open_log(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise MlopsError(f"no prediction log at {path}: start `mlops serve` (it writes the log there), or give "
+                         "--log PATH")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise MlopsError(f"{path} is not a prediction log: {exc}") from None
+    if not {"predictions", "feedback"} <= tables:
+        db.close()
+        raise MlopsError(f"{path} is not a prediction log (it has no predictions and feedback tables)")
+    return db
+
+
+def _query(flt: LogFilter) -> tuple[str, list[Any]]:
+    where = ["p.rowid > ?", "p.model = ?"]
+    params: list[Any] = [flt.model]
+    if flt.version is not None:
+        where.append("p.version = ?")
+        params.append(flt.version)
+    if flt.variants:
+        where.append(f"p.variant IN ({','.join('?' * len(flt.variants))})")
+        params.extend(flt.variants)
+    if flt.since is not None:
+        where.append("p.ts >= ?")
+        params.append(flt.since)
+    if flt.until is not None:
+        where.append("p.ts < ?")
+        params.append(flt.until)
+    latest = "(SELECT f.{col} FROM feedback f WHERE f.id = p.id ORDER BY f.rowid DESC LIMIT 1)"
+    sql = (f"SELECT p.rowid, p.id, p.ts, p.version, p.inputs, p.outputs, p.latency_ms, {latest.format(col='label')}, "
+           f"{latest.format(col='value')} FROM predictions p WHERE {' AND '.join(where)} ORDER BY p.rowid LIMIT ?")
+    return sql, params
+
+
+def read_chunks(path: Path, flt: LogFilter, columns: dict[str, str], task: str, after_rowid: int = 0,
+                chunk_rows: int = CHUNK_ROWS) -> Iterator[Rows]:
+    """Parsed chunks of the model's rows after `after_rowid`, in log order. `columns`: name -> kind."""
+    db = open_log(path)
+    sql, params = _query(flt)
+    last = after_rowid
+    try:
+        while True:
+            raw = db.execute(sql, [last, *params, chunk_rows]).fetchall()
+            if not raw:
+                return
+            last = raw[-1][0]
+            yield parse_rows(raw, columns, task)
+            if len(raw) < chunk_rows:
+                return
+    finally:
+        db.close()
+
+
+def other_traffic(path: Path, flt: LogFilter, after_rowid: int) -> dict[str, int]:
+    """Rows after `after_rowid` that the filter left out, by model, version and variant: what to tell a user
+    whose filter matched nothing (the wrong version, a shadow-only model...)."""
+    db = open_log(path)
+    try:
+        rows = db.execute("SELECT model, version, variant, COUNT(*) FROM predictions WHERE rowid > ? "
+                          "GROUP BY model, version, variant ORDER BY COUNT(*) DESC LIMIT 10", (after_rowid,))
+        return {f"model {m} version {v or '-'} variant {var}": int(n) for m, v, var, n in rows}
+    finally:
+        db.close()
+
+
+def parse_rows(raw: list[tuple[Any, ...]], columns: dict[str, str], task: str) -> Rows:
+    n = len(raw)
+    rowid = np.fromiter((r[0] for r in raw), np.int64, n)
+    ids = np.asarray([r[1] for r in raw], dtype=object)
+    ts = np.fromiter((r[2] for r in raw), np.float64, n)
+    canon: dict[Any, Any] = {}
+    versions = np.asarray([canon.setdefault(r[3], r[3]) for r in raw], dtype=object)
+    latency = np.fromiter((r[6] for r in raw), np.float64, n)
+    inputs = [_loads(r[4]) for r in raw]
+    outputs = [_loads(r[5]) for r in raw]
+    rows = Rows(rowid, ids, ts, latency, versions, {}, {})
+    inputs = [d if isinstance(d, dict) else {} for d in inputs]
+    for name, kind in columns.items():
+        values = [d.get(name) for d in inputs]
+        parse = _numeric if kind == "numeric" else _categorical
+        rows_values, bad = parse(values)
+        (rows.numeric if kind == "numeric" else rows.categorical)[name] = rows_values
+        if bad is not None:
+            rows.bad_values[name] = bad
+    for extra in set().union(*(d.keys() for d in inputs)) - set(columns):
+        rows.unknown[extra] = np.fromiter((extra in d for d in inputs), bool, n)
+    if task == "regression":
+        rows.prediction = np.asarray([_scalar(o.get("prediction")) for o in outputs], dtype=np.float64)
+    else:
+        rows.label = np.asarray([None if o.get("label") is None else str(o.get("label")) for o in outputs],
+                                dtype=object)
+        probas = [o.get("probabilities") for o in outputs]
+        if all(isinstance(p, list) for p in probas) and probas:
+            rows.proba = np.asarray(probas, dtype=np.float64)
+    rows.truth_label = np.asarray([r[7] for r in raw], dtype=object)
+    rows.truth_value = np.asarray([np.nan if r[8] is None else r[8] for r in raw], dtype=np.float64)
+    return rows
+
+
+def _scalar(v: Any) -> float:
+    while isinstance(v, list) and len(v) == 1:
+        v = v[0]
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
+
+
+_NUMERIC_OK = {float, int, type(None)}
+
+
+def _numeric(values: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """float64 with NaN for missing; and the raw values of a wrong type (a string, a bool...), if any."""
+    if set(map(type, values)) <= _NUMERIC_OK:  # the usual case, converted in one go (None -> NaN)
+        return np.asarray(values, dtype=np.float64), None
+    out = np.empty(len(values), dtype=np.float64)
+    bad = np.full(len(values), None, dtype=object)
+    for i, v in enumerate(values):
+        if type(v) in _NUMERIC_OK:
+            out[i] = math.nan if v is None else v
+        else:  # a type error is no value
+            out[i] = math.nan
+            bad[i] = v
+    return out, bad
+
+
+def _categorical(values: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Strings, None for missing (and ""); a number where a category belongs is a type error, kept as its
+    string for the distributions."""
+    if set(map(type, values)) <= {str, type(None)}:
+        # one object per distinct category, not one per row: a window of a million rows holds pointers only
+        canon: dict[str, str] = {}
+        return np.asarray([canon.setdefault(v, v) if v else None for v in values], dtype=object), None
+    out = np.empty(len(values), dtype=object)
+    bad = np.full(len(values), None, dtype=object)
+    for i, v in enumerate(values):
+        if v is None or isinstance(v, str):
+            out[i] = v or None
+        else:
+            bad[i] = v
+            out[i] = str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+    return out, bad
+
+
+# --- windows -------------------------------------------------------------------------------------------------
+
+
+def count_windows(chunks: Iterator[Rows], size: int) -> Iterator[Window]:
+    """Every `size` rows a window; a trailing partial window is not yielded (it is not complete yet)."""
+    parts: list[Rows] = []
+    held = 0
+    index = 0
+    for chunk in chunks:
+        start = 0
+        while start < len(chunk):
+            take = min(size - held, len(chunk) - start)
+            parts.append(chunk.take(slice(start, start + take)))
+            held += take
+            start += take
+            if held == size:
+                rows = Rows.concat(parts)
+                yield Window(index, rows, float(rows.ts.min()), float(rows.ts.max()))
+                index += 1
+                parts, held = [], 0
+
+
+def time_windows(chunks: Iterator[Rows], duration: float, after_key: int | None = None,
+                 now: float | None = None) -> Iterator[Window]:
+    """Windows aligned to multiples of `duration` (unix time), in log order. A row older than the window being
+    filled (a late write) joins it; the last window is yielded only once its end has passed. `after_key`: the
+    last window already judged; later rows never reopen it."""
+    now = time.time() if now is None else now
+    parts: list[Rows] = []
+    key: int | None = None
+    index = 0
+    for chunk in chunks:
+        keys = np.floor(chunk.ts / duration).astype(np.int64)
+        if after_key is not None:
+            keys = np.maximum(keys, after_key + 1)
+        start = 0
+        while start < len(chunk):
+            if key is None:
+                key = int(keys[start])
+            # rows up to the first one that belongs to a later window stay in this one
+            later = np.nonzero(keys[start:] > key)[0]
+            stop = start + int(later[0]) if later.size else len(chunk)
+            if stop > start:
+                parts.append(chunk.take(slice(start, stop)))
+            if later.size:
+                yield Window(index, Rows.concat(parts), key * duration, (key + 1) * duration, key)
+                index += 1
+                parts, key = [], int(keys[stop])
+            start = stop
+    if parts and key is not None and (key + 1) * duration + LATE_GRACE_S <= now:
+        yield Window(index, Rows.concat(parts), key * duration, (key + 1) * duration, key)

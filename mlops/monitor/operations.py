@@ -1,0 +1,75 @@
+"""Operational metrics: latency percentiles and throughput per window from the log, and the request error
+rate by status from the server's Prometheus counters (the log holds answered predictions only)."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from typing import Any
+
+import numpy as np
+
+from mlops.errors import MlopsError
+from mlops.monitor.logstream import Rows
+
+PREDICT_ROUTES = ("v1_predict", "v2_infer")
+
+
+def operational(rows: Rows, percentile: float) -> dict[str, Any]:
+    """Latency is per request, not per row: the rows of one request share its time and latency in the log
+    (a batch of 100 rows is one request that took what it took, not 100)."""
+    n = len(rows)
+    if n == 0:
+        return {"rows": 0, "requests": 0}
+    pairs = np.unique(np.stack([rows.ts, rows.latency_ms], axis=1), axis=0)
+    latency = pairs[:, 1]
+    span = float(rows.ts.max() - rows.ts.min())
+    qs = {"p50": 50.0, "p95": 95.0, "p99": 99.0, f"p{percentile:g}": percentile}
+    out: dict[str, Any] = {"rows": n, "requests": int(len(pairs)),
+                           "latency_ms": {k: float(np.percentile(latency, q)) for k, q in qs.items()},
+                           "latency_mean_ms": float(latency.mean()), "span_s": span,
+                           "rows_per_s": n / span if span > 0 else None,
+                           "requests_per_s": len(pairs) / span if span > 0 else None}
+    return out
+
+
+# --- request errors from Prometheus counters --------------------------------------------------------------------
+
+_SAMPLE = re.compile(r'^mlops_requests_total\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.eE+-]+)')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape_requests(url: str, model: str, timeout: float = 10.0) -> dict[str, float]:
+    """Predict requests served so far by status ({"200": 1234.0, "400": 5.0, ...}) from a server's /metrics."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - a URL the recipe names
+            text = resp.read().decode("utf-8", "replace")
+    except OSError as exc:
+        raise MlopsError(f"cannot scrape {url} (monitor.error_rate.metrics_url): {exc}") from None
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        labels = dict(_LABEL.findall(m.group("labels")))
+        if labels.get("model") == model and labels.get("route") in PREDICT_ROUTES:
+            status = labels.get("status", "?")
+            counts[status] = counts.get(status, 0.0) + float(m.group("value"))
+    return counts
+
+
+def error_rate(previous: dict[str, float] | None, current: dict[str, float], count_4xx: bool) -> dict[str, Any]:
+    """Requests and errors since the previous scrape. A counter below its previous value means the server
+    restarted: everything it counted since is new."""
+    prev = previous or {}
+    restarted = any(current.get(s, 0.0) < v for s, v in prev.items())
+    delta = {s: v - (0.0 if restarted else prev.get(s, 0.0)) for s, v in current.items()}
+    total = sum(delta.values())
+
+    def failed(status: str) -> bool:
+        return status.startswith("5") or (count_4xx and status.startswith("4"))
+
+    errors = sum(v for s, v in delta.items() if failed(s))
+    return {"requests": total, "errors": errors, "rate": errors / total if total else None,
+            "by_status": {s: v for s, v in sorted(delta.items()) if v}, "restarted": restarted,
+            "counted": "4xx and 5xx" if count_4xx else "5xx"}
