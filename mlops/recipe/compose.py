@@ -185,7 +185,7 @@ def _composition_error(path: Path, overrides: list[str], exc: Exception, search:
     """Hydra's own errors (unknown group option, override of a missing key) in our format."""
     import re
 
-    from mlops.recipe.suggest import closest, keys_at
+    from mlops.recipe.suggest import closest, keys_at, unknown_part
 
     text = str(exc).splitlines()[0]
     cause = str(exc.__cause__ or "")
@@ -204,9 +204,10 @@ def _composition_error(path: Path, overrides: list[str], exc: Exception, search:
         return MlopsError(f"recipe {_display(path)} is invalid:\n  {msg}" + (f" (did you mean '{hint}'?)" if hint else ""))
     if culprit is not None:
         key = culprit.lstrip("+~").partition("=")[0]
-        parent, _, leaf = key.rpartition(".")
+        parent, leaf = unknown_part(key)
         if "not in struct" in cause or "Could not override" in text:
             hint = closest(leaf, keys_at(parent))
+            key = f"{parent}.{leaf}" if parent else leaf
             msg = f"command-line override '{culprit}': {key}: unknown key"
             msg += f" (did you mean '{parent + '.' if parent else ''}{hint}'?)" if hint else f" (valid keys: {', '.join(keys_at(parent))})"
         else:

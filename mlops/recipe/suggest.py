@@ -48,3 +48,16 @@ def closest(word: str, choices: list[str]) -> str | None:
         return prefixed[0]
     matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.7)
     return matches[0] if matches else None
+
+
+def unknown_part(key: str) -> tuple[str, str]:
+    """(parent, leaf) of the first segment of dotted `key` the schema does not know: in `monitor.windw.size`
+    the typo is `windw` under `monitor`, not `size` under a `monitor.windw` that does not exist."""
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        parent = ".".join(parts[:i])
+        valid = keys_at(parent)
+        if not valid or part not in valid:
+            return parent, part
+    parent, _, leaf = key.rpartition(".")
+    return parent, leaf

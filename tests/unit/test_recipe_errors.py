@@ -202,6 +202,13 @@ CASES = [
         ("unknown key", "did you mean 'trainer.max_epochs'?"),
         overrides=("trainer.max_epoch=3",),
     ),
+    Case(  # the typo is the middle segment: named there, not at the leaf below a section that does not exist
+        "override-unknown-middle-key",
+        DEFAULTS + "name: q\n",
+        "trainer.early_stoping",
+        ("unknown key", "did you mean 'trainer.early_stopping'?"),
+        overrides=("trainer.early_stoping.patience=3",),
+    ),
     Case(
         "override-wrong-type",
         DEFAULTS + "name: q\n",
