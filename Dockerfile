@@ -1,5 +1,7 @@
-# Training image: runs any recipe with `mlops run`. (The serving image, with no torch in it, is
-# rendered per model by `mlops deploy`.)
+# Training image: runs any recipe with `mlops run` (and the Prefect flows of `mlops.flows` on a worker).
+# The serving image is not built from here: `mlops deploy RECIPE` renders one build context per model version
+# (<out>/image/: a Dockerfile on a slim base, the model bundle, the mlops package and pinned serving requirements,
+# no torch), so each image holds exactly the model it serves and is tagged with its version.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN useradd --create-home --uid 10001 mlops

@@ -1,0 +1,47 @@
+"""Prometheus alert rules over `mlops serve`'s metrics, with the thresholds of the recipe's `monitor:` section.
+
+Three rules, each labelled with the name of the `mlops monitor` rule it mirrors (`rule: latency | error_rate |
+drift`), so an alert in Prometheus and a finding of `mlops monitor` read the same and fire on the same bound:
+- latency: the `monitor.latency.percentile` of predict requests over `monitor.latency.sla_ms`;
+- error_rate: 5xx (and 4xx with `count_4xx`) / predict requests above `baseline + max_increase`;
+- drift: `mlops_drift_detected{model, feature}` (a gauge `mlops monitor` exports, 1 while a feature drifts).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from mlops.deploy.config import AlertsConfig
+from mlops.deploy.render import render
+from mlops.errors import MlopsError
+
+ALERT_NAMES = {"latency": "MlopsLatencyOverSLA", "error_rate": "MlopsErrorRate", "drift": "MlopsDriftDetected"}
+PREDICT_ROUTES = "v1_predict|v2_infer"  # the server's route labels that answer predictions
+FILENAME = "alerts.rules.yml"
+
+
+def alert_rules(alerts: AlertsConfig, monitor: Any, model: str) -> str:
+    """The rules file; `monitor` is the recipe's MonitorConfig (its latency and error_rate sections)."""
+    latency, errors = monitor.latency, monitor.error_rate
+    max_error_rate = errors.baseline + errors.max_increase
+    return render("alerts.rules.yml.j2", model=model, names=ALERT_NAMES, predict_routes=PREDICT_ROUTES,
+                  window=alerts.window, for_=alerts.for_, severity=alerts.severity,
+                  latency=latency.enabled, quantile=f"{latency.percentile / 100:g}", percentile=f"{latency.percentile:g}",
+                  sla_ms=f"{latency.sla_ms:g}", sla_seconds=f"{latency.sla_ms / 1000:g}",
+                  error_rate=errors.enabled, error_status="[45].." if errors.count_4xx else "5..",
+                  max_error_rate=f"{max_error_rate:g}", max_error_rate_pct=f"{max_error_rate * 100:g}",
+                  drift=alerts.drift, filename=FILENAME)
+
+
+def promtool_check(path: Path) -> str | None:
+    """`promtool check rules PATH`: its report, or None when promtool is not installed. Raises on bad rules."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        return None
+    proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise MlopsError(f"promtool rejects {path}:\n{(proc.stdout + proc.stderr).strip()}")
+    return proc.stdout.strip()

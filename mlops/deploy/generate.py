@@ -1,0 +1,138 @@
+"""`mlops deploy RECIPE`: every deployment artefact of one model version, from the recipe's `deploy:` section.
+
+    OUT/inferenceservice.yaml   KServe InferenceService (validated: CRD schema when given, KServe's rules)
+    OUT/image/                  build context of the serving image (runtime mlops): Dockerfile, bundle, ...
+    OUT/triton/<name>/          Triton repository (runtime triton): config.pbtxt, 1/model.onnx
+    OUT/prefect.yaml            Prefect deployments of the recipe's flows
+    OUT/alerts.rules.yml        Prometheus alert rules (checked by promtool when installed)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mlops.deploy.config import DeployConfig
+from mlops.deploy.kserve import ModelVersion, image_for, inference_service, storage_for
+from mlops.errors import MlopsError
+
+
+def resolve_model(ref: str, uri: str) -> tuple[ModelVersion, Path]:
+    """A registered `NAME@ALIAS` / `NAME/VERSION` (its bundle downloaded once), or a bundle directory (whose
+    version is `sha-` and the start of its ONNX checksum)."""
+    from mlops.package.bundle import read_bundle
+
+    if Path(ref).is_dir():
+        meta = read_bundle(Path(ref))
+        return ModelVersion(meta.name, f"sha-{meta.onnx_sha256[:12]}"), Path(ref)
+    if "@" not in ref and "/" not in ref:
+        raise MlopsError(f"--model '{ref}': use NAME@ALIAS, NAME/VERSION or a bundle directory")
+    from mlops.deploy.promotion import registry_client
+    from mlops.package.registry import download_bundle
+    from mlops.package.registry import resolve_model as registry_resolve
+    from mlops.tracking.store import mlops_home
+
+    client = registry_client(uri)
+    name, version = registry_resolve(client, ref)
+    return ModelVersion(name, version), download_bundle(client, name, version, mlops_home() / "bundles")
+
+
+def _write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return str(path)
+
+
+def project_relative(path: Path, project_dir: Path) -> str:
+    """The recipe path as flows running in `project_dir` should see it."""
+    try:
+        return str(path.resolve().relative_to(project_dir.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def render_manifest(cfg: DeployConfig, mv: ModelVersion, crd: Path | None) -> str:
+    from mlops.deploy.validate import validate_manifest
+
+    text = inference_service(cfg, mv)
+    validate_manifest(text, crd)
+    return text
+
+
+def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None, crd: Path | None = None,
+                  targets: list[str] | None = None, project_dir: Path | None = None, register_prefect: bool = False,
+                  apply: bool = False) -> dict[str, Any]:
+    """Render (and check) the recipe's deployment targets for `model` (default: the recipe model's champion)."""
+    from mlops.deploy.validate import crd_path
+    from mlops.tracking.store import mlops_home, tracking_uri
+
+    r = loaded.recipe
+    cfg: DeployConfig = r.deploy
+    wanted = list(targets or cfg.targets)
+    unknown = sorted(set(wanted) - {"kserve", "container", "prefect", "alerts"})
+    if unknown:
+        raise MlopsError(f"unknown deploy target(s) {', '.join(unknown)}: choose from kserve, container, prefect, "
+                         "alerts")
+    if register_prefect and "prefect" not in wanted:
+        wanted.append("prefect")
+    if apply and "kserve" not in wanted:
+        raise MlopsError("--apply applies the InferenceService: include the kserve target")
+    crd = crd_path(crd)
+    needs_model = bool({"kserve", "container"} & set(wanted))
+    mv, bundle = resolve_model(model or f"{r.model_name}@champion", tracking_uri(r)) if needs_model else (None, None)
+    out = out or mlops_home() / "deploy" / r.model_name / (mv.label if mv else "flows")
+    out.mkdir(parents=True, exist_ok=True)
+    project_dir = (project_dir or Path.cwd()).resolve()
+    result: dict[str, Any] = {"recipe": r.name, "model": mv.ref if mv else None, "out": str(out), "files": {},
+                              "checks": {}, "next": []}
+    if "kserve" in wanted and mv is not None and bundle is not None:
+        result["files"]["inferenceservice"] = _write(out / "inferenceservice.yaml", render_manifest(cfg, mv, crd))
+        result["checks"]["inferenceservice"] = (f"valid against {crd} and KServe's rules" if crd else
+                                                "KServe's rules only (no CRD: pass --crd or set MLOPS_KSERVE_CRD)")
+        if cfg.runtime == "triton":
+            from mlops.deploy.triton import build_repository
+
+            repo = build_repository(out / "triton", bundle, mv)
+            result["files"]["triton_repository"] = str(repo)
+            result["next"].append(f"upload the model:  aws s3 sync {repo} {storage_for(cfg, mv)}  (or gsutil rsync)")
+    if "container" in wanted and mv is not None and bundle is not None:
+        from mlops.deploy.container import build_context
+
+        ctx = build_context(out / "image", bundle, cfg, mv)
+        result["files"]["image_context"] = str(ctx)
+        result["image"] = image_for(cfg, mv)
+        result["next"].append(f"build the image:   docker build -t {image_for(cfg, mv)} {ctx} && "
+                              f"docker push {image_for(cfg, mv)}")
+    if "prefect" in wanted:
+        from mlops.deploy.orchestration import flow_deployments, prefect_yaml, register
+
+        deployments = flow_deployments(cfg.prefect, r.name, r.model_name, project_relative(loaded.path, project_dir),
+                                       loaded.overrides)
+        prefect_file = Path(_write(out / "prefect.yaml", prefect_yaml(deployments, r.name, str(project_dir))))
+        result["files"]["prefect"] = str(prefect_file)
+        result["deployments"] = [d.full_name for d in deployments]
+        if register_prefect:
+            result["registered"] = register(prefect_file, deployments, project_dir)
+            result["next"].append(f"run a worker:      prefect worker start --pool {cfg.prefect.work_pool}")
+        else:
+            result["next"].append(f"register flows:    (cd {project_dir} && prefect deploy --all --prefect-file "
+                                  f"{prefect_file})  or  mlops deploy --prefect")
+    if "alerts" in wanted and cfg.alerts.enabled:
+        from mlops.deploy.alerts import FILENAME, alert_rules, promtool_check
+
+        rules = Path(_write(out / FILENAME, alert_rules(cfg.alerts, r.monitor, r.model_name)))
+        result["files"]["alerts"] = str(rules)
+        checked = promtool_check(rules)
+        result["checks"]["alerts"] = checked.splitlines()[-1].strip() if checked else "promtool not installed"
+    if apply:
+        from mlops.deploy.kubectl import kubectl_apply
+
+        result["applied"] = kubectl_apply(Path(result["files"]["inferenceservice"]), cfg.namespace)
+    elif "inferenceservice" in result["files"]:
+        result["next"].append(f"deploy it:         kubectl apply -n {cfg.namespace} -f "
+                              f"{result['files']['inferenceservice']}  (or mlops deploy --apply)")
+    _write(out / "deploy.json", json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,41 @@
+"""`kubectl apply` of a rendered manifest, refusing clearly when kubectl or a cluster is missing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from mlops.errors import MlopsError
+
+
+def kubectl_apply(manifest: Path, namespace: str, context: str | None = None) -> str:
+    """Apply `manifest` with server-side strict validation; kubectl's output."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise MlopsError("--apply needs kubectl on PATH and a cluster with KServe; without them, apply the "
+                         f"rendered manifest yourself: kubectl apply -n {namespace} -f {manifest}")
+    ctx = ["--context", context] if context else []
+    # without a current context kubectl falls back to localhost:8080, where a local `mlops serve` may well listen
+    current = subprocess.run([kubectl, *ctx, "config", "current-context"], capture_output=True, text=True, timeout=30)
+    if current.returncode != 0:
+        why = current.stderr.strip() or "no current context"
+        raise MlopsError(f"--apply: kubectl has no cluster configured ({why}): point KUBECONFIG at a cluster with "
+                         "KServe, or pass --context")
+    proc = subprocess.run([kubectl, *ctx, "apply", "--validate=strict", "-n", namespace, "-f", str(manifest)],
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise MlopsError(f"kubectl apply -f {manifest} failed: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout.strip()
+
+
+class KubectlApplier:
+    """A rollout applier: each step's manifest goes to the cluster."""
+
+    def __init__(self, namespace: str, context: str | None = None) -> None:
+        self.namespace = namespace
+        self.context = context
+
+    def __call__(self, stable: Any, canary: Any, percent: int, manifest: Path) -> None:
+        kubectl_apply(manifest, self.namespace, self.context)

@@ -1,0 +1,77 @@
+"""`mlops promote` and `mlops rollback`: move the `champion` alias, record who/when/why in the registry's
+champion history, and render the manifests for the model now in charge."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mlops.errors import MlopsError
+
+
+def registry_client(uri: str | None = None) -> Any:
+    """An MlflowClient whose registry is the tracking store `uri` (default: the framework's). Named explicitly:
+    a client left to default takes the process-wide registry URI that `mlflow.set_registry_uri` last set,
+    which is another store whenever one process has used two."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow import MlflowClient
+
+    from mlops.tracking.store import tracking_uri
+
+    uri = uri or tracking_uri()
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def _model_name(name: str) -> str:
+    if "@" in name or "/" in name:
+        raise MlopsError(f"'{name}': give the registered model's NAME (e.g. quickstart), not a version reference")
+    return name
+
+
+def promote(name: str, version: str | None = None, source: str | None = None, reason: str = "",
+            by: str | None = None) -> dict[str, Any]:
+    """Make `version` (or the version the alias `source` points at, e.g. challenger) the champion."""
+    from mlops.package.registry import promote_champion, resolve_model
+
+    name = _model_name(name)
+    if (version is None) == (source is None):
+        raise MlopsError("give exactly one of --version V or --from ALIAS (e.g. --from challenger)")
+    client = registry_client()
+    if source is not None:
+        _, version = resolve_model(client, f"{name}@{source}")
+    else:
+        _, version = resolve_model(client, f"{name}/{version}")
+    why = reason or (f"promoted from alias {source}" if source else f"promoted version {version} by hand")
+    return promote_champion(client, name, str(version), why, by)
+
+
+def rollback(name: str, reason: str = "", by: str | None = None) -> dict[str, Any]:
+    """Move `champion` back to the previous champion on record."""
+    from mlops.package.registry import rollback_champion
+
+    return rollback_champion(registry_client(), _model_name(name), reason or "rolled back by hand", by)
+
+
+def recipe_of_version(name: str, version: str) -> str | None:
+    """The recipe file that registered `version`, when it is still where it was (run tag `mlops.recipe`)."""
+    client = registry_client()
+    run_id = client.get_model_version(name, version).run_id
+    if not run_id:
+        return None
+    path = client.get_run(run_id).data.tags.get("mlops.recipe")
+    return path if path and Path(path).is_file() else None
+
+
+def render_for(recipe: str | None, name: str, version: str, out: Path | None, crd: Path | None,
+               apply: bool) -> dict[str, Any] | None:
+    """Render (and apply) the InferenceService of `name/version` from `recipe`, or from the recipe that
+    registered it; None when neither is at hand."""
+    from mlops.deploy.generate import deploy_recipe
+    from mlops.recipe import load_recipe
+
+    recipe = recipe or recipe_of_version(name, version)
+    if recipe is None:
+        return None
+    loaded = load_recipe(recipe, check_data=False)
+    return deploy_recipe(loaded, f"{name}/{version}", out=out, crd=crd, targets=["kserve"], apply=apply)

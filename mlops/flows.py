@@ -1,0 +1,61 @@
+"""The Prefect flows a recipe deploys: `train`, `evaluate`, `monitor`, `retrain`.
+
+These are the entry points that `prefect.yaml` (rendered by `mlops deploy`) and `mlops deploy --prefect`
+point at (`mlops.flows.train`, ...). Each is a thin edge over a plain function of its phase, imported inside
+the flow body: a phase that is missing or broken fails only its own flow, and importing this module stays
+cheap for the worker that loads one of them. Parameters are typed so the deployment gets a real JSON schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlops.engine.runner import configure_prefect
+
+configure_prefect()
+
+from prefect import flow  # noqa: E402  (configured first: Prefect reads settings at import)
+
+
+@flow(name="mlops-train")
+def train(recipe: str, overrides: list[str] | None = None, allow_failed_gates: bool = False) -> dict[str, Any]:
+    """Train, evaluate, export, gate and register the recipe's model (what `mlops run RECIPE` does)."""
+    from mlops.engine import runner
+
+    return runner.run(recipe, list(overrides or []), allow_failed_gates=allow_failed_gates)
+
+
+@flow(name="mlops-evaluate")
+def evaluate(recipe: str, overrides: list[str] | None = None, model: str | None = None,
+             allow_failed_gates: bool = False) -> dict[str, Any]:
+    """Evaluate a registered model (`NAME@ALIAS`, `NAME/VERSION`; the recipe's champion by default) on the
+    recipe's data and gates, as `mlops evaluate` does. A failed gate fails the flow run."""
+    from mlops.engine.evaluate_model import evaluate_model
+    from mlops.errors import GateError
+    from mlops.recipe import load_recipe
+
+    loaded = load_recipe(recipe, list(overrides or []))
+    result = evaluate_model(loaded, model or f"{loaded.recipe.model_name}@champion", allow_failed_gates)
+    if result["gates"]["outcome"] == "failed":
+        raise GateError("\n".join([f"{result['model']} FAILED its gates:",
+                                    *(f"  {line}" for line in result["gates"]["failures"])]))
+    return result
+
+
+@flow(name="mlops-monitor")
+def monitor(recipe: str, overrides: list[str] | None = None, model: str | None = None) -> dict[str, Any]:
+    """Drift and live metrics of the served model against the recipe's thresholds (`mlops monitor`)."""
+    from mlops.monitor.run import monitor_recipe
+
+    return monitor_recipe(recipe, list(overrides or []), model)
+
+
+@flow(name="mlops-retrain")
+def retrain(recipe: str, overrides: list[str] | None = None, reason: str = "scheduled") -> dict[str, Any]:
+    """Retrain the recipe's model and decide champion/challenger; `reason` is recorded with the decision."""
+    from mlops.improve.retrain import retrain_recipe
+
+    return retrain_recipe(recipe, list(overrides or []), reason)
+
+
+FLOWS = {"train": train, "evaluate": evaluate, "monitor": monitor, "retrain": retrain}

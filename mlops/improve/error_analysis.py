@@ -1,0 +1,256 @@
+"""`mlops errors NAME`: where the served model is wrong, from predictions joined with ground truth.
+
+* slices: every input column, by value (categorical) or by quantile bin (numeric, plus `missing`), with rows,
+  errors, error rate and its Wilson interval; highest error rates first (slices of at least `min_rows`);
+* most confident mistakes: wrong answers ranked by the probability the model gave its answer (regression:
+  the largest absolute errors);
+* clusters: a shallow decision tree fitted to "was this row an error" on the raw inputs; its leaves whose
+  error rate is above the overall rate, each a readable rule over feature ranges.
+
+A regression answer counts as an error when its absolute error is above `tolerance` (default: the 90th
+percentile of the absolute errors analysed). Written as `errors.json` and one self-contained `errors.html`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from mlops.errors import MlopsError
+from mlops.improve.config import FeedbackConfig
+from mlops.improve.intervals import wilson
+
+
+def analyse_errors(log: Path, model: str, *, since: float | None = None, version: str | None = None,
+                   variants: tuple[str, ...] = ("champion", "challenger"), feedback: FeedbackConfig | None = None,
+                   bins: int = 4, top: int = 10, min_rows: int = 10, tolerance: float | None = None,
+                   alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    import numpy as np
+    import pandas as pd
+
+    from mlops.improve.feedback import read_joined
+
+    rows = [j for j in read_joined(log, model, since=since, variants=variants, feedback=feedback, version=version)
+            if j.correct is not None or (j.truth is not None and _number(j.outputs.get("prediction")) is not None)]
+    if not rows:
+        raise MlopsError(f"no prediction of '{model}' in {log} has ground truth yet: record feedback by prediction id "
+                         "(POST /v1/feedback or mlops feedback FILE)")
+    regression = all(j.correct is None for j in rows)
+    frame = pd.DataFrame([j.inputs for j in rows])
+    if regression:
+        abs_err = np.array([abs(float(j.outputs["prediction"]) - float(j.truth)) for j in rows])
+        tolerance = float(np.percentile(abs_err, 90)) if tolerance is None else tolerance
+        wrong = abs_err > tolerance
+        confidence = abs_err
+    else:
+        wrong = np.array([not j.correct for j in rows])
+        confidence = np.array([_confidence(j) for j in rows])
+    n, k = len(rows), int(wrong.sum())
+    lo, hi = wilson(k, n, alpha)
+    overall = {"rows": n, "errors": k, "error_rate": k / n, "ci": [lo, hi]}
+    slices = _slices(frame, wrong, bins, min_rows, alpha, overall["error_rate"])
+    order = np.argsort(-confidence, kind="stable")
+    mistakes = []
+    for i in order:
+        if not wrong[i]:
+            continue
+        j = rows[i]
+        score = float(confidence[i])
+        mistakes.append({"id": j.id, "predicted": j.predicted, "truth": j.truth, "confidence" if not regression
+                         else "abs_error": score if math.isfinite(score) else None, "version": j.version,
+                         "variant": j.variant, "inputs": j.inputs})
+        if len(mistakes) >= top:
+            break
+    clusters = _clusters(frame, wrong, min_rows, alpha, overall["error_rate"], seed) if k and k < n else []
+    return {"model": model, "log": str(log), "since": since, "version": version, "task":
+            "regression" if regression else "classification", "tolerance": tolerance if regression else None,
+            "overall": overall, "slices": slices[:top], "all_slices": len(slices), "confident_mistakes": mistakes,
+            "clusters": clusters[:top], "min_rows": min_rows, "alpha": alpha}
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _confidence(j: Any) -> float:
+    """The probability the model gave the label it answered."""
+    probs = j.outputs.get("probabilities")
+    if isinstance(probs, list) and probs and all(isinstance(p, int | float) for p in probs):
+        return float(max(probs))
+    return math.nan
+
+
+def _slices(frame: Any, wrong: Any, bins: int, min_rows: int, alpha: float, overall: float) -> list[dict[str, Any]]:
+    import numpy as np
+    import pandas as pd
+
+    out = []
+    for column in frame.columns:
+        values = frame[column]
+        numeric = pd.to_numeric(values, errors="coerce")
+        groups: list[tuple[str, Any]] = []
+        if numeric.notna().sum() >= max(1, 0.9 * values.notna().sum()) and numeric.nunique() > bins:
+            edges = np.unique(np.quantile(numeric.dropna(), np.linspace(0, 1, bins + 1)))
+            cut = pd.cut(numeric, edges, include_lowest=True, duplicates="drop")
+            for interval in cut.cat.categories:
+                groups.append((f"[{interval.left:.4g}, {interval.right:.4g}]", (cut == interval).to_numpy()))
+            if numeric.isna().any():
+                groups.append(("missing", numeric.isna().to_numpy()))
+        else:
+            text = values.astype(object).where(values.notna(), None)
+            counts = text.value_counts(dropna=False)
+            for value in counts.index[:20]:
+                mask = text.isna().to_numpy() if value is None else (text == value).to_numpy()
+                groups.append(("missing" if value is None else str(value), mask))
+        for label, mask in groups:
+            rows = int(mask.sum())
+            if rows < min_rows:
+                continue
+            errors = int(wrong[mask].sum())
+            lo, hi = wilson(errors, rows, alpha)
+            out.append({"column": str(column), "slice": label, "rows": rows, "errors": errors,
+                        "error_rate": errors / rows, "ci": [lo, hi], "above_overall": lo > overall})
+    return sorted(out, key=lambda s: (-s["error_rate"], -s["rows"]))
+
+
+def _clusters(frame: Any, wrong: Any, min_rows: int, alpha: float, overall: float, seed: int) -> list[dict[str, Any]]:
+    """Leaves of a depth-3 tree on the raw inputs (one-hot for text) that hold more errors than average."""
+    import numpy as np
+    import pandas as pd
+
+    try:
+        from sklearn.tree import DecisionTreeClassifier
+    except ImportError:
+        raise MlopsError("clusters of errors need scikit-learn: pip install 'mlops[train]'") from None
+
+    numeric_cols = [c for c in frame.columns if pd.to_numeric(frame[c], errors="coerce").notna().sum()
+                    >= max(1, 0.9 * frame[c].notna().sum())]
+    x = pd.DataFrame({c: pd.to_numeric(frame[c], errors="coerce") for c in numeric_cols})
+    text_cols = [c for c in frame.columns if c not in numeric_cols]
+    if text_cols:
+        dummies = pd.get_dummies(frame[text_cols].astype(object).where(frame[text_cols].notna(), "missing"),
+                                 prefix_sep="=").astype(float)
+        x = pd.concat([x, dummies], axis=1)
+    if x.shape[1] == 0:
+        return []
+    x = x.fillna(x.median(numeric_only=True)).fillna(0.0)
+    tree = DecisionTreeClassifier(max_depth=3, min_samples_leaf=max(min_rows, len(x) // 100), random_state=seed)
+    tree.fit(x.to_numpy(np.float64), wrong.astype(int))
+    leaves = tree.apply(x.to_numpy(np.float64))
+    out = []
+    for leaf in np.unique(leaves):
+        mask = leaves == leaf
+        rows, errors = int(mask.sum()), int(wrong[mask].sum())
+        if errors / rows <= overall:
+            continue
+        lo, hi = wilson(errors, rows, alpha)
+        out.append({"rule": _rule(tree, int(leaf), list(x.columns), text_cols), "rows": rows, "errors": errors,
+                    "error_rate": errors / rows, "ci": [lo, hi]})
+    return sorted(out, key=lambda c: (-c["error_rate"], -c["rows"]))
+
+
+def _rule(tree: Any, leaf: int, names: list[str], text_cols: list[str]) -> str:
+    """The path from the root to `leaf` as feature ranges: `city = a and 59.96 < income <= 79.75`."""
+    t = tree.tree_
+    parent: dict[int, tuple[int, bool]] = {}
+    for node in range(t.node_count):
+        if t.children_left[node] != -1:
+            parent[int(t.children_left[node])] = (node, True)
+            parent[int(t.children_right[node])] = (node, False)
+    ranges: dict[str, list[float]] = {}  # numeric column -> [lower (exclusive), upper (inclusive)]
+    equal: dict[str, str] = {}
+    unequal: dict[str, list[str]] = {}
+    order: list[str] = []
+    node = leaf
+    while node in parent:
+        up, left = parent[node]
+        name, threshold = names[t.feature[up]], float(t.threshold[up])
+        column, _, value = name.partition("=")
+        if value and column in text_cols:  # a one-hot column (threshold 0.5): is, or is not, that value
+            (unequal.setdefault(column, []).append(value) if left else equal.__setitem__(column, value))
+        else:
+            column = name
+            bounds = ranges.setdefault(column, [-math.inf, math.inf])
+            if left:
+                bounds[1] = min(bounds[1], threshold)
+            else:
+                bounds[0] = max(bounds[0], threshold)
+        if column not in order:
+            order.append(column)
+        node = up
+    parts = []
+    for column in reversed(order):  # root first
+        if column in equal:
+            parts.append(f"{column} = {equal[column]}")
+        elif column in unequal:
+            parts.append(f"{column} not in {{{', '.join(sorted(unequal[column]))}}}" if len(unequal[column]) > 1
+                         else f"{column} != {unequal[column][0]}")
+        else:
+            lo, hi = ranges[column]
+            parts.append(f"{lo:.4g} < {column} <= {hi:.4g}" if math.isfinite(lo) and math.isfinite(hi)
+                         else f"{column} > {lo:.4g}" if math.isfinite(lo) else f"{column} <= {hi:.4g}")
+    return " and ".join(parts) or "all rows"
+
+
+# --- the report ------------------------------------------------------------------------------------------------
+
+
+def write_report(analysis: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "errors.json", "html": out_dir / "errors.html"}
+    _atomic(paths["json"], json.dumps(analysis, indent=2, default=str, allow_nan=False) + "\n")
+    _atomic(paths["html"], render_html(analysis))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f3f3f3}
+.bar{background:#d9534f;height:10px;display:inline-block}.num{text-align:right}code{font-size:12px}"""
+
+
+def render_html(a: dict[str, Any]) -> str:
+    e = html.escape
+    o = a["overall"]
+
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f} %"
+
+    def rate_cells(s: dict[str, Any]) -> str:
+        lo, hi = s["ci"]
+        return (f'<td class="num">{s["rows"]}</td><td class="num">{s["errors"]}</td><td>{pct(s["error_rate"])} '
+                f'<span class="bar" style="width:{100 * s["error_rate"]:.0f}px"></span></td>'
+                f'<td>[{pct(lo)}, {pct(hi)}]</td>')
+
+    head = "<th>rows</th><th>errors</th><th>error rate</th><th>interval</th>"
+    slices = "".join(f"<tr><td>{e(s['column'])}</td><td>{e(s['slice'])}</td>{rate_cells(s)}</tr>" for s in a["slices"])
+    clusters = "".join(f"<tr><td><code>{e(c['rule'])}</code></td>{rate_cells(c)}</tr>" for c in a["clusters"])
+    key = "abs_error" if a["task"] == "regression" else "confidence"
+    mistakes = "".join(
+        f"<tr><td>{e(str(m['id']))}</td><td>{e(str(m['predicted']))}</td><td>{e(str(m['truth']))}</td>"
+        f"<td class=\"num\">{'-' if m[key] is None else format(m[key], '.4g')}</td><td><code>{e(json.dumps(m['inputs'], default=str)[:300])}</code></td></tr>"
+        for m in a["confident_mistakes"])
+    conf = round(100 * (1 - a["alpha"]))
+    tolerance = (f"<p>An error is an absolute error above {a['tolerance']:.4g}.</p>" if a["task"] == "regression" else "")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>errors of {e(a['model'])}</title>
+<style>{CSS}</style></head><body>
+<h1>Error analysis: {e(a['model'])}</h1>
+<p>{o['rows']} predictions with ground truth from <code>{e(a['log'])}</code>: {o['errors']} errors, error rate
+{pct(o['error_rate'])} ({conf} % interval [{pct(o['ci'][0])}, {pct(o['ci'][1])}]).</p>{tolerance}
+<h2>Slices with the highest error rate</h2><p>Slices of at least {a['min_rows']} rows; {a['all_slices']} in all.</p>
+<table id="slices"><tr><th>column</th><th>slice</th>{head}</tr>{slices or '<tr><td colspan="6">none</td></tr>'}</table>
+<h2>Clusters of errors</h2><p>Leaves of a depth-3 decision tree on the inputs, above the overall error rate.</p>
+<table id="clusters"><tr><th>rule</th>{head}</tr>{clusters or '<tr><td colspan="5">none</td></tr>'}</table>
+<h2>Most confident mistakes</h2>
+<table id="mistakes"><tr><th>id</th><th>predicted</th><th>truth</th><th>{key}</th><th>inputs</th></tr>
+{mistakes or '<tr><td colspan="5">none</td></tr>'}</table>
+</body></html>
+"""

@@ -1,0 +1,193 @@
+"""Ground truth from the prediction log: each served prediction joined with its latest feedback, by id.
+
+Feedback (`POST /v1/feedback`, `mlops feedback FILE`) is stored with its whole payload. It becomes a truth in
+this order:
+
+1. explicit: a corrected `label` (classification) or `value` (regression);
+2. explicit: `thumbs` (`up`/`down`, or true/false) when `improve.feedback.thumbs`: up means the served answer
+   was right; down means it was wrong, which names the truth only for a binary task (the other class);
+3. implicit: the declared outcome field (`improve.feedback.outcome.field`, at the top of the payload or under
+   `outcome`), mapped to a label by `improve.feedback.outcome.labels`.
+
+Reads only (a plain SQLite reader beside the server's writer; WAL lets both work at once).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlops.errors import MlopsError
+from mlops.improve.config import FeedbackConfig
+
+SERVED = ("champion", "challenger")  # the variants that answered a request (shadow rows never did)
+
+
+@dataclass
+class Joined:
+    id: str
+    ts: float
+    version: str | None
+    variant: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    latency_ms: float
+    truth: Any = None  # the label (str) or value (float) when known
+    correct: bool | None = None  # classification: whether the served label was right, when known
+    source: str | None = None  # label | value | thumbs | outcome
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def predicted(self) -> Any:
+        if "label" in self.outputs:
+            return str(self.outputs["label"])
+        return self.outputs.get("prediction")
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    path = Path(path)
+    if not path.is_file():
+        raise MlopsError(f"no prediction log at {path} (give --log PATH; `mlops serve` writes "
+                         ".mlops/predictions/<model>.sqlite by default)")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        db.execute("SELECT 1 FROM predictions LIMIT 1")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise MlopsError(f"{path} is not a prediction log: {exc}") from None
+    return db
+
+
+def read_joined(path: str | Path, model: str | None = None, *, since: float | None = None,
+                variants: tuple[str, ...] = SERVED, feedback: FeedbackConfig | None = None,
+                labels: list[str] | None = None, version: str | None = None) -> list[Joined]:
+    """One row per prediction id and variant (the latest), with the truth its latest feedback gives.
+
+    `labels` (the model's classes) lets a thumbs-down name the truth of a binary task.
+    """
+    feedback = feedback or FeedbackConfig()
+    db = connect(path)
+    try:
+        marks = ",".join("?" * len(variants))
+        where, args = [f"variant IN ({marks})"], list(variants)
+        if model is not None:
+            where.append("model = ?")
+            args.append(model)
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        if version is not None:
+            where.append("version = ?")
+            args.append(version)
+        rows = db.execute(f"SELECT rowid, * FROM predictions WHERE {' AND '.join(where)} ORDER BY ts, rowid",
+                          args).fetchall()
+        latest: dict[tuple[str, str], sqlite3.Row] = {}
+        for r in rows:  # dedup by id: a re-sent id keeps its latest answer
+            latest[(r["id"], r["variant"])] = r
+        notes = _latest_feedback(db, sorted({k[0] for k in latest}))
+    finally:
+        db.close()
+    out = []
+    for (pid, _), r in latest.items():
+        j = Joined(id=pid, ts=float(r["ts"]), version=r["version"], variant=r["variant"],
+                   inputs=_json(r["inputs"]), outputs=_json(r["outputs"]), latency_ms=float(r["latency_ms"]))
+        note = notes.get(pid)
+        if note is not None:
+            interpret(j, note, feedback, labels)
+        out.append(j)
+    return sorted(out, key=lambda j: (j.ts, j.id))
+
+
+def _latest_feedback(db: sqlite3.Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        for r in db.execute(f"SELECT id, label, value, payload FROM feedback WHERE id IN ({marks}) "
+                            "ORDER BY ts, rowid", chunk):
+            found[r["id"]] = {"label": r["label"], "value": r["value"], "payload": _json(r["payload"])}
+    return found
+
+
+def _json(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def interpret(j: Joined, note: dict[str, Any], cfg: FeedbackConfig, labels: list[str] | None) -> None:
+    """Set the row's truth (and whether the served answer was right) from one feedback record."""
+    payload = note.get("payload") or {}
+    j.payload = payload
+    predicted = j.predicted
+    if note.get("label") is not None:
+        j.truth, j.source = str(note["label"]), "label"
+    elif note.get("value") is not None:
+        j.truth, j.source = float(note["value"]), "value"
+    elif cfg.thumbs and (thumb := thumbs(payload)) is not None:
+        j.source = "thumbs"
+        if thumb:
+            j.truth = predicted
+        elif labels is not None and len(labels) == 2 and predicted in labels:
+            j.truth = labels[1 - labels.index(predicted)]
+        j.correct = thumb
+    elif cfg.outcome is not None and cfg.outcome.labels:
+        observed = outcome_value(payload, cfg.outcome.field)
+        if observed is not None:
+            label = {k.strip().lower(): v for k, v in cfg.outcome.labels.items()}.get(_key(observed))
+            if label is not None:
+                j.truth, j.source = str(label), "outcome"
+    if j.correct is None and j.truth is not None and "label" in j.outputs:
+        j.correct = str(j.truth) == predicted
+
+
+def thumbs(payload: dict[str, Any]) -> bool | None:
+    value = payload.get("thumbs")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("up", "down"):
+        return value.strip().lower() == "up"
+    return None
+
+
+def outcome_value(payload: dict[str, Any], name: str) -> Any:
+    if name in payload and name not in ("id", "label", "value"):
+        return payload[name]
+    nested = payload.get("outcome")
+    return nested.get(name) if isinstance(nested, dict) else None
+
+
+def business_value(payload: dict[str, Any], name: str) -> float | None:
+    """A feedback field as a number (true/false count as 1/0), or None when absent or not a number."""
+    value = outcome_value(payload, name)
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "yes"):
+            return 1.0
+        if text in ("false", "no"):
+            return 0.0
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _key(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip().lower()

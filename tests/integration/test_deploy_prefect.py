@@ -1,0 +1,157 @@
+"""The recipe's flows as Prefect deployments on a real Prefect server (PostgreSQL database): `mlops deploy
+--prefect` renders prefect.yaml and registers it, a run of the train deployment is triggered, and a process worker
+(`prefect worker start --run-once`) runs it to completion: the model is trained and registered in MLflow.
+
+Needs PostgreSQL on 127.0.0.1:5432 with trust auth for user `postgres` (or $MLOPS_TEST_POSTGRES_DSN) and asyncpg;
+a throwaway database is created and dropped. Without them the test is skipped, except in CI (`CI=true`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.integration
+
+PG_ADMIN_DSN = os.environ.get("MLOPS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+HEALTH_TIMEOUT_S = 180  # ~11 s idle; much longer with the CPUs busy with other tests
+MODEL = f"qs_prefect_{uuid.uuid4().hex[:8]}"
+# a quick training run; the other flows are scheduled once a year so that no scheduled run is due during the test
+OVERRIDES = [f"registry.model_name={MODEL}", "trainer.max_epochs=1", "gates=none",
+             "evaluate.performance.enabled=false", "evaluate.robustness.enabled=false",
+             "deploy.prefect.work_pool=mlops-it", "deploy.prefect.flows.train.cron=0 0 1 1 *",
+             "deploy.prefect.flows.monitor.interval_s=null", "deploy.prefect.flows.monitor.cron=0 0 1 1 *"]
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: PostgreSQL is required here)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def postgres_db() -> Iterator[str]:
+    """A fresh database for the Prefect server; its asyncpg URL. Dropped afterwards."""
+    try:
+        import asyncpg  # noqa: F401  (Prefect's PostgreSQL driver)
+        import psycopg2
+    except ImportError as exc:
+        _unavailable(f"{exc.name} is not installed (asyncpg comes with prefect; psycopg2 with the dev extra)")
+    try:
+        admin = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        _unavailable(f"PostgreSQL is unreachable at {PG_ADMIN_DSN}: {str(exc).strip()}")
+    admin.autocommit = True
+    name = f"mlops_prefect_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        info = admin.info
+        yield f"postgresql+asyncpg://{info.user}@{info.host}:{info.port}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def api(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}{path}", data=data, headers={"content-type": "application/json"},
+                                     method="POST" if data is not None else "GET")
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture
+def prefect_server(postgres_db: str, tmp_path: Path, isolated_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    port = free_port()
+    home = tmp_path / "prefect-server-home"
+    env = isolated_env | {"PREFECT_HOME": str(home), "PREFECT_API_DATABASE_CONNECTION_URL": postgres_db,
+                          "PREFECT_UI_ENABLED": "false"}
+    log = tmp_path / "prefect-server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                 "--port", str(port)], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while True:
+            assert proc.poll() is None, f"prefect server exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+            try:
+                if api(url, "/health") is True:
+                    break
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            assert time.monotonic() < deadline, f"prefect server not healthy in {HEALTH_TIMEOUT_S} s"
+            time.sleep(0.5)
+        yield {"url": url, "log": str(log)}
+    finally:
+        stop(proc)
+
+
+def test_train_deployment_runs_to_completion(prefect_server: dict[str, str], isolated_env: dict[str, str],
+                                             tmp_path: Path) -> None:
+    url = prefect_server["url"]
+    env = isolated_env | {"PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path / "client-home")}
+
+    deployed = run_cli(["deploy", "recipes/quickstart.yaml", *OVERRIDES, "--target", "prefect", "--prefect",
+                        "--out", str(tmp_path / "out"), "--json"], env)
+
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    result = json.loads(deployed.stdout.strip().splitlines()[-1])
+    assert result["registered"] == ["mlops-train/quickstart", "mlops-evaluate/quickstart",
+                                    "mlops-monitor/quickstart", "mlops-retrain/quickstart"]
+    deployments = {d["entrypoint"]: d for d in api(url, "/deployments/filter", {})}
+    assert set(deployments) == {"mlops.flows.train", "mlops.flows.evaluate", "mlops.flows.monitor",
+                                "mlops.flows.retrain"}
+    train = deployments["mlops.flows.train"]
+    assert train["parameters"] == {"recipe": "recipes/quickstart.yaml", "overrides": OVERRIDES}
+    assert train["work_pool_name"] == "mlops-it"
+    assert [s["schedule"]["cron"] for s in train["schedules"]] == ["0 0 1 1 *"]
+    assert train["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+    assert deployments["mlops.flows.evaluate"]["parameters"]["model"] == f"{MODEL}@champion"
+    assert "recipe" in train["parameter_openapi_schema"]["required"]
+
+    run = api(url, f"/deployments/{train['id']}/create_flow_run", {})
+    worker = subprocess.run([sys.executable, "-m", "prefect", "worker", "start", "--pool", "mlops-it", "--run-once"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    state = api(url, f"/flow_runs/{run['id']}")["state"]
+
+    assert state["type"] == "COMPLETED", f"{state}\n{worker.stdout[-4000:]}\n{worker.stderr[-4000:]}"
+    from mlops.deploy.promotion import registry_client
+
+    client = registry_client(f"sqlite:///{Path(env['MLOPS_HOME']) / 'mlflow.db'}")
+    model = client.get_registered_model(MODEL)
+    assert model.aliases["champion"] == 1  # the first registration of the model, made by the flow run

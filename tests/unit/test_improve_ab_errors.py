@@ -1,0 +1,198 @@
+"""`mlops ab report` on logs with a known difference between the arms, and `mlops errors` on logs with planted
+errors: the numbers come out where they were put, with intervals that cover them."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from mlops.cli import main
+from mlops.improve.ab import ab_report
+from mlops.improve.config import AbConfig
+from mlops.improve.error_analysis import analyse_errors, write_report
+from mlops.improve.intervals import proportion_difference, required_per_arm, wilson
+from tests.improve_fixtures import log_feedback, log_predictions
+
+
+def arm(log: Path, variant: str, n: int, correct: int, version: str, converted: int | None = None) -> None:
+    """n answers "yes" of `variant`; the first `correct` have truth "yes", the rest "no"."""
+    ids = [f"{variant}-{i}" for i in range(n)]
+    log_predictions(log, ids, variant=variant, version=version, label="yes")
+    feedback = []
+    for i, pid in enumerate(ids):
+        item = {"id": pid, "label": "yes" if i < correct else "no"}
+        if converted is not None:
+            item["converted"] = i % n < converted  # the first `converted` rows converted
+        feedback.append(item)
+    log_feedback(log, feedback)
+
+
+def test_ab_report_finds_a_known_difference_with_its_interval(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "ab.sqlite"
+    arm(log, "champion", 1000, 800, "1", converted=100)
+    arm(log, "challenger", 1000, 880, "2", converted=150)
+    report = ab_report(log, "toy", AbConfig(min_effect=0.05, business_metric="converted"))
+    m = report["metric"]
+    assert (m["champion"], m["challenger"]) == (0.8, 0.88) and m["difference"] == pytest.approx(0.08)
+    lo, hi = m["ci"]
+    assert 0 < lo < 0.08 < hi < 0.16 and m["p_value"] < 1e-5
+    assert m["verdict"] == "challenger better" and m["enough"] is True and m["required_per_arm"] < 1000
+    assert report["arms"]["challenger"] == {"requests": 1000, "versions": ["2"], "labelled": 1000}
+    b = report["business"]
+    assert (b["champion"], b["challenger"]) == (0.1, 0.15) and b["ci"][0] < 0.05 < b["ci"][1]
+    assert b["ci"][0] > 0 and b["verdict"] == "challenger better"
+    # the same through the CLI
+    assert main(["ab", "report", "toy", "--log", str(log), "--min-effect", "0.05", "--business", "converted",
+                 "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "difference +0.08  95% CI [" in out and "large enough to detect 0.05" in out
+    assert json.loads(out.strip().splitlines()[-1])["metric"]["difference"] == pytest.approx(0.08)
+
+
+def test_ab_report_says_when_the_sample_is_too_small(tmp_path: Path) -> None:
+    log = tmp_path / "ab.sqlite"
+    arm(log, "champion", 40, 32, "1")
+    arm(log, "challenger", 40, 34, "2")
+    m = ab_report(log, "toy", AbConfig(min_effect=0.05))["metric"]
+    assert m["enough"] is False and m["ci"][0] < 0 < m["ci"][1]
+    assert m["verdict"].startswith("undecided: keep the test running") and m["required_per_arm"] > 40
+    assert m["detectable_effect"] > 0.05
+    error_rate = ab_report(log, "toy", AbConfig(metric="error_rate"))["metric"]
+    assert error_rate["higher_is_better"] is False and error_rate["difference"] == pytest.approx(-0.05)
+
+
+def test_ab_report_on_regression_compares_mean_errors(tmp_path: Path) -> None:
+    from mlops.serve.log import PredictionLog, prediction_rows
+
+    log = tmp_path / "ab.sqlite"
+    writer = PredictionLog(log)
+    rng = random.Random(3)
+    rows, feedback = [], []
+    for variant, noise in (("champion", 2.0), ("challenger", 1.0)):
+        ids = [f"{variant}-{i}" for i in range(400)]
+        truths = [rng.uniform(0, 100) for _ in ids]
+        rows += prediction_rows(ids, "toy", "1", variant, [{"x": 1.0}] * 400,
+                                [{"prediction": t + rng.gauss(0, noise)} for t in truths], 1.0)
+        feedback += [(i, 0.0, None, t, json.dumps({"id": i, "value": t})) for i, t in zip(ids, truths, strict=True)]
+    writer.submit("predictions", rows).result()
+    writer.submit("feedback", feedback).result()
+    writer.close()
+    m = ab_report(log, "toy", AbConfig(metric="mae", min_effect=0.1))["metric"]
+    # E|N(0, s)| = s * sqrt(2 / pi): 1.596 vs 0.798
+    assert m["champion"] == pytest.approx(1.596, abs=0.15) and m["challenger"] == pytest.approx(0.798, abs=0.08)
+    assert m["ci"][1] < 0 and m["verdict"] == "challenger better" and m["method"].startswith("Welch")
+
+
+def test_ab_report_refuses_a_log_without_a_challenger_arm(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "ab.sqlite"
+    arm(log, "champion", 10, 8, "1")
+    assert main(["ab", "report", "toy", "--log", str(log)]) == 2
+    assert "no challenger arm" in capsys.readouterr().err
+    assert main(["ab", "report", "toy", "--log", str(tmp_path / "absent.sqlite")]) == 2
+    assert "no prediction log at" in capsys.readouterr().err
+
+
+def test_the_difference_interval_covers_the_true_difference_95_percent_of_the_time() -> None:
+    rng = random.Random(11)
+    covered = 0
+    for _ in range(400):
+        k_a = sum(rng.random() < 0.30 for _ in range(150))
+        k_b = sum(rng.random() < 0.40 for _ in range(120))
+        lo, hi = proportion_difference(k_b, 120, k_a, 150)["ci"]
+        covered += lo <= 0.10 <= hi
+    assert 0.92 <= covered / 400 <= 0.98
+    assert wilson(0, 10)[0] == 0.0 and 0 < wilson(0, 10)[1] < 0.35
+    # 0.8 vs 0.85 needs about 900 rows per arm at alpha 0.05 and power 0.8 (the textbook figure is 903)
+    assert 880 <= required_per_arm(0.8 * 0.2, 0.85 * 0.15, 0.05, 0.05, 0.8) <= 920
+
+
+# --- error analysis ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> Path:
+    """300 answers: wrong on 70 % of city 'a' with income above 60, on 5 % of the rest (by construction)."""
+    from mlops.serve.log import PredictionLog, prediction_rows
+
+    rng = random.Random(5)
+    log = tmp_path / "errors.sqlite"
+    rows, feedback = [], []
+    for i in range(300):
+        city = ["a", "b", "c"][i % 3]
+        income = rng.uniform(0, 100)
+        hard = city == "a" and income > 60
+        wrong = rng.random() < (0.7 if hard else 0.05)
+        confidence = 0.55 + 0.4 * rng.random()
+        pid = f"r{i}"
+        rows += prediction_rows([pid], "toy", "1", "champion", [{"age": rng.uniform(20, 70), "income": income,
+                                                                 "city": city}],
+                                [{"label": "yes", "probabilities": [1 - confidence, confidence]}], 1.0)
+        feedback.append((pid, 0.0, "no" if wrong else "yes", None, json.dumps({"id": pid})))
+    writer = PredictionLog(log)
+    writer.submit("predictions", rows).result()
+    writer.submit("feedback", feedback).result()
+    writer.close()
+    return log
+
+
+def test_error_analysis_finds_the_planted_slice_and_cluster(planted: Path, tmp_path: Path) -> None:
+    a = analyse_errors(planted, "toy", min_rows=15)
+    o = a["overall"]
+    assert o["rows"] == 300 and o["ci"][0] < o["error_rate"] < o["ci"][1]
+    worst, second = a["slices"][:2]
+    assert (worst["column"], worst["slice"], worst["rows"]) == ("city", "a", 100) and worst["above_overall"]
+    assert worst["ci"][0] > o["error_rate"] and worst["errors"] == 31  # 31 % where 5 % was planted elsewhere
+    assert second["column"] == "income" and second["slice"].endswith("99.93]")  # the top income bin
+    best = a["clusters"][0]
+    assert best["rule"] == "city = a and income > 79.75" and best["error_rate"] > 0.8
+    assert all(c["error_rate"] > o["error_rate"] for c in a["clusters"])
+    confidences = [m["confidence"] for m in a["confident_mistakes"]]
+    assert confidences == sorted(confidences, reverse=True) and len(confidences) == 10
+    paths = write_report(a, tmp_path / "out")
+    html = Path(paths["html"]).read_text()
+    assert 'id="slices"' in html and 'id="clusters"' in html and 'id="mistakes"' in html
+    assert "city = a" in html and not re.search(r"(src|href)=\"?https?:", html)  # self-contained
+    assert json.loads(Path(paths["json"]).read_text())["overall"]["errors"] == o["errors"]
+
+
+def test_errors_cli_writes_the_report(planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["errors", "toy", "--log", str(planted), "--out", str(tmp_path / "rep"), "--min-rows", "15",
+                 "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "labelled predictions wrong" in out and "cluster  city = a" in out
+    assert (tmp_path / "rep" / "errors.html").is_file()
+    assert json.loads(out.strip().splitlines()[-1])["report"]["json"] == str(tmp_path / "rep" / "errors.json")
+    assert main(["errors", "toy", "--log", str(planted), "--bins", "1"]) == 2
+
+
+def test_error_analysis_needs_ground_truth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "log.sqlite"
+    log_predictions(log, ["a", "b"])
+    assert main(["errors", "toy", "--log", str(log)]) == 2
+    assert "has ground truth yet" in capsys.readouterr().err
+
+
+def test_regression_errors_are_absolute_errors_above_a_tolerance(tmp_path: Path) -> None:
+    from mlops.serve.log import PredictionLog, prediction_rows
+
+    log = tmp_path / "reg.sqlite"
+    rows, feedback = [], []
+    for i in range(100):
+        big = i % 10 == 0
+        rows += prediction_rows([f"r{i}"], "toy", "1", "champion", [{"x": float(i), "kind": "big" if big else "small"}],
+                                [{"prediction": 10.0 + (5.0 if big else 0.1)}], 1.0)
+        feedback.append((f"r{i}", 0.0, None, 10.0, json.dumps({"id": f"r{i}", "value": 10.0})))
+    writer = PredictionLog(log)
+    writer.submit("predictions", rows).result()
+    writer.submit("feedback", feedback).result()
+    writer.close()
+    a = analyse_errors(log, "toy", tolerance=1.0, min_rows=5)
+    assert a["task"] == "regression" and a["overall"]["errors"] == 10
+    assert a["slices"][0]["column"] == "kind" and a["slices"][0]["slice"] == "big" and a["slices"][0]["error_rate"] == 1
+    assert a["confident_mistakes"][0]["abs_error"] == pytest.approx(5.0)

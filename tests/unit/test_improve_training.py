@@ -1,0 +1,94 @@
+"""How a retrain calls the engine: the recipe's run on the refreshed data (or its sweep with the budget), the
+champion comparisons read from the evaluation report, and a gate failure turned into a stopped version found
+by its data fingerprint. The engine itself is replaced here; tests/e2e/test_improve_retrain.py runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlops.errors import GateError, MlopsError
+from mlops.improve.retrain import retrain_recipe, train_with_engine
+from mlops.recipe import load_recipe
+from tests.conftest import ROOT
+from tests.improve_fixtures import FakeRegistry, champion_verdict
+
+
+class State:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+def summary(tmp_path: Path, verdicts: list[dict[str, Any]]) -> dict[str, Any]:
+    report = tmp_path / "evaluation.html"
+    report.write_text("<html></html>")
+    (tmp_path / "evaluation.json").write_text(json.dumps({"gates": verdicts}))
+    brief = [{k: v.get(k) for k in ("metric", "slice", "threshold", "value", "status", "detail")} for v in verdicts]
+    return {"run_id": "r1", "model_version": "7", "metrics": {"test/auroc": 0.97},
+            "gates": {"outcome": "passed", "failures": [], "verdicts": brief, "report": str(report)}}
+
+
+def test_a_run_reads_the_champion_intervals_from_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlops.engine.runner as runner
+
+    calls: list[tuple[str, list[str]]] = []
+
+    def run_flow(recipe: str, overrides: list[str], return_state: bool = False) -> State:
+        calls.append((recipe, overrides))
+        return State(summary(tmp_path, [champion_verdict(0.01, 0.03)]))
+
+    monkeypatch.setattr(runner, "run_flow", run_flow)
+    loaded = load_recipe(ROOT / "recipes" / "quickstart.yaml", check_data=False)
+    trained = train_with_engine(loaded, ["++data.path='/x.parquet'"], "sha256:abc", FakeRegistry())
+    assert calls == [(str((ROOT / "recipes" / "quickstart.yaml").resolve()), ["++data.path='/x.parquet'"])]
+    assert (trained.passed, trained.run_id, trained.version) == (True, "r1", "7")
+    assert trained.verdicts[0]["comparison"]["ci"] == [0.01, 0.03]  # the summary alone has no interval
+    assert trained.metrics == {"test/auroc": 0.97}
+
+
+def test_a_gate_failure_finds_the_version_by_its_data_fingerprint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlops.engine.runner as runner
+
+    message = ("model quickstart version 4 FAILED its gates: registered with tag gates=failed and no alias\n"
+               "  gate test/auroc >= 0.85: FAILED: 0.61 is below the minimum 0.85\n"
+               "  gate test/auroc drop vs champion <= 0.01 (paired_bootstrap, alpha 0.05): FAILED: 0.61 vs ...\n"
+               "report: /somewhere/evaluation.html\n(rerun with --allow-failed-gates to register it with aliases anyway)")
+    monkeypatch.setattr(runner, "run_flow", lambda *a, **k: State(GateError(message)))
+    registry = FakeRegistry(fingerprints={"sha256:abc": ("4", "run4")})
+    loaded = load_recipe(ROOT / "recipes" / "quickstart.yaml", check_data=False)
+    trained = train_with_engine(loaded, [], "sha256:abc", registry)
+    assert (trained.passed, trained.version, trained.run_id) == (False, "4", "run4")
+    assert trained.failures == ["gate test/auroc >= 0.85: FAILED: 0.61 is below the minimum 0.85",
+                                "gate test/auroc drop vs champion <= 0.01 (paired_bootstrap, alpha 0.05): FAILED: "
+                                "0.61 vs ..."]
+
+
+def test_sweep_mode_runs_the_recipes_study_with_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlops.engine.sweep as sweep_module
+
+    calls: list[list[str]] = []
+
+    def sweep(recipe: str, overrides: list[str]) -> dict[str, Any]:
+        calls.append(overrides)
+        return summary(tmp_path, [champion_verdict(-0.01, 0.02)]) | {"best": {"number": 3}}
+
+    monkeypatch.setattr(sweep_module, "sweep", sweep)
+    loaded = load_recipe(ROOT / "recipes" / "quickstart_sweep.yaml", ["improve.retrain.mode=sweep",
+                                                                      "improve.retrain.budget=3"], check_data=False)
+    trained = train_with_engine(loaded, ["a=1"], "sha256:abc", FakeRegistry())
+    assert calls == [["a=1", "sweep.n_trials=3"]] and trained.version == "7"
+
+
+def test_sweep_mode_needs_a_sweep_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / ".mlops"))
+    with pytest.raises(MlopsError, match="improve.retrain.mode is 'sweep' but the recipe has no `sweep:` section"):
+        retrain_recipe(str(ROOT / "recipes" / "quickstart.yaml"), ["improve.retrain.mode=sweep"], "drift",
+                       registry=FakeRegistry())
