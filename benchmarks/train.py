@@ -146,7 +146,7 @@ def run_framework(epochs: int, prefect_home: Path, threads: int) -> dict[str, An
 
         from mlflow import MlflowClient
 
-        client = MlflowClient(summary["tracking_uri"])
+        client = MlflowClient(summary["tracking_uri"], registry_uri=summary["tracking_uri"])
         run = client.get_run(summary["run_id"])
         val_loss = client.get_metric_history(summary["run_id"], "val/loss")
         return {

@@ -283,7 +283,8 @@ def _client(recipe: str | None = None) -> Any:
         from mlops.recipe import load_recipe
 
         loaded = load_recipe(recipe, check_data=False)
-    return MlflowClient(tracking_uri(loaded.recipe if loaded else None)), loaded
+    uri = tracking_uri(loaded.recipe if loaded else None)
+    return MlflowClient(uri, registry_uri=uri), loaded
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ def resolve(ref: str, uri: str) -> tuple[Path, str]:
     from mlops.package.registry import download_bundle, resolve_model
     from mlops.tracking.store import mlops_home
 
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     name, version = resolve_model(client, ref)
     return download_bundle(client, name, version, mlops_home() / "bundles"), f"{name}/{version}"
 
@@ -69,7 +69,7 @@ def evaluate_model(loaded: LoadedRecipe, ref: str, allow_failed_gates: bool = Fa
     assessed = assess_bundle(r, bundle_dir, parts["test"], parts["train"])
     results = {"metrics": metrics | assessed["metrics"]} | {k: assessed[k] for k in
                                                           ("slices", "fairness", "robustness", "performance")}
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     exp = experiment_id(client, r.experiment, uri)
     run_id = client.create_run(exp, run_name=f"evaluate {model_ref}", tags={
         "mlops.evaluates": model_ref, "mlops.recipe": str(loaded.path), "mlops.recipe_hash": loaded.hash,

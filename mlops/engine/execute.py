@@ -40,7 +40,7 @@ def execute(loaded: LoadedRecipe, parent_run_id: str | None = None, *, until: st
     started = time.perf_counter()
     plan = compile_plan(loaded, cache)
     uri = tracking_uri(loaded.recipe)
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     exp = experiment_id(client, loaded.recipe.experiment, uri)
     run_tags = {"mlops.plan": json.dumps({s.name: s.key for s in plan.steps})} | (tags or {})
     run_id = start_run(client, exp, loaded, parent_run_id, run_tags)

@@ -74,7 +74,7 @@ def multirun_flow(recipe: str, jobs: list[list[str]], allow_failed_gates: bool =
     loaded = [load_recipe(recipe, job) for job in jobs]  # validate every job before running any
     first = loaded[0]
     uri = tracking_uri(first.recipe)
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     exp = experiment_id(client, first.recipe.experiment, uri)
     parent = client.create_run(exp, run_name=f"{first.recipe.name} multirun ({len(jobs)} jobs)",
                                tags={"mlops.multirun": "true", "mlops.recipe": str(first.path),

@@ -273,7 +273,7 @@ def register(ctx: RunContext, out: Path) -> dict[str, Any]:
     r = ctx.loaded.recipe
     if not r.registry.enabled or ctx.run_id is None:
         return {"model_name": r.model_name, "model_version": None, "aliases": []}
-    client = MlflowClient(ctx.tracking_uri)
+    client = MlflowClient(ctx.tracking_uri, registry_uri=ctx.tracking_uri)
     sha = ctx.results["export"]["onnx_sha256"]
     gates = ctx.results.get("gate", {}).get("outcome", "passed")  # passed | failed | allowed
     # idempotent: the same bundle (by checksum) is never registered twice

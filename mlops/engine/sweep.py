@@ -49,7 +49,7 @@ def _parent_run(study: Any, loaded: LoadedRecipe) -> str:
     from mlops.tracking.store import experiment_id, tracking_uri
 
     uri = tracking_uri(loaded.recipe)
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     existing = study.user_attrs.get("mlflow_parent_run_id")
     if existing:
         try:
@@ -184,7 +184,8 @@ def _finish(study: Any, loaded: LoadedRecipe, parent: str, allow_failed_gates: b
     except ValueError:
         raise MlopsError(f"study {study.study_name} has no complete trial: see the failed trials' errors "
                          "with `mlops runs`") from None
-    client = MlflowClient(tracking_uri(loaded.recipe))
+    uri = tracking_uri(loaded.recipe)
+    client = MlflowClient(uri, registry_uri=uri)
     best_overrides = as_overrides(best.params)
     log_study(client, parent, study)
     print(f"mlops: best trial {best.number}: value {best.value:.5f} with {' '.join(best_overrides)}", flush=True)

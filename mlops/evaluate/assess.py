@@ -62,7 +62,7 @@ def champion_bundle(tracking_uri: str, model_name: str) -> tuple[str, Path] | No
     from mlops.package.registry import CHAMPION, download_bundle
     from mlops.tracking.store import mlops_home
 
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
         version = str(client.get_model_version_by_alias(model_name, CHAMPION).version)
     except MlflowException:

@@ -39,10 +39,12 @@ class LoadedRecipe:
 
     @cached_property
     def model_hash(self) -> str:
-        """The hash of what determines the model: everything but `evaluate`. A new gate or threshold re-decides
-        on the cached model and evaluation instead of re-exporting it or starting a new sweep study."""
+        """The hash of what determines the model: everything but the sections that act on a model once it
+        exists (`evaluate`, `deploy`, `monitor`, `improve`). A new gate, threshold, rollout step or alert
+        re-decides on the cached model instead of re-exporting it or starting a new sweep study."""
         resolved = self.resolved()
-        resolved.pop("evaluate", None)
+        for section in ("evaluate", "deploy", "monitor", "improve"):
+            resolved.pop(section, None)
         return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
 
     def to_yaml(self) -> str:

@@ -23,7 +23,8 @@ def resolve_bundle(ref: str) -> tuple[Path, str | None]:
     from mlops.package.registry import download_bundle, resolve_model
     from mlops.tracking.store import tracking_uri
 
-    client = MlflowClient(tracking_uri())
+    uri = tracking_uri()
+    client = MlflowClient(uri, registry_uri=uri)
     name, version = resolve_model(client, ref)
     return download_bundle(client, name, version, mlops_home() / "bundles"), version
 

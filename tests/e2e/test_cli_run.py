@@ -17,7 +17,8 @@ pytestmark = pytest.mark.e2e
 
 
 def client_for(env: dict[str, str]) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{env['MLOPS_HOME']}/mlflow.db")
+    uri = f"sqlite:///{env['MLOPS_HOME']}/mlflow.db"
+    return MlflowClient(uri, registry_uri=uri)
 
 
 def test_run_caches_registers_and_moves_aliases(isolated_env: dict[str, str]) -> None:

@@ -19,7 +19,8 @@ IMPOSSIBLE_LATENCY = "evaluate.gates.3.max=1e-9"  # configs/gates/classification
 
 
 def client_for(env: dict[str, str]) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{env['MLOPS_HOME']}/mlflow.db")
+    uri = f"sqlite:///{env['MLOPS_HOME']}/mlflow.db"
+    return MlflowClient(uri, registry_uri=uri)
 
 
 def aliases(env: dict[str, str]) -> dict[str, str]:

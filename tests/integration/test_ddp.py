@@ -62,7 +62,7 @@ def test_ddp_cpu_two_ranks_one_mlflow_run(tmp_path: Path) -> None:
     assert db.is_file(), f"no MLflow store at {db}"
     uri = f"sqlite:///{db}"
     assert summary["tracking_uri"] == uri
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name("quickstart")
     assert exp is not None, "experiment 'quickstart' was not created"
 

@@ -34,7 +34,7 @@ def register(home: Path, bundle: Path) -> str:
     from mlops.tracking.store import experiment_id, tracking_uri
 
     uri = tracking_uri()
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     run = client.create_run(experiment_id(client, "toy", uri))
     client.log_artifacts(run.info.run_id, str(bundle), "bundle")
     mlflow.set_tracking_uri(uri)
@@ -49,7 +49,7 @@ def set_alias(home: Path, version: str) -> None:
     from mlops.tracking.store import tracking_uri
 
     os.environ["MLOPS_HOME"] = str(home)
-    MlflowClient(tracking_uri()).set_registered_model_alias("toy", "champion", version)
+    MlflowClient(tracking_uri(), registry_uri=tracking_uri()).set_registered_model_alias("toy", "champion", version)
 
 
 def post(port: int, path: str, body: Any) -> tuple[int, dict[str, Any]]:

@@ -80,7 +80,8 @@ def _show(study: Any) -> str:
 def _mlflow(env: dict[str, str]) -> Any:
     from mlflow import MlflowClient
 
-    return MlflowClient(f"sqlite:///{Path(env['MLOPS_HOME']) / 'mlflow.db'}")
+    uri = f"sqlite:///{Path(env['MLOPS_HOME']) / 'mlflow.db'}"
+    return MlflowClient(uri, registry_uri=uri)
 
 
 # --- processes (Linux /proc) ---------------------------------------------------------------------------------

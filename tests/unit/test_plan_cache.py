@@ -35,6 +35,14 @@ def test_gate_change_keeps_every_computed_result(tmp_path: Path) -> None:
     assert [s for s in base if base[s] != changed[s]] == ["gate", "register"]
 
 
+@pytest.mark.parametrize("override", ["monitor.alerts.consecutive=5", "deploy.rollout.steps=[5,100]",
+                                      "improve.limits.max_per_day=1"])
+def test_a_later_phase_setting_keeps_the_model(tmp_path: Path, override: str) -> None:
+    """Deploy, monitor and improve settings act on a model once it exists: nothing is retrained or exported."""
+    base, changed = keys([], tmp_path), keys([override], tmp_path)
+    assert base == changed
+
+
 def test_assessment_change_reruns_only_the_assessment(tmp_path: Path) -> None:
     base, changed = keys([], tmp_path), keys(["evaluate.robustness.epsilon=0.1"], tmp_path)
     assert [s for s in base if base[s] != changed[s]] == ["assess", "gate", "register"]

@@ -78,7 +78,8 @@ def test_study_report_on_the_parent_run(tmp_path: Path) -> None:
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(lambda t: t.suggest_float("model.lr", 1e-4, 1e-1, log=True) * 10
                    - t.suggest_int("trainer.max_epochs", 2, 9) / 100, n_trials=6)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
     exp = client.create_experiment("s", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(exp).info.run_id
 
