@@ -290,7 +290,7 @@ class Server:
         return await self._handle(request, "v1_predict", work)
 
     async def feedback(self, request: Request) -> Response:
-        """Ground truth for a prediction id: `{"id": ..., "label": "yes"}` or `{"id": ..., "value": 3.2}`."""
+        """Ground truth for prediction ids (one object or a list): see `feedback_row` for what an item holds."""
         async def work(request: Request, started: float) -> Response:
             body = await self._body(request)
             items = body if isinstance(body, list) else [body]

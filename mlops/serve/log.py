@@ -198,12 +198,19 @@ class FeedbackError(ValueError):
 
 
 def feedback_row(item: Any, now: float | None = None) -> tuple[Any, ...]:
-    """`{"id": ..., "label": "yes"}` (classification) or `{"id": ..., "value": 3.2}` (regression) -> a row."""
+    """One piece of ground truth for a prediction id -> a row. Explicit: a corrected `label`
+    (classification) or `value` (regression), or `thumbs` (`up`: the served answer was right, `down`:
+    wrong). Implicit: any other field, e.g. `{"converted": true}`, read as the outcome the recipe declares
+    (`improve.feedback.outcome`). Everything is kept in the payload."""
     if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
         raise FeedbackError("id", "a prediction id (string) is required")
-    label, value = item.get("label"), item.get("value")
-    if label is None and value is None:
-        raise FeedbackError("label", "give 'label' (classification) or 'value' (regression)")
+    label, value, thumbs = item.get("label"), item.get("value"), item.get("thumbs")
+    if thumbs is not None and not isinstance(thumbs, bool) and thumbs not in ("up", "down"):
+        raise FeedbackError("thumbs", "must be 'up' or 'down' (or true/false)")
+    outcome = [k for k in item if k not in ("id", "label", "value", "thumbs")]
+    if label is None and value is None and thumbs is None and not outcome:
+        raise FeedbackError("label", "give 'label' (classification), 'value' (regression), 'thumbs' ('up'/'down') "
+                            "or an outcome field (e.g. 'converted')")
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)):
         raise FeedbackError("value", "must be a finite number")
     return (item["id"], time.time() if now is None else now, None if label is None else str(label), value,
@@ -211,7 +218,8 @@ def feedback_row(item: Any, now: float | None = None) -> tuple[Any, ...]:
 
 
 def read_feedback_file(path: str | Path) -> list[tuple[Any, ...]]:
-    """Feedback rows from a CSV file (header with `id` and `label` and/or `value`; an empty cell is absent)
+    """Feedback rows from a CSV file (header with `id` and any of `label`, `value`, `thumbs` or outcome
+    columns; an empty cell is absent)
     or a JSONL file (`.jsonl`/`.ndjson`: one object per line, as `POST /v1/feedback` takes).
 
     The whole file is checked before anything is written; the first problem raises with its line and field.
@@ -242,10 +250,11 @@ def _csv_items(path: Path, f: Any) -> Any:
         return
     header = [h.strip() for h in header]
     if "id" not in header:
-        raise MlopsError(f"{path}:1: id: the header needs an 'id' column (and 'label' or 'value'), got {header}")
-    if "label" not in header and "value" not in header:
-        raise MlopsError(f"{path}:1: label: the header needs a 'label' (classification) or 'value' (regression) "
-                         f"column, got {header}")
+        raise MlopsError(f"{path}:1: id: the header needs an 'id' column (and 'label', 'value', 'thumbs' or an "
+                         f"outcome column), got {header}")
+    if len(header) < 2:
+        raise MlopsError(f"{path}:1: label: the header needs a 'label' (classification), 'value' (regression), "
+                         f"'thumbs' or an outcome column besides 'id', got {header}")
     for cells in reader:
         if not cells or all(not c.strip() for c in cells):
             continue

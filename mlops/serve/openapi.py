@@ -212,8 +212,12 @@ def _schemas(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
         "type": "object", "title": "feedback",
         "properties": {"id": {"type": "string", "minLength": 1, "description": "A prediction id the server returned."},
                        "label": {"type": "string", "description": "The true class (classification)."},
-                       "value": {"type": "number", "description": "The true value (regression)."}},
-        "required": ["id"], "anyOf": [{"required": ["label"]}, {"required": ["value"]}],
+                       "value": {"type": "number", "description": "The true value (regression)."},
+                       "thumbs": {"enum": ["up", "down", True, False],
+                                  "description": "Whether the served answer was right."}},
+        "additionalProperties": {"description": "An outcome field (e.g. converted), read as the recipe's "
+                                                "improve.feedback.outcome declares."},
+        "required": ["id"], "minProperties": 2,
     }
     return {
         "Error": {"type": "object", "required": ["error", "field"],

@@ -246,3 +246,12 @@ def test_numeric_and_string_columns_are_the_arrays_the_graph_takes(bundle: Path)
     assert with_missing[0, 0] == 1.0 and np.isnan(with_missing[1, 0])
     assert p.column("city", ["a", "b"], "x").tolist() == [["a"], ["b"]]
     assert p.column("city", ["a", None, 3], "x").tolist() == [["a"], [""], ["3"]]
+
+
+def test_thumbs_and_outcome_feedback_are_recorded_and_a_bad_thumb_is_a_400(client: TestClient, tmp_path: Path) -> None:
+    assert client.post("/v1/feedback", json=[{"id": "p1", "thumbs": "up"}, {"id": "p2", "converted": True}]
+                       ).status_code == 200
+    bad = client.post("/v1/feedback", json={"id": "p3", "thumbs": "sideways"})
+    assert bad.status_code == 400 and bad.json()["field"] == "body.thumbs"
+    empty = client.post("/v1/feedback", json={"id": "p4"})
+    assert empty.status_code == 400 and empty.json()["field"] == "body.label"

@@ -392,7 +392,7 @@ MALFORMED = [
     ("bad-value", "truth.csv", "id,label,value\np1,yes,\np2,,high\n", ":3: value: not a number"),
     ("nan-value", "truth.csv", "id,value\np1,nan\n", ":2: value: must be a finite number"),
     ("no-id-column", "truth.csv", "pid,label\np1,yes\n", ":1: id: the header needs an 'id' column"),
-    ("no-label-column", "truth.csv", "id,truth\np1,yes\n", ":1: label: the header needs a 'label'"),
+    ("no-label-column", "truth.csv", "id\np1\n", ":1: label: the header needs a 'label'"),
     ("missing-label", "truth.csv", "id,label\np1,yes\np2,\n", ":3: label: give 'label'"),
     ("empty-id", "truth.csv", "id,label\np1,yes\n,no\n", ":3: id: a prediction id"),
     ("wrong-field-count", "truth.csv", "id,label\np1,yes,extra\n", ":2: row: expected 2 fields"),
