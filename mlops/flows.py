@@ -50,12 +50,25 @@ def monitor(recipe: str, overrides: list[str] | None = None, model: str | None =
     return monitor_recipe(recipe, list(overrides or []), model)
 
 
-@flow(name="mlops-retrain")
-def retrain(recipe: str, overrides: list[str] | None = None, reason: str = "scheduled") -> dict[str, Any]:
-    """Retrain the recipe's model and decide champion/challenger; `reason` is recorded with the decision."""
+def _retrain_run_name() -> str:
+    from pathlib import Path
+
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    return f"retrain {Path(params['recipe']).stem}: {params.get('reason') or 'auto'}"[:120]
+
+
+@flow(name="mlops-retrain", flow_run_name=_retrain_run_name)
+def retrain(recipe: str, overrides: list[str] | None = None, reason: str = "auto", by: str | None = None,
+            force: bool = False, rollout_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Trigger, limits, data refresh, training (the `mlops-run` subflow) with gates vs the champion, then
+    promote, wait for approval, stop or roll back (`mlops retrain`). `reason` is what fired it: `auto`
+    answers the monitor's newest unanswered alert, `schedule` a cron run, an event name
+    (`mlops.alert.drift`) an automation; cooldown and daily limits hold whatever fired it."""
     from mlops.improve.retrain import retrain_recipe
 
-    return retrain_recipe(recipe, list(overrides or []), reason)
+    return retrain_recipe(recipe, list(overrides or []), reason, by=by, force=force, rollout_options=rollout_options)
 
 
 FLOWS = {"train": train, "evaluate": evaluate, "monitor": monitor, "retrain": retrain}

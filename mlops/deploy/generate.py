@@ -109,8 +109,9 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
     if "prefect" in wanted:
         from mlops.deploy.orchestration import flow_deployments, prefect_yaml, register
 
+        events = [f"mlops.alert.{rule}" for rule in ("drift", "accuracy_drop") if getattr(r.improve.triggers, rule)]
         deployments = flow_deployments(cfg.prefect, r.name, r.model_name, project_relative(loaded.path, project_dir),
-                                       loaded.overrides)
+                                       loaded.overrides, retrain_events=events)
         prefect_file = Path(_write(out / "prefect.yaml", prefect_yaml(deployments, r.name, str(project_dir))))
         result["files"]["prefect"] = str(prefect_file)
         result["deployments"] = [d.full_name for d in deployments]

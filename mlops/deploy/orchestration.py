@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +40,29 @@ class FlowDeployment:
     work_queue: str | None
     tags: list[str]
     schedule: dict[str, Any] | None
+    triggers: list[dict[str, Any]] = field(default_factory=list)  # Prefect deployment event triggers
 
     @property
     def full_name(self) -> str:
         return f"{FLOW_NAMES[self.flow]}/{self.name}"
 
 
+def retrain_triggers(model_name: str, events: list[str]) -> list[dict[str, Any]]:
+    """The automation that closes the loop: the monitor's alert events for this model run the retrain
+    deployment, with the event's name as the reason. Cooldown and daily limits are enforced by the retrain
+    itself (from its audit log), whatever fires it, so a burst of alerts starts at most one retrain."""
+    if not events:
+        return []
+    return [{"enabled": True, "match": {"prefect.resource.id": f"mlops.model.{model_name}"},
+             "expect": sorted(events), "posture": "Reactive", "threshold": 1, "within": 0,
+             "parameters": {"reason": "{{ event.event }}"}}]
+
+
 def flow_deployments(cfg: PrefectConfig, recipe_name: str, model_name: str, recipe_path: str,
-                     overrides: list[str]) -> list[FlowDeployment]:
+                     overrides: list[str], retrain_events: list[str] | None = None) -> list[FlowDeployment]:
     """The enabled flows of `cfg` as deployments; `recipe_path` as the flows will see it (relative to the
-    project directory when inside it)."""
+    project directory when inside it). `retrain_events`: the monitor events that run the retrain deployment
+    (from the recipe's `improve.triggers`)."""
     base = {"recipe": recipe_path, "overrides": list(overrides)}
     defaults = {"train": {}, "evaluate": {"model": f"{model_name}@champion"},
                 "monitor": {"model": f"{model_name}@champion"}, "retrain": {"reason": "scheduled"}}
@@ -65,7 +78,8 @@ def flow_deployments(cfg: PrefectConfig, recipe_name: str, model_name: str, reci
         out.append(FlowDeployment(
             flow=flow, name=recipe_name, entrypoint=f"mlops.flows.{flow}", description=DESCRIPTIONS[flow],
             parameters=base | defaults[flow] | sched.parameters, work_pool=cfg.work_pool, work_queue=cfg.work_queue,
-            tags=[*cfg.tags, recipe_name, flow], schedule=schedule))
+            tags=[*cfg.tags, recipe_name, flow], schedule=schedule,
+            triggers=retrain_triggers(model_name, retrain_events or []) if flow == "retrain" else []))
     return out
 
 

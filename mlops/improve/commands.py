@@ -102,7 +102,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
         result = retrain_recipe(args.recipe, args.overrides, args.reason, by=args.by, force=args.force)
     else:
-        from mlops.improve.flow import retrain_flow
+        from mlops.flows import retrain as retrain_flow
 
         result = retrain_flow(args.recipe, args.overrides, args.reason, args.by, args.force,
                               _rollout_options(args) or None)

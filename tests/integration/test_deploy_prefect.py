@@ -155,3 +155,21 @@ def test_train_deployment_runs_to_completion(prefect_server: dict[str, str], iso
     client = registry_client(f"sqlite:///{Path(env['MLOPS_HOME']) / 'mlflow.db'}")
     model = client.get_registered_model(MODEL)
     assert model.aliases["champion"] == 1  # the first registration of the model, made by the flow run
+
+    # the automation that closes the loop: the monitor's drift event for this model runs the retrain deployment
+    automations = api(url, "/automations/filter", {})
+    assert any(sorted(a["trigger"].get("expect") or []) == ["mlops.alert.accuracy_drop", "mlops.alert.drift"]
+               and a["trigger"]["match"] == {"prefect.resource.id": f"mlops.model.{MODEL}"} for a in automations), \
+        [a["trigger"] for a in automations]
+    retrain = deployments["mlops.flows.retrain"]
+    emitted = subprocess.run([sys.executable, "-c", (
+        "from prefect.events import emit_event; "
+        f"emit_event(event='mlops.alert.drift', resource={{'prefect.resource.id': 'mlops.model.{MODEL}'}}, "
+        "payload={'window': 7})")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert emitted.returncode == 0, emitted.stderr[-3000:]
+    deadline = time.monotonic() + 120
+    runs: list[dict[str, Any]] = []
+    while not runs and time.monotonic() < deadline:
+        runs = api(url, "/flow_runs/filter", {"deployments": {"id": {"any_": [retrain["id"]]}}})
+        time.sleep(1)
+    assert [r["parameters"]["reason"] for r in runs] == ["mlops.alert.drift"], runs

@@ -64,7 +64,8 @@ def _prefect() -> str:
         "evaluate": {"enabled": False},
         "monitor": {"interval_s": 900, "parameters": {"model": "quickstart@challenger"}},
         "retrain": {}}}}).prefect
-    deployments = flow_deployments(cfg, "quickstart", "quickstart", "recipes/quickstart.yaml", ["trainer.max_epochs=3"])
+    deployments = flow_deployments(cfg, "quickstart", "quickstart", "recipes/quickstart.yaml", ["trainer.max_epochs=3"],
+                                   retrain_events=["mlops.alert.drift", "mlops.alert.accuracy_drop"])
     return prefect_yaml(deployments, "quickstart", "/srv/project", prefect_version="3.9.1", mlops_version="0.1.0")
 
 
