@@ -48,6 +48,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local-port", type=int, metavar="PORT",
                    help="move traffic locally: run `mlops serve STABLE --ab CANARY:PERCENT` on PORT, restarted at "
                         "each step, and read its /metrics")
+    p.add_argument("--live-url", metavar="URL",
+                   help="move traffic on the live server at URL (`mlops serve NAME@champion --ab NAME@challenger:0`): "
+                        "each step sets the challenger's share there, no restart; its /metrics is read")
     p.add_argument("--from", dest="start_percent", type=int, metavar="PERCENT",
                    help="resume at this step (after a hold)")
     p.add_argument("--no-promote", action="store_true", help="do not move champion when every step passed")
@@ -73,6 +76,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--out", type=Path, help="where to write the manifest")
         p.add_argument("--crd", type=Path, help="validate the manifest against this InferenceService CRD")
         p.add_argument("--apply", action="store_true", help="kubectl apply the manifest (needs a cluster)")
+        p.add_argument("--live-url", metavar="URL", help="a running `mlops serve NAME@champion`: make it swap the "
+                                                         "new champion in now (it would within its reload interval)")
         p.add_argument("--json", action="store_true", help="last line of stdout: what was done, as JSON")
         p.set_defaults(func=cmd_promote if name == "promote" else cmd_rollback)
 
@@ -109,7 +114,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
     result = rollout(loaded, args.to, stable=args.stable, metrics_url=args.metrics_url, log=args.log,
                      canary_variant=args.canary_variant, kubectl=args.apply, local_port=args.local_port,
-                     out=args.out, crd=args.crd, start_percent=args.start_percent,
+                     live_url=args.live_url, out=args.out, crd=args.crd, start_percent=args.start_percent,
                      promote=False if args.no_promote else None, reason=args.reason,
                      report=lambda line: print(f"rollout: {line}", flush=True))
     print(f"rollout of {result.canary} next to {result.stable}: {result.decision.upper()} {result.reason}")
@@ -128,6 +133,12 @@ def _history_line(entry: dict[str, Any]) -> str:
 def _after_move(args: argparse.Namespace, entry: dict[str, Any]) -> dict[str, Any]:
     from mlops.deploy.promotion import render_for
 
+    if args.live_url:
+        from mlops.deploy.local import LiveServe
+
+        changes = LiveServe(args.live_url, args.name).reload()
+        print(f"  live     {args.live_url}: " + ("; ".join(f"{c['variant']} {c.get('from')} -> {c.get('to')}"
+                                                       for c in changes) or "already serving it"))
     rendered = render_for(args.recipe, args.name, entry["version"], args.out, args.crd, args.apply)
     out = {"model": args.name, "champion": entry["version"], "previous": entry["previous"], "history": entry,
            "manifest": rendered["files"].get("inferenceservice") if rendered else None}

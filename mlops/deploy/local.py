@@ -92,3 +92,58 @@ class LocalServe:
         if self._out is not None:
             self._out.close()
             self._out = None
+
+
+class LiveServe:
+    """The live server as the canary: `mlops serve NAME@champion --ab NAME@challenger:0` already running at
+    `url`; each step sets the challenger's share of request keys on it (`POST .../traffic`), with no restart.
+    Its arms follow their aliases, so before moving traffic it makes the server re-resolve them and checks it
+    serves the versions the rollout is about: a wrong server is an error, never a silent canary."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url.rstrip("/")
+        self.name = name
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.url}/metrics"
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        request = urllib.request.Request(f"{self.url}/v2/repository/models/{self.name}/{path}",
+                                         data=json.dumps(body).encode(), method="POST",
+                                         headers={"content-type": "application/json", **_auth()})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as resp:
+                return dict(json.loads(resp.read()))
+        except urllib.error.HTTPError as exc:
+            raise MlopsError(f"the live server at {self.url} refused {path}: {exc.code} "
+                             f"{exc.read().decode(errors='replace')[:500]}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise MlopsError(f"no live server answers at {self.url} ({exc})") from None
+
+    def reload(self) -> list[dict[str, Any]]:
+        """Make the server re-resolve its aliases now; the changes it made."""
+        return list(self._post("load", {})["changes"])
+
+    def __call__(self, stable: Any, canary: Any, percent: int, manifest: Path) -> None:
+        if canary is None:  # rollback, or the new champion alone: the challenger answers nothing
+            self.reload()  # a promotion moved `champion`: serve it now, not at the next periodic check
+            self._post("traffic", {"percent": 0})
+            return
+        state = self._post("load", {})["traffic"]
+        serving = (state["champion"]["version"], (state["challenger"] or {}).get("version"))
+        if serving != (stable.version, canary.version):
+            raise MlopsError(f"the live server at {self.url} serves champion {serving[0]} and challenger {serving[1]}, "
+                             f"not {stable.version} and {canary.version}: start it as `mlops serve "
+                             f"{self.name}@champion --ab {self.name}@challenger:0` (its arms follow the aliases)")
+        self._post("traffic", {"percent": percent})
+
+    def close(self) -> None:
+        """The live server is not ours to stop."""
+
+
+def _auth() -> dict[str, str]:
+    token = os.environ.get("MLOPS_SERVE_TOKEN")
+    return {"authorization": f"Bearer {token}"} if token else {}

@@ -170,7 +170,8 @@ def _resolve(client: Any, ref: str) -> ModelVersion:
 
 def rollout(recipe: Any, to: str, *, overrides: list[str] | None = None, stable: str | None = None,
             metrics_url: str | None = None, log: str | Path | None = None, canary_variant: str = "challenger",
-            kubectl: bool = False, local_port: int | None = None, out: Path | None = None, crd: Path | None = None,
+            kubectl: bool = False, local_port: int | None = None, live_url: str | None = None,
+            out: Path | None = None, crd: Path | None = None,
             start_percent: int | None = None, promote: bool | None = None, reason: str = "",
             sleep: Callable[[float], None] = time.sleep, report: Callable[[str], None] | None = None
             ) -> RolloutResult:
@@ -180,14 +181,15 @@ def rollout(recipe: Any, to: str, *, overrides: list[str] | None = None, stable:
     `recipe` is a recipe path or a LoadedRecipe. Live checks read `metrics_url` (a canary's /metrics) and/or
     `log` (a prediction log), for the requests of `canary_variant` ("challenger" for `mlops serve --ab`, "any"
     for a server that is the canary alone). Traffic moves with `kubectl apply` (`kubectl=True`) or a local
-    `mlops serve STABLE --ab CANARY:PERCENT` on `local_port` (whose /metrics is then read); with neither, the
-    manifests are only rendered. `promote` (default: the recipe's `deploy.rollout.promote`) moves `champion`
+    `mlops serve STABLE --ab CANARY:PERCENT` on `local_port` (whose /metrics is then read), or on the live
+    `mlops serve NAME@champion --ab NAME@challenger:0` at `live_url` (its traffic split set at each step, no
+    restart; its /metrics read); with none, the manifests are only rendered. `promote` (default: the recipe's `deploy.rollout.promote`) moves `champion`
     to the canary when every step passed. The outcome is also tagged on the canary's model version
     (`mlops.rollout`). Returns the structured RolloutResult; raises MlopsError for bad input.
     """
     from mlops.deploy.kubectl import KubectlApplier
     from mlops.deploy.live_checks import MetricsEndpoint, PredictionLogSource
-    from mlops.deploy.local import LocalServe
+    from mlops.deploy.local import LiveServe, LocalServe
     from mlops.deploy.promotion import registry_client
     from mlops.package.registry import download_bundle, promote_champion
     from mlops.recipe import LoadedRecipe, load_recipe
@@ -198,8 +200,8 @@ def rollout(recipe: Any, to: str, *, overrides: list[str] | None = None, stable:
     cfg = r.deploy
     if promote is not None:
         cfg = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"promote": promote})})
-    if kubectl and local_port is not None:
-        raise MlopsError("give --apply (kubectl) or --local-port, not both")
+    if sum((kubectl, local_port is not None, live_url is not None)) > 1:
+        raise MlopsError("give one of --apply (kubectl), --local-port or --live-url")
     client = registry_client(tracking_uri(r))
     canary = _resolve(client, to)
     base = _resolve(client, stable or f"{canary.name}@champion")
@@ -211,8 +213,11 @@ def rollout(recipe: Any, to: str, *, overrides: list[str] | None = None, stable:
     def bundle_of(mv: ModelVersion) -> Path:
         return download_bundle(client, mv.name, mv.version, mlops_home() / "bundles")
 
-    local = (LocalServe(local_port, out / "serve.log", bundle_of, log=Path(log) if log else None)
-             if local_port is not None else None)
+    local: LocalServe | LiveServe | None = None
+    if local_port is not None:
+        local = LocalServe(local_port, out / "serve.log", bundle_of, log=Path(log) if log else None)
+    elif live_url is not None:
+        local = LiveServe(live_url, canary.name)
     if metrics_url:
         sources.append(MetricsEndpoint(metrics_url, canary_variant))
     elif local is not None:

@@ -84,10 +84,13 @@ def _rollout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-port", type=int, metavar="PORT", help="canary steps: move traffic on a local "
                    "`mlops serve --ab` on PORT (restarted at each step)")
     p.add_argument("--metrics-url", help="canary steps: read the canary's Prometheus /metrics here")
+    p.add_argument("--live-url", metavar="URL", help="shadow and canary on the live server at URL (`mlops serve "
+                   "NAME@champion --shadow NAME@challenger --ab NAME@challenger:0`): traffic moved there, no restart")
 
 
 def _rollout_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in (("local_port", args.local_port), ("metrics_url", args.metrics_url)) if v is not None}
+    return {k: v for k, v in (("local_port", args.local_port), ("metrics_url", args.metrics_url),
+                              ("live_url", args.live_url)) if v is not None}
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:

@@ -288,9 +288,9 @@ class DeployRollout:
     promotes: the retraining loop moves `champion` itself once every stage passed."""
 
     def __init__(self, loaded: LoadedRecipe, local_port: int | None = None, metrics_url: str | None = None,
-                 kubectl: bool = False, shadow: LogRollout | None = None) -> None:
+                 kubectl: bool = False, shadow: LogRollout | None = None, live_url: str | None = None) -> None:
         self.loaded = loaded
-        self.local_port, self.metrics_url, self.kubectl = local_port, metrics_url, kubectl
+        self.local_port, self.metrics_url, self.kubectl, self.live_url = local_port, metrics_url, kubectl, live_url
         self.watch = shadow or LogRollout()
 
     def shadow(self, target: RolloutTarget, cfg: ShadowStageConfig) -> StageResult:
@@ -305,7 +305,8 @@ class DeployRollout:
         try:
             walked = rollout(self.loaded, f"{target.model}/{target.version}", stable=f"{target.model}/{target.champion}",
                              metrics_url=self.metrics_url, log=target.log if target.log.is_file() else None,
-                             kubectl=self.kubectl, local_port=self.local_port, promote=False,
+                             kubectl=self.kubectl, local_port=self.local_port, live_url=self.live_url,
+                             promote=False,
                              report=lambda line: print(f"mlops: rollout: {line}", flush=True))
         except MlopsError as exc:  # e.g. no source can measure a check: no evidence is a failed stage
             return [StageResult("canary", False, f"the canary could not be judged: {exc}")]
@@ -321,7 +322,14 @@ class DeployRollout:
         """The deploy walk already put traffic back on the stable model when a step failed."""
 
     def complete(self, target: RolloutTarget) -> None:
-        """Traffic follows `champion`: the deploy phase renders the new champion's manifest on promotion."""
+        """Traffic follows `champion`: the deploy phase renders the new champion's manifest on promotion; a live
+        server swaps the new champion in now and gives the challenger no more traffic."""
+        if self.live_url is not None:
+            from mlops.deploy.local import LiveServe
+
+            live = LiveServe(self.live_url, target.model)
+            live.reload()
+            live(None, None, 0, Path())
 
 
 def _step_summary(step: Any) -> str:

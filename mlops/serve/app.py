@@ -321,10 +321,35 @@ class Server:
             changes = await run_in_threadpool(self.watcher.check) if self.watcher is not None else []
             failed = [c for c in changes if "error" in c]
             body = {"name": self.predictor.name, "load": not failed, "version": self.version, "changes": changes,
-                    "watching": sorted(self.watcher.watched) if self.watcher is not None else []}
+                    "watching": sorted(self.watcher.watched) if self.watcher is not None else [],
+                    "traffic": self.traffic_state()}
             return JSONResponse(body, status_code=409 if failed else 200)
 
         return await self._handle(request, "load", work)
+
+    async def traffic(self, request: Request) -> Response:
+        """`POST /v2/repository/models/<name>/traffic {"percent": P}`: the A/B challenger answers P % of request
+        keys from now on (0: none). What a rollout's canary steps move on a live server (mlops rollout
+        --live-url); the arms themselves follow their aliases (see reload.py)."""
+        async def work(request: Request, started: float) -> Response:
+            self._model(request)
+            body = await self._body(request)
+            percent = body.get("percent") if isinstance(body, dict) else None
+            if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
+                raise RequestError("percent", "a number from 0 to 100 is required")
+            if self.challenger is None and percent > 0:
+                raise RequestError("percent", "this server has no challenger: start it with --ab NAME@challenger:0 "
+                                   "to move traffic live", status=409)
+            self.ab_percent = float(percent)
+            return JSONResponse(self.traffic_state())
+
+        return await self._handle(request, "traffic", work)
+
+    def traffic_state(self) -> dict[str, Any]:
+        c = self.challenger
+        return {"name": self.predictor.name, "champion": {"version": self.version},
+                "challenger": {"version": c.version} if c is not None else None,
+                "percent": self.ab_percent if c is not None else 0.0}
 
     async def openapi(self, request: Request) -> Response:
         from mlops.serve.openapi import openapi_spec
@@ -340,6 +365,7 @@ class Server:
             Route("/v1/models/{name_verb:path}", self.v1_predict, methods=["POST"]),
             Route("/v1/feedback", self.feedback, methods=["POST"]),
             Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
+            Route("/v2/repository/models/{name}/traffic", self.traffic, methods=["POST"]),
             Route("/metrics", self.prometheus), Route("/openapi.json", self.openapi),
         ]
         return Starlette(routes=routes, lifespan=self._lifespan)

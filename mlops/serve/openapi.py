@@ -23,6 +23,7 @@ CLIENT_ERRORS = {
     "400": "A request the model cannot take (bad JSON, wrong shape, type or value): the body names the field.",
     "401": "Missing or wrong bearer token (only when the server runs with MLOPS_SERVE_TOKEN).",
     "404": "No model of that name on this server, or an unknown verb.",
+    "409": "The request is valid but this server cannot do it (e.g. traffic for a challenger it does not have).",
     "413": "Body over the size limit, or a batch of more rows than the server's max batch.",
     "422": "Reserved for a well-formed request the model refuses; same error body.",
 }
@@ -68,9 +69,12 @@ def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
     variant_header = {"X-Model-Variant": {"description": "The variant that answered (A/B testing).",
                                           "schema": {"type": "string", "enum": VARIANTS}}}
     body_errors = ("400", "404", "413", "422")
+    version_of = {"type": ["object", "null"], "properties": {"version": {"type": ["string", "null"]}}}
+    traffic_state = _obj({"name": {"type": "string"}, "champion": version_of, "challenger": version_of,
+                          "percent": {"type": "number"}})
     load_result = _obj({"name": {"type": "string"}, "load": {"type": "boolean"},
                         "version": {"type": ["string", "null"]}, "changes": {"type": "array"},
-                        "watching": {"type": "array", "items": {"type": "string"}}})
+                        "watching": {"type": "array", "items": {"type": "string"}}, "traffic": traffic_state})
     load_op = op("v2RepositoryLoad", "Re-resolve the NAME@ALIAS references this server follows, and swap in "
                  "versions whose alias moved (no body needed)", ok_json(load_result), ("404",),
                  params=[model_param], tags=("v2",))
@@ -107,6 +111,11 @@ def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
             params=[model_param], tags=("v2",))},
         # --- V2 model repository extension: follow a moved alias now (mlops/serve/reload.py) ---------------
         "/v2/repository/models/{name}/load": {"post": load_op},
+        "/v2/repository/models/{name}/traffic": {"post": op(
+            "v2RepositoryTraffic", "Set the share of request keys the A/B challenger answers (a live canary step)",
+            ok_json(traffic_state), ("400", "404", "409", "413"), body=_obj({"percent": {"type": "number", "minimum": 0,
+                                                                              "maximum": 100}}),
+            params=[model_param], tags=("v2",))},
         # --- operations -----------------------------------------------------------------------------
         "/metrics": {"get": op("metrics", "Prometheus metrics", {
             "description": "Prometheus text exposition format",
@@ -139,7 +148,7 @@ def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
     }
 
 
-_ERROR_NAMES = {"400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "413": "TooLarge",
+_ERROR_NAMES = {"400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "409": "Conflict", "413": "TooLarge",
                 "422": "Unprocessable"}
 
 

@@ -182,3 +182,55 @@ def test_too_little_traffic_holds(registry: dict[str, str], tmp_path: Path) -> N
     assert [(s.percent, s.decision, s.windows) for s in result.steps] == [(1, "hold", 2)]
     assert "--from 1" in result.reason
     assert champion() == before
+
+
+def test_canary_on_the_live_server_without_a_restart(registry: dict[str, str], tmp_path: Path) -> None:
+    """`--live-url`: the production server (`mlops serve toy@champion --ab toy@challenger:0`) is the canary: each
+    step sets its traffic split, and after the last one it serves the new champion, all in one process."""
+    import subprocess
+    import sys
+    import time
+
+    from mlops.deploy.promotion import registry_client
+    from mlops.deploy.rollout import rollout
+
+    client = registry_client()
+    client.set_registered_model_alias("toy", "champion", registry["stable"])
+    client.set_registered_model_alias("toy", "challenger", registry["healthy"])
+    port = free_port()
+    out = tmp_path / "live.out"
+    with open(out, "wb") as sink:
+        server = subprocess.Popen([sys.executable, "-m", "mlops.cli", "serve", "toy@champion", "--ab",
+                                   "toy@challenger:0", "--port", str(port), "--reload-interval", "0", "--log",
+                                   str(tmp_path / "live.sqlite")], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                                  env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, out.read_text()[-3000:]
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/v2/health/ready")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, out.read_text()[-3000:]
+            time.sleep(0.2)
+        lines: list[str] = []
+        with Traffic(port, two_rows=0.0) as traffic:
+            result = rollout(RECIPE, "toy@challenger", overrides=FAST, live_url=f"http://127.0.0.1:{port}",
+                             out=tmp_path / "rollout", report=lines.append)
+            assert result.decision == "advance", "\n".join(lines)
+            assert [s.percent for s in result.steps] == [1, 10, 50, 100]
+            assert result.promoted and champion() == registry["healthy"]
+            served = None
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/v2/models/toy")
+            served = json.loads(conn.getresponse().read())["versions"]
+        assert served == [registry["healthy"]]  # the same process now serves the new champion
+        assert traffic.status.get(200, 0) > 0 and set(traffic.status) == {200}
+        assert server.poll() is None  # never restarted
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -56,3 +56,34 @@ def test_pinned_references_are_not_watched(tmp_path: Path) -> None:
     server = Server(Predictor(bundle), None)
     watcher = AliasWatcher(server, {"champion": (str(bundle), None), "shadow": ("toy/3", "3")}, interval=1)
     assert watcher.watched == {}
+
+
+def test_traffic_moves_live_between_the_arms(tmp_path: Path) -> None:
+    from mlops.serve.routing import CHALLENGER, Arm
+
+    champion, challenger = build_bundle(tmp_path / "c", weights_seed=1), build_bundle(tmp_path / "n", weights_seed=2)
+    server = Server(Predictor(champion), PredictionLog(tmp_path / "log.sqlite"), version="1",
+                    challenger=Arm(Predictor(challenger), "2", CHALLENGER), ab_percent=0)
+    with TestClient(server.app()) as client:
+        def variants() -> set[str]:
+            return {client.post("/v1/models/toy:predict", json={"id": f"k{i}", "instances": [ROW]}
+                                ).headers["X-Model-Variant"] for i in range(40)}
+
+        assert variants() == {"champion"}
+        moved = client.post("/v2/repository/models/toy/traffic", json={"percent": 100})
+        assert moved.status_code == 200
+        assert moved.json() == {"name": "toy", "champion": {"version": "1"}, "challenger": {"version": "2"},
+                                "percent": 100.0}
+        assert variants() == {"challenger"}
+        assert client.post("/v2/repository/models/toy/traffic", json={"percent": 50}).status_code == 200
+        assert variants() == {"champion", "challenger"}
+        bad = client.post("/v2/repository/models/toy/traffic", json={"percent": 101})
+        assert bad.status_code == 400 and bad.json()["field"] == "percent"
+
+
+def test_traffic_without_a_challenger_is_a_409(tmp_path: Path) -> None:
+    server = Server(Predictor(build_bundle(tmp_path / "c")), None)
+    with TestClient(server.app()) as client:
+        refused = client.post("/v2/repository/models/toy/traffic", json={"percent": 10})
+        assert refused.status_code == 409 and "--ab" in refused.json()["error"]
+        assert client.post("/v2/repository/models/toy/traffic", json={"percent": 0}).status_code == 200
