@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch first, pinned: 2.13.0 is a CPU wheel on local disk here; a bare requirement would pull a CUDA build
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint bench schema clean system-deps
+.PHONY: install demo demo-loop test test-fast lint bench schema clean system-deps
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 	@echo "  $(BIN)/mlops run -m recipes/quickstart.yaml model.lr=1e-3,1e-2"
 	@echo "  $(BIN)/mlops sweep recipes/quickstart_sweep.yaml"
 	@echo "  $(BIN)/mlops run recipes/churn_csv.yaml"
+
+# the whole loop, no human in it: train, serve, drift, monitor, retrain, shadow, canary, promote (a few minutes)
+demo-loop: $(STAMP)
+	$(BIN)/python examples/demo_loop.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check mlops tests benchmarks examples
