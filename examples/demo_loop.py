@@ -84,18 +84,19 @@ def call(port: int, method: str, path: str, body: Any = None, headers: dict[str,
 
 class Production:
     """Client threads replaying rows of the data set against the server, each prediction followed by its
-    ground truth. `drift` switches to the drifted rows; `wait_for(n)` blocks until n more were answered."""
+    ground truth (`POST /v1/feedback`). `send(n)` replays exactly n answered requests and returns, so each
+    monitor run judges known windows; `start()` keeps traffic flowing until `close()` (for the shadow window
+    and the canary steps, which watch live traffic)."""
 
     def __init__(self, port: int, rows: list[tuple[dict[str, Any], str]], threads: int = 2) -> None:
-        self.port, self.rows = port, rows
+        self.port, self.rows, self.n_threads = port, rows, threads
         self.drift = False
         self.answered = 0
         self.errors: dict[int, int] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
-        for t in self.threads:
-            t.start()
+        self.quota: int | None = None
+        self.threads: list[threading.Thread] = []
 
     def _row(self, rng: random.Random) -> tuple[dict[str, Any], str]:
         row, label = rng.choice(self.rows)
@@ -103,9 +104,17 @@ class Production:
             row = {k: v * 1.25 if k in DRIFTED else v for k, v in row.items()}
         return row, label
 
+    def _take(self) -> bool:
+        with self.lock:
+            if self.stop.is_set() or (self.quota is not None and self.quota <= 0):
+                return False
+            if self.quota is not None:
+                self.quota -= 1
+            return True
+
     def _run(self, seed: int) -> None:
         rng = random.Random(seed)
-        while not self.stop.is_set():
+        while self._take():
             row, label = self._row(rng)
             pid = uuid.uuid4().hex
             try:
@@ -120,16 +129,26 @@ class Production:
                     self.answered += 1
                 else:
                     self.errors[status] = self.errors.get(status, 0) + 1
-            time.sleep(0.005)
+                    if self.quota is not None:
+                        self.quota += 1  # a failed request does not count towards the n answered
+            time.sleep(0.002)
 
-    def wait_for(self, n: int, timeout: float = 600) -> None:
-        with self.lock:
-            target = self.answered + n
-        deadline = time.monotonic() + timeout
-        while self.answered < target:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"demo-loop: production traffic stalled at {self.answered} answers")
-            time.sleep(0.2)
+    def _spawn(self, seed: int) -> None:
+        self.stop.clear()
+        self.threads = [threading.Thread(target=self._run, args=(seed + i,), daemon=True)
+                        for i in range(self.n_threads)]
+        for t in self.threads:
+            t.start()
+
+    def send(self, n: int, seed: int) -> None:
+        self.quota = n
+        self._spawn(seed)
+        for t in self.threads:
+            t.join()
+
+    def start(self, seed: int) -> None:
+        self.quota = None
+        self._spawn(seed)
 
     def close(self) -> None:
         self.stop.set()
@@ -194,17 +213,18 @@ def main() -> int:
 
         say("3. production traffic as trained, with ground truth; then the monitor")
         production = Production(port, dataset_rows())
-        production.wait_for(1200)
+        production.send(1000, seed=1)  # two windows of 500
         quiet = mlops(["monitor", *recipe], env)
         summary["alerts_before_drift"] = quiet.get("fired", [])
 
         say("4. production drifts (tumours measured 25 % larger); the monitor again")
         production.drift = True
-        production.wait_for(1600)
+        production.send(1500, seed=2)  # three windows: the alert needs two in a row
         fired = mlops(["monitor", *recipe], env)
         summary["alerts_after_drift"] = fired.get("fired", [])
 
         say("5. retrain: answers the alert, refreshes the data, gates, shadow and canary on the live server")
+        production.start(seed=3)  # live (drifted) traffic for the shadow window and the canary steps
         retrained = mlops(["retrain", *recipe, "--reason", "auto", "--live-url", f"http://127.0.0.1:{port}"], env,
                           check=False)
         summary["retrain"] = {k: retrained.get(k) for k in ("outcome", "trigger", "version", "message", "exit")}

@@ -100,7 +100,10 @@ def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
     assert isinstance(config, dict)
     config.pop("hydra", None)
     for o in overrides:
-        key, _, _ = o.lstrip("+~").partition("=")
+        key, _, value = o.lstrip("+~").partition("=")
+        if value.lstrip().startswith(("[", "{")):  # a whole list or mapping: what files said of its items is gone
+            for stale in [k for k in origins if k.startswith(f"{key}.")]:
+                del origins[stale]
         origins[key] = Origin(COMMAND_LINE, override=o)
     return Composed(path=path, overrides=overrides, config=config, origins=origins)
 

@@ -209,6 +209,13 @@ CASES = [
         ("unknown key", "did you mean 'trainer.early_stopping'?"),
         overrides=("trainer.early_stoping.patience=3",),
     ),
+    Case(  # a list set on the command line: its items' errors point at the override, not at the file's list
+        "override-list-item",
+        DEFAULTS.replace("  - _self_", "  - deploy: default\n  - _self_") + "name: q\n",
+        "deploy.rollout.steps.0",
+        ("greater than or equal to 1",),
+        overrides=("deploy.rollout.steps=[0,100]",),
+    ),
     Case(
         "override-wrong-type",
         DEFAULTS + "name: q\n",
