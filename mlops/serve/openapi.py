@@ -113,7 +113,7 @@ def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
         "/v2/repository/models/{name}/load": {"post": load_op},
         "/v2/repository/models/{name}/traffic": {"post": op(
             "v2RepositoryTraffic", "Set the share of request keys the A/B challenger answers (a live canary step)",
-            ok_json(traffic_state), ("400", "404", "409", "413"), body=_obj({"percent": {"type": "number", "minimum": 0,
+            ok_json(traffic_state), ("400", "404", "409", "413", "422"), body=_obj({"percent": {"type": "number", "minimum": 0,
                                                                               "maximum": 100}}),
             params=[model_param], tags=("v2",))},
         # --- operations -----------------------------------------------------------------------------

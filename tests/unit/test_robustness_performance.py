@@ -151,7 +151,7 @@ def test_a_wrong_type_is_rejected_not_crashed(bundle: Path, test_rows: pd.DataFr
 def test_a_serving_layer_that_mishandles_a_wrong_type_fails(bundle: Path, test_rows: pd.DataFrame,
                                                             train: pd.DataFrame, serving_bug: str,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    original = Predictor._column
+    original = Predictor.column
 
     def lenient(self: Predictor, name: str, values: list[Any], where: str,
                 datatype: str | None = None) -> Any:
@@ -161,7 +161,7 @@ def test_a_serving_layer_that_mishandles_a_wrong_type_fails(bundle: Path, test_r
             return np.asarray([str(v) for v in values], dtype=object).reshape(-1, 1)
         return original(self, name, values, where, datatype)
 
-    monkeypatch.setattr(Predictor, "_column", lenient)
+    monkeypatch.setattr(Predictor, "column", lenient)
     checks = robustness_checks(bundle, test_rows, train, RobustnessConfig(rows=20), seed=0)
     wrong = {c["column"]: c for c in _by_kind(checks)["wrong_type"]}
 
