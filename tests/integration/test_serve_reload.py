@@ -25,8 +25,8 @@ ROW = {"age": 41.0, "income": 50.0, "city": "a"}
 
 
 def register(home: Path, bundle: Path) -> str:
-    """Log `bundle` in a run and register it as a new version of model 'toy', as `mlops run` does."""
-    os.environ["MLOPS_HOME"] = str(home)
+    """Log `bundle` in a run and register it as a new version of model 'toy', as `mlops run` does (in the store
+    under MLOPS_HOME, which the test sets)."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -48,7 +48,6 @@ def set_alias(home: Path, version: str) -> None:
 
     from mlops.tracking.store import tracking_uri
 
-    os.environ["MLOPS_HOME"] = str(home)
     MlflowClient(tracking_uri(), registry_uri=tracking_uri()).set_registered_model_alias("toy", "champion", version)
 
 
@@ -71,6 +70,7 @@ def infer(port: int, request_id: str) -> dict[str, Any]:
 def test_a_moved_alias_is_served_without_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / ".mlops"
     monkeypatch.setenv("MLOPS_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # another test in this worker may have set one
     v1 = register(home, build_bundle(tmp_path / "b1", name="toy", weights_seed=1))
     v2 = register(home, build_bundle(tmp_path / "b2", name="toy", weights_seed=2))
     set_alias(home, v1)
