@@ -37,6 +37,7 @@ CREATE INDEX IF NOT EXISTS feedback_id ON feedback(id);
 """
 
 _STOP = object()
+CHECKPOINT_EVERY_S = 1.0  # how often the log thread folds the WAL into the database file
 
 
 class PredictionLog:
@@ -56,9 +57,24 @@ class PredictionLog:
     def _writer(self) -> None:
         db = sqlite3.connect(self.path, check_same_thread=False)
         db.execute(f"PRAGMA synchronous={_sync_mode()}")
+        # checkpoints (WAL -> database file, with an fsync) happen here, between groups, never inside a commit
+        # made on the event loop (LoopCommits), where one would stall every request for milliseconds
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        last_checkpoint = time.monotonic()
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=CHECKPOINT_EVERY_S)
+            except queue.Empty:
+                first = None
+            if time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY_S:
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for readers or writers
+                except sqlite3.Error:
+                    pass  # the next one catches up
+                last_checkpoint = time.monotonic()
+            if first is None:
+                continue
             group = [first]
             while len(group) < self.max_group:  # everything already waiting joins this commit
                 try:
@@ -80,6 +96,10 @@ class PredictionLog:
                     done.set_result(None)
                 else:
                     done.set_exception(error)
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # leave a compact file behind on a clean stop
+        except sqlite3.Error:
+            pass
         db.close()
 
     def submit(self, table: str, rows: list[tuple[Any, ...]]) -> Future[None]:
@@ -114,6 +134,7 @@ class LoopCommits:
         self.db = sqlite3.connect(log.path, check_same_thread=False)
         self.db.execute(f"PRAGMA synchronous={_sync_mode()}")
         self.db.execute("PRAGMA busy_timeout=10000")  # the log thread may hold the write lock for a moment
+        self.db.execute("PRAGMA wal_autocheckpoint=0")  # the log thread checkpoints, off the loop
         self._group: tuple[dict[str, list[tuple[Any, ...]]], list[asyncio.Future[None]]] | None = None
 
     async def write(self, table: str, rows: list[tuple[Any, ...]]) -> None:
