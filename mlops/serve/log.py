@@ -185,6 +185,16 @@ def loop_commits_ok() -> bool:
     return _sync_mode() in ("OFF", "NORMAL")
 
 
+try:  # the log's JSON columns and the answers: orjson when installed, the same text as json otherwise
+    import orjson
+
+    def dumps_json(value: Any) -> bytes:
+        return orjson.dumps(value)
+except ImportError:  # pragma: no cover - orjson comes with the serve extra
+    def dumps_json(value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
 _INSERT = {
     "predictions": "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     "feedback": "INSERT INTO feedback VALUES (?, ?, ?, ?, ?)",
@@ -194,7 +204,7 @@ _INSERT = {
 def prediction_rows(ids: list[str], model: str, version: str | None, variant: str, inputs: list[dict[str, Any]],
                     outputs: list[dict[str, Any]], latency_ms: float) -> list[tuple[Any, ...]]:
     now = time.time()
-    return [(i, now, model, version, variant, json.dumps(inp), json.dumps(out), latency_ms)
+    return [(i, now, model, version, variant, dumps_json(inp).decode(), dumps_json(out).decode(), latency_ms)
             for i, inp, out in zip(ids, inputs, outputs, strict=True)]
 
 
