@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from typing import Any
 
@@ -145,22 +144,12 @@ def _since(text: str | None) -> float | None:
     if text is None:
         return None
     from mlops.errors import MlopsError
-
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
-    if m:
-        return time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    from datetime import UTC, datetime
+    from mlops.timespec import parse_time
 
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise MlopsError(f"--since {text!r}: use ISO 8601 (2026-11-03T10:00), unix seconds, or a duration ago "
-                         "(30m, 12h, 7d)") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+        return parse_time(text)
+    except ValueError as exc:
+        raise MlopsError(f"--since {text!r}: {exc}") from None
 
 
 def _log_and_recipe(args: argparse.Namespace) -> tuple[Any, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.improve.config import TriggersConfig
+from mlops.timespec import parse_time
 
 DRIFT, ACCURACY_DROP, SCHEDULE, MANUAL = "drift", "accuracy_drop", "schedule", "manual"
 EVENTS = {DRIFT: "mlops.alert.drift", ACCURACY_DROP: "mlops.alert.accuracy_drop"}
@@ -208,12 +209,7 @@ def _time(record: dict[str, Any]) -> float | None:
             return float(value)
         if isinstance(value, str):
             try:
-                return float(value)
-            except ValueError:
-                pass
-            try:
-                moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                return parse_time(value)
             except ValueError:
                 continue
-            return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
     return None

@@ -24,7 +24,7 @@ from mlops.monitor.operations import operational
 from mlops.monitor.quality import live_quality
 from mlops.monitor.reference import CONFIDENCE, LABEL, VALUE, Reference, outputs_of
 from mlops.monitor.schema_checks import category_counts, check_schema
-from mlops.monitor.timespec import iso
+from mlops.timespec import iso
 
 if TYPE_CHECKING:
     from mlops.package.bundle import BundleMeta

@@ -29,7 +29,7 @@ from mlops.monitor.logstream import (
     time_windows,
 )
 from mlops.monitor.rules import RuleState, accuracy_baseline, observe, step
-from mlops.monitor.timespec import iso, parse_duration, parse_time
+from mlops.timespec import iso, parse_duration, parse_time
 
 if TYPE_CHECKING:
     from mlops.monitor.config import MonitorConfig

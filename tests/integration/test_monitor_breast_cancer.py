@@ -26,7 +26,7 @@ import pytest
 
 from mlops.monitor.run import monitor_recipe
 from mlops.monitor.store import last_alert
-from mlops.monitor.timespec import iso
+from mlops.timespec import iso
 from tests.monitor_fixtures import (
     QUICKSTART,
     build_breast_cancer_bundle,

@@ -8,8 +8,8 @@ import pytest
 
 from mlops.errors import RecipeError
 from mlops.monitor.config import MonitorConfig
-from mlops.monitor.timespec import parse_duration, parse_time
 from mlops.recipe import load_recipe
+from mlops.timespec import parse_duration, parse_time
 
 ROOT = Path(__file__).resolve().parents[2]
 
