@@ -4,6 +4,8 @@ real bundles (tests/serve_fixtures.py), registered the way a run registers them.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -12,6 +14,23 @@ from mlops.package.bundle import read_bundle, write_bundle
 from tests.serve_fixtures import build_bundle
 
 CRD = Path(__file__).resolve().parents[1].parent / "shared" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
+
+
+@contextmanager
+def mlops_home(home: Path) -> Iterator[None]:
+    """This process's MLOPS_HOME set to `home` (and no MLFLOW_TRACKING_URI, which would win over it) for the
+    duration; both restored as they were on exit."""
+    saved = {k: os.environ.get(k) for k in ("MLOPS_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["MLOPS_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def freeze_batch(bundle: Path) -> Path:

@@ -21,7 +21,7 @@ from mlops.errors import MlopsError
 
 # what `mlops serve` imports beyond the standard library and mlops itself (tests/integration/
 # test_deploy_container.py checks this list against the imports of the running server)
-SERVE_PACKAGES = ("numpy", "onnxruntime", "prometheus-client", "pydantic", "starlette", "uvicorn")
+SERVE_PACKAGES = ("numpy", "onnxruntime", "orjson", "prometheus-client", "pydantic", "starlette", "uvicorn")
 
 
 def serve_requirements() -> list[tuple[str, str]]:

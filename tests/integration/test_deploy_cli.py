@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from tests.conftest import run_cli
-from tests.deploy_fixtures import CRD, register_version
+from tests.deploy_fixtures import CRD, mlops_home, register_version
+from tests.net import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("deploy-cli")]
 
@@ -25,17 +26,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, prefect_home: Path) -> Iterato
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "MLOPS_"))}
     env |= {"MLOPS_HOME": str(home), "PREFECT_HOME": str(prefect_home), "PYTHONUNBUFFERED": "1",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-    saved = {k: os.environ.get(k) for k in ("MLOPS_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["MLOPS_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
+    with mlops_home(home):
         assert [register_version(home.parent, "toy", seed) for seed in (1, 2)] == ["1", "2"]
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     yield env
 
 
@@ -94,11 +86,7 @@ def test_promote_and_rollback_print_what_they_did(env: dict[str, str], tmp_path:
 
 
 def test_rollout_without_traffic_holds_with_its_exit_code(env: dict[str, str], tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = run_cli(["rollout", "recipes/quickstart.yaml", "registry.model_name=toy", "deploy.rollout.window_s=0.5",
                     "deploy.rollout.max_windows=1", "--to", "toy@challenger", "--local-port", str(port),
                     "--out", str(tmp_path / "rollout"), "--json"], env)

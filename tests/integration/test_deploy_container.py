@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 from mlops.deploy.generate import deploy_recipe
 from mlops.recipe import load_recipe
 from tests.conftest import ROOT
+from tests.net import free_port
 from tests.serve_fixtures import build_bundle
 
 pytestmark = pytest.mark.integration
@@ -32,12 +32,6 @@ READY_TIMEOUT = 120
 # imported by a library when present, declared by none: anyio's try-import of sniffio
 UNDECLARED_OPTIONAL = {"sniffio"}
 ROW = {"age": 41.0, "income": 50.0, "city": "a"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def instruction(dockerfile: str, name: str) -> str:

@@ -8,9 +8,6 @@ a throwaway database is created and dropped. Without them the test is skipped, e
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +16,16 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT, run_cli
+from tests.net import free_port, stop_process
+from tests.postgres import throwaway_database, unavailable
 
 pytestmark = pytest.mark.integration
 
-PG_ADMIN_DSN = os.environ.get("MLOPS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 HEALTH_TIMEOUT_S = 180  # ~11 s idle; much longer with the CPUs busy with other tests
 MODEL = f"qs_prefect_{uuid.uuid4().hex[:8]}"
 # a quick training run; the other flows are scheduled once a year so that no scheduled run is due during the test
@@ -37,52 +35,15 @@ OVERRIDES = [f"registry.model_name={MODEL}", "trainer.max_epochs=1", "gates=none
              "deploy.prefect.flows.monitor.interval_s=null", "deploy.prefect.flows.monitor.cron=0 0 1 1 *"]
 
 
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: PostgreSQL is required here)")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def postgres_db() -> Iterator[str]:
     """A fresh database for the Prefect server; its asyncpg URL. Dropped afterwards."""
     try:
         import asyncpg  # noqa: F401  (Prefect's PostgreSQL driver)
-        import psycopg2
     except ImportError as exc:
-        _unavailable(f"{exc.name} is not installed (asyncpg comes with prefect; psycopg2 with the dev extra)")
-    try:
-        admin = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        _unavailable(f"PostgreSQL is unreachable at {PG_ADMIN_DSN}: {str(exc).strip()}")
-    admin.autocommit = True
-    name = f"mlops_prefect_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        info = admin.info
+        unavailable(f"{exc.name} is not installed (asyncpg comes with prefect; psycopg2 with the dev extra)")
+    with throwaway_database("mlops_prefect") as (info, name):
         yield f"postgresql+asyncpg://{info.user}@{info.host}:{info.port}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 def api(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -118,7 +79,7 @@ def prefect_server(postgres_db: str, tmp_path: Path, isolated_env: dict[str, str
             time.sleep(0.5)
         yield {"url": url, "log": str(log)}
     finally:
-        stop(proc)
+        stop_process(proc, timeout=30, group=True)
 
 
 def test_train_deployment_runs_to_completion(prefect_server: dict[str, str], isolated_env: dict[str, str],

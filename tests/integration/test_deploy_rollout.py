@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -25,7 +24,8 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.deploy_fixtures import CRD, register_version
+from tests.deploy_fixtures import CRD, mlops_home, register_version
+from tests.net import free_port, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("deploy-rollout")]
 
@@ -35,12 +35,6 @@ RECIPE = str(ROOT / "recipes" / "quickstart.yaml")
 FAST = ["registry.model_name=toy", "deploy.rollout.window_s=1", "deploy.rollout.max_windows=60",
         "deploy.rollout.checks.min_requests=10", "deploy.rollout.checks.max_error_rate=0.05",
         "deploy.rollout.checks.max_p99_ms=2000"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Traffic:
@@ -87,18 +81,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     """toy v1 (champion), v2 (healthy, other weights), v3 (frozen batch dimension) in a fresh store, shared by
     this module's tests (a store costs seconds to create); each rolls out next to v1 explicitly."""
     tmp_path = tmp_path_factory.mktemp("rollout-registry")
-    saved = {k: os.environ.get(k) for k in ("MLOPS_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["MLOPS_HOME"] = str(tmp_path / ".mlops")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
+    with mlops_home(tmp_path / ".mlops"):
         yield {"stable": register_version(tmp_path, "toy", 1), "healthy": register_version(tmp_path, "toy", 2),
                "broken": register_version(tmp_path, "toy", 3, frozen_batch=True)}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def champion() -> str:
@@ -189,7 +174,6 @@ def test_canary_on_the_live_server_without_a_restart(registry: dict[str, str], t
     step sets its traffic split, and after the last one it serves the new champion, all in one process."""
     import subprocess
     import sys
-    import time
 
     from mlops.deploy.promotion import registry_client
     from mlops.deploy.rollout import rollout
@@ -205,18 +189,7 @@ def test_canary_on_the_live_server_without_a_restart(registry: dict[str, str], t
                                    str(tmp_path / "live.sqlite")], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
                                   env=os.environ | {"PYTHONUNBUFFERED": "1"})
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, out.read_text()[-3000:]
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/v2/health/ready")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, out.read_text()[-3000:]
-            time.sleep(0.2)
+        wait_ready(port, server, 120, lambda: out.read_text()[-3000:], request_timeout=2)
         lines: list[str] = []
         with Traffic(port, two_rows=0.0) as traffic:
             result = rollout(RECIPE, "toy@challenger", overrides=FAST, live_url=f"http://127.0.0.1:{port}",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -29,16 +28,11 @@ from mlops.improve.retrain import Trained, retrain_recipe
 from mlops.improve.rollout import LogRollout, RolloutTarget
 from tests.conftest import ROOT
 from tests.improve_fixtures import champion_verdict, toy_recipe
+from tests.net import free_port, stop_process, wait_ready
 from tests.serve_fixtures import build_bundle
 
 pytestmark = pytest.mark.integration
 START_TIMEOUT = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -72,26 +66,12 @@ class LiveServer:
         env |= {"MLOPS_HOME": str(self.home / ".mlops"), "PYTHONUNBUFFERED": "1"}
         with self.output.open("ab") as sink:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.output.read_text(errors="replace")[-3000:]
-            try:
-                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        self.starts.append(list(args))
-                        return
-            except (OSError, urllib.error.URLError):
-                time.sleep(0.2)
-        raise AssertionError(f"server not ready: {self.output.read_text(errors='replace')[-3000:]}")
+        wait_ready(self.port, self.proc, START_TIMEOUT, lambda: self.output.read_text(errors="replace")[-3000:])
+        self.starts.append(list(args))
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # graceful: the log is drained
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc, timeout=20)  # terminate first, graceful: the log is drained
         self.proc = None
 
     def metrics(self) -> str:

@@ -8,65 +8,32 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
+
+from tests.net import free_port, stop_process
+from tests.postgres import throwaway_database
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-# where to create the throwaway database (override for a CI service container)
-PG_ADMIN_DSN = os.environ.get("MLOPS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 HEALTH_TIMEOUT_S = 180  # ~16-20 s on an idle box; 78 s seen with the 2 CPUs busy with other tests
 EPOCHS = 2
-
-
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: PostgreSQL is required here)")
-    pytest.skip(reason)
 
 
 @pytest.fixture
 def postgres_db() -> Iterator[str]:
     """A fresh, empty database; yields its SQLAlchemy URI and drops it afterwards."""
-    try:
-        import psycopg2
-    except ImportError:
-        _unavailable("psycopg2 is not installed (pip install psycopg2-binary, part of the dev extra)")
-    try:
-        admin = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        _unavailable(f"PostgreSQL is unreachable at {PG_ADMIN_DSN}: {str(exc).strip()}")
-    admin.autocommit = True
-    name = f"mlops_it_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        info = admin.info
+    with throwaway_database("mlops_it") as (info, name):
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed: name the driver
         yield f"postgresql+psycopg2://{info.user}@{info.host}:{info.port}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            # FORCE (PostgreSQL 13+) ends connections a dying server may still hold
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tail(path: Path, n: int = 4000) -> str:
@@ -76,24 +43,9 @@ def _tail(path: Path, n: int = 4000) -> str:
         return "(no log)"
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Terminate the server and its workers (they share the process group we gave it)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 @pytest.fixture
 def mlflow_server(postgres_db: str, tmp_path: Path) -> Iterator[dict[str, object]]:
-    port = _free_port()
+    port = free_port()
     artifacts = tmp_path / "server-artifacts"
     artifacts.mkdir()
     log = tmp_path / "mlflow-server.log"
@@ -121,7 +73,7 @@ def mlflow_server(postgres_db: str, tmp_path: Path) -> Iterator[dict[str, object
         yield {"url": url, "artifacts": artifacts, "log": log,
                "startup_seconds": round(time.monotonic() - started, 1)}
     finally:
-        _stop(proc)
+        stop_process(proc, timeout=20, group=True)  # the server and its workers: one process group
 
 
 def _artifact_paths(client: object, run_id: str, path: str | None = None) -> set[str]:

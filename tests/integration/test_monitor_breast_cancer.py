@@ -10,13 +10,9 @@ Evidently report agreeing with the fast path; the dashboard rendering in headles
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import sqlite3
-import subprocess
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +23,7 @@ import pytest
 from mlops.monitor.run import monitor_recipe
 from mlops.monitor.store import last_alert
 from mlops.timespec import iso
+from tests.browser import Tables, chromium, rendered_dom
 from tests.monitor_fixtures import (
     QUICKSTART,
     build_breast_cancer_bundle,
@@ -247,67 +244,30 @@ def test_mistakes_say_what_to_do(bundle: Path, home: Path, tmp_path: Path, args:
 # --- the dashboard, as a browser shows it ---------------------------------------------------------------------------
 
 
-class _Dom(HTMLParser):
+class _Dom(Tables):
     """Cell texts of every table by id; every svg id; the attributes of every svg rect and circle."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.tables: dict[str, list[list[str]]] = {}
         self.svgs: list[str] = []
         self.shapes: list[dict[str, str | None]] = []
-        self._table: str | None = None
-        self._row: list[str] | None = None
-        self._cell: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        super().handle_starttag(tag, attrs)
         a = dict(attrs)
-        if tag == "table":
-            self._table = a.get("id") or f"anonymous-{len(self.tables)}"
-            self.tables[self._table] = []
-        elif tag == "tr" and self._table is not None:
-            self._row = []
-        elif tag in ("td", "th") and self._row is not None:
-            self._cell = []
-        elif tag == "svg":
+        if tag == "svg":
             self.svgs.append(a.get("id") or "")
         elif tag in ("rect", "circle", "polyline"):
             self.shapes.append(a | {"tag": tag})
 
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("td", "th") and self._cell is not None and self._row is not None:
-            self._row.append(" ".join("".join(self._cell).split()))
-            self._cell = None
-        elif tag == "tr" and self._row is not None and self._table is not None:
-            self.tables[self._table].append(self._row)
-            self._row = None
-        elif tag == "table":
-            self._table = None
 
-    def handle_data(self, data: str) -> None:
-        if self._cell is not None:
-            self._cell.append(data)
-
-
-def _chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        reason = "chromium is not installed (run `make system-deps`)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return exe
-
-
-def test_dashboard_renders_in_headless_chromium(shifted: dict[str, Any], tmp_path: Path) -> None:
-    exe = _chromium()
+def test_dashboard_renders_in_headless_chromium(shifted: dict[str, Any]) -> None:
+    chromium()
     html_path = Path(shifted["dashboard"])
     assert not re.search(r"<script|<link|src=\"https?://", html_path.read_text()), "the dashboard must be self-contained"
 
-    proc = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p'}",
-                           "--dump-dom", html_path.resolve().as_uri()], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     dom = _Dom()
-    dom.feed(proc.stdout)
+    dom.feed(rendered_dom(html_path, timeout=120))
 
     assert {"summary", "alerts", "rules", "drift-latest", "quality-latest", "windows"} <= set(dom.tables)
     header, *alerts = dom.tables["alerts"]

@@ -12,7 +12,6 @@ Starlette app under uvicorn on a loopback port, in this process), which writes t
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -25,15 +24,10 @@ from typing import Any
 import pytest
 
 from mlops.monitor.run import monitor_recipe
+from tests.net import free_port
 from tests.serve_fixtures import build_bundle, training_frame
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -53,7 +47,7 @@ def serving(bundle: Path, log: Path, delay_s: float = 0.0) -> Iterator[str]:
             return predict(feeds)
 
         server.predictor.predict = slow  # type: ignore[method-assign]
-    port = _free_port()
+    port = free_port()
     runner = uvicorn.Server(uvicorn.Config(server.app(), host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False))
     thread = threading.Thread(target=runner.run, daemon=True)

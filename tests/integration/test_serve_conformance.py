@@ -7,12 +7,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +22,7 @@ import pytest
 
 from mlops.serve.predictor import Predictor
 from tests.conftest import ROOT
+from tests.net import free_port, is_ready, stop_process
 from tests.serve_fixtures import build_bundle
 
 pytestmark = pytest.mark.integration
@@ -73,30 +71,6 @@ class Runtime:
         return self.output.read_text(errors="replace")[-4000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
-            return r.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-
-
 def _command(runtime: str, bundle: Path, port: int, workdir: Path) -> list[str]:
     if runtime == "mlops":
         return [sys.executable, "-m", "mlops.cli", "serve", str(bundle), "--port", str(port),
@@ -110,19 +84,19 @@ def _start(runtime: str, bundle: Path, workdir: Path) -> Runtime:
     take it first, so a server that cannot bind is started again on another port."""
     env = os.environ | {"MLOPS_HOME": str(workdir / ".mlops"), "PYTHONUNBUFFERED": "1"}
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         output = workdir / f"{runtime}-{port}.log"
         with output.open("wb") as sink:  # a file, not a pipe: nobody reads a pipe while the tests run
             proc = subprocess.Popen(_command(runtime, bundle, port, workdir), cwd=ROOT, env=env, stdout=sink,
                                     stderr=subprocess.STDOUT)
         server = Runtime(runtime, port, proc, output)
         deadline = time.monotonic() + START_TIMEOUT
-        while proc.poll() is None and time.monotonic() < deadline and not _ready(port):
+        while proc.poll() is None and time.monotonic() < deadline and not is_ready(port):
             time.sleep(0.2)
         time.sleep(0.3)  # a server that lost the port exits at once: make sure the answer came from ours
-        if proc.poll() is None and _ready(port):
+        if proc.poll() is None and is_ready(port):
             return server
-        _stop(proc)
+        stop_process(proc, timeout=15, kill_timeout=15)
         if "address already in use" not in server.tail().lower():
             raise AssertionError(f"{runtime} server did not become ready on port {port}:\n{server.tail()}")
     raise AssertionError(f"{runtime} server: no free port in 3 tries")
@@ -145,7 +119,7 @@ class Pool:
 
     def close(self) -> None:
         for server in self.started.values():
-            _stop(server.proc)
+            stop_process(server.proc, timeout=15, kill_timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,31 +16,12 @@ import pytest
 
 from mlops.serve.log import read_predictions
 from tests.conftest import ROOT
+from tests.net import free_port, wait_ready
 from tests.serve_fixtures import build_bundle
 
 pytestmark = pytest.mark.integration
 
 ROW = {"age": 41.0, "income": 50.0, "city": "a"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "server exited"
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/v2/health/ready")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("server did not become ready")
 
 
 def test_every_acknowledged_prediction_survives_sigkill(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from mlops.serve.log import PredictionLog
 from mlops.serve.openapi import openapi_spec
 from mlops.serve.predictor import NUMERIC_V2, Predictor
 from tests.conftest import ROOT
+from tests.net import free_port, stop_process, wait_ready
 from tests.serve_fixtures import build_bundle
 
 pytestmark = pytest.mark.integration
@@ -151,12 +151,6 @@ class Live:
         return self.output.read_text(errors="replace")[-3000:]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(port: int, path: str, timeout: float = 2) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -180,25 +174,10 @@ def live(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Liv
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Live(f"http://127.0.0.1:{port}", port, proc, output)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert proc.poll() is None, f"server exited {proc.returncode}:\n{server.tail()}"
-            try:
-                if _get(port, "/v2/health/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"server not ready in {START_TIMEOUT} s:\n{server.tail()}"
-            time.sleep(0.2)
+        wait_ready(port, proc, START_TIMEOUT, server.tail, request_timeout=2)
         yield server
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def _check_error_body(status: int, raw: bytes, what: str) -> None:

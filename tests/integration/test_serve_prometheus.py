@@ -10,7 +10,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT
+from tests.net import free_port, stop_process, wait_ready
 from tests.serve_fixtures import build_bundle
 
 pytestmark = pytest.mark.integration
@@ -59,12 +59,6 @@ REQUESTS: list[tuple[str, str, Any, int, str, int]] = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def call(port: int, method: str, path: str, body: Any = None, timeout: float = 5) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -91,16 +85,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, diagnose: Call
         time.sleep(0.25)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def tail(path: Path) -> str:
     return path.read_text(errors="replace")[-3000:] if path.exists() else "(no output)"
 
@@ -117,14 +101,10 @@ def server(tmp_path: Path) -> Iterator[int]:
                                  "--log", str(tmp_path / "predictions.sqlite")], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
-        def ready() -> bool:
-            assert proc.poll() is None, f"server exited {proc.returncode}:\n{tail(output)}"
-            return call(port, "GET", "/v2/health/ready", timeout=1)[0] == 200
-
-        wait_for("mlops serve ready", ready, START_TIMEOUT, lambda: tail(output))
+        wait_ready(port, proc, START_TIMEOUT, lambda: tail(output), interval=0.25)
         yield port
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 @pytest.fixture
@@ -153,7 +133,7 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[int], str]]:
         yield start
     finally:
         for proc in procs:
-            stop(proc)
+            stop_process(proc)
 
 
 def api(base: str, path: str, **params: str) -> Any:

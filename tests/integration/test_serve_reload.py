@@ -16,7 +16,7 @@ import pytest
 
 from mlops.serve.log import read_predictions
 from tests.conftest import ROOT
-from tests.integration.test_serve_durability import free_port, wait_ready
+from tests.net import free_port, wait_ready
 from tests.serve_fixtures import build_bundle
 
 pytestmark = pytest.mark.integration

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import yaml
 
 from mlops.deploy.config import DeployConfig
 from mlops.deploy.orchestration import flow_deployments, prefect_api_url, prefect_yaml
 from mlops.errors import MlopsError
+from tests.net import free_port
 
 
 def deployments(prefect: dict) -> list:
@@ -68,9 +67,7 @@ def test_registration_needs_a_reachable_server(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(MlopsError, match="set PREFECT_API_URL"):
         prefect_api_url()
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{port}/api")
     with pytest.raises(MlopsError, match="no Prefect server answers at PREFECT_API_URL"):
         prefect_api_url()
