@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check mlops tests benchmarks examples
 
 test: lint system-deps
-	$(BIN)/pytest -n 2 --dist loadgroup -q -p no:cacheprovider tests
+	$(BIN)/pytest -n 2 --dist loadgroup -q -p no:cacheprovider --durations=25 tests
 
 # headless Chromium renders the evaluation report in tests/integration/test_report_render.py;
 # Prometheus (+ promtool) scrapes `mlops serve` in tests/integration/test_serve_prometheus.py. Debian's package

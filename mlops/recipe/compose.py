@@ -8,11 +8,16 @@ no directory changes. The recipe's own directory is the primary config dir; `con
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlops.errors import MlopsError
+
+# Hydra keeps its config loader in a process-wide singleton: two threads composing at once (two retrains
+# triggered together, a server reloading while a flow composes) would clear each other's.
+_HYDRA_LOCK = threading.Lock()
 
 COMMAND_LINE = "command line"
 
@@ -67,10 +72,6 @@ def config_search_path(recipe: Path) -> list[Path]:
 
 def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
     """Compose `recipe` with Hydra and record the origin of every key."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
     path = Path(recipe)
@@ -84,6 +85,28 @@ def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
         "hydra/job_logging=none",
         "hydra/hydra_logging=none",
     ]
+    with _HYDRA_LOCK:
+        cfg, origins = _compose_locked(path, overrides, hydra_overrides, search)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    config.pop("hydra", None)
+    for o in overrides:
+        key, _, value = o.lstrip("+~").partition("=")
+        if value.lstrip().startswith(("[", "{")):  # a whole list or mapping: what files said of its items is gone
+            for stale in [k for k in origins if k.startswith(f"{key}.")]:
+                del origins[stale]
+        origins[key] = Origin(COMMAND_LINE, override=o)
+    return Composed(path=path, overrides=overrides, config=config, origins=origins)
+
+
+def _compose_locked(
+    path: Path, overrides: list[str], hydra_overrides: list[str], search: list[Path]
+) -> tuple[Any, dict[str, Origin]]:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(path.parent), version_base="1.3", job_name=path.stem):
@@ -96,16 +119,7 @@ def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
             origins = _origins(path, hydra_overrides, search)
     finally:
         GlobalHydra.instance().clear()
-    config = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(config, dict)
-    config.pop("hydra", None)
-    for o in overrides:
-        key, _, value = o.lstrip("+~").partition("=")
-        if value.lstrip().startswith(("[", "{")):  # a whole list or mapping: what files said of its items is gone
-            for stale in [k for k in origins if k.startswith(f"{key}.")]:
-                del origins[stale]
-        origins[key] = Origin(COMMAND_LINE, override=o)
-    return Composed(path=path, overrides=overrides, config=config, origins=origins)
+    return cfg, origins
 
 
 def _schema_override(override: str) -> str:

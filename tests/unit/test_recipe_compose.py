@@ -253,3 +253,13 @@ def test_multirun_rejects_an_unparsable_override() -> None:
 def test_every_shipped_recipe_validates(recipe: str) -> None:
     loaded = load_recipe(REPO / "recipes" / recipe)
     assert loaded.recipe.name and loaded.recipe.data.target
+
+
+def test_threads_composing_at_once_each_get_their_own_recipe() -> None:
+    # Hydra's loader is a process-wide singleton: two retrains triggered together once cleared each other's
+    from concurrent.futures import ThreadPoolExecutor
+
+    epochs = list(range(1, 9))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        composed = list(pool.map(lambda e: compose(QUICKSTART, [f"trainer.max_epochs={e}"]), epochs))
+    assert [c.config["trainer"]["max_epochs"] for c in composed] == epochs
