@@ -17,13 +17,14 @@ import secrets
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from mlops.serve.batching import DEFAULT_WAIT_MS, MicroBatcher, SharedLogWrites, batch_rows_histogram
@@ -51,18 +52,72 @@ from mlops.serve.routing import (
 )
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+V2_INFER, V1_PREDICT = "v2_infer", "v1_predict"  # the inference routes' label in the metrics
 
 
-class FastJSONResponse(JSONResponse):
-    """Prediction answers, encoded with orjson when it is installed (several times faster than json for
-    these small bodies); the same JSON either way (outputs are finite: the graph's, checked at export)."""
+def inference_route(path: str) -> tuple[str, str] | None:
+    """(route, name) when `path` is one of the two inference routes, as Starlette would match them:
+    `/v2/models/{name}/infer` (a name without "/") and `/v1/models/{name_verb:path}` (anything after)."""
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        name = path[len("/v2/models/"):-len("/infer")]
+        return (V2_INFER, name) if name and "/" not in name else None
+    if path.startswith("/v1/models/"):  # an empty name too: it is answered 404 as an unknown model
+        return V1_PREDICT, path[len("/v1/models/"):]
+    return None
 
-    def render(self, content: Any) -> bytes:
-        return dumps_json(content)
+
+@dataclass
+class Call:
+    """One request as every handler sees it, whichever way it came in: through Starlette's routing, or the
+    raw ASGI path the two inference routes take (see `Server.app`)."""
+
+    name: str  # the model name in the path ("" on routes without one)
+    headers: Mapping[str, str]  # lower-case names
+    receive: Callable[[], Awaitable[dict[str, Any]]]  # the ASGI receive channel, for the body
+    arm: Arm | None = None  # the arm that answered, once one was chosen
 
 
-def _error(status: int, field: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": f"{field}: {message}", "field": field}, status_code=status)
+@dataclass
+class Answer:
+    """A JSON response; `after` runs once it is sent (the shadow's copy)."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    after: Callable[[], Awaitable[None]] | None = None
+
+    def encode(self) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        # orjson when installed (several times faster than json for these small bodies); outputs are finite
+        payload = dumps_json(self.body)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        return payload, headers
+
+
+class AnswerResponse(Response):
+    """An `Answer` through Starlette (every route but the two inference ones)."""
+
+    def __init__(self, answer: Answer) -> None:
+        payload, headers = answer.encode()
+        super().__init__(status_code=answer.status, background=BackgroundTask(answer.after) if answer.after else None)
+        self.body = payload
+        self.raw_headers = headers
+
+
+async def send_answer(send: Callable[[dict[str, Any]], Awaitable[None]], answer: Answer) -> None:
+    payload, headers = answer.encode()
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+    if answer.after is not None:
+        await answer.after()
+
+
+def _error(status: int, field: str, message: str) -> Answer:
+    return Answer(status, {"error": f"{field}: {message}", "field": field})
+
+
+def _call_of(request: Request) -> Call:
+    return Call(request.path_params.get("name", ""), request.headers, request.receive)
 
 
 class Server:
@@ -130,64 +185,76 @@ class Server:
 
     # --- shared request handling --------------------------------------------------------------------
 
-    async def _body(self, request: Request) -> Any:
-        length = request.headers.get("content-length")
+    async def _body(self, call: Call) -> Any:
+        length = call.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             raise RequestError("body", f"over the size limit of {self.max_body} bytes", status=413)
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
+        raw, more = b"", True
+        while more:
+            message = await call.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            raw += message.get("body", b"")
+            more = message.get("more_body", False)
             if len(raw) > self.max_body:
                 raise RequestError("body", f"over the size limit of {self.max_body} bytes", status=413)
         return parse_json_body(raw)
 
-    def _authorised(self, request: Request) -> bool:
+    def _authorised(self, call: Call) -> bool:
         if not self.token:
             return True
-        given = request.headers.get("authorization", "")
+        given = call.headers.get("authorization", "")
         return secrets.compare_digest(given.encode(), f"Bearer {self.token}".encode())
 
-    def _model(self, request: Request) -> None:
-        name = request.path_params["name"]
+    def _model(self, name: str) -> None:
         if name != self.predictor.name:
             raise RequestError("model", f"no model named '{name}' (this server has '{self.predictor.name}')", 404)
 
-    async def _handle(self, request: Request, route: str, work: Any) -> Response:
+    async def _handle(self, call: Call, route: str, work: Callable[[Call, float], Awaitable[Answer]]) -> Answer:
         started = time.perf_counter()
         self.metrics.in_flight.inc()
         status = 500
         try:
-            if not self._authorised(request):
+            if not self._authorised(call):
                 status = 401
                 return _error(401, "authorization", "missing or wrong bearer token")
-            response = await work(request, started)
-            status = response.status_code
-            return response
+            answer = await work(call, started)
+            status = answer.status
+            return answer
         except RequestError as exc:
             status = exc.status
-            return JSONResponse(exc.body(), status_code=exc.status)
+            return Answer(exc.status, exc.body())
+        except ClientDisconnect:  # nobody is left to answer; nothing was predicted nor logged
+            status = 499
+            raise
         except sqlite3.Error as exc:  # the prediction could not be logged: never answer it as a success
             status = 503
             print(f"mlops serve: prediction log error on {route}: {exc}", flush=True)
-            return JSONResponse({"error": f"log: the prediction log is unavailable ({exc})", "field": "log"},
-                                status_code=503)
+            return Answer(503, {"error": f"log: the prediction log is unavailable ({exc})", "field": "log"})
         except Exception as exc:  # a bug or a broken model: report it with an id, keep serving
             error_id = uuid.uuid4().hex[:12]
             print(f"mlops serve: error {error_id} on {route}: {type(exc).__name__}: {exc}", flush=True)
-            return JSONResponse({"error": f"internal error {error_id}", "field": None}, status_code=500)
+            return Answer(500, {"error": f"internal error {error_id}", "field": None})
         finally:
             self.metrics.in_flight.dec()
-            arm: Arm = getattr(request.state, "arm", None) or self.champion  # the arm that answered, if any
+            arm = call.arm or self.champion  # the arm that answered, if any
             self.metrics.observe(route, arm.name, arm.variant, status, time.perf_counter() - started)
 
-    def _arm(self, request: Request, request_id: str | None) -> Arm:
+    async def _route(self, call: Call, route: str, work: Callable[[Call, float], Awaitable[Answer]]) -> Response:
+        """A Starlette endpoint over `_handle`."""
+        try:
+            return AnswerResponse(await self._handle(call, route, work))
+        except ClientDisconnect:  # the client left while sending its body: nothing to answer
+            return Response(status_code=499)
+
+    def _arm(self, call: Call, request_id: str | None) -> Arm:
         """Champion, or the A/B challenger for `ab_percent` % of request keys (key header, else body id)."""
         arm = self.champion
         if self.challenger is not None:
-            key, _ = request_key(request.headers.get(self.ab_key_header), request_id)
+            key, _ = request_key(call.headers.get(self.ab_key_header.lower()), request_id)
             if assign_arm(key, self.ab_percent):
                 arm = self.challenger
-        request.state.arm = arm
+        call.arm = arm
         return arm
 
     async def _predict_and_log(self, arm: Arm, feeds: dict[str, Any], request_id: str | None, started: float,
@@ -206,102 +273,101 @@ class Server:
         return prediction, ids
 
     def _answer(self, body: dict[str, Any], arm: Arm, feeds: dict[str, Any], ids: list[str],
-                raw_rows: list[dict[str, Any]], prediction: Prediction) -> JSONResponse:
+                raw_rows: list[dict[str, Any]], prediction: Prediction) -> Answer:
         """The response, tagged with the variant that answered; the shadow gets its copy once it is sent."""
-        background = None
+        after = None
         if self.shadow is not None:
-            background = BackgroundTask(self._to_shadow, feeds, ids, raw_rows, prediction)
-        return FastJSONResponse(body, headers={"X-Model-Variant": arm.variant}, background=background)
+            shadow = self.shadow
 
-    async def _to_shadow(self, feeds: dict[str, Any], ids: list[str], raw_rows: list[dict[str, Any]],
-                         prediction: Prediction) -> None:
-        if self.shadow is not None:
-            self.shadow.submit(feeds, ids, raw_rows, prediction)  # never blocks: a full queue drops and counts
+            async def after() -> None:  # never blocks: a full queue drops and counts
+                shadow.submit(feeds, ids, raw_rows, prediction)
+
+        return Answer(200, body, {"X-Model-Variant": arm.variant}, after)
 
     # --- V2 -----------------------------------------------------------------------------------------
 
     async def live(self, request: Request) -> Response:
-        return JSONResponse({"live": True})
+        return AnswerResponse(Answer(200, {"live": True}))
 
     async def ready(self, request: Request) -> Response:
-        return JSONResponse({"ready": True})
+        return AnswerResponse(Answer(200, {"ready": True}))
 
     async def server_metadata(self, request: Request) -> Response:
         import mlops
 
-        return JSONResponse({"name": "mlops", "version": mlops.__version__, "extensions": []})
+        return AnswerResponse(Answer(200, {"name": "mlops", "version": mlops.__version__, "extensions": []}))
 
     async def model_metadata(self, request: Request) -> Response:
-        async def work(request: Request, started: float) -> Response:
-            self._model(request)
+        async def work(call: Call, started: float) -> Answer:
+            self._model(call.name)
             meta = self.predictor.meta
             inputs = [{"name": i.name, "datatype": "BYTES" if i.dtype == "string" else "FP32", "shape": [-1, 1]}
                       for i in meta.inputs]
             outputs = [{"name": o["name"], "datatype": "BYTES" if o["dtype"] == "string" else "FP32",
                         "shape": [-1 if isinstance(d, str) else d for d in o["shape"]]} for o in meta.outputs]
-            return JSONResponse({"name": meta.name, "versions": [self.version] if self.version else [],
-                                 "platform": "onnxruntime_onnx", "inputs": inputs, "outputs": outputs})
+            return Answer(200, {"name": meta.name, "versions": [self.version] if self.version else [],
+                                "platform": "onnxruntime_onnx", "inputs": inputs, "outputs": outputs})
 
-        return await self._handle(request, "metadata", work)
+        return await self._route(_call_of(request), "metadata", work)
 
     async def model_ready(self, request: Request) -> Response:
-        async def work(request: Request, started: float) -> Response:
-            self._model(request)
-            return JSONResponse({"name": self.predictor.name, "ready": True})
+        async def work(call: Call, started: float) -> Answer:
+            self._model(call.name)
+            return Answer(200, {"name": self.predictor.name, "ready": True})
 
-        return await self._handle(request, "ready", work)
+        return await self._route(_call_of(request), "ready", work)
+
+    async def _infer(self, call: Call, started: float) -> Answer:
+        self._model(call.name)
+        body = await self._body(call)
+        if not isinstance(body, dict):
+            raise RequestError("body", "must be a JSON object with 'inputs'")
+        request_id = body.get("id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise RequestError("id", "must be a string")
+        arm = self._arm(call, request_id)
+        feeds = arm.predictor.feeds_from_v2(body.get("inputs"))
+        raw = _rows_of(feeds)
+        prediction, ids = await self._predict_and_log(arm, feeds, request_id, started, raw)
+        outputs = []
+        for name, values in prediction.outputs.items():
+            datatype = "BYTES" if values.dtype == object else "FP32"
+            data = values.reshape(-1).tolist()
+            outputs.append({"name": name, "datatype": datatype, "shape": list(values.shape), "data": data})
+        return self._answer({"model_name": arm.name, "model_version": arm.version, "id": request_id or ids[0],
+                             "parameters": {"prediction_ids": ",".join(ids)}, "outputs": outputs},
+                            arm, feeds, ids, raw, prediction)
 
     async def infer(self, request: Request) -> Response:
-        async def work(request: Request, started: float) -> Response:
-            self._model(request)
-            body = await self._body(request)
-            if not isinstance(body, dict):
-                raise RequestError("body", "must be a JSON object with 'inputs'")
-            request_id = body.get("id")
-            if request_id is not None and not isinstance(request_id, str):
-                raise RequestError("id", "must be a string")
-            arm = self._arm(request, request_id)
-            feeds = arm.predictor.feeds_from_v2(body.get("inputs"))
-            raw = _rows_of(feeds)
-            prediction, ids = await self._predict_and_log(arm, feeds, request_id, started, raw)
-            outputs = []
-            for name, values in prediction.outputs.items():
-                datatype = "BYTES" if values.dtype == object else "FP32"
-                data = values.reshape(-1).tolist()
-                outputs.append({"name": name, "datatype": datatype, "shape": list(values.shape), "data": data})
-            return self._answer({"model_name": arm.name, "model_version": arm.version, "id": request_id or ids[0],
-                                 "parameters": {"prediction_ids": ",".join(ids)}, "outputs": outputs},
-                                arm, feeds, ids, raw, prediction)
-
-        return await self._handle(request, "v2_infer", work)
+        return await self._route(_call_of(request), V2_INFER, self._infer)
 
     # --- V1 -----------------------------------------------------------------------------------------
 
-    async def v1_predict(self, request: Request) -> Response:
-        async def work(request: Request, started: float) -> Response:
-            name, _, verb = request.path_params["name_verb"].partition(":")
-            request.path_params["name"] = name
-            self._model(request)
-            if verb != "predict":
-                raise RequestError("path", f"unknown verb ':{verb}' (use :predict)", 404)
-            body = await self._body(request)
-            if not isinstance(body, dict) or "instances" not in body:
-                raise RequestError("instances", "the body must be an object with an 'instances' list")
-            request_id = body.get("id")
-            if request_id is not None and not isinstance(request_id, str):
-                raise RequestError("id", "must be a string")
-            arm = self._arm(request, request_id)
-            feeds = arm.predictor.feeds_from_rows(body["instances"])
-            raw = _rows_of(feeds)
-            prediction, ids = await self._predict_and_log(arm, feeds, request_id, started, raw)
-            return self._answer({"predictions": prediction.instances(), "ids": ids}, arm, feeds, ids, raw, prediction)
+    async def _v1_predict(self, call: Call, started: float) -> Answer:
+        name, _, verb = call.name.partition(":")
+        self._model(name)
+        if verb != "predict":
+            raise RequestError("path", f"unknown verb ':{verb}' (use :predict)", 404)
+        body = await self._body(call)
+        if not isinstance(body, dict) or "instances" not in body:
+            raise RequestError("instances", "the body must be an object with an 'instances' list")
+        request_id = body.get("id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise RequestError("id", "must be a string")
+        arm = self._arm(call, request_id)
+        feeds = arm.predictor.feeds_from_rows(body["instances"])
+        raw = _rows_of(feeds)
+        prediction, ids = await self._predict_and_log(arm, feeds, request_id, started, raw)
+        return self._answer({"predictions": prediction.instances(), "ids": ids}, arm, feeds, ids, raw, prediction)
 
-        return await self._handle(request, "v1_predict", work)
+    async def v1_predict(self, request: Request) -> Response:
+        call = Call(request.path_params["name_verb"], request.headers, request.receive)
+        return await self._route(call, V1_PREDICT, self._v1_predict)
 
     async def feedback(self, request: Request) -> Response:
         """Ground truth for prediction ids (one object or a list): see `feedback_row` for what an item holds."""
-        async def work(request: Request, started: float) -> Response:
-            body = await self._body(request)
+        async def work(call: Call, started: float) -> Answer:
+            body = await self._body(call)
             items = body if isinstance(body, list) else [body]
             rows = []
             for k, item in enumerate(items):
@@ -312,9 +378,9 @@ class Server:
                     raise RequestError(f"{where}.{exc.field}", exc.message) from None
             if self.log is not None:
                 await self._log_writer.write("feedback", rows)
-            return JSONResponse({"recorded": len(rows)})
+            return Answer(200, {"recorded": len(rows)})
 
-        return await self._handle(request, "feedback", work)
+        return await self._route(_call_of(request), "feedback", work)
 
     async def prometheus(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
@@ -323,8 +389,8 @@ class Server:
     async def load(self, request: Request) -> Response:
         """KServe's V2 repository extension, `POST /v2/repository/models/<name>/load`: re-resolve the aliases
         this server follows now, instead of at the next periodic check."""
-        async def work(request: Request, started: float) -> Response:
-            self._model(request)
+        async def work(call: Call, started: float) -> Answer:
+            self._model(call.name)
             from starlette.concurrency import run_in_threadpool
 
             changes = await run_in_threadpool(self.watcher.check) if self.watcher is not None else []
@@ -332,17 +398,17 @@ class Server:
             body = {"name": self.predictor.name, "load": not failed, "version": self.version, "changes": changes,
                     "watching": sorted(self.watcher.watched) if self.watcher is not None else [],
                     "traffic": self.traffic_state()}
-            return JSONResponse(body, status_code=409 if failed else 200)
+            return Answer(409 if failed else 200, body)
 
-        return await self._handle(request, "load", work)
+        return await self._route(_call_of(request), "load", work)
 
     async def traffic(self, request: Request) -> Response:
         """`POST /v2/repository/models/<name>/traffic {"percent": P}`: the A/B challenger answers P % of request
         keys from now on (0: none). What a rollout's canary steps move on a live server (mlops rollout
         --live-url); the arms themselves follow their aliases (see reload.py)."""
-        async def work(request: Request, started: float) -> Response:
-            self._model(request)
-            body = await self._body(request)
+        async def work(call: Call, started: float) -> Answer:
+            self._model(call.name)
+            body = await self._body(call)
             percent = body.get("percent") if isinstance(body, dict) else None
             if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
                 raise RequestError("percent", "a number from 0 to 100 is required")
@@ -350,9 +416,9 @@ class Server:
                 raise RequestError("percent", "this server has no challenger: start it with --ab NAME@challenger:0 "
                                    "to move traffic live", status=409)
             self.ab_percent = float(percent)
-            return JSONResponse(self.traffic_state())
+            return Answer(200, self.traffic_state())
 
-        return await self._handle(request, "traffic", work)
+        return await self._route(_call_of(request), "traffic", work)
 
     def traffic_state(self) -> dict[str, Any]:
         c = self.challenger
@@ -363,10 +429,10 @@ class Server:
     async def openapi(self, request: Request) -> Response:
         from mlops.serve.openapi import openapi_spec
 
-        return JSONResponse(openapi_spec(self.predictor.meta, self.predictor.max_batch))
+        return AnswerResponse(Answer(200, openapi_spec(self.predictor.meta, self.predictor.max_batch)))
 
     def app(self) -> Starlette:
-        routes = [  # the two inference routes first: every request is matched against the list in order
+        routes = [
             Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
             Route("/v1/models/{name_verb:path}", self.v1_predict, methods=["POST"]),
             Route("/v2/health/live", self.live), Route("/v2/health/ready", self.ready), Route("/v2", self.server_metadata),
@@ -377,7 +443,7 @@ class Server:
             Route("/v2/repository/models/{name}/traffic", self.traffic, methods=["POST"]),
             Route("/metrics", self.prometheus), Route("/openapi.json", self.openapi),
         ]
-        return Starlette(routes=routes, lifespan=self._lifespan)
+        return ServeApp(self, routes)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -394,6 +460,31 @@ class Server:
             self._log_writer.close()
         if self.log is not None:  # drain and close: whatever was acknowledged is already committed
             self.log.close()
+
+
+class ServeApp(Starlette):
+    """The ASGI app. A POST to either inference route is answered straight from the ASGI messages: Starlette's
+    routing, request and response objects cost as much as the model call for a single row. Every other
+    request, and those routes' other methods, go through Starlette's routing to the same `Server._handle`."""
+
+    def __init__(self, server: Server, routes: list[Route]) -> None:
+        super().__init__(routes=routes, lifespan=server._lifespan)
+        self.server = server
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            inference = inference_route(scope["path"])
+            if inference is not None:
+                route, name = inference
+                server = self.server
+                call = Call(name, {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}, receive)
+                try:
+                    answer = await server._handle(call, route, server._infer if route == V2_INFER else server._v1_predict)
+                except ClientDisconnect:
+                    return
+                await send_answer(send, answer)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def _rows_of(feeds: dict[str, Any]) -> list[dict[str, Any]]:

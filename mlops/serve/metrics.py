@@ -62,7 +62,8 @@ class ServeMetrics:
         children[1].observe(seconds)
 
     def count_classes(self, model: str, variant: str, labels: Any) -> None:
-        for label, n in Tally(np.ravel(labels).tolist()).items():
+        flat = np.ravel(labels).tolist()
+        for label, n in (((flat[0], 1),) if len(flat) == 1 else Tally(flat).items()):
             key = (model, variant, label)
             child = self._classes.get(key)
             if child is None:

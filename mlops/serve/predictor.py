@@ -20,6 +20,7 @@ NUMERIC_V2 = {"FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64
 # the largest integer a float32 holds exactly: beyond it an integer cast to FP32 would silently change
 FP32_EXACT_INT = 2**24
 FP32_MAX = float(np.finfo(np.float32).max)
+SMALL_COLUMN = 16  # up to this many values a column is checked in Python (see _small_numeric_column)
 
 
 class RequestError(Exception):
@@ -39,7 +40,8 @@ def parse_json_body(raw: bytes | str) -> Any:
     """A request body as both runtimes parse it: strict JSON (no NaN/Infinity), whatever the content-type
     said. Nesting deeper than Python's recursion limit is a bad request too, not a crash."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass") if isinstance(raw, bytes) else raw
+        return _DECODER.decode(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError("body", f"invalid JSON: {exc}") from None
     except RecursionError:
@@ -48,6 +50,11 @@ def parse_json_body(raw: bytes | str) -> Any:
 
 def _reject_constant(token: str) -> float:
     raise ValueError(f"{token} is not valid JSON")
+
+
+# one decoder for every request: `json.loads(..., parse_constant=...)` builds a new one per call. Not orjson,
+# which is faster but reads an integer past 64 bits as a float, and would pass it on as an exact number
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 @dataclass
@@ -227,10 +234,14 @@ def _fast_column(dtype: str, values: list[Any], datatype: str | None) -> np.ndar
     """The common case at C speed: all strings, or all plain numbers that fit FP32. Anything else (None,
     bools, mixed types, a bad value) returns None, and `Predictor.column` checks value by value, which
     also finds the row at fault for the error."""
-    types = set(map(type, values))
     if dtype == "string":
-        return np.asarray(values, dtype=object).reshape(-1, 1) if types == {str} else None
-    if datatype == "BYTES" or not types or not types <= {float, int}:
+        return np.asarray(values, dtype=object).reshape(-1, 1) if all(type(v) is str for v in values) else None
+    if datatype == "BYTES" or not values:
+        return None
+    if len(values) <= SMALL_COLUMN:
+        return _small_numeric_column(values)
+    types = set(map(type, values))
+    if not types <= {float, int}:
         return None
     try:
         arr = np.asarray(values, dtype=np.float64)
@@ -240,6 +251,22 @@ def _fast_column(dtype: str, values: list[Any], datatype: str | None) -> np.ndar
     if not (np.isfinite(arr).all() and (np.abs(arr) <= bound).all()):
         return None
     return arr.astype(np.float32).reshape(-1, 1)
+
+
+def _small_numeric_column(values: list[Any]) -> np.ndarray | None:
+    """`_fast_column` for a few rows (a single-row request above all): value by value in Python, where
+    numpy's per-call cost would be most of the time. The same checks, the same result."""
+    for v in values:
+        t = type(v)
+        if t is float:
+            if not -FP32_MAX <= v <= FP32_MAX:  # also false for NaN
+                return None
+        elif t is int:
+            if not -FP32_EXACT_INT <= v <= FP32_EXACT_INT:
+                return None
+        else:
+            return None
+    return np.array(values, dtype=np.float32).reshape(-1, 1)
 
 
 def _flatten(data: list[Any]) -> list[Any]:

@@ -111,6 +111,21 @@ def disagreements(served: dict[str, np.ndarray], shadow: dict[str, np.ndarray], 
 
 
 _STOP = object()
+SHADOW_BATCH = 64  # queued requests the shadow answers in one model call
+
+
+def _joined(work: list[tuple[Any, ...]]) -> tuple[dict[str, np.ndarray], list[str], list[dict[str, Any]], Prediction]:
+    """Several requests' (feeds, ids, inputs, served) as one. Raises when their served answers do not stack
+    (an A/B server whose arms answer different outputs): the caller then runs them one by one."""
+    from mlops.serve.predictor import Prediction
+
+    first_feeds, first_served = work[0][0], work[0][3]
+    if any(set(w[3].outputs) != set(first_served.outputs) for w in work):
+        raise ValueError("the served answers have different outputs")
+    feeds = {name: np.concatenate([w[0][name] for w in work]) for name in first_feeds}
+    outputs = {name: np.concatenate([np.asarray(w[3].outputs[name]) for w in work]) for name in first_served.outputs}
+    served = Prediction(outputs, sum(w[3].rows for w in work))
+    return feeds, [i for w in work for i in w[1]], [r for w in work for r in w[2]], served
 
 
 class ShadowRunner:
@@ -160,16 +175,37 @@ class ShadowRunner:
 
     def _worker(self) -> None:
         while True:
-            item = self._queue.get()
+            batch = [self._queue.get()]
+            while batch[-1] is not _STOP and len(batch) < SHADOW_BATCH:  # whatever else waits joins the call
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            work = [item for item in batch if item is not _STOP]
             try:
-                if item is _STOP:
-                    return
+                self._run_batch(work)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if len(work) < len(batch):
+                return
+
+    def _run_batch(self, work: list[tuple[Any, ...]]) -> None:
+        """One model call for every request waiting: the shadow shares the server's CPU, and a call of a few
+        rows costs about what a call of one does. A batch that fails is retried request by request, so one
+        bad request costs only its own shadow answer, and the error count stays per request."""
+        if len(work) > 1:
+            try:
+                self._run(*_joined(work))
+                return
+            except Exception:  # each request again, alone: it counts its own failure below
+                pass
+        for item in work:
+            try:
                 self._run(*item)
             except Exception as exc:  # the shadow's failure is counted and printed, never returned
                 self.metrics.shadow_errors.labels(self.arm.name).inc()
                 print(f"mlops serve: shadow '{self.arm.name}' failed: {type(exc).__name__}: {exc}", flush=True)
-            finally:
-                self._queue.task_done()
 
     def _run(self, feeds: dict[str, np.ndarray], ids: list[str], inputs: list[dict[str, Any]],
              served: Prediction) -> None:
@@ -180,15 +216,16 @@ class ShadowRunner:
         latency = (time.perf_counter() - started) * 1000
         if prediction.rows != served.rows:
             raise ValueError(f"answered {prediction.rows} rows for a request of {served.rows}")
-        instances = prediction.instances()  # before counting: an output that cannot be logged is an error
-        self.metrics.shadow_rows.labels(self.arm.name).inc(served.rows)
+        instances = prediction.instances()  # an output that cannot be logged is an error
         differ = disagreements(served.outputs, prediction.outputs, served.rows)
-        if differ:
-            self.metrics.shadow_disagreements.labels(self.arm.name).inc(differ)
         if self.log is not None:
             done = self.log.submit("predictions", prediction_rows(ids, self.arm.name, self.arm.version, SHADOW,
                                                                   inputs, instances, latency))
             done.add_done_callback(self._logged)
+        # counted last: whatever raised above is retried or counted as an error, never counted twice
+        self.metrics.shadow_rows.labels(self.arm.name).inc(served.rows)
+        if differ:
+            self.metrics.shadow_disagreements.labels(self.arm.name).inc(differ)
 
     def _logged(self, done: Any) -> None:
         if done.exception() is not None:

@@ -255,3 +255,71 @@ def test_thumbs_and_outcome_feedback_are_recorded_and_a_bad_thumb_is_a_400(clien
     assert bad.status_code == 400 and bad.json()["field"] == "body.thumbs"
     empty = client.post("/v1/feedback", json={"id": "p4"})
     assert empty.status_code == 400 and empty.json()["field"] == "body.label"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 2**25, True, "2", 1e39])
+def test_long_and_short_columns_are_checked_alike(bundle: Path, bad: Any) -> None:
+    # a few rows are checked in Python, more with numpy (predictor.SMALL_COLUMN): same errors, same arrays
+    from mlops.serve.predictor import SMALL_COLUMN, RequestError
+
+    p = Predictor(bundle)
+    errors = []
+    for n in (3, SMALL_COLUMN + 5):
+        good = [float(i) - 0.5 for i in range(n)]
+        np.testing.assert_array_equal(p.column("age", good, "x"), np.float32(good).reshape(-1, 1))
+        with pytest.raises(RequestError) as caught:
+            p.column("age", [*good[:-1], bad], "x")
+        errors.append((caught.value.field, caught.value.message))
+    assert errors[0][1] == errors[1][1] and errors[0][0] == "x[2]" and errors[1][0] == f"x[{SMALL_COLUMN + 4}]"
+
+
+@pytest.mark.parametrize("path", ["/v2/models/toy/infer", "/v2/models/a:b/infer", "/v2/models/a/b/infer",
+                                  "/v2/models//infer", "/v2/models/toy/infer/", "/v1/models/toy:predict",
+                                  "/v1/models/toy", "/v1/models/a/b:predict", "/v1/models/", "/v2/models/toy",
+                                  "/v1/feedback", "/v2/repository/models/toy/load"])
+def test_the_inference_fast_path_takes_exactly_what_starlette_routes_to_the_inference_handlers(
+        bundle: Path, tmp_path: Path, path: str) -> None:
+    from starlette.routing import Match
+
+    from mlops.serve.app import V1_PREDICT, V2_INFER, inference_route
+
+    server = Server(Predictor(bundle), None)
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": ""}
+    routed = None
+    for route in server.app().routes:
+        match, child = route.matches(scope)
+        if match == Match.FULL:
+            routed = {server.infer: V2_INFER, server.v1_predict: V1_PREDICT}.get(route.endpoint)
+            if routed is not None:
+                name = child["path_params"].get("name", child["path_params"].get("name_verb"))
+            break
+    assert inference_route(path) == ((routed, name) if routed else None)
+
+
+def test_other_methods_on_the_inference_routes_go_through_starlette(client: TestClient) -> None:
+    assert client.get("/v2/models/toy/infer").status_code == 405
+    assert client.put("/v1/models/toy:predict", json={"instances": [ROW]}).status_code == 405
+    assert client.post("/v2/models/toy/infer", json=v2([col("age", [1.0]), col("income", [2.0]),
+                                                         col("city", ["a"], "BYTES")])).status_code == 200
+
+
+def test_a_client_that_leaves_mid_body_gets_no_answer_and_nothing_is_logged(bundle: Path, tmp_path: Path) -> None:
+    import asyncio
+
+    server = Server(Predictor(bundle), PredictionLog(tmp_path / "log.sqlite"))
+    app, sent = server.app(), []
+    messages = [{"type": "http.request", "body": b'{"instances": [', "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/models/toy:predict", "headers": [], "root_path": ""}
+    asyncio.run(app(scope, receive, send))
+    server.log.close()
+    assert sent == [] and read_predictions(tmp_path / "log.sqlite") == []
+    metrics = server.metrics.render()[0].decode()
+    assert 'mlops_requests_total{model="toy",route="v1_predict",status="499",variant="champion"} 1.0' in metrics
+    assert "mlops_requests_in_flight 0.0" in metrics

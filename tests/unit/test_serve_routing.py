@@ -192,6 +192,50 @@ def test_a_saturated_shadow_drops_and_counts_without_delaying_answers(bundle: Pa
     assert variants.count("champion") == 4 and 1 <= variants.count("shadow") <= 2
 
 
+class GatedPredictor(Predictor):
+    """A shadow that records each call's row count, holds the first call until `release`, and fails any call
+    holding an age of -1 (a request only this model cannot take)."""
+
+    def __init__(self, bundle: Path) -> None:
+        super().__init__(bundle)
+        self.release, self.calls = threading.Event(), []
+
+    def predict(self, feeds: dict[str, np.ndarray]) -> Prediction:
+        self.calls.append(len(feeds["age"]))
+        self.release.wait(timeout=20)
+        if (feeds["age"] == -1).any():
+            raise RuntimeError("the shadow cannot take age -1")
+        return super().predict(feeds)
+
+
+def test_queued_shadow_work_runs_in_one_call_and_a_bad_request_fails_alone(bundle: Path, tmp_path: Path) -> None:
+    gated = GatedPredictor(bundle)
+    log_path = tmp_path / "log.sqlite"
+    server = make_server(bundle, log_path, shadow=Arm(gated, "4", SHADOW))
+    bodies = [{"id": "first", "instances": [ROW]}, {"id": "multi", "instances": rows(3)},
+              {"id": "bad", "instances": [ROW | {"age": -1}]}, {"id": "last", "instances": [ROW]}]
+    with TestClient(server.app()) as c:
+        answers = [c.post("/v1/models/toy:predict", json=bodies[0])]
+        deadline = time.monotonic() + 10
+        while not gated.calls and time.monotonic() < deadline:  # the shadow is held in its first call ...
+            time.sleep(0.01)
+        answers += [c.post("/v1/models/toy:predict", json=b) for b in bodies[1:]]  # ... while the rest queue
+        assert [a.status_code for a in answers] == [200] * 4
+        gated.release.set()
+        assert server.shadow is not None and server.shadow.join()
+        text = c.get("/metrics").text
+    # 1 row alone, then the 5 queued rows in one call, which fails on "bad"; then one call per request
+    assert gated.calls == [1, 5, 3, 1, 1]
+    assert metric(text, "mlops_shadow_errors_total", model="toy") == 1
+    assert metric(text, "mlops_shadow_rows_total", model="toy") == 5
+    logged = read_predictions(log_path)
+    served = {r["id"]: r for r in logged if r["variant"] == "champion"}
+    shadow = {r["id"]: r for r in logged if r["variant"] == "shadow"}
+    assert set(shadow) == set(served) - {"bad"} and len(shadow) == 5
+    for pid, row in shadow.items():  # same model: every row answered as the served one, from its own inputs
+        assert (row["inputs"], row["outputs"]) == (served[pid]["inputs"], served[pid]["outputs"])
+
+
 # --- A/B ------------------------------------------------------------------------------------------------
 
 
