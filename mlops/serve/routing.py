@@ -3,8 +3,9 @@
 - **A/B**: `assign_arm(key, percent)` hashes a request key with SHA-256 (never Python's `hash()`, which is
   salted per process), so a key lands in the same arm in every process, on every restart.
 - **Shadow**: `ShadowRunner` runs a second model on each request after the answer is computed, on one
-  thread of its own fed by a bounded queue. A full queue drops the work (and counts the drop) rather than
-  grow; an exception is printed and counted, never returned. The served response cannot depend on it.
+  thread of its own fed by a bounded queue; the requests waiting there share one model call. A full queue
+  drops the work (and counts the drop) rather than grow; an exception is printed and counted, never
+  returned. The served response cannot depend on it.
 """
 
 from __future__ import annotations
