@@ -6,33 +6,51 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.net import start_prefect_server, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One Prefect home per test process: its temporary server's database is migrated once (~15 s), not
-    per test. Tests in one xdist worker run one at a time, so its server never has two users."""
+    """One Prefect home per test process: its database is migrated once (~15 s), not per test."""
     return tmp_path_factory.mktemp("prefect-home")
 
 
-@pytest.fixture
-def isolated_env(tmp_path: Path, prefect_home: Path) -> dict[str, str]:
-    """Environment for a CLI subprocess: its own MLflow store and cache; the worker's Prefect home."""
+@pytest.fixture(scope="session")
+def prefect_api(prefect_home: Path) -> Iterator[str]:
+    """One real `prefect server` per test process, shared by every CLI subprocess of its tests (they run one at
+    a time): without it each `mlops run` starts Prefect's temporary server, ~9 s of every run. The temporary
+    server keeps its own tests (test_ddp.py, test_mlflow_server.py), and `make demo` uses it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "MLOPS_"))}
+    proc, url = start_prefect_server(prefect_home / "server", env, prefect_home / "server.log")
+    yield url
+    stop_process(proc, timeout=30, group=True)
+
+
+def cli_env(mlops_home: Path, prefect_home: Path, prefect_api: str) -> dict[str, str]:
+    """Environment for a CLI subprocess: its own MLflow store and cache; the worker's Prefect server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "MLOPS_"))}
     env |= {
-        "MLOPS_HOME": str(tmp_path / ".mlops"),
+        "MLOPS_HOME": str(mlops_home),
         "PREFECT_HOME": str(prefect_home),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "240",
+        "PREFECT_API_URL": prefect_api,
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "240",  # for a test that drops PREFECT_API_URL
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PYTHONUNBUFFERED": "1",
     }
     return env
+
+
+@pytest.fixture
+def isolated_env(tmp_path: Path, prefect_home: Path, prefect_api: str) -> dict[str, str]:
+    return cli_env(tmp_path / ".mlops", prefect_home, prefect_api)
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess[str]:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -73,3 +78,34 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10, kill_timeout:
         else:
             proc.kill()
         proc.wait(timeout=kill_timeout)
+
+
+def start_prefect_server(home: Path, env: dict[str, str], log: Path, timeout: float = 180,
+                         database_url: str | None = None) -> tuple[subprocess.Popen[Any], str]:
+    """A real `prefect server start` on a free port (sqlite under `home`, or `database_url`), healthy; its API URL.
+    Stop it with `stop_process(proc, group=True)`."""
+    port = free_port()
+    env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"} | {
+        "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    home.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                 "--port", str(port)], cwd=home, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"prefect server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+                if json.loads(resp.read()) is True:
+                    return proc, url
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            stop_process(proc, group=True)
+            raise AssertionError(f"prefect server not healthy in {timeout} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)

@@ -4,14 +4,13 @@ registry under a temporary MLOPS_HOME): what they write, what they print, and ho
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import cli_env, run_cli
 from tests.deploy_fixtures import CRD, mlops_home, register_version
 from tests.net import free_port
 
@@ -19,13 +18,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("deploy-cli")]
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, prefect_home: Path) -> Iterator[dict[str, str]]:
+def env(tmp_path_factory: pytest.TempPathFactory, prefect_home: Path, prefect_api: str) -> Iterator[dict[str, str]]:
     """The CLI processes' environment, with toy v1 (champion) and v2 (challenger) registered in its store; shared
     by the module (a store costs seconds to create). Tests that move champion restore it."""
     home = tmp_path_factory.mktemp("deploy-cli") / ".mlops"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "MLOPS_"))}
-    env |= {"MLOPS_HOME": str(home), "PREFECT_HOME": str(prefect_home), "PYTHONUNBUFFERED": "1",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    env = cli_env(home, prefect_home, prefect_api)
     with mlops_home(home):
         assert [register_version(home.parent, "toy", seed) for seed in (1, 2)] == ["1", "2"]
     yield env

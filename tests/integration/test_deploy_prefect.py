@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, run_cli
-from tests.net import free_port, stop_process
+from tests.net import start_prefect_server, stop_process
 from tests.postgres import throwaway_database, unavailable
 
 pytestmark = pytest.mark.integration
@@ -56,27 +56,10 @@ def api(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
 
 @pytest.fixture
 def prefect_server(postgres_db: str, tmp_path: Path, isolated_env: dict[str, str]) -> Iterator[dict[str, str]]:
-    port = free_port()
-    home = tmp_path / "prefect-server-home"
-    env = isolated_env | {"PREFECT_HOME": str(home), "PREFECT_API_DATABASE_CONNECTION_URL": postgres_db,
-                          "PREFECT_UI_ENABLED": "false"}
     log = tmp_path / "prefect-server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
+    proc, url = start_prefect_server(tmp_path / "prefect-server-home", isolated_env, log, timeout=HEALTH_TIMEOUT_S,
+                                     database_url=postgres_db)
     try:
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while True:
-            assert proc.poll() is None, f"prefect server exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-            try:
-                if api(url, "/health") is True:
-                    break
-            except (urllib.error.URLError, OSError, ValueError):
-                pass
-            assert time.monotonic() < deadline, f"prefect server not healthy in {HEALTH_TIMEOUT_S} s"
-            time.sleep(0.5)
         yield {"url": url, "log": str(log)}
     finally:
         stop_process(proc, timeout=30, group=True)

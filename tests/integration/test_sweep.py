@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, last_json, run_cli
+from tests.conftest import ROOT, cli_env, last_json, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -268,7 +268,8 @@ def test_sweep_resumes_after_kill_9(tmp_path: Path, isolated_env: dict[str, str]
 
 
 @pytest.fixture(scope="module")
-def boom_sweep(tmp_path_factory: pytest.TempPathFactory, prefect_home: Path) -> tuple[dict[str, str], dict[str, Any]]:
+def boom_sweep(tmp_path_factory: pytest.TempPathFactory, prefect_home: Path,
+               prefect_api: str) -> tuple[dict[str, str], dict[str, Any]]:
     """Two trials at once over a choice that crashes the trial (tests.fixtures.custom_modules.BoomMLP)."""
     tmp_path = tmp_path_factory.mktemp("boom")
     recipe = _recipe(tmp_path, "boom", """\
@@ -291,12 +292,7 @@ def boom_sweep(tmp_path_factory: pytest.TempPathFactory, prefect_home: Path) -> 
           params:
             model.params.boom: {type: categorical, choices: [false, true]}
         """)
-    # what the isolated_env fixture gives a test, for a module-scoped sweep
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "MLOPS_"))}
-    env |= {"MLOPS_HOME": str(tmp_path / ".mlops"), "PREFECT_HOME": str(prefect_home),
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "240", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
-    env = _env(env)
+    env = _env(cli_env(tmp_path / ".mlops", prefect_home, prefect_api))  # what isolated_env gives, module-wide
     return env, last_json(run_cli(["sweep", "--json", str(recipe)], env))
 
 
