@@ -465,7 +465,8 @@ class Server:
 class ServeApp(Starlette):
     """The ASGI app. A POST to either inference route is answered straight from the ASGI messages: Starlette's
     routing, request and response objects cost as much as the model call for a single row. Every other
-    request, and those routes' other methods, go through Starlette's routing to the same `Server._handle`."""
+    request, those routes' other methods, and the inference routes themselves when the app is mounted under a
+    prefix go through Starlette's routing to the same handlers behind `Server._handle`."""
 
     def __init__(self, server: Server, routes: list[Route]) -> None:
         super().__init__(routes=routes, lifespan=server._lifespan)

@@ -323,3 +323,22 @@ def test_a_client_that_leaves_mid_body_gets_no_answer_and_nothing_is_logged(bund
     metrics = server.metrics.render()[0].decode()
     assert 'mlops_requests_total{model="toy",route="v1_predict",status="499",variant="champion"} 1.0' in metrics
     assert "mlops_requests_in_flight 0.0" in metrics
+
+
+def test_mounted_under_a_prefix_the_inference_routes_answer_through_starlette(bundle: Path, tmp_path: Path) -> None:
+    # the fast path matches the bare paths only; under a Mount the same handlers answer through Starlette's routing
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    body = {"id": "m1", "instances": [ROW]}
+    direct, _ = make_client(bundle, tmp_path / "direct")
+    server = Server(Predictor(bundle), PredictionLog(tmp_path / "mounted.sqlite"), version="3")
+    with direct, TestClient(Starlette(routes=[Mount("/serving", app=server.app())])) as mounted:
+        expected = direct.post("/v1/models/toy:predict", json=body)
+        got = mounted.post("/serving/v1/models/toy:predict", json=body)
+        v2_got = mounted.post("/serving/v2/models/toy/infer", json=v2([col("age", [1.0]), col("income", [2.0]),
+                                                                        col("city", ["a"], "BYTES")]))
+        metrics = mounted.get("/serving/metrics").text
+    assert (got.status_code, got.content, got.headers["x-model-variant"]) == (200, expected.content, "champion")
+    assert v2_got.status_code == 200 and v2_got.json()["model_name"] == "toy"
+    assert 'route="v1_predict",status="200"' in metrics and 'route="v2_infer",status="200"' in metrics
