@@ -69,7 +69,7 @@ def inference_route(path: str) -> tuple[str, str] | None:
 @dataclass
 class Call:
     """One request as every handler sees it, whichever way it came in: through Starlette's routing, or the
-    raw ASGI path the two inference routes take (see `Server.app`)."""
+    raw ASGI path the two inference routes take (see `ServeApp`)."""
 
     name: str  # the model name in the path ("" on routes without one)
     headers: Mapping[str, str]  # lower-case names
