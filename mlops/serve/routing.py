@@ -22,10 +22,11 @@ import numpy as np
 
 from mlops.errors import MlopsError
 from mlops.serve.log import PredictionLog, prediction_rows
+from mlops.serve.predictor import Prediction
 
 if TYPE_CHECKING:
     from mlops.serve.metrics import ServeMetrics
-    from mlops.serve.predictor import Prediction, Predictor
+    from mlops.serve.predictor import Predictor
 
 CHAMPION, CHALLENGER, SHADOW = "champion", "challenger", "shadow"
 DEFAULT_KEY_HEADER = "X-Request-Key"
@@ -118,8 +119,6 @@ SHADOW_BATCH = 64  # queued requests the shadow answers in one model call
 def _joined(work: list[tuple[Any, ...]]) -> tuple[dict[str, np.ndarray], list[str], list[dict[str, Any]], Prediction]:
     """Several requests' (feeds, ids, inputs, served) as one. Raises when their served answers do not stack
     (an A/B server whose arms answer different outputs): the caller then runs them one by one."""
-    from mlops.serve.predictor import Prediction
-
     first_feeds, first_served = work[0][0], work[0][3]
     if any(set(w[3].outputs) != set(first_served.outputs) for w in work):
         raise ValueError("the served answers have different outputs")
