@@ -33,18 +33,20 @@ def prefect_api(prefect_home: Path) -> Iterator[str]:
     stop_process(proc, timeout=30, group=True)
 
 
-def cli_env(mlops_home: Path, prefect_home: Path, prefect_api: str) -> dict[str, str]:
-    """Environment for a CLI subprocess: its own MLflow store and cache; the worker's Prefect server."""
+def cli_env(mlops_home: Path, prefect_home: Path, prefect_api: str | None) -> dict[str, str]:
+    """Environment for a CLI subprocess: its own MLflow store and cache; the worker's Prefect server, or with
+    `prefect_api=None` Prefect's temporary server (what a user gets by default)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "MLOPS_"))}
     env |= {
         "MLOPS_HOME": str(mlops_home),
         "PREFECT_HOME": str(prefect_home),
-        "PREFECT_API_URL": prefect_api,
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "240",  # for a test that drops PREFECT_API_URL
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "240",  # its default 20 s is too tight on a busy box
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PYTHONUNBUFFERED": "1",
     }
+    if prefect_api is not None:
+        env["PREFECT_API_URL"] = prefect_api
     return env
 
 

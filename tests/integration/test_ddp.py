@@ -8,12 +8,13 @@ with the world size, holding one val/loss point per epoch (synced across ranks).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import cli_env
 
 pytestmark = pytest.mark.integration
 
@@ -22,18 +23,10 @@ EPOCHS = 2
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    # isolate from whatever the developer's shell points at
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL",
-                "LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    # Prefect's temporary server, as a user gets it; no DDP variables leaking in from the shell
+    env = cli_env(tmp_path / "mlops_home", tmp_path / "prefect_home", None)
+    for key in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    env |= {
-        "MLOPS_HOME": str(tmp_path / "mlops_home"),
-        "PREFECT_HOME": str(tmp_path / "prefect_home"),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-    }
     return env
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import cli_env
 from tests.net import free_port, stop_process
 from tests.postgres import throwaway_database
 
@@ -88,15 +89,8 @@ def _artifact_paths(client: object, run_id: str, path: str | None = None) -> set
 
 def test_recipe_against_mlflow_server_on_postgres(mlflow_server: dict[str, object], tmp_path: Path) -> None:
     url = str(mlflow_server["url"])
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_REGISTRY_URI")}
-    env |= {
-        "MLFLOW_TRACKING_URI": url,
-        "MLOPS_HOME": str(tmp_path / "mlops_home"),
-        "PREFECT_HOME": str(tmp_path / "prefect_home"),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-    }
+    # Prefect's temporary server, as a user gets it
+    env = cli_env(tmp_path / "mlops_home", tmp_path / "prefect_home", None) | {"MLFLOW_TRACKING_URI": url}
     cmd = [sys.executable, "-m", "mlops.cli", "run", "--json", "recipes/quickstart.yaml",
            f"trainer.max_epochs={EPOCHS}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
