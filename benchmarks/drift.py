@@ -137,7 +137,7 @@ def streaming(log: Path, ref: pd.DataFrame, window: int, methods: dict[str, tupl
 
 
 def write_log(path: Path, cur: pd.DataFrame, rows: int) -> None:
-    from mlops.serve.log import PredictionLog
+    from mlops.core.predlog import PredictionLog
 
     log = PredictionLog(path)
     records = cur.iloc[:rows].to_dict("records")

@@ -166,9 +166,10 @@ def find_bundle(arg: str | None, tmp: Path) -> tuple[Path, str]:
     if os.environ.get("MLFLOW_TRACKING_URI") or (home / "mlflow.db").is_file():
         with contextlib.suppress(Exception):  # no registry, no quickstart, no champion: the fixture below
             os.environ.setdefault("MLOPS_HOME", str(home))
-            from mlops.serve.run import resolve_bundle
+            from mlops.core.refs import fetch
 
-            path, version = resolve_bundle("quickstart@champion")
+            served = fetch("quickstart@champion")
+            path, version = served.path, served.version
             return path, f"quickstart@champion (version {version}) from the MLflow registry"
     sys.path.insert(0, str(ROOT))
     from tests.serve_fixtures import build_bundle

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 
 EPILOG = """examples:
   mlops validate recipes/quickstart.yaml
@@ -204,7 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, default=str))
     if result["gates"]["outcome"] == "failed":
-        from mlops.errors import GateError
+        from mlops.core.errors import GateError
 
         raise GateError("\n".join([f"{result['model']} FAILED its gates:",
                                     *(f"  {line}" for line in result["gates"]["failures"])]))
@@ -253,7 +253,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from mlops.serve.log import read_feedback_file, record_feedback
+    from mlops.core.predlog import read_feedback_file, record_feedback
     from mlops.serve.run import feedback_log_path
 
     log_path = feedback_log_path(args.model, args.log)
@@ -271,20 +271,14 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 
 def _client(recipe: str | None = None) -> Any:
-    import os
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mlflow import MlflowClient
-
-    from mlops.tracking.store import tracking_uri
+    from mlops.core.registry import registry_client, tracking_uri
 
     loaded = None
     if recipe:
         from mlops.recipe import load_recipe
 
         loaded = load_recipe(recipe, check_data=False)
-    uri = tracking_uri(loaded.recipe if loaded else None)
-    return MlflowClient(uri, registry_uri=uri), loaded
+    return registry_client(tracking_uri(loaded.recipe.tracking.uri if loaded else None)), loaded
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -30,8 +30,8 @@ def evaluate(recipe: str, overrides: list[str] | None = None, model: str | None 
              allow_failed_gates: bool = False) -> dict[str, Any]:
     """Evaluate a registered model (`NAME@ALIAS`, `NAME/VERSION`; the recipe's champion by default) on the
     recipe's data and gates, as `mlops evaluate` does. A failed gate fails the flow run."""
+    from mlops.core.errors import GateError
     from mlops.engine.evaluate_model import evaluate_model
-    from mlops.errors import GateError
     from mlops.recipe import load_recipe
 
     loaded = load_recipe(recipe, list(overrides or []))

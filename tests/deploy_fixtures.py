@@ -55,8 +55,8 @@ def register_version(tmp: Path, name: str = "toy", weights_seed: int = 1, frozen
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from mlops.core.registry import experiment_id, tracking_uri
     from mlops.package.registry import promote_version
-    from mlops.tracking.store import experiment_id, tracking_uri
 
     bundle = build_bundle(tmp / f"bundle-{name}-{weights_seed}-{int(frozen_batch)}", name=name,
                           weights_seed=weights_seed)

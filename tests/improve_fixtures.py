@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlops.improve.registry import CHALLENGER, CHAMPION
+from mlops.core.predlog import PredictionLog, prediction_rows
+from mlops.core.refs import CHALLENGER, CHAMPION
 from mlops.improve.retrain import Trained
 from mlops.improve.rollout import CanaryStep, RolloutTarget, StageResult
-from mlops.serve.log import PredictionLog, prediction_rows
 from tests.serve_fixtures import training_frame
 
 MODEL = "toy"

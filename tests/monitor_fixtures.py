@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from onnx import TensorProto, helper, numpy_helper
 
+from mlops.core.predlog import PredictionLog
 from mlops.data.fingerprint import fingerprint_frame
 from mlops.data.preprocess import fit_preprocessor
 from mlops.data.schema import infer_schema
@@ -28,7 +29,6 @@ from mlops.package.bundle import write_bundle
 from mlops.package.graph import ML_OPSET, assemble, io_description, postprocessing_graph, preprocessing_graph
 from mlops.recipe import load_recipe
 from mlops.serve.app import _rows_of
-from mlops.serve.log import PredictionLog
 from mlops.serve.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def log_traffic(log_path: Path, bundle: Path, frame: pd.DataFrame, ts: Sequence[
 
 def log_feedback(log_path: Path, labels: dict[str, Any]) -> None:
     """Ground truth by prediction id, through the log's own feedback rows (what POST /v1/feedback writes)."""
-    from mlops.serve.log import feedback_row
+    from mlops.core.predlog import feedback_row
 
     log = PredictionLog(log_path)
     try:

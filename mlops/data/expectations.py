@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlops.errors import ExpectationError
+from mlops.core.errors import ExpectationError
 from mlops.recipe.schema import ColumnExpectation, ExpectationsConfig
 
 SHOWN_ROWS = 10

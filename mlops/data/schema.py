@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from mlops.errors import DataError
+from mlops.core.errors import DataError
 from mlops.recipe.schema import DataConfig
 
 if TYPE_CHECKING:

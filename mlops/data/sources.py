@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlops.errors import DataError
+from mlops.core.errors import DataError
 from mlops.recipe.schema import DataConfig
 
 if TYPE_CHECKING:

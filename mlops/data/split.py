@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from mlops.errors import DataError
+from mlops.core.errors import DataError
 from mlops.recipe.schema import SplitConfig
 
 if TYPE_CHECKING:

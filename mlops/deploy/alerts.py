@@ -14,9 +14,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from mlops.core.errors import MlopsError
 from mlops.deploy.config import AlertsConfig
 from mlops.deploy.render import render
-from mlops.errors import MlopsError
 
 ALERT_NAMES = {"latency": "MlopsLatencyOverSLA", "error_rate": "MlopsErrorRate", "drift": "MlopsDriftDetected"}
 PREDICT_ROUTES = "v1_predict|v2_infer"  # the server's route labels that answer predictions

@@ -8,7 +8,6 @@ flows, the Prometheus alert rules, and the progressive rollout with the checks t
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -41,11 +40,6 @@ def field_errors(model: str, problems: list[tuple[tuple[str, ...], str, Any]]) -
     return ValidationError.from_exception_data(model, [
         InitErrorDetails(type=PydanticCustomError("cross_field", message), loc=loc, input=value)
         for loc, message, value in problems])
-
-
-def dns_name(name: str) -> str:
-    """A recipe or model name as a Kubernetes object name: lower case, `_` and `.` become `-`."""
-    return re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")[:63] or "model"
 
 
 class ImageConfig(Section):

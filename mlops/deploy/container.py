@@ -9,15 +9,16 @@ its bind address and port from $HOST and $PORT (Knative sets PORT).
 from __future__ import annotations
 
 import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import mlops
+from mlops.core.atomic import publishing
+from mlops.core.errors import MlopsError
+from mlops.core.refs import ModelVersion
 from mlops.deploy.config import DeployConfig
-from mlops.deploy.kserve import ModelVersion, image_for
+from mlops.deploy.kserve import image_for
 from mlops.deploy.render import render
-from mlops.errors import MlopsError
 
 # what `mlops serve` imports beyond the standard library and mlops itself (tests/integration/
 # test_deploy_container.py checks this list against the imports of the running server)
@@ -50,9 +51,7 @@ def build_context(dest: Path, bundle_dir: Path, cfg: DeployConfig, mv: ModelVers
     from mlops.package.bundle import read_bundle
 
     read_bundle(bundle_dir)  # refuse a broken or altered bundle before building anything around it
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".context-", dir=dest.parent))
-    try:
+    with publishing(dest) as tmp:
         (tmp / "Dockerfile").write_text(dockerfile(cfg, mv))
         (tmp / "requirements.txt").write_text(requirements_txt(serve_requirements()))
         (tmp / ".dockerignore").write_text(render("dockerignore.j2"))
@@ -61,10 +60,4 @@ def build_context(dest: Path, bundle_dir: Path, cfg: DeployConfig, mv: ModelVers
             shutil.copy2(bundle_dir / name, tmp / "bundle" / name)
         shutil.copytree(Path(mlops.__file__).parent, tmp / "mlops",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest

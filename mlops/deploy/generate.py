@@ -9,41 +9,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from mlops.core.atomic import write_json, write_text
+from mlops.core.errors import MlopsError
+from mlops.core.refs import ModelVersion, fetch
+from mlops.core.registry import tracking_uri
+from mlops.core.workspace import workspace
 from mlops.deploy.config import DeployConfig
-from mlops.deploy.kserve import ModelVersion, image_for, inference_service, storage_for
-from mlops.errors import MlopsError
-
-
-def resolve_model(ref: str, uri: str) -> tuple[ModelVersion, Path]:
-    """A registered `NAME@ALIAS` / `NAME/VERSION` (its bundle downloaded once), or a bundle directory (whose
-    version is `sha-` and the start of its ONNX checksum)."""
-    from mlops.package.bundle import read_bundle
-
-    if Path(ref).is_dir():
-        meta = read_bundle(Path(ref))
-        return ModelVersion(meta.name, f"sha-{meta.onnx_sha256[:12]}"), Path(ref)
-    if "@" not in ref and "/" not in ref:
-        raise MlopsError(f"--model '{ref}': use NAME@ALIAS, NAME/VERSION or a bundle directory")
-    from mlops.deploy.promotion import registry_client
-    from mlops.package.registry import download_bundle
-    from mlops.package.registry import resolve_model as registry_resolve
-    from mlops.tracking.store import mlops_home
-
-    client = registry_client(uri)
-    name, version = registry_resolve(client, ref)
-    return ModelVersion(name, version), download_bundle(client, name, version, mlops_home() / "bundles")
-
-
-def _write(path: Path, text: str) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return str(path)
+from mlops.deploy.kserve import image_for, inference_service, storage_for
 
 
 def project_relative(path: Path, project_dir: Path) -> str:
@@ -67,7 +42,6 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
                   apply: bool = False) -> dict[str, Any]:
     """Render (and check) the recipe's deployment targets for `model` (default: the recipe model's champion)."""
     from mlops.deploy.validate import crd_path
-    from mlops.tracking.store import mlops_home, tracking_uri
 
     r = loaded.recipe
     cfg: DeployConfig = r.deploy
@@ -82,14 +56,15 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
         raise MlopsError("--apply applies the InferenceService: include the kserve target")
     crd = crd_path(crd)
     needs_model = bool({"kserve", "container"} & set(wanted))
-    mv, bundle = resolve_model(model or f"{r.model_name}@champion", tracking_uri(r)) if needs_model else (None, None)
-    out = out or mlops_home() / "deploy" / r.model_name / (mv.label if mv else "flows")
+    resolved = fetch(model or f"{r.model_name}@champion", tracking_uri(r.tracking.uri)) if needs_model else None
+    mv, bundle = (resolved.model_version(), resolved.path) if resolved else (None, None)
+    out = out or workspace().deploy_dir(r.model_name, mv.label if mv else "flows")
     out.mkdir(parents=True, exist_ok=True)
     project_dir = (project_dir or Path.cwd()).resolve()
     result: dict[str, Any] = {"recipe": r.name, "model": mv.ref if mv else None, "out": str(out), "files": {},
                               "checks": {}, "next": []}
     if "kserve" in wanted and mv is not None and bundle is not None:
-        result["files"]["inferenceservice"] = _write(out / "inferenceservice.yaml", render_manifest(cfg, mv, crd))
+        result["files"]["inferenceservice"] = str(write_text(out / "inferenceservice.yaml", render_manifest(cfg, mv, crd)))
         result["checks"]["inferenceservice"] = (f"valid against {crd} and KServe's rules" if crd else
                                                 "KServe's rules only (no CRD: pass --crd or set MLOPS_KSERVE_CRD)")
         if cfg.runtime == "triton":
@@ -112,7 +87,7 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
         events = [f"mlops.alert.{rule}" for rule in ("drift", "accuracy_drop") if getattr(r.improve.triggers, rule)]
         deployments = flow_deployments(cfg.prefect, r.name, r.model_name, project_relative(loaded.path, project_dir),
                                        loaded.overrides, retrain_events=events)
-        prefect_file = Path(_write(out / "prefect.yaml", prefect_yaml(deployments, r.name, str(project_dir))))
+        prefect_file = write_text(out / "prefect.yaml", prefect_yaml(deployments, r.name, str(project_dir)))
         result["files"]["prefect"] = str(prefect_file)
         result["deployments"] = [d.full_name for d in deployments]
         if register_prefect:
@@ -124,7 +99,7 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
     if "alerts" in wanted and cfg.alerts.enabled:
         from mlops.deploy.alerts import FILENAME, alert_rules, promtool_check
 
-        rules = Path(_write(out / FILENAME, alert_rules(cfg.alerts, r.monitor, r.model_name)))
+        rules = write_text(out / FILENAME, alert_rules(cfg.alerts, r.monitor, r.model_name))
         result["files"]["alerts"] = str(rules)
         checked = promtool_check(rules)
         result["checks"]["alerts"] = checked.splitlines()[-1].strip() if checked else "promtool not installed"
@@ -135,5 +110,5 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
     elif "inferenceservice" in result["files"]:
         result["next"].append(f"deploy it:         kubectl apply -n {cfg.namespace} -f "
                               f"{result['files']['inferenceservice']}  (or mlops deploy --apply)")
-    _write(out / "deploy.json", json.dumps(result, indent=2))
+    write_json(out / "deploy.json", result)
     return result

@@ -8,33 +8,11 @@ stored at `<storage_uri>/<model>/v<version>`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from mlops.deploy.config import DeployConfig, dns_name
+from mlops.core.refs import ModelVersion, dns_name
+from mlops.deploy.config import DeployConfig
 from mlops.deploy.render import render
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """A registered model version (or a bundle, whose version is a content tag)."""
-
-    name: str
-    version: str
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}/{self.version}"
-
-    @property
-    def label(self) -> str:
-        """`v3` for a registered version; a bundle's content version (`sha-...`) as it is."""
-        return f"v{self.version}" if self.version.isdigit() else self.version
-
-    @property
-    def tag(self) -> str:
-        """The image tag of this version: `quickstart-v3`."""
-        return f"{dns_name(self.name)}-{self.label}"
 
 
 def service_name(cfg: DeployConfig, model: str) -> str:

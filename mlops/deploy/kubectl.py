@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 
 
 def kubectl_apply(manifest: Path, namespace: str, context: str | None = None) -> str:

@@ -13,9 +13,7 @@ Two sources, each giving the difference between two snapshots (so a step is judg
 
 from __future__ import annotations
 
-import json
 import math
-import sqlite3
 import time
 import urllib.error
 import urllib.request
@@ -23,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from mlops.core.errors import MlopsError
+from mlops.core.predlog import LogReader
 from mlops.deploy.config import RolloutChecks
-from mlops.errors import MlopsError
 
 PREDICT_ROUTES = ("v1_predict", "v2_infer")
 ANY_VARIANT = "any"
@@ -179,21 +178,12 @@ class PredictionLogSource:
         return time.time()
 
     def reading(self, before: float, after: float) -> Reading:
-        served = "variant != 'shadow'" if self.variant == ANY_VARIANT else "variant = ?"
-        params: list[Any] = [] if self.variant == ANY_VARIANT else [self.variant]
-        where = f"{served} AND ts >= ? AND ts < ?" + (" AND model = ?" if self.model else "")
-        params += [before, after] + ([self.model] if self.model else [])
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
-        try:
-            latencies = sorted(r[0] for r in db.execute(f"SELECT latency_ms FROM predictions WHERE {where}", params))
-            pairs = db.execute(
-                "SELECT s.outputs, p.outputs FROM predictions s JOIN predictions p ON s.id = p.id "
-                "AND p.variant != 'shadow' WHERE s.variant = 'shadow' AND s.ts >= ? AND s.ts < ?",
-                [before, after]).fetchall()
-        finally:
-            db.close()
+        with LogReader(self.path) as reader:
+            latencies = sorted(reader.latencies(before, after, None if self.variant == ANY_VARIANT else self.variant,
+                                                self.model))
+            pairs = reader.shadow_pairs(before, after)
         p99 = latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)] if latencies else None
-        disagreements = sum(_disagree(json.loads(a), json.loads(b)) for a, b in pairs)
+        disagreements = sum(_disagree(a, b) for a, b in pairs)
         return Reading(requests=float(len(latencies)), p99_ms=p99, shadow_rows=float(len(pairs)),
                        shadow_disagreements=float(disagreements), sources=[repr(self)])
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 
 READY_TIMEOUT_S = 120
 

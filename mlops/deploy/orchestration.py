@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import mlops
+from mlops.core.errors import MlopsError
 from mlops.deploy.config import PrefectConfig
 from mlops.deploy.render import render
-from mlops.errors import MlopsError
 
 FLOW_NAMES = {"train": "mlops-train", "evaluate": "mlops-evaluate", "monitor": "mlops-monitor",
               "retrain": "mlops-retrain"}

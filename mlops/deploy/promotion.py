@@ -3,24 +3,12 @@ champion history, and render the manifests for the model now in charge."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
-
-
-def registry_client(uri: str | None = None) -> Any:
-    """An MlflowClient whose registry is the tracking store `uri` (default: the framework's). Named explicitly:
-    a client left to default takes the process-wide registry URI that `mlflow.set_registry_uri` last set,
-    which is another store whenever one process has used two."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mlflow import MlflowClient
-
-    from mlops.tracking.store import tracking_uri
-
-    uri = uri or tracking_uri()
-    return MlflowClient(uri, registry_uri=uri)
+from mlops.core.errors import MlopsError
+from mlops.core.refs import resolve_version
+from mlops.core.registry import registry_client
 
 
 def _model_name(name: str) -> str:
@@ -32,16 +20,16 @@ def _model_name(name: str) -> str:
 def promote(name: str, version: str | None = None, source: str | None = None, reason: str = "",
             by: str | None = None) -> dict[str, Any]:
     """Make `version` (or the version the alias `source` points at, e.g. challenger) the champion."""
-    from mlops.package.registry import promote_champion, resolve_model
+    from mlops.package.registry import promote_champion
 
     name = _model_name(name)
     if (version is None) == (source is None):
         raise MlopsError("give exactly one of --version V or --from ALIAS (e.g. --from challenger)")
     client = registry_client()
     if source is not None:
-        _, version = resolve_model(client, f"{name}@{source}")
+        version = resolve_version(client, f"{name}@{source}").version
     else:
-        _, version = resolve_model(client, f"{name}/{version}")
+        version = resolve_version(client, f"{name}/{version}").version
     why = reason or (f"promoted from alias {source}" if source else f"promoted version {version} by hand")
     return promote_champion(client, name, str(version), why, by)
 

@@ -10,7 +10,7 @@ import json
 from functools import cache
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 
 
 @cache

@@ -24,11 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from mlops.core.atomic import write_text
+from mlops.core.errors import MlopsError
+from mlops.core.refs import ModelVersion, download_bundle, resolve_version
+from mlops.core.registry import registry_client, tracking_uri
+from mlops.core.workspace import workspace
 from mlops.deploy.config import DeployConfig
-from mlops.deploy.kserve import ModelVersion, inference_service
+from mlops.deploy.kserve import inference_service
 from mlops.deploy.live_checks import CheckResult, MetricsSource, Reading, decide, required_signals
 from mlops.deploy.validate import validate_manifest
-from mlops.errors import MlopsError
 
 Outcome = Literal["advance", "hold", "rollback"]
 # puts a rendered manifest into effect: (stable, canary or None for one model alone, canary %, manifest path)
@@ -76,14 +80,6 @@ class RolloutResult:
         return d
 
 
-def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
 def walk(cfg: DeployConfig, stable: ModelVersion, canary: ModelVersion, sources: list[MetricsSource], out: Path,
          apply: Applier | None = None, promote: Callable[[ModelVersion, str], dict[str, Any]] | None = None,
          crd: Path | None = None, start_percent: int | None = None, sleep: Callable[[float], None] = time.sleep,
@@ -109,7 +105,7 @@ def walk(cfg: DeployConfig, stable: ModelVersion, canary: ModelVersion, sources:
 
     def put(name: str, text: str, serving: ModelVersion, next_to: ModelVersion | None, percent: int) -> Path:
         validate_manifest(text, crd, what=f"manifest {name}")
-        path = _write(out / name, text)
+        path = write_text(out / name, text)
         result.manifests.append(str(path))
         if apply is not None:
             apply(serving, next_to, percent, path)
@@ -161,13 +157,6 @@ def walk(cfg: DeployConfig, stable: ModelVersion, canary: ModelVersion, sources:
     return result
 
 
-def _resolve(client: Any, ref: str) -> ModelVersion:
-    from mlops.package.registry import resolve_model
-
-    name, version = resolve_model(client, ref)
-    return ModelVersion(name, version)
-
-
 def rollout(recipe: Any, to: str, *, overrides: list[str] | None = None, stable: str | None = None,
             metrics_url: str | None = None, log: str | Path | None = None, canary_variant: str = "challenger",
             kubectl: bool = False, local_port: int | None = None, live_url: str | None = None,
@@ -190,10 +179,8 @@ def rollout(recipe: Any, to: str, *, overrides: list[str] | None = None, stable:
     from mlops.deploy.kubectl import KubectlApplier
     from mlops.deploy.live_checks import MetricsEndpoint, PredictionLogSource
     from mlops.deploy.local import LiveServe, LocalServe
-    from mlops.deploy.promotion import registry_client
-    from mlops.package.registry import download_bundle, promote_champion
+    from mlops.package.registry import promote_champion
     from mlops.recipe import LoadedRecipe, load_recipe
-    from mlops.tracking.store import mlops_home, tracking_uri
 
     loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe, overrides or [], check_data=False)
     r = loaded.recipe
@@ -202,16 +189,16 @@ def rollout(recipe: Any, to: str, *, overrides: list[str] | None = None, stable:
         cfg = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"promote": promote})})
     if sum((kubectl, local_port is not None, live_url is not None)) > 1:
         raise MlopsError("give one of --apply (kubectl), --local-port or --live-url")
-    client = registry_client(tracking_uri(r))
-    canary = _resolve(client, to)
-    base = _resolve(client, stable or f"{canary.name}@champion")
+    client = registry_client(tracking_uri(r.tracking.uri))
+    canary = resolve_version(client, to)
+    base = resolve_version(client, stable or f"{canary.name}@champion")
     if base == canary:
         raise MlopsError(f"{to} is {canary.ref}, which is already the stable model ({stable or 'champion'}): "
                          "nothing to roll out")
-    out = out or mlops_home() / "deploy" / canary.name / f"rollout-v{canary.version}"
+    out = out or workspace().deploy_dir(canary.name, f"rollout-v{canary.version}")
     sources: list[MetricsSource] = []
     def bundle_of(mv: ModelVersion) -> Path:
-        return download_bundle(client, mv.name, mv.version, mlops_home() / "bundles")
+        return download_bundle(client, mv)
 
     local: LocalServe | LiveServe | None = None
     if local_port is not None:

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlops.deploy.kserve import ModelVersion
+from mlops.core.atomic import publishing
+from mlops.core.refs import ModelVersion
 from mlops.deploy.render import render
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float64": "TYPE_FP64", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
@@ -28,16 +28,8 @@ def build_repository(dest: Path, bundle_dir: Path, mv: ModelVersion) -> Path:
     from mlops.package.bundle import read_bundle
 
     meta = read_bundle(bundle_dir)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".triton-", dir=dest.parent))
-    try:
+    with publishing(dest) as tmp:
         (tmp / meta.name / "1").mkdir(parents=True)
         shutil.copy2(bundle_dir / "model.onnx", tmp / meta.name / "1" / "model.onnx")
         (tmp / meta.name / "config.pbtxt").write_text(config_pbtxt(meta, mv.version))
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest

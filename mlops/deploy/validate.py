@@ -19,7 +19,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.atomic import write_json
+from mlops.core.errors import MlopsError
 
 CRD_ENV = "MLOPS_KSERVE_CRD"
 IMPLEMENTATIONS = ("model", "containers", "sklearn", "xgboost", "tensorflow", "pytorch", "triton", "onnx", "pmml",
@@ -62,13 +63,13 @@ def _strict_schema(crd_path: str, version: str) -> dict[str, Any]:
 
     import yaml
 
-    from mlops.tracking.store import mlops_home
+    from mlops.core.workspace import workspace
 
     try:
         raw = Path(crd_path).read_bytes()
     except OSError as exc:
         raise MlopsError(f"cannot read the KServe CRD {crd_path}: {exc.strerror}") from None
-    cached = mlops_home() / "cache" / "kserve-crd" / f"{hashlib.sha256(raw).hexdigest()[:24]}-{version}.json"
+    cached = workspace().crd_schema(f"{hashlib.sha256(raw).hexdigest()[:24]}-{version}")
     if cached.is_file():
         return json.loads(cached.read_text())
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -88,10 +89,7 @@ def _strict_schema(crd_path: str, version: str) -> dict[str, Any]:
                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
                        "annotations": {"type": "object", "additionalProperties": {"type": "string"}}},
         "additionalProperties": False}
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(schema))
-    tmp.replace(cached)
+    write_json(cached, schema, indent=None)
     return schema
 
 

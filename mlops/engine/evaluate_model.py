@@ -7,34 +7,19 @@ the model is scored through its ONNX bundle only. The evaluation is tracked as i
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from mlops.core.refs import fetch
+from mlops.core.registry import experiment_id, registry_client, tracking_uri
+from mlops.core.workspace import workspace
 from mlops.engine.execute import run_step
 from mlops.engine.plan import compile_plan
 from mlops.engine.steps import RunContext, frames
 from mlops.recipe import LoadedRecipe
 
 
-def resolve(ref: str, uri: str) -> tuple[Path, str]:
-    """A bundle directory, or NAME@ALIAS / NAME/VERSION from the registry -> (bundle dir, 'NAME/VERSION')."""
-    if Path(ref).is_dir():
-        return Path(ref), str(Path(ref).resolve())
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mlflow import MlflowClient
-
-    from mlops.package.registry import download_bundle, resolve_model
-    from mlops.tracking.store import mlops_home
-
-    client = MlflowClient(uri, registry_uri=uri)
-    name, version = resolve_model(client, ref)
-    return download_bundle(client, name, version, mlops_home() / "bundles"), f"{name}/{version}"
-
-
 def evaluate_model(loaded: LoadedRecipe, ref: str, allow_failed_gates: bool = False) -> dict[str, Any]:
-    from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     from mlops.evaluate.assess import assess_bundle, decide
@@ -42,11 +27,12 @@ def evaluate_model(loaded: LoadedRecipe, ref: str, allow_failed_gates: bool = Fa
     from mlops.evaluate.plots import calibration_png, confusion_matrix_png, residual_png, roc_png
     from mlops.evaluate.scored import score_bundle
     from mlops.package.bundle import read_bundle
-    from mlops.tracking.store import experiment_id, mlops_home, tracking_uri
 
     r = loaded.recipe
-    uri = tracking_uri(r)
-    bundle_dir, model_ref = resolve(ref, uri)
+    uri = tracking_uri(r.tracking.uri)
+    client = registry_client(uri)
+    resolved = fetch(ref, uri, client)
+    bundle_dir, model_ref = resolved.path, resolved.label
     meta = read_bundle(bundle_dir)
     plan = compile_plan(loaded)
     ctx = RunContext(loaded=loaded, run_id=None, tracking_uri=uri)
@@ -54,7 +40,7 @@ def evaluate_model(loaded: LoadedRecipe, ref: str, allow_failed_gates: bool = Fa
         ctx.results[step] = run_step(plan, ctx, step)
     parts = frames(ctx)
     print(f"mlops: evaluating {model_ref} on {len(parts['test'])} test rows of recipe '{r.name}'", flush=True)
-    out = mlops_home() / "evaluations" / f"{meta.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    out = workspace().evaluation_dir(meta.name, datetime.now(UTC).strftime('%Y%m%d-%H%M%S'))
     out.mkdir(parents=True, exist_ok=True)
     custom = custom_metric_fns(r.evaluate.custom_metrics)
     metrics: dict[str, float] = {}
@@ -69,7 +55,6 @@ def evaluate_model(loaded: LoadedRecipe, ref: str, allow_failed_gates: bool = Fa
     assessed = assess_bundle(r, bundle_dir, parts["test"], parts["train"])
     results = {"metrics": metrics | assessed["metrics"]} | {k: assessed[k] for k in
                                                           ("slices", "fairness", "robustness", "performance")}
-    client = MlflowClient(uri, registry_uri=uri)
     exp = experiment_id(client, r.experiment, uri)
     run_id = client.create_run(exp, run_name=f"evaluate {model_ref}", tags={
         "mlops.evaluates": model_ref, "mlops.recipe": str(loaded.path), "mlops.recipe_hash": loaded.hash,

@@ -11,12 +11,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlops.core.atomic import write_text
+from mlops.core.errors import GateError
+from mlops.core.registry import experiment_id, registry_client, tracking_uri
+from mlops.core.workspace import workspace
 from mlops.engine.cache import Cache
 from mlops.engine.plan import Plan, compile_plan
 from mlops.engine.steps import STEPS, RunContext
-from mlops.errors import GateError
 from mlops.recipe import LoadedRecipe
-from mlops.tracking.store import mlops_home, tracking_uri
 
 StepRunner = Callable[[str], Callable[[Plan, RunContext, str], dict[str, Any]]]
 
@@ -30,17 +32,14 @@ def execute(loaded: LoadedRecipe, parent_run_id: str | None = None, *, until: st
     uses an empty one to recompute everything). `step_runner` wraps each step (the Prefect runner
     passes a task factory); by default steps run as plain calls.
     """
-    from mlflow import MlflowClient
-
     from mlops.tracking.lock import build_lock
     from mlops.tracking.log import log_environment, log_step, start_run
-    from mlops.tracking.store import experiment_id
     from mlops.train.pruning import TrialPruned
 
     started = time.perf_counter()
     plan = compile_plan(loaded, cache)
-    uri = tracking_uri(loaded.recipe)
-    client = MlflowClient(uri, registry_uri=uri)
+    uri = tracking_uri(loaded.recipe.tracking.uri)
+    client = registry_client(uri)
     exp = experiment_id(client, loaded.recipe.experiment, uri)
     run_tags = {"mlops.plan": json.dumps({s.name: s.key for s in plan.steps})} | (tags or {})
     run_id = start_run(client, exp, loaded, parent_run_id, run_tags)
@@ -60,7 +59,7 @@ def execute(loaded: LoadedRecipe, parent_run_id: str | None = None, *, until: st
             if step.name == "load_data":
                 lock = build_lock(loaded, result)
                 log_environment(client, run_id, loaded, lock)
-                _write(run_dir / "recipe.lock", json.dumps(lock, indent=2, default=str))
+                write_text(run_dir / "recipe.lock", json.dumps(lock, indent=2, default=str))
     except TrialPruned as pruned:
         log_step(client, run_id, "train", pruned.args[0] | {"dir": "."}, False)
         client.set_tag(run_id, "mlops.trial_state", "pruned")
@@ -75,7 +74,7 @@ def execute(loaded: LoadedRecipe, parent_run_id: str | None = None, *, until: st
                 "metrics": ctx.results.get("evaluate", {}).get("metrics", {}), "cache": cache_hits,
                 "onnx_sha256": ctx.results.get("export", {}).get("onnx_sha256")}
     summary = _summary(plan, ctx, run_dir, cache_hits, time.perf_counter() - started)
-    _write(run_dir / "summary.json", json.dumps(summary, indent=2))
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     client.log_artifact(run_id, str(run_dir / "summary.json"))
     if summary["gates"]["outcome"] == "failed":
         client.set_terminated(run_id, "FAILED")  # the model is registered for the record, but nothing promotes it
@@ -95,23 +94,17 @@ def run_step(plan: Plan, ctx: RunContext, name: str) -> dict[str, Any]:
         if plan.cache.has(name, step.key):
             return plan.cache.load(name, step.key)
         return plan.cache.compute(name, step.key, lambda out: fn(ctx, out))
-    out = mlops_home() / "runs" / "steps" / name / (ctx.run_id or "local")
+    out = workspace().uncached_step_dir(name, ctx.run_id)
     out.mkdir(parents=True, exist_ok=True)
     return fn(ctx, out) | {"dir": str(out)}
 
 
 def _run_dir(loaded: LoadedRecipe, run_id: str) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    d = mlops_home() / "runs" / loaded.recipe.name / f"{stamp}-{run_id[:8]}"
+    d = workspace().run_dir(loaded.recipe.name, stamp, run_id)
     d.mkdir(parents=True, exist_ok=True)
-    _write(d / "recipe.yaml", loaded.to_yaml())
+    write_text(d / "recipe.yaml", loaded.to_yaml())
     return d
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _summary(plan: Plan, ctx: RunContext, run_dir: Path, hits: dict[str, bool], seconds: float) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 
 
 def expand(overrides: list[str]) -> list[list[str]]:

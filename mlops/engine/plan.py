@@ -1,24 +1,28 @@
 """Compile a recipe into a plan: a chain of steps, each with its inputs and a cache key.
 
 A step's key hashes the config it reads, its inputs' keys (so a change upstream invalidates
-everything downstream) and the source of the code that computes it. The first step's key includes
-the data's content fingerprint. Nothing here imports torch, lightning, mlflow or prefect.
+everything downstream) and its code version: the source of every mlops module its step module imports,
+directly or not, of the user's modules the recipe names as `_target_`s, and the versions of the libraries
+they import (see `mlops.engine.codeversion`). The first step's key includes the data's content
+fingerprint. Nothing here imports torch, lightning, mlflow or prefect: the code is read, not imported.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import mlops
+from mlops.core.errors import MlopsError
 from mlops.engine.cache import Cache
+from mlops.engine.codeversion import closure, libraries, locate, target_closure
 from mlops.recipe import LoadedRecipe
 
-PACKAGE = Path(mlops.__file__).parent
-STEP_FUNCTIONS = "engine/steps.py"  # every step's body lives here: part of every step's code version
+PACKAGE = Path(mlops.__file__).parent  # where the closure of mlops modules is read from (tests point it at a copy)
+STEP_PACKAGE = "mlops.engine.steps"  # step `name` is the function `name` of module `mlops.engine.steps.<name>`
 
 
 @dataclass(frozen=True)
@@ -27,8 +31,9 @@ class Step:
     description: str
     inputs: tuple[str, ...]
     config: dict[str, Any]
-    code: tuple[str, ...]  # modules (relative to the package) whose source versions this step
+    targets: tuple[str, ...] = ()  # the recipe's `_target_`s this step runs: their code versions it too
     cached: bool = True  # register always runs, idempotently
+    code: str = ""  # the code version: the step module's import closure, its targets' code, library versions
     key: str = ""
 
 
@@ -46,13 +51,23 @@ class Plan:
         return {s.name: s.cached and self.cache.has(s.name, s.key) for s in self.steps}
 
 
-def code_version(paths: tuple[str, ...]) -> str:
-    h = hashlib.sha256(mlops.__version__.encode())
-    for rel in paths:
-        target = PACKAGE / rel
-        for f in sorted(target.rglob("*.py")) if target.is_dir() else [target]:
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+def code_version(step: str, targets: tuple[str, ...] = ()) -> str:
+    """Derived, not listed: every mlops module the step's own module reaches through imports, the code
+    behind each `_target_` it runs, and the versions of the libraries all of that imports."""
+    roots = {"mlops": (PACKAGE,)}
+    module = f"{STEP_PACKAGE}.{step}"
+    if locate(module, roots) is None:
+        raise MlopsError(f"step '{step}' has no module {module} under {PACKAGE}")
+    own = closure([module], roots)
+    external = set(own.external)
+    code: dict[str, Any] = {"mlops": own.digest(), "targets": {}}
+    for target in targets:
+        found = target_closure(target, PACKAGE)
+        # unfindable: the run fails on it anyway, and finding it later must change the key
+        code["targets"][target] = found.digest() if found else "not found"
+        external |= found.external if found else set()
+    code["libraries"] = libraries(external)
+    return hashlib.sha256(json.dumps(code, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def source_fingerprint(loaded: LoadedRecipe) -> str:
@@ -73,41 +88,41 @@ def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
     source = source_fingerprint(loaded)
     tracking = {"tracking": r.tracking.model_dump(mode="json"), "registry": r.registry.model_dump(mode="json")}
     ev = r.evaluate
+    # the user's code each step calls: the model and datamodule shape training; custom metrics are computed by
+    # evaluate, on every slice in assess, and on the champion's rows in gate
+    trained = (r.model.target, r.data.datamodule.target)
+    metrics = tuple(c.target for c in ev.custom_metrics.values())
     specs = [
-        Step("load_data", "read the rows and fingerprint their bytes", (), data_cfg | {"source": source},
-             ("data/sources.py", "data/fingerprint.py")),
+        Step("load_data", "read the rows and fingerprint their bytes", (), data_cfg | {"source": source}),
         Step("check_data", "check the recipe's data expectations before training", ("load_data",),
-             {"expectations": r.evaluate.expectations.model_dump(mode="json")}, ("data/expectations.py",)),
+             {"expectations": r.evaluate.expectations.model_dump(mode="json")}),
         Step("split", "deterministic train/val/test split", ("load_data",),
              {"split": r.data.split.model_dump(mode="json"), "seed": r.split_seed, "target": r.data.target,
-              "task": r.data.task}, ("data/split.py", "data/schema.py")),
-        Step("preprocess", "infer the data schema, fit imputation/scaling/one-hot on train", ("split",),
-             data_cfg, ("data/schema.py", "data/preprocess.py")),
+              "task": r.data.task}),
+        Step("preprocess", "infer the data schema, fit imputation/scaling/one-hot on train", ("split",), data_cfg),
         Step("train", "fit the LightningModule", ("preprocess",),
              {"model": r.model.model_dump(mode="json", by_alias=True),
-              "datamodule": r.data.datamodule.model_dump(mode="json", by_alias=True), "trainer": r.trainer.model_dump(mode="json"),
-              "seed": r.seed}, ("train",)),
+              "datamodule": r.data.datamodule.model_dump(mode="json", by_alias=True),
+              "trainer": r.trainer.model_dump(mode="json"), "seed": r.seed}, trained),
         Step("evaluate", "val/test metrics and plots", ("train", "preprocess"),
-             {"custom_metrics": ev.model_dump(mode="json", by_alias=True)["custom_metrics"]},
-             ("evaluate/metrics.py", "evaluate/scored.py", "evaluate/plots.py")),
+             {"custom_metrics": ev.model_dump(mode="json", by_alias=True)["custom_metrics"]}, metrics),
         Step("export", "ONNX with preprocessing inside, parity check, bundle", ("train", "preprocess", "evaluate"),
-             {"export": r.export.model_dump(mode="json"), "name": r.model_name, "recipe": loaded.model_hash},
-             ("package/graph.py", "package/export.py", "package/bundle.py")),
+             {"export": r.export.model_dump(mode="json"), "name": r.model_name, "recipe": loaded.model_hash}),
         Step("assess", "slices, fairness, robustness, inference benchmark of the ONNX model", ("export", "split"),
              ev.model_dump(mode="json", by_alias=True, exclude={"gates", "expectations", "seed"})
-             | {"seed": r.eval_seed, "target": r.data.target}, ("evaluate",)),
+             | {"seed": r.eval_seed, "target": r.data.target}, metrics),
         Step("gate", "apply the gates (vs champion: paired test), write the evaluation report", ("assess",),
-             {"gates": [g.model_dump(mode="json") for g in ev.gates]}, ("evaluate",), cached=False),
+             {"gates": [g.model_dump(mode="json") for g in ev.gates]}, metrics, cached=False),
         Step("register", "register in MLflow; aliases only if the gates passed", ("export", "gate"), tracking,
-             ("package/registry.py",), cached=False),
+             cached=False),
     ]
     keys: dict[str, str] = {}
     steps = []
     for s in specs:
-        code = code_version((*s.code, STEP_FUNCTIONS))
+        code = code_version(s.name, s.targets)
         payload = {"step": s.name, "config": s.config, "inputs": [keys[i] for i in s.inputs], "code": code}
         keys[s.name] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        steps.append(Step(s.name, s.description, s.inputs, s.config, s.code, s.cached, keys[s.name]))
+        steps.append(replace(s, code=code, key=keys[s.name]))
     return Plan(loaded=loaded, steps=steps, data_fingerprint=source if r.data.path else None, cache=cache or Cache())
 
 

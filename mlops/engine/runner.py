@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mlops.core.errors import GateError
+from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.engine.execute import execute, run_step
-from mlops.errors import GateError
 from mlops.recipe import load_recipe
-from mlops.tracking.store import tracking_uri
 
 
 def configure_prefect() -> None:
@@ -67,14 +67,10 @@ def run_flow(recipe: str, overrides: list[str], parent_run_id: str | None = None
 @flow(name="mlops-multirun", flow_run_name=_multirun_name, validate_parameters=False)
 def multirun_flow(recipe: str, jobs: list[list[str]], allow_failed_gates: bool = False) -> dict[str, Any]:
     """Hydra-style multirun: one subflow and one nested MLflow run per combination of overrides."""
-    from mlflow import MlflowClient
-
-    from mlops.tracking.store import experiment_id
-
     loaded = [load_recipe(recipe, job) for job in jobs]  # validate every job before running any
     first = loaded[0]
-    uri = tracking_uri(first.recipe)
-    client = MlflowClient(uri, registry_uri=uri)
+    uri = tracking_uri(first.recipe.tracking.uri)
+    client = registry_client(uri)
     exp = experiment_id(client, first.recipe.experiment, uri)
     parent = client.create_run(exp, run_name=f"{first.recipe.name} multirun ({len(jobs)} jobs)",
                                tags={"mlops.multirun": "true", "mlops.recipe": str(first.path),

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 from mlops.recipe import LoadedRecipe
 
 
@@ -74,7 +74,7 @@ def split(ctx: RunContext, out: Path) -> dict[str, Any]:
 def _check_gates_for(ctx: RunContext, task: str) -> None:
     """Validate time could not know an 'auto' task; now that it is known, refuse gates it cannot compute
     before minutes of training, never a silent pass at the end."""
-    from mlops.errors import RecipeError
+    from mlops.core.errors import RecipeError
     from mlops.recipe.checks import gate_problems
 
     problems = gate_problems(ctx.loaded.recipe, task)

@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.engine.runner import configure_prefect, run_flow
 from mlops.recipe import LoadedRecipe, load_recipe
 
@@ -43,13 +44,10 @@ def _prepare_data(loaded: LoadedRecipe) -> None:
 
 def _parent_run(study: Any, loaded: LoadedRecipe) -> str:
     """The sweep's MLflow parent run; a resumed sweep continues under the same one."""
-    from mlflow import MlflowClient
-
     from mlops.sweep.study import storage_url
-    from mlops.tracking.store import experiment_id, tracking_uri
 
-    uri = tracking_uri(loaded.recipe)
-    client = MlflowClient(uri, registry_uri=uri)
+    uri = tracking_uri(loaded.recipe.tracking.uri)
+    client = registry_client(uri)
     existing = study.user_attrs.get("mlflow_parent_run_id")
     if existing:
         try:
@@ -172,20 +170,17 @@ def _await_other_workers(study: Any, poll: float = 1.0) -> None:
 def _finish(study: Any, loaded: LoadedRecipe, parent: str, allow_failed_gates: bool = False) -> dict[str, Any]:
     """Log the study to the parent run, then export and register the best trial's model (reused from the
     step cache, not retrained) as `challenger`."""
-    from mlflow import MlflowClient
-
-    from mlops.errors import GateError, MlopsError
+    from mlops.core.errors import GateError, MlopsError
     from mlops.sweep.report import log_study
     from mlops.sweep.study import as_overrides
-    from mlops.tracking.store import tracking_uri
 
     try:
         best = study.best_trial
     except ValueError:
         raise MlopsError(f"study {study.study_name} has no complete trial: see the failed trials' errors "
                          "with `mlops runs`") from None
-    uri = tracking_uri(loaded.recipe)
-    client = MlflowClient(uri, registry_uri=uri)
+    uri = tracking_uri(loaded.recipe.tracking.uri)
+    client = registry_client(uri)
     best_overrides = as_overrides(best.params)
     log_study(client, parent, study)
     print(f"mlops: best trial {best.number}: value {best.value:.5f} with {' '.join(best_overrides)}", flush=True)

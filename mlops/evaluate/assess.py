@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
+from mlops.core.refs import CHAMPION, fetch_if_registered
 from mlops.recipe.schema import Recipe
 
 
@@ -54,20 +55,10 @@ def metric_key(text: str) -> str:
     return re.sub(r"[^\w\-. ]", "_", text)
 
 
-def champion_bundle(tracking_uri: str, model_name: str) -> tuple[str, Path] | None:
+def champion_bundle(uri: str, model_name: str) -> tuple[str, Path] | None:
     """The registered champion's bundle, downloaded once; None when the model has no champion yet."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from mlops.package.registry import CHAMPION, download_bundle
-    from mlops.tracking.store import mlops_home
-
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    try:
-        version = str(client.get_model_version_by_alias(model_name, CHAMPION).version)
-    except MlflowException:
-        return None
-    return f"{model_name}/{version}", download_bundle(client, model_name, version, mlops_home() / "bundles")
+    found = fetch_if_registered(f"{model_name}@{CHAMPION}", uri)
+    return (found.label, found.path) if found else None
 
 
 def decide(recipe: Recipe, bundle_dir: Path, frames: dict[str, Any], results: dict[str, Any],

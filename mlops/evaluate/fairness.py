@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 from mlops.evaluate.slices import slice_labels
 
 if TYPE_CHECKING:

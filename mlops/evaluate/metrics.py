@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 from mlops.evaluate.names import task_metrics
 from mlops.evaluate.scored import Scored
 

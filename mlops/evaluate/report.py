@@ -1,8 +1,9 @@
 """The evaluation report: `evaluation.json` for machines and one self-contained `evaluation.html` for people.
 
-The HTML carries its own CSS and its plots as data URIs, so it can be attached to a run, mailed or opened
-offline and still show everything; it needs no script. The JSON keeps paths to the plots and the latency
-percentiles but not the raw latency samples, so it stays small and diffable.
+The HTML (`evaluation.html.j2`, rendered by `mlops.core.pages`) carries the shared stylesheet and its plots as
+data URIs, so it can be attached to a run, mailed or opened offline and still show everything; it needs no
+script. The JSON keeps paths to the plots and the latency percentiles but not the raw latency samples, so it
+stays small and diffable.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import copy
 import json
 import math
 import mimetypes
-import numbers
 import os
-import tempfile
-from html import escape
 from pathlib import Path
 from typing import Any
+
+from mlops.core.atomic import write_text
+from mlops.core.pages import fmt, render_page
 
 JSON_NAME = "evaluation.json"
 HTML_NAME = "evaluation.html"
@@ -45,8 +46,8 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
         report["plots"] = plots
 
     json_path, html_path = out_dir / JSON_NAME, out_dir / HTML_NAME
-    _atomic_write(json_path, json.dumps(_for_json(report), indent=2, sort_keys=False, allow_nan=False) + "\n")
-    _atomic_write(html_path, render_html(report))
+    write_text(json_path, json.dumps(_for_json(report), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    write_text(html_path, render_html(report))
     return {"html": str(html_path), "json": str(json_path)}
 
 
@@ -78,53 +79,28 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --- HTML -------------------------------------------------------------------------------------------------
-
-_CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1100px;
-     color:#1f2328;padding:0 1rem;line-height:1.4}
-h1{font-size:1.5rem;margin-bottom:.3rem} h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #d0d7de;
-     padding-bottom:.2rem} h3{font-size:1rem;margin-top:1.2rem}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem} th,td{border:1px solid #d0d7de;
-     padding:.3rem .6rem;text-align:left;vertical-align:top} th{background:#f6f8fa}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-.badge{display:inline-block;padding:.1rem .5rem;border-radius:.8rem;font-weight:600;font-size:.85rem}
-.passed,.PASS{background:#dafbe1;color:#116329} .failed,.FAIL,.ERROR{background:#ffebe9;color:#82071e}
-.allowed,.SKIPPED{background:#fff8c5;color:#7d4e00}
-dl.meta{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem;margin:.5rem 0}
-dl.meta dt{font-weight:600} dl.meta dd{margin:0;font-family:monospace;word-break:break-all}
-.detail{font-size:.85rem} .hyp{color:#59636e;font-size:.8rem}
-figure{display:inline-block;margin:.5rem 1rem .5rem 0;vertical-align:top}
-figure img{max-width:520px;border:1px solid #d0d7de} figcaption{font-size:.85rem;color:#59636e}
-"""
 
 
 def render_html(report: dict[str, Any]) -> str:
     """The whole report as one HTML document. Sections whose data is absent are left out."""
-    parts = [_header(report), _gates(report.get("gates") or [])]
-    for key, section in (("metrics", _metrics), ("slices", _slices), ("fairness", _fairness),
-                         ("robustness", _robustness), ("performance", _performance), ("plots", _plots)):
-        if report.get(key):
-            parts.append(section(report[key]))
-    model = report.get("model") or {}
-    title = f"Evaluation: {_model_title(model)}"
-    head = f'<head>\n<meta charset="utf-8">\n<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>'
-    body = "\n".join(p for p in parts if p)
-    return f'<!DOCTYPE html>\n<html lang="en">\n{head}\n<body>\n{body}\n</body>\n</html>\n'
+    return render_page("evaluation.html.j2", **page_context(report))
+
+
+def page_context(report: dict[str, Any]) -> dict[str, Any]:
+    """What `evaluation.html.j2` shows, as plain data; an absent section is an empty value."""
+    return {
+        "title": f"Evaluation: {_model_title(report.get('model') or {})}",
+        "meta": _meta(report),
+        "gates": [_gate(g) for g in report.get("gates") or []],
+        "metrics": sorted(((str(k), v) for k, v in report["metrics"].items()), key=lambda kv: kv[0])
+        if report.get("metrics") else [],
+        "slices": _slices(report["slices"]) if report.get("slices") else None,
+        "fairness": _fairness(report["fairness"]) if report.get("fairness") else [],
+        "robustness": [_robustness(r) for r in report.get("robustness") or []],
+        "performance": _performance(report["performance"]) if report.get("performance") else None,
+        "plots": [_plot(str(name), Path(path)) for name, path in (report.get("plots") or {}).items()],
+    }
 
 
 def _model_title(model: dict[str, Any]) -> str:
@@ -132,106 +108,50 @@ def _model_title(model: dict[str, Any]) -> str:
     return str(model.get("name", "model")) + (f" v{version}" if version not in (None, "") else "")
 
 
-def _fmt(value: Any) -> str:
-    """Display text (unescaped): 4 significant digits, n/a for missing or undefined numbers."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real):  # float or a numpy scalar
-        v = float(value)
-        return f"{v:.4g}" if math.isfinite(v) else "n/a"
-    return str(value)
-
-
-def _td(value: Any, cls: str = "") -> str:
-    numeric = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    classes = " ".join(c for c in (cls, "num" if numeric else "") if c)
-    attr = f' class="{classes}"' if classes else ""
-    return f"<td{attr}>{escape(_fmt(value))}</td>"
-
-
-def _table(headers: list[str], rows: list[str], table_id: str = "") -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    ident = f' id="{escape(table_id)}"' if table_id else ""
-    body = "\n".join(rows)
-    return f"<table{ident}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
-
-
-def _badge(text: str) -> str:
-    return f'<span class="badge {escape(text)}">{escape(text)}</span>'
-
-
-def _header(report: dict[str, Any]) -> str:
+def _meta(report: dict[str, Any]) -> list[dict[str, Any]]:
     model = report.get("model") or {}
-    outcome = str(report.get("outcome", "unknown"))
-    meta = [("recipe", report.get("recipe")), ("outcome", None), ("champion", report.get("champion")),
-            ("task", model.get("task")),
-            ("run id", model.get("run_id")), ("ONNX sha256", model.get("onnx_sha256")),
+    rows = [("recipe", report.get("recipe")), ("outcome", None), ("champion", report.get("champion")),
+            ("task", model.get("task")), ("run id", model.get("run_id")), ("ONNX sha256", model.get("onnx_sha256")),
             ("labels", ", ".join(map(str, model["labels"])) if model.get("labels") else None)]
-    rows = []
-    for key, value in meta:
-        if key == "outcome":
-            rows.append(f"<dt>outcome</dt><dd>{_badge(outcome)}</dd>")
+    out = []
+    for term, value in rows:
+        if term == "outcome":
+            out.append({"term": term, "text": str(report.get("outcome", "unknown")), "badge": True})
         elif value not in (None, ""):
-            rows.append(f"<dt>{escape(key)}</dt><dd>{escape(str(value))}</dd>")
-    return (f"<header>\n<h1>Evaluation: {escape(_model_title(model))}</h1>\n"
-            f'<dl class="meta">{"".join(rows)}</dl>\n</header>')
+            out.append({"term": term, "text": str(value), "badge": False})
+    return out
 
 
 def _comparison_text(c: dict[str, Any]) -> str:
     level = 1 - 2 * float(c.get("alpha", 0.05))
     lo, hi = (c.get("ci") or [None, None])[:2]
-    parts = [f"{c.get('test', 'comparison')}: challenger {_fmt(c.get('challenger'))} vs champion "
-             f"{_fmt(c.get('champion'))}",
-             f"estimate {_fmt(c.get('estimate'))}",
-             f"{level:.0%} CI [{_fmt(lo)}, {_fmt(hi)}]",
-             f"p = {_fmt(c.get('p_value'))}",
-             f"max drop {_fmt(c.get('max_drop'))}" + (" (strict)" if c.get("strict") else ""),
-             f"n = {_fmt(c.get('n'))}"]
+    parts = [f"{c.get('test', 'comparison')}: challenger {fmt(c.get('challenger'))} vs champion "
+             f"{fmt(c.get('champion'))}",
+             f"estimate {fmt(c.get('estimate'))}",
+             f"{level:.0%} CI [{fmt(lo)}, {fmt(hi)}]",
+             f"p = {fmt(c.get('p_value'))}",
+             f"max drop {fmt(c.get('max_drop'))}" + (" (strict)" if c.get("strict") else ""),
+             f"n = {fmt(c.get('n'))}"]
     return "; ".join(parts)
 
 
-def _gates(gates: list[dict[str, Any]]) -> str:
-    rows = []
-    for g in gates:
-        result = _RESULT.get(str(g.get("status")), str(g.get("status", "")).upper() or "n/a")
-        detail = escape(str(g.get("detail") or ""))
-        comparison = g.get("comparison")
-        if comparison:
-            detail += ("<br>" if detail else "") + escape(_comparison_text(comparison))
-            if comparison.get("hypothesis"):
-                detail += f'<br><span class="hyp">{escape(str(comparison["hypothesis"]))}</span>'
-        kind = " (vs champion)" if g.get("kind") == "champion" else ""
-        rows.append(f"<tr><td>{escape(str(g.get('metric', '')) + kind)}</td>"
-                    f"<td>{escape(str(g.get('slice') or ''))}</td>"
-                    f"<td>{escape(str(g.get('threshold') or ''))}</td>{_td(g.get('value'))}"
-                    f"<td>{_badge(result)}</td><td class=\"detail\">{detail}</td></tr>")
-    if not rows:
-        rows.append('<tr><td colspan="6">no gates declared</td></tr>')
-    return "<section>\n<h2>Gates</h2>\n" + _table(
-        ["gate", "slice", "threshold", "value", "result", "detail"], rows, table_id="gates") + "\n</section>"
+def _gate(g: dict[str, Any]) -> dict[str, Any]:
+    comparison = g.get("comparison") or {}
+    return {"gate": str(g.get("metric", "")) + (" (vs champion)" if g.get("kind") == "champion" else ""),
+            "slice": str(g.get("slice") or ""), "threshold": str(g.get("threshold") or ""), "value": g.get("value"),
+            "result": _RESULT.get(str(g.get("status")), str(g.get("status", "")).upper() or "n/a"),
+            "detail": str(g.get("detail") or ""),
+            "comparison": _comparison_text(comparison) if comparison else "",
+            "hypothesis": str(comparison.get("hypothesis") or "")}
 
 
-def _metrics(metrics: dict[str, Any]) -> str:
-    rows = [f"<tr><td>{escape(str(k))}</td>{_td(v)}</tr>" for k, v in sorted(metrics.items())]
-    return "<section>\n<h2>Metrics</h2>\n" + _table(["metric", "value"], rows, "metrics") + "\n</section>"
-
-
-def _slices(slices: list[dict[str, Any]]) -> str:
+def _slices(slices: list[dict[str, Any]]) -> dict[str, Any]:
     names: list[str] = []
     for s in slices:
         names += [k for k in (s.get("metrics") or {}) if k not in names]
-    rows = []
-    for s in slices:
-        m = s.get("metrics") or {}
-        rows.append(f"<tr><td>{escape(str(s.get('column', '')))}</td>"
-                    f"<td>{escape(str(s.get('slice', '')))}</td>"
-                    + _td(s.get("count")) + "".join(_td(m.get(k)) for k in names) + "</tr>")
-    table = _table(["column", "slice", "count", *names], rows, "slices")
-    return f"<section>\n<h2>Slices</h2>\n{table}\n</section>"
+    rows = [{"column": str(s.get("column", "")), "slice": str(s.get("slice", "")), "count": s.get("count"),
+             "cells": [(s.get("metrics") or {}).get(k) for k in names]} for s in slices]
+    return {"metrics": [str(n) for n in names], "rows": rows}
 
 
 _FAIRNESS_SUMMARY = ("demographic_parity_diff", "demographic_parity_ratio", "equal_opportunity_diff",
@@ -239,61 +159,43 @@ _FAIRNESS_SUMMARY = ("demographic_parity_diff", "demographic_parity_ratio", "equ
 _FAIRNESS_GROUP = ("count", "selection_rate", "true_positive_rate", "false_positive_rate", "accuracy")
 
 
-def _fairness(fairness: dict[str, Any]) -> str:
-    out = ["<section>\n<h2>Fairness</h2>"]
+def _fairness(fairness: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
     for column, f in fairness.items():
         f = f or {}
-        out.append(f"<h3>{escape(str(column))}</h3>")
-        if f.get("positive_label") is not None:
-            out.append(f"<p>positive label: {escape(str(f['positive_label']))}</p>")
-        summary = [f"<tr><td>{escape(k)}</td>{_td(f.get(k))}</tr>" for k in _FAIRNESS_SUMMARY if k in f]
-        if summary:
-            out.append(_table(["measure", "value"], summary))
-        groups = [f"<tr><td>{escape(str(g.get('group', '')))}</td>"
-                  + "".join(_td(g.get(k)) for k in _FAIRNESS_GROUP) + "</tr>" for g in f.get("groups") or []]
-        if groups:
-            out.append(_table(["group", *_FAIRNESS_GROUP], groups, f"fairness-{column}"))
-    return "\n".join(out) + "\n</section>"
+        label = f.get("positive_label")
+        out.append({"column": str(column), "positive_label": None if label is None else str(label),
+                    "summary": [(k, f.get(k)) for k in _FAIRNESS_SUMMARY if k in f],
+                    "measures": list(_FAIRNESS_GROUP),
+                    "groups": [{"group": str(g.get("group", "")), "cells": [g.get(k) for k in _FAIRNESS_GROUP]}
+                               for g in f.get("groups") or []]})
+    return out
 
 
-def _robustness(checks: list[dict[str, Any]]) -> str:
-    rows = []
-    for r in checks:
-        result = "ERROR" if r.get("crashed") else ("PASS" if r.get("passed") else "FAIL")
-        crashed = " (the model crashed)" if r.get("crashed") else ""
-        rows.append(f"<tr><td>{escape(str(r.get('name', '')))}</td><td>{escape(str(r.get('kind', '')))}</td>"
-                    f"<td>{escape(str(r.get('column') or ''))}</td><td>{_badge(result)}{crashed}</td>"
-                    f"{_td(r.get('finite'))}{_td(r.get('value'))}"
-                    f"<td class=\"detail\">{escape(str(r.get('detail') or ''))}</td></tr>")
-    headers = ["check", "kind", "column", "result", "finite outputs", "value", "detail"]
-    table = _table(headers, rows, "robustness")
-    return f"<section>\n<h2>Robustness</h2>\n{table}\n</section>"
+def _robustness(r: dict[str, Any]) -> dict[str, Any]:
+    return {"name": str(r.get("name", "")), "kind": str(r.get("kind", "")), "column": str(r.get("column") or ""),
+            "result": "ERROR" if r.get("crashed") else ("PASS" if r.get("passed") else "FAIL"),
+            "crashed": bool(r.get("crashed")), "finite": r.get("finite"), "value": r.get("value"),
+            "detail": str(r.get("detail") or "")}
 
 
-def _performance(perf: dict[str, Any]) -> str:
-    engines = [(name, stats) for name, stats in perf.items() if isinstance(stats, dict)]
+def _performance(perf: dict[str, Any]) -> dict[str, Any] | None:
+    """One column per engine; one row per scalar measure any engine reports (samples are left out)."""
+    engines = [(str(name), stats) for name, stats in perf.items() if isinstance(stats, dict)]
     if not engines:
-        return ""
+        return None
     keys: list[str] = []
     for _, stats in engines:
         keys += [k for k, v in stats.items() if k not in keys and not isinstance(v, list | dict)]
-    rows = [f"<tr><td>{escape(k)}</td>" + "".join(_td(stats.get(k)) for _, stats in engines) + "</tr>"
-            for k in keys]
-    return "<section>\n<h2>Performance</h2>\n" + _table(
-        ["measure", *(name for name, _ in engines)], rows, "performance") + "\n</section>"
+    return {"engines": [name for name, _ in engines],
+            "rows": [(str(k), [stats.get(k) for _, stats in engines]) for k in keys]}
 
 
-def _plots(plots: dict[str, str]) -> str:
-    figures = []
-    for name, path in plots.items():
-        p = Path(path)
-        caption = escape(str(name).replace("_", " "))
-        if not p.is_file():
-            missing = f"{caption}: file not found ({escape(str(p))})"
-            figures.append(f"<figure><figcaption>{missing}</figcaption></figure>")
-            continue
-        mime = mimetypes.guess_type(p.name)[0] or "image/png"
-        data = base64.b64encode(p.read_bytes()).decode("ascii")
-        figures.append(f'<figure><img alt="{caption}" src="data:{mime};base64,{data}">'
-                       f"<figcaption>{caption}</figcaption></figure>")
-    return "<section>\n<h2>Plots</h2>\n" + "\n".join(figures) + "\n</section>"
+def _plot(name: str, path: Path) -> dict[str, str]:
+    """A plot as a data URI, so the page stays one file; a missing file is named instead."""
+    caption = name.replace("_", " ")
+    if not path.is_file():
+        return {"caption": caption, "src": "", "path": str(path)}
+    mime = mimetypes.guess_type(path.name)[0] or "image/png"
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return {"caption": caption, "src": f"data:{mime};base64,{data}", "path": str(path)}

@@ -67,7 +67,7 @@ def bundle_feeds(bundle_inputs: list[Any], frame: Any) -> dict[str, np.ndarray]:
     feeds: dict[str, np.ndarray] = {}
     for spec in bundle_inputs:
         if spec.name not in frame.columns:
-            from mlops.errors import MlopsError
+            from mlops.core.errors import MlopsError
 
             raise MlopsError(f"the model needs column '{spec.name}', which the data does not have")
         col = frame[spec.name]

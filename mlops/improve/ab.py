@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 from mlops.improve.config import AbConfig, FeedbackConfig
 
 ARMS = ("champion", "challenger")

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlops.tracking.store import mlops_home
+from mlops.core.workspace import workspace
 
 # events (the `event` field)
 SKIPPED = "retrain_skipped"
@@ -37,7 +37,7 @@ FAILED = "failed"
 
 
 def default_path() -> Path:
-    return mlops_home() / "improve" / "audit.jsonl"
+    return workspace().audit_log
 
 
 def iso(ts: float) -> str:

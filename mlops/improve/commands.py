@@ -143,8 +143,8 @@ def _since(text: str | None) -> float | None:
     """ISO 8601 (UTC when naive), unix seconds, or a duration ago (`30m`, `12h`, `7d`)."""
     if text is None:
         return None
-    from mlops.errors import MlopsError
-    from mlops.timespec import parse_time
+    from mlops.core.errors import MlopsError
+    from mlops.core.timespec import parse_time
 
     try:
         return parse_time(text)
@@ -168,7 +168,7 @@ def _log_and_recipe(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_ab_report(args: argparse.Namespace) -> int:
-    from mlops.errors import MlopsError
+    from mlops.core.errors import MlopsError
     from mlops.improve.ab import ab_report, render
     from mlops.improve.config import AbConfig
 
@@ -190,9 +190,9 @@ def cmd_ab_report(args: argparse.Namespace) -> int:
 def cmd_errors(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mlops.errors import MlopsError
+    from mlops.core.errors import MlopsError
+    from mlops.core.workspace import workspace
     from mlops.improve.error_analysis import analyse_errors, write_report
-    from mlops.tracking.store import mlops_home
 
     if args.bins < 2 or args.top < 1 or args.min_rows < 1:
         raise MlopsError("--bins must be at least 2, --top and --min-rows at least 1")
@@ -201,7 +201,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
                               variants=tuple(args.variant or ("champion", "challenger")),
                               feedback=improve.feedback if improve else None, bins=args.bins, top=args.top,
                               min_rows=args.min_rows, tolerance=args.tolerance)
-    out = Path(args.out) if args.out else mlops_home() / "improve" / "errors" / args.name
+    out = Path(args.out) if args.out else workspace().errors_dir(args.name)
     paths = write_report(analysis, out)
     o = analysis["overall"]
     print(f"errors of {args.name}: {o['errors']} of {o['rows']} labelled predictions wrong ({o['error_rate']:.1%}, "

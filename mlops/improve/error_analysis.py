@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 from mlops.improve.config import FeedbackConfig
 from mlops.improve.intervals import wilson
 

@@ -9,22 +9,18 @@ this order:
 3. implicit: the declared outcome field (`improve.feedback.outcome.field`, at the top of the payload or under
    `outcome`), mapped to a label by `improve.feedback.outcome.labels`.
 
-Reads only (a plain SQLite reader beside the server's writer; WAL lets both work at once).
+Reads only, through the log's one reader.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.predlog import SERVED, LogReader, json_object
 from mlops.improve.config import FeedbackConfig
-
-SERVED = ("champion", "challenger")  # the variants that answered a request (shadow rows never did)
 
 
 @dataclass
@@ -48,21 +44,6 @@ class Joined:
         return self.outputs.get("prediction")
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    path = Path(path)
-    if not path.is_file():
-        raise MlopsError(f"no prediction log at {path} (give --log PATH; `mlops serve` writes "
-                         ".mlops/predictions/<model>.sqlite by default)")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
-    try:
-        db.execute("SELECT 1 FROM predictions LIMIT 1")
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        raise MlopsError(f"{path} is not a prediction log: {exc}") from None
-    return db
-
-
 def read_joined(path: str | Path, model: str | None = None, *, since: float | None = None,
                 variants: tuple[str, ...] = SERVED, feedback: FeedbackConfig | None = None,
                 labels: list[str] | None = None, version: str | None = None) -> list[Joined]:
@@ -71,55 +52,21 @@ def read_joined(path: str | Path, model: str | None = None, *, since: float | No
     `labels` (the model's classes) lets a thumbs-down name the truth of a binary task.
     """
     feedback = feedback or FeedbackConfig()
-    db = connect(path)
-    try:
-        marks = ",".join("?" * len(variants))
-        where, args = [f"variant IN ({marks})"], list(variants)
-        if model is not None:
-            where.append("model = ?")
-            args.append(model)
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(since)
-        if version is not None:
-            where.append("version = ?")
-            args.append(version)
-        rows = db.execute(f"SELECT rowid, * FROM predictions WHERE {' AND '.join(where)} ORDER BY ts, rowid",
-                          args).fetchall()
-        latest: dict[tuple[str, str], sqlite3.Row] = {}
-        for r in rows:  # dedup by id: a re-sent id keeps its latest answer
+    with LogReader(path) as reader:
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in reader.predictions(variants, model, since, version):  # a re-sent id keeps its latest answer
             latest[(r["id"], r["variant"])] = r
-        notes = _latest_feedback(db, sorted({k[0] for k in latest}))
-    finally:
-        db.close()
+        notes = reader.latest_feedback([k[0] for k in latest])
     out = []
     for (pid, _), r in latest.items():
         j = Joined(id=pid, ts=float(r["ts"]), version=r["version"], variant=r["variant"],
-                   inputs=_json(r["inputs"]), outputs=_json(r["outputs"]), latency_ms=float(r["latency_ms"]))
+                   inputs=json_object(r["inputs"]), outputs=json_object(r["outputs"]),
+                   latency_ms=float(r["latency_ms"]))
         note = notes.get(pid)
         if note is not None:
             interpret(j, note, feedback, labels)
         out.append(j)
     return sorted(out, key=lambda j: (j.ts, j.id))
-
-
-def _latest_feedback(db: sqlite3.Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        marks = ",".join("?" * len(chunk))
-        for r in db.execute(f"SELECT id, label, value, payload FROM feedback WHERE id IN ({marks}) "
-                            "ORDER BY ts, rowid", chunk):
-            found[r["id"]] = {"label": r["label"], "value": r["value"], "payload": _json(r["payload"])}
-    return found
-
-
-def _json(text: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def interpret(j: Joined, note: dict[str, Any], cfg: FeedbackConfig, labels: list[str] | None) -> None:

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops.core.atomic import write_bytes
+from mlops.core.workspace import workspace
 from mlops.improve.config import ImproveConfig
 from mlops.recipe import LoadedRecipe
-from mlops.tracking.store import mlops_home
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,7 +50,7 @@ class Refresh:
 
 
 def default_log(model: str) -> Path:
-    return mlops_home() / "predictions" / f"{model}.sqlite"
+    return workspace().prediction_log(model)
 
 
 def refresh_data(loaded: LoadedRecipe, now: float, out_root: Path | None = None) -> Refresh:
@@ -87,15 +88,15 @@ def refresh_data(loaded: LoadedRecipe, now: float, out_root: Path | None = None)
     from mlops.data.fingerprint import fingerprint_bytes
 
     fingerprint = fingerprint_bytes(raw)
-    folder = (out_root or mlops_home() / "improve" / "data") / r.model_name
+    folder = (out_root or workspace().refreshed_data) / r.model_name
     folder.mkdir(parents=True, exist_ok=True)
     stem = fingerprint.split(":", 1)[1][:16]
     path = folder / f"{stem}.parquet"
     if not path.is_file():
-        _write_atomic(path, raw)
+        write_bytes(path, raw)
     lineage = folder / f"{stem}.lineage.json"
     result.path, result.fingerprint, result.lineage = path, fingerprint, lineage
-    _write_atomic(lineage, json.dumps({
+    write_bytes(lineage, json.dumps({
         "fingerprint": fingerprint, "path": str(path), "model": r.model_name,
         "reference": {"source": r.data.path or f"sklearn:{r.data.dataset}", "rows": len(base)},
         "production": {"log": str(log), "window_days": cfg.refresh.window_days, "since": since,
@@ -215,9 +216,3 @@ def _outlier(row: dict[str, Any], numeric: set[str], mean: Any, std: Any, max_ab
         if not _missing(v) and s > 0 and abs((float(v) - float(mean[c])) / s) > max_abs_z:
             return True
     return False
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

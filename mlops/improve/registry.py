@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+from mlops.core.refs import CHAMPION
+from mlops.core.registry import registry_client
+
 TAG = "mlops.improve."
 
 
@@ -43,15 +45,8 @@ def tag_values(tags: dict[str, Any]) -> dict[str, str]:
 
 class MlflowRegistry:
     def __init__(self, uri: str) -> None:
-        import os
-
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        from mlflow import MlflowClient
-
         self.uri = uri
-        # the registry URI explicitly: left out, MlflowClient takes whatever `mlflow.set_registry_uri` set last in
-        # this process (register_bundle sets it), which is another store when a process serves several
-        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self.client = registry_client(uri)
 
     def aliases(self, model: str) -> dict[str, str]:
         from mlflow.exceptions import MlflowException

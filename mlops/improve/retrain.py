@@ -22,17 +22,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
+from mlops.core.refs import CHALLENGER, CHAMPION
+from mlops.core.registry import tracking_uri
+from mlops.core.workspace import workspace
 from mlops.improve import audit as events
 from mlops.improve.audit import AuditLog, limit_refusal
 from mlops.improve.config import RetrainConfig
 from mlops.improve.decide import AWAIT, PROMOTE, STOP, Decision, promotion_decision
 from mlops.improve.refresh import Refresh, default_log, refresh_data
-from mlops.improve.registry import CHALLENGER, CHAMPION, Registry, tag_values
+from mlops.improve.registry import Registry, tag_values
 from mlops.improve.rollout import Rollout, RolloutTarget, canary_steps, default_rollout
 from mlops.improve.triggers import MANUAL, Trigger, read_alerts, resolve_trigger
 from mlops.recipe import LoadedRecipe, load_recipe
-from mlops.tracking.store import mlops_home
 
 
 @dataclass
@@ -66,7 +68,7 @@ def preflight(loaded: LoadedRecipe, reason: str, force: bool, audit: AuditLog, n
     r = loaded.recipe
     records = audit.records(r.model_name)
     started = [float(x["ts"]) for x in records if x.get("event") == events.STARTED]
-    trigger = resolve_trigger(reason, r.improve.triggers, read_alerts(mlops_home() / "monitor", r.model_name),
+    trigger = resolve_trigger(reason, r.improve.triggers, read_alerts(workspace().monitor, r.model_name),
                               max(started) if started else None)
     if trigger.refusal:
         return trigger, trigger.refusal
@@ -130,9 +132,7 @@ def retrain_recipe(recipe: str, overrides: list[str], reason: str, *, by: str | 
           f"{refresh.reference_rows} reference + {refresh.production_rows} production rows", flush=True)
     if registry is None:
         from mlops.improve.registry import MlflowRegistry
-        from mlops.tracking.store import tracking_uri
-
-        registry = MlflowRegistry(tracking_uri(r))
+        registry = MlflowRegistry(tracking_uri(r.tracking.uri))
     before = registry.aliases(model)
     try:
         trained = (trainer or train_with_engine)(loaded, [*overrides, *refresh.overrides], str(refresh.fingerprint),
@@ -183,7 +183,7 @@ def retrain_recipe(recipe: str, overrides: list[str], reason: str, *, by: str | 
 
 def train_with_engine(loaded: LoadedRecipe, overrides: list[str], fingerprint: str, registry: Registry) -> Trained:
     """Train with the engine (`mlops-run`, or the recipe's sweep in sweep mode), gates vs the champion included."""
-    from mlops.errors import GateError
+    from mlops.core.errors import GateError
 
     cfg: RetrainConfig = loaded.recipe.improve.retrain
     try:
@@ -346,9 +346,7 @@ def reject(run: str, by: str | None = None, note: str = "", *, registry: Registr
 
 def _registry(loaded: LoadedRecipe) -> Registry:
     from mlops.improve.registry import MlflowRegistry
-    from mlops.tracking.store import tracking_uri
-
-    return MlflowRegistry(tracking_uri(loaded.recipe))
+    return MlflowRegistry(tracking_uri(loaded.recipe.tracking.uri))
 
 
 def _base(record: dict[str, Any]) -> dict[str, Any]:

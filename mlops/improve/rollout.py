@@ -297,8 +297,8 @@ class DeployRollout:
         return self.watch.shadow(target, cfg)
 
     def canary(self, target: RolloutTarget, steps: list[CanaryStep]) -> list[StageResult]:
+        from mlops.core.errors import MlopsError
         from mlops.deploy.rollout import rollout
-        from mlops.errors import MlopsError
 
         if target.champion is None:
             return [StageResult("canary", False, "there is no champion to roll out next to")]

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlops.core.timespec import parse_time
 from mlops.improve.config import TriggersConfig
-from mlops.timespec import parse_time
 
 DRIFT, ACCURACY_DROP, SCHEDULE, MANUAL = "drift", "accuracy_drop", "schedule", "manual"
 EVENTS = {DRIFT: "mlops.alert.drift", ACCURACY_DROP: "mlops.alert.accuracy_drop"}

@@ -9,13 +9,12 @@ accuracy_drop, latency, error_rate) and `mlops.resolved.<rule>` when it resolves
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mlops.core.atomic import write_text
 from mlops.monitor.config import AlertsConfig
 
 
@@ -117,8 +116,4 @@ def write_drift_textfile(path: Path, model: str, columns: list[dict[str, Any]]) 
               "# TYPE mlops_drift_score gauge"]
     lines += [f'mlops_drift_score{{model="{esc(model)}",feature="{esc(c["column"])}",method="{c["method"]}"}} '
               f'{c["score"]:.10g}' for c in columns if c["score"] is not None]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".drift-", suffix=".prom", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines) + "\n")

@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
+from mlops.core.timespec import parse_duration, parse_time
 from mlops.recipe.section import Section
-from mlops.timespec import parse_duration, parse_time
 
 NumericMethod = Literal["psi", "ks", "wasserstein", "jensenshannon"]
 CategoricalMethod = Literal["psi", "jensenshannon", "chi2"]

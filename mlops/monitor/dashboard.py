@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from mlops.timespec import iso
+from mlops.core.timespec import iso
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 900, 220, 56, 16, 28, 36
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")

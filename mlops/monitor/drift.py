@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 
 NUMERIC_METHODS = ("psi", "ks", "wasserstein", "jensenshannon")
 CATEGORICAL_METHODS = ("psi", "jensenshannon", "chi2")

@@ -7,11 +7,10 @@ are read back from the report's tests, so the fast path can be checked against t
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops.core.atomic import replacing
 from mlops.monitor.drift import EVIDENTLY_NAME
 
 if TYPE_CHECKING:
@@ -73,13 +72,7 @@ def save(snapshot: Any, out_dir: Path, stem: str = "evidently") -> dict[str, str
     paths = {}
     for kind in ("html", "json"):
         final = out_dir / f"{stem}.{kind}"
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}-", suffix=f".{kind}", dir=out_dir)
-        os.close(fd)
-        try:
-            (snapshot.save_html if kind == "html" else snapshot.save_json)(tmp)
-            os.replace(tmp, final)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with replacing(final) as tmp:
+            (snapshot.save_html if kind == "html" else snapshot.save_json)(str(tmp))
         paths[kind] = str(final)
     return paths

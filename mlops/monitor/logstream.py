@@ -9,7 +9,6 @@ latest feedback for an id wins). Only one window's columns are held at a time, n
 from __future__ import annotations
 
 import math
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops.errors import MlopsError
+from mlops.core.predlog import LogFilter, LogReader
 
 CHUNK_ROWS = 10_000
 LATE_GRACE_S = 2.0  # a time window is complete once its end is this far in the past (writes in flight)
@@ -27,17 +26,6 @@ try:  # several times faster than json on the log's many small objects; a Prefec
     from orjson import loads as _loads
 except ImportError:  # pragma: no cover - the json module is always there
     from json import loads as _loads
-
-
-@dataclass(frozen=True)
-class LogFilter:
-    """Which rows of the log are this model's traffic."""
-
-    model: str
-    version: str | None = None  # None: every version of the model
-    variants: tuple[str, ...] = ("champion", "challenger")
-    since: float | None = None  # unix seconds, inclusive
-    until: float | None = None  # exclusive
 
 
 @dataclass
@@ -118,72 +106,26 @@ class Window:
         return int(self.rows.rowid[-1])
 
 
-def open_log(path: Path) -> sqlite3.Connection:
-    if not path.is_file():
-        raise MlopsError(f"no prediction log at {path}: start `mlops serve` (it writes the log there), or give "
-                         "--log PATH")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        raise MlopsError(f"{path} is not a prediction log: {exc}") from None
-    if not {"predictions", "feedback"} <= tables:
-        db.close()
-        raise MlopsError(f"{path} is not a prediction log (it has no predictions and feedback tables)")
-    return db
-
-
-def _query(flt: LogFilter) -> tuple[str, list[Any]]:
-    where = ["p.rowid > ?", "p.model = ?"]
-    params: list[Any] = [flt.model]
-    if flt.version is not None:
-        where.append("p.version = ?")
-        params.append(flt.version)
-    if flt.variants:
-        where.append(f"p.variant IN ({','.join('?' * len(flt.variants))})")
-        params.extend(flt.variants)
-    if flt.since is not None:
-        where.append("p.ts >= ?")
-        params.append(flt.since)
-    if flt.until is not None:
-        where.append("p.ts < ?")
-        params.append(flt.until)
-    latest = "(SELECT f.{col} FROM feedback f WHERE f.id = p.id ORDER BY f.rowid DESC LIMIT 1)"
-    sql = (f"SELECT p.rowid, p.id, p.ts, p.version, p.inputs, p.outputs, p.latency_ms, {latest.format(col='label')}, "
-           f"{latest.format(col='value')} FROM predictions p WHERE {' AND '.join(where)} ORDER BY p.rowid LIMIT ?")
-    return sql, params
-
-
 def read_chunks(path: Path, flt: LogFilter, columns: dict[str, str], task: str, after_rowid: int = 0,
                 chunk_rows: int = CHUNK_ROWS) -> Iterator[Rows]:
     """Parsed chunks of the model's rows after `after_rowid`, in log order. `columns`: name -> kind."""
-    db = open_log(path)
-    sql, params = _query(flt)
-    last = after_rowid
-    try:
+    with LogReader(path) as reader:
+        last = after_rowid
         while True:
-            raw = db.execute(sql, [last, *params, chunk_rows]).fetchall()
+            raw = reader.chunk(flt, last, chunk_rows)
             if not raw:
                 return
             last = raw[-1][0]
             yield parse_rows(raw, columns, task)
             if len(raw) < chunk_rows:
                 return
-    finally:
-        db.close()
 
 
 def other_traffic(path: Path, flt: LogFilter, after_rowid: int) -> dict[str, int]:
     """Rows after `after_rowid` that the filter left out, by model, version and variant: what to tell a user
     whose filter matched nothing (the wrong version, a shadow-only model...)."""
-    db = open_log(path)
-    try:
-        rows = db.execute("SELECT model, version, variant, COUNT(*) FROM predictions WHERE rowid > ? "
-                          "GROUP BY model, version, variant ORDER BY COUNT(*) DESC LIMIT 10", (after_rowid,))
-        return {f"model {m} version {v or '-'} variant {var}": int(n) for m, v, var, n in rows}
-    finally:
-        db.close()
+    with LogReader(path) as reader:
+        return reader.traffic(after_rowid)
 
 
 def parse_rows(raw: list[tuple[Any, ...]], columns: dict[str, str], task: str) -> Rows:

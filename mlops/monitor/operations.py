@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 from mlops.monitor.logstream import Rows
 
 PREDICT_ROUTES = ("v1_predict", "v2_infer")

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
+from mlops.core.predlog import LogFilter
 from mlops.monitor.drift import CategoricalReference, NumericReference
-from mlops.monitor.logstream import LogFilter, Rows, read_chunks
+from mlops.monitor.logstream import Rows, read_chunks
 
 if TYPE_CHECKING:
     from mlops.package.bundle import BundleMeta

@@ -159,7 +159,7 @@ def accuracy_baseline(cfg: MonitorConfig, task: str, bundle_metrics: dict[str, f
     metric = cfg.accuracy.metric or ("rmse" if task == "regression" else "accuracy")
     direction = LIVE_METRICS[task].get(metric)
     if direction is None:
-        from mlops.errors import MlopsError
+        from mlops.core.errors import MlopsError
 
         raise MlopsError(f"monitor.accuracy.metric '{metric}' is not computed for a {task} model (use one of "
                          f"{', '.join(LIVE_METRICS[task])})")

@@ -18,18 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlops.errors import MlopsError
-from mlops.monitor.logstream import (
-    LogFilter,
-    Rows,
-    Window,
-    count_windows,
-    open_log,
-    read_chunks,
-    time_windows,
-)
+from mlops.core.errors import MlopsError
+from mlops.core.predlog import LogFilter, LogReader
+from mlops.core.refs import fetch
+from mlops.core.registry import tracking_uri
+from mlops.core.timespec import iso, parse_duration, parse_time
+from mlops.core.workspace import workspace
+from mlops.monitor.logstream import Rows, Window, count_windows, read_chunks, time_windows
 from mlops.monitor.rules import RuleState, accuracy_baseline, observe, step
-from mlops.timespec import iso, parse_duration, parse_time
 
 if TYPE_CHECKING:
     from mlops.monitor.config import MonitorConfig
@@ -73,10 +69,8 @@ class _Counted:
 def monitor(loaded: LoadedRecipe, model: str | None, *, log: str | None = None, since: str | None = None,
             until: str | None = None, backtest: bool = False) -> dict[str, Any]:
     from mlops.monitor.judge import WindowJudge
-    from mlops.monitor.store import MonitorStore, store_path
+    from mlops.monitor.store import MonitorStore
     from mlops.package.bundle import read_bundle
-    from mlops.serve.run import default_log_path, resolve_bundle
-    from mlops.tracking.store import mlops_home
 
     r = loaded.recipe
     cfg = r.monitor
@@ -84,19 +78,20 @@ def monitor(loaded: LoadedRecipe, model: str | None, *, log: str | None = None, 
     if since_ts is not None and until_ts is not None and since_ts >= until_ts:
         raise MlopsError(f"--since {since} is not before --until {until}")
     ref = model or f"{r.model_name}@champion"
-    bundle_dir, version = resolve_bundle(ref)
+    resolved = fetch(ref, tracking_uri(r.tracking.uri))
+    bundle_dir, version = resolved.path, resolved.version
     meta = read_bundle(bundle_dir)
-    log_path = Path(log or cfg.log or default_log_path(meta.name)).resolve()
-    open_log(log_path).close()  # a missing or foreign log fails before the reference is built
+    ws = workspace()
+    log_path = Path(log or cfg.log or ws.prediction_log(meta.name)).resolve()
+    LogReader(log_path).close()  # a missing or foreign log fails before the reference is built
     judge = WindowJudge(meta, cfg)  # refuses bad per-feature settings before any heavy work
     baseline = accuracy_baseline(cfg, meta.task, meta.metrics)
     flt = LogFilter(meta.name, version, tuple(cfg.variants), since_ts, until_ts)
     reference = build_reference(loaded, meta, bundle_dir, log_path, flt, cfg)
     judge.reference = reference
 
-    home = mlops_home()
-    store = MonitorStore(store_path(home, meta.name))
-    out_dir = home / "monitor" / meta.name
+    store = MonitorStore(ws.monitor_store(meta.name))
+    out_dir = ws.monitor_dir(meta.name)
     log_key = str(log_path)
     if backtest:
         after, last_key, states = 0, None, {}

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
+from mlops.core.workspace import Workspace, workspace
 from mlops.monitor.rules import RuleState
 
 SCHEMA = """
@@ -47,8 +48,6 @@ CREATE TABLE IF NOT EXISTS scrapes (url TEXT NOT NULL, model TEXT NOT NULL, ts R
 """
 
 
-def store_path(home: Path, model: str) -> Path:
-    return home / "monitor" / f"{model}.sqlite"
 
 
 class MonitorStore:
@@ -171,9 +170,7 @@ def last_alert(model: str, rule: str = "drift", state: str | None = "fired",
     """The latest alert record of a rule for a model (`state` None: fired or resolved), or None.
 
     For the retraining phase: `last_alert("quickstart")["window"]["end"]` is when drift was last confirmed."""
-    from mlops.tracking.store import mlops_home
-
-    path = store_path(home or mlops_home(), model)
+    path = Workspace(home).monitor_store(model) if home else workspace().monitor_store(model)
     if not path.is_file():
         return None
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)

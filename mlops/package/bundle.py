@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from mlops.core.atomic import publishing
+from mlops.core.errors import MlopsError
 from mlops.data.schema import DataSchema
-from mlops.errors import MlopsError
 
 FORMAT = "mlops-bundle/1"
 
@@ -44,13 +43,9 @@ class BundleMeta(BaseModel):
 def write_bundle(dest: Path, model_bytes: bytes, meta: dict[str, Any]) -> BundleMeta:
     """Write atomically: a crash leaves either the old bundle or the new one, never half of one."""
     full = BundleMeta.model_validate(meta | {"onnx_sha256": hashlib.sha256(model_bytes).hexdigest()})
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=dest.parent))
-    (tmp / "model.onnx").write_bytes(model_bytes)
-    (tmp / "bundle.json").write_text(full.model_dump_json(indent=2))
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    with publishing(dest) as tmp:
+        (tmp / "model.onnx").write_bytes(model_bytes)
+        (tmp / "bundle.json").write_text(full.model_dump_json(indent=2))
     return full
 
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlops.core.errors import ParityError
 from mlops.data.preprocess import Preprocessor, category_strings, numeric_column
-from mlops.errors import ParityError
 
 if TYPE_CHECKING:
     import onnx

@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
-
-CHAMPION, CHALLENGER = "champion", "challenger"
+from mlops.core.errors import MlopsError
+from mlops.core.refs import CHALLENGER, CHAMPION
 
 
 def register_bundle(client: Any, uri: str, run_id: str, model_name: str, bundle_dir: Path,
@@ -48,31 +47,6 @@ def promote_version(client: Any, model_name: str, version: str) -> list[str]:
 
 def aliases_of(client: Any, model_name: str, version: str) -> list[str]:
     return sorted(a for a, v in client.get_registered_model(model_name).aliases.items() if str(v) == str(version))
-
-
-def resolve_model(client: Any, ref: str) -> tuple[str, str]:
-    """`NAME@ALIAS` or `NAME/VERSION` -> (name, version)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            return name, str(client.get_model_version_by_alias(name, alias).version)
-        if "/" in ref:
-            name, version = ref.split("/", 1)
-            return name, str(client.get_model_version(name, version).version)
-    except MlflowException as exc:
-        raise MlopsError(f"no registered model '{ref}': {exc.message}") from None
-    raise MlopsError(f"'{ref}' is not a model reference: use NAME@ALIAS, NAME/VERSION or a bundle directory")
-
-
-def download_bundle(client: Any, model_name: str, version: str, dest: Path) -> Path:
-    run_id = client.get_model_version(model_name, version).run_id
-    target = dest / model_name / version
-    if not (target / "bundle" / "bundle.json").is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        client.download_artifacts(run_id, "bundle", str(target))
-    return target / "bundle"
 
 
 # --- champion history ----------------------------------------------------------------------------------------

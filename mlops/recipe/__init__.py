@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import RecipeError
+from mlops.core.errors import RecipeError
 from mlops.recipe.compose import Composed, compose
 from mlops.recipe.schema import Recipe
 

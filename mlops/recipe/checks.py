@@ -11,7 +11,7 @@ import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
-from mlops.errors import MlopsError, Problem
+from mlops.core.errors import MlopsError, Problem
 from mlops.recipe.compose import Composed
 from mlops.recipe.schema import BUILTIN_DATAMODULE, BUILTIN_MODEL, Recipe
 from mlops.recipe.suggest import closest

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 
 # Hydra keeps its config loader in a process-wide singleton: two threads composing at once (two retrains
 # triggered together, a server reloading while a flow composes) would clear each other's.

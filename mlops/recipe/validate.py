@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mlops.errors import Problem, RecipeError
+from mlops.core.errors import Problem, RecipeError
 from mlops.recipe.compose import Composed
 from mlops.recipe.schema import Recipe
 from mlops.recipe.suggest import closest, keys_at

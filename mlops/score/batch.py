@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
-from mlops.score.source import InputFile, check_columns, fsync_dir
+from mlops.core.atomic import replacing, write_bytes
+from mlops.core.errors import MlopsError
+from mlops.score.source import InputFile, check_columns
 
 MANIFEST_FORMAT = "mlops-batch/1"
 DEFAULT_CHUNK_ROWS = 10_000
@@ -96,32 +97,18 @@ class Manifest:
 
     def save(self) -> None:
         data = {"format": MANIFEST_FORMAT, "key": self.key, "done": {str(k): v for k, v in sorted(self.done.items())}}
-        write_atomic(self.path, json.dumps(data, indent=1).encode())
+        write_bytes(self.path, json.dumps(data, indent=1).encode(), durable=True)
 
 
 def part_name(chunk: int) -> str:
     return f"part-{chunk:06d}.parquet"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def write_part(path: Path, table: Any) -> None:
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    with replacing(path, durable=True) as tmp:
+        pq.write_table(table, tmp)
 
 
 def chunk_counts(frame: Any) -> dict[str, Any]:
@@ -187,14 +174,9 @@ def score_local(inp: InputFile, bundle: Path, version: str | None, output: Path,
             advance(len(frame))
         result.chunks = chunk + 1
 
-    tmp = output.with_name(f".{output.name}.tmp")
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with replacing(output, durable=True) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for k in range(result.chunks):
             writer.write_table(pq.read_table(directory / part_name(k), schema=schema))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, output)
-    fsync_dir(output.parent)
     shutil.rmtree(directory)
 
     for k in range(result.chunks):

@@ -81,8 +81,8 @@ def _model_ref(args: argparse.Namespace, loaded: Any) -> str:
 
 def default_input(loaded: Any) -> tuple[str, str | None]:
     """The recipe's data file, and its declared format."""
+    from mlops.core.errors import MlopsError
     from mlops.data.sources import data_path
-    from mlops.errors import MlopsError
 
     data = loaded.recipe.data
     if data.path is None:
@@ -92,7 +92,7 @@ def default_input(loaded: Any) -> tuple[str, str | None]:
 
 
 def parse_spark_conf(items: list[str]) -> dict[str, str]:
-    from mlops.errors import MlopsError
+    from mlops.core.errors import MlopsError
 
     conf = {}
     for item in items:
@@ -105,7 +105,7 @@ def parse_spark_conf(items: list[str]) -> dict[str, str]:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from mlops.errors import MlopsError
+    from mlops.core.errors import MlopsError
     from mlops.score.source import open_input
 
     loaded = _load(args)
@@ -116,9 +116,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     spark_conf = parse_spark_conf(args.spark_conf)
     path, fmt = (args.input, args.format) if args.input else default_input(loaded)
     inp = open_input(path, args.format or fmt)  # a missing input fails before the model is fetched
-    from mlops.serve.run import resolve_bundle
+    from mlops.core.refs import fetch
 
-    bundle, version = resolve_bundle(_model_ref(args, loaded))
+    served = fetch(_model_ref(args, loaded))
+    bundle, version = served.path, served.version
     if args.engine == "spark":
         from mlops.score.spark import score_spark
 
@@ -153,12 +154,13 @@ def _print_batch(r: Any) -> None:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
+    from mlops.core.refs import fetch
     from mlops.score.stream import StreamConfig, consume
-    from mlops.serve.run import resolve_bundle
 
     loaded = _load(args)
     config = StreamConfig.from_args(args)  # bad flags fail before the model is fetched
-    bundle, version = resolve_bundle(_model_ref(args, loaded))
+    served = fetch(_model_ref(args, loaded))
+    bundle, version = served.path, served.version
     result = consume(config, bundle, version)
     print(f"stream {config.stream} (group {config.group}, consumer {config.consumer}): {result.handled} messages: "
           f"{result.predicted} predicted -> {config.output_stream}, {result.dead} dead-lettered -> "

@@ -7,13 +7,12 @@ the same file as text and parses it with the same function). Parquet keeps its t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlops.errors import DataError, MlopsError
+from mlops.core.errors import DataError, MlopsError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -136,15 +135,3 @@ def check_columns(inp: InputFile, needed: list[str], id_column: str | None) -> N
                         f"{', '.join(missing)} (it has: {', '.join(inp.columns)})")
     if id_column is not None and id_column not in inp.columns:
         raise DataError(f"--id-column '{id_column}' is not a column of {inp.path} (it has: {', '.join(inp.columns)})")
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

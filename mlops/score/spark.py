@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 from mlops.score.batch import MAX_EXAMPLES, BatchResult
 from mlops.score.source import check_columns
 

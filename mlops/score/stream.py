@@ -28,7 +28,6 @@ import math
 import os
 import signal
 import socket
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -37,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
+from mlops.core.predlog import IdempotentLog, prediction_rows
+from mlops.core.workspace import workspace
 
 if TYPE_CHECKING:
     from mlops.serve.predictor import Predictor
@@ -161,45 +162,6 @@ def _no_constant(token: str) -> float:
     raise ValueError(f"{token} is not valid JSON")
 
 
-class IdempotentLog:
-    """The server's prediction log (same file format and table), written so that a row whose (id, variant) is
-    already there is skipped: check and insert share one transaction holding SQLite's write lock, so two
-    consumers racing on a redelivered message still log it once."""
-
-    def __init__(self, path: Path) -> None:
-        from mlops.serve.log import SCHEMA
-
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
-        self.db.execute(f"PRAGMA synchronous={os.environ.get('MLOPS_LOG_SYNC', 'NORMAL')}")
-
-    def write(self, rows: list[tuple[Any, ...]]) -> int:
-        """Insert the rows not yet logged; return how many were already there."""
-        if not rows:
-            return 0
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            ids = sorted({r[0] for r in rows})
-            present: set[tuple[str, str]] = set()
-            for start in range(0, len(ids), 500):  # within SQLite's limit on bound parameters
-                part = ids[start:start + 500]
-                present.update(self.db.execute(
-                    f"SELECT id, variant FROM predictions WHERE id IN ({','.join('?' * len(part))})", part))
-            new = [r for r in rows if (r[0], r[4]) not in present]
-            self.db.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        return len(rows) - len(new)
-
-    def close(self) -> None:
-        self.db.close()
-
-
 class Consumer:
     def __init__(self, config: StreamConfig, predictor: Predictor, version: str | None, log_path: Path) -> None:
         import redis
@@ -293,7 +255,6 @@ class Consumer:
 
     def _handle(self, messages: list[tuple[Any, Any]], recovered: bool) -> None:
         from mlops.score.rows import judge
-        from mlops.serve.log import prediction_rows
 
         c = self.config
         started = time.perf_counter()
@@ -428,10 +389,9 @@ def _row_of(feeds: dict[str, np.ndarray], j: int) -> dict[str, Any]:
 def consume(config: StreamConfig, bundle: Path, version: str | None, install_signals: bool = True) -> StreamResult:
     """Run a consumer until SIGTERM/SIGINT, `max_messages` or `idle_exit_s`; a batch in flight is finished first."""
     from mlops.serve.predictor import Predictor
-    from mlops.serve.run import default_log_path
 
     predictor = Predictor(bundle, max_batch=max(config.batch, 1))
-    consumer = Consumer(config, predictor, version, config.log or default_log_path(predictor.name))
+    consumer = Consumer(config, predictor, version, config.log or workspace().prediction_log(predictor.name))
     previous = {}
     if install_signals:
         def stop(signum: int, frame: Any) -> None:

@@ -27,8 +27,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlops.serve.batching import DEFAULT_WAIT_MS, MicroBatcher, SharedLogWrites, batch_rows_histogram
-from mlops.serve.log import (
+from mlops.core.predlog import (
     FeedbackError,
     LoopCommits,
     PredictionLog,
@@ -37,6 +36,7 @@ from mlops.serve.log import (
     loop_commits_ok,
     prediction_rows,
 )
+from mlops.serve.batching import DEFAULT_WAIT_MS, MicroBatcher, SharedLogWrites, batch_rows_histogram
 from mlops.serve.metrics import ServeMetrics
 from mlops.serve.predictor import Prediction, Predictor, RequestError, parse_json_body
 from mlops.serve.routing import (

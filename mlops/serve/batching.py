@@ -43,7 +43,7 @@ from mlops.serve.predictor import Prediction
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Histogram
 
-    from mlops.serve.log import PredictionLog
+    from mlops.core.predlog import PredictionLog
     from mlops.serve.predictor import Predictor
 
 DEFAULT_WAIT_MS = 2.0

@@ -13,14 +13,14 @@ A bundle directory or a `NAME/VERSION` reference is pinned: it never moves, so i
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
+from mlops.core.refs import ModelRef, fetch
 
 DEFAULT_INTERVAL_S = 10.0
 
@@ -33,7 +33,10 @@ class Watched:
 
 
 def is_alias(ref: str) -> bool:
-    return "@" in ref and not os.path.isdir(ref)
+    try:
+        return ModelRef.parse(ref).moves
+    except MlopsError:
+        return False
 
 
 class AliasWatcher:
@@ -100,6 +103,5 @@ class AliasWatcher:
     def _resolve_ref(self, ref: str) -> tuple[Any, str | None]:
         if self._resolve is not None:
             return self._resolve(ref)
-        from mlops.serve.run import resolve_bundle
-
-        return resolve_bundle(ref)
+        resolved = fetch(ref)
+        return resolved.path, resolved.version

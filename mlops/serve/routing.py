@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlops.errors import MlopsError
-from mlops.serve.log import PredictionLog, prediction_rows
+from mlops.core.errors import MlopsError
+from mlops.core.predlog import PredictionLog, prediction_rows
 from mlops.serve.predictor import Prediction
 
 if TYPE_CHECKING:

@@ -6,34 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
-from mlops.tracking.store import mlops_home
-
-
-def resolve_bundle(ref: str) -> tuple[Path, str | None]:
-    """A bundle directory, or `NAME@ALIAS` / `NAME/VERSION` from the MLflow registry (downloaded once)."""
-    path = Path(ref)
-    if path.is_dir():
-        return path, None
-    if "@" not in ref and "/" not in ref:
-        raise MlopsError(f"'{ref}' is neither a bundle directory nor a model reference (NAME@ALIAS, NAME/VERSION)")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mlflow import MlflowClient
-
-    from mlops.package.registry import download_bundle, resolve_model
-    from mlops.tracking.store import tracking_uri
-
-    uri = tracking_uri()
-    client = MlflowClient(uri, registry_uri=uri)
-    name, version = resolve_model(client, ref)
-    return download_bundle(client, name, version, mlops_home() / "bundles"), version
-
+from mlops.core.errors import MlopsError
+from mlops.core.refs import ModelRef, fetch
+from mlops.core.workspace import workspace
 
 CHAMPION_VARIANT = "champion"
-
-
-def default_log_path(model: str) -> Path:
-    return mlops_home() / "predictions" / f"{model}.sqlite"
 
 
 def check_batching(batch_max: int | None, batch_wait_ms: float | None) -> tuple[int, float]:
@@ -55,8 +32,8 @@ def build_server(ref: str, log_path: str | None = None, max_batch: int = 1024, m
                  reload_interval: float | None = None) -> Any:
     """The server for `ref`; `shadow` is another model reference, `ab` is `REF:PERCENT`; `batch_max` > 1
     turns adaptive batching on (up to that many rows per model call, waiting at most `batch_wait_ms`)."""
+    from mlops.core.predlog import PredictionLog
     from mlops.serve.app import DEFAULT_MAX_BODY, Server
-    from mlops.serve.log import PredictionLog
     from mlops.serve.predictor import Predictor
     from mlops.serve.reload import DEFAULT_INTERVAL_S, AliasWatcher
     from mlops.serve.routing import CHALLENGER, DEFAULT_KEY_HEADER, SHADOW, Arm, check_compatible, parse_ab
@@ -65,23 +42,24 @@ def build_server(ref: str, log_path: str | None = None, max_batch: int = 1024, m
     batch_max, batch_wait_ms = check_batching(batch_max, batch_wait_ms)
     if reload_interval is not None and not 0 <= reload_interval <= 86_400:  # NaN fails too
         raise MlopsError(f"--reload-interval {reload_interval}: expected seconds in [0, 86400] (0: never)")
-    bundle, version = resolve_bundle(ref)
-    predictor = Predictor(bundle, max_batch=max_batch)
+    served = fetch(ref)
+    predictor = Predictor(served.path, max_batch=max_batch)
     arms: dict[str, Arm] = {}
-    refs = {CHAMPION_VARIANT: (ref, version)}
+    refs = {CHAMPION_VARIANT: served}
     for flag, other, variant in (("--shadow", shadow, SHADOW), ("--ab", ab_ref, CHALLENGER)):
         if other:
-            other_bundle, other_version = resolve_bundle(other)
-            other_predictor = Predictor(other_bundle, max_batch=max_batch)
+            arm = fetch(other)
+            other_predictor = Predictor(arm.path, max_batch=max_batch)
             check_compatible(predictor, other_predictor, flag)
-            arms[variant] = Arm(other_predictor, other_version, variant)
-            refs[variant] = (other, other_version)
-    log = PredictionLog(log_path or default_log_path(predictor.name))
-    server = Server(predictor, log, version=version, token=os.environ.get("MLOPS_SERVE_TOKEN") or None,
+            arms[variant] = Arm(other_predictor, arm.version, variant)
+            refs[variant] = arm
+    log = PredictionLog(log_path or workspace().prediction_log(predictor.name))
+    server = Server(predictor, log, version=served.version, token=os.environ.get("MLOPS_SERVE_TOKEN") or None,
                     max_body=max_body or DEFAULT_MAX_BODY, shadow=arms.get(SHADOW), challenger=arms.get(CHALLENGER),
                     ab_percent=ab_percent, ab_key_header=ab_key_header or DEFAULT_KEY_HEADER, batch_max=batch_max,
                     batch_wait_ms=batch_wait_ms)
-    server.watcher = AliasWatcher(server, refs, DEFAULT_INTERVAL_S if reload_interval is None else reload_interval)
+    watched = {variant: (r.ref.text, r.version) for variant, r in refs.items()}
+    server.watcher = AliasWatcher(server, watched, DEFAULT_INTERVAL_S if reload_interval is None else reload_interval)
     return server
 
 
@@ -125,10 +103,10 @@ def serve_with_kserve(args: Any) -> None:
     if unsupported:
         raise MlopsError(f"--runtime kserve serves inference only; {', '.join(unsupported)} need the default "
                          "runtime (--runtime mlops)")
-    bundle, version = resolve_bundle(args.model)
+    served = fetch(args.model)
     from mlops.serve.kserve_runtime import serve_kserve
 
-    serve_kserve(bundle, args.host, args.port, max_batch=args.max_batch, version=version)
+    serve_kserve(served.path, args.host, args.port, max_batch=args.max_batch, version=served.version)
 
 
 def feedback_log_path(model: str | None, log_path: str | None) -> Path:
@@ -137,10 +115,5 @@ def feedback_log_path(model: str | None, log_path: str | None) -> Path:
         return Path(log_path)
     if not model:
         raise MlopsError("give --log PATH (the prediction log) or --model NAME (for its default log)")
-    if (Path(model) / "bundle.json").is_file():
-        import json
-
-        name = json.loads((Path(model) / "bundle.json").read_text())["name"]
-    else:
-        name = model.split("@", 1)[0].split("/", 1)[0]
-    return default_log_path(name)
+    name = ModelRef.parse(model).model_name() if ("@" in model or "/" in model or Path(model).is_dir()) else model
+    return workspace().prediction_log(name)

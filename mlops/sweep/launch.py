@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlops.core.errors import MlopsError
 from mlops.engine.children import clean_env, die_with_parent
-from mlops.errors import MlopsError
 from mlops.sweep.trial import TrialJob
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
+from mlops.core.workspace import workspace
 from mlops.recipe import LoadedRecipe
 from mlops.recipe.schema import CategoricalParam, FloatParam, IntParam, SweepConfig
-from mlops.tracking.store import mlops_home
 
 OWNER = "mlops.owner"  # host:pid of the process running a trial, to tell a dead trial from a live one
 ERROR = "mlops.error"
@@ -38,9 +38,9 @@ def sweep_config(loaded: LoadedRecipe) -> SweepConfig:
 def storage_url(cfg: SweepConfig) -> str:
     if cfg.storage:
         return cfg.storage
-    home = mlops_home()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'optuna.db'}"
+    db = workspace().optuna_db
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
 
 
 def study_name(loaded: LoadedRecipe) -> str:

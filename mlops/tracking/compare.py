@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 from mlops.tracking.log import flatten
 
 # params every run has that say nothing about what differs

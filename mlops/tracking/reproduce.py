@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 from mlops.tracking.compare import get_run, read_lock
 from mlops.tracking.log import flatten
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
+from mlops.core.errors import MlopsError
 from mlops.deploy.alerts import ALERT_NAMES, alert_rules, promtool_check
 from mlops.deploy.config import AlertsConfig
-from mlops.errors import MlopsError
 from mlops.monitor.config import MonitorConfig
 
 pytestmark = pytest.mark.integration

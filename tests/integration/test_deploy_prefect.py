@@ -94,7 +94,7 @@ def test_train_deployment_runs_to_completion(prefect_server: dict[str, str], iso
     state = api(url, f"/flow_runs/{run['id']}")["state"]
 
     assert state["type"] == "COMPLETED", f"{state}\n{worker.stdout[-4000:]}\n{worker.stderr[-4000:]}"
-    from mlops.deploy.promotion import registry_client
+    from mlops.core.registry import registry_client
 
     client = registry_client(f"sqlite:///{Path(env['MLOPS_HOME']) / 'mlflow.db'}")
     model = client.get_registered_model(MODEL)

@@ -87,7 +87,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 
 
 def champion() -> str:
-    from mlops.deploy.promotion import registry_client
+    from mlops.core.registry import registry_client
 
     return str(registry_client().get_registered_model("toy").aliases["champion"])
 
@@ -129,7 +129,7 @@ def test_healthy_canary_walks_every_step_and_becomes_champion(registry: dict[str
 
 
 def test_injected_error_rate_rolls_back(registry: dict[str, str], tmp_path: Path) -> None:
-    from mlops.deploy.promotion import registry_client
+    from mlops.core.registry import registry_client
     from mlops.deploy.rollout import rollout
 
     port = free_port()
@@ -175,7 +175,7 @@ def test_canary_on_the_live_server_without_a_restart(registry: dict[str, str], t
     import subprocess
     import sys
 
-    from mlops.deploy.promotion import registry_client
+    from mlops.core.registry import registry_client
     from mlops.deploy.rollout import rollout
 
     client = registry_client()

@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
+from mlops.core.refs import CHALLENGER, CHAMPION
 from mlops.improve.audit import AuditLog
 from mlops.improve.config import ShadowStageConfig
-from mlops.improve.registry import CHALLENGER, CHAMPION, MlflowRegistry
+from mlops.improve.registry import MlflowRegistry
 from mlops.improve.retrain import Trained, retrain_recipe
 from mlops.improve.rollout import LogRollout, RolloutTarget
 from tests.conftest import ROOT
@@ -130,7 +131,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def registry(home: Path) -> MlflowRegistry:
     """toy/1 (champion) and toy/2 (challenger) in a real MLflow store, as `mlops run` would leave them."""
-    from mlops.tracking.store import tracking_uri
+    from mlops.core.registry import tracking_uri
 
     reg = MlflowRegistry(tracking_uri())
     for seed in (1, 2):
@@ -140,8 +141,8 @@ def registry(home: Path) -> MlflowRegistry:
 
 
 def register(reg: MlflowRegistry, bundle: Path, fingerprint: str) -> tuple[str, str]:
+    from mlops.core.registry import experiment_id
     from mlops.package.registry import register_bundle
-    from mlops.tracking.store import experiment_id
 
     run_id = reg.client.create_run(experiment_id(reg.client, "toy", reg.uri)).info.run_id
     reg.client.log_artifacts(run_id, str(bundle), "bundle")

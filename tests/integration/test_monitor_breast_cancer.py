@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlops.core.timespec import iso
 from mlops.monitor.run import monitor_recipe
 from mlops.monitor.store import last_alert
-from mlops.timespec import iso
 from tests.browser import Tables, chromium, rendered_dom
 from tests.monitor_fixtures import (
     QUICKSTART,
@@ -193,9 +193,10 @@ def test_hysteresis_holds_across_runs(bundle: Path, split: dict, home: Path, tmp
 
 
 def _alerts(home: Path) -> list[dict[str, Any]]:
-    from mlops.monitor.store import MonitorStore, store_path
+    from mlops.core.workspace import Workspace
+    from mlops.monitor.store import MonitorStore
 
-    return MonitorStore(store_path(home, "quickstart")).alerts("quickstart")
+    return MonitorStore(Workspace(home).monitor_store("quickstart")).alerts("quickstart")
 
 
 def test_backtest_fires_at_the_right_window(bundle: Path, split: dict, home: Path, tmp_path: Path) -> None:
@@ -232,7 +233,7 @@ def test_backtest_fires_at_the_right_window(bundle: Path, split: dict, home: Pat
 ], ids=["bad-since", "since-after-until", "unknown-feature", "method-for-kind", "metric-for-task"])
 def test_mistakes_say_what_to_do(bundle: Path, home: Path, tmp_path: Path, args: list[str], kwargs: dict[str, str],
                                  message: str) -> None:
-    from mlops.errors import MlopsError
+    from mlops.core.errors import MlopsError
 
     log = tmp_path / "log.sqlite"
     log_traffic(log, bundle, quickstart_split()["test"].head(5), seconds(5, T0))

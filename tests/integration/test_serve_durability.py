@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops.serve.log import read_predictions
+from mlops.core.predlog import read_predictions
 from tests.conftest import ROOT
 from tests.net import free_port, wait_ready
 from tests.serve_fixtures import build_bundle

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from mlops.core.predlog import PredictionLog
 from mlops.package.bundle import read_bundle
 from mlops.serve.app import Server
-from mlops.serve.log import PredictionLog
 from mlops.serve.openapi import openapi_spec
 from mlops.serve.predictor import NUMERIC_V2, Predictor
 from tests.conftest import ROOT

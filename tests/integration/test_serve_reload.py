@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mlops.serve.log import read_predictions
+from mlops.core.predlog import read_predictions
 from tests.conftest import ROOT
 from tests.net import free_port, wait_ready
 from tests.serve_fixtures import build_bundle
@@ -30,8 +30,8 @@ def register(home: Path, bundle: Path) -> str:
     import mlflow
     from mlflow import MlflowClient
 
+    from mlops.core.registry import experiment_id, tracking_uri
     from mlops.package.registry import register_bundle
-    from mlops.tracking.store import experiment_id, tracking_uri
 
     uri = tracking_uri()
     client = MlflowClient(uri, registry_uri=uri)
@@ -46,7 +46,7 @@ def register(home: Path, bundle: Path) -> str:
 def set_alias(home: Path, version: str) -> None:
     from mlflow import MlflowClient
 
-    from mlops.tracking.store import tracking_uri
+    from mlops.core.registry import tracking_uri
 
     MlflowClient(tracking_uri(), registry_uri=tracking_uri()).set_registered_model_alias("toy", "champion", version)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mlops.core.predlog import PredictionLog, prediction_rows
 from mlops.deploy.config import RolloutChecks
 from mlops.deploy.live_checks import (
     MetricsEndpoint,
@@ -17,7 +18,6 @@ from mlops.deploy.live_checks import (
     histogram_quantile,
     parse_metrics,
 )
-from mlops.serve.log import PredictionLog, prediction_rows
 from mlops.serve.metrics import ServeMetrics
 
 
@@ -173,10 +173,10 @@ def test_merged_reading_takes_each_signal_from_the_first_source_that_has_it() ->
 
 def test_walk_refuses_what_it_could_not_judge(tmp_path: Path) -> None:
     """Checks that no given source can measure, or no source at all, are refused before any traffic moves."""
+    from mlops.core.errors import MlopsError
+    from mlops.core.refs import ModelVersion
     from mlops.deploy.config import DeployConfig
-    from mlops.deploy.kserve import ModelVersion
     from mlops.deploy.rollout import walk
-    from mlops.errors import MlopsError
 
     cfg, v1, v2 = DeployConfig(), ModelVersion("toy", "1"), ModelVersion("toy", "2")
 

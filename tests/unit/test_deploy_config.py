@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops.errors import RecipeError
+from mlops.core.errors import RecipeError
 from mlops.recipe import load_recipe
 from tests.conftest import ROOT
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mlops.core.refs import ModelVersion
 from mlops.deploy.alerts import alert_rules
 from mlops.deploy.config import DeployConfig
 from mlops.deploy.container import dockerfile, requirements_txt
-from mlops.deploy.kserve import ModelVersion, inference_service
+from mlops.deploy.kserve import inference_service
 from mlops.deploy.orchestration import flow_deployments, prefect_yaml
 from mlops.deploy.render import render
 from mlops.deploy.triton import config_pbtxt

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from mlops.core.errors import MlopsError
 from mlops.deploy.config import DeployConfig
 from mlops.deploy.orchestration import flow_deployments, prefect_api_url, prefect_yaml
-from mlops.errors import MlopsError
 from tests.net import free_port
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 from tests.deploy_fixtures import register_version
 
 pytestmark = pytest.mark.xdist_group("deploy-promotion")  # one worker, one registry
@@ -32,7 +32,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]
 
 @pytest.fixture
 def registry(registered: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
-    from mlops.deploy.promotion import registry_client
+    from mlops.core.registry import registry_client
 
     monkeypatch.setenv("MLOPS_HOME", registered[0])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

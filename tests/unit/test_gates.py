@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlops.core.errors import ExpectationError
 from mlops.data.expectations import check_expectations, violations
-from mlops.errors import ExpectationError
 from mlops.evaluate.gates import evaluate_gates, failure_lines, outcome
 from mlops.evaluate.scored import Scored
 from mlops.recipe.schema import ExpectationsConfig, Gate

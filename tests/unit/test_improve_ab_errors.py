@@ -67,7 +67,7 @@ def test_ab_report_says_when_the_sample_is_too_small(tmp_path: Path) -> None:
 
 
 def test_ab_report_on_regression_compares_mean_errors(tmp_path: Path) -> None:
-    from mlops.serve.log import PredictionLog, prediction_rows
+    from mlops.core.predlog import PredictionLog, prediction_rows
 
     log = tmp_path / "ab.sqlite"
     writer = PredictionLog(log)
@@ -118,7 +118,7 @@ def test_the_difference_interval_covers_the_true_difference_95_percent_of_the_ti
 @pytest.fixture
 def planted(tmp_path: Path) -> Path:
     """300 answers: wrong on 70 % of city 'a' with income above 60, on 5 % of the rest (by construction)."""
-    from mlops.serve.log import PredictionLog, prediction_rows
+    from mlops.core.predlog import PredictionLog, prediction_rows
 
     rng = random.Random(5)
     log = tmp_path / "errors.sqlite"
@@ -179,7 +179,7 @@ def test_error_analysis_needs_ground_truth(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_regression_errors_are_absolute_errors_above_a_tolerance(tmp_path: Path) -> None:
-    from mlops.serve.log import PredictionLog, prediction_rows
+    from mlops.core.predlog import PredictionLog, prediction_rows
 
     log = tmp_path / "reg.sqlite"
     rows, feedback = [], []

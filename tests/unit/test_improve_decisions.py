@@ -212,7 +212,7 @@ def test_every_shipped_recipe_has_the_default_improve_section() -> None:
     ("improve.triggers.drfit=true", "did you mean 'improve.triggers.drift'", "command-line override"),
 ])
 def test_a_bad_improve_section_is_refused_at_its_key(override: str, message: str, where: str) -> None:
-    from mlops.errors import MlopsError
+    from mlops.core.errors import MlopsError
 
     with pytest.raises(MlopsError) as err:
         load_recipe(ROOT / "recipes" / "quickstart.yaml", [override], check_data=False)

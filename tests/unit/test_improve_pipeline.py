@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
+from mlops.core.refs import CHALLENGER, CHAMPION
 from mlops.improve import audit as events
 from mlops.improve.audit import AuditLog
-from mlops.improve.registry import CHALLENGER, CHAMPION
 from mlops.improve.retrain import approve, reject, retrain_recipe
 from tests.improve_fixtures import (
     FakeRegistry,

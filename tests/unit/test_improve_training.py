@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mlops.errors import GateError, MlopsError
+from mlops.core.errors import GateError, MlopsError
 from mlops.improve.retrain import retrain_recipe, train_with_engine
 from mlops.recipe import load_recipe
 from tests.conftest import ROOT

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mlops.errors import RecipeError
+from mlops.core.errors import RecipeError
+from mlops.core.timespec import parse_duration, parse_time
 from mlops.monitor.config import MonitorConfig
 from mlops.recipe import load_recipe
-from mlops.timespec import parse_duration, parse_time
 
 ROOT = Path(__file__).resolve().parents[2]
 

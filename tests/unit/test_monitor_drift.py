@@ -141,7 +141,7 @@ def test_missing_and_infinite_values_are_left_out() -> None:
 
 
 def test_a_method_that_does_not_fit_the_column_is_refused() -> None:
-    from mlops.errors import MlopsError
+    from mlops.core.errors import MlopsError
 
     with pytest.raises(MlopsError, match="does not apply to categorical column 'city'"):
         categorical_drift("city", CategoricalReference({"a": 3}), {"a": 2}, "ks", 0.05)

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from mlops.core.errors import ParityError
 from mlops.data.preprocess import fit_preprocessor
 from mlops.data.schema import infer_schema
-from mlops.errors import ParityError
 from mlops.package.export import check_parity, export_network, onnx_feeds
 from mlops.package.graph import assemble, postprocessing_graph, preprocessing_graph
 from mlops.recipe.schema import DataConfig

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mlops.cli import main
+from mlops.core.errors import MlopsError, RecipeError
 from mlops.engine.multirun import expand
-from mlops.errors import MlopsError, RecipeError
 from mlops.recipe import load_recipe
 from mlops.recipe.compose import Origin, compose
 

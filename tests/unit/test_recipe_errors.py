@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlops.cli import main
-from mlops.errors import MlopsError, RecipeError
+from mlops.core.errors import MlopsError, RecipeError
 from mlops.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]

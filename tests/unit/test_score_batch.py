@@ -12,7 +12,7 @@ import pytest
 
 import mlops.score.batch as batch
 from mlops.cli import main
-from mlops.errors import DataError, MlopsError
+from mlops.core.errors import DataError, MlopsError
 from mlops.score.batch import parts_dir, score_local
 from mlops.score.source import open_input
 from tests.serve_fixtures import build_bundle, training_frame

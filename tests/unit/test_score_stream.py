@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
+from mlops.core.predlog import prediction_rows, read_predictions
 from mlops.score.stream import BadMessage, IdempotentLog, StreamConfig, decode_message
-from mlops.serve.log import prediction_rows, read_predictions
 from mlops.serve.predictor import Predictor
 from tests.serve_fixtures import build_bundle
 

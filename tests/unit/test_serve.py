@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from mlops.core.predlog import PredictionLog, read_predictions
 from mlops.serve.app import Server
-from mlops.serve.log import PredictionLog, read_predictions
 from mlops.serve.predictor import Predictor
 from tests.conftest import ROOT
 from tests.serve_fixtures import build_bundle

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from mlops.cli import build_parser
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
+from mlops.core.predlog import PredictionLog, read_predictions
 from mlops.serve.app import Server
 from mlops.serve.batching import MicroBatcher
-from mlops.serve.log import PredictionLog, read_predictions
 from mlops.serve.predictor import Prediction, Predictor, RequestError
 from mlops.serve.routing import CHALLENGER, SHADOW, Arm, assign_arm
 from mlops.serve.run import build_server

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
+from mlops.core.predlog import PredictionLog, read_predictions
 from mlops.serve.app import Server
-from mlops.serve.log import PredictionLog, read_predictions
 from mlops.serve.predictor import Predictor
 from mlops.serve.reload import AliasWatcher
 from tests.serve_fixtures import build_bundle

@@ -19,9 +19,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from mlops.cli import main
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
+from mlops.core.predlog import PredictionLog, prediction_rows, read_predictions
+from mlops.core.workspace import workspace
 from mlops.serve.app import Server
-from mlops.serve.log import PredictionLog, prediction_rows, read_predictions
 from mlops.serve.predictor import Prediction, Predictor
 from mlops.serve.routing import (
     CHALLENGER,
@@ -32,7 +33,7 @@ from mlops.serve.routing import (
     parse_ab,
     request_key,
 )
-from mlops.serve.run import build_server, default_log_path
+from mlops.serve.run import build_server
 from tests.conftest import ROOT
 from tests.serve_fixtures import build_bundle, training_frame
 
@@ -413,7 +414,7 @@ def test_feedback_cli_records_known_ids_and_counts_unknown(log_with_predictions:
 def test_feedback_cli_finds_the_default_log_of_a_model(log_with_predictions: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
-    default = default_log_path("toy")
+    default = workspace().prediction_log("toy")
     default.parent.mkdir(parents=True)
     default.write_bytes(log_with_predictions.read_bytes())
     csv_file = tmp_path / "truth.csv"

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 from mlops.evaluate.fairness import fairness_report
 from mlops.evaluate.names import BINARY
 from mlops.evaluate.scored import Scored

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlops.core.errors import DataError, RecipeError
 from mlops.data.sources import column_names, load_frame
-from mlops.errors import DataError, RecipeError
 from mlops.recipe import load_recipe
 from mlops.recipe.schema import DataConfig
 

@@ -1,5 +1,8 @@
 """The prediction log: every prediction and every piece of feedback, durably, in SQLite (WAL).
 
+This module is the log's one home: its schema, its writers (the server's group commit, the stream consumer's
+idempotent insert, feedback) and its one reader (`LogReader`), which every phase that reads the log uses.
+
 Writes happen on one background thread that commits in groups. A request hands its record over and
 waits for the commit of the group it landed in before its response goes out, so a 200 always means
 "logged": after `kill -9` every id that got a 200 is in the log. Group commit keeps that cheap: many
@@ -18,11 +21,13 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.core.errors import MlopsError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -320,19 +325,8 @@ def _no_constant(token: str) -> float:
 
 def known_ids(path: str | Path, ids: list[str]) -> set[str]:
     """Which of `ids` have a prediction in the log at `path`."""
-    db = sqlite3.connect(path)
-    try:
-        found: set[str] = set()
-        unique = sorted(set(ids))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in db.execute(f"SELECT DISTINCT id FROM predictions WHERE id IN ({marks})", chunk))
-        return found
-    except sqlite3.DatabaseError as exc:
-        raise MlopsError(f"{path} is not a prediction log: {exc}") from None
-    finally:
-        db.close()
+    with LogReader(path) as reader:
+        return reader.known_ids(ids)
 
 
 def record_feedback(log_path: str | Path, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
@@ -352,3 +346,187 @@ def record_feedback(log_path: str | Path, rows: list[tuple[Any, ...]]) -> dict[s
             log.close()
     return {"log": str(log_path), "rows": len(rows), "matched": len(matched), "unknown": len(unknown),
             "unknown_ids": unknown[:5]}
+
+
+class IdempotentLog:
+    """The prediction log written so that a row whose (id, variant) is already there is skipped: check and
+    insert share one transaction holding SQLite's write lock, so two stream consumers racing on a redelivered
+    message still log it once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+        self.db.execute(f"PRAGMA synchronous={_sync_mode()}")
+
+    def write(self, rows: list[tuple[Any, ...]]) -> int:
+        """Insert the rows not yet logged; return how many were already there."""
+        if not rows:
+            return 0
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            ids = sorted({r[0] for r in rows})
+            present: set[tuple[str, str]] = set()
+            for part in _chunks(ids):
+                present.update(self.db.execute(
+                    f"SELECT id, variant FROM predictions WHERE id IN ({_marks(part)})", part))
+            new = [r for r in rows if (r[0], r[4]) not in present]
+            self.db.executemany(_INSERT["predictions"], new)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return len(rows) - len(new)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+SHADOW = "shadow"  # the variant whose rows answered no request
+SERVED = ("champion", "challenger")  # the variants that answered a request
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """Which rows of the log are one model's traffic."""
+
+    model: str
+    version: str | None = None  # None: every version of the model
+    variants: tuple[str, ...] = SERVED
+    since: float | None = None  # unix seconds, inclusive
+    until: float | None = None  # exclusive
+
+
+def _chunks(values: list[Any], size: int = 500) -> Iterator[list[Any]]:
+    """Within SQLite's limit on bound parameters."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def _marks(values: list[Any] | tuple[Any, ...]) -> str:
+    return ",".join("?" * len(values))
+
+
+class LogReader:
+    """A read-only view of a prediction log, beside a live server's writer (WAL lets both work at once).
+
+    Opening it checks that the file is a prediction log, and says where logs come from when it is missing.
+    """
+
+    def __init__(self, path: str | Path, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise MlopsError(f"no prediction log at {self.path}: `mlops serve` writes it (by default under "
+                             ".mlops/predictions/<model>.sqlite); give --log PATH for another one")
+        self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout)
+        try:
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise MlopsError(f"{self.path} is not a prediction log: {exc}") from None
+        if not {"predictions", "feedback"} <= tables:
+            self.db.close()
+            raise MlopsError(f"{self.path} is not a prediction log (it has no predictions and feedback tables)")
+
+    def __enter__(self) -> LogReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def chunk(self, flt: LogFilter, after_rowid: int, limit: int) -> list[tuple[Any, ...]]:
+        """Up to `limit` rows of the filter's traffic after `after_rowid`, in log order (keyset pagination:
+        each chunk is its own short query, so a live server keeps writing meanwhile), each as
+        (rowid, id, ts, version, inputs, outputs, latency_ms, truth label, truth value): the truth of the
+        latest feedback for the id, None when none arrived."""
+        where = ["p.rowid > ?", "p.model = ?"]
+        params: list[Any] = [after_rowid, flt.model]
+        if flt.version is not None:
+            where.append("p.version = ?")
+            params.append(flt.version)
+        if flt.variants:
+            where.append(f"p.variant IN ({_marks(flt.variants)})")
+            params.extend(flt.variants)
+        if flt.since is not None:
+            where.append("p.ts >= ?")
+            params.append(flt.since)
+        if flt.until is not None:
+            where.append("p.ts < ?")
+            params.append(flt.until)
+        latest = "(SELECT f.{col} FROM feedback f WHERE f.id = p.id ORDER BY f.rowid DESC LIMIT 1)"
+        sql = (f"SELECT p.rowid, p.id, p.ts, p.version, p.inputs, p.outputs, p.latency_ms, "
+               f"{latest.format(col='label')}, {latest.format(col='value')} FROM predictions p "
+               f"WHERE {' AND '.join(where)} ORDER BY p.rowid LIMIT ?")
+        return self.db.execute(sql, [*params, limit]).fetchall()
+
+    def traffic(self, after_rowid: int = 0, limit: int = 10) -> dict[str, int]:
+        """Rows after `after_rowid` by model, version and variant, busiest first."""
+        rows = self.db.execute("SELECT model, version, variant, COUNT(*) FROM predictions WHERE rowid > ? "
+                               "GROUP BY model, version, variant ORDER BY COUNT(*) DESC LIMIT ?", (after_rowid, limit))
+        return {f"model {m} version {v or '-'} variant {var}": int(n) for m, v, var, n in rows}
+
+    def predictions(self, variants: tuple[str, ...], model: str | None = None, since: float | None = None,
+                    version: str | None = None) -> list[dict[str, Any]]:
+        """Every logged prediction of these variants (and model, version, since a time), oldest first; each a
+        dict of the table's columns plus `rowid`."""
+        where, args = [f"variant IN ({_marks(variants)})"], list(variants)
+        for column, op, value in (("model", "=", model), ("ts", ">=", since), ("version", "=", version)):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                args.append(value)
+        cursor = self.db.execute(f"SELECT rowid, * FROM predictions WHERE {' AND '.join(where)} ORDER BY ts, rowid",
+                                 args)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+
+    def latest_feedback(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The latest feedback per id: {id: {"label", "value", "payload"}} (payload parsed; {} if unreadable)."""
+        found: dict[str, dict[str, Any]] = {}
+        for part in _chunks(sorted(set(ids))):
+            for pid, label, value, payload in self.db.execute(
+                    f"SELECT id, label, value, payload FROM feedback WHERE id IN ({_marks(part)}) "
+                    "ORDER BY ts, rowid", part):
+                found[pid] = {"label": label, "value": value, "payload": json_object(payload)}
+        return found
+
+    def known_ids(self, ids: list[str]) -> set[str]:
+        """Which of `ids` have a prediction."""
+        found: set[str] = set()
+        for part in _chunks(sorted(set(ids))):
+            found.update(r[0] for r in self.db.execute(
+                f"SELECT DISTINCT id FROM predictions WHERE id IN ({_marks(part)})", part))
+        return found
+
+    def latencies(self, since: float, until: float, variant: str | None = None, model: str | None = None
+                  ) -> list[float]:
+        """Latencies of the requests answered in [since, until), by `variant` (None: every served variant)."""
+        where = ["variant = ?" if variant else f"variant != '{SHADOW}'", "ts >= ?", "ts < ?"]
+        params: list[Any] = ([variant] if variant else []) + [since, until]
+        if model:
+            where.append("model = ?")
+            params.append(model)
+        return [r[0] for r in self.db.execute(f"SELECT latency_ms FROM predictions WHERE {' AND '.join(where)}",
+                                              params)]
+
+    def shadow_pairs(self, since: float, until: float) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(shadow outputs, served outputs) of every request the shadow answered in [since, until)."""
+        rows = self.db.execute(
+            f"SELECT s.outputs, p.outputs FROM predictions s JOIN predictions p ON s.id = p.id "
+            f"AND p.variant != '{SHADOW}' WHERE s.variant = '{SHADOW}' AND s.ts >= ? AND s.ts < ?", [since, until])
+        return [(json_object(a), json_object(b)) for a, b in rows]
+
+
+def json_object(text: str | bytes | None) -> dict[str, Any]:
+    """A JSON column as a dict; {} when it is empty, unreadable or not an object."""
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

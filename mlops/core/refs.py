@@ -1,0 +1,178 @@
+"""Model references, as users write them, resolved to a local bundle.
+
+A reference is one of:
+- a bundle directory (holding `model.onnx` and `bundle.json`): pinned, used as it is;
+- `NAME/VERSION`: a registered version, pinned;
+- `NAME@ALIAS` (`quickstart@champion`): whatever version the alias points at now; it can move.
+
+`fetch(ref)` is the one way every phase turns a reference into files: it asks the registry which version is
+meant and downloads that version's bundle once into the workspace.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from mlops.core.atomic import publishing
+from mlops.core.errors import MlopsError
+from mlops.core.registry import registry_client
+from mlops.core.workspace import workspace
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+BUNDLE_FILE = "bundle.json"
+
+
+def dns_name(name: str) -> str:
+    """A model name as a Kubernetes object name: lower case, `_` and `.` become `-`."""
+    return re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")[:63] or "model"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered model version (or a bundle directory, whose version is a content tag `sha-...`)."""
+
+    name: str
+    version: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @property
+    def label(self) -> str:
+        """`v3` for a registered version; a bundle's content version (`sha-...`) as it is."""
+        return f"v{self.version}" if self.version.isdigit() else self.version
+
+    @property
+    def tag(self) -> str:
+        """The image tag of this version: `quickstart-v3`."""
+        return f"{dns_name(self.name)}-{self.label}"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed reference. `kind` says how it resolves; `name` is empty for a directory until it is read."""
+
+    text: str
+    kind: Literal["directory", "alias", "version"]
+    name: str = ""
+    alias: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        if Path(text).is_dir():
+            return cls(text, "directory")
+        if "@" in text:
+            name, alias = text.split("@", 1)
+            if name and alias:
+                return cls(text, "alias", name, alias=alias)
+        elif "/" in text:
+            name, version = text.split("/", 1)
+            if name and version:
+                return cls(text, "version", name, version=version)
+        raise MlopsError(f"'{text}' is not a model reference: use NAME@ALIAS (e.g. quickstart@champion), "
+                         "NAME/VERSION (e.g. quickstart/3) or a bundle directory")
+
+    @property
+    def moves(self) -> bool:
+        """Whether the version this reference means can change (an alias), so a server should follow it."""
+        return self.kind == "alias"
+
+    def model_name(self) -> str:
+        """The registered model's name; a bundle directory's from its `bundle.json`."""
+        return self.name or bundle_name(Path(self.text))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A reference resolved to a local bundle: where its files are and which version they are."""
+
+    ref: ModelRef
+    path: Path
+    name: str
+    version: str | None  # the registry's version; None for a bundle directory
+
+    @property
+    def label(self) -> str:
+        """`NAME/VERSION` for a registered version, the directory for a bundle directory."""
+        return f"{self.name}/{self.version}" if self.version else str(self.path.resolve())
+
+    def model_version(self) -> ModelVersion:
+        """The version as deployments name it: the registry's, or `sha-<checksum>` for a bundle directory."""
+        if self.version is not None:
+            return ModelVersion(self.name, self.version)
+        sha = str(_bundle_json(self.path).get("onnx_sha256", ""))[:12]
+        return ModelVersion(self.name, f"sha-{sha}")
+
+
+def _bundle_json(path: Path) -> dict[str, object]:
+    try:
+        data = json.loads((path / BUNDLE_FILE).read_text())
+    except (OSError, ValueError):
+        raise MlopsError(f"{path} is not a model bundle (needs model.onnx and {BUNDLE_FILE})") from None
+    if not isinstance(data, dict):
+        raise MlopsError(f"{path}/{BUNDLE_FILE} is not a bundle description")
+    return data
+
+
+def bundle_name(path: Path) -> str:
+    return str(_bundle_json(path).get("name", ""))
+
+
+def resolve_version(client: MlflowClient, ref: str | ModelRef) -> ModelVersion:
+    """`NAME@ALIAS` or `NAME/VERSION` -> the registered version it means now."""
+    from mlflow.exceptions import MlflowException
+
+    parsed = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
+    if parsed.kind == "directory":
+        raise MlopsError(f"'{parsed.text}' is a bundle directory, not a registered model (NAME@ALIAS, NAME/VERSION)")
+    try:
+        if parsed.alias is not None:
+            mv = client.get_model_version_by_alias(parsed.name, parsed.alias)
+        else:
+            mv = client.get_model_version(parsed.name, str(parsed.version))
+    except MlflowException as exc:
+        raise MlopsError(f"no registered model '{parsed.text}' in {client.tracking_uri}: {exc.message}") from None
+    return ModelVersion(parsed.name, str(mv.version))
+
+
+def download_bundle(client: MlflowClient, mv: ModelVersion) -> Path:
+    """The bundle of a registered version, downloaded once into the workspace (whole or not at all)."""
+    target = workspace().bundle(mv.name, mv.version)
+    if (target / BUNDLE_FILE).is_file() and (target / "model.onnx").is_file():
+        return target
+    run_id = client.get_model_version(mv.name, mv.version).run_id
+    if target.parent.exists():  # left half-downloaded by a crash (before downloads were published whole)
+        shutil.rmtree(target.parent, ignore_errors=True)
+    with publishing(target.parent, keep_existing=True) as tmp:
+        client.download_artifacts(run_id, "bundle", str(tmp))
+    return target
+
+
+def fetch(ref: str | ModelRef, uri: str | None = None, client: MlflowClient | None = None) -> Resolved:
+    """A reference's bundle on local disk. A directory is used in place; a registered version is looked up
+    in the store `uri` (default: the configured one) and downloaded once."""
+    parsed = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
+    if parsed.kind == "directory":
+        path = Path(parsed.text)
+        return Resolved(parsed, path, bundle_name(path), None)
+    client = client or registry_client(uri)
+    mv = resolve_version(client, parsed)
+    return Resolved(parsed, download_bundle(client, mv), mv.name, mv.version)
+
+
+def fetch_if_registered(ref: str, uri: str | None = None, client: MlflowClient | None = None) -> Resolved | None:
+    """`fetch`, or None when the reference names nothing in the registry (a model with no champion yet)."""
+    try:
+        return fetch(ref, uri, client)
+    except MlopsError:
+        return None

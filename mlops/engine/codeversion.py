@@ -1,0 +1,173 @@
+"""The code version of a step, derived from what its code imports instead of a hand-written file list.
+
+A list goes stale the day someone adds an import; the import graph cannot. A step's version hashes the
+source of every module its own step module can reach through imports, found statically: `ast` finds the
+`import` statements at module level and inside functions, and a module's file is located on disk, never
+imported (so `mlops plan` loads no training or serving library). Reaching `a.b.c` reaches `a` and `a.b`
+too: their `__init__.py` run on import. Only the packages given as roots are followed; for the rest, the
+top-level name is noted so the version of a library that shapes results can join the key.
+
+Parsed modules are cached per process by path, mtime and size: a sweep or a test compiles many plans.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.metadata
+import importlib.util
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+# libraries whose version changes what a step computes, by the name code imports them under -> distribution
+LIBRARIES = {"numpy": "numpy", "sklearn": "scikit-learn", "torch": "torch", "lightning": "lightning",
+             "onnx": "onnx", "onnxruntime": "onnxruntime"}
+
+# top-level name -> where its modules live: the package's directories (like a spec's
+# submodule_search_locations), or the file of a top-level module that is not a package
+Roots = Mapping[str, tuple[Path, ...] | Path]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One parsed module: the hash of its bytes and every dotted name its code may import."""
+
+    digest: str
+    imports: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Closure:
+    """The modules reached from some start modules, and the libraries (top-level names) they import."""
+
+    modules: tuple[tuple[str, str], ...]  # (dotted name, source digest), sorted by name
+    external: frozenset[str]
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for name, digest in self.modules:  # names, not paths: a key must not depend on where mlops is installed
+            h.update(f"{name}\0{digest}\n".encode())
+        return h.hexdigest()
+
+
+_parsed: dict[tuple[str, str, int, int], Source] = {}
+
+
+def parse(path: Path, module: str, is_package: bool) -> Source:
+    """The module at `path`, as `module` (relative imports resolve against it); parsed once per version."""
+    st = path.stat()
+    key = (str(path), module, st.st_mtime_ns, st.st_size)
+    found = _parsed.get(key)
+    if found is None:
+        data = path.read_bytes()
+        found = Source(hashlib.sha256(data).hexdigest(), frozenset(imported_names(ast.parse(data), module, is_package)))
+        _parsed[key] = found
+    return found
+
+
+def imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Absolute dotted names `tree` imports anywhere, functions included. `from a import b` yields `a` and
+    `a.b`: whether `b` is a submodule or an attribute only the file system can tell, so the caller checks."""
+    package = module if is_package else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".") if package else []
+                if node.level - 1 >= len(parts):
+                    continue  # climbs above the top-level package: fails at import time, nothing to hash
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+    return names
+
+
+def locate(module: str, roots: Roots) -> tuple[Path, bool] | None:
+    """(file, is_package) of `module` if it lies under one of `roots`; None for an attribute or a module
+    outside them. A namespace package (a directory without `__init__.py`) has no source of its own."""
+    top, *rest = module.split(".")
+    root = roots.get(top)
+    if root is None:
+        return None
+    if isinstance(root, Path):  # a single-file top-level module has no submodules
+        return (root, False) if not rest else None
+    for base in root:
+        target = base.joinpath(*rest)
+        if (target / "__init__.py").is_file():
+            return target / "__init__.py", True
+        if rest and target.with_name(target.name + ".py").is_file():
+            return target.with_name(target.name + ".py"), False
+    return None
+
+
+def closure(start: Iterable[str], roots: Roots) -> Closure:
+    """Every module under `roots` that importing `start` can reach, through any import in any function."""
+    seen: dict[str, str] = {}
+    external: set[str] = set()
+    todo = list(start)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        found = locate(name, roots)
+        if found is None:
+            continue
+        source = parse(found[0], name, found[1])
+        seen[name] = source.digest
+        parts = name.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # parent packages run first
+        for imported in source.imports:
+            if imported.split(".")[0] in roots:
+                todo.append(imported)
+            elif imported:
+                external.add(imported.split(".")[0])
+    return Closure(tuple(sorted(seen.items())), frozenset(external))
+
+
+def user_roots(module: str, package_dir: Path) -> dict[str, tuple[Path, ...] | Path]:
+    """Roots for following the code of `module` (a recipe's `_target_`): its own top-level package, found
+    with `find_spec` on the top-level name only (a dotted name would import its parents), plus mlops
+    itself, which a user's module may build on. Nothing else: site-packages is covered by versions."""
+    roots: dict[str, tuple[Path, ...] | Path] = {"mlops": (package_dir,)}
+    top = module.split(".")[0]
+    if top == "mlops":
+        return roots
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        roots[top] = tuple(Path(p) for p in spec.submodule_search_locations)
+    elif spec is not None and spec.origin and spec.origin.endswith(".py"):
+        roots[top] = Path(spec.origin)
+    return roots
+
+
+def target_closure(target: str, package_dir: Path) -> Closure | None:
+    """The code behind a dotted `_target_` (`pkg.module.Name`); None if no source file can be found
+    (the run will fail on it; `mlops validate` says why)."""
+    module = target.rpartition(".")[0]
+    roots = user_roots(module, package_dir)
+    if locate(module, roots) is None:
+        return None
+    return closure([module], roots)
+
+
+@cache
+def library_version(distribution: str) -> str:
+    """Read from the installed metadata, never by importing the library (torch alone takes seconds)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def libraries(external: Iterable[str]) -> dict[str, str]:
+    """The versions of the result-shaping libraries among the imported top-level names."""
+    return {LIBRARIES[n]: library_version(LIBRARIES[n]) for n in sorted(set(external)) if n in LIBRARIES}
