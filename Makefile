@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch first, pinned: 2.13.0 is a CPU wheel on local disk here; a bare requirement would pull a CUDA build
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo demo-loop test test-fast lint bench schema clean system-deps
+.PHONY: install demo demo-loop test test-fast lint bench schema docs clean system-deps
 
 install: $(STAMP)
 
@@ -79,6 +79,10 @@ bench-deps:
 
 schema: $(STAMP)
 	$(BIN)/mlops schema --out recipe.schema.json
+
+# docs/reference/{recipe,cli}.md from the schema and the parser, and the recipe blocks of README.md and docs/
+docs: $(STAMP)
+	$(BIN)/python docs/generate.py
 
 clean:
 	rm -rf .mlops .pytest_cache .ruff_cache

@@ -77,7 +77,7 @@ def bare_asgi_app(bundle: Path) -> Any:
     name = meta["name"]
     dtypes = {i["name"]: (object if i["dtype"] == "string" else np.float32) for i in meta["inputs"]}
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # as mlops.serve.predictor.Predictor
+    opts.intra_op_num_threads = 1  # as mlops.package.predictor.Predictor
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(str(bundle / "model.onnx"), opts, providers=["CPUExecutionProvider"])
     output_names = [o.name for o in session.get_outputs()]

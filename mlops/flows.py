@@ -32,9 +32,9 @@ def evaluate(recipe: str, overrides: list[str] | None = None, model: str | None 
     recipe's data and gates, as `mlops evaluate` does. A failed gate fails the flow run."""
     from mlops.core.errors import GateError
     from mlops.engine.evaluate_model import evaluate_model
-    from mlops.recipe import load_recipe
+    from mlops.engine.validate import load_validated
 
-    loaded = load_recipe(recipe, list(overrides or []))
+    loaded = load_validated(recipe, list(overrides or []))
     result = evaluate_model(loaded, model or f"{loaded.recipe.model_name}@champion", allow_failed_gates)
     if result["gates"]["outcome"] == "failed":
         raise GateError("\n".join([f"{result['model']} FAILED its gates:",

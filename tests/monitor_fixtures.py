@@ -27,9 +27,9 @@ from mlops.data.sources import load_builtin
 from mlops.data.split import split_indices
 from mlops.package.bundle import write_bundle
 from mlops.package.graph import ML_OPSET, assemble, io_description, postprocessing_graph, preprocessing_graph
+from mlops.package.predictor import Predictor
 from mlops.recipe import load_recipe
 from mlops.serve.app import _rows_of
-from mlops.serve.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
@@ -37,7 +37,7 @@ QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 
 def quickstart_split() -> dict[str, pd.DataFrame]:
     """The breast cancer rows of each split, exactly as the quickstart recipe splits them."""
-    r = load_recipe(str(QUICKSTART), check_data=False).recipe
+    r = load_recipe(str(QUICKSTART)).recipe
     frame = load_builtin("breast_cancer")
     parts = split_indices(frame, r.data.target, r.data.split, r.split_seed, classification=True)
     return {name: frame.iloc[idx].reset_index(drop=True) for name, idx in parts.items()}
@@ -49,7 +49,7 @@ def build_breast_cancer_bundle(dest: Path, name: str = "quickstart") -> Path:
     from mlops.evaluate.metrics import compute_metrics
     from mlops.evaluate.scored import score_bundle
 
-    r = load_recipe(str(QUICKSTART), check_data=False).recipe
+    r = load_recipe(str(QUICKSTART)).recipe
     parts = quickstart_split()
     train = parts["train"]
     schema = infer_schema(r.data.model_copy(update={"task": "binary"}), train)

@@ -77,4 +77,5 @@ def fmt(value: Any, missing: str = "n/a") -> str:
 
 
 def percent(value: float) -> str:
+    """A rate as the error analysis shows it: `0.3125` -> `31.2 %`."""
     return f"{100 * value:.1f} %"

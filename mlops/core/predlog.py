@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.errors import MlopsError
+from mlops.core.refs import CHALLENGER, CHAMPION
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -386,8 +387,10 @@ class IdempotentLog:
 
 # --- reading ---------------------------------------------------------------------------------------------------
 
-SHADOW = "shadow"  # the variant whose rows answered no request
-SERVED = ("champion", "challenger")  # the variants that answered a request
+# the variants a row is logged under: the arms that answered (named after the aliases that chose them),
+# and the shadow, which answered no request
+SHADOW = "shadow"
+SERVED = (CHAMPION, CHALLENGER)
 
 
 @dataclass(frozen=True)

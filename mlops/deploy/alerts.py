@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.errors import MlopsError
-from mlops.deploy.config import AlertsConfig
 from mlops.deploy.render import render
+from mlops.recipe.deploy import AlertsConfig
 
 ALERT_NAMES = {"latency": "MlopsLatencyOverSLA", "error_rate": "MlopsErrorRate", "drift": "MlopsDriftDetected"}
 PREDICT_ROUTES = "v1_predict|v2_infer"  # the server's route labels that answer predictions

@@ -16,9 +16,9 @@ import mlops
 from mlops.core.atomic import publishing
 from mlops.core.errors import MlopsError
 from mlops.core.refs import ModelVersion
-from mlops.deploy.config import DeployConfig
 from mlops.deploy.kserve import image_for
 from mlops.deploy.render import render
+from mlops.recipe.deploy import DeployConfig
 
 # what `mlops serve` imports beyond the standard library and mlops itself (tests/integration/
 # test_deploy_container.py checks this list against the imports of the running server)

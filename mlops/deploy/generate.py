@@ -17,8 +17,8 @@ from mlops.core.errors import MlopsError
 from mlops.core.refs import ModelVersion, fetch
 from mlops.core.registry import tracking_uri
 from mlops.core.workspace import workspace
-from mlops.deploy.config import DeployConfig
 from mlops.deploy.kserve import image_for, inference_service, storage_for
+from mlops.recipe.deploy import DeployConfig
 
 
 def project_relative(path: Path, project_dir: Path) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from mlops.core.refs import ModelVersion, dns_name
-from mlops.deploy.config import DeployConfig
 from mlops.deploy.render import render
+from mlops.recipe.deploy import DeployConfig
 
 
 def service_name(cfg: DeployConfig, model: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 
 from mlops.core.errors import MlopsError
 from mlops.core.predlog import LogReader
-from mlops.deploy.config import RolloutChecks
+from mlops.recipe.deploy import RolloutChecks
 
 PREDICT_ROUTES = ("v1_predict", "v2_infer")
 ANY_VARIANT = "any"

@@ -16,8 +16,8 @@ from typing import Any
 
 import mlops
 from mlops.core.errors import MlopsError
-from mlops.deploy.config import PrefectConfig
 from mlops.deploy.render import render
+from mlops.recipe.deploy import PrefectConfig
 
 FLOW_NAMES = {"train": "mlops-train", "evaluate": "mlops-evaluate", "monitor": "mlops-monitor",
               "retrain": "mlops-retrain"}

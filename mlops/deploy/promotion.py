@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.errors import MlopsError
-from mlops.core.refs import resolve_version
+from mlops.core.refs import ModelRef, resolve_version
 from mlops.core.registry import registry_client
+from mlops.deploy.generate import deploy_recipe
+from mlops.package.registry import promote_champion, rollback_champion
+from mlops.recipe import load_recipe
 
 
 def _model_name(name: str) -> str:
@@ -17,27 +20,20 @@ def _model_name(name: str) -> str:
     return name
 
 
-def promote(name: str, version: str | None = None, source: str | None = None, reason: str = "",
-            by: str | None = None) -> dict[str, Any]:
-    """Make `version` (or the version the alias `source` points at, e.g. challenger) the champion."""
-    from mlops.package.registry import promote_champion
-
-    name = _model_name(name)
-    if (version is None) == (source is None):
-        raise MlopsError("give exactly one of --version V or --from ALIAS (e.g. --from challenger)")
+def promote(ref: str | ModelRef, reason: str = "", by: str | None = None) -> dict[str, Any]:
+    """Make the version `ref` names (`NAME/VERSION`, or `NAME@ALIAS` such as `quickstart@challenger`) the
+    champion, recorded with who, when and why."""
+    ref = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
+    if ref.kind == "directory":
+        raise MlopsError(f"'{ref.text}' is a bundle directory: promote a registered NAME/VERSION or NAME@ALIAS")
     client = registry_client()
-    if source is not None:
-        version = resolve_version(client, f"{name}@{source}").version
-    else:
-        version = resolve_version(client, f"{name}/{version}").version
-    why = reason or (f"promoted from alias {source}" if source else f"promoted version {version} by hand")
-    return promote_champion(client, name, str(version), why, by)
+    mv = resolve_version(client, ref)
+    why = reason or (f"promoted from alias {ref.alias}" if ref.alias else f"promoted version {mv.version} by hand")
+    return promote_champion(client, mv.name, mv.version, why, by)
 
 
 def rollback(name: str, reason: str = "", by: str | None = None) -> dict[str, Any]:
     """Move `champion` back to the previous champion on record."""
-    from mlops.package.registry import rollback_champion
-
     return rollback_champion(registry_client(), _model_name(name), reason or "rolled back by hand", by)
 
 
@@ -55,11 +51,8 @@ def render_for(recipe: str | None, name: str, version: str, out: Path | None, cr
                apply: bool) -> dict[str, Any] | None:
     """Render (and apply) the InferenceService of `name/version` from `recipe`, or from the recipe that
     registered it; None when neither is at hand."""
-    from mlops.deploy.generate import deploy_recipe
-    from mlops.recipe import load_recipe
-
     recipe = recipe or recipe_of_version(name, version)
     if recipe is None:
         return None
-    loaded = load_recipe(recipe, check_data=False)
+    loaded = load_recipe(recipe)
     return deploy_recipe(loaded, f"{name}/{version}", out=out, crd=crd, targets=["kserve"], apply=apply)

@@ -1,7 +1,7 @@
 """Progressive rollout: walk the canary through the recipe's traffic steps (1 % -> 10 % -> 50 % -> 100 %),
 judging each step on live metrics, and advance, hold or roll back.
 
-`rollout(recipe, to)` is the entry point for a model reference (what `mlops rollout` and the retraining loop
+`rollout(loaded, to, options)` is the entry point for a model reference (what `mlops rollout` and the retraining loop
 call); `walk(...)` is the same walk over already-resolved versions and sources. Neither knows Prefect.
 
 At each step the InferenceService is rendered with the canary at that percentage (written under `out/`,
@@ -22,17 +22,32 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
 from mlops.core.refs import ModelVersion, download_bundle, resolve_version
 from mlops.core.registry import registry_client, tracking_uri
 from mlops.core.workspace import workspace
-from mlops.deploy.config import DeployConfig
 from mlops.deploy.kserve import inference_service
-from mlops.deploy.live_checks import CheckResult, MetricsSource, Reading, decide, required_signals
+from mlops.deploy.kubectl import KubectlApplier
+from mlops.deploy.live_checks import (
+    CheckResult,
+    MetricsEndpoint,
+    MetricsSource,
+    PredictionLogSource,
+    Reading,
+    decide,
+    required_signals,
+)
+from mlops.deploy.local import LiveServe, LocalServe
 from mlops.deploy.validate import validate_manifest
+from mlops.package.registry import promote_champion
+from mlops.recipe import LoadedRecipe
+from mlops.recipe.deploy import DeployConfig
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 Outcome = Literal["advance", "hold", "rollback"]
 # puts a rendered manifest into effect: (stable, canary or None for one model alone, canary %, manifest path)
@@ -145,7 +160,7 @@ def walk(cfg: DeployConfig, stable: ModelVersion, canary: ModelVersion, sources:
                    f"no data for {unjudged} after {windows} windows of {rc.window_s:g} s")
             result.decision = "hold"
             result.reason = (f"at {percent} %: {why}; traffic stays at {percent} % (resume from this step with "
-                             f"--from {percent})")
+                             f"--resume-at {percent})")
             say(f"HOLD {result.reason}")
             return result
     result.reason = f"passed every step ({', '.join(f'{p} %' for p in steps)})"
@@ -157,73 +172,88 @@ def walk(cfg: DeployConfig, stable: ModelVersion, canary: ModelVersion, sources:
     return result
 
 
-def rollout(recipe: Any, to: str, *, overrides: list[str] | None = None, stable: str | None = None,
-            metrics_url: str | None = None, log: str | Path | None = None, canary_variant: str = "challenger",
-            kubectl: bool = False, local_port: int | None = None, live_url: str | None = None,
-            out: Path | None = None, crd: Path | None = None,
-            start_percent: int | None = None, promote: bool | None = None, reason: str = "",
+@dataclass(frozen=True)
+class RolloutOptions:
+    """How a rollout moves traffic and what it reads, beside the recipe's `deploy.rollout` steps and checks.
+
+    Live checks read `metrics_url` (a canary's /metrics) and/or `log` (a prediction log), for the requests of
+    `canary_variant` ("challenger" for `mlops serve --ab`, "any" for a server that is the canary alone).
+    Traffic moves with `kubectl apply` (`kubectl`), or a local `mlops serve STABLE --ab CANARY:PERCENT` on
+    `local_port` (whose /metrics is then read), or on the live `mlops serve NAME@champion --ab
+    NAME@challenger:0` at `live_url` (its split set at each step, no restart); with none, the manifests are
+    only rendered. `promote` overrides the recipe's `deploy.rollout.promote`."""
+
+    stable: str | None = None  # the model the canary replaces; default NAME@champion
+    metrics_url: str | None = None
+    log: str | Path | None = None
+    canary_variant: str = "challenger"
+    kubectl: bool = False
+    local_port: int | None = None
+    live_url: str | None = None
+    out: Path | None = None  # where each step's manifest is written
+    crd: Path | None = None
+    start_percent: int | None = None  # resume at this step after a hold
+    promote: bool | None = None
+    reason: str = ""  # recorded in the champion history on promotion
+
+
+def rollout(loaded: LoadedRecipe, to: str, options: RolloutOptions | None = None, *,
             sleep: Callable[[float], None] = time.sleep, report: Callable[[str], None] | None = None
             ) -> RolloutResult:
     """Roll the registered model `to` (`NAME@ALIAS` or `NAME/VERSION`, e.g. `quickstart@challenger`) out next to
-    `stable` (the recipe model's champion by default), following the recipe's `deploy.rollout`.
-
-    `recipe` is a recipe path or a LoadedRecipe. Live checks read `metrics_url` (a canary's /metrics) and/or
-    `log` (a prediction log), for the requests of `canary_variant` ("challenger" for `mlops serve --ab`, "any"
-    for a server that is the canary alone). Traffic moves with `kubectl apply` (`kubectl=True`) or a local
-    `mlops serve STABLE --ab CANARY:PERCENT` on `local_port` (whose /metrics is then read), or on the live
-    `mlops serve NAME@champion --ab NAME@challenger:0` at `live_url` (its traffic split set at each step, no
-    restart; its /metrics read); with none, the manifests are only rendered. `promote` (default: the recipe's `deploy.rollout.promote`) moves `champion`
-    to the canary when every step passed. The outcome is also tagged on the canary's model version
-    (`mlops.rollout`). Returns the structured RolloutResult; raises MlopsError for bad input.
-    """
-    from mlops.deploy.kubectl import KubectlApplier
-    from mlops.deploy.live_checks import MetricsEndpoint, PredictionLogSource
-    from mlops.deploy.local import LiveServe, LocalServe
-    from mlops.package.registry import promote_champion
-    from mlops.recipe import LoadedRecipe, load_recipe
-
-    loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe, overrides or [], check_data=False)
-    r = loaded.recipe
-    cfg = r.deploy
-    if promote is not None:
-        cfg = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"promote": promote})})
-    if sum((kubectl, local_port is not None, live_url is not None)) > 1:
+    the stable model, following the recipe's `deploy.rollout`. `promote` moves `champion` to the canary when
+    every step passed. The outcome is also tagged on the canary's model version (`mlops.rollout`). Returns the
+    structured RolloutResult; raises MlopsError for bad input."""
+    options = options or RolloutOptions()
+    if sum((options.kubectl, options.local_port is not None, options.live_url is not None)) > 1:
         raise MlopsError("give one of --apply (kubectl), --local-port or --live-url")
-    client = registry_client(tracking_uri(r.tracking.uri))
+    cfg = loaded.recipe.deploy
+    if options.promote is not None:
+        cfg = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"promote": options.promote})})
+    client = registry_client(tracking_uri(loaded.recipe.tracking.uri))
     canary = resolve_version(client, to)
-    base = resolve_version(client, stable or f"{canary.name}@champion")
-    if base == canary:
-        raise MlopsError(f"{to} is {canary.ref}, which is already the stable model ({stable or 'champion'}): "
+    stable = resolve_version(client, options.stable or f"{canary.name}@champion")
+    if stable == canary:
+        raise MlopsError(f"{to} is {canary.ref}, which is already the stable model ({options.stable or 'champion'}): "
                          "nothing to roll out")
-    out = out or workspace().deploy_dir(canary.name, f"rollout-v{canary.version}")
-    sources: list[MetricsSource] = []
-    def bundle_of(mv: ModelVersion) -> Path:
-        return download_bundle(client, mv)
-
-    local: LocalServe | LiveServe | None = None
-    if local_port is not None:
-        local = LocalServe(local_port, out / "serve.log", bundle_of, log=Path(log) if log else None)
-    elif live_url is not None:
-        local = LiveServe(live_url, canary.name)
-    if metrics_url:
-        sources.append(MetricsEndpoint(metrics_url, canary_variant))
-    elif local is not None:
-        sources.append(MetricsEndpoint(local.metrics_url, "challenger"))
-    if log:
-        sources.append(PredictionLogSource(log, canary_variant))
-    applier: Applier | None = KubectlApplier(cfg.namespace) if kubectl else local
+    out = options.out or workspace().deploy_dir(canary.name, f"rollout-v{canary.version}")
+    server = _traffic_server(options, out, client, canary)
+    applier: Applier | None = KubectlApplier(cfg.namespace) if options.kubectl else server
 
     def do_promote(mv: ModelVersion, why: str) -> dict[str, Any]:
-        return promote_champion(client, mv.name, mv.version, reason or why)
+        return promote_champion(client, mv.name, mv.version, options.reason or why)
 
     try:
-        result = walk(cfg, base, canary, sources, out, apply=applier, promote=do_promote,
-                      crd=crd, start_percent=start_percent, sleep=sleep, report=report)
+        result = walk(cfg, stable, canary, _sources(options, server), out, apply=applier, promote=do_promote,
+                      crd=options.crd, start_percent=options.start_percent, sleep=sleep, report=report)
     finally:
-        if local is not None:
-            local.close()
-    summary = {"decision": result.decision, "reason": result.reason, "stable": base.ref,
+        if server is not None:
+            server.close()
+    summary = {"decision": result.decision, "reason": result.reason, "stable": stable.ref,
                "at": datetime.now(UTC).isoformat(timespec="seconds"),
                "steps": [{"percent": s.percent, "decision": s.decision} for s in result.steps]}
     client.set_model_version_tag(canary.name, canary.version, "mlops.rollout", json.dumps(summary))
     return result
+
+
+def _traffic_server(options: RolloutOptions, out: Path, client: MlflowClient, canary: ModelVersion
+                    ) -> LocalServe | LiveServe | None:
+    """The `mlops serve` whose traffic a local or live rollout moves, if it is one of those."""
+    if options.local_port is not None:
+        return LocalServe(options.local_port, out / "serve.log", lambda mv: download_bundle(client, mv),
+                          log=Path(options.log) if options.log else None)
+    if options.live_url is not None:
+        return LiveServe(options.live_url, canary.name)
+    return None
+
+
+def _sources(options: RolloutOptions, server: LocalServe | LiveServe | None) -> list[MetricsSource]:
+    """Where each step's live checks read the canary's behaviour."""
+    sources: list[MetricsSource] = []
+    if options.metrics_url:
+        sources.append(MetricsEndpoint(options.metrics_url, options.canary_variant))
+    elif server is not None:
+        sources.append(MetricsEndpoint(server.metrics_url, "challenger"))
+    if options.log:
+        sources.append(PredictionLogSource(options.log, options.canary_variant))
+    return sources

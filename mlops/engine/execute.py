@@ -32,8 +32,8 @@ def execute(loaded: LoadedRecipe, parent_run_id: str | None = None, *, until: st
     uses an empty one to recompute everything). `step_runner` wraps each step (the Prefect runner
     passes a task factory); by default steps run as plain calls.
     """
-    from mlops.tracking.lock import build_lock
-    from mlops.tracking.log import log_environment, log_step, start_run
+    from mlops.engine.lock import build_lock
+    from mlops.engine.runlog import log_environment, log_step, start_run
     from mlops.train.pruning import TrialPruned
 
     started = time.perf_counter()

@@ -18,7 +18,7 @@ from typing import Any
 import mlops
 from mlops.core.errors import MlopsError
 from mlops.engine.cache import Cache
-from mlops.engine.codeversion import closure, libraries, locate, target_closure
+from mlops.engine.codeversion import Snapshot, libraries
 from mlops.recipe import LoadedRecipe
 
 PACKAGE = Path(mlops.__file__).parent  # where the closure of mlops modules is read from (tests point it at a copy)
@@ -51,18 +51,19 @@ class Plan:
         return {s.name: s.cached and self.cache.has(s.name, s.key) for s in self.steps}
 
 
-def code_version(step: str, targets: tuple[str, ...] = ()) -> str:
+def code_version(step: str, targets: tuple[str, ...] = (), snapshot: Snapshot | None = None) -> str:
     """Derived, not listed: every mlops module the step's own module reaches through imports, the code
     behind each `_target_` it runs, and the versions of the libraries all of that imports."""
+    snapshot = snapshot or Snapshot()
     roots = {"mlops": (PACKAGE,)}
     module = f"{STEP_PACKAGE}.{step}"
-    if locate(module, roots) is None:
+    if snapshot.module(module, roots) is None:
         raise MlopsError(f"step '{step}' has no module {module} under {PACKAGE}")
-    own = closure([module], roots)
+    own = snapshot.closure([module], roots)
     external = set(own.external)
     code: dict[str, Any] = {"mlops": own.digest(), "targets": {}}
     for target in targets:
-        found = target_closure(target, PACKAGE)
+        found = snapshot.target(target, PACKAGE)
         # unfindable: the run fails on it anyway, and finding it later must change the key
         code["targets"][target] = found.digest() if found else "not found"
         external |= found.external if found else set()
@@ -118,8 +119,9 @@ def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
     ]
     keys: dict[str, str] = {}
     steps = []
+    snapshot = Snapshot()
     for s in specs:
-        code = code_version(s.name, s.targets)
+        code = code_version(s.name, s.targets, snapshot)
         payload = {"step": s.name, "config": s.config, "inputs": [keys[i] for i in s.inputs], "code": code}
         keys[s.name] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
         steps.append(replace(s, code=code, key=keys[s.name]))

@@ -15,7 +15,7 @@ from typing import Any
 from mlops.core.errors import GateError
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.engine.execute import execute, run_step
-from mlops.recipe import load_recipe
+from mlops.engine.validate import load_validated
 
 
 def configure_prefect() -> None:
@@ -58,7 +58,7 @@ def run_flow(recipe: str, overrides: list[str], parent_run_id: str | None = None
              allow_failed_gates: bool = False) -> dict[str, Any]:
     """Train, evaluate, export, gate and register one recipe (the deployable entrypoint)."""
     try:
-        return execute(load_recipe(recipe, overrides), parent_run_id, step_runner=as_tasks,
+        return execute(load_validated(recipe, overrides), parent_run_id, step_runner=as_tasks,
                        allow_failed_gates=allow_failed_gates)
     except GateError as exc:  # a verdict, not a crash: the flow run is Failed with the reason, no traceback
         return Failed(message=str(exc).splitlines()[0], data=exc)
@@ -67,7 +67,7 @@ def run_flow(recipe: str, overrides: list[str], parent_run_id: str | None = None
 @flow(name="mlops-multirun", flow_run_name=_multirun_name, validate_parameters=False)
 def multirun_flow(recipe: str, jobs: list[list[str]], allow_failed_gates: bool = False) -> dict[str, Any]:
     """Hydra-style multirun: one subflow and one nested MLflow run per combination of overrides."""
-    loaded = [load_recipe(recipe, job) for job in jobs]  # validate every job before running any
+    loaded = [load_validated(recipe, job) for job in jobs]  # validate every job before running any
     first = loaded[0]
     uri = tracking_uri(first.recipe.tracking.uri)
     client = registry_client(uri)

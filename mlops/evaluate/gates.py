@@ -10,8 +10,8 @@ import math
 from typing import Any
 
 from mlops.evaluate.metrics import MetricFn, metric_fns
-from mlops.evaluate.names import Direction, task_metrics
 from mlops.evaluate.scored import Scored
+from mlops.recipe.metrics import Direction, task_metrics
 from mlops.recipe.schema import Gate
 
 FAILING = ("failed", "error")

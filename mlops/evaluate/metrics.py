@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from mlops.core.errors import MlopsError
-from mlops.evaluate.names import task_metrics
 from mlops.evaluate.scored import Scored
+from mlops.recipe.metrics import task_metrics
 
 MetricFn = Callable[[Scored], float]
 

@@ -118,7 +118,7 @@ def _compare(kind: str, column: str | None, session: Any, feeds: dict[str, np.nd
 
 def _wrong_type_checks(bundle_dir: Path, base: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """One wrong_type check per column, through the serving layer itself (its own session, let go after)."""
-    from mlops.serve.predictor import Predictor
+    from mlops.package.predictor import Predictor
 
     predictor = Predictor(bundle_dir)
     return [_wrong_type(predictor, base, spec.name, spec.dtype) for spec in predictor.meta.inputs]
@@ -126,7 +126,7 @@ def _wrong_type_checks(bundle_dir: Path, base: dict[str, np.ndarray]) -> list[di
 
 def _wrong_type(predictor: Any, base: dict[str, np.ndarray], column: str, dtype: str) -> dict[str, Any]:
     """A value of the wrong JSON type must be refused by the serving layer with a 4xx naming the column."""
-    from mlops.serve.predictor import RequestError
+    from mlops.package.predictor import RequestError
 
     row = {name: _json_value(values[0, 0]) for name, values in base.items()}
     try:

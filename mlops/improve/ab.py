@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.errors import MlopsError
-from mlops.improve.config import AbConfig, FeedbackConfig
+from mlops.recipe.improve import AbConfig, FeedbackConfig
 
 ARMS = ("champion", "challenger")
 LOWER_IS_BETTER = {"error_rate", "mae", "mse"}

@@ -13,15 +13,16 @@ percentile of the absolute errors analysed). Written as `errors.json` and one se
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
-from mlops.improve.config import FeedbackConfig
+from mlops.core.pages import render_page, write_page
 from mlops.improve.intervals import wilson
+from mlops.recipe.improve import FeedbackConfig
 
 
 def analyse_errors(log: Path, model: str, *, since: float | None = None, version: str | None = None,
@@ -199,58 +200,35 @@ def _rule(tree: Any, leaf: int, names: list[str], text_cols: list[str]) -> str:
 
 
 def write_report(analysis: dict[str, Any], out_dir: Path) -> dict[str, str]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """errors.json and errors.html under `out_dir`, each written whole or not at all."""
     paths = {"json": out_dir / "errors.json", "html": out_dir / "errors.html"}
-    _atomic(paths["json"], json.dumps(analysis, indent=2, default=str, allow_nan=False) + "\n")
-    _atomic(paths["html"], render_html(analysis))
+    write_text(paths["json"], json.dumps(analysis, indent=2, default=str, allow_nan=False) + "\n")
+    write_page(paths["html"], "errors.html.j2", **page_context(analysis))
     return {k: str(v) for k, v in paths.items()}
 
 
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f3f3f3}
-.bar{background:#d9534f;height:10px;display:inline-block}.num{text-align:right}code{font-size:12px}"""
-
-
 def render_html(a: dict[str, Any]) -> str:
-    e = html.escape
-    o = a["overall"]
+    """The analysis as one self-contained HTML document."""
+    return render_page("errors.html.j2", **page_context(a))
 
-    def pct(x: float) -> str:
-        return f"{100 * x:.1f} %"
 
-    def rate_cells(s: dict[str, Any]) -> str:
-        lo, hi = s["ci"]
-        return (f'<td class="num">{s["rows"]}</td><td class="num">{s["errors"]}</td><td>{pct(s["error_rate"])} '
-                f'<span class="bar" style="width:{100 * s["error_rate"]:.0f}px"></span></td>'
-                f'<td>[{pct(lo)}, {pct(hi)}]</td>')
-
-    head = "<th>rows</th><th>errors</th><th>error rate</th><th>interval</th>"
-    slices = "".join(f"<tr><td>{e(s['column'])}</td><td>{e(s['slice'])}</td>{rate_cells(s)}</tr>" for s in a["slices"])
-    clusters = "".join(f"<tr><td><code>{e(c['rule'])}</code></td>{rate_cells(c)}</tr>" for c in a["clusters"])
+def page_context(a: dict[str, Any]) -> dict[str, Any]:
+    """What `errors.html.j2` shows, as plain data."""
     key = "abs_error" if a["task"] == "regression" else "confidence"
-    mistakes = "".join(
-        f"<tr><td>{e(str(m['id']))}</td><td>{e(str(m['predicted']))}</td><td>{e(str(m['truth']))}</td>"
-        f"<td class=\"num\">{'-' if m[key] is None else format(m[key], '.4g')}</td><td><code>{e(json.dumps(m['inputs'], default=str)[:300])}</code></td></tr>"
-        for m in a["confident_mistakes"])
-    conf = round(100 * (1 - a["alpha"]))
-    tolerance = (f"<p>An error is an absolute error above {a['tolerance']:.4g}.</p>" if a["task"] == "regression" else "")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>errors of {e(a['model'])}</title>
-<style>{CSS}</style></head><body>
-<h1>Error analysis: {e(a['model'])}</h1>
-<p>{o['rows']} predictions with ground truth from <code>{e(a['log'])}</code>: {o['errors']} errors, error rate
-{pct(o['error_rate'])} ({conf} % interval [{pct(o['ci'][0])}, {pct(o['ci'][1])}]).</p>{tolerance}
-<h2>Slices with the highest error rate</h2><p>Slices of at least {a['min_rows']} rows; {a['all_slices']} in all.</p>
-<table id="slices"><tr><th>column</th><th>slice</th>{head}</tr>{slices or '<tr><td colspan="6">none</td></tr>'}</table>
-<h2>Clusters of errors</h2><p>Leaves of a depth-3 decision tree on the inputs, above the overall error rate.</p>
-<table id="clusters"><tr><th>rule</th>{head}</tr>{clusters or '<tr><td colspan="5">none</td></tr>'}</table>
-<h2>Most confident mistakes</h2>
-<table id="mistakes"><tr><th>id</th><th>predicted</th><th>truth</th><th>{key}</th><th>inputs</th></tr>
-{mistakes or '<tr><td colspan="5">none</td></tr>'}</table>
-</body></html>
-"""
+
+    def rates(r: dict[str, Any]) -> dict[str, Any]:
+        return {"rows": r["rows"], "errors": r["errors"], "error_rate": r["error_rate"], "ci": r["ci"],
+                "bar_px": round(100 * r["error_rate"])}
+
+    return {
+        "model": str(a["model"]), "log": str(a["log"]), "overall": a["overall"],
+        "confidence": round(100 * (1 - a["alpha"])),
+        "tolerance": a["tolerance"] if a["task"] == "regression" else None,
+        "min_rows": a["min_rows"], "all_slices": a["all_slices"],
+        "slices": [rates(s) | {"column": str(s["column"]), "slice": str(s["slice"])} for s in a["slices"]],
+        "clusters": [rates(c) | {"rule": str(c["rule"])} for c in a["clusters"]],
+        "score": key,
+        "mistakes": [{"id": str(m["id"]), "predicted": str(m["predicted"]), "truth": str(m["truth"]),
+                      "score": m[key], "inputs": json.dumps(m["inputs"], default=str)[:300]}
+                     for m in a["confident_mistakes"]],
+    }

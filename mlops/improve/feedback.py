@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.predlog import SERVED, LogReader, json_object
-from mlops.improve.config import FeedbackConfig
+from mlops.recipe.improve import FeedbackConfig
 
 
 @dataclass

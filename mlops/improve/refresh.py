@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from mlops.core.atomic import write_bytes
 from mlops.core.workspace import workspace
-from mlops.improve.config import ImproveConfig
 from mlops.recipe import LoadedRecipe
+from mlops.recipe.improve import ImproveConfig
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -26,15 +26,16 @@ from mlops.core.errors import MlopsError
 from mlops.core.refs import CHALLENGER, CHAMPION
 from mlops.core.registry import tracking_uri
 from mlops.core.workspace import workspace
+from mlops.engine.validate import load_validated
 from mlops.improve import audit as events
 from mlops.improve.audit import AuditLog, limit_refusal
-from mlops.improve.config import RetrainConfig
 from mlops.improve.decide import AWAIT, PROMOTE, STOP, Decision, promotion_decision
 from mlops.improve.refresh import Refresh, default_log, refresh_data
 from mlops.improve.registry import Registry, tag_values
 from mlops.improve.rollout import Rollout, RolloutTarget, canary_steps, default_rollout
 from mlops.improve.triggers import MANUAL, Trigger, read_alerts, resolve_trigger
 from mlops.recipe import LoadedRecipe, load_recipe
+from mlops.recipe.improve import RetrainConfig
 
 
 @dataclass
@@ -97,7 +98,7 @@ def retrain_recipe(recipe: str, overrides: list[str], reason: str, *, by: str | 
     `by` is who asked (default: the user for a manual retrain, else the trigger); `force` ignores the limits
     (recorded); `rollout` replaces the default strategy, `rollout_options` configure it (`local_port`,
     `metrics_url`)."""
-    loaded = load_recipe(recipe, overrides)
+    loaded = load_validated(recipe, overrides)
     _check(loaded)
     r = loaded.recipe
     model = r.model_name
@@ -188,7 +189,7 @@ def train_with_engine(loaded: LoadedRecipe, overrides: list[str], fingerprint: s
     cfg: RetrainConfig = loaded.recipe.improve.retrain
     try:
         if cfg.mode == "sweep":
-            from mlops.engine.sweep import sweep
+            from mlops.sweep.flow import sweep
 
             summary = sweep(str(loaded.path), [*overrides, f"sweep.n_trials={cfg.budget}"])
         else:
@@ -210,7 +211,7 @@ def train_with_engine(loaded: LoadedRecipe, overrides: list[str], fingerprint: s
 
 
 def _directions(loaded: LoadedRecipe) -> dict[str, str]:
-    from mlops.evaluate.names import task_metrics
+    from mlops.recipe.metrics import task_metrics
 
     custom = {n: c.direction for n, c in loaded.recipe.evaluate.custom_metrics.items()}
     return dict(task_metrics("auto")) | custom
@@ -311,7 +312,7 @@ def approve(run: str, by: str | None = None, note: str = "", *, rollout: Rollout
     who = f"user:{by or user()}"
     with audit.locked():
         record = pending(audit, run)
-        loaded = load_recipe(record["recipe"], record["train_overrides"])
+        loaded = load_validated(record["recipe"], record["train_overrides"])
         model, version = record["model"], record["version"]
         registry = registry or _registry(loaded)
         held = registry.aliases(model).get(CHALLENGER)
@@ -334,7 +335,7 @@ def reject(run: str, by: str | None = None, note: str = "", *, registry: Registr
     with audit.locked():
         record = pending(audit, run)
         model, version = record["model"], record["version"]
-        registry = registry or _registry(load_recipe(record["recipe"], record["train_overrides"], check_data=False))
+        registry = registry or _registry(load_recipe(record["recipe"], record["train_overrides"]))
         base = _base(record)
         decision = Decision("reject", who, note or "rejected", {"waited_for": record.get("why")})
         _record_decision(registry, audit, base, decision)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlops.improve.config import ShadowStageConfig
 from mlops.recipe import LoadedRecipe
+from mlops.recipe.improve import ShadowStageConfig
 
 
 @dataclass(frozen=True)
@@ -298,15 +298,15 @@ class DeployRollout:
 
     def canary(self, target: RolloutTarget, steps: list[CanaryStep]) -> list[StageResult]:
         from mlops.core.errors import MlopsError
-        from mlops.deploy.rollout import rollout
+        from mlops.deploy.rollout import RolloutOptions, rollout
 
         if target.champion is None:
             return [StageResult("canary", False, "there is no champion to roll out next to")]
         try:
-            walked = rollout(self.loaded, f"{target.model}/{target.version}", stable=f"{target.model}/{target.champion}",
-                             metrics_url=self.metrics_url, log=target.log if target.log.is_file() else None,
-                             kubectl=self.kubectl, local_port=self.local_port, live_url=self.live_url,
-                             promote=False,
+            options = RolloutOptions(stable=f"{target.model}/{target.champion}", metrics_url=self.metrics_url,
+                                     log=target.log if target.log.is_file() else None, kubectl=self.kubectl,
+                                     local_port=self.local_port, live_url=self.live_url, promote=False)
+            walked = rollout(self.loaded, f"{target.model}/{target.version}", options,
                              report=lambda line: print(f"mlops: rollout: {line}", flush=True))
         except MlopsError as exc:  # e.g. no source can measure a check: no evidence is a failed stage
             return [StageResult("canary", False, f"the canary could not be judged: {exc}")]

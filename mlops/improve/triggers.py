@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.timespec import parse_time
-from mlops.improve.config import TriggersConfig
+from mlops.recipe.improve import TriggersConfig
 
 DRIFT, ACCURACY_DROP, SCHEDULE, MANUAL = "drift", "accuracy_drop", "schedule", "manual"
 EVENTS = {DRIFT: "mlops.alert.drift", ACCURACY_DROP: "mlops.alert.accuracy_drop"}

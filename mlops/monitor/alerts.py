@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.atomic import write_text
-from mlops.monitor.config import AlertsConfig
+from mlops.recipe.monitor import AlertsConfig
 
 
 def resource(model: str, version: str | None) -> dict[str, str]:

@@ -2,91 +2,65 @@
 
 Drift over time per feature (a heatmap, and the share of drifted features), live quality against its
 baseline, latency percentiles against the SLA, throughput, schema violations, and the alerts timeline.
-Charts are inline SVG and the CSS is inline: no script, no network, so the file can be mailed or opened
-offline. Every number is escaped text.
+Charts are inline SVG and the stylesheet is inline: no script, no network, so the file can be mailed or opened
+offline. This module computes what the page shows (table rows, chart geometry, colours) as plain data;
+`dashboard.html.j2` (rendered by `mlops.core.pages`, which escapes every value) holds the markup.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from html import escape
 from pathlib import Path
 from typing import Any
 
+from mlops.core.pages import render_page, write_page
 from mlops.core.timespec import iso
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 900, 220, 56, 16, 28, 36
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 HEATMAP_WINDOWS = 120
-
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1b1f24;max-width:1100px}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
-table{border-collapse:collapse;margin:6px 0 12px} td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left;
-vertical-align:top} th{background:#f6f8fa} .fired{color:#b42318;font-weight:600} .resolved{color:#067647}
-.breach{color:#b42318;font-weight:600} .ok{color:#067647} .muted{color:#656d76} svg{display:block;margin:4px 0 8px}
-"""
+TEMPLATE = "dashboard.html.j2"
 
 
 def render_dashboard(context: dict[str, Any], windows: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> str:
     """`windows`: window summaries, oldest first; `alerts`: alert records, oldest first."""
-    title = f"mlops monitor: {context['model']}"
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title>"
-             f"<style>{CSS}</style></head><body>",
-             f"<h1>{escape(title)}</h1>",
-             f"<p class=muted>generated {escape(str(context.get('generated', '')))}; "
-             f"{len(windows)} windows shown</p>",
-             _summary(context, windows, alerts),
-             "<h2>Alerts</h2>", _alerts_timeline(windows, alerts), _alerts_table(alerts),
-             "<h2>Latest window: rules</h2>", _rules_table(windows),
-             "<h2>Drift over time</h2>", _drift_share_chart(windows), _heatmap(windows),
-             "<h2>Latest window: drift per feature</h2>", _drift_table(windows),
-             "<h2>Live model quality</h2>", _quality_chart(windows, context), _quality_table(windows, context),
-             "<h2>Predictions over time</h2>", _predictions_chart(windows),
-             "<h2>Latency and throughput</h2>", _latency_chart(windows, context), _throughput_chart(windows),
-             "<h2>Schema</h2>", _schema_chart(windows), _schema_table(windows),
-             "<h2>Windows</h2>", _windows_table(windows[-50:]),
-             "</body></html>"]
-    return "\n".join(parts)
+    return render_page(TEMPLATE, **page_context(context, windows, alerts))
 
 
 def write_dashboard(path: Path, context: dict[str, Any], windows: list[dict[str, Any]],
                     alerts: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".dashboard-", suffix=".html", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(render_dashboard(context, windows, alerts))
-    os.replace(tmp, path)
-    return path
+    return write_page(path, TEMPLATE, **page_context(context, windows, alerts))
+
+
+def page_context(context: dict[str, Any], windows: list[dict[str, Any]],
+                 alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    """What `dashboard.html.j2` shows, as plain data. A part with nothing to show is None (the template
+    says so in words); a chart with no data has `empty` set."""
+    return {
+        "title": f"mlops monitor: {context['model']}",
+        "generated": str(context.get("generated", "")), "shown": len(windows),
+        "summary": _summary(context, windows, alerts),
+        "timeline": _alerts_timeline(windows, alerts), "alerts": _alerts_table(alerts),
+        "rules": _rules_table(windows),
+        "drift_share": _drift_share_chart(windows), "heatmap": _heatmap(windows), "drift": _drift_table(windows),
+        "quality_chart": _quality_chart(windows, context), "quality": _quality_tables(windows, context),
+        "predictions": _predictions_chart(windows),
+        "latency": _latency_chart(windows, context), "throughput": _throughput_chart(windows),
+        "schema_chart": _schema_chart(windows), "schema": _schema_table(windows),
+        "windows": _windows_table(windows[-50:]),
+    }
 
 
 # --- tables ------------------------------------------------------------------------------------------------------
 
 
-def _table(table_id: str, header: list[str], rows: list[list[Any]], classes: list[str | None] | None = None) -> str:
-    out = [f'<table id="{escape(table_id)}"><tr>' + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"]
-    for i, row in enumerate(rows):
-        cls = (classes or [None] * len(rows))[i]
-        attr = f' class="{cls}"' if cls else ""
-        out.append(f"<tr{attr}>" + "".join(f"<td>{escape(_fmt(v))}</td>" for v in row) + "</tr>")
-    return "".join(out) + "</table>"
+def _table(table_id: str, headers: list[str], rows: list[list[Any]],
+           classes: list[str | None] | None = None) -> dict[str, Any]:
+    """A table as the `grid` macro takes it; cells are raw values (the template formats numbers)."""
+    return {"id": table_id, "headers": headers, "rows": rows, "classes": classes or [None] * len(rows)}
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "-"
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _summary(context: dict[str, Any], windows: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> str:
+def _summary(context: dict[str, Any], windows: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> dict[str, Any]:
     last = windows[-1] if windows else None
     firing = sorted({a["rule"] for a in _currently_firing(alerts)})
     rows = [["model", context["model"]], ["version", context.get("version") or "-"],
@@ -106,19 +80,19 @@ def _currently_firing(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [a for a in last.values() if a["state"] == "fired"]
 
 
-def _alerts_table(alerts: list[dict[str, Any]]) -> str:
+def _alerts_table(alerts: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not alerts:
-        return "<p class=muted id=no-alerts>no alert has fired</p>"
+        return None
+    shown = list(reversed(alerts[-200:]))
     rows = [[a["window"]["end_iso"], a["rule"], a["state"], a["event"], a["window"]["start_iso"], a["value"],
-             a["threshold"], a.get("reason", "")] for a in reversed(alerts[-200:])]
-    classes: list[str | None] = [a["state"] for a in reversed(alerts[-200:])]
+             a["threshold"], a.get("reason", "")] for a in shown]
     return _table("alerts", ["window end", "rule", "state", "event", "window start", "value", "threshold", "why"],
-                  rows, classes)
+                  rows, [a["state"] for a in shown])
 
 
-def _rules_table(windows: list[dict[str, Any]]) -> str:
+def _rules_table(windows: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not windows:
-        return "<p class=muted>no window yet</p>"
+        return None
     rules = windows[-1].get("rules") or []
     rows, classes = [], []
     for r in rules:
@@ -128,10 +102,10 @@ def _rules_table(windows: list[dict[str, Any]]) -> str:
     return _table("rules", ["rule", "value", "threshold", "verdict", "detail"], rows, classes)
 
 
-def _drift_table(windows: list[dict[str, Any]]) -> str:
+def _drift_table(windows: list[dict[str, Any]]) -> dict[str, Any] | None:
     last = next((w for w in reversed(windows) if w.get("drift")), None)
     if last is None:
-        return "<p class=muted>drift not computed</p>"
+        return None
     cols = last["drift"]["columns"] + last["drift"].get("predictions", [])
     rows = [[c["column"], c["kind"], c["method"], c["threshold"], c["score"],
              "-" if c["drift"] is None else ("DRIFT" if c["drift"] else "no")] for c in cols]
@@ -139,37 +113,39 @@ def _drift_table(windows: list[dict[str, Any]]) -> str:
     return _table("drift-latest", ["column", "kind", "method", "threshold", "score", "drift"], rows, classes)
 
 
-def _quality_table(windows: list[dict[str, Any]], context: dict[str, Any]) -> str:
+def _quality_tables(windows: list[dict[str, Any]], context: dict[str, Any]) -> list[dict[str, Any]]:
+    """The latest labelled window's metrics, errors by class and slice, and confusion matrix; [] if none."""
     last = next((w for w in reversed(windows) if (w.get("quality") or {}).get("metrics")), None)
     if last is None:
-        return "<p class=muted id=no-quality>no ground truth joined yet</p>"
+        return []
     q = last["quality"]
     base = context.get("baseline") or {}
     rows = [[k, v, base.get("value") if k == base.get("metric") else None] for k, v in q["metrics"].items()]
-    html = _table("quality-latest", ["metric", "live (latest labelled window)", "baseline"], rows)
+    tables = [_table("quality-latest", ["metric", "live (latest labelled window)", "baseline"], rows)]
     if q.get("error_rate_by_class"):
-        html += _table("errors-by-class", ["true class", "error rate"], list(q["error_rate_by_class"].items()))
+        tables.append(_table("errors-by-class", ["true class", "error rate"],
+                             [list(kv) for kv in q["error_rate_by_class"].items()]))
     if q.get("confusion"):
         labels = q["confusion"]["labels"]
-        html += _table("confusion", ["true \\ predicted", *labels],
-                       [[label, *row] for label, row in zip(labels, q["confusion"]["matrix"], strict=True)])
+        tables.append(_table("confusion", ["true \\ predicted", *labels],
+                             [[label, *row] for label, row in zip(labels, q["confusion"]["matrix"], strict=True)]))
     slices = [[col, value, s["rows"], s.get("error_rate", s.get("mae"))] for col, values in
               (q.get("errors_by_slice") or {}).items() for value, s in values.items()]
     if slices:
-        html += _table("errors-by-slice", ["column", "value", "labelled rows", "error rate (or MAE)"], slices)
-    return html
+        tables.append(_table("errors-by-slice", ["column", "value", "labelled rows", "error rate (or MAE)"], slices))
+    return tables
 
 
-def _schema_table(windows: list[dict[str, Any]]) -> str:
+def _schema_table(windows: list[dict[str, Any]]) -> dict[str, Any] | None:
     last = next((w for w in reversed(windows) if w.get("schema")), None)
     if last is None or not last["schema"]["problems"]:
-        return "<p class=muted id=no-schema-problems>no schema problem in the latest window</p>"
+        return None
     rows = [[p["column"], p["problem"], p["rows"], p["rate"], ", ".join(map(str, p["examples"]))]
             for p in last["schema"]["problems"]]
     return _table("schema-problems", ["column", "problem", "rows", "rate", "examples"], rows)
 
 
-def _windows_table(windows: list[dict[str, Any]]) -> str:
+def _windows_table(windows: list[dict[str, Any]]) -> dict[str, Any]:
     rows = []
     for w in reversed(windows):
         ds = (w.get("drift") or {}).get("dataset") or {}
@@ -187,12 +163,14 @@ def _windows_table(windows: list[dict[str, Any]]) -> str:
 
 
 def _line_chart(chart_id: str, title: str, windows: list[dict[str, Any]], series: dict[str, list[float | None]],
-                hlines: list[tuple[float, str]] = (), markers: list[tuple[int, str]] = ()) -> str:  # type: ignore[assignment]
+                hlines: list[tuple[float, str]] = (), markers: list[tuple[int, str]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    """One line per series over the windows, with dashed thresholds (`hlines`) and vertical alert
+    `markers`; a gap where a value is missing, a dot for a lone value between gaps."""
     n = len(windows)
     values = [v for s in series.values() for v in s if v is not None and math.isfinite(v)]
     values += [y for y, _ in hlines]
     if n == 0 or not values:
-        return f'<p class=muted id="{escape(chart_id)}-empty">{escape(title)}: no data yet</p>'
+        return {"id": chart_id, "title": title, "empty": True}
     lo, hi = min(values), max(values)
     if lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
@@ -204,43 +182,37 @@ def _line_chart(chart_id: str, title: str, windows: list[dict[str, Any]], series
     def y(v: float) -> float:
         return PAD_T + (H - PAD_T - PAD_B) * (1 - (v - lo) / (hi - lo))
 
-    out = [f'<svg id="{escape(chart_id)}" role="img" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
-           f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>',
-           f'<text x="{PAD_L}" y="16" font-size="13" font-weight="600">{escape(title)}</text>',
-           f'<rect x="{PAD_L}" y="{PAD_T}" width="{W - PAD_L - PAD_R}" height="{H - PAD_T - PAD_B}" fill="none" '
-           'stroke="#d0d7de"/>']
-    for k in range(5):
-        v = lo + (hi - lo) * k / 4
-        out.append(f'<text x="{PAD_L - 6}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end">{_fmt(v)}</text>')
-    for i in sorted({0, n // 2, n - 1}):
-        label = (windows[i].get("end_iso") or "")[5:16].replace("T", " ")
-        out.append(f'<text x="{x(i):.1f}" y="{H - 14}" font-size="10" text-anchor="middle">{escape(label)}</text>')
-    for value, label in hlines:
-        out.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#b42318" '
-                   f'stroke-dasharray="5,4"><title>{escape(label)}</title></line>'
-                   f'<text x="{W - PAD_R - 4}" y="{y(value) - 4:.1f}" font-size="10" text-anchor="end" '
-                   f'fill="#b42318">{escape(label)}</text>')
-    for i, label in markers:
-        out.append(f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{PAD_T}" y2="{H - PAD_B}" stroke="#b42318" '
-                   f'stroke-opacity="0.35"><title>{escape(label)}</title></line>')
+    # the points are most of the work (windows x series x charts): straight to the text SVG takes
+    xs = [f"{x(i):.1f}" for i in range(n)]
+    lines = []
     for k, (name, ys) in enumerate(series.items()):
-        color = PALETTE[k % len(PALETTE)]
+        runs: list[tuple[str, str, str]] = []  # ("line", "x,y x,y ...", "") or, for a lone value, ("dot", x, y)
         segment: list[str] = []
-        for i, v in enumerate(ys + [None]):
+        for i, v in enumerate([*ys, None]):
             if v is not None and math.isfinite(v):
-                segment.append(f"{x(i):.1f},{y(v):.1f}")
+                segment.append(f"{xs[i]},{y(v):.1f}")
                 continue
             if len(segment) == 1:
                 cx, cy = segment[0].split(",")
-                out.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{color}"/>')
+                runs.append(("dot", cx, cy))
             elif segment:
-                out.append(f'<polyline class="series" data-series="{escape(name)}" fill="none" stroke="{color}" '
-                           f'stroke-width="1.8" points="{" ".join(segment)}"/>')
+                runs.append(("line", " ".join(segment), ""))
             segment = []
-        out.append(f'<text x="{PAD_L + 8 + 120 * k}" y="{PAD_T + 14}" font-size="11" fill="{color}">'
-                   f'{escape(name)}</text>')
-    out.append("</svg>")
-    return "".join(out)
+        lines.append({"name": name, "color": PALETTE[k % len(PALETTE)], "runs": runs,
+                      "legend_x": PAD_L + 8 + 120 * k, "legend_y": PAD_T + 14})
+    ticks = [lo + (hi - lo) * k / 4 for k in range(5)]
+    return {
+        "id": chart_id, "title": title, "empty": False, "width": W, "height": H,
+        "left": PAD_L, "top": PAD_T, "right": W - PAD_R, "bottom": H - PAD_B,
+        "frame_w": W - PAD_L - PAD_R, "frame_h": H - PAD_T - PAD_B,
+        "y_ticks": [{"value": v, "x": PAD_L - 6, "y": round(y(v) + 4, 1)} for v in ticks],
+        "x_ticks": [{"x": xs[i], "y": H - 14, "label": (windows[i].get("end_iso") or "")[5:16].replace("T", " ")}
+                    for i in sorted({0, n // 2, n - 1})],
+        "hlines": [{"y": round(y(value), 1), "label": label, "label_x": W - PAD_R - 4,
+                    "label_y": round(y(value) - 4, 1)} for value, label in hlines],
+        "markers": [{"x": xs[i], "label": label} for i, label in markers],
+        "lines": lines,
+    }
 
 
 def _alert_markers(windows: list[dict[str, Any]], alerts: list[dict[str, Any]],
@@ -254,39 +226,33 @@ def _alert_markers(windows: list[dict[str, Any]], alerts: list[dict[str, Any]],
     return out
 
 
-def _alerts_timeline(windows: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> str:
+def _alerts_timeline(windows: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> dict[str, Any] | None:
     """One lane per rule; a red mark where it fired, a green one where it resolved."""
     rules = sorted({a["rule"] for a in alerts})
     n = len(windows)
     if not rules or not n:
-        return ""
+        return None
     lane = 22
-    height = PAD_T + lane * len(rules) + 24
     ends = {round(w["end_ts"], 6): i for i, w in enumerate(windows)}
 
     def x(i: int) -> float:
-        return PAD_L + 60 + (W - PAD_L - 60 - PAD_R) * (i / max(n - 1, 1))
+        return round(PAD_L + 60 + (W - PAD_L - 60 - PAD_R) * (i / max(n - 1, 1)), 1)
 
-    out = [f'<svg id="timeline-alerts" width="{W}" height="{height}" viewBox="0 0 {W} {height}" '
-           'xmlns="http://www.w3.org/2000/svg"><title>alerts timeline</title>',
-           '<text x="4" y="16" font-size="13" font-weight="600">alerts timeline</text>']
+    lanes = []
     for k, rule in enumerate(rules):
-        yy = PAD_T + lane * k + lane / 2
-        out.append(f'<text x="4" y="{yy + 4}" font-size="11">{escape(rule)}</text>'
-                   f'<line x1="{x(0):.1f}" x2="{x(n - 1):.1f}" y1="{yy}" y2="{yy}" stroke="#d0d7de"/>')
+        marks = []
         for a in alerts:
             i = ends.get(round(a["window"]["end"], 6))
             if a["rule"] != rule or i is None:
                 continue
-            color = "#b42318" if a["state"] == "fired" else "#067647"
-            out.append(f'<circle class="alert-{a["state"]}" data-rule="{escape(rule)}" cx="{x(i):.1f}" cy="{yy}" '
-                       f'r="6" fill="{color}"><title>{escape(rule)} {a["state"]} at '
-                       f'{escape(a["window"]["end_iso"] or "")}</title></circle>')
-    out.append("</svg>")
-    return "".join(out)
+            marks.append({"state": a["state"], "x": x(i), "color": "#b42318" if a["state"] == "fired" else "#067647",
+                          "end": a["window"]["end_iso"] or ""})
+        yy = PAD_T + lane * k + lane / 2
+        lanes.append({"rule": rule, "y": yy, "label_y": yy + 4, "marks": marks})
+    return {"width": W, "height": PAD_T + lane * len(rules) + 24, "x1": x(0), "x2": x(n - 1), "lanes": lanes}
 
 
-def _drift_share_chart(windows: list[dict[str, Any]]) -> str:
+def _drift_share_chart(windows: list[dict[str, Any]]) -> dict[str, Any]:
     share = [((w.get("drift") or {}).get("dataset") or {}).get("share") for w in windows]
     threshold = next((((w.get("drift") or {}).get("dataset") or {}).get("threshold") for w in reversed(windows)
                       if w.get("drift")), None)
@@ -294,39 +260,31 @@ def _drift_share_chart(windows: list[dict[str, Any]]) -> str:
                        [(threshold, f"drift alert at {threshold:g}")] if threshold is not None else [])
 
 
-def _heatmap(windows: list[dict[str, Any]]) -> str:
+def _heatmap(windows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Features (rows) by windows (columns): red where a feature drifted, shaded by how far past its
     threshold; green where it did not."""
     shown = [w for w in windows if w.get("drift")][-HEATMAP_WINDOWS:]
     if not shown:
-        return ""
+        return None
     features = [c["column"] for c in shown[-1]["drift"]["columns"] + shown[-1]["drift"].get("predictions", [])]
     cell_h, left = 14, 170
     cell_w = max(2.0, (W - left - PAD_R) / len(shown))
-    height = PAD_T + cell_h * len(features) + 8
-    out = [f'<svg id="heatmap-drift" width="{W}" height="{height}" viewBox="0 0 {W} {height}" '
-           'xmlns="http://www.w3.org/2000/svg"><title>drift per feature over time</title>',
-           '<text x="4" y="16" font-size="13" font-weight="600">drift per feature over time '
-           f'(latest {len(shown)} windows)</text>']
-    for r, name in enumerate(features):
-        out.append(f'<text x="{left - 6}" y="{PAD_T + cell_h * r + 11}" font-size="10" text-anchor="end">'
-                   f'{escape(name)}</text>')
+    cells = []  # (feature, drifted, x, y, fill, tooltip): tuples, as there are windows x features of them
     for c, w in enumerate(shown):
         cols = {d["column"]: d for d in w["drift"]["columns"] + w["drift"].get("predictions", [])}
+        x = round(left + c * cell_w, 1)
         for r, name in enumerate(features):
             d = cols.get(name)
             if d is None or d["score"] is None:
                 fill, label = "#eaeef2", "no data"
             else:
-                severity = _severity(d)
-                fill = _shade(severity, d["drift"])
+                fill = _shade(_severity(d), d["drift"])
                 label = f"{d['method']} {d['score']:.4g} (threshold {d['threshold']:g})"
-            out.append(f'<rect class="cell{" drift" if d and d["drift"] else ""}" data-feature="{escape(name)}" '
-                       f'x="{left + c * cell_w:.1f}" y="{PAD_T + r * cell_h}" width="{cell_w:.1f}" '
-                       f'height="{cell_h - 1}" fill="{fill}"><title>{escape(name)} {escape(w["end_iso"] or "")}: '
-                       f'{escape(label)}</title></rect>')
-    out.append("</svg>")
-    return "".join(out)
+            cells.append((name, bool(d and d["drift"]), x, PAD_T + r * cell_h, fill,
+                          f"{name} {w['end_iso'] or ''}: {label}"))
+    return {"width": W, "height": PAD_T + cell_h * len(features) + 8, "windows": len(shown),
+            "labels": [{"name": name, "x": left - 6, "y": PAD_T + cell_h * r + 11} for r, name in enumerate(features)],
+            "cell_w": round(cell_w, 1), "cell_h": cell_h - 1, "cells": cells}
 
 
 def _severity(d: dict[str, Any]) -> float:
@@ -345,14 +303,14 @@ def _shade(severity: float, drift: bool | None) -> str:
     return f"rgb({int(225 + 20 * t)},{int(240 - 10 * t)},{int(225 - 20 * t)})"
 
 
-def _quality_chart(windows: list[dict[str, Any]], context: dict[str, Any]) -> str:
+def _quality_chart(windows: list[dict[str, Any]], context: dict[str, Any]) -> dict[str, Any] | None:
     base = context.get("baseline") or {}
     metric = base.get("metric")
     if not metric:
-        return ""
+        return None
     live = [((w.get("quality") or {}).get("metrics") or {}).get(metric) for w in windows]
     if all(v is None for v in live):
-        return ""
+        return None
     hlines = []
     if base.get("value") is not None:
         hlines.append((base["value"], f"baseline {base['value']:.4g}"))
@@ -363,7 +321,7 @@ def _quality_chart(windows: list[dict[str, Any]], context: dict[str, Any]) -> st
                        hlines, _alert_markers(windows, context.get("alerts", []), ("accuracy_drop",)))
 
 
-def _predictions_chart(windows: list[dict[str, Any]]) -> str:
+def _predictions_chart(windows: list[dict[str, Any]]) -> dict[str, Any]:
     dist = [w.get("distributions") or {} for w in windows]
     if any("prediction" in d for d in dist):
         series = {k: [(d.get("prediction") or {}).get(k) for d in dist] for k in ("p10", "p50", "p90")}
@@ -375,7 +333,7 @@ def _predictions_chart(windows: list[dict[str, Any]]) -> str:
     return _line_chart("chart-predictions", "predicted classes and confidence", windows, series)
 
 
-def _latency_chart(windows: list[dict[str, Any]], context: dict[str, Any]) -> str:
+def _latency_chart(windows: list[dict[str, Any]], context: dict[str, Any]) -> dict[str, Any]:
     lat = [(w.get("operations") or {}).get("latency_ms") or {} for w in windows]
     series = {k: [x.get(k) for x in lat] for k in ("p50", "p95", "p99")}
     sla = context.get("sla_ms")
@@ -384,14 +342,14 @@ def _latency_chart(windows: list[dict[str, Any]], context: dict[str, Any]) -> st
                        _alert_markers(windows, context.get("alerts", []), ("latency",)))
 
 
-def _throughput_chart(windows: list[dict[str, Any]]) -> str:
+def _throughput_chart(windows: list[dict[str, Any]]) -> dict[str, Any]:
     ops = [w.get("operations") or {} for w in windows]
     return _line_chart("chart-throughput", "throughput (per second)", windows,
                        {"rows/s": [o.get("rows_per_s") for o in ops], "requests/s": [o.get("requests_per_s")
                                                                                       for o in ops]})
 
 
-def _schema_chart(windows: list[dict[str, Any]]) -> str:
+def _schema_chart(windows: list[dict[str, Any]]) -> dict[str, Any]:
     rate = [(w.get("schema") or {}).get("violation_rate") for w in windows]
     return _line_chart("chart-schema", "share of rows violating the schema", windows, {"violating rows": rate})
 

@@ -10,7 +10,6 @@ import numpy as np
 
 from mlops.core.errors import MlopsError
 from mlops.core.timespec import iso
-from mlops.monitor.config import MonitorConfig
 from mlops.monitor.drift import (
     CategoricalReference,
     ColumnDrift,
@@ -25,6 +24,7 @@ from mlops.monitor.operations import operational
 from mlops.monitor.quality import live_quality
 from mlops.monitor.reference import CONFIDENCE, LABEL, VALUE, Reference, outputs_of
 from mlops.monitor.schema_checks import category_counts, check_schema
+from mlops.recipe.monitor import MonitorConfig
 
 if TYPE_CHECKING:
     from mlops.package.bundle import BundleMeta

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from mlops.monitor.config import LIVE_METRICS
 from mlops.monitor.logstream import Rows
+from mlops.recipe.monitor import LIVE_METRICS
 
 SLICE_VALUES = 10  # most frequent values per categorical column in "errors by slice"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mlops.monitor.config import LIVE_METRICS, MonitorConfig
+from mlops.recipe.monitor import LIVE_METRICS, MonitorConfig
 
 RULES = ("drift", "prediction_drift", "schema", "missing_values", "accuracy_drop", "latency", "error_rate")
 EVENT_PREFIX = "mlops.alert."

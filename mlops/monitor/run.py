@@ -9,8 +9,6 @@ writes nothing to the store, sends nothing, and reports when each rule would hav
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
 from mlops.core.predlog import LogFilter, LogReader
 from mlops.core.refs import fetch
@@ -28,20 +27,20 @@ from mlops.monitor.logstream import Rows, Window, count_windows, read_chunks, ti
 from mlops.monitor.rules import RuleState, accuracy_baseline, observe, step
 
 if TYPE_CHECKING:
-    from mlops.monitor.config import MonitorConfig
     from mlops.monitor.judge import WindowJudge
     from mlops.monitor.reference import Reference
     from mlops.package.bundle import BundleMeta
     from mlops.recipe import LoadedRecipe
+    from mlops.recipe.monitor import MonitorConfig
 
 
 def monitor_recipe(recipe: str, overrides: list[str], model: str | None, *, log: str | None = None,
                    since: str | None = None, backtest: bool = False, until: str | None = None) -> dict[str, Any]:
     """Monitor `model` (NAME@ALIAS, NAME/VERSION or a bundle directory; default `<model_name>@champion`)
     with the recipe's `monitor:` section. Returns what it judged, fired and wrote."""
-    from mlops.recipe import load_recipe
+    from mlops.engine.validate import load_validated
 
-    return monitor(load_recipe(recipe, overrides), model, log=log, since=since, until=until, backtest=backtest)
+    return monitor(load_validated(recipe, overrides), model, log=log, since=since, until=until, backtest=backtest)
 
 
 def _time(flag: str, text: str | None) -> float | None:
@@ -145,7 +144,8 @@ def monitor(loaded: LoadedRecipe, model: str | None, *, log: str | None = None, 
     context = _dashboard_context(meta, version, bundle_dir, log_path, reference, cfg, baseline)
     if backtest:
         result["first_fired"] = _first_fired(alerts)
-        result["report"] = _write_backtest(out_dir, result, summaries)
+        result["report"], result["report_html"] = _write_backtest(out_dir, result, summaries,
+                                                                  context | {"alerts": alerts})
         from mlops.monitor.dashboard import write_dashboard
 
         write_dashboard(dashboard_path, context | {"alerts": alerts}, summaries, alerts)
@@ -244,18 +244,31 @@ def _first_fired(alerts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _write_backtest(out_dir: Path, result: dict[str, Any], summaries: list[dict[str, Any]]) -> str:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"backtest-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    _atomic_json(path, result | {"summaries": summaries})
-    return str(path)
+def _write_backtest(out_dir: Path, result: dict[str, Any], summaries: list[dict[str, Any]],
+                    context: dict[str, Any]) -> tuple[str, str]:
+    """`backtest-<time>.json` (every window and alert) and, beside it, `backtest-<time>.html`: the dashboard
+    over the replayed windows, headed by when each rule would first have fired. Returns both paths."""
+    from mlops.core.pages import write_page
+    from mlops.monitor.dashboard import page_context
+
+    stem = f"backtest-{time.strftime('%Y%m%d-%H%M%S')}"
+    json_path, html_path = out_dir / f"{stem}.json", out_dir / f"{stem}.html"
+    _atomic_json(json_path, result | {"report": str(json_path), "report_html": str(html_path),
+                                      "summaries": summaries})
+    first = [[rule, f["window"], f["start"], f["end"], f["value"], f["threshold"]]
+             for rule, f in result["first_fired"].items()]
+    backtest = {"json": str(json_path), "notes": result["notes"],
+                "first_fired": {"id": "first-fired", "rows": first, "classes": ["fired"] * len(first),
+                                "headers": ["rule", "window", "window start", "window end", "value", "threshold"]}}
+    page = page_context(context, summaries, result["alerts"])
+    write_page(html_path, "backtest.html.j2", **page | {"title": f"mlops backtest: {result['model']}",
+                                                         "backtest": backtest})
+    return str(json_path), str(html_path)
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
-    os.replace(tmp, path)
+    # numpy values left in window summaries are written as JSON numbers and lists, not as their text
+    write_text(path, json.dumps(data, indent=1, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
 def _dashboard_context(meta: BundleMeta, version: str | None, bundle_dir: Path, log_path: Path,

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from mlops.data.schema import DataSchema
-from mlops.monitor.config import SchemaChecksConfig
 from mlops.monitor.logstream import Rows
+from mlops.recipe.monitor import SchemaChecksConfig
 
 
 def category_counts(values: np.ndarray) -> Counter[str]:

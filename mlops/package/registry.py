@@ -142,7 +142,7 @@ def rollback_champion(client: Any, model_name: str, reason: str, by: str | None 
         lineage.pop()
     if not lineage:
         raise MlopsError(f"{model_name} has no earlier champion on record (champion is version {current or '-'}): "
-                         f"choose one with `mlops promote {model_name} --version V`")
+                         f"choose one with `mlops promote {model_name}/VERSION`")
     target = lineage[-1]
     client.set_registered_model_alias(model_name, CHAMPION, target)
     return record_champion_change(client, model_name, "rollback", target, current, reason, by)

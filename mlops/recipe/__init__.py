@@ -12,6 +12,7 @@ from typing import Any
 from mlops.core.errors import RecipeError
 from mlops.recipe.compose import Composed, compose
 from mlops.recipe.schema import Recipe
+from mlops.recipe.validate import validate
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,11 @@ class LoadedRecipe:
         return yaml.safe_dump(self.resolved(), sort_keys=False)
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None, *, check_data: bool = True) -> LoadedRecipe:
-    """Compose, validate and check a recipe. Raises RecipeError naming file, line and key."""
-    from mlops.recipe.checks import semantic_problems
-    from mlops.recipe.validate import validate
-
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedRecipe:
+    """Compose a recipe with Hydra and validate it against the schema. Raises RecipeError naming file, line
+    and key. What the recipe's data, classes and metrics say is checked by `mlops.engine.validate`."""
     composed = compose(path, overrides)
-    recipe = validate(composed)
-    if check_data:
-        problems = semantic_problems(recipe, composed)
-        if problems:
-            raise RecipeError(composed.display, problems)
-    return LoadedRecipe(recipe, composed)
+    return LoadedRecipe(validate(composed), composed)
 
 
 __all__ = ["LoadedRecipe", "Recipe", "RecipeError", "load_recipe"]

@@ -1,4 +1,5 @@
-"""Checks that need more than types: files exist, columns exist, classes import, metrics are logged.
+"""Checks that need more than types but nothing beyond the recipe: classes import, metrics are logged, gates
+read metrics that will be computed, swept keys exist. (What the data says is checked by `mlops.data.checks`.)
 
 They run at validate time so a mistake surfaces in a second, not at minute three of a run. None of them
 imports torch, lightning, mlflow or prefect: a `_target_` is checked by reading its module's source.
@@ -11,10 +12,11 @@ import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
-from mlops.core.errors import MlopsError, Problem
+from mlops.core.errors import Problem
 from mlops.recipe.compose import Composed
+from mlops.recipe.metrics import available
 from mlops.recipe.schema import BUILTIN_DATAMODULE, BUILTIN_MODEL, Recipe
-from mlops.recipe.suggest import closest
+from mlops.recipe.suggest import closest, keys_at, model_at
 
 EPOCH_METRICS = {
     "classification": ("train/loss", "val/loss", "val/accuracy", "val/auroc"),
@@ -23,52 +25,11 @@ EPOCH_METRICS = {
 
 
 def semantic_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
-    problems = _data_problems(recipe, composed)
-    problems += _target_problems(recipe, composed)
+    problems = _target_problems(recipe, composed)
     problems += _metric_problems(recipe, composed)
     problems += _sweep_param_problems(recipe, composed)
     problems += _gate_problems(recipe, composed)
     return problems
-
-
-def _data_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
-    from mlops.data.sources import column_names, data_path
-
-    data = recipe.data
-    if data.path is not None:
-        path = data_path(data, composed.path)
-        where = str(composed.origin("data.path"))
-        if not path.is_file():
-            return [Problem("data.path", f"file not found: {path}", where)]
-        if data.format is None and path.suffix.lower() not in (".csv", ".parquet", ".pq"):
-            return [Problem("data.path", f"cannot tell the format of '{path.name}'", where, "set data.format")]
-    try:
-        columns = column_names(data, composed.path)
-    except MlopsError as exc:
-        return [Problem("data", str(exc), str(composed.origin("data")))]
-    problems = []
-    if data.target not in columns:
-        problems.append(_unknown_column("data.target", data.target, columns, composed))
-    for key in ("features", "drop", "categorical"):
-        for name in getattr(data, key) or []:
-            if name not in columns:
-                problems.append(_unknown_column(f"data.{key}", name, columns, composed))
-    if data.features is not None and data.target in data.features:
-        problems.append(Problem("data.features", "the target column cannot be a feature", str(composed.origin("data.features"))))
-    ev = recipe.evaluate
-    named = [(f"evaluate.slices.{i}.column", s.column) for i, s in enumerate(ev.slices)]
-    named += [(f"evaluate.fairness.sensitive.{i}", c) for i, c in enumerate(ev.fairness.sensitive if ev.fairness else [])]
-    named += [(f"evaluate.expectations.columns.{c}", c) for c in ev.expectations.columns]
-    for key, name in named:
-        if name not in columns:
-            problems.append(_unknown_column(key, name, columns, composed))
-    return problems
-
-
-def _unknown_column(key: str, name: str, columns: list[str], composed: Composed) -> Problem:
-    suggestion = closest(name, columns)
-    hint = f"did you mean '{suggestion}'?" if suggestion else f"columns: {', '.join(columns[:12])}"
-    return Problem(key, f"column '{name}' is not in the data", str(composed.origin(key)), hint)
 
 
 def _target_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
@@ -136,8 +97,6 @@ def _metric_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
 
 def _sweep_param_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
     """Every swept key must be a key the recipe has: a typo would otherwise sweep nothing."""
-    from mlops.recipe.suggest import keys_at, model_at
-
     if recipe.sweep is None:
         return []
     problems = []
@@ -168,8 +127,6 @@ def recipe_task(recipe: Recipe) -> str:
 
 def gateable_metrics(recipe: Recipe, task: str | None = None) -> dict[str, str]:
     """Every metric name a gate may read for this recipe (and task, once known)."""
-    from mlops.evaluate.names import available
-
     ev = recipe.evaluate
     task = task or recipe_task(recipe)
     metrics = available(task, {n: c.direction for n, c in ev.custom_metrics.items()},

@@ -2,7 +2,8 @@
 
 We use Hydra's compose API rather than `@hydra.main`: it works inside Prefect tasks and tests and does
 no directory changes. The recipe's own directory is the primary config dir; `configs/` next to it (or
-`MLOPS_CONFIG_PATH`) holds the config groups its defaults list names.
+`MLOPS_CONFIG_PATH`) holds the config groups its defaults list names, and `configs/base.yaml`, the defaults list
+shipped recipes extend. Config files set only what differs from the schema, which holds every default.
 """
 
 from __future__ import annotations
@@ -51,8 +52,16 @@ class Composed:
         return _display(self.path)
 
     def origin(self, key: str) -> Origin:
-        """The origin of a dotted key, or of its nearest ancestor that some source set."""
-        parts = key.split(".")
+        """The origin of a dotted key; for a key no source set (its value is the schema's default), what set
+        keys below it (a section's rule broken by one of its values: the last one merged, so a command-line
+        override before a file), else its nearest ancestor that some source set, else the recipe itself."""
+        found = self.origins.get(key)
+        if found is not None:
+            return found
+        below = [o for k, o in self.origins.items() if key and k.startswith(f"{key}.")]
+        if below:
+            return ([o for o in below if o.override is not None] or below)[-1]
+        parts = key.split(".")[:-1]
         while parts:
             found = self.origins.get(".".join(parts))
             if found is not None:
@@ -80,7 +89,8 @@ def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
     path = path.resolve()
     overrides = list(overrides or [])
     search = config_search_path(path)
-    hydra_overrides = [_schema_override(o) for o in overrides] + [
+    groups = _config_groups(path, search)
+    hydra_overrides = [_schema_override(o, groups) for o in overrides] + [
         "hydra.searchpath=[" + ",".join(f"file://{d}" for d in search) + "]",
         "hydra/job_logging=none",
         "hydra/hydra_logging=none",
@@ -122,16 +132,95 @@ def _compose_locked(
     return cfg, origins
 
 
-def _schema_override(override: str) -> str:
-    """`a.b=v` for a key the schema knows but no YAML sets becomes `++a.b=v`: Hydra's struct mode would
-    refuse it, yet it is a valid recipe key. Group choices (`model=mlp`) and unknown keys are left alone."""
-    from mlops.recipe.suggest import keys_at
+def _schema_override(override: str, groups: set[str]) -> str:
+    """`a.b=v` for a key the schema knows becomes `++a.b=v` (set it, whether or not some YAML file set it);
+    group choices (`model=mlp`, `gates=none`), `+`/`++`/`~` overrides and keys the schema does not know are
+    left to Hydra, which refuses an unknown key with the error `_composition_error` words.
 
+    Why it is still needed: Hydra composes in struct mode, where `a.b=v` may only change a key that some
+    config file of the composition sets, and `+a.b=v` only add one that none sets. Config files state only
+    what differs from the schema (the schema is the one source of defaults), so most valid keys are set by no
+    file: `model.lr=0.01` or `seed=7` on a recipe that does not write them is refused by Hydra itself
+    ("Key 'lr' is not in struct"), and whether a user must type `+`, `++` or nothing would depend on what the
+    files happen to set today. With the rewrite every schema key overrides the same way, typos in known
+    positions are still caught (Hydra's struct error for unknown keys, pydantic's extra='forbid' for
+    everything composed), and list items (`evaluate.gates.1.alpha`) and mapping values
+    (`monitor.drift.features.x.key`) are covered too."""
     key, eq, _ = override.partition("=")
-    if not eq or key.startswith(("+", "~")) or "." not in key:
+    if not eq or key.startswith(("+", "~")):
         return override
     parent, _, leaf = key.rpartition(".")
-    return f"++{override}" if leaf in keys_at(parent) else override
+    if not parent and leaf in groups:  # a group choice, or a section whose group holds options
+        return override
+    return f"++{override}" if _schema_accepts(parent, leaf) else override
+
+
+def _config_groups(primary: Path, search: list[Path]) -> set[str]:
+    """The config groups a recipe's overrides may choose from: folders of the recipe's dir and search path."""
+    return {d.name for base in [primary.parent, *search] if base.is_dir() for d in base.iterdir() if d.is_dir()}
+
+
+def _schema_types(path: str) -> list[Any]:
+    """The types the schema allows at dotted `path` ('' is the recipe), through unions, list items
+    (`evaluate.gates.1`) and mapping values (`monitor.drift.features.mean_area`); [] where it allows nothing."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    from mlops.recipe.schema import Recipe
+
+    def unwrap(t: Any) -> list[Any]:
+        if typing.get_origin(t) in (typing.Union, types.UnionType):
+            return [u for a in typing.get_args(t) for u in unwrap(a)]
+        if typing.get_origin(t) is typing.Annotated:
+            return unwrap(typing.get_args(t)[0])
+        return [t]
+
+    found: list[Any] = [Recipe]
+    for part in [p for p in path.split(".") if p]:
+        step: list[Any] = []
+        for t in found:
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                fields = [f for name, f in t.model_fields.items() if part in (name, f.alias)]
+                step += [u for f in fields for u in unwrap(f.annotation)]
+            elif typing.get_origin(t) is list and part.isdigit():
+                step += unwrap(typing.get_args(t)[0])
+            elif typing.get_origin(t) is dict:
+                step += unwrap(typing.get_args(t)[1]) if typing.get_args(t) else [Any]
+            elif t is Any:  # free-form values (model.params.x): any key below them
+                step.append(Any)
+        found = step
+    return found
+
+
+def _schema_keys(path: str) -> list[str]:
+    """The keys of the first model the schema allows at dotted `path` (aliases as users write them)."""
+    from pydantic import BaseModel
+
+    for t in _schema_types(path):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return [f.alias or name for name, f in t.model_fields.items()]
+    return []
+
+
+def _schema_accepts(parent: str, leaf: str) -> bool:
+    """Whether the schema has a place for key `leaf` under dotted `parent`: a model's field, or a mapping's key."""
+    import typing
+
+    return leaf in _schema_keys(parent) or any(t is Any or typing.get_origin(t) is dict for t in _schema_types(parent))
+
+
+def _unknown_part(key: str) -> tuple[str, str]:
+    """(parent, segment) of the first segment of dotted `key` the schema has no place for: in
+    `monitor.windw.size` the typo is `windw` under `monitor`, not `size` under a section that does not exist."""
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        parent = ".".join(parts[:i])
+        if not _schema_types(f"{parent}.{part}" if parent else part):
+            return parent, part
+    parent, _, leaf = key.rpartition(".")
+    return parent, leaf
 
 
 def _origins(primary: Path, overrides: list[str], search: list[Path]) -> dict[str, Origin]:
@@ -202,7 +291,7 @@ def _composition_error(path: Path, overrides: list[str], exc: Exception, search:
     """Hydra's own errors (unknown group option, override of a missing key) in our format."""
     import re
 
-    from mlops.recipe.suggest import closest, keys_at, unknown_part
+    from mlops.recipe.suggest import closest
 
     text = str(exc).splitlines()[0]
     cause = str(exc.__cause__ or "")
@@ -215,18 +304,36 @@ def _composition_error(path: Path, overrides: list[str], exc: Exception, search:
         options = sorted({f.stem for d in [path.parent, *search] for f in (d / group).glob("*.yaml")})
         hint = closest(option, options)
         culprit = next((o for o in overrides if o.lstrip("+~").startswith(f"{group}=")), None)
-        line = None if culprit else _defaults_line(path, group)
-        where = f"command-line override '{culprit}'" if culprit else _display(path) + (f":{line}" if line else "")
+        # the defaults list that names it: the recipe's, or that of a config it extends ("In 'base': ...")
+        holder = re.search(r"In '([^']+)'", text)
+        file = path if holder is None else _find_config_file(holder.group(1), path, search) or path
+        line = None if culprit else _defaults_line(file, group)
+        where = f"command-line override '{culprit}'" if culprit else _display(file) + (f":{line}" if line else "")
         msg = f"{where}: {group}: no config '{option}' in group '{group}' (options: {', '.join(options)})"
         return MlopsError(f"recipe {_display(path)} is invalid:\n  {msg}" + (f" (did you mean '{hint}'?)" if hint else ""))
+    unloadable = re.search(r"In '([^']+)': Could not load '([^']+)'", text)
+    if unloadable and not culprit:  # a config named in a defaults list without a group: `- bse` for `- base`
+        owner, name = unloadable.groups()
+        file = _find_config_file(owner, path, search) or path
+        line = _defaults_line(file, name)
+        hint = closest(name, sorted({f.stem for d in [path.parent, *search] for f in d.glob("*.yaml")}))
+        msg = f"{_display(file)}{f':{line}' if line else ''}: defaults: no config '{name}'"
+        msg += f" (did you mean '{hint}'?)" if hint else ""
+        return MlopsError(f"recipe {_display(path)} is invalid:\n  {msg}")
     if culprit is not None:
         key = culprit.lstrip("+~").partition("=")[0]
-        parent, leaf = unknown_part(key)
-        if "not in struct" in cause or "Could not override" in text:
-            hint = closest(leaf, keys_at(parent))
+        parent, leaf = _unknown_part(key)
+        if "No match in the defaults list" in str(exc):  # `trainer=ddp_cpu` on a recipe that picks no trainer
+            options = sorted({f.stem for d in [path.parent, *search] for f in (d / key).glob("*.yaml")})
+            msg = (f"command-line override '{culprit}': {key}: the recipe's defaults list picks no '{key}' config to"
+                   f" replace; add one with '+{culprit.lstrip('+~')}'")
+            msg += f" (options: {', '.join(options)})" if options else ""
+        elif "not in struct" in cause or "Could not override" in text:
+            valid = _schema_keys(parent)
+            hint = closest(leaf, valid)
             key = f"{parent}.{leaf}" if parent else leaf
             msg = f"command-line override '{culprit}': {key}: unknown key"
-            msg += f" (did you mean '{parent + '.' if parent else ''}{hint}'?)" if hint else f" (valid keys: {', '.join(keys_at(parent))})"
+            msg += f" (did you mean '{parent + '.' if parent else ''}{hint}'?)" if hint else f" (valid keys: {', '.join(valid)})"
         else:
             msg = f"command-line override '{culprit}': {text}"
         return MlopsError(f"recipe {_display(path)} is invalid:\n  {msg}")
@@ -234,7 +341,7 @@ def _composition_error(path: Path, overrides: list[str], exc: Exception, search:
 
 
 def _defaults_line(path: Path, group: str) -> int | None:
-    """The 1-based line of `group`'s entry in the recipe's own defaults list, if it has one."""
+    """The 1-based line of `group`'s entry in the defaults list of config file `path`, if it has one."""
     from ruamel.yaml import YAML
 
     try:
@@ -246,6 +353,6 @@ def _defaults_line(path: Path, group: str) -> int | None:
         return None
     for i, item in enumerate(defaults):
         keys = [str(k).removeprefix("override ").split("@")[0].strip() for k in item] if isinstance(item, dict) else []
-        if group in keys:
+        if group in keys or str(item).split("@")[0].strip() == group:
             return defaults.lc.item(i)[0] + 1
     return None

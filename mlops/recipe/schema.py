@@ -16,9 +16,9 @@ from pydantic import (
     model_validator,
 )
 
-from mlops.deploy.config import DeployConfig
-from mlops.improve.config import ImproveConfig
-from mlops.monitor.config import MonitorConfig
+from mlops.recipe.deploy import DeployConfig
+from mlops.recipe.improve import ImproveConfig
+from mlops.recipe.monitor import MonitorConfig
 from mlops.recipe.section import Section
 
 BUILTIN_DATASETS = ("breast_cancer", "wine", "digits", "diabetes")

@@ -135,8 +135,8 @@ def score_local(inp: InputFile, bundle: Path, version: str | None, output: Path,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from mlops.package.predictor import Predictor
     from mlops.score.rows import arrow_schema, output_fields, score_frame
-    from mlops.serve.predictor import Predictor
 
     if chunk_rows < 1:
         raise MlopsError(f"--chunk-rows {chunk_rows}: expected a positive number of rows")

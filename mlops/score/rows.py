@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlops.serve.predictor import Predictor, RequestError
+from mlops.package.predictor import Predictor, RequestError
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -168,8 +168,8 @@ class _PartitionScorer:
     def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from pyspark import TaskContext
 
+        from mlops.package.predictor import Predictor
         from mlops.score.rows import score_frame
-        from mlops.serve.predictor import Predictor
 
         predictor = Predictor(executor_bundle(self.shipped.value), max_batch=1 << 30, threads=1)  # once per task
         row = self.first_rows.get(TaskContext.get().partitionId(), 0)

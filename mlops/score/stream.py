@@ -41,7 +41,7 @@ from mlops.core.predlog import IdempotentLog, prediction_rows
 from mlops.core.workspace import workspace
 
 if TYPE_CHECKING:
-    from mlops.serve.predictor import Predictor
+    from mlops.package.predictor import Predictor
 
 VARIANT = "stream"
 JSON_FIELD = "json"
@@ -388,7 +388,7 @@ def _row_of(feeds: dict[str, np.ndarray], j: int) -> dict[str, Any]:
 
 def consume(config: StreamConfig, bundle: Path, version: str | None, install_signals: bool = True) -> StreamResult:
     """Run a consumer until SIGTERM/SIGINT, `max_messages` or `idle_exit_s`; a batch in flight is finished first."""
-    from mlops.serve.predictor import Predictor
+    from mlops.package.predictor import Predictor
 
     predictor = Predictor(bundle, max_batch=max(config.batch, 1))
     consumer = Consumer(config, predictor, version, config.log or workspace().prediction_log(predictor.name))

@@ -28,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlops.core.predlog import (
+    SHADOW,
     FeedbackError,
     LoopCommits,
     PredictionLog,
@@ -36,14 +37,13 @@ from mlops.core.predlog import (
     loop_commits_ok,
     prediction_rows,
 )
+from mlops.core.refs import CHALLENGER
+from mlops.package.predictor import Prediction, Predictor, RequestError, parse_json_body
 from mlops.serve.batching import DEFAULT_WAIT_MS, MicroBatcher, SharedLogWrites, batch_rows_histogram
 from mlops.serve.metrics import ServeMetrics
-from mlops.serve.predictor import Prediction, Predictor, RequestError, parse_json_body
 from mlops.serve.routing import (
-    CHALLENGER,
     DEFAULT_KEY_HEADER,
     DEFAULT_SHADOW_QUEUE,
-    SHADOW,
     Arm,
     ShadowRunner,
     assign_arm,

@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlops.serve.predictor import Prediction
+from mlops.package.predictor import Prediction
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Histogram
 
     from mlops.core.predlog import PredictionLog
-    from mlops.serve.predictor import Predictor
+    from mlops.package.predictor import Predictor
 
 DEFAULT_WAIT_MS = 2.0
 # a batch the model answers faster than this runs on the event loop: handing it to a thread would cost more

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from mlops.package.bundle import read_bundle
-from mlops.serve.predictor import Predictor, RequestError, parse_json_body
+from mlops.package.predictor import Predictor, RequestError, parse_json_body
 
 
 def _import_kserve() -> ModuleType:

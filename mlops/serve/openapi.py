@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlops.package.bundle import BundleInput, BundleMeta
-from mlops.serve.predictor import FP32_EXACT_INT, FP32_MAX, NUMERIC_V2
+from mlops.package.predictor import FP32_EXACT_INT, FP32_MAX, NUMERIC_V2
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"

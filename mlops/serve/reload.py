@@ -81,7 +81,7 @@ class AliasWatcher:
         return changes
 
     def _check_one(self, watched: Watched) -> dict[str, Any] | None:
-        from mlops.serve.predictor import Predictor
+        from mlops.package.predictor import Predictor
 
         started = time.perf_counter()
         try:

@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlops.core.errors import MlopsError
-from mlops.core.predlog import PredictionLog, prediction_rows
-from mlops.serve.predictor import Prediction
+from mlops.core.predlog import SHADOW, PredictionLog, prediction_rows
+from mlops.package.predictor import Prediction
 
 if TYPE_CHECKING:
+    from mlops.package.predictor import Predictor
     from mlops.serve.metrics import ServeMetrics
-    from mlops.serve.predictor import Predictor
 
-CHAMPION, CHALLENGER, SHADOW = "champion", "challenger", "shadow"
 DEFAULT_KEY_HEADER = "X-Request-Key"
 DEFAULT_SHADOW_QUEUE = 256  # requests waiting for the shadow; beyond it they are dropped and counted
 REL_TOLERANCE = 1e-3  # regression: the shadow disagrees when its value is off by more than 0.1 %

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mlops.core.errors import MlopsError
-from mlops.core.refs import ModelRef, fetch
+from mlops.core.predlog import SHADOW, PredictionLog
+from mlops.core.refs import CHALLENGER, CHAMPION, ModelRef, fetch
 from mlops.core.workspace import workspace
-
-CHAMPION_VARIANT = "champion"
+from mlops.package.predictor import Predictor
+from mlops.serve.app import DEFAULT_MAX_BODY, Server
+from mlops.serve.batching import DEFAULT_WAIT_MS
+from mlops.serve.kserve_runtime import serve_kserve
+from mlops.serve.reload import DEFAULT_INTERVAL_S, AliasWatcher
+from mlops.serve.routing import DEFAULT_KEY_HEADER, Arm, check_compatible, parse_ab
 
 
 def check_batching(batch_max: int | None, batch_wait_ms: float | None) -> tuple[int, float]:
     """`--batch-max N` (absent, 0 or 1: off) and `--batch-wait-ms W` -> (batch_max, wait), refusing nonsense."""
-    from mlops.serve.batching import DEFAULT_WAIT_MS
-
     n = 1 if batch_max is None else batch_max
     wait = DEFAULT_WAIT_MS if batch_wait_ms is None else batch_wait_ms
     if n < 0:
@@ -26,73 +30,94 @@ def check_batching(batch_max: int | None, batch_wait_ms: float | None) -> tuple[
     return max(n, 1), wait
 
 
-def build_server(ref: str, log_path: str | None = None, max_batch: int = 1024, max_body: int | None = None,
-                 shadow: str | None = None, ab: str | None = None, ab_key_header: str | None = None,
-                 batch_max: int | None = None, batch_wait_ms: float | None = None,
-                 reload_interval: float | None = None) -> Any:
-    """The server for `ref`; `shadow` is another model reference, `ab` is `REF:PERCENT`; `batch_max` > 1
-    turns adaptive batching on (up to that many rows per model call, waiting at most `batch_wait_ms`)."""
-    from mlops.core.predlog import PredictionLog
-    from mlops.serve.app import DEFAULT_MAX_BODY, Server
-    from mlops.serve.predictor import Predictor
-    from mlops.serve.reload import DEFAULT_INTERVAL_S, AliasWatcher
-    from mlops.serve.routing import CHALLENGER, DEFAULT_KEY_HEADER, SHADOW, Arm, check_compatible, parse_ab
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything `mlops serve` takes, as one value from the command line to the server."""
 
-    ab_ref, ab_percent = parse_ab(ab) if ab else (None, 0.0)  # a malformed --ab fails before anything loads
-    batch_max, batch_wait_ms = check_batching(batch_max, batch_wait_ms)
-    if reload_interval is not None and not 0 <= reload_interval <= 86_400:  # NaN fails too
-        raise MlopsError(f"--reload-interval {reload_interval}: expected seconds in [0, 86400] (0: never)")
-    served = fetch(ref)
-    predictor = Predictor(served.path, max_batch=max_batch)
+    model: str  # the champion: NAME@ALIAS, NAME/VERSION or a bundle directory
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log: str | None = None  # the prediction log; default .mlops/predictions/<model>.sqlite
+    max_batch: int = 1024  # most rows one request may carry
+    max_body: int | None = None  # most bytes one request may carry
+    shadow: str | None = None  # a model that sees every answered request and never answers
+    ab: str | None = None  # `MODEL:PERCENT`: a challenger answering PERCENT % of request keys
+    ab_key_header: str = DEFAULT_KEY_HEADER
+    batch_max: int | None = None  # adaptive batching: up to this many rows per model call (None, 0, 1: off)
+    batch_wait_ms: float | None = None  # the longest a request waits for others to join its batch
+    reload_interval: float | None = None  # seconds between alias checks (0: only on request)
+    runtime: Literal["mlops", "kserve"] = "mlops"
+
+    @classmethod
+    def from_args(cls, args: Any) -> ServeOptions:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+def build_server(options: ServeOptions) -> Server:
+    """The server of `options`: its models fetched and checked against each other, its log opened. Bad options
+    fail before anything loads."""
+    ab_ref, ab_percent = parse_ab(options.ab) if options.ab else (None, 0.0)
+    batch_max, batch_wait_ms = check_batching(options.batch_max, options.batch_wait_ms)
+    interval = options.reload_interval
+    if interval is not None and not 0 <= interval <= 86_400:  # NaN fails too
+        raise MlopsError(f"--reload-interval {interval}: expected seconds in [0, 86400] (0: never)")
+    served = fetch(options.model)
+    predictor = Predictor(served.path, max_batch=options.max_batch)
     arms: dict[str, Arm] = {}
-    refs = {CHAMPION_VARIANT: served}
-    for flag, other, variant in (("--shadow", shadow, SHADOW), ("--ab", ab_ref, CHALLENGER)):
+    refs = {CHAMPION: served}
+    for flag, other, variant in (("--shadow", options.shadow, SHADOW), ("--ab", ab_ref, CHALLENGER)):
         if other:
             arm = fetch(other)
-            other_predictor = Predictor(arm.path, max_batch=max_batch)
+            other_predictor = Predictor(arm.path, max_batch=options.max_batch)
             check_compatible(predictor, other_predictor, flag)
             arms[variant] = Arm(other_predictor, arm.version, variant)
             refs[variant] = arm
-    log = PredictionLog(log_path or workspace().prediction_log(predictor.name))
+    log = PredictionLog(options.log or workspace().prediction_log(predictor.name))
     server = Server(predictor, log, version=served.version, token=os.environ.get("MLOPS_SERVE_TOKEN") or None,
-                    max_body=max_body or DEFAULT_MAX_BODY, shadow=arms.get(SHADOW), challenger=arms.get(CHALLENGER),
-                    ab_percent=ab_percent, ab_key_header=ab_key_header or DEFAULT_KEY_HEADER, batch_max=batch_max,
-                    batch_wait_ms=batch_wait_ms)
+                    max_body=options.max_body or DEFAULT_MAX_BODY, shadow=arms.get(SHADOW),
+                    challenger=arms.get(CHALLENGER), ab_percent=ab_percent, ab_key_header=options.ab_key_header,
+                    batch_max=batch_max, batch_wait_ms=batch_wait_ms)
     watched = {variant: (r.ref.text, r.version) for variant, r in refs.items()}
-    server.watcher = AliasWatcher(server, watched, DEFAULT_INTERVAL_S if reload_interval is None else reload_interval)
+    server.watcher = AliasWatcher(server, watched, DEFAULT_INTERVAL_S if interval is None else interval)
     return server
 
 
-def serve(ref: str, host: str, port: int, log_path: str | None, max_batch: int, shadow: str | None = None,
-          ab: str | None = None, ab_key_header: str | None = None, batch_max: int | None = None,
-          batch_wait_ms: float | None = None, reload_interval: float | None = None) -> None:
+def serve(options: ServeOptions) -> None:
+    """Run the server until interrupted: `options.runtime` mlops (ours) or kserve (the stock ModelServer)."""
+    if options.runtime == "kserve":
+        serve_with_kserve(options)
+        return
     import uvicorn
 
-    server = build_server(ref, log_path, max_batch, shadow=shadow, ab=ab, ab_key_header=ab_key_header,
-                          batch_max=batch_max, batch_wait_ms=batch_wait_ms, reload_interval=reload_interval)
-    print(f"mlops serve: model '{server.predictor.name}' version {server.version or '-'} from {server.predictor.path}",
-          flush=True)
+    server = build_server(options)
+    for line in _describe(server, options):
+        print(f"mlops serve: {line}", flush=True)
+    uvicorn.run(server.app(), host=options.host, port=options.port, log_level="warning", access_log=False)
+
+
+def _describe(server: Server, options: ServeOptions) -> list[str]:
+    lines = [f"model '{server.predictor.name}' version {server.version or '-'} from {server.predictor.path}"]
     if server.challenger is not None:
         c = server.challenger
-        print(f"mlops serve: A/B challenger '{c.name}' version {c.version or '-'} from {c.predictor.path} answers "
-              f"{server.ab_percent:g}% of request keys (header {server.ab_key_header}, else the body's id)", flush=True)
+        lines.append(f"A/B challenger '{c.name}' version {c.version or '-'} from {c.predictor.path} answers "
+                     f"{server.ab_percent:g}% of request keys (header {server.ab_key_header}, else the body's id)")
     if server.shadow is not None:
         a = server.shadow.arm
-        print(f"mlops serve: shadow '{a.name}' version {a.version or '-'} from {a.predictor.path} (logged as "
-              "variant 'shadow', never answers)", flush=True)
+        lines.append(f"shadow '{a.name}' version {a.version or '-'} from {a.predictor.path} (logged as variant "
+                     "'shadow', never answers)")
     if server.batchers:
-        print(f"mlops serve: adaptive batching: up to {server.batch_max} rows per model call, a request waits at "
-              f"most {server.batch_wait_ms:g} ms for others (none when it is alone)", flush=True)
+        lines.append(f"adaptive batching: up to {server.batch_max} rows per model call, a request waits at most "
+                     f"{server.batch_wait_ms:g} ms for others (none when it is alone)")
     if server.watcher.watched and server.watcher.interval > 0:
-        print(f"mlops serve: following {', '.join(w.ref for w in server.watcher.watched.values())}: a moved alias is "
-              f"swapped in within {server.watcher.interval:g} s (or at once on POST "
-              f"/v2/repository/models/{server.predictor.name}/load), no restart", flush=True)
-    print(f"mlops serve: http://{host}:{port}/v2/models/{server.predictor.name}/infer  (log {server.log.path})",
-          flush=True)
-    uvicorn.run(server.app(), host=host, port=port, log_level="warning", access_log=False)
+        lines.append(f"following {', '.join(w.ref for w in server.watcher.watched.values())}: a moved alias is "
+                     f"swapped in within {server.watcher.interval:g} s (or at once on POST "
+                     f"/v2/repository/models/{server.predictor.name}/load), no restart")
+    log = server.log.path if server.log else None
+    lines.append(f"http://{options.host}:{options.port}/v2/models/{server.predictor.name}/infer  (log {log})")
+    return lines
 
 
-def serve_with_kserve(args: Any) -> None:
+def serve_with_kserve(args: ServeOptions) -> None:
     """`mlops serve --runtime kserve`: the stock `kserve.ModelServer` over the same bundle. What only our app
     does (log, feedback, shadow, A/B, batching, token, body limit) is refused rather than silently dropped."""
     unsupported = [flag for flag, value in (("--log", args.log), ("--shadow", args.shadow), ("--ab", args.ab),
@@ -104,8 +129,6 @@ def serve_with_kserve(args: Any) -> None:
         raise MlopsError(f"--runtime kserve serves inference only; {', '.join(unsupported)} need the default "
                          "runtime (--runtime mlops)")
     served = fetch(args.model)
-    from mlops.serve.kserve_runtime import serve_kserve
-
     serve_kserve(served.path, args.host, args.port, max_batch=args.max_batch, version=served.version)
 
 

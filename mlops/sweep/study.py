@@ -21,6 +21,7 @@ from mlops.core.errors import MlopsError
 from mlops.core.workspace import workspace
 from mlops.recipe import LoadedRecipe
 from mlops.recipe.schema import CategoricalParam, FloatParam, IntParam, SweepConfig
+from mlops.train.pruning import make_pruner
 
 OWNER = "mlops.owner"  # host:pid of the process running a trial, to tell a dead trial from a live one
 ERROR = "mlops.error"
@@ -76,12 +77,7 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 
 def pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:
-    if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials,
-                                           n_warmup_steps=cfg.pruner_warmup_epochs)
-    if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.pruner_warmup_epochs))
-    return optuna.pruners.NopPruner()
+    return make_pruner(cfg.pruner, cfg.pruner_startup_trials, cfg.pruner_warmup_epochs)
 
 
 def grid_space(cfg: SweepConfig) -> dict[str, list[Any]]:

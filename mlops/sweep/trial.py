@@ -28,11 +28,11 @@ class TrialJob(BaseModel):
 
 def main(argv: list[str]) -> int:
     from mlops.engine.execute import execute
-    from mlops.recipe import load_recipe
+    from mlops.engine.validate import load_validated
 
     job = TrialJob.model_validate_json(Path(argv[0]).read_text())
     try:
-        loaded = load_recipe(job.recipe, job.overrides)
+        loaded = load_validated(job.recipe, job.overrides)
         result = execute(loaded, job.parent_run_id, until="evaluate", prune=job.prune,
                          tags={"mlops.trial": str(job.trial_number)})
     except Exception as exc:

@@ -1,1 +1,1 @@
-"""MLflow tracking: the store to use, what every run records, and the environment lock."""
+"""Tracked runs, as users look at them: `mlops runs` (a table), `diff` (two runs side by side), `reproduce`."""

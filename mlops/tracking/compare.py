@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.errors import MlopsError
-from mlops.tracking.log import flatten
+from mlops.engine.runlog import flatten
 
 # params every run has that say nothing about what differs
 NOISE = {"data.fingerprint", "split.digest"}

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.errors import MlopsError
+from mlops.engine.runlog import flatten
 from mlops.tracking.compare import get_run, read_lock
-from mlops.tracking.log import flatten
 
 
 def reproduce(client: Any, run_id: str) -> dict[str, Any]:
@@ -23,8 +23,8 @@ def reproduce(client: Any, run_id: str) -> dict[str, Any]:
     from mlops.data.fingerprint import fingerprint_bytes
     from mlops.engine.cache import Cache
     from mlops.engine.execute import execute
-    from mlops.recipe import load_recipe
-    from mlops.tracking.lock import package_versions
+    from mlops.engine.lock import package_versions
+    from mlops.engine.validate import load_validated
 
     original = get_run(client, run_id)
     lock = read_lock(client, run_id)
@@ -46,7 +46,7 @@ def reproduce(client: Any, run_id: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mlops-reproduce-") as tmp:
         recipe_file = Path(tmp) / f"{lock['recipe']['name']}.yaml"
         recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
-        loaded = load_recipe(recipe_file)
+        loaded = load_validated(recipe_file)
         # an empty cache: every step recomputes, nothing is borrowed from the run being checked
         again = execute(loaded, until="export", cache=Cache(Path(tmp) / "cache"), tags={"mlops.reproduces": run_id})
     original_bundle = json.loads(Path(client.download_artifacts(run_id, "bundle/bundle.json")).read_text())

@@ -27,6 +27,18 @@ class PruneLink(BaseModel):
     warmup_epochs: int = 1
 
 
+def make_pruner(kind: str, startup_trials: int, warmup_epochs: int) -> Any:
+    """The Optuna pruner a sweep is configured with (`sweep.pruner`): the study and every trial process ask
+    the same one."""
+    import optuna
+
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, warmup_epochs))
+    return optuna.pruners.NopPruner()
+
+
 class TrialPruned(Exception):
     """Raised after a pruned fit so the half-trained model is never cached or exported."""
 
@@ -51,14 +63,10 @@ def _optuna_pruning() -> type:
             if self._trial is None:
                 import optuna
 
-                from mlops.recipe.schema import SweepConfig
-                from mlops.sweep.study import pruner
-
                 optuna.logging.set_verbosity(optuna.logging.WARNING)
-                cfg = SweepConfig(pruner=self.link.pruner, pruner_startup_trials=self.link.startup_trials,
-                                  pruner_warmup_epochs=self.link.warmup_epochs)
                 study = optuna.load_study(study_name=self.link.study_name, storage=self.link.storage,
-                                          pruner=pruner(cfg))
+                                          pruner=make_pruner(self.link.pruner, self.link.startup_trials,
+                                                             self.link.warmup_epochs))
                 self._trial = optuna.trial.Trial(study, self.link.trial_id)
             return self._trial
 

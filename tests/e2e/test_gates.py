@@ -66,7 +66,7 @@ def test_gates_decide_promotion_end_to_end(isolated_env: dict[str, str]) -> None
     allowed = run_cli(["run", "--json", "recipes/quickstart.yaml", *FAST, "model.lr=0.005", IMPOSSIBLE_LATENCY,
                        "--allow-failed-gates"], isolated_env)
     summary = last_json(allowed)
-    assert "WARNING: gates FAILED and --allow-failed-gates was given" in allowed.stdout
+    assert "WARNING: gates FAILED and --allow-failed-gates was given" in allowed.stderr  # --json: text on stderr
     assert summary["model_version"] == "3" and summary["gates"]["outcome"] == "allowed"
     assert aliases(isolated_env)["challenger"] == "3"
     assert client.get_model_version("quickstart", "3").tags["gates"] == "allowed"

@@ -89,7 +89,7 @@ def test_retrain_learns_from_feedback_waits_for_approval_and_stops_a_worse_model
     result = last_json(waiting)
     assert result["outcome"] == "awaiting_approval" and result["trigger"] == "manual"
     assert "Beginning flow run" in waiting.stdout + waiting.stderr and "mlops-retrain" in waiting.stdout + waiting.stderr
-    assert result["version"] == "2" and f"mlops approve {result['run_id']}" in waiting.stdout
+    assert result["version"] == "2" and f"mlops approve {result['run_id']}" in waiting.stderr
     refresh = result["refresh"]
     assert refresh["production_rows"] == 60 and refresh["reference_rows"] == 569
     run = client.get_run(result["run_id"])
@@ -108,7 +108,7 @@ def test_retrain_learns_from_feedback_waits_for_approval_and_stops_a_worse_model
     assert refused.returncode == 1 and "retrain of quickstart skipped: cooldown:" in refused.stdout
     assert "Beginning flow run" not in refused.stdout + refused.stderr
 
-    approved = last_json(run_cli(["approve", result["run_id"][:10], "--by", "erin", "--note", "slices look fine",
+    approved = last_json(run_cli(["approve", result["run_id"][:10], "--by", "erin", "--reason", "slices look fine",
                                   "--json"], env))
     assert approved["outcome"] == "promoted" and approved["champion"] == "2"
     assert str(client.get_registered_model("quickstart").aliases["champion"]) == "2"
@@ -118,7 +118,7 @@ def test_retrain_learns_from_feedback_waits_for_approval_and_stops_a_worse_model
     # a challenger that is not better: stopped by its gates, the champion stays
     worse = run_cli(["retrain", "--json", "recipes/quickstart.yaml", *FAST, "trainer.max_epochs=1", "model.lr=1e-6",
                      "improve.rollout.mode=direct", "--reason", "try a tiny learning rate", "--force"], env)
-    stopped = json.loads(worse.stdout.strip().splitlines()[-1])
+    stopped = json.loads(worse.stdout)  # --json: the result alone on stdout
     assert worse.returncode == 3 and stopped["outcome"] == "stopped", worse.stdout[-3000:]
     assert stopped["decision"]["by"] == "gates" and stopped["decision"]["evidence"]["failures"]
     assert stopped["version"] == "3" and client.get_model_version("quickstart", "3").tags["gates"] == "failed"

@@ -41,7 +41,7 @@ def test_monitor_then_backtest(traffic: dict[str, Path], isolated_env: dict[str,
     assert [w["drifted_features"] for w in result["windows"]] == [[], [], ["mean_radius"], ["mean_radius"]]
     assert [(a["rule"], a["state"], a["window"]["index"]) for a in result["alerts"]] == [("drift", "fired", 3)]
     assert "ALERT FIRED drift model quickstart" in proc.stderr
-    assert "FIRED drift at window 3" in proc.stdout and f"dashboard  {result['dashboard']}" in proc.stdout
+    assert "FIRED drift at window 3" in proc.stderr and f"dashboard  {result['dashboard']}" in proc.stderr
     assert Path(result["dashboard"]).is_file() and Path(result["store"]).is_file()
 
     again = last_json(run_cli([*common, "--json", *ARGS], isolated_env))

@@ -17,8 +17,8 @@ import yaml
 
 from mlops.core.errors import MlopsError
 from mlops.deploy.alerts import ALERT_NAMES, alert_rules, promtool_check
-from mlops.deploy.config import AlertsConfig
-from mlops.monitor.config import MonitorConfig
+from mlops.recipe.deploy import AlertsConfig
+from mlops.recipe.monitor import MonitorConfig
 
 pytestmark = pytest.mark.integration
 

@@ -30,15 +30,15 @@ def env(tmp_path_factory: pytest.TempPathFactory, prefect_home: Path, prefect_ap
 
 def test_deploy_renders_every_target_for_the_champion(env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = run_cli(["deploy", "recipes/quickstart.yaml", "registry.model_name=toy", "--out", str(out),
+    proc = run_cli(["deploy", "recipes/quickstart.yaml", "registry.model_name=toy", "--output", str(out),
                     "--crd", str(CRD), "--json"], env)
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout)  # --json: the result alone on stdout, the readable report on stderr
     assert result["model"] == "toy/1"
     assert set(result["files"]) == {"inferenceservice", "image_context", "prefect", "alerts"}
     assert result["checks"]["inferenceservice"].startswith(f"valid against {CRD}")
-    assert "inferenceservice   " in proc.stdout and "next: build the image:   docker build -t " in proc.stdout
+    assert "inferenceservice   " in proc.stderr and "next: build the image:   docker build -t " in proc.stderr
     manifest = yaml.safe_load((out / "inferenceservice.yaml").read_text())
     assert manifest["spec"]["predictor"]["containers"][0]["image"] == "ghcr.io/example/mlops-serve:toy-v1"
     assert (out / "image" / "Dockerfile").is_file() and (out / "image" / "bundle" / "model.onnx").is_file()
@@ -48,7 +48,7 @@ def test_deploy_renders_every_target_for_the_champion(env: dict[str, str], tmp_p
 def test_deploy_triton_then_apply_without_a_cluster(env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = run_cli(["deploy", "recipes/quickstart.yaml", "registry.model_name=toy", "deploy=triton",
-                    "--model", "toy@challenger", "--out", str(out), "--apply"],
+                    "--model", "toy@challenger", "--output", str(out), "--apply"],
                    env | {"KUBECONFIG": str(tmp_path / "no-kubeconfig")})
 
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -65,9 +65,8 @@ def test_deploy_triton_then_apply_without_a_cluster(env: dict[str, str], tmp_pat
 
 def test_promote_and_rollback_print_what_they_did(env: dict[str, str], tmp_path: Path) -> None:
     env = env | {"MLOPS_ACTOR": "ci-bot"}
-    # `--version` here must not be taken for `mlops --version` (the package's)
-    promoted = run_cli(["promote", "toy", "--version", "2", "--reason", "better auroc",
-                        "--recipe", "recipes/quickstart.yaml", "--out", str(tmp_path / "promoted")], env)
+    promoted = run_cli(["promote", "toy/2", "--reason", "better auroc",
+                        "--recipe", "recipes/quickstart.yaml", "--output", str(tmp_path / "promoted")], env)
     rolled = run_cli(["rollback", "toy", "--reason", "p99 regression", "--json"], env)
 
     assert promoted.returncode == 0, promoted.stderr
@@ -77,19 +76,19 @@ def test_promote_and_rollback_print_what_they_did(env: dict[str, str], tmp_path:
     manifest = yaml.safe_load((tmp_path / "promoted" / "inferenceservice.yaml").read_text())
     assert manifest["spec"]["predictor"]["containers"][0]["image"].endswith(":toy-v2")
     assert rolled.returncode == 0, rolled.stderr
-    assert rolled.stdout.startswith("rolled back toy: champion version 2 -> 1 (rollback #2 by ci-bot")
-    assert "no manifest rendered: the recipe that registered it is not at hand (pass --recipe)" in rolled.stdout
-    assert json.loads(rolled.stdout.strip().splitlines()[-1])["champion"] == "1"
+    assert rolled.stderr.startswith("rolled back toy: champion version 2 -> 1 (rollback #2 by ci-bot")
+    assert "no manifest rendered: the recipe that registered it is not at hand (pass --recipe)" in rolled.stderr
+    assert json.loads(rolled.stdout)["champion"] == "1"
 
 
 def test_rollout_without_traffic_holds_with_its_exit_code(env: dict[str, str], tmp_path: Path) -> None:
     port = free_port()
     proc = run_cli(["rollout", "recipes/quickstart.yaml", "registry.model_name=toy", "deploy.rollout.window_s=0.5",
-                    "deploy.rollout.max_windows=1", "--to", "toy@challenger", "--local-port", str(port),
-                    "--out", str(tmp_path / "rollout"), "--json"], env)
+                    "deploy.rollout.max_windows=1", "--model", "toy@challenger", "--local-port", str(port),
+                    "--output", str(tmp_path / "rollout"), "--json"], env)
 
     assert proc.returncode == 75, proc.stdout + proc.stderr
-    assert "rollout: step 1/4: canary toy/2 at 1 %" in proc.stdout
-    assert "rollout of toy/2 next to toy/1: HOLD at 1 %: 0 canary requests in 1 windows" in proc.stdout
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "rollout: step 1/4: canary toy/2 at 1 %" in proc.stderr
+    assert "rollout of toy/2 next to toy/1: HOLD at 1 %: 0 canary requests in 1 windows" in proc.stderr
+    result = json.loads(proc.stdout)
     assert result["decision"] == "hold" and result["steps"][0]["percent"] == 1

@@ -88,7 +88,7 @@ def imports_in(stderr: str) -> set[str]:
 @pytest.fixture
 def context(tmp_path: Path) -> Path:
     bundle = build_bundle(tmp_path / "bundle", name="toy")
-    loaded = load_recipe(str(ROOT / "recipes" / "quickstart.yaml"), ["registry.model_name=toy"], check_data=False)
+    loaded = load_recipe(str(ROOT / "recipes" / "quickstart.yaml"), ["registry.model_name=toy"])
     result = deploy_recipe(loaded, str(bundle), out=tmp_path / "out", targets=["container"])
     return Path(result["files"]["image_context"])
 

@@ -71,7 +71,7 @@ def test_train_deployment_runs_to_completion(prefect_server: dict[str, str], iso
     env = isolated_env | {"PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path / "client-home")}
 
     deployed = run_cli(["deploy", "recipes/quickstart.yaml", *OVERRIDES, "--target", "prefect", "--prefect",
-                        "--out", str(tmp_path / "out"), "--json"], env)
+                        "--output", str(tmp_path / "out"), "--json"], env)
 
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     result = json.loads(deployed.stdout.strip().splitlines()[-1])

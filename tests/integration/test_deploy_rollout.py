@@ -93,15 +93,17 @@ def champion() -> str:
 
 
 def test_healthy_canary_walks_every_step_and_becomes_champion(registry: dict[str, str], tmp_path: Path) -> None:
-    from mlops.deploy.rollout import rollout
+    from mlops.deploy.rollout import RolloutOptions, rollout
+    from mlops.recipe import load_recipe
 
     port = free_port()
     log = tmp_path / "predictions.sqlite"
     lines: list[str] = []
     before = champion()
     with Traffic(port, two_rows=0.3) as traffic:
-        result = rollout(RECIPE, f"toy/{registry['healthy']}", overrides=FAST, stable=f"toy/{registry['stable']}",
-                         local_port=port, log=log, out=tmp_path / "rollout", crd=CRD, report=lines.append)
+        result = rollout(load_recipe(RECIPE, FAST), f"toy/{registry['healthy']}", RolloutOptions(
+            stable=f"toy/{registry['stable']}", local_port=port, log=log, out=tmp_path / "rollout", crd=CRD),
+            report=lines.append)
 
     assert result.decision == "advance", "\n".join(lines)
     assert [s.percent for s in result.steps] == [1, 10, 50, 100]
@@ -130,14 +132,16 @@ def test_healthy_canary_walks_every_step_and_becomes_champion(registry: dict[str
 
 def test_injected_error_rate_rolls_back(registry: dict[str, str], tmp_path: Path) -> None:
     from mlops.core.registry import registry_client
-    from mlops.deploy.rollout import rollout
+    from mlops.deploy.rollout import RolloutOptions, rollout
+    from mlops.recipe import load_recipe
 
     port = free_port()
     lines: list[str] = []
     before = champion()
     with Traffic(port, two_rows=0.3):
-        result = rollout(RECIPE, f"toy/{registry['broken']}", overrides=FAST, stable=f"toy/{registry['stable']}",
-                         local_port=port, out=tmp_path / "rollout", crd=CRD, report=lines.append)
+        result = rollout(load_recipe(RECIPE, FAST), f"toy/{registry['broken']}", RolloutOptions(
+            stable=f"toy/{registry['stable']}", local_port=port, out=tmp_path / "rollout", crd=CRD),
+            report=lines.append)
 
     assert result.decision == "rollback", "\n".join(lines)
     assert len(result.steps) == 1 and result.steps[0].percent == 1
@@ -157,15 +161,17 @@ def test_injected_error_rate_rolls_back(registry: dict[str, str], tmp_path: Path
 
 def test_too_little_traffic_holds(registry: dict[str, str], tmp_path: Path) -> None:
     """No client sends anything: the first step cannot be judged and the rollout holds there."""
-    from mlops.deploy.rollout import rollout
+    from mlops.deploy.rollout import RolloutOptions, rollout
+    from mlops.recipe import load_recipe
 
     before = champion()
-    result = rollout(RECIPE, f"toy/{registry['broken']}", overrides=[*FAST, "deploy.rollout.max_windows=2"],
-                     stable=f"toy/{registry['stable']}", local_port=free_port(), out=tmp_path / "rollout")
+    result = rollout(load_recipe(RECIPE, [*FAST, "deploy.rollout.max_windows=2"]), f"toy/{registry['broken']}",
+                     RolloutOptions(stable=f"toy/{registry['stable']}", local_port=free_port(),
+                                    out=tmp_path / "rollout"))
 
     assert result.decision == "hold"
     assert [(s.percent, s.decision, s.windows) for s in result.steps] == [(1, "hold", 2)]
-    assert "--from 1" in result.reason
+    assert "--resume-at 1" in result.reason
     assert champion() == before
 
 
@@ -176,7 +182,8 @@ def test_canary_on_the_live_server_without_a_restart(registry: dict[str, str], t
     import sys
 
     from mlops.core.registry import registry_client
-    from mlops.deploy.rollout import rollout
+    from mlops.deploy.rollout import RolloutOptions, rollout
+    from mlops.recipe import load_recipe
 
     client = registry_client()
     client.set_registered_model_alias("toy", "champion", registry["stable"])
@@ -192,8 +199,9 @@ def test_canary_on_the_live_server_without_a_restart(registry: dict[str, str], t
         wait_ready(port, server, 120, lambda: out.read_text()[-3000:], request_timeout=2)
         lines: list[str] = []
         with Traffic(port, two_rows=0.0) as traffic:
-            result = rollout(RECIPE, "toy@challenger", overrides=FAST, live_url=f"http://127.0.0.1:{port}",
-                             out=tmp_path / "rollout", report=lines.append)
+            result = rollout(load_recipe(RECIPE, FAST), "toy@challenger",
+                             RolloutOptions(live_url=f"http://127.0.0.1:{port}", out=tmp_path / "rollout"),
+                             report=lines.append)
             assert result.decision == "advance", "\n".join(lines)
             assert [s.percent for s in result.steps] == [1, 10, 50, 100]
             assert result.promoted and champion() == registry["healthy"]

@@ -23,10 +23,10 @@ import pytest
 
 from mlops.core.refs import CHALLENGER, CHAMPION
 from mlops.improve.audit import AuditLog
-from mlops.improve.config import ShadowStageConfig
 from mlops.improve.registry import MlflowRegistry
 from mlops.improve.retrain import Trained, retrain_recipe
 from mlops.improve.rollout import LogRollout, RolloutTarget
+from mlops.recipe.improve import ShadowStageConfig
 from tests.conftest import ROOT
 from tests.improve_fixtures import champion_verdict, toy_recipe
 from tests.net import free_port, stop_process, wait_ready
@@ -286,9 +286,9 @@ def test_the_deploy_phase_walks_the_canary_steps_when_it_is_installed(registry: 
     overrides = ["improve.promotion.policy=auto", "improve.rollout.shadow.enabled=false",
                  "deploy.rollout.steps=[50,100]", "deploy.rollout.window_s=2", "deploy.rollout.max_windows=15",
                  "deploy.rollout.checks.min_requests=20", "deploy.rollout.checks.max_p99_ms=null"]
-    from mlops.recipe import load_recipe
+    from mlops.engine.validate import load_validated
 
-    assert isinstance(default_rollout(load_recipe(recipe, overrides), local_port=server.port), DeployRollout)
+    assert isinstance(default_rollout(load_validated(recipe, overrides), local_port=server.port), DeployRollout)
     with Traffic(server, seed=6) as during:
         result = retrain_recipe(str(recipe), overrides, "drift", trainer=train, registry=registry, audit=AuditLog(),
                                 rollout_options={"local_port": server.port})

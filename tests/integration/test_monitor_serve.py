@@ -36,9 +36,9 @@ def serving(bundle: Path, log: Path, delay_s: float = 0.0) -> Iterator[str]:
     call. Yields its base URL; stopped (log drained and closed) on exit."""
     import uvicorn
 
-    from mlops.serve.run import build_server
+    from mlops.serve.run import ServeOptions, build_server
 
-    server = build_server(str(bundle), str(log))
+    server = build_server(ServeOptions(model=str(bundle), log=str(log)))
     if delay_s:
         predict = server.predictor.predict
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from mlops.core.predlog import read_predictions
+from mlops.package.predictor import Predictor
 from mlops.score.stream import IdempotentLog
-from mlops.serve.predictor import Predictor
 from tests.conftest import ROOT
 from tests.serve_fixtures import build_bundle
 

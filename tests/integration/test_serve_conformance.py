@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from mlops.serve.predictor import Predictor
+from mlops.package.predictor import Predictor
 from tests.conftest import ROOT
 from tests.net import free_port, is_ready, stop_process
 from tests.serve_fixtures import build_bundle

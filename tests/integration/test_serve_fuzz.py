@@ -26,9 +26,9 @@ from starlette.testclient import TestClient
 
 from mlops.core.predlog import PredictionLog
 from mlops.package.bundle import read_bundle
+from mlops.package.predictor import NUMERIC_V2, Predictor
 from mlops.serve.app import Server
 from mlops.serve.openapi import openapi_spec
-from mlops.serve.predictor import NUMERIC_V2, Predictor
 from tests.conftest import ROOT
 from tests.net import free_port, stop_process, wait_ready
 from tests.serve_fixtures import build_bundle

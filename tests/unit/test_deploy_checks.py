@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from mlops.core.predlog import PredictionLog, prediction_rows
-from mlops.deploy.config import RolloutChecks
 from mlops.deploy.live_checks import (
     MetricsEndpoint,
     PredictionLogSource,
@@ -18,6 +17,7 @@ from mlops.deploy.live_checks import (
     histogram_quantile,
     parse_metrics,
 )
+from mlops.recipe.deploy import RolloutChecks
 from mlops.serve.metrics import ServeMetrics
 
 
@@ -175,8 +175,8 @@ def test_walk_refuses_what_it_could_not_judge(tmp_path: Path) -> None:
     """Checks that no given source can measure, or no source at all, are refused before any traffic moves."""
     from mlops.core.errors import MlopsError
     from mlops.core.refs import ModelVersion
-    from mlops.deploy.config import DeployConfig
     from mlops.deploy.rollout import walk
+    from mlops.recipe.deploy import DeployConfig
 
     cfg, v1, v2 = DeployConfig(), ModelVersion("toy", "1"), ModelVersion("toy", "2")
 

@@ -16,13 +16,13 @@ QUICKSTART = str(ROOT / "recipes" / "quickstart.yaml")
 
 def problems(recipe: str, overrides: list[str] | None = None) -> str:
     with pytest.raises(RecipeError) as info:
-        load_recipe(recipe, overrides or [], check_data=False)
+        load_recipe(recipe, overrides or [])
     return str(info.value)
 
 
 @pytest.mark.parametrize("option", ["default", "standard", "triton", "triton_gpu"])
 def test_shipped_deploy_options_load(option: str) -> None:
-    deploy = load_recipe(QUICKSTART, [f"deploy={option}"], check_data=False).recipe.deploy
+    deploy = load_recipe(QUICKSTART, [f"deploy={option}"]).recipe.deploy
 
     assert deploy.mode == ("Standard" if option == "standard" else "Knative")
     assert deploy.runtime == ("triton" if option.startswith("triton") else "mlops")
@@ -98,8 +98,7 @@ def test_several_cross_field_problems_are_all_reported() -> None:
 
 def test_a_valid_combination_passes() -> None:
     r = load_recipe(QUICKSTART, ["deploy=standard", "deploy.rollout.steps=[5,100]",
-                                 "deploy.prefect.flows.train.cron=null", "deploy.prefect.flows.train.interval_s=60"],
-                    check_data=False).recipe
+                                 "deploy.prefect.flows.train.cron=null", "deploy.prefect.flows.train.interval_s=60"]).recipe
 
     assert r.deploy.rollout.steps == [5, 100]
     assert r.deploy.prefect.flows.train.interval_s == 60 and r.deploy.prefect.flows.train.cron is None

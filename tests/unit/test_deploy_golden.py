@@ -17,15 +17,15 @@ import yaml
 
 from mlops.core.refs import ModelVersion
 from mlops.deploy.alerts import alert_rules
-from mlops.deploy.config import DeployConfig
 from mlops.deploy.container import dockerfile, requirements_txt
 from mlops.deploy.kserve import inference_service
 from mlops.deploy.orchestration import flow_deployments, prefect_yaml
 from mlops.deploy.render import render
 from mlops.deploy.triton import config_pbtxt
 from mlops.deploy.validate import validate_manifest
-from mlops.monitor.config import MonitorConfig
 from mlops.package.bundle import read_bundle
+from mlops.recipe.deploy import DeployConfig
+from mlops.recipe.monitor import MonitorConfig
 from tests.conftest import ROOT
 from tests.serve_fixtures import build_bundle
 

@@ -14,10 +14,10 @@ import yaml
 
 from mlops.core.errors import MlopsError
 from mlops.core.refs import ModelVersion
-from mlops.deploy.config import DeployConfig
 from mlops.deploy.kserve import inference_service
 from mlops.deploy.kubectl import kubectl_apply
 from mlops.deploy.validate import ManifestError, validate_manifest
+from mlops.recipe.deploy import DeployConfig
 from tests.conftest import ROOT
 
 CRD = ROOT.parent / "shared" / "kserve" / "serving.kserve.io_inferenceservices.yaml"

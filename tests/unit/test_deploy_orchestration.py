@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from mlops.core.errors import MlopsError
-from mlops.deploy.config import DeployConfig
 from mlops.deploy.orchestration import flow_deployments, prefect_api_url, prefect_yaml
+from mlops.recipe.deploy import DeployConfig
 from tests.net import free_port
 
 

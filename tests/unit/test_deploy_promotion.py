@@ -50,8 +50,8 @@ def test_promote_rollback_walk_back_through_history(registry: dict[str, object])
     client = registry["client"]
     assert registry["versions"] == ["1", "2", "3", "4"] and champion(client, "walk") == "1"
 
-    first = promote("walk", version="2", reason="better auroc", by="alice")
-    second = promote("walk", source="challenger", reason="nightly")  # challenger is the last registered: v4
+    first = promote("walk/2", reason="better auroc", by="alice")
+    second = promote("walk@challenger", reason="nightly")  # challenger is the last registered: v4
     assert champion(client, "walk") == "4"
     back = rollback("walk", reason="p99 regression", by="bob")
     assert champion(client, "walk") == "2"
@@ -80,10 +80,10 @@ def test_rollback_after_a_rollback_and_a_new_promotion(registry: dict[str, objec
     from mlops.package.registry import champion_history, champion_lineage
 
     client = registry["client"]
-    promote("toy", version="3")
+    promote("toy/3")
     rollback("toy")  # back to whatever was champion before 3
     before = champion(client)
-    promote("toy", version="4")
+    promote("toy/4")
 
     assert rollback("toy")["version"] == before
     assert champion_lineage(champion_history(client, "toy"))[-1] == before
@@ -96,15 +96,13 @@ def test_promote_refuses_bad_requests(registry: dict[str, object]) -> None:
     current = champion(client)
 
     with pytest.raises(MlopsError, match="already the champion"):
-        promote("toy", version=current)
+        promote(f"toy/{current}")
     with pytest.raises(MlopsError, match="no registered model 'toy/99'"):
-        promote("toy", version="99")
+        promote("toy/99")
     with pytest.raises(MlopsError, match="no registered model 'toy@nope'"):
-        promote("toy", source="nope")
-    with pytest.raises(MlopsError, match="exactly one of --version V or --from ALIAS"):
+        promote("toy@nope")
+    with pytest.raises(MlopsError, match="is not a model reference: use NAME@ALIAS"):
         promote("toy")
-    with pytest.raises(MlopsError, match="give the registered model's NAME"):
-        promote("toy@champion", version="2")
     assert champion(client) == current
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from mlops.evaluate.metrics import compute_metrics, custom_metric_fns
-from mlops.evaluate.names import BINARY, MULTICLASS, REGRESSION
 from mlops.evaluate.scored import Scored
+from mlops.recipe.metrics import BINARY, MULTICLASS, REGRESSION
 from mlops.recipe.schema import CustomMetricConfig
 
 # 8 rows; positives are rows 0-3. Predicted positive (p >= 0.5): rows 0, 1, 2, 4 -> TP 3, FN 1, FP 1, TN 3

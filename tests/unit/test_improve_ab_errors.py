@@ -12,9 +12,9 @@ import pytest
 
 from mlops.cli import main
 from mlops.improve.ab import ab_report
-from mlops.improve.config import AbConfig
 from mlops.improve.error_analysis import analyse_errors, write_report
 from mlops.improve.intervals import proportion_difference, required_per_arm, wilson
+from mlops.recipe.improve import AbConfig
 from tests.improve_fixtures import log_feedback, log_predictions
 
 
@@ -49,9 +49,9 @@ def test_ab_report_finds_a_known_difference_with_its_interval(tmp_path: Path,
     # the same through the CLI
     assert main(["ab", "report", "toy", "--log", str(log), "--min-effect", "0.05", "--business", "converted",
                  "--json"]) == 0
-    out = capsys.readouterr().out
-    assert "difference +0.08  95% CI [" in out and "large enough to detect 0.05" in out
-    assert json.loads(out.strip().splitlines()[-1])["metric"]["difference"] == pytest.approx(0.08)
+    captured = capsys.readouterr()  # --json: the report alone on stdout, the readable text on stderr
+    assert "difference +0.08  95% CI [" in captured.err and "large enough to detect 0.05" in captured.err
+    assert json.loads(captured.out)["metric"]["difference"] == pytest.approx(0.08)
 
 
 def test_ab_report_says_when_the_sample_is_too_small(tmp_path: Path) -> None:
@@ -162,12 +162,12 @@ def test_error_analysis_finds_the_planted_slice_and_cluster(planted: Path, tmp_p
 
 
 def test_errors_cli_writes_the_report(planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["errors", "toy", "--log", str(planted), "--out", str(tmp_path / "rep"), "--min-rows", "15",
+    assert main(["errors", "toy", "--log", str(planted), "--output", str(tmp_path / "rep"), "--min-rows", "15",
                  "--json"]) == 0
-    out = capsys.readouterr().out
-    assert "labelled predictions wrong" in out and "cluster  city = a" in out
+    captured = capsys.readouterr()
+    assert "labelled predictions wrong" in captured.err and "cluster  city = a" in captured.err
     assert (tmp_path / "rep" / "errors.html").is_file()
-    assert json.loads(out.strip().splitlines()[-1])["report"]["json"] == str(tmp_path / "rep" / "errors.json")
+    assert json.loads(captured.out)["report"]["json"] == str(tmp_path / "rep" / "errors.json")
     assert main(["errors", "toy", "--log", str(planted), "--bins", "1"]) == 2
 
 

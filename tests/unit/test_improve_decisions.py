@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from mlops.improve.audit import STARTED, limit_refusal
-from mlops.improve.config import ImproveConfig, TriggersConfig
 from mlops.improve.decide import AWAIT, PROMOTE, STOP, champion_comparisons, promotion_decision
 from mlops.improve.triggers import Alert, parse_reason, read_alerts, resolve_trigger
 from mlops.recipe import load_recipe
+from mlops.recipe.improve import ImproveConfig, TriggersConfig
 from tests.conftest import ROOT
 from tests.improve_fixtures import champion_verdict
 
@@ -200,13 +200,13 @@ def test_every_shipped_recipe_has_the_default_improve_section() -> None:
     recipes = [r for r in sorted((ROOT / "recipes").glob("*.yaml")) if "\nimprove:" not in r.read_text()]
     assert len(recipes) >= 4
     for recipe in recipes:
-        improve = load_recipe(recipe, check_data=False).recipe.improve
+        improve = load_recipe(recipe).recipe.improve
         assert improve == ImproveConfig(), recipe.name
 
 
 @pytest.mark.parametrize(("override", "message", "where"), [
     ("improve.refresh.max_production_share=0", "improve.refresh.max_production_share", "command-line override"),
-    ("improve.refresh.reference=false", "set max_production_share: 1", "configs/improve/default.yaml:"),
+    ("improve.refresh.reference=false", "set max_production_share: 1", "command-line override"),
     ("improve.promotion.policy=maybe", "improve.promotion.policy", "command-line override"),
     ("improve.limits.cooldown_minutes=-1", "improve.limits.cooldown_minutes", "command-line override"),
     ("improve.triggers.drfit=true", "did you mean 'improve.triggers.drift'", "command-line override"),
@@ -215,5 +215,5 @@ def test_a_bad_improve_section_is_refused_at_its_key(override: str, message: str
     from mlops.core.errors import MlopsError
 
     with pytest.raises(MlopsError) as err:
-        load_recipe(ROOT / "recipes" / "quickstart.yaml", [override], check_data=False)
+        load_recipe(ROOT / "recipes" / "quickstart.yaml", [override])
     assert message in str(err.value) and where in str(err.value)

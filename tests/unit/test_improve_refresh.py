@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mlops.engine.validate import load_validated
 from mlops.improve.audit import AuditLog
 from mlops.improve.feedback import read_joined
 from mlops.improve.refresh import refresh_data
-from mlops.recipe import load_recipe
 from tests.improve_fixtures import log_feedback, log_predictions, toy_recipe
 
 NOW = time.time()
@@ -33,7 +33,7 @@ def log(home: Path) -> Path:
 
 
 def refreshed(home: Path, *overrides: str, extra: str = "") -> tuple[dict, pd.DataFrame, list[str]]:
-    loaded = load_recipe(toy_recipe(home / "project", extra), list(overrides))
+    loaded = load_validated(toy_recipe(home / "project", extra), list(overrides))
     r = refresh_data(loaded, NOW)
     frame = pd.read_parquet(r.path) if r.path else pd.DataFrame()
     return r.summary() | {"overrides": r.overrides}, frame, r.ids

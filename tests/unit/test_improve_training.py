@@ -46,7 +46,7 @@ def test_a_run_reads_the_champion_intervals_from_the_report(tmp_path: Path, monk
         return State(summary(tmp_path, [champion_verdict(0.01, 0.03)]))
 
     monkeypatch.setattr(runner, "run_flow", run_flow)
-    loaded = load_recipe(ROOT / "recipes" / "quickstart.yaml", check_data=False)
+    loaded = load_recipe(ROOT / "recipes" / "quickstart.yaml")
     trained = train_with_engine(loaded, ["++data.path='/x.parquet'"], "sha256:abc", FakeRegistry())
     assert calls == [(str((ROOT / "recipes" / "quickstart.yaml").resolve()), ["++data.path='/x.parquet'"])]
     assert (trained.passed, trained.run_id, trained.version) == (True, "r1", "7")
@@ -63,7 +63,7 @@ def test_a_gate_failure_finds_the_version_by_its_data_fingerprint(monkeypatch: p
                "report: /somewhere/evaluation.html\n(rerun with --allow-failed-gates to register it with aliases anyway)")
     monkeypatch.setattr(runner, "run_flow", lambda *a, **k: State(GateError(message)))
     registry = FakeRegistry(fingerprints={"sha256:abc": ("4", "run4")})
-    loaded = load_recipe(ROOT / "recipes" / "quickstart.yaml", check_data=False)
+    loaded = load_recipe(ROOT / "recipes" / "quickstart.yaml")
     trained = train_with_engine(loaded, [], "sha256:abc", registry)
     assert (trained.passed, trained.version, trained.run_id) == (False, "4", "run4")
     assert trained.failures == ["gate test/auroc >= 0.85: FAILED: 0.61 is below the minimum 0.85",
@@ -72,7 +72,7 @@ def test_a_gate_failure_finds_the_version_by_its_data_fingerprint(monkeypatch: p
 
 
 def test_sweep_mode_runs_the_recipes_study_with_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlops.engine.sweep as sweep_module
+    import mlops.sweep.flow as sweep_module
 
     calls: list[list[str]] = []
 
@@ -82,7 +82,7 @@ def test_sweep_mode_runs_the_recipes_study_with_the_budget(tmp_path: Path, monke
 
     monkeypatch.setattr(sweep_module, "sweep", sweep)
     loaded = load_recipe(ROOT / "recipes" / "quickstart_sweep.yaml", ["improve.retrain.mode=sweep",
-                                                                      "improve.retrain.budget=3"], check_data=False)
+                                                                   "improve.retrain.budget=3"])
     trained = train_with_engine(loaded, ["a=1"], "sha256:abc", FakeRegistry())
     assert calls == [["a=1", "sweep.n_trials=3"]] and trained.version == "7"
 

@@ -8,8 +8,8 @@ import pytest
 
 from mlops.core.errors import RecipeError
 from mlops.core.timespec import parse_duration, parse_time
-from mlops.monitor.config import MonitorConfig
 from mlops.recipe import load_recipe
+from mlops.recipe.monitor import MonitorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")
                                            if "\nmonitor:" not in p.read_text()))  # recipes that set it aside
 def test_every_shipped_recipe_has_the_default_monitor_section(recipe: str) -> None:
-    loaded = load_recipe(ROOT / "recipes" / recipe, check_data=False)
+    loaded = load_recipe(ROOT / "recipes" / recipe)
     m = loaded.recipe.monitor
     assert m.drift.num_method == "psi" and m.window.size == 1000 and m.alerts.consecutive == 2
     assert m == MonitorConfig.model_validate(_default_yaml())
@@ -47,7 +47,7 @@ def _recipe(tmp_path: Path, monitor: str) -> Path:
 ])
 def test_mistakes_are_reported_at_their_line(tmp_path: Path, monitor: str, line: int, message: str) -> None:
     with pytest.raises(RecipeError) as err:
-        load_recipe(_recipe(tmp_path, monitor), check_data=False)
+        load_recipe(_recipe(tmp_path, monitor))
     text = str(err.value)
     assert message in text and f"r.yaml:{line}" in text, text
 

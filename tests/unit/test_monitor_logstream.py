@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from mlops.core.predlog import LogFilter, PredictionLog, feedback_row
-from mlops.monitor.config import SchemaChecksConfig
 from mlops.monitor.logstream import Rows, count_windows, read_chunks, time_windows
 from mlops.monitor.operations import error_rate, operational
 from mlops.monitor.quality import live_quality
 from mlops.monitor.schema_checks import check_schema
 from mlops.package.bundle import read_bundle
+from mlops.recipe.monitor import SchemaChecksConfig
 from tests.serve_fixtures import build_bundle
 
 COLUMNS = {"age": "numeric", "income": "numeric", "city": "categorical"}

@@ -3,8 +3,8 @@ windows no rule could judge."""
 
 from __future__ import annotations
 
-from mlops.monitor.config import MonitorConfig
 from mlops.monitor.rules import Observation, RuleState, observe, step
+from mlops.recipe.monitor import MonitorConfig
 
 HOUR = 3600.0
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import ast
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
 
 from mlops.engine.cache import Cache
 from mlops.engine.plan import compile_plan
-from mlops.recipe import load_recipe
+from mlops.engine.validate import load_validated
 from tests.conftest import ROOT
 
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 
 
 def keys(overrides: list[str], tmp_path: Path) -> dict[str, str]:
-    plan = compile_plan(load_recipe(QUICKSTART, overrides), Cache(tmp_path))
+    plan = compile_plan(load_validated(QUICKSTART, overrides), Cache(tmp_path))
     return {s.name: s.key for s in plan.steps}
 
 
@@ -61,9 +64,9 @@ def test_data_bytes_are_part_of_the_key(tmp_path: Path) -> None:
     csv.write_text("a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"name: t\ndata:\n  path: {csv}\n  target: y\n")
-    first = compile_plan(load_recipe(recipe), Cache(tmp_path / "c")).step("load_data").key
+    first = compile_plan(load_validated(recipe), Cache(tmp_path / "c")).step("load_data").key
     csv.write_text("a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,9,1\n")
-    assert compile_plan(load_recipe(recipe), Cache(tmp_path / "c")).step("load_data").key != first
+    assert compile_plan(load_validated(recipe), Cache(tmp_path / "c")).step("load_data").key != first
 
 
 def test_cache_publishes_whole_results_only(tmp_path: Path) -> None:
@@ -80,16 +83,147 @@ def test_cache_publishes_whole_results_only(tmp_path: Path) -> None:
     assert cache.has("train", "k1") and (Path(result["dir"]) / "w.bin").read_bytes() == b"ok"
 
 
-def test_editing_a_step_function_invalidates_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shutil
+# --- code versions: derived from what each step's code imports -------------------------------------------
 
+
+@pytest.fixture
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the mlops package that plans read their code from, free to edit."""
     from mlops.engine import plan as plan_mod
 
     copy = tmp_path / "pkg"
     shutil.copytree(plan_mod.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(plan_mod, "PACKAGE", copy)
+    return copy
+
+
+def module_file(package: Path, dotted: str) -> Path:
+    """The source file of mlops module `dotted` inside the copy."""
+    path = package.joinpath(*dotted.split(".")[1:])
+    found = path / "__init__.py" if path.is_dir() else path.with_name(path.name + ".py")
+    assert found.is_file(), f"{dotted} is not in the package any more: update this test"
+    return found
+
+
+def edit(path: Path) -> None:
+    with open(path, "a") as f:
+        f.write("\n# an edit\n")
+
+
+def downstream(first: str, tmp_path: Path) -> set[str]:
+    """`first` and every step that takes it as an input, directly or not."""
+    steps = {first}
+    for s in compile_plan(load_validated(QUICKSTART), Cache(tmp_path)).steps:  # in dependency order
+        if steps & set(s.inputs):
+            steps.add(s.name)
+    return steps
+
+
+def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    return {s for s in before if before[s] != after[s]}
+
+
+@pytest.mark.parametrize(("module", "first"), [
+    ("mlops.engine.steps.common", "load_data"),  # shared by every step
+    ("mlops.data.expectations", "check_data"),  # a leaf: nothing takes check_data as input
+    ("mlops.recipe.metrics", "split"),  # the metric names (once evaluate/names.py), via the gate checks
+    ("mlops.train.fit", "train"),
+    ("mlops.train.worker", "train"),  # run as `python -m`, never imported by the parent: named by import
+    ("mlops.train.models", "train"),  # the built-in model, reached only through `model._target_`
+    ("mlops.train.datamodule", "train"),  # the built-in datamodule, likewise
+    ("mlops.package.export", "evaluate"),  # evaluate scores through export's torch_outputs
+    ("mlops.evaluate.stats", "assess"),  # transitive: assess -> evaluate.assess -> gates -> stats
+    ("mlops.package.predictor", "assess"),  # robustness calls the serving predictor
+])
+def test_editing_an_imported_module_reruns_its_step_and_downstream_only(
+        package: Path, tmp_path: Path, module: str, first: str) -> None:
     before = keys([], tmp_path)
-    with open(copy / "engine" / "steps.py", "a") as f:
-        f.write("\n# a changed step body\n")
-    after = keys([], tmp_path)
-    assert all(before[s] != after[s] for s in before)
+    edit(module_file(package, module))
+    assert changed(before, keys([], tmp_path)) == downstream(first, tmp_path)
+
+
+def test_editing_modules_no_step_imports_changes_no_key(package: Path, tmp_path: Path) -> None:
+    before = keys([], tmp_path)
+    unrelated = [*package.glob("cli.py"), *(package / "cli").rglob("*.py"), *(package / "deploy").rglob("*.py"),
+                 *(package / "monitor").rglob("*.py")]
+    assert len(unrelated) > 10
+    for path in unrelated:
+        edit(path)
+    assert keys([], tmp_path) == before
+
+
+def user_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    """A package of the user's own, importable through sys.path. A fresh name per test: `find_spec` answers
+    from sys.modules for a package some earlier test imported."""
+    name = f"usercode_{uuid.uuid4().hex[:8]}"
+    root = tmp_path / "src" / name
+    root.mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "layers.py").write_text("import numpy as np\n\n\nclass Block:\n    width = 8\n")
+    (root / "net.py").write_text("from mlops.train.models import TabularMLP\n\nfrom .layers import Block\n\n\n"
+                                 "class Net(TabularMLP):\n    block = Block\n")
+    (root / "metrics.py").write_text("def cost(y_true, y_score):\n    return 0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    return name, root
+
+
+def test_editing_the_users_model_reruns_train_and_downstream(
+        package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name, root = user_package(tmp_path, monkeypatch)
+    overrides = [f"model._target_={name}.net.Net"]
+    base = keys(overrides, tmp_path)
+    expected = downstream("train", tmp_path)
+    edit(root / "net.py")
+    after_model = keys(overrides, tmp_path)
+    assert changed(base, after_model) == expected
+    edit(root / "layers.py")  # imported by the model module: same package, followed
+    after_layers = keys(overrides, tmp_path)
+    assert changed(after_model, after_layers) == expected
+    edit(module_file(package, "mlops.train.models"))  # the mlops class the user's model builds on
+    after_mlops = keys(overrides, tmp_path)
+    assert changed(after_layers, after_mlops) == expected
+    edit(root / "metrics.py")  # in the package, but the model does not import it
+    assert keys(overrides, tmp_path) == after_mlops
+
+
+def test_editing_the_users_custom_metric_reruns_evaluate_and_downstream(
+        package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name, root = user_package(tmp_path, monkeypatch)
+    overrides = [f"++evaluate.custom_metrics.cost._target_={name}.metrics.cost"]
+    before = keys(overrides, tmp_path)
+    edit(root / "metrics.py")
+    assert changed(before, keys(overrides, tmp_path)) == downstream("evaluate", tmp_path)
+
+
+def test_a_library_upgrade_reruns_the_steps_that_import_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlops.engine import codeversion
+
+    real = codeversion.library_version
+    before = keys([], tmp_path)
+    monkeypatch.setattr(codeversion, "library_version", lambda d: "99.0" if d == "torch" else real(d))
+    assert changed(before, keys([], tmp_path)) == downstream("train", tmp_path)
+
+
+def test_every_planned_step_has_its_own_module(tmp_path: Path) -> None:
+    from mlops.engine.steps import STEPS
+
+    assert list(STEPS) == list(keys([], tmp_path))
+    assert all(STEPS[name].__module__ == f"mlops.engine.steps.{name}" for name in STEPS)
+
+
+def test_no_step_names_an_mlops_module_only_in_a_string(tmp_path: Path) -> None:
+    """`python -m mlops.x` or `import_module("mlops.x")` hides a module from the import closure: a step
+    must import what it runs so that the module is part of its code version."""
+    from mlops.engine.codeversion import Snapshot
+    from mlops.engine.plan import PACKAGE
+
+    modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+               for p in PACKAGE.rglob("*.py")}
+    snapshot, roots = Snapshot(), {"mlops": (PACKAGE,)}
+    for step in keys([], tmp_path):
+        reached = dict(snapshot.closure([f"mlops.engine.steps.{step}"], roots).modules)
+        assert f"mlops.engine.steps.{step}" in reached
+        for name in reached:
+            tree = ast.parse(module_file(PACKAGE, name).read_bytes())
+            named = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in modules}
+            assert named <= reached.keys(), f"step {step}: {name} names {named - reached.keys()} in a string"

@@ -11,6 +11,7 @@ import pytest
 from mlops.cli import main
 from mlops.core.errors import MlopsError, RecipeError
 from mlops.engine.multirun import expand
+from mlops.engine.validate import load_validated
 from mlops.recipe import load_recipe
 from mlops.recipe.compose import Origin, compose
 
@@ -35,7 +36,7 @@ def line_of(path: str, text: str, after: str | None = None) -> int:
 
 
 def test_quickstart_composes_from_its_groups() -> None:
-    loaded = load_recipe(QUICKSTART)  # with the data checks: the columns of breast_cancer are read
+    loaded = load_validated(QUICKSTART)  # with the data checks: the columns of breast_cancer are read
 
     r = loaded.recipe
     assert r.name == "quickstart"
@@ -65,7 +66,7 @@ def test_quickstart_composes_from_its_groups() -> None:
          "split-seed-beats-seed"],
 )
 def test_overrides_change_values(overrides: list[str], expected: dict[str, object]) -> None:
-    loaded = load_recipe(QUICKSTART, overrides, check_data=False)
+    loaded = load_recipe(QUICKSTART, overrides)
 
     for dotted, value in expected.items():
         node: object = loaded.recipe
@@ -79,7 +80,7 @@ def test_overrides_change_values(overrides: list[str], expected: dict[str, objec
 
 
 def test_group_override_swaps_the_trainer_config() -> None:
-    loaded = load_recipe(QUICKSTART, ["trainer=ddp_cpu"], check_data=False)
+    loaded = load_recipe(QUICKSTART, ["trainer=ddp_cpu"])
 
     t = loaded.recipe.trainer
     assert (t.devices, t.strategy) == (2, "ddp")
@@ -89,7 +90,7 @@ def test_group_override_swaps_the_trainer_config() -> None:
 
 
 def test_group_override_and_value_override_combine() -> None:
-    loaded = load_recipe(QUICKSTART, ["trainer=ddp_cpu", "trainer.devices=3", "data=wine"], check_data=False)
+    loaded = load_recipe(QUICKSTART, ["trainer=ddp_cpu", "trainer.devices=3", "data=wine"])
 
     assert loaded.recipe.trainer.devices == 3 and loaded.recipe.trainer.strategy == "ddp"
     assert loaded.recipe.data.dataset == "wine" and loaded.recipe.data.split.train == 0.6
@@ -100,7 +101,7 @@ def test_append_of_unknown_key_is_refused(override: str) -> None:
     key = override[1:].partition("=")[0]
 
     with pytest.raises(RecipeError) as info:
-        load_recipe(QUICKSTART, [override], check_data=False)
+        load_recipe(QUICKSTART, [override])
 
     [problem] = info.value.problems
     assert problem.key == key
@@ -110,7 +111,7 @@ def test_append_of_unknown_key_is_refused(override: str) -> None:
 
 def test_append_of_existing_key_is_refused_naming_the_override() -> None:
     with pytest.raises(MlopsError, match=r"command-line override '\+trainer\.max_epochs=3'.*already"):
-        load_recipe(QUICKSTART, ["+trainer.max_epochs=3"], check_data=False)
+        load_recipe(QUICKSTART, ["+trainer.max_epochs=3"])
 
 
 def test_origins_point_at_the_file_and_line_that_set_each_key() -> None:
@@ -119,41 +120,44 @@ def test_origins_point_at_the_file_and_line_that_set_each_key() -> None:
     o = composed.origins
     assert o["name"] == Origin(QUICKSTART, line_of(QUICKSTART, "name:"))
     assert o["trainer.max_epochs"] == Origin(QUICKSTART, line_of(QUICKSTART, "max_epochs:"))
-    assert o["trainer.accelerator"] == Origin("configs/trainer/cpu.yaml", line_of("configs/trainer/cpu.yaml", "accelerator:"))
-    assert o["trainer.early_stopping.patience"] == Origin(
-        "configs/trainer/cpu.yaml", line_of("configs/trainer/cpu.yaml", "patience:")
-    )
-    cpu_ckpt = line_of("configs/trainer/cpu.yaml", "monitor:", after="checkpoint:")
-    assert o["trainer.checkpoint.monitor"] == Origin("configs/trainer/cpu.yaml", cpu_ckpt)
-    assert o["model.lr"] == Origin("configs/model/mlp.yaml", line_of("configs/model/mlp.yaml", "lr:"))
     bc = "configs/data/breast_cancer.yaml"
-    assert o["data.split.train"] == Origin(bc, line_of(bc, "train:"))
+    assert o["data.dataset"] == Origin(bc, line_of(bc, "dataset:"))
+    assert o["data.task"] == Origin(bc, line_of(bc, "task:"))
+    gates = "configs/gates/classification.yaml"
+    assert o["evaluate.gates.1.vs"] == Origin(gates, line_of(gates, "vs:"))
+    deploy = "configs/deploy/default.yaml"  # reached through configs/base.yaml's defaults list
+    assert o["deploy.prefect.flows.train.cron"] == Origin(deploy, line_of(deploy, "train:"))
     assert "defaults" not in o and not any(k.startswith("defaults.") for k in o)
+    # the schema's defaults are set by no file
+    assert not any(k.startswith(("trainer.accelerator", "model.", "monitor.", "improve.")) for k in o)
     # a key below one that was set falls back to its nearest ancestor; an unset key to the recipe itself
-    assert composed.origin("model.hidden.1") == o["model.hidden"]
+    assert composed.origin("evaluate.gates.1.alpha") == o["evaluate.gates.1"]
     assert str(composed.origin("export.opset")) == f"{QUICKSTART}:1"
 
 
 def test_origins_follow_a_group_override_and_command_line_values() -> None:
-    composed = compose(QUICKSTART, ["trainer=ddp_cpu", "model.lr=0.5"])
+    composed = compose(QUICKSTART, ["trainer=ddp_cpu", "deploy=triton_gpu", "model.lr=0.5", "monitor.window.size=9"])
 
     ddp = "configs/trainer/ddp_cpu.yaml"
     assert composed.origin("trainer.devices") == Origin(ddp, line_of(ddp, "devices:"))
     assert composed.origin("trainer.strategy") == Origin(ddp, line_of(ddp, "strategy:"))
-    cpu = "configs/trainer/cpu.yaml"
-    assert composed.origin("trainer.accelerator") == Origin(cpu, line_of(cpu, "accelerator:"))
+    gpu, triton = "configs/deploy/triton_gpu.yaml", "configs/deploy/triton.yaml"  # triton_gpu extends triton
+    assert composed.origin("deploy.resources.gpus") == Origin(gpu, line_of(gpu, "gpus:"))
+    assert composed.origin("deploy.runtime") == Origin(triton, line_of(triton, "runtime:"))
     assert str(composed.origin("model.lr")) == "command-line override 'model.lr=0.5'"
     assert composed.config["model"]["lr"] == 0.5
+    # a section no file sets (a rule of its own broke) points at what set a key below it
+    assert str(composed.origin("monitor.window")) == "command-line override 'monitor.window.size=9'"
 
 
 def test_recipe_hash_is_stable_and_tracks_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    base = load_recipe(QUICKSTART, check_data=False)
-    again = load_recipe(QUICKSTART, check_data=False)
-    same_value = load_recipe(QUICKSTART, ["trainer.max_epochs=15"], check_data=False)  # what the recipe says
-    changed = load_recipe(QUICKSTART, ["trainer.max_epochs=16"], check_data=False)
-    grouped = load_recipe(QUICKSTART, ["trainer=ddp_cpu"], check_data=False)
+    base = load_recipe(QUICKSTART)
+    again = load_recipe(QUICKSTART)
+    same_value = load_recipe(QUICKSTART, ["trainer.max_epochs=15"])  # what the recipe says
+    changed = load_recipe(QUICKSTART, ["trainer.max_epochs=16"])
+    grouped = load_recipe(QUICKSTART, ["trainer=ddp_cpu"])
     monkeypatch.chdir(REPO / "recipes")
-    elsewhere = load_recipe("quickstart.yaml", check_data=False)
+    elsewhere = load_recipe("quickstart.yaml")
 
     assert len(base.hash) == 64 and int(base.hash, 16) >= 0
     assert base.hash == again.hash == same_value.hash == elsewhere.hash
@@ -173,9 +177,9 @@ def test_recipe_hash_ignores_how_a_value_was_written(tmp_path: Path) -> None:
     other = tmp_path / "recipes" / "c.yaml"
     other.write_text(head + "trainer:\n  max_epochs: 15\nexport: {opset: 17}\n")
 
-    base = load_recipe(plain, check_data=False).hash
-    assert load_recipe(explicit, check_data=False).hash == base
-    assert load_recipe(other, check_data=False).hash != base
+    base = load_recipe(plain).hash
+    assert load_recipe(explicit).hash == base
+    assert load_recipe(other).hash != base
 
 
 def _schema_from_cli(capsys: pytest.CaptureFixture[str]) -> dict:
@@ -198,14 +202,14 @@ def test_schema_command_prints_a_json_schema(capsys: pytest.CaptureFixture[str],
     assert "_target_" in schema["$defs"]["ModelConfig"]["properties"]  # the alias users write, not `target`
 
     out = tmp_path / "schema.json"
-    assert main(["schema", "--out", str(out)]) == 0
+    assert main(["schema", "--output", str(out)]) == 0
     assert capsys.readouterr().out == ""
     assert json.loads(out.read_text()) == schema
 
 
 def test_composed_quickstart_validates_against_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
     schema = _schema_from_cli(capsys)
-    resolved = load_recipe(QUICKSTART, check_data=False).resolved()
+    resolved = load_recipe(QUICKSTART).resolved()
     typo = json.loads(json.dumps(resolved))
     typo["trainer"]["max_epoch"] = 3
     wrong_type = json.loads(json.dumps(resolved))
@@ -237,7 +241,7 @@ def test_multirun_expands_to_the_cartesian_product() -> None:
 
 def test_multirun_jobs_compose_into_distinct_recipes() -> None:
     jobs = expand(["trainer.max_epochs=1,2", "model.lr=0.1"])
-    loaded = [load_recipe(QUICKSTART, job, check_data=False) for job in jobs]
+    loaded = [load_recipe(QUICKSTART, job) for job in jobs]
 
     assert sorted(r.recipe.trainer.max_epochs for r in loaded) == [1, 2]
     assert {r.recipe.model.lr for r in loaded} == {0.1}
@@ -251,7 +255,7 @@ def test_multirun_rejects_an_unparsable_override() -> None:
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "recipes").glob("*.yaml")))
 def test_every_shipped_recipe_validates(recipe: str) -> None:
-    loaded = load_recipe(REPO / "recipes" / recipe)
+    loaded = load_validated(REPO / "recipes" / recipe)
     assert loaded.recipe.name and loaded.recipe.data.target
 
 

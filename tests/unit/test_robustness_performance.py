@@ -24,8 +24,8 @@ from mlops.evaluate.performance import benchmark_onnx, benchmark_torch, perf_met
 from mlops.evaluate.robustness import robustness_checks, robustness_summary
 from mlops.package.bundle import write_bundle
 from mlops.package.graph import ML_OPSET, assemble, io_description, postprocessing_graph, preprocessing_graph
+from mlops.package.predictor import Predictor
 from mlops.recipe.schema import DataConfig, PerformanceConfig, RobustnessConfig
-from mlops.serve.predictor import Predictor
 from tests.serve_fixtures import build_bundle, training_frame
 
 ROOT = Path(__file__).resolve().parents[2]

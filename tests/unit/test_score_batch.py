@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -172,9 +173,10 @@ def test_the_command_scores_the_recipes_data_by_default(bundle: Path, tmp_path: 
     code = main(["batch", str(recipe), "--model", str(bundle), "--output", str(tmp_path / "o.parquet"),
                  "--no-progress", "--json"])
 
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
     assert code == 0
-    assert "scored 38 of 40 rows" in out and "row 3 (id in.csv:3): age: expected a number" in out
+    assert "scored 38 of 40 rows" in captured.err and "row 3 (id in.csv:3): age: expected a number" in captured.err
+    assert json.loads(captured.out)["scored"] == 38  # --json: stdout holds the summary alone
     assert pd.read_parquet(tmp_path / "o.parquet")["id"][5] == "in.csv:5"
 
 
@@ -204,12 +206,10 @@ def test_a_recipe_on_a_builtin_dataset_needs_an_input(tmp_path: Path, capsys: py
 
 
 def test_the_default_model_is_the_recipes_champion(tmp_path: Path) -> None:
-    import argparse
-
+    from mlops.cli.score import model_ref
     from mlops.recipe import load_recipe
-    from mlops.score.commands import _model_ref
 
-    loaded = load_recipe(write_recipe(tmp_path), check_data=False)
+    loaded = load_recipe(write_recipe(tmp_path))
 
-    assert _model_ref(argparse.Namespace(model=None), loaded) == "churny@champion"
-    assert _model_ref(argparse.Namespace(model="churny/3"), loaded) == "churny/3"
+    assert model_ref(None, loaded) == "churny@champion"
+    assert model_ref("churny/3", loaded) == "churny/3"

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlops.package.predictor import Predictor, RequestError
 from mlops.score.rows import from_text, from_typed, judge, score_frame
-from mlops.serve.predictor import Predictor, RequestError
 from tests.serve_fixtures import build_bundle
 
 ROWS = [

@@ -9,8 +9,8 @@ import pytest
 
 from mlops.core.errors import MlopsError
 from mlops.core.predlog import prediction_rows, read_predictions
+from mlops.package.predictor import Predictor
 from mlops.score.stream import BadMessage, IdempotentLog, StreamConfig, decode_message
-from mlops.serve.predictor import Predictor
 from tests.serve_fixtures import build_bundle
 
 

@@ -14,8 +14,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from mlops.core.predlog import PredictionLog, read_predictions
+from mlops.package.predictor import Predictor
 from mlops.serve.app import Server
-from mlops.serve.predictor import Predictor
 from tests.conftest import ROOT
 from tests.serve_fixtures import build_bundle
 
@@ -181,8 +181,8 @@ def test_bearer_token(bundle: Path, tmp_path: Path) -> None:
 def test_serving_process_imports_no_training_stack(bundle: Path, tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from mlops.serve.run import build_server\n"
-        f"server = build_server({str(bundle)!r}, {str(tmp_path / 'log.sqlite')!r})\n"
+        "from mlops.serve.run import ServeOptions, build_server\n"
+        f"server = build_server(ServeOptions(model={str(bundle)!r}, log={str(tmp_path / 'log.sqlite')!r}))\n"
         "server.app()\n"
         "print(sorted(m for m in ('torch', 'lightning', 'prefect', 'evidently', 'mlflow') if m in sys.modules))\n"
     )
@@ -229,7 +229,7 @@ def test_a_prediction_that_cannot_be_logged_is_never_a_200(bundle: Path, tmp_pat
 ])
 def test_a_bad_value_is_named_by_row_whichever_path_checks_the_column(bundle: Path, values: list[Any], index: int,
                                                                      message: str) -> None:
-    from mlops.serve.predictor import RequestError
+    from mlops.package.predictor import RequestError
 
     with pytest.raises(RequestError) as caught:
         Predictor(bundle).column("age", values, "instances[].age")
@@ -260,7 +260,7 @@ def test_thumbs_and_outcome_feedback_are_recorded_and_a_bad_thumb_is_a_400(clien
 @pytest.mark.parametrize("bad", [float("nan"), 2**25, True, "2", 1e39])
 def test_long_and_short_columns_are_checked_alike(bundle: Path, bad: Any) -> None:
     # a few rows are checked in Python, more with numpy (predictor.SMALL_COLUMN): same errors, same arrays
-    from mlops.serve.predictor import SMALL_COLUMN, RequestError
+    from mlops.package.predictor import SMALL_COLUMN, RequestError
 
     p = Predictor(bundle)
     errors = []

@@ -20,12 +20,13 @@ import pytest
 
 from mlops.cli import build_parser
 from mlops.core.errors import MlopsError
-from mlops.core.predlog import PredictionLog, read_predictions
+from mlops.core.predlog import SHADOW, PredictionLog, read_predictions
+from mlops.core.refs import CHALLENGER
+from mlops.package.predictor import Prediction, Predictor, RequestError
 from mlops.serve.app import Server
 from mlops.serve.batching import MicroBatcher
-from mlops.serve.predictor import Prediction, Predictor, RequestError
-from mlops.serve.routing import CHALLENGER, SHADOW, Arm, assign_arm
-from mlops.serve.run import build_server
+from mlops.serve.routing import Arm, assign_arm
+from mlops.serve.run import ServeOptions, build_server
 from tests.conftest import ROOT
 from tests.serve_fixtures import build_bundle, training_frame
 
@@ -338,15 +339,15 @@ def test_serve_flags_and_build_server(bundle: Path, tmp_path: Path) -> None:
     args = build_parser().parse_args(["serve", "toy@champion"])
     assert (args.batch_max, args.batch_wait_ms) == (None, None)
     log = str(tmp_path / "log.sqlite")
-    assert not build_server(str(bundle), log).batchers
-    assert not build_server(str(bundle), log, batch_max=1).batchers
+    assert not build_server(ServeOptions(model=str(bundle), log=log)).batchers
+    assert not build_server(ServeOptions(model=str(bundle), log=log, batch_max=1)).batchers
     for bad in ({"batch_max": -2}, {"batch_max": 8, "batch_wait_ms": -1.0}, {"batch_max": 8, "batch_wait_ms": float("nan")}):
         with pytest.raises(MlopsError, match="--batch-"):
-            build_server(str(bundle), log, **bad)
+            build_server(ServeOptions(model=str(bundle), log=log, **bad))
     code = (
         "import sys\n"
-        "from mlops.serve.run import build_server\n"
-        f"s = build_server({str(bundle)!r}, {log!r}, ab={str(bundle) + ':20'!r}, batch_max=16, batch_wait_ms=1.5)\n"
+        "from mlops.serve.run import ServeOptions, build_server\n"
+        f"s = build_server(ServeOptions(model={str(bundle)!r}, log={log!r}, ab={str(bundle) + ':20'!r}, batch_max=16, batch_wait_ms=1.5))\n"
         "s.app()\n"
         "assert sorted(s.batchers) == ['challenger', 'champion']\n"
         "assert {(b.max_batch, b.max_wait) for b in s.batchers.values()} == {(16, 0.0015)}\n"

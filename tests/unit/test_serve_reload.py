@@ -8,8 +8,8 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from mlops.core.predlog import PredictionLog, read_predictions
+from mlops.package.predictor import Predictor
 from mlops.serve.app import Server
-from mlops.serve.predictor import Predictor
 from mlops.serve.reload import AliasWatcher
 from tests.serve_fixtures import build_bundle
 
@@ -59,7 +59,8 @@ def test_pinned_references_are_not_watched(tmp_path: Path) -> None:
 
 
 def test_traffic_moves_live_between_the_arms(tmp_path: Path) -> None:
-    from mlops.serve.routing import CHALLENGER, Arm
+    from mlops.core.refs import CHALLENGER
+    from mlops.serve.routing import Arm
 
     champion, challenger = build_bundle(tmp_path / "c", weights_seed=1), build_bundle(tmp_path / "n", weights_seed=2)
     server = Server(Predictor(champion), PredictionLog(tmp_path / "log.sqlite"), version="1",

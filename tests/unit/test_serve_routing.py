@@ -20,20 +20,19 @@ from starlette.testclient import TestClient
 
 from mlops.cli import main
 from mlops.core.errors import MlopsError
-from mlops.core.predlog import PredictionLog, prediction_rows, read_predictions
+from mlops.core.predlog import SHADOW, PredictionLog, prediction_rows, read_predictions
+from mlops.core.refs import CHALLENGER
 from mlops.core.workspace import workspace
+from mlops.package.predictor import Prediction, Predictor
 from mlops.serve.app import Server
-from mlops.serve.predictor import Prediction, Predictor
 from mlops.serve.routing import (
-    CHALLENGER,
-    SHADOW,
     Arm,
     assign_arm,
     disagreements,
     parse_ab,
     request_key,
 )
-from mlops.serve.run import build_server
+from mlops.serve.run import ServeOptions, build_server
 from tests.conftest import ROOT
 from tests.serve_fixtures import build_bundle, training_frame
 
@@ -345,9 +344,9 @@ def test_build_server_wires_shadow_and_ab_and_imports_no_training_stack(bundle: 
                                                                         tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from mlops.serve.run import build_server\n"
-        f"s = build_server({str(bundle)!r}, {str(tmp_path / 'log.sqlite')!r}, shadow={str(other)!r}, "
-        f"ab={str(other) + ':25'!r}, ab_key_header='X-User')\n"
+        "from mlops.serve.run import ServeOptions, build_server\n"
+        f"s = build_server(ServeOptions(model={str(bundle)!r}, log={str(tmp_path / 'log.sqlite')!r}, shadow={str(other)!r}, "
+        f"ab={str(other) + ':25'!r}, ab_key_header='X-User'))\n"
         "s.app()\n"
         "assert s.shadow.arm.variant == 'shadow' and s.challenger.variant == 'challenger'\n"
         "assert s.ab_percent == 25 and s.ab_key_header == 'X-User'\n"
@@ -366,11 +365,11 @@ def test_build_server_refuses_a_model_taking_other_inputs(bundle: Path, tmp_path
     meta["inputs"] = list(reversed(meta["inputs"]))
     (odd / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(MlopsError, match="--shadow model 'toy' takes inputs"):
-        build_server(str(bundle), str(tmp_path / "log.sqlite"), shadow=str(odd))
+        build_server(ServeOptions(model=str(bundle), log=str(tmp_path / "log.sqlite"), shadow=str(odd)))
     with pytest.raises(MlopsError, match="--ab model 'toy' takes inputs"):
-        build_server(str(bundle), str(tmp_path / "log.sqlite"), ab=f"{odd}:10")
+        build_server(ServeOptions(model=str(bundle), log=str(tmp_path / "log.sqlite"), ab=f"{odd}:10"))
     with pytest.raises(MlopsError, match="--ab 'x': expected MODEL:PERCENT"):
-        build_server(str(bundle), str(tmp_path / "log.sqlite"), ab="x")
+        build_server(ServeOptions(model=str(bundle), log=str(tmp_path / "log.sqlite"), ab="x"))
 
 
 # --- mlops feedback -------------------------------------------------------------------------------------
@@ -400,9 +399,9 @@ def test_feedback_cli_records_known_ids_and_counts_unknown(log_with_predictions:
     csv_file = tmp_path / "truth.csv"
     csv_file.write_text("id,label,note\np1,yes,checked\n\np2,no,\nnope,yes,typo\n")
     assert main(["feedback", str(csv_file), "--log", str(log_with_predictions), "--json"]) == 0
-    out = capsys.readouterr().out
-    assert "2 of 3 ids matched" in out and "1 unknown" in out and "nope" in out
-    assert json.loads(out.strip().splitlines()[-1])["unknown_ids"] == ["nope"]
+    captured = capsys.readouterr()  # --json: the counts alone on stdout, the readable lines on stderr
+    assert "2 of 3 ids matched" in captured.err and "1 unknown" in captured.err and "nope" in captured.err
+    assert json.loads(captured.out)["unknown_ids"] == ["nope"]
     jsonl = tmp_path / "truth.jsonl"
     jsonl.write_text('{"id": "p3", "value": 2.5}\n\n{"id": "p1", "label": 1}\n')
     assert main(["feedback", str(jsonl), "--log", str(log_with_predictions)]) == 0

@@ -10,9 +10,9 @@ import pytest
 
 from mlops.core.errors import MlopsError
 from mlops.evaluate.fairness import fairness_report
-from mlops.evaluate.names import BINARY
 from mlops.evaluate.scored import Scored
 from mlops.evaluate.slices import slice_metrics
+from mlops.recipe.metrics import BINARY
 from mlops.recipe.schema import FairnessConfig, SliceConfig
 
 

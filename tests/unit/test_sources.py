@@ -10,7 +10,7 @@ import pytest
 
 from mlops.core.errors import DataError, RecipeError
 from mlops.data.sources import column_names, load_frame
-from mlops.recipe import load_recipe
+from mlops.engine.validate import load_validated
 from mlops.recipe.schema import DataConfig
 
 
@@ -52,5 +52,5 @@ def test_parquet_recipe_target_checked_at_validate_time(tmp_path: Path, frame: p
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: t\ndata:\n  path: d.parquet\n  target: why\n")
     with pytest.raises(RecipeError) as err:
-        load_recipe(recipe)
+        load_validated(recipe)
     assert "r.yaml:4: data.target: column 'why' is not in the data" in str(err.value)

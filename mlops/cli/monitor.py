@@ -1,50 +1,27 @@
-"""`mlops` subcommands of the monitor phase. Importing this module must stay light (argparse only): heavy
-libraries are imported inside the command functions."""
+"""`mlops monitor`."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register this phase's subcommands on the `mlops` parser."""
-    p = sub.add_parser("monitor", help="drift, live accuracy, latency and alerts over the prediction log (or a "
-                                       "backtest of the alert rules)")
-    p.add_argument("recipe", help="a recipe YAML file; its monitor: section sets windows, thresholds and alerts")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. monitor.window.size=500")
-    p.add_argument("--model", help="NAME@ALIAS, NAME/VERSION or a bundle directory (default: the recipe's "
-                                   "model @champion)")
-    p.add_argument("--log", help="the prediction log (default: where `mlops serve` writes it, "
-                                 ".mlops/predictions/<model>.sqlite)")
-    p.add_argument("--since", help="only log rows from this time: ISO 8601 (UTC unless zoned), unix seconds, or a "
-                                   "duration ago such as 24h")
-    p.add_argument("--until", help="only log rows before this time (same forms as --since)")
-    p.add_argument("--backtest", action="store_true",
-                   help="replay the log window by window from scratch and report when each rule would have fired; "
-                        "records nothing and sends no alert")
-    p.add_argument("--json", action="store_true", help="last line of stdout: the result as one JSON object")
-    p.set_defaults(func=cmd_monitor)
+from mlops.cli.output import emit
+from mlops.engine.validate import load_validated
+from mlops.monitor.run import monitor
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from mlops.recipe import load_recipe
-
-    loaded = load_recipe(args.recipe, args.overrides)  # a recipe error stops here, before anything loads
-    from mlops.monitor.run import monitor
-
+    loaded = load_validated(args.recipe, args.overrides)  # a recipe error stops here, before anything loads
     result = monitor(loaded, args.model, log=args.log, since=args.since, until=args.until, backtest=args.backtest)
     print_result(result)
-    if args.json:
-        print(json.dumps(result, default=str))
+    emit(result)
     return 0
 
 
 def print_result(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(highlight=False, soft_wrap=True)
     mode = "backtest of" if result["backtest"] else "monitored"
     ref = result["reference"]

@@ -1,7 +1,9 @@
-"""One predictor over a model bundle: ONNX Runtime and the bundle's input schema, nothing else.
+"""The bundle's runtime: one predictor over a model bundle, ONNX Runtime and the bundle's input schema.
 
-Both runtimes (our ASGI app and the `kserve.Model`) call this. It never imports torch, lightning,
-mlflow or prefect, and loads no pickle: only `model.onnx` and `bundle.json`.
+Every phase that scores with a bundle calls this: both serving runtimes (our ASGI app and the `kserve.Model`),
+batch and stream scoring, evaluation and monitoring. It lives with the bundle so that none of them depends on
+another phase. It never imports torch, lightning, mlflow or prefect, and loads no pickle: only `model.onnx`
+and `bundle.json`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The recipe's `deploy:` section (config group `configs/deploy/`). Pydantic only: imported by the recipe schema,
-so `mlops validate` checks it without importing anything heavy.
+"""The recipe's `deploy:` section (config group `configs/deploy/`), read by `mlops deploy`, `rollout` and the
+Prefect deployments.
 
 One section describes every deployment target a recipe renders: the KServe InferenceService (our server in a
 per-model image, or the stock Triton runtime), the serving container, the Prefect deployments of the recipe's
@@ -15,13 +15,11 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from mlops.recipe.section import Section
+from mlops.recipe.section import Section, field_errors
 
 Target = Literal["kserve", "container", "prefect", "alerts"]
 FlowName = Literal["train", "evaluate", "monitor", "retrain"]
@@ -32,14 +30,6 @@ Quantity = Annotated[str, Field(pattern=QUANTITY)]
 # a Prometheus duration: 30s, 5m, 1h, 1h30m
 Duration = Annotated[str, Field(pattern=r"^([0-9]+(ms|s|m|h|d|w|y))+$")]
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-
-
-def field_errors(model: str, problems: list[tuple[tuple[str, ...], str, Any]]) -> ValidationError:
-    """Cross-field rules' failures, each reported at the field the user should change (not at the section),
-    so the recipe loader points at its file and line."""
-    return ValidationError.from_exception_data(model, [
-        InitErrorDetails(type=PydanticCustomError("cross_field", message), loc=loc, input=value)
-        for loc, message, value in problems])
 
 
 class ImageConfig(Section):

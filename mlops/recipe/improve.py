@@ -1,5 +1,4 @@
-"""The recipe's `improve:` section (config group `configs/improve/`). Pydantic only: imported by the recipe schema,
-so `mlops validate` checks it without importing anything heavy.
+"""The recipe's `improve:` section (config group `configs/improve/`), read by `mlops retrain` and its kin.
 
 What starts a retrain (`triggers`), which rows it learns from (`refresh`, `feedback`), how it trains (`retrain`),
 who decides on the new model (`promotion`), how it reaches production (`rollout`), and how often all this may

@@ -1,5 +1,4 @@
-"""The recipe's `monitor:` section (config group `configs/monitor/`). Pydantic only: imported by the recipe schema,
-so `mlops validate` checks it without importing anything heavy."""
+"""The recipe's `monitor:` section (config group `configs/monitor/`), read by `mlops monitor`."""
 
 from __future__ import annotations
 

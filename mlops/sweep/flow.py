@@ -13,7 +13,8 @@ from typing import Any
 
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.engine.runner import configure_prefect, run_flow
-from mlops.recipe import LoadedRecipe, load_recipe
+from mlops.engine.validate import load_validated
+from mlops.recipe import LoadedRecipe
 
 configure_prefect()
 
@@ -133,7 +134,7 @@ def _sweep_name() -> str:
 def sweep_flow(recipe: str, overrides: list[str], worker: bool = False, allow_failed_gates: bool = False) -> dict[str, Any]:
     from mlops.sweep.study import counts, open_study, recover_orphans, storage_url
 
-    loaded = load_recipe(recipe, overrides)
+    loaded = load_validated(recipe, overrides)
     assert loaded.recipe.sweep is not None
     study = open_study(loaded, create=not worker)
     requeued = recover_orphans(study)
@@ -200,7 +201,7 @@ def _finish(study: Any, loaded: LoadedRecipe, parent: str, allow_failed_gates: b
 def sweep(recipe: str, overrides: list[str], worker: bool = False, allow_failed_gates: bool = False) -> dict[str, Any]:
     from pathlib import Path
 
-    loaded = load_recipe(recipe, overrides)
+    loaded = load_validated(recipe, overrides)
     assert loaded.recipe.sweep is not None
     runner = ThreadPoolTaskRunner(max_workers=loaded.recipe.sweep.parallelism)
     return sweep_flow.with_options(task_runner=runner)(str(Path(recipe).resolve()), overrides, worker, allow_failed_gates)

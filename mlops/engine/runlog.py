@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlops.engine.lock import pip_freeze
 from mlops.recipe import LoadedRecipe
-from mlops.tracking.lock import pip_freeze
 
 MAX_PARAM = 6000  # MLflow's limit on a parameter value
 

@@ -1,0 +1,50 @@
+"""`mlops runs`, `diff` and `reproduce`: tracked runs as people compare them."""
+
+from __future__ import annotations
+
+import argparse
+
+from mlflow import MlflowClient
+
+from mlops.cli.output import emit
+from mlops.core.registry import registry_client, tracking_uri
+from mlops.recipe import LoadedRecipe, load_recipe
+from mlops.tracking.compare import default_metrics, diff_runs, list_runs, render_diff, render_runs
+from mlops.tracking.reproduce import reproduce
+
+
+def _client(recipe: str | None = None) -> tuple[MlflowClient, LoadedRecipe | None]:
+    loaded = load_recipe(recipe) if recipe else None
+    return registry_client(tracking_uri(loaded.recipe.tracking.uri if loaded else None)), loaded
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    client, loaded = _client(args.recipe)
+    experiment = args.experiment or (loaded.recipe.experiment if loaded else None)
+    rows = list_runs(client, experiment, args.metric, args.sort, args.limit)
+    metrics = args.metric or default_metrics(rows)
+    print(render_runs(rows, metrics), end="")
+    emit(rows)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    client, _ = _client()
+    rows = diff_runs(client, args.run_a, args.run_b)
+    print(render_diff(rows, args.run_a, args.run_b), end="")
+    emit(rows)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    client, _ = _client()
+    result = reproduce(client, args.run_id)
+    if result["match"]:
+        print(f"reproduced run {args.run_id} exactly: same metrics, same per-epoch history, byte-identical ONNX "
+              f"(sha256 {result['onnx_sha256'][:16]}); reproduction run {result['reproduction_run_id']}")
+    else:
+        print(f"run {args.run_id} did NOT reproduce ({len(result['mismatches'])} differences):")
+        for m in result["mismatches"]:
+            print(f"  {m['field']}: original {m['original']!r}, now {m['now']!r}")
+    emit(result)
+    return 0 if result["match"] else 1
