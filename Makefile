@@ -33,8 +33,10 @@ demo: $(STAMP)
 demo-loop: $(STAMP)
 	$(BIN)/python examples/demo_loop.py
 
+# ruff, and the import contract in pyproject.toml: layers import downwards only, no import cycles
 lint: $(STAMP)
-	$(BIN)/ruff check mlops tests benchmarks examples
+	$(BIN)/ruff check mlops tests benchmarks examples docs
+	$(BIN)/lint-imports --no-cache
 
 test: lint system-deps
 	$(BIN)/pytest -n 2 --dist loadgroup -q -p no:cacheprovider --durations=25 tests

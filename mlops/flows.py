@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlops.core.errors import GateError
+from mlops.engine import runner
+from mlops.engine.evaluate_model import evaluate_model
 from mlops.engine.runner import configure_prefect
+from mlops.engine.validate import load_validated
+from mlops.improve.retrain import retrain_recipe
+from mlops.monitor.run import monitor_recipe
 
 configure_prefect()
 
@@ -20,7 +26,6 @@ from prefect import flow  # noqa: E402  (configured first: Prefect reads setting
 @flow(name="mlops-train")
 def train(recipe: str, overrides: list[str] | None = None, allow_failed_gates: bool = False) -> dict[str, Any]:
     """Train, evaluate, export, gate and register the recipe's model (what `mlops run RECIPE` does)."""
-    from mlops.engine import runner
 
     return runner.run(recipe, list(overrides or []), allow_failed_gates=allow_failed_gates)
 
@@ -30,9 +35,6 @@ def evaluate(recipe: str, overrides: list[str] | None = None, model: str | None 
              allow_failed_gates: bool = False) -> dict[str, Any]:
     """Evaluate a registered model (`NAME@ALIAS`, `NAME/VERSION`; the recipe's champion by default) on the
     recipe's data and gates, as `mlops evaluate` does. A failed gate fails the flow run."""
-    from mlops.core.errors import GateError
-    from mlops.engine.evaluate_model import evaluate_model
-    from mlops.engine.validate import load_validated
 
     loaded = load_validated(recipe, list(overrides or []))
     result = evaluate_model(loaded, model or f"{loaded.recipe.model_name}@champion", allow_failed_gates)
@@ -45,7 +47,6 @@ def evaluate(recipe: str, overrides: list[str] | None = None, model: str | None 
 @flow(name="mlops-monitor")
 def monitor(recipe: str, overrides: list[str] | None = None, model: str | None = None) -> dict[str, Any]:
     """Drift and live metrics of the served model against the recipe's thresholds (`mlops monitor`)."""
-    from mlops.monitor.run import monitor_recipe
 
     return monitor_recipe(recipe, list(overrides or []), model)
 
@@ -66,7 +67,6 @@ def retrain(recipe: str, overrides: list[str] | None = None, reason: str = "auto
     promote, wait for approval, stop or roll back (`mlops retrain`). `reason` is what fired it: `auto`
     answers the monitor's newest unanswered alert, `schedule` a cron run, an event name
     (`mlops.alert.drift`) an automation; cooldown and daily limits hold whatever fired it."""
-    from mlops.improve.retrain import retrain_recipe
 
     return retrain_recipe(recipe, list(overrides or []), reason, by=by, force=force, rollout_options=rollout_options)
 

@@ -68,10 +68,26 @@ def load_frame(data: DataConfig, recipe_path: Path) -> tuple[pd.DataFrame, bytes
     return frame, raw
 
 
+# the columns of the built-in data sets as `load_builtin` names them, so that `mlops validate` can check a
+# recipe's columns without importing scikit-learn (a test compares them with the loaded frames)
+BREAST_CANCER = [f"{stat}_{part}" if stat == "mean" or stat == "worst" else f"{part}_error"
+                 for stat in ("mean", "error", "worst")
+                 for part in ("radius", "texture", "perimeter", "area", "smoothness", "compactness", "concavity",
+                              "concave_points", "symmetry", "fractal_dimension")]
+BUILTIN_COLUMNS: dict[str, list[str]] = {
+    "breast_cancer": [*BREAST_CANCER, "target"],
+    "wine": ["alcohol", "malic_acid", "ash", "alcalinity_of_ash", "magnesium", "total_phenols", "flavanoids",
+             "nonflavanoid_phenols", "proanthocyanins", "color_intensity", "hue", "od280/od315_of_diluted_wines",
+             "proline", "target"],
+    "digits": [f"pixel_{row}_{col}" for row in range(8) for col in range(8)] + ["target"],
+    "diabetes": ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6", "target"],
+}
+
+
 def column_names(data: DataConfig, recipe_path: Path) -> list[str]:
-    """Column names without reading the whole file."""
+    """Column names without reading the whole file (nor, for a built-in data set, loading it)."""
     if data.dataset is not None:
-        return list(load_builtin(data.dataset).columns)
+        return list(BUILTIN_COLUMNS[data.dataset])
     path = data_path(data, recipe_path)
     fmt = file_format(data, path)
     try:

@@ -18,6 +18,7 @@ from mlops.core.errors import MlopsError
 from mlops.core.refs import ModelVersion
 from mlops.deploy.kserve import image_for
 from mlops.deploy.render import render
+from mlops.package.bundle import read_bundle
 from mlops.recipe.deploy import DeployConfig
 
 # what `mlops serve` imports beyond the standard library and mlops itself (tests/integration/
@@ -48,7 +49,6 @@ def requirements_txt(requirements: list[tuple[str, str]]) -> str:
 
 def build_context(dest: Path, bundle_dir: Path, cfg: DeployConfig, mv: ModelVersion) -> Path:
     """Write the build context at `dest` atomically (a crash leaves the old one or the new one)."""
-    from mlops.package.bundle import read_bundle
 
     read_bundle(bundle_dir)  # refuse a broken or altered bundle before building anything around it
     with publishing(dest) as tmp:

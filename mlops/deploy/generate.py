@@ -17,7 +17,13 @@ from mlops.core.errors import MlopsError
 from mlops.core.refs import ModelVersion, fetch
 from mlops.core.registry import tracking_uri
 from mlops.core.workspace import workspace
+from mlops.deploy.alerts import FILENAME, alert_rules, promtool_check
+from mlops.deploy.container import build_context
 from mlops.deploy.kserve import image_for, inference_service, storage_for
+from mlops.deploy.kubectl import kubectl_apply
+from mlops.deploy.orchestration import flow_deployments, prefect_yaml, register
+from mlops.deploy.triton import build_repository
+from mlops.deploy.validate import crd_path, validate_manifest
 from mlops.recipe.deploy import DeployConfig
 
 
@@ -30,7 +36,6 @@ def project_relative(path: Path, project_dir: Path) -> str:
 
 
 def render_manifest(cfg: DeployConfig, mv: ModelVersion, crd: Path | None) -> str:
-    from mlops.deploy.validate import validate_manifest
 
     text = inference_service(cfg, mv)
     validate_manifest(text, crd)
@@ -41,7 +46,6 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
                   targets: list[str] | None = None, project_dir: Path | None = None, register_prefect: bool = False,
                   apply: bool = False) -> dict[str, Any]:
     """Render (and check) the recipe's deployment targets for `model` (default: the recipe model's champion)."""
-    from mlops.deploy.validate import crd_path
 
     r = loaded.recipe
     cfg: DeployConfig = r.deploy
@@ -68,13 +72,11 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
         result["checks"]["inferenceservice"] = (f"valid against {crd} and KServe's rules" if crd else
                                                 "KServe's rules only (no CRD: pass --crd or set MLOPS_KSERVE_CRD)")
         if cfg.runtime == "triton":
-            from mlops.deploy.triton import build_repository
 
             repo = build_repository(out / "triton", bundle, mv)
             result["files"]["triton_repository"] = str(repo)
             result["next"].append(f"upload the model:  aws s3 sync {repo} {storage_for(cfg, mv)}  (or gsutil rsync)")
     if "container" in wanted and mv is not None and bundle is not None:
-        from mlops.deploy.container import build_context
 
         ctx = build_context(out / "image", bundle, cfg, mv)
         result["files"]["image_context"] = str(ctx)
@@ -82,7 +84,6 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
         result["next"].append(f"build the image:   docker build -t {image_for(cfg, mv)} {ctx} && "
                               f"docker push {image_for(cfg, mv)}")
     if "prefect" in wanted:
-        from mlops.deploy.orchestration import flow_deployments, prefect_yaml, register
 
         events = [f"mlops.alert.{rule}" for rule in ("drift", "accuracy_drop") if getattr(r.improve.triggers, rule)]
         deployments = flow_deployments(cfg.prefect, r.name, r.model_name, project_relative(loaded.path, project_dir),
@@ -97,14 +98,12 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
             result["next"].append(f"register flows:    (cd {project_dir} && prefect deploy --all --prefect-file "
                                   f"{prefect_file})  or  mlops deploy --prefect")
     if "alerts" in wanted and cfg.alerts.enabled:
-        from mlops.deploy.alerts import FILENAME, alert_rules, promtool_check
 
         rules = write_text(out / FILENAME, alert_rules(cfg.alerts, r.monitor, r.model_name))
         result["files"]["alerts"] = str(rules)
         checked = promtool_check(rules)
         result["checks"]["alerts"] = checked.splitlines()[-1].strip() if checked else "promtool not installed"
     if apply:
-        from mlops.deploy.kubectl import kubectl_apply
 
         result["applied"] = kubectl_apply(Path(result["files"]["inferenceservice"]), cfg.namespace)
     elif "inferenceservice" in result["files"]:

@@ -10,6 +10,7 @@ from typing import Any
 from mlops.core.atomic import publishing
 from mlops.core.refs import ModelVersion
 from mlops.deploy.render import render
+from mlops.package.bundle import read_bundle
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float64": "TYPE_FP64", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
                 "string": "TYPE_STRING", "bool": "TYPE_BOOL"}
@@ -25,7 +26,6 @@ def config_pbtxt(meta: Any, version: str) -> str:
 
 def build_repository(dest: Path, bundle_dir: Path, mv: ModelVersion) -> Path:
     """Write the repository at `dest` atomically; returns `dest`."""
-    from mlops.package.bundle import read_bundle
 
     meta = read_bundle(bundle_dir)
     with publishing(dest) as tmp:

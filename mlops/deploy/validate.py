@@ -21,6 +21,7 @@ from typing import Any
 
 from mlops.core.atomic import write_json
 from mlops.core.errors import MlopsError
+from mlops.core.workspace import workspace
 
 CRD_ENV = "MLOPS_KSERVE_CRD"
 IMPLEMENTATIONS = ("model", "containers", "sklearn", "xgboost", "tensorflow", "pytorch", "triton", "onnx", "pmml",
@@ -63,7 +64,6 @@ def _strict_schema(crd_path: str, version: str) -> dict[str, Any]:
 
     import yaml
 
-    from mlops.core.workspace import workspace
 
     try:
         raw = Path(crd_path).read_bytes()

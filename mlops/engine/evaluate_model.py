@@ -13,20 +13,22 @@ from typing import Any
 from mlops.core.refs import fetch
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.core.workspace import workspace
-from mlops.engine.execute import run_step
 from mlops.engine.plan import compile_plan
-from mlops.engine.steps import RunContext, frames
+from mlops.engine.steps.check_data import check_data
+from mlops.engine.steps.common import RunContext, frames
+from mlops.engine.steps.load_data import load_data
+from mlops.engine.steps.split import split as split_step
+from mlops.evaluate.assess import assess_bundle, decide
+from mlops.evaluate.metrics import compute_metrics, custom_metric_fns
+from mlops.evaluate.plots import calibration_png, confusion_matrix_png, residual_png, roc_png
+from mlops.evaluate.scored import score_bundle
+from mlops.package.bundle import read_bundle
 from mlops.recipe import LoadedRecipe
 
 
 def evaluate_model(loaded: LoadedRecipe, ref: str, allow_failed_gates: bool = False) -> dict[str, Any]:
     from mlflow.entities import Metric
 
-    from mlops.evaluate.assess import assess_bundle, decide
-    from mlops.evaluate.metrics import compute_metrics, custom_metric_fns
-    from mlops.evaluate.plots import calibration_png, confusion_matrix_png, residual_png, roc_png
-    from mlops.evaluate.scored import score_bundle
-    from mlops.package.bundle import read_bundle
 
     r = loaded.recipe
     uri = tracking_uri(r.tracking.uri)
@@ -36,8 +38,8 @@ def evaluate_model(loaded: LoadedRecipe, ref: str, allow_failed_gates: bool = Fa
     meta = read_bundle(bundle_dir)
     plan = compile_plan(loaded)
     ctx = RunContext(loaded=loaded, run_id=None, tracking_uri=uri)
-    for step in ("load_data", "check_data", "split"):
-        ctx.results[step] = run_step(plan, ctx, step)
+    for fn in (load_data, check_data, split_step):  # the rows a run of this recipe tests on, from the step cache
+        ctx.results[fn.__name__] = plan.run(ctx, fn.__name__, fn)
     parts = frames(ctx)
     print(f"mlops: evaluating {model_ref} on {len(parts['test'])} test rows of recipe '{r.name}'", flush=True)
     out = workspace().evaluation_dir(meta.name, datetime.now(UTC).strftime('%Y%m%d-%H%M%S'))

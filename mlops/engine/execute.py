@@ -16,10 +16,29 @@ from mlops.core.errors import GateError
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.core.workspace import workspace
 from mlops.engine.cache import Cache
+from mlops.engine.lock import build_lock
 from mlops.engine.plan import Plan, compile_plan
-from mlops.engine.steps import STEPS, RunContext
+from mlops.engine.runlog import log_environment, log_step, start_run
+from mlops.engine.steps import (
+    assess,
+    check_data,
+    evaluate,
+    export,
+    gate,
+    load_data,
+    preprocess,
+    register,
+    split,
+    train,
+)
+from mlops.engine.steps.common import RunContext, StepFn
 from mlops.recipe import LoadedRecipe
+from mlops.train.pruning import TrialPruned
 
+# every step, in plan order: step `name` is the function `name` of module `mlops.engine.steps.<name>`
+STEPS: dict[str, StepFn] = {fn.__name__: fn for fn in (
+    load_data.load_data, check_data.check_data, split.split, preprocess.preprocess, train.train,
+    evaluate.evaluate, export.export, assess.assess, gate.gate, register.register)}
 StepRunner = Callable[[str], Callable[[Plan, RunContext, str], dict[str, Any]]]
 
 
@@ -32,9 +51,6 @@ def execute(loaded: LoadedRecipe, parent_run_id: str | None = None, *, until: st
     uses an empty one to recompute everything). `step_runner` wraps each step (the Prefect runner
     passes a task factory); by default steps run as plain calls.
     """
-    from mlops.engine.lock import build_lock
-    from mlops.engine.runlog import log_environment, log_step, start_run
-    from mlops.train.pruning import TrialPruned
 
     started = time.perf_counter()
     plan = compile_plan(loaded, cache)
@@ -88,15 +104,7 @@ def execute(loaded: LoadedRecipe, parent_run_id: str | None = None, *, until: st
 
 
 def run_step(plan: Plan, ctx: RunContext, name: str) -> dict[str, Any]:
-    step = plan.step(name)
-    fn = STEPS[name]
-    if step.cached:
-        if plan.cache.has(name, step.key):
-            return plan.cache.load(name, step.key)
-        return plan.cache.compute(name, step.key, lambda out: fn(ctx, out))
-    out = workspace().uncached_step_dir(name, ctx.run_id)
-    out.mkdir(parents=True, exist_ok=True)
-    return fn(ctx, out) | {"dir": str(out)}
+    return plan.run(ctx, name, STEPS[name])
 
 
 def _run_dir(loaded: LoadedRecipe, run_id: str) -> Path:

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops.data.sources import data_path
+
 if TYPE_CHECKING:
     from mlops.recipe import LoadedRecipe
 
@@ -44,7 +46,6 @@ def git_state(where: Path) -> dict[str, Any] | None:
 
 def build_lock(loaded: LoadedRecipe, load_data: dict[str, Any]) -> dict[str, Any]:
     """Everything needed to re-run this recipe: `mlops reproduce` reads it back."""
-    from mlops.data.sources import data_path
 
     r = loaded.recipe
     data = {"fingerprint": load_data["fingerprint"], "dvc": load_data.get("dvc"), "source": load_data["source"],

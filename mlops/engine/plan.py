@@ -13,13 +13,19 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlops
 from mlops.core.errors import MlopsError
+from mlops.core.workspace import workspace
+from mlops.data.fingerprint import builtin_source_key, fingerprint_bytes
+from mlops.data.sources import data_path
 from mlops.engine.cache import Cache
 from mlops.engine.codeversion import Snapshot, libraries
 from mlops.recipe import LoadedRecipe
+
+if TYPE_CHECKING:  # what a plan runs; importing the steps here would make `mlops plan` load them
+    from mlops.engine.steps.common import RunContext, StepFn
 
 PACKAGE = Path(mlops.__file__).parent  # where the closure of mlops modules is read from (tests point it at a copy)
 STEP_PACKAGE = "mlops.engine.steps"  # step `name` is the function `name` of module `mlops.engine.steps.<name>`
@@ -50,6 +56,18 @@ class Plan:
     def hits(self) -> dict[str, bool]:
         return {s.name: s.cached and self.cache.has(s.name, s.key) for s in self.steps}
 
+    def run(self, ctx: RunContext, name: str, fn: StepFn) -> dict[str, Any]:
+        """Step `name`'s result: from the cache when its key is there, else computed by `fn` and published
+        whole under the key. A step that is never cached (gate, register) writes under the run."""
+        step = self.step(name)
+        if step.cached:
+            if self.cache.has(name, step.key):
+                return self.cache.load(name, step.key)
+            return self.cache.compute(name, step.key, lambda out: fn(ctx, out))
+        out = workspace().uncached_step_dir(name, ctx.run_id)
+        out.mkdir(parents=True, exist_ok=True)
+        return fn(ctx, out) | {"dir": str(out)}
+
 
 def code_version(step: str, targets: tuple[str, ...] = (), snapshot: Snapshot | None = None) -> str:
     """Derived, not listed: every mlops module the step's own module reaches through imports, the code
@@ -74,8 +92,6 @@ def code_version(step: str, targets: tuple[str, ...] = (), snapshot: Snapshot | 
 def source_fingerprint(loaded: LoadedRecipe) -> str:
     """The data's identity before reading it row by row: a hash of the file's bytes, or the data set's
     name and scikit-learn's version for a built-in one."""
-    from mlops.data.fingerprint import builtin_source_key, fingerprint_bytes
-    from mlops.data.sources import data_path
 
     data = loaded.recipe.data
     if data.dataset is not None:

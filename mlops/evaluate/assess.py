@@ -13,17 +13,20 @@ from typing import Any
 
 from mlops.core.errors import MlopsError
 from mlops.core.refs import CHAMPION, fetch_if_registered
+from mlops.evaluate.fairness import fairness_report
+from mlops.evaluate.gates import evaluate_gates, failure_lines, outcome
+from mlops.evaluate.metrics import custom_metric_fns
+from mlops.evaluate.performance import benchmark_onnx, benchmark_torch, perf_metrics
+from mlops.evaluate.report import write_report
+from mlops.evaluate.robustness import robustness_checks, robustness_summary
+from mlops.evaluate.scored import score_bundle
+from mlops.evaluate.slices import slice_metrics
+from mlops.package.bundle import read_bundle
 from mlops.recipe.schema import Recipe
 
 
 def assess_bundle(recipe: Recipe, bundle_dir: Path, test: Any, train: Any, module: Any = None,
                   features: Any = None) -> dict[str, Any]:
-    from mlops.evaluate.fairness import fairness_report
-    from mlops.evaluate.metrics import custom_metric_fns
-    from mlops.evaluate.performance import benchmark_onnx, benchmark_torch, perf_metrics
-    from mlops.evaluate.robustness import robustness_checks, robustness_summary
-    from mlops.evaluate.scored import score_bundle
-    from mlops.evaluate.slices import slice_metrics
 
     ev = recipe.evaluate
     scored = score_bundle(bundle_dir, test, recipe.data.target)
@@ -65,11 +68,6 @@ def decide(recipe: Recipe, bundle_dir: Path, frames: dict[str, Any], results: di
            plots: dict[str, str], tracking_uri: str, out: Path, model: dict[str, Any],
            allow_failed: bool = False, champion: tuple[str, Path] | None | bool = True) -> dict[str, Any]:
     """Apply the recipe's gates and write the report into `out`. `champion=True` looks it up in the registry."""
-    from mlops.evaluate.gates import evaluate_gates, failure_lines, outcome
-    from mlops.evaluate.metrics import custom_metric_fns
-    from mlops.evaluate.report import write_report
-    from mlops.evaluate.scored import score_bundle
-    from mlops.package.bundle import read_bundle
 
     ev = recipe.evaluate
     target = recipe.data.target

@@ -11,6 +11,7 @@ from typing import Any
 
 from mlops.evaluate.metrics import MetricFn, metric_fns
 from mlops.evaluate.scored import Scored
+from mlops.evaluate.stats import compare
 from mlops.recipe.metrics import Direction, task_metrics
 from mlops.recipe.schema import Gate
 
@@ -75,7 +76,6 @@ def champion_verdict(gate: Gate, challenger: dict[str, Scored], champion: dict[s
                      champion_ref: str | None, custom: dict[str, MetricFn], directions: dict[str, Direction],
                      seed: int) -> dict[str, Any]:
     """Score both models on the same rows of the gate's split and test the difference."""
-    from mlops.evaluate.stats import compare
 
     split, _, name = gate.metric.partition("/")
     verdict: dict[str, Any] = {"metric": gate.metric, "kind": "champion", "slice": gate.slice,

@@ -26,6 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlops.core.errors import MlopsError
+from mlops.evaluate.scored import bundle_feeds
+from mlops.package.bundle import read_bundle
+
 if TYPE_CHECKING:
     import pandas as pd
     import torch
@@ -44,9 +48,6 @@ def benchmark_onnx(bundle_dir: Path, frame: pd.DataFrame, cfg: PerformanceConfig
     """Latency, throughput, peak memory and file size of a bundle's `model.onnx` on raw rows."""
     import onnxruntime as ort
 
-    from mlops.core.errors import MlopsError
-    from mlops.evaluate.scored import bundle_feeds
-    from mlops.package.bundle import read_bundle
 
     if len(frame) == 0:
         raise MlopsError("the performance benchmark needs at least one row")
@@ -74,7 +75,6 @@ def benchmark_torch(module: torch.nn.Module, features: np.ndarray, cfg: Performa
     """The same measurement for the trained module on preprocessed features [N, F], on its own device."""
     import torch
 
-    from mlops.core.errors import MlopsError
 
     if len(features) == 0:
         raise MlopsError("the performance benchmark needs at least one row")

@@ -19,6 +19,7 @@ from typing import Any
 
 from mlops.core.atomic import write_text
 from mlops.core.pages import fmt, render_page
+from mlops.evaluate.plots import latency_histogram_png
 
 JSON_NAME = "evaluation.json"
 HTML_NAME = "evaluation.html"
@@ -35,7 +36,6 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
     plots = {str(k): str(v) for k, v in (report.get("plots") or {}).items() if v}
     latencies = ((report.get("performance") or {}).get("onnx") or {}).get("latencies_ms")
     if latencies and LATENCY_PLOT not in plots:
-        from mlops.evaluate.plots import latency_histogram_png
 
         try:
             path = latency_histogram_png(latencies, out_dir / f"{LATENCY_PLOT}.png", "ONNX serving latency")

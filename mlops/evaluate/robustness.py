@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlops.data.preprocess import category_strings, numeric_column
 from mlops.evaluate.scored import bundle_feeds, onnx_outputs
+from mlops.package.bundle import read_bundle
+from mlops.package.predictor import Predictor, RequestError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,7 +43,6 @@ def robustness_checks(bundle_dir: Path, test: pd.DataFrame, train: pd.DataFrame,
     """All stress checks of a bundle, in a fixed order; deterministic given `seed`."""
     import onnxruntime as ort
 
-    from mlops.package.bundle import read_bundle
 
     rng = np.random.default_rng(seed)
     meta = read_bundle(bundle_dir)
@@ -118,7 +120,6 @@ def _compare(kind: str, column: str | None, session: Any, feeds: dict[str, np.nd
 
 def _wrong_type_checks(bundle_dir: Path, base: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """One wrong_type check per column, through the serving layer itself (its own session, let go after)."""
-    from mlops.package.predictor import Predictor
 
     predictor = Predictor(bundle_dir)
     return [_wrong_type(predictor, base, spec.name, spec.dtype) for spec in predictor.meta.inputs]
@@ -126,7 +127,6 @@ def _wrong_type_checks(bundle_dir: Path, base: dict[str, np.ndarray]) -> list[di
 
 def _wrong_type(predictor: Any, base: dict[str, np.ndarray], column: str, dtype: str) -> dict[str, Any]:
     """A value of the wrong JSON type must be refused by the serving layer with a 4xx naming the column."""
-    from mlops.package.predictor import RequestError
 
     row = {name: _json_value(values[0, 0]) for name, values in base.items()}
     try:
@@ -263,7 +263,6 @@ def _changed(base: np.ndarray, out: np.ndarray, task: str) -> float:
 
 
 def _train_stats(inputs: list[Any], train: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    from mlops.data.preprocess import category_strings, numeric_column
 
     stats: dict[str, dict[str, Any]] = {}
     for spec in inputs:

@@ -12,6 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from mlops.core.errors import MlopsError
+from mlops.data.preprocess import category_strings, numeric_column
+from mlops.data.schema import encode_labels
+from mlops.package.bundle import read_bundle
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -43,7 +48,6 @@ def encode_targets(values: Any, task: str, labels: list[str] | None) -> np.ndarr
     series = pd.Series(values)
     if task == "regression":
         return series.to_numpy(np.float64)
-    from mlops.data.schema import encode_labels
 
     return encode_labels(series, labels or [])
 
@@ -62,12 +66,10 @@ def onnx_outputs(session: Any, feeds: dict[str, np.ndarray], task: str, batch: i
 
 def bundle_feeds(bundle_inputs: list[Any], frame: Any) -> dict[str, np.ndarray]:
     """Raw columns as an exported graph takes them: float32 [N,1] (NaN = missing) or strings [N,1]."""
-    from mlops.data.preprocess import category_strings, numeric_column
 
     feeds: dict[str, np.ndarray] = {}
     for spec in bundle_inputs:
         if spec.name not in frame.columns:
-            from mlops.core.errors import MlopsError
 
             raise MlopsError(f"the model needs column '{spec.name}', which the data does not have")
         col = frame[spec.name]
@@ -79,7 +81,6 @@ def score_bundle(bundle_dir: Path, frame: Any, target: str) -> Scored:
     """Score a model bundle (ONNX only) on raw rows that carry the target column."""
     import onnxruntime as ort
 
-    from mlops.package.bundle import read_bundle
 
     meta = read_bundle(bundle_dir)
     session = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])

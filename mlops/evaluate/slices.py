@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mlops.core.errors import MlopsError
+from mlops.data.preprocess import category_strings
 from mlops.evaluate.metrics import MetricFn, compute_metrics
 
 if TYPE_CHECKING:
@@ -93,7 +94,6 @@ def _numbers(series: pd.Series, column: str) -> np.ndarray:
 
 
 def _value_labels(series: pd.Series) -> tuple[np.ndarray, list[str]]:
-    from mlops.data.preprocess import category_strings
 
     labels = category_strings(series)
     labels[labels == ""] = MISSING  # category_strings writes missing as "" (ONNX string tensors have no null)

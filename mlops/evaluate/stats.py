@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from mlops.evaluate.metrics import CLASSIFICATION_FNS, REGRESSION_FNS
 from mlops.evaluate.scored import Scored
 
 TESTS = ("paired_bootstrap", "permutation", "mcnemar")
@@ -208,7 +209,6 @@ def _mcnemar_p(ch: Scored, cp: Scored, max_drop: float, strict: bool) -> float:
 
 def _batch_fn(metric: Callable[[Scored], float], s: Scored) -> BatchFn | None:
     """The vectorised twin of a known metric function, or None (then it is called per resample)."""
-    from mlops.evaluate.metrics import CLASSIFICATION_FNS, REGRESSION_FNS
 
     if metric is _accuracy:
         return _batch_accuracy

@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.errors import MlopsError
+from mlops.improve.feedback import business_value, read_joined
+from mlops.improve.intervals import (
+    detectable_effect,
+    mean_difference,
+    proportion_difference,
+    required_per_arm,
+)
 from mlops.recipe.improve import AbConfig, FeedbackConfig
 
 ARMS = ("champion", "challenger")
@@ -22,7 +29,6 @@ LOWER_IS_BETTER = {"error_rate", "mae", "mse"}
 
 def ab_report(log: Path, model: str, cfg: AbConfig | None = None, feedback: FeedbackConfig | None = None,
               since: float | None = None) -> dict[str, Any]:
-    from mlops.improve.feedback import read_joined
 
     cfg = cfg or AbConfig()
     rows = read_joined(log, model, since=since, feedback=feedback)
@@ -40,7 +46,6 @@ def ab_report(log: Path, model: str, cfg: AbConfig | None = None, feedback: Feed
     report["metric"] = compare_arms(cfg.metric, [_metric_value(cfg.metric, j) for j in arms["champion"]],
                                     [_metric_value(cfg.metric, j) for j in arms["challenger"]], cfg)
     if cfg.business_metric:
-        from mlops.improve.feedback import business_value
 
         values = {arm: [business_value(j.payload, cfg.business_metric) if j.payload else None for j in js]
                   for arm, js in arms.items()}
@@ -63,12 +68,6 @@ def _metric_value(metric: str, j: Any) -> float | None:
 def compare_arms(name: str, champion: list[float | None], challenger: list[float | None], cfg: AbConfig,
                  higher_is_better: bool | None = None) -> dict[str, Any]:
     """One metric, per row, in two arms (None: not measured on that row) -> the difference and its evidence."""
-    from mlops.improve.intervals import (
-        detectable_effect,
-        mean_difference,
-        proportion_difference,
-        required_per_arm,
-    )
 
     a = [v for v in champion if v is not None]
     b = [v for v in challenger if v is not None]

@@ -21,6 +21,7 @@ from typing import Any
 from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
 from mlops.core.pages import render_page, write_page
+from mlops.improve.feedback import read_joined
 from mlops.improve.intervals import wilson
 from mlops.recipe.improve import FeedbackConfig
 
@@ -32,7 +33,6 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
     import numpy as np
     import pandas as pd
 
-    from mlops.improve.feedback import read_joined
 
     rows = [j for j in read_joined(log, model, since=since, variants=variants, feedback=feedback, version=version)
             if j.correct is not None or (j.truth is not None and _number(j.outputs.get("prediction")) is not None)]

@@ -19,6 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from mlops.core.atomic import write_bytes
 from mlops.core.workspace import workspace
+from mlops.data.fingerprint import fingerprint_bytes
+from mlops.data.schema import infer_task
+from mlops.data.sources import load_frame
+from mlops.improve.feedback import read_joined
 from mlops.recipe import LoadedRecipe
 from mlops.recipe.improve import ImproveConfig
 
@@ -57,8 +61,6 @@ def refresh_data(loaded: LoadedRecipe, now: float, out_root: Path | None = None)
     """Build (or find, when the same content exists) the refreshed data file for `loaded`'s recipe."""
     import pandas as pd
 
-    from mlops.data.schema import infer_task
-    from mlops.data.sources import load_frame
 
     r = loaded.recipe
     cfg: ImproveConfig = r.improve
@@ -85,7 +87,6 @@ def refresh_data(loaded: LoadedRecipe, now: float, out_root: Path | None = None)
         return result
     combined = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
     raw = parquet_bytes(combined)
-    from mlops.data.fingerprint import fingerprint_bytes
 
     fingerprint = fingerprint_bytes(raw)
     folder = (out_root or workspace().refreshed_data) / r.model_name
@@ -125,7 +126,6 @@ def production_frame(log: Path, model: str, reference: pd.DataFrame, target: str
     """Labelled production rows shaped like `reference`, newest first; their ids; drops and sources counted."""
     import pandas as pd
 
-    from mlops.improve.feedback import read_joined
 
     classification = task != "regression"
     originals = {str(v): v for v in reference[target].dropna().unique()} if classification else {}

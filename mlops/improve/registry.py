@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from mlops.core.refs import CHAMPION
 from mlops.core.registry import registry_client
+from mlops.package.registry import promote_champion
 
 TAG = "mlops.improve."
 
@@ -63,14 +64,9 @@ class MlflowRegistry:
         self.client.delete_registered_model_alias(model, alias)
 
     def promote(self, model: str, version: str, reason: str, by: str) -> None:
-        """Move `champion` to `version`, through the registry's champion history when it keeps one (so that
-        `mlops rollback` knows where to go back to)."""
+        """Move `champion` to `version` through the registry's champion history (so that `mlops rollback` knows
+        where to go back to)."""
         if self.aliases(model).get(CHAMPION) == version:
-            return
-        try:
-            from mlops.package.registry import promote_champion
-        except ImportError:
-            self.set_alias(model, CHAMPION, version)
             return
         promote_champion(self.client, model, version, reason, by)
 

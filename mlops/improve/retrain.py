@@ -22,20 +22,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlops.core.errors import MlopsError
+from mlops.core.errors import GateError, MlopsError
 from mlops.core.refs import CHALLENGER, CHAMPION
 from mlops.core.registry import tracking_uri
 from mlops.core.workspace import workspace
+from mlops.engine.runner import run_flow
 from mlops.engine.validate import load_validated
 from mlops.improve import audit as events
 from mlops.improve.audit import AuditLog, limit_refusal
 from mlops.improve.decide import AWAIT, PROMOTE, STOP, Decision, promotion_decision
 from mlops.improve.refresh import Refresh, default_log, refresh_data
-from mlops.improve.registry import Registry, tag_values
+from mlops.improve.registry import MlflowRegistry, Registry, tag_values
 from mlops.improve.rollout import Rollout, RolloutTarget, canary_steps, default_rollout
 from mlops.improve.triggers import MANUAL, Trigger, read_alerts, resolve_trigger
 from mlops.recipe import LoadedRecipe, load_recipe
 from mlops.recipe.improve import RetrainConfig
+from mlops.recipe.metrics import task_metrics
+from mlops.sweep.flow import sweep
 
 
 @dataclass
@@ -132,7 +135,6 @@ def retrain_recipe(recipe: str, overrides: list[str], reason: str, *, by: str | 
     print(f"mlops: retrain {rid} of {model} ({trigger.kind}: {trigger.reason}) on refreshed data {refresh.path}: "
           f"{refresh.reference_rows} reference + {refresh.production_rows} production rows", flush=True)
     if registry is None:
-        from mlops.improve.registry import MlflowRegistry
         registry = MlflowRegistry(tracking_uri(r.tracking.uri))
     before = registry.aliases(model)
     try:
@@ -184,16 +186,13 @@ def retrain_recipe(recipe: str, overrides: list[str], reason: str, *, by: str | 
 
 def train_with_engine(loaded: LoadedRecipe, overrides: list[str], fingerprint: str, registry: Registry) -> Trained:
     """Train with the engine (`mlops-run`, or the recipe's sweep in sweep mode), gates vs the champion included."""
-    from mlops.core.errors import GateError
 
     cfg: RetrainConfig = loaded.recipe.improve.retrain
     try:
         if cfg.mode == "sweep":
-            from mlops.sweep.flow import sweep
 
             summary = sweep(str(loaded.path), [*overrides, f"sweep.n_trials={cfg.budget}"])
         else:
-            from mlops.engine.runner import run_flow
 
             summary = run_flow(str(loaded.path.resolve()), overrides, return_state=True).result()
     except GateError as exc:
@@ -211,7 +210,6 @@ def train_with_engine(loaded: LoadedRecipe, overrides: list[str], fingerprint: s
 
 
 def _directions(loaded: LoadedRecipe) -> dict[str, str]:
-    from mlops.recipe.metrics import task_metrics
 
     custom = {n: c.direction for n, c in loaded.recipe.evaluate.custom_metrics.items()}
     return dict(task_metrics("auto")) | custom
@@ -346,7 +344,6 @@ def reject(run: str, by: str | None = None, note: str = "", *, registry: Registr
 
 
 def _registry(loaded: LoadedRecipe) -> Registry:
-    from mlops.improve.registry import MlflowRegistry
     return MlflowRegistry(tracking_uri(loaded.recipe.tracking.uri))
 
 

@@ -9,11 +9,11 @@ is moved (a local server, KServe) is the strategy's business:
 * `abort(target)`: all traffic back to the champion (after a failed stage).
 * `complete(target)`: the challenger, now champion, takes all traffic.
 
-`default_rollout` is `DeployRollout` when the deploy phase is installed: the shadow window on the prediction
-log, then the canary steps walked by `mlops.deploy.rollout` (its traffic moves, manifests and live checks),
-champion moved with the registry's champion history. Without it, `LogRollout` moves no traffic itself: it
-watches the prediction log of the server that does (`mlops serve NAME@champion --shadow NAME/VERSION`, then
-`--ab`), and decides each stage on what the log and its feedback show.
+`default_rollout` is `DeployRollout`: the shadow window on the prediction log, then the canary steps walked by
+`mlops.deploy.rollout` (its traffic moves, manifests and live checks), champion moved with the registry's
+champion history. `LogRollout` moves no traffic itself: it watches the prediction log of the server that does
+(`mlops serve NAME@champion --shadow NAME/VERSION`, then `--ab`), and decides each stage on what the log and
+its feedback show.
 """
 
 from __future__ import annotations
@@ -24,8 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlops.core.errors import MlopsError
+from mlops.deploy.local import LiveServe
+from mlops.deploy.rollout import RolloutOptions, rollout
+from mlops.evaluate.scored import Scored
+from mlops.evaluate.stats import compare
+from mlops.improve.feedback import SERVED, read_joined
+from mlops.improve.intervals import proportion_difference
 from mlops.recipe import LoadedRecipe
 from mlops.recipe.improve import ShadowStageConfig
+from mlops.serve.routing import disagreements
 
 
 @dataclass(frozen=True)
@@ -72,26 +80,16 @@ class Rollout(Protocol):
 
 def canary_steps(loaded: LoadedRecipe) -> list[CanaryStep]:
     """The canary steps and checks of the recipe's `deploy.rollout` (configured once, there)."""
-    rollout = getattr(loaded.recipe.deploy, "rollout", None)
-    if rollout is None:
-        return []
-    checks = getattr(rollout, "checks", None)
-    window = float(getattr(rollout, "window_s", 300.0)) * int(getattr(rollout, "max_windows", 3))
-    return [CanaryStep(percent=int(p), min_rows=int(getattr(checks, "min_requests", 100)),
-                       max_p99_ms=getattr(checks, "max_p99_ms", None),
-                       max_shadow_disagreement=getattr(checks, "max_shadow_disagreement", None), timeout_s=window)
-            for p in getattr(rollout, "steps", [])]
+    rollout = loaded.recipe.deploy.rollout
+    window = rollout.window_s * rollout.max_windows
+    return [CanaryStep(percent=p, min_rows=rollout.checks.min_requests, max_p99_ms=rollout.checks.max_p99_ms,
+                       max_shadow_disagreement=rollout.checks.max_shadow_disagreement, timeout_s=window)
+            for p in rollout.steps]
 
 
 def default_rollout(loaded: LoadedRecipe, **options: Any) -> Rollout:
-    """DeployRollout when `mlops.deploy.rollout` is there, else LogRollout. `options` go to DeployRollout
-    (`local_port`, `metrics_url`, `kubectl`)."""
-    try:
-        from mlops.deploy import rollout as deploy_rollout
-    except ImportError:
-        return LogRollout()
-    if not callable(getattr(deploy_rollout, "rollout", None)):
-        return LogRollout()
+    """The shadow window on the prediction log, then the canary steps walked by `mlops.deploy.rollout`.
+    `options` go to DeployRollout (`local_port`, `metrics_url`, `kubectl`, `live_url`)."""
     return DeployRollout(loaded, **options)
 
 
@@ -103,7 +101,6 @@ def shadow_verdict(served: list[Any], shadow: list[Any], cfg: ShadowStageConfig,
     """Shadow rows (and the served rows with the same ids): disagreement share, and on rows with ground
     truth, a paired comparison of accuracy (McNemar) that fails only when it shows the challenger worse by
     more than `max_accuracy_drop`."""
-    from mlops.serve.routing import disagreements
 
     by_id = {j.id: j for j in served}
     pairs = [(by_id[s.id], s) for s in shadow if s.id in by_id]
@@ -138,7 +135,6 @@ def canary_verdict(champion: list[Any], challenger: list[Any], shadow: list[Any]
     on rows with ground truth, accuracy of the two arms (fails only when shown worse by the margin)."""
     import numpy as np
 
-    from mlops.improve.intervals import proportion_difference
 
     evidence: dict[str, Any] = {"challenger_rows": len(challenger), "champion_rows": len(champion)}
     if len(challenger) < step.min_rows:
@@ -150,7 +146,6 @@ def canary_verdict(champion: list[Any], challenger: list[Any], shadow: list[Any]
         return StageResult("canary", False, f"challenger p99 latency {p99:.1f} ms is above {step.max_p99_ms:g} ms",
                            step.percent, evidence)
     if step.max_shadow_disagreement is not None and shadow:
-        from mlops.serve.routing import disagreements
 
         by_id = {j.id: j for j in champion + challenger}
         pairs = [(by_id[s.id], s) for s in shadow if s.id in by_id]
@@ -188,8 +183,6 @@ def _paired_accuracy(pairs: list[tuple[Any, Any]], max_drop: float, seed: int) -
     """McNemar on the rows whose truth is known, with the paired bootstrap interval of the difference."""
     import numpy as np
 
-    from mlops.evaluate.scored import Scored
-    from mlops.evaluate.stats import compare
 
     known = [(a, b) for a, b in pairs if a.truth is not None and "label" in a.outputs and "label" in b.outputs]
     if len(known) < 10:
@@ -271,7 +264,6 @@ class LogRollout:
         self._move(target, "complete", 100)
 
     def _read(self, target: RolloutTarget, since: float, extra: tuple[str, ...]) -> tuple[list[Any], list[Any]]:
-        from mlops.improve.feedback import SERVED, read_joined
 
         if not target.log.is_file():
             return [], []
@@ -297,8 +289,6 @@ class DeployRollout:
         return self.watch.shadow(target, cfg)
 
     def canary(self, target: RolloutTarget, steps: list[CanaryStep]) -> list[StageResult]:
-        from mlops.core.errors import MlopsError
-        from mlops.deploy.rollout import RolloutOptions, rollout
 
         if target.champion is None:
             return [StageResult("canary", False, "there is no champion to roll out next to")]
@@ -325,7 +315,6 @@ class DeployRollout:
         """Traffic follows `champion`: the deploy phase renders the new champion's manifest on promotion; a live
         server swaps the new champion in now and gives the challenger no more traffic."""
         if self.live_url is not None:
-            from mlops.deploy.local import LiveServe
 
             live = LiveServe(self.live_url, target.model)
             live.reload()

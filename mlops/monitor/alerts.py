@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.atomic import write_text
+from mlops.monitor.rules import EVENT_PREFIX, RESOLVED_PREFIX
 from mlops.recipe.monitor import AlertsConfig
 
 
@@ -70,7 +71,6 @@ def prefect_enabled(setting: bool | str) -> bool:
 
 
 def event_name(rule: str, state: str) -> str:
-    from mlops.monitor.rules import EVENT_PREFIX, RESOLVED_PREFIX
 
     return (EVENT_PREFIX if state == "fired" else RESOLVED_PREFIX) + rule
 

@@ -25,6 +25,7 @@ from mlops.monitor.quality import live_quality
 from mlops.monitor.reference import CONFIDENCE, LABEL, VALUE, Reference, outputs_of
 from mlops.monitor.schema_checks import category_counts, check_schema
 from mlops.recipe.monitor import MonitorConfig
+from mlops.recipe.suggest import closest
 
 if TYPE_CHECKING:
     from mlops.package.bundle import BundleMeta
@@ -35,7 +36,6 @@ def drift_methods(cfg: MonitorConfig, columns: dict[str, str]) -> dict[str, tupl
     d = cfg.drift
     unknown = sorted(set(d.features) - set(columns))
     if unknown:
-        from mlops.recipe.suggest import closest
 
         hints = [f"'{u}'" + (f" (did you mean '{h}'?)" if (h := closest(u, list(columns))) else "")
                  for u in unknown]

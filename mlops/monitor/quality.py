@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from mlops.evaluate.metrics import CLASSIFICATION_FNS, REGRESSION_FNS
+from mlops.evaluate.scored import Scored
 from mlops.monitor.logstream import Rows
 from mlops.recipe.monitor import LIVE_METRICS
 
@@ -22,8 +24,6 @@ def live_quality(rows: Rows, task: str, labels: list[str] | None) -> dict[str, A
 
 
 def _classification(rows: Rows, task: str, labels: list[str]) -> dict[str, Any]:
-    from mlops.evaluate.metrics import CLASSIFICATION_FNS
-    from mlops.evaluate.scored import Scored
 
     truth = rows.truth_label if rows.truth_label is not None else np.full(len(rows), None, dtype=object)
     index = {name: i for i, name in enumerate(labels)}
@@ -76,8 +76,6 @@ def _ece(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
 
 
 def _regression(rows: Rows) -> dict[str, Any]:
-    from mlops.evaluate.metrics import REGRESSION_FNS
-    from mlops.evaluate.scored import Scored
 
     truth = rows.truth_value if rows.truth_value is not None else np.full(len(rows), np.nan)
     pred = rows.prediction if rows.prediction is not None else np.full(len(rows), np.nan)

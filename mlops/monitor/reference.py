@@ -16,6 +16,12 @@ import numpy as np
 
 from mlops.core.errors import MlopsError
 from mlops.core.predlog import LogFilter
+from mlops.data.fingerprint import fingerprint_bytes, fingerprint_frame
+from mlops.data.preprocess import category_strings
+from mlops.data.schema import infer_task
+from mlops.data.sources import load_frame
+from mlops.data.split import split_indices
+from mlops.evaluate.scored import bundle_feeds
 from mlops.monitor.drift import CategoricalReference, NumericReference
 from mlops.monitor.logstream import Rows, read_chunks
 
@@ -57,10 +63,6 @@ class Reference:
 
 def training_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path, max_rows: int,
                        seed: int) -> Reference:
-    from mlops.data.fingerprint import fingerprint_bytes, fingerprint_frame
-    from mlops.data.schema import infer_task
-    from mlops.data.sources import load_frame
-    from mlops.data.split import split_indices
 
     r = loaded.recipe
     frame, raw = load_frame(r.data, loaded.path)
@@ -83,7 +85,6 @@ def training_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path,
                    for i in meta.inputs if i.kind != "numeric"}
     target = None
     if r.data.target in train.columns:
-        from mlops.data.preprocess import category_strings
 
         col = train[r.data.target]
         target = (col.to_numpy(np.float64) if meta.task == "regression"
@@ -94,7 +95,6 @@ def training_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path,
 
 
 def _feeds(meta: BundleMeta, frame: Any) -> dict[str, np.ndarray]:
-    from mlops.evaluate.scored import bundle_feeds
 
     try:
         return bundle_feeds(meta.inputs, frame)

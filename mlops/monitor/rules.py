@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mlops.core.errors import MlopsError
 from mlops.recipe.monitor import LIVE_METRICS, MonitorConfig
 
 RULES = ("drift", "prediction_drift", "schema", "missing_values", "accuracy_drop", "latency", "error_rate")
@@ -159,7 +160,6 @@ def accuracy_baseline(cfg: MonitorConfig, task: str, bundle_metrics: dict[str, f
     metric = cfg.accuracy.metric or ("rmse" if task == "regression" else "accuracy")
     direction = LIVE_METRICS[task].get(metric)
     if direction is None:
-        from mlops.core.errors import MlopsError
 
         raise MlopsError(f"monitor.accuracy.metric '{metric}' is not computed for a {task} model (use one of "
                          f"{', '.join(LIVE_METRICS[task])})")

@@ -18,13 +18,30 @@ import numpy as np
 
 from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
+from mlops.core.pages import write_page
 from mlops.core.predlog import LogFilter, LogReader
 from mlops.core.refs import fetch
 from mlops.core.registry import tracking_uri
 from mlops.core.timespec import iso, parse_duration, parse_time
 from mlops.core.workspace import workspace
-from mlops.monitor.logstream import Rows, Window, count_windows, read_chunks, time_windows
+from mlops.engine.validate import load_validated
+from mlops.monitor import evidently_report as ev
+from mlops.monitor.alerts import deliver, event_name, flush_prefect_events, write_drift_textfile
+from mlops.monitor.dashboard import dashboard_context, page_context, write_dashboard
+from mlops.monitor.judge import WindowJudge
+from mlops.monitor.logstream import Rows, Window, count_windows, other_traffic, read_chunks, time_windows
+from mlops.monitor.operations import error_rate, scrape_requests
+from mlops.monitor.reference import (
+    CONFIDENCE,
+    LABEL,
+    VALUE,
+    outputs_of,
+    production_reference,
+    training_reference,
+)
 from mlops.monitor.rules import RuleState, accuracy_baseline, observe, step
+from mlops.monitor.store import MonitorStore
+from mlops.package.bundle import read_bundle
 
 if TYPE_CHECKING:
     from mlops.monitor.judge import WindowJudge
@@ -38,7 +55,6 @@ def monitor_recipe(recipe: str, overrides: list[str], model: str | None, *, log:
                    since: str | None = None, backtest: bool = False, until: str | None = None) -> dict[str, Any]:
     """Monitor `model` (NAME@ALIAS, NAME/VERSION or a bundle directory; default `<model_name>@champion`)
     with the recipe's `monitor:` section. Returns what it judged, fired and wrote."""
-    from mlops.engine.validate import load_validated
 
     return monitor(load_validated(recipe, overrides), model, log=log, since=since, until=until, backtest=backtest)
 
@@ -67,9 +83,6 @@ class _Counted:
 
 def monitor(loaded: LoadedRecipe, model: str | None, *, log: str | None = None, since: str | None = None,
             until: str | None = None, backtest: bool = False) -> dict[str, Any]:
-    from mlops.monitor.judge import WindowJudge
-    from mlops.monitor.store import MonitorStore
-    from mlops.package.bundle import read_bundle
 
     r = loaded.recipe
     cfg = r.monitor
@@ -113,7 +126,6 @@ def monitor(loaded: LoadedRecipe, model: str | None, *, log: str | None = None, 
     windowed_rows = sum(s["rows"] for s in summaries)
     notes = list(reference.notes)
     if chunks.rows == 0:
-        from mlops.monitor.logstream import other_traffic
 
         others = other_traffic(log_path, flt, after)
         if others:
@@ -125,7 +137,6 @@ def monitor(loaded: LoadedRecipe, model: str | None, *, log: str | None = None, 
     e = cfg.error_rate
     if not backtest and e.enabled and e.metrics_url and summaries:
         # judged with the latest window; with no new window the counters wait, so no error goes uncounted
-        from mlops.monitor.operations import error_rate, scrape_requests
 
         current = scrape_requests(e.metrics_url, meta.name)
         summaries[-1]["errors"] = error_rate(store.last_scrape(e.metrics_url, meta.name), current, e.count_4xx)
@@ -146,19 +157,16 @@ def monitor(loaded: LoadedRecipe, model: str | None, *, log: str | None = None, 
         result["first_fired"] = _first_fired(alerts)
         result["report"], result["report_html"] = _write_backtest(out_dir, result, summaries,
                                                                   context | {"alerts": alerts})
-        from mlops.monitor.dashboard import write_dashboard
 
         write_dashboard(dashboard_path, context | {"alerts": alerts}, summaries, alerts)
         return result
 
     store.commit_run(meta.name, version, log_key, cfg.window.by, after, summaries, alerts, states, new_cursor, scrape)
     for alert in alerts:
-        from mlops.monitor.alerts import deliver
 
         alert["delivery"] = deliver(alert, cfg.alerts)
         store.record_delivery(alert["id"], alert["delivery"])
     if alerts:
-        from mlops.monitor.alerts import flush_prefect_events
 
         flush_prefect_events()
     if latest is not None:
@@ -166,14 +174,12 @@ def monitor(loaded: LoadedRecipe, model: str | None, *, log: str | None = None, 
             result["evidently"] = evidently_report(latest[0].rows, latest[1], reference, judge, cfg, meta, out_dir)
             context["evidently"] = result["evidently"]["html"]
         if cfg.alerts.prometheus_textfile:
-            from mlops.monitor.alerts import write_drift_textfile
 
             drift = latest[1].get("drift") or {}
             write_drift_textfile(Path(cfg.alerts.prometheus_textfile), meta.name,
                                  drift.get("columns", []) + drift.get("predictions", []))
     elif (out_dir / "evidently.html").is_file():
         context["evidently"] = str(out_dir / "evidently.html")
-    from mlops.monitor.dashboard import write_dashboard
 
     history = store.windows(meta.name, cfg.report.dashboard_windows)
     recorded = store.alerts(meta.name)
@@ -183,7 +189,6 @@ def monitor(loaded: LoadedRecipe, model: str | None, *, log: str | None = None, 
 
 def build_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path, log_path: Path, flt: LogFilter,
                     cfg: MonitorConfig) -> Reference:
-    from mlops.monitor.reference import production_reference, training_reference
 
     ref = cfg.reference
     seed = loaded.recipe.seed
@@ -199,7 +204,6 @@ def _judge_rules(summaries: list[dict[str, Any]], states: dict[str, RuleState], 
                  meta: BundleMeta, version: str | None, baseline: dict[str, Any], log_path: Path,
                  dashboard: Path) -> list[dict[str, Any]]:
     """Every rule on every window in order, through the hysteresis; `states` is updated in place."""
-    from mlops.monitor.alerts import event_name
 
     cooldown = parse_duration(cfg.alerts.cooldown)
     alerts = []
@@ -248,8 +252,6 @@ def _write_backtest(out_dir: Path, result: dict[str, Any], summaries: list[dict[
                     context: dict[str, Any]) -> tuple[str, str]:
     """`backtest-<time>.json` (every window and alert) and, beside it, `backtest-<time>.html`: the dashboard
     over the replayed windows, headed by when each rule would first have fired. Returns both paths."""
-    from mlops.core.pages import write_page
-    from mlops.monitor.dashboard import page_context
 
     stem = f"backtest-{time.strftime('%Y%m%d-%H%M%S')}"
     json_path, html_path = out_dir / f"{stem}.json", out_dir / f"{stem}.html"
@@ -273,7 +275,6 @@ def _atomic_json(path: Path, data: Any) -> None:
 
 def _dashboard_context(meta: BundleMeta, version: str | None, bundle_dir: Path, log_path: Path,
                        reference: Reference, cfg: MonitorConfig, baseline: dict[str, Any]) -> dict[str, Any]:
-    from mlops.monitor.dashboard import dashboard_context
 
     w = cfg.window
     window = f"every {w.size} rows" if w.by == "count" else f"every {w.duration} (UTC-aligned)"
@@ -289,8 +290,6 @@ def evidently_report(rows: Rows, summary: dict[str, Any], reference: Reference, 
                      cfg: MonitorConfig, meta: BundleMeta, out_dir: Path) -> dict[str, Any]:
     """Evidently's drift report of the latest judged window (and its quality report where ground truth is
     joined). When neither side had to be sampled its verdicts are checked against the fast path's."""
-    from mlops.monitor import evidently_report as ev
-    from mlops.monitor.reference import CONFIDENCE, VALUE, outputs_of
 
     limit = cfg.report.max_rows
     rng = np.random.default_rng(0)
@@ -337,8 +336,6 @@ def _quality_report(rows: Rows, cur_idx: np.ndarray, reference: Reference, ref_i
     """Evidently's classification or regression preset over the labelled rows, when there are enough."""
     import pandas as pd
 
-    from mlops.monitor import evidently_report as ev
-    from mlops.monitor.reference import LABEL, VALUE
 
     regression = meta.task == "regression"
     truth = rows.truth_value if regression else rows.truth_label

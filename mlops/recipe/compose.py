@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.errors import MlopsError
+from mlops.recipe.schema import Recipe
+from mlops.recipe.suggest import closest
 
 # Hydra keeps its config loader in a process-wide singleton: two threads composing at once (two retrains
 # triggered together, a server reloading while a flow composes) would clear each other's.
@@ -168,7 +170,6 @@ def _schema_types(path: str) -> list[Any]:
 
     from pydantic import BaseModel
 
-    from mlops.recipe.schema import Recipe
 
     def unwrap(t: Any) -> list[Any]:
         if typing.get_origin(t) in (typing.Union, types.UnionType):
@@ -291,7 +292,6 @@ def _composition_error(path: Path, overrides: list[str], exc: Exception, search:
     """Hydra's own errors (unknown group option, override of a missing key) in our format."""
     import re
 
-    from mlops.recipe.suggest import closest
 
     text = str(exc).splitlines()[0]
     cause = str(exc.__cause__ or "")

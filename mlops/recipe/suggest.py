@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mlops.recipe.schema import Recipe
+
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -20,7 +22,6 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 def model_at(path: str) -> type[BaseModel] | None:
     """The pydantic model found by walking dotted `path` from the Recipe root ('' is the root)."""
-    from mlops.recipe.schema import Recipe
 
     model: type[BaseModel] = Recipe
     for part in [p for p in path.split(".") if p]:

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mlops.core.errors import Problem, RecipeError
+from mlops.recipe import schema
 from mlops.recipe.compose import Composed
 from mlops.recipe.schema import Recipe
 from mlops.recipe.suggest import closest, keys_at
@@ -55,7 +56,6 @@ SCALAR_TAGS = {"int", "str", "float", "bool", "none"}
 def _model_names() -> frozenset[str]:
     from pydantic import BaseModel
 
-    from mlops.recipe import schema
 
     return frozenset(n for n, v in vars(schema).items() if isinstance(v, type) and issubclass(v, BaseModel))
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from mlops.core.atomic import replacing, write_bytes
 from mlops.core.errors import MlopsError
+from mlops.package.predictor import Predictor
+from mlops.score.rows import arrow_schema, output_fields, score_frame
 from mlops.score.source import InputFile, check_columns
 
 MANIFEST_FORMAT = "mlops-batch/1"
@@ -135,8 +137,6 @@ def score_local(inp: InputFile, bundle: Path, version: str | None, output: Path,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mlops.package.predictor import Predictor
-    from mlops.score.rows import arrow_schema, output_fields, score_frame
 
     if chunk_rows < 1:
         raise MlopsError(f"--chunk-rows {chunk_rows}: expected a positive number of rows")

@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from mlops.core.errors import MlopsError
+from mlops.package.bundle import read_bundle
+from mlops.package.predictor import Predictor
 from mlops.score.batch import MAX_EXAMPLES, BatchResult
+from mlops.score.rows import output_fields, score_frame
 from mlops.score.source import check_columns
 
 if TYPE_CHECKING:
@@ -98,8 +101,6 @@ def score_spark(inp: InputFile, bundle: Path, version: str | None, output: str, 
                 spark: Any = None) -> BatchResult:
     """Score `inp` into the Parquet dataset `output` (a local path or any URI Spark can write), on `spark` or a
     session started for `master` with `conf`."""
-    from mlops.package.bundle import read_bundle
-    from mlops.score.rows import output_fields
 
     if chunk_rows < 1:
         raise MlopsError(f"--chunk-rows {chunk_rows}: expected a positive number of rows")
@@ -168,8 +169,6 @@ class _PartitionScorer:
     def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from pyspark import TaskContext
 
-        from mlops.package.predictor import Predictor
-        from mlops.score.rows import score_frame
 
         predictor = Predictor(executor_bundle(self.shipped.value), max_batch=1 << 30, threads=1)  # once per task
         row = self.first_rows.get(TaskContext.get().partitionId(), 0)

@@ -39,6 +39,8 @@ import numpy as np
 from mlops.core.errors import MlopsError
 from mlops.core.predlog import IdempotentLog, prediction_rows
 from mlops.core.workspace import workspace
+from mlops.package.predictor import Predictor
+from mlops.score.rows import from_text, judge
 
 if TYPE_CHECKING:
     from mlops.package.predictor import Predictor
@@ -123,7 +125,6 @@ def decode_message(fields: dict[bytes, bytes], predictor: Predictor) -> dict[str
     """A message's fields as a row of plain values, with the server's rules for names: every model input
     present, nothing else. A `json` field holds the row as a JSON object; otherwise each field is a column
     whose text is read as a CSV cell would be (empty or NA -> missing)."""
-    from mlops.score.rows import from_text
 
     text: dict[str, str] = {}
     for k, v in fields.items():
@@ -254,7 +255,6 @@ class Consumer:
     # --- one batch -----------------------------------------------------------------------------------------
 
     def _handle(self, messages: list[tuple[Any, Any]], recovered: bool) -> None:
-        from mlops.score.rows import judge
 
         c = self.config
         started = time.perf_counter()
@@ -388,7 +388,6 @@ def _row_of(feeds: dict[str, np.ndarray], j: int) -> dict[str, Any]:
 
 def consume(config: StreamConfig, bundle: Path, version: str | None, install_signals: bool = True) -> StreamResult:
     """Run a consumer until SIGTERM/SIGINT, `max_messages` or `idle_exit_s`; a batch in flight is finished first."""
-    from mlops.package.predictor import Predictor
 
     predictor = Predictor(bundle, max_batch=max(config.batch, 1))
     consumer = Consumer(config, predictor, version, config.log or workspace().prediction_log(predictor.name))

@@ -27,6 +27,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+import mlops
 from mlops.core.predlog import (
     SHADOW,
     FeedbackError,
@@ -41,6 +42,7 @@ from mlops.core.refs import CHALLENGER
 from mlops.package.predictor import Prediction, Predictor, RequestError, parse_json_body
 from mlops.serve.batching import DEFAULT_WAIT_MS, MicroBatcher, SharedLogWrites, batch_rows_histogram
 from mlops.serve.metrics import ServeMetrics
+from mlops.serve.openapi import openapi_spec
 from mlops.serve.routing import (
     DEFAULT_KEY_HEADER,
     DEFAULT_SHADOW_QUEUE,
@@ -293,7 +295,6 @@ class Server:
         return AnswerResponse(Answer(200, {"ready": True}))
 
     async def server_metadata(self, request: Request) -> Response:
-        import mlops
 
         return AnswerResponse(Answer(200, {"name": "mlops", "version": mlops.__version__, "extensions": []}))
 
@@ -427,7 +428,6 @@ class Server:
                 "percent": self.ab_percent if c is not None else 0.0}
 
     async def openapi(self, request: Request) -> Response:
-        from mlops.serve.openapi import openapi_spec
 
         return AnswerResponse(Answer(200, openapi_spec(self.predictor.meta, self.predictor.max_batch)))
 

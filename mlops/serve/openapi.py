@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlops import __version__
 from mlops.package.bundle import BundleInput, BundleMeta
 from mlops.package.predictor import FP32_EXACT_INT, FP32_MAX, NUMERIC_V2
 
@@ -33,7 +34,6 @@ VARIANTS = ["champion", "challenger"]
 
 def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
     """The OpenAPI 3.1 document of a server over the bundle `meta` that takes at most `max_batch` rows."""
-    from mlops import __version__
 
     name = meta.name
     columns = [i.name for i in meta.inputs]

@@ -21,6 +21,7 @@ from typing import Any
 
 from mlops.core.errors import MlopsError
 from mlops.core.refs import ModelRef, fetch
+from mlops.package.predictor import Predictor
 
 DEFAULT_INTERVAL_S = 10.0
 
@@ -81,7 +82,6 @@ class AliasWatcher:
         return changes
 
     def _check_one(self, watched: Watched) -> dict[str, Any] | None:
-        from mlops.package.predictor import Predictor
 
         started = time.perf_counter()
         try:

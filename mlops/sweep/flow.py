@@ -11,10 +11,33 @@ import json
 import time
 from typing import Any
 
+from mlops.core.errors import GateError, MlopsError
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
+from mlops.engine.plan import compile_plan
 from mlops.engine.runner import configure_prefect, run_flow
+from mlops.engine.steps.common import RunContext
+from mlops.engine.steps.load_data import load_data
+from mlops.engine.steps.preprocess import preprocess
+from mlops.engine.steps.split import split
 from mlops.engine.validate import load_validated
 from mlops.recipe import LoadedRecipe
+from mlops.sweep.launch import launch
+from mlops.sweep.objective import objective_value
+from mlops.sweep.report import log_study
+from mlops.sweep.study import (
+    ERROR,
+    OWNER,
+    as_overrides,
+    counts,
+    finished,
+    open_study,
+    owner,
+    recover_orphans,
+    storage_url,
+    suggest,
+)
+from mlops.sweep.trial import TrialJob
+from mlops.train.pruning import PruneLink
 
 configure_prefect()
 
@@ -25,27 +48,21 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 @task(name="trial", cache_policy=NO_CACHE, persist_result=False)
 def trial_task(job: dict[str, Any]) -> dict[str, Any]:
-    from mlops.sweep.launch import launch
-    from mlops.sweep.trial import TrialJob
 
     return launch(TrialJob.model_validate(job))
 
 
 def _prepare_data(loaded: LoadedRecipe) -> None:
     """Compute the shared data steps once, before parallel trials would race to compute them."""
-    from mlops.engine.execute import run_step
-    from mlops.engine.plan import compile_plan
-    from mlops.engine.steps import RunContext
 
     plan = compile_plan(loaded)
     ctx = RunContext(loaded=loaded, run_id=None, tracking_uri="")
-    for name in ("load_data", "split", "preprocess"):
-        ctx.results[name] = run_step(plan, ctx, name)
+    for fn in (load_data, split, preprocess):
+        ctx.results[fn.__name__] = plan.run(ctx, fn.__name__, fn)
 
 
 def _parent_run(study: Any, loaded: LoadedRecipe) -> str:
     """The sweep's MLflow parent run; a resumed sweep continues under the same one."""
-    from mlops.sweep.study import storage_url
 
     uri = tracking_uri(loaded.recipe.tracking.uri)
     client = registry_client(uri)
@@ -68,8 +85,6 @@ def _parent_run(study: Any, loaded: LoadedRecipe) -> str:
 def _tell(study: Any, trial: Any, loaded: LoadedRecipe, outcome: dict[str, Any] | BaseException) -> str:
     from optuna.trial import TrialState
 
-    from mlops.sweep.objective import objective_value
-    from mlops.sweep.study import ERROR
 
     if isinstance(outcome, BaseException):
         trial.set_user_attr(ERROR, str(outcome)[:2000])
@@ -85,9 +100,6 @@ def _tell(study: Any, trial: Any, loaded: LoadedRecipe, outcome: dict[str, Any] 
 
 
 def _run_trials(study: Any, loaded: LoadedRecipe, parent: str) -> None:
-    from mlops.sweep.study import OWNER, as_overrides, counts, finished, owner, storage_url, suggest
-    from mlops.sweep.trial import TrialJob
-    from mlops.train.pruning import PruneLink
 
     cfg = loaded.recipe.sweep
     assert cfg is not None
@@ -132,7 +144,6 @@ def _sweep_name() -> str:
 
 @flow(name="mlops-sweep", flow_run_name=_sweep_name, validate_parameters=False)
 def sweep_flow(recipe: str, overrides: list[str], worker: bool = False, allow_failed_gates: bool = False) -> dict[str, Any]:
-    from mlops.sweep.study import counts, open_study, recover_orphans, storage_url
 
     loaded = load_validated(recipe, overrides)
     assert loaded.recipe.sweep is not None
@@ -157,7 +168,6 @@ def sweep_flow(recipe: str, overrides: list[str], worker: bool = False, allow_fa
 def _await_other_workers(study: Any, poll: float = 1.0) -> None:
     """The budget is spent, but trials that `--worker` processes started may still be running: the best
     trial is chosen once they are done (a dead worker's trial is given up after its owner is gone)."""
-    from mlops.sweep.study import counts, recover_orphans
 
     announced = False
     while counts(study)["running"]:
@@ -171,9 +181,6 @@ def _await_other_workers(study: Any, poll: float = 1.0) -> None:
 def _finish(study: Any, loaded: LoadedRecipe, parent: str, allow_failed_gates: bool = False) -> dict[str, Any]:
     """Log the study to the parent run, then export and register the best trial's model (reused from the
     step cache, not retrained) as `challenger`."""
-    from mlops.core.errors import GateError, MlopsError
-    from mlops.sweep.report import log_study
-    from mlops.sweep.study import as_overrides
 
     try:
         best = study.best_trial

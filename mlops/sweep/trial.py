@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from mlops.engine.execute import execute
+from mlops.engine.validate import load_validated
 from mlops.train.pruning import PruneLink
 
 
@@ -27,8 +29,6 @@ class TrialJob(BaseModel):
 
 
 def main(argv: list[str]) -> int:
-    from mlops.engine.execute import execute
-    from mlops.engine.validate import load_validated
 
     job = TrialJob.model_validate_json(Path(argv[0]).read_text())
     try:

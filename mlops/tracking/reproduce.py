@@ -13,18 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.errors import MlopsError
+from mlops.data.fingerprint import fingerprint_bytes
+from mlops.engine.cache import Cache
+from mlops.engine.execute import execute
+from mlops.engine.lock import package_versions
 from mlops.engine.runlog import flatten
+from mlops.engine.validate import load_validated
 from mlops.tracking.compare import get_run, read_lock
 
 
 def reproduce(client: Any, run_id: str) -> dict[str, Any]:
     import yaml
 
-    from mlops.data.fingerprint import fingerprint_bytes
-    from mlops.engine.cache import Cache
-    from mlops.engine.execute import execute
-    from mlops.engine.lock import package_versions
-    from mlops.engine.validate import load_validated
 
     original = get_run(client, run_id)
     lock = read_lock(client, run_id)

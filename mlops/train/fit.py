@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from mlops.recipe.schema import BUILTIN_MODEL, DataModuleConfig, ModelConfig, TrainerConfig
-from mlops.train.pruning import PruneLink
+from mlops.train.progress import BestWeights, EpochHistory
+from mlops.train.pruning import OptunaPruning, PruneLink
 
 
 class TrainJob(BaseModel):
@@ -76,7 +77,6 @@ def fit(job: TrainJob) -> TrainResult | None:
     import torch
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from mlops.train.progress import BestWeights, EpochHistory
 
     quiet_lightning()
     L.seed_everything(job.seed, workers=True, verbose=False)
@@ -92,7 +92,6 @@ def fit(job: TrainJob) -> TrainResult | None:
     callbacks: list[Any] = [checkpoint, history]
     pruning = None
     if job.prune is not None:
-        from mlops.train.pruning import OptunaPruning
 
         pruning = OptunaPruning(job.prune)
         callbacks.append(pruning)

@@ -37,7 +37,7 @@ def summary(tmp_path: Path, verdicts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_a_run_reads_the_champion_intervals_from_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlops.engine.runner as runner
+    import mlops.improve.retrain as runner  # the training flow as retrain calls it
 
     calls: list[tuple[str, list[str]]] = []
 
@@ -55,7 +55,7 @@ def test_a_run_reads_the_champion_intervals_from_the_report(tmp_path: Path, monk
 
 
 def test_a_gate_failure_finds_the_version_by_its_data_fingerprint(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlops.engine.runner as runner
+    import mlops.improve.retrain as runner  # the training flow as retrain calls it
 
     message = ("model quickstart version 4 FAILED its gates: registered with tag gates=failed and no alias\n"
                "  gate test/auroc >= 0.85: FAILED: 0.61 is below the minimum 0.85\n"
@@ -72,7 +72,7 @@ def test_a_gate_failure_finds_the_version_by_its_data_fingerprint(monkeypatch: p
 
 
 def test_sweep_mode_runs_the_recipes_study_with_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlops.sweep.flow as sweep_module
+    import mlops.improve.retrain as sweep_module  # the sweep flow as retrain calls it
 
     calls: list[list[str]] = []
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "lightning", "mlflow", "prefect", "evidently", "onnxruntime")
+HEAVY = ("torch", "lightning", "mlflow", "prefect", "evidently", "onnxruntime", "sklearn")
 
 SCRIPT = """
 import json, sys

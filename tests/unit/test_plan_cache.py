@@ -205,7 +205,7 @@ def test_a_library_upgrade_reruns_the_steps_that_import_it(tmp_path: Path, monke
 
 
 def test_every_planned_step_has_its_own_module(tmp_path: Path) -> None:
-    from mlops.engine.steps import STEPS
+    from mlops.engine.execute import STEPS
 
     assert list(STEPS) == list(keys([], tmp_path))
     assert all(STEPS[name].__module__ == f"mlops.engine.steps.{name}" for name in STEPS)

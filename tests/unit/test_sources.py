@@ -54,3 +54,12 @@ def test_parquet_recipe_target_checked_at_validate_time(tmp_path: Path, frame: p
     with pytest.raises(RecipeError) as err:
         load_validated(recipe)
     assert "r.yaml:4: data.target: column 'why' is not in the data" in str(err.value)
+
+
+def test_the_builtin_columns_validate_knows_are_the_loaded_ones() -> None:
+    """`mlops validate` checks a built-in data set's columns from a table (no scikit-learn import): the table
+    must say what loading the data set gives."""
+    from mlops.data.sources import BUILTIN_COLUMNS, load_builtin
+
+    for name, columns in BUILTIN_COLUMNS.items():
+        assert list(load_builtin(name).columns) == columns, name

@@ -3,6 +3,7 @@ every step's code version, so whatever it imports reruns every step when it chan
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ class RunContext:
 
     def dir(self, step: str) -> Path:
         return Path(self.results[step]["dir"])
+
+
+StepFn = Callable[[RunContext, Path], dict[str, Any]]
 
 
 def frames(ctx: RunContext) -> dict[str, Any]:
