@@ -80,7 +80,7 @@ bench-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk )
 
 schema: $(STAMP)
-	$(BIN)/mlops schema --out recipe.schema.json
+	$(BIN)/mlops schema --output recipe.schema.json
 
 # docs/reference/{recipe,cli}.md from the schema and the parser, and the recipe blocks of README.md and docs/
 docs: $(STAMP)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import onnx
 
+from mlops.deploy.validate import BUNDLED_CRD
 from mlops.package.bundle import read_bundle, write_bundle
 from tests.serve_fixtures import build_bundle
 
-CRD = Path(__file__).resolve().parents[1].parent / "shared" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
+CRD = BUNDLED_CRD
 
 
 @contextmanager

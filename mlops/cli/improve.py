@@ -10,10 +10,11 @@ from mlops import flows
 from mlops.cli.output import emit
 from mlops.engine.validate import load_validated
 from mlops.improve.audit import AuditLog
-from mlops.improve.retrain import approve, preflight, reject, retrain_recipe
+from mlops.improve.retrain import RetrainOptions, RetrainOutcome, approve, preflight, reject, retrain_recipe
 
 EXIT_SKIPPED = 1  # nothing was trained: no trigger, a limit, or no new labelled rows
 EXIT_STOPPED = 3  # trained, and stopped (gates, policy) or rolled back: the champion did not change
+EXIT_CODES = {"skipped": EXIT_SKIPPED, "stopped": EXIT_STOPPED, "rolled_back": EXIT_STOPPED}
 
 
 def _rollout_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -23,13 +24,14 @@ def _rollout_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     loaded = load_validated(args.recipe, args.overrides)  # a bad recipe fails here, before anything starts
-    _, refusal = preflight(loaded, args.reason, args.force, AuditLog(), time.time())
-    if refusal:  # recorded, without starting Prefect for nothing
-        result = retrain_recipe(args.recipe, args.overrides, args.reason, by=args.by, force=args.force)
+    if preflight(loaded, args.reason, args.force, AuditLog(), time.time()).refusal:
+        # recorded, without starting Prefect for nothing
+        outcome = retrain_recipe(args.recipe, args.overrides, args.reason,
+                                 RetrainOptions(by=args.by, force=args.force))
     else:
-        result = flows.retrain(args.recipe, args.overrides, args.reason, args.by, args.force,
-                               _rollout_options(args) or None)
-    return _finish(result)
+        outcome = flows.retrain(args.recipe, args.overrides, args.reason, args.by, args.force,
+                                _rollout_options(args) or None)
+    return _finish(outcome)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -40,16 +42,15 @@ def cmd_reject(args: argparse.Namespace) -> int:
     return _finish(reject(args.run, args.by, args.reason))
 
 
-def _finish(result: dict[str, Any]) -> int:
-    outcome = result["outcome"]
-    print(result["message"])
-    if result.get("run_id"):
-        print(f"  run        {result['run_id']}  (model {result['model']}/{result.get('version') or '-'})")
-    refresh = result.get("refresh") or {}
-    if refresh.get("path"):
-        print(f"  data       {refresh['path']}: {refresh['reference_rows']} reference + "
-              f"{refresh['production_rows']} production rows ({refresh['fingerprint']})")
-    for stage in result.get("stages", []):
-        print(f"  {stage['stage']:<10} {'passed' if stage['passed'] else 'FAILED'}: {stage['summary']}")
-    emit(result)
-    return {"skipped": EXIT_SKIPPED, "stopped": EXIT_STOPPED, "rolled_back": EXIT_STOPPED}.get(outcome, 0)
+def _finish(outcome: RetrainOutcome) -> int:
+    print(outcome.message)
+    if outcome.run_id:
+        print(f"  run        {outcome.run_id}  (model {outcome.model}/{outcome.version or '-'})")
+    refresh = outcome.refresh
+    if refresh is not None and refresh.path:
+        print(f"  data       {refresh.path}: {refresh.reference_rows} reference + "
+              f"{refresh.production_rows} production rows ({refresh.fingerprint})")
+    for stage in outcome.stages:
+        print(f"  {stage.stage:<10} {'passed' if stage.passed else 'FAILED'}: {stage.summary}")
+    emit(outcome)
+    return EXIT_CODES.get(outcome.outcome, 0)

@@ -229,7 +229,7 @@ def _deploy_commands(sub: argparse._SubParsersAction) -> None:
     _model(p)
     _output(p, "output directory (default .mlops/deploy/<model>/v<version>)", type=Path)
     p.add_argument("--crd", type=Path, help="the InferenceService CRD YAML of your cluster's KServe, to validate "
-                                            "against (default $MLOPS_KSERVE_CRD; without it only KServe's rules)")
+                                            "against (default $MLOPS_KSERVE_CRD, else the CRD shipped with mlops)")
     p.add_argument("--target", action="append", choices=("kserve", "container", "prefect", "alerts"),
                    help="render only this target (repeatable; default: the recipe's deploy.targets)")
     p.add_argument("--prefect", action="store_true", help="also register the flows' deployments with the Prefect "

@@ -8,22 +8,12 @@ from pathlib import Path
 from mlops.cli.output import emit
 from mlops.core.errors import MlopsError
 from mlops.core.refs import ModelRef
-from mlops.core.timespec import parse_time
+from mlops.core.timespec import time_option
 from mlops.core.workspace import workspace
 from mlops.improve.ab import ab_report, render
 from mlops.improve.error_analysis import analyse_errors, write_report
 from mlops.recipe import load_recipe
 from mlops.recipe.improve import AbConfig, ImproveConfig
-
-
-def _since(text: str | None) -> float | None:
-    """ISO 8601 (UTC when naive), unix seconds, or a duration ago (`30m`, `12h`, `7d`)."""
-    if text is None:
-        return None
-    try:
-        return parse_time(text)
-    except ValueError as exc:
-        raise MlopsError(f"--since {text!r}: {exc}") from None
 
 
 def _name_and_version(model: str, old_version: str | None = None) -> tuple[str, str | None]:
@@ -56,7 +46,7 @@ def cmd_ab_report(args: argparse.Namespace) -> int:
         cfg = AbConfig.model_validate(cfg.model_dump() | updates)
     except ValueError as exc:
         raise MlopsError(f"ab report: {exc}") from None
-    report = ab_report(log, name, cfg, improve.feedback if improve else None, _since(args.since))
+    report = ab_report(log, name, cfg, improve.feedback if improve else None, time_option("--since", args.since))
     print(render(report), end="")
     emit(report)
     return 0
@@ -67,7 +57,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
         raise MlopsError("--bins must be at least 2, --top and --min-rows at least 1")
     name, version = _name_and_version(args.model, args.renamed_version)
     log, improve = _log_and_recipe(args, name)
-    analysis = analyse_errors(log, name, since=_since(args.since), version=version,
+    analysis = analyse_errors(log, name, since=time_option("--since", args.since), version=version,
                               variants=tuple(args.variant or ("champion", "challenger")),
                               feedback=improve.feedback if improve else None, bins=args.bins, top=args.top,
                               min_rows=args.min_rows, tolerance=args.tolerance)

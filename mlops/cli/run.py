@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from rich.console import Console
 
@@ -12,6 +11,7 @@ from mlops.core.errors import GateError
 from mlops.engine import runner
 from mlops.engine.evaluate_model import evaluate_model
 from mlops.engine.multirun import expand
+from mlops.engine.summary import MultirunSummary, RunSummary
 from mlops.engine.validate import load_validated
 from mlops.sweep.flow import sweep
 from mlops.sweep.study import sweep_config
@@ -21,9 +21,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     jobs = expand(args.overrides) if args.multirun else [args.overrides]
     for job in jobs:  # fail fast, before any server starts or anything is written
         load_validated(args.recipe, job)
+    result: RunSummary | MultirunSummary
     if args.multirun:
         result = runner.multirun(args.recipe, jobs, allow_failed_gates=args.allow_failed_gates)
-        for summary in result["jobs"]:
+        for summary in result.jobs:
             print_summary(summary, brief=True)
     else:
         result = runner.run(args.recipe, jobs[0], allow_failed_gates=args.allow_failed_gates)
@@ -36,50 +37,50 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loaded = load_validated(args.recipe, args.overrides)
     result = evaluate_model(loaded, args.model, args.allow_failed_gates)
     console = Console(highlight=False, soft_wrap=True)
-    console.print(f"[bold]evaluated {result['model']}[/bold] (run {result['run_id']})  "
-                  + "  ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items() if headline(k)))
-    console.print(f"  gates      {result['gates']['outcome']}")
-    console.print(f"  report     {result['report']}")
+    console.print(f"[bold]evaluated {result.model}[/bold] (run {result.run_id})  "
+                  + "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if headline(k)))
+    console.print(f"  gates      {result.gates.outcome}")
+    console.print(f"  report     {result.report}")
     emit(result)
-    if result["gates"]["outcome"] == "failed":
-        raise GateError("\n".join([f"{result['model']} FAILED its gates:",
-                                   *(f"  {line}" for line in result["gates"]["failures"])]))
+    if result.gates.outcome == "failed":
+        raise GateError("\n".join([f"{result.model} FAILED its gates:",
+                                   *(f"  {line}" for line in result.gates.failures)]))
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     sweep_config(load_validated(args.recipe, args.overrides))  # a recipe without a sweep fails before anything starts
     result = sweep(args.recipe, args.overrides, worker=args.worker, allow_failed_gates=args.allow_failed_gates)
-    t = result["trials"]
-    print(f"study {result['study_name']}: {t['complete']} complete, {t['pruned']} pruned, {t['failed']} failed "
-          f"(storage {result['storage']})")
-    if "best" in result:
-        best = result["best"]
-        print(f"best trial {best['number']}: {best['value']:.5f}  {' '.join(best['overrides'])}")
-        print_summary(result, brief=False)
+    t = result.trials
+    print(f"study {result.study_name}: {t['complete']} complete, {t['pruned']} pruned, {t['failed']} failed "
+          f"(storage {result.storage})")
+    if result.best is not None and result.run is not None:
+        best = result.best
+        print(f"best trial {best.number}: {best.value:.5f}  {' '.join(best.overrides)}")
+        print_summary(result.run, brief=False)
     emit(result)
     return 0
 
 
-def print_summary(s: dict[str, Any], brief: bool) -> None:
+def print_summary(s: RunSummary, brief: bool) -> None:
     console = Console(highlight=False, soft_wrap=True)
-    shown = {k: v for k, v in s["metrics"].items() if headline(k)}
+    shown = {k: v for k, v in s.metrics.items() if headline(k)}
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
-    model = f"{s['model_name']}/{s['model_version']}" if s["model_version"] else f"{s['model_name']} (not registered)"
-    console.print(f"[bold]run {s['run_id']}[/bold] {' '.join(s['overrides'])}  model {model} "
-                  f"aliases {','.join(s['aliases']) or '-'}  {metrics}")
+    model = f"{s.model_name}/{s.model_version}" if s.model_version else f"{s.model_name} (not registered)"
+    console.print(f"[bold]run {s.run_id}[/bold] {' '.join(s.overrides)}  model {model} "
+                  f"aliases {','.join(s.aliases) or '-'}  {metrics}")
     if brief:
         return
-    uri = s["tracking_uri"]
-    console.print(f"  bundle     {s['bundle']}")
-    console.print(f"  data       {s['data_fingerprint']}")
-    console.print(f"  run dir    {s['run_dir']}")
-    console.print(f"  steps      {', '.join(f'{k}:{v}' for k, v in s['cache'].items())}")
-    gates = s["gates"]
-    console.print(f"  gates      {gates['outcome']} ({len(gates['verdicts'])} gates"
-                  + (f", vs champion {gates['champion']}" if gates["champion"] else "") + ")")
-    console.print(f"  report     {gates['report']}")
+    uri = s.tracking_uri
+    console.print(f"  bundle     {s.bundle}")
+    console.print(f"  data       {s.data_fingerprint}")
+    console.print(f"  run dir    {s.run_dir}")
+    console.print(f"  steps      {', '.join(f'{k}:{v}' for k, v in s.cache.items())}")
+    gates = s.gates
+    console.print(f"  gates      {gates.outcome} ({len(gates.verdicts)} gates"
+                  + (f", vs champion {gates.champion}" if gates.champion else "") + ")")
+    console.print(f"  report     {gates.report}")
     console.print(f"  look next  mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"  look next  {uri}")
-    if s["model_version"]:
-        alias = "champion" if "champion" in s["aliases"] else "challenger"
-        console.print(f"  serve it   mlops serve {s['model_name']}@{alias}   (or the bundle dir above)")
+    if s.model_version:
+        alias = "champion" if "champion" in s.aliases else "challenger"
+        console.print(f"  serve it   mlops serve {s.model_name}@{alias}   (or the bundle dir above)")

@@ -9,6 +9,8 @@ import re
 import time
 from datetime import UTC, datetime
 
+from mlops.core.errors import MlopsError
+
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 
@@ -40,6 +42,17 @@ def parse_time(text: str, now: float | None = None) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def time_option(flag: str, text: str | None) -> float | None:
+    """A command-line time (`--since 24h`) as unix seconds; None when the option was not given. A bad value
+    is the user's to fix: MlopsError naming the option."""
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise MlopsError(f"{flag}: {exc}") from None
 
 
 def iso(ts: float | None) -> str | None:

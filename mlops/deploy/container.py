@@ -59,5 +59,5 @@ def build_context(dest: Path, bundle_dir: Path, cfg: DeployConfig, mv: ModelVers
         for name in ("model.onnx", "bundle.json"):
             shutil.copy2(bundle_dir / name, tmp / "bundle" / name)
         shutil.copytree(Path(mlops.__file__).parent, tmp / "mlops",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "crd"))  # serving needs no CRD
     return dest

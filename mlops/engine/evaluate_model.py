@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
 
 from mlops.core.refs import fetch
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.core.workspace import workspace
 from mlops.engine.plan import compile_plan
+from mlops.engine.results import AssessResult
 from mlops.engine.steps.check_data import check_data
 from mlops.engine.steps.common import RunContext, frames
 from mlops.engine.steps.load_data import load_data
 from mlops.engine.steps.split import split as split_step
+from mlops.engine.summary import Evaluation
 from mlops.evaluate.assess import assess_bundle, decide
 from mlops.evaluate.metrics import compute_metrics, custom_metric_fns
 from mlops.evaluate.plots import calibration_png, confusion_matrix_png, residual_png, roc_png
@@ -26,9 +27,8 @@ from mlops.package.bundle import read_bundle
 from mlops.recipe import LoadedRecipe
 
 
-def evaluate_model(loaded: LoadedRecipe, ref: str, allow_failed_gates: bool = False) -> dict[str, Any]:
+def evaluate_model(loaded: LoadedRecipe, ref: str, allow_failed_gates: bool = False) -> Evaluation:
     from mlflow.entities import Metric
-
 
     r = loaded.recipe
     uri = tracking_uri(r.tracking.uri)
@@ -39,7 +39,7 @@ def evaluate_model(loaded: LoadedRecipe, ref: str, allow_failed_gates: bool = Fa
     plan = compile_plan(loaded)
     ctx = RunContext(loaded=loaded, run_id=None, tracking_uri=uri)
     for fn in (load_data, check_data, split_step):  # the rows a run of this recipe tests on, from the step cache
-        ctx.results[fn.__name__] = plan.run(ctx, fn.__name__, fn)
+        ctx.record(fn.__name__, plan.run(ctx, fn.__name__, fn))
     parts = frames(ctx)
     print(f"mlops: evaluating {model_ref} on {len(parts['test'])} test rows of recipe '{r.name}'", flush=True)
     out = workspace().evaluation_dir(meta.name, datetime.now(UTC).strftime('%Y%m%d-%H%M%S'))
@@ -54,9 +54,8 @@ def evaluate_model(loaded: LoadedRecipe, ref: str, allow_failed_gates: bool = Fa
     else:
         plots = [confusion_matrix_png(scored.y, scored.pred, scored.labels or [], out / "confusion_matrix.png"),
                  roc_png(scored, out / "roc.png"), calibration_png(scored, out / "calibration.png")]
-    assessed = assess_bundle(r, bundle_dir, parts["test"], parts["train"])
-    results = {"metrics": metrics | assessed["metrics"]} | {k: assessed[k] for k in
-                                                          ("slices", "fairness", "robustness", "performance")}
+    assessed = AssessResult.model_validate(assess_bundle(r, bundle_dir, parts["test"], parts["train"]))
+    results = assessed.gate_inputs(metrics)
     exp = experiment_id(client, r.experiment, uri)
     run_id = client.create_run(exp, run_name=f"evaluate {model_ref}", tags={
         "mlops.evaluates": model_ref, "mlops.recipe": str(loaded.path), "mlops.recipe_hash": loaded.hash,
@@ -68,11 +67,11 @@ def evaluate_model(loaded: LoadedRecipe, ref: str, allow_failed_gates: bool = Fa
     logged = [Metric(k, v, now, 0) for k, v in results["metrics"].items()]
     for i in range(0, len(logged), 500):
         client.log_batch(run_id, metrics=logged[i:i + 500])
-    client.set_tag(run_id, "mlops.gates", decision["outcome"])
-    for name in decision["report"].values():
+    client.set_tag(run_id, "mlops.gates", decision.outcome)
+    for name in decision.report.values():
         client.log_artifact(run_id, str(out / name), "evaluation")
-    client.set_terminated(run_id, "FAILED" if decision["outcome"] == "failed" else "FINISHED")
-    summary = {"model": model_ref, "run_id": run_id, "metrics": results["metrics"], "gates": decision,
-               "report": str(out / decision["report"]["html"]), "tracking_uri": uri}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    client.set_terminated(run_id, "FAILED" if decision.outcome == "failed" else "FINISHED")
+    summary = Evaluation(model=model_ref, run_id=run_id, metrics=results["metrics"], gates=decision,
+                         report=str(out / decision.report["html"]), tracking_uri=uri)
+    (out / "summary.json").write_text(json.dumps(summary.model_dump(mode="json"), indent=2, default=str))
     return summary

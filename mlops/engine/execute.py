@@ -7,6 +7,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,16 @@ from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.core.workspace import workspace
 from mlops.engine.cache import Cache
 from mlops.engine.lock import build_lock
-from mlops.engine.plan import Plan, compile_plan
+from mlops.engine.plan import Plan, Step, compile_plan
+from mlops.engine.results import (
+    AssessResult,
+    EvaluateResult,
+    ExportResult,
+    LoadDataResult,
+    RegisterResult,
+    SplitResult,
+    StepOutput,
+)
 from mlops.engine.runlog import log_environment, log_step, start_run
 from mlops.engine.steps import (
     assess,
@@ -32,26 +42,91 @@ from mlops.engine.steps import (
     train,
 )
 from mlops.engine.steps.common import RunContext, StepFn
+from mlops.engine.summary import GateSummary, RunSummary, TrialRun, VerdictBrief
+from mlops.evaluate.gates import GateDecision
 from mlops.recipe import LoadedRecipe
+from mlops.train.fit import TrainResult
 from mlops.train.pruning import TrialPruned
 
 # every step, in plan order: step `name` is the function `name` of module `mlops.engine.steps.<name>`
 STEPS: dict[str, StepFn] = {fn.__name__: fn for fn in (
     load_data.load_data, check_data.check_data, split.split, preprocess.preprocess, train.train,
     evaluate.evaluate, export.export, assess.assess, gate.gate, register.register)}
-StepRunner = Callable[[str], Callable[[Plan, RunContext, str], dict[str, Any]]]
+StepRunner = Callable[[str], Callable[[Plan, RunContext, str], StepOutput[Any]]]
 
 
-def execute(loaded: LoadedRecipe, parent_run_id: str | None = None, *, until: str | None = None,
-            prune: Any = None, cache: Cache | None = None, tags: dict[str, str] | None = None,
-            step_runner: StepRunner | None = None, allow_failed_gates: bool = False) -> dict[str, Any]:
-    """Run the recipe's plan (up to and including step `until`), tracking in MLflow. Returns the summary.
+@dataclass
+class _Run:
+    """One MLflow run of a plan, started and not yet ended."""
 
-    `prune` links a sweep trial to its Optuna trial; `cache` replaces the shared step cache (reproduce
-    uses an empty one to recompute everything). `step_runner` wraps each step (the Prefect runner
-    passes a task factory); by default steps run as plain calls.
+    plan: Plan
+    ctx: RunContext
+    client: Any
+    run_dir: Path
+    started: float
+
+
+def execute(loaded: LoadedRecipe, parent_run_id: str | None = None, *, cache: Cache | None = None,
+            tags: dict[str, str] | None = None, step_runner: StepRunner | None = None,
+            allow_failed_gates: bool = False) -> RunSummary:
+    """Run the recipe's whole plan, tracking in MLflow. Returns the summary; raises GateError when the model
+    failed its gates (registered for the record, without aliases).
+
+    `cache` replaces the shared step cache. `step_runner` wraps each step (the Prefect runner passes a task
+    factory); by default steps run as plain calls.
     """
 
+    run = _start(loaded, parent_run_id, cache, tags, allow_failed_gates)
+    hits = _run_steps(run, run.plan.steps, step_runner)
+    client, run_id = run.client, run.ctx.run_id
+    summary = _summary(run, hits)
+    write_text(run.run_dir / "summary.json", json.dumps(summary.model_dump(mode="json"), indent=2))
+    client.log_artifact(run_id, str(run.run_dir / "summary.json"))
+    if summary.gates.outcome == "failed":
+        client.set_terminated(run_id, "FAILED")  # the model is registered for the record, but nothing promotes it
+        raise GateError("\n".join([
+            f"model {summary.model_name} version {summary.model_version} FAILED its gates: registered with "
+            "tag gates=failed and no alias", *(f"  {line}" for line in summary.gates.failures),
+            f"report: {summary.gates.report}",
+            "(rerun with --allow-failed-gates to register it with aliases anyway)"]))
+    client.set_terminated(run_id, "FINISHED")
+    return summary
+
+
+def execute_until(loaded: LoadedRecipe, until: str, parent_run_id: str | None = None, *, prune: Any = None,
+                  cache: Cache | None = None, tags: dict[str, str] | None = None) -> TrialRun:
+    """Run the plan up to and including step `until` (train at least), tracking in MLflow.
+
+    `prune` links a sweep trial to its Optuna trial: a trial the pruner stops ends here as `pruned`.
+    `cache` replaces the shared step cache (reproduce uses an empty one to recompute everything).
+    """
+
+    run = _start(loaded, parent_run_id, cache, tags, prune=prune)
+    names = [s.name for s in run.plan.steps]
+    client, ctx = run.client, run.ctx
+    assert ctx.run_id is not None
+    try:
+        hits = _run_steps(run, run.plan.steps[: names.index(until) + 1])
+    except TrialPruned as pruned:
+        partial: TrainResult = pruned.args[0]
+        log_step(client, ctx.run_id, "train", StepOutput(partial, Path(".")), False)
+        client.set_tag(ctx.run_id, "mlops.trial_state", "pruned")
+        client.set_terminated(ctx.run_id, "KILLED")
+        return TrialRun(run_id=ctx.run_id, state="pruned", history=partial.history, metrics={})
+    client.set_terminated(ctx.run_id, "FINISHED")
+    evaluated = ctx.results.get("evaluate")
+    exported = ctx.results.get("export")
+    return TrialRun(run_id=ctx.run_id, state="complete", history=ctx.result("train", TrainResult).history,
+                    metrics=evaluated.metrics if isinstance(evaluated, EvaluateResult) else {}, cache=hits,
+                    onnx_sha256=exported.onnx_sha256 if isinstance(exported, ExportResult) else None)
+
+
+def run_step(plan: Plan, ctx: RunContext, name: str) -> StepOutput[Any]:
+    return plan.run(ctx, name, STEPS[name])
+
+
+def _start(loaded: LoadedRecipe, parent_run_id: str | None, cache: Cache | None, tags: dict[str, str] | None,
+           allow_failed_gates: bool = False, prune: Any = None) -> _Run:
     started = time.perf_counter()
     plan = compile_plan(loaded, cache)
     uri = tracking_uri(loaded.recipe.tracking.uri)
@@ -62,49 +137,33 @@ def execute(loaded: LoadedRecipe, parent_run_id: str | None = None, *, until: st
     run_dir = _run_dir(loaded, run_id)
     print(f"mlops: run {run_id} of recipe '{loaded.recipe.name}' -> {run_dir}", flush=True)
     ctx = RunContext(loaded=loaded, run_id=run_id, tracking_uri=uri, prune=prune, allow_failed_gates=allow_failed_gates)
-    cache_hits: dict[str, bool] = {}
-    steps = plan.steps if until is None else plan.steps[: [s.name for s in plan.steps].index(until) + 1]
+    return _Run(plan=plan, ctx=ctx, client=client, run_dir=run_dir, started=started)
+
+
+def _run_steps(run: _Run, steps: list[Step], step_runner: StepRunner | None = None) -> dict[str, bool]:
+    """Run `steps` in order into the run's context; whether each reused its cached result. A failure ends
+    the MLflow run as FAILED; a pruned trial's TrialPruned is left to the caller."""
+    plan, ctx, client = run.plan, run.ctx, run.client
+    assert ctx.run_id is not None
+    hits: dict[str, bool] = {}
     try:
         for step in steps:
             hit = step.cached and plan.cache.has(step.name, step.key)
-            result = (step_runner(step.name) if step_runner else run_step)(plan, ctx, step.name)
-            ctx.results[step.name] = result
-            cache_hits[step.name] = hit
-            log_step(client, run_id, step.name, result, hit)
+            output = (step_runner(step.name) if step_runner else run_step)(plan, ctx, step.name)
+            ctx.record(step.name, output)
+            hits[step.name] = hit
+            log_step(client, ctx.run_id, step.name, output, hit)
             print(f"mlops: step {step.name}: {'reused cached result' if hit else 'done'}", flush=True)
             if step.name == "load_data":
-                lock = build_lock(loaded, result)
-                log_environment(client, run_id, loaded, lock)
-                write_text(run_dir / "recipe.lock", json.dumps(lock, indent=2, default=str))
-    except TrialPruned as pruned:
-        log_step(client, run_id, "train", pruned.args[0] | {"dir": "."}, False)
-        client.set_tag(run_id, "mlops.trial_state", "pruned")
-        client.set_terminated(run_id, "KILLED")
-        return {"run_id": run_id, "state": "pruned", "history": pruned.args[0]["history"], "metrics": {}}
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
+                lock = build_lock(plan.loaded, ctx.result("load_data", LoadDataResult))
+                log_environment(client, ctx.run_id, plan.loaded, lock)
+                write_text(run.run_dir / "recipe.lock", json.dumps(lock, indent=2, default=str))
+    except TrialPruned:
         raise
-    if until is not None:
-        client.set_terminated(run_id, "FINISHED")
-        return {"run_id": run_id, "state": "complete", "history": ctx.results["train"]["history"],
-                "metrics": ctx.results.get("evaluate", {}).get("metrics", {}), "cache": cache_hits,
-                "onnx_sha256": ctx.results.get("export", {}).get("onnx_sha256")}
-    summary = _summary(plan, ctx, run_dir, cache_hits, time.perf_counter() - started)
-    write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-    client.log_artifact(run_id, str(run_dir / "summary.json"))
-    if summary["gates"]["outcome"] == "failed":
-        client.set_terminated(run_id, "FAILED")  # the model is registered for the record, but nothing promotes it
-        raise GateError("\n".join([
-            f"model {summary['model_name']} version {summary['model_version']} FAILED its gates: registered with "
-            "tag gates=failed and no alias", *(f"  {line}" for line in summary["gates"]["failures"]),
-            f"report: {summary['gates']['report']}",
-            "(rerun with --allow-failed-gates to register it with aliases anyway)"]))
-    client.set_terminated(run_id, "FINISHED")
-    return summary
-
-
-def run_step(plan: Plan, ctx: RunContext, name: str) -> dict[str, Any]:
-    return plan.run(ctx, name, STEPS[name])
+    except BaseException:
+        client.set_terminated(ctx.run_id, "FAILED")
+        raise
+    return hits
 
 
 def _run_dir(loaded: LoadedRecipe, run_id: str) -> Path:
@@ -115,37 +174,38 @@ def _run_dir(loaded: LoadedRecipe, run_id: str) -> Path:
     return d
 
 
-def _summary(plan: Plan, ctx: RunContext, run_dir: Path, hits: dict[str, bool], seconds: float) -> dict[str, Any]:
+def _summary(run: _Run, hits: dict[str, bool]) -> RunSummary:
+    plan, ctx, run_dir = run.plan, run.ctx, run.run_dir
+    assert ctx.run_id is not None
     bundle = run_dir / "bundle"
     shutil.copytree(ctx.dir("export") / "bundle", bundle, dirs_exist_ok=True)
-    reg = ctx.results["register"]
-    gate = ctx.results["gate"]
-    for name in gate["report"].values():
+    reg = ctx.result("register", RegisterResult)
+    gate = ctx.result("gate", GateDecision)
+    for name in gate.report.values():
         shutil.copy2(ctx.dir("gate") / name, run_dir / name)
-    train = ctx.results["train"]
-    metrics = dict(ctx.results["evaluate"]["metrics"]) | ctx.results["assess"]["metrics"]
-    metrics["train/epochs"] = train["epochs_run"]
-    return {
-        "run_id": ctx.run_id,
-        "recipe": plan.loaded.recipe.name,
-        "model_name": reg["model_name"],
-        "model_version": reg["model_version"],
-        "aliases": reg["aliases"],
-        "metrics": metrics,
-        "bundle": str(bundle),
-        "data_fingerprint": ctx.results["load_data"]["fingerprint"],
-        "recipe_hash": plan.loaded.hash,
-        "overrides": plan.loaded.overrides,
-        "split_sizes": ctx.results["split"]["sizes"],
-        "parity_max_abs_diff": ctx.results["export"]["parity"]["max_abs_diff"],
-        "gates": {"outcome": gate["outcome"], "failures": gate["failures"], "champion": gate["champion"],
-                  "verdicts": [{k: v.get(k) for k in ("metric", "slice", "threshold", "value", "status", "detail")}
-                               for v in gate["gates"]],
-                  "report": str(run_dir / gate["report"]["html"])},
-        "world_size": train["world_size"],
-        "cache": {k: ("reused" if v else "ran") for k, v in hits.items()},
-        "run_dir": str(run_dir),
-        "tracking_uri": ctx.tracking_uri,
-        "experiment": plan.loaded.recipe.experiment,
-        "seconds": round(seconds, 2),
-    }
+    train = ctx.result("train", TrainResult)
+    evaluated, assessed = ctx.result("evaluate", EvaluateResult), ctx.result("assess", AssessResult)
+    metrics: dict[str, float | int] = {**evaluated.metrics, **assessed.metrics, "train/epochs": train.epochs_run}
+    return RunSummary(
+        run_id=ctx.run_id,
+        recipe=plan.loaded.recipe.name,
+        model_name=reg.model_name,
+        model_version=reg.model_version,
+        aliases=reg.aliases,
+        metrics=metrics,
+        bundle=str(bundle),
+        data_fingerprint=ctx.result("load_data", LoadDataResult).fingerprint,
+        recipe_hash=plan.loaded.hash,
+        overrides=plan.loaded.overrides,
+        split_sizes=ctx.result("split", SplitResult).sizes,
+        parity_max_abs_diff=ctx.result("export", ExportResult).parity.max_abs_diff,
+        gates=GateSummary(outcome=gate.outcome, failures=gate.failures, champion=gate.champion,
+                          verdicts=[VerdictBrief.of(v) for v in gate.gates],
+                          report=str(run_dir / gate.report["html"])),
+        world_size=train.world_size,
+        cache={k: ("reused" if v else "ran") for k, v in hits.items()},
+        run_dir=str(run_dir),
+        tracking_uri=ctx.tracking_uri,
+        experiment=plan.loaded.recipe.experiment,
+        seconds=round(time.perf_counter() - run.started, 2),
+    )

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from mlops.data.sources import data_path
 
 if TYPE_CHECKING:
+    from mlops.engine.results import LoadDataResult
     from mlops.recipe import LoadedRecipe
 
 KEY_PACKAGES = ("mlops", "torch", "lightning", "mlflow", "prefect", "hydra-core", "omegaconf", "pydantic",
@@ -44,11 +45,11 @@ def git_state(where: Path) -> dict[str, Any] | None:
         return None
 
 
-def build_lock(loaded: LoadedRecipe, load_data: dict[str, Any]) -> dict[str, Any]:
-    """Everything needed to re-run this recipe: `mlops reproduce` reads it back."""
+def build_lock(loaded: LoadedRecipe, load_data: LoadDataResult) -> dict[str, Any]:
+    """Everything needed to re-run this recipe: `mlops reproduce` reads it back (as JSON, so a plain dict)."""
 
     r = loaded.recipe
-    data = {"fingerprint": load_data["fingerprint"], "dvc": load_data.get("dvc"), "source": load_data["source"],
+    data = {"fingerprint": load_data.fingerprint, "dvc": load_data.dvc, "source": load_data.source,
             "resolved_path": str(data_path(r.data, loaded.path)) if r.data.path else None}
     return {
         "recipe_hash": loaded.hash,

@@ -22,10 +22,13 @@ from mlops.data.fingerprint import builtin_source_key, fingerprint_bytes
 from mlops.data.sources import data_path
 from mlops.engine.cache import Cache
 from mlops.engine.codeversion import Snapshot, libraries
+from mlops.engine.results import R, StepOutput, result_type
 from mlops.recipe import LoadedRecipe
 
 if TYPE_CHECKING:  # what a plan runs; importing the steps here would make `mlops plan` load them
-    from mlops.engine.steps.common import RunContext, StepFn
+    from collections.abc import Callable
+
+    from mlops.engine.steps.common import RunContext
 
 PACKAGE = Path(mlops.__file__).parent  # where the closure of mlops modules is read from (tests point it at a copy)
 STEP_PACKAGE = "mlops.engine.steps"  # step `name` is the function `name` of module `mlops.engine.steps.<name>`
@@ -56,17 +59,18 @@ class Plan:
     def hits(self) -> dict[str, bool]:
         return {s.name: s.cached and self.cache.has(s.name, s.key) for s in self.steps}
 
-    def run(self, ctx: RunContext, name: str, fn: StepFn) -> dict[str, Any]:
-        """Step `name`'s result: from the cache when its key is there, else computed by `fn` and published
-        whole under the key. A step that is never cached (gate, register) writes under the run."""
+    def run(self, ctx: RunContext, name: str, fn: Callable[[RunContext, Path], R]) -> StepOutput[R]:
+        """Step `name`'s result: from the cache when its key is there (parsed into the model `fn` is annotated
+        to return), else computed by `fn` and published whole under the key. A step that is never cached
+        (gate, register) writes under the run."""
         step = self.step(name)
         if step.cached:
             if self.cache.has(name, step.key):
-                return self.cache.load(name, step.key)
+                return self.cache.load(name, step.key, result_type(fn))
             return self.cache.compute(name, step.key, lambda out: fn(ctx, out))
         out = workspace().uncached_step_dir(name, ctx.run_id)
         out.mkdir(parents=True, exist_ok=True)
-        return fn(ctx, out) | {"dir": str(out)}
+        return StepOutput(fn(ctx, out), out)
 
 
 def code_version(step: str, targets: tuple[str, ...] = (), snapshot: Snapshot | None = None) -> str:

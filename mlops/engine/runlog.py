@@ -6,11 +6,27 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlops.engine.lock import pip_freeze
+from mlops.engine.results import (
+    AssessResult,
+    CheckDataResult,
+    EvaluateResult,
+    ExportResult,
+    LoadDataResult,
+    PreprocessResult,
+    RegisterResult,
+    SplitResult,
+    StepOutput,
+)
 from mlops.recipe import LoadedRecipe
+
+if TYPE_CHECKING:
+    from mlops.evaluate.gates import GateDecision
+    from mlops.train.fit import TrainResult
 
 MAX_PARAM = 6000  # MLflow's limit on a parameter value
 
@@ -65,51 +81,93 @@ def log_environment(client: Any, run_id: str, loaded: LoadedRecipe, lock: dict[s
         client.set_tag(run_id, "mlops.git_dirty", str(lock["git"]["dirty"]))
 
 
-def log_step(client: Any, run_id: str, step: str, result: dict[str, Any], cached: bool) -> None:
+def log_step(client: Any, run_id: str, step: str, output: StepOutput[Any], cached: bool) -> None:
     """Record one step's outcome; a cached step's results are recorded just the same."""
-    from mlflow.entities import Metric, Param
-
-    now = int(time.time() * 1000)
     client.set_tag(run_id, f"mlops.step.{step}", "cached" if cached else "ran")
-    out = Path(result.get("dir", "."))
-    if step == "load_data":
-        client.set_tag(run_id, "mlops.data_fingerprint", result["fingerprint"])
-        client.log_batch(run_id, params=[Param("data.fingerprint", result["fingerprint"]),
-                                         Param("data.rows", str(result["rows"]))])
-        if result.get("dvc"):
-            client.set_tag(run_id, "mlops.dvc_md5", str(result["dvc"].get("md5")))
-    elif step == "split":
-        client.log_batch(run_id, params=[Param(f"split.{k}_rows", str(v)) for k, v in result["sizes"].items()]
-                         + [Param("split.digest", result["digest"]), Param("task", result["task"])])
-    elif step == "preprocess":
-        client.log_artifact(run_id, str(out / "schema.json"), "data")
-        client.log_artifact(run_id, str(out / "preprocessor.json"), "data")
-    elif step == "train":
-        metrics = [Metric(k, v, now + int(row["epoch"]), int(row["epoch"])) for row in result["history"] for k, v in row.items() if k != "epoch"]
-        metrics += [Metric("train/fit_seconds", result["fit_seconds"], now, 0),
-                    Metric("train/epochs", result["epochs_run"], now, 0)]
-        for i in range(0, len(metrics), 500):
-            client.log_batch(run_id, metrics=metrics[i:i + 500])
-        client.set_tag(run_id, "mlops.world_size", str(result["world_size"]))
-    elif step == "evaluate":
-        step_no = int(result.get("step", 0))
-        client.log_batch(run_id, metrics=[Metric(k, v, now + step_no, step_no) for k, v in result["metrics"].items()])
-        for plot in result["plots"]:
-            client.log_artifact(run_id, str(out / plot), "plots")
-    elif step == "export":
-        client.log_batch(run_id, metrics=[Metric("export/parity_max_abs_diff", result["parity"]["max_abs_diff"], now, 0),
-                                          Metric("export/onnx_bytes", result["onnx_bytes"], now, 0)])
-        client.log_artifacts(run_id, str(out / "bundle"), "bundle")
-    elif step == "check_data":
-        client.set_tag(run_id, "mlops.expectations", f"{result['checked']} checked, all met")
-    elif step == "assess":
-        metrics = [Metric(k, v, now, 0) for k, v in result["metrics"].items()]
-        if metrics:
-            client.log_batch(run_id, metrics=metrics)
-        client.log_artifact(run_id, str(out / "assess.json"), "evaluation")
-    elif step == "gate":
-        client.set_tag(run_id, "mlops.gates", result["outcome"])
-        for name in result["report"].values():
-            client.log_artifact(run_id, str(out / name), "evaluation")
-    elif step == "register" and result.get("model_version"):
-        client.set_tag(run_id, "mlops.model", f"{result['model_name']}/{result['model_version']}")
+    log = _LOGGERS.get(step)
+    if log is not None:
+        log(client, run_id, output.result, output.dir, int(time.time() * 1000))
+
+
+def _log_load_data(client: Any, run_id: str, result: LoadDataResult, out: Path, now: int) -> None:
+    from mlflow.entities import Param
+
+    client.set_tag(run_id, "mlops.data_fingerprint", result.fingerprint)
+    client.log_batch(run_id, params=[Param("data.fingerprint", result.fingerprint),
+                                     Param("data.rows", str(result.rows))])
+    if result.dvc:
+        client.set_tag(run_id, "mlops.dvc_md5", str(result.dvc.get("md5")))
+
+
+def _log_check_data(client: Any, run_id: str, result: CheckDataResult, out: Path, now: int) -> None:
+    client.set_tag(run_id, "mlops.expectations", f"{result.checked} checked, all met")
+
+
+def _log_split(client: Any, run_id: str, result: SplitResult, out: Path, now: int) -> None:
+    from mlflow.entities import Param
+
+    client.log_batch(run_id, params=[Param(f"split.{k}_rows", str(v)) for k, v in result.sizes.items()]
+                     + [Param("split.digest", result.digest), Param("task", result.task)])
+
+
+def _log_preprocess(client: Any, run_id: str, result: PreprocessResult, out: Path, now: int) -> None:
+    client.log_artifact(run_id, str(out / "schema.json"), "data")
+    client.log_artifact(run_id, str(out / "preprocessor.json"), "data")
+
+
+def _log_train(client: Any, run_id: str, result: TrainResult, out: Path, now: int) -> None:
+    """Every epoch's metrics at its step, and how the fit went (also for a pruned trial's partial fit)."""
+    from mlflow.entities import Metric
+
+    metrics = [Metric(k, v, now + int(row["epoch"]), int(row["epoch"]))
+               for row in result.history for k, v in row.items() if k != "epoch"]
+    metrics += [Metric("train/fit_seconds", result.fit_seconds, now, 0),
+                Metric("train/epochs", result.epochs_run, now, 0)]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i:i + 500])
+    client.set_tag(run_id, "mlops.world_size", str(result.world_size))
+
+
+def _log_evaluate(client: Any, run_id: str, result: EvaluateResult, out: Path, now: int) -> None:
+    from mlflow.entities import Metric
+
+    step = result.step
+    client.log_batch(run_id, metrics=[Metric(k, v, now + step, step) for k, v in result.metrics.items()])
+    for plot in result.plots:
+        client.log_artifact(run_id, str(out / plot), "plots")
+
+
+def _log_export(client: Any, run_id: str, result: ExportResult, out: Path, now: int) -> None:
+    from mlflow.entities import Metric
+
+    client.log_batch(run_id, metrics=[Metric("export/parity_max_abs_diff", result.parity.max_abs_diff, now, 0),
+                                      Metric("export/onnx_bytes", result.onnx_bytes, now, 0)])
+    client.log_artifacts(run_id, str(out / "bundle"), "bundle")
+
+
+def _log_assess(client: Any, run_id: str, result: AssessResult, out: Path, now: int) -> None:
+    from mlflow.entities import Metric
+
+    metrics = [Metric(k, v, now, 0) for k, v in result.metrics.items()]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+    client.log_artifact(run_id, str(out / "assess.json"), "evaluation")
+
+
+def _log_gate(client: Any, run_id: str, result: GateDecision, out: Path, now: int) -> None:
+    client.set_tag(run_id, "mlops.gates", result.outcome)
+    for name in result.report.values():
+        client.log_artifact(run_id, str(out / name), "evaluation")
+
+
+def _log_register(client: Any, run_id: str, result: RegisterResult, out: Path, now: int) -> None:
+    if result.model_version:
+        client.set_tag(run_id, "mlops.model", f"{result.model_name}/{result.model_version}")
+
+
+# by step name: each logger is typed on the result its step returns (the train and gate result types are
+# only named for the type checker: importing them would load Lightning for `mlops compare`, which needs `flatten`)
+_LOGGERS: dict[str, Callable[[Any, str, Any, Path, int], None]] = {
+    "load_data": _log_load_data, "check_data": _log_check_data, "split": _log_split,
+    "preprocess": _log_preprocess, "train": _log_train, "evaluate": _log_evaluate, "export": _log_export,
+    "assess": _log_assess, "gate": _log_gate, "register": _log_register}

@@ -15,11 +15,13 @@ from typing import Any
 from mlops.core.errors import GateError
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.engine.execute import execute, run_step
+from mlops.engine.summary import MultirunSummary, RunSummary
 from mlops.engine.validate import load_validated
 
 
 def configure_prefect() -> None:
-    """Defaults that make Prefect's temporary server quiet and patient (see PITFALLS)."""
+    """Defaults that make Prefect's temporary server quiet offline (no analytics, no telemetry) and patient
+    on a slow machine (its 20 s start-up timeout is too tight for a loaded CI box)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -30,7 +32,7 @@ configure_prefect()
 
 from prefect import flow, task  # noqa: E402  (configured first: Prefect reads settings at import)
 from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.states import Failed  # noqa: E402
+from prefect.states import Failed, State  # noqa: E402
 
 step_task = task(run_step, cache_policy=NO_CACHE, persist_result=False)
 
@@ -55,7 +57,7 @@ def _multirun_name() -> str:
 
 @flow(name="mlops-run", flow_run_name=_run_name, validate_parameters=False)
 def run_flow(recipe: str, overrides: list[str], parent_run_id: str | None = None,
-             allow_failed_gates: bool = False) -> dict[str, Any]:
+             allow_failed_gates: bool = False) -> RunSummary | State:
     """Train, evaluate, export, gate and register one recipe (the deployable entrypoint)."""
     try:
         return execute(load_validated(recipe, overrides), parent_run_id, step_runner=as_tasks,
@@ -65,7 +67,7 @@ def run_flow(recipe: str, overrides: list[str], parent_run_id: str | None = None
 
 
 @flow(name="mlops-multirun", flow_run_name=_multirun_name, validate_parameters=False)
-def multirun_flow(recipe: str, jobs: list[list[str]], allow_failed_gates: bool = False) -> dict[str, Any]:
+def multirun_flow(recipe: str, jobs: list[list[str]], allow_failed_gates: bool = False) -> MultirunSummary | State:
     """Hydra-style multirun: one subflow and one nested MLflow run per combination of overrides."""
     loaded = [load_validated(recipe, job) for job in jobs]  # validate every job before running any
     first = loaded[0]
@@ -75,7 +77,7 @@ def multirun_flow(recipe: str, jobs: list[list[str]], allow_failed_gates: bool =
     parent = client.create_run(exp, run_name=f"{first.recipe.name} multirun ({len(jobs)} jobs)",
                                tags={"mlops.multirun": "true", "mlops.recipe": str(first.path),
                                      "mlops.jobs": json.dumps(jobs)}).info.run_id
-    summaries = []
+    summaries: list[RunSummary] = []
     gate_failures: list[str] = []
     try:
         for i, job in enumerate(jobs, 1):
@@ -91,14 +93,15 @@ def multirun_flow(recipe: str, jobs: list[list[str]], allow_failed_gates: bool =
     if gate_failures:
         exc = GateError(f"{len(gate_failures)} of {len(jobs)} multirun jobs failed their gates:\n" + "\n".join(gate_failures))
         return Failed(message=str(exc).splitlines()[0], data=exc)
-    return {"parent_run_id": parent, "jobs": summaries}
+    return MultirunSummary(parent_run_id=parent, jobs=summaries)
 
 
-def run(recipe: str | Path, overrides: list[str], allow_failed_gates: bool = False) -> dict[str, Any]:
+def run(recipe: str | Path, overrides: list[str], allow_failed_gates: bool = False) -> RunSummary:
     state = run_flow(str(Path(recipe).resolve()), overrides, allow_failed_gates=allow_failed_gates, return_state=True)
-    return state.result()  # raises the flow's exception, GateError included
+    # raises the flow's exception, GateError included; model_validate hands the summary back as it is
+    return RunSummary.model_validate(state.result())
 
 
-def multirun(recipe: str | Path, jobs: list[list[str]], allow_failed_gates: bool = False) -> dict[str, Any]:
+def multirun(recipe: str | Path, jobs: list[list[str]], allow_failed_gates: bool = False) -> MultirunSummary:
     state = multirun_flow(str(Path(recipe).resolve()), jobs, allow_failed_gates=allow_failed_gates, return_state=True)
-    return state.result()
+    return MultirunSummary.model_validate(state.result())

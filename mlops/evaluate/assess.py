@@ -14,7 +14,7 @@ from typing import Any
 from mlops.core.errors import MlopsError
 from mlops.core.refs import CHAMPION, fetch_if_registered
 from mlops.evaluate.fairness import fairness_report
-from mlops.evaluate.gates import evaluate_gates, failure_lines, outcome
+from mlops.evaluate.gates import GateDecision, GateVerdict, Outcome, evaluate_gates, failure_lines, outcome
 from mlops.evaluate.metrics import custom_metric_fns
 from mlops.evaluate.performance import benchmark_onnx, benchmark_torch, perf_metrics
 from mlops.evaluate.report import write_report
@@ -27,7 +27,6 @@ from mlops.recipe.schema import Recipe
 
 def assess_bundle(recipe: Recipe, bundle_dir: Path, test: Any, train: Any, module: Any = None,
                   features: Any = None) -> dict[str, Any]:
-
     ev = recipe.evaluate
     scored = score_bundle(bundle_dir, test, recipe.data.target)
     custom = custom_metric_fns(ev.custom_metrics)
@@ -66,7 +65,7 @@ def champion_bundle(uri: str, model_name: str) -> tuple[str, Path] | None:
 
 def decide(recipe: Recipe, bundle_dir: Path, frames: dict[str, Any], results: dict[str, Any],
            plots: dict[str, str], tracking_uri: str, out: Path, model: dict[str, Any],
-           allow_failed: bool = False, champion: tuple[str, Path] | None | bool = True) -> dict[str, Any]:
+           allow_failed: bool = False, champion: tuple[str, Path] | None | bool = True) -> GateDecision:
     """Apply the recipe's gates and write the report into `out`. `champion=True` looks it up in the registry."""
 
     ev = recipe.evaluate
@@ -88,27 +87,27 @@ def decide(recipe: Recipe, bundle_dir: Path, frames: dict[str, Any], results: di
             except MlopsError as exc:
                 champion_error = f"the champion {ref} cannot score this data: {exc}"
     verdicts = evaluate_gates(ev.gates, results, challenger, theirs, ref, custom, directions, recipe.eval_seed)
-    if champion_error:
-        for v in verdicts:
-            if v["kind"] == "champion":
-                v |= {"status": "error", "detail": champion_error}
-    result = outcome(verdicts)
+    if champion_error:  # a champion that cannot score this data decides nothing: its gates are errors
+        verdicts = [v.model_copy(update={"status": "error", "detail": champion_error}) if v.kind == "champion" else v
+                    for v in verdicts]
+    result: Outcome = outcome(verdicts)
     if result == "failed" and allow_failed:
         result = "allowed"
     meta = read_bundle(bundle_dir)
     report = {"model": {"name": meta.name, "task": meta.task, "labels": meta.labels,
                         "onnx_sha256": meta.onnx_sha256} | model,
-              "recipe": recipe.name, "outcome": result, "champion": ref, "gates": verdicts} | results | {"plots": plots}
+              "recipe": recipe.name, "outcome": result, "champion": ref,
+              "gates": [v.model_dump() for v in verdicts]} | results | {"plots": plots}
     paths = write_report(report, out)
     _print_verdicts(verdicts, result, paths["html"])
-    return {"outcome": result, "gates": verdicts, "failures": failure_lines(verdicts), "champion": ref,
-            "report": {k: Path(v).name for k, v in paths.items()}}
+    return GateDecision(outcome=result, gates=verdicts, failures=failure_lines(verdicts), champion=ref,
+                        report={k: Path(v).name for k, v in paths.items()})
 
 
-def _print_verdicts(verdicts: list[dict[str, Any]], result: str, html: str) -> None:
+def _print_verdicts(verdicts: list[GateVerdict], result: Outcome, html: str) -> None:
     for v in verdicts:
-        where = f" [{v['slice']}]" if v.get("slice") else ""
-        print(f"mlops: gate {v['metric']}{where} {v['threshold']}: {v['status'].upper()} ({v['detail']})", flush=True)
+        where = f" [{v.slice}]" if v.slice else ""
+        print(f"mlops: gate {v.metric}{where} {v.threshold}: {v.status.upper()} ({v.detail})", flush=True)
     if result == "allowed":
         print("mlops: WARNING: gates FAILED and --allow-failed-gates was given: the model is registered WITH "
               "aliases anyway (tag gates=allowed)", flush=True)

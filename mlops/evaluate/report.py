@@ -36,7 +36,6 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
     plots = {str(k): str(v) for k, v in (report.get("plots") or {}).items() if v}
     latencies = ((report.get("performance") or {}).get("onnx") or {}).get("latencies_ms")
     if latencies and LATENCY_PLOT not in plots:
-
         try:
             path = latency_histogram_png(latencies, out_dir / f"{LATENCY_PLOT}.png", "ONNX serving latency")
             plots[LATENCY_PLOT] = str(path.resolve())

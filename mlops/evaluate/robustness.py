@@ -263,7 +263,6 @@ def _changed(base: np.ndarray, out: np.ndarray, task: str) -> float:
 
 
 def _train_stats(inputs: list[Any], train: pd.DataFrame) -> dict[str, dict[str, Any]]:
-
     stats: dict[str, dict[str, Any]] = {}
     for spec in inputs:
         present = spec.name in train.columns

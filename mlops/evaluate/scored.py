@@ -70,7 +70,6 @@ def bundle_feeds(bundle_inputs: list[Any], frame: Any) -> dict[str, np.ndarray]:
     feeds: dict[str, np.ndarray] = {}
     for spec in bundle_inputs:
         if spec.name not in frame.columns:
-
             raise MlopsError(f"the model needs column '{spec.name}', which the data does not have")
         col = frame[spec.name]
         feeds[spec.name] = (category_strings(col) if spec.dtype == "string" else numeric_column(col))[:, None]

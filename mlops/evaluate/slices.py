@@ -94,7 +94,6 @@ def _numbers(series: pd.Series, column: str) -> np.ndarray:
 
 
 def _value_labels(series: pd.Series) -> tuple[np.ndarray, list[str]]:
-
     labels = category_strings(series)
     labels[labels == ""] = MISSING  # category_strings writes missing as "" (ONNX string tensors have no null)
     seen = set(labels.tolist())

@@ -29,7 +29,6 @@ LOWER_IS_BETTER = {"error_rate", "mae", "mse"}
 
 def ab_report(log: Path, model: str, cfg: AbConfig | None = None, feedback: FeedbackConfig | None = None,
               since: float | None = None) -> dict[str, Any]:
-
     cfg = cfg or AbConfig()
     rows = read_joined(log, model, since=since, feedback=feedback)
     if not rows:
@@ -46,7 +45,6 @@ def ab_report(log: Path, model: str, cfg: AbConfig | None = None, feedback: Feed
     report["metric"] = compare_arms(cfg.metric, [_metric_value(cfg.metric, j) for j in arms["champion"]],
                                     [_metric_value(cfg.metric, j) for j in arms["challenger"]], cfg)
     if cfg.business_metric:
-
         values = {arm: [business_value(j.payload, cfg.business_metric) if j.payload else None for j in js]
                   for arm, js in arms.items()}
         report["business"] = compare_arms(cfg.business_metric, values["champion"], values["challenger"], cfg,

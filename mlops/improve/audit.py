@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlops.core import timespec
 from mlops.core.workspace import workspace
 
 # events (the `event` field)
@@ -41,6 +42,7 @@ def default_path() -> Path:
 
 
 def iso(ts: float) -> str:
+    """A record's `time`: UTC to the microsecond (the log's format; messages use `timespec.iso`, to the second)."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -119,11 +121,11 @@ def limit_refusal(records: list[dict[str, Any]], cooldown_minutes: float, max_pe
     started = sorted(float(r["ts"]) for r in records if r.get("event") == STARTED)
     if started and now - started[-1] < cooldown_minutes * 60:
         last = started[-1]
-        return (f"cooldown: the last retrain started at {iso(last)[:19]}Z, {(now - last) / 60:.0f} min ago; "
-                f"the next may start after {iso(last + cooldown_minutes * 60)[:19]}Z "
+        return (f"cooldown: the last retrain started at {timespec.iso(last)}, {(now - last) / 60:.0f} min ago; "
+                f"the next may start after {timespec.iso(last + cooldown_minutes * 60)} "
                 f"(improve.limits.cooldown_minutes={cooldown_minutes:g})")
     in_day = [t for t in started if now - t < 86400]
     if len(in_day) >= max_per_day:
         return (f"limit: {len(in_day)} retrains started in the last 24 hours (improve.limits.max_per_day="
-                f"{max_per_day}); the next may start after {iso(in_day[-max_per_day] + 86400)[:19]}Z")
+                f"{max_per_day}); the next may start after {timespec.iso(in_day[-max_per_day] + 86400)}")
     return None

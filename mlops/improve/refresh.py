@@ -11,13 +11,12 @@ fingerprint is the file's and its lineage is one lookup away.
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlops.core.atomic import write_bytes
+from mlops.core.atomic import write_bytes, write_json
 from mlops.core.workspace import workspace
 from mlops.data.fingerprint import fingerprint_bytes
 from mlops.data.schema import infer_task
@@ -46,28 +45,47 @@ class Refresh:
     lineage: Path | None = None
     overrides: list[str] = field(default_factory=list)
 
-    def summary(self) -> dict[str, Any]:
-        return {"path": str(self.path) if self.path else None, "fingerprint": self.fingerprint,
-                "reference_rows": self.reference_rows, "production_rows": self.production_rows,
-                "by_source": self.by_source, "dropped": self.dropped, "log": self.log, "since": self.since,
-                "lineage": str(self.lineage) if self.lineage else None}
+    def summary(self) -> RefreshSummary:
+        return RefreshSummary(str(self.path) if self.path else None, self.fingerprint, self.reference_rows,
+                              self.production_rows, self.by_source, self.dropped, self.log, self.since,
+                              str(self.lineage) if self.lineage else None)
 
 
-def default_log(model: str) -> Path:
-    return workspace().prediction_log(model)
+@dataclass(frozen=True)
+class RefreshSummary:
+    """A refresh as the audit log's evidence and a retrain's outcome show it: counts and files, not the ids
+    (the lineage file lists them; they can be many thousands)."""
+
+    path: str | None
+    fingerprint: str | None
+    reference_rows: int
+    production_rows: int
+    by_source: dict[str, int]
+    dropped: dict[str, int]
+    log: str | None
+    since: float | None
+    lineage: str | None
+
+
+def production_log(loaded: LoadedRecipe) -> Path:
+    """The prediction log a retrain learns from and its live stages watch: `improve.refresh.log`, else the
+    workspace's log of the model."""
+    configured = loaded.recipe.improve.refresh.log
+    if configured:
+        return Path(configured).expanduser()
+    return workspace().prediction_log(loaded.recipe.model_name)
 
 
 def refresh_data(loaded: LoadedRecipe, now: float, out_root: Path | None = None) -> Refresh:
     """Build (or find, when the same content exists) the refreshed data file for `loaded`'s recipe."""
     import pandas as pd
 
-
     r = loaded.recipe
     cfg: ImproveConfig = r.improve
     reference, _ = load_frame(r.data, loaded.path)
     target = r.data.target
     task = infer_task(reference[target].dropna(), r.data.task)
-    log = Path(cfg.refresh.log).expanduser() if cfg.refresh.log else default_log(r.model_name)
+    log = production_log(loaded)
     since = now - cfg.refresh.window_days * 86400
     production = pd.DataFrame(columns=reference.columns)
     ids: list[str] = []
@@ -87,7 +105,6 @@ def refresh_data(loaded: LoadedRecipe, now: float, out_root: Path | None = None)
         return result
     combined = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
     raw = parquet_bytes(combined)
-
     fingerprint = fingerprint_bytes(raw)
     folder = (out_root or workspace().refreshed_data) / r.model_name
     folder.mkdir(parents=True, exist_ok=True)
@@ -97,12 +114,12 @@ def refresh_data(loaded: LoadedRecipe, now: float, out_root: Path | None = None)
         write_bytes(path, raw)
     lineage = folder / f"{stem}.lineage.json"
     result.path, result.fingerprint, result.lineage = path, fingerprint, lineage
-    write_bytes(lineage, json.dumps({
+    write_json(lineage, {
         "fingerprint": fingerprint, "path": str(path), "model": r.model_name,
         "reference": {"source": r.data.path or f"sklearn:{r.data.dataset}", "rows": len(base)},
         "production": {"log": str(log), "window_days": cfg.refresh.window_days, "since": since,
                        "rows": len(production), "by_source": by_source, "dropped": dropped, "ids": ids},
-    }, indent=2).encode())
+    })
     result.overrides = data_overrides(loaded, path)
     return result
 
@@ -125,7 +142,6 @@ def production_frame(log: Path, model: str, reference: pd.DataFrame, target: str
                      since: float, n_reference: int) -> tuple[pd.DataFrame, list[str], dict[str, int], dict[str, int]]:
     """Labelled production rows shaped like `reference`, newest first; their ids; drops and sources counted."""
     import pandas as pd
-
 
     classification = task != "regression"
     originals = {str(v): v for v in reference[target].dropna().unique()} if classification else {}

@@ -52,7 +52,7 @@ class MlflowRegistry:
     def aliases(self, model: str) -> dict[str, str]:
         from mlflow.exceptions import MlflowException
 
-        try:  # on the SQL store only the registered model knows its aliases (see PITFALLS)
+        try:  # on the SQL store search_model_versions() returns no aliases: only the registered model has them
             return {k: str(v) for k, v in self.client.get_registered_model(model).aliases.items()}
         except MlflowException:
             return {}

@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from mlops.core.errors import MlopsError
+from mlops.core.refs import ModelVersion
 from mlops.deploy.local import LiveServe
 from mlops.deploy.rollout import RolloutOptions, rollout
 from mlops.evaluate.scored import Scored
@@ -57,13 +58,27 @@ class CanaryStep:
 
 @dataclass
 class StageResult:
-    stage: str  # shadow | canary
+    """How one live stage went, and what it saw. Not frozen: a strategy that waited past its timeout says so
+    in `summary`."""
+
+    stage: Literal["shadow", "canary"]
     passed: bool
     summary: str
-    percent: int | None = None
+    percent: int | None = None  # the canary step's share of traffic
     evidence: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def name(self) -> str:
+        """`shadow`, `canary_10`: the stage as tags and `by: rollout:<name>` name it."""
+        return self.stage + (f"_{self.percent}" if self.percent else "")
+
+    @property
+    def label(self) -> str:
+        """`shadow`, `canary 10 %`: the stage as messages name it."""
+        return self.stage + (f" {self.percent} %" if self.percent else "")
+
     def record(self) -> dict[str, Any]:
+        """The stage as the audit log's evidence holds it (its key order is the log's format)."""
         return {"stage": self.stage, "percent": self.percent, "passed": self.passed, "summary": self.summary,
                 "evidence": self.evidence}
 
@@ -135,7 +150,6 @@ def canary_verdict(champion: list[Any], challenger: list[Any], shadow: list[Any]
     on rows with ground truth, accuracy of the two arms (fails only when shown worse by the margin)."""
     import numpy as np
 
-
     evidence: dict[str, Any] = {"challenger_rows": len(challenger), "champion_rows": len(champion)}
     if len(challenger) < step.min_rows:
         return StageResult("canary", False, f"only {len(challenger)} challenger answers at {step.percent} % "
@@ -146,7 +160,6 @@ def canary_verdict(champion: list[Any], challenger: list[Any], shadow: list[Any]
         return StageResult("canary", False, f"challenger p99 latency {p99:.1f} ms is above {step.max_p99_ms:g} ms",
                            step.percent, evidence)
     if step.max_shadow_disagreement is not None and shadow:
-
         by_id = {j.id: j for j in champion + challenger}
         pairs = [(by_id[s.id], s) for s in shadow if s.id in by_id]
         if pairs:
@@ -182,7 +195,6 @@ def _arrays(rows: list[Any]) -> dict[str, Any]:
 def _paired_accuracy(pairs: list[tuple[Any, Any]], max_drop: float, seed: int) -> dict[str, Any] | None:
     """McNemar on the rows whose truth is known, with the paired bootstrap interval of the difference."""
     import numpy as np
-
 
     known = [(a, b) for a, b in pairs if a.truth is not None and "label" in a.outputs and "label" in b.outputs]
     if len(known) < 10:
@@ -264,7 +276,6 @@ class LogRollout:
         self._move(target, "complete", 100)
 
     def _read(self, target: RolloutTarget, since: float, extra: tuple[str, ...]) -> tuple[list[Any], list[Any]]:
-
         if not target.log.is_file():
             return [], []
         rows = read_joined(target.log, target.model, since=since, variants=(*SERVED, *extra))
@@ -289,14 +300,14 @@ class DeployRollout:
         return self.watch.shadow(target, cfg)
 
     def canary(self, target: RolloutTarget, steps: list[CanaryStep]) -> list[StageResult]:
-
         if target.champion is None:
             return [StageResult("canary", False, "there is no champion to roll out next to")]
         try:
-            options = RolloutOptions(stable=f"{target.model}/{target.champion}", metrics_url=self.metrics_url,
-                                     log=target.log if target.log.is_file() else None, kubectl=self.kubectl,
-                                     local_port=self.local_port, live_url=self.live_url, promote=False)
-            walked = rollout(self.loaded, f"{target.model}/{target.version}", options,
+            options = RolloutOptions(stable=ModelVersion(target.model, target.champion).ref,
+                                     metrics_url=self.metrics_url, log=target.log if target.log.is_file() else None,
+                                     kubectl=self.kubectl, local_port=self.local_port, live_url=self.live_url,
+                                     promote=False)
+            walked = rollout(self.loaded, ModelVersion(target.model, target.version).ref, options,
                              report=lambda line: print(f"mlops: rollout: {line}", flush=True))
         except MlopsError as exc:  # e.g. no source can measure a check: no evidence is a failed stage
             return [StageResult("canary", False, f"the canary could not be judged: {exc}")]
@@ -315,7 +326,6 @@ class DeployRollout:
         """Traffic follows `champion`: the deploy phase renders the new champion's manifest on promotion; a live
         server swaps the new champion in now and gives the challenger no more traffic."""
         if self.live_url is not None:
-
             live = LiveServe(self.live_url, target.model)
             live.reload()
             live(None, None, 0, Path())

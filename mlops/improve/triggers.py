@@ -6,7 +6,8 @@ A retrain's `reason` names its trigger: `drift`, `accuracy_drop` (or the monitor
 a manual retrain with that text as its reason.
 
 The monitor's alert records are read defensively from `.mlops/monitor/`: the `alerts` table of its SQLite
-stores (`<model>.sqlite`: rule, event, state, created, payload), and JSON or JSONL files. A record counts as an
+stores (`<model>.sqlite`: rule, event, state, created, payload; read by the monitor's own
+`mlops.monitor.store.alert_records`), and JSON or JSONL files. A record counts as an
 alert when it names one of the events above (or the rule `drift` / `accuracy_drop`) and this model (`model`,
 `model_name`, or a resource id `mlops.model.<name>`), is not resolved, and has a time (`ts`, `created`, `time`,
 `timestamp`, `occurred`, `fired_at`; unix seconds or ISO 8601).
@@ -15,13 +16,12 @@ alert when it names one of the events above (or the rule `drift` / `accuracy_dro
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlops.core.timespec import parse_time
+from mlops.core.timespec import iso, parse_time
+from mlops.monitor.store import alert_records
 from mlops.recipe.improve import TriggersConfig
 
 DRIFT, ACCURACY_DROP, SCHEDULE, MANUAL = "drift", "accuracy_drop", "schedule", "manual"
@@ -78,7 +78,7 @@ def resolve_trigger(reason: str, cfg: TriggersConfig, alerts: list[Alert], answe
             return Trigger(None, "", {"alerts_seen": len(alerts)}, f"nothing triggered a retrain ({seen} for this "
                            "model, or their triggers are off): give --reason to retrain by hand")
         newest = max(enabled, key=lambda a: a.ts)
-        return Trigger(newest.kind, f"{EVENTS[newest.kind]} at {_iso(newest.ts)}", _alert_evidence(newest, open_alerts))
+        return Trigger(newest.kind, f"{EVENTS[newest.kind]} at {iso(newest.ts)}", _alert_evidence(newest, open_alerts))
     if not getattr(cfg, kind):
         return Trigger(kind, detail or kind, {}, f"the {kind} trigger is off (improve.triggers.{kind}: false)")
     evidence: dict[str, Any] = {}
@@ -91,7 +91,7 @@ def resolve_trigger(reason: str, cfg: TriggersConfig, alerts: list[Alert], answe
 
 
 def _alert_evidence(alert: Alert, open_alerts: list[Alert]) -> dict[str, Any]:
-    return {"alert": _trim(alert.record), "alert_time": _iso(alert.ts), "alert_file": alert.source,
+    return {"alert": _trim(alert.record), "alert_time": iso(alert.ts), "alert_file": alert.source,
             "unanswered_alerts": len(open_alerts)}
 
 
@@ -99,10 +99,6 @@ def _trim(record: dict[str, Any], limit: int = 4000) -> dict[str, Any]:
     """An alert as evidence, cut to a size an audit line and an MLflow tag can carry."""
     text = json.dumps(record, default=str)
     return record if len(text) <= limit else {"truncated": text[:limit]}
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- the monitor's alert records ---------------------------------------------------------------------------
@@ -115,38 +111,11 @@ def read_alerts(monitor_dir: Path, model: str) -> list[Alert]:
     alerts: list[Alert] = []
     suffixes = (".json", ".jsonl", ".ndjson", *_STORES)
     for path in sorted(p for p in monitor_dir.rglob("*") if p.suffix in suffixes and p.is_file()):
-        for record in (_store_records(path, model) if path.suffix in _STORES else _records(path)):
+        for record in (alert_records(path, model) if path.suffix in _STORES else _records(path)):
             alert = as_alert(record, model, path)
             if alert is not None:
                 alerts.append(alert)
     return sorted(set(alerts), key=lambda a: a.ts)
-
-
-def _store_records(path: Path, model: str) -> list[dict[str, Any]]:
-    """Rows of the `alerts` table of a monitor store (its payload with the row's own columns on top)."""
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error:
-        return []
-    db.row_factory = sqlite3.Row
-    try:
-        rows = db.execute("SELECT * FROM alerts WHERE model = ?", (model,)).fetchall()
-    except sqlite3.Error:  # not a monitor store, or another shape of one
-        return []
-    finally:
-        db.close()
-    out = []
-    for row in rows:
-        record = dict(row)
-        try:
-            payload = json.loads(record.pop("payload", None) or "{}")
-        except ValueError:
-            payload = {}
-        merged = (payload if isinstance(payload, dict) else {}) | record
-        if record.get("created") is not None:  # the row's own time, not a time inside its payload
-            merged["ts"] = record["created"]
-        out.append(merged)
-    return out
 
 
 def _records(path: Path) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.atomic import write_text
+from mlops.monitor.results import AlertRecord
 from mlops.monitor.rules import EVENT_PREFIX, RESOLVED_PREFIX
 from mlops.recipe.monitor import AlertsConfig
 
@@ -24,17 +25,18 @@ def resource(model: str, version: str | None) -> dict[str, str]:
             "mlops.model.version": version or "unregistered"}
 
 
-def deliver(alert: dict[str, Any], cfg: AlertsConfig) -> dict[str, Any]:
+def deliver(alert: AlertRecord, cfg: AlertsConfig) -> dict[str, Any]:
     """Send one alert to every configured channel; each channel's outcome (never raises for a channel)."""
     out: dict[str, Any] = {}
     if cfg.log:
-        w = alert["window"]
-        print(f"mlops monitor: ALERT {alert['state'].upper()} {alert['rule']} model {alert['model']} "
-              f"v{alert['version'] or '-'} window {w['start_iso']} .. {w['end_iso']} ({w['rows']} rows): "
-              f"{alert['reason']}", file=sys.stderr, flush=True)
+        w = alert.window
+        print(f"mlops monitor: ALERT {alert.state.upper()} {alert.rule} model {alert.model} "
+              f"v{alert.version or '-'} window {w.start_iso} .. {w.end_iso} ({w.rows} rows): "
+              f"{alert.reason}", file=sys.stderr, flush=True)
         out["log"] = "printed"
     if cfg.webhook:
-        out["webhook"] = post_webhook(cfg.webhook, alert, cfg.webhook_timeout_s)
+        # the alert as recorded, with its id in the store (the receiver may answer or deduplicate by it)
+        out["webhook"] = post_webhook(cfg.webhook, alert.payload() | {"id": alert.id}, cfg.webhook_timeout_s)
     if prefect_enabled(cfg.prefect):
         try:
             out["prefect"] = emit_prefect_event(alert)
@@ -71,16 +73,16 @@ def prefect_enabled(setting: bool | str) -> bool:
 
 
 def event_name(rule: str, state: str) -> str:
-
     return (EVENT_PREFIX if state == "fired" else RESOLVED_PREFIX) + rule
 
 
-def emit_prefect_event(alert: dict[str, Any]) -> dict[str, Any]:
+def emit_prefect_event(alert: AlertRecord) -> dict[str, Any]:
     from prefect.events import emit_event
 
-    payload = {k: alert[k] for k in ("rule", "state", "window", "value", "threshold", "reason", "detail",
-                                     "dashboard", "log") if k in alert}
-    event = emit_event(alert["event"], resource=resource(alert["model"], alert["version"]),
+    record = alert.payload()
+    payload = {k: record[k] for k in ("rule", "state", "window", "value", "threshold", "reason", "detail",
+                                      "dashboard", "log")}
+    event = emit_event(alert.event, resource=resource(alert.model, alert.version),
                        payload=json.loads(json.dumps(payload, default=str)))
     return {"event_id": str(event.id)} if event is not None else {"error": "Prefect emits no events here"}
 

@@ -1,6 +1,6 @@
 """One window, summarised: drift per feature and of the predictions (the fast path), schema checks, live
-quality from ground truth, operational metrics and the prediction distributions. The summary is plain JSON:
-it is what the store keeps, the rules read and the dashboard draws."""
+quality from ground truth, operational metrics and the prediction distributions. The rules read the
+`WindowSummary`; its record (plain JSON) is what the store keeps and the dashboard draws."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from mlops.monitor.logstream import Rows, Window
 from mlops.monitor.operations import operational
 from mlops.monitor.quality import live_quality
 from mlops.monitor.reference import CONFIDENCE, LABEL, VALUE, Reference, outputs_of
+from mlops.monitor.results import WindowSummary
 from mlops.monitor.schema_checks import category_counts, check_schema
 from mlops.recipe.monitor import MonitorConfig
 from mlops.recipe.suggest import closest
@@ -36,7 +37,6 @@ def drift_methods(cfg: MonitorConfig, columns: dict[str, str]) -> dict[str, tupl
     d = cfg.drift
     unknown = sorted(set(d.features) - set(columns))
     if unknown:
-
         hints = [f"'{u}'" + (f" (did you mean '{h}'?)" if (h := closest(u, list(columns))) else "")
                  for u in unknown]
         raise MlopsError(f"monitor.drift.features names columns the model does not take: {', '.join(hints)}")
@@ -70,26 +70,24 @@ class WindowJudge:
         self.prediction_methods = prediction_methods(cfg, meta.task)
         self.reference: Reference | None = None
 
-    def judge(self, window: Window) -> dict[str, Any]:
+    def judge(self, window: Window) -> WindowSummary:
         rows = window.rows
         counts = {c: category_counts(rows.categorical[c]) for c, k in self.columns.items() if k == "categorical"}
-        summary: dict[str, Any] = {
-            "index": window.index, "start_ts": window.start_ts, "end_ts": window.end_ts,
-            "start_iso": iso(window.start_ts), "end_iso": iso(window.end_ts), "start_rowid": window.start_rowid,
-            "end_rowid": window.end_rowid, "rows": len(rows), "judged": len(rows) >= self.cfg.window.min_samples,
-            "versions": sorted({str(v) for v in rows.versions.tolist()}),
-        }
+        summary = WindowSummary(
+            index=window.index, start_ts=window.start_ts, end_ts=window.end_ts, start_iso=iso(window.start_ts),
+            end_iso=iso(window.end_ts), start_rowid=window.start_rowid, end_rowid=window.end_rowid, rows=len(rows),
+            judged=len(rows) >= self.cfg.window.min_samples, versions=sorted({str(v) for v in rows.versions.tolist()}))
         if self.cfg.drift.enabled and self.reference is not None:
             columns = self.feature_drift(rows, counts)
             predictions = self.prediction_drift(rows) if self.cfg.drift.predictions else []
-            summary["drift"] = {"columns": [c.as_dict() for c in columns],
-                                "dataset": dataset_drift(columns, self.cfg.drift.share),
-                                "predictions": [p.as_dict() for p in predictions]}
+            summary.drift = {"columns": [c.as_dict() for c in columns],
+                             "dataset": dataset_drift(columns, self.cfg.drift.share),
+                             "predictions": [p.as_dict() for p in predictions]}
         if self.cfg.schema_checks.enabled:
-            summary["schema"] = check_schema(rows, self.meta.data_schema, self.cfg.schema_checks, counts)
-        summary["quality"] = live_quality(rows, self.meta.task, self.meta.labels)
-        summary["operations"] = operational(rows, self.cfg.latency.percentile)
-        summary["distributions"] = distributions(rows, self.meta.task)
+            summary.schema = check_schema(rows, self.meta.data_schema, self.cfg.schema_checks, counts)
+        summary.quality = live_quality(rows, self.meta.task, self.meta.labels)
+        summary.operations = operational(rows, self.cfg.latency.percentile)
+        summary.distributions = distributions(rows, self.meta.task)
         return summary
 
     def feature_drift(self, rows: Rows, counts: dict[str, Any]) -> list[ColumnDrift]:

@@ -24,7 +24,6 @@ def live_quality(rows: Rows, task: str, labels: list[str] | None) -> dict[str, A
 
 
 def _classification(rows: Rows, task: str, labels: list[str]) -> dict[str, Any]:
-
     truth = rows.truth_label if rows.truth_label is not None else np.full(len(rows), None, dtype=object)
     index = {name: i for i, name in enumerate(labels)}
     has = np.fromiter((t is not None for t in truth), bool, len(rows))
@@ -76,7 +75,6 @@ def _ece(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
 
 
 def _regression(rows: Rows) -> dict[str, Any]:
-
     truth = rows.truth_value if rows.truth_value is not None else np.full(len(rows), np.nan)
     pred = rows.prediction if rows.prediction is not None else np.full(len(rows), np.nan)
     sel = np.isfinite(truth) & np.isfinite(pred)

@@ -63,7 +63,6 @@ class Reference:
 
 def training_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path, max_rows: int,
                        seed: int) -> Reference:
-
     r = loaded.recipe
     frame, raw = load_frame(r.data, loaded.path)
     notes = []
@@ -85,7 +84,6 @@ def training_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path,
                    for i in meta.inputs if i.kind != "numeric"}
     target = None
     if r.data.target in train.columns:
-
         col = train[r.data.target]
         target = (col.to_numpy(np.float64) if meta.task == "regression"
                   else np.asarray([v or None for v in category_strings(col)], dtype=object))
@@ -95,7 +93,6 @@ def training_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path,
 
 
 def _feeds(meta: BundleMeta, frame: Any) -> dict[str, np.ndarray]:
-
     try:
         return bundle_feeds(meta.inputs, frame)
     except MlopsError as exc:

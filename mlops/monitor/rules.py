@@ -8,28 +8,17 @@ that does not breach. A window no rule can judge (too few rows, no labels yet) n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from mlops.core.errors import MlopsError
+from mlops.monitor.results import Observation, WindowSummary
 from mlops.recipe.monitor import LIVE_METRICS, MonitorConfig
 
 RULES = ("drift", "prediction_drift", "schema", "missing_values", "accuracy_drop", "latency", "error_rate")
 EVENT_PREFIX = "mlops.alert."
 RESOLVED_PREFIX = "mlops.resolved."  # not under mlops.alert.*: a trigger on `mlops.alert.*` must not fire on it
-
-
-@dataclass
-class Observation:
-    rule: str
-    value: float | None
-    threshold: float | None
-    breach: bool | None  # None: not judged on this window
-    reason: str = ""  # why not judged, or what breached
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -58,109 +47,134 @@ def _skip(rule: str, reason: str, threshold: float | None = None) -> Observation
     return Observation(rule, None, threshold, None, reason)
 
 
-def observe(summary: dict[str, Any], cfg: MonitorConfig, task: str, baseline: dict[str, Any]) -> list[Observation]:
-    """Every rule on one window's summary. `baseline`: the accuracy rule's metric, value and direction."""
-    rows, judged = summary["rows"], summary["judged"]
-    small = f"{rows} rows < min_samples {cfg.window.min_samples}"
-    out: list[Observation] = []
+def _small(summary: WindowSummary, cfg: MonitorConfig) -> str:
+    return f"{summary.rows} rows < min_samples {cfg.window.min_samples}"
 
-    drift = summary.get("drift")
-    d = cfg.drift
+
+def drift_rule(summary: WindowSummary, cfg: MonitorConfig, baseline: dict[str, Any]) -> Observation:
+    """The share of drifted features against `drift.share`; a drifted key feature breaches on its own."""
+    d, drift = cfg.drift, summary.drift
     if not d.enabled:
-        out += [_skip("drift", "disabled"), _skip("prediction_drift", "disabled")]
-    elif not judged or drift is None:
-        out += [_skip("drift", small, d.share), _skip("prediction_drift", small, 1)]
-    else:
-        ds = drift["dataset"]
-        keys = [c["column"] for c in drift["columns"] if c["drift"] and d.features.get(c["column"])
-                and d.features[c["column"]].key]
-        breach = ds["drift"] or bool(keys)
-        why = (f"{ds['drifted']} of {ds['columns']} features drifted" + (f"; key features {keys}" if keys else ""))
-        out.append(Observation("drift", ds["share"], d.share, breach, why,
-                               {"drifted": [c for c in drift["columns"] if c["drift"]], "key_features": keys}))
-        preds = drift.get("predictions") or []
-        judged_preds = [p for p in preds if p["drift"] is not None]
-        if not d.predictions or not judged_preds:
-            out.append(_skip("prediction_drift", "disabled" if not d.predictions else "no prediction to compare"))
-        else:
-            n = sum(1 for p in judged_preds if p["drift"])
-            out.append(Observation("prediction_drift", float(n), 1.0, n >= 1,
-                                   f"{n} of {len(judged_preds)} prediction columns drifted", {"columns": preds}))
+        return _skip("drift", "disabled")
+    if not summary.judged or drift is None:
+        return _skip("drift", _small(summary, cfg), d.share)
+    ds = drift["dataset"]
+    keys = [c["column"] for c in drift["columns"] if c["drift"] and d.features.get(c["column"])
+            and d.features[c["column"]].key]
+    why = f"{ds['drifted']} of {ds['columns']} features drifted" + (f"; key features {keys}" if keys else "")
+    return Observation("drift", ds["share"], d.share, ds["drift"] or bool(keys), why,
+                       {"drifted": [c for c in drift["columns"] if c["drift"]], "key_features": keys})
 
-    schema = summary.get("schema")
-    s = cfg.schema_checks
+
+def prediction_drift_rule(summary: WindowSummary, cfg: MonitorConfig, baseline: dict[str, Any]) -> Observation:
+    """Any prediction column (label, confidence or value) drifted."""
+    d, drift = cfg.drift, summary.drift
+    if not d.enabled:
+        return _skip("prediction_drift", "disabled")
+    if not summary.judged or drift is None:
+        return _skip("prediction_drift", _small(summary, cfg), 1)
+    preds = drift.get("predictions") or []
+    judged = [p for p in preds if p["drift"] is not None]
+    if not d.predictions or not judged:
+        return _skip("prediction_drift", "disabled" if not d.predictions else "no prediction to compare")
+    n = sum(1 for p in judged if p["drift"])
+    return Observation("prediction_drift", float(n), 1.0, n >= 1, f"{n} of {len(judged)} prediction columns drifted",
+                       {"columns": preds})
+
+
+def schema_rule(summary: WindowSummary, cfg: MonitorConfig, baseline: dict[str, Any]) -> Observation:
+    """The share of rows that violate the bundle's data schema."""
+    s, schema = cfg.schema_checks, summary.schema
     if not s.enabled or schema is None:
-        out += [_skip("schema", "disabled"), _skip("missing_values", "disabled")]
-    elif not judged:
-        out += [_skip("schema", small, s.max_violation_rate), _skip("missing_values", small, s.max_missing_increase)]
-    else:
-        rate = schema["violation_rate"]
-        out.append(Observation("schema", rate, s.max_violation_rate, rate > s.max_violation_rate,
-                               f"{schema['violating_rows']} of {rows} rows violate the schema",
-                               {"problems": schema["problems"]}))
-        m = schema["missing"]
-        out.append(Observation("missing_values", m["max_increase"], s.max_missing_increase,
-                               m["max_increase"] > s.max_missing_increase,
-                               f"largest missing-rate increase over training: {m['max_increase']:+.3f} "
-                               f"('{m['worst_column']}')",
-                               {"columns": m["columns"]}))
+        return _skip("schema", "disabled")
+    if not summary.judged:
+        return _skip("schema", _small(summary, cfg), s.max_violation_rate)
+    rate = schema["violation_rate"]
+    return Observation("schema", rate, s.max_violation_rate, rate > s.max_violation_rate,
+                       f"{schema['violating_rows']} of {summary.rows} rows violate the schema",
+                       {"problems": schema["problems"]})
 
-    a = cfg.accuracy
-    quality = summary.get("quality") or {}
+
+def missing_values_rule(summary: WindowSummary, cfg: MonitorConfig, baseline: dict[str, Any]) -> Observation:
+    """The largest increase of a column's missing rate over training."""
+    s, schema = cfg.schema_checks, summary.schema
+    if not s.enabled or schema is None:
+        return _skip("missing_values", "disabled")
+    if not summary.judged:
+        return _skip("missing_values", _small(summary, cfg), s.max_missing_increase)
+    m = schema["missing"]
+    return Observation("missing_values", m["max_increase"], s.max_missing_increase,
+                       m["max_increase"] > s.max_missing_increase,
+                       f"largest missing-rate increase over training: {m['max_increase']:+.3f} ('{m['worst_column']}')",
+                       {"columns": m["columns"]})
+
+
+def accuracy_rule(summary: WindowSummary, cfg: MonitorConfig, baseline: dict[str, Any]) -> Observation:
+    """The live metric's drop from its baseline, on windows with enough ground truth."""
+    a, quality = cfg.accuracy, summary.quality
     metric, base, direction = baseline.get("metric"), baseline.get("value"), baseline.get("direction", "higher")
     if not a.enabled:
-        out.append(_skip("accuracy_drop", "disabled"))
-    elif base is None:
-        out.append(_skip("accuracy_drop", f"no baseline for {metric}: the bundle records no test/{metric} "
-                                          "(set monitor.accuracy.baseline)", a.max_drop))
-    elif not judged:
-        out.append(_skip("accuracy_drop", small, a.max_drop))
-    elif quality.get("labelled", 0) < a.min_labels or metric not in quality.get("metrics", {}):
-        out.append(_skip("accuracy_drop", f"{quality.get('labelled', 0)} labelled rows < min_labels {a.min_labels}",
-                         a.max_drop))
-    else:
-        live = quality["metrics"][metric]
-        drop = base - live if direction == "higher" else live - base
-        out.append(Observation("accuracy_drop", drop, a.max_drop, drop > a.max_drop,
-                               f"live {metric} {live:.4f} vs baseline {base:.4f}",
-                               {"metric": metric, "live": live, "baseline": base, "labelled": quality["labelled"]}))
+        return _skip("accuracy_drop", "disabled")
+    if base is None:
+        return _skip("accuracy_drop", f"no baseline for {metric}: the bundle records no test/{metric} "
+                                      "(set monitor.accuracy.baseline)", a.max_drop)
+    if not summary.judged:
+        return _skip("accuracy_drop", _small(summary, cfg), a.max_drop)
+    if quality.get("labelled", 0) < a.min_labels or metric not in quality.get("metrics", {}):
+        return _skip("accuracy_drop", f"{quality.get('labelled', 0)} labelled rows < min_labels {a.min_labels}",
+                     a.max_drop)
+    live = quality["metrics"][metric]
+    drop = base - live if direction == "higher" else live - base
+    return Observation("accuracy_drop", drop, a.max_drop, drop > a.max_drop,
+                       f"live {metric} {live:.4f} vs baseline {base:.4f}",
+                       {"metric": metric, "live": live, "baseline": base, "labelled": quality["labelled"]})
 
-    lat = cfg.latency
-    ops = summary.get("operations") or {}
-    key = f"p{lat.percentile:g}"
+
+def latency_rule(summary: WindowSummary, cfg: MonitorConfig, baseline: dict[str, Any]) -> Observation:
+    """The recipe's latency percentile against the SLA."""
+    lat, ops = cfg.latency, summary.operations
     if not lat.enabled:
-        out.append(_skip("latency", "disabled"))
-    elif not judged or "latency_ms" not in ops:
-        out.append(_skip("latency", small, lat.sla_ms))
-    else:
-        value = ops["latency_ms"][key]
-        out.append(Observation("latency", value, lat.sla_ms, value > lat.sla_ms,
-                               f"{key} latency {value:.1f} ms (SLA {lat.sla_ms:g} ms)",
-                               {"percentile": lat.percentile, "latency_ms": ops["latency_ms"],
-                                "requests": ops.get("requests")}))
+        return _skip("latency", "disabled")
+    if not summary.judged or "latency_ms" not in ops:
+        return _skip("latency", _small(summary, cfg), lat.sla_ms)
+    key = f"p{lat.percentile:g}"
+    value = ops["latency_ms"][key]
+    return Observation("latency", value, lat.sla_ms, value > lat.sla_ms,
+                       f"{key} latency {value:.1f} ms (SLA {lat.sla_ms:g} ms)",
+                       {"percentile": lat.percentile, "latency_ms": ops["latency_ms"], "requests": ops.get("requests")})
 
-    e = cfg.error_rate
-    errors = summary.get("errors")
+
+def error_rate_rule(summary: WindowSummary, cfg: MonitorConfig, baseline: dict[str, Any]) -> Observation:
+    """The server's failed requests since the last run, against baseline + max_increase."""
+    e, errors = cfg.error_rate, summary.errors
     limit = e.baseline + e.max_increase
     if not e.enabled or not e.metrics_url:
-        out.append(_skip("error_rate", "disabled" if not e.enabled else "no monitor.error_rate.metrics_url"))
-    elif errors is None:
-        out.append(_skip("error_rate", "judged on the latest window of a run only", limit))
-    elif errors["rate"] is None or errors["requests"] < e.min_requests:
-        out.append(_skip("error_rate", f"{errors['requests']:g} requests since the last run < min_requests "
-                                       f"{e.min_requests}", limit))
-    else:
-        out.append(Observation("error_rate", errors["rate"], limit, errors["rate"] > limit,
-                               f"{errors['errors']:g} of {errors['requests']:g} requests failed ({errors['counted']})",
-                               errors))
-    return out
+        return _skip("error_rate", "disabled" if not e.enabled else "no monitor.error_rate.metrics_url")
+    if errors is None:
+        return _skip("error_rate", "judged on the latest window of a run only", limit)
+    if errors["rate"] is None or errors["requests"] < e.min_requests:
+        return _skip("error_rate", f"{errors['requests']:g} requests since the last run < min_requests "
+                                   f"{e.min_requests}", limit)
+    return Observation("error_rate", errors["rate"], limit, errors["rate"] > limit,
+                       f"{errors['errors']:g} of {errors['requests']:g} requests failed ({errors['counted']})", errors)
+
+
+Rule = Callable[[WindowSummary, MonitorConfig, dict[str, Any]], Observation]
+# in the order of RULES: the order the dashboard's rule table and the alerts of one window follow
+JUDGED: dict[str, Rule] = {"drift": drift_rule, "prediction_drift": prediction_drift_rule, "schema": schema_rule,
+                           "missing_values": missing_values_rule, "accuracy_drop": accuracy_rule,
+                           "latency": latency_rule, "error_rate": error_rate_rule}
+
+
+def observe(summary: WindowSummary, cfg: MonitorConfig, task: str, baseline: dict[str, Any]) -> list[Observation]:
+    """Every rule on one window's summary. `baseline`: the accuracy rule's metric, value and direction."""
+    return [JUDGED[rule](summary, cfg, baseline) for rule in RULES]
 
 
 def accuracy_baseline(cfg: MonitorConfig, task: str, bundle_metrics: dict[str, float]) -> dict[str, Any]:
     metric = cfg.accuracy.metric or ("rmse" if task == "regression" else "accuracy")
     direction = LIVE_METRICS[task].get(metric)
     if direction is None:
-
         raise MlopsError(f"monitor.accuracy.metric '{metric}' is not computed for a {task} model (use one of "
                          f"{', '.join(LIVE_METRICS[task])})")
     value = cfg.accuracy.baseline if cfg.accuracy.baseline is not None else bundle_metrics.get(f"test/{metric}")

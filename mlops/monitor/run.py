@@ -3,7 +3,8 @@ and regenerate the dashboard and the Evidently report. A plain function: the sch
 
 Live runs resume where the previous one stopped (the cursor in the monitor store) and keep the rules'
 hysteresis there. `backtest=True` replays the log (or `since`..`until`) from scratch with a fresh hysteresis,
-writes nothing to the store, sends nothing, and reports when each rule would have fired.
+writes nothing to the store, sends nothing, and reports when each rule would have fired: a JSON record of every
+window and alert and, beside it, one page (the dashboard over the replayed windows, headed by the first firings).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -22,7 +24,7 @@ from mlops.core.pages import write_page
 from mlops.core.predlog import LogFilter, LogReader
 from mlops.core.refs import fetch
 from mlops.core.registry import tracking_uri
-from mlops.core.timespec import iso, parse_duration, parse_time
+from mlops.core.timespec import iso, parse_duration, parse_time, time_option
 from mlops.core.workspace import workspace
 from mlops.engine.validate import load_validated
 from mlops.monitor import evidently_report as ev
@@ -39,33 +41,104 @@ from mlops.monitor.reference import (
     production_reference,
     training_reference,
 )
+from mlops.monitor.results import (
+    AlertRecord,
+    AlertWindow,
+    BacktestResult,
+    EvidentlyReport,
+    FirstFiring,
+    LiveResult,
+    MonitorResult,
+    Observation,
+    WindowSummary,
+)
 from mlops.monitor.rules import RuleState, accuracy_baseline, observe, step
 from mlops.monitor.store import MonitorStore
 from mlops.package.bundle import read_bundle
 
 if TYPE_CHECKING:
-    from mlops.monitor.judge import WindowJudge
     from mlops.monitor.reference import Reference
     from mlops.package.bundle import BundleMeta
     from mlops.recipe import LoadedRecipe
     from mlops.recipe.monitor import MonitorConfig
 
+R = TypeVar("R", bound=MonitorResult)
+
 
 def monitor_recipe(recipe: str, overrides: list[str], model: str | None, *, log: str | None = None,
-                   since: str | None = None, backtest: bool = False, until: str | None = None) -> dict[str, Any]:
+                   since: str | None = None, backtest: bool = False, until: str | None = None) -> MonitorResult:
     """Monitor `model` (NAME@ALIAS, NAME/VERSION or a bundle directory; default `<model_name>@champion`)
     with the recipe's `monitor:` section. Returns what it judged, fired and wrote."""
 
     return monitor(load_validated(recipe, overrides), model, log=log, since=since, until=until, backtest=backtest)
 
 
-def _time(flag: str, text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        return parse_time(text)
-    except ValueError as exc:
-        raise MlopsError(f"{flag}: {exc}") from None
+def monitor(loaded: LoadedRecipe, model: str | None, *, log: str | None = None, since: str | None = None,
+            until: str | None = None, backtest: bool = False) -> MonitorResult:
+    """Judge the log's new windows (a backtest: all of them, afresh), fire alerts through the rules' hysteresis,
+    record and send them (a backtest does neither), and write the pages."""
+    target = _target(loaded, model, log, since, until)
+    if backtest:
+        return _backtest(target, _read(target, 0, None))
+    after, last_key = target.store.cursor(target.meta.name, target.version, target.log_key, target.cfg.window.by)
+    states = target.store.rule_states(target.meta.name, target.version)
+    read = _read(target, after, last_key)
+    scrape = _error_rate(target, read.summaries)
+    dashboard = target.out_dir / "dashboard.html"
+    alerts = _judge_rules(read.summaries, states, target, dashboard)
+    result = _result(LiveResult, target, read, alerts, dashboard)
+    target.store.commit_run(target.meta.name, target.version, target.log_key, target.cfg.window.by, after,
+                            read.summaries, alerts, states, read.cursor, scrape)
+    _send(target, alerts)
+    result.evidently = _latest_window_reports(target, read)
+    _write_dashboard(target, dashboard, read, result.evidently)
+    return result
+
+
+# --- what a run monitors, and the windows it reads --------------------------------------------------------------
+
+
+@dataclass
+class _Target:
+    """What one run monitors and how: the model's bundle, its log, the judge, the rules' baseline, the store."""
+
+    cfg: MonitorConfig
+    meta: BundleMeta
+    version: str | None
+    bundle_dir: Path
+    log_path: Path
+    flt: LogFilter
+    judge: WindowJudge
+    baseline: dict[str, Any]
+    reference: Reference
+    store: MonitorStore
+    out_dir: Path
+
+    @property
+    def log_key(self) -> str:
+        return str(self.log_path)
+
+
+def _target(loaded: LoadedRecipe, model: str | None, log: str | None, since: str | None,
+            until: str | None) -> _Target:
+    """Every argument checked and the reference built; each mistake fails before the work it would spoil."""
+    r = loaded.recipe
+    cfg = r.monitor
+    since_ts, until_ts = time_option("--since", since), time_option("--until", until)
+    if since_ts is not None and until_ts is not None and since_ts >= until_ts:
+        raise MlopsError(f"--since {since} is not before --until {until}")
+    resolved = fetch(model or f"{r.model_name}@champion", tracking_uri(r.tracking.uri))
+    meta = read_bundle(resolved.path)
+    ws = workspace()
+    log_path = Path(log or cfg.log or ws.prediction_log(meta.name)).resolve()
+    LogReader(log_path).close()  # a missing or foreign log fails before the reference is built
+    judge = WindowJudge(meta, cfg)  # refuses bad per-feature settings before any heavy work
+    baseline = accuracy_baseline(cfg, meta.task, meta.metrics)
+    flt = LogFilter(meta.name, resolved.version, tuple(cfg.variants), since_ts, until_ts)
+    reference = build_reference(loaded, meta, resolved.path, log_path, flt, cfg)
+    judge.reference = reference
+    return _Target(cfg, meta, resolved.version, resolved.path, log_path, flt, judge, baseline, reference,
+                   MonitorStore(ws.monitor_store(meta.name)), ws.monitor_dir(meta.name))
 
 
 class _Counted:
@@ -81,115 +154,62 @@ class _Counted:
             yield chunk
 
 
-def monitor(loaded: LoadedRecipe, model: str | None, *, log: str | None = None, since: str | None = None,
-            until: str | None = None, backtest: bool = False) -> dict[str, Any]:
+@dataclass
+class _Read:
+    """The windows one run read after rowid `after`, each judged."""
 
-    r = loaded.recipe
-    cfg = r.monitor
-    since_ts, until_ts = _time("--since", since), _time("--until", until)
-    if since_ts is not None and until_ts is not None and since_ts >= until_ts:
-        raise MlopsError(f"--since {since} is not before --until {until}")
-    ref = model or f"{r.model_name}@champion"
-    resolved = fetch(ref, tracking_uri(r.tracking.uri))
-    bundle_dir, version = resolved.path, resolved.version
-    meta = read_bundle(bundle_dir)
-    ws = workspace()
-    log_path = Path(log or cfg.log or ws.prediction_log(meta.name)).resolve()
-    LogReader(log_path).close()  # a missing or foreign log fails before the reference is built
-    judge = WindowJudge(meta, cfg)  # refuses bad per-feature settings before any heavy work
-    baseline = accuracy_baseline(cfg, meta.task, meta.metrics)
-    flt = LogFilter(meta.name, version, tuple(cfg.variants), since_ts, until_ts)
-    reference = build_reference(loaded, meta, bundle_dir, log_path, flt, cfg)
-    judge.reference = reference
+    summaries: list[WindowSummary]
+    rows: int  # every row read, in a window or waiting for the next one
+    cursor: tuple[int, int | None] | None  # (last rowid, time-window key) of the last window; None: no window
+    latest: tuple[Window, WindowSummary] | None  # the last judged window, kept for the Evidently report
+    notes: list[str]
 
-    store = MonitorStore(ws.monitor_store(meta.name))
-    out_dir = ws.monitor_dir(meta.name)
-    log_key = str(log_path)
-    if backtest:
-        after, last_key, states = 0, None, {}
-    else:
-        after, last_key = store.cursor(meta.name, version, log_key, cfg.window.by)
-        states = store.rule_states(meta.name, version)
 
-    chunks = _Counted(read_chunks(log_path, flt, judge.columns, meta.task, after))
+def _read(target: _Target, after: int, last_key: int | None) -> _Read:
+    """Every complete window after rowid `after` (by time: after window `last_key`), summarised."""
+    cfg = target.cfg
+    chunks = _Counted(read_chunks(target.log_path, target.flt, target.judge.columns, target.meta.task, after))
     windows: Iterator[Window] = (count_windows(iter(chunks), cfg.window.size) if cfg.window.by == "count" else
                                  time_windows(iter(chunks), parse_duration(cfg.window.duration), last_key))
-    summaries: list[dict[str, Any]] = []
-    latest: tuple[Window, dict[str, Any]] | None = None  # the last judged window, for the Evidently report
-    new_cursor: tuple[int, int | None] | None = None
+    summaries: list[WindowSummary] = []
+    latest: tuple[Window, WindowSummary] | None = None
+    cursor: tuple[int, int | None] | None = None
     for window in windows:
-        summary = judge.judge(window)
+        summary = target.judge.judge(window)
         summaries.append(summary)
-        new_cursor = (window.end_rowid, window.key)
-        if summary["judged"]:
+        cursor = (window.end_rowid, window.key)
+        if summary.judged:
             latest = (window, summary)
-    windowed_rows = sum(s["rows"] for s in summaries)
-    notes = list(reference.notes)
+    notes = list(target.reference.notes)
     if chunks.rows == 0:
+        notes += _other_traffic_note(target, after)
+    return _Read(summaries, chunks.rows, cursor, latest, notes)
 
-        others = other_traffic(log_path, flt, after)
-        if others:
-            notes.append(f"no new rows of model '{meta.name}'" + (f" version {version}" if version else "") +
-                         f" ({', '.join(flt.variants)}) in {log_path}; it has " +
-                         "; ".join(f"{n} rows of {k}" for k, n in others.items()))
 
-    scrape = None
-    e = cfg.error_rate
-    if not backtest and e.enabled and e.metrics_url and summaries:
-        # judged with the latest window; with no new window the counters wait, so no error goes uncounted
+def _other_traffic_note(target: _Target, after: int) -> list[str]:
+    """Why a run saw no row: the log holds other models', versions' or variants' rows (a filter that misses)."""
+    others = other_traffic(target.log_path, target.flt, after)
+    if not others:
+        return []
+    version = f" version {target.version}" if target.version else ""
+    return [f"no new rows of model '{target.meta.name}'{version} ({', '.join(target.flt.variants)}) in "
+            f"{target.log_path}; it has " + "; ".join(f"{n} rows of {k}" for k, n in others.items())]
 
-        current = scrape_requests(e.metrics_url, meta.name)
-        summaries[-1]["errors"] = error_rate(store.last_scrape(e.metrics_url, meta.name), current, e.count_4xx)
-        scrape = (e.metrics_url, current)
 
-    dashboard_path = out_dir / ("backtest.html" if backtest else "dashboard.html")
-    alerts = _judge_rules(summaries, states, cfg, meta, version, baseline, log_path, dashboard_path)
-
-    result: dict[str, Any] = {
-        "model": meta.name, "version": version, "bundle": str(bundle_dir), "log": str(log_path),
-        "backtest": backtest, "reference": reference.describe(), "baseline": baseline, "notes": notes,
-        "windows": [_brief(s) for s in summaries], "pending_rows": chunks.rows - windowed_rows,
-        "alerts": alerts, "fired": sorted({a["rule"] for a in alerts if a["state"] == "fired"}),
-        "store": str(store.path), "dashboard": str(dashboard_path),
-    }
-    context = _dashboard_context(meta, version, bundle_dir, log_path, reference, cfg, baseline)
-    if backtest:
-        result["first_fired"] = _first_fired(alerts)
-        result["report"], result["report_html"] = _write_backtest(out_dir, result, summaries,
-                                                                  context | {"alerts": alerts})
-
-        write_dashboard(dashboard_path, context | {"alerts": alerts}, summaries, alerts)
-        return result
-
-    store.commit_run(meta.name, version, log_key, cfg.window.by, after, summaries, alerts, states, new_cursor, scrape)
-    for alert in alerts:
-
-        alert["delivery"] = deliver(alert, cfg.alerts)
-        store.record_delivery(alert["id"], alert["delivery"])
-    if alerts:
-
-        flush_prefect_events()
-    if latest is not None:
-        if cfg.report.evidently:
-            result["evidently"] = evidently_report(latest[0].rows, latest[1], reference, judge, cfg, meta, out_dir)
-            context["evidently"] = result["evidently"]["html"]
-        if cfg.alerts.prometheus_textfile:
-
-            drift = latest[1].get("drift") or {}
-            write_drift_textfile(Path(cfg.alerts.prometheus_textfile), meta.name,
-                                 drift.get("columns", []) + drift.get("predictions", []))
-    elif (out_dir / "evidently.html").is_file():
-        context["evidently"] = str(out_dir / "evidently.html")
-
-    history = store.windows(meta.name, cfg.report.dashboard_windows)
-    recorded = store.alerts(meta.name)
-    write_dashboard(dashboard_path, context | {"alerts": recorded}, [h["summary"] for h in history], recorded)
-    return result
+def _error_rate(target: _Target, summaries: list[WindowSummary]) -> tuple[str, dict[str, float]] | None:
+    """The server's error rate since the last run, judged with the latest window; the scrape to record."""
+    e = target.cfg.error_rate
+    if not (e.enabled and e.metrics_url and summaries):
+        # with no new window the counters wait for the next run, so no error goes uncounted
+        return None
+    current = scrape_requests(e.metrics_url, target.meta.name)
+    summaries[-1].errors = error_rate(target.store.last_scrape(e.metrics_url, target.meta.name), current,
+                                      e.count_4xx)
+    return e.metrics_url, current
 
 
 def build_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path, log_path: Path, flt: LogFilter,
                     cfg: MonitorConfig) -> Reference:
-
     ref = cfg.reference
     seed = loaded.recipe.seed
     if ref.source == "training":
@@ -200,61 +220,139 @@ def build_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path, lo
                                 f"{iso(start)} .. {iso(end)}")
 
 
-def _judge_rules(summaries: list[dict[str, Any]], states: dict[str, RuleState], cfg: MonitorConfig,
-                 meta: BundleMeta, version: str | None, baseline: dict[str, Any], log_path: Path,
-                 dashboard: Path) -> list[dict[str, Any]]:
-    """Every rule on every window in order, through the hysteresis; `states` is updated in place."""
+# --- the rules, the alerts and the result ------------------------------------------------------------------------
 
+
+def _judge_rules(summaries: list[WindowSummary], states: dict[str, RuleState], target: _Target,
+                 dashboard: Path) -> list[AlertRecord]:
+    """Every rule on every window in order, through the hysteresis; `states` is updated in place and each
+    summary gets its rules' observations."""
+    cfg = target.cfg
     cooldown = parse_duration(cfg.alerts.cooldown)
     alerts = []
     for s in summaries:
-        observations = observe(s, cfg, meta.task, baseline)
-        s["rules"] = [o.as_dict() for o in observations]
-        for o in observations:
-            states[o.rule], transition = step(states.get(o.rule, RuleState()), o, s["end_ts"],
+        s.rules = observe(s, cfg, target.meta.task, target.baseline)
+        for o in s.rules:
+            states[o.rule], transition = step(states.get(o.rule, RuleState()), o, s.end_ts,
                                               cfg.alerts.consecutive, cooldown)
-            if transition is None:
-                continue
-            alerts.append({
-                "rule": o.rule, "state": transition, "event": event_name(o.rule, transition), "model": meta.name,
-                "version": version, "value": o.value, "threshold": o.threshold,
-                "reason": o.reason if transition == "fired" else f"back within threshold: {o.reason}",
-                "window": {"index": s["index"], "start": s["start_ts"], "end": s["end_ts"],
-                           "start_iso": s["start_iso"], "end_iso": s["end_iso"], "rows": s["rows"],
-                           "first_rowid": s["start_rowid"], "last_rowid": s["end_rowid"]},
-                "consecutive": cfg.alerts.consecutive, "detail": o.detail, "dashboard": str(dashboard),
-                "log": str(log_path)})
+            if transition is not None:
+                alerts.append(_alert(o, transition, s, target, dashboard))
     return alerts
 
 
-def _brief(s: dict[str, Any]) -> dict[str, Any]:
-    """A window in a line: what the CLI prints and the result lists."""
-    ds = (s.get("drift") or {}).get("dataset") or {}
-    q = s.get("quality") or {}
-    return {"index": s["index"], "start": s["start_iso"], "end": s["end_iso"], "rows": s["rows"],
-            "judged": s["judged"], "drifted_features": ds.get("drifted_columns", []), "drift_share": ds.get("share"),
-            "labelled": q.get("labelled", 0), "metrics": q.get("metrics", {}),
-            "latency_ms": (s.get("operations") or {}).get("latency_ms"),
-            "schema_violation_rate": (s.get("schema") or {}).get("violation_rate"),
-            "breaches": [r["rule"] for r in s.get("rules", []) if r["breach"]]}
+def _alert(o: Observation, transition: str, s: WindowSummary, target: _Target, dashboard: Path) -> AlertRecord:
+    return AlertRecord(
+        rule=o.rule, state=transition, event=event_name(o.rule, transition), model=target.meta.name,
+        version=target.version, value=o.value, threshold=o.threshold,
+        reason=o.reason if transition == "fired" else f"back within threshold: {o.reason}",
+        window=AlertWindow(index=s.index, start=s.start_ts, end=s.end_ts, start_iso=s.start_iso, end_iso=s.end_iso,
+                           rows=s.rows, first_rowid=s.start_rowid, last_rowid=s.end_rowid),
+        consecutive=target.cfg.alerts.consecutive, detail=o.detail, dashboard=str(dashboard),
+        log=str(target.log_path))
 
 
-def _first_fired(alerts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+def _result(kind: type[R], target: _Target, read: _Read, alerts: list[AlertRecord], dashboard: Path,
+            **only: Any) -> R:
+    """The result every run has, with what only its `kind` has."""
+    return kind(
+        model=target.meta.name, version=target.version, bundle=str(target.bundle_dir), log=str(target.log_path),
+        backtest=kind is BacktestResult, reference=target.reference.describe(), baseline=target.baseline,
+        notes=read.notes, windows=[s.brief() for s in read.summaries],
+        pending_rows=read.rows - sum(s.rows for s in read.summaries), alerts=alerts,
+        fired=sorted({a.rule for a in alerts if a.state == "fired"}), store=str(target.store.path),
+        dashboard=str(dashboard), **only)
+
+
+def _first_fired(alerts: list[AlertRecord]) -> dict[str, FirstFiring]:
+    out: dict[str, FirstFiring] = {}
     for a in alerts:
-        if a["state"] == "fired" and a["rule"] not in out:
-            out[a["rule"]] = {"window": a["window"]["index"], "start": a["window"]["start_iso"],
-                              "end": a["window"]["end_iso"], "value": a["value"], "threshold": a["threshold"]}
+        if a.state == "fired" and a.rule not in out:
+            out[a.rule] = FirstFiring(window=a.window.index, start=a.window.start_iso, end=a.window.end_iso,
+                                      value=a.value, threshold=a.threshold)
     return out
 
 
-def _write_backtest(out_dir: Path, result: dict[str, Any], summaries: list[dict[str, Any]],
-                    context: dict[str, Any]) -> tuple[str, str]:
-    """`backtest-<time>.json` (every window and alert) and, beside it, `backtest-<time>.html`: the dashboard
-    over the replayed windows, headed by when each rule would first have fired. Returns both paths."""
+# --- a live run's record, channels and pages ---------------------------------------------------------------------
 
+
+def _send(target: _Target, alerts: list[AlertRecord]) -> None:
+    """Each recorded alert to every channel, and each channel's outcome to the store."""
+    for alert in alerts:
+        alert.delivery = deliver(alert, target.cfg.alerts)
+        assert alert.id is not None  # numbered by commit_run, which ran first
+        target.store.record_delivery(alert.id, alert.delivery)
+    if alerts:
+        flush_prefect_events()
+
+
+def _latest_window_reports(target: _Target, read: _Read) -> EvidentlyReport | None:
+    """Evidently's report and the Prometheus drift textfile of the latest judged window, where configured."""
+    if read.latest is None:
+        return None
+    window, summary = read.latest
+    cfg = target.cfg
+    report = None
+    if cfg.report.evidently:
+        report = evidently_report(window.rows, summary, target.reference, target.judge, cfg, target.meta,
+                                  target.out_dir)
+    if cfg.alerts.prometheus_textfile:
+        drift = summary.drift or {}
+        write_drift_textfile(Path(cfg.alerts.prometheus_textfile), target.meta.name,
+                             drift.get("columns", []) + drift.get("predictions", []))
+    return report
+
+
+def _write_dashboard(target: _Target, path: Path, read: _Read, evidently: EvidentlyReport | None) -> None:
+    """The dashboard over the store's history: the latest windows and every recorded alert."""
+    context = _dashboard_context(target)
+    if evidently is not None:
+        context["evidently"] = evidently.html
+    elif read.latest is None and (target.out_dir / "evidently.html").is_file():
+        # no new judged window: an earlier run's report is still of the latest one
+        context["evidently"] = str(target.out_dir / "evidently.html")
+    name = target.meta.name
+    history = target.store.windows(name, target.cfg.report.dashboard_windows)
+    recorded = target.store.alerts(name)
+    write_dashboard(path, context | {"alerts": recorded}, [h["summary"] for h in history], recorded)
+
+
+def _dashboard_context(target: _Target) -> dict[str, Any]:
+    w = target.cfg.window
+    window = f"every {w.size} rows" if w.by == "count" else f"every {w.duration} (UTC-aligned)"
+    return dashboard_context(model=target.meta.name, version=target.version, bundle=str(target.bundle_dir),
+                             log=str(target.log_path), reference=target.reference.description,
+                             window=f"{window}, judged from {w.min_samples} rows", baseline=target.baseline,
+                             max_drop=target.cfg.accuracy.max_drop, sla_ms=target.cfg.latency.sla_ms)
+
+
+# --- a backtest's record and page --------------------------------------------------------------------------------
+
+
+def _backtest(target: _Target, read: _Read) -> BacktestResult:
+    """The rules over every window with a fresh hysteresis; nothing recorded or sent. Its alerts, its result's
+    `dashboard` and `report_html` all name the one page, `backtest-<time>.html` beside `backtest-<time>.json`."""
+    json_path, page = _backtest_paths(target.out_dir)
+    alerts = _judge_rules(read.summaries, {}, target, page)
+    result = _result(BacktestResult, target, read, alerts, page, first_fired=_first_fired(alerts),
+                     report=str(json_path), report_html=str(page))
+    record = asdict(result)
+    _write_backtest(target.out_dir, record, [s.record() for s in read.summaries],
+                    _dashboard_context(target) | {"alerts": record["alerts"]}, paths=(json_path, page))
+    return result
+
+
+def _backtest_paths(out_dir: Path) -> tuple[Path, Path]:
     stem = f"backtest-{time.strftime('%Y%m%d-%H%M%S')}"
-    json_path, html_path = out_dir / f"{stem}.json", out_dir / f"{stem}.html"
+    return out_dir / f"{stem}.json", out_dir / f"{stem}.html"
+
+
+def _write_backtest(out_dir: Path, result: dict[str, Any], summaries: list[dict[str, Any]],
+                    context: dict[str, Any], paths: tuple[Path, Path] | None = None) -> tuple[str, str]:
+    """`backtest-<time>.json` (the result as `--json` prints it, with every window's summary) and, beside it,
+    `backtest-<time>.html`: the dashboard over the replayed windows, headed by when each rule would first have
+    fired. `paths`: the two, when the run named them first. Returns both paths."""
+
+    json_path, html_path = paths or _backtest_paths(out_dir)
     _atomic_json(json_path, result | {"report": str(json_path), "report_html": str(html_path),
                                       "summaries": summaries})
     first = [[rule, f["window"], f["start"], f["end"], f["value"], f["threshold"]]
@@ -273,21 +371,11 @@ def _atomic_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=1, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
-def _dashboard_context(meta: BundleMeta, version: str | None, bundle_dir: Path, log_path: Path,
-                       reference: Reference, cfg: MonitorConfig, baseline: dict[str, Any]) -> dict[str, Any]:
-
-    w = cfg.window
-    window = f"every {w.size} rows" if w.by == "count" else f"every {w.duration} (UTC-aligned)"
-    return dashboard_context(model=meta.name, version=version, bundle=str(bundle_dir), log=str(log_path),
-                             reference=reference.description, window=f"{window}, judged from {w.min_samples} rows",
-                             baseline=baseline, max_drop=cfg.accuracy.max_drop, sla_ms=cfg.latency.sla_ms)
-
-
 # --- Evidently, for people ---------------------------------------------------------------------------------------
 
 
-def evidently_report(rows: Rows, summary: dict[str, Any], reference: Reference, judge: WindowJudge,
-                     cfg: MonitorConfig, meta: BundleMeta, out_dir: Path) -> dict[str, Any]:
+def evidently_report(rows: Rows, summary: WindowSummary, reference: Reference, judge: WindowJudge,
+                     cfg: MonitorConfig, meta: BundleMeta, out_dir: Path) -> EvidentlyReport:
     """Evidently's drift report of the latest judged window (and its quality report where ground truth is
     joined). When neither side had to be sampled its verdicts are checked against the fast path's."""
 
@@ -300,8 +388,8 @@ def evidently_report(rows: Rows, summary: dict[str, Any], reference: Reference, 
     numeric = [c for c, k in judge.columns.items() if k == "numeric"]
     current_cols = {**rows.numeric, **rows.categorical, **outputs_of(rows, meta.task)}
     reference_cols = {**reference.numeric, **reference.categorical, **reference.outputs}
-    fast = {c["column"]: c for c in (summary.get("drift") or {}).get("columns", []) +
-            (summary.get("drift") or {}).get("predictions", [])}
+    drift = summary.drift or {}
+    fast = {c["column"]: c for c in drift.get("columns", []) + drift.get("predictions", [])}
     methods = {c: m for c, m in (judge.methods | judge.prediction_methods).items()
                if c in fast and fast[c]["drift"] is not None and c in current_cols and c in reference_cols}
     num = [c for c in methods if c in numeric or c in (CONFIDENCE, VALUE)]
@@ -311,17 +399,15 @@ def evidently_report(rows: Rows, summary: dict[str, Any], reference: Reference, 
     snapshot = ev.run_drift(ref_frame, current, num, cat, methods, cfg.drift.share)
     paths = ev.save(snapshot, out_dir)
     verdicts = ev.verdicts(snapshot)
-    out: dict[str, Any] = paths | {"window": summary["index"], "rows": int(len(cur_idx)),
-                                   "reference_rows": int(len(ref_idx)), "sampled": sampled}
+    out = EvidentlyReport(html=paths["html"], json=paths["json"], window=summary.index, rows=int(len(cur_idx)),
+                          reference_rows=int(len(ref_idx)), sampled=sampled)
     if not sampled:
         disagree = [c for c, v in verdicts.items() if c in fast and v["drift"] != fast[c]["drift"]]
-        out["agrees_with_fast_path"] = not disagree
-        out["disagreements"] = disagree
+        out.agrees_with_fast_path = not disagree
+        out.disagreements = disagree
         if disagree:
             print(f"mlops monitor: WARNING Evidently and the fast path disagree on {disagree}", flush=True)
-    quality = _quality_report(rows, cur_idx, reference, ref_idx, meta, cfg, out_dir)
-    if quality:
-        out["quality"] = quality
+    out.quality = _quality_report(rows, cur_idx, reference, ref_idx, meta, cfg, out_dir) or None
     return out
 
 

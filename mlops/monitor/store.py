@@ -8,7 +8,7 @@
 - `scrapes`: the server's request counters at the last run (for the error rate since).
 
 A run writes all of it in one transaction, after checking that no other run moved the cursor meanwhile.
-`last_alert()` is what the retraining phase reads.
+The retraining phase reads the alerts, read-only: `alert_records()` (every alert of a model) and `last_alert()`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from mlops.core.errors import MlopsError
 from mlops.core.workspace import Workspace, workspace
+from mlops.monitor.results import AlertRecord, WindowSummary
 from mlops.monitor.rules import RuleState
 
 SCHEMA = """
@@ -99,10 +100,10 @@ class MonitorStore:
     # --- the one write of a run -------------------------------------------------------------------------
 
     def commit_run(self, model: str, version: str | None, log: str, by: str, expected_rowid: int,
-                   windows: list[dict[str, Any]], alerts: list[dict[str, Any]], states: dict[str, RuleState],
+                   windows: list[WindowSummary], alerts: list[AlertRecord], states: dict[str, RuleState],
                    new_cursor: tuple[int, int | None] | None, scrape: tuple[str, dict[str, float]] | None) -> None:
-        """Windows, alerts (their `window_id` filled from the window index), rule states, cursor and scrape in one
-        transaction. Refused when another run moved the cursor since this one read it."""
+        """Windows, alerts (their `window_id` filled from the window index, their `id` set), rule states, cursor
+        and scrape in one transaction. Refused when another run moved the cursor since this one read it."""
         v = version or ""
         now = time.time()
         db = self._connect()
@@ -119,17 +120,16 @@ class MonitorStore:
                 cur = db.execute(
                     "INSERT INTO windows (model, version, log, start_ts, end_ts, start_rowid, end_rowid, rows, judged, "
                     "summary, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (model, v, log, w["start_ts"], w["end_ts"], w["start_rowid"], w["end_rowid"], w["rows"],
-                     int(w["judged"]), json.dumps(w, default=_json_default), now))
-                ids[w["index"]] = int(cur.lastrowid or 0)
+                    (model, v, log, w.start_ts, w.end_ts, w.start_rowid, w.end_rowid, w.rows, int(w.judged),
+                     json.dumps(w.record(), default=_json_default), now))
+                ids[w.index] = int(cur.lastrowid or 0)
             for a in alerts:
                 cur = db.execute(
                     "INSERT INTO alerts (created, model, version, rule, event, state, window_id, window_start, "
                     "window_end, value, threshold, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (now, model, v, a["rule"], a["event"], a["state"], ids.get(a["window"]["index"]),
-                     a["window"]["start"], a["window"]["end"], a["value"], a["threshold"],
-                     json.dumps(a, default=_json_default)))
-                a["id"] = int(cur.lastrowid or 0)
+                    (now, model, v, a.rule, a.event, a.state, ids.get(a.window.index), a.window.start,
+                     a.window.end, a.value, a.threshold, json.dumps(a.payload(), default=_json_default)))
+                a.id = int(cur.lastrowid or 0)
             for rule, s in states.items():
                 db.execute("INSERT OR REPLACE INTO rule_state VALUES (?, ?, ?, ?, ?, ?)",
                            (model, v, rule, s.consecutive, int(s.firing), s.last_fired))
@@ -165,6 +165,34 @@ def _json_default(v: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
+def alert_records(path: Path, model: str) -> list[dict[str, Any]]:
+    """Every alert of `model` in the store at `path`, read-only: its payload with the row's own
+    columns on top and `ts` the time it was recorded. [] when `path` is not a monitor store (or another shape
+    of one): the retraining phase reads whatever it finds in the monitor's directory."""
+    try:
+        db = _read_only(path)
+    except sqlite3.Error:
+        return []
+    try:
+        rows = db.execute("SELECT * FROM alerts WHERE model = ?", (model,)).fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        db.close()
+    out = []
+    for row in rows:
+        record = dict(row)
+        try:
+            payload = json.loads(record.pop("payload", None) or "{}")
+        except ValueError:
+            payload = {}
+        merged = (payload if isinstance(payload, dict) else {}) | record
+        if record.get("created") is not None:  # the row's own time, not a time inside its payload
+            merged["ts"] = record["created"]
+        out.append(merged)
+    return out
+
+
 def last_alert(model: str, rule: str = "drift", state: str | None = "fired",
                home: Path | None = None) -> dict[str, Any] | None:
     """The latest alert record of a rule for a model (`state` None: fired or resolved), or None.
@@ -173,8 +201,7 @@ def last_alert(model: str, rule: str = "drift", state: str | None = "fired",
     path = Workspace(home).monitor_store(model) if home else workspace().monitor_store(model)
     if not path.is_file():
         return None
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
+    db = _read_only(path, timeout=5.0)
     try:
         sql = "SELECT * FROM alerts WHERE model = ? AND rule = ?" + (" AND state = ?" if state else "")
         params = (model, rule, state) if state else (model, rule)
@@ -182,3 +209,10 @@ def last_alert(model: str, rule: str = "drift", state: str | None = "fired",
     finally:
         db.close()
     return None if row is None else _alert(row)
+
+
+def _read_only(path: Path, timeout: float = 10) -> sqlite3.Connection:
+    """A reader never creates the store nor changes it (`MonitorStore` does both)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+    db.row_factory = sqlite3.Row
+    return db

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from mlops.core.atomic import publishing
 from mlops.core.errors import MlopsError
 from mlops.package.bundle import read_bundle
 from mlops.package.predictor import Predictor
@@ -188,14 +189,9 @@ def executor_bundle(files: dict[str, bytes]) -> Path:
     path = root / digest
     if (path / "bundle.json").is_file():
         return path
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=root))
-    for name, data in files.items():
-        (tmp / name).write_bytes(data)
-    try:
-        tmp.rename(path)
-    except OSError:  # another task got there first: its copy is the same bytes
-        shutil.rmtree(tmp, ignore_errors=True)
+    with publishing(path, keep_existing=True) as tmp:  # another task may get there first: the same bytes
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
     return path
 
 

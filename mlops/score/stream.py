@@ -255,7 +255,6 @@ class Consumer:
     # --- one batch -----------------------------------------------------------------------------------------
 
     def _handle(self, messages: list[tuple[Any, Any]], recovered: bool) -> None:
-
         c = self.config
         started = time.perf_counter()
         ids = [_text(mid) for mid, _ in messages]

@@ -295,7 +295,6 @@ class Server:
         return AnswerResponse(Answer(200, {"ready": True}))
 
     async def server_metadata(self, request: Request) -> Response:
-
         return AnswerResponse(Answer(200, {"name": "mlops", "version": mlops.__version__, "extensions": []}))
 
     async def model_metadata(self, request: Request) -> Response:
@@ -428,7 +427,6 @@ class Server:
                 "percent": self.ab_percent if c is not None else 0.0}
 
     async def openapi(self, request: Request) -> Response:
-
         return AnswerResponse(Answer(200, openapi_spec(self.predictor.meta, self.predictor.max_batch)))
 
     def app(self) -> Starlette:

@@ -8,7 +8,8 @@ tokens, body size limits. Those stay with our app.
 
     python -m mlops.serve.kserve_runtime BUNDLE_DIR --port 8080
 
-Importing this module does not import torch, lightning, prefect or mlflow (kserve itself does not either).
+Importing this module imports neither kserve (built on first use: see `_runtime`) nor torch, lightning,
+prefect or mlflow.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import importlib.metadata
 import logging
 import sys
 import uuid
+from functools import cache
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -43,85 +45,116 @@ def _import_kserve() -> ModuleType:
         sys.argv = saved
 
 
-kserve = _import_kserve()
+@cache
+def _runtime() -> SimpleNamespace:
+    """kserve and our classes over it, built on first use: importing kserve takes seconds and a large
+    dependency tree (a Kubernetes client among them), which `mlops serve`'s default runtime never needs."""
+    kserve = _import_kserve()
 
 
-class BundleRequestError(kserve.errors.InvalidInput):
-    """A `RequestError` as kserve's InvalidInput: any stock ModelServer answers it 400 with the field in its
-    message; the handler `serve_kserve` installs answers with the RequestError's own status and body."""
 
-    def __init__(self, error: RequestError) -> None:
-        super().__init__(f"{error.field}: {error.message}")
-        self.error = error
+    class BundleRequestError(kserve.errors.InvalidInput):
+        """A `RequestError` as kserve's InvalidInput: any stock ModelServer answers it 400 with the field in its
+        message; the handler `serve_kserve` installs answers with the RequestError's own status and body."""
+
+        def __init__(self, error: RequestError) -> None:
+            super().__init__(f"{error.field}: {error.message}")
+            self.error = error
 
 
-class BundleModel(kserve.Model):
-    """One ONNX bundle (model.onnx + bundle.json, no pickle) behind KServe's V1 and V2 endpoints."""
+    class BundleModel(kserve.Model):
+        """One ONNX bundle (model.onnx + bundle.json, no pickle) behind KServe's V1 and V2 endpoints."""
 
-    def __init__(self, bundle_dir: str | Path, name: str | None = None, max_batch: int = 1024,
-                 version: str | None = None) -> None:
-        self.bundle_dir = Path(bundle_dir)
-        # the endpoint name is needed before load(): bundle.json alone gives it, without opening the model
-        super().__init__(name or read_bundle(self.bundle_dir).name)
-        self.max_batch = max_batch
-        self.version = version
-        self.predictor: Predictor | None = None
+        def __init__(self, bundle_dir: str | Path, name: str | None = None, max_batch: int = 1024,
+                     version: str | None = None) -> None:
+            self.bundle_dir = Path(bundle_dir)
+            # the endpoint name is needed before load(): bundle.json alone gives it, without opening the model
+            super().__init__(name or read_bundle(self.bundle_dir).name)
+            self.max_batch = max_batch
+            self.version = version
+            self.predictor: Predictor | None = None
 
-    def load(self) -> bool:
-        self.predictor = Predictor(self.bundle_dir, max_batch=self.max_batch)
-        self.ready = True
-        return self.ready
+        def load(self) -> bool:
+            self.predictor = Predictor(self.bundle_dir, max_batch=self.max_batch)
+            self.ready = True
+            return self.ready
 
-    def _loaded(self) -> Predictor:
-        if self.predictor is None:
-            raise kserve.errors.ModelNotReady(self.name)
-        return self.predictor
+        def _loaded(self) -> Predictor:
+            if self.predictor is None:
+                raise kserve.errors.ModelNotReady(self.name)
+            return self.predictor
 
-    # V2 model metadata: the same tensors our app lists (kserve adds its own name and an empty platform)
-    def get_input_types(self) -> list[dict[str, Any]]:
-        return [{"name": i.name, "datatype": "BYTES" if i.dtype == "string" else "FP32", "shape": [-1, 1]}
-                for i in self._loaded().meta.inputs]
+        # V2 model metadata: the same tensors our app lists (kserve adds its own name and an empty platform)
+        def get_input_types(self) -> list[dict[str, Any]]:
+            return [{"name": i.name, "datatype": "BYTES" if i.dtype == "string" else "FP32", "shape": [-1, 1]}
+                    for i in self._loaded().meta.inputs]
 
-    def get_output_types(self) -> list[dict[str, Any]]:
-        return [{"name": o["name"], "datatype": "BYTES" if o["dtype"] == "string" else "FP32",
-                 "shape": [-1 if isinstance(d, str) else d for d in o["shape"]]} for o in self._loaded().meta.outputs]
+        def get_output_types(self) -> list[dict[str, Any]]:
+            return [{"name": o["name"], "datatype": "BYTES" if o["dtype"] == "string" else "FP32",
+                     "shape": [-1 if isinstance(d, str) else d for d in o["shape"]]} for o in self._loaded().meta.outputs]
 
-    def predict(self, payload: Any, headers: dict[str, str] | None = None,
-                response_headers: dict[str, str] | None = None) -> Any:
-        # synchronous on purpose: kserve then calls it inline, as our app runs ONNX Runtime inline
-        try:
-            if isinstance(payload, kserve.InferRequest):
-                return self._infer_v2(payload)
-            return self._predict_v1(payload)
-        except RequestError as exc:
-            raise BundleRequestError(exc) from None
+        def predict(self, payload: Any, headers: dict[str, str] | None = None,
+                    response_headers: dict[str, str] | None = None) -> Any:
+            # synchronous on purpose: kserve then calls it inline, as our app runs ONNX Runtime inline
+            try:
+                if isinstance(payload, kserve.InferRequest):
+                    return self._infer_v2(payload)
+                return self._predict_v1(payload)
+            except RequestError as exc:
+                raise BundleRequestError(exc) from None
 
-    def _predict_v1(self, body: Any) -> dict[str, Any]:
-        predictor = self._loaded()
-        if isinstance(body, bytes | str):  # kserve passes the body through undecoded unless it is sent as JSON
-            body = parse_json_body(body)
-        if not isinstance(body, dict) or "instances" not in body:
-            raise RequestError("instances", "the body must be an object with an 'instances' list")
-        request_id = body.get("id")
-        if request_id is not None and not isinstance(request_id, str):
-            raise RequestError("id", "must be a string")
-        prediction = predictor.predict(predictor.feeds_from_rows(body["instances"]))
-        return {"predictions": prediction.instances(), "ids": _ids(request_id, prediction.rows)}
+        def _predict_v1(self, body: Any) -> dict[str, Any]:
+            predictor = self._loaded()
+            if isinstance(body, bytes | str):  # kserve passes the body through undecoded unless it is sent as JSON
+                body = parse_json_body(body)
+            if not isinstance(body, dict) or "instances" not in body:
+                raise RequestError("instances", "the body must be an object with an 'instances' list")
+            request_id = body.get("id")
+            if request_id is not None and not isinstance(request_id, str):
+                raise RequestError("id", "must be a string")
+            prediction = predictor.predict(predictor.feeds_from_rows(body["instances"]))
+            return {"predictions": prediction.instances(), "ids": _ids(request_id, prediction.rows)}
 
-    def _infer_v2(self, request: Any) -> Any:
-        predictor = self._loaded()
-        prediction = predictor.predict(predictor.feeds_from_v2(v2_inputs(request)))
-        ids = _ids(request.id, prediction.rows)
-        outputs = []
-        for name, values in prediction.outputs.items():
-            # our app calls every numeric output FP32: cast so kserve's dtype check agrees with the label
-            data = values if values.dtype == object else values.astype(np.float32, copy=False)
-            outputs.append(kserve.InferOutput(name=name, shape=list(data.shape),
-                                              datatype="BYTES" if data.dtype == object else "FP32", data=data))
-        return kserve.InferResponse(response_id=request.id or ids[0], model_name=self.name, infer_outputs=outputs,
-                                    model_version=self.version, parameters={"prediction_ids": ",".join(ids)},
-                                    use_binary_outputs=request.use_binary_outputs,
-                                    requested_outputs=request.request_outputs)
+        def _infer_v2(self, request: Any) -> Any:
+            predictor = self._loaded()
+            prediction = predictor.predict(predictor.feeds_from_v2(v2_inputs(request)))
+            ids = _ids(request.id, prediction.rows)
+            outputs = []
+            for name, values in prediction.outputs.items():
+                # our app calls every numeric output FP32: cast so kserve's dtype check agrees with the label
+                data = values if values.dtype == object else values.astype(np.float32, copy=False)
+                outputs.append(kserve.InferOutput(name=name, shape=list(data.shape),
+                                                  datatype="BYTES" if data.dtype == object else "FP32", data=data))
+            return kserve.InferResponse(response_id=request.id or ids[0], model_name=self.name, infer_outputs=outputs,
+                                        model_version=self.version, parameters={"prediction_ids": ",".join(ids)},
+                                        use_binary_outputs=request.use_binary_outputs,
+                                        requested_outputs=request.request_outputs)
+
+
+    class _ModelServer(kserve.ModelServer):
+        """The stock server, bound to the host asked for: its uvicorn.Config hard-codes 0.0.0.0, and start()
+        builds the REST server just before calling this hook, so the host is set there."""
+
+        def __init__(self, host: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._bind_host = host
+
+        def setup_event_loop(self) -> None:
+            rest = getattr(self, "_rest_server", None)
+            if rest is None:  # a kserve whose start() no longer works this way: refuse to bind wider than asked
+                raise RuntimeError("kserve.ModelServer changed: cannot bind the REST server to a host")
+            rest.config.host = self._bind_host
+            super().setup_event_loop()
+
+    return SimpleNamespace(kserve=kserve, BundleRequestError=BundleRequestError, BundleModel=BundleModel,
+                           ModelServer=_ModelServer)
+
+
+def __getattr__(name: str) -> Any:
+    """`kserve_runtime.BundleModel`, `.BundleRequestError` and `.kserve` as if defined at import."""
+    if name in ("kserve", "BundleModel", "BundleRequestError"):
+        return getattr(_runtime(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def v2_inputs(request: Any) -> list[dict[str, Any]]:
@@ -176,7 +209,7 @@ def install_error_handlers(app: Any) -> None:
     from fastapi.responses import JSONResponse
 
     async def request_error(_: Any, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, BundleRequestError)
+        assert isinstance(exc, _runtime().BundleRequestError)
         return JSONResponse(exc.error.body(), status_code=exc.error.status)
 
     async def validation_error(_: Any, exc: Exception) -> JSONResponse:
@@ -187,24 +220,8 @@ def install_error_handlers(app: Any) -> None:
         field = _field(first.get("loc", ()), first.get("type", ""))
         return JSONResponse({"error": f"{field}: {first.get('msg', 'invalid')}", "field": field}, status_code=400)
 
-    app.add_exception_handler(BundleRequestError, request_error)
+    app.add_exception_handler(_runtime().BundleRequestError, request_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-
-
-class _ModelServer(kserve.ModelServer):
-    """The stock server, bound to the host asked for: its uvicorn.Config hard-codes 0.0.0.0, and start()
-    builds the REST server just before calling this hook, so the host is set there."""
-
-    def __init__(self, host: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._bind_host = host
-
-    def setup_event_loop(self) -> None:
-        rest = getattr(self, "_rest_server", None)
-        if rest is None:  # a kserve whose start() no longer works this way: refuse to bind wider than asked
-            raise RuntimeError("kserve.ModelServer changed: cannot bind the REST server to a host")
-        rest.config.host = self._bind_host
-        super().setup_event_loop()
 
 
 def serve_kserve(bundle_dir: Path, host: str, port: int, name: str | None = None, *, max_batch: int = 1024,
@@ -219,13 +236,14 @@ def serve_kserve(bundle_dir: Path, host: str, port: int, name: str | None = None
     - the host: kserve binds 0.0.0.0 whatever it is told; this binds `host` (loopback by default);
     - error handlers: bad requests answer as our app's do (see install_error_handlers).
     """
-    model = BundleModel(bundle_dir, name=name, max_batch=max_batch, version=version)
+    runtime = _runtime()
+    model = runtime.BundleModel(bundle_dir, name=name, max_batch=max_batch, version=version)
     model.load()
-    server = _ModelServer(host, http_port=port, workers=1, enable_grpc=False, enable_docs_url=False,
+    server = runtime.ModelServer(host, http_port=port, workers=1, enable_grpc=False, enable_docs_url=False,
                           enable_latency_logging=False)
     for logger in ("kserve.trace", "uvicorn.access"):
         logging.getLogger(logger).setLevel(logging.WARNING)
-    install_error_handlers(kserve.model_server.app)
+    install_error_handlers(runtime.kserve.model_server.app)
     print(f"mlops serve (kserve {importlib.metadata.version('kserve')}): model '{model.name}' "
           f"version {version or '-'} from {bundle_dir}", flush=True)
     print(f"mlops serve (kserve): http://{host}:{port}/v2/models/{model.name}/infer  (no prediction log)", flush=True)

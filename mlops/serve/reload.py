@@ -82,7 +82,6 @@ class AliasWatcher:
         return changes
 
     def _check_one(self, watched: Watched) -> dict[str, Any] | None:
-
         started = time.perf_counter()
         try:
             bundle, version = self._resolve_ref(watched.ref)

@@ -11,6 +11,8 @@ import json
 import time
 from typing import Any
 
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
+
 from mlops.core.errors import GateError, MlopsError
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.engine.plan import compile_plan
@@ -19,6 +21,7 @@ from mlops.engine.steps.common import RunContext
 from mlops.engine.steps.load_data import load_data
 from mlops.engine.steps.preprocess import preprocess
 from mlops.engine.steps.split import split
+from mlops.engine.summary import RunSummary, TrialRun
 from mlops.engine.validate import load_validated
 from mlops.recipe import LoadedRecipe
 from mlops.sweep.launch import launch
@@ -46,10 +49,36 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 
-@task(name="trial", cache_policy=NO_CACHE, persist_result=False)
-def trial_task(job: dict[str, Any]) -> dict[str, Any]:
+class BestTrial(BaseModel):
+    number: int
+    value: float
+    params: dict[str, Any]
+    overrides: list[str]  # the params as recipe overrides
+    trial_run_id: str | None  # the trial's own MLflow run
 
-    return launch(TrialJob.model_validate(job))
+
+class SweepSummary(BaseModel):
+    """What a sweep did. `--json` prints the final run's summary fields at the top level beside the study's
+    (`run`'s fields are flattened there, as they always were); a `--worker` has no final run and no best."""
+
+    study_name: str
+    storage: str
+    parent_run_id: str
+    trials: dict[str, int]  # complete, pruned, failed, running
+    requeued: list[int]  # trials left unfinished by a dead process, run again
+    run: RunSummary | None = None  # the best trial's model, exported and registered
+    best: BestTrial | None = None
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        run, best = data.pop("run"), data.pop("best")
+        return data | (run or {}) | ({"best": best} if best is not None else {})
+
+
+@task(name="trial", cache_policy=NO_CACHE, persist_result=False)
+def trial_task(job: dict[str, Any]) -> TrialRun:
+    return TrialRun.model_validate(launch(TrialJob.model_validate(job)))
 
 
 def _prepare_data(loaded: LoadedRecipe) -> None:
@@ -58,7 +87,7 @@ def _prepare_data(loaded: LoadedRecipe) -> None:
     plan = compile_plan(loaded)
     ctx = RunContext(loaded=loaded, run_id=None, tracking_uri="")
     for fn in (load_data, split, preprocess):
-        ctx.results[fn.__name__] = plan.run(ctx, fn.__name__, fn)
+        ctx.record(fn.__name__, plan.run(ctx, fn.__name__, fn))
 
 
 def _parent_run(study: Any, loaded: LoadedRecipe) -> str:
@@ -82,7 +111,7 @@ def _parent_run(study: Any, loaded: LoadedRecipe) -> str:
     return str(run.info.run_id)
 
 
-def _tell(study: Any, trial: Any, loaded: LoadedRecipe, outcome: dict[str, Any] | BaseException) -> str:
+def _tell(study: Any, trial: Any, loaded: LoadedRecipe, outcome: TrialRun | BaseException) -> str:
     from optuna.trial import TrialState
 
 
@@ -90,17 +119,16 @@ def _tell(study: Any, trial: Any, loaded: LoadedRecipe, outcome: dict[str, Any] 
         trial.set_user_attr(ERROR, str(outcome)[:2000])
         study.tell(trial, state=TrialState.FAIL)
         return f"failed: {outcome}"
-    trial.set_user_attr("mlflow_run_id", outcome["run_id"])
-    if outcome["state"] == "pruned":
+    trial.set_user_attr("mlflow_run_id", outcome.run_id)
+    if outcome.state == "pruned":
         study.tell(trial, state=TrialState.PRUNED)
-        return f"pruned after {len(outcome['history'])} epochs"
-    value = objective_value(loaded.recipe, outcome["history"])
+        return f"pruned after {len(outcome.history)} epochs"
+    value = objective_value(loaded.recipe, outcome.history)
     study.tell(trial, value)
     return f"{loaded.recipe.sweep.metric if loaded.recipe.sweep else 'value'} = {value:.5f}"
 
 
 def _run_trials(study: Any, loaded: LoadedRecipe, parent: str) -> None:
-
     cfg = loaded.recipe.sweep
     assert cfg is not None
     inflight: dict[Any, Any] = {}
@@ -125,7 +153,7 @@ def _run_trials(study: Any, loaded: LoadedRecipe, parent: str) -> None:
         for future in done:
             trial = inflight.pop(future)
             try:
-                outcome: dict[str, Any] | BaseException = future.result()
+                outcome: TrialRun | BaseException = future.result()
             except Exception as exc:  # the trial's own error, after its retries
                 outcome = exc
             verdict = _tell(study, trial, loaded, outcome)
@@ -143,8 +171,8 @@ def _sweep_name() -> str:
 
 
 @flow(name="mlops-sweep", flow_run_name=_sweep_name, validate_parameters=False)
-def sweep_flow(recipe: str, overrides: list[str], worker: bool = False, allow_failed_gates: bool = False) -> dict[str, Any]:
-
+def sweep_flow(recipe: str, overrides: list[str], worker: bool = False,
+               allow_failed_gates: bool = False) -> SweepSummary:
     loaded = load_validated(recipe, overrides)
     assert loaded.recipe.sweep is not None
     study = open_study(loaded, create=not worker)
@@ -156,13 +184,13 @@ def sweep_flow(recipe: str, overrides: list[str], worker: bool = False, allow_fa
           f"MLflow parent run {parent}", flush=True)
     _prepare_data(loaded)
     _run_trials(study, loaded, parent)
-    summary: dict[str, Any] = {"study_name": study.study_name, "storage": storage_url(loaded.recipe.sweep),
-                               "parent_run_id": parent,
-                               "trials": counts(study), "requeued": requeued}
+    summary = SweepSummary(study_name=study.study_name, storage=storage_url(loaded.recipe.sweep),
+                           parent_run_id=parent, trials=counts(study), requeued=requeued)
     if worker:
         return summary
     _await_other_workers(study)
-    return summary | _finish(study, loaded, parent, allow_failed_gates) | {"trials": counts(study)}
+    final, best = _finish(study, loaded, parent, allow_failed_gates)
+    return summary.model_copy(update={"run": final, "best": best, "trials": counts(study)})
 
 
 def _await_other_workers(study: Any, poll: float = 1.0) -> None:
@@ -178,7 +206,8 @@ def _await_other_workers(study: Any, poll: float = 1.0) -> None:
         time.sleep(poll)
 
 
-def _finish(study: Any, loaded: LoadedRecipe, parent: str, allow_failed_gates: bool = False) -> dict[str, Any]:
+def _finish(study: Any, loaded: LoadedRecipe, parent: str,
+            allow_failed_gates: bool = False) -> tuple[RunSummary, BestTrial]:
     """Log the study to the parent run, then export and register the best trial's model (reused from the
     step cache, not retrained) as `challenger`."""
 
@@ -193,19 +222,20 @@ def _finish(study: Any, loaded: LoadedRecipe, parent: str, allow_failed_gates: b
     log_study(client, parent, study)
     print(f"mlops: best trial {best.number}: value {best.value:.5f} with {' '.join(best_overrides)}", flush=True)
     try:
-        final = run_flow(str(loaded.path), loaded.overrides + best_overrides, parent_run_id=parent,
-                         allow_failed_gates=allow_failed_gates)
+        # the flow's summary as it is (a gate failure raises instead)
+        final = RunSummary.model_validate(run_flow(str(loaded.path), loaded.overrides + best_overrides,
+                                                   parent_run_id=parent, allow_failed_gates=allow_failed_gates))
     except GateError:
         client.set_tag(parent, "mlops.gates", "failed")
         client.set_terminated(parent, "FAILED")
         raise
-    client.set_tag(parent, "mlops.model", f"{final['model_name']}/{final['model_version']}")
+    client.set_tag(parent, "mlops.model", f"{final.model_name}/{final.model_version}")
     client.set_terminated(parent, "FINISHED")
-    return final | {"best": {"number": best.number, "value": best.value, "params": best.params,
-                             "overrides": best_overrides, "trial_run_id": best.user_attrs.get("mlflow_run_id")}}
+    return final, BestTrial(number=best.number, value=best.value, params=best.params, overrides=best_overrides,
+                            trial_run_id=best.user_attrs.get("mlflow_run_id"))
 
 
-def sweep(recipe: str, overrides: list[str], worker: bool = False, allow_failed_gates: bool = False) -> dict[str, Any]:
+def sweep(recipe: str, overrides: list[str], worker: bool = False, allow_failed_gates: bool = False) -> SweepSummary:
     from pathlib import Path
 
     loaded = load_validated(recipe, overrides)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from mlops.engine.execute import execute
+from mlops.engine.execute import execute_until
 from mlops.engine.validate import load_validated
 from mlops.train.pruning import PruneLink
 
@@ -29,17 +29,16 @@ class TrialJob(BaseModel):
 
 
 def main(argv: list[str]) -> int:
-
     job = TrialJob.model_validate_json(Path(argv[0]).read_text())
     try:
         loaded = load_validated(job.recipe, job.overrides)
-        result = execute(loaded, job.parent_run_id, until="evaluate", prune=job.prune,
-                         tags={"mlops.trial": str(job.trial_number)})
+        result = execute_until(loaded, "evaluate", job.parent_run_id, prune=job.prune,
+                               tags={"mlops.trial": str(job.trial_number)})
     except Exception as exc:
         traceback.print_exc()
         Path(job.result_file).write_text(json.dumps({"state": "failed", "error": f"{type(exc).__name__}: {exc}"}))
         return 1
-    Path(job.result_file).write_text(json.dumps(result))
+    Path(job.result_file).write_text(json.dumps(result.model_dump(mode="json")))  # a TrialRun
     return 0
 
 

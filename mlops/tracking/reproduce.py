@@ -15,9 +15,10 @@ from typing import Any
 from mlops.core.errors import MlopsError
 from mlops.data.fingerprint import fingerprint_bytes
 from mlops.engine.cache import Cache
-from mlops.engine.execute import execute
+from mlops.engine.execute import execute_until
 from mlops.engine.lock import package_versions
 from mlops.engine.runlog import flatten
+from mlops.engine.summary import TrialRun
 from mlops.engine.validate import load_validated
 from mlops.tracking.compare import get_run, read_lock
 
@@ -48,31 +49,31 @@ def reproduce(client: Any, run_id: str) -> dict[str, Any]:
         recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
         loaded = load_validated(recipe_file)
         # an empty cache: every step recomputes, nothing is borrowed from the run being checked
-        again = execute(loaded, until="export", cache=Cache(Path(tmp) / "cache"), tags={"mlops.reproduces": run_id})
+        again = execute_until(loaded, "export", cache=Cache(Path(tmp) / "cache"), tags={"mlops.reproduces": run_id})
     original_bundle = json.loads(Path(client.download_artifacts(run_id, "bundle/bundle.json")).read_text())
     mismatches += _compare_metrics(client, original, again)
-    if original_bundle["onnx_sha256"] != again["onnx_sha256"]:
+    if original_bundle["onnx_sha256"] != again.onnx_sha256:
         mismatches.append({"field": "bundle.onnx_sha256", "original": original_bundle["onnx_sha256"],
-                           "now": again["onnx_sha256"]})
+                           "now": again.onnx_sha256})
     # the same recipe, except that data.path now names the file absolutely
     before = {k: v for k, v in flatten(lock["recipe"]).items() if k != "data.path"}
     after = {k: v for k, v in flatten(loaded.resolved()).items() if k != "data.path"}
     for key in sorted(set(before) | set(after)):
         if before.get(key) != after.get(key):
             mismatches.append({"field": f"recipe.{key}", "original": before.get(key), "now": after.get(key)})
-    return {"run_id": run_id, "reproduction_run_id": again["run_id"], "match": not mismatches,
-            "mismatches": mismatches, "onnx_sha256": again["onnx_sha256"], "metrics": again["metrics"]}
+    return {"run_id": run_id, "reproduction_run_id": again.run_id, "match": not mismatches,
+            "mismatches": mismatches, "onnx_sha256": again.onnx_sha256, "metrics": again.metrics}
 
 
-def _compare_metrics(client: Any, original: Any, again: dict[str, Any]) -> list[dict[str, Any]]:
+def _compare_metrics(client: Any, original: Any, again: TrialRun) -> list[dict[str, Any]]:
     out = []
-    for key, value in again["metrics"].items():
+    for key, value in again.metrics.items():
         before = original.data.metrics.get(key)
         if before != value:
             out.append({"field": f"metrics.{key}", "original": before, "now": value})
-    keys = {k for row in again["history"] for k in row if k != "epoch"}
+    keys = {k for row in again.history for k in row if k != "epoch"}
     histories = {k: {m.step: m.value for m in client.get_metric_history(original.info.run_id, k)} for k in keys}
-    for row in again["history"]:
+    for row in again.history:
         epoch = int(row["epoch"])
         for key, value in row.items():
             if key == "epoch":

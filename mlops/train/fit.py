@@ -92,7 +92,6 @@ def fit(job: TrainJob) -> TrainResult | None:
     callbacks: list[Any] = [checkpoint, history]
     pruning = None
     if job.prune is not None:
-
         pruning = OptunaPruning(job.prune)
         callbacks.append(pruning)
     if t.early_stopping is not None:

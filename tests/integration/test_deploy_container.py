@@ -97,7 +97,8 @@ def test_context_holds_what_the_image_needs(context: Path) -> None:
     dockerfile = (context / "Dockerfile").read_text()
 
     assert (context / "bundle" / "model.onnx").is_file() and (context / "bundle" / "bundle.json").is_file()
-    assert (context / "mlops" / "cli.py").is_file() and not list(context.rglob("__pycache__"))
+    assert (context / "mlops" / "cli" / "__main__.py").is_file() and not list(context.rglob("__pycache__"))
+    assert not (context / "mlops" / "deploy" / "crd").exists()  # what serving does not need stays out
     requirements = (context / "requirements.txt").read_text()
     assert not re.search(r"^(torch|lightning|mlflow|prefect)", requirements, re.M)
     assert re.search(r"^onnxruntime==\d", requirements, re.M)

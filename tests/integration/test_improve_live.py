@@ -24,7 +24,7 @@ import pytest
 from mlops.core.refs import CHALLENGER, CHAMPION
 from mlops.improve.audit import AuditLog
 from mlops.improve.registry import MlflowRegistry
-from mlops.improve.retrain import Trained, retrain_recipe
+from mlops.improve.retrain import RetrainOptions, Trained, retrain_recipe
 from mlops.improve.rollout import LogRollout, RolloutTarget
 from mlops.recipe.improve import ShadowStageConfig
 from tests.conftest import ROOT
@@ -216,22 +216,24 @@ def test_a_retrain_walks_shadow_and_canary_against_the_live_server(registry: Mlf
                  "improve.rollout.poll_s=0.2", "deploy.rollout.steps=[50,100]", "deploy.rollout.checks.min_requests=20"]
     audit = AuditLog()
     with Traffic(server, seed=3) as during:
-        result = retrain_recipe(str(recipe), overrides, "accuracy dropped on the dashboard", by="user:dana",
-                                trainer=train, rollout=LogRollout(set_traffic=move), registry=registry, audit=audit)
-    assert result["outcome"] == "promoted", result["message"]
-    assert registry.aliases("toy")[CHAMPION] == "3" and result["champion"] == "3"
-    assert [(s["stage"], s["percent"], s["passed"]) for s in result["stages"]] == [
+        result = retrain_recipe(str(recipe), overrides, "accuracy dropped on the dashboard",
+                                RetrainOptions(by="user:dana"), trainer=train, rollout=LogRollout(set_traffic=move),
+                                registry=registry, audit=audit)
+    assert result.outcome == "promoted", result.message
+    assert registry.aliases("toy")[CHAMPION] == "3" and result.champion == "3"
+    assert [(s.stage, s.percent, s.passed) for s in result.stages] == [
         ("shadow", None, True), ("canary", 50, True), ("canary", 100, True)]
     assert server.starts[1:] == [["toy@champion", "--shadow", "toy/3"], ["toy@champion", "--ab", "toy/3:50"],
                                  ["toy@champion", "--ab", "toy/3:100"], ["toy@champion"]]
     # the feedback posted over HTTP is the refreshed data's production rows, with the labels posted
     import pandas as pd
 
-    lineage = json.loads(Path(result["refresh"]["lineage"]).read_text())
+    assert result.refresh is not None and result.refresh.lineage and result.refresh.path
+    lineage = json.loads(Path(result.refresh.lineage).read_text())
     ids = lineage["production"]["ids"]
     posted = {rid: row for rid, row, _ in traffic.answered + during.answered}
     assert {rid for rid, _, _ in traffic.answered} <= set(ids) <= set(posted)
-    rows = pd.read_parquet(result["refresh"]["path"]).iloc[200:]
+    rows = pd.read_parquet(result.refresh.path).iloc[200:]
     assert list(rows["y"]) == [truth(posted[rid]) for rid in ids]
     assert list(rows["age"]) == pytest.approx([posted[rid]["age"] for rid in ids], rel=1e-6)  # logged as float32
     # recorded in MLflow: the version's decision and stages, the champion history, the lineage artifact
@@ -244,8 +246,8 @@ def test_a_retrain_walks_shadow_and_canary_against_the_live_server(registry: Mlf
 
     last = champion_history(registry.client, "toy")[-1]
     assert (last["version"], last["previous"], last["by"]) == ("3", "1", "policy:auto")
-    assert {a.path for a in registry.client.list_artifacts(result["run_id"], "improve")} == {
-        f"improve/{Path(result['refresh']['lineage']).name}"}
+    assert {a.path for a in registry.client.list_artifacts(result.run_id, "improve")} == {
+        f"improve/{Path(result.refresh.lineage).name}"}
     assert [r["event"] for r in audit.records()][-3:] == ["stage", "stage", "promoted"]
 
 
@@ -264,7 +266,7 @@ def test_a_canary_that_never_gets_traffic_rolls_back(registry: MlflowRegistry, s
                  "deploy.rollout.max_windows=1"]
     result = retrain_recipe(str(recipe), overrides, "drift", trainer=train, rollout=LogRollout(), registry=registry,
                             audit=AuditLog())  # nobody routes traffic to the canary
-    assert result["outcome"] == "rolled_back" and "only 0 challenger answers at 50 %" in result["message"]
+    assert result.outcome == "rolled_back" and "only 0 challenger answers at 50 %" in result.message
     assert registry.aliases("toy") == {CHAMPION: "1", CHALLENGER: "2"}  # the challenger alias went back to 2
 
 
@@ -290,10 +292,9 @@ def test_the_deploy_phase_walks_the_canary_steps_when_it_is_installed(registry: 
 
     assert isinstance(default_rollout(load_validated(recipe, overrides), local_port=server.port), DeployRollout)
     with Traffic(server, seed=6) as during:
-        result = retrain_recipe(str(recipe), overrides, "drift", trainer=train, registry=registry, audit=AuditLog(),
-                                rollout_options={"local_port": server.port})
-    assert result["outcome"] == "promoted", result["message"]
-    assert [(s["stage"], s["percent"], s["passed"]) for s in result["stages"]] == [("canary", 50, True),
-                                                                                   ("canary", 100, True)]
+        result = retrain_recipe(str(recipe), overrides, "drift", RetrainOptions(rollout_options={"local_port": server.port}),
+                                trainer=train, registry=registry, audit=AuditLog())
+    assert result.outcome == "promoted", result.message
+    assert [(s.stage, s.percent, s.passed) for s in result.stages] == [("canary", 50, True), ("canary", 100, True)]
     assert registry.aliases("toy")[CHAMPION] == "3"
     assert {variant for _, _, variant in during.answered} == {"champion", "challenger"}

@@ -79,15 +79,16 @@ def test_webhook_and_prefect_event(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             occurred=EventOccurredFilter(since=datetime.fromtimestamp(started - 60, UTC))),
             want=2)
 
-    assert [(a["rule"], a["state"]) for a in fired["alerts"]] == [("drift", "fired")]
-    assert [(a["rule"], a["state"]) for a in resolved["alerts"]] == [("drift", "resolved")]
-    assert fired["alerts"][0]["delivery"]["webhook"] == {"status": 204}
-    assert "event_id" in fired["alerts"][0]["delivery"]["prefect"]
+    assert [(a.rule, a.state) for a in fired.alerts] == [("drift", "fired")]
+    assert [(a.rule, a.state) for a in resolved.alerts] == [("drift", "resolved")]
+    delivery = fired.alerts[0].delivery
+    assert delivery is not None and delivery["webhook"] == {"status": 204} and "event_id" in delivery["prefect"]
 
     assert [r["path"] for r in received] == ["/hooks/mlops"] * 2
     hook = received[0]["body"]
     assert received[0]["content_type"] == "application/json"
     assert hook["event"] == "mlops.alert.drift" and hook["state"] == "fired" and hook["model"] == "quickstart"
+    assert hook["id"] == fired.alerts[0].id  # the alert as recorded, with its id in the store
     assert hook["window"]["index"] == 1 and hook["window"]["rows"] == 1000
     assert hook["value"] == pytest.approx(1 / 30) and hook["threshold"] == 0.5
     assert hook["detail"]["drifted"][0]["column"] == "mean_radius" and hook["detail"]["drifted"][0]["method"] == "psi"
@@ -96,7 +97,7 @@ def test_webhook_and_prefect_event(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     by_name = {e.event: e for e in events}
     assert set(by_name) == {"mlops.alert.drift", "mlops.resolved.drift"}
     event = by_name["mlops.alert.drift"]
-    assert str(event.id) == fired["alerts"][0]["delivery"]["prefect"]["event_id"]
+    assert str(event.id) == delivery["prefect"]["event_id"]
     assert event.resource.id == "mlops.model.quickstart"
     assert event.resource["mlops.model.version"] == "unregistered"  # a bundle directory has no registry version
     assert event.payload["window"]["start_iso"] == hook["window"]["start_iso"]

@@ -1,5 +1,6 @@
-"""`mlops monitor --backtest` writes a page beside its JSON record and names both in its result; the page, as
-headless Chromium shows it, says when each rule would first have fired over the replayed windows."""
+"""`mlops monitor --backtest` writes one page beside its JSON record and names both in its result (the page as
+its dashboard too); the page, as headless Chromium shows it, says when each rule would first have fired over the
+replayed windows."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlops.monitor.results import BacktestResult
 from mlops.monitor.run import monitor_recipe
 from tests.browser import Tables, chromium, rendered_dom
 from tests.monitor_fixtures import QUICKSTART, build_breast_cancer_bundle, log_traffic, quickstart_split
@@ -31,10 +33,13 @@ def test_backtest_page_beside_its_json(tmp_path: Path, monkeypatch: pytest.Monke
                                               "monitor.report.evidently=false", "monitor.alerts.consecutive=1"],
                             str(bundle), log=str(log), backtest=True)
 
-    json_path, html_path = Path(result["report"]), Path(result["report_html"])
+    assert isinstance(result, BacktestResult)
+    json_path, html_path = Path(result.report), Path(result.report_html)
     assert html_path.is_file() and html_path.parent == json_path.parent and html_path.stem == json_path.stem
     assert json.loads(json_path.read_text())["report_html"] == str(html_path)
-    assert result["first_fired"]["drift"]["window"] == 1
+    assert result.dashboard == str(html_path) and sorted(p.name for p in html_path.parent.glob("*.html")) == [
+        html_path.name]  # the one page
+    assert result.first_fired["drift"].window == 1
 
     chromium()
     dom = Tables()

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlops.cli.output import jsonable
 from mlops.core.timespec import iso
 from mlops.monitor.run import monitor_recipe
 from mlops.monitor.store import last_alert
@@ -67,7 +68,8 @@ def seconds(n: int, start: float) -> np.ndarray:
 
 
 def run(bundle: Path, log: Path, *overrides: str, backtest: bool = False) -> dict[str, Any]:
-    return monitor_recipe(str(QUICKSTART), list(overrides), str(bundle), log=str(log), backtest=backtest)
+    """The run's result as `mlops monitor --json` prints it."""
+    return jsonable(monitor_recipe(str(QUICKSTART), list(overrides), str(bundle), log=str(log), backtest=backtest))
 
 
 def test_no_false_alarm_on_20_resamples_of_the_reference(bundle: Path, split: dict, home: Path, tmp_path: Path) -> None:
@@ -214,7 +216,9 @@ def test_backtest_fires_at_the_right_window(bundle: Path, split: dict, home: Pat
     assert [w["start"] for w in two["windows"]] == [iso(T0 + 3600 * h) for h in range(8)]
     assert two["first_fired"]["drift"]["start"] == iso(T0 + 5 * 3600)
     assert one["first_fired"]["drift"]["start"] == iso(T0 + 4 * 3600)
-    assert Path(two["report"]).is_file() and Path(two["dashboard"]).name == "backtest.html"
+    page = Path(two["dashboard"])  # one page: beside the JSON report, named by every alert
+    assert Path(two["report"]).is_file() and page.is_file() and page == Path(two["report"]).with_suffix(".html")
+    assert two["report_html"] == str(page) and {a["dashboard"] for a in two["alerts"]} == {str(page)}
     assert _alerts(home) == [] and _stored_windows(home) == []  # a backtest records nothing
 
     live = run(bundle, log, *hourly)

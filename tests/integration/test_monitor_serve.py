@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from mlops.cli.output import jsonable
 from mlops.monitor.run import monitor_recipe
 from tests.net import free_port
 from tests.serve_fixtures import build_bundle, training_frame
@@ -91,7 +92,8 @@ def toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
 
 
 def monitor(toy: dict[str, Path], *overrides: str) -> dict[str, Any]:
-    return monitor_recipe(str(toy["recipe"]), list(overrides), str(toy["bundle"]), log=str(toy["log"]))
+    """The run's result as `mlops monitor --json` prints it."""
+    return jsonable(monitor_recipe(str(toy["recipe"]), list(overrides), str(toy["bundle"]), log=str(toy["log"])))
 
 
 def test_latency_sla_alert_from_a_slowed_server(toy: dict[str, Path]) -> None:

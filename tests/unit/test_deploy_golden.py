@@ -22,7 +22,7 @@ from mlops.deploy.kserve import inference_service
 from mlops.deploy.orchestration import flow_deployments, prefect_yaml
 from mlops.deploy.render import render
 from mlops.deploy.triton import config_pbtxt
-from mlops.deploy.validate import validate_manifest
+from mlops.deploy.validate import BUNDLED_CRD, validate_manifest
 from mlops.package.bundle import read_bundle
 from mlops.recipe.deploy import DeployConfig
 from mlops.recipe.monitor import MonitorConfig
@@ -30,7 +30,7 @@ from tests.conftest import ROOT
 from tests.serve_fixtures import build_bundle
 
 GOLDEN = ROOT / "tests" / "golden" / "deploy"
-CRD = ROOT.parent / "shared" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
+CRD = BUNDLED_CRD
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -16,11 +16,10 @@ from mlops.core.errors import MlopsError
 from mlops.core.refs import ModelVersion
 from mlops.deploy.kserve import inference_service
 from mlops.deploy.kubectl import kubectl_apply
-from mlops.deploy.validate import ManifestError, validate_manifest
+from mlops.deploy.validate import BUNDLED_CRD, ManifestError, validate_manifest
 from mlops.recipe.deploy import DeployConfig
-from tests.conftest import ROOT
 
-CRD = ROOT.parent / "shared" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
+CRD = BUNDLED_CRD
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from mlops.core.errors import ExpectationError
 from mlops.data.expectations import check_expectations, violations
-from mlops.evaluate.gates import evaluate_gates, failure_lines, outcome
+from mlops.evaluate.gates import GateVerdict, evaluate_gates, failure_lines, outcome
 from mlops.evaluate.scored import Scored
 from mlops.recipe.schema import ExpectationsConfig, Gate
 
@@ -19,7 +19,7 @@ RESULTS = {
 }
 
 
-def verdict(gate: dict, results: dict = RESULTS, **kw: object) -> dict:
+def verdict(gate: dict, results: dict = RESULTS, **kw: object) -> GateVerdict:
     return evaluate_gates([Gate.model_validate(gate)], results, kw.get("challenger", {}), kw.get("champion"),  # type: ignore[arg-type]
                           "m/1" if kw.get("champion") else None, {}, {}, seed=0)[0]
 
@@ -38,8 +38,8 @@ def verdict(gate: dict, results: dict = RESULTS, **kw: object) -> dict:
 ])
 def test_absolute_gates_pass_and_fail_on_their_bounds(gate: dict, status: str) -> None:
     v = verdict(gate)
-    assert v["status"] == status, v
-    assert v["value"] is not None
+    assert v.status == status, v
+    assert v.value is not None
 
 
 def test_a_failed_gate_says_which_gate_the_value_and_the_threshold() -> None:
@@ -57,7 +57,7 @@ def test_a_failed_gate_says_which_gate_the_value_and_the_threshold() -> None:
 ])
 def test_a_metric_that_is_not_there_is_an_error_and_fails_the_model(gate: dict) -> None:
     v = verdict(gate)
-    assert v["status"] == "error" and v["detail"]
+    assert v.status == "error" and v.detail
     assert outcome([v]) == "failed"
 
 
@@ -74,24 +74,24 @@ def test_champion_gate_skips_without_a_champion_and_decides_with_one() -> None:
     gate = {"metric": "test/accuracy", "vs": "champion", "max_drop": 0.01}
     ours = {"test": _scored(0.9, 1)}
     skipped = verdict(gate, challenger=ours)
-    assert skipped["status"] == "skipped" and outcome([skipped]) == "passed"
+    assert skipped.status == "skipped" and outcome([skipped]) == "passed"
 
     same = verdict(gate, challenger=ours, champion={"test": ours["test"]})
-    assert same["status"] == "passed"
-    assert same["comparison"]["estimate"] == 0 and "p =" in same["detail"]
+    assert same.status == "passed"
+    assert same.comparison["estimate"] == 0 and "p =" in same.detail
 
     better_champion = {"test": _scored(0.99, 2)}
     worse = verdict(gate, challenger=ours, champion=better_champion)
-    assert worse["status"] == "failed"
-    lo, hi = worse["comparison"]["ci"]
-    assert hi < 0 and worse["comparison"]["p_value"] < 0.05
+    assert worse.status == "failed"
+    lo, hi = worse.comparison["ci"]
+    assert hi < 0 and worse.comparison["p_value"] < 0.05
 
 
 def test_champion_with_other_labels_is_not_comparable() -> None:
     ours = {"test": _scored(0.9, 1)}
     other = Scored("binary", ours["test"].y, ours["test"].out, ["no", "yes"])
     v = verdict({"metric": "test/accuracy", "vs": "champion"}, challenger=ours, champion={"test": other})
-    assert v["status"] == "error" and "not comparable" in v["detail"]
+    assert v.status == "error" and "not comparable" in v.detail
 
 
 def test_expectations_name_column_rule_and_rows() -> None:

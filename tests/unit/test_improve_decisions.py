@@ -174,7 +174,7 @@ def test_a_challenger_failing_its_gates_is_stopped_whatever_the_policy() -> None
 def test_lower_is_better_metrics_are_oriented_before_deciding() -> None:
     # log loss down by 0.02..0.05: the raw difference is negative, and that is better
     better = champion_verdict(-0.05, -0.02, metric="test/log_loss")
-    assert champion_comparisons([better], DIRECTIONS)[0]["verdict"] == "better"
+    assert champion_comparisons([better], DIRECTIONS)[0].verdict == "better"
     assert promotion_decision("approval_when_uncertain", True, [], [better], DIRECTIONS).action == PROMOTE
     worse = champion_verdict(0.02, 0.05, metric="test/log_loss")
     assert promotion_decision("approval_when_uncertain", True, [], [worse], DIRECTIONS).action == STOP

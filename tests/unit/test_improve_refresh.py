@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -36,7 +37,7 @@ def refreshed(home: Path, *overrides: str, extra: str = "") -> tuple[dict, pd.Da
     loaded = load_validated(toy_recipe(home / "project", extra), list(overrides))
     r = refresh_data(loaded, NOW)
     frame = pd.read_parquet(r.path) if r.path else pd.DataFrame()
-    return r.summary() | {"overrides": r.overrides}, frame, r.ids
+    return asdict(r.summary()) | {"overrides": r.overrides}, frame, r.ids
 
 
 def production(frame: pd.DataFrame) -> pd.DataFrame:

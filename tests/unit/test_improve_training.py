@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from mlops.core.errors import GateError, MlopsError
+from mlops.engine.summary import GateSummary, RunSummary, VerdictBrief
 from mlops.improve.retrain import retrain_recipe, train_with_engine
 from mlops.recipe import load_recipe
+from mlops.sweep.flow import BestTrial, SweepSummary
 from tests.conftest import ROOT
 from tests.improve_fixtures import FakeRegistry, champion_verdict
 
@@ -27,13 +29,19 @@ class State:
         return self.value
 
 
-def summary(tmp_path: Path, verdicts: list[dict[str, Any]]) -> dict[str, Any]:
+def summary(tmp_path: Path, verdicts: list[dict[str, Any]]) -> RunSummary:
     report = tmp_path / "evaluation.html"
     report.write_text("<html></html>")
     (tmp_path / "evaluation.json").write_text(json.dumps({"gates": verdicts}))
-    brief = [{k: v.get(k) for k in ("metric", "slice", "threshold", "value", "status", "detail")} for v in verdicts]
-    return {"run_id": "r1", "model_version": "7", "metrics": {"test/auroc": 0.97},
-            "gates": {"outcome": "passed", "failures": [], "verdicts": brief, "report": str(report)}}
+    brief = [VerdictBrief(metric=v["metric"], slice=v["slice"], threshold=v.get("threshold", ""), value=v["value"],
+                          status=v["status"], detail=v.get("detail", "")) for v in verdicts]
+    return RunSummary(run_id="r1", recipe="quickstart", model_name="quickstart", model_version="7", aliases=[],
+                      metrics={"test/auroc": 0.97}, bundle=str(tmp_path / "bundle"), data_fingerprint="sha256:abc",
+                      recipe_hash="h", overrides=[], split_sizes={}, parity_max_abs_diff=0.0,
+                      gates=GateSummary(outcome="passed", failures=[], champion=None, verdicts=brief,
+                                        report=str(report)),
+                      world_size=1, cache={}, run_dir=str(tmp_path), tracking_uri="sqlite://", experiment="quickstart",
+                      seconds=1.0)
 
 
 def test_a_run_reads_the_champion_intervals_from_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,9 +84,11 @@ def test_sweep_mode_runs_the_recipes_study_with_the_budget(tmp_path: Path, monke
 
     calls: list[list[str]] = []
 
-    def sweep(recipe: str, overrides: list[str]) -> dict[str, Any]:
+    def sweep(recipe: str, overrides: list[str]) -> SweepSummary:
         calls.append(overrides)
-        return summary(tmp_path, [champion_verdict(-0.01, 0.02)]) | {"best": {"number": 3}}
+        return SweepSummary(study_name="s", storage="sqlite://", parent_run_id="p", trials={}, requeued=[],
+                            run=summary(tmp_path, [champion_verdict(-0.01, 0.02)]),
+                            best=BestTrial(number=3, value=0.9, params={}, overrides=[], trial_run_id=None))
 
     monkeypatch.setattr(sweep_module, "sweep", sweep)
     loaded = load_recipe(ROOT / "recipes" / "quickstart_sweep.yaml", ["improve.retrain.mode=sweep",

@@ -3,6 +3,9 @@ windows no rule could judge."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from mlops.monitor.results import WindowSummary
 from mlops.monitor.rules import Observation, RuleState, observe, step
 from mlops.recipe.monitor import MonitorConfig
 
@@ -43,7 +46,7 @@ def test_consecutive_one_fires_on_the_first_breach() -> None:
     assert _run([False, True], consecutive=1) == [None, "fired"]
 
 
-def _summary(**over: object) -> dict:
+def _summary(**over: Any) -> WindowSummary:
     base = {"rows": 1000, "judged": True,
             "drift": {"columns": [{"column": "age", "drift": True}, {"column": "city", "drift": False}],
                       "dataset": {"columns": 2, "drifted": 1, "share": 0.5, "drift": True},
@@ -52,7 +55,8 @@ def _summary(**over: object) -> dict:
                        "missing": {"columns": [], "max_increase": 0.0, "worst_column": "age"}},
             "quality": {"labelled": 10, "metrics": {"accuracy": 0.5}},
             "operations": {"latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 250.0}, "requests": 1000}}
-    return base | over
+    return WindowSummary(index=0, start_ts=0.0, end_ts=HOUR, start_iso="", end_iso="", start_rowid=1, end_rowid=1000,
+                         versions=["1"], **base | over)
 
 
 def test_observe_judges_each_rule_against_its_threshold() -> None:
@@ -75,7 +79,8 @@ def test_a_small_window_is_judged_by_no_rule() -> None:
 
 def test_a_key_feature_fires_drift_below_the_share() -> None:
     summary = _summary()
-    summary["drift"]["dataset"] |= {"share": 0.5, "drift": False}
+    assert summary.drift is not None
+    summary.drift["dataset"] |= {"share": 0.5, "drift": False}
     cfg = MonitorConfig.model_validate({"drift": {"share": 0.9}})
     assert next(o for o in observe(summary, cfg, "binary", {}) if o.rule == "drift").breach is False
     cfg = MonitorConfig.model_validate({"drift": {"share": 0.9, "features": {"age": {"key": True}}}})

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from mlops.engine.cache import Cache
 from mlops.engine.plan import compile_plan
@@ -69,18 +70,22 @@ def test_data_bytes_are_part_of_the_key(tmp_path: Path) -> None:
     assert compile_plan(load_validated(recipe), Cache(tmp_path / "c")).step("load_data").key != first
 
 
+class Written(BaseModel):
+    file: str
+
+
 def test_cache_publishes_whole_results_only(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
 
-    def boom(out: Path) -> dict:
+    def boom(out: Path) -> Written:
         (out / "partial.bin").write_bytes(b"x")
         raise RuntimeError("crash mid-step")
 
     with pytest.raises(RuntimeError):
         cache.compute("train", "k1", boom)
     assert not cache.has("train", "k1") and list((tmp_path / "train").iterdir()) == []
-    result = cache.compute("train", "k1", lambda out: (out / "w.bin").write_bytes(b"ok") and {"file": "w.bin"})
-    assert cache.has("train", "k1") and (Path(result["dir"]) / "w.bin").read_bytes() == b"ok"
+    result = cache.compute("train", "k1", lambda out: (out / "w.bin").write_bytes(b"ok") and Written(file="w.bin"))
+    assert cache.has("train", "k1") and (result.dir / result.result.file).read_bytes() == b"ok"
 
 
 # --- code versions: derived from what each step's code imports -------------------------------------------

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from mlops.engine.results import AssessResult
 from mlops.engine.steps.common import RunContext, frames
 from mlops.engine.steps.trained import load_module
 from mlops.evaluate.assess import assess_bundle
 
 
-def assess(ctx: RunContext, out: Path) -> dict[str, Any]:
+def assess(ctx: RunContext, out: Path) -> AssessResult:
     """Slices, fairness, robustness and the inference benchmark, all on the exported ONNX model."""
     parts = frames(ctx)
     module = load_module(ctx) if ctx.loaded.recipe.evaluate.performance.torch else None
@@ -21,4 +21,4 @@ def assess(ctx: RunContext, out: Path) -> dict[str, Any]:
     result = assess_bundle(ctx.loaded.recipe, ctx.dir("export") / "bundle", parts["test"], parts["train"],
                            module, features)
     (out / "assess.json").write_text(json.dumps(result, indent=2))
-    return result
+    return AssessResult.model_validate(result)

@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 
+from mlops.engine.results import R, StepOutput
 from mlops.recipe import LoadedRecipe
 
 
@@ -21,16 +23,28 @@ class RunContext:
     tracking_uri: str
     prune: Any = None  # a PruneLink when this run is a sweep trial
     allow_failed_gates: bool = False
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    results: dict[str, BaseModel] = field(default_factory=dict)  # each step's result, by step name
+    dirs: dict[str, Path] = field(default_factory=dict)  # the directory holding each step's files
+
+    def record(self, step: str, output: StepOutput[Any]) -> None:
+        self.results[step] = output.result
+        self.dirs[step] = output.dir
+
+    def result(self, step: str, kind: type[R]) -> R:
+        """Step `step`'s result as the model that step returns."""
+        found = self.results[step]
+        if not isinstance(found, kind):
+            raise TypeError(f"step {step} returned a {type(found).__name__}, not a {kind.__name__}")
+        return found
 
     def dir(self, step: str) -> Path:
-        return Path(self.results[step]["dir"])
+        return self.dirs[step]
 
 
-StepFn = Callable[[RunContext, Path], dict[str, Any]]
+StepFn = Callable[[RunContext, Path], BaseModel]
 
 
-def frames(ctx: RunContext) -> dict[str, Any]:
+def frames(ctx: RunContext) -> dict[str, pd.DataFrame]:
     frame = pd.read_parquet(ctx.dir("load_data") / "data.parquet")
     idx = np.load(ctx.dir("split") / "split.npz")
     return {name: frame.iloc[idx[name]].reset_index(drop=True) for name in ("train", "val", "test")}

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from mlops.data.preprocess import fit_preprocessor
 from mlops.data.schema import encode_labels, infer_schema
+from mlops.engine.results import PreprocessResult, SplitResult
 from mlops.engine.steps.common import RunContext, frames
 
 
-def preprocess(ctx: RunContext, out: Path) -> dict[str, Any]:
+def preprocess(ctx: RunContext, out: Path) -> PreprocessResult:
     r = ctx.loaded.recipe
     parts = frames(ctx)
-    schema = infer_schema(r.data.model_copy(update={"task": ctx.results["split"]["task"]}), parts["train"])
+    task = ctx.result("split", SplitResult).task
+    schema = infer_schema(r.data.model_copy(update={"task": task}), parts["train"])
     pre = fit_preprocessor(schema, parts["train"])
     arrays: dict[str, np.ndarray] = {}
     target_scale = None
@@ -33,4 +34,5 @@ def preprocess(ctx: RunContext, out: Path) -> dict[str, Any]:
     np.savez(out / "arrays.npz", **arrays)
     (out / "schema.json").write_text(schema.model_dump_json(indent=2))
     (out / "preprocessor.json").write_text(pre.model_dump_json(indent=2))
-    return {"task": schema.task, "n_features": pre.n_features, "labels": schema.labels, "target_scale": target_scale}
+    return PreprocessResult(task=schema.task, n_features=pre.n_features, labels=schema.labels,
+                            target_scale=target_scale)

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from mlflow import MlflowClient
 
+from mlops.engine.results import ExportResult, LoadDataResult, RegisterResult
 from mlops.engine.steps.common import RunContext
+from mlops.evaluate.gates import GateDecision
 from mlops.package.registry import aliases_of, promote_version, register_bundle
 
 
-def register(ctx: RunContext, out: Path) -> dict[str, Any]:
+def register(ctx: RunContext, out: Path) -> RegisterResult:
     """Register the bundle. Only a model whose gates passed (or were overridden) gets an alias."""
     r = ctx.loaded.recipe
     if not r.registry.enabled or ctx.run_id is None:
-        return {"model_name": r.model_name, "model_version": None, "aliases": []}
+        return RegisterResult(model_name=r.model_name, model_version=None, aliases=[])
     client = MlflowClient(ctx.tracking_uri, registry_uri=ctx.tracking_uri)
-    sha = ctx.results["export"]["onnx_sha256"]
-    gates = ctx.results.get("gate", {}).get("outcome", "passed")  # passed | failed | allowed
+    sha = ctx.result("export", ExportResult).onnx_sha256
+    gates = ctx.result("gate", GateDecision).outcome if "gate" in ctx.results else "passed"
     # idempotent: the same bundle (by checksum) is never registered twice
     existing = client.search_model_versions(f"name='{r.model_name}' and tags.onnx_sha256='{sha}'")
     if existing:
@@ -27,9 +28,10 @@ def register(ctx: RunContext, out: Path) -> dict[str, Any]:
         if latest.tags.get("gates") == "failed" and gates != "failed":  # now passed, or overridden: promote it
             client.set_model_version_tag(r.model_name, v, "gates", gates)
             promote_version(client, r.model_name, v)
-        return {"model_name": r.model_name, "model_version": v, "aliases": aliases_of(client, r.model_name, v),
-                "reused": True, "gates": gates}
+        return RegisterResult(model_name=r.model_name, model_version=v, aliases=aliases_of(client, r.model_name, v),
+                              reused=True, gates=gates)
     tags = {"onnx_sha256": sha, "recipe_hash": ctx.loaded.hash,
-            "data_fingerprint": ctx.results["load_data"]["fingerprint"], "gates": gates}
-    return register_bundle(client, ctx.tracking_uri, ctx.run_id, r.model_name, ctx.dir("export") / "bundle", tags,
-                           set_aliases=gates != "failed") | {"gates": gates}
+            "data_fingerprint": ctx.result("load_data", LoadDataResult).fingerprint, "gates": gates}
+    registered = register_bundle(client, ctx.tracking_uri, ctx.run_id, r.model_name, ctx.dir("export") / "bundle",
+                                 tags, set_aliases=gates != "failed")
+    return RegisterResult.model_validate(registered | {"gates": gates})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -11,19 +10,20 @@ import pandas as pd
 from mlops.core.errors import RecipeError
 from mlops.data.schema import infer_task
 from mlops.data.split import split_digest, split_indices
+from mlops.engine.results import SplitResult
 from mlops.engine.steps.common import RunContext
 from mlops.recipe.checks import gate_problems
 
 
-def split(ctx: RunContext, out: Path) -> dict[str, Any]:
+def split(ctx: RunContext, out: Path) -> SplitResult:
     r = ctx.loaded.recipe
     frame = pd.read_parquet(ctx.dir("load_data") / "data.parquet")
     task = infer_task(frame[r.data.target].dropna(), r.data.task)
     _check_gates_for(ctx, task)
     parts = split_indices(frame, r.data.target, r.data.split, r.split_seed, classification=task != "regression")
     np.savez(out / "split.npz", **parts)
-    return {"task": task, "sizes": {k: int(len(v)) for k, v in parts.items()}, "digest": split_digest(parts),
-            "seed": r.split_seed}
+    return SplitResult(task=task, sizes={k: int(len(v)) for k, v in parts.items()}, digest=split_digest(parts),
+                       seed=r.split_seed)
 
 
 def _check_gates_for(ctx: RunContext, task: str) -> None:

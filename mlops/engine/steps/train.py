@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from mlops.core.errors import MlopsError
 from mlops.engine.children import clean_env, die_with_parent
+from mlops.engine.results import PreprocessResult
 from mlops.engine.steps.common import RunContext
 from mlops.train import worker
-from mlops.train.fit import TrainJob, fit
+from mlops.train.fit import TrainJob, TrainResult, fit, load_result
 from mlops.train.pruning import TrialPruned
 
 
-def train(ctx: RunContext, out: Path) -> dict[str, Any]:
+def train(ctx: RunContext, out: Path) -> TrainResult:
     r = ctx.loaded.recipe
-    prep = ctx.results["preprocess"]
+    prep = ctx.result("preprocess", PreprocessResult)
     job = TrainJob(
-        model=r.model, datamodule=r.data.datamodule, trainer=r.trainer, seed=r.seed, task=prep["task"],
-        input_dim=prep["n_features"], output_dim=1 if prep["task"] == "regression" else len(prep["labels"]),
+        model=r.model, datamodule=r.data.datamodule, trainer=r.trainer, seed=r.seed, task=prep.task,
+        input_dim=prep.n_features, output_dim=1 if prep.task == "regression" else len(prep.labels or []),
         arrays=str(ctx.dir("preprocess") / "arrays.npz"), out_dir=str(out), prune=ctx.prune,
     )
     if r.trainer.multiprocess:
@@ -29,13 +28,13 @@ def train(ctx: RunContext, out: Path) -> dict[str, Any]:
     else:
         fitted = fit(job)
         assert fitted is not None
-        result = fitted.model_dump()
-    if result.get("pruned"):
+        result = fitted
+    if result.pruned:
         raise TrialPruned(result)  # never cache or export a model the pruner stopped half-way
     return result
 
 
-def _train_in_worker(job: TrainJob, out: Path) -> dict[str, Any]:
+def _train_in_worker(job: TrainJob, out: Path) -> TrainResult:
     """DDP relaunches the current command per rank; a dedicated worker module makes that harmless."""
     job_file = out / "job.json"
     job_file.write_text(job.model_dump_json(indent=2))
@@ -45,4 +44,4 @@ def _train_in_worker(job: TrainJob, out: Path) -> dict[str, Any]:
     result_file = out / "train_result.json"
     if proc.returncode != 0 or not result_file.is_file():
         raise MlopsError(f"training worker failed with exit code {proc.returncode} (its output is above)")
-    return json.loads(result_file.read_text())
+    return load_result(out)

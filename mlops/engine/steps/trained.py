@@ -9,11 +9,11 @@ from typing import Any
 import torch
 
 from mlops.engine.steps.common import RunContext
-from mlops.train.fit import build_module
+from mlops.train.fit import TrainResult, build_module
 
 
 def load_module(ctx: RunContext) -> Any:
-    result = ctx.results["train"]
-    module = build_module(result["init"])
-    module.load_state_dict(torch.load(ctx.dir("train") / result["state_dict"], map_location="cpu", weights_only=True))
+    result = ctx.result("train", TrainResult)
+    module = build_module(result.init)
+    module.load_state_dict(torch.load(ctx.dir("train") / result.state_dict, map_location="cpu", weights_only=True))
     return module.eval()
