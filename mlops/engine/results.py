@@ -40,7 +40,7 @@ def result_type(fn: Callable[..., R]) -> type[R]:
 class LoadDataResult(BaseModel):
     fingerprint: str  # the content fingerprint of the rows' bytes ("sha256:...")
     dvc: dict[str, Any] | None  # what DVC recorded for the file, when DVC tracks it
-    source: str  # the recipe's data path, or `sklearn:<name>` for a built-in data set
+    source: str  # the recipe's data path, or `<package>:<name>` for a built-in data set
     rows: int
     columns: list[str]
 

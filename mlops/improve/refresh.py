@@ -20,7 +20,7 @@ from mlops.core.atomic import write_bytes, write_json
 from mlops.core.workspace import workspace
 from mlops.data.fingerprint import fingerprint_bytes
 from mlops.data.schema import infer_task
-from mlops.data.sources import load_frame
+from mlops.data.sources import load_frame, source_name
 from mlops.improve.feedback import read_joined
 from mlops.recipe import LoadedRecipe
 from mlops.recipe.improve import ImproveConfig
@@ -116,7 +116,7 @@ def refresh_data(loaded: LoadedRecipe, now: float, out_root: Path | None = None)
     result.path, result.fingerprint, result.lineage = path, fingerprint, lineage
     write_json(lineage, {
         "fingerprint": fingerprint, "path": str(path), "model": r.model_name,
-        "reference": {"source": r.data.path or f"sklearn:{r.data.dataset}", "rows": len(base)},
+        "reference": {"source": source_name(r.data), "rows": len(base)},
         "production": {"log": str(log), "window_days": cfg.refresh.window_days, "since": since,
                        "rows": len(production), "by_source": by_source, "dropped": dropped, "ids": ids},
     })

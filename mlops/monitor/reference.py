@@ -19,7 +19,7 @@ from mlops.core.predlog import LogFilter
 from mlops.data.fingerprint import fingerprint_bytes, fingerprint_frame
 from mlops.data.preprocess import category_strings
 from mlops.data.schema import infer_task
-from mlops.data.sources import load_frame
+from mlops.data.sources import load_frame, source_name
 from mlops.data.split import split_indices
 from mlops.evaluate.scored import bundle_feeds
 from mlops.monitor.drift import CategoricalReference, NumericReference
@@ -87,7 +87,7 @@ def training_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path,
         col = train[r.data.target]
         target = (col.to_numpy(np.float64) if meta.task == "regression"
                   else np.asarray([v or None for v in category_strings(col)], dtype=object))
-    source = r.data.path or f"sklearn:{r.data.dataset}"
+    source = source_name(r.data)
     return Reference("training", f"training split of {source} ({len(train)} rows, split seed {r.split_seed})",
                      numeric, categorical, outputs, target, notes)
 

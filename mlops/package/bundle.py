@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from mlops.core.atomic import publishing
 from mlops.core.errors import MlopsError
+from mlops.data.media import ImageSpec, TextSpec
 from mlops.data.schema import DataSchema
 
 FORMAT = "mlops-bundle/1"
@@ -19,9 +20,15 @@ FORMAT = "mlops-bundle/1"
 
 class BundleInput(BaseModel):
     name: str
-    kind: str  # numeric | categorical
-    dtype: str  # what the graph takes: float32 | string
-    nullable: bool = True  # missing values are imputed inside the graph
+    kind: str  # numeric | categorical | image | text
+    dtype: str  # what the graph takes: float32 | string | uint8 (pixels [N,H,W,C]) | int64 (token ids [N,L])
+    nullable: bool = True  # missing values are imputed inside the graph (scalar columns only)
+    image: ImageSpec | None = None  # how an image becomes the graph's pixels (mlops.data.media)
+    text: TextSpec | None = None  # how a text becomes the graph's token ids (mlops.data.media)
+
+    @property
+    def scalar(self) -> bool:
+        return self.kind in ("numeric", "categorical")
 
 
 class BundleMeta(BaseModel):
@@ -40,12 +47,16 @@ class BundleMeta(BaseModel):
     mlops_version: str
 
 
-def write_bundle(dest: Path, model_bytes: bytes, meta: dict[str, Any]) -> BundleMeta:
-    """Write atomically: a crash leaves either the old bundle or the new one, never half of one."""
+def write_bundle(dest: Path, model_bytes: bytes, meta: dict[str, Any],
+                 assets: dict[str, str] | None = None) -> BundleMeta:
+    """Write atomically: a crash leaves either the old bundle or the new one, never half of one. `assets` are
+    text files the inputs' preprocessing reads (a tokenizer's JSON), by their name in the bundle."""
     full = BundleMeta.model_validate(meta | {"onnx_sha256": hashlib.sha256(model_bytes).hexdigest()})
     with publishing(dest) as tmp:
         (tmp / "model.onnx").write_bytes(model_bytes)
         (tmp / "bundle.json").write_text(full.model_dump_json(indent=2))
+        for name, text in (assets or {}).items():
+            (tmp / name).write_text(text)
     return full
 
 

@@ -8,6 +8,7 @@ and `bundle.json`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -16,6 +17,17 @@ from typing import Any
 
 import numpy as np
 
+from mlops.data.media import (
+    ImageSpec,
+    MediaError,
+    TextSpec,
+    check_text,
+    decode_image,
+    encode_texts,
+    image_array,
+    image_bytes,
+    load_tokenizer,
+)
 from mlops.package.bundle import BundleMeta, read_bundle
 
 NUMERIC_V2 = {"FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"}
@@ -76,6 +88,11 @@ class Prediction:
         return out
 
 
+EMBEDDING = "embedding"  # the network's penultimate layer: for monitoring, never part of an answer
+RAW_TEXT = "::text"  # a feed key suffix: the texts behind a text input's token ids (logged, not run)
+SIZE_LIMIT = 413
+
+
 class Predictor:
     def __init__(self, bundle_dir: str | Path, max_batch: int = 1024, threads: int = 1) -> None:
         import onnxruntime as ort
@@ -86,18 +103,52 @@ class Predictor:
         opts.intra_op_num_threads = threads  # many small requests: one thread each beats contention
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(self.path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.graph_inputs = frozenset(i.name for i in self.session.get_inputs())
+        # what an answer holds (label and probabilities, or prediction); the embedding only when asked for
+        self.output_names = [o.name for o in self.session.get_outputs() if o.name != EMBEDDING]
+        self.has_embedding = any(o.name == EMBEDDING for o in self.session.get_outputs())
         self.max_batch = max_batch
         self.columns = {i.name: i for i in self.meta.inputs}
+        self.tokenizers = {i.name: load_tokenizer((self.path / i.text.tokenizer).read_text())
+                           for i in self.meta.inputs if i.text is not None}
 
     @property
     def name(self) -> str:
         return self.meta.name
 
-    def predict(self, feeds: dict[str, np.ndarray]) -> Prediction:
-        outputs = dict(zip(self.output_names, self.session.run(None, feeds), strict=True))
-        rows = len(next(iter(feeds.values()))) if feeds else 0
+    def predict(self, feeds: dict[str, np.ndarray], embedding: bool = False) -> Prediction:
+        """The answer for already checked feeds; with `embedding`, the embedding output too."""
+        names = [*self.output_names, EMBEDDING] if embedding and self.has_embedding else self.output_names
+        graph_feeds = {k: v for k, v in feeds.items() if k in self.graph_inputs}
+        outputs = dict(zip(names, self.session.run(names, graph_feeds), strict=True))
+        rows = len(next(iter(graph_feeds.values()))) if graph_feeds else 0
         return Prediction(outputs, rows)
+
+    def log_rows(self, feeds: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """The validated inputs as one object per row, for the prediction log: numbers (NaN -> null), categories
+        ("" -> null), texts as sent, and for an image its size and a digest of its pixels, never the pixels."""
+        n = len(next(iter(feeds.values()))) if feeds else 0
+        rows: list[dict[str, Any]] = [{} for _ in range(n)]
+        for name, spec in self.columns.items():
+            if spec.kind == "image":
+                pixels = feeds[name]
+                for i in range(n):
+                    rows[i][name] = {"sha1": hashlib.sha1(pixels[i].tobytes()).hexdigest()[:16],
+                                     "shape": list(pixels[i].shape)}
+            elif spec.kind == "text":
+                texts = feeds.get(name + RAW_TEXT)
+                for i in range(n):
+                    rows[i][name] = None if texts is None else texts[i]
+            else:
+                values = feeds[name]
+                for i in range(n):
+                    v = values[i, 0]
+                    if isinstance(v, str):
+                        rows[i][name] = v or None
+                    else:
+                        f = float(v)
+                        rows[i][name] = None if math.isnan(f) else f
+        return rows
 
     # --- request decoding -------------------------------------------------------------------------
 
@@ -123,7 +174,10 @@ class Predictor:
                 if n not in row:
                     raise RequestError(f"{where}[{i}].{n}", "missing column (send null for a missing value)")
                 columns[n].append(row[n])
-        return {n: self.column(n, values, f"{where}[].{n}") for n, values in columns.items()}
+        feeds: dict[str, np.ndarray] = {}
+        for n, values in columns.items():
+            feeds |= self.column_feeds(n, values, f"{where}[].{n}")
+        return feeds
 
     def feeds_from_v2(self, inputs: Any) -> dict[str, np.ndarray]:
         """V2 inputs: one tensor per column (shape [N] or [N,1]), or one [N, n_columns] tensor."""
@@ -148,11 +202,16 @@ class Predictor:
                 raise RequestError(f"inputs[{k}].name", f"unknown input '{name}' (expected: {', '.join(names)})")
             if name in seen:
                 raise RequestError(f"inputs[{k}].name", f"input '{name}' given twice")
-            values = self._tensor_values(t, k, columns=1)
-            if rows is not None and len(values) != rows:
-                raise RequestError(f"inputs[{k}].shape", f"has {len(values)} rows, other inputs have {rows}")
-            rows = len(values)
-            seen[name] = self.column(name, values, f"inputs[{k}].data", t["datatype"])
+            if self.columns[name].image is not None and t["datatype"] == "UINT8":
+                feeds = {name: self._pixel_tensor(t, k)}  # decoded pixels [N, H, W, C]
+            else:
+                values = self._tensor_values(t, k, columns=1)
+                feeds = self.column_feeds(name, values, f"inputs[{k}].data", t["datatype"])
+            n_rows = len(feeds[name])
+            if rows is not None and n_rows != rows:
+                raise RequestError(f"inputs[{k}].shape", f"has {n_rows} rows, other inputs have {rows}")
+            rows = n_rows
+            seen |= feeds
         missing = [n for n in names if n not in seen]
         if missing:
             raise RequestError(f"inputs.{missing[0]}", "missing input (send null in BYTES or NaN-free data)")
@@ -164,8 +223,10 @@ class Predictor:
             raise RequestError("inputs[0].shape", f"a single tensor must be [N, {len(names)}] in schema order {names}")
         # a tensor mixing numbers and strings can only be BYTES: its numeric columns then carry JSON numbers
         datatype = None if t["datatype"] == "BYTES" else t["datatype"]
-        return {n: self.column(n, [r[j] for r in values], f"inputs[0].data[][{j}]", datatype)
-                for j, n in enumerate(names)}
+        feeds: dict[str, np.ndarray] = {}
+        for j, n in enumerate(names):
+            feeds |= self.column_feeds(n, [r[j] for r in values], f"inputs[0].data[][{j}]", datatype)
+        return feeds
 
     def _tensor_values(self, t: dict[str, Any], k: int, columns: int) -> list[Any]:
         shape, data, dtype = t["shape"], t["data"], t["datatype"]
@@ -193,9 +254,77 @@ class Predictor:
         if n > self.max_batch:
             raise RequestError(where, f"batch of {n} rows is over the limit of {self.max_batch}", status=413)
 
+    def column_feeds(self, name: str, values: list[Any], where: str, datatype: str | None = None
+                     ) -> dict[str, np.ndarray]:
+        """`column`, plus what the log keeps of a text input (the texts themselves, beside their token ids)."""
+        spec = self.columns[name]
+        if spec.text is not None:
+            if datatype is not None and datatype != "BYTES":
+                raise RequestError(where, f"input '{name}' is text: send BYTES, not {datatype}")
+            texts = self._texts(spec.text, values, where)
+            return {name: self.encode_texts(name, texts), name + RAW_TEXT: np.asarray(texts, dtype=object)}
+        return {name: self.column(name, values, where, datatype)}
+
+    def encode_texts(self, name: str, texts: list[str]) -> np.ndarray:
+        """Token ids [N, max_length] of checked texts, by the bundle's tokenizer for input `name`."""
+        spec = self.columns[name].text
+        assert spec is not None
+        return encode_texts(self.tokenizers[name], texts, spec.max_length)
+
+    def _texts(self, spec: TextSpec, values: list[Any], where: str) -> list[str]:
+        out = []
+        for i, v in enumerate(values):
+            try:
+                out.append(check_text(v, spec))
+            except MediaError as exc:
+                status = SIZE_LIMIT if "over the limit" in str(exc) else 400
+                raise RequestError(f"{where}[{i}]", str(exc), status=status) from None
+        return out
+
+    def _images(self, spec: ImageSpec, values: list[Any], where: str) -> np.ndarray:
+        pixels = []
+        for i, v in enumerate(values):
+            try:
+                pixels.append(image_array(v, spec) if isinstance(v, np.ndarray) else decode_image(image_bytes(v), spec))
+            except MediaError as exc:
+                status = SIZE_LIMIT if "over the limit" in str(exc) else 400
+                raise RequestError(f"{where}[{i}]", str(exc), status=status) from None
+        return np.stack(pixels)
+
+    def _pixel_tensor(self, t: dict[str, Any], k: int) -> np.ndarray:
+        """A V2 UINT8 tensor of decoded images: [N, H, W, C] (or [N, H, W] for one channel), any size."""
+        spec = self.columns[t["name"]].image
+        assert spec is not None
+        shape, data = t["shape"], t["data"]
+        if not isinstance(shape, list) or len(shape) not in (3, 4) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise RequestError(f"inputs[{k}].shape", "an image tensor is [N, height, width] or "
+                               "[N, height, width, channels] with positive integers")
+        self._check_batch(shape[0], f"inputs[{k}].shape")
+        if shape[1] * shape[2] > spec.max_pixels:
+            raise RequestError(f"inputs[{k}].shape", f"images of {shape[2]}x{shape[1]} pixels are over the limit "
+                               f"of {spec.max_pixels:,}", status=SIZE_LIMIT)
+        if not isinstance(data, list):
+            raise RequestError(f"inputs[{k}].data", "must be a list")
+        flat = _flatten(data)
+        if len(flat) != math.prod(shape):
+            raise RequestError(f"inputs[{k}].shape", f"shape {shape} needs {math.prod(shape)} values, data has "
+                               f"{len(flat)}")
+        if not all(type(v) is int and 0 <= v <= 255 for v in flat):
+            raise RequestError(f"inputs[{k}].data", "UINT8 values are integers from 0 to 255")
+        arr = np.asarray(flat, dtype=np.uint8).reshape(shape)
+        return self._images(spec, list(arr), f"inputs[{k}].data")
+
     def column(self, name: str, values: list[Any], where: str, datatype: str | None = None) -> np.ndarray:
         """One column's values as the array the graph takes, or a RequestError naming the first bad value."""
         spec = self.columns[name]
+        if spec.image is not None:
+            if datatype is not None and datatype != "BYTES":
+                raise RequestError(where, f"input '{name}' is an image: send BYTES (base64 of the encoded image) or "
+                                   f"a UINT8 tensor of pixels, not {datatype}")
+            return self._images(spec.image, values, where)
+        if spec.text is not None:
+            return self.encode_texts(name, self._texts(spec.text, values, where))
         fast = _fast_column(spec.dtype, values, datatype)
         if fast is not None:
             return fast

@@ -116,7 +116,8 @@ def _sweep_param_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
 
 
 # the task of a built-in data set is known before reading it: gates can be checked against its metrics
-BUILTIN_TASKS = {"breast_cancer": "binary", "wine": "multiclass", "digits": "multiclass", "diabetes": "regression"}
+BUILTIN_TASKS = {"breast_cancer": "binary", "wine": "multiclass", "digits": "multiclass", "diabetes": "regression",
+                 "fine_foods": "binary"}
 
 
 def recipe_task(recipe: Recipe) -> str:

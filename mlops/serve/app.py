@@ -12,7 +12,6 @@ still gets its own id, log rows, variant and metrics.
 from __future__ import annotations
 
 import contextlib
-import math
 import secrets
 import sqlite3
 import time
@@ -327,7 +326,7 @@ class Server:
             raise RequestError("id", "must be a string")
         arm = self._arm(call, request_id)
         feeds = arm.predictor.feeds_from_v2(body.get("inputs"))
-        raw = _rows_of(feeds)
+        raw = arm.predictor.log_rows(feeds)
         prediction, ids = await self._predict_and_log(arm, feeds, request_id, started, raw)
         outputs = []
         for name, values in prediction.outputs.items():
@@ -356,7 +355,7 @@ class Server:
             raise RequestError("id", "must be a string")
         arm = self._arm(call, request_id)
         feeds = arm.predictor.feeds_from_rows(body["instances"])
-        raw = _rows_of(feeds)
+        raw = arm.predictor.log_rows(feeds)
         prediction, ids = await self._predict_and_log(arm, feeds, request_id, started, raw)
         return self._answer({"predictions": prediction.instances(), "ids": ids}, arm, feeds, ids, raw, prediction)
 
@@ -484,21 +483,3 @@ class ServeApp(Starlette):
                 await send_answer(send, answer)
                 return
         await super().__call__(scope, receive, send)
-
-
-def _rows_of(feeds: dict[str, Any]) -> list[dict[str, Any]]:
-    """The validated inputs as one object per row, for the log (NaN -> null, "" -> null)."""
-    names = list(feeds)
-    n = len(feeds[names[0]]) if names else 0
-    rows = []
-    for i in range(n):
-        row = {}
-        for name in names:
-            v = feeds[name][i, 0]
-            if isinstance(v, str):
-                row[name] = v or None
-            else:
-                f = float(v)
-                row[name] = None if math.isnan(f) else f
-        rows.append(row)
-    return rows

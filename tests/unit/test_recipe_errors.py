@@ -107,7 +107,7 @@ CASES = [
         "unknown-dataset-name",
         "name: q\ndata:\n  dataset: iris  " + MARK + "\n  target: target\n",
         "data.dataset",
-        ("got 'iris'", "'breast_cancer', 'wine', 'digits' or 'diabetes'"),
+        ("got 'iris'", "'breast_cancer', 'wine', 'digits', 'diabetes' or 'fine_foods'"),
     ),
     Case(
         "missing-data-file",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlops.data.fingerprint import dvc_revision, fingerprint_bytes, fingerprint_frame
-from mlops.data.sources import data_path, load_frame
+from mlops.data.sources import data_path, load_frame, source_name
 from mlops.engine.results import LoadDataResult
 from mlops.engine.steps.common import RunContext
 
@@ -16,6 +16,6 @@ def load_data(ctx: RunContext, out: Path) -> LoadDataResult:
     fingerprint = fingerprint_bytes(raw) if raw is not None else fingerprint_frame(frame)
     dvc = dvc_revision(data_path(data, ctx.loaded.path)) if data.path else None
     frame.to_parquet(out / "data.parquet", index=False)
-    source = data.path or f"sklearn:{data.dataset}"
+    source = source_name(data)
     return LoadDataResult(fingerprint=fingerprint, dvc=dvc, source=source, rows=len(frame),
                           columns=[str(c) for c in frame.columns])
