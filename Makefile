@@ -3,8 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# torch first, pinned: 2.13.0 is a CPU wheel on local disk here; a bare requirement would pull a CUDA build
-TORCH  ?= torch==2.13.0
+# torch and torchvision first, pinned as a pair that imports together (PyPI's torchvision 0.28 fails beside the
+# 2.13.0 CPU wheel: "operator torchvision::nms does not exist"); a bare requirement would pull another build
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install demo demo-loop test test-fast lint bench schema docs clean system-deps
 
