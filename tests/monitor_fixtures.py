@@ -29,7 +29,6 @@ from mlops.package.bundle import write_bundle
 from mlops.package.graph import ML_OPSET, assemble, io_description, postprocessing_graph, preprocessing_graph
 from mlops.package.predictor import Predictor
 from mlops.recipe import load_recipe
-from mlops.serve.app import _rows_of
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
@@ -89,7 +88,7 @@ def log_traffic(log_path: Path, bundle: Path, frame: pd.DataFrame, ts: Sequence[
     instances = [{c: _json_value(row[c]) for c in columns} for row in frame[columns].to_dict("records")]
     feeds = predictor.feeds_from_rows(instances)
     outputs = predictor.predict(feeds).instances()
-    raw = _rows_of(feeds)
+    raw = predictor.log_rows(feeds)
     ids = list(ids) if ids is not None else [uuid.uuid4().hex for _ in instances]
     lat = [float(latency_ms)] * len(ids) if isinstance(latency_ms, int | float) else list(latency_ms)
     rows = [(i, float(t), predictor.name, version, variant, json.dumps(inp), json.dumps(out), latency)
