@@ -73,6 +73,8 @@ def print_summary(s: RunSummary, brief: bool) -> None:
         return
     uri = s.tracking_uri
     console.print(f"  bundle     {s.bundle}")
+    if s.weights:
+        console.print(f"  weights    {s.weights}   (fine-tune from them: model.weights=...)")
     console.print(f"  data       {s.data_fingerprint}")
     console.print(f"  run dir    {s.run_dir}")
     console.print(f"  steps      {', '.join(f'{k}:{v}' for k, v in s.cache.items())}")

@@ -1,4 +1,8 @@
-"""Data versioning: a content fingerprint of exactly the bytes a run read, plus DVC's revision if tracked."""
+"""Data versioning: a content fingerprint of exactly the bytes a run read, plus DVC's revision if tracked.
+
+Rows that name image files (an image folder, a table of image paths) are identified by the table's bytes and
+a manifest of every image's path and sha256 (`mlops.data.sources.load_frame`): one image's bytes changing
+changes the fingerprint."""
 
 from __future__ import annotations
 
@@ -7,12 +11,22 @@ import importlib.metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops.data.sources import source_identity
+from mlops.recipe.schema import DataConfig
+
 if TYPE_CHECKING:
     import pandas as pd
 
 
 def fingerprint_bytes(raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def file_source_fingerprint(data: DataConfig, recipe_path: Path) -> str:
+    """The fingerprint load_data will record for a file data source (a CSV/Parquet file, an image folder),
+    computed before a run: the file's bytes, plus every image file's digest when the rows name images (read
+    and hashed one at a time, never held together)."""
+    return fingerprint_bytes(source_identity(data, recipe_path))
 
 
 def fingerprint_frame(frame: pd.DataFrame) -> str:

@@ -59,6 +59,43 @@ class TextSpec(BaseModel):
     vocab_size: int = Field(0, description="tokens the tokenizer knows (the network's embedding rows)")
 
 
+class ModelInputs(BaseModel):
+    """What a network takes, by input: the preprocessed scalar columns as one float32 vector (`tabular`, their
+    count), each image column as uint8 pixels [N, H, W, C], each text column as int64 token ids [N, L].
+
+    A batch is a dict of tensors with these keys: TABULAR (when `tabular` > 0), and each image and text
+    column's own name."""
+
+    tabular: int = 0
+    images: dict[str, ImageSpec] = Field(default_factory=dict)
+    texts: dict[str, TextSpec] = Field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        """Every network input, in the order the exported graph takes them."""
+        return ([TABULAR] if self.tabular else []) + list(self.images) + list(self.texts)
+
+    @property
+    def scalar_only(self) -> bool:
+        return not self.images and not self.texts
+
+    @staticmethod
+    def array_key(name: str, split: str) -> str:
+        """Where input `name` of a split lives in the preprocess step's arrays.npz (the labels are `y_<split>`)."""
+        return f"x_{split}" if name == TABULAR else f"{name}__{split}"
+
+
+TABULAR = "tabular"  # the batch key of the preprocessed scalar columns (no column may take this name)
+
+
+class PixelStats(BaseModel):
+    """Per-channel mean and standard deviation of an image column's training pixels scaled to [0, 1]: the
+    network normalises with them inside its graph, so serving needs nothing but the raw pixels."""
+
+    mean: list[float]
+    std: list[float]
+
+
 # --- images ------------------------------------------------------------------------------------------------
 
 
@@ -96,6 +133,20 @@ def decode_image(raw: bytes, spec: ImageSpec) -> np.ndarray:
             return _to_array(img, spec)
     except MediaError:
         raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise MediaError(f"not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def image_header(raw: bytes) -> tuple[int, int, str]:
+    """(width, height, PIL mode) of encoded image bytes, read from the header without decoding the pixels
+    (schema statistics and expectations need no more)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not raw:
+        raise MediaError("the image is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            return img.size[0], img.size[1], img.mode
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise MediaError(f"not a readable image ({type(exc).__name__}: {exc})") from None
 
@@ -151,7 +202,7 @@ def is_image_path(value: Any) -> bool:
 # --- text --------------------------------------------------------------------------------------------------
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: Literal["wordpiece", "bpe", "unigram"] = "wordpiece",
+def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: Literal["wordpiece", "bpe", "unigram"] = "bpe",
                     lowercase: bool = True) -> Tokenizer:
     """A tokenizer learnt from `texts` (the training split), nothing downloaded."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers

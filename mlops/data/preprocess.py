@@ -1,20 +1,29 @@
-"""Preprocessing fitted on the training split: impute, scale, one-hot.
+"""Preprocessing fitted on the training split: impute, scale, one-hot for scalar columns; for image columns
+the decoded pixels and their statistics, for text columns a tokenizer learnt from the training texts.
 
 `transform` is what training sees; `mlops.package.graph` builds the same arithmetic into the ONNX
-graph in float32, op for op, so serving computes exactly what training did.
+graph in float32, op for op, so serving computes exactly what training did. Images and texts go through
+`mlops.data.media`, the transform serving uses too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
+from mlops.core.errors import DataError
+from mlops.data.columns import text_values
+from mlops.data.media import ImageSpec, MediaError, PixelStats, decode_images, encode_texts
 from mlops.data.schema import DataSchema
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+    from tokenizers import Tokenizer
+
+PIXEL_CHUNK = 256  # images per chunk when summing pixels in float64: memory stays bounded
 
 
 class NumericStats(BaseModel):
@@ -93,3 +102,40 @@ def category_codes(series: pd.Series, levels: list[str]) -> np.ndarray:
 
     index = {name: i for i, name in enumerate(levels)}
     return np.asarray([index.get(v, -1) for v in category_strings(series)], dtype=np.int64)
+
+
+def image_pixels(values: pd.Series, spec: ImageSpec, column: str, split: str) -> np.ndarray:
+    """An image column's encoded images -> uint8 [N, H, W, C] (check_data has refused what cannot decode;
+    this names the split's row all the same)."""
+    images = values.tolist()
+    missing = [i for i, v in enumerate(images) if not isinstance(v, bytes | bytearray)]
+    if missing:
+        raise DataError(f"column '{column}': {split} split row {missing[0]} holds no encoded image")
+    try:
+        return decode_images(images, spec)
+    except MediaError as exc:
+        raise DataError(f"column '{column}': {split} split row {exc}") from None
+
+
+def pixel_stats(pixels: np.ndarray) -> PixelStats:
+    """Per-channel mean and standard deviation of uint8 [N, H, W, C] pixels scaled to [0, 1], in float64 a
+    chunk of images at a time, in two passes (the mean, then the squared deviations from it: a constant
+    channel's std is exactly 0, then 1, as for a constant scalar column)."""
+    import numpy as np
+
+    channels = pixels.shape[-1]
+    count = max(int(np.prod(pixels.shape[:-1])), 1)
+
+    def chunks() -> Iterator[np.ndarray]:
+        for start in range(0, len(pixels), PIXEL_CHUNK):
+            yield pixels[start:start + PIXEL_CHUNK].reshape(-1, channels).astype(np.float64) / 255.0
+
+    mean = sum((c.sum(axis=0) for c in chunks()), np.zeros(channels)) / count
+    var = sum((np.square(c - mean).sum(axis=0) for c in chunks()), np.zeros(channels)) / count
+    std = np.sqrt(var)
+    return PixelStats(mean=[float(m) for m in mean], std=[float(s) if s > 1e-12 else 1.0 for s in std])
+
+
+def token_ids(tokenizer: Tokenizer, values: pd.Series, max_length: int) -> np.ndarray:
+    """A text column -> int64 token ids [N, max_length] (missing texts as empty ones)."""
+    return encode_texts(tokenizer, text_values(values), max_length)

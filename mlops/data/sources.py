@@ -1,15 +1,41 @@
-"""Where rows come from: scikit-learn's bundled data sets by name, or CSV/Parquet files."""
+"""Where rows come from: built-in data sets by name, CSV/Parquet files, or a folder of images.
+
+Images end up as their encoded bytes in the frame, whatever held them: a folder with one subfolder per class,
+a table column of file paths (relative to the table's file, or absolute), or a Parquet binary column. So the
+cached `data.parquet` every later step reads is self-contained, and the bytes that identify the rows (what
+the fingerprint hashes) cover every image's content.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlops.core.errors import DataError
+from mlops.data.columns import column_kind, is_missing
+from mlops.data.media import IMAGE_SUFFIXES, is_image_path
 from mlops.recipe.schema import DataConfig
 
 if TYPE_CHECKING:
     import pandas as pd
+
+IMAGE_FOLDER_COLUMNS = ["image", "label"]  # an image folder's rows: the file (relative to it), its class
+MANIFEST = b"\n\0mlops-images/1\n"  # what follows a table's bytes when its rows name image files
+SHOWN_ERRORS = 10
+IMAGE_FILES = "image_files.json"  # load_data's record of Rows.image_files, beside its data.parquet
+
+
+@dataclass
+class Rows:
+    """The rows of a recipe's data, with every image column as encoded bytes."""
+
+    frame: pd.DataFrame
+    raw: bytes | None  # what identifies the rows, for the fingerprint (None for a built-in data set)
+    # per image column read from files: each row's file as the data names it (None: bytes or missing), so
+    # that a later check can name the file of a row it refuses
+    image_files: dict[str, list[str | None]] = field(default_factory=dict)
 
 
 def data_path(data: DataConfig, recipe_path: Path) -> Path:
@@ -21,12 +47,14 @@ def data_path(data: DataConfig, recipe_path: Path) -> Path:
 def file_format(data: DataConfig, path: Path) -> str:
     if data.format:
         return data.format
+    if path.is_dir():
+        return "image_folder"
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return "csv"
     if suffix in (".parquet", ".pq"):
         return "parquet"
-    raise DataError(f"cannot tell the format of {path}: set data.format to csv or parquet")
+    raise DataError(f"cannot tell the format of {path}: set data.format to csv, parquet or image_folder")
 
 
 def source_name(data: DataConfig) -> str:
@@ -66,18 +94,35 @@ def load_builtin(name: str) -> pd.DataFrame:
 
 
 def load_frame(data: DataConfig, recipe_path: Path) -> tuple[pd.DataFrame, bytes | None]:
-    """The rows, and the raw bytes they were read from (None for built-in data sets)."""
+    """The rows (image columns as encoded bytes), and the bytes that identify them: the data file's own, with
+    a manifest of every image file's path and content digest appended when the rows name image files (an
+    image folder: the manifest alone); None for built-in data sets."""
+    rows = load_rows(data, recipe_path)
+    return rows.frame, rows.raw
+
+
+def load_rows(data: DataConfig, recipe_path: Path, keep_images: bool = True) -> Rows:
+    """`keep_images=False`: only the identity is wanted; each image file is read and hashed, then dropped
+    (its column holds None), so a large image set never sits in memory whole."""
+    if data.dataset is not None:
+        return Rows(load_builtin(data.dataset), None)
+    path = data_path(data, recipe_path)
+    fmt = file_format(data, path)
+    if fmt == "image_folder":
+        frame = image_folder_frame(path)
+        return _with_images(data, frame, b"mlops-image-folder/1\n", path, path, keep_images, manifest_only=True)
+    frame, raw = read_table(path, fmt)
+    return _with_images(data, frame, raw, path.parent, path, keep_images)
+
+
+def read_table(path: Path, fmt: str) -> tuple[pd.DataFrame, bytes]:
     import io
 
     import pandas as pd
 
-    if data.dataset is not None:
-        return load_builtin(data.dataset), None
-    path = data_path(data, recipe_path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     raw = path.read_bytes()
-    fmt = file_format(data, path)
     try:
         frame = pd.read_csv(io.BytesIO(raw)) if fmt == "csv" else pd.read_parquet(io.BytesIO(raw))
     except Exception as exc:  # a corrupt or mislabelled file is the user's to fix
@@ -85,6 +130,132 @@ def load_frame(data: DataConfig, recipe_path: Path) -> tuple[pd.DataFrame, bytes
     if frame.empty:
         raise DataError(f"{path} has no rows")
     return frame, raw
+
+
+def image_folder_files(folder: Path) -> list[tuple[str, str]]:
+    """(file relative to the folder, class) of every image under a class subfolder, sorted by path: a stable
+    row order whatever order the file system lists them in. Hidden files and files that are not images
+    (by suffix: a README, .DS_Store) are skipped; an image outside any class folder is an error."""
+    if not folder.is_dir():
+        raise DataError(f"image folder not found: {folder}")
+    stray = sorted(p.name for p in folder.iterdir() if p.is_file() and is_image_path(p.name))
+    if stray:
+        raise DataError(f"{folder / stray[0]} is not inside a class folder: an image folder holds one "
+                        f"subfolder per class, named as the class ({len(stray)} image(s) at its top level)")
+    found = []
+    for class_dir in folder.iterdir():
+        if not class_dir.is_dir() or class_dir.name.startswith("."):
+            continue
+        for f in class_dir.rglob("*"):
+            rel = f.relative_to(folder)
+            if is_image_path(f.name) and not any(part.startswith(".") for part in rel.parts) and f.is_file():
+                found.append((rel.as_posix(), class_dir.name))
+    if not found:
+        raise DataError(f"{folder} has no images: expected one subfolder per class holding image files "
+                        f"({', '.join(IMAGE_SUFFIXES)})")
+    return sorted(found)
+
+
+def image_folder_frame(folder: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    files = image_folder_files(folder)
+    return pd.DataFrame({"image": [f for f, _ in files], "label": [c for _, c in files]})
+
+
+def _with_images(data: DataConfig, frame: pd.DataFrame, raw: bytes, base: Path, source: Path, keep: bool,
+                 manifest_only: bool = False) -> Rows:
+    """Read every image file the rows name into the frame; append each one's path and digest to `raw`, in
+    row order, so that the fingerprint changes when one image's bytes do and not otherwise."""
+    manifest: list[bytes] = []
+    files: dict[str, list[str | None]] = {}
+    errors: list[str] = []
+    for name in map(str, frame.columns):
+        if column_kind(data, name, frame[name]) != "image":
+            continue
+        values = frame[name].tolist()
+        if not any(isinstance(v, str) for v in values):
+            continue  # encoded bytes already: the table's own bytes cover them
+        contents: list[bytes | None] = []
+        names: list[str | None] = []
+        for row, v in enumerate(values):
+            content, shown = None, None
+            if isinstance(v, str):
+                shown = v
+                content = _read_image_file(base, v, row, name, errors)
+                digest = hashlib.sha256(content).hexdigest() if content is not None else "-"
+                manifest.append(f"{name}\t{row}\t{v}\t{digest}\n".encode())
+                content = content if keep else None
+            elif isinstance(v, bytes | bytearray | memoryview):
+                content = bytes(v)
+            elif not is_missing(v):
+                errors.append(f"column '{name}', row {row}: expected an image file path or encoded bytes, "
+                              f"got {type(v).__name__} {v!r}")
+            contents.append(content)
+            names.append(shown)
+        frame[name] = contents
+        files[name] = names
+    if errors:
+        shown_errors = "\n".join(f"  {e}" for e in errors[:SHOWN_ERRORS])
+        more = f"\n  ... ({len(errors)} in all)" if len(errors) > SHOWN_ERRORS else ""
+        where = "image folder" if manifest_only else "data"
+        raise DataError(f"{where} {source}: {len(errors)} image(s) cannot be read (rows counted from 0, "
+                        f"in the order of {source.name}):\n{shown_errors}{more}")
+    if manifest:
+        raw = raw + (b"" if manifest_only else MANIFEST) + b"".join(manifest)
+    return Rows(frame, raw, files)
+
+
+def _read_image_file(base: Path, value: str, row: int, column: str, errors: list[str]) -> bytes | None:
+    f = image_file(base, value)
+    try:
+        return f.read_bytes()
+    except FileNotFoundError:
+        errors.append(f"column '{column}', row {row}: image file not found: {f}")
+    except IsADirectoryError:
+        errors.append(f"column '{column}', row {row}: {f} is a folder, not an image file")
+    except OSError as exc:
+        errors.append(f"column '{column}', row {row}: cannot read image file {f}: {exc.strerror or exc}")
+    return None
+
+
+def sample_rows(data: DataConfig, recipe_path: Path, n: int) -> tuple[pd.DataFrame, Path]:
+    """Up to `n` rows as the data holds them (image columns as file paths or bytes), read without reading the
+    whole file, and the folder their relative image paths start at: for `mlops validate`. An image folder's
+    rows are spread evenly over its (sorted) files, so every class is sampled."""
+    import pandas as pd
+
+    path = data_path(data, recipe_path)
+    fmt = file_format(data, path)
+    if fmt == "image_folder":
+        files = image_folder_files(path)
+        rows = list(range(0, len(files), max(1, len(files) // n)))[:n]  # the index: each row's place
+        frame = pd.DataFrame({"image": [files[i][0] for i in rows], "label": [files[i][1] for i in rows]},
+                             index=rows)
+        return frame, path
+    try:
+        if fmt == "csv":
+            return pd.read_csv(path, nrows=n), path.parent
+        import pyarrow.parquet as pq
+
+        first = next(pq.ParquetFile(path).iter_batches(batch_size=n), None)
+        return (first.to_pandas() if first is not None else pd.DataFrame()), path.parent
+    except Exception as exc:
+        raise DataError(f"cannot read {path} as {fmt}: {exc}") from None
+
+
+def image_file(base: Path, value: str) -> Path:
+    """An image path as a table holds it: relative to the table's folder, or absolute."""
+    f = Path(value).expanduser()
+    return f if f.is_absolute() else base / f
+
+
+def source_identity(data: DataConfig, recipe_path: Path) -> bytes:
+    """The bytes a file data source's fingerprint hashes, as `load_frame` returns them: what a plan keys the
+    load_data step on, so that changing one image file reruns it."""
+    rows = load_rows(data, recipe_path, keep_images=False)
+    assert rows.raw is not None, "a built-in data set has no file of its own"
+    return rows.raw
 
 
 # the columns of the built-in data sets as `load_builtin` names them, so that `mlops validate` can check a
@@ -110,6 +281,8 @@ def column_names(data: DataConfig, recipe_path: Path) -> list[str]:
         return list(BUILTIN_COLUMNS[data.dataset])
     path = data_path(data, recipe_path)
     fmt = file_format(data, path)
+    if fmt == "image_folder":  # known without listing the folder, let alone reading an image
+        return list(IMAGE_FOLDER_COLUMNS)
     try:
         if fmt == "csv":
             import pandas as pd

@@ -59,7 +59,8 @@ def build_context(dest: Path, bundle_dir: Path, cfg: DeployConfig, mv: ModelVers
         (tmp / "requirements.txt").write_text(requirements_txt(serve_requirements({i.kind for i in meta.inputs})))
         (tmp / ".dockerignore").write_text(render("dockerignore.j2"))
         (tmp / "bundle").mkdir()
-        for name in ("model.onnx", "bundle.json"):
+        # the graph, its metadata, and the assets its inputs read (a text input's tokenizer)
+        for name in ("model.onnx", "bundle.json", *(i.text.tokenizer for i in meta.inputs if i.text is not None)):
             shutil.copy2(bundle_dir / name, tmp / "bundle" / name)
         shutil.copytree(Path(mlops.__file__).parent, tmp / "mlops",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "crd"))  # serving needs no CRD

@@ -179,11 +179,13 @@ def _summary(run: _Run, hits: dict[str, bool]) -> RunSummary:
     assert ctx.run_id is not None
     bundle = run_dir / "bundle"
     shutil.copytree(ctx.dir("export") / "bundle", bundle, dirs_exist_ok=True)
+    train = ctx.result("train", TrainResult)
+    weights = run_dir / "model.pt"  # what a later recipe fine-tunes from (model.weights), kept with the run
+    shutil.copy2(ctx.dir("train") / train.state_dict, weights)
     reg = ctx.result("register", RegisterResult)
     gate = ctx.result("gate", GateDecision)
     for name in gate.report.values():
         shutil.copy2(ctx.dir("gate") / name, run_dir / name)
-    train = ctx.result("train", TrainResult)
     evaluated, assessed = ctx.result("evaluate", EvaluateResult), ctx.result("assess", AssessResult)
     metrics: dict[str, float | int] = {**evaluated.metrics, **assessed.metrics, "train/epochs": train.epochs_run}
     return RunSummary(
@@ -194,6 +196,7 @@ def _summary(run: _Run, hits: dict[str, bool]) -> RunSummary:
         aliases=reg.aliases,
         metrics=metrics,
         bundle=str(bundle),
+        weights=str(weights),
         data_fingerprint=ctx.result("load_data", LoadDataResult).fingerprint,
         recipe_hash=plan.loaded.hash,
         overrides=plan.loaded.overrides,

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 import mlops
 from mlops.core.errors import MlopsError
 from mlops.core.workspace import workspace
-from mlops.data.fingerprint import builtin_source_key, fingerprint_bytes
-from mlops.data.sources import data_path
+from mlops.data.fingerprint import builtin_source_key, file_source_fingerprint, fingerprint_bytes
 from mlops.engine.cache import Cache
 from mlops.engine.codeversion import Snapshot, libraries
 from mlops.engine.results import R, StepOutput, result_type
@@ -94,13 +93,23 @@ def code_version(step: str, targets: tuple[str, ...] = (), snapshot: Snapshot | 
 
 
 def source_fingerprint(loaded: LoadedRecipe) -> str:
-    """The data's identity before reading it row by row: a hash of the file's bytes, or the data set's
-    name and scikit-learn's version for a built-in one."""
-
+    """The data's identity before reading it row by row: a hash of the file's bytes (and of every image file
+    its rows name, or of an image folder's files), or the data set's name and its package's version for a
+    built-in one."""
     data = loaded.recipe.data
     if data.dataset is not None:
         return builtin_source_key(data.dataset)
-    return fingerprint_bytes(data_path(data, loaded.path).read_bytes())
+    return file_source_fingerprint(data, loaded.path)
+
+
+def weights_fingerprint(loaded: LoadedRecipe) -> str | None:
+    """What training starts from when it fine-tunes: the weights file's bytes, not its name."""
+    weights = loaded.recipe.model.weights
+    if weights is None:
+        return None
+    path = Path(weights).expanduser()
+    path = path if path.is_absolute() else loaded.path.parent / path
+    return fingerprint_bytes(path.read_bytes()) if path.is_file() else f"missing:{path}"
 
 
 def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
@@ -120,11 +129,13 @@ def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
         Step("split", "deterministic train/val/test split", ("load_data",),
              {"split": r.data.split.model_dump(mode="json"), "seed": r.split_seed, "target": r.data.target,
               "task": r.data.task}),
-        Step("preprocess", "infer the data schema, fit imputation/scaling/one-hot on train", ("split",), data_cfg),
+        Step("preprocess", "infer the data schema, fit imputation/scaling/one-hot on train; decode images, learn "
+             "the tokenizer", ("split",), data_cfg | {"text": r.model.text.model_dump(mode="json")}),
         Step("train", "fit the LightningModule", ("preprocess",),
              {"model": r.model.model_dump(mode="json", by_alias=True),
               "datamodule": r.data.datamodule.model_dump(mode="json", by_alias=True),
-              "trainer": r.trainer.model_dump(mode="json"), "seed": r.seed}, trained),
+              "trainer": r.trainer.model_dump(mode="json"), "seed": r.seed,
+              "weights": weights_fingerprint(loaded)}, trained),
         Step("evaluate", "val/test metrics and plots", ("train", "preprocess"),
              {"custom_metrics": ev.model_dump(mode="json", by_alias=True)["custom_metrics"]}, metrics),
         Step("export", "ONNX with preprocessing inside, parity check, bundle", ("train", "preprocess", "evaluate"),

@@ -1,7 +1,9 @@
 """What each step returns, as a model: the step cache writes it as its entry's `result.json`, reads it back.
 
-Field names are the JSON keys the cache has always written. Every step module imports this one, so it is part
-of every step's code version (`mlops.engine.plan`): it stays small and imports nothing of mlops. The train
+Field names are the JSON keys the cache has always written (a field added later has a default, so an older
+entry still loads). Every step module imports this one, so it is part of every step's code version
+(`mlops.engine.plan`): it stays small and imports nothing of mlops but the data models of the network's inputs
+(`mlops.data.media`, which the data steps reach anyway). The train
 step returns `mlops.train.fit.TrainResult` and the gate step `mlops.evaluate.gates.GateDecision`, each
 defined where it is produced, so that only the steps that read them carry those modules in their version.
 """
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, model_validator
+
+from mlops.data.media import ModelInputs, PixelStats
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -48,6 +52,7 @@ class LoadDataResult(BaseModel):
 class CheckDataResult(BaseModel):
     rows: int
     checked: int  # how many expectations held (a violated one raises instead)
+    media: dict[str, int] = Field(default_factory=dict)  # image/text column -> rows found fit for the network
 
 
 class SplitResult(BaseModel):
@@ -59,9 +64,20 @@ class SplitResult(BaseModel):
 
 class PreprocessResult(BaseModel):
     task: str
-    n_features: int  # width of the encoded feature matrix
+    n_features: int  # width of the encoded scalar feature matrix (the `tabular` input)
     labels: list[str] | None  # class labels in output order; None for regression
     target_scale: tuple[float, float] | None  # regression: (mean, std) the target was standardised with
+    # what the network takes, by input, with each input's arrays in arrays.npz under ModelInputs.array_key; a
+    # text's tokenizer file is in the step's directory. An entry from before images and text: tabular only
+    inputs: ModelInputs = Field(default_factory=ModelInputs)
+    pixel_stats: dict[str, PixelStats] = Field(default_factory=dict)  # image column -> training pixel stats
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tabular_only_before(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "inputs" not in value and "n_features" in value:
+            return value | {"inputs": {"tabular": value["n_features"]}}
+        return value
 
 
 class EvaluateResult(BaseModel):

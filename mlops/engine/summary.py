@@ -48,6 +48,7 @@ class RunSummary(BaseModel):
     aliases: list[str]
     metrics: dict[str, float | int]  # evaluate's and assess's, and train/epochs (a count: an int in the JSON)
     bundle: str  # the bundle copied into the run's directory
+    weights: str | None = None  # the trained state dict beside it (model.pt): `model.weights` of a fine-tuning run
     data_fingerprint: str
     recipe_hash: str
     overrides: list[str]

@@ -28,7 +28,6 @@ import numpy as np
 
 from mlops.core.errors import MlopsError
 from mlops.evaluate.scored import bundle_feeds
-from mlops.package.bundle import read_bundle
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,8 +50,7 @@ def benchmark_onnx(bundle_dir: Path, frame: pd.DataFrame, cfg: PerformanceConfig
 
     if len(frame) == 0:
         raise MlopsError("the performance benchmark needs at least one row")
-    meta = read_bundle(bundle_dir)
-    feeds = bundle_feeds(meta.inputs, frame)
+    feeds = bundle_feeds(bundle_dir, frame)
     n = len(frame)
     singles = [{k: v[i:i + 1] for k, v in feeds.items()} for i in range(n)]
     take = np.arange(cfg.batch_size) % n
@@ -71,21 +69,30 @@ def benchmark_onnx(bundle_dir: Path, frame: pd.DataFrame, cfg: PerformanceConfig
     return result
 
 
-def benchmark_torch(module: torch.nn.Module, features: np.ndarray, cfg: PerformanceConfig) -> dict[str, Any]:
-    """The same measurement for the trained module on preprocessed features [N, F], on its own device."""
+def benchmark_torch(module: torch.nn.Module, features: np.ndarray | dict[str, np.ndarray],
+                    cfg: PerformanceConfig) -> dict[str, Any]:
+    """The same measurement for the trained module on its own device: on preprocessed features [N, F], or on
+    {input: array} for a network that takes a dict (pixels and token ids as the preprocess step made them)."""
     import torch
 
-
-    if len(features) == 0:
+    arrays = features if isinstance(features, dict) else {"": features}
+    n = len(next(iter(arrays.values())))
+    if n == 0:
         raise MlopsError("the performance benchmark needs at least one row")
     device = next(module.parameters(), torch.empty(0)).device
-    x = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32)).to(device)
-    n = len(x)
-    singles = [x[i:i + 1] for i in range(n)]
-    batch = x[torch.as_tensor(np.arange(cfg.batch_size) % n, device=device)]
+    tensors = {k: torch.as_tensor(np.ascontiguousarray(v if v.dtype.kind in "iu" else v.astype(np.float32)))
+               .to(device) for k, v in arrays.items()}
+    pick = torch.as_tensor(np.arange(cfg.batch_size) % n, device=device)
+
+    def rows(sel: Any) -> Any:
+        chosen = {k: t[sel] for k, t in tensors.items()}
+        return chosen if isinstance(features, dict) else chosen[""]
+
+    singles = [rows(slice(i, i + 1)) for i in range(n)]
+    batch = rows(pick)
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def call(inp: torch.Tensor) -> None:
+    def call(inp: Any) -> None:
         module(inp)
         sync()  # a CUDA call returns before the work is done: time the work, not the launch
 

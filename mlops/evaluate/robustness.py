@@ -56,20 +56,23 @@ def robustness_checks(bundle_dir: Path, test: pd.DataFrame, train: pd.DataFrame,
     source = test if len(test) else train
     take = np.sort(rng.choice(len(source), size=cfg.rows, replace=False)) if len(source) > cfg.rows \
         else np.arange(len(source))
-    base = bundle_feeds(meta.inputs, source.iloc[take])
-    stats = _train_stats(meta.inputs, train)
+    base = bundle_feeds(bundle_dir, source.iloc[take])
+    # the scalar columns are stressed here; image and text inputs have checks of their own kind
+    scalars = [s for s in meta.inputs if s.scalar]
+    stats = _train_stats(scalars, train)
     base_out, base_err = _run(session, base, task)
 
-    numeric = [s.name for s in meta.inputs if s.dtype != "string"]
-    categorical = [s.name for s in meta.inputs if s.dtype == "string"]
+    numeric = [s.name for s in scalars if s.kind == "numeric"]
+    categorical = [s.name for s in scalars if s.kind == "categorical"]
     checks: list[dict[str, Any]] = []
 
-    for spec in meta.inputs:
+    for spec in scalars:
         feeds = _with(base, spec.name, _missing_like(base[spec.name]))
         checks.append(_compare("missing", spec.name, session, feeds, task, base_out, base_err,
                                f"'{spec.name}' sent as missing"))
 
-    checks += _wrong_type_checks(bundle_dir, base)
+    if len(scalars) == len(meta.inputs):  # a control row of raw values exists only for scalar inputs
+        checks += _wrong_type_checks(bundle_dir, base)
 
     for name in numeric:
         lo, hi = _far_outside(stats[name])

@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from mlops.core.errors import MlopsError
-from mlops.data.preprocess import category_strings, numeric_column
 from mlops.data.schema import encode_labels
 from mlops.package.bundle import read_bundle
+from mlops.package.predictor import Predictor
 
 
 @dataclass(frozen=True)
@@ -64,16 +63,11 @@ def onnx_outputs(session: Any, feeds: dict[str, np.ndarray], task: str, batch: i
     return np.concatenate(parts).astype(np.float64)
 
 
-def bundle_feeds(bundle_inputs: list[Any], frame: Any) -> dict[str, np.ndarray]:
-    """Raw columns as an exported graph takes them: float32 [N,1] (NaN = missing) or strings [N,1]."""
-
-    feeds: dict[str, np.ndarray] = {}
-    for spec in bundle_inputs:
-        if spec.name not in frame.columns:
-            raise MlopsError(f"the model needs column '{spec.name}', which the data does not have")
-        col = frame[spec.name]
-        feeds[spec.name] = (category_strings(col) if spec.dtype == "string" else numeric_column(col))[:, None]
-    return feeds
+def bundle_feeds(bundle_dir: Path, frame: Any) -> dict[str, np.ndarray]:
+    """Raw rows as the bundle's graph takes them, through its Predictor: the checks and transforms of a request
+    (scalar columns as raw columns, images decoded, texts tokenized), so scoring here is scoring as served."""
+    predictor = Predictor(bundle_dir, max_batch=max(len(frame), 1))
+    return predictor.graph_feeds(predictor.frame_feeds(frame))
 
 
 def score_bundle(bundle_dir: Path, frame: Any, target: str) -> Scored:
@@ -83,5 +77,5 @@ def score_bundle(bundle_dir: Path, frame: Any, target: str) -> Scored:
 
     meta = read_bundle(bundle_dir)
     session = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    out = onnx_outputs(session, bundle_feeds(meta.inputs, frame), meta.task)
+    out = onnx_outputs(session, bundle_feeds(bundle_dir, frame), meta.task)
     return Scored(meta.task, encode_targets(frame[target], meta.task, meta.labels), out, meta.labels)

@@ -77,7 +77,7 @@ def training_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path,
         keep = np.sort(np.random.default_rng(seed).choice(len(train), max_rows, replace=False))
         train = train.iloc[keep].reset_index(drop=True)
         notes.append(f"sampled {max_rows} of the training split's rows (monitor.reference.max_rows)")
-    feeds = _feeds(meta, train)
+    feeds = _feeds(meta, bundle_dir, train)
     outputs = _model_outputs(bundle_dir, feeds, meta.task)
     numeric = {i.name: feeds[i.name][:, 0].astype(np.float64) for i in meta.inputs if i.kind == "numeric"}
     categorical = {i.name: np.asarray([v or None for v in feeds[i.name][:, 0]], dtype=object)
@@ -92,9 +92,9 @@ def training_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path,
                      numeric, categorical, outputs, target, notes)
 
 
-def _feeds(meta: BundleMeta, frame: Any) -> dict[str, np.ndarray]:
+def _feeds(meta: BundleMeta, bundle_dir: Path, frame: Any) -> dict[str, np.ndarray]:
     try:
-        return bundle_feeds(meta.inputs, frame)
+        return bundle_feeds(bundle_dir, frame)
     except MlopsError as exc:
         raise MlopsError(f"the recipe's data does not fit model '{meta.name}': {exc}") from None
 

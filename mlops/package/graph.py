@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
+from mlops.data.media import TABULAR
 from mlops.data.preprocess import Preprocessor
 
 ML_OPSET = 3
@@ -88,6 +89,37 @@ def assemble(pre: onnx.ModelProto, net: onnx.ModelProto, post: onnx.ModelProto) 
     full.graph.name = "mlops"
     onnx.checker.check_model(full, full_check=True)
     return full
+
+
+def assemble_inputs(pre: onnx.ModelProto | None, net: onnx.ModelProto, post: onnx.ModelProto) -> onnx.ModelProto:
+    """A multi-input network between its pre- and post-processing: the scalar columns' preprocessing (`pre`,
+    None without scalar columns) feeds the network's `tabular` input; its image and text inputs stay graph inputs
+    under their column names (the bundle's Predictor decodes and tokenizes into them); `post` turns its logits
+    into the answer, and its `embedding` output is kept as the graph's `embedding`."""
+    # the network's own names get a prefix so nothing collides; its inputs keep the names the bundle documents
+    net = compose.add_prefix(net, "net/", rename_inputs=False)
+    outputs = [o.name for o in post.graph.output]
+    head = net
+    if pre is not None:
+        head = compose.merge_models(pre, net, io_map=[("features", TABULAR)])
+    full = compose.merge_models(head, post, io_map=[("net/logits", "logits")],
+                                outputs=[*outputs, *(["net/embedding"] if _has_output(net, "net/embedding") else [])])
+    if _has_output(full, "net/embedding"):
+        full.graph.node.append(helper.make_node("Identity", ["net/embedding"], ["embedding"], name="embedding"))
+        kept = [o for o in full.graph.output if o.name != "net/embedding"]
+        embedding = next(o for o in full.graph.output if o.name == "net/embedding")
+        renamed = onnx.ValueInfoProto()
+        renamed.CopyFrom(embedding)
+        renamed.name = "embedding"
+        del full.graph.output[:]
+        full.graph.output.extend([*kept, renamed])
+    full.graph.name = "mlops"
+    onnx.checker.check_model(full, full_check=True)
+    return full
+
+
+def _has_output(model: onnx.ModelProto, name: str) -> bool:
+    return any(o.name == name for o in model.graph.output)
 
 
 def _model(graph: onnx.GraphProto, opset: int, ir_version: int) -> onnx.ModelProto:

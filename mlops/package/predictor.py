@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mlops.core.errors import DataError, MlopsError
 from mlops.data.media import (
     ImageSpec,
     MediaError,
@@ -28,6 +30,7 @@ from mlops.data.media import (
     image_bytes,
     load_tokenizer,
 )
+from mlops.data.preprocess import category_strings, numeric_column
 from mlops.package.bundle import BundleMeta, read_bundle
 
 NUMERIC_V2 = {"FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"}
@@ -91,6 +94,7 @@ class Prediction:
 EMBEDDING = "embedding"  # the network's penultimate layer: for monitoring, never part of an answer
 RAW_TEXT = "::text"  # a feed key suffix: the texts behind a text input's token ids (logged, not run)
 SIZE_LIMIT = 413
+_BUFFER_ADDRESS = re.compile(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 class Predictor:
@@ -123,6 +127,28 @@ class Predictor:
         outputs = dict(zip(names, self.session.run(names, graph_feeds), strict=True))
         rows = len(next(iter(graph_feeds.values()))) if graph_feeds else 0
         return Prediction(outputs, rows)
+
+    def graph_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Only what the graph takes (a text's raw strings ride along in `feeds` for the log)."""
+        return {k: v for k, v in feeds.items() if k in self.graph_inputs}
+
+    def frame_feeds(self, frame: Any) -> dict[str, np.ndarray]:
+        """A data frame's rows as the graph takes them, as a request's would be: scalar columns as the graph's
+        raw columns (float32 [N,1] with NaN for missing, strings [N,1]), images decoded and texts tokenized by
+        the bundle's own specs. How evaluation, robustness checks, benchmarks and the monitor score raw rows."""
+        feeds: dict[str, np.ndarray] = {}
+        for name, spec in self.columns.items():
+            if name not in frame.columns:
+                raise MlopsError(f"the model needs column '{name}', which the data does not have")
+            col = frame[name]
+            if spec.scalar:
+                feeds[name] = (category_strings(col) if spec.dtype == "string" else numeric_column(col))[:, None]
+                continue
+            try:
+                feeds |= self.column_feeds(name, col.tolist(), name)
+            except RequestError as exc:
+                raise DataError(f"column '{name}' row {exc.field.removeprefix(name)}: {exc.message}") from None
+        return feeds
 
     def log_rows(self, feeds: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """The validated inputs as one object per row, for the prediction log: numbers (NaN -> null), categories
@@ -202,11 +228,14 @@ class Predictor:
                 raise RequestError(f"inputs[{k}].name", f"unknown input '{name}' (expected: {', '.join(names)})")
             if name in seen:
                 raise RequestError(f"inputs[{k}].name", f"input '{name}' given twice")
-            if self.columns[name].image is not None and t["datatype"] == "UINT8":
-                feeds = {name: self._pixel_tensor(t, k)}  # decoded pixels [N, H, W, C]
-            else:
-                values = self._tensor_values(t, k, columns=1)
-                feeds = self.column_feeds(name, values, f"inputs[{k}].data", t["datatype"])
+            try:
+                if self.columns[name].image is not None and t["datatype"] == "UINT8":
+                    feeds = {name: self._pixel_tensor(t, k)}  # decoded pixels [N, H, W, C]
+                else:
+                    values = self._tensor_values(t, k, columns=1)
+                    feeds = self.column_feeds(name, values, f"inputs[{k}].data", t["datatype"])
+            except RequestError as exc:
+                raise _naming(exc, name, self.columns[name].scalar) from None
             n_rows = len(feeds[name])
             if rows is not None and n_rows != rows:
                 raise RequestError(f"inputs[{k}].shape", f"has {n_rows} rows, other inputs have {rows}")
@@ -275,10 +304,17 @@ class Predictor:
         out = []
         for i, v in enumerate(values):
             try:
-                out.append(check_text(v, spec))
+                text = check_text(v, spec)
             except MediaError as exc:
                 status = SIZE_LIMIT if "over the limit" in str(exc) else 400
                 raise RequestError(f"{where}[{i}]", str(exc), status=status) from None
+            # JSON may escape a lone surrogate ("\ud800"), which is no UTF-8: the tokenizer would raise a TypeError
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise RequestError(f"{where}[{i}]", "text must be UTF-8 (it holds a lone surrogate)") from None
+            out.append(text)
         return out
 
     def _images(self, spec: ImageSpec, values: list[Any], where: str) -> np.ndarray:
@@ -288,7 +324,13 @@ class Predictor:
                 pixels.append(image_array(v, spec) if isinstance(v, np.ndarray) else decode_image(image_bytes(v), spec))
             except MediaError as exc:
                 status = SIZE_LIMIT if "over the limit" in str(exc) else 400
-                raise RequestError(f"{where}[{i}]", str(exc), status=status) from None
+                # Pillow names the buffer it could not identify by its address: the same file, another message
+                message = _BUFFER_ADDRESS.sub("", str(exc))
+                raise RequestError(f"{where}[{i}]", message, status=status) from None
+            except Exception as exc:  # Pillow's plugins raise more than decode_image catches
+                # (a corrupt DDS raises NotImplementedError): whatever a bad file raises, it is the file's fault
+                message = f"not a readable image ({type(exc).__name__}: {exc})"
+                raise RequestError(f"{where}[{i}]", message) from None
         return np.stack(pixels)
 
     def _pixel_tensor(self, t: dict[str, Any], k: int) -> np.ndarray:
@@ -359,6 +401,14 @@ class Predictor:
             else:
                 arr[i] = v
         return arr.reshape(-1, 1)
+
+
+def _naming(exc: RequestError, name: str, scalar: bool) -> RequestError:
+    """A V2 tensor's error names it by position (`inputs[k]`): an image's or a text's says which input too, as
+    its messages ("not a readable image", "the text is empty") do not."""
+    if scalar or f"'{name}'" in exc.message:
+        return exc
+    return RequestError(exc.field, f"input '{name}': {exc.message}", exc.status)
 
 
 def _fast_column(dtype: str, values: list[Any], datatype: str | None) -> np.ndarray | None:

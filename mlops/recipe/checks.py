@@ -15,7 +15,7 @@ from pathlib import Path
 from mlops.core.errors import Problem
 from mlops.recipe.compose import Composed
 from mlops.recipe.metrics import available
-from mlops.recipe.schema import BUILTIN_DATAMODULE, BUILTIN_MODEL, Recipe
+from mlops.recipe.schema import BUILTIN_DATAMODULE, BUILTIN_MODEL, MULTI_INPUT_MODEL, Recipe
 from mlops.recipe.suggest import closest, keys_at, model_at
 
 EPOCH_METRICS = {
@@ -41,6 +41,19 @@ def _target_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
         reason = None if target == builtin else importable_class(target)
         if reason:
             problems.append(Problem(key, reason, str(composed.origin(key))))
+    media = sorted(name for name, c in recipe.data.columns.items() if c.kind in ("image", "text"))
+    if media and recipe.model.target == BUILTIN_MODEL:
+        problems.append(Problem("model._target_", f"the built-in MLP takes scalar columns only, and {', '.join(media)} "
+                                f"{'is' if len(media) == 1 else 'are'} image or text", str(composed.origin("model")),
+                                f"choose the multi-input network: model=cnn, model=text or model=multimodal "
+                                f"({MULTI_INPUT_MODEL})"))
+    weights = recipe.model.weights
+    if weights is not None:
+        path = Path(weights).expanduser()
+        path = path if path.is_absolute() else composed.path.parent / path
+        if not path.is_file():
+            problems.append(Problem("model.weights", f"no weights file at {path}", str(composed.origin("model.weights")),
+                                    "a local checkpoint or state dict: nothing is ever downloaded"))
     return problems
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlops.core.errors import MlopsError
+from mlops.core.errors import MlopsError, Problem, RecipeError
 from mlops.recipe.schema import Recipe
 from mlops.recipe.suggest import closest
 
@@ -99,6 +99,7 @@ def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
     ]
     with _HYDRA_LOCK:
         cfg, origins = _compose_locked(path, overrides, hydra_overrides, search)
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     config.pop("hydra", None)
@@ -108,7 +109,12 @@ def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
             for stale in [k for k in origins if k.startswith(f"{key}.")]:
                 del origins[stale]
         origins[key] = Origin(COMMAND_LINE, override=o)
-    return Composed(path=path, overrides=overrides, config=config, origins=origins)
+    composed = Composed(path=path, overrides=overrides, config=config, origins=origins)
+    if missing:  # `???` in a file: a value the recipe leaves to whoever runs it
+        raise RecipeError(composed.display, [
+            Problem(k, "is required and not set", str(composed.origin(k)), f"give it on the command line: {k}=...")
+            for k in missing])
+    return composed
 
 
 def _compose_locked(

@@ -168,7 +168,7 @@ def score_local(inp: InputFile, bundle: Path, version: str | None, output: Path,
                 advance(len(frame))
                 continue
             scored = score_frame(predictor, frame, inp.text, chunk * chunk_rows, inp.path.name, id_column,
-                                 version, fields, inp.integer_columns)
+                                 version, fields, inp.integer_columns, base=inp.path.parent)
             write_part(directory / part_name(chunk), pa.Table.from_pandas(scored, schema=schema, preserve_index=False))
             manifest.record(chunk, chunk_counts(scored))
             advance(len(frame))

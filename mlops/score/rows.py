@@ -7,7 +7,11 @@ to ONNX Runtime exactly as the server feeds it. What differs is the outcome: the
 batch and stream scoring keep going and report each bad row with the column at fault.
 
 Files and streams carry no JSON types, so their cells are first turned into the values a request would hold:
-`from_text` for text (CSV, Redis fields), `from_typed` for typed data (Parquet, Arrow).
+`from_text` for text (CSV, Redis fields), `from_typed` for typed data (Parquet, Arrow). A text column's cells are
+its texts, as they are (no missing-value tokens: "NA" may be a review). An image column's cells are the encoded
+images (Parquet binary), their base64, or the paths of image files (a name ending in an image suffix), relative
+to the input file's directory or absolute: `image_cell` reads the file, and a file that cannot be read fails its
+row, like any bad value.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlops.package.predictor import Predictor, RequestError
+from mlops.data.media import ImageSpec, is_image_path
+from mlops.package.bundle import BundleInput
+from mlops.package.predictor import EMBEDDING, RAW_TEXT, Predictor, RequestError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,7 +101,7 @@ def judge(predictor: Predictor, columns: dict[str, Sequence[Any]], n: int,
 
     A column that passes as a whole costs one call; one that fails is checked again in runs split at each bad
     value, so every bad row is found, not only the first. `row_problems` marks rows already known to be bad
-    (a missing id).
+    (a missing id). The feeds hold what the server's do: a text's token ids and the texts beside them.
     """
     problems: list[list[tuple[str, str]]] = [[] for _ in range(n)]
     for i, p in enumerate(row_problems or ()):
@@ -104,40 +111,63 @@ def judge(predictor: Predictor, columns: dict[str, Sequence[Any]], n: int,
     for name, spec in predictor.columns.items():
         values = list(columns[name])
         try:
-            feeds[name] = predictor.column(name, values, name)
+            feeds |= predictor.column_feeds(name, values, name)
             continue
         except RequestError:
             pass
-        feeds[name] = _column_by_parts(predictor, name, spec.dtype, values, problems)
+        feeds |= _column_by_parts(predictor, spec, values, problems)
     ok = np.array([not p for p in problems], dtype=bool)
     if not ok.all():
         feeds = {k: v[ok] for k, v in feeds.items()}
     return Judged(feeds, ok, problems)
 
 
-def _column_by_parts(predictor: Predictor, name: str, dtype: str, values: list[Any],
-                     problems: list[list[tuple[str, str]]]) -> np.ndarray:
+def _column_by_parts(predictor: Predictor, spec: BundleInput, values: list[Any],
+                     problems: list[list[tuple[str, str]]]) -> dict[str, np.ndarray]:
     """A column with bad values: check it in runs, each ending at the next value the check refuses (its index
     is in the error's field, `name[i]`), so k bad values cost k + 1 calls, not one per value."""
-    placeholder: Any = "" if dtype == "string" else np.nan
-    parts: list[np.ndarray] = []
+    name = spec.name
+    parts: list[dict[str, np.ndarray]] = []
     start = 0
     while start < len(values):
         try:
-            parts.append(predictor.column(name, values[start:], name))
+            parts.append(predictor.column_feeds(name, values[start:], name))
             break
         except RequestError as exc:
             bad = start + _index(exc.field, name)
             if not start <= bad < len(values):  # unexpected field shape: fall back to one value at a time
                 bad = start + next(i for i, v in enumerate(values[start:]) if not _passes(predictor, name, v))
             if bad > start:
-                parts.append(predictor.column(name, values[start:bad], name))
-            v = values[bad]
-            problems[bad].append((name, exc.message if repr(v) in exc.message
-                                  else f"{exc.message} (value {_shown(v)})"))
-            parts.append(np.asarray([placeholder], dtype=object if dtype == "string" else np.float32).reshape(-1, 1))
+                parts.append(predictor.column_feeds(name, values[start:bad], name))
+            problems[bad].append((name, _problem(exc.message, values[bad], spec)))
+            parts.append(_placeholder(spec))
             start = bad + 1
-    return np.concatenate(parts) if parts else np.empty((0, 1), dtype=object if dtype == "string" else np.float32)
+    if not parts:
+        parts.append({k: v[:0] for k, v in _placeholder(spec).items()})
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def _placeholder(spec: BundleInput) -> dict[str, np.ndarray]:
+    """One row's feeds standing in for a refused value (the row is dropped before the model runs)."""
+    if spec.image is not None:
+        return {spec.name: np.zeros((1, *spec.image.shape), dtype=np.uint8)}
+    if spec.text is not None:
+        return {spec.name: np.zeros((1, spec.text.max_length), dtype=np.int64),
+                spec.name + RAW_TEXT: np.asarray([""], dtype=object)}
+    if spec.dtype == "string":
+        return {spec.name: np.asarray([[""]], dtype=object)}
+    return {spec.name: np.asarray([[np.nan]], dtype=np.float32)}
+
+
+def _problem(message: str, value: Any, spec: BundleInput) -> str:
+    """The check's message, with the value at fault when that helps: an image's file, never its bytes."""
+    if isinstance(value, Unreadable):
+        return value.message
+    if isinstance(value, ImageFile):
+        return f"{message} (file {value.path})"
+    if spec.image is not None or repr(value) in message:
+        return message
+    return f"{message} (value {_shown(value)})"
 
 
 def _index(field: str, name: str) -> int:
@@ -149,7 +179,7 @@ def _index(field: str, name: str) -> int:
 
 def _passes(predictor: Predictor, name: str, value: Any) -> bool:
     try:
-        predictor.column(name, [value], name)
+        predictor.column_feeds(name, [value], name)
         return True
     except RequestError:
         return False
@@ -160,15 +190,59 @@ def _shown(value: Any) -> str:
     return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
 
 
+class ImageFile(bytes):
+    """An image file's bytes, with its path for the error that says it is not a readable image."""
+
+    path: str
+
+    def __new__(cls, data: bytes, path: str) -> ImageFile:
+        out = super().__new__(cls, data)
+        out.path = path
+        return out
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An image file that could not be read: the column check refuses it (it is no image) and its row reports
+    `message`."""
+
+    message: str
+
+
+def image_cell(value: Any, spec: ImageSpec, base: Path | None) -> Any:
+    """An image column's cell as a request's value: the bytes of the file it names (a path, relative to `base`),
+    or the cell itself (encoded bytes, base64, anything else the check then refuses)."""
+    if not is_image_path(value):
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    try:
+        size = path.stat().st_size
+        if size > spec.max_bytes:  # refused unread, as a request over the limit would be
+            return Unreadable(f"the image is {size:,} bytes, over the limit of {spec.max_bytes:,} (file {value})")
+        return ImageFile(path.read_bytes(), value)
+    except FileNotFoundError:
+        return Unreadable(f"image file not found: {path}")
+    except OSError as exc:
+        return Unreadable(f"cannot read the image file {path}: {exc.strerror or exc}")
+
+
 def frame_columns(predictor: Predictor, frame: pd.DataFrame, text: bool,
-                  integers: frozenset[str] = frozenset()) -> dict[str, list[Any]]:
+                  integers: frozenset[str] = frozenset(), base: Path | None = None) -> dict[str, list[Any]]:
     """The bundle's input columns of `frame` as plain values: parsed from text (CSV) or from typed cells;
-    `integers` names integer-typed columns whose values pandas may hold as floats (when a null is near)."""
+    `integers` names integer-typed columns whose values pandas may hold as floats (when a null is near). Texts
+    stay as they are; image paths are read relative to `base` (see `image_cell`)."""
     out: dict[str, list[Any]] = {}
     for name, spec in predictor.columns.items():
         numeric = spec.dtype != "string"
         cells = frame[name].tolist()
-        if text:
+        if spec.image is not None:  # as texts are: an empty CSV cell is empty, whichever engine read it
+            out[name] = [image_cell("" if text and c is None else from_typed(c), spec.image, base) for c in cells]
+        elif spec.text is not None:
+            # a CSV cell is a text as it is ("NA" too), and an empty one is empty (Spark reads it as null)
+            out[name] = ["" if c is None else c for c in cells] if text else [from_typed(c) for c in cells]
+        elif text:
             out[name] = [from_text(c, numeric) for c in cells]
         elif name in integers:
             out[name] = [int(v) if isinstance(v, float) else v for v in map(from_typed, cells)]
@@ -188,6 +262,8 @@ def output_fields(meta: BundleMeta) -> list[tuple[str, str, bool]]:
     `probabilities` (float32 list), `prediction` (float32)."""
     fields = []
     for o in meta.outputs:
+        if o["name"] == EMBEDDING:  # for monitoring, never part of an answer
+            continue
         dtype = str(o.get("dtype", "float32"))
         if dtype not in ARROW_TYPES:
             raise ValueError(f"model output '{o['name']}' has dtype {dtype}, which batch scoring cannot store")
@@ -197,10 +273,11 @@ def output_fields(meta: BundleMeta) -> list[tuple[str, str, bool]]:
 
 def score_frame(predictor: Predictor, frame: pd.DataFrame, text: bool, first_row: int, source: str,
                 id_column: str | None, model_version: str | None, fields: list[tuple[str, str, bool]],
-                integers: frozenset[str] = frozenset()) -> pd.DataFrame:
+                integers: frozenset[str] = frozenset(), base: Path | None = None) -> pd.DataFrame:
     """Judge and score one chunk whose first row is row `first_row` of the input: one output row per input row,
     in order. Columns: id, row, model, version, each model output (null on a failed row), error (null on a
-    scored row). The id is the `id_column` value (a row without one fails), else `<source>:<row>`."""
+    scored row). The id is the `id_column` value (a row without one fails), else `<source>:<row>`. Image paths
+    are relative to `base` (the input file's directory)."""
     import pandas as pd
 
     n = len(frame)
@@ -213,7 +290,7 @@ def score_frame(predictor: Predictor, frame: pd.DataFrame, text: bool, first_row
         declared = [None if v is None or v == "" else str(v) for v in declared]
         row_problems = [None if v is not None else (id_column, "missing id") for v in declared]
         ids = [v if v is not None else g for v, g in zip(declared, generated, strict=True)]
-    judged = judge(predictor, frame_columns(predictor, frame, text, integers), n, row_problems)
+    judged = judge(predictor, frame_columns(predictor, frame, text, integers, base), n, row_problems)
     out: dict[str, Any] = {
         "id": pd.Series(ids, dtype=object),
         "row": rows,

@@ -110,7 +110,9 @@ def score_spark(inp: InputFile, bundle: Path, version: str | None, output: str, 
     needed = [i.name for i in meta.inputs]
     check_columns(inp, needed, id_column)
     fields = output_fields(meta)
-    files = {"model.onnx": (bundle / "model.onnx").read_bytes(), "bundle.json": (bundle / "bundle.json").read_bytes()}
+    # the bundle travels with the job: its graph, its metadata and the assets its inputs read (a tokenizer)
+    names = ["model.onnx", "bundle.json", *(i.text.tokenizer for i in meta.inputs if i.text is not None)]
+    files = {name: (bundle / name).read_bytes() for name in names}
     spark = spark or spark_session(master, conf)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(chunk_rows))
     df = read_input(spark, inp, needed, id_column)
@@ -123,7 +125,7 @@ def score_spark(inp: InputFile, bundle: Path, version: str | None, output: str, 
         total += n
     shipped = spark.sparkContext.broadcast(files)
     scorer = _PartitionScorer(shipped, first_rows, inp.text, inp.path.name, id_column, version, fields,
-                              inp.integer_columns)
+                              inp.integer_columns, inp.path.parent)
     scored = df.mapInPandas(scorer, output_ddl(fields))
 
     target, staging = _staging(output)
@@ -157,7 +159,8 @@ class _PartitionScorer:
     """The function `mapInPandas` runs on each partition (pickled to the executors with its state)."""
 
     def __init__(self, shipped: Any, first_rows: dict[int, int], text: bool, source: str, id_column: str | None,
-                 version: str | None, fields: list[tuple[str, str, bool]], integers: frozenset[str]) -> None:
+                 version: str | None, fields: list[tuple[str, str, bool]], integers: frozenset[str],
+                 base: Path | None = None) -> None:
         self.shipped = shipped
         self.first_rows = first_rows
         self.text = text
@@ -166,6 +169,7 @@ class _PartitionScorer:
         self.version = version
         self.fields = fields
         self.integers = integers
+        self.base = base  # where relative image paths are: the input file's directory (a path every executor sees)
 
     def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from pyspark import TaskContext
@@ -175,7 +179,7 @@ class _PartitionScorer:
         row = self.first_rows.get(TaskContext.get().partitionId(), 0)
         for frame in batches:
             yield score_frame(predictor, frame, self.text, row, self.source, self.id_column, self.version,
-                              self.fields, self.integers)
+                              self.fields, self.integers, self.base)
             row += len(frame)
 
 
@@ -184,7 +188,12 @@ def executor_bundle(files: dict[str, bytes]) -> Path:
     into place, so concurrent tasks never see half of it."""
     import hashlib
 
-    digest = hashlib.sha256(files["model.onnx"]).hexdigest()
+    # every file counts: two bundles may share a graph and differ in their metadata or tokenizer
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}\0{len(files[name])}\0".encode())
+        h.update(files[name])
+    digest = h.hexdigest()
     root = Path(tempfile.gettempdir()) / "mlops-bundles"
     path = root / digest
     if (path / "bundle.json").is_file():

@@ -1,7 +1,8 @@
 """`mlops stream`: score a Redis Stream with a consumer group, at least once and idempotently.
 
-One message is one row: either a field per model input (text, parsed as CSV cells are) or one `json` field
-holding an object of named columns (as a V1 instance). Each batch of messages goes through these steps:
+One message is one row: either a field per model input (text, parsed as CSV cells are; a text input's field
+as it is; an image input's field the encoded image, its base64 or `{"b64": ...}`) or one `json` field holding
+an object of named columns (as a V1 instance). Each batch of messages goes through these steps:
 
 1. judge every row with the server's column checks (`mlops.score.rows.judge`) and score the good ones;
 2. write one record per message, in one Lua script (atomic): a prediction to the output stream, or the
@@ -23,8 +24,9 @@ dead-lettered instead of being scored again.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-import math
 import os
 import signal
 import socket
@@ -123,15 +125,20 @@ class BadMessage(Exception):
 
 def decode_message(fields: dict[bytes, bytes], predictor: Predictor) -> dict[str, Any]:
     """A message's fields as a row of plain values, with the server's rules for names: every model input
-    present, nothing else. A `json` field holds the row as a JSON object; otherwise each field is a column
-    whose text is read as a CSV cell would be (empty or NA -> missing)."""
+    present, nothing else. A `json` field holds the row as a JSON object (an image as `{"b64": ...}`, as in a
+    V1 instance); otherwise each field is a column whose text is read as a CSV cell would be (empty or NA ->
+    missing), a text field's as it is, and an image field holds the image (see `image_field`)."""
 
-    text: dict[str, str] = {}
+    text: dict[str, Any] = {}
     for k, v in fields.items():
         try:
             name = k.decode()
         except UnicodeDecodeError:
             raise BadMessage(k.decode(errors="backslashreplace"), "field name is not UTF-8") from None
+        spec = predictor.columns.get(name)
+        if spec is not None and spec.image is not None:
+            text[name] = image_field(name, v)
+            continue
         try:
             text[name] = v.decode()
         except UnicodeDecodeError:
@@ -148,8 +155,8 @@ def decode_message(fields: dict[bytes, bytes], predictor: Predictor) -> dict[str
         if not isinstance(row, dict):
             raise BadMessage(JSON_FIELD, "must be a JSON object of named columns")
     else:
-        row = {k: from_text(v, predictor.columns[k].dtype != "string") if k in predictor.columns else v
-               for k, v in text.items()}
+        row = {k: v if k not in predictor.columns or not predictor.columns[k].scalar
+               else from_text(v, predictor.columns[k].dtype != "string") for k, v in text.items()}
     unknown = sorted(set(row) - set(names))
     if unknown:
         raise BadMessage(unknown[0], f"unknown column (expected: {', '.join(names)})")
@@ -157,6 +164,21 @@ def decode_message(fields: dict[bytes, bytes], predictor: Predictor) -> dict[str
         if n not in row:
             raise BadMessage(n, "missing column (send an empty value, or null in JSON, for a missing value)")
     return row
+
+
+def image_field(name: str, raw: bytes) -> Any:
+    """An image field's value as a request's: `{"b64": "..."}` (JSON, as in a V1 instance), the base64 of the
+    encoded image, or the encoded image itself (Redis fields are binary-safe)."""
+    if raw.lstrip().startswith(b"{"):
+        try:
+            return json.loads(raw, parse_constant=_no_constant)
+        except ValueError as exc:
+            raise BadMessage(name, f'invalid JSON (an image field holds {{"b64": ...}}, base64 or the image\'s '
+                             f"bytes): {exc}") from None
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return raw  # not base64: the image's own bytes, which the check decodes (or refuses as unreadable)
 
 
 def _no_constant(token: str) -> float:
@@ -283,10 +305,11 @@ class Consumer:
                     dead[k] = problems[0]
             if good:
                 outputs = self._predict(judged.feeds, good, dead)
+                logged = self.predictor.log_rows(judged.feeds)  # texts and image digests, never pixels
                 for j, k in enumerate(good):
                     if k in outputs:
                         predicted[k] = outputs[k]
-                        inputs[k] = _row_of(judged.feeds, j)
+                        inputs[k] = logged[j]
         latency = (time.perf_counter() - started) * 1000
 
         records: list[str] = [str(DEDUPE_TTL_S)]
@@ -299,7 +322,8 @@ class Consumer:
             else:
                 field, message = dead[k]
                 fields = {"id": pid, "source_id": ids[k], "source_stream": c.stream, "field": field, "error": message,
-                          "payload": json.dumps({_text(a): _text(b) for a, b in (messages[k][1] or {}).items()})}
+                          "payload": json.dumps({_text(a): _payload(b)
+                                                 for a, b in (messages[k][1] or {}).items()})}
                 target = c.dead_letter
             pairs = [x for kv in fields.items() for x in kv]
             records += [f"mlops:written:{target}:{pid}", target, str(len(fields)), *pairs]
@@ -364,25 +388,23 @@ def _text(v: Any) -> str:
     return v.decode(errors="backslashreplace") if isinstance(v, bytes) else str(v)
 
 
+def _payload(v: Any) -> Any:
+    """A field's value in a dead letter's payload: its text, or `{"b64": ...}` for binary (an image's bytes), so
+    the message can be sent again as it was."""
+    if isinstance(v, bytes):
+        try:
+            return v.decode()
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(v).decode("ascii")}
+    return str(v)
+
+
 def _field_value(v: Any) -> str:
     if isinstance(v, list | tuple):
         return json.dumps(v)
     if isinstance(v, float):
         return repr(v)
     return str(v)
-
-
-def _row_of(feeds: dict[str, np.ndarray], j: int) -> dict[str, Any]:
-    """Row j of the validated inputs, for the log as the server writes it (NaN -> null, "" -> null)."""
-    row: dict[str, Any] = {}
-    for name, values in feeds.items():
-        v = values[j, 0]
-        if isinstance(v, str):
-            row[name] = v or None
-        else:
-            f = float(v)
-            row[name] = None if math.isnan(f) else f
-    return row
 
 
 def consume(config: StreamConfig, bundle: Path, version: str | None, install_signals: bool = True) -> StreamResult:

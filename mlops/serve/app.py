@@ -51,6 +51,7 @@ from mlops.serve.routing import (
     check_compatible,
     request_key,
 )
+from mlops.serve.tensors import input_tensors, output_tensors
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 V2_INFER, V1_PREDICT = "v2_infer", "v1_predict"  # the inference routes' label in the metrics
@@ -261,7 +262,10 @@ class Server:
     async def _predict_and_log(self, arm: Arm, feeds: dict[str, Any], request_id: str | None, started: float,
                                raw_rows: list[dict[str, Any]]) -> tuple[Prediction, list[str]]:
         batcher = self.batchers.get(arm.variant)
-        prediction = await batcher.predict(feeds) if batcher is not None else arm.predictor.predict(feeds)
+        if batcher is not None:  # the arm's model checked the feeds: their batch runs on it (see MicroBatcher)
+            prediction = await batcher.predict(feeds, arm.predictor)
+        else:
+            prediction = arm.predictor.predict(feeds)
         rows = prediction.rows
         base = request_id or uuid.uuid4().hex
         ids = [base] if rows == 1 else [f"{base}-{i}" for i in range(rows)]
@@ -300,12 +304,9 @@ class Server:
         async def work(call: Call, started: float) -> Answer:
             self._model(call.name)
             meta = self.predictor.meta
-            inputs = [{"name": i.name, "datatype": "BYTES" if i.dtype == "string" else "FP32", "shape": [-1, 1]}
-                      for i in meta.inputs]
-            outputs = [{"name": o["name"], "datatype": "BYTES" if o["dtype"] == "string" else "FP32",
-                        "shape": [-1 if isinstance(d, str) else d for d in o["shape"]]} for o in meta.outputs]
             return Answer(200, {"name": meta.name, "versions": [self.version] if self.version else [],
-                                "platform": "onnxruntime_onnx", "inputs": inputs, "outputs": outputs})
+                                "platform": "onnxruntime_onnx", "inputs": input_tensors(meta),
+                                "outputs": output_tensors(meta)})
 
         return await self._route(_call_of(request), "metadata", work)
 

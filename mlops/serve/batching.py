@@ -1,11 +1,13 @@
 """Adaptive micro-batching: concurrent small requests to one model share one ONNX Runtime call.
 
-A request hands its validated feeds (column -> array `[n, 1]`) to `MicroBatcher.predict` and awaits its
-own slice of the answer. One collector task per batcher (so per model: A/B arms never share a batch)
-forms the batches and runs them one at a time, on a thread of its own, so that the event loop keeps
-parsing and queueing requests while the model runs. (A batch size the model has been measured to answer
-in under 0.3 ms runs on the loop instead: a thread hand-off would cost more than it frees.) The collector
-runs while there is work and ends when the queue is empty; the next request starts it again.
+A request hands its validated feeds (column -> array of n rows: `[n, 1]` for a scalar column, `[n, H, W, C]`
+pixels for an image, `[n, L]` token ids and the n texts beside them for a text; concatenated along the rows)
+to `MicroBatcher.predict` and awaits its own slice of the answer. One collector task per batcher (so per
+model: A/B arms never share a batch) forms the batches and runs them one at a time, on a thread of its own,
+so that the event loop keeps parsing and queueing requests while the model runs. (A batch size the model has
+been measured to answer in under 0.3 ms runs on the loop instead: a thread hand-off would cost more than it
+frees.) The collector runs while there is work and ends when the queue is empty; the next request starts it
+again.
 
 The policy (adaptive: no fixed window added to every request):
 
@@ -67,6 +69,9 @@ class _Waiter:
     rows: int
     future: asyncio.Future[Prediction]
     queued: float  # loop time when it was queued
+    # the model that checked the feeds: a text's token ids are its tokenizer's, so its batch runs on it even when
+    # another version was swapped in meanwhile (they never share a batch)
+    predictor: Predictor
     columns: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -92,16 +97,18 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         self._cost: dict[int, float] = {}  # seconds per model call, by batch size rounded up to a power of 2
 
-    async def predict(self, feeds: dict[str, np.ndarray]) -> Prediction:
-        """The prediction for these feeds, computed in a batch with whatever else is queued."""
+    async def predict(self, feeds: dict[str, np.ndarray], predictor: Predictor | None = None) -> Prediction:
+        """The prediction for these feeds, computed in a batch with whatever else is queued. `predictor` is the
+        model that checked them (default: this batcher's)."""
+        predictor = predictor or self.predictor
         rows = len(next(iter(feeds.values()))) if feeds else 0
         loop = asyncio.get_running_loop()
         if rows >= self.max_batch or rows == 0:  # a full batch by itself: no reason to wait for anyone
-            return await loop.run_in_executor(None, self.predictor.predict, feeds)
+            return await loop.run_in_executor(None, predictor.predict, feeds)
         if self._loop is not loop:  # a new loop (a test client's): what was queued on the old one is gone
             self._queue.clear()
             self._loop = loop
-        waiter = _Waiter(feeds, rows, loop.create_future(), loop.time())
+        waiter = _Waiter(feeds, rows, loop.create_future(), loop.time(), predictor)
         self._queue.append(waiter)
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._collect_all(), name=f"batcher-{self.predictor.name}")
@@ -144,7 +151,8 @@ class MicroBatcher:
             if waiter.future.done():  # cancelled while queued: its request is gone, never compute it
                 self._queue.popleft()
                 continue
-            if batch and (rows + waiter.rows > self.max_batch or waiter.columns != batch[0].columns):
+            if batch and (rows + waiter.rows > self.max_batch or waiter.columns != batch[0].columns
+                          or waiter.predictor is not batch[0].predictor):
                 return rows, taken, True  # it starts the next batch
             self._queue.popleft()
             batch.append(waiter)
@@ -171,15 +179,17 @@ class MicroBatcher:
         else:
             feeds = {name: np.concatenate([w.feeds[name] for w in batch]) for name in batch[0].feeds}
         sizes = [w.rows for w in batch]
+        predictor = batch[0].predictor
         loop = asyncio.get_running_loop()
         rows = sum(sizes)
         try:
             if self._cost.get(_bucket(rows), INLINE_BELOW_S) < INLINE_BELOW_S:
-                prediction = self._timed_predict(feeds, rows)  # known to be quick: no thread hand-off
+                prediction = self._timed_predict(predictor, feeds, rows)  # known to be quick: no thread hand-off
             else:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{self.predictor.name}")
-                prediction = await loop.run_in_executor(self._executor, self._timed_predict, feeds, rows)
+                prediction = await loop.run_in_executor(self._executor, self._timed_predict, predictor, feeds,
+                                                        rows)
             parts = split(prediction, sizes)
         except asyncio.CancelledError:
             for w in batch:
@@ -196,9 +206,9 @@ class MicroBatcher:
             if not w.future.done():  # its request was cancelled meanwhile: drop the answer
                 w.future.set_result(part)
 
-    def _timed_predict(self, feeds: dict[str, np.ndarray], rows: int) -> Prediction:
+    def _timed_predict(self, predictor: Predictor, feeds: dict[str, np.ndarray], rows: int) -> Prediction:
         started = time.perf_counter()
-        prediction = self.predictor.predict(feeds)
+        prediction = predictor.predict(feeds)
         seconds = time.perf_counter() - started
         key = _bucket(rows)
         previous = self._cost.get(key)

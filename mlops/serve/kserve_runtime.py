@@ -29,6 +29,7 @@ import numpy as np
 
 from mlops.package.bundle import read_bundle
 from mlops.package.predictor import Predictor, RequestError, parse_json_body
+from mlops.serve.tensors import input_tensors, output_tensors
 
 
 def _import_kserve() -> ModuleType:
@@ -86,12 +87,10 @@ def _runtime() -> SimpleNamespace:
 
         # V2 model metadata: the same tensors our app lists (kserve adds its own name and an empty platform)
         def get_input_types(self) -> list[dict[str, Any]]:
-            return [{"name": i.name, "datatype": "BYTES" if i.dtype == "string" else "FP32", "shape": [-1, 1]}
-                    for i in self._loaded().meta.inputs]
+            return input_tensors(self._loaded().meta)
 
         def get_output_types(self) -> list[dict[str, Any]]:
-            return [{"name": o["name"], "datatype": "BYTES" if o["dtype"] == "string" else "FP32",
-                     "shape": [-1 if isinstance(d, str) else d for d in o["shape"]]} for o in self._loaded().meta.outputs]
+            return output_tensors(self._loaded().meta)
 
         def predict(self, payload: Any, headers: dict[str, str] | None = None,
                     response_headers: dict[str, str] | None = None) -> Any:
@@ -117,7 +116,8 @@ def _runtime() -> SimpleNamespace:
 
         def _infer_v2(self, request: Any) -> Any:
             predictor = self._loaded()
-            prediction = predictor.predict(predictor.feeds_from_v2(v2_inputs(request)))
+            images = frozenset(i.name for i in predictor.meta.inputs if i.image is not None)
+            prediction = predictor.predict(predictor.feeds_from_v2(v2_inputs(request, images)))
             ids = _ids(request.id, prediction.rows)
             outputs = []
             for name, values in prediction.outputs.items():
@@ -144,6 +144,15 @@ def _runtime() -> SimpleNamespace:
             if rest is None:  # a kserve whose start() no longer works this way: refuse to bind wider than asked
                 raise RuntimeError("kserve.ModelServer changed: cannot bind the REST server to a host")
             rest.config.host = self._bind_host
+            # kserve adds its own handlers when the REST server starts, after this hook, and its InvalidInput one
+            # would replace ours: ours go in again after its own
+            add_kserve_handlers = rest._add_exception_handlers
+
+            def add_handlers(app: Any) -> None:
+                add_kserve_handlers(app)
+                install_error_handlers(app)
+
+            rest._add_exception_handlers = add_handlers
             super().setup_event_loop()
 
     return SimpleNamespace(kserve=kserve, BundleRequestError=BundleRequestError, BundleModel=BundleModel,
@@ -157,14 +166,17 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def v2_inputs(request: Any) -> list[dict[str, Any]]:
+def v2_inputs(request: Any, images: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """kserve's InferRequest as the JSON `inputs` list `Predictor.feeds_from_v2` takes. BYTES arrive as str
-    from JSON but as bytes from the binary extension: decoded here, so both reach the same checks."""
+    from JSON but as bytes from the binary extension: decoded here, so both reach the same checks. The
+    `images` inputs keep their bytes: through the binary extension an image is its encoded file, not text."""
     out = []
     for k, t in enumerate(request.inputs):
         data = t.data.tolist() if isinstance(t.data, np.ndarray) else t.data
         shape = list(t.shape) if isinstance(t.shape, list | tuple) else t.shape
-        out.append({"name": t.name, "shape": shape, "datatype": t.datatype, "data": _text(data, f"inputs[{k}].data")})
+        if t.name not in images:
+            data = _text(data, f"inputs[{k}].data")
+        out.append({"name": t.name, "shape": shape, "datatype": t.datatype, "data": data})
     return out
 
 
@@ -204,7 +216,8 @@ def install_error_handlers(app: Any) -> None:
     """Answer bad requests as our app does: `{"error": "<field>: <why>", "field": ...}` with its status.
 
     Without this, kserve answers a BundleRequestError 400 (InvalidInput) and a malformed V2 body 422 with
-    FastAPI's `detail` list; a body over the batch limit would be 400 instead of our 413."""
+    FastAPI's `detail` list; a body over the batch limit would be 400 instead of our 413; and a body kserve
+    cannot parse itself 400 without a field (here the field is `body`)."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
@@ -220,7 +233,13 @@ def install_error_handlers(app: Any) -> None:
         field = _field(first.get("loc", ()), first.get("type", ""))
         return JSONResponse({"error": f"{field}: {first.get('msg', 'invalid')}", "field": field}, status_code=400)
 
+    async def invalid_input(_: Any, exc: Exception) -> JSONResponse:
+        # what kserve refuses before our model sees the request: a V1 body orjson cannot parse (a lone
+        # surrogate, say), V2 binary data that does not add up. A BundleRequestError has its own handler above
+        return JSONResponse({"error": f"body: {exc}", "field": "body"}, status_code=400)
+
     app.add_exception_handler(_runtime().BundleRequestError, request_error)
+    app.add_exception_handler(_runtime().kserve.errors.InvalidInput, invalid_input)
     app.add_exception_handler(RequestValidationError, validation_error)
 
 

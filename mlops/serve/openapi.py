@@ -5,7 +5,10 @@ bundle's input schema, so a client generator or a fuzzer (schemathesis) knows wh
 Every route answers a bad request with a 4xx JSON body `{"error": "<field>: <why>", "field": "<field>"}`
 naming the field at fault; 5xx is never an expected answer. The document is OpenAPI 3.1 (JSON Schema
 2020-12): nullable columns are `["number", "null"]`, and a V1 instance given as a list in schema order is
-a `prefixItems` tuple.
+a `prefixItems` tuple. An image input is `{"b64": "<base64>"}` or the base64 text alone (in a V2 tensor: BYTES
+of base64 texts, or UINT8 pixels [N, height, width, channels]); a text input is a string of at most its
+`max_chars` (not blank, unless the model allows it). Both carry an example the model takes, so that a fuzzer
+gets past validation.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 from mlops import __version__
 from mlops.package.bundle import BundleInput, BundleMeta
-from mlops.package.predictor import FP32_EXACT_INT, FP32_MAX, NUMERIC_V2
+from mlops.package.predictor import EMBEDDING, FP32_EXACT_INT, FP32_MAX, NUMERIC_V2
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -28,6 +31,9 @@ CLIENT_ERRORS = {
     "413": "Body over the size limit, or a batch of more rows than the server's max batch.",
     "422": "Reserved for a well-formed request the model refuses; same error body.",
 }
+# what the document shows for an image input (a 1x1 grey PNG: the server resizes it) and a text input
+EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR42mNoAAAAggCB2kUIOwAAAABJRU5ErkJggg=="
+EXAMPLE_TEXT = "a short example text"
 # the label of the variant that answered a prediction (A/B testing: see mlops/serve/routing.py)
 VARIANTS = ["champion", "challenger"]
 
@@ -161,8 +167,39 @@ def _obj(properties: dict[str, Any], required: list[str] | None = None, **extra:
             "required": list(properties) if required is None else required, **extra}
 
 
+def image_string(column: BundleInput) -> dict[str, Any]:
+    """An encoded image as base64 text (how a V2 BYTES tensor carries it)."""
+    spec = column.image
+    assert spec is not None
+    return {"type": "string", "contentEncoding": "base64", "examples": [EXAMPLE_PNG],
+            "description": (f"'{column.name}': base64 of an encoded image (PNG, JPEG, ...) of at most "
+                            f"{spec.max_bytes:,} bytes and {spec.max_pixels:,} pixels (413 above), converted to "
+                            f"{spec.channels} channel{'s' if spec.channels > 1 else ''} and resized to "
+                            f"{spec.size[1]}x{spec.size[0]}.")}
+
+
+def text_schema(column: BundleInput) -> dict[str, Any]:
+    spec = column.text
+    assert spec is not None
+    description = (f"'{column.name}': a text of at most {spec.max_chars:,} characters (413 above)"
+                   f"{'' if spec.allow_empty else ', not blank'}; the model reads its first {spec.max_length} tokens.")
+    out: dict[str, Any] = {"type": "string", "maxLength": spec.max_chars,
+                           "examples": [EXAMPLE_TEXT[:spec.max_chars]], "description": description}
+    if not spec.allow_empty:
+        out |= {"minLength": 1, "pattern": r"\S"}  # a blank text is refused: at least one non-space character
+    return out
+
+
 def column_schema(column: BundleInput) -> dict[str, Any]:
-    """One raw value of a column, as V1 instances and V2 tensors carry it; null means missing (imputed)."""
+    """One raw value of a column, as V1 instances and V2 tensors carry it; null means missing (imputed). An
+    image is `{"b64": "..."}` (KServe's convention for binary data in JSON) or the base64 text alone; neither
+    an image nor a text may be missing."""
+    if column.image is not None:
+        text = image_string(column)
+        return {"anyOf": [_obj({"b64": text}, additionalProperties=False, examples=[{"b64": EXAMPLE_PNG}]), text],
+                "description": text["description"]}
+    if column.text is not None:
+        return text_schema(column)
     if column.dtype == "string":
         return {"type": ["string", "null"], "description": f"'{column.name}': a category; null when missing."}
     return {"type": ["number", "null"], "minimum": -FP32_MAX, "maximum": FP32_MAX,
@@ -183,6 +220,10 @@ def _schemas(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
     ]}
 
     def tensor(column: BundleInput) -> dict[str, Any]:
+        if column.image is not None:
+            return {"anyOf": [bytes_tensor(column, image_string(column)), pixel_tensor(column)]}
+        if column.text is not None:
+            return bytes_tensor(column, values[column.name])
         datatype = ["BYTES"] if column.dtype == "string" else sorted(NUMERIC_V2)
         return _obj({
             "name": {"const": column.name},
@@ -193,6 +234,35 @@ def _schemas(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
             "parameters": {"type": "object"},
         }, required=["name", "shape", "datatype", "data"], title=f"column {column.name}")
 
+    def bytes_tensor(column: BundleInput, value: dict[str, Any]) -> dict[str, Any]:
+        return _obj({
+            "name": {"const": column.name},
+            "shape": {"type": "array", "prefixItems": [rows, {"const": 1}], "items": False, "minItems": 1,
+                      "maxItems": 2, "description": "[N] or [N, 1]; N data values."},
+            "datatype": {"type": "string", "const": "BYTES"},
+            "data": {"type": "array", "items": value, "minItems": 1, "maxItems": max_batch},
+            "parameters": {"type": "object"},
+        }, required=["name", "shape", "datatype", "data"], title=f"column {column.name}")
+
+    def pixel_tensor(column: BundleInput) -> dict[str, Any]:
+        spec = column.image
+        assert spec is not None
+        side = {"type": "integer", "minimum": 1}
+        return _obj({
+            "name": {"const": column.name},
+            "shape": {"type": "array", "prefixItems": [rows, side, side, {"const": spec.channels}], "items": False,
+                      "minItems": 3, "maxItems": 4,
+                      "description": "[N, height, width] or [N, height, width, channels]: decoded images of any "
+                                     f"size (at most {spec.max_pixels:,} pixels), resized to {spec.size[1]}x"
+                                     f"{spec.size[0]}."},
+            "datatype": {"type": "string", "const": "UINT8"},
+            "data": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0, "maximum": 255},
+                     "description": "The pixels, row-major (flat, or nested as the shape)."},
+            "parameters": {"type": "object"},
+        }, required=["name", "shape", "datatype", "data"], title=f"column {column.name} as pixels")
+
+    # a single tensor carries every column as JSON values of one datatype: an image as its base64 text
+    row_values = [image_string(i) if i.image is not None else values[i.name] for i in meta.inputs]
     single = _obj({
         "name": {"type": "string", "not": {"enum": columns}, "description": "Any name but a column's."},
         "shape": {"type": "array", "prefixItems": [rows, {"const": len(columns)}], "items": False,
@@ -200,20 +270,21 @@ def _schemas(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
         "datatype": {"type": "string", "enum": ["BYTES", *sorted(NUMERIC_V2)],
                      "description": "BYTES when the columns mix numbers and strings."},
         "data": {"type": "array", "minItems": 1, "maxItems": max_batch, "items": {
-            "type": "array", "prefixItems": [values[c] for c in columns], "items": False,
+            "type": "array", "prefixItems": row_values, "items": False,
             "minItems": len(columns), "maxItems": len(columns)}, "description": f"rows in schema order {columns}"},
         "parameters": {"type": "object"},
     }, required=["name", "shape", "datatype", "data"], title="one [N, columns] tensor")
 
+    answered = [o for o in meta.outputs if o["name"] != EMBEDDING]  # the embedding is never in an answer
     prediction_props: dict[str, Any] = {}
-    for o in meta.outputs:
+    for o in answered:
         scalar: dict[str, Any] = {"type": "string"} if o.get("dtype") == "string" else {"type": "number"}
         shape = o.get("shape") or []
         if len(shape) >= 2:
             width = shape[1] if isinstance(shape[1], int) else None
             scalar = {"type": "array", "items": scalar, **({"minItems": width, "maxItems": width} if width else {})}
         prediction_props[o["name"]] = scalar
-    output_names = [o["name"] for o in meta.outputs]
+    output_names = [o["name"] for o in answered]
     tensor_meta = _obj({"name": {"type": "string"}, "datatype": {"type": "string"},
                         "shape": {"type": "array", "items": {"type": "integer"}}})
 

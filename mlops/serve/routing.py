@@ -22,7 +22,8 @@ import numpy as np
 
 from mlops.core.errors import MlopsError
 from mlops.core.predlog import SHADOW, PredictionLog, prediction_rows
-from mlops.package.predictor import Prediction
+from mlops.package.bundle import BundleMeta
+from mlops.package.predictor import RAW_TEXT, Prediction
 
 if TYPE_CHECKING:
     from mlops.package.predictor import Predictor
@@ -80,13 +81,50 @@ def parse_ab(spec: str) -> tuple[str, float]:
     return ref, percent
 
 
+def input_signature(meta: BundleMeta) -> list[tuple[Any, ...]]:
+    """What decides whether a model takes a request as another does: each input's name, kind and type, in order;
+    for an image everything that makes its pixels or refuses it (size, channels, limits); for a text what refuses
+    it (its limits). A text's tokenizer and length may differ: each model tokenizes the texts itself (see
+    `feeds_for`), so a retrained tokenizer is no incompatibility. An image's pixels are decoded once, by the
+    champion, and shared: they must be what the other model takes."""
+    out: list[tuple[Any, ...]] = []
+    for i in meta.inputs:
+        spec: tuple[Any, ...] = ()
+        if i.image is not None:
+            spec = ("size", tuple(i.image.size), "channels", i.image.channels, "max_bytes", i.image.max_bytes,
+                    "max_pixels", i.image.max_pixels)
+        elif i.text is not None:
+            spec = ("max_chars", i.text.max_chars, "allow_empty", i.text.allow_empty)
+        out.append((i.name, i.kind, i.dtype, *spec))
+    return out
+
+
 def check_compatible(champion: Predictor, other: Predictor, flag: str) -> None:
-    """The other model must take the same request: same input columns, same types, same order."""
-    ours = [(i.name, i.dtype) for i in champion.meta.inputs]
-    theirs = [(i.name, i.dtype) for i in other.meta.inputs]
+    """The other model must take the same request: same input columns, same kinds and types, same order, and
+    the same image and text specs (see `input_signature`)."""
+    ours, theirs = input_signature(champion.meta), input_signature(other.meta)
     if ours != theirs:
-        raise MlopsError(f"{flag} model '{other.name}' takes inputs {theirs}, but the champion '{champion.name}' "
-                         f"takes {ours}: both must accept the same requests")
+        k = next(k for k in range(max(len(ours), len(theirs)))
+                 if k >= min(len(ours), len(theirs)) or ours[k] != theirs[k])
+        mine, its = (ours[k] if k < len(ours) else "nothing"), (theirs[k] if k < len(theirs) else "nothing")
+        raise MlopsError(f"{flag} model '{other.name}' takes inputs {[t[:3] for t in theirs]}, but the champion "
+                         f"'{champion.name}' takes {[t[:3] for t in ours]}: both must accept the same requests "
+                         f"(input {k + 1}: {its}, the champion's: {mine})")
+
+
+def feeds_for(predictor: Predictor, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Another model's feeds from the checked feeds of the champion: its own inputs, in its order, shared
+    read-only, except a text's token ids, which it makes from the texts kept beside them (its own tokenizer and
+    length). `check_compatible` has made sure the rest is what it takes."""
+    mine: dict[str, np.ndarray] = {}
+    for i in predictor.meta.inputs:
+        texts = feeds.get(i.name + RAW_TEXT) if i.text is not None else None
+        if texts is not None:
+            mine[i.name] = predictor.encode_texts(i.name, texts.tolist())
+            mine[i.name + RAW_TEXT] = texts
+        else:
+            mine[i.name] = feeds[i.name]
+    return mine
 
 
 def disagreements(served: dict[str, np.ndarray], shadow: dict[str, np.ndarray], rows: int) -> int:
@@ -209,9 +247,7 @@ class ShadowRunner:
     def _run(self, feeds: dict[str, np.ndarray], ids: list[str], inputs: list[dict[str, Any]],
              served: Prediction) -> None:
         started = time.perf_counter()
-        # its own columns, in its own order: the arrays are shared read-only with the served request
-        mine = {i.name: feeds[i.name] for i in self.arm.predictor.meta.inputs}
-        prediction = self.arm.predictor.predict(mine)
+        prediction = self.arm.predictor.predict(feeds_for(self.arm.predictor, feeds))
         latency = (time.perf_counter() - started) * 1000
         if prediction.rows != served.rows:
             raise ValueError(f"answered {prediction.rows} rows for a request of {served.rows}")

@@ -12,9 +12,21 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from mlops.recipe.schema import BUILTIN_MODEL, DataModuleConfig, ModelConfig, TrainerConfig
+from mlops.core.errors import MlopsError
+from mlops.data.media import ModelInputs, PixelStats
+from mlops.data.preprocess import pixel_stats
+from mlops.recipe.schema import (
+    BUILTIN_MODEL,
+    MULTI_INPUT_MODEL,
+    AugmentConfig,
+    DataModuleConfig,
+    ModelConfig,
+    TrainerConfig,
+)
+from mlops.train.datamodule import Split, is_image
+from mlops.train.finetune import fine_tune, resolve
 from mlops.train.progress import BestWeights, EpochHistory
 from mlops.train.pruning import OptunaPruning, PruneLink
 
@@ -29,9 +41,16 @@ class TrainJob(BaseModel):
     task: str
     input_dim: int
     output_dim: int
-    arrays: str  # .npz with x_train, y_train, x_val, y_val
+    arrays: str  # .npz with x_train, y_train, x_val, y_val (and each image/text input's, see `inputs`)
     out_dir: str
     prune: PruneLink | None = None  # set for a sweep trial: report epochs to Optuna, stop when pruned
+    # a recipe with image or text columns: what the network takes (ModelInputs.array_key names its arrays);
+    # batches are then ({input: tensor}, y). None: a tabular-only recipe, (x, y) batches as ever
+    inputs: ModelInputs | None = None
+    # per image column the training split's per-channel mean and std of pixels/255 (the preprocess result's);
+    # a column missing here is measured from the training arrays by `fit`
+    pixel_stats: dict[str, PixelStats] = Field(default_factory=dict)
+    recipe_dir: str | None = None  # where a relative model.weights starts (the recipe's folder)
 
 
 class TrainResult(BaseModel):
@@ -43,17 +62,68 @@ class TrainResult(BaseModel):
     pruned: bool = False
     state_dict: str  # file name of the best weights, relative to the job's out_dir
     init: dict[str, Any]  # class path and constructor arguments, to rebuild the module for export
+    fine_tune: dict[str, Any] | None = None  # model.weights / model.freeze: what was loaded, skipped, frozen
+
+
+def dict_inputs(job: TrainJob) -> ModelInputs | None:
+    """The network inputs when batches are dicts: data with image or text columns, or the multi-input
+    network on tabular data alone. None: `(x, y)` tensor batches, exactly as for the tabular MLP."""
+    return network_inputs(job.model.target, job.inputs, job.input_dim)
+
+
+def network_inputs(target: str, inputs: ModelInputs | None, input_dim: int) -> ModelInputs | None:
+    """`dict_inputs` from its parts, for the steps that run a trained module (evaluate, export, assess)."""
+    if inputs is not None and not inputs.scalar_only:
+        return inputs
+    if target == MULTI_INPUT_MODEL:
+        return inputs or ModelInputs(tabular=input_dim)
+    return None
 
 
 def model_init(job: TrainJob) -> dict[str, Any]:
     base = {"input_dim": job.input_dim, "output_dim": job.output_dim, "task": job.task}
-    if job.model.target == BUILTIN_MODEL:
-        m = job.model
-        kwargs = base | {"hidden": list(m.hidden), "dropout": m.dropout, "lr": m.lr,
-                         "weight_decay": m.weight_decay, "optimizer": m.optimizer}
+    m = job.model
+    head = {"hidden": list(m.hidden), "dropout": m.dropout, "lr": m.lr, "weight_decay": m.weight_decay,
+            "optimizer": m.optimizer}
+    inputs = dict_inputs(job)
+    if m.target == MULTI_INPUT_MODEL:
+        assert inputs is not None
+        stats = {c: job.pixel_stats[c].model_dump() for c in inputs.images if c in job.pixel_stats}
+        kwargs = {"inputs": inputs.model_dump(mode="json"), "output_dim": job.output_dim, "task": job.task}
+        kwargs |= head | {"image": m.image.model_dump(mode="json"), "text": m.text.model_dump(mode="json"),
+                          "pixel_stats": stats}
+    elif m.target == BUILTIN_MODEL:
+        if inputs is not None:
+            columns = ", ".join([*inputs.images, *inputs.texts])
+            raise MlopsError(f"the data has image or text inputs ({columns}), which the tabular MLP cannot "
+                             f"read: set model._target_ to {MULTI_INPUT_MODEL}")
+        kwargs = base | head
     else:
-        kwargs = base | dict(job.model.params)
-    return {"class": job.model.target, "kwargs": kwargs}
+        # a custom module on image/text data gets their description, and dict batches
+        described = {"inputs": inputs.model_dump(mode="json")} if inputs is not None else {}
+        kwargs = base | described | dict(m.params)
+    return {"class": m.target, "kwargs": kwargs}
+
+
+def load_arrays(path: str, inputs: ModelInputs | None) -> dict[str, Split]:
+    """{split: (x, y)} for train and val: x the feature matrix, or {input: array} for dict batches."""
+    import numpy as np
+
+    data = np.load(path)
+    if inputs is None:
+        return {s: (data[f"x_{s}"], data[f"y_{s}"]) for s in ("train", "val")}
+    return {s: ({n: data[ModelInputs.array_key(n, s)] for n in inputs.names}, data[f"y_{s}"])
+            for s in ("train", "val")}
+
+
+def with_pixel_stats(job: TrainJob, arrays: dict[str, Split]) -> TrainJob:
+    """The job with every image input's normalisation: measured here from the training split when the
+    preprocess step did not record it."""
+    train = arrays["train"][0]
+    if not isinstance(train, dict):
+        return job
+    missing = {n: pixel_stats(a) for n, a in train.items() if is_image(a) and n not in job.pixel_stats}
+    return job.model_copy(update={"pixel_stats": job.pixel_stats | missing}) if missing else job
 
 
 def build_module(init: dict[str, Any]) -> Any:
@@ -73,19 +143,24 @@ def quiet_lightning() -> None:
 def fit(job: TrainJob) -> TrainResult | None:
     """Train; return the result on global rank 0 (other ranks return None)."""
     import lightning as L
-    import numpy as np
     import torch
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.callbacks import EarlyStopping
-
 
     quiet_lightning()
     L.seed_everything(job.seed, workers=True, verbose=False)
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = np.load(job.arrays)
-    arrays = {s: (data[f"x_{s}"], data[f"y_{s}"]) for s in ("train", "val")}
+    inputs = dict_inputs(job)
+    arrays = load_arrays(job.arrays, inputs)
+    job = with_pixel_stats(job, arrays)
     init = model_init(job)
     module = build_module(init)
+    m = job.model
+    weights = resolve(m.weights, job.recipe_dir) if m.weights else None
+    tuned = fine_tune(module, weights, list(m.freeze))
+    if tuned is not None:
+        rank_zero_only(print)(tuned.summary(), flush=True)  # once, not once per DDP rank
     t = job.trainer
     checkpoint = BestWeights(monitor=t.checkpoint.monitor, mode=t.checkpoint.mode)
     history = EpochHistory(max_epochs=t.max_epochs)
@@ -105,9 +180,11 @@ def fit(job: TrainJob) -> TrainResult | None:
         enable_progress_bar=interactive, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
         enable_checkpointing=False,  # BestWeights keeps the best epoch in memory
     )
-    dm = build_module({"class": job.datamodule.target,
-                       "kwargs": {"arrays": arrays, "batch_size": job.model.batch_size, "seed": job.seed}
-                       | dict(job.datamodule.params)})
+    dm_kwargs: dict[str, Any] = {"arrays": arrays, "batch_size": m.batch_size, "seed": job.seed}
+    if inputs is not None and inputs.images and m.augment != AugmentConfig():
+        # only when asked: a custom datamodule that cannot augment then says so instead of ignoring it
+        dm_kwargs["augment"] = m.augment.model_dump()
+    dm = build_module({"class": job.datamodule.target, "kwargs": dm_kwargs | dict(job.datamodule.params)})
     started = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     fit_seconds = time.perf_counter() - started
@@ -115,12 +192,14 @@ def fit(job: TrainJob) -> TrainResult | None:
         return None
     if checkpoint.best_state is not None:
         module.load_state_dict(checkpoint.best_state)
-    weights = out / "model.pt"
-    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, weights)
+    saved = out / "model.pt"
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, saved)
     score = checkpoint.best_score
     result = TrainResult(
         history=history.rows, epochs_run=len(history.rows), best_score=float(score) if score is not None else None,
-        fit_seconds=fit_seconds, world_size=trainer.world_size, pruned=bool(pruning and pruning.pruned), state_dict=weights.name, init=init,
+        fit_seconds=fit_seconds, world_size=trainer.world_size, pruned=bool(pruning and pruning.pruned),
+        state_dict=saved.name, init=init,
+        fine_tune=tuned.model_dump() if tuned is not None else None,
     )
     (out / "train_result.json").write_text(result.model_dump_json(indent=2))
     return result

@@ -23,6 +23,8 @@ import pytest
 from mlops.deploy.generate import deploy_recipe
 from mlops.recipe import load_recipe
 from tests.conftest import ROOT
+from tests.media_fixtures import NAME as MEDIA_MODEL
+from tests.media_fixtures import build_media_bundle, instance
 from tests.net import free_port
 from tests.serve_fixtures import build_bundle
 
@@ -85,18 +87,38 @@ def imports_in(stderr: str) -> set[str]:
     return {m.group(1).split(".")[0] for m in re.finditer(r"import time:\s+\d+ \|\s+\d+ \|\s*(\S+)", stderr)}
 
 
-@pytest.fixture
-def context(tmp_path: Path) -> Path:
-    bundle = build_bundle(tmp_path / "bundle", name="toy")
-    loaded = load_recipe(str(ROOT / "recipes" / "quickstart.yaml"), ["registry.model_name=toy"])
+# (model, a row it takes, labels it answers): a tabular model, and one of an image, a text and a number (its
+# image needs Pillow, its text the tokenizer saved in the bundle and the tokenizers package)
+MODELS = {"toy": ("toy", ROW, ("yes", "no")), "media": (MEDIA_MODEL, instance(), ("neg", "pos"))}
+
+
+@pytest.fixture(params=sorted(MODELS))
+def context(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    name = MODELS[request.param][0]
+    bundle = (build_bundle(tmp_path / "bundle", name=name) if request.param == "toy"
+              else build_media_bundle(tmp_path / "bundle", name=name))
+    loaded = load_recipe(str(ROOT / "recipes" / "quickstart.yaml"), [f"registry.model_name={name}"])
     result = deploy_recipe(loaded, str(bundle), out=tmp_path / "out", targets=["container"])
     return Path(result["files"]["image_context"])
+
+
+def model_of(context: Path) -> tuple[str, dict[str, Any], tuple[str, ...]]:
+    name = json.loads((context / "bundle" / "bundle.json").read_text())["name"]
+    return next(m for m in MODELS.values() if m[0] == name)
 
 
 def test_context_holds_what_the_image_needs(context: Path) -> None:
     dockerfile = (context / "Dockerfile").read_text()
 
     assert (context / "bundle" / "model.onnx").is_file() and (context / "bundle" / "bundle.json").is_file()
+    meta = json.loads((context / "bundle" / "bundle.json").read_text())
+    for spec in meta["inputs"]:  # the assets its inputs read travel with it
+        if spec.get("text"):
+            assert (context / "bundle" / spec["text"]["tokenizer"]).is_file()
+    kinds = {spec["kind"] for spec in meta["inputs"]}
+    requirements_text = (context / "requirements.txt").read_text()
+    assert ("image" in kinds) == bool(re.search(r"^pillow==\d", requirements_text, re.M))
+    assert ("text" in kinds) == bool(re.search(r"^tokenizers==\d", requirements_text, re.M))
     assert (context / "mlops" / "cli" / "__main__.py").is_file() and not list(context.rglob("__pycache__"))
     assert not (context / "mlops" / "deploy" / "crd").exists()  # what serving does not need stays out
     requirements = (context / "requirements.txt").read_text()
@@ -132,8 +154,9 @@ def test_entrypoint_runs_the_server_as_the_image_would(context: Path, tmp_path: 
             except OSError:
                 assert time.monotonic() < deadline, f"not ready in {READY_TIMEOUT} s: {stdout.read_text()[-2000:]}"
                 time.sleep(0.2)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/toy:predict",
-                                         data=json.dumps({"instances": [ROW]}).encode(),
+        name, row, labels = model_of(context)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/{name}:predict",
+                                         data=json.dumps({"instances": [row]}).encode(),
                                          headers={"content-type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as resp:
             answer = json.loads(resp.read())
@@ -143,10 +166,10 @@ def test_entrypoint_runs_the_server_as_the_image_would(context: Path, tmp_path: 
         proc.wait(timeout=20)
 
     assert ready == {"ready": True}
-    assert answer["predictions"][0]["label"] in ("yes", "no")
+    assert answer["predictions"][0]["label"] in labels
     assert health.returncode == 0, health.stderr
     assert "from bundle" in stdout.read_text()  # the bundle of the context, by its relative path
-    assert (tmp_path / "home" / "predictions" / "toy.sqlite").is_file()
+    assert (tmp_path / "home" / "predictions" / f"{name}.sqlite").is_file()
 
     imported = imports_in(stderr.read_text())
     assert "mlops" in imported and "onnxruntime" in imported

@@ -16,6 +16,7 @@ import pytest
 
 from mlops.score.batch import score_local
 from mlops.score.source import open_input
+from tests.media_fixtures import IMAGE, MAX_CHARS, NUMBER, TEXT, build_media_bundle, image_png
 from tests.serve_fixtures import build_bundle, training_frame
 
 pytestmark = pytest.mark.integration
@@ -101,3 +102,38 @@ def test_parquet_scores_the_same_on_spark_and_locally(spark: Any, bundle: Path, 
 
     assert result.chunks >= 2 and (result.rows, result.failed) == (ROWS, 3) == (local.rows, local.failed)
     assert_same_output(pd.read_parquet(tmp_path / "local.parquet"), pd.read_parquet(tmp_path / "spark.parquet"))
+
+
+def test_images_and_texts_score_the_same_on_spark_and_locally(spark: Any, tmp_path: Path) -> None:
+    """An image + text model (its tokenizer shipped with the job): images as Parquet bytes in one file and as
+    paths relative to it in a CSV, texts in a column; bad rows reported alike."""
+    from mlops.score.spark import score_spark
+
+    bundle = build_media_bundle(tmp_path / "media-bundle")
+    n = 60
+    images = [image_png(i % 7) for i in range(n)]
+    images[5] = b"not an image"
+    texts = [f"review {i}: great coffee" if i % 4 else f"stale chips {i}" for i in range(n)]
+    texts[9], texts[12] = "", "z" * (MAX_CHARS + 1)
+    ages = [float(20 + i) if i % 6 else None for i in range(n)]
+    (tmp_path / "img").mkdir()
+    for i in range(7):
+        (tmp_path / "img" / f"{i}.png").write_bytes(image_png(i))
+    paths = [f"img/{i % 7}.png" for i in range(n)]
+    paths[5] = "img/missing.png"
+    paths[30], images[30] = "", b""  # empty cells: Spark reads an empty CSV field as null, the local engine as ""
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(n)], IMAGE: pa.array(images, pa.binary()), TEXT: texts,
+                             NUMBER: ages}), tmp_path / "in.parquet", row_group_size=16)
+    pd.DataFrame({"key": [f"k{i}" for i in range(n)], IMAGE: paths, TEXT: texts,
+                  NUMBER: ["" if a is None else str(a) for a in ages]}).to_csv(tmp_path / "in.csv", index=False)
+
+    for name in ("in.parquet", "in.csv"):
+        inp = open_input(tmp_path / name)
+        local = score_local(inp, bundle, "1", tmp_path / f"local-{name}", chunk_rows=16, id_column="key",
+                            progress=False)
+        result = score_spark(inp, bundle, "1", str(tmp_path / f"spark-{name}"), chunk_rows=16, id_column="key",
+                             spark=spark)
+        assert (result.rows, result.failed, result.errors_by_column) == (n, 4, {IMAGE: 2, TEXT: 2})
+        assert (local.rows, local.failed, local.errors_by_column) == (n, 4, {IMAGE: 2, TEXT: 2})
+        assert_same_output(pd.read_parquet(tmp_path / f"local-{name}"),
+                           pd.read_parquet(tmp_path / f"spark-{name}"))

@@ -4,6 +4,7 @@ request is, the answer is a 4xx JSON body naming the field at fault, never a 5xx
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -30,6 +31,12 @@ from mlops.package.predictor import NUMERIC_V2, Predictor
 from mlops.serve.app import Server
 from mlops.serve.openapi import openapi_spec
 from tests.conftest import ROOT
+from tests.media_fixtures import IMAGE as MEDIA_IMAGE
+from tests.media_fixtures import MAX_CHARS as MEDIA_MAX_CHARS
+from tests.media_fixtures import NAME as MEDIA_MODEL
+from tests.media_fixtures import NUMBER as MEDIA_NUMBER
+from tests.media_fixtures import TEXT as MEDIA_TEXT
+from tests.media_fixtures import build_media_bundle, image_png, instance
 from tests.net import free_port, stop_process, wait_ready
 from tests.serve_fixtures import build_bundle
 
@@ -388,3 +395,182 @@ def test_in_process_app_answers_arbitrary_bodies_with_4xx_not_5xx(bundle: Path, 
             return response.status_code, response.content
 
         _fuzz(post, route, max_examples=200)
+
+
+# --- an image + text model ------------------------------------------------------------------------------------
+
+MEDIA_V1 = f"/v1/models/{MEDIA_MODEL}:predict"
+MEDIA_V2 = f"/v2/models/{MEDIA_MODEL}/infer"
+MEDIA_ROUTES = {"v1": MEDIA_V1, "v2": MEDIA_V2}
+
+
+@pytest.fixture(scope="module")
+def media_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_media_bundle(tmp_path_factory.mktemp("fuzz-media") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def media_spec(media_bundle: Path) -> dict[str, Any]:
+    return openapi_spec(read_bundle(media_bundle), MAX_BATCH)
+
+
+def _media_good() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    rows = [instance(seed=1), instance(seed=2, text="awful", age=None)]
+    images, texts, ages = ([r[c] for r in rows] for c in (MEDIA_IMAGE, MEDIA_TEXT, MEDIA_NUMBER))
+    as_lists = [[i["b64"], t, a] for i, t, a in zip(images, texts, ages, strict=True)]
+    v1 = [{"instances": rows}, {"instances": as_lists}]
+    v2 = [{"inputs": [{"name": MEDIA_IMAGE, "shape": [2], "datatype": "BYTES", "data": [i["b64"] for i in images]},
+                      {"name": MEDIA_TEXT, "shape": [2, 1], "datatype": "BYTES", "data": texts},
+                      {"name": MEDIA_NUMBER, "shape": [2], "datatype": "FP64", "data": ages}]},
+          {"inputs": [{"name": MEDIA_IMAGE, "shape": [1, 8, 8], "datatype": "UINT8", "data": [7] * 64},
+                      {"name": MEDIA_TEXT, "shape": [1], "datatype": "BYTES", "data": ["fine"]},
+                      {"name": MEDIA_NUMBER, "shape": [1], "datatype": "FP32", "data": [3]}]}]
+    return v1, v2
+
+
+def test_media_document_describes_images_and_texts(media_bundle: Path, media_spec: dict[str, Any]) -> None:
+    from schemathesis.specs.openapi.definitions import OPENAPI_31
+
+    jsonschema.Draft202012Validator(OPENAPI_31).validate(media_spec)
+    for schema in media_spec["components"]["schemas"].values():
+        jsonschema.Draft202012Validator.check_schema(schema)
+    client = TestClient(Server(Predictor(media_bundle, max_batch=MAX_BATCH), None).app())
+    good_v1, good_v2 = _media_good()
+    for path, name, bodies in ((MEDIA_V1, "V1Request", good_v1), (MEDIA_V2, "V2Request", good_v2)):
+        for body in bodies:
+            _validator(media_spec, name).validate(body)
+            response = client.post(path, json=body)
+            assert response.status_code == 200, response.text
+            _validator(media_spec, name.replace("Request", "Response")).validate(response.json())
+    instance_schema = _validator(media_spec, "V1Request")
+    for bad in ({MEDIA_TEXT: ""}, {MEDIA_TEXT: "   "}, {MEDIA_TEXT: "x" * (MEDIA_MAX_CHARS + 1)},
+                {MEDIA_TEXT: None}, {MEDIA_IMAGE: None}, {MEDIA_IMAGE: {"url": "x"}}, {MEDIA_IMAGE: 5}):
+        body = {"instances": [instance() | bad]}
+        assert not instance_schema.is_valid(body), bad
+        assert client.post(MEDIA_V1, json=body).status_code in (400, 413), bad
+    props = media_spec["components"]["schemas"]["V1Response"]["properties"]["predictions"]["items"]["properties"]
+    assert set(props) == {"label", "probabilities"}  # the embedding is never answered
+    _validator(media_spec, "ModelMetadata").validate(client.get(f"/v2/models/{MEDIA_MODEL}").json())
+
+
+@pytest.fixture(scope="module")
+def live_media(media_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    tmp = tmp_path_factory.mktemp("fuzz-media-live")
+    port = free_port()
+    output = tmp / "server.out"
+    env = os.environ | {"MLOPS_HOME": str(tmp / ".mlops"), "PYTHONUNBUFFERED": "1"}
+    with open(output, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mlops.cli", "serve", str(media_bundle),
+                                 "--port", str(port), "--log", str(tmp / "predictions.sqlite"), "--max-batch", str(MAX_BATCH)],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Live(f"http://127.0.0.1:{port}", port, proc, output)
+    try:
+        wait_ready(port, proc, START_TIMEOUT, server.tail, request_timeout=2)
+        yield server
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.timeout(240)
+def test_schemathesis_finds_no_server_error_on_an_image_and_text_model(live_media: Live,
+                                                                      media_spec: dict[str, Any],
+                                                                      tmp_path: Path) -> None:
+    """`st run` over the two inference routes of an image + text model (a few hundred requests: the documented
+    example image gets past validation, fuzzed images and texts do not): no 5xx, responses as documented."""
+    status, raw = _get(live_media.port, "/openapi.json")
+    assert status == 200 and json.loads(raw) == media_spec
+    har = tmp_path / "run.har"
+    proc = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", f"{live_media.base}/openapi.json",
+         "--url", live_media.base, "--seed", str(SEED), "--max-examples", "40", "--workers", "1", "--generation-database", "none",
+         "--no-color", "--include-operation-id", "v1Predict", "--include-operation-id", "v2Infer",
+         "--phases", "examples,coverage,fuzzing",
+         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                     "response_schema_conformance,response_headers_conformance",
+         "--request-timeout", "10", "--report", "har", "--report-har-path", str(har)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=200)
+    report = f"st run exit {proc.returncode}:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
+
+    entries = json.loads(har.read_text())["log"]["entries"]
+    statuses: Counter[tuple[str, int]] = Counter()
+    server_errors = []
+    for entry in entries:
+        url, status = urlsplit(entry["request"]["url"]).path, entry["response"]["status"]
+        content = entry["response"]["content"]
+        statuses[(url, status)] += 1
+        if status >= 500:
+            server_errors.append(f"{status} {url} {entry['request'].get('postData', {}).get('text', '')[:300]}"
+                                 f" -> {content.get('text', '')[:200]}")
+        elif 400 <= status < 500 and "json" in content.get("mimeType", ""):
+            _check_error_body(status, content.get("text", "").encode(), url)
+    assert not server_errors, "\n".join(server_errors[:5]) + f"\nserver output:\n{live_media.tail()}"
+    assert proc.returncode == 0, report
+    assert len(entries) >= 200, report
+    for route in MEDIA_ROUTES.values():
+        assert statuses[(route, 400)], (route, statuses)
+    assert statuses[(MEDIA_V1, 200)], statuses  # the documented examples are answered
+    assert live_media.proc.poll() is None, live_media.tail()
+
+
+def _png(seed: int, size: tuple[int, int], mode: str) -> str:
+    return base64.b64encode(image_png(seed, size, mode)).decode()
+
+
+PNGS = [_png(s, size, mode) for s, size, mode in ((0, (8, 8), "L"), (1, (3, 17), "RGB"), (2, (1, 1), "RGBA"),
+                                                  (3, (40, 40), "P"))]
+MEDIA_IMAGES = (st.sampled_from(PNGS) | st.sampled_from(PNGS).map(lambda b: {"b64": b})
+                | st.builds(lambda b, n: b[:n], st.sampled_from(PNGS), st.integers(0, 120))  # truncated
+                | st.builds(lambda raw: base64.b64encode(raw).decode(), st.binary(max_size=64))
+                | st.text(max_size=20) | JSON_VALUES)
+ODD_TEXTS = ["", " ", "\t\n", "ok", "x" * (MEDIA_MAX_CHARS + 1), "caf\u00e9 \u2603 \U0001f600"]
+MEDIA_TEXTS = st.text(min_size=1, max_size=30) | st.sampled_from(ODD_TEXTS) | JSON_VALUES
+MEDIA_GOOD = {MEDIA_IMAGE: MEDIA_IMAGES, MEDIA_TEXT: MEDIA_TEXTS,
+              MEDIA_NUMBER: st.none() | st.floats(-1e6, 1e6) | st.integers(-1000, 1000)}
+MEDIA_ROW = st.fixed_dictionaries(MEDIA_GOOD) | st.tuples(*MEDIA_GOOD.values()).map(list)
+PIXELS = st.builds(lambda n, h, w, c, v: {"name": MEDIA_IMAGE, "shape": [n, h, w] + ([c] if c else []),
+                                          "datatype": "UINT8", "data": [v] * (n * h * w * (c or 1))},
+                   st.integers(1, 3), st.integers(1, 12), st.integers(1, 12), st.sampled_from([0, 1, 3]),
+                   st.integers(-1, 256))
+
+
+@st.composite
+def media_tensors(draw: st.DrawFn) -> list[dict[str, Any]]:
+    rows = draw(st.integers(1, 4))
+    image = draw(PIXELS) if draw(st.booleans()) else {
+        "name": MEDIA_IMAGE, "shape": [rows], "datatype": "BYTES",
+        "data": draw(st.lists(MEDIA_IMAGES, min_size=rows, max_size=rows))}
+    return [image,
+            {"name": MEDIA_TEXT, "shape": [rows, 1], "datatype": draw(st.sampled_from(["BYTES", "BYTES", "INT64"])),
+             "data": draw(st.lists(MEDIA_TEXTS, min_size=rows, max_size=rows))},
+            {"name": MEDIA_NUMBER, "shape": [rows], "datatype": "FP32",
+             "data": draw(st.lists(MEDIA_GOOD[MEDIA_NUMBER], min_size=rows, max_size=rows))}]
+
+
+MEDIA_BODIES: dict[str, st.SearchStrategy[Any]] = {
+    "v1": mutated(st.fixed_dictionaries({"instances": st.lists(MEDIA_ROW, min_size=1, max_size=4)})),
+    "v2": mutated(st.fixed_dictionaries({"inputs": media_tensors()})),
+}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("route", list(MEDIA_ROUTES))
+def test_in_process_app_answers_bad_images_and_texts_with_4xx_not_5xx(media_bundle: Path, tmp_path: Path,
+                                                                      route: str) -> None:
+    """Near-valid bodies of real, truncated and random images, and of odd texts (blank, too long, lone
+    surrogates, not strings), through the ASGI app with its log and the micro-batcher."""
+    server = Server(Predictor(media_bundle, max_batch=MAX_BATCH), PredictionLog(tmp_path / "log.sqlite"),
+                    max_body=64 * 1024, batch_max=8)
+    seen: Counter[int] = Counter()
+    with TestClient(with_openapi(server)) as client:
+        @settings(max_examples=150, derandomize=True, database=None, deadline=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+        @given(body=MEDIA_BODIES[route])
+        @example(body={"instances": [instance() | {MEDIA_TEXT: "\ud800"}]} if route == "v1" else {"inputs": []})
+        def structured(body: Any) -> None:
+            sent = json.dumps(body).encode("utf-8", "surrogatepass")
+            response = client.post(MEDIA_ROUTES[route], content=sent, headers={"content-type": "application/json"})
+            seen[response.status_code] += 1
+            _check(MEDIA_ROUTES[route], response.status_code, response.content, sent)
+
+        structured()
+    assert seen[200] and seen[400], seen

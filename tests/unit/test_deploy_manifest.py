@@ -14,10 +14,14 @@ import yaml
 
 from mlops.core.errors import MlopsError
 from mlops.core.refs import ModelVersion
+from mlops.deploy.generate import deploy_recipe
 from mlops.deploy.kserve import inference_service
 from mlops.deploy.kubectl import kubectl_apply
 from mlops.deploy.validate import BUNDLED_CRD, ManifestError, validate_manifest
+from mlops.recipe import load_recipe
 from mlops.recipe.deploy import DeployConfig
+from tests.conftest import ROOT
+from tests.media_fixtures import NAME, TOKENIZER, build_media_bundle
 
 CRD = BUNDLED_CRD
 
@@ -218,3 +222,49 @@ def test_apply_without_a_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     with pytest.raises(MlopsError, match="kubectl has no cluster configured"):
         kubectl_apply(path, "default")
     assert subprocess.run(["kubectl", "config", "current-context"], capture_output=True).returncode != 0
+
+
+# --- an image + text model --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["triton", "triton_gpu", "default"])
+def test_an_image_and_text_model_deploys_on_each_runtime(option: str, tmp_path: Path) -> None:
+    """`mlops deploy` of an image + text model: our server as today; Triton over the network's raw inputs
+    (uint8 pixels, int64 token ids), the config saying what a client must do, the tokenizer beside it; GPUs
+    requested when the recipe asks."""
+    bundle = build_media_bundle(tmp_path / "bundle")
+    loaded = load_recipe(str(ROOT / "recipes" / "quickstart.yaml"),
+                         [f"registry.model_name={NAME}", f"deploy={option}"])
+    result = deploy_recipe(loaded, str(bundle), out=tmp_path / "out", targets=["kserve"])
+
+    service = yaml.safe_load(Path(result["files"]["inferenceservice"]).read_text())
+    validate_manifest(service, CRD)
+    predictor = service["spec"]["predictor"]
+    if option == "default":  # our server in our image: no Triton repository, nothing to preprocess
+        assert "containers" in predictor and "triton_repository" not in result["files"]
+        return
+    resources = predictor["model"]["resources"]
+    gpus = {"triton": None, "triton_gpu": loaded.recipe.deploy.resources.gpus}[option]
+    assert resources["limits"].get("nvidia.com/gpu") == (str(gpus) if gpus else None)
+    assert resources["requests"].get("nvidia.com/gpu") == resources["limits"].get("nvidia.com/gpu")
+    repo = Path(result["files"]["triton_repository"]) / NAME
+    assert (repo / "1" / "model.onnx").is_file() and (repo / TOKENIZER).is_file()
+    config = (repo / "config.pbtxt").read_text()
+    body = [line for line in config.splitlines() if not line.startswith("#")]
+    assert _entries(body, "input") == [("image", "TYPE_UINT8", "[ -1, 8, 8, 1 ]"),
+                                       ("review", "TYPE_INT64", "[ -1, 16 ]"), ("age", "TYPE_FP32", "[ -1, 1 ]")]
+    assert _entries(body, "output") == [("label", "TYPE_STRING", "[ -1 ]"),
+                                        ("probabilities", "TYPE_FP32", "[ -1, 2 ]")]
+    comments = "\n".join(line for line in config.splitlines() if line.startswith("#"))
+    assert "a client preprocesses" in comments and "resize it to 8x8" in comments
+    assert f"the bundle's tokenizer ({TOKENIZER}, copied beside this file)" in comments
+
+
+def _entries(lines: list[str], block: str) -> list[tuple[str, str, str]]:
+    """(name, data_type, dims) of each entry of a config.pbtxt's `input [...]` or `output [...]` block."""
+    start = lines.index(f"{block} [")
+    end = start + lines[start:].index("]")
+    names = [line.split(": ", 1)[1].strip('"') for line in lines[start:end] if line.strip().startswith("name:")]
+    types = [line.split(": ", 1)[1] for line in lines[start:end] if line.strip().startswith("data_type:")]
+    dims = [line.split(": ", 1)[1] for line in lines[start:end] if line.strip().startswith("dims:")]
+    return list(zip(names, types, dims, strict=True))

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mlops.data.fingerprint import dvc_revision, fingerprint_bytes, fingerprint_frame
+from mlops.data.fingerprint import dvc_revision, file_source_fingerprint, fingerprint_bytes, fingerprint_frame
+from mlops.recipe.schema import DataConfig
 
 
 def test_fingerprint_changes_with_one_byte() -> None:
@@ -37,3 +38,10 @@ def test_dvc_revision_from_dvc_lock(tmp_path: Path) -> None:
         "schema: '2.0'\nstages:\n  prepare:\n    cmd: python prep.py\n    outs:\n"
         "    - path: data/rows.parquet\n      md5: beef01\n      size: 4\n")
     assert dvc_revision(data)["md5"] == "beef01"
+
+
+def test_a_plain_files_source_fingerprint_is_its_bytes(tmp_path: Path) -> None:
+    """Tables without image files keep the fingerprint (and so the cache keys) they always had."""
+    (tmp_path / "d.csv").write_text("a,y\n1,0\n2,1\n")
+    data = DataConfig(path="d.csv", target="y")
+    assert file_source_fingerprint(data, tmp_path / "r.yaml") == fingerprint_bytes((tmp_path / "d.csv").read_bytes())

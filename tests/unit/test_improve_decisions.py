@@ -16,6 +16,7 @@ from mlops.recipe import load_recipe
 from mlops.recipe.improve import ImproveConfig, TriggersConfig
 from tests.conftest import ROOT
 from tests.improve_fixtures import champion_verdict
+from tests.shipped import required_overrides
 
 NOW = 1_800_000_000.0
 DIRECTIONS = {"auroc": "higher", "log_loss": "lower", "accuracy": "higher"}
@@ -195,12 +196,12 @@ def test_one_uncertain_gate_among_better_ones_asks_a_person() -> None:
 # --- the recipe section -------------------------------------------------------------------------------------------
 
 
-def test_every_shipped_recipe_has_the_default_improve_section() -> None:
+def test_every_shipped_recipe_has_the_default_improve_section(tmp_path: Path) -> None:
     """configs/improve/default.yaml says what ImproveConfig's defaults say (recipes that set improve: aside)."""
     recipes = [r for r in sorted((ROOT / "recipes").glob("*.yaml")) if "\nimprove:" not in r.read_text()]
     assert len(recipes) >= 4
     for recipe in recipes:
-        improve = load_recipe(recipe).recipe.improve
+        improve = load_recipe(recipe, required_overrides(recipe, tmp_path)).recipe.improve
         assert improve == ImproveConfig(), recipe.name
 
 

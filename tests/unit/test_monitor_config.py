@@ -10,14 +10,15 @@ from mlops.core.errors import RecipeError
 from mlops.core.timespec import parse_duration, parse_time
 from mlops.recipe import load_recipe
 from mlops.recipe.monitor import MonitorConfig
+from tests.shipped import required_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")
                                            if "\nmonitor:" not in p.read_text()))  # recipes that set it aside
-def test_every_shipped_recipe_has_the_default_monitor_section(recipe: str) -> None:
-    loaded = load_recipe(ROOT / "recipes" / recipe)
+def test_every_shipped_recipe_has_the_default_monitor_section(recipe: str, tmp_path: Path) -> None:
+    loaded = load_recipe(ROOT / "recipes" / recipe, required_overrides(ROOT / "recipes" / recipe, tmp_path))
     m = loaded.recipe.monitor
     assert m.drift.num_method == "psi" and m.window.size == 1000 and m.alerts.consecutive == 2
     assert m == MonitorConfig.model_validate(_default_yaml())

@@ -138,7 +138,7 @@ def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
     ("mlops.train.datamodule", "train"),  # the built-in datamodule, likewise
     ("mlops.package.export", "evaluate"),  # evaluate scores through export's torch_outputs
     ("mlops.evaluate.stats", "assess"),  # transitive: assess -> evaluate.assess -> gates -> stats
-    ("mlops.package.predictor", "assess"),  # robustness calls the serving predictor
+    ("mlops.package.predictor", "evaluate"),  # evaluate feeds the bundle through the serving predictor
 ])
 def test_editing_an_imported_module_reruns_its_step_and_downstream_only(
         package: Path, tmp_path: Path, module: str, first: str) -> None:

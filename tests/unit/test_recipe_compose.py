@@ -14,6 +14,7 @@ from mlops.engine.multirun import expand
 from mlops.engine.validate import load_validated
 from mlops.recipe import load_recipe
 from mlops.recipe.compose import Origin, compose
+from tests.shipped import RECIPES, ensure_example_data, required_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = "recipes/quickstart.yaml"
@@ -253,9 +254,11 @@ def test_multirun_rejects_an_unparsable_override() -> None:
         expand(["a=[1,"])
 
 
-@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "recipes").glob("*.yaml")))
-def test_every_shipped_recipe_validates(recipe: str) -> None:
-    loaded = load_validated(REPO / "recipes" / recipe)
+@pytest.mark.parametrize("recipe", [p.name for p in RECIPES])
+def test_every_shipped_recipe_validates(recipe: str, tmp_path: Path) -> None:
+    ensure_example_data()
+    path = REPO / "recipes" / recipe
+    loaded = load_validated(path, required_overrides(path, tmp_path))
     assert loaded.recipe.name and loaded.recipe.data.target
 
 

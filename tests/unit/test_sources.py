@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mlops.core.errors import DataError, RecipeError
-from mlops.data.sources import column_names, load_frame
+from mlops.data.sources import BUILTIN_COLUMNS, column_names, file_format, load_builtin, load_frame
 from mlops.engine.validate import load_validated
 from mlops.recipe.schema import DataConfig
 
@@ -59,7 +59,27 @@ def test_parquet_recipe_target_checked_at_validate_time(tmp_path: Path, frame: p
 def test_the_builtin_columns_validate_knows_are_the_loaded_ones() -> None:
     """`mlops validate` checks a built-in data set's columns from a table (no scikit-learn import): the table
     must say what loading the data set gives."""
-    from mlops.data.sources import BUILTIN_COLUMNS, load_builtin
-
     for name, columns in BUILTIN_COLUMNS.items():
         assert list(load_builtin(name).columns) == columns, name
+
+
+def test_a_folder_is_an_image_folder_and_a_file_cannot_be_one(tmp_path: Path) -> None:
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "d.csv").write_text("a,y\n1,0\n")
+    assert file_format(DataConfig(path="imgs", target="label"), tmp_path / "imgs") == "image_folder"
+    with pytest.raises(DataError, match="image folder not found: .*d.csv"):
+        load_frame(DataConfig(path="d.csv", format="image_folder", target="label"), tmp_path / "r.yaml")
+
+
+def test_a_missing_image_folder_is_reported_at_data_path(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\ndata:\n  path: imgs\n  format: image_folder\n  target: label\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml:3: data\.path: image folder not found: .*imgs"):
+        load_validated(recipe)
+
+
+def test_strings_that_are_not_all_image_paths_stay_categorical(tmp_path: Path) -> None:
+    """Only a column whose every value names an image file is read as images: no file is looked for here."""
+    pd.DataFrame({"f": ["a.png", "b"], "y": [0, 1]}).to_csv(tmp_path / "d.csv", index=False)
+    rows, raw = load_frame(DataConfig(path="d.csv", target="y"), tmp_path / "r.yaml")
+    assert rows["f"].tolist() == ["a.png", "b"] and raw == (tmp_path / "d.csv").read_bytes()

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from mlops.engine.results import AssessResult
 from mlops.engine.steps.common import RunContext, frames
-from mlops.engine.steps.trained import load_module
+from mlops.engine.steps.trained import load_module, split_arrays
 from mlops.evaluate.assess import assess_bundle
 
 
@@ -17,7 +15,7 @@ def assess(ctx: RunContext, out: Path) -> AssessResult:
     """Slices, fairness, robustness and the inference benchmark, all on the exported ONNX model."""
     parts = frames(ctx)
     module = load_module(ctx) if ctx.loaded.recipe.evaluate.performance.torch else None
-    features = np.load(ctx.dir("preprocess") / "arrays.npz")["x_test"] if module is not None else None
+    features = split_arrays(ctx, "test") if module is not None else None
     result = assess_bundle(ctx.loaded.recipe, ctx.dir("export") / "bundle", parts["test"], parts["train"],
                            module, features)
     (out / "assess.json").write_text(json.dumps(result, indent=2))

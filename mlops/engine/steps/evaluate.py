@@ -8,7 +8,7 @@ import numpy as np
 
 from mlops.engine.results import EvaluateResult, PreprocessResult
 from mlops.engine.steps.common import RunContext
-from mlops.engine.steps.trained import load_module
+from mlops.engine.steps.trained import load_module, split_arrays
 from mlops.evaluate.metrics import compute_metrics, custom_metric_fns
 from mlops.evaluate.plots import calibration_png, confusion_matrix_png, residual_png, roc_png
 from mlops.evaluate.scored import Scored
@@ -20,7 +20,7 @@ def evaluate(ctx: RunContext, out: Path) -> EvaluateResult:
     """Every metric of the task (and the recipe's custom ones) on val and test, from the trained model."""
     prep = ctx.result("preprocess", PreprocessResult)
     module = load_module(ctx)
-    arrays = np.load(ctx.dir("preprocess") / "arrays.npz")
+    arrays = np.load(ctx.dir("preprocess") / "arrays.npz")  # the labels (y_<split>)
     regression = prep.task == "regression"
     mean, std = prep.target_scale if regression and prep.target_scale else (0.0, 1.0)
     custom = custom_metric_fns(ctx.loaded.recipe.evaluate.custom_metrics)
@@ -28,7 +28,7 @@ def evaluate(ctx: RunContext, out: Path) -> EvaluateResult:
     scored: dict[str, Scored] = {}
     for split_name in ("val", "test"):
         y = arrays[f"y_{split_name}"]
-        outputs = torch_outputs(module, arrays[f"x_{split_name}"], prep.task)
+        outputs = torch_outputs(module, split_arrays(ctx, split_name), prep.task)
         if regression:
             y, outputs = y * std + mean, outputs * std + mean  # back in the target's own units
         scored[split_name] = Scored(prep.task, y, outputs, prep.labels)

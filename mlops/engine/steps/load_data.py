@@ -1,21 +1,26 @@
-"""Read the rows and fingerprint their bytes."""
+"""Read the rows and fingerprint their bytes. Image columns are stored as their encoded bytes, so the cached
+`data.parquet` is the whole data set: every later step (and the monitor's reference) reads that one frame."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mlops.data.fingerprint import dvc_revision, fingerprint_bytes, fingerprint_frame
-from mlops.data.sources import data_path, load_frame, source_name
+from mlops.data.sources import IMAGE_FILES, data_path, load_rows, source_name
 from mlops.engine.results import LoadDataResult
 from mlops.engine.steps.common import RunContext
 
 
 def load_data(ctx: RunContext, out: Path) -> LoadDataResult:
     data = ctx.loaded.recipe.data
-    frame, raw = load_frame(data, ctx.loaded.path)
-    fingerprint = fingerprint_bytes(raw) if raw is not None else fingerprint_frame(frame)
+    rows = load_rows(data, ctx.loaded.path)
+    frame = rows.frame
+    fingerprint = fingerprint_bytes(rows.raw) if rows.raw is not None else fingerprint_frame(frame)
     dvc = dvc_revision(data_path(data, ctx.loaded.path)) if data.path else None
     frame.to_parquet(out / "data.parquet", index=False)
+    if rows.image_files:  # so that check_data can name the file of an image it refuses
+        (out / IMAGE_FILES).write_text(json.dumps(rows.image_files))
     source = source_name(data)
     return LoadDataResult(fingerprint=fingerprint, dvc=dvc, source=source, rows=len(frame),
                           columns=[str(c) for c in frame.columns])

@@ -22,6 +22,7 @@ def train(ctx: RunContext, out: Path) -> TrainResult:
         model=r.model, datamodule=r.data.datamodule, trainer=r.trainer, seed=r.seed, task=prep.task,
         input_dim=prep.n_features, output_dim=1 if prep.task == "regression" else len(prep.labels or []),
         arrays=str(ctx.dir("preprocess") / "arrays.npz"), out_dir=str(out), prune=ctx.prune,
+        inputs=prep.inputs, pixel_stats=prep.pixel_stats, recipe_dir=str(ctx.loaded.path.parent),
     )
     if r.trainer.multiprocess:
         result = _train_in_worker(job, out)
