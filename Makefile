@@ -72,6 +72,7 @@ bench: $(STAMP) bench-deps
 	$(BIN)/python benchmarks/serve.py
 	$(BIN)/python benchmarks/batch.py
 	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/media.py
 
 # benchmarks/serve.py drives the servers with Debian's wrk (HTTP load generator, Lua-scripted POST bodies)
 .PHONY: bench-deps

@@ -179,9 +179,17 @@ def find_bundle(arg: str | None, tmp: Path) -> tuple[Path, str]:
                   "of age, income, city + a linear layer + label postprocessing, built in a temp dir")
 
 
-def example_row(bundle: Path) -> dict[str, Any]:
-    """One real row of the bundle's data where it is known, else the training means / first categories."""
+def example_row(bundle: Path, image: Path | None = None) -> dict[str, Any]:
+    """One real row of the bundle's data where it is known, else the training means / first categories; an
+    image input gets `image` (an encoded file, sent as KServe's {"b64": ...}), a text input a short review."""
     meta = json.loads((bundle / "bundle.json").read_text())
+    if any(i["kind"] in ("image", "text") for i in meta["inputs"]):
+        import base64
+
+        encoded = base64.b64encode(image.read_bytes()).decode() if image else ""
+        return {i["name"]: ({"b64": encoded} if i["kind"] == "image" else
+                            "Great coffee, fresh and strong: I would buy it again." if i["kind"] == "text" else
+                            0.0 if i["dtype"] == "float32" else "a") for i in meta["inputs"]}
     names = [i["name"] for i in meta["inputs"]]
     with contextlib.suppress(Exception):
         if meta["name"] == "quickstart":
@@ -209,13 +217,21 @@ def example_row(bundle: Path) -> dict[str, Any]:
     return row
 
 
-def request_bodies(bundle: Path) -> tuple[str, dict[str, str]]:
+def request_bodies(bundle: Path, image: Path | None = None) -> tuple[str, dict[str, str]]:
     """The model name and the single-row request body per protocol."""
     meta = json.loads((bundle / "bundle.json").read_text())
-    row = example_row(bundle)
+    row = example_row(bundle, image)
+
+    def v2_input(i: dict[str, Any]) -> dict[str, Any]:
+        value = row[i["name"]]
+        if i["kind"] in ("image", "text"):  # BYTES: the image's base64 (KServe's convention in JSON), the text
+            return {"name": i["name"], "shape": [1], "datatype": "BYTES",
+                    "data": [value["b64"] if isinstance(value, dict) else value]}
+        return {"name": i["name"], "shape": [1, 1], "datatype": "BYTES" if i["dtype"] == "string" else "FP32",
+                "data": [value]}
+
     v1 = {"instances": [row]}
-    v2 = {"inputs": [{"name": i["name"], "shape": [1, 1], "datatype": "BYTES" if i["dtype"] == "string" else "FP32",
-                      "data": [row[i["name"]]]} for i in meta["inputs"]]}
+    v2 = {"inputs": [v2_input(i) for i in meta["inputs"]]}
     return meta["name"], {"v1": json.dumps(v1), "v2": json.dumps(v2)}
 
 
@@ -456,6 +472,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2, help="seconds of warm-up per server and protocol")
     parser.add_argument("--bundle", help="bundle directory to serve (default: see the module doc)")
     parser.add_argument("--batch-args", help="adaptive batching flags of `mlops serve` (default: read --help)")
+    parser.add_argument("--example-image", type=Path, help="the image file a request sends, for a bundle that "
+                        "takes images (benchmarks/media.py passes one of its PNG files)")
     parser.add_argument("--bare-asgi", metavar="BUNDLE", help=argparse.SUPPRESS)  # the floor's own process
     parser.add_argument("--kserve-stock", metavar="BUNDLE", help=argparse.SUPPRESS)  # stock KServe's process
     parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
@@ -479,7 +497,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp_name:
         tmp = Path(tmp_name)
         bundle, origin = find_bundle(args.bundle, tmp)
-        name, bodies = request_bodies(bundle)
+        name, bodies = request_bodies(bundle, args.example_image)
         batch, batch_note = batching_args(args.batch_args)
         env = os.environ | {"MLOPS_HOME": str(tmp / ".mlops"), "PYTHONUNBUFFERED": "1"}
         env.pop("MLOPS_SERVE_TOKEN", None)

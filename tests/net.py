@@ -1,4 +1,5 @@
-"""Servers the tests start as processes: a free port to put one on, waiting until it is ready, stopping it."""
+"""Servers the tests start as processes: a free port to put one on, waiting until it is ready, stopping it; and
+the local Redis the stream tests use."""
 
 from __future__ import annotations
 
@@ -109,3 +110,28 @@ def start_prefect_server(home: Path, env: dict[str, str], log: Path, timeout: fl
             stop_process(proc, group=True)
             raise AssertionError(f"prefect server not healthy in {timeout} s:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_client() -> Any:
+    """A client of the local redis-server: the test is skipped on a machine without one, and fails in CI."""
+    import pytest
+
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"redis-server is not reachable at {REDIS_URL} (CI must provide it): {exc}")
+        pytest.skip(f"redis-server is not reachable at {REDIS_URL}: {exc}")
+    return client
+
+
+def drop_stream(client: Any, name: str) -> None:
+    """Delete a test's stream, its outputs and dead letters, and the consumer's dedupe markers."""
+    client.delete(name, f"{name}:predictions", f"{name}:dead")
+    for key in client.scan_iter(match=f"mlops:written:{name}*", count=1000):
+        client.delete(key)

@@ -130,7 +130,8 @@ def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
              {"split": r.data.split.model_dump(mode="json"), "seed": r.split_seed, "target": r.data.target,
               "task": r.data.task}),
         Step("preprocess", "infer the data schema, fit imputation/scaling/one-hot on train; decode images, learn "
-             "the tokenizer", ("split",), data_cfg | {"text": r.model.text.model_dump(mode="json")}),
+             "the tokenizer", ("split",), data_cfg | {"text": r.model.text.model_dump(
+                 mode="json", include={"tokenizer", "vocab_size", "lowercase", "max_length"})}),  # not the encoder
         Step("train", "fit the LightningModule", ("preprocess",),
              {"model": r.model.model_dump(mode="json", by_alias=True),
               "datamodule": r.data.datamodule.model_dump(mode="json", by_alias=True),

@@ -19,7 +19,7 @@ from mlops.monitor.drift import (
     numeric_drift,
     threshold_for,
 )
-from mlops.monitor.logstream import Rows, Window
+from mlops.monitor.logstream import NUMERIC_KINDS, Rows, Window, monitored_columns
 from mlops.monitor.operations import operational
 from mlops.monitor.quality import live_quality
 from mlops.monitor.reference import CONFIDENCE, LABEL, VALUE, Reference, outputs_of
@@ -42,6 +42,9 @@ def drift_methods(cfg: MonitorConfig, columns: dict[str, str]) -> dict[str, tupl
         raise MlopsError(f"monitor.drift.features names columns the model does not take: {', '.join(hints)}")
     out = {}
     for name, kind in columns.items():
+        if kind == "image":
+            continue
+        kind = "numeric" if kind in NUMERIC_KINDS else kind
         own = d.features.get(name)
         default = d.num_method if kind == "numeric" else d.cat_method
         method = own.method if own and own.method else default
@@ -65,7 +68,7 @@ class WindowJudge:
     def __init__(self, meta: BundleMeta, cfg: MonitorConfig) -> None:
         self.meta = meta
         self.cfg = cfg
-        self.columns = {i.name: ("numeric" if i.kind == "numeric" else "categorical") for i in meta.inputs}
+        self.columns = monitored_columns(meta)
         self.methods = drift_methods(cfg, self.columns)
         self.prediction_methods = prediction_methods(cfg, meta.task)
         self.reference: Reference | None = None
@@ -94,9 +97,11 @@ class WindowJudge:
         assert self.reference is not None
         out = []
         for name, kind in self.columns.items():
+            if name not in self.methods:  # an image: not profiled
+                continue
             method, threshold = self.methods[name]
             ref = self.reference.profile(name)
-            if kind == "numeric":
+            if kind in NUMERIC_KINDS:
                 out.append(numeric_drift(name, ref, rows.numeric[name], method, threshold))  # type: ignore[arg-type]
             else:
                 out.append(categorical_drift(name, ref, counts[name], method, threshold))  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mlops.core.predlog import LogFilter, LogReader
+from mlops.package.bundle import BundleMeta
 
 CHUNK_ROWS = 10_000
 LATE_GRACE_S = 2.0  # a time window is complete once its end is this far in the past (writes in flight)
@@ -128,6 +129,17 @@ def other_traffic(path: Path, flt: LogFilter, after_rowid: int) -> dict[str, int
         return reader.traffic(after_rowid)
 
 
+NUMERIC_KINDS = ("numeric", "text")  # profiled as numbers: a text column by its length in characters
+
+
+def monitored_columns(meta: BundleMeta) -> dict[str, str]:
+    """Each input by its kind, as the monitor reads it from the log: numeric and categorical values as they
+    are; a text by its length in characters (the log holds the text; its length drifting is the cheap signal
+    that the texts changed); an image is known but not profiled (the log holds its size and a digest, never
+    its pixels): its drift shows in the predictions' drift."""
+    return {i.name: i.kind for i in meta.inputs}
+
+
 def parse_rows(raw: list[tuple[Any, ...]], columns: dict[str, str], task: str) -> Rows:
     n = len(raw)
     rowid = np.fromiter((r[0] for r in raw), np.int64, n)
@@ -142,9 +154,13 @@ def parse_rows(raw: list[tuple[Any, ...]], columns: dict[str, str], task: str) -
     inputs = [d if isinstance(d, dict) else {} for d in inputs]
     for name, kind in columns.items():
         values = [d.get(name) for d in inputs]
-        parse = _numeric if kind == "numeric" else _categorical
+        if kind == "image":
+            continue
+        if kind == "text":
+            values = [len(v) if isinstance(v, str) else None for v in values]
+        parse = _numeric if kind in NUMERIC_KINDS else _categorical
         rows_values, bad = parse(values)
-        (rows.numeric if kind == "numeric" else rows.categorical)[name] = rows_values
+        (rows.numeric if kind in NUMERIC_KINDS else rows.categorical)[name] = rows_values
         if bad is not None:
             rows.bad_values[name] = bad
     for extra in set().union(*(d.keys() for d in inputs)) - set(columns):

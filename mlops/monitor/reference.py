@@ -80,8 +80,10 @@ def training_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path,
     feeds = _feeds(meta, bundle_dir, train)
     outputs = _model_outputs(bundle_dir, feeds, meta.task)
     numeric = {i.name: feeds[i.name][:, 0].astype(np.float64) for i in meta.inputs if i.kind == "numeric"}
+    numeric |= {i.name: np.asarray([len(v) if isinstance(v, str) else np.nan for v in train[i.name]], np.float64)
+                for i in meta.inputs if i.kind == "text"}  # a text by its length, as monitored_columns reads it
     categorical = {i.name: np.asarray([v or None for v in feeds[i.name][:, 0]], dtype=object)
-                   for i in meta.inputs if i.kind != "numeric"}
+                   for i in meta.inputs if i.kind == "categorical"}
     target = None
     if r.data.target in train.columns:
         col = train[r.data.target]

@@ -31,7 +31,16 @@ from mlops.monitor import evidently_report as ev
 from mlops.monitor.alerts import deliver, event_name, flush_prefect_events, write_drift_textfile
 from mlops.monitor.dashboard import dashboard_context, page_context, write_dashboard
 from mlops.monitor.judge import WindowJudge
-from mlops.monitor.logstream import Rows, Window, count_windows, other_traffic, read_chunks, time_windows
+from mlops.monitor.logstream import (
+    NUMERIC_KINDS,
+    Rows,
+    Window,
+    count_windows,
+    monitored_columns,
+    other_traffic,
+    read_chunks,
+    time_windows,
+)
 from mlops.monitor.operations import error_rate, scrape_requests
 from mlops.monitor.reference import (
     CONFIDENCE,
@@ -215,8 +224,7 @@ def build_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path, lo
     if ref.source == "training":
         return training_reference(loaded, meta, bundle_dir, ref.max_rows, seed)
     start, end = parse_time(str(ref.start)), parse_time(str(ref.end))
-    columns = {i.name: ("numeric" if i.kind == "numeric" else "categorical") for i in meta.inputs}
-    return production_reference(log_path, flt, columns, meta.task, start, end, ref.max_rows, seed,
+    return production_reference(log_path, flt, monitored_columns(meta), meta.task, start, end, ref.max_rows, seed,
                                 f"{iso(start)} .. {iso(end)}")
 
 
@@ -385,7 +393,7 @@ def evidently_report(rows: Rows, summary: WindowSummary, reference: Reference, j
     ref_idx = (np.sort(rng.choice(reference.n, limit, replace=False)) if reference.n > limit
                else np.arange(reference.n))
     sampled = len(cur_idx) < len(rows) or len(ref_idx) < reference.n
-    numeric = [c for c, k in judge.columns.items() if k == "numeric"]
+    numeric = [c for c, k in judge.columns.items() if k in NUMERIC_KINDS]
     current_cols = {**rows.numeric, **rows.categorical, **outputs_of(rows, meta.task)}
     reference_cols = {**reference.numeric, **reference.categorical, **reference.outputs}
     drift = summary.drift or {}

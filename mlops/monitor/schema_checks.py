@@ -36,6 +36,8 @@ def check_schema(rows: Rows, schema: DataSchema, cfg: SchemaChecksConfig,
                              "examples": examples[:cfg.examples]})
 
     for col in schema.columns:
+        if col.kind not in ("numeric", "categorical"):  # images and texts: the Predictor checked them already
+            continue
         bad = rows.bad_values.get(col.name)
         bad_mask = np.zeros(n, dtype=bool) if bad is None else np.fromiter((v is not None for v in bad), bool, n)
         if bad_mask.any():

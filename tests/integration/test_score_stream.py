@@ -22,24 +22,17 @@ from mlops.core.predlog import read_predictions
 from mlops.package.predictor import Predictor
 from mlops.score.stream import IdempotentLog
 from tests.conftest import ROOT
+from tests.net import REDIS_URL, drop_stream, redis_client
 from tests.serve_fixtures import build_bundle
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 BATCH = 16
 
 
 @pytest.fixture
 def r() -> Iterator[Any]:
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"redis-server is not reachable at {REDIS_URL} (CI must provide it): {exc}")
-        pytest.skip(f"redis-server is not reachable at {REDIS_URL}: {exc}")
+    client = redis_client()
     yield client
     client.close()
 
@@ -50,9 +43,7 @@ def stream(r: Any) -> Iterator[str]:
     name = f"mlops-test-{uuid.uuid4().hex[:12]}"
     yield name
     r.client_unpause()  # in case a test failed while Redis was paused
-    r.delete(name, f"{name}:predictions", f"{name}:dead")
-    for key in r.scan_iter(match=f"mlops:written:{name}*", count=1000):
-        r.delete(key)
+    drop_stream(r, name)
 
 
 @pytest.fixture

@@ -232,3 +232,11 @@ def test_no_step_names_an_mlops_module_only_in_a_string(tmp_path: Path) -> None:
             tree = ast.parse(module_file(PACKAGE, name).read_bytes())
             named = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in modules}
             assert named <= reached.keys(), f"step {step}: {name} names {named - reached.keys()} in a string"
+
+
+def test_the_text_encoders_shape_reruns_training_but_keeps_the_tokenizer(tmp_path: Path) -> None:
+    before = keys([], tmp_path)
+    assert changed(before, keys(["model.text.depth=3", "model.text.width=64"], tmp_path)) == \
+        downstream("train", tmp_path)
+    assert changed(before, keys(["model.text.vocab_size=500"], tmp_path)) == downstream("preprocess", tmp_path)
+    assert changed(before, keys(["model.text.max_length=64"], tmp_path)) == downstream("preprocess", tmp_path)

@@ -5,7 +5,6 @@ field; every row is scored as the server would answer it, or reported with the c
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +23,8 @@ from mlops.score.rows import output_fields
 from mlops.score.source import open_input
 from mlops.score.stream import BadMessage, StreamConfig, consume, decode_message
 from tests.media_fixtures import IMAGE, MAX_CHARS, NAME, NUMBER, TEXT, b64, build_media_bundle, image_png
+from tests.net import REDIS_URL, drop_stream, redis_client
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 TEXTS = ["great coffee, fresh and strong", "awful packaging arrived broken", "my dog loves these treats",
          "NA", "stale chips", "fast delivery good quality"]
 
@@ -145,19 +144,10 @@ def test_a_message_holds_an_image_as_bytes_base64_or_b64_json_and_a_text_as_it_i
 
 @pytest.fixture
 def redis_stream() -> Iterator[tuple[Any, str]]:
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"redis-server is not reachable at {REDIS_URL} (CI must provide it): {exc}")
-        pytest.skip(f"redis-server is not reachable at {REDIS_URL}: {exc}")
+    client = redis_client()
     name = f"mlops-test-media-{uuid.uuid4().hex[:12]}"
     yield client, name
-    client.delete(name, f"{name}:predictions", f"{name}:dead")
-    for key in client.scan_iter(match=f"mlops:written:{name}*", count=1000):
-        client.delete(key)
+    drop_stream(client, name)
     client.close()
 
 
