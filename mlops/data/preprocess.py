@@ -67,12 +67,12 @@ def fit_preprocessor(schema: DataSchema, train: pd.DataFrame) -> Preprocessor:
     import numpy as np
 
     numeric = []
-    for name in schema.numeric:
+    for name in schema.of_kind("numeric"):
         x = numeric_column(train[name])
         mean = float(np.nanmean(x)) if np.isfinite(x).any() else 0.0
         std = float(np.nanstd(x)) if np.isfinite(x).any() else 1.0
         numeric.append(NumericStats(name=name, mean=mean, std=std if std > 1e-12 else 1.0))
-    categorical = [CategoricalLevels(name=c, levels=schema.column(c).categories or []) for c in schema.categorical]
+    categorical = [CategoricalLevels(name=c, levels=schema.column(c).categories or []) for c in schema.of_kind("categorical")]
     return Preprocessor(numeric=numeric, categorical=categorical)
 
 

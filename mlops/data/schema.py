@@ -62,21 +62,9 @@ class DataSchema(BaseModel):
     def column(self, name: str) -> ColumnSchema:
         return next(c for c in self.columns if c.name == name)
 
-    @property
-    def numeric(self) -> list[str]:
-        return [c.name for c in self.columns if c.kind == "numeric"]
-
-    @property
-    def categorical(self) -> list[str]:
-        return [c.name for c in self.columns if c.kind == "categorical"]
-
-    @property
-    def images(self) -> list[str]:
-        return [c.name for c in self.columns if c.kind == "image"]
-
-    @property
-    def texts(self) -> list[str]:
-        return [c.name for c in self.columns if c.kind == "text"]
+    def of_kind(self, kind: Kind) -> list[str]:
+        """The names of the columns of one kind, in schema order."""
+        return [c.name for c in self.columns if c.kind == kind]
 
 
 def feature_columns(data: DataConfig, frame: pd.DataFrame) -> list[str]:

@@ -96,12 +96,9 @@ class WindowJudge:
     def feature_drift(self, rows: Rows, counts: dict[str, Any]) -> list[ColumnDrift]:
         assert self.reference is not None
         out = []
-        for name, kind in self.columns.items():
-            if name not in self.methods:  # an image: not profiled
-                continue
-            method, threshold = self.methods[name]
+        for name, (method, threshold) in self.methods.items():  # every profiled input (images are not)
             ref = self.reference.profile(name)
-            if kind in NUMERIC_KINDS:
+            if self.columns[name] in NUMERIC_KINDS:
                 out.append(numeric_drift(name, ref, rows.numeric[name], method, threshold))  # type: ignore[arg-type]
             else:
                 out.append(categorical_drift(name, ref, counts[name], method, threshold))  # type: ignore[arg-type]

@@ -168,10 +168,8 @@ def _get(port: int, path: str, timeout: float = 2) -> tuple[int, bytes]:
         conn.close()
 
 
-@pytest.fixture(scope="module")
-def live(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def _serve(bundle: Path, tmp: Path) -> Iterator[Live]:
     """`mlops serve BUNDLE` in a subprocess on a free port; killed however the module ends."""
-    tmp = tmp_path_factory.mktemp("fuzz-live")
     port = free_port()
     output = tmp / "server.out"
     env = os.environ | {"MLOPS_HOME": str(tmp / ".mlops"), "PYTHONUNBUFFERED": "1"}
@@ -185,6 +183,11 @@ def live(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Liv
         yield server
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def live(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    yield from _serve(bundle, tmp_path_factory.mktemp("fuzz-live"))
 
 
 def _check_error_body(status: int, raw: bytes, what: str) -> None:
@@ -455,20 +458,7 @@ def test_media_document_describes_images_and_texts(media_bundle: Path, media_spe
 
 @pytest.fixture(scope="module")
 def live_media(media_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    tmp = tmp_path_factory.mktemp("fuzz-media-live")
-    port = free_port()
-    output = tmp / "server.out"
-    env = os.environ | {"MLOPS_HOME": str(tmp / ".mlops"), "PYTHONUNBUFFERED": "1"}
-    with open(output, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mlops.cli", "serve", str(media_bundle),
-                                 "--port", str(port), "--log", str(tmp / "predictions.sqlite"), "--max-batch", str(MAX_BATCH)],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Live(f"http://127.0.0.1:{port}", port, proc, output)
-    try:
-        wait_ready(port, proc, START_TIMEOUT, server.tail, request_timeout=2)
-        yield server
-    finally:
-        stop_process(proc)
+    yield from _serve(media_bundle, tmp_path_factory.mktemp("fuzz-media-live"))
 
 
 @pytest.mark.timeout(240)

@@ -192,7 +192,7 @@ def test_the_schema_of_image_and_text_columns(tmp_path: Path) -> None:
     assert (review.kind, review.min_chars, review.max_chars, review.empty_rate) == ("text", 0, 11, 2 / 3)
     assert review.mean_chars == pytest.approx(11 / 3)
     assert code.kind == "categorical" and n.kind == "categorical" and n.categories == ["1", "2", "3"]
-    assert (schema.images, schema.texts, schema.numeric) == (["img"], ["review"], [])
+    assert (schema.of_kind("image"), schema.of_kind("text"), schema.of_kind("numeric")) == (["img"], ["review"], [])
     dumped = json.loads(schema.model_dump_json())
     assert "min_width" not in dumped["columns"][2] and dumped["columns"][0]["modes"] == ["L", "RGB"]
 

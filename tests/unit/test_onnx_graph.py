@@ -38,7 +38,7 @@ def fitted(frame: pd.DataFrame):  # type: ignore[no-untyped-def]
 def test_schema_records_types_ranges_categories_and_missing(frame: pd.DataFrame) -> None:
     schema, _ = fitted(frame)
     assert schema.task == "binary" and schema.labels == ["n", "y"]
-    assert schema.categorical == ["city", "flag"] and schema.numeric == ["age", "income"]
+    assert schema.of_kind("categorical") == ["city", "flag"] and schema.of_kind("numeric") == ["age", "income"]
     assert schema.column("city").categories == ["a", "b", "c"]
     assert schema.column("flag").categories == ["1", "2"]
     assert schema.column("age").missing_rate == pytest.approx(9 / 60)

@@ -29,7 +29,7 @@ def preprocess(ctx: RunContext, out: Path) -> PreprocessResult:
     if schema.task == "regression":
         y_train = parts["train"][r.data.target].to_numpy(np.float32)
         target_scale = (float(y_train.mean()), float(y_train.std()) or 1.0)
-    scalar_only = not schema.images and not schema.texts
+    scalar_only = not schema.of_kind("image") and not schema.of_kind("text")
     for name, frame in parts.items():
         if pre.n_features or scalar_only:  # an images/text-only model has no tabular input
             arrays[ModelInputs.array_key(TABULAR, name)] = pre.transform(frame)
@@ -55,18 +55,18 @@ def _media_inputs(r: Recipe, schema: DataSchema, parts: dict[str, pd.DataFrame],
     columns' training pixel statistics."""
     stats: dict[str, PixelStats] = {}
     files: dict[str, str] = {}
-    for column in schema.images + schema.texts:
+    for column in schema.of_kind("image") + schema.of_kind("text"):
         if column == TABULAR:
             raise DataError(f"an image or text column cannot be named '{TABULAR}': the network's scalar "
                             "input takes that name (rename the column)")
-    for column in schema.images:
+    for column in schema.of_kind("image"):
         spec = image_spec(r.data, column)
         for split, frame in parts.items():
             arrays[ModelInputs.array_key(column, split)] = image_pixels(frame[column], spec, column, split)
         stats[column] = pixel_stats(arrays[ModelInputs.array_key(column, "train")])
         inputs.images[column] = spec
     cfg = r.model.text
-    for column in schema.texts:
+    for column in schema.of_kind("text"):
         file = tokenizer_file(column)
         if file in files:
             raise DataError(f"text columns '{files[file]}' and '{column}' would share the tokenizer file "
