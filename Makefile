@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # 2.13.0 CPU wheel: "operator torchvision::nms does not exist"); a bare requirement would pull another build
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo demo-loop test test-fast lint bench schema docs clean system-deps
+.PHONY: install demo demo-loop demo-loop-images test test-fast lint bench schema docs clean system-deps
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ demo: $(STAMP)
 # the whole loop, no human in it: train, serve, drift, monitor, retrain, shadow, canary, promote (a few minutes)
 demo-loop: $(STAMP)
 	$(BIN)/python examples/demo_loop.py
+
+# the same loop on the digits CNN: production images drift (a brighter, noisier scanner)
+demo-loop-images: $(STAMP)
+	$(BIN)/python examples/demo_loop.py --images
 
 # ruff, and the import contract in pyproject.toml: layers import downwards only, no import cycles
 lint: $(STAMP)

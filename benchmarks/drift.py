@@ -1,6 +1,8 @@
 """Drift detection: the monitor's fast path vs Evidently's `DataDriftPreset`, same data, same method, one run.
 
     .venv/bin/python benchmarks/drift.py [--rows 1000000] [--reference 100000] [--log-rows 1000000]
+                                         [--only columns|embedding] [--embedding-reference 100000]
+                                         [--embedding-rows 10000] [--embedding-dims 128] [--mmd-reference 30000]
 
 Data: 20 numeric and 5 categorical columns; the current set has 1,000,000 rows, the reference 100,000. Some
 columns drift (numeric shifts of 0.01 to 0.5 standard deviations and a change of scale; a new category; a
@@ -13,8 +15,20 @@ Then the streaming path: a prediction log of `--log-rows` rows written through t
 read back in chunks and judged in windows of 100,000 rows, and in one window of all rows, to show that peak
 memory follows the window, not the log.
 
+Then embeddings (an image or text model's `embedding` output): a float32 Gaussian reference of
+`--embedding-reference` rows x `--embedding-dims` components and two windows of `--embedding-rows` rows, one
+unshifted, one with 48 of 128 components (three eighths) shifted by half a standard deviation. Each of
+Evidently's embedding methods (model, mmd, ratio), with its default threshold, judged by:
+* fast: `EmbeddingReference.of` + `embedding_drift` (mlops.monitor.embedding), preparing the reference
+  included; and the judge alone, on the reference prepared once (what each window of `mlops monitor` costs);
+* Evidently report: `evidently_embedding_drift`, Evidently's legacy Report with `EmbeddingsDriftMetric`, which
+  also draws a t-SNE picture of up to 2,500 + 2,500 rows (on one OpenMP thread);
+* Evidently method: the method's own object called on the two frames, what the metric calls (no picture).
+Evidently's mmd holds an (m + n)^2 kernel matrix; where that does not fit in memory the table says so, and
+mmd is measured again on a reference of `--mmd-reference` rows, where it fits.
+
 Peak memory is the process's peak resident set above what it held before the contender started (Linux:
-the high-water mark is reset through /proc/self/clear_refs before each contender).
+the high-water mark is reset through /proc/self/clear_refs before each contender), the inputs built before.
 """
 
 from __future__ import annotations
@@ -23,6 +37,8 @@ import argparse
 import gc
 import json
 import os
+import platform
+import resource
 import sys
 import tempfile
 import time
@@ -151,6 +167,126 @@ def write_log(path: Path, cur: pd.DataFrame, rows: int) -> None:
         log.close()
 
 
+# --- embeddings ---------------------------------------------------------------------------------------------------
+
+EMBEDDING_METHODS = ("model", "mmd", "ratio")
+WINDOWS = ("unshifted", "shifted")
+
+
+def make_embeddings(n_ref: int, n_cur: int, dims: int, window: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A Gaussian reference and a window; the shifted one moves 3/8 of the components by 0.5 sd."""
+    rng = np.random.default_rng(seed)
+    ref = rng.standard_normal((n_ref, dims), dtype=np.float32)
+    cur = rng.standard_normal((n_cur, dims), dtype=np.float32)
+    if window == "shifted":
+        cur[:, : (3 * dims) // 8] += 0.5
+    return ref, cur
+
+
+def embedding_worker(args: argparse.Namespace) -> None:
+    """One contender on one method and window, in its own process: (seconds, peak, score, verdict)."""
+    from evidently.legacy.metrics.data_drift import embedding_drift_methods
+
+    from mlops.core.errors import MlopsError
+    from mlops.monitor.embedding import EmbeddingReference, embedding_drift, evidently_embedding_drift
+
+    kind, method, window = args.worker
+    ref, cur = make_embeddings(args.embedding_reference, args.embedding_rows, args.embedding_dims, window)
+    out: dict[str, Any] = {}
+    if kind == "emb-fast":
+        result, out["seconds"], out["peak"] = measure(
+            lambda: embedding_drift("embedding", EmbeddingReference.of(ref, methods=(method,)), cur, method, None))
+        prepared = EmbeddingReference.of(ref, methods=(method,))
+        _, out["judge_seconds"], out["judge_peak"] = measure(
+            lambda: embedding_drift("embedding", prepared, cur, method, None))
+        out["score"], out["drift"] = result.score, result.drift
+    else:
+        # Evidently's mmd allocates its whole kernel matrix: cap the address space at the machine's memory so
+        # that a matrix too large fails here instead of pushing the machine into the OOM killer
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (total, total))
+        columns = [f"embedding_{j}" for j in range(ref.shape[1])]
+        ref_frame, cur_frame = pd.DataFrame(ref, columns=columns), pd.DataFrame(cur, columns=columns)
+        drift_method = getattr(embedding_drift_methods, method)()
+
+        def call() -> tuple[float, bool]:
+            if kind == "emb-report":
+                return evidently_embedding_drift(ref, cur, method, None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                score, drift, _ = drift_method(cur_frame, ref_frame)
+            return float(score), bool(drift)
+
+        try:
+            (out["score"], out["drift"]), out["seconds"], out["peak"] = measure(call)
+        except (MemoryError, MlopsError) as exc:
+            out["error"] = f"{type(exc).__name__}: {exc}"
+    print("RESULT " + json.dumps(out))
+
+
+def run_embedding_worker(kind: str, method: str, window: str, n_ref: int, args: argparse.Namespace) -> dict[str, Any]:
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--worker", kind, method, window, "--embedding-reference", str(n_ref),
+           "--embedding-rows", str(args.embedding_rows), "--embedding-dims", str(args.embedding_dims)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        return {"error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
+    print(f"  measured: {kind} {method} {window} ({n_ref:,} reference rows)", file=sys.stderr, flush=True)
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def _s(r: dict[str, Any], key: str = "seconds") -> str:
+    return "-" if key not in r else f"{r[key]:.2f}"
+
+
+def _ratio(slow: dict[str, Any], fast: dict[str, Any], key: str = "seconds") -> str:
+    return "-" if "seconds" not in slow or key not in fast else f"{slow['seconds'] / fast[key]:.1f}x"
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    return "-" if "drift" not in r else ("drift" if r["drift"] else "no drift")
+
+
+def _same(fast: dict[str, Any], *others: dict[str, Any]) -> str:
+    judged = [o for o in others if "drift" in o]
+    return "-" if not judged else ("yes" if all(o["drift"] == fast["drift"] for o in judged) else "no")
+
+
+def embedding_section(args: argparse.Namespace) -> None:
+    print(f"\n## Embedding drift: {args.embedding_rows:,}-row windows against a {args.embedding_reference:,}-row "
+          f"reference, {args.embedding_dims} float32 components\n")
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}; load average {os.getloadavg()[0]:.1f} at the start\n")
+    print("| method | reference rows | window | fast s (prepare + judge) | judge s (prepared) | Evidently report s "
+          "| Evidently method s | speed-up vs report | speed-up vs method | judge speed-up vs method "
+          "| verdict fast / report / method | same verdict | score fast / report / method "
+          "| peak MB fast / judge / report / method |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|")
+    notes: dict[tuple[str, int, str], str] = {}  # (method, reference rows, contender) -> why it gave no result
+    plans = [(m, args.embedding_reference) for m in EMBEDDING_METHODS]
+    if args.mmd_reference and args.mmd_reference != args.embedding_reference:
+        plans.append(("mmd", args.mmd_reference))
+    for method, n_ref in plans:
+        for window in WINDOWS:
+            fast, report, alone = (run_embedding_worker(k, method, window, n_ref, args)
+                                   for k in ("emb-fast", "emb-report", "emb-method"))
+            for label, r in (("Evidently report", report), ("Evidently method", alone)):
+                if "error" in r:
+                    notes.setdefault((method, n_ref, label), r["error"])
+            scores = " / ".join("-" if "score" not in r else f"{r['score']:.4f}" for r in (fast, report, alone))
+            peaks = " / ".join(_mb(r.get(k)) for r, k in ((fast, "peak"), (fast, "judge_peak"), (report, "peak"),
+                                                        (alone, "peak")))
+            print(f"| {method} | {n_ref:,} | {window} | {_s(fast)} | {_s(fast, 'judge_seconds')} | {_s(report)} "
+                  f"| {_s(alone)} | {_ratio(report, fast)} | {_ratio(alone, fast)} "
+                  f"| {_ratio(alone, fast, 'judge_seconds')} "
+                  f"| {' / '.join(_verdict(r) for r in (fast, report, alone))} | {_same(fast, report, alone)} "
+                  f"| {scores} | {peaks} |", flush=True)
+    for (method, n_ref, label), error in notes.items():
+        print(f"\n{label}, {method} on {n_ref:,} reference rows: no result ({error})")
+
+
 # --- main: each measurement in a fresh process, so one contender's memory never counts for another --------------
 
 
@@ -200,12 +336,25 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--reference", type=int, default=100_000)
     parser.add_argument("--log-rows", type=int, default=1_000_000, help="rows of the streamed log (0: skip)")
+    parser.add_argument("--only", choices=("columns", "embedding"), help="run one part (default: both)")
+    parser.add_argument("--embedding-reference", type=int, default=100_000)
+    parser.add_argument("--embedding-rows", type=int, default=10_000, help="rows of an embedding window")
+    parser.add_argument("--embedding-dims", type=int, default=128)
+    parser.add_argument("--mmd-reference", type=int, default=30_000,
+                        help="reference rows of the second mmd measurement, where Evidently's kernel matrix fits (0: skip)")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--log", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args)
+        (embedding_worker if args.worker[0].startswith("emb-") else worker)(args)
         return
+    if args.only != "embedding":
+        columns_section(args)
+    if args.only != "columns":
+        embedding_section(args)
+
+
+def columns_section(args: argparse.Namespace) -> None:
 
     plans = {"psi": ("psi", "psi"), "wasserstein + jensenshannon": ("wasserstein", "jensenshannon")}
     n = N_NUMERIC + N_CATEGORICAL

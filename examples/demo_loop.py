@@ -11,7 +11,11 @@
    rows, shadows it on live traffic, walks the canary steps on the live server, promotes it;
 6. checks that the same server process now answers with the new champion.
 
-    .venv/bin/python examples/demo_loop.py [--home DIR] [--port PORT] [--json] [OVERRIDES...]
+With --images (`make demo-loop-images`) the loop runs on the digits CNN (recipes/digits_loop.yaml): production
+sends PNGs, and drifts as a new scanner would (brighter, noisier images); the monitor fires on the images'
+embedding and descriptors, and the retrain learns from the production images the log kept.
+
+    .venv/bin/python examples/demo_loop.py [--images] [--home DIR] [--port PORT] [--json] [OVERRIDES...]
 
 Everything goes under --home (default .mlops/demo-loop), so the loop never touches your own store. The last
 line with --json is a summary the e2e test reads.
@@ -36,10 +40,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = "recipes/quickstart_loop.yaml"
-MODEL = "quickstart"
-# the drift: tumours measured about 25 % larger (what a recalibrated instrument might do)
+# (recipe, model name) of the tabular loop and of the image loop
+TABULAR = ("recipes/quickstart_loop.yaml", "quickstart")
+IMAGES = ("recipes/digits_loop.yaml", "digits-loop")
+# the tabular drift: tumours measured about 25 % larger (what a recalibrated instrument might do)
 DRIFTED = ("mean_radius", "mean_perimeter", "mean_area", "worst_radius", "worst_perimeter", "worst_area")
+# the image drift: a new scanner, brighter and noisier
+BRIGHTER, NOISE_SD = 70, 30.0
 
 
 def say(text: str) -> None:
@@ -88,8 +95,9 @@ class Production:
     monitor run judges known windows; `start()` keeps traffic flowing until `close()` (for the shadow window
     and the canary steps, which watch live traffic)."""
 
-    def __init__(self, port: int, rows: list[tuple[dict[str, Any], str]], threads: int = 2) -> None:
-        self.port, self.rows, self.n_threads = port, rows, threads
+    def __init__(self, port: int, model: str, rows: list[tuple[dict[str, Any], str]],
+                 drifted: list[tuple[dict[str, Any], str]], threads: int = 2) -> None:
+        self.port, self.model, self.rows, self.drifted, self.n_threads = port, model, rows, drifted, threads
         self.drift = False
         self.answered = 0
         self.errors: dict[int, int] = {}
@@ -99,10 +107,7 @@ class Production:
         self.threads: list[threading.Thread] = []
 
     def _row(self, rng: random.Random) -> tuple[dict[str, Any], str]:
-        row, label = rng.choice(self.rows)
-        if self.drift:
-            row = {k: v * 1.25 if k in DRIFTED else v for k, v in row.items()}
-        return row, label
+        return rng.choice(self.drifted if self.drift else self.rows)
 
     def _take(self) -> bool:
         with self.lock:
@@ -118,7 +123,7 @@ class Production:
             row, label = self._row(rng)
             pid = uuid.uuid4().hex
             try:
-                status, _ = call(self.port, "POST", f"/v1/models/{MODEL}:predict", {"id": pid, "instances": [row]},
+                status, _ = call(self.port, "POST", f"/v1/models/{self.model}:predict", {"id": pid, "instances": [row]},
                                  {"X-Request-Key": pid})
                 if status == 200:
                     call(self.port, "POST", "/v1/feedback", {"id": pid, "label": label})
@@ -156,24 +161,62 @@ class Production:
             t.join(timeout=10)
 
 
-def dataset_rows() -> list[tuple[dict[str, Any], str]]:
+Rows = list[tuple[dict[str, Any], str]]
+
+
+def tabular_rows() -> tuple[Rows, Rows]:
+    """The breast-cancer rows as requests, and the same rows drifted."""
     from mlops.data.sources import load_builtin
 
     frame = load_builtin("breast_cancer")
     target = frame.pop("target").astype(str)
-    return [(dict(zip(frame.columns, map(float, values), strict=True)), label)
+    rows = [(dict(zip(frame.columns, map(float, values), strict=True)), label)
             for values, label in zip(frame.itertuples(index=False), target, strict=True)]
+    drifted = [({k: v * 1.25 if k in DRIFTED else v for k, v in row.items()}, label) for row, label in rows]
+    return rows, drifted
+
+
+def image_rows() -> tuple[Rows, Rows]:
+    """The digits as PNG requests (with their `ink` metadata), and the same images as a brighter, noisier
+    scanner would send them."""
+    import base64
+    import io
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from make_digits import write_digits
+
+    manifest = ROOT / "examples" / "digits" / "manifest.csv"
+    if not manifest.is_file():
+        write_digits(manifest.parent)
+    frame = pd.read_csv(manifest)
+    rng = np.random.default_rng(0)
+    rows, drifted = [], []
+    for path, label, ink in zip(frame["image"], frame["label"], frame["ink"], strict=True):
+        raw = (manifest.parent / path).read_bytes()
+        grey = np.asarray(Image.open(io.BytesIO(raw)).convert("L"), dtype=np.float64)
+        shifted = np.clip(grey + BRIGHTER + rng.normal(0, NOISE_SD, grey.shape), 0, 255).astype(np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(shifted, mode="L").save(out, format="PNG")
+        for target, data in ((rows, raw), (drifted, out.getvalue())):
+            target.append(({"image": {"b64": base64.b64encode(data).decode()}, "ink": float(ink)}, str(label)))
+    return rows, drifted
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--home", type=Path, default=ROOT / ".mlops" / "demo-loop",
-                        help="MLOPS_HOME of the loop (wiped first)")
+    parser.add_argument("--images", action="store_true", help="the image loop: the digits CNN (recipes/digits_loop.yaml)")
+    parser.add_argument("--home", type=Path, default=None,
+                        help="MLOPS_HOME of the loop (wiped first; default .mlops/demo-loop or .mlops/demo-loop-images)")
     parser.add_argument("--port", type=int, default=0, help="the server's port (default: a free one)")
     parser.add_argument("--json", action="store_true", help="last line of stdout: a JSON summary")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every step, e.g. trainer.max_epochs=5")
     args = parser.parse_args()
-    home = args.home.resolve()
+    recipe_file, model = IMAGES if args.images else TABULAR
+    home = (args.home or ROOT / ".mlops" / ("demo-loop-images" if args.images else "demo-loop")).resolve()
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLOPS_", "PREFECT_API_URL"))}
@@ -184,15 +227,15 @@ def main() -> int:
     summary: dict[str, Any] = {}
 
     say("1. train the champion")
-    recipe = [RECIPE, *args.overrides]
+    recipe = [recipe_file, *args.overrides]
     first = mlops(["run", *recipe], env)
     summary["champion_before"] = first["model_version"]
 
     say("2. serve it, following the aliases (champion answers; challenger shadows and takes canary traffic)")
     port = args.port or free_port()
     log = open(home / "serve.out", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "mlops.cli", "serve", f"{MODEL}@champion", "--shadow",
-                               f"{MODEL}@challenger", "--ab", f"{MODEL}@challenger:0", "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "mlops.cli", "serve", f"{model}@champion", "--shadow",
+                               f"{model}@challenger", "--ab", f"{model}@challenger:0", "--port", str(port),
                                "--reload-interval", "2"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     production: Production | None = None
@@ -212,16 +255,22 @@ def main() -> int:
         print(f"   serving on http://127.0.0.1:{port} (pid {server.pid})", flush=True)
 
         say("3. production traffic as trained, with ground truth; then the monitor")
-        production = Production(port, dataset_rows())
-        production.send(1000, seed=1)  # two windows of 500
+        rows, drifted = image_rows() if args.images else tabular_rows()
+        window = 500  # monitor.window.size of the recipes
+        production = Production(port, model, rows, drifted)
+        production.send(2 * window, seed=1)  # two windows
         quiet = mlops(["monitor", *recipe], env)
         summary["alerts_before_drift"] = quiet.get("fired", [])
 
-        say("4. production drifts (tumours measured 25 % larger); the monitor again")
+        say("4. production drifts (" + ("a brighter, noisier scanner" if args.images else "tumours measured 25 % "
+            "larger") + "); the monitor again")
         production.drift = True
-        production.send(1500, seed=2)  # three windows: the alert needs two in a row
+        production.send(3 * window, seed=2)  # three windows: the alert needs two in a row
         fired = mlops(["monitor", *recipe], env)
         summary["alerts_after_drift"] = fired.get("fired", [])
+        summary["drifted_features"] = sorted({f for w in fired.get("windows", []) for f in w["drifted_features"]})
+        summary["dashboard"] = fired.get("dashboard")
+        summary["evidently_embedding"] = (fired.get("evidently") or {}).get("embedding")
 
         say("5. retrain: answers the alert, refreshes the data, gates, shadow and canary on the live server")
         production.start(seed=3)  # live (drifted) traffic for the shadow window and the canary steps
@@ -231,7 +280,7 @@ def main() -> int:
 
         say("6. the same server process answers with the new champion")
         time.sleep(3)
-        status, meta = call(port, "GET", f"/v2/models/{MODEL}")
+        status, meta = call(port, "GET", f"/v2/models/{model}")
         summary["served_version"] = (meta.get("versions") or [None])[0]
         summary["server_pid_unchanged"] = server.poll() is None
         summary["traffic_errors"] = dict(production.errors)

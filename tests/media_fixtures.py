@@ -83,8 +83,10 @@ def instance(seed: int = 0, text: str = "great coffee, fresh and strong",
 
 
 def build_media_bundle(dest: Path, name: str = NAME, weights_seed: int = 2, size: tuple[int, int] = SIZE,
-                       texts: list[str] | None = None, vocab_size: int = 80, max_chars: int = MAX_CHARS) -> Path:
-    """Write the bundle at `dest` (model.onnx, bundle.json, the tokenizer) and return `dest`."""
+                       texts: list[str] | None = None, vocab_size: int = 80, max_chars: int = MAX_CHARS,
+                       payloads: dict[str, Any] | None = None) -> Path:
+    """Write the bundle at `dest` (model.onnx, bundle.json, the tokenizer) and return `dest`. `payloads`: what
+    the log keeps (default: no image payloads, so that what a test finds in the log does not depend on a draw)."""
     tokenizer = train_tokenizer(texts or CORPUS, vocab_size=vocab_size)
     vocab = tokenizer.get_vocab_size()
     frame = training_frame()
@@ -101,7 +103,8 @@ def build_media_bundle(dest: Path, name: str = NAME, weights_seed: int = 2, size
     write_bundle(dest, model.SerializeToString(), {
         "name": name, "task": "binary", "inputs": inputs, "outputs": io_description(model)["outputs"],
         "labels": schema.labels, "recipe_hash": "test", "data_fingerprint": "sha256:test", "metrics": {},
-        "data_schema": schema.model_dump(), "parity": {}, "mlops_version": "test"},
+        "data_schema": schema.model_dump(), "parity": {}, "mlops_version": "test",
+        "payloads": {"image_sample": 0.0} | (payloads or {})},
         assets={TOKENIZER: tokenizer.to_str()})
     return dest
 

@@ -87,7 +87,7 @@ def log_traffic(log_path: Path, bundle: Path, frame: pd.DataFrame, ts: Sequence[
     columns = [i.name for i in predictor.meta.inputs]
     instances = [{c: _json_value(row[c]) for c in columns} for row in frame[columns].to_dict("records")]
     feeds = predictor.feeds_from_rows(instances)
-    outputs = predictor.predict(feeds).instances()
+    outputs = predictor.predict(feeds).log_instances()
     raw = predictor.log_rows(feeds)
     ids = list(ids) if ids is not None else [uuid.uuid4().hex for _ in instances]
     lat = [float(latency_ms)] * len(ids) if isinstance(latency_ms, int | float) else list(latency_ms)

@@ -79,3 +79,15 @@ def fmt(value: Any, missing: str = "n/a") -> str:
 def percent(value: float) -> str:
     """A rate as the error analysis shows it: `0.3125` -> `31.2 %`."""
     return f"{100 * value:.1f} %"
+
+
+# base64 of an image's first bytes -> its type: the log keeps an image's bytes as they were sent, whatever format
+_IMAGE_TYPES = (("iVBOR", "image/png"), ("/9j/", "image/jpeg"), ("R0lG", "image/gif"), ("UklGR", "image/webp"),
+                ("Qk", "image/bmp"))
+
+
+def image_data_url(b64: str) -> str | None:
+    """An inline image for a page (no file beside it, no network), or None for a format a browser would not
+    show: left out rather than drawn broken."""
+    kind = next((t for prefix, t in _IMAGE_TYPES if b64.startswith(prefix)), None)
+    return None if kind is None else f"data:{kind};base64,{b64}"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from mlops.core.errors import MlopsError, Problem
 from mlops.data.columns import MEDIA_KINDS, column_kind, image_spec, is_missing
+from mlops.data.descriptors import DESCRIPTOR_NAMES, SEPARATOR
 from mlops.data.media import TABULAR, ImageSpec, MediaError, decode_image
 from mlops.data.sources import column_names, data_path, file_format, image_file, sample_rows
 from mlops.recipe.compose import Composed
@@ -58,11 +59,17 @@ def data_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
     named += [(f"evaluate.fairness.sensitive.{i}", c) for i, c in enumerate(ev.fairness.sensitive if ev.fairness else [])]
     named += [(f"evaluate.expectations.columns.{c}", c) for c in ev.expectations.columns]
     for key, name in named:
-        if name not in columns:
+        if name not in columns and not (key.startswith("evaluate.slices") and is_descriptor(name, columns)):
             problems.append(_unknown_column(key, name, columns, composed))
     if data.path is not None and not problems:
         problems += image_sample_problems(recipe, composed)
     return problems
+
+
+def is_descriptor(name: str, columns: list[str]) -> bool:
+    """`review.chars`, `image.brightness`: a descriptor of a column the data has (its kind is known later)."""
+    base, sep, descriptor = name.rpartition(SEPARATOR)
+    return bool(sep) and base in columns and descriptor in DESCRIPTOR_NAMES
 
 
 def _declared_column_problems(recipe: Recipe, columns: list[str], composed: Composed) -> list[Problem]:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 PAD_ID = 0  # token id 0 is padding: the network masks it
 SPECIAL_TOKENS = ("[PAD]", "[UNK]")
+UNKNOWN_TOKEN = "[UNK]"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -118,6 +119,11 @@ def image_bytes(value: Any) -> bytes:
 
 def decode_image(raw: bytes, spec: ImageSpec) -> np.ndarray:
     """Encoded image bytes -> uint8 [H, W, C] of the spec's size and channels."""
+    return decode_image_sized(raw, spec)[0]
+
+
+def decode_image_sized(raw: bytes, spec: ImageSpec) -> tuple[np.ndarray, tuple[int, int]]:
+    """`decode_image`, and the (width, height) the image had before resizing."""
     from PIL import Image, UnidentifiedImageError
 
     if len(raw) > spec.max_bytes:
@@ -130,7 +136,7 @@ def decode_image(raw: bytes, spec: ImageSpec) -> np.ndarray:
             if width * height > spec.max_pixels:
                 raise MediaError(f"the image is {width}x{height} pixels, over the limit of {spec.max_pixels:,}")
             img.load()
-            return _to_array(img, spec)
+            return _to_array(img, spec), (width, height)
     except MediaError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -182,6 +188,16 @@ def _to_array(img: Any, spec: ImageSpec) -> np.ndarray:
         img = img.resize((width, height), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """uint8 [H, W, C] pixels as a PNG (what the log keeps of an image that was sent as pixels)."""
+    from PIL import Image
+
+    arr = pixels[:, :, 0] if pixels.shape[-1] == 1 else pixels
+    out = io.BytesIO()
+    Image.fromarray(arr).save(out, format="PNG")
+    return out.getvalue()
 
 
 def decode_images(values: Iterable[bytes], spec: ImageSpec) -> np.ndarray:

@@ -140,7 +140,8 @@ def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
         Step("evaluate", "val/test metrics and plots", ("train", "preprocess"),
              {"custom_metrics": ev.model_dump(mode="json", by_alias=True)["custom_metrics"]}, metrics),
         Step("export", "ONNX with preprocessing inside, parity check, bundle", ("train", "preprocess", "evaluate"),
-             {"export": r.export.model_dump(mode="json"), "name": r.model_name, "recipe": loaded.model_hash}),
+             {"export": r.export.model_dump(mode="json"), "name": r.model_name, "recipe": loaded.model_hash,
+              "payloads": r.monitor.payloads.model_dump(mode="json")}),
         Step("assess", "slices, fairness, robustness, inference benchmark of the ONNX model", ("export", "split"),
              ev.model_dump(mode="json", by_alias=True, exclude={"gates", "expectations", "seed"})
              | {"seed": r.eval_seed, "target": r.data.target}, metrics),

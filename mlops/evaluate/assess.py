@@ -13,26 +13,37 @@ from typing import Any
 
 from mlops.core.errors import MlopsError
 from mlops.core.refs import CHAMPION, fetch_if_registered
+from mlops.data.media import ModelInputs
+from mlops.evaluate.adversarial import adversarial_checks
 from mlops.evaluate.fairness import fairness_report
 from mlops.evaluate.gates import GateDecision, GateVerdict, Outcome, evaluate_gates, failure_lines, outcome
 from mlops.evaluate.metrics import custom_metric_fns
 from mlops.evaluate.performance import benchmark_onnx, benchmark_torch, perf_metrics
 from mlops.evaluate.report import write_report
 from mlops.evaluate.robustness import robustness_checks, robustness_summary
-from mlops.evaluate.scored import score_bundle
+from mlops.evaluate.scored import media_slices, score_bundle, with_descriptors
 from mlops.evaluate.slices import slice_metrics
 from mlops.package.bundle import read_bundle
-from mlops.recipe.schema import Recipe
+from mlops.recipe.schema import Recipe, SliceConfig
 
 
 def assess_bundle(recipe: Recipe, bundle_dir: Path, test: Any, train: Any, module: Any = None,
-                  features: Any = None) -> dict[str, Any]:
+                  features: Any = None, network: ModelInputs | None = None) -> dict[str, Any]:
+    """`module` (the trained torch module, optional) is benchmarked and attacked; `features` are the test rows
+    as it takes them (for the benchmark); `network` what it takes when its forward takes a dict, None when
+    it takes the preprocessed feature matrix."""
     ev = recipe.evaluate
     scored = score_bundle(bundle_dir, test, recipe.data.target)
     custom = custom_metric_fns(ev.custom_metrics)
-    slices = slice_metrics(test, scored, ev.slices, custom) if ev.slices else []
+    sliced = with_descriptors(bundle_dir, test)  # an image's or text's descriptors are columns to slice by
+    declared = ev.slices or [SliceConfig.model_validate(s) for s in media_slices(bundle_dir)]
+    slices = slice_metrics(sliced, scored, declared, custom) if declared else []
     fairness = fairness_report(test, scored, ev.fairness) if ev.fairness else {}
     robustness = robustness_checks(bundle_dir, test, train, ev.robustness, recipe.eval_seed) if ev.robustness.enabled else []
+    if ev.robustness.enabled and ev.robustness.adversarial.enabled and module is not None:
+        print("mlops: attacking the trained module (FGSM/PGD), scoring the attacks with the bundle", flush=True)
+        robustness += adversarial_checks(bundle_dir, test, train, module, network, ev.robustness.adversarial,
+                                         recipe.eval_seed)
     metrics: dict[str, float] = {}
     performance: dict[str, Any] = {}
     if ev.performance.enabled:

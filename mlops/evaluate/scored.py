@@ -70,6 +70,29 @@ def bundle_feeds(bundle_dir: Path, frame: Any) -> dict[str, np.ndarray]:
     return predictor.graph_feeds(predictor.frame_feeds(frame))
 
 
+def with_descriptors(bundle_dir: Path, frame: Any) -> Any:
+    """The rows with their image and text inputs' descriptors as columns of their own (`review.chars`,
+    `image.brightness`, ...: mlops.data.descriptors), computed as the server logs them, so a slice or a
+    mistake can be told by them. Rows of a tabular model come back as they are."""
+    predictor = Predictor(bundle_dir, max_batch=max(len(frame), 1))
+    if all(i.scalar for i in predictor.meta.inputs) or not len(frame):
+        return frame
+    described = predictor.descriptors(predictor.frame_feeds(frame))
+    return frame.assign(**{k: v for k, v in described.items()})
+
+
+def media_slices(bundle_dir: Path) -> list[dict[str, Any]]:
+    """The slices an image or text model is evaluated on when the recipe declares none: its texts by length,
+    its images by brightness and by size, each in quartiles."""
+    out = []
+    for i in read_bundle(bundle_dir).inputs:
+        if i.kind == "text":
+            out.append({"column": f"{i.name}.chars", "bins": 4})
+        elif i.kind == "image":
+            out += [{"column": f"{i.name}.brightness", "bins": 4}, {"column": f"{i.name}.width", "bins": 4}]
+    return out
+
+
 def score_bundle(bundle_dir: Path, frame: Any, target: str) -> Scored:
     """Score a model bundle (ONNX only) on raw rows that carry the target column."""
     import onnxruntime as ort

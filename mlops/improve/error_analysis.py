@@ -7,6 +7,11 @@
 * clusters: a shallow decision tree fitted to "was this row an error" on the raw inputs; its leaves whose
   error rate is above the overall rate, each a readable rule over feature ranges.
 
+An image or text model's rows are analysed by what the log keeps of them: its inputs' descriptors
+(`review.chars`, `image.brightness`, ...) are columns like any other, and its logged embeddings are grouped
+into regions (k-means, column `embedding.region`), so a slice or a rule can name the region where the model
+errs; a mistake shows its image (when the log kept it) or its text.
+
 A regression answer counts as an error when its absolute error is above `tolerance` (default: the 90th
 percentile of the absolute errors analysed). Written as `errors.json` and one self-contained `errors.html`.
 """
@@ -20,9 +25,11 @@ from typing import Any
 
 from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
-from mlops.core.pages import render_page, write_page
+from mlops.core.pages import image_data_url, render_page, write_page
+from mlops.data.descriptors import SEPARATOR
 from mlops.improve.feedback import read_joined
 from mlops.improve.intervals import wilson
+from mlops.package.predictor import DESCRIPTORS, EMBEDDING
 from mlops.recipe.improve import FeedbackConfig
 
 
@@ -31,7 +38,6 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
                    bins: int = 4, top: int = 10, min_rows: int = 10, tolerance: float | None = None,
                    alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
     import numpy as np
-    import pandas as pd
 
 
     rows = [j for j in read_joined(log, model, since=since, variants=variants, feedback=feedback, version=version)
@@ -40,7 +46,10 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
         raise MlopsError(f"no prediction of '{model}' in {log} has ground truth yet: record feedback by prediction id "
                          "(POST /v1/feedback or mlops feedback FILE)")
     regression = all(j.correct is None for j in rows)
-    frame = pd.DataFrame([j.inputs for j in rows])
+    frame, media = _frame([j.inputs for j in rows])
+    regions = _embedding_regions([j.outputs.get(EMBEDDING) for j in rows], min_rows, seed)
+    if regions is not None:
+        frame[REGION] = regions
     if regression:
         abs_err = np.array([abs(float(j.outputs["prediction"]) - float(j.truth)) for j in rows])
         tolerance = float(np.percentile(abs_err, 90)) if tolerance is None else tolerance
@@ -62,7 +71,9 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
         score = float(confidence[i])
         mistakes.append({"id": j.id, "predicted": j.predicted, "truth": j.truth, "confidence" if not regression
                          else "abs_error": score if math.isfinite(score) else None, "version": j.version,
-                         "variant": j.variant, "inputs": j.inputs})
+                         "variant": j.variant, "inputs": j.inputs}
+                        | ({"region": str(regions[i])} if regions is not None else {})
+                        | _shown_media(j.inputs, media))
         if len(mistakes) >= top:
             break
     clusters = _clusters(frame, wrong, min_rows, alpha, overall["error_rate"], seed) if k and k < n else []
@@ -70,6 +81,61 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
             "regression" if regression else "classification", "tolerance": tolerance if regression else None,
             "overall": overall, "slices": slices[:top], "all_slices": len(slices), "confident_mistakes": mistakes,
             "clusters": clusters[:top], "min_rows": min_rows, "alpha": alpha}
+
+
+REGION = "embedding.region"
+REGIONS = 8  # at most; fewer when there are too few rows for each to hold min_rows
+
+
+def _frame(inputs: list[dict[str, Any]]) -> tuple[Any, dict[str, str]]:
+    """The analysed columns: scalar inputs as logged and each image's or text's descriptors, without the
+    image or text itself (every value is unique: no slice or rule can use it); and the media inputs' kinds."""
+    import pandas as pd
+
+    flat = []
+    media: dict[str, str] = {}
+    for row in inputs:
+        described = row.get(DESCRIPTORS) if isinstance(row.get(DESCRIPTORS), dict) else {}
+        for column in described:
+            base = column.rpartition(SEPARATOR)[0]
+            media.setdefault(base, "image" if isinstance(row.get(base), dict) else "text")
+        flat.append({k: v for k, v in row.items() if k != DESCRIPTORS} | described)
+    frame = pd.DataFrame(flat)
+    return frame.drop(columns=[c for c in media if c in frame.columns]), media
+
+
+def _embedding_regions(vectors: list[Any], min_rows: int, seed: int) -> Any:
+    """k-means regions of the logged embeddings, as labels "region k" (None without enough embeddings)."""
+    import numpy as np
+
+    width = next((len(v) for v in vectors if isinstance(v, list) and v), 0)
+    if not width:
+        return None
+    x = np.asarray([v if isinstance(v, list) and len(v) == width else [np.nan] * width for v in vectors], np.float64)
+    ok = np.isfinite(x).all(axis=1)
+    k = min(REGIONS, int(ok.sum()) // max(min_rows, 1))
+    if k < 2:
+        return None
+    try:
+        from sklearn.cluster import KMeans
+    except ImportError:
+        raise MlopsError("regions of embeddings need scikit-learn: pip install 'mlops[train]'") from None
+    labels = np.full(len(x), None, dtype=object)
+    fitted = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(x[ok])
+    labels[ok] = [f"region {c}" for c in fitted]
+    return labels
+
+
+def _shown_media(inputs: dict[str, Any], media: dict[str, str]) -> dict[str, Any]:
+    """A mistake's image (a data: URL, when the log kept its bytes) and text, for the page."""
+    out: dict[str, Any] = {}
+    for name, kind in media.items():
+        value = inputs.get(name)
+        if kind == "image" and isinstance(value, dict) and isinstance(value.get("b64"), str):
+            out.setdefault("images", []).append(image_data_url(value["b64"]))
+        elif kind == "text" and isinstance(value, str):
+            out.setdefault("texts", []).append(value[:500])
+    return out
 
 
 def _number(v: Any) -> float | None:
@@ -207,6 +273,11 @@ def write_report(analysis: dict[str, Any], out_dir: Path) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
+def _scalars(inputs: dict[str, Any]) -> dict[str, Any]:
+    """A logged row without its image objects, texts and descriptors (shown apart, or too long for a cell)."""
+    return {k: v for k, v in inputs.items() if k != DESCRIPTORS and not isinstance(v, dict)}
+
+
 def render_html(a: dict[str, Any]) -> str:
     """The analysis as one self-contained HTML document."""
     return render_page("errors.html.j2", **page_context(a))
@@ -229,6 +300,8 @@ def page_context(a: dict[str, Any]) -> dict[str, Any]:
         "clusters": [rates(c) | {"rule": str(c["rule"])} for c in a["clusters"]],
         "score": key,
         "mistakes": [{"id": str(m["id"]), "predicted": str(m["predicted"]), "truth": str(m["truth"]),
-                      "score": m[key], "inputs": json.dumps(m["inputs"], default=str)[:300]}
+                      "score": m[key], "images": [u for u in m.get("images", []) if u],
+                      "texts": m.get("texts", []), "region": m.get("region"),
+                      "inputs": json.dumps(_scalars(m["inputs"]), default=str)[:300]}
                      for m in a["confident_mistakes"]],
     }

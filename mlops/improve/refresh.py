@@ -10,6 +10,7 @@ fingerprint is the file's and its lineage is one lookup away.
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 from dataclasses import dataclass, field
@@ -18,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from mlops.core.atomic import write_bytes, write_json
 from mlops.core.workspace import workspace
+from mlops.data.descriptors import SEPARATOR
 from mlops.data.fingerprint import fingerprint_bytes
 from mlops.data.schema import infer_task
 from mlops.data.sources import load_frame, source_name
 from mlops.improve.feedback import read_joined
+from mlops.package.predictor import DESCRIPTORS
 from mlops.recipe import LoadedRecipe
 from mlops.recipe.improve import ImproveConfig
 
@@ -154,6 +157,9 @@ def production_frame(log: Path, model: str, reference: pd.DataFrame, target: str
 
     features = [c for c in reference.columns if c != target]
     numeric = {c for c in features if pd.api.types.is_numeric_dtype(reference[c])}
+    # image columns hold encoded bytes: a production row brings its image back only where the log kept it
+    # (monitor.payloads.image_sample), a text only where it kept the text
+    images = {c for c in features if c not in numeric and reference[c].map(lambda v: isinstance(v, bytes)).any()}
     mean = reference[list(numeric)].mean() if numeric else None
     std = reference[list(numeric)].std() if numeric else None
     kept: list[tuple[Joined, dict[str, Any]]] = []
@@ -161,7 +167,11 @@ def production_frame(log: Path, model: str, reference: pd.DataFrame, target: str
         if j.truth is None:
             drop("no_label")
             continue
-        row = _row(j, features, numeric)
+        row = _row(j, features, numeric, images)
+        described = j.inputs.get(DESCRIPTORS) or {}
+        if any(row.get(c) is None and (c in images or f"{c}{SEPARATOR}chars" in described) for c in features):
+            drop("payload_not_kept")
+            continue
         if classification:
             if str(j.truth) not in originals:
                 drop("unknown_label")
@@ -208,11 +218,14 @@ def production_frame(log: Path, model: str, reference: pd.DataFrame, target: str
     return frame, [j.id for j, _ in kept], dropped, by_source
 
 
-def _row(j: Joined, features: list[str], numeric: set[str]) -> dict[str, Any]:
+def _row(j: Joined, features: list[str], numeric: set[str], images: set[str]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for c in features:
         v = j.inputs.get(c)
-        if c in numeric:
+        if c in images:
+            kept = v.get("b64") if isinstance(v, dict) else None
+            row[c] = base64.b64decode(kept) if isinstance(kept, str) else None
+        elif c in numeric:
             try:
                 row[c] = float(v) if v is not None and not isinstance(v, bool) else math.nan
             except (TypeError, ValueError):

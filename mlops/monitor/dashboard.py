@@ -13,8 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mlops.core.pages import render_page, write_page
+from mlops.core.pages import image_data_url, render_page, write_page
 from mlops.core.timespec import iso
+from mlops.monitor.logstream import EMBEDDING_COLUMN
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 900, 220, 56, 16, 28, 36
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -43,6 +44,7 @@ def page_context(context: dict[str, Any], windows: list[dict[str, Any]],
         "timeline": _alerts_timeline(windows, alerts), "alerts": _alerts_table(alerts),
         "rules": _rules_table(windows),
         "drift_share": _drift_share_chart(windows), "heatmap": _heatmap(windows), "drift": _drift_table(windows),
+        "embeddings": _embeddings(windows, alerts),
         "quality_chart": _quality_chart(windows, context), "quality": _quality_tables(windows, context),
         "predictions": _predictions_chart(windows),
         "latency": _latency_chart(windows, context), "throughput": _throughput_chart(windows),
@@ -258,6 +260,30 @@ def _drift_share_chart(windows: list[dict[str, Any]]) -> dict[str, Any]:
                       if w.get("drift")), None)
     return _line_chart("chart-drift-share", "share of drifted features", windows, {"drifted share": share},
                        [(threshold, f"drift alert at {threshold:g}")] if threshold is not None else [])
+
+
+def _embeddings(windows: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """An image or text model's embedding drift over time, and inputs of the latest window that drifted."""
+    found = [next((c for c in (w.get("drift") or {}).get("columns", []) if c["column"] == EMBEDDING_COLUMN), None)
+             for w in windows]
+    latest = next((c for c in reversed(found) if c is not None), None)
+    if latest is None:
+        return None
+    chart = _line_chart("chart-embedding-drift", f"embedding drift ({latest['method']})", windows,
+                        {latest["method"]: [c["score"] if c else None for c in found]},
+                        [(latest["threshold"], f"drift at {latest['threshold']:g}")],
+                        _alert_markers(windows, alerts, ("drift",)))
+    shown = next((w for w in reversed(windows) if w.get("examples")), None)
+    examples = []
+    for e in (shown or {}).get("examples", []):
+        if e["kind"] == "image":
+            url = image_data_url(e["value"])
+            if url is not None:
+                examples.append({"column": e["column"], "image": url, "text": None, "answered": e.get("answered")})
+        else:
+            examples.append({"column": e["column"], "image": None, "text": e["value"], "answered": e.get("answered")})
+    return {"chart": chart, "examples": examples, "window": shown["end_iso"] if shown else None,
+            "drifted": sum(1 for c in found if c and c["drift"]), "judged": sum(1 for c in found if c)}
 
 
 def _heatmap(windows: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ import numpy as np
 
 from mlops.core.errors import MlopsError
 from mlops.core.timespec import iso
+from mlops.data.descriptors import SEPARATOR
 from mlops.monitor.drift import (
     CategoricalReference,
     ColumnDrift,
@@ -19,7 +20,15 @@ from mlops.monitor.drift import (
     numeric_drift,
     threshold_for,
 )
-from mlops.monitor.logstream import NUMERIC_KINDS, Rows, Window, monitored_columns
+from mlops.monitor.embedding import MIN_ROWS, embedding_drift
+from mlops.monitor.logstream import (
+    EMBEDDING_COLUMN,
+    MEDIA_KINDS,
+    NUMERIC_KINDS,
+    Rows,
+    Window,
+    monitored_columns,
+)
 from mlops.monitor.operations import operational
 from mlops.monitor.quality import live_quality
 from mlops.monitor.reference import CONFIDENCE, LABEL, VALUE, Reference, outputs_of
@@ -28,6 +37,8 @@ from mlops.monitor.schema_checks import category_counts, check_schema
 from mlops.recipe.monitor import MonitorConfig
 from mlops.recipe.suggest import closest
 
+EXAMPLES = 6  # inputs of a drifted window shown per image or text input
+
 if TYPE_CHECKING:
     from mlops.package.bundle import BundleMeta
 
@@ -35,16 +46,18 @@ if TYPE_CHECKING:
 def drift_methods(cfg: MonitorConfig, columns: dict[str, str]) -> dict[str, tuple[str, float]]:
     """Each input column's (method, threshold): its own override, else the recipe's method for its kind."""
     d = cfg.drift
-    unknown = sorted(set(d.features) - set(columns))
+    unknown = sorted(set(d.features) - set(columns) - {EMBEDDING_COLUMN})
     if unknown:
         hints = [f"'{u}'" + (f" (did you mean '{h}'?)" if (h := closest(u, list(columns))) else "")
                  for u in unknown]
         raise MlopsError(f"monitor.drift.features names columns the model does not take: {', '.join(hints)}")
     out = {}
+    if EMBEDDING_COLUMN in d.features and EMBEDDING_COLUMN not in columns:
+        raise MlopsError("monitor.drift.features.embedding: the embedding's method, threshold and key are set in "
+                         "monitor.drift.embedding")
     for name, kind in columns.items():
-        if kind == "image":
+        if kind in MEDIA_KINDS:
             continue
-        kind = "numeric" if kind in NUMERIC_KINDS else kind
         own = d.features.get(name)
         default = d.num_method if kind == "numeric" else d.cat_method
         method = own.method if own and own.method else default
@@ -86,6 +99,7 @@ class WindowJudge:
             summary.drift = {"columns": [c.as_dict() for c in columns],
                              "dataset": dataset_drift(columns, self.cfg.drift.share),
                              "predictions": [p.as_dict() for p in predictions]}
+            summary.examples = self.examples(rows, summary.drift["dataset"]["drifted_columns"])
         if self.cfg.schema_checks.enabled:
             summary.schema = check_schema(rows, self.meta.data_schema, self.cfg.schema_checks, counts)
         summary.quality = live_quality(rows, self.meta.task, self.meta.labels)
@@ -102,7 +116,26 @@ class WindowJudge:
                 out.append(numeric_drift(name, ref, rows.numeric[name], method, threshold))  # type: ignore[arg-type]
             else:
                 out.append(categorical_drift(name, ref, counts[name], method, threshold))  # type: ignore[arg-type]
+        embedded = self.reference.embedding_profile()
+        cfg = self.cfg.drift.embedding
+        if cfg.enabled and embedded is not None and rows.embedding is not None:
+            current = rows.embedding[np.isfinite(rows.embedding).all(axis=1)]
+            if len(current) >= MIN_ROWS and current.shape[1] == embedded.dims:  # else: too few to judge
+                out.append(embedding_drift(EMBEDDING_COLUMN, embedded, current, cfg.method, cfg.threshold))
         return out
+
+    def examples(self, rows: Rows, drifted: list[str]) -> list[dict[str, Any]] | None:
+        """Kept inputs of a window whose embedding or an image's or text's descriptor drifted."""
+        media = [n for n, k in self.columns.items() if k in MEDIA_KINDS]
+        if not media or not any(c == EMBEDDING_COLUMN or c.split(SEPARATOR, 1)[0] in media for c in drifted):
+            return None
+        out = []
+        for name in media:
+            values = rows.payloads.get(name)
+            kept = np.flatnonzero(values != None)[:EXAMPLES] if values is not None else []  # noqa: E711
+            out += [{"column": name, "kind": self.columns[name], "rowid": int(rows.rowid[i]), "value": values[i],
+                     "answered": None if rows.label is None else rows.label[i]} for i in kept]
+        return out or None
 
     def prediction_drift(self, rows: Rows) -> list[ColumnDrift]:
         assert self.reference is not None

@@ -18,9 +18,12 @@ from typing import Any
 import numpy as np
 
 from mlops.core.predlog import LogFilter, LogReader
+from mlops.data.descriptors import SEPARATOR, descriptor_columns
 from mlops.package.bundle import BundleMeta
+from mlops.package.predictor import DESCRIPTORS, EMBEDDING
 
 CHUNK_ROWS = 10_000
+EXAMPLE_CHARS = 500  # of a text, what the monitor keeps to show
 LATE_GRACE_S = 2.0  # a time window is complete once its end is this far in the past (writes in flight)
 
 try:  # several times faster than json on the log's many small objects; a Prefect and KServe dependency
@@ -51,6 +54,11 @@ class Rows:
     # unknown column, which rows carried it
     bad_values: dict[str, np.ndarray] = field(default_factory=dict)
     unknown: dict[str, np.ndarray] = field(default_factory=dict)
+    # an image or text model's logged embeddings [N, k] (NaN rows where a row has none), else None
+    embedding: np.ndarray | None = None
+    # per image or text input, the payload the log kept (base64 image, or the text's start), None elsewhere:
+    # what a drifted window shows of its inputs
+    payloads: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.rowid.size)
@@ -67,7 +75,8 @@ class Rows:
                     {k: v[sel] for k, v in self.numeric.items()}, {k: v[sel] for k, v in self.categorical.items()},
                     cut(self.label), cut(self.proba), cut(self.prediction), cut(self.truth_label),
                     cut(self.truth_value), {k: v[sel] for k, v in self.bad_values.items()},
-                    {k: v[sel] for k, v in self.unknown.items()})
+                    {k: v[sel] for k, v in self.unknown.items()}, cut(self.embedding),
+                    {k: v[sel] for k, v in self.payloads.items()})
 
     @staticmethod
     def concat(parts: list[Rows]) -> Rows:
@@ -87,7 +96,25 @@ class Rows:
                     cat([p.label for p in parts]), cat([p.proba for p in parts]), cat([p.prediction for p in parts]),
                     cat([p.truth_label for p in parts]), cat([p.truth_value for p in parts]),
                     {k: sparse(k, "bad_values", None) for k in set().union(*(p.bad_values for p in parts))},
-                    {k: sparse(k, "unknown", False) for k in set().union(*(p.unknown for p in parts))})
+                    {k: sparse(k, "unknown", False) for k in set().union(*(p.unknown for p in parts))},
+                    stack_embeddings([(len(p), p.embedding) for p in parts]),
+                    {k: sparse(k, "payloads", None) for k in set().union(*(p.payloads for p in parts))})
+
+
+def stack_embeddings(parts: list[tuple[int, np.ndarray | None]]) -> np.ndarray | None:
+    """Row-aligned embeddings of consecutive parts; a part without any (or a narrower one, from another model
+    version) is padded with NaN rows, which the drift statistics leave out."""
+    widths = [e.shape[1] for _, e in parts if e is not None]
+    if not widths:
+        return None
+    width = max(widths)
+    out = np.full((sum(n for n, _ in parts), width), np.nan, dtype=np.float32)
+    start = 0
+    for n, e in parts:
+        if e is not None:
+            out[start:start + n, :e.shape[1]] = e
+        start += n
+    return out
 
 
 @dataclass
@@ -129,15 +156,21 @@ def other_traffic(path: Path, flt: LogFilter, after_rowid: int) -> dict[str, int
         return reader.traffic(after_rowid)
 
 
-NUMERIC_KINDS = ("numeric", "text")  # profiled as numbers: a text column by its length in characters
+NUMERIC_KINDS = ("numeric",)
+EMBEDDING_COLUMN = EMBEDDING  # the embedding's drift is judged as one more feature, by this name
+MEDIA_KINDS = ("image", "text")  # known inputs, not profiled themselves: their descriptors and embedding are
 
 
 def monitored_columns(meta: BundleMeta) -> dict[str, str]:
     """Each input by its kind, as the monitor reads it from the log: numeric and categorical values as they
-    are; a text by its length in characters (the log holds the text; its length drifting is the cheap signal
-    that the texts changed); an image is known but not profiled (the log holds its size and a digest, never
-    its pixels): its drift shows in the predictions' drift."""
-    return {i.name: i.kind for i in meta.inputs}
+    are; an image or a text is known (a row that sends it is not an unknown column) and profiled through its
+    descriptors (`image.brightness`, `review.chars`, ... numeric or categorical columns of their own, see
+    mlops.data.descriptors) and the model's embedding (judged apart, see mlops.monitor.embedding)."""
+    out = {}
+    for i in meta.inputs:
+        out[i.name] = i.kind
+        out |= descriptor_columns(i.name, i.kind, i.image.channels if i.image is not None else 1)
+    return out
 
 
 def parse_rows(raw: list[tuple[Any, ...]], columns: dict[str, str], task: str) -> Rows:
@@ -152,18 +185,20 @@ def parse_rows(raw: list[tuple[Any, ...]], columns: dict[str, str], task: str) -
     outputs = [_loads(r[5]) for r in raw]
     rows = Rows(rowid, ids, ts, latency, versions, {}, {})
     inputs = [d if isinstance(d, dict) else {} for d in inputs]
+    described = [d.pop(DESCRIPTORS, None) for d in inputs]
+    described = [d if isinstance(d, dict) else {} for d in described]
     for name, kind in columns.items():
-        values = [d.get(name) for d in inputs]
-        if kind == "image":
+        if kind in MEDIA_KINDS:
+            rows.payloads[name] = _payloads([d.get(name) for d in inputs], kind)
             continue
-        if kind == "text":
-            values = [len(v) if isinstance(v, str) else None for v in values]
+        source = described if columns.get(name.split(SEPARATOR, 1)[0]) in MEDIA_KINDS else inputs
+        values = [d.get(name) for d in source]
         parse = _numeric if kind in NUMERIC_KINDS else _categorical
         rows_values, bad = parse(values)
         (rows.numeric if kind in NUMERIC_KINDS else rows.categorical)[name] = rows_values
         if bad is not None:
             rows.bad_values[name] = bad
-    for extra in set().union(*(d.keys() for d in inputs)) - set(columns):
+    for extra in set().union(*(d.keys() for d in inputs)) - set(columns):  # descriptors were popped above
         rows.unknown[extra] = np.fromiter((extra in d for d in inputs), bool, n)
     if task == "regression":
         rows.prediction = np.asarray([_scalar(o.get("prediction")) for o in outputs], dtype=np.float64)
@@ -173,9 +208,35 @@ def parse_rows(raw: list[tuple[Any, ...]], columns: dict[str, str], task: str) -
         probas = [o.get("probabilities") for o in outputs]
         if all(isinstance(p, list) for p in probas) and probas:
             rows.proba = np.asarray(probas, dtype=np.float64)
+    rows.embedding = _embeddings(outputs)
     rows.truth_label = np.asarray([r[7] for r in raw], dtype=object)
     rows.truth_value = np.asarray([np.nan if r[8] is None else r[8] for r in raw], dtype=np.float64)
     return rows
+
+
+def _payloads(values: list[Any], kind: str) -> np.ndarray:
+    out = np.full(len(values), None, dtype=object)
+    for i, v in enumerate(values):
+        payload = v.get("b64") if kind == "image" and isinstance(v, dict) else v if kind == "text" else None
+        if isinstance(payload, str) and payload:
+            out[i] = payload[:EXAMPLE_CHARS] if kind == "text" else payload
+    return out
+
+
+def _embeddings(outputs: list[dict[str, Any]]) -> np.ndarray | None:
+    vectors = [o.get(EMBEDDING) for o in outputs]
+    first = next((v for v in vectors if isinstance(v, list) and v), None)
+    if first is None:
+        return None
+    width = len(first)
+    out = np.full((len(vectors), width), np.nan, dtype=np.float32)
+    for i, v in enumerate(vectors):
+        if isinstance(v, list) and len(v) == width:
+            try:
+                out[i] = v
+            except (TypeError, ValueError):  # a hand-edited log row: left out, as a missing one is
+                pass
+    return out
 
 
 def _scalar(v: Any) -> float:

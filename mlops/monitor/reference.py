@@ -23,7 +23,9 @@ from mlops.data.sources import load_frame, source_name
 from mlops.data.split import split_indices
 from mlops.evaluate.scored import bundle_feeds
 from mlops.monitor.drift import CategoricalReference, NumericReference
+from mlops.monitor.embedding import EmbeddingReference
 from mlops.monitor.logstream import Rows, read_chunks
+from mlops.package.predictor import Predictor
 
 if TYPE_CHECKING:
     from mlops.package.bundle import BundleMeta
@@ -42,6 +44,8 @@ class Reference:
     target: np.ndarray | None = None  # true labels (strings) or values, where known
     notes: list[str] = field(default_factory=list)
     profiles: dict[str, NumericReference | CategoricalReference] = field(default_factory=dict)
+    embedding: np.ndarray | None = None  # an image or text model's embeddings [N, k], as its log keeps them
+    _embedding_profile: EmbeddingReference | None = None
 
     @property
     def n(self) -> int:
@@ -56,6 +60,14 @@ class Reference:
             else:
                 self.profiles[column] = CategoricalReference.of(self.categorical.get(column, self.outputs.get(column)))
         return self.profiles[column]
+
+    def embedding_profile(self) -> EmbeddingReference | None:
+        """Prepared once per run, from the rows that have an embedding."""
+        if self._embedding_profile is None and self.embedding is not None:
+            kept = self.embedding[np.isfinite(self.embedding).all(axis=1)]
+            if len(kept):
+                self._embedding_profile = EmbeddingReference.of(kept)
+        return self._embedding_profile
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "description": self.description, "rows": self.n, "notes": self.notes}
@@ -80,10 +92,13 @@ def training_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path,
     feeds = _feeds(meta, bundle_dir, train)
     outputs = _model_outputs(bundle_dir, feeds, meta.task)
     numeric = {i.name: feeds[i.name][:, 0].astype(np.float64) for i in meta.inputs if i.kind == "numeric"}
-    numeric |= {i.name: np.asarray([len(v) if isinstance(v, str) else np.nan for v in train[i.name]], np.float64)
-                for i in meta.inputs if i.kind == "text"}  # a text by its length, as monitored_columns reads it
     categorical = {i.name: np.asarray([v or None for v in feeds[i.name][:, 0]], dtype=object)
                    for i in meta.inputs if i.kind == "categorical"}
+    embedding = None
+    if not all(i.scalar for i in meta.inputs):
+        described, embedding = _media_profile(bundle_dir, train)
+        numeric |= {k: v.astype(np.float64) for k, v in described.items() if v.dtype != object}
+        categorical |= {k: v for k, v in described.items() if v.dtype == object}
     target = None
     if r.data.target in train.columns:
         col = train[r.data.target]
@@ -91,7 +106,23 @@ def training_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path,
                   else np.asarray([v or None for v in category_strings(col)], dtype=object))
     source = source_name(r.data)
     return Reference("training", f"training split of {source} ({len(train)} rows, split seed {r.split_seed})",
-                     numeric, categorical, outputs, target, notes)
+                     numeric, categorical, outputs, target, notes, embedding=embedding)
+
+
+def _media_profile(bundle_dir: Path, frame: Any, chunk: int = 1024) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """An image or text model's training rows as its log describes a request: the inputs' descriptors and the
+    embedding the log keeps (projected alike), through the bundle's own Predictor, a chunk at a time."""
+    predictor = Predictor(bundle_dir, max_batch=chunk)
+    described: list[dict[str, np.ndarray]] = []
+    embeddings: list[np.ndarray] = []
+    for start in range(0, len(frame), chunk):
+        feeds = predictor.frame_feeds(frame.iloc[start:start + chunk])
+        described.append(predictor.descriptors(feeds))
+        kept = predictor.predict(feeds).embedding
+        if kept is not None:
+            embeddings.append(kept)
+    columns = {k: np.concatenate([d[k] for d in described]) for k in described[0]} if described else {}
+    return columns, np.concatenate(embeddings) if embeddings else None
 
 
 def _feeds(meta: BundleMeta, bundle_dir: Path, frame: Any) -> dict[str, np.ndarray]:
@@ -157,7 +188,7 @@ def production_reference(log_path: Path, flt: LogFilter, columns: dict[str, str]
     kept = _select(kept, order)
     target = kept.truth_value if task == "regression" else kept.truth_label
     return Reference("production", f"production window {describe} ({len(kept)} rows)", dict(kept.numeric),
-                     dict(kept.categorical), outputs_of(kept, task), target, notes)
+                     dict(kept.categorical), outputs_of(kept, task), target, notes, embedding=kept.embedding)
 
 
 def _smallest(rows: Rows, keys: np.ndarray, k: int) -> tuple[Rows, np.ndarray]:
@@ -173,4 +204,5 @@ def _select(rows: Rows, idx: np.ndarray) -> Rows:
                 {k: v[idx] for k, v in rows.numeric.items()}, {k: v[idx] for k, v in rows.categorical.items()},
                 pick(rows.label), pick(rows.proba), pick(rows.prediction), pick(rows.truth_label),
                 pick(rows.truth_value), {k: v[idx] for k, v in rows.bad_values.items()},
-                {k: v[idx] for k, v in rows.unknown.items()})
+                {k: v[idx] for k, v in rows.unknown.items()}, pick(rows.embedding),
+                {k: v[idx] for k, v in rows.payloads.items()})

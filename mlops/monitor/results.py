@@ -49,7 +49,7 @@ class WindowBrief:
 
 # sections a window may lack (drift or schema checks off, no error counters scraped): absent from the record,
 # as they always were in the store, rather than null
-_OPTIONAL_SECTIONS = ("drift", "schema", "errors")
+_OPTIONAL_SECTIONS = ("drift", "schema", "errors", "examples")
 
 
 @dataclass
@@ -73,6 +73,9 @@ class WindowSummary:
     distributions: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, Any] | None = None  # the server's error rate: the latest window of a live run only
     rules: list[Observation] = field(default_factory=list)
+    # a drifted window of an image or text model: a few of its inputs as kept by the log (column, kind,
+    # rowid, value: base64 image or text)
+    examples: list[dict[str, Any]] | None = None
 
     def record(self) -> dict[str, Any]:
         """As the store keeps it and the dashboard draws it (the sections are shared, not copied)."""
@@ -156,6 +159,9 @@ class EvidentlyReport:
     agrees_with_fast_path: bool | None = None
     disagreements: list[str] | None = None
     quality: dict[str, str] | None = None  # the classification or regression preset: html and json
+    # an image or text model: Evidently's embedding drift of the same rows (method, threshold, score, drift) and
+    # whether its verdict is the fast path's
+    embedding: dict[str, Any] | None = None
 
 
 @dataclass

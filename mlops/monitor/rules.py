@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlops.core.errors import MlopsError
+from mlops.monitor.logstream import EMBEDDING_COLUMN
 from mlops.monitor.results import Observation, WindowSummary
 from mlops.recipe.monitor import LIVE_METRICS, MonitorConfig
 
@@ -59,8 +60,9 @@ def drift_rule(summary: WindowSummary, cfg: MonitorConfig, baseline: dict[str, A
     if not summary.judged or drift is None:
         return _skip("drift", _small(summary, cfg), d.share)
     ds = drift["dataset"]
-    keys = [c["column"] for c in drift["columns"] if c["drift"] and d.features.get(c["column"])
-            and d.features[c["column"]].key]
+    keys = [c["column"] for c in drift["columns"] if c["drift"] and (
+        (c["column"] == EMBEDDING_COLUMN and d.embedding.key)
+        or (d.features.get(c["column"]) and d.features[c["column"]].key))]
     why = f"{ds['drifted']} of {ds['columns']} features drifted" + (f"; key features {keys}" if keys else "")
     return Observation("drift", ds["share"], d.share, ds["drift"] or bool(keys), why,
                        {"drifted": [c for c in drift["columns"] if c["drift"]], "key_features": keys})

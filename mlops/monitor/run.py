@@ -30,8 +30,10 @@ from mlops.engine.validate import load_validated
 from mlops.monitor import evidently_report as ev
 from mlops.monitor.alerts import deliver, event_name, flush_prefect_events, write_drift_textfile
 from mlops.monitor.dashboard import dashboard_context, page_context, write_dashboard
+from mlops.monitor.embedding import evidently_embedding_drift
 from mlops.monitor.judge import WindowJudge
 from mlops.monitor.logstream import (
+    EMBEDDING_COLUMN,
     NUMERIC_KINDS,
     Rows,
     Window,
@@ -416,7 +418,24 @@ def evidently_report(rows: Rows, summary: WindowSummary, reference: Reference, j
         if disagree:
             print(f"mlops monitor: WARNING Evidently and the fast path disagree on {disagree}", flush=True)
     out.quality = _quality_report(rows, cur_idx, reference, ref_idx, meta, cfg, out_dir) or None
+    out.embedding = _embedding_report(rows, cur_idx, reference, ref_idx, fast.get(EMBEDDING_COLUMN), cfg)
     return out
+
+
+def _embedding_report(rows: Rows, cur_idx: np.ndarray, reference: Reference, ref_idx: np.ndarray,
+                      fast: dict[str, Any] | None, cfg: MonitorConfig) -> dict[str, Any] | None:
+    """Evidently's own embedding drift on the report's rows, beside the fast path's verdict on the window."""
+    if fast is None or rows.embedding is None or reference.embedding is None:
+        return None
+    cur, ref = rows.embedding[cur_idx], reference.embedding[ref_idx]
+    cur, ref = cur[np.isfinite(cur).all(axis=1)], ref[np.isfinite(ref).all(axis=1)]
+    method = cfg.drift.embedding.method
+    try:
+        score, drift = evidently_embedding_drift(ref, cur, method, cfg.drift.embedding.threshold)
+    except MlopsError as exc:  # too large for Evidently's kernel matrix, say: the fast path's verdict stands
+        return {"method": method, "skipped": str(exc)}
+    return {"method": method, "threshold": fast["threshold"], "score": score, "drift": drift,
+            "fast_path_score": fast["score"], "agrees_with_fast_path": drift == fast["drift"]}
 
 
 def _frame(columns: dict[str, np.ndarray], numeric: list[str]) -> Any:

@@ -14,6 +14,7 @@ from mlops.core.atomic import publishing
 from mlops.core.errors import MlopsError
 from mlops.data.media import ImageSpec, TextSpec
 from mlops.data.schema import DataSchema
+from mlops.recipe.monitor import PayloadsConfig
 
 FORMAT = "mlops-bundle/1"
 
@@ -45,6 +46,7 @@ class BundleMeta(BaseModel):
     parity: dict[str, Any]
     onnx_sha256: str
     mlops_version: str
+    payloads: PayloadsConfig = PayloadsConfig()  # what the prediction log keeps of image and text inputs
 
 
 def write_bundle(dest: Path, model_bytes: bytes, meta: dict[str, Any],

@@ -8,9 +8,11 @@ and `bundle.json`.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +21,19 @@ from typing import Any
 import numpy as np
 
 from mlops.core.errors import DataError, MlopsError
+from mlops.data.descriptors import image_descriptors, text_descriptors
 from mlops.data.media import (
+    UNKNOWN_TOKEN,
     ImageSpec,
     MediaError,
     TextSpec,
     check_text,
-    decode_image,
+    decode_image_sized,
     encode_texts,
     image_array,
     image_bytes,
     load_tokenizer,
+    png_bytes,
 )
 from mlops.data.preprocess import category_strings, numeric_column
 from mlops.package.bundle import BundleMeta, read_bundle
@@ -78,6 +83,9 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 class Prediction:
     outputs: dict[str, np.ndarray]  # label [N] (str) and probabilities [N,C], or prediction [N]
     rows: int
+    # what the log keeps of the network's embedding [N, k] (projected when wider than the bundle's policy):
+    # image and text models only, never part of an answer
+    embedding: np.ndarray | None = None
 
     def instances(self) -> list[dict[str, Any]]:
         """One JSON-able dict per row (the V1 response shape)."""
@@ -90,9 +98,27 @@ class Prediction:
             out.append(row)
         return out
 
+    def log_instances(self) -> list[dict[str, Any]]:
+        """What the prediction log keeps of each answer: `instances()`, and the embedding when there is one
+        (5 decimals: a drift statistic needs no more, and the log row stays small)."""
+        rows = self.instances()
+        if self.embedding is not None:
+            for row, vector in zip(rows, np.round(self.embedding.astype(np.float64), 5).tolist(), strict=True):
+                row[EMBEDDING] = vector
+        return rows
+
+    def part(self, start: int, size: int) -> Prediction:
+        """Rows [start, start + size) as a prediction of their own (a batch split back into its requests)."""
+        return Prediction({name: values[start:start + size] for name, values in self.outputs.items()}, size,
+                          None if self.embedding is None else self.embedding[start:start + size])
+
 
 EMBEDDING = "embedding"  # the network's penultimate layer: for monitoring, never part of an answer
 RAW_TEXT = "::text"  # a feed key suffix: the texts behind a text input's token ids (logged, not run)
+SENT_SIZE = "::size"  # a feed key suffix: each image's (width, height) as sent, before resizing (logged)
+SENT_BYTES = "::bytes"  # a feed key suffix: each image's encoded bytes as sent (a sample of them is logged)
+DESCRIPTORS = "::descriptors"  # the log row's key holding its inputs' descriptors, by descriptor column
+PROJECTION_SEED = 0  # the embedding's random projection: fixed, so the log and the reference agree
 SIZE_LIMIT = 413
 _BUFFER_ADDRESS = re.compile(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
@@ -115,18 +141,35 @@ class Predictor:
         self.columns = {i.name: i for i in self.meta.inputs}
         self.tokenizers = {i.name: load_tokenizer((self.path / i.text.tokenizer).read_text())
                            for i in self.meta.inputs if i.text is not None}
+        self.unknown_ids = {n: t.token_to_id(UNKNOWN_TOKEN) for n, t in self.tokenizers.items()}
+        # an image or text model logs its embedding with every prediction: what the monitor's embedding drift
+        # reads. A tabular model's log stays as it was (its columns are the drift signal)
+        self.logs_embedding = self.has_embedding and not all(i.scalar for i in self.meta.inputs)
+        self.projection = embedding_projection(self._embedding_width(), self.meta.payloads.embedding_dims) \
+            if self.logs_embedding else None
+        self._sample = random.Random()  # which payloads the log keeps: a share, not a choice by content
+
+    def _embedding_width(self) -> int:
+        shape = next(o.shape for o in self.session.get_outputs() if o.name == EMBEDDING)
+        return int(shape[-1])
 
     @property
     def name(self) -> str:
         return self.meta.name
 
     def predict(self, feeds: dict[str, np.ndarray], embedding: bool = False) -> Prediction:
-        """The answer for already checked feeds; with `embedding`, the embedding output too."""
-        names = [*self.output_names, EMBEDDING] if embedding and self.has_embedding else self.output_names
+        """The answer for already checked feeds; with `embedding`, the embedding output too (whole, in
+        `outputs`). An image or text model's `Prediction.embedding` is what its log keeps of it."""
+        logged = self.logs_embedding
+        names = [*self.output_names, EMBEDDING] if (embedding or logged) and self.has_embedding else self.output_names
         graph_feeds = {k: v for k, v in feeds.items() if k in self.graph_inputs}
         outputs = dict(zip(names, self.session.run(names, graph_feeds), strict=True))
         rows = len(next(iter(graph_feeds.values()))) if graph_feeds else 0
-        return Prediction(outputs, rows)
+        kept = None
+        if logged:
+            whole = outputs[EMBEDDING] if embedding else outputs.pop(EMBEDDING)
+            kept = whole if self.projection is None else whole @ self.projection
+        return Prediction(outputs, rows, kept)
 
     def graph_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Only what the graph takes (a text's raw strings ride along in `feeds` for the log)."""
@@ -152,19 +195,27 @@ class Predictor:
 
     def log_rows(self, feeds: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """The validated inputs as one object per row, for the prediction log: numbers (NaN -> null), categories
-        ("" -> null), texts as sent, and for an image its size and a digest of its pixels, never the pixels."""
+        ("" -> null); an image as its size and a digest of its pixels, a text as sent; both with their
+        descriptors (under DESCRIPTORS), and the payload itself for the bundle's sampled share of them."""
         n = len(next(iter(feeds.values()))) if feeds else 0
         rows: list[dict[str, Any]] = [{} for _ in range(n)]
+        policy = self.meta.payloads
         for name, spec in self.columns.items():
             if spec.kind == "image":
                 pixels = feeds[name]
+                sent = feeds.get(name + SENT_BYTES)
                 for i in range(n):
                     rows[i][name] = {"sha1": hashlib.sha1(pixels[i].tobytes()).hexdigest()[:16],
                                      "shape": list(pixels[i].shape)}
+                    if policy.image_sample and self._sample.random() < policy.image_sample:
+                        raw = sent[i] if sent is not None and sent[i] is not None else png_bytes(pixels[i])
+                        if len(raw) <= policy.max_bytes:
+                            rows[i][name]["b64"] = base64.b64encode(raw).decode("ascii")
             elif spec.kind == "text":
                 texts = feeds.get(name + RAW_TEXT)
                 for i in range(n):
-                    rows[i][name] = None if texts is None else texts[i]
+                    keep = texts is not None and (policy.text_sample >= 1 or self._sample.random() < policy.text_sample)
+                    rows[i][name] = texts[i] if keep and len(texts[i].encode()) <= policy.max_bytes else None
             else:
                 values = feeds[name]
                 for i in range(n):
@@ -174,7 +225,28 @@ class Predictor:
                     else:
                         f = float(v)
                         rows[i][name] = None if math.isnan(f) else f
+        described = self.descriptors(feeds)
+        if described:
+            columns = {k: v.tolist() for k, v in described.items()}
+            for i in range(n):
+                rows[i][DESCRIPTORS] = {k: _json_number(v[i]) for k, v in columns.items()}
         return rows
+
+    def descriptors(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each image and text input's descriptors (mlops.data.descriptors), by descriptor column: what the log
+        keeps per prediction and the monitor's training reference computes alike."""
+        out: dict[str, np.ndarray] = {}
+        for name, spec in self.columns.items():
+            if spec.kind == "image":
+                pixels = feeds[name]
+                sizes = feeds.get(name + SENT_SIZE)
+                if sizes is None:  # decoded pixels were sent: their size is the model's
+                    sizes = np.tile(np.asarray(pixels.shape[2:0:-1]), (len(pixels), 1))
+                out |= image_descriptors(name, pixels, sizes)
+            elif spec.kind == "text" and name + RAW_TEXT in feeds:
+                out |= text_descriptors(name, feeds[name + RAW_TEXT].tolist(), feeds.get(name),
+                                        self.unknown_ids.get(name))
+        return out
 
     # --- request decoding -------------------------------------------------------------------------
 
@@ -230,7 +302,7 @@ class Predictor:
                 raise RequestError(f"inputs[{k}].name", f"input '{name}' given twice")
             try:
                 if self.columns[name].image is not None and t["datatype"] == "UINT8":
-                    feeds = {name: self._pixel_tensor(t, k)}  # decoded pixels [N, H, W, C]
+                    feeds = self._pixel_tensor(t, k)  # decoded pixels [N, H, W, C]
                 else:
                     values = self._tensor_values(t, k, columns=1)
                     feeds = self.column_feeds(name, values, f"inputs[{k}].data", t["datatype"])
@@ -292,6 +364,9 @@ class Predictor:
                 raise RequestError(where, f"input '{name}' is text: send BYTES, not {datatype}")
             texts = self._texts(spec.text, values, where)
             return {name: self.encode_texts(name, texts), name + RAW_TEXT: np.asarray(texts, dtype=object)}
+        if spec.image is not None:
+            self._image_datatype(name, where, datatype)
+            return self._image_feeds(name, spec.image, values, where)
         return {name: self.column(name, values, where, datatype)}
 
     def encode_texts(self, name: str, texts: list[str]) -> np.ndarray:
@@ -317,11 +392,21 @@ class Predictor:
             out.append(text)
         return out
 
-    def _images(self, spec: ImageSpec, values: list[Any], where: str) -> np.ndarray:
-        pixels = []
+    def _image_feeds(self, name: str, spec: ImageSpec, values: list[Any], where: str) -> dict[str, np.ndarray]:
+        """The pixels the graph takes, and beside them what the log keeps: each image's size and bytes as sent."""
+        pixels, sizes, sent = [], [], []
         for i, v in enumerate(values):
             try:
-                pixels.append(image_array(v, spec) if isinstance(v, np.ndarray) else decode_image(image_bytes(v), spec))
+                if isinstance(v, np.ndarray):
+                    pixels.append(image_array(v, spec))
+                    sizes.append((v.shape[1], v.shape[0]))
+                    sent.append(None)
+                else:
+                    raw = image_bytes(v)
+                    arr, size = decode_image_sized(raw, spec)
+                    pixels.append(arr)
+                    sizes.append(size)
+                    sent.append(raw)
             except MediaError as exc:
                 status = SIZE_LIMIT if "over the limit" in str(exc) else 400
                 # Pillow names the buffer it could not identify by its address: the same file, another message
@@ -331,9 +416,18 @@ class Predictor:
                 # (a corrupt DDS raises NotImplementedError): whatever a bad file raises, it is the file's fault
                 message = f"not a readable image ({type(exc).__name__}: {exc})"
                 raise RequestError(f"{where}[{i}]", message) from None
-        return np.stack(pixels)
+        sent_bytes = np.empty(len(sent), dtype=object)
+        sent_bytes[:] = sent
+        return {name: np.stack(pixels), name + SENT_SIZE: np.asarray(sizes, dtype=np.int64).reshape(-1, 2),
+                name + SENT_BYTES: sent_bytes}
 
-    def _pixel_tensor(self, t: dict[str, Any], k: int) -> np.ndarray:
+    @staticmethod
+    def _image_datatype(name: str, where: str, datatype: str | None) -> None:
+        if datatype is not None and datatype != "BYTES":
+            raise RequestError(where, f"input '{name}' is an image: send BYTES (base64 of the encoded image) or "
+                               f"a UINT8 tensor of pixels, not {datatype}")
+
+    def _pixel_tensor(self, t: dict[str, Any], k: int) -> dict[str, np.ndarray]:
         """A V2 UINT8 tensor of decoded images: [N, H, W, C] (or [N, H, W] for one channel), any size."""
         spec = self.columns[t["name"]].image
         assert spec is not None
@@ -355,16 +449,14 @@ class Predictor:
         if not all(type(v) is int and 0 <= v <= 255 for v in flat):
             raise RequestError(f"inputs[{k}].data", "UINT8 values are integers from 0 to 255")
         arr = np.asarray(flat, dtype=np.uint8).reshape(shape)
-        return self._images(spec, list(arr), f"inputs[{k}].data")
+        return self._image_feeds(t["name"], spec, list(arr), f"inputs[{k}].data")
 
     def column(self, name: str, values: list[Any], where: str, datatype: str | None = None) -> np.ndarray:
         """One column's values as the array the graph takes, or a RequestError naming the first bad value."""
         spec = self.columns[name]
         if spec.image is not None:
-            if datatype is not None and datatype != "BYTES":
-                raise RequestError(where, f"input '{name}' is an image: send BYTES (base64 of the encoded image) or "
-                                   f"a UINT8 tensor of pixels, not {datatype}")
-            return self._images(spec.image, values, where)
+            self._image_datatype(name, where, datatype)
+            return self._image_feeds(name, spec.image, values, where)[name]
         if spec.text is not None:
             return self.encode_texts(name, self._texts(spec.text, values, where))
         fast = _fast_column(spec.dtype, values, datatype)
@@ -401,6 +493,19 @@ class Predictor:
             else:
                 arr[i] = v
         return arr.reshape(-1, 1)
+
+
+def embedding_projection(width: int, dims: int) -> np.ndarray | None:
+    """A fixed Gaussian random projection [width, dims] (Johnson-Lindenstrauss: distances, hence drift, are
+    kept approximately), or None when the embedding is no wider than `dims`."""
+    if width <= dims:
+        return None
+    rng = np.random.default_rng(PROJECTION_SEED)
+    return (rng.standard_normal((width, dims)) / np.sqrt(dims)).astype(np.float32)
+
+
+def _json_number(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 def _naming(exc: RequestError, name: str, scalar: bool) -> RequestError:

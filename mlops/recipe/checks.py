@@ -148,6 +148,8 @@ def gateable_metrics(recipe: Recipe, task: str | None = None) -> dict[str, str]:
                         robustness=ev.robustness.enabled, performance=ev.performance.enabled)
     if not ev.performance.torch:
         metrics = {k: v for k, v in metrics.items() if not k.startswith("perf/torch/")}
+    if ev.robustness.enabled:  # the image, text, payload and attack checks, by their declared strengths
+        metrics |= ev.robustness.metric_names()
     return metrics
 
 

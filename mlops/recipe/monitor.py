@@ -12,6 +12,7 @@ from mlops.recipe.section import Section
 NumericMethod = Literal["psi", "ks", "wasserstein", "jensenshannon"]
 CategoricalMethod = Literal["psi", "jensenshannon", "chi2"]
 DriftMethod = Literal["psi", "ks", "wasserstein", "jensenshannon", "chi2"]
+EmbeddingMethod = Literal["model", "mmd", "ratio"]
 Share = Annotated[float, Field(ge=0, le=1)]
 # what `mlops monitor` computes from joined ground truth; `accuracy.metric` must be one of them
 LIVE_METRICS = {"binary": {"accuracy": "higher", "f1": "higher", "f1_macro": "higher", "auroc": "higher",
@@ -83,6 +84,19 @@ class FeatureDriftConfig(Section):
     key: bool = Field(False, description="drift of this feature fires the drift alert on its own")
 
 
+class EmbeddingDriftConfig(Section):
+    """Drift of an image or text model's embeddings (the bundle's `embedding` output, logged with every
+    prediction), judged as Evidently's embedding drift methods judge it. Judged as one more feature named
+    `embedding`; tabular models have none."""
+
+    enabled: bool = True
+    method: EmbeddingMethod = Field("model", description="model: a classifier told apart reference and window "
+                                    "(ROC AUC); mmd: maximum mean discrepancy; ratio: share of drifted components")
+    threshold: PositiveFloat | None = Field(None, description="null: the method's default (Evidently's)")
+    key: bool = Field(True, description="its drift fires the drift alert on its own: one statistic over the whole "
+                      "input, where the descriptors are many columns of the share")
+
+
 class DriftConfig(Section):
     """Drift of every input feature, and of the predictions, against the reference.
 
@@ -102,6 +116,7 @@ class DriftConfig(Section):
     features: dict[str, FeatureDriftConfig] = Field(default_factory=dict, description="per-feature overrides")
     predictions: bool = Field(True, description="also watch the predictions (label and confidence, or the "
                               "regression output): rule prediction_drift")
+    embedding: EmbeddingDriftConfig = Field(default_factory=EmbeddingDriftConfig)
 
 
 class SchemaChecksConfig(Section):
@@ -186,6 +201,19 @@ class ReportConfig(Section):
     dashboard_windows: PositiveInt = Field(500, description="latest windows shown on the dashboard")
 
 
+class PayloadsConfig(Section):
+    """What the prediction log keeps of an image or text input. Its descriptors and the model's embedding are
+    always kept (they are what the monitor judges); the payload itself only for a sampled share, so the log
+    does not grow with image bytes. Written into the bundle at export: the server follows it."""
+
+    image_sample: Share = Field(0.05, description="share of image payloads kept (the bytes as sent, base64): "
+                                "the dashboard's examples and error analysis show them")
+    text_sample: Share = Field(1.0, description="share of texts kept as sent")
+    max_bytes: PositiveInt = Field(65_536, description="a payload larger than this is never kept")
+    embedding_dims: PositiveInt = Field(32, description="a wider embedding is logged as a fixed random projection "
+                                        "to this many dimensions (the reference is projected alike)")
+
+
 class MonitorConfig(Section):
     """`mlops monitor`: drift, live accuracy, operational metrics and alerts over the prediction log."""
 
@@ -202,3 +230,4 @@ class MonitorConfig(Section):
     error_rate: ErrorRateConfig = Field(default_factory=ErrorRateConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    payloads: PayloadsConfig = Field(default_factory=PayloadsConfig)

@@ -289,13 +289,140 @@ class FairnessConfig(Section):
 
 
 class RobustnessConfig(Section):
-    """Stress checks of the exported ONNX model: it must never crash and its outputs must stay finite."""
+    """Stress checks of the exported ONNX model: it must never crash and its outputs must stay finite. Image and
+    text inputs are perturbed at the strengths declared here, broken payloads are sent, and gradient attacks run
+    through the trained module; each declared strength gives metrics that gates read.
+
+    Metric names: `robustness/<perturbation>/<strength>/<measure>` for each declared strength (the strength as
+    Python's `{:g}` writes it: `robustness/image_noise/0.1/flip_rate`), and `robustness/<perturbation>/<measure>`
+    at the strongest one (the largest, or for `jpeg` the lowest quality). Measures: `flip_rate`,
+    `accuracy` and `accuracy_drop` (a regression model: `relative_change`). Perturbations: image_noise, image_blur,
+    image_brightness, image_contrast, image_rotation, image_jpeg, image_occlusion, text_typos, text_truncation,
+    text_whitespace, and text_casing and text_punctuation (no strength: only `robustness/text_casing/<measure>`).
+    Attacks: `robustness/adversarial/<method>/<epsilon>/<measure>` and, at the largest epsilon,
+    `robustness/adversarial/<method>/<measure>`, measures `accuracy`, `accuracy_drop` and `flip_rate`. Broken
+    payloads: `robustness/corrupt_payload/<outcome>` counts them by outcome (answered, refused, crashed,
+    non_finite)."""
+
+    class Image(Section):
+        """Perturbations of every image input of a row at once: decoded from the bytes as sent, changed, encoded
+        again (PNG; JPEG for `jpeg`) and scored by the bundle as serving would. An empty list turns one off."""
+
+        rows: PositiveInt = Field(100, description="test rows each image perturbation is scored on")
+        noise: list[PositiveFloat] = Field([0.05, 0.1, 0.2], description="Gaussian noise: its standard "
+                                           "deviation, in units of the pixel range (pixels scaled to 0..1)")
+        blur: list[PositiveFloat] = Field([0.5, 1.0, 2.0], description="Gaussian blur: its radius, in pixels of "
+                                          "the image as sent")
+        brightness: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+            [0.2, 0.4], description="brightness shift s: each image both darkened (x(1-s)) and brightened "
+            "(x(1+s)), both counted")
+        contrast: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+            [0.2, 0.4], description="contrast shift s: each image's contrast both lowered (x(1-s)) and raised "
+            "(x(1+s)), both counted")
+        rotation: list[Annotated[float, Field(gt=0, le=180)]] = Field(
+            [5.0, 15.0], description="rotation, in degrees, both ways (corners filled with the border's mean "
+            "colour), both counted")
+        jpeg: list[Annotated[int, Field(ge=1, le=95)]] = Field(
+            [50, 20], description="JPEG re-compression at this quality (1..95): the lowest is the strongest")
+        occlusion: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+            [0.1, 0.25], description="a mid-grey rectangle covering this fraction of the image, at a random place")
+
+        @field_validator("noise", "blur", "brightness", "contrast", "rotation", "jpeg", "occlusion")
+        @classmethod
+        def _distinct(cls, v: list[float]) -> list[float]:
+            if len(set(v)) != len(v):
+                raise ValueError(f"strengths must be distinct (each names its own metrics): {v}")
+            return v
+
+    class Text(Section):
+        """Perturbations of every text input of a row at once, on the raw string, scored by the bundle (its own
+        tokenizer) as serving would. An empty list or false turns one off."""
+
+        rows: PositiveInt = Field(100, description="test rows each text perturbation is scored on")
+        typos: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+            [0.02, 0.05, 0.1], description="character typos: each letter, with this probability, swapped with "
+            "the next, dropped, doubled or replaced by a random letter")
+        casing: bool = Field(True, description="each text both upper-cased and with every letter's case swapped, "
+                             "both counted")
+        punctuation: bool = Field(True, description="every punctuation character removed")
+        truncation: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+            [0.25, 0.5], description="this fraction of the characters cut from the end")
+        whitespace: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+            [0.05, 0.1], description="before each character, with this probability, a run of 1-3 spaces, tabs or "
+            "newlines (words may split)")
+
+        @field_validator("typos", "truncation", "whitespace")
+        @classmethod
+        def _distinct(cls, v: list[float]) -> list[float]:
+            if len(set(v)) != len(v):
+                raise ValueError(f"strengths must be distinct (each names its own metrics): {v}")
+            return v
+
+    class Adversarial(Section):
+        """Gradient attacks (L-inf) through the trained torch module, the adversarial inputs then scored by the
+        bundle: images on pixels scaled to 0..1 (then rounded back to uint8 and sent as PNG), scalar columns on
+        the standardized numeric features (sent as raw values). Text tokens are discrete: a text-only model is
+        skipped, a text beside an image is held fixed. Classification only; needs the run's module (not for a
+        registered model evaluated alone)."""
+
+        enabled: bool = True
+        rows: PositiveInt = Field(64, description="test rows attacked")
+        methods: Annotated[list[Literal["fgsm", "pgd"]], Field(min_length=1)] = Field(
+            ["fgsm", "pgd"], description="fgsm: one signed-gradient step of size epsilon; pgd: `pgd_steps` "
+            "steps of 2.5 x epsilon / pgd_steps from a random start, projected onto the epsilon ball")
+        epsilons: Annotated[list[PositiveFloat], Field(min_length=1)] = Field(
+            [0.01, 0.03, 0.1], description="L-inf radius: pixel range (0..1) for images, training standard "
+            "deviations for numeric columns")
+        pgd_steps: PositiveInt = Field(10, description="gradient steps of pgd")
+
+        @field_validator("methods", "epsilons")
+        @classmethod
+        def _distinct(cls, v: list[Any]) -> list[Any]:
+            if len(set(v)) != len(v):
+                raise ValueError(f"values must be distinct (each names its own metrics): {v}")
+            return v
 
     enabled: bool = True
-    rows: PositiveInt = Field(200, description="test rows used by each check")
+    rows: PositiveInt = Field(200, description="test rows used by each check of the scalar columns")
     epsilon: PositiveFloat = Field(0.01, description="perturbation size, as a fraction of each numeric "
                                    "column's training standard deviation")
     repeats: PositiveInt = Field(5, description="perturbation draws per row")
+    image: Image = Field(default_factory=Image)
+    text: Text = Field(default_factory=Text)
+    corrupt_payloads: bool = Field(True, description="send broken images (truncated PNG, random bytes, empty, "
+                                   "not base64, RGBA, CMYK, 16-bit grey, the other channel count, over the byte "
+                                   "limit, a pixel bomb) and texts (empty, blank, over the length limit, more "
+                                   "tokens than the model reads, control characters, a lone surrogate, a number): "
+                                   "each must be answered or refused as a bad request, never crash the bundle")
+    adversarial: Adversarial = Field(default_factory=Adversarial)
+
+    def metric_names(self) -> dict[str, Literal["higher", "lower"]]:
+        """Every metric these settings can produce, with its better direction (image ones come only for a model
+        with an image input, text ones with a text input, `accuracy*` only for a classifier)."""
+        if not self.enabled:
+            return {}
+        measures: dict[str, Literal["higher", "lower"]] = {"flip_rate": "lower", "accuracy": "higher",
+                                                           "accuracy_drop": "lower", "relative_change": "lower"}
+        strengths: dict[str, list[Any]] = {f"image_{k}": getattr(self.image, k) for k in (
+            "noise", "blur", "brightness", "contrast", "rotation", "jpeg", "occlusion")}
+        strengths |= {f"text_{k}": getattr(self.text, k) for k in ("typos", "truncation", "whitespace")}
+        out: dict[str, Literal["higher", "lower"]] = {}
+        for name, values in strengths.items():
+            for stem in [name, *(f"{name}/{v:g}" for v in values)] if values else []:
+                out |= {f"robustness/{stem}/{m}": d for m, d in measures.items()}
+        for name, on in (("text_casing", self.text.casing), ("text_punctuation", self.text.punctuation)):
+            if on:
+                out |= {f"robustness/{name}/{m}": d for m, d in measures.items()}
+        if self.corrupt_payloads:
+            out |= {"robustness/corrupt_payload/answered": "lower", "robustness/corrupt_payload/refused": "higher",
+                    "robustness/corrupt_payload/crashed": "lower", "robustness/corrupt_payload/non_finite": "lower"}
+        if self.adversarial.enabled:
+            attack: dict[str, Literal["higher", "lower"]] = {"accuracy": "higher", "accuracy_drop": "lower",
+                                                             "flip_rate": "lower"}
+            for method in self.adversarial.methods:
+                for stem in [method, *(f"{method}/{e:g}" for e in self.adversarial.epsilons)]:
+                    out |= {f"robustness/adversarial/{stem}/{m}": d for m, d in attack.items()}
+        return out
 
 
 class PerformanceConfig(Section):

@@ -27,7 +27,7 @@ import numpy as np
 
 from mlops.data.media import ImageSpec, is_image_path
 from mlops.package.bundle import BundleInput
-from mlops.package.predictor import EMBEDDING, RAW_TEXT, Predictor, RequestError
+from mlops.package.predictor import EMBEDDING, RAW_TEXT, SENT_BYTES, SENT_SIZE, Predictor, RequestError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,7 +150,8 @@ def _column_by_parts(predictor: Predictor, spec: BundleInput, values: list[Any],
 def _placeholder(spec: BundleInput) -> dict[str, np.ndarray]:
     """One row's feeds standing in for a refused value (the row is dropped before the model runs)."""
     if spec.image is not None:
-        return {spec.name: np.zeros((1, *spec.image.shape), dtype=np.uint8)}
+        return {spec.name: np.zeros((1, *spec.image.shape), dtype=np.uint8),
+                spec.name + SENT_SIZE: np.zeros((1, 2), dtype=np.int64), spec.name + SENT_BYTES: np.full(1, None)}
     if spec.text is not None:
         return {spec.name: np.zeros((1, spec.text.max_length), dtype=np.int64),
                 spec.name + RAW_TEXT: np.asarray([""], dtype=object)}

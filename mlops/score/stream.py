@@ -41,7 +41,7 @@ import numpy as np
 from mlops.core.errors import MlopsError
 from mlops.core.predlog import IdempotentLog, prediction_rows
 from mlops.core.workspace import workspace
-from mlops.package.predictor import Predictor
+from mlops.package.predictor import EMBEDDING, Predictor
 from mlops.score.rows import from_text, judge
 
 if TYPE_CHECKING:
@@ -317,7 +317,7 @@ class Consumer:
             pid = f"{c.stream}:{ids[k]}"
             if k in predicted:
                 fields = {"id": pid, "source_id": ids[k], "model": self.predictor.name, "version": self.version or ""}
-                fields |= {name: _field_value(v) for name, v in predicted[k].items()}
+                fields |= {name: _field_value(v) for name, v in predicted[k].items() if name != EMBEDDING}
                 target = c.output_stream
             else:
                 field, message = dead[k]
@@ -346,12 +346,12 @@ class Consumer:
                  ) -> dict[int, dict[str, Any]]:
         """Outputs per message; if the model fails on the batch, row by row, dead-lettering the rows it fails on."""
         try:
-            return dict(zip(good, self.predictor.predict(feeds).instances(), strict=True))
+            return dict(zip(good, self.predictor.predict(feeds).log_instances(), strict=True))
         except Exception:  # an ONNX Runtime error on some row: find it rather than fail the batch
             out = {}
             for j, k in enumerate(good):
                 try:
-                    out[k] = self.predictor.predict({n: v[j:j + 1] for n, v in feeds.items()}).instances()[0]
+                    out[k] = self.predictor.predict({n: v[j:j + 1] for n, v in feeds.items()}).log_instances()[0]
                 except Exception as exc:
                     dead[k] = ("model", f"the model failed on this row: {exc}")
             return out

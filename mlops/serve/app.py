@@ -272,7 +272,7 @@ class Server:
         if self.log is not None:
             latency = (time.perf_counter() - started) * 1000
             await self._log_writer.write("predictions", prediction_rows(
-                ids, arm.name, arm.version, arm.variant, raw_rows, prediction.instances(), latency))
+                ids, arm.name, arm.version, arm.variant, raw_rows, prediction.log_instances(), latency))
         if "label" in prediction.outputs:
             self.metrics.count_classes(arm.name, arm.variant, prediction.outputs["label"])
         return prediction, ids

@@ -232,8 +232,7 @@ def split(prediction: Prediction, sizes: list[int]) -> list[Prediction]:
     parts = []
     start = 0
     for size in sizes:
-        parts.append(Prediction({name: values[start:start + size] for name, values in prediction.outputs.items()},
-                                size))
+        parts.append(prediction.part(start, size))
         start += size
     return parts
 

@@ -161,7 +161,9 @@ def _joined(work: list[tuple[Any, ...]]) -> tuple[dict[str, np.ndarray], list[st
         raise ValueError("the served answers have different outputs")
     feeds = {name: np.concatenate([w[0][name] for w in work]) for name in first_feeds}
     outputs = {name: np.concatenate([np.asarray(w[3].outputs[name]) for w in work]) for name in first_served.outputs}
-    served = Prediction(outputs, sum(w[3].rows for w in work))
+    embeddings = [w[3].embedding for w in work]
+    served = Prediction(outputs, sum(w[3].rows for w in work),
+                        None if any(e is None for e in embeddings) else np.concatenate(embeddings))
     return feeds, [i for w in work for i in w[1]], [r for w in work for r in w[2]], served
 
 
@@ -251,7 +253,7 @@ class ShadowRunner:
         latency = (time.perf_counter() - started) * 1000
         if prediction.rows != served.rows:
             raise ValueError(f"answered {prediction.rows} rows for a request of {served.rows}")
-        instances = prediction.instances()  # an output that cannot be logged is an error
+        instances = prediction.log_instances()  # an output that cannot be logged is an error
         differ = disagreements(served.outputs, prediction.outputs, served.rows)
         if self.log is not None:
             done = self.log.submit("predictions", prediction_rows(ids, self.arm.name, self.arm.version, SHADOW,

@@ -37,3 +37,28 @@ def test_the_loop_closes_with_no_human_in_it(isolated_env: dict[str, str], tmp_p
     assert retrain["trigger"] in ("drift", "accuracy_drop") and retrain["version"] == "2"
     assert summary["served_version"] == "2" and summary["server_pid_unchanged"]  # ... live, with no restart
     assert summary["traffic_errors"] == {}, tail  # and production never saw an error on the way
+
+
+def test_the_image_loop_fires_on_embeddings_and_descriptors_and_closes(isolated_env: dict[str, str],
+                                                                       tmp_path: Path) -> None:
+    """`make demo-loop-images`: production's scanner turns brighter and noisier; the monitor sees it in the
+    images' embedding and descriptors; the retrain learns from the production images the log kept."""
+    proc = subprocess.run([sys.executable, "examples/demo_loop.py", "--images", "--home", str(tmp_path / "loop"),
+                           "--json", "evaluate.performance.iterations=30",
+                           "evaluate.performance.torch=false"],
+                          cwd=ROOT, env=isolated_env, capture_output=True, text=True, timeout=1800)
+    tail = proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, tail
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["alerts_before_drift"] == [], tail  # quiet while production looks like training
+    assert "drift" in summary["alerts_after_drift"], tail
+    drifted = set(summary["drifted_features"])
+    assert "embedding" in drifted and {"image.brightness", "image.sharpness"} & drifted, drifted
+    evidently = summary["evidently_embedding"]
+    assert evidently and evidently["drift"] and evidently["agrees_with_fast_path"], evidently
+    page = Path(summary["dashboard"]).read_text()
+    assert "Embeddings" in page and "data:image/png;base64," in page  # drift over time and the drifted inputs
+    retrain = summary["retrain"]
+    assert retrain["outcome"] == "promoted" and retrain["exit"] == 0, tail
+    assert summary["served_version"] == "2" and summary["server_pid_unchanged"]
+    assert summary["traffic_errors"] == {}, tail

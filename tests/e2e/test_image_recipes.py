@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from mlops.core.predlog import read_predictions
+from mlops.package.predictor import DESCRIPTORS
 from tests.conftest import ROOT, last_json, run_cli
 from tests.media_e2e import b64, module_env, post, serving, stream_outputs
 from tests.net import drop_stream, redis_client
@@ -99,7 +100,10 @@ def test_the_champion_serves_pngs_and_refuses_bad_images_by_name(digits: dict[st
     logged = read_predictions(log)
     assert len(logged) == len(rows) + 1
     entry = json.loads(logged[0]["inputs"])
-    assert set(entry) == {"image", "ink"} and len(json.dumps(entry["image"])) < 300  # a digest and a size
+    # a digest and a size (and the PNG as sent, for the sampled share the bundle keeps), never pixels, and the
+    # image's descriptors
+    assert set(entry) == {"image", "ink", DESCRIPTORS} and set(entry["image"]) <= {"sha1", "shape", "b64"}
+    assert entry[DESCRIPTORS]["image.width"] == 16 and 0 <= entry[DESCRIPTORS]["image.brightness"] <= 255
 
     # the monitor reads a log of images without tripping over them
     report = run_cli(["monitor", "--json", RECIPE, "--log", str(log)], env)

@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 from mlops.core.errors import MlopsError
 from mlops.core.predlog import SHADOW, PredictionLog, read_predictions
 from mlops.core.refs import CHALLENGER
-from mlops.package.predictor import RAW_TEXT, Predictor
+from mlops.package.predictor import DESCRIPTORS, RAW_TEXT, Predictor, embedding_projection
 from mlops.serve import kserve_runtime
 from mlops.serve.app import Server
 from mlops.serve.batching import MicroBatcher
@@ -352,25 +352,76 @@ def test_kserve_binary_bytes_of_an_image_are_the_encoded_file(bundle: Path, pred
 # --- the log --------------------------------------------------------------------------------------------
 
 
-def test_the_log_keeps_texts_and_image_digests_never_pixels(bundle: Path, tmp_path: Path) -> None:
+def _logged_inputs(path: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for r in read_predictions(path):
+        inputs, outputs = r["inputs"], r["outputs"]
+        out[r["id"]] = {"inputs": json.loads(inputs) if isinstance(inputs, str) else inputs,
+                        "outputs": json.loads(outputs) if isinstance(outputs, str) else outputs}
+    return out
+
+
+def test_the_log_keeps_texts_descriptors_and_embeddings_never_pixels(bundle: Path, tmp_path: Path) -> None:
     rows = instances(2)
     with runtime_client("mlops", bundle, tmp_path) as client:
-        assert client.post(V1, json={"id": "a", "instances": rows}).status_code == 200
+        first = client.post(V1, json={"id": "a", "instances": rows})
+        assert first.status_code == 200
         assert client.post(V2, json=v2_body(rows[:1], id="b")).status_code == 200
+    assert "embedding" not in first.text  # logged, never answered
 
-    logged = {r["id"]: r for r in read_predictions(tmp_path / "log.sqlite")}
+    logged = _logged_inputs(tmp_path / "log.sqlite")
     assert set(logged) == {"a-0", "a-1", "b"}
     for pid, row in (("a-0", rows[0]), ("a-1", rows[1]), ("b", rows[0])):
         inputs = logged[pid]["inputs"]
-        inputs = json.loads(inputs) if isinstance(inputs, str) else inputs
         assert inputs[TEXT] == row[TEXT] and inputs[NUMBER] == row[NUMBER]
         assert set(inputs[IMAGE]) == {"sha1", "shape"} and inputs[IMAGE]["shape"] == [8, 8, 1]
-    assert logged["a-0"]["inputs"] == logged["b"]["inputs"]  # the same image: the same digest
+        described = inputs[DESCRIPTORS]
+        assert described[f"{TEXT}.chars"] == len(row[TEXT])
+        assert described[f"{TEXT}.words"] == len(row[TEXT].split())
+        assert described[f"{TEXT}.script"] == "latin"
+        assert described[f"{IMAGE}.width"] == 8 and described[f"{IMAGE}.height"] == 8
+        assert 0 <= described[f"{IMAGE}.brightness"] <= 255
+        embedding = logged[pid]["outputs"]["embedding"]
+        assert len(embedding) == 8 and all(isinstance(v, float) for v in embedding)  # 8 wide: not projected
+    assert logged["a-0"]["inputs"] == logged["b"]["inputs"]  # the same image: the same digest and descriptors
+    assert logged["a-0"]["outputs"]["embedding"] == logged["b"]["outputs"]["embedding"]
+    assert logged["a-0"]["outputs"]["embedding"] != logged["a-1"]["outputs"]["embedding"]
     db = sqlite3.connect(tmp_path / "log.sqlite")
     dump = "\n".join(db.iterdump())
     db.close()
     assert rows[0][IMAGE]["b64"][:40] not in dump  # neither the file nor its pixels
-    assert "embedding" not in dump
+
+
+def test_the_bundles_payload_policy_keeps_image_bytes_and_drops_texts(tmp_path: Path) -> None:
+    kept = build_media_bundle(tmp_path / "kept", payloads={"image_sample": 1.0, "text_sample": 0.0,
+                                                           "embedding_dims": 4})
+    rows = instances(2)
+    with runtime_client("mlops", kept, tmp_path) as client:
+        assert client.post(V1, json={"id": "a", "instances": rows}).status_code == 200
+    logged = _logged_inputs(tmp_path / "log.sqlite")
+    for pid, row in (("a-0", rows[0]), ("a-1", rows[1])):
+        inputs = logged[pid]["inputs"]
+        assert inputs[IMAGE]["b64"] == row[IMAGE]["b64"]  # the bytes as sent
+        assert inputs[TEXT] is None  # not kept, yet described
+        assert inputs[DESCRIPTORS][f"{TEXT}.chars"] == len(row[TEXT])
+        assert len(logged[pid]["outputs"]["embedding"]) == 4  # projected from 8
+
+    small = build_media_bundle(tmp_path / "small", payloads={"image_sample": 1.0, "max_bytes": 10})
+    with runtime_client("mlops", small, tmp_path / "small-log") as client:
+        assert client.post(V1, json={"id": "s", "instances": rows[:1]}).status_code == 200
+    inputs = _logged_inputs(tmp_path / "small-log" / "log.sqlite")["s"]["inputs"]
+    assert "b64" not in inputs[IMAGE] and inputs[TEXT] is None  # both over max_bytes
+
+
+def test_the_projection_keeps_distances_and_is_the_same_for_every_process() -> None:
+    assert embedding_projection(8, 32) is None
+    a, b = embedding_projection(128, 32), embedding_projection(128, 32)
+    assert a is not None and b is not None and np.array_equal(a, b)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 128)).astype(np.float32)
+    full = np.linalg.norm(x[:100] - x[100:], axis=1)
+    projected = np.linalg.norm(x[:100] @ a - x[100:] @ a, axis=1)
+    assert 0.7 < float(np.median(projected / full)) < 1.3
 
 
 # --- batching, A/B, shadow ------------------------------------------------------------------------------

@@ -7,16 +7,19 @@ from pathlib import Path
 
 from mlops.engine.results import AssessResult
 from mlops.engine.steps.common import RunContext, frames
-from mlops.engine.steps.trained import load_module, split_arrays
+from mlops.engine.steps.trained import dict_inputs, load_module, split_arrays
 from mlops.evaluate.assess import assess_bundle
 
 
 def assess(ctx: RunContext, out: Path) -> AssessResult:
     """Slices, fairness, robustness and the inference benchmark, all on the exported ONNX model."""
     parts = frames(ctx)
-    module = load_module(ctx) if ctx.loaded.recipe.evaluate.performance.torch else None
-    features = split_arrays(ctx, "test") if module is not None else None
+    ev = ctx.loaded.recipe.evaluate
+    attack = ev.robustness.enabled and ev.robustness.adversarial.enabled
+    module = load_module(ctx) if ev.performance.torch or attack else None
+    features = split_arrays(ctx, "test") if module is not None and ev.performance.torch else None
+    network = dict_inputs(ctx) if module is not None else None
     result = assess_bundle(ctx.loaded.recipe, ctx.dir("export") / "bundle", parts["test"], parts["train"],
-                           module, features)
+                           module, features, network)
     (out / "assess.json").write_text(json.dumps(result, indent=2))
     return AssessResult.model_validate(result)

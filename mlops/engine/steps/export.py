@@ -49,7 +49,7 @@ def export(ctx: RunContext, out: Path) -> ExportResult:
         "outputs": io_description(full)["outputs"], "labels": prep.labels, "recipe_hash": ctx.loaded.model_hash,
         "data_fingerprint": ctx.result("load_data", LoadDataResult).fingerprint,
         "metrics": ctx.result("evaluate", EvaluateResult).metrics, "data_schema": schema.model_dump(),
-        "parity": {}, "mlops_version": mlops.__version__,
+        "parity": {}, "mlops_version": mlops.__version__, "payloads": r.monitor.payloads.model_dump(),
     }
     assets = {spec.tokenizer: (ctx.dir("preprocess") / spec.tokenizer).read_text()
               for spec in prep.inputs.texts.values()}
