@@ -47,15 +47,19 @@ def descriptor_columns(name: str, kind: str, channels: int = 1) -> dict[str, str
 
 def image_descriptors(name: str, pixels: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
     """Descriptors of decoded images: `pixels` uint8 [N, H, W, C] as the model takes them, `sizes` [N, 2] the
-    (width, height) each image had as sent."""
-    x = pixels.astype(np.float32)
-    grey = x[..., 0] if x.shape[-1] == 1 else x @ _LUMA
+    (width, height) each image had as sent. Few numpy calls: the server computes them for every request."""
+    n, h, w, c = pixels.shape
+    grey = pixels[..., 0].astype(np.float32) if c == 1 else pixels.astype(np.float32) @ _LUMA
+    flat = grey.reshape(n, -1)
+    total = flat.sum(axis=1, dtype=np.float64)
+    squares = np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
+    mean = total / flat.shape[1]
     out = {"width": sizes[:, 0].astype(np.float64), "height": sizes[:, 1].astype(np.float64),
-           "brightness": grey.mean(axis=(1, 2), dtype=np.float64), "contrast": grey.std(axis=(1, 2), dtype=np.float64),
+           "brightness": mean, "contrast": np.sqrt(np.maximum(squares / flat.shape[1] - mean * mean, 0.0)),
            "sharpness": _laplacian(grey)}
-    if x.shape[-1] == 3:
-        means = x.mean(axis=(1, 2), dtype=np.float64)
-        out |= {c: means[:, k] for k, c in enumerate(COLOUR_NUMERIC)}
+    if c == 3:
+        means = pixels.reshape(n, -1, 3).mean(axis=1, dtype=np.float64)
+        out |= {k: means[:, j] for j, k in enumerate(COLOUR_NUMERIC)}
     return {f"{name}{SEPARATOR}{k}": v for k, v in out.items()}
 
 
@@ -63,9 +67,9 @@ def _laplacian(grey: np.ndarray) -> np.ndarray:
     """Mean |4-neighbour Laplacian| per image: edges and noise raise it, blur lowers it."""
     if grey.shape[1] < 3 or grey.shape[2] < 3:
         return np.zeros(grey.shape[0])
-    centre = grey[:, 1:-1, 1:-1]
-    lap = grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] - 4 * centre
-    return np.abs(lap).mean(axis=(1, 2), dtype=np.float64)
+    lap = grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:]
+    lap -= 4 * grey[:, 1:-1, 1:-1]
+    return np.abs(lap).reshape(len(grey), -1).mean(axis=1, dtype=np.float64)
 
 
 def text_descriptors(name: str, texts: list[str], ids: np.ndarray | None = None, unknown_id: int | None = None,
