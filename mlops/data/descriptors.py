@@ -45,6 +45,11 @@ def descriptor_columns(name: str, kind: str, channels: int = 1) -> dict[str, str
     return {}
 
 
+def described_input(column: str) -> str:
+    """The input a descriptor column describes ("review.chars" -> "review"; an input's own name may hold dots)."""
+    return column.rpartition(SEPARATOR)[0]
+
+
 def image_descriptors(name: str, pixels: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
     """Descriptors of decoded images: `pixels` uint8 [N, H, W, C] as the model takes them, `sizes` [N, 2] the
     (width, height) each image had as sent. Few numpy calls: the server computes them for every request."""

@@ -35,8 +35,10 @@ def assess_bundle(recipe: Recipe, bundle_dir: Path, test: Any, train: Any, modul
     ev = recipe.evaluate
     scored = score_bundle(bundle_dir, test, recipe.data.target)
     custom = custom_metric_fns(ev.custom_metrics)
-    sliced = with_descriptors(bundle_dir, test)  # an image's or text's descriptors are columns to slice by
-    declared = ev.slices or [SliceConfig.model_validate(s) for s in media_slices(bundle_dir)]
+    meta = read_bundle(bundle_dir)
+    # an image's or text's descriptors are columns to slice by; a tabular model's rows are sliced as they are
+    sliced = test if all(i.scalar for i in meta.inputs) else with_descriptors(bundle_dir, test)
+    declared = ev.slices or [SliceConfig.model_validate(s) for s in media_slices(meta)]
     slices = slice_metrics(sliced, scored, declared, custom) if declared else []
     fairness = fairness_report(test, scored, ev.fairness) if ev.fairness else {}
     robustness = robustness_checks(bundle_dir, test, train, ev.robustness, recipe.eval_seed) if ev.robustness.enabled else []

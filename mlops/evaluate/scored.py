@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from mlops.data.schema import encode_labels
-from mlops.package.bundle import read_bundle
+from mlops.package.bundle import BundleMeta, read_bundle
 from mlops.package.predictor import Predictor
 
 
@@ -73,19 +73,19 @@ def bundle_feeds(bundle_dir: Path, frame: Any) -> dict[str, np.ndarray]:
 def with_descriptors(bundle_dir: Path, frame: Any) -> Any:
     """The rows with their image and text inputs' descriptors as columns of their own (`review.chars`,
     `image.brightness`, ...: mlops.data.descriptors), computed as the server logs them, so a slice or a
-    mistake can be told by them. Rows of a tabular model come back as they are."""
-    predictor = Predictor(bundle_dir, max_batch=max(len(frame), 1))
-    if all(i.scalar for i in predictor.meta.inputs) or not len(frame):
+    mistake can be told by them."""
+    if not len(frame):
         return frame
+    predictor = Predictor(bundle_dir, max_batch=len(frame))
     described = predictor.descriptors(predictor.frame_feeds(frame))
     return frame.assign(**{k: v for k, v in described.items()})
 
 
-def media_slices(bundle_dir: Path) -> list[dict[str, Any]]:
+def media_slices(meta: BundleMeta) -> list[dict[str, Any]]:
     """The slices an image or text model is evaluated on when the recipe declares none: its texts by length,
-    its images by brightness and by size, each in quartiles."""
+    its images by brightness and by size, each in quartiles (none for a tabular model)."""
     out = []
-    for i in read_bundle(bundle_dir).inputs:
+    for i in meta.inputs:
         if i.kind == "text":
             out.append({"column": f"{i.name}.chars", "bins": 4})
         elif i.kind == "image":

@@ -26,7 +26,7 @@ from typing import Any
 from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
 from mlops.core.pages import image_data_url, render_page, write_page
-from mlops.data.descriptors import SEPARATOR
+from mlops.data.descriptors import described_input
 from mlops.improve.feedback import read_joined
 from mlops.improve.intervals import wilson
 from mlops.package.predictor import DESCRIPTORS, EMBEDDING
@@ -97,7 +97,7 @@ def _frame(inputs: list[dict[str, Any]]) -> tuple[Any, dict[str, str]]:
     for row in inputs:
         described = row.get(DESCRIPTORS) if isinstance(row.get(DESCRIPTORS), dict) else {}
         for column in described:
-            base = column.rpartition(SEPARATOR)[0]
+            base = described_input(column)
             media.setdefault(base, "image" if isinstance(row.get(base), dict) else "text")
         flat.append({k: v for k, v in row.items() if k != DESCRIPTORS} | described)
     frame = pd.DataFrame(flat)

@@ -10,7 +10,7 @@ import numpy as np
 
 from mlops.core.errors import MlopsError
 from mlops.core.timespec import iso
-from mlops.data.descriptors import SEPARATOR
+from mlops.data.descriptors import described_input
 from mlops.monitor.drift import (
     CategoricalReference,
     ColumnDrift,
@@ -127,7 +127,7 @@ class WindowJudge:
     def examples(self, rows: Rows, drifted: list[str]) -> list[dict[str, Any]] | None:
         """Kept inputs of a window whose embedding or an image's or text's descriptor drifted."""
         media = [n for n, k in self.columns.items() if k in MEDIA_KINDS]
-        if not media or not any(c == EMBEDDING_COLUMN or c.split(SEPARATOR, 1)[0] in media for c in drifted):
+        if not media or not any(c == EMBEDDING_COLUMN or described_input(c) in media for c in drifted):
             return None
         out = []
         for name in media:

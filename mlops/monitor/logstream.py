@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mlops.core.predlog import LogFilter, LogReader
-from mlops.data.descriptors import SEPARATOR, descriptor_columns
+from mlops.data.descriptors import described_input, descriptor_columns
 from mlops.package.bundle import BundleMeta
 from mlops.package.predictor import DESCRIPTORS, EMBEDDING
 
@@ -191,7 +191,7 @@ def parse_rows(raw: list[tuple[Any, ...]], columns: dict[str, str], task: str) -
         if kind in MEDIA_KINDS:
             rows.payloads[name] = _payloads([d.get(name) for d in inputs], kind)
             continue
-        source = described if columns.get(name.split(SEPARATOR, 1)[0]) in MEDIA_KINDS else inputs
+        source = described if columns.get(described_input(name)) in MEDIA_KINDS else inputs
         values = [d.get(name) for d in source]
         parse = _numeric if kind in NUMERIC_KINDS else _categorical
         rows_values, bad = parse(values)

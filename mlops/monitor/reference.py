@@ -45,7 +45,7 @@ class Reference:
     notes: list[str] = field(default_factory=list)
     profiles: dict[str, NumericReference | CategoricalReference] = field(default_factory=dict)
     embedding: np.ndarray | None = None  # an image or text model's embeddings [N, k], as its log keeps them
-    _embedding_profile: EmbeddingReference | None = None
+    _embedding_profile: EmbeddingReference | None = field(default=None, init=False, repr=False)  # prepared once
 
     @property
     def n(self) -> int:
@@ -89,16 +89,18 @@ def training_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path,
         keep = np.sort(np.random.default_rng(seed).choice(len(train), max_rows, replace=False))
         train = train.iloc[keep].reset_index(drop=True)
         notes.append(f"sampled {max_rows} of the training split's rows (monitor.reference.max_rows)")
-    feeds = _feeds(meta, bundle_dir, train)
-    outputs = _model_outputs(bundle_dir, feeds, meta.task)
+    described: dict[str, np.ndarray] = {}
+    embedding = None
+    if all(i.scalar for i in meta.inputs):
+        feeds = _feeds(meta, bundle_dir, train)
+        outputs = _model_outputs(bundle_dir, feeds, meta.task)
+    else:  # one pass through the Predictor: images decoded once, the model run once
+        feeds, outputs, described, embedding = _media_profile(meta, bundle_dir, train)
     numeric = {i.name: feeds[i.name][:, 0].astype(np.float64) for i in meta.inputs if i.kind == "numeric"}
     categorical = {i.name: np.asarray([v or None for v in feeds[i.name][:, 0]], dtype=object)
                    for i in meta.inputs if i.kind == "categorical"}
-    embedding = None
-    if not all(i.scalar for i in meta.inputs):
-        described, embedding = _media_profile(bundle_dir, train)
-        numeric |= {k: v.astype(np.float64) for k, v in described.items() if v.dtype != object}
-        categorical |= {k: v for k, v in described.items() if v.dtype == object}
+    numeric |= {k: v.astype(np.float64) for k, v in described.items() if v.dtype != object}
+    categorical |= {k: v for k, v in described.items() if v.dtype == object}
     target = None
     if r.data.target in train.columns:
         col = train[r.data.target]
@@ -109,20 +111,33 @@ def training_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path,
                      numeric, categorical, outputs, target, notes, embedding=embedding)
 
 
-def _media_profile(bundle_dir: Path, frame: Any, chunk: int = 1024) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """An image or text model's training rows as its log describes a request: the inputs' descriptors and the
-    embedding the log keeps (projected alike), through the bundle's own Predictor, a chunk at a time."""
+def _media_profile(meta: BundleMeta, bundle_dir: Path, frame: Any, chunk: int = 1024
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
+    """An image or text model's training rows as its log describes a request, a chunk at a time through the
+    bundle's own Predictor: the scalar columns as the graph takes them, the reference outputs, the inputs'
+    descriptors and the embedding the log keeps (projected alike)."""
     predictor = Predictor(bundle_dir, max_batch=chunk)
+    scalars: list[dict[str, np.ndarray]] = []
+    answers: list[dict[str, np.ndarray]] = []
     described: list[dict[str, np.ndarray]] = []
     embeddings: list[np.ndarray] = []
     for start in range(0, len(frame), chunk):
-        feeds = predictor.frame_feeds(frame.iloc[start:start + chunk])
+        try:
+            feeds = predictor.frame_feeds(frame.iloc[start:start + chunk])
+        except MlopsError as exc:
+            raise MlopsError(f"the recipe's data does not fit model '{meta.name}': {exc}") from None
+        scalars.append({i.name: feeds[i.name] for i in meta.inputs if i.scalar})
         described.append(predictor.descriptors(feeds))
-        kept = predictor.predict(feeds).embedding
-        if kept is not None:
-            embeddings.append(kept)
-    columns = {k: np.concatenate([d[k] for d in described]) for k in described[0]} if described else {}
-    return columns, np.concatenate(embeddings) if embeddings else None
+        prediction = predictor.predict(feeds)
+        answers.append(prediction.outputs)
+        if prediction.embedding is not None:
+            embeddings.append(prediction.embedding)
+
+    def joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+    return (joined(scalars), _reference_outputs(answers, meta.task), joined(described),
+            np.concatenate(embeddings) if embeddings else None)
 
 
 def _feeds(meta: BundleMeta, bundle_dir: Path, frame: Any) -> dict[str, np.ndarray]:
@@ -142,6 +157,11 @@ def _model_outputs(bundle_dir: Path, feeds: dict[str, np.ndarray], task: str) ->
     for start in range(0, n, 4096):
         chunk = {k: v[start:start + 4096] for k, v in feeds.items()}
         parts.append(dict(zip(names, session.run(None, chunk), strict=True)))
+    return _reference_outputs(parts, task)
+
+
+def _reference_outputs(parts: list[dict[str, np.ndarray]], task: str) -> dict[str, np.ndarray]:
+    """The model's answers, chunk by chunk, as the reference's prediction columns."""
     if task == "regression":
         return {VALUE: np.concatenate([p["prediction"] for p in parts]).reshape(-1).astype(np.float64)}
     labels = np.concatenate([p["label"] for p in parts]).reshape(-1)

@@ -28,6 +28,13 @@ BUILTIN_DATAMODULE = "mlops.train.datamodule.ArrayDataModule"
 Task = Literal["auto", "binary", "multiclass", "regression"]
 
 
+def distinct(v: list[Any], what: str) -> list[Any]:
+    """A list of robustness strengths or settings: each names its own metrics, so none may repeat."""
+    if len(set(v)) != len(v):
+        raise ValueError(f"{what} must be distinct (each names its own metrics): {v}")
+    return v
+
+
 def dotted_path(v: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", v):
         raise ValueError(f"'{v}' is not a dotted path like 'package.module.ClassName'")
@@ -327,12 +334,8 @@ class RobustnessConfig(Section):
         occlusion: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
             [0.1, 0.25], description="a mid-grey rectangle covering this fraction of the image, at a random place")
 
-        @field_validator("noise", "blur", "brightness", "contrast", "rotation", "jpeg", "occlusion")
-        @classmethod
-        def _distinct(cls, v: list[float]) -> list[float]:
-            if len(set(v)) != len(v):
-                raise ValueError(f"strengths must be distinct (each names its own metrics): {v}")
-            return v
+        _d = field_validator("noise", "blur", "brightness", "contrast", "rotation", "jpeg", "occlusion")(
+            lambda cls, v: distinct(v, "strengths"))
 
     class Text(Section):
         """Perturbations of every text input of a row at once, on the raw string, scored by the bundle (its own
@@ -351,12 +354,7 @@ class RobustnessConfig(Section):
             [0.05, 0.1], description="before each character, with this probability, a run of 1-3 spaces, tabs or "
             "newlines (words may split)")
 
-        @field_validator("typos", "truncation", "whitespace")
-        @classmethod
-        def _distinct(cls, v: list[float]) -> list[float]:
-            if len(set(v)) != len(v):
-                raise ValueError(f"strengths must be distinct (each names its own metrics): {v}")
-            return v
+        _d = field_validator("typos", "truncation", "whitespace")(lambda cls, v: distinct(v, "strengths"))
 
     class Adversarial(Section):
         """Gradient attacks (L-inf) through the trained torch module, the adversarial inputs then scored by the
@@ -375,12 +373,7 @@ class RobustnessConfig(Section):
             "deviations for numeric columns")
         pgd_steps: PositiveInt = Field(10, description="gradient steps of pgd")
 
-        @field_validator("methods", "epsilons")
-        @classmethod
-        def _distinct(cls, v: list[Any]) -> list[Any]:
-            if len(set(v)) != len(v):
-                raise ValueError(f"values must be distinct (each names its own metrics): {v}")
-            return v
+        _d = field_validator("methods", "epsilons")(lambda cls, v: distinct(v, "values"))
 
     enabled: bool = True
     rows: PositiveInt = Field(200, description="test rows used by each check of the scalar columns")
