@@ -11,7 +11,6 @@ COPY mlops ./mlops
 # Install torch first, pinned; point PIP_INDEX_URL at a CPU-only index to keep the image small.
 ARG PIP_INDEX_URL
 RUN pip install torch==2.14.1 torchvision==0.29.1 && pip install ".[train]"
-COPY configs ./configs
 COPY recipes ./recipes
 COPY examples ./examples
 USER mlops

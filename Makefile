@@ -77,6 +77,7 @@ bench: $(STAMP) bench-deps
 	$(BIN)/python benchmarks/batch.py
 	$(BIN)/python benchmarks/drift.py
 	$(BIN)/python benchmarks/media.py
+	$(BIN)/python benchmarks/predlog.py
 
 # benchmarks/serve.py drives the servers with Debian's wrk (HTTP load generator, Lua-scripted POST bodies)
 .PHONY: bench-deps

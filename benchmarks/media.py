@@ -282,7 +282,6 @@ def main() -> int:
         print(f"wrote {args.images} 32x32 PNG files in {time.perf_counter() - started:.1f} s")
         recipe = tmp / "bench_images.yaml"
         recipe.write_text(RECIPE.format(manifest=manifest, lr=LR, batch=BATCH, epochs=args.epochs))
-        (tmp / "configs").symlink_to(REPO / "configs")  # the recipe's `base` and config groups
         prefect_home = tmp / "prefect"
 
         framework, plain = [], []

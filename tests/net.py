@@ -13,7 +13,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,45 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10, kill_timeout:
         else:
             proc.kill()
         proc.wait(timeout=kill_timeout)
+
+
+@dataclass
+class LiveServer:
+    """`mlops serve` running as a subprocess on a free port, its output in a file."""
+
+    runtime: str  # mlops | kserve
+    port: int
+    proc: subprocess.Popen[bytes]
+    output: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def tail(self) -> str:
+        return self.output.read_text(errors="replace")[-3000:]
+
+
+def serve_bundle(bundle: Path, tmp: Path, runtime: str = "mlops", args: tuple[str, ...] = (),
+                 start_timeout: float = 120) -> Iterator[LiveServer]:
+    """`mlops serve BUNDLE` (or `--runtime kserve`) with `args`, without the caller's MLOPS_SERVE_TOKEN, its
+    workspace and log under `tmp`; yielded once ready, stopped however the caller ends."""
+    from tests.conftest import ROOT
+
+    port = free_port()
+    output = tmp / "server.out"
+    env = {k: v for k, v in os.environ.items() if k != "MLOPS_SERVE_TOKEN"} | {"MLOPS_HOME": str(tmp / ".mlops"),
+                                                                             "PYTHONUNBUFFERED": "1"}
+    extra = ["--runtime", "kserve"] if runtime == "kserve" else ["--log", str(tmp / "predictions.sqlite")]
+    with open(output, "wb") as out:  # a file, not a pipe: nobody has to drain it while a test runs
+        proc = subprocess.Popen([sys.executable, "-m", "mlops.cli", "serve", str(bundle), "--port", str(port),
+                                 *args, *extra], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = LiveServer(runtime, port, proc, output)
+    try:
+        wait_ready(port, proc, start_timeout, server.tail, request_timeout=2)
+        yield server
+    finally:
+        stop_process(proc)
 
 
 def start_prefect_server(home: Path, env: dict[str, str], log: Path, timeout: float = 180,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,11 +24,16 @@ def training_frame(n: int = 200, seed: int = 0) -> pd.DataFrame:
     return df
 
 
-def build_bundle(dest: Path, name: str = "toy", weights_seed: int = 1) -> Path:
-    """`weights_seed` draws the linear layer: another seed gives a model that answers differently."""
-    frame = training_frame()
-    schema = infer_schema(DataConfig(path="x.csv", target="y"), frame)
-    pre = fit_preprocessor(schema, frame)
+def build_bundle(dest: Path, name: str = "toy", weights_seed: int = 1, frame: pd.DataFrame | None = None,
+                 data: dict[str, Any] | None = None) -> Path:
+    """`weights_seed` draws the linear layer: another seed gives a model that answers differently. `frame`: the
+    training rows (columns age, income, city, y by default); `data`: more of the recipe's data section. With
+    data.categories its policies are written into the bundle; without, it is a bundle from before them."""
+    frame = training_frame() if frame is None else frame
+    data = data or {}
+    cfg = DataConfig.model_validate({"path": "x.csv", "target": "y", "categories": {"trim": False}} | data)
+    schema = infer_schema(cfg, frame)
+    pre = fit_preprocessor(schema, frame, trim=cfg.categories.trim)
     weights = np.random.default_rng(weights_seed).normal(size=(pre.n_features, 2)).astype(np.float32)
     net_graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["logits"])], "net",
@@ -43,5 +49,6 @@ def build_bundle(dest: Path, name: str = "toy", weights_seed: int = 1) -> Path:
     write_bundle(dest, full.SerializeToString(), {
         "name": name, "task": "binary", "inputs": inputs, "outputs": io_description(full)["outputs"],
         "labels": schema.labels, "recipe_hash": "test", "data_fingerprint": "sha256:test", "metrics": {},
-        "data_schema": schema.model_dump(), "parity": {}, "mlops_version": "test"})
+        "data_schema": schema.model_dump(), "parity": {}, "mlops_version": "test"}
+        | ({"categories": cfg.categories.model_dump()} if "categories" in data else {}))
     return dest

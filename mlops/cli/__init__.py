@@ -2,7 +2,7 @@
 
 The parser (`mlops.cli.parser`) is light; each command's handler module is imported only when that command
 runs. A user's mistake (`MlopsError`) is one line on stderr and exit code 2 (3 for failed gates), never a
-traceback.
+traceback: what Prefect logs about it goes to a log file in the workspace, whose path follows the error.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 from mlops import __version__
-from mlops.cli.output import json_mode
+from mlops.cli.output import json_mode, user_error_traces
 from mlops.cli.parser import build_parser
 from mlops.core.errors import MlopsError
 
@@ -61,11 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _apply_renames(args)
+    traces = None
     try:
-        with json_mode(getattr(args, "json", False)):
-            return _handler(spec)(args)
+        handler = _handler(spec)  # imports the command's module: Prefect, if it uses it, sets up its logging
+        with json_mode(getattr(args, "json", False)), user_error_traces(args.command) as traces:
+            code = handler(args)
+        if traces.written:  # a sweep goes on past a failed trial: its trace is kept all the same
+            print(f"(the full traces of the errors reported are in {traces.path})", file=sys.stderr)
+        return code
     except MlopsError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if traces is not None and traces.written:
+            print(f"(the full trace is in {traces.path})", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 EPILOG = """examples:
+  mlops init my_project
   mlops validate recipes/quickstart.yaml
   mlops plan recipes/quickstart.yaml
   mlops run recipes/quickstart.yaml trainer.max_epochs=3 model.hidden=[64,32]
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the version of mlops and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = _command(sub, "init", "mlops.cli.init:cmd_init",
+                 "start a project: a recipe, its own configs/ and a .gitignore (never overwrites a file)")
+    p.add_argument("directory", metavar="DIR", help="the project's folder (created when missing)")
     _recipe_commands(sub)
     _tracking_commands(sub)
     _serve_commands(sub)
@@ -211,6 +215,9 @@ def _serve_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=None, metavar="W",
                    help="with --batch-max: the longest a request waits for others to join its batch (default "
                         "2 ms); a request that arrives alone is sent at once")
+    p.add_argument("--body-timeout", type=float, default=None, metavar="S",
+                   help="a request body must arrive in full within S seconds, else the answer is a 408 "
+                        "(default 30)")
 
     p = _command(sub, "feedback", "mlops.cli.serve:cmd_feedback",
                  "record ground truth by prediction id in a prediction log (CSV or JSONL)")

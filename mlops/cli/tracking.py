@@ -40,10 +40,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     client, _ = _client()
     result = reproduce(client, args.run_id)
     if result["match"]:
-        print(f"reproduced run {args.run_id} exactly: same metrics, same per-epoch history, byte-identical ONNX "
+        print(f"reproduced run {result['run_id']} exactly: same metrics, same per-epoch history, byte-identical ONNX "
               f"(sha256 {result['onnx_sha256'][:16]}); reproduction run {result['reproduction_run_id']}")
     else:
-        print(f"run {args.run_id} did NOT reproduce ({len(result['mismatches'])} differences):")
+        print(f"run {result['run_id']} did NOT reproduce ({len(result['mismatches'])} differences):")
         for m in result["mismatches"]:
             print(f"  {m['field']}: original {m['original']!r}, now {m['now']!r}")
     emit(result)

@@ -8,6 +8,12 @@ waits for the commit of the group it landed in before its response goes out, so 
 "logged": after `kill -9` every id that got a 200 is in the log. Group commit keeps that cheap: many
 concurrent requests share one commit. `synchronous=NORMAL` survives a process crash; set
 `MLOPS_LOG_SYNC=FULL` to survive power loss too (one fsync per group).
+
+The log stays bounded under sustained traffic (`LogLimits`, from the recipe's `monitor.log_limits`, carried by
+the bundle). The WAL: passive checkpoints copy it into the database file but never rewind it while writes keep
+coming, so the log thread truncates it (a TRUNCATE checkpoint) once it passes `wal_max_bytes`. The rows: older
+than `max_age`, or the oldest ones while the database holds more than `max_bytes`, are moved to Parquet files
+beside the log (`Workspace.prediction_archive`), or deleted; `LogReader` reads the archived rows with the rest.
 """
 
 from __future__ import annotations
@@ -21,14 +27,16 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlops.core.atomic import replacing
 from mlops.core.errors import MlopsError
 from mlops.core.refs import CHALLENGER, CHAMPION
+from mlops.core.workspace import Workspace
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -44,13 +52,45 @@ CREATE INDEX IF NOT EXISTS feedback_id ON feedback(id);
 
 _STOP = object()
 CHECKPOINT_EVERY_S = 1.0  # how often the log thread folds the WAL into the database file
+WAL_CHECK_EVERY_S = 0.1  # how often it compares the WAL with its bound (a stat: a few microseconds)
+# how long a TRUNCATE checkpoint retries for the write lock and for readers to leave the WAL: it holds the write
+# lock while it waits for readers, so this bounds what a slow reader can add to the writers' wait
+WAL_TRUNCATE_WAIT_MS = 2
+RETENTION_EVERY_S = 60.0  # how often it applies the retention policy
+ARCHIVE_FILE_ROWS = 50_000  # rows per archived Parquet file: few files, a bounded memory to write one
+RETENTION_BATCH = 2000  # rows deleted per transaction: a server's writes wait for one batch's delete at most
+# past HIGH x max_bytes of live rows, the oldest are moved out until LOW x max_bytes remain: the file (which SQLite
+# never shrinks, it reuses the freed pages) stays under max_bytes, and a pass moves a sizeable share at once
+RETENTION_HIGH, RETENTION_LOW = 0.9, 0.8
+ARCHIVED_COLUMNS = {"predictions": ("id", "ts", "model", "version", "variant", "inputs", "outputs", "latency_ms"),
+                    "feedback": ("id", "ts", "label", "value", "payload")}
+TS = 2  # where a row read for archiving, (rowid, *ARCHIVED_COLUMNS[table]), holds its time
+
+
+@dataclass(frozen=True)
+class LogLimits:
+    """How large the log may grow (None: unbounded). `archive`: rows past retention go to Parquet files beside
+    the log, which `LogReader` still reads; False: they are deleted."""
+
+    wal_max_bytes: int | None = None
+    max_age_s: float | None = None
+    max_bytes: int | None = None
+    archive: bool = True
+
+    @property
+    def retains(self) -> bool:
+        return self.max_age_s is not None or self.max_bytes is not None
 
 
 class PredictionLog:
-    def __init__(self, path: str | Path, max_group: int = 512) -> None:
+    def __init__(self, path: str | Path, max_group: int = 512, limits: LogLimits | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_group = max_group
+        self.limits = limits or LogLimits()
+        self.wal_truncations = 0  # TRUNCATE checkpoints that reset the WAL (and those that found it in use)
+        self.wal_truncations_busy = 0
+        self.wal_truncate_seconds = 0.0  # spent in them: about what writers waited (the write lock is held)
         self._queue: queue.Queue[Any] = queue.Queue()
         init = sqlite3.connect(self.path)
         init.execute("PRAGMA journal_mode=WAL")
@@ -66,19 +106,27 @@ class PredictionLog:
         # checkpoints (WAL -> database file, with an fsync) happen here, between groups, never inside a commit
         # made on the event loop (LoopCommits), where one would stall every request for milliseconds
         db.execute("PRAGMA wal_autocheckpoint=0")
-        last_checkpoint = time.monotonic()
+        last_checkpoint = last_wal_check = last_retention = time.monotonic()
+        wait = WAL_CHECK_EVERY_S if self.limits.wal_max_bytes is not None else CHECKPOINT_EVERY_S
         stopping = False
         while not stopping:
             try:
-                first = self._queue.get(timeout=CHECKPOINT_EVERY_S)
+                first = self._queue.get(timeout=wait)
             except queue.Empty:
                 first = None
-            if time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY_S:
+            now = time.monotonic()
+            if now - last_checkpoint >= CHECKPOINT_EVERY_S:
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for readers or writers
                 except sqlite3.Error:
                     pass  # the next one catches up
-                last_checkpoint = time.monotonic()
+                last_checkpoint = now
+            if now - last_wal_check >= WAL_CHECK_EVERY_S and self.limits.wal_max_bytes is not None:
+                self._bound_wal(db, self.limits.wal_max_bytes)
+                last_wal_check = now
+            if now - last_retention >= RETENTION_EVERY_S and self.limits.retains:
+                self._retain(db)
+                last_retention = now
             if first is None:
                 continue
             group = [first]
@@ -108,6 +156,46 @@ class PredictionLog:
             pass
         db.close()
 
+    def _bound_wal(self, db: sqlite3.Connection, max_bytes: int) -> None:
+        """Reset the WAL once it is longer than `max_bytes`. A passive checkpoint first copies what it can
+        without stopping anyone; the TRUNCATE checkpoint then holds the write lock while it copies the rest and
+        rewinds the file, so writers wait that long (benchmarks/predlog.py measures it). It hardly waits for a
+        reader (WAL_TRUNCATE_WAIT_MS): a reader still on an older snapshot makes it give up until the next check."""
+        try:
+            if os.path.getsize(wal_path(self.path)) <= max_bytes:
+                return
+        except FileNotFoundError:
+            return
+        (patience,) = db.execute("PRAGMA busy_timeout").fetchone()
+        started = time.perf_counter()
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            db.execute(f"PRAGMA busy_timeout={WAL_TRUNCATE_WAIT_MS}")
+            started = time.perf_counter()
+            (busy, _, _) = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            busy = 1
+        finally:
+            db.execute(f"PRAGMA busy_timeout={int(patience)}")
+        self.wal_truncate_seconds += time.perf_counter() - started
+        if busy:
+            self.wal_truncations_busy += 1
+        else:
+            self.wal_truncations += 1
+
+    def _retain(self, db: sqlite3.Connection) -> None:
+        bound = self.limits.wal_max_bytes
+        try:  # the deletes write to the WAL too: it is kept within its bound between them
+            apply_retention(db, self.path, self.limits, between=None if bound is None else
+                            lambda: self._bound_wal(db, bound))
+        except (sqlite3.Error, OSError):  # the log keeps answering; the rows wait for the next pass (the log's
+            db.rollback()  # size alert says if that lasts)
+
+    def sizes(self) -> dict[str, int]:
+        """Bytes on disk: the database file, its WAL, and the archived Parquet files (the `mlops_prediction_log_bytes`
+        gauge)."""
+        return log_sizes(self.path)
+
     def submit(self, table: str, rows: list[tuple[Any, ...]]) -> Future[None]:
         done: Future[None] = Future()
         self._queue.put((table, rows, done))
@@ -120,6 +208,111 @@ class PredictionLog:
     def close(self) -> None:
         self._queue.put(_STOP)
         self._thread.join(timeout=10)
+
+
+def wal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def log_sizes(path: Path) -> dict[str, int]:
+    """Bytes of the log at `path` on disk, by part: db, wal, archive."""
+    def size(p: Path) -> int:
+        try:
+            return p.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    archive = Workspace.prediction_archive(path)
+    archived = sum(size(f) for f in archive.glob("*.parquet")) if archive.is_dir() else 0
+    return {"db": size(path), "wal": size(wal_path(path)), "archive": archived}
+
+
+def apply_retention(db: sqlite3.Connection, path: Path, limits: LogLimits, now: float | None = None,
+                    between: Callable[[], None] | None = None) -> dict[str, int]:
+    """Move out of the log (to Parquet beside it, or nowhere) the rows older than `max_age`, and the oldest
+    while its live rows take more than RETENTION_HIGH x `max_bytes`, until RETENTION_LOW x `max_bytes` remain.
+    `db` is a connection that may write; `between` runs after each delete's commit. Returns the rows moved per
+    table.
+
+    Oldest first by rowid, up to ARCHIVE_FILE_ROWS per Parquet file, each file written before its rows are
+    deleted (RETENTION_BATCH per transaction): a crash between the two leaves rows in both places, which the
+    reader counts once. The newest row of each table always stays, so that SQLite never hands out a rowid again
+    (the monitor's cursor is a rowid)."""
+    now = time.time() if now is None else now
+    age_cutoff = -math.inf if limits.max_age_s is None else now - limits.max_age_s
+    moved = {"predictions": _move_rows(db, path, "predictions", age_cutoff, 0, limits.archive, between)}
+    quota = _rows_over_size(db, limits.max_bytes, RETENTION_HIGH)
+    for_size = 0
+    while quota:  # a row's share of the file is an estimate (index pages free up later than table pages)
+        n = _move_rows(db, path, "predictions", -math.inf, quota, limits.archive, between)
+        for_size += n
+        quota = _rows_over_size(db, limits.max_bytes, RETENTION_LOW) if n else 0
+    moved["predictions"] += for_size
+    # feedback follows: by its own age, and, when the size bound moved predictions, as far as the oldest one kept
+    oldest_kept = db.execute("SELECT ts FROM predictions ORDER BY rowid LIMIT 1").fetchone() if for_size else None
+    feedback_cutoff = max(age_cutoff, oldest_kept[0] if oldest_kept else -math.inf)
+    moved["feedback"] = _move_rows(db, path, "feedback", feedback_cutoff, 0, limits.archive, between)
+    return moved
+
+
+def _rows_over_size(db: sqlite3.Connection, max_bytes: int | None, start: float) -> int:
+    """How many of the oldest predictions to move so that the live rows fit in RETENTION_LOW x max_bytes
+    (0 while they fit in `start` x max_bytes), estimated from the bytes a row takes on average."""
+    if max_bytes is None:
+        return 0
+    (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    (free,) = db.execute("PRAGMA freelist_count").fetchone()
+    used = (pages - free) * page_size
+    if used <= start * max_bytes:
+        return 0
+    low, high = db.execute("SELECT MIN(rowid), MAX(rowid) FROM predictions").fetchone()
+    if high is None:
+        return 0
+    rows = high - low + 1  # dense: rows are only ever removed from the front
+    return math.ceil(rows * (used - RETENTION_LOW * max_bytes) / used)
+
+
+def _move_rows(db: sqlite3.Connection, path: Path, table: str, cutoff: float, quota: int, archive: bool,
+               between: Callable[[], None] | None) -> int:
+    """Move the oldest rows of `table` while they are older than `cutoff` or fewer than `quota` have moved."""
+    columns = ARCHIVED_COLUMNS[table]
+    (newest,) = db.execute(f"SELECT MAX(rowid) FROM {table}").fetchone()
+    moved = 0
+    while newest is not None:
+        batch = db.execute(f"SELECT rowid, {', '.join(columns)} FROM {table} WHERE rowid < ? ORDER BY rowid "
+                           f"LIMIT {ARCHIVE_FILE_ROWS}", (newest,)).fetchall()
+        take = 0
+        while take < len(batch) and (moved + take < quota or batch[take][TS] < cutoff):
+            take += 1
+        if not take:
+            break
+        if archive:
+            _write_archive(path, table, columns, batch[:take])
+        for start in range(0, take, RETENTION_BATCH):
+            part = batch[start:min(start + RETENTION_BATCH, take)]
+            db.execute(f"DELETE FROM {table} WHERE rowid BETWEEN ? AND ?", (part[0][0], part[-1][0]))
+            db.commit()
+            if between is not None:
+                between()
+        moved += take
+        if take < len(batch):
+            break
+    return moved
+
+
+def _write_archive(path: Path, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> Path:
+    import pyarrow as pa  # here: the server imports this module, and most servers never archive
+    import pyarrow.parquet as pq
+
+    values = list(zip(*rows, strict=True))
+    data = pa.table({"rowid": pa.array(values[0], pa.int64()),
+                     **{name: values[i + 1] for i, name in enumerate(columns)}})
+    dest = Workspace.prediction_archive(path) / f"{table}-{rows[0][0]:012d}-{rows[-1][0]:012d}.parquet"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(dest, durable=True) as tmp:
+        pq.write_table(data, tmp, compression="zstd")
+    return dest
 
 
 class LoopCommits:
@@ -415,12 +608,14 @@ def _marks(values: list[Any] | tuple[Any, ...]) -> str:
 
 
 class LogReader:
-    """A read-only view of a prediction log, beside a live server's writer (WAL lets both work at once).
+    """A read-only view of a prediction log, beside a live server's writer (WAL lets both work at once), and of
+    the rows its retention archived (read with the rest, see `_attach_archive`), as they were when it opened;
+    `archive=False`: the live rows only (the server's look-up of feedback ids, which keeps a reader open).
 
     Opening it checks that the file is a prediction log, and says where logs come from when it is missing.
     """
 
-    def __init__(self, path: str | Path, timeout: float = 30.0) -> None:
+    def __init__(self, path: str | Path, timeout: float = 30.0, archive: bool = True) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise MlopsError(f"no prediction log at {self.path}: `mlops serve` writes it (by default under "
@@ -434,6 +629,34 @@ class LogReader:
         if not {"predictions", "feedback"} <= tables:
             self.db.close()
             raise MlopsError(f"{self.path} is not a prediction log (it has no predictions and feedback tables)")
+        if archive:
+            self._attach_archive()
+
+    def _attach_archive(self) -> None:
+        """The rows retention moved to Parquet, joined to the live ones: a temporary view named after each table
+        hides it from every query below, so each reads both. Archived rows keep their rowids, all below the
+        live ones (the keyset cursor goes on across both, the view merges them in rowid order); a row in both
+        places (a crash between archiving it and deleting it) counts once, as the live row."""
+        archive = Workspace.prediction_archive(self.path)
+        if not archive.is_dir():
+            return
+        import pyarrow.parquet as pq  # here: most logs have no archive
+
+        for table, columns in ARCHIVED_COLUMNS.items():
+            files = sorted(archive.glob(f"{table}-*.parquet"))
+            if not files:
+                continue
+            names = ", ".join(columns)
+            self.db.execute(f"CREATE TEMP TABLE archived_{table} (rid INTEGER PRIMARY KEY, {names})")
+            for file in files:
+                data = pq.read_table(file, columns=["rowid", *columns])
+                self.db.executemany(f"INSERT OR IGNORE INTO temp.archived_{table} VALUES (?, {_marks(columns)})",
+                                    zip(*(data.column(c).to_pylist() for c in data.column_names), strict=True))
+            self.db.execute(f"CREATE INDEX temp.archived_{table}_id ON archived_{table}(id)")
+            self.db.execute(f"CREATE TEMP VIEW {table} AS SELECT rowid AS rowid, {names} FROM main.{table} UNION ALL "
+                            f"SELECT rid, {names} FROM temp.archived_{table} WHERE rid < "
+                            f"COALESCE((SELECT MIN(rowid) FROM main.{table}), {2**63 - 1})")
+        self.db.commit()  # an open transaction would hold a snapshot, and keep the server from resetting its WAL
 
     def __enter__(self) -> LogReader:
         return self

@@ -12,6 +12,7 @@ meant and downloads that version's bundle once into the workspace.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -165,9 +166,23 @@ def fetch(ref: str | ModelRef, uri: str | None = None, client: MlflowClient | No
     if parsed.kind == "directory":
         path = Path(parsed.text)
         return Resolved(parsed, path, bundle_name(path), None)
+    if client is None and uri is None:
+        _require_store(parsed)
     client = client or registry_client(uri)
     mv = resolve_version(client, parsed)
     return Resolved(parsed, download_bundle(client, mv), mv.name, mv.version)
+
+
+def _require_store(ref: ModelRef) -> None:
+    """The workspace's embedded store must exist to hold a registered model: asking MLflow would create an empty
+    one (in a folder outside the project, say) only to answer that the model is not there."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    db = workspace().mlflow_db
+    if not db.is_file():
+        raise MlopsError(f"no registered model '{ref.text}': the store sqlite:///{db} does not exist (nothing was "
+                         "registered there); run from the project that registered it, or set MLOPS_HOME or "
+                         "MLFLOW_TRACKING_URI")
 
 
 def fetch_if_registered(ref: str, uri: str | None = None, client: MlflowClient | None = None) -> Resolved | None:

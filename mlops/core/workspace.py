@@ -1,7 +1,16 @@
-"""The workspace: where the framework writes by default, every path under it named here and nowhere else.
+"""The project and its workspace: where the framework writes by default, every path under it named here and
+nowhere else.
 
-`.mlops/` under the working directory, or `$MLOPS_HOME`. Each phase asks for its place by name
+The project root is the nearest directory at or above the working directory (or above a recipe) that holds
+`.mlops/` (a workspace in use), `configs/` beside `recipes/` (the layout `mlops init` makes), or a
+`pyproject.toml` with a `[tool.mlops]` table. The workspace is `.mlops/` under the project root (under the
+working directory outside any project), or `$MLOPS_HOME`. So every command run from a subfolder of a project
+finds the same MLflow store and cache. Each phase asks for its place by name
 (`workspace().prediction_log("quickstart")`), so moving the workspace, or a folder inside it, is one change.
+
+A recipe file names data inside its project only, unless `MLOPS_ALLOW_DATA_OUTSIDE_PROJECT=1` (a path given on the
+command line is the operator's own): a recipe from an untrusted pull request cannot make `mlops validate` in CI
+read any file of the machine.
 """
 
 from __future__ import annotations
@@ -9,6 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+ALLOW_OUTSIDE_DATA = "MLOPS_ALLOW_DATA_OUTSIDE_PROJECT"  # "1": a recipe may read data files anywhere
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,10 @@ class Workspace:
         """Where a step that is never cached (gate, register) writes for one run."""
         return self.root / "runs" / "steps" / step / (run_id or "local")
 
+    def trace_log(self, command: str, stamp: str) -> Path:
+        """The tracebacks a command kept off the terminal when it failed on a user's mistake."""
+        return self.root / "logs" / f"{stamp}-{command}.log"
+
     def evaluation_dir(self, model: str, stamp: str) -> Path:
         return self.root / "evaluations" / f"{model}-{stamp}"
 
@@ -64,6 +79,12 @@ class Workspace:
     def prediction_log(self, model: str) -> Path:
         """The prediction log `mlops serve` writes by default, and every later phase reads."""
         return self.root / "predictions" / f"{model}.sqlite"
+
+    @staticmethod
+    def prediction_archive(log: Path) -> Path:
+        """Rows the retention of the prediction log at `log` moved out of it, as Parquet files beside it
+        (`predictions/<model>.archive/`): wherever a log lives, its readers find its archive."""
+        return log.with_name(log.stem + ".archive")
 
     @property
     def monitor(self) -> Path:
@@ -90,6 +111,40 @@ class Workspace:
         return self.root / "improve" / "errors" / model
 
 
+def project_root(start: Path | None = None) -> Path | None:
+    """The nearest directory at or above `start` (default: the working directory) that is an mlops project:
+    it holds `.mlops/`, `configs/` beside `recipes/`, or a `pyproject.toml` with a `[tool.mlops]` table.
+    None outside any project."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if ((folder / ".mlops").is_dir() or ((folder / "configs").is_dir() and (folder / "recipes").is_dir())
+                or _declares_mlops(folder / "pyproject.toml")):
+            return folder
+    return None
+
+
+def _declares_mlops(pyproject: Path) -> bool:
+    import tomllib
+
+    try:
+        return "mlops" in tomllib.loads(pyproject.read_text()).get("tool", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):  # absent or not ours to judge
+        return False
+
+
 def workspace() -> Workspace:
-    """The current workspace: `$MLOPS_HOME`, else `.mlops/` under the working directory."""
-    return Workspace(Path(os.environ.get("MLOPS_HOME") or Path.cwd() / ".mlops").resolve())
+    """The current workspace: `$MLOPS_HOME`, else `.mlops/` under the project root (under the working
+    directory outside any project)."""
+    if os.environ.get("MLOPS_HOME"):
+        return Workspace(Path(os.environ["MLOPS_HOME"]).resolve())
+    return Workspace(((project_root() or Path.cwd()) / ".mlops").resolve())
+
+
+def data_outside_project(path: Path, recipe: Path) -> Path | None:
+    """The project root that data file `path`, named in recipe file `recipe`, lies outside of; None when the
+    recipe may read it: it lies inside the recipe's project (outside any project: the recipe's folder), or
+    `MLOPS_ALLOW_DATA_OUTSIDE_PROJECT=1` allows any file."""
+    if os.environ.get(ALLOW_OUTSIDE_DATA) == "1":
+        return None
+    root = project_root(recipe.parent) or recipe.parent.resolve()
+    return None if path.resolve().is_relative_to(root) else root  # resolved: a link out of the project is out

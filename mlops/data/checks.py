@@ -1,30 +1,49 @@
 """The recipe against the data it names: the file (or image folder) exists and reads, every column the recipe
-names is in it, and a sample of its images decodes.
+names is in it, a sample of its images decodes, and its rows are what a run needs (every line has the
+header's fields, the target has two classes or more and no missing value, the fairness positive label is one of
+them, there are rows enough for the split).
 
 Run by `mlops validate` (and before every run) so that a misspelt column surfaces in a second at its file
-and line, not after minutes of training.
+and line, not after minutes of training. A large file is read in part (READ_BYTES of it) and said so: what
+only every row can tell is then a warning, checked in full when the run loads the file.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mlops.core.errors import MlopsError, Problem
+from mlops.core.errors import DataError, MlopsError, Problem
+from mlops.core.workspace import ALLOW_OUTSIDE_DATA, data_outside_project
 from mlops.data.columns import MEDIA_KINDS, column_kind, image_spec, is_missing
 from mlops.data.descriptors import DESCRIPTOR_NAMES, SEPARATOR
 from mlops.data.media import TABULAR, ImageSpec, MediaError, decode_image
-from mlops.data.sources import column_names, data_path, file_format, image_file, sample_rows
+from mlops.data.schema import feature_columns, infer_task, label_names
+from mlops.data.sources import (
+    column_names,
+    data_path,
+    file_format,
+    image_file,
+    image_folder_frame,
+)
 from mlops.recipe.compose import Composed
-from mlops.recipe.schema import Recipe
+from mlops.recipe.schema import Recipe, SplitConfig
 from mlops.recipe.suggest import closest
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import pandas as pd
+
 SAMPLE_ROWS = 50  # images decoded by validate, at most...
 SAMPLE_SECONDS = 2.0  # ...and for at most this long: validate stays a matter of seconds
 SHOWN_IMAGES = 5
+READ_BYTES = 16 * 2**20  # validate reads at most this much of a data file's rows: about a second
+SHOWN_ROWS = 5
 
 
 def data_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
@@ -33,6 +52,12 @@ def data_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
     if data.path is not None:
         path = data_path(data, composed.path)
         where = str(composed.origin("data.path"))
+        # never read: a recipe file may come from an untrusted pull request (a path on the command line is the
+        # operator's own)
+        root = None if composed.origin("data.path").override else data_outside_project(path, composed.path)
+        if root is not None:
+            return [Problem("data.path", f"{path} is outside the project {root}", where,
+                            f"move the data into the project, or allow it with {ALLOW_OUTSIDE_DATA}=1")]
         folder = data.format == "image_folder" or (data.format is None and path.is_dir())
         if folder and not path.is_dir():
             return [Problem("data.path", f"image folder not found: {path}", where)]
@@ -43,7 +68,8 @@ def data_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
     try:
         columns = column_names(data, composed.path)
     except MlopsError as exc:
-        return [Problem("data", str(exc), str(composed.origin("data")))]
+        key = "data" if data.path is None else "data.path"
+        return [Problem(key, str(exc), str(composed.origin(key)))]
     problems = []
     if data.target not in columns:
         problems.append(_unknown_column("data.target", data.target, columns, composed))
@@ -61,8 +87,6 @@ def data_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
     for key, name in named:
         if name not in columns and not (key.startswith("evaluate.slices") and is_descriptor(name, columns)):
             problems.append(_unknown_column(key, name, columns, composed))
-    if data.path is not None and not problems:
-        problems += image_sample_problems(recipe, composed)
     return problems
 
 
@@ -92,16 +116,16 @@ def _declared_column_problems(recipe: Recipe, columns: list[str], composed: Comp
     return problems
 
 
-def image_sample_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
+def image_sample_problems(recipe: Recipe, composed: Composed, rows: DataRows) -> list[Problem]:
     """Decode the first rows' images (an image folder's: rows spread over it), at most SAMPLE_ROWS of them or
     for SAMPLE_SECONDS: an unreadable image is reported at data.path, naming its file and row. Without Pillow
     (a light install: validate only) nothing is decoded."""
     data = recipe.data
     where = str(composed.origin("data.path"))
-    try:
-        frame, base = sample_rows(data, composed.path, SAMPLE_ROWS)
-    except MlopsError as exc:
-        return [Problem("data.path", str(exc), where)]
+    path = data_path(data, composed.path)
+    folder = file_format(data, path) == "image_folder"
+    frame = rows.frame.iloc[:: max(1, len(rows.frame) // SAMPLE_ROWS) if folder else 1].head(SAMPLE_ROWS)
+    base = path if folder else path.parent  # where relative image paths start
     target = data.target
     names = [str(c) for c in frame.columns if c != target and c not in set(data.drop)
              and (data.features is None or c in data.features)]
@@ -112,7 +136,6 @@ def image_sample_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
         import PIL  # noqa: F401  (only to know whether images can be decoded here)
     except ImportError:
         return []
-    folder = file_format(data, data_path(data, composed.path)) == "image_folder"
     bad: list[str] = []
     deadline = time.monotonic() + SAMPLE_SECONDS
     decoded = 0
@@ -155,7 +178,177 @@ def _decode_problem(value: object, base: Path, spec: ImageSpec) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class DataRows:
+    """The rows `mlops validate` read of a file data source: every one, or the first ones of a large file."""
+
+    frame: pd.DataFrame
+    sampled: str = ""  # what was read of a file too large to read whole ("" when every row was read)
+    broken: list[str] = field(default_factory=list)  # what is wrong with the file itself: ragged lines, no rows
+
+
+def read_rows(recipe: Recipe, composed: Composed) -> DataRows:
+    """At most READ_BYTES of the data file's rows (an image folder: its listing), and what reading them found
+    wrong with the file. Raises DataError when it cannot be read at all."""
+    data = recipe.data
+    path = data_path(data, composed.path)
+    fmt = file_format(data, path)
+    if fmt == "image_folder":
+        return DataRows(image_folder_frame(path))
+    try:
+        return _read_csv(path) if fmt == "csv" else _read_parquet(path)
+    except MlopsError:
+        raise
+    except Exception as exc:  # a corrupt or mislabelled file is the user's to fix
+        raise DataError(f"cannot read {path} as {fmt}: {exc}") from None
+
+
+def _read_csv(path: Path) -> DataRows:
+    """The first READ_BYTES of a CSV file, cut after a whole line. Every record is counted against the header
+    with the csv module first: pandas fills a short line with missing values and takes a long first line's
+    extra field as the index, silently, where a run would later train on shifted columns."""
+    import pandas as pd
+
+    with path.open("rb") as f:
+        head = f.read(READ_BYTES + 1)
+    whole = len(head) <= READ_BYTES
+    if not whole:
+        head = head[: head.rfind(b"\n") + 1]
+    reader = csv.reader(io.TextIOWrapper(io.BytesIO(head), encoding="utf-8", errors="replace", newline=""))
+    header = next(reader, [])
+    records, ragged = 0, []
+    for fields in reader:
+        if fields:  # a blank line: pandas skips it too
+            records += 1
+            if len(fields) != len(header):
+                ragged.append((reader.line_num, len(fields)))
+    if not whole and records:  # the cut may have fallen inside the last record (a quoted field's line break)
+        records -= 1
+        ragged = [r for r in ragged if r[0] < reader.line_num]
+    if ragged:
+        lines = ", ".join(f"line {line} has {n}" for line, n in ragged[:SHOWN_ROWS])
+        more = f" ({len(ragged)} such lines{'' if whole else ' in the part read'})" if len(ragged) > SHOWN_ROWS else ""
+        return DataRows(pd.DataFrame(), broken=[f"{path.name}: the header has {len(header)} fields but {lines}"
+                                                f"{more}"])
+    if whole and not records:
+        return DataRows(pd.DataFrame(), broken=[f"{path.name} has a header but no rows"])
+    frame = pd.read_csv(io.BytesIO(head), nrows=None if whole else records)
+    return DataRows(frame, "" if whole else f"read the first {records:,} rows ({READ_BYTES // 2**20} MiB) of {path.name}")
+
+
+def _read_parquet(path: Path) -> DataRows:
+    """A Parquet file's rows, or its first ones: as many as READ_BYTES of its (uncompressed) row groups hold."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(path)
+    meta = file.metadata
+    if meta.num_rows == 0:
+        return DataRows(pd.DataFrame(), broken=[f"{path.name} has columns but no rows"])
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    if size <= READ_BYTES:
+        return DataRows(file.read().to_pandas())
+    n = max(1, meta.num_rows * READ_BYTES // size)
+    first = next(file.iter_batches(batch_size=n))
+    return DataRows(first.to_pandas(), f"read the first {first.num_rows:,} of {meta.num_rows:,} rows of {path.name}")
+
+
+def rows_task(recipe: Recipe, rows: DataRows) -> str | None:
+    """The task the recipe declares, or the one its rows say when every row was read (None: not known)."""
+    if recipe.data.task != "auto":
+        return recipe.data.task
+    if rows.sampled or rows.broken:
+        return None
+    return infer_task(rows.frame[recipe.data.target].dropna(), "auto")
+
+
+def row_problems(recipe: Recipe, composed: Composed, rows: DataRows) -> tuple[list[Problem], list[Problem]]:
+    """What the rows say against the recipe: (problems, warnings). What only every row can tell (a class that
+    does not occur, a single class, too few rows) is a warning when the file was read in part."""
+    data = recipe.data
+    where = str(composed.origin("data.path"))
+    if rows.broken:
+        return [Problem("data.path", text, where) for text in rows.broken], []
+    frame, n = rows.frame, len(rows.frame)
+    sure: list[Problem] = []  # problems when every row was read, else warnings
+    warnings = [Problem("data.path", f"column '{name}' is empty: all its {n:,} values are missing"
+                        f"{_in_sample(rows)}", where, "drop it (data.drop) or fill it in")
+                for name in feature_columns(data, frame) if frame[name].isna().all()]
+    target = frame[data.target]
+    missing = target.isna().to_numpy().nonzero()[0]
+    if len(missing):
+        shown = ", ".join(str(i) for i in missing[:SHOWN_ROWS]) + (", ..." if len(missing) > SHOWN_ROWS else "")
+        sure.append(Problem("data.target", f"the target '{data.target}' is missing in {len(missing):,} of {n:,} rows "
+                            f"(rows {shown}, counted from 0)", str(composed.origin("data.target")),
+                            "fill it in or remove those rows"))
+    task = data.task if data.task != "auto" else infer_task(target.dropna(), "auto")
+    labels = label_names(target) if task != "regression" else []
+    if task != "regression":
+        sure += _class_problems(recipe, composed, labels, n)
+    if not rows.sampled and not missing.size:
+        counts = target.astype(str).value_counts() if task != "regression" and data.split.stratify else None
+        shortfall = split_shortfall(n, data.split, counts)
+        if shortfall:
+            sure.append(Problem("data.path", shortfall, where, "add rows, or change data.split"))
+    if not rows.sampled:
+        return sure, warnings
+    return [], warnings + [Problem(p.key, p.message + _in_sample(rows), p.where, p.hint) for p in sure]
+
+
+def _class_problems(recipe: Recipe, composed: Composed, labels: list[str], n: int) -> list[Problem]:
+    """The target's classes against the task and the fairness settings. Like every message about a data file's
+    rows, these name no value of it beyond a did-you-mean (a recipe may be untrusted, the file may be anything)."""
+    data, fairness = recipe.data, recipe.evaluate.fairness
+    problems = []
+    if len(labels) == 1:
+        problems.append(Problem("data.target", f"the target '{data.target}' has a single class in {n:,} rows: a "
+                                "classifier needs two or more", str(composed.origin("data.target")),
+                                "check the data, or set data.task: regression"))
+    elif data.task == "binary" and len(labels) > 2:
+        problems.append(Problem("data.task", f"task is binary but the target '{data.target}' has {len(labels)} "
+                                "classes", str(composed.origin("data.task")), "set data.task: multiclass"))
+    if fairness is None or len(labels) < 2:
+        return problems
+    if fairness.positive_label is not None and fairness.positive_label not in labels:
+        hint = closest(fairness.positive_label, labels)
+        problems.append(Problem("evaluate.fairness.positive_label", f"'{fairness.positive_label}' is not a class of "
+                                f"the target '{data.target}' ({len(labels)} classes)",
+                                str(composed.origin("evaluate.fairness.positive_label")),
+                                f"did you mean '{hint}'?" if hint else "one of the target's values, as the file "
+                                "writes it"))
+    elif fairness.positive_label is None and len(labels) > 2:
+        problems.append(Problem("evaluate.fairness", f"fairness on a multiclass target needs the favourable class "
+                                f"({len(labels)} classes)", str(composed.origin("evaluate.fairness")),
+                                "set evaluate.fairness.positive_label"))
+    return problems
+
+
+def split_shortfall(n: int, split: SplitConfig, counts: pd.Series | None) -> str | None:
+    """Why `n` rows cannot be split as `mlops.data.split.split_indices` splits them, or None: the sizes
+    scikit-learn's train_test_split computes (floor of the train share, the rest to the other side), and
+    what a stratified split needs (two rows of every class, a class's worth of rows on each side).
+    `counts`: the rows of each class, for a stratified split."""
+    asked = f"{n:,} rows cannot be split {split.train:g}/{split.val:g}/{split.test:g}"
+    if counts is not None and counts.min() < 2:
+        return f"{asked} with stratification: {int((counts < 2).sum())} class(es) have a single row"
+    k = len(counts) if counts is not None else 1
+    train = math.floor(split.train * n)
+    val = math.floor(split.val / (split.val + split.test) * (n - train))
+    for name, size in (("train", train), ("val", val), ("test", n - train - val)):
+        if size < k:
+            need = f"at least one row of each of the {k} classes" if k > 1 else "at least one row"
+            return f"{asked}: the {name} split would get {size}, it needs {need}"
+    return None
+
+
+def _in_sample(rows: DataRows) -> str:
+    return f" (in the rows read: validate {rows.sampled})" if rows.sampled else ""
+
+
 def _unknown_column(key: str, name: str, columns: list[str], composed: Composed) -> Problem:
     suggestion = closest(name, columns)
-    hint = f"did you mean '{suggestion}'?" if suggestion else f"columns: {', '.join(columns[:12])}"
+    # a data file's header is its content (a recipe's data.path may name any file of the project): only a built-in
+    # data set's columns are listed
+    listed = f"columns: {', '.join(columns[:12])}" if composed.config.get("data", {}).get("path") is None else ""
+    hint = f"did you mean '{suggestion}'?" if suggestion else listed
     return Problem(key, f"column '{name}' is not in the data", str(composed.origin(key)), hint)

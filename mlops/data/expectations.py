@@ -1,5 +1,6 @@
 """Expectations declared in the recipe (`evaluate.expectations`), checked on the loaded rows before training,
-and what every image and text column must be for a network to take it (`check_media`).
+and what every image and text column must be for a network to take it (`check_media`); and the warning
+`mlops validate` prints about categories that differ only by invisible whitespace (`category_whitespace`).
 
 A violation names the column, the rule and the rows at fault (their 0-based positions in the data file,
 first ones shown), so the user can find them without re-running anything.
@@ -19,6 +20,7 @@ from mlops.data.schema import feature_columns
 from mlops.recipe.schema import ColumnExpectation, DataConfig, ExpectationsConfig
 
 SHOWN_ROWS = 10
+SHOWN_VALUES = 5
 
 
 def violations(frame: pd.DataFrame, cfg: ExpectationsConfig) -> list[dict[str, Any]]:
@@ -66,9 +68,11 @@ def _column_violations(column: str, values: pd.Series, rule: ColumnExpectation) 
         allowed = {_norm(v) for v in rule.allowed}
         bad = present & ~values.map(lambda v: _norm(v) in allowed).to_numpy(dtype=bool)
         if bad.any():
-            unexpected = sorted({str(v) for v in values[bad].tolist()})[:5]
+            # quoted, so that whitespace shows: 'gold ' is not 'gold'
+            unexpected = sorted({str(v) for v in values[bad].tolist()})[:SHOWN_VALUES]
             found.append({"column": column, "rule": "allowed", "rows": np.flatnonzero(bad).tolist(),
-                          "message": f"values outside {sorted(map(str, rule.allowed))}: {', '.join(unexpected)}"})
+                          "message": f"values outside {sorted(map(str, rule.allowed))}: "
+                                     f"{', '.join(map(repr, unexpected))}"})
     if rule.min_chars is not None or rule.max_chars is not None or rule.allow_empty is not None:
         found += _text_violations(column, values, rule)
     if rule.modes is not None or rule.min_size is not None:
@@ -150,6 +154,27 @@ def check_expectations(frame: pd.DataFrame, cfg: ExpectationsConfig, source: str
             lines.append(f"  {where}: {v['rule']}: {v['message']}" + (f"; rows (0-based) {shown}" if rows else ""))
         raise ExpectationError("\n".join(lines))
     return {"rows": len(frame), "checked": len(cfg.columns) + (cfg.min_rows is not None) + (cfg.max_rows is not None)}
+
+
+def category_whitespace(frame: pd.DataFrame, data: DataConfig) -> list[str]:
+    """One warning per categorical feature whose strings have leading or trailing whitespace, the values quoted
+    (invisible otherwise): with data.categories.trim the model reads them trimmed, without it a request must
+    repeat the same whitespace to get the same answer."""
+    features = set(feature_columns(data, frame))
+    trim = data.categories.trim
+    warnings = []
+    for name, kind in column_kinds(data, frame).items():
+        if kind != "categorical" or name not in features:
+            continue
+        spaced = list(dict.fromkeys(v for v in frame[name].tolist() if isinstance(v, str) and v != v.strip()))
+        if not spaced:
+            continue
+        shown = ", ".join(map(repr, spaced[:SHOWN_VALUES])) + (f", ... ({len(spaced)} in all)"
+                                                               if len(spaced) > SHOWN_VALUES else "")
+        consequence = ("data.categories.trim strips it in training and serving alike" if trim else
+                       "data.categories.trim is off: a request without the same whitespace is another category")
+        warnings.append(f"column '{name}': categories with leading or trailing whitespace: {shown} ({consequence})")
+    return warnings
 
 
 def check_media(frame: pd.DataFrame, data: DataConfig, source: str,

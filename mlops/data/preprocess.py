@@ -4,6 +4,11 @@ the decoded pixels and their statistics, for text columns a tokenizer learnt fro
 `transform` is what training sees; `mlops.package.graph` builds the same arithmetic into the ONNX
 graph in float32, op for op, so serving computes exactly what training did. Images and texts go through
 `mlops.data.media`, the transform serving uses too.
+
+A category's whitespace is trimmed (`data.categories.trim`) by `category_text`, before the graph: ONNX has no
+string op that strips (StringSplit, opset 20, also splits inside the string, and the network's opset is 18 by
+default). The bundle's Predictor, which every request, batch file and stream message goes through, calls the
+same function on what it is sent.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class CategoricalLevels(BaseModel):
 class Preprocessor(BaseModel):
     numeric: list[NumericStats]
     categorical: list[CategoricalLevels]
+    # strip categories' whitespace (data.categories.trim); False in a preprocessor.json from before the policy
+    trim: bool = False
 
     @property
     def n_features(self) -> int:
@@ -58,12 +65,13 @@ class Preprocessor(BaseModel):
             mean, std = np.float32(s.mean), np.float32(s.std)
             blocks.append(((np.where(np.isnan(x), mean, x) - mean) / std)[:, None])
         for c in self.categorical:
-            codes = category_codes(frame[c.name], c.levels)
+            codes = category_codes(frame[c.name], c.levels, self.trim)
             blocks.append((codes[:, None] == np.arange(len(c.levels))[None, :]).astype(np.float32))
         return np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((len(frame), 0), np.float32)
 
 
-def fit_preprocessor(schema: DataSchema, train: pd.DataFrame) -> Preprocessor:
+def fit_preprocessor(schema: DataSchema, train: pd.DataFrame, *, trim: bool = True) -> Preprocessor:
+    """`trim`: data.categories.trim, as the schema was inferred with (its categories are trimmed already)."""
     import numpy as np
 
     numeric = []
@@ -73,7 +81,7 @@ def fit_preprocessor(schema: DataSchema, train: pd.DataFrame) -> Preprocessor:
         std = float(np.nanstd(x)) if np.isfinite(x).any() else 1.0
         numeric.append(NumericStats(name=name, mean=mean, std=std if std > 1e-12 else 1.0))
     categorical = [CategoricalLevels(name=c, levels=schema.column(c).categories or []) for c in schema.of_kind("categorical")]
-    return Preprocessor(numeric=numeric, categorical=categorical)
+    return Preprocessor(numeric=numeric, categorical=categorical, trim=trim)
 
 
 def numeric_column(series: pd.Series) -> np.ndarray:
@@ -82,8 +90,9 @@ def numeric_column(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").to_numpy(dtype="float32", na_value=float("nan"))
 
 
-def category_strings(series: pd.Series) -> np.ndarray:
-    """Categorical values as strings, with missing as "" (ONNX string tensors have no null)."""
+def category_strings(series: pd.Series, trim: bool = False) -> np.ndarray:
+    """Categorical values as strings, with missing as "" (ONNX string tensors have no null); with `trim` as the
+    model reads them (`category_text`). Without, as the data holds them (slices, reports)."""
     import numpy as np
 
     out = []
@@ -93,15 +102,21 @@ def category_strings(series: pd.Series) -> np.ndarray:
         elif isinstance(v, float) and v.is_integer():
             out.append(str(int(v)))
         else:
-            out.append(str(v))
+            out.append(category_text(str(v), trim))
     return np.asarray(out, dtype=object)
 
 
-def category_codes(series: pd.Series, levels: list[str]) -> np.ndarray:
+def category_text(value: str, trim: bool) -> str:
+    """A category as the model reads it: with `trim`, without leading and trailing whitespace (a blank one is
+    then "", missing). Training's rows and serving's requests both come through here."""
+    return value.strip() if trim else value
+
+
+def category_codes(series: pd.Series, levels: list[str], trim: bool) -> np.ndarray:
     import numpy as np
 
     index = {name: i for i, name in enumerate(levels)}
-    return np.asarray([index.get(v, -1) for v in category_strings(series)], dtype=np.int64)
+    return np.asarray([index.get(v, -1) for v in category_strings(series, trim)], dtype=np.int64)
 
 
 def image_pixels(values: pd.Series, spec: ImageSpec, column: str, split: str) -> np.ndarray:

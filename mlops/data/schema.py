@@ -117,7 +117,7 @@ def infer_schema(data: DataConfig, train: pd.DataFrame) -> DataSchema:
         n = int(train[data.target].isna().sum())
         raise DataError(f"target column '{data.target}' has {n} missing values in the training rows")
     task = infer_task(train[data.target], data.task)
-    columns = [_column(train[name], column_kind(data, name, train[name]))
+    columns = [_column(train[name], column_kind(data, name, train[name]), data.categories.trim)
                for name in feature_columns(data, train)]
     labels = label_names(train[data.target]) if task != "regression" else None
     if labels is not None and task == "binary" and len(labels) != 2:
@@ -125,7 +125,7 @@ def infer_schema(data: DataConfig, train: pd.DataFrame) -> DataSchema:
     return DataSchema(columns=columns, target=data.target, task=task, labels=labels, n_rows=len(train))
 
 
-def _column(series: pd.Series, kind: Kind) -> ColumnSchema:
+def _column(series: pd.Series, kind: Kind, trim: bool) -> ColumnSchema:
     missing = float(series.isna().mean())
     if kind == "image":
         return _image_column(series, missing)
@@ -133,6 +133,8 @@ def _column(series: pd.Series, kind: Kind) -> ColumnSchema:
         return _text_column(series, missing)
     if kind == "categorical":
         cats = sorted({_label_str(v) for v in series.dropna().tolist()})
+        if trim:  # as mlops.data.preprocess.category_strings reads them: a blank category is a missing one
+            cats = sorted({c.strip() for c in cats} - {""})
         return ColumnSchema(name=str(series.name), kind="categorical", dtype=str(series.dtype), missing_rate=missing, categories=cats)
     values = _numbers(series)
     return ColumnSchema(

@@ -219,31 +219,6 @@ def _read_image_file(base: Path, value: str, row: int, column: str, errors: list
     return None
 
 
-def sample_rows(data: DataConfig, recipe_path: Path, n: int) -> tuple[pd.DataFrame, Path]:
-    """Up to `n` rows as the data holds them (image columns as file paths or bytes), read without reading the
-    whole file, and the folder their relative image paths start at: for `mlops validate`. An image folder's
-    rows are spread evenly over its (sorted) files, so every class is sampled."""
-    import pandas as pd
-
-    path = data_path(data, recipe_path)
-    fmt = file_format(data, path)
-    if fmt == "image_folder":
-        files = image_folder_files(path)
-        rows = list(range(0, len(files), max(1, len(files) // n)))[:n]  # the index: each row's place
-        frame = pd.DataFrame({"image": [files[i][0] for i in rows], "label": [files[i][1] for i in rows]},
-                             index=rows)
-        return frame, path
-    try:
-        if fmt == "csv":
-            return pd.read_csv(path, nrows=n), path.parent
-        import pyarrow.parquet as pq
-
-        first = next(pq.ParquetFile(path).iter_batches(batch_size=n), None)
-        return (first.to_pandas() if first is not None else pd.DataFrame()), path.parent
-    except Exception as exc:
-        raise DataError(f"cannot read {path} as {fmt}: {exc}") from None
-
-
 def image_file(base: Path, value: str) -> Path:
     """An image path as a table holds it: relative to the table's folder, or absolute."""
     f = Path(value).expanduser()

@@ -5,6 +5,10 @@ drift`), so an alert in Prometheus and a finding of `mlops monitor` read the sam
 - latency: the `monitor.latency.percentile` of predict requests over `monitor.latency.sla_ms`;
 - error_rate: 5xx (and 4xx with `count_4xx`) / predict requests above `baseline + max_increase`;
 - drift: `mlops_drift_detected{model, feature}` (a gauge `mlops monitor` exports, 1 while a feature drifts).
+
+And one over the server itself, from `monitor.log_limits`: log_size, when the prediction log's database and WAL
+(`mlops_prediction_log_bytes`) take more than the bounds declared for them (`retention.max_bytes` +
+`wal_max_bytes`): its retention or its WAL truncation is not keeping up, and the disk fills.
 """
 
 from __future__ import annotations
@@ -18,22 +22,35 @@ from mlops.core.errors import MlopsError
 from mlops.deploy.render import render
 from mlops.recipe.deploy import AlertsConfig
 
-ALERT_NAMES = {"latency": "MlopsLatencyOverSLA", "error_rate": "MlopsErrorRate", "drift": "MlopsDriftDetected"}
+ALERT_NAMES = {"latency": "MlopsLatencyOverSLA", "error_rate": "MlopsErrorRate", "drift": "MlopsDriftDetected",
+               "log_size": "MlopsPredictionLogSize"}
 PREDICT_ROUTES = "v1_predict|v2_infer"  # the server's route labels that answer predictions
 FILENAME = "alerts.rules.yml"
 
 
 def alert_rules(alerts: AlertsConfig, monitor: Any, model: str) -> str:
-    """The rules file; `monitor` is the recipe's MonitorConfig (its latency and error_rate sections)."""
+    """The rules file; `monitor` is the recipe's MonitorConfig (its latency, error_rate and log_limits sections)."""
     latency, errors = monitor.latency, monitor.error_rate
     max_error_rate = errors.baseline + errors.max_increase
+    log_parts, log_bytes = log_size_bound(monitor.log_limits)
     return render("alerts.rules.yml.j2", model=model, names=ALERT_NAMES, predict_routes=PREDICT_ROUTES,
                   window=alerts.window, for_=alerts.for_, severity=alerts.severity,
                   latency=latency.enabled, quantile=f"{latency.percentile / 100:g}", percentile=f"{latency.percentile:g}",
                   sla_ms=f"{latency.sla_ms:g}", sla_seconds=f"{latency.sla_ms / 1000:g}",
                   error_rate=errors.enabled, error_status="[45].." if errors.count_4xx else "5..",
                   max_error_rate=f"{max_error_rate:g}", max_error_rate_pct=f"{max_error_rate * 100:g}",
-                  drift=alerts.drift, filename=FILENAME)
+                  drift=alerts.drift, log_parts=log_parts, log_bytes=log_bytes,
+                  log_bound=f"{log_bytes / 1e9:.3g} GB" if log_bytes >= 1e9 else f"{log_bytes / 1e6:.3g} MB",
+                  filename=FILENAME)
+
+
+def log_size_bound(limits: Any) -> tuple[str | None, int]:
+    """Which parts of `mlops_prediction_log_bytes` the log_size rule sums, and the bound they must stay under
+    (`limits` is the recipe's LogLimitsConfig); (None, 0) when nothing is bounded."""
+    db, wal = limits.retention.max_bytes, limits.wal_max_bytes
+    if db is None:
+        return ("wal", int(wal)) if wal is not None else (None, 0)
+    return "db|wal", int(db) + int(wal or 0)
 
 
 def promtool_check(path: Path) -> str | None:

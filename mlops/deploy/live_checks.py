@@ -14,6 +14,7 @@ Two sources, each giving the difference between two snapshots (so a step is judg
 from __future__ import annotations
 
 import math
+import os
 import time
 import urllib.error
 import urllib.request
@@ -123,7 +124,9 @@ class MetricsEndpoint:
 
     def snapshot(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         try:
-            with urllib.request.urlopen(self.url, timeout=self.timeout) as resp:
+            token = os.environ.get("MLOPS_SERVE_TOKEN")  # a server started with one asks it for /metrics too
+            request = urllib.request.Request(self.url, headers={"authorization": f"Bearer {token}"} if token else {})
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
                 text = resp.read().decode()
         except (urllib.error.URLError, OSError) as exc:
             raise MlopsError(f"cannot read the canary's metrics at {self.url}: {exc}") from None

@@ -114,7 +114,8 @@ def weights_fingerprint(loaded: LoadedRecipe) -> str | None:
 
 def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
     r = loaded.recipe
-    data_cfg = r.data.model_dump(mode="json", exclude={"split", "datamodule"})
+    # the category policies act in preprocess (trim) and in the bundle (unseen): reading the rows ignores both
+    data_cfg = r.data.model_dump(mode="json", exclude={"split", "datamodule", "categories"})
     source = source_fingerprint(loaded)
     tracking = {"tracking": r.tracking.model_dump(mode="json"), "registry": r.registry.model_dump(mode="json")}
     ev = r.evaluate
@@ -130,7 +131,7 @@ def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
              {"split": r.data.split.model_dump(mode="json"), "seed": r.split_seed, "target": r.data.target,
               "task": r.data.task}),
         Step("preprocess", "infer the data schema, fit imputation/scaling/one-hot on train; decode images, learn "
-             "the tokenizer", ("split",), data_cfg | {"text": r.model.text.model_dump(
+             "the tokenizer", ("split",), data_cfg | {"trim": r.data.categories.trim, "text": r.model.text.model_dump(
                  mode="json", include={"tokenizer", "vocab_size", "lowercase", "max_length"})}),  # not the encoder
         Step("train", "fit the LightningModule", ("preprocess",),
              {"model": r.model.model_dump(mode="json", by_alias=True),
@@ -141,7 +142,8 @@ def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
              {"custom_metrics": ev.model_dump(mode="json", by_alias=True)["custom_metrics"]}, metrics),
         Step("export", "ONNX with preprocessing inside, parity check, bundle", ("train", "preprocess", "evaluate"),
              {"export": r.export.model_dump(mode="json"), "name": r.model_name, "recipe": loaded.model_hash,
-              "payloads": r.monitor.payloads.model_dump(mode="json")}),
+              "payloads": r.monitor.payloads.model_dump(mode="json"),
+              "log_limits": r.monitor.log_limits.model_dump(mode="json")}),
         Step("assess", "slices, fairness, robustness, inference benchmark of the ONNX model", ("export", "split"),
              ev.model_dump(mode="json", by_alias=True, exclude={"gates", "expectations", "seed"})
              | {"seed": r.eval_seed, "target": r.data.target}, metrics),

@@ -156,8 +156,23 @@ def _log_assess(client: Any, run_id: str, result: AssessResult, out: Path, now: 
 
 def _log_gate(client: Any, run_id: str, result: GateDecision, out: Path, now: int) -> None:
     client.set_tag(run_id, "mlops.gates", result.outcome)
+    versus = vs_champion(result)
+    if versus:
+        client.set_tag(run_id, "mlops.vs_champion", versus)
     for name in result.report.values():
         client.log_artifact(run_id, str(out / name), "evaluation")
+
+
+def vs_champion(result: GateDecision) -> str | None:
+    """The `vs: champion` gates' outcome in a few words (`passed vs churn/3`, `no champion yet`), or None when
+    the recipe has no such gate."""
+    verdicts = [v for v in result.gates if v.kind == "champion"]
+    if not verdicts:
+        return None
+    if result.champion is None:
+        return "no champion yet"
+    worst = next(s for s in ("error", "failed", "passed", "skipped") if any(v.status == s for v in verdicts))
+    return f"{worst} vs {result.champion}"
 
 
 def _log_register(client: Any, run_id: str, result: RegisterResult, out: Path, now: int) -> None:

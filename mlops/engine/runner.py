@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,54 @@ from mlops.engine.validate import load_validated
 
 def configure_prefect() -> None:
     """Defaults that make Prefect's temporary server quiet offline (no analytics, no telemetry) and patient
-    on a slow machine (its 20 s start-up timeout is too tight for a loaded CI box)."""
+    on a slow machine (its 20 s start-up timeout is too tight for a loaded CI box); and the server dies with
+    the process that started it."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
+    _watch_temporary_server()
+
+
+# Stops Prefect's temporary server once the process that started it is gone (its parent changes): a parent
+# killed by SIGKILL runs no atexit handler, and the server would serve on, orphaned, for good.
+_WATCHDOG = """
+import os, signal, sys, time
+server, parent = int(sys.argv[1]), os.getppid()
+while os.getppid() == parent:
+    time.sleep(0.2)
+try:
+    os.kill(server, signal.SIGTERM)
+    for _ in range(50):
+        time.sleep(0.1)
+        os.kill(server, 0)
+    os.kill(server, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
+_watchdogs: list[subprocess.Popen[bytes]] = []
+
+
+def _watch_temporary_server() -> None:
+    """Give every temporary server Prefect starts (no PREFECT_API_URL) a watchdog process."""
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return  # a real server: not ours to stop
+    from prefect.server.api.server import SubprocessASGIServer  # Prefect imports it anyway to start one
+
+    launch = SubprocessASGIServer._run_uvicorn_command
+    if getattr(launch, "watched", False):
+        return
+
+    def launch_watched(server: SubprocessASGIServer) -> subprocess.Popen[Any]:
+        process = launch(server)
+        _watchdogs.append(subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(process.pid)],
+                                           stdin=subprocess.DEVNULL, start_new_session=True))
+        return process
+
+    launch_watched.watched = True  # type: ignore[attr-defined]
+    SubprocessASGIServer._run_uvicorn_command = launch_watched  # type: ignore[method-assign]
 
 
 configure_prefect()

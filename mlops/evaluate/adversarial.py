@@ -66,7 +66,7 @@ def adversarial_checks(bundle_dir: Path, test: pd.DataFrame, train: pd.DataFrame
     preprocessing the module was trained behind (the bundle's data schema on the training split)."""
     predictor = Predictor(bundle_dir, threads=0)
     meta = predictor.meta
-    pre = fit_preprocessor(meta.data_schema, train)
+    pre = fit_preprocessor(meta.data_schema, train, trim=predictor.categories.trim)
     images = [name for name, spec in predictor.columns.items() if spec.image is not None]
     texts = [name for name, spec in predictor.columns.items() if spec.text is not None]
     if meta.task == "regression":

@@ -332,7 +332,7 @@ def baseline_rows(predictor: Predictor, source: pd.DataFrame, rows: int, seed: i
     frame = frame.iloc[np.flatnonzero(keep)]
     raw = {name: [v for v, k in zip(values, keep, strict=True) if k] for name, values in raw.items()}
     arrays = {name: np.concatenate([a for a in values if a is not None]) for name, values in decoded.items()}
-    scalars = {name: _scalar_column(frame, name, spec.dtype)[:, None]
+    scalars = {name: _scalar_column(frame, name, spec.dtype, predictor.categories.trim)[:, None]
                for name, spec in predictor.columns.items() if spec.scalar}
     out = onnx_outputs(predictor.session, scalars | arrays, predictor.meta.task)
     y = None
@@ -725,13 +725,13 @@ def _instance(predictor: Predictor, frame: pd.DataFrame) -> dict[str, Any]:
         elif spec.text is not None:
             row[name] = frame[name].iloc[0]
         else:
-            row[name] = _json_value(_scalar_column(frame, name, spec.dtype)[0])
+            row[name] = _json_value(_scalar_column(frame, name, spec.dtype, predictor.categories.trim)[0])
     return row
 
 
-def _scalar_column(frame: pd.DataFrame, name: str, dtype: str) -> np.ndarray:
+def _scalar_column(frame: pd.DataFrame, name: str, dtype: str, trim: bool) -> np.ndarray:
     """A scalar column as the graph takes it (as `Predictor.frame_feeds` makes it): strings, or float32 with NaN."""
-    return category_strings(frame[name]) if dtype == "string" else numeric_column(frame[name])
+    return category_strings(frame[name], trim) if dtype == "string" else numeric_column(frame[name])
 
 
 def _payload_check(predictor: Predictor, control: dict[str, Any], column: str, payload: str, what: str,

@@ -115,6 +115,12 @@ class AuditLog:
         return [r for r in self.records() if r.get("run_id") == run_id]
 
 
+def brief(record: dict[str, Any]) -> str:
+    """A record in a few words: the model version, what happened and when."""
+    what = str(record.get("event")) + (f" ({record['decision']})" if record.get("decision") else "")
+    return f"{record.get('model')}/{record.get('version') or '-'}  {what}  {record.get('time')}"
+
+
 def limit_refusal(records: list[dict[str, Any]], cooldown_minutes: float, max_per_day: int,
                   now: float) -> str | None:
     """Why a new retrain may not start now (cooldown, or too many in 24 hours), or None when it may."""

@@ -41,6 +41,7 @@ from mlops.recipe import LoadedRecipe, load_recipe
 from mlops.recipe.improve import RetrainConfig
 from mlops.recipe.metrics import task_metrics
 from mlops.sweep.flow import sweep
+from mlops.tracking.prefix import unique_prefix
 
 ENGINE = "engine"  # `by` of what the engine settled when it registered the version: nothing is left to weigh
 Outcome = Literal["skipped", "stopped", "awaiting_approval", "promoted", "rolled_back", "rejected"]
@@ -528,15 +529,15 @@ def pending(audit: AuditLog, run: str) -> dict[str, Any]:
             last[str(x["run_id"])] = x
     waiting = [x for x in last.values() if x.get("event") == events.DECISION and x.get("decision") == AWAIT]
     hint = ", ".join(f"{x['run_id']} ({x['model']}/{x['version']})" for x in waiting) or "none"
-    runs = [k for k in last if run and k.startswith(run)]
-    if len(runs) != 1:
-        what = "no retrain" if not runs else f"{len(runs)} retrains"
-        raise MlopsError(f"{what} with run id '{run}' in the audit log {audit.path}; "
-                         f"awaiting approval: {hint}")
-    record = last[runs[0]]
+    try:
+        found = unique_prefix(run, {k: events.brief(x) for k, x in last.items()}, "retrain run",
+                              f"the audit log {audit.path}")
+    except MlopsError as exc:
+        raise MlopsError(f"{exc}\nawaiting approval: {hint}") from None
+    record = last[found]
     if record.get("event") != events.DECISION or record.get("decision") != AWAIT:
         what = f"{record.get('event')}" + (f" ({record['decision']})" if record.get("decision") else "")
-        raise MlopsError(f"run {runs[0]} is not awaiting approval: its last record is {what} at "
+        raise MlopsError(f"run {found} is not awaiting approval: its last record is {what} at "
                          f"{record.get('time')} by {record.get('by')}; awaiting approval: {hint}")
     return record
 

@@ -165,9 +165,11 @@ def _windows_table(windows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _line_chart(chart_id: str, title: str, windows: list[dict[str, Any]], series: dict[str, list[float | None]],
-                hlines: list[tuple[float, str]] = (), markers: list[tuple[int, str]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+                hlines: list[tuple[float, str]] = (), markers: list[tuple[int, str]] = (),  # type: ignore[assignment]
+                floor: float | None = None) -> dict[str, Any]:
     """One line per series over the windows, with dashed thresholds (`hlines`) and vertical alert
-    `markers`; a gap where a value is missing, a dot for a lone value between gaps."""
+    `markers`; a gap where a value is missing, a dot for a lone value between gaps. `floor`: the axis starts
+    there (zero for a latency or a rate: they cannot be negative, and an axis below zero reads as if they could)."""
     n = len(windows)
     values = [v for s in series.values() for v in s if v is not None and math.isfinite(v)]
     values += [y for y, _ in hlines]
@@ -177,6 +179,8 @@ def _line_chart(chart_id: str, title: str, windows: list[dict[str, Any]], series
     if lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
     lo, hi = lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)
+    if floor is not None and min(values) >= floor:
+        lo = floor
 
     def x(i: float) -> float:
         return PAD_L + (W - PAD_L - PAD_R) * (i / max(n - 1, 1))
@@ -365,19 +369,20 @@ def _latency_chart(windows: list[dict[str, Any]], context: dict[str, Any]) -> di
     sla = context.get("sla_ms")
     return _line_chart("chart-latency", "request latency (ms)", windows, series,
                        [(sla, f"SLA {sla:g} ms")] if sla else [],
-                       _alert_markers(windows, context.get("alerts", []), ("latency",)))
+                       _alert_markers(windows, context.get("alerts", []), ("latency",)), floor=0.0)
 
 
 def _throughput_chart(windows: list[dict[str, Any]]) -> dict[str, Any]:
     ops = [w.get("operations") or {} for w in windows]
     return _line_chart("chart-throughput", "throughput (per second)", windows,
                        {"rows/s": [o.get("rows_per_s") for o in ops], "requests/s": [o.get("requests_per_s")
-                                                                                      for o in ops]})
+                                                                                      for o in ops]}, floor=0.0)
 
 
 def _schema_chart(windows: list[dict[str, Any]]) -> dict[str, Any]:
     rate = [(w.get("schema") or {}).get("violation_rate") for w in windows]
-    return _line_chart("chart-schema", "share of rows violating the schema", windows, {"violating rows": rate})
+    return _line_chart("chart-schema", "share of rows violating the schema", windows, {"violating rows": rate},
+                       floor=0.0)
 
 
 def dashboard_context(**kwargs: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@ rate by status from the server's Prometheus counters (the log holds answered pre
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.request
 from typing import Any
@@ -42,7 +43,9 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 def scrape_requests(url: str, model: str, timeout: float = 10.0) -> dict[str, float]:
     """Predict requests served so far by status ({"200": 1234.0, "400": 5.0, ...}) from a server's /metrics."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - a URL the recipe names
+        token = os.environ.get("MLOPS_SERVE_TOKEN")  # a server started with one asks it for /metrics too
+        request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"} if token else {})
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - a URL the recipe names
             text = resp.read().decode("utf-8", "replace")
     except OSError as exc:
         raise MlopsError(f"cannot scrape {url} (monitor.error_rate.metrics_url): {exc}") from None

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlops.core.errors import MlopsError
+from mlops.monitor.drift import drifted
 from mlops.monitor.logstream import EMBEDDING_COLUMN
 from mlops.monitor.results import Observation, WindowSummary
-from mlops.recipe.monitor import LIVE_METRICS, MonitorConfig
+from mlops.recipe.monitor import LIVE_METRICS, DriftConfig, MonitorConfig
 
 RULES = ("drift", "prediction_drift", "schema", "missing_values", "accuracy_drop", "latency", "error_rate")
 EVENT_PREFIX = "mlops.alert."
@@ -63,9 +64,26 @@ def drift_rule(summary: WindowSummary, cfg: MonitorConfig, baseline: dict[str, A
     keys = [c["column"] for c in drift["columns"] if c["drift"] and (
         (c["column"] == EMBEDDING_COLUMN and d.embedding.key)
         or (d.features.get(c["column"]) and d.features[c["column"]].key))]
-    why = f"{ds['drifted']} of {ds['columns']} features drifted" + (f"; key features {keys}" if keys else "")
-    return Observation("drift", ds["share"], d.share, ds["drift"] or bool(keys), why,
-                       {"drifted": [c for c in drift["columns"] if c["drift"]], "key_features": keys})
+    severe = severe_columns(drift["columns"], d)
+    why = (f"{ds['drifted']} of {ds['columns']} features drifted" + (f"; key features {keys}" if keys else "")
+           + ("; severe: " + ", ".join(f"{c['column']} ({c['method']} {c['score']:.3g}, severe at {t:g})"
+                                        for c, t in severe) if severe else ""))
+    return Observation("drift", ds["share"], d.share, ds["drift"] or bool(keys) or bool(severe), why,
+                       {"drifted": [c for c in drift["columns"] if c["drift"]], "key_features": keys,
+                        "severe_features": [c["column"] for c, _ in severe]})
+
+
+def severe_columns(columns: list[dict[str, Any]], d: DriftConfig) -> list[tuple[dict[str, Any], float]]:
+    """Drifted columns whose score also passes their method's severe threshold, each with that threshold."""
+    out = []
+    for c in columns:
+        if not c.get("drift") or c.get("score") is None:
+            continue
+        own = d.features.get(c["column"])
+        threshold = d.severe.threshold(c["method"], own.severe if own else None)
+        if threshold is not None and drifted(c["method"], c["score"], threshold):
+            out.append((c, threshold))
+    return out
 
 
 def prediction_drift_rule(summary: WindowSummary, cfg: MonitorConfig, baseline: dict[str, Any]) -> Observation:

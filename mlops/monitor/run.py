@@ -142,7 +142,7 @@ def _target(loaded: LoadedRecipe, model: str | None, log: str | None, since: str
     meta = read_bundle(resolved.path)
     ws = workspace()
     log_path = Path(log or cfg.log or ws.prediction_log(meta.name)).resolve()
-    LogReader(log_path).close()  # a missing or foreign log fails before the reference is built
+    LogReader(log_path, archive=False).close()  # a missing or foreign log fails before the reference is built
     judge = WindowJudge(meta, cfg)  # refuses bad per-feature settings before any heavy work
     baseline = accuracy_baseline(cfg, meta.task, meta.metrics)
     flt = LogFilter(meta.name, resolved.version, tuple(cfg.variants), since_ts, until_ts)

@@ -14,7 +14,8 @@ from mlops.core.atomic import publishing
 from mlops.core.errors import MlopsError
 from mlops.data.media import ImageSpec, TextSpec
 from mlops.data.schema import DataSchema
-from mlops.recipe.monitor import PayloadsConfig
+from mlops.recipe.monitor import LogLimitsConfig, PayloadsConfig
+from mlops.recipe.schema import CategoriesConfig
 
 FORMAT = "mlops-bundle/1"
 
@@ -47,6 +48,10 @@ class BundleMeta(BaseModel):
     onnx_sha256: str
     mlops_version: str
     payloads: PayloadsConfig = PayloadsConfig()  # what the prediction log keeps of image and text inputs
+    log_limits: LogLimitsConfig = LogLimitsConfig()  # how large the server's prediction log may grow
+    # how categories are read (whitespace) and what an unseen one gets (data.categories). None: a bundle written
+    # before the policies, served as then: categories as sent, an unseen one encoded as missing, silently
+    categories: CategoriesConfig | None = None
 
 
 def write_bundle(dest: Path, model_bytes: bytes, meta: dict[str, Any],

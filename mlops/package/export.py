@@ -126,7 +126,7 @@ def network_outputs(module: Any, batch: dict[str, torch.Tensor]) -> Any:
 def onnx_feeds(frame: pd.DataFrame, pre: Preprocessor) -> dict[str, np.ndarray]:
     """Raw columns as the graph takes them: float32 [N,1] numbers (NaN = missing), strings [N,1]."""
     feeds = {s.name: numeric_column(frame[s.name])[:, None] for s in pre.numeric}
-    feeds |= {c.name: category_strings(frame[c.name])[:, None] for c in pre.categorical}
+    feeds |= {c.name: category_strings(frame[c.name], pre.trim)[:, None] for c in pre.categorical}
     return feeds
 
 

@@ -1,7 +1,9 @@
 """The ONNX graph around the trained network: raw named columns in, labels/probabilities out.
 
 Preprocessing is built here op for op as `Preprocessor.transform` computes it in numpy (float32
-Where/Sub/Div, one-hot by comparing label-encoded codes), so serving cannot drift from training.
+Where/Sub/Div, one-hot by comparing label-encoded codes), so serving cannot drift from training. A category
+reaches the graph trimmed of whitespace already (data.categories.trim): no ONNX op strips a string, so the
+bundle's Predictor applies `mlops.data.preprocess.category_text`, the function training's rows go through.
 """
 
 from __future__ import annotations

@@ -35,10 +35,19 @@ from mlops.data.media import (
     load_tokenizer,
     png_bytes,
 )
-from mlops.data.preprocess import category_strings, numeric_column
+from mlops.data.preprocess import category_strings, category_text, numeric_column
 from mlops.package.bundle import BundleMeta, read_bundle
+from mlops.recipe.schema import CategoriesConfig
 
 NUMERIC_V2 = {"FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"}
+# the values each V2 integer datatype holds: a value outside its datatype is a malformed tensor, not a number
+INT_RANGES = {"INT8": (-2**7, 2**7 - 1), "INT16": (-2**15, 2**15 - 1), "INT32": (-2**31, 2**31 - 1),
+              "INT64": (-2**63, 2**63 - 1), "UINT8": (0, 2**8 - 1), "UINT16": (0, 2**16 - 1),
+              "UINT32": (0, 2**32 - 1), "UINT64": (0, 2**64 - 1)}
+FP16_MAX = float(np.finfo(np.float16).max)
+# a bundle written before data.categories: served as it was then (categories as sent, an unseen one encoded as
+# missing without a word)
+LEGACY_CATEGORIES = CategoriesConfig(trim=False, unseen="allow")
 # the largest integer a float32 holds exactly: beyond it an integer cast to FP32 would silently change
 FP32_EXACT_INT = 2**24
 FP32_MAX = float(np.finfo(np.float32).max)
@@ -139,6 +148,13 @@ class Predictor:
         self.has_embedding = any(o.name == EMBEDDING for o in self.session.get_outputs())
         self.max_batch = max_batch
         self.columns = {i.name: i for i in self.meta.inputs}
+        self.categories = self.meta.categories or LEGACY_CATEGORIES
+        trained = {c.name: c for c in self.meta.data_schema.columns}
+        # each categorical input's categories seen in training (the graph's one-hot levels)
+        self.levels = {i.name: frozenset(trained[i.name].categories or ()) for i in self.meta.inputs
+                       if i.kind == "categorical"}
+        # a categorical column that held numbers in training (data.categorical): a number is one of its categories
+        self.numeric_categories = frozenset(n for n in self.levels if _numeric_dtype(trained[n].dtype))
         self.tokenizers = {i.name: load_tokenizer((self.path / i.text.tokenizer).read_text())
                            for i in self.meta.inputs if i.text is not None}
         self.unknown_ids = {n: t.token_to_id(UNKNOWN_TOKEN) for n, t in self.tokenizers.items()}
@@ -185,7 +201,8 @@ class Predictor:
                 raise MlopsError(f"the model needs column '{name}', which the data does not have")
             col = frame[name]
             if spec.scalar:
-                feeds[name] = (category_strings(col) if spec.dtype == "string" else numeric_column(col))[:, None]
+                feeds[name] = (category_strings(col, self.categories.trim) if spec.dtype == "string"
+                               else numeric_column(col))[:, None]
                 continue
             try:
                 feeds |= self.column_feeds(name, col.tolist(), name)
@@ -246,6 +263,27 @@ class Predictor:
             elif spec.kind == "text" and name + RAW_TEXT in feeds:
                 out |= text_descriptors(name, feeds[name + RAW_TEXT].tolist(), feeds.get(name),
                                         self.unknown_ids.get(name))
+        return out
+
+    def unseen(self, feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
+        """The rows holding a category never seen in training, by column (only the columns with some). The graph
+        encodes such a category as a missing one; under the `error` policy the request was refused before."""
+        out: dict[str, list[int]] = {}
+        for name, known in self.levels.items():
+            rows = [i for i, v in enumerate(feeds[name][:, 0].tolist()) if v and v not in known]
+            if rows:
+                out[name] = rows
+        return out
+
+    def imputed(self, unseen: dict[str, list[int]], rows: int) -> list[list[str]] | None:
+        """Per row, the columns whose unseen category was imputed, for the answer: under the `impute` policy and
+        when there were some, else None (`allow` counts them without a word in the answer)."""
+        if not unseen or self.categories.unseen != "impute":
+            return None
+        out: list[list[str]] = [[] for _ in range(rows)]
+        for name, at in unseen.items():
+            for i in at:
+                out[i].append(name)
         return out
 
     # --- request decoding -------------------------------------------------------------------------
@@ -459,23 +497,13 @@ class Predictor:
             return self._image_feeds(name, spec.image, values, where)[name]
         if spec.text is not None:
             return self.encode_texts(name, self._texts(spec.text, values, where))
-        fast = _fast_column(spec.dtype, values, datatype)
+        if datatype in INT_RANGES or datatype == "FP16":
+            _check_datatype(name, values, where, datatype)
+        if spec.dtype == "string":
+            return self._categories(name, values, where)
+        fast = _fast_column(values, datatype)
         if fast is not None:
             return fast
-        if spec.dtype == "string":
-            out = []
-            for i, v in enumerate(values):
-                if v is None:
-                    out.append("")
-                elif isinstance(v, str):
-                    out.append(v)
-                elif isinstance(v, bool):
-                    raise RequestError(f"{where}[{i}]", "expected a string category, got a boolean")
-                elif isinstance(v, int | float) and math.isfinite(v):
-                    out.append(str(int(v)) if float(v).is_integer() else str(v))  # as training wrote numbers
-                else:
-                    raise RequestError(f"{where}[{i}]", f"expected a string category, got {type(v).__name__}")
-            return np.asarray(out, dtype=object).reshape(-1, 1)
         if datatype == "BYTES":
             raise RequestError(where, f"column '{name}' is numeric: send a numeric datatype, not BYTES")
         arr = np.empty(len(values), dtype=np.float32)
@@ -484,15 +512,78 @@ class Predictor:
                 arr[i] = np.nan  # missing: the graph imputes it
             elif isinstance(v, bool) or not isinstance(v, int | float):
                 raise RequestError(f"{where}[{i}]", f"expected a number for '{name}', got {type(v).__name__}")
+            elif isinstance(v, int) and abs(v) > FP32_EXACT_INT:  # before isfinite, which overflows on 10**400
+                raise RequestError(f"{where}[{i}]", f"integer {v} cannot be cast to FP32 without loss")
             elif not math.isfinite(v):
                 raise RequestError(f"{where}[{i}]", f"non-finite number {v!r} (send null for a missing value)")
-            elif isinstance(v, int) and abs(v) > FP32_EXACT_INT:
-                raise RequestError(f"{where}[{i}]", f"integer {v} cannot be cast to FP32 without loss")
             elif abs(v) > FP32_MAX:
                 raise RequestError(f"{where}[{i}]", f"{v!r} overflows FP32")
             else:
                 arr[i] = v
         return arr.reshape(-1, 1)
+
+    def _categories(self, name: str, values: list[Any], where: str) -> np.ndarray:
+        """A categorical column as the graph takes it: strings ("" for missing), trimmed as in training
+        (`category_text`); an unseen category refused under the `error` policy."""
+        trim = self.categories.trim
+        if all(type(v) is str for v in values):  # the common case, at C speed when there is nothing to trim
+            out = [category_text(v, trim) for v in values] if trim else values
+        else:
+            out = [self._category(name, v, f"{where}[{i}]", trim) for i, v in enumerate(values)]
+        if self.categories.unseen == "error":
+            known = self.levels[name]
+            for i, v in enumerate(out):
+                if v and v not in known:
+                    raise RequestError(f"{where}[{i}]", f"category {v!r} of '{name}' was never seen in training "
+                                       f"(data.categories.unseen: error; {len(known)} known)")
+        return np.asarray(out, dtype=object).reshape(-1, 1)
+
+    def _category(self, name: str, v: Any, where: str, trim: bool) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, str):
+            return category_text(v, trim)
+        if isinstance(v, bool):
+            raise RequestError(where, "expected a string category, got a boolean")
+        if isinstance(v, int) and name in self.numeric_categories:
+            return str(v)  # as training wrote the column's numbers
+        if isinstance(v, float) and math.isfinite(v) and name in self.numeric_categories:
+            return str(int(v)) if v.is_integer() else str(v)
+        if isinstance(v, int | float):
+            raise RequestError(where, f"expected a string category for '{name}', got the number {v!r} (send it "
+                               "as a string if it is one)")
+        raise RequestError(where, f"expected a string category, got {type(v).__name__}")
+
+
+def _numeric_dtype(dtype: str) -> bool:
+    """A pandas dtype of numbers ("int64", "Float64", "uint8"...), as a training column's schema records it."""
+    return dtype.lower().startswith(("int", "uint", "float"))
+
+
+def _check_datatype(name: str, values: list[Any], where: str, datatype: str) -> None:
+    """A V2 tensor's values inside its datatype: INT8 1000 or UINT8 -5 is no INT8 or UINT8, FP16 70000 no FP16."""
+    if datatype == "FP16":
+        for i, v in enumerate(values):
+            if (type(v) is int or (type(v) is float and math.isfinite(v))) and abs(v) > FP16_MAX:
+                raise RequestError(f"{where}[{i}]", f"{v!r} is outside FP16 (largest {FP16_MAX:g}) for input "
+                                   f"'{name}'")
+        return
+    low, high = INT_RANGES[datatype]
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        if type(v) is not int:
+            raise RequestError(f"{where}[{i}]", f"{datatype} takes integers, got {v!r} for input '{name}'")
+        if not low <= v <= high:
+            raise RequestError(f"{where}[{i}]", f"{v} is outside {datatype} ({low} to {high}) for input '{name}'")
+
+
+def imputed_parameters(imputed: list[list[str]] | None) -> dict[str, str]:
+    """A V2 answer's `parameters` naming the imputed categories, `{"imputed": "city[0],city[2]"}` (input and
+    row; V2 parameters are scalars), or nothing when there were none."""
+    if not imputed:
+        return {}
+    return {"imputed": ",".join(f"{name}[{i}]" for i, names in enumerate(imputed) for name in names)}
 
 
 def embedding_projection(width: int, dims: int) -> np.ndarray | None:
@@ -516,12 +607,10 @@ def _naming(exc: RequestError, name: str, scalar: bool) -> RequestError:
     return RequestError(exc.field, f"input '{name}': {exc.message}", exc.status)
 
 
-def _fast_column(dtype: str, values: list[Any], datatype: str | None) -> np.ndarray | None:
-    """The common case at C speed: all strings, or all plain numbers that fit FP32. Anything else (None,
+def _fast_column(values: list[Any], datatype: str | None) -> np.ndarray | None:
+    """A numeric column's common case at C speed: all plain numbers that fit FP32. Anything else (None,
     bools, mixed types, a bad value) returns None, and `Predictor.column` checks value by value, which
     also finds the row at fault for the error."""
-    if dtype == "string":
-        return np.asarray(values, dtype=object).reshape(-1, 1) if all(type(v) is str for v in values) else None
     if datatype == "BYTES" or not values:
         return None
     if len(values) <= SMALL_COLUMN:

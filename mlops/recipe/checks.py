@@ -24,11 +24,12 @@ EPOCH_METRICS = {
 }
 
 
-def semantic_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
+def semantic_problems(recipe: Recipe, composed: Composed, task: str | None = None) -> list[Problem]:
+    """`task`: the one the data says, when known (an 'auto' recipe's gates are then checked against it)."""
     problems = _target_problems(recipe, composed)
     problems += _metric_problems(recipe, composed)
     problems += _sweep_param_problems(recipe, composed)
-    problems += _gate_problems(recipe, composed)
+    problems += gate_problems(recipe, task, origin=lambda key: str(composed.origin(key)))
     return problems
 
 
@@ -207,7 +208,3 @@ def gate_problems(recipe: Recipe, task: str | None = None, origin: Callable[[str
             problems.append(Problem(f"{key}.slice", f"'{family}/' metrics are not computed per slice",
                                     where(f"{key}.slice"), "remove 'slice'"))
     return problems
-
-
-def _gate_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
-    return gate_problems(recipe, origin=lambda key: str(composed.origin(key)))

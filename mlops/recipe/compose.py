@@ -1,9 +1,15 @@
 """Hydra composition of a recipe file plus command-line overrides, and where each key was set.
 
 We use Hydra's compose API rather than `@hydra.main`: it works inside Prefect tasks and tests and does
-no directory changes. The recipe's own directory is the primary config dir; `configs/` next to it (or
-`MLOPS_CONFIG_PATH`) holds the config groups its defaults list names, and `configs/base.yaml`, the defaults list
-shipped recipes extend. Config files set only what differs from the schema, which holds every default.
+no directory changes. The recipe's own directory is the primary config dir; then come the directories of
+`MLOPS_CONFIG_PATH`, the project's own `configs/` (beside the recipe, beside its folder, or at the project root),
+and last the config groups shipped inside the package (`mlops/configs/`, with `base.yaml`, the defaults list
+shipped recipes extend): a project's `configs/` holds only what it adds or overrides. Config files set only
+what differs from the schema, which holds every default.
+
+Recipes may come from untrusted pull requests: before Hydra reads a file, `_check_files` refuses one too
+large, nested too deep, or whose YAML aliases expand past a bound, and words the mistakes Hydra words badly
+(a recipe that is a list, a defaults list that includes itself, `default:` for `defaults:`) at file:line.
 """
 
 from __future__ import annotations
@@ -15,14 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.errors import MlopsError, Problem, RecipeError
-from mlops.recipe.schema import Recipe
-from mlops.recipe.suggest import closest
+from mlops.core.workspace import project_root
+from mlops.recipe.suggest import closest, keys_at, schema_accepts, unknown_part
 
 # Hydra keeps its config loader in a process-wide singleton: two threads composing at once (two retrains
 # triggered together, a server reloading while a flow composes) would clear each other's.
 _HYDRA_LOCK = threading.Lock()
 
 COMMAND_LINE = "command line"
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # package data: found wherever mlops is installed
+MAX_FILE_BYTES = 1 << 20  # a recipe or config file; shipped ones are a few KiB
+MAX_VALUES = 20_000  # values of one file with its aliases expanded; shipped ones have a few hundred
+MAX_DEPTH = 64  # lists and mappings inside each other
 
 
 @dataclass(frozen=True)
@@ -73,12 +83,15 @@ class Composed:
 
 
 def config_search_path(recipe: Path) -> list[Path]:
-    """Directories holding config groups, most specific first."""
+    """Directories holding config groups, most specific first: `MLOPS_CONFIG_PATH`, the project's `configs/`
+    (beside the recipe, beside its folder, at the project root), then the groups shipped with the package."""
     dirs = [Path(p) for p in os.environ.get("MLOPS_CONFIG_PATH", "").split(os.pathsep) if p]
-    for candidate in (recipe.parent / "configs", recipe.parent.parent / "configs"):
+    root = project_root(recipe.parent)
+    for candidate in (recipe.parent / "configs", recipe.parent.parent / "configs", *([root / "configs"] if root else [])):
         if candidate.is_dir():
             dirs.append(candidate)
-    return [d.resolve() for d in dirs]
+    dirs.append(SHIPPED_CONFIGS)
+    return list(dict.fromkeys(d.resolve() for d in dirs))
 
 
 def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
@@ -92,6 +105,7 @@ def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
     overrides = list(overrides or [])
     search = config_search_path(path)
     groups = _config_groups(path, search)
+    _check_files(path, search, overrides, groups)
     hydra_overrides = [_schema_override(o, groups) for o in overrides] + [
         "hydra.searchpath=[" + ",".join(f"file://{d}" for d in search) + "]",
         "hydra/job_logging=none",
@@ -160,74 +174,12 @@ def _schema_override(override: str, groups: set[str]) -> str:
     parent, _, leaf = key.rpartition(".")
     if not parent and leaf in groups:  # a group choice, or a section whose group holds options
         return override
-    return f"++{override}" if _schema_accepts(parent, leaf) else override
+    return f"++{override}" if schema_accepts(parent, leaf) else override
 
 
 def _config_groups(primary: Path, search: list[Path]) -> set[str]:
     """The config groups a recipe's overrides may choose from: folders of the recipe's dir and search path."""
     return {d.name for base in [primary.parent, *search] if base.is_dir() for d in base.iterdir() if d.is_dir()}
-
-
-def _schema_types(path: str) -> list[Any]:
-    """The types the schema allows at dotted `path` ('' is the recipe), through unions, list items
-    (`evaluate.gates.1`) and mapping values (`monitor.drift.features.mean_area`); [] where it allows nothing."""
-    import types
-    import typing
-
-    from pydantic import BaseModel
-
-
-    def unwrap(t: Any) -> list[Any]:
-        if typing.get_origin(t) in (typing.Union, types.UnionType):
-            return [u for a in typing.get_args(t) for u in unwrap(a)]
-        if typing.get_origin(t) is typing.Annotated:
-            return unwrap(typing.get_args(t)[0])
-        return [t]
-
-    found: list[Any] = [Recipe]
-    for part in [p for p in path.split(".") if p]:
-        step: list[Any] = []
-        for t in found:
-            if isinstance(t, type) and issubclass(t, BaseModel):
-                fields = [f for name, f in t.model_fields.items() if part in (name, f.alias)]
-                step += [u for f in fields for u in unwrap(f.annotation)]
-            elif typing.get_origin(t) is list and part.isdigit():
-                step += unwrap(typing.get_args(t)[0])
-            elif typing.get_origin(t) is dict:
-                step += unwrap(typing.get_args(t)[1]) if typing.get_args(t) else [Any]
-            elif t is Any:  # free-form values (model.params.x): any key below them
-                step.append(Any)
-        found = step
-    return found
-
-
-def _schema_keys(path: str) -> list[str]:
-    """The keys of the first model the schema allows at dotted `path` (aliases as users write them)."""
-    from pydantic import BaseModel
-
-    for t in _schema_types(path):
-        if isinstance(t, type) and issubclass(t, BaseModel):
-            return [f.alias or name for name, f in t.model_fields.items()]
-    return []
-
-
-def _schema_accepts(parent: str, leaf: str) -> bool:
-    """Whether the schema has a place for key `leaf` under dotted `parent`: a model's field, or a mapping's key."""
-    import typing
-
-    return leaf in _schema_keys(parent) or any(t is Any or typing.get_origin(t) is dict for t in _schema_types(parent))
-
-
-def _unknown_part(key: str) -> tuple[str, str]:
-    """(parent, segment) of the first segment of dotted `key` the schema has no place for: in
-    `monitor.windw.size` the typo is `windw` under `monitor`, not `size` under a section that does not exist."""
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        parent = ".".join(parts[:i])
-        if not _schema_types(f"{parent}.{part}" if parent else part):
-            return parent, part
-    parent, _, leaf = key.rpartition(".")
-    return parent, leaf
 
 
 def _origins(primary: Path, overrides: list[str], search: list[Path]) -> dict[str, Origin]:
@@ -315,7 +267,9 @@ def _composition_error(path: Path, overrides: list[str], exc: Exception, search:
         file = path if holder is None else _find_config_file(holder.group(1), path, search) or path
         line = None if culprit else _defaults_line(file, group)
         where = f"command-line override '{culprit}'" if culprit else _display(file) + (f":{line}" if line else "")
-        msg = f"{where}: {group}: no config '{option}' in group '{group}' (options: {', '.join(options)})"
+        looked = ", ".join(_display(d / group) + "/" for d in [path.parent, *search])
+        msg = f"{where}: {group}: no config '{option}' in group '{group}' (options: {', '.join(options) or 'none'};"
+        msg += f" looked in {looked})"
         return MlopsError(f"recipe {_display(path)} is invalid:\n  {msg}" + (f" (did you mean '{hint}'?)" if hint else ""))
     unloadable = re.search(r"In '([^']+)': Could not load '([^']+)'", text)
     if unloadable and not culprit:  # a config named in a defaults list without a group: `- bse` for `- base`
@@ -328,14 +282,14 @@ def _composition_error(path: Path, overrides: list[str], exc: Exception, search:
         return MlopsError(f"recipe {_display(path)} is invalid:\n  {msg}")
     if culprit is not None:
         key = culprit.lstrip("+~").partition("=")[0]
-        parent, leaf = _unknown_part(key)
+        parent, leaf = unknown_part(key)
         if "No match in the defaults list" in str(exc):  # `trainer=ddp_cpu` on a recipe that picks no trainer
             options = sorted({f.stem for d in [path.parent, *search] for f in (d / key).glob("*.yaml")})
             msg = (f"command-line override '{culprit}': {key}: the recipe's defaults list picks no '{key}' config to"
                    f" replace; add one with '+{culprit.lstrip('+~')}'")
             msg += f" (options: {', '.join(options)})" if options else ""
         elif "not in struct" in cause or "Could not override" in text:
-            valid = _schema_keys(parent)
+            valid = keys_at(parent)
             hint = closest(leaf, valid)
             key = f"{parent}.{leaf}" if parent else leaf
             msg = f"command-line override '{culprit}': {key}: unknown key"
@@ -362,3 +316,133 @@ def _defaults_line(path: Path, group: str) -> int | None:
         if group in keys or str(item).split("@")[0].strip() == group:
             return defaults.lc.item(i)[0] + 1
     return None
+
+
+def _check_files(path: Path, search: list[Path], overrides: list[str], groups: set[str]) -> None:
+    """Every file the recipe's defaults lists reach (and the group options its overrides pick) checked before
+    Hydra reads them: see `_check_yaml`; a defaults list that reaches its own file again is a cycle (Hydra's
+    own answer is 'maximum recursion depth exceeded'), and `default:` is a misspelt `defaults:`."""
+
+    def walk(file: Path, group: str, chain: list[Path]) -> None:
+        data = _check_yaml(file)
+        if not isinstance(data, dict):
+            return
+        _check_defaults_key(file, data)
+        defaults = data.get("defaults")
+        if defaults is None:
+            return
+        if not isinstance(defaults, list):
+            raise MlopsError(f"{_display(file)}:{data.lc.key('defaults')[0] + 1}: defaults: a list of the configs this"
+                             " file extends (`- base`, `- data: wine`, `- _self_`), not a single value")
+        for i, item in enumerate(defaults):
+            for name in _default_configs(item, group):
+                target = _find_config_file(name, path, search)
+                if target is None:  # Hydra words a missing config (`_composition_error`)
+                    continue
+                target = target.resolve()
+                if target in chain:
+                    where = f"{_display(file)}:{defaults.lc.item(i)[0] + 1}: defaults: '{name}'"
+                    if target == file:
+                        raise MlopsError(f"{where} is this file itself: a config cannot extend itself (remove the line)")
+                    cycle = " -> ".join(_display(f) for f in [*chain[chain.index(target):], target])
+                    raise MlopsError(f"{where} closes a cycle of defaults lists: {cycle}")
+                walk(target, name.rpartition("/")[0], [*chain, target])
+
+    walk(path, "", [path])
+    for o in overrides:  # `data=mine`: a group option that no defaults list names
+        key, eq, value = o.lstrip("+~").partition("=")
+        if eq and key in groups and value and (option := _find_config_file(f"{key}/{value}", path, search)):
+            walk(option.resolve(), key, [option.resolve()])
+
+
+def _default_configs(item: Any, group: str) -> list[str]:
+    """The config paths (`deploy/triton`) a defaults list entry of a config in `group` names, as Hydra reads
+    them: relative to that group unless they start with `/`; `_self_` and unset options (`???`, null) name none."""
+
+    def in_group(name: str) -> str:
+        name = name.split("@")[0].strip()
+        return name[1:] if name.startswith("/") else f"{group}/{name}" if group else name
+
+    if isinstance(item, str):
+        name = item.removeprefix("optional ").strip()
+        return [] if name == "_self_" else [in_group(name)]
+    if not isinstance(item, dict) or len(item) != 1:
+        return []
+    [(key, value)] = item.items()
+    sub = in_group(str(key).removeprefix("override ").removeprefix("optional ").strip())
+    options = value if isinstance(value, list) else [value]
+    return [f"{sub}/{o}" for o in options if isinstance(o, str) and o != "???"]
+
+
+def _check_defaults_key(file: Path, data: dict[str, Any]) -> None:
+    """`default:` (or another near miss) where `defaults:` was meant: Hydra would take it for a recipe key and
+    compose without the defaults list, and the errors would be about what that list should have brought."""
+    if "defaults" in data:
+        return
+    known = set(keys_at(""))
+    for key in data:
+        if key not in known and closest(str(key), ["defaults"]):
+            raise MlopsError(f"{_display(file)}:{data.lc.key(key)[0] + 1}: {key}: unknown key; did you mean"
+                             " 'defaults' (the list of configs this file extends)?")
+
+
+def _check_yaml(file: Path) -> Any:
+    """The file read with positions (ruamel round-trip), once it is known to be safe to read: at most
+    MAX_FILE_BYTES, lists and mappings at most MAX_DEPTH deep, at most MAX_VALUES values once its aliases are
+    expanded (`a: &a [x, x]`, `b: &b [*a, *a]`, ... doubles at each line: a few hundred bytes that OmegaConf
+    would spend minutes expanding), and a mapping. The parser's events are counted, each anchor's expanded
+    size once, so the check costs one pass over the file however large the expansion."""
+    import yaml
+    from ruamel.yaml import YAML
+
+    size = file.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise MlopsError(f"{_display(file)}: {size} bytes; a recipe or config file may have at most {MAX_FILE_BYTES}")
+    text = file.read_text(errors="replace")
+    sizes: dict[str, int] = {}  # anchor -> values it expands to
+    open_: list[list[Any]] = [[None, 0]]  # [anchor, values so far] of each open list or mapping; first: the file
+    try:
+        for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+            line = event.start_mark.line + 1
+            if isinstance(event, yaml.NodeEvent) and len(open_) == 1 and not open_[0][1]:
+                _check_top(file, line, event)
+            if isinstance(event, yaml.CollectionStartEvent):
+                open_.append([event.anchor, 1])
+                if len(open_) > MAX_DEPTH:
+                    raise MlopsError(f"{_display(file)}:{line}: lists and mappings nested more than {MAX_DEPTH} deep")
+                continue
+            if isinstance(event, yaml.CollectionEndEvent):
+                anchor, n = open_.pop()
+            elif isinstance(event, yaml.ScalarEvent):
+                anchor, n = event.anchor, 1
+            elif isinstance(event, yaml.AliasEvent):
+                if event.anchor not in sizes:
+                    raise MlopsError(f"{_display(file)}:{line}: alias *{event.anchor} names no anchor &{event.anchor}"
+                                     " defined before it (and outside it)")
+                anchor, n = None, sizes[event.anchor]
+            else:
+                continue
+            if anchor is not None:
+                sizes[anchor] = n
+            open_[-1][1] += n
+            if open_[-1][1] > MAX_VALUES:
+                raise MlopsError(f"{_display(file)}:{line}: its YAML aliases expand to more than {MAX_VALUES} values;"
+                                 " write the values out instead")
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise MlopsError(f"{_display(file)}:{mark.line + 1 if mark else 1}: not valid YAML: {exc.problem}") from None
+    return YAML(typ="rt").load(text)
+
+
+def _check_top(file: Path, line: int, event: Any) -> None:
+    """A recipe or config file is a mapping (or empty): a list or a lone value composes to nothing Hydra can use."""
+    import yaml
+
+    if isinstance(event, yaml.MappingStartEvent):
+        return
+    if isinstance(event, yaml.ScalarEvent) and event.value in ("", "~", "null") and event.implicit[0]:
+        return
+    listed = isinstance(event, yaml.SequenceStartEvent)
+    raise MlopsError(f"{_display(file)}:{line}: the file is {'a YAML list' if listed else 'a single value'}; a recipe"
+                     " or config file is a mapping of keys (`defaults:`, `name:`, `data:`, ...)"
+                     + (": remove the leading '- '" if listed else ""))

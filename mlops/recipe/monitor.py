@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import ByteSize, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
+from mlops.core.predlog import LogLimits
 from mlops.core.timespec import parse_duration, parse_time
 from mlops.recipe.section import Section
 
@@ -82,6 +83,8 @@ class FeatureDriftConfig(Section):
     method: DriftMethod | None = None
     threshold: PositiveFloat | None = None
     key: bool = Field(False, description="drift of this feature fires the drift alert on its own")
+    severe: PositiveFloat | None = Field(None, description="this feature's severe threshold (null: drift.severe's "
+                                         "for its method)")
 
 
 class EmbeddingDriftConfig(Section):
@@ -95,6 +98,29 @@ class EmbeddingDriftConfig(Section):
     threshold: PositiveFloat | None = Field(None, description="null: the method's default (Evidently's)")
     key: bool = Field(True, description="its drift fires the drift alert on its own: one statistic over the whole "
                       "input, where the descriptors are many columns of the share")
+
+
+class SevereDriftConfig(Section):
+    """Drift large enough in one feature to fire the drift rule on its own, whatever `share` says: one badly
+    shifted input of many is an incident even when the rest hold. Scores in each method's own unit; p-value
+    methods have none by default (a p-value says how sure a shift is, not how large, and shrinks as windows
+    grow)."""
+
+    enabled: bool = True
+    psi: PositiveFloat | None = Field(0.25, description="PSI at or above this (0.25: the usual 'significant shift')")
+    jensenshannon: PositiveFloat | None = Field(0.18, description="Jensen-Shannon distance at or above this (0.18: "
+                                                "what a PSI of 0.25 gives for small shifts)")
+    wasserstein: PositiveFloat | None = Field(0.5, description="Wasserstein distance over the reference's standard "
+                                              "deviation at or above this (0.5: a normal column shifted by half a "
+                                              "deviation, PSI 0.25)")
+    ks: PositiveFloat | None = Field(None, description="KS p-value at or below this; null: no severity by KS")
+    chi2: PositiveFloat | None = Field(None, description="chi-square p-value below this; null: no severity by chi2")
+
+    def threshold(self, method: str, own: float | None = None) -> float | None:
+        """The severe threshold of a column judged by `method` (its own override first); None: not judged."""
+        if not self.enabled:
+            return None
+        return own if own is not None else getattr(self, method, None)
 
 
 class DriftConfig(Section):
@@ -113,6 +139,8 @@ class DriftConfig(Section):
                                                 "jensenshannon 0.1; chi2 0.05)")
     share: Annotated[float, Field(gt=0, le=1)] = Field(0.5, description="the window drifts when at least this "
                                                        "share of the features drift (Evidently's drift_share)")
+    severe: SevereDriftConfig = Field(default_factory=SevereDriftConfig, description="one feature drifting past "
+                                      "its method's severe threshold fires the drift rule on its own")
     features: dict[str, FeatureDriftConfig] = Field(default_factory=dict, description="per-feature overrides")
     predictions: bool = Field(True, description="also watch the predictions (label and confidence, or the "
                               "regression output): rule prediction_drift")
@@ -214,6 +242,34 @@ class PayloadsConfig(Section):
                                         "to this many dimensions (the reference is projected alike)")
 
 
+class RetentionConfig(Section):
+    """Which rows the prediction log keeps in SQLite; the rest go to Parquet files beside it (which the monitor,
+    error analysis and refresh still read) or are deleted."""
+
+    max_age: str | None = Field("30d", description="rows older than this move out (null: no age limit)")
+    max_bytes: ByteSize | None = Field("5GB", validate_default=True, description="past 90 % of this, the oldest rows move out until 80 % "
+                                       "remain, so the database file stays under it (null: no size limit)")
+    archive: Literal["parquet", "delete"] = Field("parquet", description="parquet: moved rows are kept as Parquet "
+                                                  "files under <log>.archive/; delete: they are dropped")
+
+    _d = field_validator("max_age")(lambda cls, v: v if v is None else _duration(v))
+
+
+class LogLimitsConfig(Section):
+    """How large the prediction log may grow under sustained traffic. Written into the bundle at export: the
+    server's log follows it, and `mlops deploy` alerts when the log outgrows it."""
+
+    wal_max_bytes: ByteSize | None = Field("64MB", validate_default=True, description="a write-ahead log longer than this is truncated "
+                                           "(a TRUNCATE checkpoint: writers wait for it); null: only passive "
+                                           "checkpoints, which never shrink it while writes go on")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+
+    def limits(self) -> LogLimits:
+        r = self.retention
+        return LogLimits(wal_max_bytes=self.wal_max_bytes, max_age_s=None if r.max_age is None else
+                         parse_duration(r.max_age), max_bytes=r.max_bytes, archive=r.archive == "parquet")
+
+
 class MonitorConfig(Section):
     """`mlops monitor`: drift, live accuracy, operational metrics and alerts over the prediction log."""
 
@@ -231,3 +287,4 @@ class MonitorConfig(Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     payloads: PayloadsConfig = Field(default_factory=PayloadsConfig)
+    log_limits: LogLimitsConfig = Field(default_factory=LogLimitsConfig)

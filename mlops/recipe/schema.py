@@ -97,6 +97,19 @@ class TextColumn(Section):
 
 
 ColumnConfig = Annotated[NumericColumn | CategoricalColumn | ImageColumn | TextColumn, Field(discriminator="kind")]
+UnseenPolicy = Literal["error", "impute", "allow"]
+
+
+class CategoriesConfig(Section):
+    """How string categories are read, in training and in serving alike: the policies are written into the
+    bundle, so every request, batch file and stream message meets them."""
+
+    trim: bool = Field(True, description="strip leading and trailing whitespace from every category, in training "
+                                         "and before the model at serving (a blank one is missing)")
+    unseen: UnseenPolicy = Field(
+        "impute", description="a category never seen in training: error (refused, a 400 naming the field and the "
+        "value), impute (encoded as missing, counted and named in the response), allow (encoded as missing, "
+        "counted only)")
 
 
 class DataConfig(Section):
@@ -119,6 +132,8 @@ class DataConfig(Section):
     columns: dict[str, ColumnConfig] = Field(
         default_factory=dict, description="a column's kind (numeric, categorical, image, text) and its settings; "
         "an undeclared column is inferred: numbers numeric, image file paths or bytes image, other strings categorical")
+    categories: CategoriesConfig = Field(default_factory=CategoriesConfig,
+                                         description="whitespace trimming and the unseen-category policy")
     split: SplitConfig = Field(default_factory=SplitConfig)
     datamodule: DataModuleConfig = Field(default_factory=DataModuleConfig)
 

@@ -44,6 +44,8 @@ class BatchResult:
     chunks: int = 0
     resumed_chunks: int = 0
     errors_by_column: dict[str, int] = field(default_factory=dict)  # failed rows by their first failing column
+    # categories never seen in training that were scored as missing, by column (data.categories.unseen)
+    unseen_by_column: dict[str, int] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)  # the first failed rows: row, id, error
     seconds: float = 0.0
 
@@ -113,8 +115,9 @@ def write_part(path: Path, table: Any) -> None:
         pq.write_table(table, tmp)
 
 
-def chunk_counts(frame: Any) -> dict[str, Any]:
-    """Rows, failed rows by their first failing column, and the first failed rows of one scored chunk."""
+def chunk_counts(frame: Any, unseen: dict[str, int]) -> dict[str, Any]:
+    """Rows, failed rows by their first failing column, the first failed rows and the unseen categories by
+    column of one scored chunk."""
     failed = frame[frame["error"].notna()]
     by_column: dict[str, int] = {}
     for text in failed["error"]:
@@ -123,7 +126,8 @@ def chunk_counts(frame: Any) -> dict[str, Any]:
     examples = [{"row": int(r), "id": i, "error": e} for r, i, e in
                 zip(failed["row"].head(MAX_EXAMPLES), failed["id"].head(MAX_EXAMPLES),
                     failed["error"].head(MAX_EXAMPLES), strict=True)]
-    return {"rows": len(frame), "failed": len(failed), "by_column": by_column, "examples": examples}
+    return {"rows": len(frame), "failed": len(failed), "by_column": by_column, "examples": examples,
+            "unseen": unseen}
 
 
 def first_column(error: str) -> str:
@@ -167,10 +171,11 @@ def score_local(inp: InputFile, bundle: Path, version: str | None, output: Path,
                 result.resumed_chunks += 1
                 advance(len(frame))
                 continue
+            unseen: dict[str, int] = {}
             scored = score_frame(predictor, frame, inp.text, chunk * chunk_rows, inp.path.name, id_column,
-                                 version, fields, inp.integer_columns, base=inp.path.parent)
+                                 version, fields, inp.integer_columns, base=inp.path.parent, unseen=unseen)
             write_part(directory / part_name(chunk), pa.Table.from_pandas(scored, schema=schema, preserve_index=False))
-            manifest.record(chunk, chunk_counts(scored))
+            manifest.record(chunk, chunk_counts(scored, unseen))
             advance(len(frame))
         result.chunks = chunk + 1
 
@@ -182,6 +187,7 @@ def score_local(inp: InputFile, bundle: Path, version: str | None, output: Path,
     for k in range(result.chunks):
         _add_counts(result, manifest.done[k])
     result.errors_by_column = dict(sorted(result.errors_by_column.items()))
+    result.unseen_by_column = dict(sorted(result.unseen_by_column.items()))
     result.seconds = round(time.perf_counter() - started, 3)
     return result
 
@@ -192,6 +198,8 @@ def _add_counts(result: BatchResult, counts: dict[str, Any]) -> None:
     result.scored += counts["rows"] - counts["failed"]
     for column, n in counts["by_column"].items():
         result.errors_by_column[column] = result.errors_by_column.get(column, 0) + n
+    for column, n in counts.get("unseen", {}).items():  # a manifest written before the count has none
+        result.unseen_by_column[column] = result.unseen_by_column.get(column, 0) + n
     room = MAX_EXAMPLES - len(result.examples)
     if room > 0:
         result.examples.extend(counts["examples"][:room])

@@ -274,11 +274,13 @@ def output_fields(meta: BundleMeta) -> list[tuple[str, str, bool]]:
 
 def score_frame(predictor: Predictor, frame: pd.DataFrame, text: bool, first_row: int, source: str,
                 id_column: str | None, model_version: str | None, fields: list[tuple[str, str, bool]],
-                integers: frozenset[str] = frozenset(), base: Path | None = None) -> pd.DataFrame:
+                integers: frozenset[str] = frozenset(), base: Path | None = None,
+                unseen: dict[str, int] | None = None) -> pd.DataFrame:
     """Judge and score one chunk whose first row is row `first_row` of the input: one output row per input row,
     in order. Columns: id, row, model, version, each model output (null on a failed row), error (null on a
     scored row). The id is the `id_column` value (a row without one fails), else `<source>:<row>`. Image paths
-    are relative to `base` (the input file's directory)."""
+    are relative to `base` (the input file's directory). The scored rows' categories never seen in training are
+    added to `unseen`, by column (under data.categories.unseen `error` they are failed rows instead)."""
     import pandas as pd
 
     n = len(frame)
@@ -299,6 +301,9 @@ def score_frame(predictor: Predictor, frame: pd.DataFrame, text: bool, first_row
         "version": pd.Series([model_version] * n, dtype=object),
     }
     outputs = predictor.predict(judged.feeds).outputs if judged.ok.any() else {}
+    if unseen is not None and judged.ok.any():
+        for column, at in predictor.unseen(judged.feeds).items():
+            unseen[column] = unseen.get(column, 0) + len(at)
     where = np.flatnonzero(judged.ok)
     for name, dtype, is_list in fields:
         column = np.full(n, None, dtype=object)  # object even when empty: Arrow then takes the schema's type

@@ -32,6 +32,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,6 +114,7 @@ class StreamResult:
     dead: int = 0
     recovered: int = 0  # of which pending from an earlier delivery (own restart or claimed)
     duplicates: int = 0  # records (stream or log) found already written: redeliveries
+    unseen: int = 0  # categories never seen in training, scored as missing (data.categories.unseen)
     stopped: str = ""
 
 
@@ -296,6 +298,7 @@ class Consumer:
                     dead[k] = (exc.field, exc.message)
         predicted: dict[int, dict[str, Any]] = {}
         inputs: dict[int, dict[str, Any]] = {}
+        imputed: dict[int, list[str]] = {}  # per message, the columns whose unseen category was imputed
         if rows:
             columns = {n: [r[n] for _, r in rows] for n in self.predictor.columns}
             judged = judge(self.predictor, columns, len(rows))
@@ -306,10 +309,15 @@ class Consumer:
             if good:
                 outputs = self._predict(judged.feeds, good, dead)
                 logged = self.predictor.log_rows(judged.feeds)  # texts and image digests, never pixels
+                unseen = self.predictor.unseen(judged.feeds)
+                named = self.predictor.imputed(unseen, len(good)) or [[] for _ in good]
+                per_row = Counter(i for at in unseen.values() for i in at)
                 for j, k in enumerate(good):
                     if k in outputs:
                         predicted[k] = outputs[k]
                         inputs[k] = logged[j]
+                        imputed[k] = named[j]
+                        self.result.unseen += per_row[j]
         latency = (time.perf_counter() - started) * 1000
 
         records: list[str] = [str(DEDUPE_TTL_S)]
@@ -318,6 +326,8 @@ class Consumer:
             if k in predicted:
                 fields = {"id": pid, "source_id": ids[k], "model": self.predictor.name, "version": self.version or ""}
                 fields |= {name: _field_value(v) for name, v in predicted[k].items() if name != EMBEDDING}
+                if imputed[k]:  # as a V1 answer names them
+                    fields["imputed"] = ",".join(imputed[k])
                 target = c.output_stream
             else:
                 field, message = dead[k]

@@ -22,6 +22,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -30,6 +31,7 @@ import mlops
 from mlops.core.predlog import (
     SHADOW,
     FeedbackError,
+    LogReader,
     LoopCommits,
     PredictionLog,
     dumps_json,
@@ -38,7 +40,7 @@ from mlops.core.predlog import (
     prediction_rows,
 )
 from mlops.core.refs import CHALLENGER
-from mlops.package.predictor import Prediction, Predictor, RequestError, parse_json_body
+from mlops.package.predictor import Prediction, Predictor, RequestError, imputed_parameters, parse_json_body
 from mlops.serve.batching import DEFAULT_WAIT_MS, MicroBatcher, SharedLogWrites, batch_rows_histogram
 from mlops.serve.metrics import ServeMetrics
 from mlops.serve.openapi import openapi_spec
@@ -52,6 +54,14 @@ from mlops.serve.routing import (
     request_key,
 )
 from mlops.serve.tensors import input_tensors, output_tensors
+from mlops.serve.wire import (
+    DEFAULT_BODY_TIMEOUT_S,
+    MAX_ID_CHARS,
+    MAX_REQUEST_ID_CHARS,
+    RequestGuard,
+    content_type_error,
+    http_error,
+)
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 V2_INFER, V1_PREDICT = "v2_infer", "v1_predict"  # the inference routes' label in the metrics
@@ -130,14 +140,19 @@ class Server:
                  token: str | None = None, max_body: int = DEFAULT_MAX_BODY, variant: str = "champion",
                  shadow: Arm | None = None, challenger: Arm | None = None, ab_percent: float = 0.0,
                  ab_key_header: str = DEFAULT_KEY_HEADER, shadow_queue: int = DEFAULT_SHADOW_QUEUE,
-                 batch_max: int = 1, batch_wait_ms: float = DEFAULT_WAIT_MS) -> None:
+                 batch_max: int = 1, batch_wait_ms: float = DEFAULT_WAIT_MS,
+                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
         self.predictor = predictor
         self.log = log
         self.version = version
         self.token = token
         self.max_body = max_body
+        self.body_timeout_s = body_timeout_s
+        self._reader: LogReader | None = None  # feedback's look-up of prediction ids, opened on first use
         self.variant = variant
         self.metrics = ServeMetrics()
+        if log is not None:
+            self.metrics.watch_log(predictor.name, log)
         self.champion = Arm(predictor, version, variant)
         self.challenger = Arm(challenger.predictor, challenger.version, CHALLENGER) if challenger else None
         self.ab_percent = ab_percent
@@ -187,7 +202,12 @@ class Server:
 
     # --- shared request handling --------------------------------------------------------------------
 
-    async def _body(self, call: Call) -> Any:
+    async def _body(self, call: Call, json_required: bool = False) -> Any:
+        """The request's JSON body. Routes that change state take `application/json` only (`json_required`);
+        inference routes take a request without a content type too (see wire.content_type_error)."""
+        refused = content_type_error(call.headers.get("content-type"), required=json_required)
+        if refused is not None:
+            raise refused
         length = call.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             raise RequestError("body", f"over the size limit of {self.max_body} bytes", status=413)
@@ -208,6 +228,12 @@ class Server:
         given = call.headers.get("authorization", "")
         return secrets.compare_digest(given.encode(), f"Bearer {self.token}".encode())
 
+    def _refused(self, request: Request) -> Response | None:
+        """The 401 of a route outside `_handle` (metrics, documents), or None when the token fits."""
+        if self._authorised(_call_of(request)):
+            return None
+        return AnswerResponse(_error(401, "authorization", "missing or wrong bearer token"))
+
     def _model(self, name: str) -> None:
         if name != self.predictor.name:
             raise RequestError("model", f"no model named '{name}' (this server has '{self.predictor.name}')", 404)
@@ -225,7 +251,8 @@ class Server:
             return answer
         except RequestError as exc:
             status = exc.status
-            return Answer(exc.status, exc.body())
+            # after a body timeout the rest of the body may still come: the connection cannot carry another request
+            return Answer(exc.status, exc.body(), {"Connection": "close"} if exc.status == 408 else {})
         except ClientDisconnect:  # nobody is left to answer; nothing was predicted nor logged
             status = 499
             raise
@@ -277,6 +304,12 @@ class Server:
             self.metrics.count_classes(arm.name, arm.variant, prediction.outputs["label"])
         return prediction, ids
 
+    def _imputed(self, arm: Arm, feeds: dict[str, Any], rows: int) -> list[list[str]] | None:
+        """Count the categories never seen in training; per row, those the answer names (data.categories)."""
+        unseen = arm.predictor.unseen(feeds)
+        self.metrics.count_unseen(arm.name, unseen)
+        return arm.predictor.imputed(unseen, rows)
+
     def _answer(self, body: dict[str, Any], arm: Arm, feeds: dict[str, Any], ids: list[str],
                 raw_rows: list[dict[str, Any]], prediction: Prediction) -> Answer:
         """The response, tagged with the variant that answered; the shadow gets its copy once it is sent."""
@@ -298,6 +331,8 @@ class Server:
         return AnswerResponse(Answer(200, {"ready": True}))
 
     async def server_metadata(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
         return AnswerResponse(Answer(200, {"name": "mlops", "version": mlops.__version__, "extensions": []}))
 
     async def model_metadata(self, request: Request) -> Response:
@@ -325,17 +360,21 @@ class Server:
         request_id = body.get("id")
         if request_id is not None and not isinstance(request_id, str):
             raise RequestError("id", "must be a string")
+        if request_id is not None and len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise RequestError("id", f"longer than {MAX_REQUEST_ID_CHARS} characters")
         arm = self._arm(call, request_id)
         feeds = arm.predictor.feeds_from_v2(body.get("inputs"))
         raw = arm.predictor.log_rows(feeds)
         prediction, ids = await self._predict_and_log(arm, feeds, request_id, started, raw)
+        imputed = self._imputed(arm, feeds, prediction.rows)
         outputs = []
         for name, values in prediction.outputs.items():
             datatype = "BYTES" if values.dtype == object else "FP32"
             data = values.reshape(-1).tolist()
             outputs.append({"name": name, "datatype": datatype, "shape": list(values.shape), "data": data})
         return self._answer({"model_name": arm.name, "model_version": arm.version, "id": request_id or ids[0],
-                             "parameters": {"prediction_ids": ",".join(ids)}, "outputs": outputs},
+                             "parameters": {"prediction_ids": ",".join(ids)} | imputed_parameters(imputed),
+                             "outputs": outputs},
                             arm, feeds, ids, raw, prediction)
 
     async def infer(self, request: Request) -> Response:
@@ -354,11 +393,15 @@ class Server:
         request_id = body.get("id")
         if request_id is not None and not isinstance(request_id, str):
             raise RequestError("id", "must be a string")
+        if request_id is not None and len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise RequestError("id", f"longer than {MAX_REQUEST_ID_CHARS} characters")
         arm = self._arm(call, request_id)
         feeds = arm.predictor.feeds_from_rows(body["instances"])
         raw = arm.predictor.log_rows(feeds)
         prediction, ids = await self._predict_and_log(arm, feeds, request_id, started, raw)
-        return self._answer({"predictions": prediction.instances(), "ids": ids}, arm, feeds, ids, raw, prediction)
+        imputed = self._imputed(arm, feeds, prediction.rows)
+        answer = {"predictions": prediction.instances(), "ids": ids} | ({"imputed": imputed} if imputed else {})
+        return self._answer(answer, arm, feeds, ids, raw, prediction)
 
     async def v1_predict(self, request: Request) -> Response:
         call = Call(request.path_params["name_verb"], request.headers, request.receive)
@@ -367,22 +410,53 @@ class Server:
     async def feedback(self, request: Request) -> Response:
         """Ground truth for prediction ids (one object or a list): see `feedback_row` for what an item holds."""
         async def work(call: Call, started: float) -> Answer:
-            body = await self._body(call)
+            body = await self._body(call, json_required=True)
             items = body if isinstance(body, list) else [body]
             rows = []
             for k, item in enumerate(items):
                 where = f"[{k}]" if isinstance(body, list) else "body"
                 try:
                     rows.append(feedback_row(item))
+                    self._check_feedback(item)
                 except FeedbackError as exc:
                     raise RequestError(f"{where}.{exc.field}", exc.message) from None
-            if self.log is not None:
-                await self._log_writer.write("feedback", rows)
+            known = self._known_ids([r[0] for r in rows])
+            for k, row in enumerate(rows):
+                if row[0] not in known:  # nothing is recorded: the client fixes its list and sends it again
+                    raise RequestError(f"{f'[{k}]' if isinstance(body, list) else 'body'}.id",
+                                       f"no prediction '{row[0]}' in this server's log", 404)
+            assert self.log is not None  # an id is known only from the log
+            await self._log_writer.write("feedback", rows)
             return Answer(200, {"recorded": len(rows)})
 
         return await self._route(_call_of(request), "feedback", work)
 
+    def _check_feedback(self, item: dict[str, Any]) -> None:
+        """What `feedback_row` leaves to the server: the id's length, and truth of the model's task's type."""
+        if len(item["id"]) > MAX_ID_CHARS:
+            raise FeedbackError("id", f"longer than {MAX_ID_CHARS} characters: no prediction has such an id")
+        regression = self.predictor.meta.task == "regression"
+        label, value = item.get("label"), item.get("value")
+        if label is not None and regression:
+            raise FeedbackError("label", f"model '{self.predictor.name}' is a regression: give the true 'value'")
+        if label is not None and (isinstance(label, bool) or not isinstance(label, str | int)):
+            raise FeedbackError("label", f"a class label is a string (or an integer), got {type(label).__name__}")
+        if value is not None and not regression:
+            raise FeedbackError("value", f"model '{self.predictor.name}' is a classifier: give the true 'label'")
+
+    def _known_ids(self, ids: list[str]) -> set[str]:
+        """Which of `ids` this server's log has a prediction for (an indexed look-up). The log is always up to
+        date for them: a prediction's 200, and so its id, reaches the client only after its rows are committed
+        (see PredictionLog), and a read sees every commit."""
+        if self.log is None:
+            return set()
+        if self._reader is None:
+            self._reader = LogReader(self.log.path, archive=False)  # the live rows: archives are not loaded here
+        return self._reader.known_ids(ids)
+
     async def prometheus(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
 
@@ -408,7 +482,7 @@ class Server:
         --live-url); the arms themselves follow their aliases (see reload.py)."""
         async def work(call: Call, started: float) -> Answer:
             self._model(call.name)
-            body = await self._body(call)
+            body = await self._body(call, json_required=True)  # a control route: never from a browser's form
             percent = body.get("percent") if isinstance(body, dict) else None
             if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
                 raise RequestError("percent", "a number from 0 to 100 is required")
@@ -427,6 +501,8 @@ class Server:
                 "percent": self.ab_percent if c is not None else 0.0}
 
     async def openapi(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
         return AnswerResponse(Answer(200, openapi_spec(self.predictor.meta, self.predictor.max_batch)))
 
     def app(self) -> Starlette:
@@ -456,6 +532,8 @@ class Server:
             self.shadow.close()
         if isinstance(self._log_writer, LoopCommits):
             self._log_writer.close()
+        if self._reader is not None:
+            self._reader.close()
         if self.log is not None:  # drain and close: whatever was acknowledged is already committed
             self.log.close()
 
@@ -467,10 +545,16 @@ class ServeApp(Starlette):
     prefix go through Starlette's routing to the same handlers behind `Server._handle`."""
 
     def __init__(self, server: Server, routes: list[Route]) -> None:
-        super().__init__(routes=routes, lifespan=server._lifespan)
+        super().__init__(routes=routes, lifespan=server._lifespan,
+                         exception_handlers={HTTPException: _http_exception})
         self.server = server
+        # a body that never ends: the read raises BodyTimeout, which `_handle` answers 408 like any RequestError
+        self._guarded = RequestGuard(self._dispatch, server.body_timeout_s, own_answer=True)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self._guarded(scope, receive, send)
+
+    async def _dispatch(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             inference = inference_route(scope["path"])
             if inference is not None:
@@ -484,3 +568,11 @@ class ServeApp(Starlette):
                 await send_answer(send, answer)
                 return
         await super().__call__(scope, receive, send)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """No such route (404), a method the route does not take (405): our JSON error body, not Starlette's text."""
+    assert isinstance(exc, HTTPException)
+    body, headers = http_error(exc.status_code, request.method, request.url.path, str(exc.detail),
+                               (exc.headers or {}).get("Allow"))
+    return AnswerResponse(Answer(exc.status_code, body, headers))

@@ -28,8 +28,17 @@ from typing import Any
 import numpy as np
 
 from mlops.package.bundle import read_bundle
-from mlops.package.predictor import Predictor, RequestError, parse_json_body
+from mlops.package.predictor import Predictor, RequestError, imputed_parameters, parse_json_body
+from mlops.serve.app import inference_route
 from mlops.serve.tensors import input_tensors, output_tensors
+from mlops.serve.wire import (
+    DEFAULT_BODY_TIMEOUT_S,
+    MAX_REQUEST_ID_CHARS,
+    RequestGuard,
+    content_type_error,
+    http_error,
+    http_protocol,
+)
 
 
 def _import_kserve() -> ModuleType:
@@ -111,14 +120,22 @@ def _runtime() -> SimpleNamespace:
             request_id = body.get("id")
             if request_id is not None and not isinstance(request_id, str):
                 raise RequestError("id", "must be a string")
-            prediction = predictor.predict(predictor.feeds_from_rows(body["instances"]))
-            return {"predictions": prediction.instances(), "ids": _ids(request_id, prediction.rows)}
+            _check_id(request_id)
+            feeds = predictor.feeds_from_rows(body["instances"])
+            prediction = predictor.predict(feeds)
+            imputed = predictor.imputed(predictor.unseen(feeds), prediction.rows)
+            return {"predictions": prediction.instances(), "ids": _ids(request_id, prediction.rows)} | (
+                {"imputed": imputed} if imputed else {})
 
         def _infer_v2(self, request: Any) -> Any:
             predictor = self._loaded()
+            _check_id(request.id)
             images = frozenset(i.name for i in predictor.meta.inputs if i.image is not None)
-            prediction = predictor.predict(predictor.feeds_from_v2(v2_inputs(request, images)))
+            feeds = predictor.feeds_from_v2(v2_inputs(request, images))
+            prediction = predictor.predict(feeds)
             ids = _ids(request.id, prediction.rows)
+            imputed = predictor.imputed(predictor.unseen(feeds), prediction.rows)
+            parameters = {"prediction_ids": ",".join(ids)} | imputed_parameters(imputed)
             outputs = []
             for name, values in prediction.outputs.items():
                 # our app calls every numeric output FP32: cast so kserve's dtype check agrees with the label
@@ -126,7 +143,7 @@ def _runtime() -> SimpleNamespace:
                 outputs.append(kserve.InferOutput(name=name, shape=list(data.shape),
                                                   datatype="BYTES" if data.dtype == object else "FP32", data=data))
             return kserve.InferResponse(response_id=request.id or ids[0], model_name=self.name, infer_outputs=outputs,
-                                        model_version=self.version, parameters={"prediction_ids": ",".join(ids)},
+                                        model_version=self.version, parameters=parameters,
                                         use_binary_outputs=request.use_binary_outputs,
                                         requested_outputs=request.request_outputs)
 
@@ -144,6 +161,10 @@ def _runtime() -> SimpleNamespace:
             if rest is None:  # a kserve whose start() no longer works this way: refuse to bind wider than asked
                 raise RuntimeError("kserve.ModelServer changed: cannot bind the REST server to a host")
             rest.config.host = self._bind_host
+            # a request uvicorn's parser refuses is our JSON 400; no WebSocket routes, so an upgrade request is
+            # answered as plain HTTP rather than refused with a bodiless 403 (see mlops.serve.wire)
+            rest.config.http = http_protocol()
+            rest.config.ws = "none"
             # kserve adds its own handlers when the REST server starts, after this hook, and its InvalidInput one
             # would replace ours: ours go in again after its own
             add_kserve_handlers = rest._add_exception_handlers
@@ -191,6 +212,25 @@ def _text(data: Any, where: str) -> Any:
     return data
 
 
+def _check_id(request_id: str | None) -> None:
+    if request_id is not None and len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise RequestError("id", f"longer than {MAX_REQUEST_ID_CHARS} characters")
+
+
+def _inference_content(scope: dict[str, Any]) -> RequestError | None:
+    """A POST to an inference route sent as text/plain, form data or multipart is refused (415) before
+    kserve, which would read such a body as JSON anyway. JSON and application/octet-stream (the V2 binary tensor
+    extension, binary CloudEvents) go through; a body without a content type is labelled JSON, as our app reads
+    it (kserve would take a V2 one for binary tensors, and refuse it for want of their header)."""
+    if scope["method"] != "POST" or inference_route(scope["path"]) is None:
+        return None
+    content_type = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), None)
+    if content_type is None:
+        scope["headers"] = [*scope["headers"], (b"content-type", b"application/json")]
+        return None
+    return content_type_error(content_type, required=False, binary=True)
+
+
 def _ids(request_id: str | None, rows: int) -> list[str]:
     """Prediction ids as our app makes them (one per row). Nothing here logs them: see the module doc."""
     base = request_id or uuid.uuid4().hex
@@ -220,6 +260,7 @@ def install_error_handlers(app: Any) -> None:
     cannot parse itself 400 without a field (here the field is `body`)."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     async def request_error(_: Any, exc: Exception) -> JSONResponse:
         assert isinstance(exc, _runtime().BundleRequestError)
@@ -238,13 +279,31 @@ def install_error_handlers(app: Any) -> None:
         # surrogate, say), V2 binary data that does not add up. A BundleRequestError has its own handler above
         return JSONResponse({"error": f"body: {exc}", "field": "body"}, status_code=400)
 
+    async def http_exception(request: Any, exc: Exception) -> JSONResponse:
+        # no route (404), a method the route does not take (405), a body FastAPI could not read (400)
+        assert isinstance(exc, HTTPException)
+        body, headers = http_error(exc.status_code, request.method, request.url.path, str(exc.detail),
+                                   (exc.headers or {}).get("Allow"))
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+    async def model_not_found(_: Any, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"model: {exc}", "field": "model"}, status_code=404)
+
+    async def not_implemented(_: Any, exc: Exception) -> JSONResponse:
+        # `:explain` without an explainer: kserve says 501, a server error; our app answers it 404 (an unknown verb)
+        return JSONResponse({"error": f"path: {exc or 'not served here'} (use :predict)", "field": "path"},
+                            status_code=404)
+
     app.add_exception_handler(_runtime().BundleRequestError, request_error)
     app.add_exception_handler(_runtime().kserve.errors.InvalidInput, invalid_input)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_exception)
+    app.add_exception_handler(_runtime().kserve.errors.ModelNotFound, model_not_found)
+    app.add_exception_handler(NotImplementedError, not_implemented)
 
 
 def serve_kserve(bundle_dir: Path, host: str, port: int, name: str | None = None, *, max_batch: int = 1024,
-                 version: str | None = None) -> None:
+                 version: str | None = None, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
     """Serve one bundle with `kserve.ModelServer` on http://host:port (blocks until SIGINT/SIGTERM).
 
     Set away from kserve's defaults, and why:
@@ -253,7 +312,9 @@ def serve_kserve(bundle_dir: Path, host: str, port: int, name: str | None = None
     - enable_latency_logging=False and the `kserve.trace` / `uvicorn.access` loggers at WARNING: by default
       it logs several lines per request, which halves throughput (our app logs no access lines either);
     - the host: kserve binds 0.0.0.0 whatever it is told; this binds `host` (loopback by default);
-    - error handlers: bad requests answer as our app's do (see install_error_handlers).
+    - error handlers: bad requests answer as our app's do (see install_error_handlers), down to the HTTP layer:
+      a body that never finishes (408), a content type that is not JSON (415), a malformed request (400)
+      (see mlops.serve.wire).
     """
     runtime = _runtime()
     model = runtime.BundleModel(bundle_dir, name=name, max_batch=max_batch, version=version)
@@ -262,7 +323,9 @@ def serve_kserve(bundle_dir: Path, host: str, port: int, name: str | None = None
                           enable_latency_logging=False)
     for logger in ("kserve.trace", "uvicorn.access"):
         logging.getLogger(logger).setLevel(logging.WARNING)
-    install_error_handlers(runtime.kserve.model_server.app)
+    app = runtime.kserve.model_server.app
+    install_error_handlers(app)
+    app.add_middleware(RequestGuard, timeout_s=body_timeout_s, check=_inference_content)
     print(f"mlops serve (kserve {importlib.metadata.version('kserve')}): model '{model.name}' "
           f"version {version or '-'} from {bundle_dir}", flush=True)
     print(f"mlops serve (kserve): http://{host}:{port}/v2/models/{model.name}/infer  (no prediction log)", flush=True)
@@ -277,8 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--name", help="model name on the endpoint path (default: the bundle's)")
     parser.add_argument("--max-batch", type=int, default=1024, help="most rows one request may carry")
+    parser.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S, metavar="S",
+                        help="a request body must arrive in full within S seconds, else a 408 (default 30)")
     args = parser.parse_args(argv)
-    serve_kserve(args.bundle, args.host, args.port, args.name, max_batch=args.max_batch)
+    serve_kserve(args.bundle, args.host, args.port, args.name, max_batch=args.max_batch,
+                 body_timeout_s=args.body_timeout)
     return 0
 
 

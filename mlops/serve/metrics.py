@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter as Tally
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from mlops.core.predlog import PredictionLog
 
 # down to 0.1 ms: an ONNX MLP answers well under a millisecond, KServe's 5 ms floor would hide it
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
@@ -41,6 +46,10 @@ class ServeMetrics:
         # which version each arm serves now: 1 for the live one (a rollout reads it; see mlops/serve/reload.py)
         self.model_info = Gauge("mlops_model_info", "The model version each variant serves (value 1)",
                                 ["model", "variant", "version"], registry=self.registry)
+        # values of categorical features never seen in training (data.categories.unseen impute or allow: the
+        # model answered with them encoded as missing)
+        self.unseen = Counter("mlops_unseen_categories_total", "Categories never seen in training, by feature",
+                              ["model", "feature"], registry=self.registry)
         self.reloads = Counter("mlops_model_reloads_total", "Versions swapped in because their alias moved",
                                ["model", "variant"], registry=self.registry)
 
@@ -70,5 +79,42 @@ class ServeMetrics:
                 child = self._classes[key] = self.classes.labels(model, variant, str(label))
             child.inc(n)
 
+    def count_unseen(self, model: str, unseen: dict[str, list[int]]) -> None:
+        for feature, rows in unseen.items():
+            self.unseen.labels(model, feature).inc(len(rows))
+
+    def watch_log(self, model: str, log: PredictionLog) -> None:
+        """`mlops_prediction_log_bytes{model, part}`: the prediction log's bytes on disk (db, wal, archive), read
+        when scraped (a few stats), so that Prometheus sees the log grow before the disk fills; and its WAL
+        truncations (`mlops_prediction_log_wal_truncations_total{outcome="done|busy"}`, and the seconds spent in
+        them, which writers wait)."""
+        self.registry.register(_LogCollector(model, log))
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _LogCollector:
+    """A collector: the log's sizes and truncations as of each scrape."""
+
+    def __init__(self, model: str, log: PredictionLog) -> None:
+        self.model = model
+        self.log = log
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        sizes = GaugeMetricFamily("mlops_prediction_log_bytes", "Bytes of the prediction log on disk, by part "
+                                  "(db: the SQLite file, wal: its write-ahead log, archive: retained Parquet files)",
+                                  labels=["model", "part"])
+        for part, size in self.log.sizes().items():
+            sizes.add_metric([self.model, part], size)
+        yield sizes
+        truncations = CounterMetricFamily("mlops_prediction_log_wal_truncations", "TRUNCATE checkpoints of the "
+                                          "prediction log's WAL past its bound (busy: a reader or writer was in "
+                                          "the way, retried)", labels=["model", "outcome"])
+        truncations.add_metric([self.model, "done"], self.log.wal_truncations)
+        truncations.add_metric([self.model, "busy"], self.log.wal_truncations_busy)
+        yield truncations
+        seconds = CounterMetricFamily("mlops_prediction_log_wal_truncate_seconds", "Seconds spent in those "
+                                      "checkpoints, holding the log's write lock", labels=["model"])
+        seconds.add_metric([self.model], self.log.wal_truncate_seconds)
+        yield seconds

@@ -18,6 +18,7 @@ from typing import Any
 from mlops import __version__
 from mlops.package.bundle import BundleInput, BundleMeta
 from mlops.package.predictor import EMBEDDING, FP32_EXACT_INT, FP32_MAX, NUMERIC_V2
+from mlops.serve.wire import MAX_ID_CHARS, MAX_REQUEST_ID_CHARS
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -26,9 +27,13 @@ ERROR_REF = {"$ref": "#/components/schemas/Error"}
 CLIENT_ERRORS = {
     "400": "A request the model cannot take (bad JSON, wrong shape, type or value): the body names the field.",
     "401": "Missing or wrong bearer token (only when the server runs with MLOPS_SERVE_TOKEN).",
-    "404": "No model of that name on this server, or an unknown verb.",
+    "404": "No model of that name on this server, or an unknown verb; for feedback, an id this server never "
+           "predicted (named in the error).",
+    "408": "The request body did not arrive in full within the server's body timeout (`--body-timeout`).",
     "409": "The request is valid but this server cannot do it (e.g. traffic for a challenger it does not have).",
     "413": "Body over the size limit, or a batch of more rows than the server's max batch.",
+    "415": "A body that is not JSON: inference takes application/json (or no content type), feedback and traffic "
+           "application/json only.",
     "422": "Reserved for a well-formed request the model refuses; same error body.",
 }
 # what the document shows for an image input (a 1x1 grey PNG: the server resizes it) and a text input
@@ -74,7 +79,7 @@ def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
 
     variant_header = {"X-Model-Variant": {"description": "The variant that answered (A/B testing).",
                                           "schema": {"type": "string", "enum": VARIANTS}}}
-    body_errors = ("400", "404", "413", "422")
+    body_errors = ("400", "404", "408", "413", "415", "422")
     version_of = {"type": ["object", "null"], "properties": {"version": {"type": ["string", "null"]}}}
     traffic_state = _obj({"name": {"type": "string"}, "champion": version_of, "challenger": version_of,
                           "percent": {"type": "number"}})
@@ -96,7 +101,7 @@ def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
             body_errors, body=_ref("V1Request"), params=[model_param], tags=("v1",))},
         "/v1/feedback": {"post": op(
             "v1Feedback", "Ground truth for earlier predictions, by prediction id", ok_json(_ref("FeedbackResponse")),
-            ("400", "413", "422"), body=_ref("FeedbackRequest"), tags=("v1",))},
+            ("400", "404", "408", "413", "415", "422"), body=_ref("FeedbackRequest"), tags=("v1",))},
         # --- V2 (Open Inference Protocol) -----------------------------------------------------------
         "/v2/health/live": {"get": op("v2Live", "Liveness", ok_json(_obj({"live": {"type": "boolean"}})),
                                       secured=False, tags=("v2",))},
@@ -104,7 +109,7 @@ def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
                                        secured=False, tags=("v2",))},
         "/v2": {"get": op("v2ServerMetadata", "Server metadata", ok_json(_obj({
             "name": {"type": "string"}, "version": {"type": "string"},
-            "extensions": {"type": "array", "items": {"type": "string"}}})), secured=False, tags=("v2",))},
+            "extensions": {"type": "array", "items": {"type": "string"}}})), tags=("v2",))},
         "/v2/models/{name}": {"get": op(
             "v2ModelMetadata", "Model metadata: inputs and outputs", ok_json(_ref("ModelMetadata")), ("404",),
             params=[model_param], tags=("v2",))},
@@ -119,15 +124,14 @@ def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
         "/v2/repository/models/{name}/load": {"post": load_op},
         "/v2/repository/models/{name}/traffic": {"post": op(
             "v2RepositoryTraffic", "Set the share of request keys the A/B challenger answers (a live canary step)",
-            ok_json(traffic_state), ("400", "404", "409", "413", "422"), body=_obj({"percent": {"type": "number", "minimum": 0,
+            ok_json(traffic_state), ("400", "404", "408", "409", "413", "415", "422"), body=_obj({"percent": {"type": "number", "minimum": 0,
                                                                               "maximum": 100}}),
             params=[model_param], tags=("v2",))},
         # --- operations -----------------------------------------------------------------------------
         "/metrics": {"get": op("metrics", "Prometheus metrics", {
             "description": "Prometheus text exposition format",
-            "content": {"text/plain": {"schema": {"type": "string"}}}}, secured=False, tags=("ops",))},
-        "/openapi.json": {"get": op("openapi", "This document", ok_json({"type": "object"}), secured=False,
-                                    tags=("ops",))},
+            "content": {"text/plain": {"schema": {"type": "string"}}}}, tags=("ops",))},
+        "/openapi.json": {"get": op("openapi", "This document", ok_json({"type": "object"}), tags=("ops",))},
     }
     responses = {_ERROR_NAMES[status]: {"description": text, "content": {JSON: {"schema": ERROR_REF}}}
                  for status, text in CLIENT_ERRORS.items()}
@@ -154,8 +158,8 @@ def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
     }
 
 
-_ERROR_NAMES = {"400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "409": "Conflict", "413": "TooLarge",
-                "422": "Unprocessable"}
+_ERROR_NAMES = {"400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "408": "BodyTimeout", "409": "Conflict",
+                "413": "TooLarge", "415": "NotJson", "422": "Unprocessable"}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -290,8 +294,9 @@ def _schemas(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
 
     feedback_item = {
         "type": "object", "title": "feedback",
-        "properties": {"id": {"type": "string", "minLength": 1, "description": "A prediction id the server returned."},
-                       "label": {"type": "string", "description": "The true class (classification)."},
+        "properties": {"id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS,
+                              "description": "A prediction id the server returned (another id is a 404)."},
+                       "label": {"type": ["string", "integer"], "description": "The true class (classification)."},
                        "value": {"type": "number", "description": "The true value (regression)."},
                        "thumbs": {"enum": ["up", "down", True, False],
                                   "description": "Whether the served answer was right."}},
@@ -308,14 +313,18 @@ def _schemas(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
         "V1Request": _obj({
             "instances": {"type": "array", "items": instance, "minItems": 1, "maxItems": max_batch,
                           "description": f"Rows: objects of named columns, or lists in schema order {columns}."},
-            "id": {"type": "string", "description": "Request id: prediction ids are it, or it-0, it-1, ..."},
+            "id": {"type": "string", "maxLength": MAX_REQUEST_ID_CHARS,
+                   "description": "Request id: prediction ids are it, or it-0, it-1, ..."},
         }, required=["instances"]),
         "V1Response": _obj({
             "predictions": {"type": "array", "items": _obj(prediction_props)},
             "ids": {"type": "array", "items": {"type": "string"}},
-        }),
+            "imputed": {"type": "array", "items": {"type": "array", "items": {"type": "string"}},
+                        "description": "Per row, the columns whose category was never seen in training and was "
+                                       "encoded as missing (data.categories.unseen: impute); only when some were"},
+        }, required=["predictions", "ids"]),
         "V2Request": _obj({
-            "id": {"type": "string"},
+            "id": {"type": "string", "maxLength": MAX_REQUEST_ID_CHARS},
             "parameters": {"type": "object"},
             "inputs": {"anyOf": [
                 {"type": "array", "title": "one tensor per column", "items": {"anyOf": [tensor(i) for i in meta.inputs]},
@@ -329,7 +338,10 @@ def _schemas(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
             "model_name": {"type": "string"},
             "model_version": {"type": ["string", "null"]},
             "id": {"type": "string"},
-            "parameters": _obj({"prediction_ids": {"type": "string"}}),
+            "parameters": _obj({"prediction_ids": {"type": "string"}, "imputed": {
+                "type": "string", "description": "input[row] of each category never seen in training and encoded "
+                                                 "as missing (data.categories.unseen: impute); only when some were"}},
+                               required=["prediction_ids"]),
             "outputs": {"type": "array", "items": _obj({
                 "name": {"type": "string", "enum": output_names},
                 "datatype": {"type": "string", "enum": ["BYTES", "FP32"]},

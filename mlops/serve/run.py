@@ -17,6 +17,7 @@ from mlops.serve.batching import DEFAULT_WAIT_MS
 from mlops.serve.kserve_runtime import serve_kserve
 from mlops.serve.reload import DEFAULT_INTERVAL_S, AliasWatcher
 from mlops.serve.routing import DEFAULT_KEY_HEADER, Arm, check_compatible, parse_ab
+from mlops.serve.wire import DEFAULT_BODY_TIMEOUT_S, http_protocol
 
 
 def check_batching(batch_max: int | None, batch_wait_ms: float | None) -> tuple[int, float]:
@@ -47,10 +48,19 @@ class ServeOptions:
     batch_wait_ms: float | None = None  # the longest a request waits for others to join its batch
     reload_interval: float | None = None  # seconds between alias checks (0: only on request)
     runtime: Literal["mlops", "kserve"] = "mlops"
+    body_timeout: float | None = None  # seconds a request body may take to arrive in full (default 30)
 
     @classmethod
     def from_args(cls, args: Any) -> ServeOptions:
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+def check_body_timeout(body_timeout: float | None) -> float:
+    """`--body-timeout S` (absent: the default), refusing nonsense."""
+    timeout = DEFAULT_BODY_TIMEOUT_S if body_timeout is None else body_timeout
+    if not 0 < timeout <= 3600:  # NaN fails too
+        raise MlopsError(f"--body-timeout {timeout}: expected seconds in (0, 3600]")
+    return timeout
 
 
 def build_server(options: ServeOptions) -> Server:
@@ -58,6 +68,7 @@ def build_server(options: ServeOptions) -> Server:
     fail before anything loads."""
     ab_ref, ab_percent = parse_ab(options.ab) if options.ab else (None, 0.0)
     batch_max, batch_wait_ms = check_batching(options.batch_max, options.batch_wait_ms)
+    body_timeout = check_body_timeout(options.body_timeout)
     interval = options.reload_interval
     if interval is not None and not 0 <= interval <= 86_400:  # NaN fails too
         raise MlopsError(f"--reload-interval {interval}: expected seconds in [0, 86400] (0: never)")
@@ -72,11 +83,12 @@ def build_server(options: ServeOptions) -> Server:
             check_compatible(predictor, other_predictor, flag)
             arms[variant] = Arm(other_predictor, arm.version, variant)
             refs[variant] = arm
-    log = PredictionLog(options.log or workspace().prediction_log(predictor.name))
+    log = PredictionLog(options.log or workspace().prediction_log(predictor.name),
+                        limits=predictor.meta.log_limits.limits())
     server = Server(predictor, log, version=served.version, token=os.environ.get("MLOPS_SERVE_TOKEN") or None,
                     max_body=options.max_body or DEFAULT_MAX_BODY, shadow=arms.get(SHADOW),
                     challenger=arms.get(CHALLENGER), ab_percent=ab_percent, ab_key_header=options.ab_key_header,
-                    batch_max=batch_max, batch_wait_ms=batch_wait_ms)
+                    batch_max=batch_max, batch_wait_ms=batch_wait_ms, body_timeout_s=body_timeout)
     watched = {variant: (r.ref.text, r.version) for variant, r in refs.items()}
     server.watcher = AliasWatcher(server, watched, DEFAULT_INTERVAL_S if interval is None else interval)
     return server
@@ -92,7 +104,10 @@ def serve(options: ServeOptions) -> None:
     server = build_server(options)
     for line in _describe(server, options):
         print(f"mlops serve: {line}", flush=True)
-    uvicorn.run(server.app(), host=options.host, port=options.port, log_level="warning", access_log=False)
+    # http: a request uvicorn's parser refuses is answered with our JSON 400; ws="none": this app has no
+    # WebSocket route, and an upgrade request is answered as plain HTTP (not a bodiless 403 from uvicorn)
+    uvicorn.run(server.app(), host=options.host, port=options.port, log_level="warning", access_log=False,
+                http=http_protocol(), ws="none")
 
 
 def _describe(server: Server, options: ServeOptions) -> list[str]:
@@ -128,8 +143,10 @@ def serve_with_kserve(args: ServeOptions) -> None:
     if unsupported:
         raise MlopsError(f"--runtime kserve serves inference only; {', '.join(unsupported)} need the default "
                          "runtime (--runtime mlops)")
+    body_timeout = check_body_timeout(args.body_timeout)
     served = fetch(args.model)
-    serve_kserve(served.path, args.host, args.port, max_batch=args.max_batch, version=served.version)
+    serve_kserve(served.path, args.host, args.port, max_batch=args.max_batch, version=served.version,
+                 body_timeout_s=body_timeout)
 
 
 def feedback_log_path(model: str | None, log_path: str | None) -> Path:

@@ -8,18 +8,47 @@ from typing import Any
 
 from mlops.core.errors import MlopsError
 from mlops.engine.runlog import flatten
+from mlops.tracking.prefix import SHOWN, unique_prefix
 
 # params every run has that say nothing about what differs
 NOISE = {"data.fingerprint", "split.digest"}
 
 
-def get_run(client: Any, run_id: str) -> Any:
+def get_run(client: Any, run: str) -> Any:
+    """The run whose id is `run` or starts with it (`mlops runs` shows 12 characters)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_run(run_id)
+        return client.get_run(run)  # a full id: no need to list the store
     except MlflowException:
-        raise MlopsError(f"no run '{run_id}' in the tracking store {client.tracking_uri}") from None
+        pass
+    try:
+        return client.get_run(resolve_run(client, run))
+    except MlflowException:  # deleted since it was listed
+        raise MlopsError(f"no run '{run}' in the tracking store {client.tracking_uri}") from None
+
+
+def resolve_run(client: Any, run: str) -> str:
+    """The full id of the one run, in any experiment of the store, whose id starts with `run`."""
+    from mlflow.entities import ViewType
+
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    candidates: dict[str, str] = {}
+    token = None
+    while experiments:
+        page = client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+        for r in page:
+            candidates[r.info.run_id] = f"{r.info.run_name or '-'}  ({_started(r.info.start_time)})"
+        token = page.token
+        if not token:
+            break
+    return unique_prefix(run, candidates, "run", f"the tracking store {client.tracking_uri}")
+
+
+def _started(ms: int | None) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
 
 
 def read_lock(client: Any, run_id: str) -> dict[str, Any]:
@@ -50,7 +79,8 @@ def list_runs(client: Any, experiment: str | None, metrics: list[str], sort: str
                      "parent": data.tags.get("mlflow.parentRunId"), "start_time": info.start_time,
                      "seconds": seconds, "metrics": dict(data.metrics), "params": dict(data.params),
                      "data_fingerprint": data.tags.get("mlops.data_fingerprint"),
-                     "model": data.tags.get("mlops.model")})
+                     "model": data.tags.get("mlops.model"), "gates": data.tags.get("mlops.gates"),
+                     "vs_champion": data.tags.get("mlops.vs_champion")})
     varying = differing_params([r["params"] for r in rows])
     for row in rows:
         row["differs"] = {k: row["params"].get(k) for k in varying}
@@ -80,12 +110,13 @@ def render_runs(rows: list[dict[str, Any]], metrics: list[str]) -> str:
 
     varying = sorted({k for r in rows for k in r["differs"]})
     table = Table(title=f"{len(rows)} runs", title_justify="left")
-    for col in ["run", "kind", "status", "started", "secs", *metrics, *varying, "data"]:
+    for col in ["run", "kind", "status", "started", "secs", "gates", "vs champion", *metrics, *varying, "data"]:
         table.add_column(col, overflow="fold")
     for r in rows:
         started = datetime.fromtimestamp(r["start_time"] / 1000, UTC).strftime("%m-%d %H:%M:%S")
-        cells = [r["run_id"][:12], r["kind"], r["status"], started,
-                 f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"]
+        cells = [r["run_id"][:SHOWN], r["kind"], r["status"], started,
+                 f"{r['seconds']:.1f}" if r["seconds"] is not None else "-", r["gates"] or "-",
+                 r["vs_champion"] or "-"]
         cells += [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "-" for m in metrics]
         cells += [str(r["differs"].get(k, "-")) for k in varying]
         cells.append((r["data_fingerprint"] or "-").replace("sha256:", "")[:10])
@@ -98,7 +129,7 @@ def render_runs(rows: list[dict[str, Any]], metrics: list[str]) -> str:
 def diff_runs(client: Any, run_a: str, run_b: str) -> list[dict[str, Any]]:
     """Every difference between two runs: resolved config, data, package versions, seeds, metrics."""
     a, b = get_run(client, run_a), get_run(client, run_b)
-    lock_a, lock_b = read_lock(client, run_a), read_lock(client, run_b)
+    lock_a, lock_b = read_lock(client, a.info.run_id), read_lock(client, b.info.run_id)
     sections = {
         "config": (flatten(lock_a["recipe"]), flatten(lock_b["recipe"])),
         "overrides": ({"overrides": " ".join(lock_a.get("overrides", []))},
@@ -127,7 +158,7 @@ def render_diff(rows: list[dict[str, Any]], run_a: str, run_b: str) -> str:
     if not rows:
         return f"runs {run_a} and {run_b} are identical in config, data, packages, seeds and metrics\n"
     table = Table(title=f"{len(rows)} differences", title_justify="left")
-    for col in ("section", "key", f"A {run_a[:12]}", f"B {run_b[:12]}"):
+    for col in ("section", "key", f"A {run_a[:SHOWN]}", f"B {run_b[:SHOWN]}"):
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(r["section"], r["key"], str(r["a"]), str(r["b"]))

@@ -28,13 +28,16 @@ def reproduce(client: Any, run_id: str) -> dict[str, Any]:
 
 
     original = get_run(client, run_id)
+    run_id = original.info.run_id  # the full id of the run a prefix named
     lock = read_lock(client, run_id)
     recipe = dict(lock["recipe"])
+    overrides: list[str] = []
     if lock["data"].get("resolved_path"):
         path = Path(lock["data"]["resolved_path"])
         if not path.is_file():
             raise MlopsError(f"the data file {path} that run {run_id} read is gone")
-        recipe["data"] = dict(recipe["data"]) | {"path": str(path)}
+        # an override, not a key of the file: a recipe file reads data outside its project only with an opt-in
+        overrides = [f"++data.path='{path}'"]
     mismatches: list[dict[str, Any]] = []
     if lock["data"].get("resolved_path"):
         now = fingerprint_bytes(Path(lock["data"]["resolved_path"]).read_bytes())
@@ -47,7 +50,7 @@ def reproduce(client: Any, run_id: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mlops-reproduce-") as tmp:
         recipe_file = Path(tmp) / f"{lock['recipe']['name']}.yaml"
         recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
-        loaded = load_validated(recipe_file)
+        loaded = load_validated(recipe_file, overrides)
         # an empty cache: every step recomputes, nothing is borrowed from the run being checked
         again = execute_until(loaded, "export", cache=Cache(Path(tmp) / "cache"), tags={"mlops.reproduces": run_id})
     original_bundle = json.loads(Path(client.download_artifacts(run_id, "bundle/bundle.json")).read_text())

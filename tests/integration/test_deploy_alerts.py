@@ -73,7 +73,7 @@ def test_rendered_rules_pass_promtool_check(tmp_path: Path) -> None:
 
     report = promtool_check(path)
 
-    assert report is not None and "SUCCESS: 3 rules found" in report
+    assert report is not None and "SUCCESS: 4 rules found" in report
 
 
 def test_promtool_check_rejects_broken_rules(tmp_path: Path) -> None:
@@ -126,6 +126,30 @@ def test_alerts_stay_silent_on_healthy_traffic(tmp_path: Path) -> None:
     checks = [{"eval_time": "30m", "alertname": name, "exp_alerts": []} for name in ALERT_NAMES.values()]
 
     proc = run_promtool(tmp_path, [{"interval": "1m", "input_series": series, "alert_rule_test": checks}])
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def log_bytes(part: str, size: float) -> dict[str, str]:
+    return {"series": f'mlops_prediction_log_bytes{{model="{MODEL}",part="{part}"}}', "values": f"{size:.0f}x40"}
+
+
+def test_log_size_alert_fires_when_database_and_wal_outgrow_their_bounds(tmp_path: Path) -> None:
+    """The recipe's defaults bound the log at 5 GB + a 64 MB WAL; the archive (Parquet) is not counted."""
+    over = [log_bytes("db", 4.9e9), log_bytes("wal", 0.3e9), log_bytes("archive", 0)]
+    under = [log_bytes("db", 4.9e9), log_bytes("wal", 0), log_bytes("archive", 80e9)]
+    fired = {"exp_labels": labels("log_size"), "exp_annotations": {
+        "summary": "the prediction log of quickstart is over its bound of 5.06 GB (db|wal)",
+        "description": "the prediction log of quickstart takes 4.843GiB on disk: its retention or WAL truncation "
+                       "is not keeping up (monitor.log_limits)"}}
+    name = ALERT_NAMES["log_size"]
+    tests = [{"interval": "1m", "input_series": over, "alert_rule_test": [
+                 {"eval_time": "5m", "alertname": name, "exp_alerts": []},  # not yet for 10 minutes
+                 {"eval_time": "20m", "alertname": name, "exp_alerts": [fired]}]},
+             {"interval": "1m", "input_series": under, "alert_rule_test": [
+                 {"eval_time": "30m", "alertname": name, "exp_alerts": []}]}]
+
+    proc = run_promtool(tmp_path, tests)
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -53,6 +53,7 @@ REQUESTS: list[tuple[str, str, Any, int, str, int]] = [
     ("POST", f"/v1/models/{MODEL}:predict", {"instances": [ROW | {"zip": 1}]}, 400, "v1_predict", 0),
     ("POST", "/v1/models/other:predict", {"instances": [ROW]}, 404, "v1_predict", 0),
     ("POST", f"/v2/models/{MODEL}/infer", {"outputs": []}, 400, "v2_infer", 0),
+    ("POST", f"/v1/models/{MODEL}:predict", {"instances": [ROW], "id": "x"}, 200, "v1_predict", 1),
     ("POST", "/v1/feedback", {"id": "x", "label": "yes"}, 200, "feedback", 0),
     ("POST", "/v1/feedback", {"label": "yes"}, 400, "feedback", 0),
     ("GET", f"/v2/models/{MODEL}/ready", None, 200, "ready", 0),

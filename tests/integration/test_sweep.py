@@ -1,7 +1,7 @@
 """`mlops sweep` end to end: an Optuna study driven by a Prefect flow, one subprocess per trial.
 
-Every test writes a tiny recipe into its tmp_path (its config groups come from the repository's
-`configs/` through MLOPS_CONFIG_PATH), runs the real CLI in a subprocess and then reads the study
+Every test writes a tiny recipe into its tmp_path (its config groups come from the package's
+`mlops/configs/` through MLOPS_CONFIG_PATH), runs the real CLI in a subprocess and then reads the study
 back with `optuna.load_study` (and the MLflow store where a trial's run matters).
 """
 
@@ -46,7 +46,7 @@ def _recipe(tmp_path: Path, name: str, body: str, trainer: str = "cpu") -> Path:
 def _env(isolated_env: dict[str, str], **extra: str) -> dict[str, str]:
     env = {k: v for k, v in isolated_env.items()
            if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    return env | {"MLOPS_CONFIG_PATH": str(ROOT / "configs")} | extra
+    return env | {"MLOPS_CONFIG_PATH": str(ROOT / "mlops" / "configs")} | extra
 
 
 def _study(result: dict[str, Any]) -> Any:

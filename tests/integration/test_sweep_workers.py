@@ -60,7 +60,7 @@ sweep:
   params:
     model.lr: {{type: float, low: 1.0e-3, high: 1.0e-1, log: true}}
 """)
-    env = isolated_env | {"MLOPS_CONFIG_PATH": str(ROOT / "configs")}
+    env = isolated_env | {"MLOPS_CONFIG_PATH": str(ROOT / "mlops" / "configs")}
     worker_env = env | {"PREFECT_HOME": str(tmp_path / "prefect-worker")}
     cmd = [sys.executable, "-m", "mlops.cli", "sweep", "--json", str(recipe)]
     coordinator = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

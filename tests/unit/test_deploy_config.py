@@ -31,7 +31,7 @@ def test_shipped_deploy_options_load(option: str) -> None:
 
 
 def write_recipe(tmp_path: Path, deploy_yaml: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("MLOPS_CONFIG_PATH", str(ROOT / "configs"))
+    monkeypatch.setenv("MLOPS_CONFIG_PATH", str(ROOT / "mlops" / "configs"))
     path = tmp_path / "mine.yaml"
     path.write_text("defaults:\n  - data: breast_cancer\n  - deploy: default\n  - _self_\n\nname: mine\n"
                     "deploy:\n" + deploy_yaml)

@@ -133,7 +133,7 @@ def test_approval_required_waits_and_a_person_approves(recipe: str) -> None:
     assert audit.records()[-1]["by"] == "user:alice"
     with pytest.raises(MlopsError, match="is not awaiting approval: its last record is promoted"):
         approve(waiting.run_id, by="bob", registry=registry, audit=audit)
-    with pytest.raises(MlopsError, match="no retrain with run id 'nope'"):
+    with pytest.raises(MlopsError, match="no retrain run 'nope' in the audit log"):
         approve("nope", registry=registry, audit=audit)
 
 

@@ -27,7 +27,7 @@ def test_every_shipped_recipe_has_the_default_monitor_section(recipe: str, tmp_p
 def _default_yaml() -> dict:
     from ruamel.yaml import YAML
 
-    return YAML(typ="safe").load((ROOT / "configs" / "monitor" / "default.yaml").read_text())
+    return YAML(typ="safe").load((ROOT / "mlops" / "configs" / "monitor" / "default.yaml").read_text())
 
 
 def _recipe(tmp_path: Path, monitor: str) -> Path:

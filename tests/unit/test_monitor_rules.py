@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from mlops.monitor.drift import NumericReference, dataset_drift, numeric_drift
 from mlops.monitor.results import WindowSummary
 from mlops.monitor.rules import Observation, RuleState, observe, step
 from mlops.recipe.monitor import MonitorConfig
@@ -86,3 +89,48 @@ def test_a_key_feature_fires_drift_below_the_share() -> None:
     cfg = MonitorConfig.model_validate({"drift": {"share": 0.9, "features": {"age": {"key": True}}}})
     drift = next(o for o in observe(summary, cfg, "binary", {}) if o.rule == "drift")
     assert drift.breach is True and drift.detail["key_features"] == ["age"]
+
+
+def _thirteen_features(shift: float) -> WindowSummary:
+    """13 numeric features judged by PSI on 2,000 rows each; only `f0` is shifted by `shift` deviations."""
+    rng = np.random.default_rng(0)
+    columns = []
+    for i in range(13):
+        ref = NumericReference.of(rng.normal(size=2000))
+        cur = rng.normal(size=2000) + (shift if i == 0 else 0.0)
+        columns.append(numeric_drift(f"f{i}", ref, cur, "psi", 0.1))
+    summary = _summary()
+    summary.drift = {"columns": [c.as_dict() for c in columns], "dataset": dataset_drift(columns, 0.5),
+                     "predictions": []}
+    return summary
+
+
+def test_one_severely_drifted_feature_of_thirteen_fires_drift_under_the_default_share() -> None:
+    summary = _thirteen_features(shift=1.5)
+    assert summary.drift is not None
+    assert summary.drift["dataset"]["drift"] is False  # 1 of 13 is far below share 0.5
+    f0 = summary.drift["columns"][0]
+    assert f0["score"] > 1.0
+    drift = next(o for o in observe(summary, MonitorConfig(), "binary", {}) if o.rule == "drift")
+    assert drift.breach is True and drift.detail["severe_features"] == ["f0"]
+    assert "severe: f0 (psi" in (drift.reason or "")
+    # the same window with severity off, or a feature threshold above its score, is judged by the share alone
+    off = MonitorConfig.model_validate({"drift": {"severe": {"enabled": False}}})
+    assert next(o for o in observe(summary, off, "binary", {}) if o.rule == "drift").breach is False
+    high = MonitorConfig.model_validate({"drift": {"features": {"f0": {"severe": 50.0}}}})
+    assert next(o for o in observe(summary, high, "binary", {}) if o.rule == "drift").breach is False
+
+
+def test_a_mild_drift_of_one_feature_is_not_severe() -> None:
+    summary = _thirteen_features(shift=0.35)
+    assert summary.drift is not None
+    f0 = summary.drift["columns"][0]
+    assert f0["drift"] and 0.1 <= f0["score"] < 0.25
+    drift = next(o for o in observe(summary, MonitorConfig(), "binary", {}) if o.rule == "drift")
+    assert drift.breach is False and drift.detail["severe_features"] == []
+
+
+def test_p_value_methods_have_no_default_severity() -> None:
+    cfg = MonitorConfig()
+    assert cfg.drift.severe.threshold("ks") is None and cfg.drift.severe.threshold("chi2") is None
+    assert cfg.drift.severe.threshold("ks", 1e-9) == 1e-9

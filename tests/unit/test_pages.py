@@ -171,3 +171,15 @@ def test_a_value_the_template_needs_must_be_passed() -> None:
 
     with pytest.raises(UndefinedError):
         render_page("errors.html.j2", model="m")
+
+
+def test_latency_and_rate_axes_start_at_zero() -> None:
+    from mlops.monitor.dashboard import _latency_chart, _schema_chart, _throughput_chart
+
+    ws = windows(6)
+    for w in ws:  # steady latencies: the padded range used to reach below zero (p50 0.2 ms, range 0.2-0.4)
+        w["operations"] = {"latency_ms": {"p50": 0.2, "p95": 0.3, "p99": 0.4}, "rows_per_s": 5.0,
+                           "requests_per_s": 5.0}
+    for chart in (_latency_chart(ws, {}), _throughput_chart(ws), _schema_chart(ws)):
+        ticks = [t["value"] for t in chart["y_ticks"]]
+        assert ticks[0] == 0.0 and ticks[-1] > 0, (chart["id"], ticks)

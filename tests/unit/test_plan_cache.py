@@ -64,7 +64,7 @@ def test_data_bytes_are_part_of_the_key(tmp_path: Path) -> None:
     csv = tmp_path / "d.csv"
     csv.write_text("a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"name: t\ndata:\n  path: {csv}\n  target: y\n")
+    recipe.write_text(f"name: t\ndata:\n  path: {csv}\n  target: y\n  split: {{stratify: false}}\n")  # 4 rows
     first = compile_plan(load_validated(recipe), Cache(tmp_path / "c")).step("load_data").key
     csv.write_text("a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,9,1\n")
     assert compile_plan(load_validated(recipe), Cache(tmp_path / "c")).step("load_data").key != first

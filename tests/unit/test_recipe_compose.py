@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from mlops.core.errors import MlopsError, RecipeError
 from mlops.engine.multirun import expand
 from mlops.engine.validate import load_validated
 from mlops.recipe import load_recipe
-from mlops.recipe.compose import Origin, compose
+from mlops.recipe.compose import SHIPPED_CONFIGS, Origin, compose
 from tests.shipped import RECIPES, ensure_example_data, required_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,12 +120,12 @@ def test_origins_point_at_the_file_and_line_that_set_each_key() -> None:
     o = composed.origins
     assert o["name"] == Origin(QUICKSTART, line_of(QUICKSTART, "name:"))
     assert o["trainer.max_epochs"] == Origin(QUICKSTART, line_of(QUICKSTART, "max_epochs:"))
-    bc = "configs/data/breast_cancer.yaml"
+    bc = "mlops/configs/data/breast_cancer.yaml"
     assert o["data.dataset"] == Origin(bc, line_of(bc, "dataset:"))
     assert o["data.task"] == Origin(bc, line_of(bc, "task:"))
-    gates = "configs/gates/classification.yaml"
+    gates = "mlops/configs/gates/classification.yaml"
     assert o["evaluate.gates.1.vs"] == Origin(gates, line_of(gates, "vs:"))
-    deploy = "configs/deploy/default.yaml"  # reached through configs/base.yaml's defaults list
+    deploy = "mlops/configs/deploy/default.yaml"  # reached through mlops/configs/base.yaml's defaults list
     assert o["deploy.prefect.flows.train.cron"] == Origin(deploy, line_of(deploy, "train:"))
     assert "defaults" not in o and not any(k.startswith("defaults.") for k in o)
     # the schema's defaults are set by no file
@@ -139,10 +138,10 @@ def test_origins_point_at_the_file_and_line_that_set_each_key() -> None:
 def test_origins_follow_a_group_override_and_command_line_values() -> None:
     composed = compose(QUICKSTART, ["trainer=ddp_cpu", "deploy=triton_gpu", "model.lr=0.5", "monitor.window.size=9"])
 
-    ddp = "configs/trainer/ddp_cpu.yaml"
+    ddp = "mlops/configs/trainer/ddp_cpu.yaml"
     assert composed.origin("trainer.devices") == Origin(ddp, line_of(ddp, "devices:"))
     assert composed.origin("trainer.strategy") == Origin(ddp, line_of(ddp, "strategy:"))
-    gpu, triton = "configs/deploy/triton_gpu.yaml", "configs/deploy/triton.yaml"  # triton_gpu extends triton
+    gpu, triton = "mlops/configs/deploy/triton_gpu.yaml", "mlops/configs/deploy/triton.yaml"  # triton_gpu extends triton
     assert composed.origin("deploy.resources.gpus") == Origin(gpu, line_of(gpu, "gpus:"))
     assert composed.origin("deploy.runtime") == Origin(triton, line_of(triton, "runtime:"))
     assert str(composed.origin("model.lr")) == "command-line override 'model.lr=0.5'"
@@ -168,8 +167,7 @@ def test_recipe_hash_is_stable_and_tracks_values(monkeypatch: pytest.MonkeyPatch
 
 def test_recipe_hash_ignores_how_a_value_was_written(tmp_path: Path) -> None:
     """The hash is of the resolved recipe: writing a default explicitly, or in another form, changes nothing."""
-    shutil.copytree(REPO / "configs", tmp_path / "configs")
-    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes").mkdir()  # no configs/: the groups come from the package
     head = "defaults:\n  - data: breast_cancer\n  - model: mlp\n  - trainer: cpu\n  - _self_\nname: q\n"
     plain = tmp_path / "recipes" / "a.yaml"
     plain.write_text(head + "trainer:\n  max_epochs: 15\n")
@@ -270,3 +268,92 @@ def test_threads_composing_at_once_each_get_their_own_recipe() -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         composed = list(pool.map(lambda e: compose(QUICKSTART, [f"trainer.max_epochs={e}"]), epochs))
     assert [c.config["trainer"]["max_epochs"] for c in composed] == epochs
+
+
+def user_project(root: Path) -> Path:
+    """A project as `mlops init` lays it out: `configs/` holds only its own data group, the rest is shipped."""
+    (root / "configs" / "data").mkdir(parents=True)
+    (root / "configs" / "data" / "mine.yaml").write_text("dataset: wine\ntarget: target\n")
+    (root / "recipes" / "experiments").mkdir(parents=True)
+    return root
+
+
+PROJECT_RECIPE = "defaults:\n  - base\n  - data: mine\n  - gates: multiclass\n  - _self_\nname: mine\n"
+
+
+def test_a_project_recipe_finds_the_shipped_groups_from_any_folder(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    root = user_project(tmp_path)
+    monkeypatch.chdir(root)
+    top = root / "recipes" / "mine.yaml"
+    top.write_text(PROJECT_RECIPE)
+    deep = root / "recipes" / "experiments" / "deep.yaml"  # beside neither configs/ nor recipes/
+    deep.write_text(PROJECT_RECIPE + "trainer:\n  max_epochs: 2\n")
+
+    for recipe in (top, deep):
+        loaded = load_validated(recipe)
+        assert loaded.recipe.data.dataset == "wine"
+        assert loaded.composed.origin("data.dataset") == Origin("configs/data/mine.yaml", 1)
+        shipped = SHIPPED_CONFIGS / "deploy" / "default.yaml"  # through the shipped base.yaml
+        assert loaded.composed.origin("deploy.prefect.flows.train.cron").file == str(shipped)
+    assert load_recipe(deep).recipe.trainer.max_epochs == 2
+
+
+def test_a_project_file_overrides_the_shipped_one_of_the_same_name(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    root = user_project(tmp_path)
+    monkeypatch.chdir(root)
+    (root / "configs" / "trainer").mkdir()
+    (root / "configs" / "trainer" / "cpu.yaml").write_text("max_epochs: 3\n")
+    (root / "recipes" / "mine.yaml").write_text(PROJECT_RECIPE)
+
+    composed = compose("recipes/mine.yaml")
+
+    assert composed.config["trainer"]["max_epochs"] == 3
+    assert composed.origin("trainer.max_epochs") == Origin("configs/trainer/cpu.yaml", 1)
+
+
+def test_a_missing_group_option_lists_the_folders_searched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    root = user_project(tmp_path)
+    monkeypatch.chdir(root)
+    (root / "recipes" / "mine.yaml").write_text(PROJECT_RECIPE)
+
+    assert main(["validate", "recipes/mine.yaml", "improve=nightly"]) == 2
+
+    looked = f"recipes/improve/, configs/improve/, {SHIPPED_CONFIGS / 'improve'}/"
+    assert (f"no config 'nightly' in group 'improve' (options: default; looked in {looked})"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ("- name: mine\n- data: mine\n", 1,
+     "the file is a YAML list; a recipe or config file is a mapping of keys (`defaults:`, `name:`, `data:`, ...): "
+     "remove the leading '- '"),
+    ("defaults:\n  - base\n  - mine\n  - _self_\nname: mine\n", 3,
+     "defaults: 'mine' is this file itself: a config cannot extend itself (remove the line)"),
+    ("name: mine\ndefault:\n  - base\n  - data: mine\n  - _self_\n", 2,
+     "default: unknown key; did you mean 'defaults' (the list of configs this file extends)?"),
+], ids=["a-list", "includes-itself", "default-for-defaults"])
+def test_a_malformed_recipe_is_worded_at_its_line(text: str, line: int, message: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    root = user_project(tmp_path)
+    monkeypatch.chdir(root)
+    (root / "recipes" / "mine.yaml").write_text(text)
+
+    assert main(["validate", "recipes/mine.yaml"]) == 2
+    assert capsys.readouterr().err == f"error: recipes/mine.yaml:{line}: {message}\n"
+
+
+def test_defaults_lists_that_include_each_other_are_a_cycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    root = user_project(tmp_path)
+    monkeypatch.chdir(root)
+    (root / "configs" / "data" / "a.yaml").write_text("defaults:\n  - b\n  - _self_\ntarget: target\n")
+    (root / "configs" / "data" / "b.yaml").write_text("defaults:\n  - a\n  - _self_\ndataset: wine\n")
+    (root / "recipes" / "mine.yaml").write_text(PROJECT_RECIPE.replace("data: mine", "data: a"))
+
+    assert main(["validate", "recipes/mine.yaml"]) == 2
+    assert capsys.readouterr().err == ("error: configs/data/b.yaml:2: defaults: 'data/a' closes a cycle of defaults "
+                                       "lists: configs/data/a.yaml -> configs/data/b.yaml -> configs/data/a.yaml\n")

@@ -14,7 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from mlops.core.predlog import PredictionLog, read_predictions
-from mlops.package.predictor import Predictor
+from mlops.package.predictor import Predictor, RequestError
 from mlops.serve.app import Server
 from tests.conftest import ROOT
 from tests.serve_fixtures import build_bundle
@@ -245,11 +245,14 @@ def test_numeric_and_string_columns_are_the_arrays_the_graph_takes(bundle: Path)
     with_missing = p.column("age", [1.0, None], "x")
     assert with_missing[0, 0] == 1.0 and np.isnan(with_missing[1, 0])
     assert p.column("city", ["a", "b"], "x").tolist() == [["a"], ["b"]]
-    assert p.column("city", ["a", None, 3], "x").tolist() == [["a"], [""], ["3"]]
+    assert p.column("city", ["a", None], "x").tolist() == [["a"], [""]]
+    with pytest.raises(RequestError, match=r"x\[1\]: expected a string category for 'city', got the number 3"):
+        p.column("city", ["a", 3], "x")  # a string column in training: a number is a mistake, not a category
 
 
 def test_thumbs_and_outcome_feedback_are_recorded_and_a_bad_thumb_is_a_400(client: TestClient, tmp_path: Path) -> None:
-    assert client.post("/v1/feedback", json=[{"id": "p1", "thumbs": "up"}, {"id": "p2", "converted": True}]
+    assert client.post("/v1/models/toy:predict", json={"id": "p", "instances": [ROW, ROW]}).json()["ids"] == ["p-0", "p-1"]
+    assert client.post("/v1/feedback", json=[{"id": "p-0", "thumbs": "up"}, {"id": "p-1", "converted": True}]
                        ).status_code == 200
     bad = client.post("/v1/feedback", json={"id": "p3", "thumbs": "sideways"})
     assert bad.status_code == 400 and bad.json()["field"] == "body.thumbs"
@@ -342,3 +345,108 @@ def test_mounted_under_a_prefix_the_inference_routes_answer_through_starlette(bu
     assert (got.status_code, got.content, got.headers["x-model-variant"]) == (200, expected.content, "champion")
     assert v2_got.status_code == 200 and v2_got.json()["model_name"] == "toy"
     assert 'route="v1_predict",status="200"' in metrics and 'route="v2_infer",status="200"' in metrics
+
+
+# --- the edges: feedback, token, routes and methods, content types, bodies that never finish -------------------
+
+def test_feedback_takes_json_for_ids_this_server_predicted_with_labels_of_the_task(client: TestClient) -> None:
+    client.post("/v1/models/toy:predict", json={"id": "p1", "instances": [ROW]})
+    as_text = client.post("/v1/feedback", content=json.dumps({"id": "p1", "label": "yes"}),
+                          headers={"content-type": "text/plain"})  # what a cross-site form can send
+    assert as_text.status_code == 415 and as_text.json()["field"] == "content-type"
+    untyped = client.post("/v1/feedback", content=json.dumps({"id": "p1", "label": "yes"}))
+    assert untyped.status_code == 415 and untyped.json()["field"] == "content-type"
+    unknown = client.post("/v1/feedback", json=[{"id": "p1", "label": "yes"}, {"id": "never", "label": "no"}])
+    assert unknown.status_code == 404 and unknown.json()["field"] == "[1].id" and "'never'" in unknown.json()["error"]
+    for bad, field in (({"id": "p1", "label": {"class": "yes"}}, "body.label"),
+                       ({"id": "p1", "label": ["yes"]}, "body.label"), ({"id": "p1", "label": True}, "body.label"),
+                       ({"id": "p1", "value": 2.5}, "body.value"),  # a classifier's truth is a label
+                       ({"id": "x" * 3000, "label": "yes"}, "body.id")):  # within the 4 KB body limit
+        response = client.post("/v1/feedback", json=bad)
+        assert response.status_code == 400 and response.json()["field"] == field, (bad, response.text)
+    assert sqlite3.connect(client.app.server.log.path).execute("SELECT COUNT(*) FROM feedback").fetchone() == (0,)
+    ok = client.post("/v1/feedback", json={"id": "p1", "label": "yes"}, headers={"content-type": "application/json; "
+                                                                                                   "charset=utf-8"})
+    assert ok.json() == {"recorded": 1}
+    assert client.post("/v1/feedback", json={"id": "p1", "label": 1}).status_code == 200  # integer classes
+
+
+def test_feedback_without_a_prediction_log_knows_no_id(bundle: Path) -> None:
+    with TestClient(Server(Predictor(bundle), None).app()) as c:
+        c.post("/v1/models/toy:predict", json={"id": "p1", "instances": [ROW]})
+        assert c.post("/v1/feedback", json={"id": "p1", "label": "yes"}).status_code == 404
+
+
+def test_a_request_id_too_long_to_name_in_feedback_is_refused(client: TestClient) -> None:
+    response = client.post("/v1/models/toy:predict", json={"id": "r" * 241, "instances": [ROW]})
+    assert response.status_code == 400 and response.json()["field"] == "id"
+    assert client.post("/v1/models/toy:predict", json={"id": "r" * 240, "instances": [ROW]}).status_code == 200
+
+
+def test_with_a_token_only_health_answers_without_it(bundle: Path, tmp_path: Path) -> None:
+    c, _ = make_client(bundle, tmp_path, token="s3cret")
+    auth = {"authorization": "Bearer s3cret"}
+    with c:
+        for path in ("/v2/health/live", "/v2/health/ready"):
+            assert c.get(path).status_code == 200
+        for path in ("/metrics", "/openapi.json", "/v2", "/v2/models/toy", "/v2/models/toy/ready", "/v1/models/toy"):
+            refused = c.get(path)
+            assert refused.status_code == 401 and refused.json()["field"] == "authorization", path
+            assert c.get(path, headers=auth).status_code == 200, path
+        for path in ("/v1/feedback", "/v2/repository/models/toy/traffic", "/v2/repository/models/toy/load"):
+            assert c.post(path, json={}).status_code == 401, path
+
+
+@pytest.mark.parametrize(("method", "path", "status", "field"), [
+    ("GET", "/nowhere", 404, "path"), ("POST", "/v3/models/toy/infer", 404, "path"),
+    ("GET", "/v2/models/toy/infer", 405, "method"), ("DELETE", "/v1/feedback", 405, "method"),
+    ("PUT", "/metrics", 405, "method"),
+])
+def test_unknown_routes_and_methods_answer_json_naming_what_is_wrong(client: TestClient, method: str, path: str,
+                                                                     status: int, field: str) -> None:
+    response = client.request(method, path)
+    assert response.status_code == status and response.headers["content-type"] == "application/json"
+    assert response.json()["field"] == field and response.json()["error"].startswith(f"{field}: ")
+    if status == 405:
+        assert response.headers["allow"]
+
+
+@pytest.mark.parametrize("path", ["/v1/models/toy:predict", "/v2/models/toy/infer"])
+@pytest.mark.parametrize(("content_type", "status"), [
+    ("text/plain", 415), ("application/x-www-form-urlencoded", 415), ("multipart/form-data; boundary=x", 415),
+    (None, 200), ("application/json", 200), ("application/json; charset=utf-8", 200), ("application/vnd.x+json", 200),
+])
+def test_inference_takes_json_or_no_content_type(client: TestClient, path: str, content_type: str | None,
+                                                 status: int) -> None:
+    body = {"instances": [ROW]} if path.startswith("/v1") else v2(GOOD_V2)
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post(path, content=json.dumps(body), headers=headers)
+    assert response.status_code == status, response.text
+    if status == 415:
+        assert response.json()["field"] == "content-type"
+
+
+@pytest.mark.parametrize("path", ["/v1/models/toy:predict", "/v1/feedback", "/v2/repository/models/toy/traffic"])
+def test_a_body_that_never_finishes_is_a_408(bundle: Path, tmp_path: Path, path: str) -> None:
+    import asyncio
+
+    server = Server(Predictor(bundle), PredictionLog(tmp_path / "log.sqlite"), body_timeout_s=0.2)
+    app, sent = server.app(), []
+
+    async def receive() -> dict[str, Any]:
+        if not sent and not hasattr(receive, "started"):
+            receive.started = True  # type: ignore[attr-defined]
+            return {"type": "http.request", "body": b'{"instances": [', "more_body": True}
+        await asyncio.Event().wait()  # the rest never comes
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers, "root_path": "", "query_string": b""}
+    asyncio.run(app(scope, receive, send))
+    server.log.close()
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"]) == {"error": "body: not received in full within 0.2 s", "field": "body"}
+    assert len(sent) == 2 and read_predictions(tmp_path / "log.sqlite") == []

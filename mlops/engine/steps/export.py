@@ -50,6 +50,8 @@ def export(ctx: RunContext, out: Path) -> ExportResult:
         "data_fingerprint": ctx.result("load_data", LoadDataResult).fingerprint,
         "metrics": ctx.result("evaluate", EvaluateResult).metrics, "data_schema": schema.model_dump(),
         "parity": {}, "mlops_version": mlops.__version__, "payloads": r.monitor.payloads.model_dump(),
+        "log_limits": r.monitor.log_limits.model_dump(),
+        "categories": r.data.categories.model_dump(),
     }
     assets = {spec.tokenizer: (ctx.dir("preprocess") / spec.tokenizer).read_text()
               for spec in prep.inputs.texts.values()}

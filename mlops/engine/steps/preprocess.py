@@ -23,7 +23,7 @@ def preprocess(ctx: RunContext, out: Path) -> PreprocessResult:
     parts = frames(ctx)
     task = ctx.result("split", SplitResult).task
     schema = infer_schema(r.data.model_copy(update={"task": task}), parts["train"])
-    pre = fit_preprocessor(schema, parts["train"])
+    pre = fit_preprocessor(schema, parts["train"], trim=r.data.categories.trim)
     arrays: dict[str, np.ndarray] = {}
     target_scale = None
     if schema.task == "regression":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from mlops.core.registry import store_lock
 from mlops.engine.results import ExportResult, LoadDataResult, RegisterResult
 from mlops.engine.steps.common import RunContext
 from mlops.evaluate.gates import GateDecision
@@ -20,18 +21,19 @@ def register(ctx: RunContext, out: Path) -> RegisterResult:
     client = MlflowClient(ctx.tracking_uri, registry_uri=ctx.tracking_uri)
     sha = ctx.result("export", ExportResult).onnx_sha256
     gates = ctx.result("gate", GateDecision).outcome if "gate" in ctx.results else "passed"
-    # idempotent: the same bundle (by checksum) is never registered twice
-    existing = client.search_model_versions(f"name='{r.model_name}' and tags.onnx_sha256='{sha}'")
-    if existing:
-        latest = max(existing, key=lambda m: int(m.version))
-        v = str(latest.version)
-        if latest.tags.get("gates") == "failed" and gates != "failed":  # now passed, or overridden: promote it
-            client.set_model_version_tag(r.model_name, v, "gates", gates)
-            promote_version(client, r.model_name, v)
-        return RegisterResult(model_name=r.model_name, model_version=v, aliases=aliases_of(client, r.model_name, v),
-                              reused=True, gates=gates)
-    tags = {"onnx_sha256": sha, "recipe_hash": ctx.loaded.hash,
-            "data_fingerprint": ctx.result("load_data", LoadDataResult).fingerprint, "gates": gates}
-    registered = register_bundle(client, ctx.tracking_uri, ctx.run_id, r.model_name, ctx.dir("export") / "bundle",
-                                 tags, set_aliases=gates != "failed")
-    return RegisterResult.model_validate(registered | {"gates": gates})
+    # idempotent: the same bundle (by checksum) is never registered twice, also by two runs at once
+    with store_lock(ctx.tracking_uri, "register"):
+        existing = client.search_model_versions(f"name='{r.model_name}' and tags.onnx_sha256='{sha}'")
+        if existing:
+            latest = max(existing, key=lambda m: int(m.version))
+            v = str(latest.version)
+            if latest.tags.get("gates") == "failed" and gates != "failed":  # now passed, or overridden: promote it
+                client.set_model_version_tag(r.model_name, v, "gates", gates)
+                promote_version(client, r.model_name, v)
+            return RegisterResult(model_name=r.model_name, model_version=v,
+                                  aliases=aliases_of(client, r.model_name, v), reused=True, gates=gates)
+        tags = {"onnx_sha256": sha, "recipe_hash": ctx.loaded.hash,
+                "data_fingerprint": ctx.result("load_data", LoadDataResult).fingerprint, "gates": gates}
+        registered = register_bundle(client, ctx.tracking_uri, ctx.run_id, r.model_name,
+                                     ctx.dir("export") / "bundle", tags, set_aliases=gates != "failed")
+        return RegisterResult.model_validate(registered | {"gates": gates})

@@ -1,0 +1,57 @@
+"""`mlops stream` against the real local redis-server meets a request's rules on categories: a number where a
+category belongs is dead-lettered naming the field, an unseen category is scored as missing, counted and named on
+its output record (data.categories.unseen: impute), and a category with the training's spaces is trimmed."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlops.score.stream import StreamConfig, consume
+from tests.net import REDIS_URL, drop_stream, redis_client
+from tests.serve_fixtures import build_bundle, training_frame
+
+pytestmark = pytest.mark.integration
+
+ROW = {"age": 41.0, "income": 50.0, "city": "a"}
+
+
+@pytest.fixture
+def stream() -> Iterator[tuple[Any, str]]:
+    client = redis_client()
+    name = f"mlops-test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield client, name
+    finally:
+        drop_stream(client, name)
+        client.close()
+
+
+def test_stream_rows_meet_the_category_rules(stream: tuple[Any, str], tmp_path: Path) -> None:
+    r, name = stream
+    frame = training_frame()
+    frame["city"] = frame["city"].replace({"c": "  gold "})
+    bundle = build_bundle(tmp_path / "bundle", frame=frame, data={"categories": {"unseen": "impute"}})
+    sent = {"number": r.xadd(name, {"json": json.dumps(ROW | {"city": 3})}),
+            "unseen": r.xadd(name, {"age": "41", "income": "50", "city": "platinum"}),
+            "spaced": r.xadd(name, {"json": json.dumps(ROW | {"city": "gold "})}),
+            "plain": r.xadd(name, {"json": json.dumps(ROW | {"city": "gold"})})}
+    config = StreamConfig(url=REDIS_URL, stream=name, group="g", consumer="c", output_stream=f"{name}:predictions",
+                          dead_letter=f"{name}:dead", log=tmp_path / "p.sqlite", block_ms=100, max_messages=4,
+                          idle_exit_s=5)
+
+    result = consume(config, bundle, None, install_signals=False)
+
+    assert (result.predicted, result.dead, result.unseen) == (3, 1, 1)
+    outputs = {fields[b"source_id"]: fields for _, fields in r.xrange(f"{name}:predictions")}
+    assert outputs[sent["unseen"]][b"imputed"] == b"city"
+    assert b"imputed" not in outputs[sent["plain"]]
+    assert outputs[sent["spaced"]][b"probabilities"] == outputs[sent["plain"]][b"probabilities"]
+    (_, dead), = r.xrange(f"{name}:dead")
+    assert dead[b"source_id"] == sent["number"] and dead[b"field"] == b"city"
+    assert b"expected a string category for 'city', got the number 3" in dead[b"error"]
