@@ -24,6 +24,7 @@ from mlops.data.descriptors import DESCRIPTOR_NAMES, SEPARATOR
 from mlops.data.media import TABULAR, ImageSpec, MediaError, decode_image
 from mlops.data.schema import feature_columns, infer_task, label_names
 from mlops.data.sources import (
+    BUILTIN_CLASSES,
     column_names,
     data_path,
     file_format,
@@ -293,6 +294,15 @@ def row_problems(recipe: Recipe, composed: Composed, rows: DataRows) -> tuple[li
     if not rows.sampled:
         return sure, warnings
     return [], warnings + [Problem(p.key, p.message + _in_sample(rows), p.where, p.hint) for p in sure]
+
+
+def builtin_class_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
+    """A built-in data set's classes against the task and the fairness settings, from BUILTIN_CLASSES: known
+    without loading it (validate imports no scikit-learn)."""
+    labels = BUILTIN_CLASSES.get((recipe.data.dataset or "", recipe.data.target))
+    if labels is None or recipe.data.task == "regression":
+        return []
+    return _class_problems(recipe, composed, labels, len(labels))
 
 
 def _class_problems(recipe: Recipe, composed: Composed, labels: list[str], n: int) -> list[Problem]:

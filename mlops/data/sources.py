@@ -248,6 +248,13 @@ BUILTIN_COLUMNS: dict[str, list[str]] = {
     "diabetes": ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6", "target"],
     "fine_foods": ["product", "review", "score"],
 }
+# their classes (as `label_names` writes them) by (data set, target column), for the same reason
+BUILTIN_CLASSES: dict[tuple[str, str], list[str]] = {
+    ("breast_cancer", "target"): ["0", "1"],
+    ("wine", "target"): ["0", "1", "2"],
+    ("digits", "target"): [str(d) for d in range(10)],
+    ("fine_foods", "score"): ["great", "other"],
+}
 
 
 def column_names(data: DataConfig, recipe_path: Path) -> list[str]:

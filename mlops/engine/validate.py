@@ -16,6 +16,7 @@ import pandas as pd
 from mlops.core.errors import MlopsError, Problem, RecipeError
 from mlops.data.checks import (
     DataRows,
+    builtin_class_problems,
     data_problems,
     image_sample_problems,
     read_rows,
@@ -56,6 +57,8 @@ def load_validated(path: str | Path, overrides: list[str] | None = None) -> Load
                 slices, unsure = slice_value_problems(recipe, composed, rows)
                 problems += slices + image_sample_problems(recipe, composed, rows)
                 warnings += unsure
+    if recipe.data.dataset is not None and not problems:
+        problems += builtin_class_problems(recipe, composed)
     problems += semantic_problems(recipe, composed, task)
     for warning in warnings:
         print(f"warning: {warning.render()}", file=sys.stderr)

@@ -369,6 +369,13 @@ CASES = [
         ("'yes' is not a class of the target 'churned' (2 classes)",),
     ),
     Case(
+        "fairness-positive-label-not-a-class-of-a-built-in-data-set",
+        DEFAULTS + "name: q\nevaluate:\n  fairness:\n    sensitive: [mean_radius]\n    positive_label: malignant  "
+        + MARK + "\n",
+        "evaluate.fairness.positive_label",
+        ("'malignant' is not a class of the target 'target' (2 classes)",),
+    ),
+    Case(
         "gate-slice-value-not-in-the-data",
         "name: q\n" + CSV_DATA + "evaluate:\n  slices:\n    - column: plan\n  gates:\n    - metric: test/auroc\n"
         "      min: 0.5\n      slice: plan=premium  " + MARK + "\n",

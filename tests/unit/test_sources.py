@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 
 from mlops.core.errors import DataError, RecipeError
-from mlops.data.sources import BUILTIN_COLUMNS, column_names, file_format, load_builtin, load_frame
+from mlops.data.schema import label_names
+from mlops.data.sources import (
+    BUILTIN_CLASSES,
+    BUILTIN_COLUMNS,
+    column_names,
+    file_format,
+    load_builtin,
+    load_frame,
+)
 from mlops.engine.validate import load_validated
 from mlops.recipe.schema import DataConfig
 
@@ -61,6 +69,8 @@ def test_the_builtin_columns_validate_knows_are_the_loaded_ones() -> None:
     must say what loading the data set gives."""
     for name, columns in BUILTIN_COLUMNS.items():
         assert list(load_builtin(name).columns) == columns, name
+    for (name, target), classes in BUILTIN_CLASSES.items():
+        assert label_names(load_builtin(name)[target]) == classes, name
 
 
 def test_a_folder_is_an_image_folder_and_a_file_cannot_be_one(tmp_path: Path) -> None:
