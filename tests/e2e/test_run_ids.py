@@ -45,7 +45,7 @@ def _runs_sharing_a_prefix(client: MlflowClient, experiment: str) -> list[str]:
 
 def test_diff_and_reproduce_take_a_unique_prefix(env: dict[str, str], tmp_path: Path) -> None:
     client, uri = _store(env)
-    exp = client.create_experiment("churn")
+    exp = client.create_experiment("churn", artifact_location=(tmp_path / "artifacts").as_uri())  # not ./mlruns
     runs = _runs_sharing_a_prefix(client, exp)
     a, b = runs[:2]
     client.log_text(a, _lock(0.001, str(tmp_path / "gone.csv")), "recipe.lock")
