@@ -5,18 +5,43 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # torch and torchvision first, pinned as a pair that imports together (PyPI's torchvision 0.28 fails beside the
 # 2.13.0 CPU wheel: "operator torchvision::nms does not exist"); a bare requirement would pull another build
+# Where pip finds that pair is pip's own configuration; for PyTorch's CPU-only build elsewhere, e.g.:
+#   make install TORCH="torch==2.14.1+cpu torchvision==0.29.1+cpu --index-url https://download.pytorch.org/whl/cpu"
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
+# Every other package of every extra, pinned (`make lock` writes it). torch, torchvision and the CUDA libraries a
+# PyPI torch declares stay out of it: which build of torch (CPU or CUDA) is the machine's choice, made by TORCH
+LOCK   := requirements.lock
+EXTRAS := train,serve,deploy,monitor,score,dev
+comma  := ,
+# a PyPI torch 2.14 declares these (CUDA 13, Linux x86_64): the lock never installs them
+NO_EMIT := torch torchvision triton cuda-bindings cuda-pathfinder cuda-toolkit nvidia-cublas nvidia-cuda-cupti \
+	nvidia-cuda-nvrtc nvidia-cuda-runtime nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver \
+	nvidia-cusparse nvidia-cusparselt-cu13 nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx
 
-.PHONY: install demo demo-loop demo-loop-images test test-fast lint bench schema docs clean system-deps
+.PHONY: install lock demo demo-loop demo-loop-images test test-fast lint bench schema docs clean system-deps
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# torch first, its own dependencies (sympy, networkx, ...) held to the lock's versions; then the lock and mlops
+# itself in one resolve, so nothing moves off a pin
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[train,serve,deploy,monitor,score,dev]"
+	$(BIN)/pip install --quiet $(TORCH) -c $(LOCK)
+	$(BIN)/pip install --quiet -r $(LOCK) -e ".[$(EXTRAS)]"
 	touch $(STAMP)
+
+# Re-resolve the lock with uv: the versions it pins now are kept where they still fit (UPGRADE=--upgrade moves
+# them all). Universal: one file for Python 3.11-3.14 and any platform, markers where they differ. torch is
+# resolved at TORCH's version (so its dependencies are pinned) and left out with the CUDA packages (NO_EMIT)
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet uv
+	printf '%s\n' $(filter torch%,$(TORCH)) > $(VENV)/torch-pins.txt
+	$(BIN)/uv pip compile pyproject.toml $(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) --universal \
+		--python-version 3.11 -c $(VENV)/torch-pins.txt $(foreach p,$(NO_EMIT),--no-emit-package $(p)) \
+		--custom-compile-command "make lock" --quiet $(UPGRADE) -o $(LOCK)
+	@! grep -E '^((torch|torchvision|triton)==|(nvidia|cuda)-)' $(LOCK) || { echo "$(LOCK) pins a CUDA package: add it to NO_EMIT"; exit 1; }
 
 demo: $(STAMP)
 	$(BIN)/mlops validate recipes/quickstart.yaml

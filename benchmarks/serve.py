@@ -1,6 +1,7 @@
 """Serving throughput and latency: `mlops serve` vs KServe's stock ModelServer vs a bare ASGI loop, in one run.
 
     .venv/bin/python benchmarks/serve.py [--duration 5] [--bundle DIR] [--batch-args "--batch-max 32 ..."]
+                                         [--venv PATH]
 
 All servers serve the same bundle, each in its own process started with `taskset -c <server core>`; the load
 generator (Debian's `wrk`, `make bench-deps` installs it) runs with `taskset -c <client core>`, one thread,
@@ -16,9 +17,16 @@ protocol and concurrency, every server in turn) so that background load hits the
 * KServe stock: `kserve.ModelServer(http_port=...).start([model])` over our kserve.Model, every other setting
   at KServe's default (its per-request logging on): the goals compare with this one;
 * KServe tuned: `mlops serve BUNDLE --runtime kserve`, the same with its per-request logging off;
-* bare ASGI: a raw ASGI callable under uvicorn (same uvicorn settings as `mlops serve`: loop and http
-  implementation `auto`, access log off, log level warning) that decodes the JSON with no validation,
+* bare ASGI: a raw ASGI callable under uvicorn (same uvicorn settings as `mlops serve`: uvloop and httptools
+  when installed, access log off, log level warning) that decodes the JSON with no validation,
   runs the ONNX Runtime session (1 intra-op thread, as ours) and answers JSON. The floor for any server.
+
+`--venv PATH`: `mlops serve` (all three rows) and the bare floor run on PATH's python, the environment the
+serving image installs: created when PATH does not exist, from what `mlops deploy` writes into the image's
+requirements.txt (mlops/deploy/container.py: the server's packages, pinned by requirements.lock, the lock as
+constraints). mlops itself comes from this checkout, as the image copies it. KServe is not in that image: both
+KServe rows run on this interpreter. The header prints each environment's versions and the stack line `mlops
+serve` prints (event loop, HTTP parser, JSON library), so a result names what it measured.
 
 The bundle: `--bundle DIR`, else the quickstart model already downloaded from the registry under
 $MLOPS_HOME/bundles/quickstart/ (what `mlops serve quickstart@champion` left there), else
@@ -37,7 +45,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -143,8 +150,45 @@ def run_kserve_stock(bundle: Path, port: int) -> None:
 def run_bare(bundle: Path, host: str, port: int) -> None:
     import uvicorn
 
-    # the settings mlops.serve.run.serve gives uvicorn: loop/http "auto" (uvloop, httptools), no access log
-    uvicorn.run(bare_asgi_app(bundle), host=host, port=port, log_level="warning", access_log=False)
+    from mlops.serve.run import event_loop
+
+    # the settings mlops.serve.run.serve gives uvicorn: uvloop and httptools when installed, no access log
+    print(f"bare ASGI: event loop {event_loop()}", flush=True)
+    uvicorn.run(bare_asgi_app(bundle), host=host, port=port, log_level="warning", access_log=False,
+                loop=event_loop(), http="auto")
+
+
+# --------------------------------------------------------------------------- the serving image's environment
+
+
+def image_venv(path: Path) -> Path:
+    """PATH's python, after creating PATH from the serving image's requirements when it does not exist."""
+    python = path / "bin" / "python"
+    if python.is_file():
+        return python
+    if path.exists():
+        raise SystemExit(f"--venv {path}: exists but holds no bin/python")
+    from mlops.deploy.container import project_lock, requirements_txt, serve_requirements
+
+    lock = project_lock()
+    if lock is None:
+        raise SystemExit("--venv: no requirements.lock beside this checkout's mlops package to pin the image from")
+    print(f"creating {path} from the serving image's requirements (constraints {lock})", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    requirements = path / "image-requirements.txt"
+    # every input kind: the bundle benchmarked may read images or text (pillow, tokenizers)
+    requirements.write_text(requirements_txt(serve_requirements({"image", "text"}, lock)))
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", str(requirements), "-c", str(lock)],
+                   check=True)
+    return python
+
+
+def stack_of(server: Server) -> str:
+    """The stack line `mlops serve` printed at start (event loop, HTTP parser, JSON library)."""
+    if server.log is None or not server.log.is_file():
+        return ""
+    found = re.search(r"^mlops serve: stack: (.*)$", server.log.read_text(errors="replace"), re.M)
+    return found.group(1) if found else ""
 
 
 # --------------------------------------------------------------------------- the bundle and its request
@@ -394,16 +438,22 @@ def machine_line(server_cpu: int | None, client_cpu: int | None, cpus: list[int]
     return f"{len(cpus)} usable cores of {os.cpu_count()} ({model}), load average {load}; {pin}"
 
 
-def versions() -> str:
-    import importlib.metadata as md
+VERSIONS = """
+import contextlib, importlib.metadata as md, platform
+got = []
+for pkg in ("uvicorn", "uvloop", "httptools", "orjson", "starlette", "kserve", "onnxruntime"):
+    with contextlib.suppress(md.PackageNotFoundError):
+        got.append(f"{pkg} {md.version(pkg)}")
+print(f"Python {platform.python_version()}, " + ", ".join(got))
+"""
 
-    got = []
-    for pkg in ("uvicorn", "uvloop", "httptools", "starlette", "kserve", "onnxruntime"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            got.append(f"{pkg} {md.version(pkg)}")
+
+def versions(python: str = sys.executable) -> str:
+    """The versions `python` imports (this interpreter's, or the --venv's)."""
+    env_versions = subprocess.run([python, "-c", VERSIONS], capture_output=True, text=True, timeout=60).stdout.strip()
     out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
     wrk_version = (out.stdout or out.stderr).split(" [")[0].strip()
-    return f"Python {platform.python_version()}, " + ", ".join(got) + f", {wrk_version}"
+    return f"{env_versions}, {wrk_version}"
 
 
 def cell(result: dict[str, float] | None, what: str) -> str:
@@ -474,6 +524,8 @@ def main() -> None:
     parser.add_argument("--batch-args", help="adaptive batching flags of `mlops serve` (default: read --help)")
     parser.add_argument("--example-image", type=Path, help="the image file a request sends, for a bundle that "
                         "takes images (benchmarks/media.py passes one of its PNG files)")
+    parser.add_argument("--venv", type=Path, metavar="PATH", help="run `mlops serve` and the bare floor on this "
+                        "virtual environment's python (created from the serving image's requirements when absent)")
     parser.add_argument("--bare-asgi", metavar="BUNDLE", help=argparse.SUPPRESS)  # the floor's own process
     parser.add_argument("--kserve-stock", metavar="BUNDLE", help=argparse.SUPPRESS)  # stock KServe's process
     parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
@@ -501,18 +553,26 @@ def main() -> None:
         batch, batch_note = batching_args(args.batch_args)
         env = os.environ | {"MLOPS_HOME": str(tmp / ".mlops"), "PYTHONUNBUFFERED": "1"}
         env.pop("MLOPS_SERVE_TOKEN", None)
-        ours = [sys.executable, "-m", "mlops.cli", "serve", str(bundle)]
+        # the servers the image runs: on the --venv's python when given (mlops from this checkout: cwd=ROOT)
+        served = str(image_venv(args.venv.absolute())) if args.venv else sys.executable
+        if args.venv:  # the floor runs this file as a script: mlops from the checkout, as the image copies it
+            env["PYTHONPATH"] = str(ROOT)
+        ours = [served, "-m", "mlops.cli", "serve", str(bundle)]
         servers = [Server(OURS, [*ours, "--log", str(tmp / "ours.sqlite")])]
         if batch:
             servers.append(Server(BATCHED, [*ours, "--log", str(tmp / "batched.sqlite"), *batch]))
         servers += [Server(SHADOW, [*ours, "--log", str(tmp / "shadow.sqlite"), "--shadow", str(bundle)]),
                     Server(STOCK, [sys.executable, str(Path(__file__).resolve()), "--kserve-stock", str(bundle)]),
                     Server(KSERVE, [sys.executable, "-m", "mlops.cli", "serve", str(bundle), "--runtime", "kserve"]),
-                    Server(BARE, [sys.executable, str(Path(__file__).resolve()), "--bare-asgi", str(bundle)])]
+                    Server(BARE, [served, str(Path(__file__).resolve()), "--bare-asgi", str(bundle)])]
         shown = servers if batch else [*servers[:1], Server(BATCHED, [], note=batch_note), *servers[1:]]
 
         print(f"\nserving benchmark: {machine_line(server_cpu, client_cpu, cpus)}")
-        print(f"{versions()}")
+        if args.venv:
+            print(f"`mlops serve` and the floor on {served}: {versions(served)}")
+            print(f"KServe on {sys.executable}: {versions()}")
+        else:
+            print(f"{versions()}")
         print(f"bundle: {origin}")
         print(f"load: wrk -t1 -c{{{','.join(map(str, CONCURRENCY))}}} -d{args.duration:g}s --latency, one "
               f"single-row body per protocol, after a {args.warmup:g}s warm-up; servers measured interleaved")
@@ -529,6 +589,9 @@ def main() -> None:
                 except RuntimeError as exc:
                     s.note = f"failed to start: {str(exc).splitlines()[0]}"
                     print(f"  {s.key}: {exc}")
+            for s in servers:
+                if s.key == OURS and stack_of(s):
+                    print(f"`mlops serve` stack: {stack_of(s)}")
             scripts = {}
             for proto, body in bodies.items():
                 scripts[proto] = tmp / f"{proto}.lua"

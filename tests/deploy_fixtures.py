@@ -50,8 +50,8 @@ def register_version(tmp: Path, name: str = "toy", weights_seed: int = 1, frozen
     """Register a bundle as a new version of `name` in the store of the current MLOPS_HOME; its version.
 
     As a run registers one (the bundle logged under the run's `bundle/`, aliases moved by the registry's own
-    `promote_version`), minus the ONNX flavour that `mlflow.onnx.log_model` adds, which nothing here reads
-    and which costs seconds per version."""
+    `promote_version`), minus the MLmodel file (signature, input example) that `register_bundle` writes into
+    the bundle, which nothing here reads."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException

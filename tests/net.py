@@ -175,3 +175,12 @@ def drop_stream(client: Any, name: str) -> None:
     client.delete(name, f"{name}:predictions", f"{name}:dead")
     for key in client.scan_iter(match=f"mlops:written:{name}*", count=1000):
         client.delete(key)
+
+
+def prefect_api(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One call of a Prefect server's REST API (`url` ends in /api): POST with a JSON body, else GET."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}{path}", data=data, headers={"content-type": "application/json"},
+                                     method="POST" if data is not None else "GET")
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())

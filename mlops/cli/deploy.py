@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from mlops.cli.output import emit
@@ -20,8 +21,11 @@ EXIT_HOLD = 75  # EX_TEMPFAIL: not enough traffic to judge a step; run again lat
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     loaded = load_recipe(args.recipe, args.overrides)
+    # getattr: the git options come with parser.py's `deploy` subcommand
     result = deploy_recipe(loaded, args.model, out=args.output, crd=args.crd, targets=args.target,
-                           project_dir=args.project_dir, register_prefect=args.prefect, apply=args.apply)
+                           project_dir=args.project_dir, register_prefect=args.prefect, apply=args.apply,
+                           git_repo=getattr(args, "git_repo", None), git_ref=getattr(args, "git_ref", None),
+                           local_checkout=getattr(args, "local_checkout", False))
     print(f"deploy: recipe '{result['recipe']}'" + (f", model {result['model']}" if result["model"] else "")
           + f" -> {result['out']}")
     for what, path in result["files"].items():
@@ -31,8 +35,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print(f"  registered         Prefect deployment {name}")
     if result.get("applied"):
         print(f"  applied            {result['applied']}")
+    if result.get("code"):
+        print(f"  flows' code        {result['code']}")
     for line in result["next"]:
         print(f"  next: {line}")
+    for line in result["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     emit(result)
     return 0
 

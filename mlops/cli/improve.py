@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -29,17 +30,37 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         outcome = retrain_recipe(args.recipe, args.overrides, args.reason,
                                  RetrainOptions(by=args.by, force=args.force))
     else:
+        flows.prepare_flow_run()
         outcome = flows.retrain(args.recipe, args.overrides, args.reason, args.by, args.force,
                                 _rollout_options(args) or None)
     return _finish(outcome)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    return _finish(approve(args.run, args.by, args.reason, rollout_options=_rollout_options(args)))
+    outcome = approve(args.run, args.by, args.reason, rollout_options=_rollout_options(args))
+    _resume(outcome, approved=True, note=args.reason)
+    return _finish(outcome)
 
 
 def cmd_reject(args: argparse.Namespace) -> int:
-    return _finish(reject(args.run, args.by, args.reason))
+    outcome = reject(args.run, args.by, args.reason)
+    _resume(outcome, approved=False, note=args.reason)
+    return _finish(outcome)
+
+
+def _resume(outcome: RetrainOutcome, approved: bool, note: str | None) -> None:
+    """The retrain's flow run, when it is paused on a Prefect server waiting for this answer, resumes with it
+    (and ends: the answer was acted on here). Without a server there is none: the audit log was the way."""
+    if not outcome.run_id:
+        return
+    who = outcome.decision.by if outcome.decision else "mlops approve"
+    try:
+        paused = flows.resume_paused_retrain(outcome.run_id, approved, who, note or "")
+    except Exception as exc:  # the answer is recorded and acted on; only the flow run's page lags behind
+        print(f"  could not resume a paused Prefect flow run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return
+    if paused:
+        print(f"  resumed paused Prefect flow run {paused}")
 
 
 def _finish(outcome: RetrainOutcome) -> int:

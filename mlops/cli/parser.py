@@ -51,7 +51,52 @@ RETRAIN_EPILOG = """reasons:
 exit codes: 0 promoted or waiting for approval, 1 skipped, 2 bad input, 3 stopped or rolled back
 """
 
+RUN_EPILOG = """Hydra's flags (they print, nothing runs, nothing heavy is imported):
+  mlops run --cfg job recipes/quickstart.yaml model.lr=3e-3    the recipe the job gets, every default filled in
+  mlops run --cfg all --resolve recipes/quickstart.yaml        ... and Hydra's own node; interpolations resolved
+  mlops run --info recipes/quickstart.yaml                     the config search path and the defaults list
+  mlops run -cp recipes -cn quickstart trainer.max_epochs=3    the recipe as Hydra's config path and name
+"""
+
 MODEL_REF = "NAME@ALIAS, NAME/VERSION or a bundle directory"
+
+CFG_HANDLER = "mlops.cli.recipe:cmd_cfg"
+INFO_HANDLER = "mlops.cli.recipe:cmd_info"
+COMPLETION_HANDLER = "mlops.cli.completion:cmd_shell_completion"
+
+
+class _Instead(argparse.Action):
+    """A flag that makes the command do something else (Hydra's `--cfg`, `--info`, `--shell-completion`): it
+    stores its value and swaps the command's handler, which `mlops.cli.main` then imports (a light one)."""
+
+    def __init__(self, *args: object, handler: str, **kwargs: object) -> None:
+        self.handler = handler
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.handler = self.handler
+        if getattr(namespace, "command", None) is None:  # a top-level flag: name it for the trace log
+            namespace.command = self.dest.replace("_", "-")
+
+
+def _hydra_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of a Hydra app, spelt as Hydra spells them (see docs/cli.md)."""
+    p.add_argument("-c", "--cfg", choices=("job", "hydra", "all"), action=_Instead, handler=CFG_HANDLER,
+                   help="print the composed recipe instead of running it: job (what the job gets: every default "
+                        "filled in), hydra (the parts of Hydra's own node mlops uses), all (both)")
+    p.add_argument("--resolve", action="store_true", help="with --cfg: resolve ${...} interpolations")
+    p.add_argument("-p", "--package", help="with --cfg: print only this dotted key, e.g. model or trainer.max_epochs")
+    # no `choices`: `--info RECIPE` must parse, so the handler tells a kind from a recipe (cmd_info)
+    p.add_argument("-i", "--info", nargs="?", const="all", metavar="{all,config,defaults,searchpath}",
+                   action=_Instead, handler=INFO_HANDLER,
+                   help="print the config search path and the defaults list (or only one of them, or the config) "
+                        "instead of running")
+    p.add_argument("-cp", "--config-path", metavar="DIR",
+                   help="the recipe's folder (relative to the current directory); with --config-name")
+    p.add_argument("-cn", "--config-name", metavar="NAME",
+                   help="the recipe's name in --config-path (default .), .yaml optional: -cp recipes -cn quickstart")
 
 
 @dataclass(frozen=True)
@@ -112,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="store_true", help="print the version of mlops and exit")
+    parser.add_argument("-sc", "--shell-completion", metavar="install=bash", action=_Instead,
+                        handler=COMPLETION_HANDLER,
+                        help="shell completion as Hydra spells it: `eval \"$(mlops -sc install=bash)\"` "
+                             "(also uninstall=bash; see docs/cli.md)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = _command(sub, "init", "mlops.cli.init:cmd_init",
                  "start a project: a recipe, its own configs/ and a .gitignore (never overwrites a file)")
@@ -140,12 +189,15 @@ def _recipe_commands(sub: argparse._SubParsersAction) -> None:
     _json(p, "the plan")
 
     p = _command(sub, "run", "mlops.cli.run:cmd_run",
-                 "run a recipe as a Prefect flow: train, evaluate, export ONNX, register")
+                 "run a recipe as a Prefect flow: train, evaluate, export ONNX, register", RUN_EPILOG)
     p.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun: a=1,2 b=x,y runs every combination")
     _json(p, "the run's summary")
     p.add_argument("--allow-failed-gates", action="store_true",
                    help="register a model that failed its gates WITH aliases (loudly tagged gates=allowed)")
-    _recipe(p)
+    _hydra_flags(p)
+    p.add_argument("recipe", nargs="?", help="a recipe YAML file, e.g. recipes/quickstart.yaml (or give it with "
+                                             "--config-path/--config-name)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides: key=value, group=option, +new=value")
 
     p = _command(sub, "evaluate", "mlops.cli.run:cmd_evaluate",
                  "evaluate a registered model (or bundle) on a recipe's data, apply its gates")
@@ -183,6 +235,8 @@ def _tracking_commands(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "reproduce", "mlops.cli.tracking:cmd_reproduce",
                  "re-run a run from its recipe.lock and compare metrics and ONNX bytes")
     p.add_argument("run_id")
+    p.add_argument("--env", metavar="DIR", help="first rebuild the run's environment (its pip freeze) as the new "
+                   "virtual environment DIR, and reproduce there")
     _json(p, "the comparison")
 
 
@@ -241,7 +295,14 @@ def _deploy_commands(sub: argparse._SubParsersAction) -> None:
                    help="render only this target (repeatable; default: the recipe's deploy.targets)")
     p.add_argument("--prefect", action="store_true", help="also register the flows' deployments with the Prefect "
                                                           "server at PREFECT_API_URL (creates the work pool)")
-    p.add_argument("--project-dir", type=Path, help="where deployed flows run (default: the current directory)")
+    p.add_argument("--project-dir", type=Path, help="the project whose flows are deployed (default: the current "
+                                                    "directory); workers run in the same folder of their clone")
+    p.add_argument("--git-repo", metavar="URL", help="the git repository Prefect workers clone the project from "
+                                                     "(default: the project's remote origin)")
+    p.add_argument("--git-ref", metavar="REF", help="the branch or tag workers follow, or a commit to pin (default: "
+                                                    "the commit checked out)")
+    p.add_argument("--local-checkout", action="store_true", help="run deployed flows in --project-dir on this "
+                                                                  "machine instead of a clone (no git needed)")
     p.add_argument("--apply", action="store_true", help="kubectl apply the InferenceService (needs a cluster)")
     _json(p, "what was written")
 

@@ -7,6 +7,7 @@ import argparse
 from rich.console import Console
 
 from mlops.cli.output import emit, headline
+from mlops.cli.recipe import resolve_recipe
 from mlops.core.errors import GateError
 from mlops.engine import runner
 from mlops.engine.evaluate_model import evaluate_model
@@ -18,6 +19,7 @@ from mlops.sweep.study import sweep_config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    resolve_recipe(args)  # -cp/-cn
     jobs = expand(args.overrides) if args.multirun else [args.overrides]
     for job in jobs:  # fail fast, before any server starts or anything is written
         load_validated(args.recipe, job)

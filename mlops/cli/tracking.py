@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+from pathlib import Path
 
 from mlflow import MlflowClient
 
+import mlops
 from mlops.cli.output import emit
 from mlops.core.registry import registry_client, tracking_uri
 from mlops.recipe import LoadedRecipe, load_recipe
 from mlops.tracking.compare import default_metrics, diff_runs, list_runs, render_diff, render_runs
-from mlops.tracking.reproduce import reproduce
+from mlops.tracking.reproduce import rebuild_environment, reproduce
 
 
 def _client(recipe: str | None = None) -> tuple[MlflowClient, LoadedRecipe | None]:
@@ -38,6 +42,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     client, _ = _client()
+    if args.env:  # the same command again, on the run's own packages (mlops itself from this checkout)
+        python = rebuild_environment(client, args.run_id, Path(args.env))
+        root = Path(mlops.__file__).resolve().parent.parent
+        return subprocess.run([str(python), "-m", "mlops.cli", "reproduce", args.run_id, *(["--json"] if args.json else [])],
+                              env=os.environ | {"PYTHONPATH": str(root)}).returncode
     result = reproduce(client, args.run_id)
     if result["match"]:
         print(f"reproduced run {result['run_id']} exactly: same metrics, same per-epoch history, byte-identical ONNX "

@@ -27,11 +27,11 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mlops.core.atomic import replacing
 from mlops.core.errors import MlopsError
@@ -80,6 +80,45 @@ class LogLimits:
     @property
     def retains(self) -> bool:
         return self.max_age_s is not None or self.max_bytes is not None
+
+
+class DeferredRows(Protocol):
+    """Rows whose building waits for the commit that writes them.
+
+    A server's request hands the log what it answered (its inputs as arrays, its outputs); the commit builds
+    the log rows of every deferred item of one group together (`build`), so one vectorised pass serves many
+    requests (an image's descriptors, the embedding's rounding), and the request's own path does none of it.
+    Items build together when their `group_key()` and their type are the same."""
+
+    def group_key(self) -> Hashable: ...
+
+    @classmethod
+    def build(cls, items: Sequence[Any]) -> list[list[tuple[Any, ...]]]:
+        """Each item's rows, in the order of `items`."""
+        ...
+
+
+Rows = list[tuple[Any, ...]] | DeferredRows
+
+
+def built_rows(items: Sequence[Rows]) -> list[list[tuple[Any, ...]] | BaseException]:
+    """Each item's rows, deferred ones built by group; a group that failed to build gets its error instead
+    (its requests fail, the others of the commit are written)."""
+    out: list[list[tuple[Any, ...]] | BaseException] = [[] for _ in items]
+    groups: dict[tuple[type, Hashable], list[int]] = {}
+    for k, item in enumerate(items):
+        if isinstance(item, list):
+            out[k] = item
+        else:
+            groups.setdefault((type(item), item.group_key()), []).append(k)
+    for (kind, _), ks in groups.items():
+        try:
+            built = kind.build([items[k] for k in ks])
+        except Exception as exc:  # a bug in building: reported to those requests (503), never a lost commit
+            built = [exc] * len(ks)  # type: ignore[list-item]
+        for k, rows in zip(ks, built, strict=True):
+            out[k] = rows
+    return out
 
 
 class PredictionLog:
@@ -137,19 +176,22 @@ class PredictionLog:
                     break
             stopping = any(item is _STOP for item in group)
             records = [item for item in group if item is not _STOP]
+            built = built_rows([rows for _, rows, _ in records])
             try:
-                for table, rows, _ in records:
-                    db.executemany(_INSERT[table], rows)
+                for (table, _, _), rows in zip(records, built, strict=True):
+                    if not isinstance(rows, BaseException):
+                        db.executemany(_INSERT[table], rows)
                 db.commit()
                 error = None
             except sqlite3.Error as exc:  # reported to every waiting request: they answer 503, not 200
                 db.rollback()
                 error = exc
-            for _, _, done in records:
-                if error is None:
+            for (_, _, done), rows in zip(records, built, strict=True):
+                failed = rows if isinstance(rows, BaseException) else error
+                if failed is None:
                     done.set_result(None)
                 else:
-                    done.set_exception(error)
+                    done.set_exception(failed)
         try:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # leave a compact file behind on a clean stop
         except sqlite3.Error:
@@ -196,12 +238,12 @@ class PredictionLog:
         gauge)."""
         return log_sizes(self.path)
 
-    def submit(self, table: str, rows: list[tuple[Any, ...]]) -> Future[None]:
+    def submit(self, table: str, rows: Rows) -> Future[None]:
         done: Future[None] = Future()
         self._queue.put((table, rows, done))
         return done
 
-    async def write(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+    async def write(self, table: str, rows: Rows) -> None:
         """Queue rows and wait until they are committed (without blocking the event loop)."""
         await asyncio.wrap_future(self.submit(table, rows))
 
@@ -334,23 +376,25 @@ class LoopCommits:
         self.db.execute(f"PRAGMA synchronous={_sync_mode()}")
         self.db.execute("PRAGMA busy_timeout=10000")  # the log thread may hold the write lock for a moment
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # the log thread checkpoints, off the loop
-        self._group: tuple[dict[str, list[tuple[Any, ...]]], list[asyncio.Future[None]]] | None = None
+        self._group: list[tuple[str, Rows, asyncio.Future[None]]] | None = None
 
-    async def write(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+    async def write(self, table: str, rows: Rows) -> None:
         loop = asyncio.get_running_loop()
         if self._group is None:
-            self._group = ({}, [])
+            self._group = []
             loop.call_soon(self._commit)  # after every handler that is ready to run has added its rows
-        tables, waiters = self._group
-        tables.setdefault(table, []).extend(rows)
         done: asyncio.Future[None] = loop.create_future()
-        waiters.append(done)
+        self._group.append((table, rows, done))
         await done  # a cancelled request cancels only its own future, never the group's commit
 
     def _commit(self) -> None:
         assert self._group is not None
-        tables, waiters = self._group
-        self._group = None
+        group, self._group = self._group, None
+        built = built_rows([rows for _, rows, _ in group])
+        tables: dict[str, list[tuple[Any, ...]]] = {}
+        for (table, _, _), rows in zip(group, built, strict=True):
+            if not isinstance(rows, BaseException):
+                tables.setdefault(table, []).extend(rows)
         error: BaseException | None = None
         try:
             for table, rows in tables.items():
@@ -359,13 +403,14 @@ class LoopCommits:
         except sqlite3.Error as exc:  # every request of the group fails: none of them answers 200
             self.db.rollback()
             error = exc
-        for waiter in waiters:
+        for (_, _, waiter), rows in zip(group, built, strict=True):
             if waiter.done():
                 continue
-            if error is None:
+            failed = rows if isinstance(rows, BaseException) else error
+            if failed is None:
                 waiter.set_result(None)
             else:
-                waiter.set_exception(error)
+                waiter.set_exception(failed)
 
     def close(self) -> None:
         self.db.close()

@@ -41,6 +41,11 @@ def registry_client(uri: str | None = None) -> MlflowClient:
 
     Both are named on purpose: a client left to default its registry takes the process-wide URI that
     `mlflow.set_registry_uri` last set, which is another store whenever one process has used two.
+
+    Its calls are not wrapped in `mlops.core.retry`: against a tracking server MLflow's REST client already
+    retries refused or reset connections and 408/429/5xx answers with backoff (urllib3, up to
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES = 7 by default, about 4 minutes), and never a 4xx (a wrong name, a missing
+    version). A second loop around it would multiply those waits.
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient

@@ -54,16 +54,22 @@ def image_descriptors(name: str, pixels: np.ndarray, sizes: np.ndarray) -> dict[
     """Descriptors of decoded images: `pixels` uint8 [N, H, W, C] as the model takes them, `sizes` [N, 2] the
     (width, height) each image had as sent. Few numpy calls: the server computes them for every request."""
     n, h, w, c = pixels.shape
-    grey = pixels[..., 0].astype(np.float32) if c == 1 else pixels.astype(np.float32) @ _LUMA
-    flat = grey.reshape(n, -1)
-    total = flat.sum(axis=1, dtype=np.float64)
-    squares = np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
-    mean = total / flat.shape[1]
+    # reductions as matrix products: numpy's strided reductions over small images cost more than the
+    # arithmetic (a channel mean of one 32x32 image: 17 us as .mean(axis=1), 1.5 us as a product)
+    flat_px = pixels.reshape(n, h * w, c).astype(np.float32)
+    grey = flat_px[..., 0] if c == 1 else flat_px @ _LUMA
+    flat = grey.astype(np.float64)
+    ones = np.ones(h * w)
+    mean = flat @ ones / (h * w)
+    squares = (flat * flat) @ ones
     out = {"width": sizes[:, 0].astype(np.float64), "height": sizes[:, 1].astype(np.float64),
-           "brightness": mean, "contrast": np.sqrt(np.maximum(squares / flat.shape[1] - mean * mean, 0.0)),
-           "sharpness": _laplacian(grey)}
+           "brightness": mean, "contrast": np.sqrt(np.maximum(squares / (h * w) - mean * mean, 0.0)),
+           "sharpness": _laplacian(grey.reshape(n, h, w))}
     if c == 3:
-        means = pixels.reshape(n, -1, 3).mean(axis=1, dtype=np.float64)
+        # integer sums are exact in float32 below 2**24 (a 256x256 image): no float64 copy of the pixels then
+        exact = h * w * 255 < 2**24
+        means = np.matmul(ones.astype(np.float32) if exact else ones,
+                          flat_px if exact else flat_px.astype(np.float64)).astype(np.float64) / (h * w)
         out |= {k: means[:, j] for j, k in enumerate(COLOUR_NUMERIC)}
     return {f"{name}{SEPARATOR}{k}": v for k, v in out.items()}
 

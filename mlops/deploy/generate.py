@@ -3,7 +3,7 @@
     OUT/inferenceservice.yaml   KServe InferenceService (validated: CRD schema when given, KServe's rules)
     OUT/image/                  build context of the serving image (runtime mlops): Dockerfile, bundle, ...
     OUT/triton/<name>/          Triton repository (runtime triton): config.pbtxt, 1/model.onnx
-    OUT/prefect.yaml            Prefect deployments of the recipe's flows
+    OUT/prefect.yaml            Prefect deployments of the recipe's flows (cloned from the project's git remote)
     OUT/alerts.rules.yml        Prometheus alert rules (checked by promtool when installed)
 """
 
@@ -21,7 +21,7 @@ from mlops.deploy.alerts import FILENAME, alert_rules, promtool_check
 from mlops.deploy.container import build_context
 from mlops.deploy.kserve import image_for, inference_service, storage_for
 from mlops.deploy.kubectl import kubectl_apply
-from mlops.deploy.orchestration import flow_deployments, prefect_yaml, register
+from mlops.deploy.orchestration import code_source, flow_deployments, prefect_yaml, register
 from mlops.deploy.triton import build_repository
 from mlops.deploy.validate import crd_path, validate_manifest
 from mlops.recipe.deploy import DeployConfig
@@ -43,8 +43,12 @@ def render_manifest(cfg: DeployConfig, mv: ModelVersion, crd: Path | None) -> st
 
 def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None, crd: Path | None = None,
                   targets: list[str] | None = None, project_dir: Path | None = None, register_prefect: bool = False,
-                  apply: bool = False) -> dict[str, Any]:
-    """Render (and check) the recipe's deployment targets for `model` (default: the recipe model's champion)."""
+                  apply: bool = False, git_repo: str | None = None, git_ref: str | None = None,
+                  local_checkout: bool = False, image: str | None = None) -> dict[str, Any]:
+    """Render (and check) the recipe's deployment targets for `model` (default: the recipe model's champion).
+    The Prefect deployments clone the project from `git_repo` (default: its remote `origin`) at `git_ref`
+    (default: the commit checked out), or run in `project_dir` on this machine with `local_checkout`, or in the
+    container `image` (with the project baked in) on a docker work pool."""
 
     r = loaded.recipe
     cfg: DeployConfig = r.deploy
@@ -65,7 +69,7 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
     out.mkdir(parents=True, exist_ok=True)
     project_dir = (project_dir or Path.cwd()).resolve()
     result: dict[str, Any] = {"recipe": r.name, "model": mv.ref if mv else None, "out": str(out), "files": {},
-                              "checks": {}, "next": []}
+                              "checks": {}, "next": [], "warnings": []}
     if "kserve" in wanted and mv is not None and bundle is not None:
         result["files"]["inferenceservice"] = str(write_text(out / "inferenceservice.yaml", render_manifest(cfg, mv, crd)))
         result["checks"]["inferenceservice"] = f"valid against {crd} and KServe's rules"
@@ -81,13 +85,22 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
                               f"docker push {image_for(cfg, mv)}")
     if "prefect" in wanted:
         events = [f"mlops.alert.{rule}" for rule in ("drift", "accuracy_drop") if getattr(r.improve.triggers, rule)]
-        deployments = flow_deployments(cfg.prefect, r.name, r.model_name, project_relative(loaded.path, project_dir),
-                                       loaded.overrides, retrain_events=events)
-        prefect_file = write_text(out / "prefect.yaml", prefect_yaml(deployments, r.name, str(project_dir)))
+        source = code_source(project_dir, git_repo, git_ref, local=local_checkout, image=image or cfg.prefect.image)
+        result["code"] = source.describe()
+        result["warnings"].extend(source.warnings)
+        recipe_path = project_relative(loaded.path, project_dir)
+        if source.kind == "git" and Path(recipe_path).is_absolute():
+            result["warnings"].append(f"the recipe {recipe_path} is outside the project directory {project_dir}: "
+                                      "workers clone only the project's repository; deploy from the project (or "
+                                      "pass --project-dir)")
+        deployments = flow_deployments(cfg.prefect, r.name, r.model_name, recipe_path, loaded.overrides,
+                                       retrain_events=events)
+        prefect_file = write_text(out / "prefect.yaml", prefect_yaml(deployments, r.name, source))
         result["files"]["prefect"] = str(prefect_file)
         result["deployments"] = [d.full_name for d in deployments]
         if register_prefect:
-            result["registered"] = register(prefect_file, deployments, project_dir)
+            result["registered"] = register(prefect_file, deployments, project_dir,
+                                            pool_type="docker" if source.kind == "image" else "process")
             result["next"].append(f"run a worker:      prefect worker start --pool {cfg.prefect.work_pool}")
         else:
             result["next"].append(f"register flows:    (cd {project_dir} && prefect deploy --all --prefect-file "

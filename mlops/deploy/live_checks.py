@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 
 from mlops.core.errors import MlopsError
 from mlops.core.predlog import LogReader
+from mlops.core.retry import with_retries
 from mlops.recipe.deploy import RolloutChecks
 
 PREDICT_ROUTES = ("v1_predict", "v2_infer")
@@ -123,11 +124,15 @@ class MetricsEndpoint:
         return f"metrics {self.url} (variant {self.variant})"
 
     def snapshot(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        try:
-            token = os.environ.get("MLOPS_SERVE_TOKEN")  # a server started with one asks it for /metrics too
-            request = urllib.request.Request(self.url, headers={"authorization": f"Bearer {token}"} if token else {})
+        token = os.environ.get("MLOPS_SERVE_TOKEN")  # a server started with one asks it for /metrics too
+        request = urllib.request.Request(self.url, headers={"authorization": f"Bearer {token}"} if token else {})
+
+        def fetch() -> str:
             with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                text = resp.read().decode()
+                return str(resp.read().decode())
+
+        try:
+            text = with_retries(fetch, f"read {self.url}")
         except (urllib.error.URLError, OSError) as exc:
             raise MlopsError(f"cannot read the canary's metrics at {self.url}: {exc}") from None
         return {(name, tuple(sorted(labels.items()))): value for name, labels, value in parse_metrics(text)}

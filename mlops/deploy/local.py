@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mlops.core.errors import MlopsError
+from mlops.core.retry import transient_http, with_retries
 
 READY_TIMEOUT_S = 120
 
@@ -111,12 +112,19 @@ class LiveServe:
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         import json
 
-        request = urllib.request.Request(f"{self.url}/v2/repository/models/{self.name}/{path}",
+        # the traffic split left the repository namespace (mlops serve's own route since 0.2)
+        route = (f"/mlops/v1/models/{self.name}/traffic" if path == "traffic"
+                 else f"/v2/repository/models/{self.name}/{path}")
+        request = urllib.request.Request(f"{self.url}{route}",
                                          data=json.dumps(body).encode(), method="POST",
                                          headers={"content-type": "application/json", **_auth()})
-        try:
+
+        def post() -> dict[str, Any]:
             with urllib.request.urlopen(request, timeout=120) as resp:
                 return dict(json.loads(resp.read()))
+
+        try:  # both routes are idempotent (re-resolve the aliases, set a share): a repeat does no harm
+            return with_retries(post, f"POST {path} to the live server at {self.url}", transient=_unanswered)
         except urllib.error.HTTPError as exc:
             raise MlopsError(f"the live server at {self.url} refused {path}: {exc.code} "
                              f"{exc.read().decode(errors='replace')[:500]}") from None
@@ -142,6 +150,11 @@ class LiveServe:
 
     def close(self) -> None:
         """The live server is not ours to stop."""
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """Transient, but not a timeout: a control call that ran 120 s is not helped by a second one."""
+    return transient_http(exc) and not isinstance(getattr(exc, "reason", exc), TimeoutError)
 
 
 def _auth() -> dict[str, str]:

@@ -3,16 +3,21 @@
 One deployment per flow of `mlops.flows` (train, evaluate, monitor, retrain), named after the recipe, with
 the schedules, parameters and work pool of the recipe's `deploy.prefect`. Registration goes through
 `prefect deploy --all` over the very file rendered here, so what users commit is what gets registered.
+
+Where a worker finds the project (recipe, configs/, data) is the file's pull step: a `git_clone` of the project's
+repository at the deployed commit, so that any worker with mlops installed can run the flows; or, when the
+project has no git remote, `set_working_directory` to this checkout, which only this machine has.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlops
 from mlops.core.errors import MlopsError
@@ -45,6 +50,129 @@ class FlowDeployment:
     @property
     def full_name(self) -> str:
         return f"{FLOW_NAMES[self.flow]}/{self.name}"
+
+
+COMMIT = re.compile(r"[0-9a-fA-F]{7,64}")  # SHA-1 or SHA-256, abbreviated or not
+GIT_TIMEOUT_S = 30  # local commands only: no fetch, no network
+
+
+@dataclass(frozen=True)
+class CodeSource:
+    """Where a worker finds the project when a deployment runs. `git`: cloned from `repository` at `commit` (or
+    the tip of `branch`), then `subdirectory` of the clone (the project inside the repository, '' at its root);
+    `local`: the directory `directory` of this machine; `image`: `directory` inside the container image `image`,
+    which a docker work pool runs (the project and mlops baked in)."""
+
+    kind: Literal["git", "local", "image"]
+    directory: str = ""
+    image: str | None = None
+    repository: str | None = None
+    commit: str | None = None
+    branch: str | None = None
+    subdirectory: str = ""
+    warnings: tuple[str, ...] = ()  # what the deployment will miss or cannot do, each with its fix
+
+    def job_variables(self) -> dict[str, Any]:
+        """The work pool's job variables: a docker pool's image; a process pool needs none."""
+        return {"image": self.image} if self.kind == "image" else {}
+
+    def pull_steps(self) -> list[dict[str, Any]]:
+        if self.kind != "git":
+            return [{"prefect.deployments.steps.set_working_directory": {"directory": self.directory}}]
+        clone: dict[str, Any] = {"id": "clone-project", "repository": self.repository}
+        if self.commit:
+            clone["commit_sha"] = self.commit
+        elif self.branch:
+            clone["branch"] = self.branch
+        steps: list[dict[str, Any]] = [{"prefect.deployments.steps.git_clone": clone}]
+        if self.subdirectory:  # flows run in the project directory, as `mlops run` does
+            steps.append({"prefect.deployments.steps.set_working_directory": {
+                "directory": "{{ clone-project.directory }}/" + self.subdirectory}})
+        return steps
+
+    def describe(self) -> str:
+        if self.kind == "local":
+            return f"the local directory {self.directory} (this machine only)"
+        if self.kind == "image":
+            return f"{self.directory} in the image {self.image} (a docker work pool)"
+        at = f"commit {self.commit}" if self.commit else f"branch {self.branch}" if self.branch else "default branch"
+        return f"{self.repository} at {at}" + (f", in {self.subdirectory}/" if self.subdirectory else "")
+
+
+def _git(where: Path, *args: str) -> str | None:
+    """The output of `git ARGS` in `where`, or None when git is missing or the command fails."""
+    try:
+        proc = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=GIT_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.rstrip() if proc.returncode == 0 else None  # porcelain lines start with a space
+
+
+def code_source(project_dir: Path, repository: str | None = None, ref: str | None = None,
+                local: bool = False, image: str | None = None, image_dir: str = "/opt/project") -> CodeSource:
+    """Where the deployments of the project at `project_dir` get its code: its git repository (the remote
+    `origin` unless `repository`) at `ref` (a branch, tag or commit; default the commit checked out), or this
+    directory when `local` or when there is no repository to clone (then a warning says how to get one). Warns,
+    naming the fix, when the deployed commit would miss uncommitted changes or is not pushed. With `image`, flows
+    run in `image_dir` of that image instead (a docker work pool), and no git is involved."""
+    project_dir = project_dir.resolve()
+    here = CodeSource("local", directory=str(project_dir))
+    if image is not None:
+        if local or repository is not None or ref is not None:
+            raise MlopsError("a deployment runs in the image or from git, not both: drop --git-repo, --git-ref and "
+                             "--local-checkout, or the image")
+        return CodeSource("image", directory=image_dir, image=image)
+    if local:
+        return here
+    if ref is not None and (not ref.strip() or ref.startswith("-")):
+        raise MlopsError(f"--git-ref {ref!r}: give a branch, tag or commit of the repository")
+    top = _git(project_dir, "rev-parse", "--show-toplevel")
+    if top is None and repository is None:
+        reason = ("git is not installed" if _git(Path.cwd(), "--version") is None
+                  else f"{project_dir} is not in a git repository")
+        return CodeSource("local", directory=str(project_dir), warnings=(
+            f"{reason}: the Prefect deployments run only on this machine (set_working_directory {project_dir}). "
+            "To run them on any worker, commit the project to a git repository with a remote (git init; git add .; "
+            "git commit; git remote add origin URL; git push -u origin HEAD) and deploy again, or pass "
+            "--git-repo URL",))
+    subdirectory = ""
+    if top is not None:
+        inside = project_dir.relative_to(Path(top).resolve())
+        subdirectory = "" if inside == Path(".") else inside.as_posix()
+    origin = _git(project_dir, "remote", "get-url", "origin") if top is not None else None
+    url = repository or origin
+    if url is None:
+        return CodeSource("local", directory=str(project_dir), warnings=(
+            f"the git repository at {top} has no remote 'origin': the Prefect deployments run only on this machine "
+            f"(set_working_directory {project_dir}). To run them on any worker, push it (git remote add origin URL; "
+            "git push -u origin HEAD) and deploy again, or pass --git-repo URL",))
+    warnings: list[str] = []
+    commit: str | None = None
+    branch: str | None = None
+    if ref is None:
+        commit = _git(project_dir, "rev-parse", "--verify", "HEAD^{commit}") if top is not None else None
+        if commit is None and top is not None:
+            raise MlopsError(f"the git repository at {top} has no commit yet: commit and push the project, then "
+                             "deploy again")
+    elif COMMIT.fullmatch(ref):  # a commit: pinned (expanded to the full hash when this checkout has it)
+        commit = (_git(project_dir, "rev-parse", "--verify", f"{ref}^{{commit}}") if top is not None else None) or ref
+    else:
+        branch = ref
+    if top is not None:
+        deployed = commit or _git(project_dir, "rev-parse", "--verify", f"{branch}^{{commit}}")
+        if deployed is not None:
+            changes = (_git(project_dir, "status", "--porcelain", "--", ".") or "").splitlines()
+            head = _git(project_dir, "rev-parse", "HEAD")
+            if changes and deployed == head:
+                shown = ", ".join(line[3:] for line in changes[:5]) + (", ..." if len(changes) > 5 else "")
+                warnings.append(f"{len(changes)} uncommitted change(s) in {project_dir} are not in commit "
+                                f"{deployed[:12]} that the deployments clone ({shown}): commit and push them, then "
+                                "deploy again")
+            if url == origin and not _git(project_dir, "branch", "--remotes", "--contains", deployed):
+                warnings.append(f"commit {deployed[:12]} is on no branch of 'origin' that this checkout knows of: "
+                                "workers cannot clone it until you push it (git push origin HEAD)")
+    return CodeSource("git", repository=url, commit=commit, branch=branch, subdirectory=subdirectory,
+                      warnings=tuple(warnings))
 
 
 def retrain_triggers(model_name: str, events: list[str]) -> list[dict[str, Any]]:
@@ -83,8 +211,11 @@ def flow_deployments(cfg: PrefectConfig, recipe_name: str, model_name: str, reci
     return out
 
 
-def prefect_yaml(deployments: list[FlowDeployment], recipe_name: str, project_dir: str,
+def prefect_yaml(deployments: list[FlowDeployment], recipe_name: str, source: CodeSource | str,
                  prefect_version: str | None = None, mlops_version: str | None = None) -> str:
+    """The `prefect.yaml` of `deployments`, pulling the project from `source` (a path: that local directory)."""
+    if isinstance(source, str):
+        source = CodeSource("local", directory=source)
     if prefect_version is None:
         from importlib import metadata
 
@@ -92,7 +223,8 @@ def prefect_yaml(deployments: list[FlowDeployment], recipe_name: str, project_di
             prefect_version = metadata.version("prefect")
         except metadata.PackageNotFoundError:
             prefect_version = "3"
-    return render("prefect.yaml.j2", recipe_name=recipe_name, project_dir=project_dir,
+    return render("prefect.yaml.j2", recipe_name=recipe_name, source=source.describe(), pull=source.pull_steps(),
+                  cloned=source.kind == "git", job_variables=source.job_variables(),
                   prefect_version=prefect_version, mlops_version=mlops_version or mlops.__version__,
                   work_pool=deployments[0].work_pool if deployments else "mlops",
                   deployments=[asdict(d) for d in deployments])
@@ -115,8 +247,8 @@ def prefect_api_url() -> str:
     return url
 
 
-def ensure_work_pool(name: str) -> bool:
-    """Create the process work pool `name` unless it exists; True when it was created."""
+def ensure_work_pool(name: str, pool_type: str = "process") -> bool:
+    """Create the work pool `name` (of `pool_type`: process, docker) unless it exists; True when it was created."""
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -129,18 +261,19 @@ def ensure_work_pool(name: str) -> bool:
                 await client.read_work_pool(name)
                 return False
             except ObjectNotFound:
-                await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+                await client.create_work_pool(WorkPoolCreate(name=name, type=pool_type))
                 return True
 
     return asyncio.run(ensure())
 
 
-def register(prefect_file: Path, deployments: list[FlowDeployment], project_dir: Path) -> list[str]:
+def register(prefect_file: Path, deployments: list[FlowDeployment], project_dir: Path,
+             pool_type: str = "process") -> list[str]:
     """Register every deployment of `prefect_file` with the server at PREFECT_API_URL (creating its work
-    pools), through `prefect deploy --all`; returns their full names."""
+    pools, of `pool_type`), through `prefect deploy --all`; returns their full names."""
     prefect_api_url()
     for pool in sorted({d.work_pool for d in deployments}):
-        ensure_work_pool(pool)
+        ensure_work_pool(pool, pool_type)
     proc = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
                            str(prefect_file.resolve())], cwd=project_dir, capture_output=True, text=True,
                           timeout=600, env=os.environ | {"PREFECT_CLI_COLORS": "false"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from mlops.core.log import say
 from mlops.core.refs import fetch
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.core.workspace import workspace
@@ -41,7 +42,7 @@ def evaluate_model(loaded: LoadedRecipe, ref: str, allow_failed_gates: bool = Fa
     for fn in (load_data, check_data, split_step):  # the rows a run of this recipe tests on, from the step cache
         ctx.record(fn.__name__, plan.run(ctx, fn.__name__, fn))
     parts = frames(ctx)
-    print(f"mlops: evaluating {model_ref} on {len(parts['test'])} test rows of recipe '{r.name}'", flush=True)
+    say(f"evaluating {model_ref} on {len(parts['test'])} test rows of recipe '{r.name}'")
     out = workspace().evaluation_dir(meta.name, datetime.now(UTC).strftime('%Y%m%d-%H%M%S'))
     out.mkdir(parents=True, exist_ok=True)
     custom = custom_metric_fns(r.evaluate.custom_metrics)

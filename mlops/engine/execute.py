@@ -14,6 +14,7 @@ from typing import Any
 
 from mlops.core.atomic import write_text
 from mlops.core.errors import GateError
+from mlops.core.log import say
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.core.workspace import workspace
 from mlops.engine.cache import Cache
@@ -42,10 +43,11 @@ from mlops.engine.steps import (
     train,
 )
 from mlops.engine.steps.common import RunContext, StepFn
+from mlops.engine.steps.train import recorded_run
 from mlops.engine.summary import GateSummary, RunSummary, TrialRun, VerdictBrief
 from mlops.evaluate.gates import GateDecision
 from mlops.recipe import LoadedRecipe
-from mlops.train.fit import TrainResult
+from mlops.train.fit import TrainResult, checkpoint_dir
 from mlops.train.pruning import TrialPruned
 
 # every step, in plan order: step `name` is the function `name` of module `mlops.engine.steps.<name>`
@@ -109,7 +111,7 @@ def execute_until(loaded: LoadedRecipe, until: str, parent_run_id: str | None = 
         hits = _run_steps(run, run.plan.steps[: names.index(until) + 1])
     except TrialPruned as pruned:
         partial: TrainResult = pruned.args[0]
-        log_step(client, ctx.run_id, "train", StepOutput(partial, Path(".")), False)
+        log_step(client, ctx.run_id, "train", _unstreamed(StepOutput(partial, Path(".")), ctx.run_id), False)
         client.set_tag(ctx.run_id, "mlops.trial_state", "pruned")
         client.set_terminated(ctx.run_id, "KILLED")
         return TrialRun(run_id=ctx.run_id, state="pruned", history=partial.history, metrics={})
@@ -133,9 +135,10 @@ def _start(loaded: LoadedRecipe, parent_run_id: str | None, cache: Cache | None,
     client = registry_client(uri)
     exp = experiment_id(client, loaded.recipe.experiment, uri)
     run_tags = {"mlops.plan": json.dumps({s.name: s.key for s in plan.steps})} | (tags or {})
-    run_id = start_run(client, exp, loaded, parent_run_id, run_tags)
-    run_dir = _run_dir(loaded, run_id)
-    print(f"mlops: run {run_id} of recipe '{loaded.recipe.name}' -> {run_dir}", flush=True)
+    resumed = _resume_run(plan, client, uri, exp, parent_run_id, run_tags)
+    run_id = resumed or start_run(client, exp, loaded, parent_run_id, run_tags)
+    run_dir = _run_dir(loaded, run_id, resumed=resumed is not None)
+    say(f"run {run_id} of recipe '{loaded.recipe.name}' -> {run_dir}")
     ctx = RunContext(loaded=loaded, run_id=run_id, tracking_uri=uri, prune=prune, allow_failed_gates=allow_failed_gates)
     return _Run(plan=plan, ctx=ctx, client=client, run_dir=run_dir, started=started)
 
@@ -152,8 +155,8 @@ def _run_steps(run: _Run, steps: list[Step], step_runner: StepRunner | None = No
             output = (step_runner(step.name) if step_runner else run_step)(plan, ctx, step.name)
             ctx.record(step.name, output)
             hits[step.name] = hit
-            log_step(client, ctx.run_id, step.name, output, hit)
-            print(f"mlops: step {step.name}: {'reused cached result' if hit else 'done'}", flush=True)
+            log_step(client, ctx.run_id, step.name, _unstreamed(output, ctx.run_id), hit)
+            say(f"step {step.name}: {'reused cached result' if hit else 'done'}")
             if step.name == "load_data":
                 lock = build_lock(plan.loaded, ctx.result("load_data", LoadDataResult))
                 log_environment(client, ctx.run_id, plan.loaded, lock)
@@ -166,9 +169,44 @@ def _run_steps(run: _Run, steps: list[Step], step_runner: StepRunner | None = No
     return hits
 
 
-def _run_dir(loaded: LoadedRecipe, run_id: str) -> Path:
+def _resume_run(plan: Plan, client: Any, uri: str, experiment: str, parent_run_id: str | None,
+                tags: dict[str, str]) -> str | None:
+    """The MLflow run of a killed run of this plan, reopened, when its training left a checkpoint to resume
+    from (`kill -9` leaves the run RUNNING; a crash, FAILED); None to start a new run."""
+    train = plan.step("train")
+    work = plan.cache.resumable(train.name, train.key)
+    record = recorded_run(work) if work is not None else None
+    if record is None or record.tracking_uri != uri or not (checkpoint_dir(work) / "last.ckpt").is_file():
+        return None
+    try:
+        info = client.get_run(record.run_id).info
+    except Exception:  # noqa: BLE001 - deleted, or another store: a new run
+        return None
+    if info.experiment_id != experiment or info.lifecycle_stage != "active" or info.status not in ("RUNNING", "FAILED"):
+        return None
+    client.update_run(record.run_id, status="RUNNING")
+    for key, value in tags.items():
+        client.set_tag(record.run_id, key, value)
+    if parent_run_id:  # a re-run sweep or multirun has a new parent
+        client.set_tag(record.run_id, "mlflow.parentRunId", parent_run_id)
+    say(f"resuming run {record.run_id}: training resumes from its last checkpoint in {checkpoint_dir(work)}")
+    return record.run_id
+
+
+def _unstreamed(output: StepOutput[Any], run_id: str) -> StepOutput[Any]:
+    """What is left to log of a step's output: a fit that streamed its epochs to this very run has its history
+    there already (at the real times), so it is not logged again."""
+    result = output.result
+    if isinstance(result, TrainResult) and result.streamed_to == run_id:
+        return StepOutput(result.model_copy(update={"history": []}), output.dir)
+    return output
+
+
+def _run_dir(loaded: LoadedRecipe, run_id: str, *, resumed: bool = False) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     d = workspace().run_dir(loaded.recipe.name, stamp, run_id)
+    if resumed and d.parent.is_dir():  # a resumed run keeps the folder its killed start made
+        d = next(iter(sorted(d.parent.glob(f"*-{run_id[:8]}"))), d)
     d.mkdir(parents=True, exist_ok=True)
     write_text(d / "recipe.yaml", loaded.to_yaml())
     return d

@@ -40,9 +40,25 @@ def git_state(where: Path) -> dict[str, Any] | None:
         return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        state: dict[str, Any] = {"commit": git("rev-parse", "HEAD"),
+                                 "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (subprocess.SubprocessError, FileNotFoundError, OSError):
         return None
+    try:  # where the commit can be fetched again: a deployment's clone has the repository it came from as origin
+        state["url"] = without_credentials(git("remote", "get-url", "origin"))
+    except (subprocess.SubprocessError, OSError):
+        state["url"] = None
+    return state
+
+
+def without_credentials(url: str) -> str:
+    """`url` without a user:token@ part: a remote URL may carry a secret, and the lock is logged as an artifact."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return url  # a path or scp-like git@host:repo (a user name, no secret)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def build_lock(loaded: LoadedRecipe, load_data: LoadDataResult) -> dict[str, Any]:

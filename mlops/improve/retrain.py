@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from mlops.core import timespec
 from mlops.core.errors import GateError, MlopsError
+from mlops.core.log import say
 from mlops.core.refs import CHALLENGER, CHAMPION
 from mlops.core.registry import tracking_uri
 from mlops.core.workspace import workspace
@@ -271,9 +272,9 @@ def _announce(audit: AuditLog, claimed: _Claim) -> None:
     base, refresh, trigger = claimed.base, claimed.refresh, claimed.trigger
     audit.append(events.REFRESHED, **base, by="refresh", fingerprint=refresh.fingerprint,
                  evidence=asdict(refresh.summary()))
-    print(f"mlops: retrain {base['retrain_id']} of {base['model']} ({trigger.kind}: {trigger.reason}) on "
-          f"refreshed data {refresh.path}: {refresh.reference_rows} reference + {refresh.production_rows} "
-          "production rows", flush=True)
+    say(f"retrain {base['retrain_id']} of {base['model']} ({trigger.kind}: {trigger.reason}) on "
+        f"refreshed data {refresh.path}: {refresh.reference_rows} reference + {refresh.production_rows} "
+        "production rows")
 
 
 def _train(loaded: LoadedRecipe, ledger: Ledger, claimed: _Claim, trainer: Trainer) -> Trained:
@@ -464,7 +465,7 @@ def _walk(ledger: Ledger, staging: Staging, strategy: Rollout, target: RolloutTa
     for result in walked:
         stages.append(result)
         verdict = "PASSED" if result.passed else "FAILED"
-        print(f"mlops: {result.name}: {verdict} ({result.summary})", flush=True)
+        say(f"{result.name}: {verdict} ({result.summary})")
         ledger.record(events.STAGE, by=f"rollout:{result.name}", stage=result.stage, percent=result.percent,
                       passed=result.passed, why=result.summary, evidence=result.evidence)
         ledger.registry.tag_version(ledger.model, target.version, tag_values({
@@ -540,6 +541,21 @@ def pending(audit: AuditLog, run: str) -> dict[str, Any]:
         raise MlopsError(f"run {found} is not awaiting approval: its last record is {what} at "
                          f"{record.get('time')} by {record.get('by')}; awaiting approval: {hint}")
     return record
+
+
+def settled(audit: AuditLog, run_id: str) -> tuple[Outcome, str] | None:
+    """How a person's answer to retrain run `run_id` ended (promoted, rolled back or rejected) and who answered,
+    from its audit records; None while it waits, or while the approved rollout still runs."""
+    records = [x for x in audit.records() if x.get("run_id") == run_id]
+    answers = [x for x in records if x.get("event") == events.DECISION and x.get("decision") in (APPROVE, REJECT)]
+    if not answers:
+        return None
+    who = str(answers[-1].get("by"))
+    if answers[-1]["decision"] == REJECT:
+        return "rejected", who
+    endings: dict[str, Outcome] = {events.PROMOTED: "promoted", events.ROLLED_BACK: "rolled_back"}
+    ending = endings.get(str(records[-1].get("event")))
+    return (ending, who) if ending else None
 
 
 def approve(run: str, by: str | None = None, note: str = "", *, rollout: Rollout | None = None,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from mlops.core.errors import MlopsError
+from mlops.core.log import say
 from mlops.core.refs import ModelVersion
 from mlops.deploy.local import LiveServe
 from mlops.deploy.rollout import RolloutOptions, rollout
@@ -231,9 +232,9 @@ class LogRollout:
     def shadow(self, target: RolloutTarget, cfg: ShadowStageConfig) -> StageResult:
         self._move(target, "shadow", 0)
         started = self.clock()
-        print(f"mlops: shadow window for {target.model}/{target.version}: waiting for {cfg.min_rows} shadow rows "
-              f"in {target.log} (up to {cfg.timeout_s:g} s; serve with: mlops serve {target.model}@champion "
-              f"--shadow {target.model}/{target.version})", flush=True)
+        say(f"shadow window for {target.model}/{target.version}: waiting for {cfg.min_rows} shadow rows "
+            f"in {target.log} (up to {cfg.timeout_s:g} s; serve with: mlops serve {target.model}@champion "
+            f"--shadow {target.model}/{target.version})")
         while True:
             served, shadow = self._read(target, started, ("shadow",))
             done = sum(1 for s in shadow if s.id in {j.id for j in served}) >= cfg.min_rows
@@ -255,8 +256,8 @@ class LogRollout:
     def _step(self, target: RolloutTarget, step: CanaryStep) -> StageResult:
         self._move(target, "canary", step.percent)
         started = self.clock()
-        print(f"mlops: canary step {step.percent} % for {target.model}/{target.version}: waiting for "
-              f"{step.min_rows} challenger answers in {target.log} (up to {step.timeout_s:g} s)", flush=True)
+        say(f"canary step {step.percent} % for {target.model}/{target.version}: waiting for "
+            f"{step.min_rows} challenger answers in {target.log} (up to {step.timeout_s:g} s)")
         while True:
             served, shadow = self._read(target, started, ("shadow",))
             challenger = [j for j in served if j.variant == "challenger" and j.version == target.version]
@@ -308,7 +309,7 @@ class DeployRollout:
                                      kubectl=self.kubectl, local_port=self.local_port, live_url=self.live_url,
                                      promote=False)
             walked = rollout(self.loaded, ModelVersion(target.model, target.version).ref, options,
-                             report=lambda line: print(f"mlops: rollout: {line}", flush=True))
+                             report=lambda line: say(f"rollout: {line}"))
         except MlopsError as exc:  # e.g. no source can measure a check: no evidence is a failed stage
             return [StageResult("canary", False, f"the canary could not be judged: {exc}")]
         results = [StageResult("canary", s.decision == "advance", _step_summary(s), s.percent, s.to_dict())

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from mlops.core.atomic import write_text
+from mlops.core.retry import with_retries
 from mlops.monitor.results import AlertRecord
 from mlops.monitor.rules import EVENT_PREFIX, RESOLVED_PREFIX
 from mlops.recipe.monitor import AlertsConfig
@@ -48,12 +48,18 @@ def deliver(alert: AlertRecord, cfg: AlertsConfig) -> dict[str, Any]:
 
 
 def post_webhook(url: str, alert: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """POST the alert; a refused connection, a timeout or a 5xx is tried again after a backoff (the body
+    carries the alert's id, so a receiver that got it before answering 5xx can tell the repeat), a 4xx is not."""
     body = json.dumps(alert, default=str).encode()
     request = urllib.request.Request(url, data=body, method="POST",
                                      headers={"Content-Type": "application/json", "User-Agent": "mlops-monitor"})
-    try:
+
+    def post() -> int:
         with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - the recipe's URL
-            return {"status": resp.status}
+            return int(resp.status)
+
+    try:
+        return {"status": with_retries(post, f"webhook {url}")}
     except OSError as exc:  # urllib's HTTPError and URLError are OSErrors: a dead receiver must not stop the run
         print(f"mlops monitor: webhook {url} failed: {exc}", file=sys.stderr, flush=True)
         return {"error": str(exc)}
@@ -106,16 +112,19 @@ def flush_prefect_events(timeout: float = 30.0) -> None:
 
 def write_drift_textfile(path: Path, model: str, columns: list[dict[str, Any]]) -> None:
     """`mlops_drift_detected{model, feature}` (1/0) and `mlops_drift_score` of the latest judged window, in
-    Prometheus's text format, for node_exporter's textfile collector. Written atomically."""
-    def esc(v: str) -> str:
-        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    Prometheus's text format, for node_exporter's textfile collector. Written atomically (prometheus_client
+    writes a temporary file beside it and renames it)."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
-    lines = ["# HELP mlops_drift_detected 1 when the feature drifted in the latest judged window",
-             "# TYPE mlops_drift_detected gauge"]
-    lines += [f'mlops_drift_detected{{model="{esc(model)}",feature="{esc(c["column"])}"}} {int(bool(c["drift"]))}'
-              for c in columns if c["drift"] is not None]
-    lines += ["# HELP mlops_drift_score the feature's drift statistic in the latest judged window",
-              "# TYPE mlops_drift_score gauge"]
-    lines += [f'mlops_drift_score{{model="{esc(model)}",feature="{esc(c["column"])}",method="{c["method"]}"}} '
-              f'{c["score"]:.10g}' for c in columns if c["score"] is not None]
-    write_text(path, "\n".join(lines) + "\n")
+    registry = CollectorRegistry()
+    detected = Gauge("mlops_drift_detected", "1 when the feature drifted in the latest judged window",
+                     ["model", "feature"], registry=registry)
+    score = Gauge("mlops_drift_score", "the feature's drift statistic in the latest judged window",
+                  ["model", "feature", "method"], registry=registry)
+    for c in columns:
+        if c["drift"] is not None:
+            detected.labels(model=model, feature=c["column"]).set(int(bool(c["drift"])))
+        if c["score"] is not None:
+            score.labels(model=model, feature=c["column"], method=c["method"]).set(float(c["score"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)

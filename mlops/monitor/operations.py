@@ -4,13 +4,13 @@ rate by status from the server's Prometheus counters (the log holds answered pre
 from __future__ import annotations
 
 import os
-import re
 import urllib.request
 from typing import Any
 
 import numpy as np
 
 from mlops.core.errors import MlopsError
+from mlops.core.retry import with_retries
 from mlops.monitor.logstream import Rows
 
 PREDICT_ROUTES = ("v1_predict", "v2_infer")
@@ -36,28 +36,33 @@ def operational(rows: Rows, percentile: float) -> dict[str, Any]:
 
 # --- request errors from Prometheus counters --------------------------------------------------------------------
 
-_SAMPLE = re.compile(r'^mlops_requests_total\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.eE+-]+)')
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
 
 def scrape_requests(url: str, model: str, timeout: float = 10.0) -> dict[str, float]:
     """Predict requests served so far by status ({"200": 1234.0, "400": 5.0, ...}) from a server's /metrics."""
-    try:
-        token = os.environ.get("MLOPS_SERVE_TOKEN")  # a server started with one asks it for /metrics too
-        request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"} if token else {})
+    from prometheus_client.parser import text_string_to_metric_families
+
+    token = os.environ.get("MLOPS_SERVE_TOKEN")  # a server started with one asks it for /metrics too
+    request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"} if token else {})
+
+    def fetch() -> str:
         with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - a URL the recipe names
-            text = resp.read().decode("utf-8", "replace")
+            return str(resp.read().decode("utf-8", "replace"))
+
+    try:
+        text = with_retries(fetch, f"scrape {url}")
     except OSError as exc:
         raise MlopsError(f"cannot scrape {url} (monitor.error_rate.metrics_url): {exc}") from None
     counts: dict[str, float] = {}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if not m:
-            continue
-        labels = dict(_LABEL.findall(m.group("labels")))
-        if labels.get("model") == model and labels.get("route") in PREDICT_ROUTES:
+    try:
+        samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    except ValueError as exc:
+        raise MlopsError(f"{url} (monitor.error_rate.metrics_url) is not Prometheus text: {exc}") from None
+    for sample in samples:
+        labels = sample.labels
+        if sample.name == "mlops_requests_total" and labels.get("model") == model \
+                and labels.get("route") in PREDICT_ROUTES:
             status = labels.get("status", "?")
-            counts[status] = counts.get(status, 0.0) + float(m.group("value"))
+            counts[status] = counts.get(status, 0.0) + float(sample.value)
     return counts
 
 

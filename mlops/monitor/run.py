@@ -20,6 +20,7 @@ import numpy as np
 
 from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
+from mlops.core.log import say
 from mlops.core.pages import write_page
 from mlops.core.predlog import LogFilter, LogReader
 from mlops.core.refs import fetch
@@ -416,7 +417,7 @@ def evidently_report(rows: Rows, summary: WindowSummary, reference: Reference, j
         out.agrees_with_fast_path = not disagree
         out.disagreements = disagree
         if disagree:
-            print(f"mlops monitor: WARNING Evidently and the fast path disagree on {disagree}", flush=True)
+            say(f"WARNING Evidently and the fast path disagree on {disagree}", "mlops monitor")
     out.quality = _quality_report(rows, cur_idx, reference, ref_idx, meta, cfg, out_dir) or None
     out.embedding = _embedding_report(rows, cur_idx, reference, ref_idx, fast.get(EMBEDDING_COLUMN), cfg)
     return out

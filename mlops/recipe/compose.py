@@ -98,19 +98,7 @@ def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
     """Compose `recipe` with Hydra and record the origin of every key."""
     from omegaconf import OmegaConf
 
-    path = Path(recipe)
-    if not path.is_file():
-        raise MlopsError(f"recipe file not found: {path}")
-    path = path.resolve()
-    overrides = list(overrides or [])
-    search = config_search_path(path)
-    groups = _config_groups(path, search)
-    _check_files(path, search, overrides, groups)
-    hydra_overrides = [_schema_override(o, groups) for o in overrides] + [
-        "hydra.searchpath=[" + ",".join(f"file://{d}" for d in search) + "]",
-        "hydra/job_logging=none",
-        "hydra/hydra_logging=none",
-    ]
+    path, overrides, search, hydra_overrides = _prepare(recipe, overrides)
     with _HYDRA_LOCK:
         cfg, origins = _compose_locked(path, overrides, hydra_overrides, search)
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
@@ -129,6 +117,113 @@ def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
             Problem(k, "is required and not set", str(composed.origin(k)), f"give it on the command line: {k}=...")
             for k in missing])
     return composed
+
+
+def _prepare(recipe: str | Path, overrides: list[str] | None) -> tuple[Path, list[str], list[Path], list[str]]:
+    """The recipe's absolute path, its overrides, its search path and the overrides Hydra is given, once every
+    file the composition reaches is known to be safe to read."""
+    path = Path(recipe)
+    if not path.is_file():
+        raise MlopsError(f"recipe file not found: {path}")
+    path = path.resolve()
+    overrides = list(overrides or [])
+    search = config_search_path(path)
+    groups = _config_groups(path, search)
+    _check_files(path, search, overrides, groups)
+    hydra_overrides = [_schema_override(o, groups) for o in overrides] + [
+        "hydra.searchpath=[" + ",".join(f"file://{d}" for d in search) + "]",
+        "hydra/job_logging=none",
+        "hydra/hydra_logging=none",
+    ]
+    return path, overrides, search, hydra_overrides
+
+
+@dataclass(frozen=True)
+class SearchDir:
+    """One directory of a recipe's config search path, and why it is there."""
+
+    path: Path
+    source: str  # recipe (its own folder), MLOPS_CONFIG_PATH, project (a configs/ folder), mlops (shipped)
+
+
+@dataclass(frozen=True)
+class DefaultEntry:
+    """One config of a recipe's defaults list, in merge order (later ones win)."""
+
+    config: str  # its config path: `data/breast_cancer`, `base`, the recipe's own name
+    package: str  # where its keys land: `evaluate` for `gates/...`, "" for the top level
+    parent: str  # the config whose defaults list names it ("<root>" for the recipe itself)
+    file: str | None  # the YAML file it was read from
+
+
+@dataclass
+class HydraView:
+    """A composition as Hydra's `--cfg` and `--info` show it, before the schema fills in its defaults."""
+
+    config: dict[str, Any]  # what the files and overrides set, interpolations as written (`${...}`)
+    hydra: dict[str, Any]  # the parts of Hydra's own `hydra:` node that mlops uses (see `hydra_view`)
+    defaults: list[DefaultEntry]
+    search: list[SearchDir]
+
+
+def labelled_search_path(recipe: Path) -> list[SearchDir]:
+    """The recipe's folder (Hydra's primary config dir), then `config_search_path`, each with its source."""
+    recipe = recipe.resolve()
+    from_env = {Path(p).resolve() for p in os.environ.get("MLOPS_CONFIG_PATH", "").split(os.pathsep) if p}
+    dirs = [SearchDir(recipe.parent, "recipe")]
+    for d in config_search_path(recipe):
+        source = "mlops" if d == SHIPPED_CONFIGS else "MLOPS_CONFIG_PATH" if d in from_env else "project"
+        dirs.append(SearchDir(d, source))
+    return dirs
+
+
+def hydra_view(recipe: str | Path, overrides: list[str] | None = None) -> HydraView:
+    """Compose `recipe` as `compose` does, and keep what `mlops run --cfg/--info` print: the composition with
+    its interpolations unresolved, the defaults list, the search path and Hydra's own node. Of that node only
+    what applies to the compose API is kept (`runtime`: version, cwd, config sources, group choices;
+    `overrides`; `job`: name, config name, override dirname; `searchpath`): mlops uses neither Hydra's
+    launcher, sweeper, output directories nor logging, so printing their settings would only mislead."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    path, overrides, search, hydra_overrides = _prepare(recipe, overrides)
+    with _HYDRA_LOCK:
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(path.parent), version_base="1.3", job_name=path.stem):
+                try:
+                    cfg = hydra_compose(config_name=path.stem, overrides=hydra_overrides, return_hydra_config=True)
+                except HydraException as exc:
+                    raise _composition_error(path, overrides, exc, search) from None
+                except Exception as exc:
+                    raise MlopsError(f"{_display(path)}: cannot compose recipe: {exc}") from None
+                loader = GlobalHydra.instance().config_loader()
+                found = loader.compute_defaults_list(config_name=path.stem, overrides=hydra_overrides,
+                                                     run_mode=RunMode.RUN).defaults
+        finally:
+            GlobalHydra.instance().clear()
+    config = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(config, dict)
+    node = config.pop("hydra")
+    runtime, job = node["runtime"], node["job"]
+    hydra = {
+        "runtime": {k: runtime[k] for k in ("version", "version_base", "cwd", "config_sources", "choices")},
+        "overrides": node["overrides"],
+        "job": {k: job[k] for k in ("name", "config_name", "override_dirname")},
+        "searchpath": node["searchpath"],
+    }
+    defaults = []
+    for d in found:
+        package = d.package or ""
+        if d.config_path is None or package == "hydra" or package.startswith("hydra."):
+            continue  # Hydra's own configs: what they set is in the `hydra:` node
+        file = _find_config_file(d.config_path, path, search)
+        defaults.append(DefaultEntry(d.config_path, package, d.parent or "", _display(file) if file else None))
+    return HydraView(config, hydra, defaults, labelled_search_path(path))
 
 
 def _compose_locked(

@@ -158,6 +158,8 @@ class PrefectConfig(Section):
     work_queue: str | None = None
     flows: FlowsConfig = Field(default_factory=FlowsConfig)
     tags: list[str] = Field(default_factory=lambda: ["mlops"])
+    image: str | None = Field(None, description="run the flows in this image on a docker work pool (the project "
+                              "at /opt/project, mlops installed) instead of a git clone on a process pool")
 
 
 class DeployConfig(Section):

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlops.core.errors import MlopsError
+from mlops.core.log import say
 from mlops.core.predlog import IdempotentLog, prediction_rows
 from mlops.core.workspace import workspace
 from mlops.package.predictor import EMBEDDING, Predictor
@@ -429,9 +430,9 @@ def consume(config: StreamConfig, bundle: Path, version: str | None, install_sig
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, stop)
-    print(f"mlops stream: model '{predictor.name}' version {version or '-'} consuming {config.stream} as "
+    say(f"model '{predictor.name}' version {version or '-'} consuming {config.stream} as "
           f"{config.group}/{config.consumer} -> {config.output_stream} (dead letters {config.dead_letter}, log "
-          f"{consumer.log.path})", flush=True)
+          f"{consumer.log.path})", "mlops stream")
     import redis
 
     try:

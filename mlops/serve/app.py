@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -28,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import mlops
+from mlops.core.log import say
 from mlops.core.predlog import (
     SHADOW,
     FeedbackError,
@@ -37,11 +39,11 @@ from mlops.core.predlog import (
     dumps_json,
     feedback_row,
     loop_commits_ok,
-    prediction_rows,
 )
 from mlops.core.refs import CHALLENGER
 from mlops.package.predictor import Prediction, Predictor, RequestError, imputed_parameters, parse_json_body
 from mlops.serve.batching import DEFAULT_WAIT_MS, MicroBatcher, SharedLogWrites, batch_rows_histogram
+from mlops.serve.logrows import PendingPrediction
 from mlops.serve.metrics import ServeMetrics
 from mlops.serve.openapi import openapi_spec
 from mlops.serve.routing import (
@@ -69,13 +71,32 @@ V2_INFER, V1_PREDICT = "v2_infer", "v1_predict"  # the inference routes' label i
 
 def inference_route(path: str) -> tuple[str, str] | None:
     """(route, name) when `path` is one of the two inference routes, as Starlette would match them:
-    `/v2/models/{name}/infer` (a name without "/") and `/v1/models/{name_verb:path}` (anything after)."""
+    `/v2/models/{name}/infer` (a name without "/") and `/v1/models/{name_verb:path}` (anything after). The
+    versioned V2 route is `versioned_infer_route`'s."""
     if path.startswith("/v2/models/") and path.endswith("/infer"):
         name = path[len("/v2/models/"):-len("/infer")]
         return (V2_INFER, name) if name and "/" not in name else None
     if path.startswith("/v1/models/"):  # an empty name too: it is answered 404 as an unknown model
         return V1_PREDICT, path[len("/v1/models/"):]
     return None
+
+
+def versioned_infer_route(path: str) -> tuple[str, str] | None:
+    """(name, version) when `path` is `/v2/models/{name}/versions/{version}/infer`, as Starlette would match it
+    (neither part empty nor holding "/")."""
+    if not (path.startswith("/v2/models/") and path.endswith("/infer")):
+        return None
+    name, sep, version = path[len("/v2/models/"):-len("/infer")].partition("/versions/")
+    if not sep or not name or not version or "/" in name or "/" in version:
+        return None
+    return name, version
+
+
+# The old path of the traffic route: it is ours, not KServe's repository extension, so it moved out of /v2. The
+# old one still answers for one release, marked deprecated (RFC 9745 `Deprecation`, a `Link` to its successor).
+TRAFFIC_PATH = "/mlops/v1/models/{name}/traffic"
+OLD_TRAFFIC_PATH = "/v2/repository/models/{name}/traffic"
+TRAFFIC_DEPRECATED_SINCE = "@1796256000"  # 2026-12-03, the release that moved it (a structured-field date)
 
 
 @dataclass
@@ -87,6 +108,7 @@ class Call:
     headers: Mapping[str, str]  # lower-case names
     receive: Callable[[], Awaitable[dict[str, Any]]]  # the ASGI receive channel, for the body
     arm: Arm | None = None  # the arm that answered, once one was chosen
+    version: str | None = None  # the version a versioned route names: that arm answers, whatever the A/B split
 
 
 @dataclass
@@ -129,7 +151,8 @@ def _error(status: int, field: str, message: str) -> Answer:
 
 
 def _call_of(request: Request) -> Call:
-    return Call(request.path_params.get("name", ""), request.headers, request.receive)
+    return Call(request.path_params.get("name", ""), request.headers, request.receive,
+                version=request.path_params.get("version"))
 
 
 class Server:
@@ -258,11 +281,11 @@ class Server:
             raise
         except sqlite3.Error as exc:  # the prediction could not be logged: never answer it as a success
             status = 503
-            print(f"mlops serve: prediction log error on {route}: {exc}", flush=True)
+            say(f"prediction log error on {route}: {exc}", "mlops serve")
             return Answer(503, {"error": f"log: the prediction log is unavailable ({exc})", "field": "log"})
         except Exception as exc:  # a bug or a broken model: report it with an id, keep serving
             error_id = uuid.uuid4().hex[:12]
-            print(f"mlops serve: error {error_id} on {route}: {type(exc).__name__}: {exc}", flush=True)
+            say(f"error {error_id} on {route}: {type(exc).__name__}: {exc}", "mlops serve")
             return Answer(500, {"error": f"internal error {error_id}", "field": None})
         finally:
             self.metrics.in_flight.dec()
@@ -276,8 +299,26 @@ class Server:
         except ClientDisconnect:  # the client left while sending its body: nothing to answer
             return Response(status_code=499)
 
+    def _served(self, call: Call) -> Arm:
+        """The arm a request names: the champion, or on a versioned route the arm serving that version (the
+        challenger's too: a client may ask for it by version). A version no arm serves is a 404 naming it."""
+        self._model(call.name)
+        if call.version is None:
+            return self.champion
+        arms = [a for a in (self.champion, self.challenger) if a is not None and a.version is not None]
+        for arm in arms:
+            if arm.version == call.version:
+                return arm
+        served = ", ".join(str(a.version) for a in arms) or "none: it is served from a bundle, without a version"
+        raise RequestError("version", f"model '{call.name}' has no version '{call.version}' served here "
+                                      f"(versions served: {served})", 404)
+
     def _arm(self, call: Call, request_id: str | None) -> Arm:
-        """Champion, or the A/B challenger for `ab_percent` % of request keys (key header, else body id)."""
+        """Champion, or the A/B challenger for `ab_percent` % of request keys (key header, else body id); on a
+        versioned route, the arm of that version."""
+        if call.version is not None:
+            call.arm = self._served(call)
+            return call.arm
         arm = self.champion
         if self.challenger is not None:
             key, _ = request_key(call.headers.get(self.ab_key_header.lower()), request_id)
@@ -286,8 +327,8 @@ class Server:
         call.arm = arm
         return arm
 
-    async def _predict_and_log(self, arm: Arm, feeds: dict[str, Any], request_id: str | None, started: float,
-                               raw_rows: list[dict[str, Any]]) -> tuple[Prediction, list[str]]:
+    async def _predict_and_log(self, arm: Arm, feeds: dict[str, Any], request_id: str | None,
+                               started: float) -> tuple[Prediction, list[str]]:
         batcher = self.batchers.get(arm.variant)
         if batcher is not None:  # the arm's model checked the feeds: their batch runs on it (see MicroBatcher)
             prediction = await batcher.predict(feeds, arm.predictor)
@@ -298,8 +339,9 @@ class Server:
         ids = [base] if rows == 1 else [f"{base}-{i}" for i in range(rows)]
         if self.log is not None:
             latency = (time.perf_counter() - started) * 1000
-            await self._log_writer.write("predictions", prediction_rows(
-                ids, arm.name, arm.version, arm.variant, raw_rows, prediction.log_instances(), latency))
+            # the rows are built by the commit, for every request it writes at once (mlops.serve.logrows)
+            await self._log_writer.write("predictions", PendingPrediction(
+                arm.predictor, ids, arm.name, arm.version, arm.variant, feeds, prediction, latency))
         if "label" in prediction.outputs:
             self.metrics.count_classes(arm.name, arm.variant, prediction.outputs["label"])
         return prediction, ids
@@ -311,14 +353,15 @@ class Server:
         return arm.predictor.imputed(unseen, rows)
 
     def _answer(self, body: dict[str, Any], arm: Arm, feeds: dict[str, Any], ids: list[str],
-                raw_rows: list[dict[str, Any]], prediction: Prediction) -> Answer:
-        """The response, tagged with the variant that answered; the shadow gets its copy once it is sent."""
+                prediction: Prediction) -> Answer:
+        """The response, tagged with the variant that answered; the shadow gets its copy once it is sent (it
+        logs the inputs as the answering model saw them, built on its own thread)."""
         after = None
         if self.shadow is not None:
             shadow = self.shadow
 
             async def after() -> None:  # never blocks: a full queue drops and counts
-                shadow.submit(feeds, ids, raw_rows, prediction)
+                shadow.submit(feeds, ids, arm.predictor, prediction)
 
         return Answer(200, body, {"X-Model-Variant": arm.variant}, after)
 
@@ -333,13 +376,17 @@ class Server:
     async def server_metadata(self, request: Request) -> Response:
         if (refused := self._refused(request)) is not None:
             return refused
-        return AnswerResponse(Answer(200, {"name": "mlops", "version": mlops.__version__, "extensions": []}))
+        # the repository extension: POST /v2/repository/models/{name}/load (KServe's and Triton's name for it)
+        return AnswerResponse(Answer(200, {"name": "mlops", "version": mlops.__version__,
+                                           "extensions": ["model_repository"]}))
 
     async def model_metadata(self, request: Request) -> Response:
+        """`/v2/models/{name}` (every version served) and `/v2/models/{name}/versions/{version}` (that one)."""
         async def work(call: Call, started: float) -> Answer:
-            self._model(call.name)
-            meta = self.predictor.meta
-            return Answer(200, {"name": meta.name, "versions": [self.version] if self.version else [],
+            arm = self._served(call)
+            meta = arm.predictor.meta
+            versions = [call.version] if call.version is not None else self.served_versions()
+            return Answer(200, {"name": meta.name, "versions": versions,
                                 "platform": "onnxruntime_onnx", "inputs": input_tensors(meta),
                                 "outputs": output_tensors(meta)})
 
@@ -347,7 +394,7 @@ class Server:
 
     async def model_ready(self, request: Request) -> Response:
         async def work(call: Call, started: float) -> Answer:
-            self._model(call.name)
+            self._served(call)
             return Answer(200, {"name": self.predictor.name, "ready": True})
 
         return await self._route(_call_of(request), "ready", work)
@@ -364,8 +411,7 @@ class Server:
             raise RequestError("id", f"longer than {MAX_REQUEST_ID_CHARS} characters")
         arm = self._arm(call, request_id)
         feeds = arm.predictor.feeds_from_v2(body.get("inputs"))
-        raw = arm.predictor.log_rows(feeds)
-        prediction, ids = await self._predict_and_log(arm, feeds, request_id, started, raw)
+        prediction, ids = await self._predict_and_log(arm, feeds, request_id, started)
         imputed = self._imputed(arm, feeds, prediction.rows)
         outputs = []
         for name, values in prediction.outputs.items():
@@ -375,10 +421,18 @@ class Server:
         return self._answer({"model_name": arm.name, "model_version": arm.version, "id": request_id or ids[0],
                              "parameters": {"prediction_ids": ",".join(ids)} | imputed_parameters(imputed),
                              "outputs": outputs},
-                            arm, feeds, ids, raw, prediction)
+                            arm, feeds, ids, prediction)
 
     async def infer(self, request: Request) -> Response:
         return await self._route(_call_of(request), V2_INFER, self._infer)
+
+    async def _versioned_infer(self, call: Call, started: float) -> Answer:
+        """`/v2/models/{name}/versions/{version}/infer`: the version is checked before the body is read."""
+        self._served(call)
+        return await self._infer(call, started)
+
+    async def versioned_infer(self, request: Request) -> Response:
+        return await self._route(_call_of(request), V2_INFER, self._versioned_infer)
 
     # --- V1 -----------------------------------------------------------------------------------------
 
@@ -397,11 +451,10 @@ class Server:
             raise RequestError("id", f"longer than {MAX_REQUEST_ID_CHARS} characters")
         arm = self._arm(call, request_id)
         feeds = arm.predictor.feeds_from_rows(body["instances"])
-        raw = arm.predictor.log_rows(feeds)
-        prediction, ids = await self._predict_and_log(arm, feeds, request_id, started, raw)
+        prediction, ids = await self._predict_and_log(arm, feeds, request_id, started)
         imputed = self._imputed(arm, feeds, prediction.rows)
         answer = {"predictions": prediction.instances(), "ids": ids} | ({"imputed": imputed} if imputed else {})
-        return self._answer(answer, arm, feeds, ids, raw, prediction)
+        return self._answer(answer, arm, feeds, ids, prediction)
 
     async def v1_predict(self, request: Request) -> Response:
         call = Call(request.path_params["name_verb"], request.headers, request.receive)
@@ -477,22 +530,38 @@ class Server:
         return await self._route(_call_of(request), "load", work)
 
     async def traffic(self, request: Request) -> Response:
-        """`POST /v2/repository/models/<name>/traffic {"percent": P}`: the A/B challenger answers P % of request
+        """`POST /mlops/v1/models/<name>/traffic {"percent": P}`: the A/B challenger answers P % of request
         keys from now on (0: none). What a rollout's canary steps move on a live server (mlops rollout
         --live-url); the arms themselves follow their aliases (see reload.py)."""
-        async def work(call: Call, started: float) -> Answer:
-            self._model(call.name)
-            body = await self._body(call, json_required=True)  # a control route: never from a browser's form
-            percent = body.get("percent") if isinstance(body, dict) else None
-            if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
-                raise RequestError("percent", "a number from 0 to 100 is required")
-            if self.challenger is None and percent > 0:
-                raise RequestError("percent", "this server has no challenger: start it with --ab NAME@challenger:0 "
-                                   "to move traffic live", status=409)
-            self.ab_percent = float(percent)
-            return Answer(200, self.traffic_state())
+        return await self._route(_call_of(request), "traffic", self._traffic)
 
-        return await self._route(_call_of(request), "traffic", work)
+    async def old_traffic(self, request: Request) -> Response:
+        """The traffic route at its old path (`POST /v2/repository/models/<name>/traffic`): it answers as before
+        for one release (the same body, so strict clients keep working), with a `Deprecation` header and a
+        `Link` to the new path."""
+        response = await self._route(_call_of(request), "traffic", self._traffic)
+        response.headers["Deprecation"] = TRAFFIC_DEPRECATED_SINCE
+        # the name as sent, percent-encoded again: a header carries latin-1 only, a path's name may be any text
+        successor = TRAFFIC_PATH.format(name=quote(request.path_params["name"], safe=""))
+        response.headers["Link"] = f'<{successor}>; rel="successor-version"'
+        return response
+
+    async def _traffic(self, call: Call, started: float) -> Answer:
+        self._model(call.name)
+        body = await self._body(call, json_required=True)  # a control route: never from a browser's form
+        percent = body.get("percent") if isinstance(body, dict) else None
+        if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
+            raise RequestError("percent", "a number from 0 to 100 is required")
+        if self.challenger is None and percent > 0:
+            raise RequestError("percent", "this server has no challenger: start it with --ab NAME@challenger:0 "
+                               "to move traffic live", status=409)
+        self.ab_percent = float(percent)
+        return Answer(200, self.traffic_state())
+
+    def served_versions(self) -> list[str]:
+        """The versions the versioned routes answer: the champion's, then the A/B challenger's."""
+        arms = (self.champion, self.challenger)
+        return list(dict.fromkeys(a.version for a in arms if a is not None and a.version is not None))
 
     def traffic_state(self) -> dict[str, Any]:
         c = self.challenger
@@ -503,18 +572,23 @@ class Server:
     async def openapi(self, request: Request) -> Response:
         if (refused := self._refused(request)) is not None:
             return refused
-        return AnswerResponse(Answer(200, openapi_spec(self.predictor.meta, self.predictor.max_batch)))
+        return AnswerResponse(Answer(200, openapi_spec(self.predictor.meta, self.predictor.max_batch,
+                                                      self.served_versions())))
 
     def app(self) -> Starlette:
         routes = [
             Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
+            Route("/v2/models/{name}/versions/{version}/infer", self.versioned_infer, methods=["POST"]),
             Route("/v1/models/{name_verb:path}", self.v1_predict, methods=["POST"]),
             Route("/v2/health/live", self.live), Route("/v2/health/ready", self.ready), Route("/v2", self.server_metadata),
             Route("/v2/models/{name}", self.model_metadata), Route("/v2/models/{name}/ready", self.model_ready),
+            Route("/v2/models/{name}/versions/{version}", self.model_metadata),
+            Route("/v2/models/{name}/versions/{version}/ready", self.model_ready),
             Route("/v1/models/{name}", self.model_ready),  # V1 model status: the same answer
             Route("/v1/feedback", self.feedback, methods=["POST"]),
             Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
-            Route("/v2/repository/models/{name}/traffic", self.traffic, methods=["POST"]),
+            Route(TRAFFIC_PATH, self.traffic, methods=["POST"]),
+            Route(OLD_TRAFFIC_PATH, self.old_traffic, methods=["POST"]),
             Route("/metrics", self.prometheus), Route("/openapi.json", self.openapi),
         ]
         return ServeApp(self, routes)
@@ -557,12 +631,20 @@ class ServeApp(Starlette):
     async def _dispatch(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             inference = inference_route(scope["path"])
-            if inference is not None:
-                route, name = inference
+            versioned = None if inference is not None else versioned_infer_route(scope["path"])
+            if inference is not None or versioned is not None:
                 server = self.server
-                call = Call(name, {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}, receive)
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+                if versioned is not None:
+                    route, work = V2_INFER, server._versioned_infer
+                    call = Call(versioned[0], headers, receive, version=versioned[1])
+                else:
+                    assert inference is not None
+                    route, name = inference
+                    work = server._infer if route == V2_INFER else server._v1_predict
+                    call = Call(name, headers, receive)
                 try:
-                    answer = await server._handle(call, route, server._infer if route == V2_INFER else server._v1_predict)
+                    answer = await server._handle(call, route, work)
                 except ClientDisconnect:
                     return
                 await send_answer(send, answer)

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlops.core.log import say
+from mlops.core.predlog import Rows, built_rows
 from mlops.package.predictor import Prediction
 
 if TYPE_CHECKING:
@@ -141,7 +143,7 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug here must not strand the queue: report and carry on
-                print(f"mlops serve: batcher '{self.predictor.name}' error: {type(exc).__name__}: {exc}", flush=True)
+                say(f"batcher '{self.predictor.name}' error: {type(exc).__name__}: {exc}", "mlops serve")
 
     def _take(self, batch: list[_Waiter], rows: int) -> tuple[int, int, bool]:
         """Move queued requests into `batch` while they fit. Returns (rows, requests taken, full)."""
@@ -248,15 +250,15 @@ class SharedLogWrites:
 
     def __init__(self, log: PredictionLog) -> None:
         self.log = log
-        self._group: tuple[dict[str, list[tuple[Any, ...]]], list[asyncio.Future[None]]] | None = None
+        self._group: tuple[dict[str, list[Rows]], list[asyncio.Future[None]]] | None = None
 
-    async def write(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+    async def write(self, table: str, rows: Rows) -> None:
         loop = asyncio.get_running_loop()
         if self._group is None:
             self._group = ({}, [])
             loop.call_soon(self._flush, loop)  # after every request that is ready to run has added its rows
         tables, waiters = self._group
-        tables.setdefault(table, []).extend(rows)
+        tables.setdefault(table, []).append(rows)
         done: asyncio.Future[None] = loop.create_future()
         waiters.append(done)
         await done  # a cancelled request cancels only its own future, never the group's commit
@@ -283,9 +285,13 @@ class SharedLogWrites:
                 else:
                     waiter.set_result(None)
 
-        for table, rows in tables.items():
-            try:
-                committed = self.log.submit(table, rows)
+        for table, items in tables.items():
+            try:  # deferred rows (mlops.serve.logrows) are built here, the group's together
+                built = built_rows(items)
+                failed = next((b for b in built if isinstance(b, BaseException)), None)
+                if failed is not None:
+                    raise failed
+                committed = self.log.submit(table, [row for rows in built for row in rows])  # type: ignore[union-attr]
             except Exception as exc:  # never leave a request waiting: fail it like a failed commit
                 committed = Future()
                 committed.set_exception(exc)

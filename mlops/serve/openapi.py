@@ -43,13 +43,18 @@ EXAMPLE_TEXT = "a short example text"
 VARIANTS = ["champion", "challenger"]
 
 
-def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of a server over the bundle `meta` that takes at most `max_batch` rows."""
+def openapi_spec(meta: BundleMeta, max_batch: int, versions: list[str] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of a server over the bundle `meta` that takes at most `max_batch` rows and
+    serves `versions` (the champion's, and the A/B challenger's: what the versioned routes accept)."""
 
     name = meta.name
     columns = [i.name for i in meta.inputs]
     model_param = {"name": "name", "in": "path", "required": True, "description": "The model's name.",
                    "schema": {"type": "string", "enum": [name]}, "example": name}
+    # not an enum: any other version is a documented 404 that names it
+    version_param = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"},
+                     "description": "A version this server serves (see GET /v2/models/{name}); another one is a 404."
+                     } | ({"example": versions[0]} if versions else {})
     auth = [{}, {"bearer": []}]  # a bearer token only when the server was started with MLOPS_SERVE_TOKEN
 
     def op(operation_id: str, summary: str, ok: dict[str, Any], errors: tuple[str, ...] = (),
@@ -91,6 +96,11 @@ def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
                  params=[model_param], tags=("v2",))
     load_op["responses"]["409"] = ok_json(load_result, "A moved alias pointed at a version that could not be "
                                           "loaded: the running version keeps serving")
+    traffic_op = op(
+        "mlopsTraffic", "Set the share of request keys the A/B challenger answers (a live canary step)",
+        ok_json(traffic_state), ("400", "404", "408", "409", "413", "415", "422"),
+        body=_obj({"percent": {"type": "number", "minimum": 0, "maximum": 100}}), params=[model_param],
+        tags=("mlops",))
     paths: dict[str, Any] = {
         # --- V1 -------------------------------------------------------------------------------------
         "/v1/models/{name}": {"get": op(
@@ -120,13 +130,24 @@ def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
             "v2Infer", "V2 inference: one tensor per input column, or one [N, columns] tensor",
             ok_json(_ref("V2Response"), headers=variant_header), body_errors, body=_ref("V2Request"),
             params=[model_param], tags=("v2",))},
+        "/v2/models/{name}/versions/{version}": {"get": op(
+            "v2ModelVersionMetadata", "Metadata of one served version", ok_json(_ref("ModelMetadata")), ("404",),
+            params=[model_param, version_param], tags=("v2",))},
+        "/v2/models/{name}/versions/{version}/ready": {"get": op(
+            "v2ModelVersionReady", "Readiness of one served version", ok_json(_ref("ModelReady")), ("404",),
+            params=[model_param, version_param], tags=("v2",))},
+        "/v2/models/{name}/versions/{version}/infer": {"post": op(
+            "v2VersionInfer", "V2 inference by one served version (the A/B split does not apply)",
+            ok_json(_ref("V2Response"), headers=variant_header), body_errors, body=_ref("V2Request"),
+            params=[model_param, version_param], tags=("v2",))},
         # --- V2 model repository extension: follow a moved alias now (mlops/serve/reload.py) ---------------
         "/v2/repository/models/{name}/load": {"post": load_op},
-        "/v2/repository/models/{name}/traffic": {"post": op(
-            "v2RepositoryTraffic", "Set the share of request keys the A/B challenger answers (a live canary step)",
-            ok_json(traffic_state), ("400", "404", "408", "409", "413", "415", "422"), body=_obj({"percent": {"type": "number", "minimum": 0,
-                                                                              "maximum": 100}}),
-            params=[model_param], tags=("v2",))},
+        # --- mlops's own control routes ------------------------------------------------------------
+        "/mlops/v1/models/{name}/traffic": {"post": traffic_op},
+        "/v2/repository/models/{name}/traffic": {"post": traffic_op | {
+            "operationId": "v2RepositoryTraffic", "deprecated": True,
+            "summary": "Deprecated path of POST /mlops/v1/models/{name}/traffic (answers the same, with a "
+                       "Deprecation header); goes away in the next release"}},
         # --- operations -----------------------------------------------------------------------------
         "/metrics": {"get": op("metrics", "Prometheus metrics", {
             "description": "Prometheus text exposition format",
@@ -147,6 +168,7 @@ def openapi_spec(meta: BundleMeta, max_batch: int) -> dict[str, Any]:
                                  "at fault.")},
         "tags": [{"name": "v1", "description": "KServe V1 protocol"},
                  {"name": "v2", "description": "KServe V2 / Open Inference Protocol"},
+                 {"name": "mlops", "description": "mlops's own control routes (not KServe's)"},
                  {"name": "ops", "description": "Monitoring and discovery"}],
         "paths": paths,
         "components": {

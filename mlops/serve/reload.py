@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlops.core.errors import MlopsError
+from mlops.core.log import say
 from mlops.core.refs import ModelRef, fetch
 from mlops.package.predictor import Predictor
 
@@ -69,7 +70,7 @@ class AliasWatcher:
             try:
                 self.check()
             except Exception as exc:  # a registry hiccup must not stop the watching, nor the serving
-                print(f"mlops serve: alias check failed: {type(exc).__name__}: {exc}", flush=True)
+                say(f"alias check failed: {type(exc).__name__}: {exc}", "mlops serve")
 
     def check(self) -> list[dict[str, Any]]:
         """Re-resolve every watched alias now; swap in those that moved. Returns what changed (or failed)."""
@@ -90,13 +91,12 @@ class AliasWatcher:
             predictor = Predictor(bundle, max_batch=self.server.predictor.max_batch)
             self.server.swap(watched.variant, predictor, version)
         except MlopsError as exc:
-            print(f"mlops serve: {watched.ref} not reloaded, still serving version {watched.version}: {exc}",
-                  flush=True)
+            say(f"{watched.ref} not reloaded, still serving version {watched.version}: {exc}", "mlops serve")
             return {"variant": watched.variant, "ref": watched.ref, "from": watched.version, "error": str(exc)}
         self.watched[watched.variant] = Watched(watched.variant, watched.ref, version)
         seconds = time.perf_counter() - started
-        print(f"mlops serve: {watched.ref} moved: {watched.variant} now serves version {version} (was "
-              f"{watched.version}; loaded in {seconds:.2f} s, no restart)", flush=True)
+        say(f"{watched.ref} moved: {watched.variant} now serves version {version} (was "
+              f"{watched.version}; loaded in {seconds:.2f} s, no restart)", "mlops serve")
         return {"variant": watched.variant, "ref": watched.ref, "from": watched.version, "to": version}
 
     def _resolve_ref(self, ref: str) -> tuple[Any, str | None]:

@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlops.core.errors import MlopsError
+from mlops.core.log import say
 from mlops.core.predlog import SHADOW, PredictionLog, prediction_rows
 from mlops.package.bundle import BundleMeta
 from mlops.package.predictor import RAW_TEXT, Prediction
+from mlops.serve.logrows import joined
 
 if TYPE_CHECKING:
     from mlops.package.predictor import Predictor
@@ -160,11 +162,7 @@ def _joined(work: list[tuple[Any, ...]]) -> tuple[dict[str, np.ndarray], list[st
     if any(set(w[3].outputs) != set(first_served.outputs) for w in work):
         raise ValueError("the served answers have different outputs")
     feeds = {name: np.concatenate([w[0][name] for w in work]) for name in first_feeds}
-    outputs = {name: np.concatenate([np.asarray(w[3].outputs[name]) for w in work]) for name in first_served.outputs}
-    embeddings = [w[3].embedding for w in work]
-    served = Prediction(outputs, sum(w[3].rows for w in work),
-                        None if any(e is None for e in embeddings) else np.concatenate(embeddings))
-    return feeds, [i for w in work for i in w[1]], [r for w in work for r in w[2]], served
+    return feeds, [i for w in work for i in w[1]], [r for w in work for r in w[2]], joined(w[3] for w in work)
 
 
 class ShadowRunner:
@@ -186,11 +184,11 @@ class ShadowRunner:
         self._thread = threading.Thread(target=self._worker, name="shadow", daemon=True)
         self._thread.start()
 
-    def submit(self, feeds: dict[str, np.ndarray], ids: list[str], inputs: list[dict[str, Any]],
-               served: Prediction) -> bool:
-        """Hand one request's validated feeds over; False (and counted) when the shadow is saturated."""
+    def submit(self, feeds: dict[str, np.ndarray], ids: list[str], served_by: Predictor, served: Prediction) -> bool:
+        """Hand one request's validated feeds over, with the model that answered them (its view of the inputs
+        is what the shadow's log rows hold); False (and counted) when the shadow is saturated."""
         try:
-            self._queue.put_nowait((feeds, ids, inputs, served))
+            self._queue.put_nowait((feeds, ids, served_by, served))
             return True
         except queue.Full:
             self.metrics.shadow_dropped.labels(self.arm.name).inc()
@@ -233,6 +231,7 @@ class ShadowRunner:
         """One model call for every request waiting: the shadow shares the server's CPU, and a call of a few
         rows costs about what a call of one does. A batch that fails is retried request by request, so one
         bad request costs only its own shadow answer, and the error count stays per request."""
+        work = [w for w in map(self._with_inputs, work) if w is not None]
         if len(work) > 1:
             try:
                 self._run(*_joined(work))
@@ -244,7 +243,17 @@ class ShadowRunner:
                 self._run(*item)
             except Exception as exc:  # the shadow's failure is counted and printed, never returned
                 self.metrics.shadow_errors.labels(self.arm.name).inc()
-                print(f"mlops serve: shadow '{self.arm.name}' failed: {type(exc).__name__}: {exc}", flush=True)
+                say(f"shadow '{self.arm.name}' failed: {type(exc).__name__}: {exc}", "mlops serve")
+
+    def _with_inputs(self, item: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """(feeds, ids, served_by, served) -> (feeds, ids, the log's input rows, served); None when that fails."""
+        feeds, ids, served_by, served = item
+        try:
+            return feeds, ids, served_by.log_rows(feeds), served
+        except Exception as exc:
+            self.metrics.shadow_errors.labels(self.arm.name).inc()
+            say(f"shadow '{self.arm.name}' failed: {type(exc).__name__}: {exc}", "mlops serve")
+            return None
 
     def _run(self, feeds: dict[str, np.ndarray], ids: list[str], inputs: list[dict[str, Any]],
              served: Prediction) -> None:
@@ -267,4 +276,4 @@ class ShadowRunner:
     def _logged(self, done: Any) -> None:
         if done.exception() is not None:
             self.metrics.shadow_errors.labels(self.arm.name).inc()
-            print(f"mlops serve: shadow log write failed: {done.exception()}", flush=True)
+            say(f"shadow log write failed: {done.exception()}", "mlops serve")

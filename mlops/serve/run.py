@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, fields
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
 from mlops.core.errors import MlopsError
+from mlops.core.log import say
 from mlops.core.predlog import SHADOW, PredictionLog
 from mlops.core.refs import CHALLENGER, CHAMPION, ModelRef, fetch
 from mlops.core.workspace import workspace
@@ -102,12 +105,43 @@ def serve(options: ServeOptions) -> None:
     import uvicorn
 
     server = build_server(options)
+    protocol = http_protocol()
+    loop = event_loop()
     for line in _describe(server, options):
-        print(f"mlops serve: {line}", flush=True)
+        say(f"{line}", "mlops serve")
+    say(f"{stack_line(loop, protocol)}", "mlops serve")
     # http: a request uvicorn's parser refuses is answered with our JSON 400; ws="none": this app has no
-    # WebSocket route, and an upgrade request is answered as plain HTTP (not a bodiless 403 from uvicorn)
+    # WebSocket route, and an upgrade request is answered as plain HTTP (not a bodiless 403 from uvicorn);
+    # loop named, not "auto": the loop reported above is the one uvicorn runs (it has no silent fallback then)
     uvicorn.run(server.app(), host=options.host, port=options.port, log_level="warning", access_log=False,
-                http=http_protocol(), ws="none")
+                http=protocol, ws="none", loop=loop)
+
+
+def event_loop() -> Literal["uvloop", "asyncio"]:
+    """uvloop when installed (as uvicorn's `auto` would pick, and as the serving image installs it), else asyncio."""
+    try:
+        import uvloop  # noqa: F401 - the test uvicorn's `auto` makes, repeated
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def stack_line(loop: str, protocol: type) -> str:
+    """What serves the requests, with versions: the event loop, the HTTP parser, the JSON library. The serving
+    image installs the fast ones (uvloop, httptools, orjson: mlops/deploy/container.py), as the benchmark runs."""
+    parser = "httptools" if "HttpTools" in protocol.__name__ else "h11"
+    # mlops.core.predlog imported orjson at its import when it is installed, else it writes with json
+    codec = "orjson" if "orjson" in sys.modules else "json"
+    parts = [f"uvicorn {_version('uvicorn')}", f"event loop {loop} {_version(loop)}",
+             f"HTTP parser {parser} {_version(parser)}", f"JSON {codec} {_version(codec)}"]
+    return "stack: " + ", ".join(p.rstrip() for p in parts)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:  # asyncio, json: the standard library's
+        return ""
 
 
 def _describe(server: Server, options: ServeOptions) -> list[str]:

@@ -14,9 +14,10 @@ from typing import Any
 from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
 from mlops.core.errors import GateError, MlopsError
+from mlops.core.log import say
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.engine.plan import compile_plan
-from mlops.engine.runner import configure_prefect, run_flow
+from mlops.engine.runner import configure_prefect, prepare_flow_run, run_flow
 from mlops.engine.steps.common import RunContext
 from mlops.engine.steps.load_data import load_data
 from mlops.engine.steps.preprocess import preprocess
@@ -29,6 +30,7 @@ from mlops.sweep.objective import objective_value
 from mlops.sweep.report import log_study
 from mlops.sweep.study import (
     ERROR,
+    HEARTBEAT_S,
     OWNER,
     as_overrides,
     counts,
@@ -132,7 +134,12 @@ def _run_trials(study: Any, loaded: LoadedRecipe, parent: str) -> None:
     cfg = loaded.recipe.sweep
     assert cfg is not None
     inflight: dict[Any, Any] = {}
+    checked = time.monotonic()
     while True:
+        if time.monotonic() - checked >= HEARTBEAT_S:  # a worker that died elsewhere: its trial is queued again
+            checked = time.monotonic()
+            for number in recover_orphans(study):
+                print(f"mlops: trial {number} lost its worker: queued again", flush=True)
         while len(inflight) < cfg.parallelism and finished(study) + counts(study)["running"] < cfg.n_trials:
             trial = study.ask()
             trial.set_user_attr(OWNER, owner())
@@ -142,7 +149,7 @@ def _run_trials(study: Any, loaded: LoadedRecipe, parent: str) -> None:
                 pruner=cfg.pruner, startup_trials=cfg.pruner_startup_trials, warmup_epochs=cfg.pruner_warmup_epochs)
             job = TrialJob(recipe=str(loaded.path), overrides=loaded.overrides + as_overrides(params),
                            parent_run_id=parent, trial_number=trial.number, prune=prune, result_file="")
-            print(f"mlops: trial {trial.number} started: {' '.join(as_overrides(params))}", flush=True)
+            say(f"trial {trial.number} started: {' '.join(as_overrides(params))}")
             inflight[trial_task.with_options(retries=cfg.retries).submit(job.model_dump())] = trial
         if not inflight:
             return
@@ -158,8 +165,8 @@ def _run_trials(study: Any, loaded: LoadedRecipe, parent: str) -> None:
                 outcome = exc
             verdict = _tell(study, trial, loaded, outcome)
             c = counts(study)
-            print(f"mlops: trial {trial.number} {verdict}  [{c['complete']} complete, {c['pruned']} pruned, "
-                  f"{c['failed']} failed of {cfg.n_trials}]", flush=True)
+            say(f"trial {trial.number} {verdict}  [{c['complete']} complete, {c['pruned']} pruned, "
+                f"{c['failed']} failed of {cfg.n_trials}]")
 
 
 def _sweep_name() -> str:
@@ -178,29 +185,36 @@ def sweep_flow(recipe: str, overrides: list[str], worker: bool = False,
     study = open_study(loaded, create=not worker)
     requeued = recover_orphans(study)
     if requeued:
-        print(f"mlops: resuming study {study.study_name}: re-running trial(s) {requeued} left unfinished", flush=True)
+        say(f"resuming study {study.study_name}: re-running trial(s) {requeued} left unfinished")
     parent = _parent_run(study, loaded)
-    print(f"mlops: study {study.study_name} ({counts(study)['complete']} trials complete so far), "
-          f"MLflow parent run {parent}", flush=True)
+    say(f"study {study.study_name} ({counts(study)['complete']} trials complete so far), "
+        f"MLflow parent run {parent}")
     _prepare_data(loaded)
     _run_trials(study, loaded, parent)
     summary = SweepSummary(study_name=study.study_name, storage=storage_url(loaded.recipe.sweep),
                            parent_run_id=parent, trials=counts(study), requeued=requeued)
     if worker:
         return summary
-    _await_other_workers(study)
+    _await_other_workers(study, loaded, parent)
     final, best = _finish(study, loaded, parent, allow_failed_gates)
     return summary.model_copy(update={"run": final, "best": best, "trials": counts(study)})
 
 
-def _await_other_workers(study: Any, poll: float = 1.0) -> None:
+def _await_other_workers(study: Any, loaded: LoadedRecipe, parent: str, poll: float = 1.0) -> None:
     """The budget is spent, but trials that `--worker` processes started may still be running: the best
-    trial is chosen once they are done (a dead worker's trial is given up after its owner is gone)."""
+    trial is chosen once they are done. A dead worker's trial (its pid gone on this host, its heartbeat
+    stopped on another) is queued again, and run here."""
 
     announced = False
-    while counts(study)["running"]:
+    while counts(study)["running"] or counts(study)["waiting"]:
+        assert loaded.recipe.sweep is not None
+        if counts(study)["waiting"] and finished(study) + counts(study)["running"] < loaded.recipe.sweep.n_trials:
+            _run_trials(study, loaded, parent)
+            continue
+        if not counts(study)["running"]:
+            return
         if not announced:
-            print(f"mlops: waiting for {counts(study)['running']} trial(s) running in other workers", flush=True)
+            say(f"waiting for {counts(study)['running']} trial(s) running in other workers")
             announced = True
         recover_orphans(study)
         time.sleep(poll)
@@ -220,7 +234,7 @@ def _finish(study: Any, loaded: LoadedRecipe, parent: str,
     client = registry_client(uri)
     best_overrides = as_overrides(best.params)
     log_study(client, parent, study)
-    print(f"mlops: best trial {best.number}: value {best.value:.5f} with {' '.join(best_overrides)}", flush=True)
+    say(f"best trial {best.number}: value {best.value:.5f} with {' '.join(best_overrides)}")
     try:
         # the flow's summary as it is (a gate failure raises instead)
         final = RunSummary.model_validate(run_flow(str(loaded.path), loaded.overrides + best_overrides,
@@ -241,4 +255,5 @@ def sweep(recipe: str, overrides: list[str], worker: bool = False, allow_failed_
     loaded = load_validated(recipe, overrides)
     assert loaded.recipe.sweep is not None
     runner = ThreadPoolTaskRunner(max_workers=loaded.recipe.sweep.parallelism)
+    prepare_flow_run()
     return sweep_flow.with_options(task_runner=runner)(str(Path(recipe).resolve()), overrides, worker, allow_failed_gates)

@@ -1,6 +1,12 @@
 """Optuna studies for a recipe's `sweep:` section: durable storage, samplers, pruners, parameters as
 Hydra overrides, and resuming after a crash.
 
+A dead trial is found two ways. On this host, its owner's pid is gone. On another host, its owner stopped
+beating: every process that opens a study stamps Optuna's heartbeat of the RUNNING trials it owns every
+HEARTBEAT_S seconds, and a trial whose stamp is older than STALE_S is failed by Optuna's `fail_stale_trials`
+and queued again with the same parameters (the same bookkeeping as a local orphan: `mlops.retry_of`, and
+the failure does not use up the budget), so any live worker takes it over.
+
 A trial's parameters are sampled once, here, in the coordinating process, and handed to the trial
 process as overrides: every DDP rank of that trial reads the same job file, so all ranks train the
 same configuration.
@@ -12,12 +18,17 @@ import hashlib
 import json
 import os
 import socket
+import threading
+import time
+import warnings
+import weakref
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from mlops.core.errors import MlopsError
+from mlops.core.log import say
 from mlops.core.workspace import workspace
 from mlops.recipe import LoadedRecipe
 from mlops.recipe.schema import CategoricalParam, FloatParam, IntParam, SweepConfig
@@ -28,6 +39,10 @@ ERROR = "mlops.error"
 RETRY_OF = "mlops.retry_of"
 DIED = "its process died before it finished"
 ORPHAN_GRACE_S = 60
+# Optuna's heartbeat: a live worker stamps its running trials every HEARTBEAT_S; one not stamped for STALE_S
+# is dead (a worker killed, a host lost). Whole seconds (Optuna's RDBStorage takes ints); tests lower them.
+HEARTBEAT_S = 10
+STALE_S = 60
 
 
 def sweep_config(loaded: LoadedRecipe) -> SweepConfig:
@@ -100,11 +115,14 @@ def open_study(loaded: LoadedRecipe, *, create: bool = True) -> optuna.Study:
     name, url = study_name(loaded), storage_url(cfg)
     seed = cfg.seed if cfg.seed is not None else loaded.recipe.seed
     try:
+        storage = rdb_storage(url)
         if not create:
-            study = optuna.load_study(study_name=name, storage=url, sampler=sampler(cfg, seed), pruner=pruner(cfg))
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler(cfg, seed),
+                                      pruner=pruner(cfg))
         else:
-            study = optuna.create_study(study_name=name, storage=url, direction=cfg.direction,
+            study = optuna.create_study(study_name=name, storage=storage, direction=cfg.direction,
                                         sampler=sampler(cfg, seed), pruner=pruner(cfg), load_if_exists=True)
+        start_heartbeat(study)
         existing = len(study.get_trials(deepcopy=False))
         if existing and cfg.sampler != "grid":
             # A sampler seeded as in the first session would draw the same points again (a resumed TPE
@@ -118,6 +136,67 @@ def open_study(loaded: LoadedRecipe, *, create: bool = True) -> optuna.Study:
         if isinstance(exc, MlopsError):
             raise
         raise MlopsError(f"cannot open Optuna storage {url}: {exc}") from None
+
+
+class _RequeueStale:
+    """Optuna's heartbeat-stale callback: the trial it just failed is queued again with its parameters and
+    `mlops.retry_of`, as `recover_orphans` does for this host's dead trials (Optuna's own
+    RetryHeartbeatStaleTrialCallback copies the dead owner and names the retry in system attributes only)."""
+
+    def __init__(self) -> None:
+        self.requeued: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+        say(f"trial {trial.number} of {trial.user_attrs.get(OWNER, 'an unknown worker')} stopped beating: "
+            "failed, and queued again")
+        with self.lock:
+            self.requeued.append(trial.number)
+
+
+def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's database with Optuna's heartbeat on (the URL as `sweep.storage` gives it)."""
+    with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9: a warning per open
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=STALE_S,
+                                          heartbeat_stale_trial_callback=_RequeueStale())
+
+
+# Optuna warns at every `ask()` on a heartbeat storage outside `optimize()`: the sweep asks and tells itself
+# (trials are processes it launches) and beats for them in `start_heartbeat`.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize",
+                        category=UserWarning)
+
+
+def start_heartbeat(study: optuna.Study) -> threading.Thread | None:
+    """A daemon thread that stamps the heartbeat of the RUNNING trials this process owns, every HEARTBEAT_S,
+    while the study object lives. It stops with the process: that is the point."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if not is_heartbeat_enabled(study._storage):
+        return None
+    ref = weakref.ref(study)
+    storage, study_id = study._storage, study._study_id
+
+    def beat() -> None:
+        failing = False
+        while ref() is not None:
+            me = owner()
+            try:
+                for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                    if t.user_attrs.get(OWNER) == me:
+                        storage.record_heartbeat(t._trial_id)
+                failing = False
+            except Exception as exc:  # a database blip must not end the beat; a long one makes trials stale
+                if not failing:
+                    say(f"cannot record the trials' heartbeat ({exc}); trying again every {HEARTBEAT_S} s")
+                failing = True
+            time.sleep(HEARTBEAT_S)
+
+    thread = threading.Thread(target=beat, name=f"mlops-heartbeat-{study.study_name}", daemon=True)
+    thread.start()
+    return thread
 
 
 def _encode(choice: Any) -> Any:
@@ -171,9 +250,10 @@ def _alive(owner_id: str, started: Any) -> bool:
 
 
 def recover_orphans(study: optuna.Study) -> list[int]:
-    """Trials left RUNNING by a process on this host that is gone (kill -9, power loss) are marked
-    failed and queued again with the same parameters, so only the trial in flight is re-run."""
-    requeued = []
+    """Trials whose worker is gone are marked failed and queued again with the same parameters, so only
+    the trials in flight are re-run: on this host, a RUNNING trial whose owner's pid is gone (kill -9, power
+    loss); on any host, one whose heartbeat stopped for STALE_S (a worker killed or a machine lost)."""
+    requeued = _fail_stale(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _alive(str(t.user_attrs.get(OWNER, "")), t.datetime_start):
             continue
@@ -184,14 +264,40 @@ def recover_orphans(study: optuna.Study) -> list[int]:
     return requeued
 
 
+def _fail_stale(study: optuna.Study) -> list[int]:
+    """Optuna fails the trials whose heartbeat stopped; its callback (`_RequeueStale`) queues them again."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
+        return []
+    callback = storage.get_heartbeat_stale_trial_callback()
+    # the reason goes on first: once Optuna has failed a trial it takes no attributes
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try:
+            storage.set_trial_user_attr(trial_id, ERROR, f"{DIED} (no heartbeat for {STALE_S} s)")
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    if not isinstance(callback, _RequeueStale):
+        return []
+    with callback.lock:
+        done, callback.requeued[:] = list(callback.requeued), []
+    return done
+
+
 def counts(study: optuna.Study) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
     return {
         "complete": sum(t.state == TrialState.COMPLETE for t in trials),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        # failures we recorded with an error count toward the budget; a dead process's trial does not
+        # failures we recorded with an error count toward the budget; a dead process's trial (queued again)
+        # does not
         "failed": sum(t.state == TrialState.FAIL and not str(t.user_attrs.get(ERROR, "")).startswith(DIED)
-                      for t in trials),
+                      and t.number not in retried for t in trials),
         "running": sum(t.state == TrialState.RUNNING for t in trials),
         "waiting": sum(t.state == TrialState.WAITING for t in trials),
     }

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from mlops.core.errors import MlopsError
+from mlops.core.log import say
 from mlops.data.media import ModelInputs, PixelStats
 from mlops.data.preprocess import pixel_stats
 from mlops.recipe.schema import (
@@ -27,7 +28,15 @@ from mlops.recipe.schema import (
 )
 from mlops.train.datamodule import Split, is_image
 from mlops.train.finetune import fine_tune, resolve
-from mlops.train.progress import BestWeights, EpochHistory
+from mlops.train.progress import (
+    BEST,
+    LAST,
+    AtomicCheckpointIO,
+    Checkpoints,
+    EpochHistory,
+    MetricStream,
+    TrackingLink,
+)
 from mlops.train.pruning import OptunaPruning, PruneLink
 
 
@@ -51,6 +60,7 @@ class TrainJob(BaseModel):
     # a column missing here is measured from the training arrays by `fit`
     pixel_stats: dict[str, PixelStats] = Field(default_factory=dict)
     recipe_dir: str | None = None  # where a relative model.weights starts (the recipe's folder)
+    tracking: TrackingLink | None = None  # the MLflow run each epoch's metrics stream to while training runs
 
 
 class TrainResult(BaseModel):
@@ -63,6 +73,9 @@ class TrainResult(BaseModel):
     state_dict: str  # file name of the best weights, relative to the job's out_dir
     init: dict[str, Any]  # class path and constructor arguments, to rebuild the module for export
     fine_tune: dict[str, Any] | None = None  # model.weights / model.freeze: what was loaded, skipped, frozen
+    epoch_times: list[int] = Field(default_factory=list)  # when each history row's epoch ended (ms since the epoch)
+    streamed_to: str | None = None  # the MLflow run that received each epoch's metrics as it ended
+    resumed_from_epoch: int | None = None  # epochs done by a killed fit this one resumed from its checkpoint
 
 
 def dict_inputs(job: TrainJob) -> ModelInputs | None:
@@ -136,12 +149,36 @@ def build_module(init: dict[str, Any]) -> Any:
 def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-    for pattern in (".*does not have many workers.*", ".*LeafSpec.*", ".*isinstance.*treespec.*"):
+    for pattern in (".*does not have many workers.*", ".*LeafSpec.*", ".*isinstance.*treespec.*",
+                    ".*exists and is not empty.*"):  # a resumed fit finds its own checkpoints there
         warnings.filterwarnings("ignore", pattern)
 
 
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    """Where a fit keeps `last.ckpt` and `best.ckpt`: inside the train step's working directory."""
+    return Path(out_dir) / "checkpoints"
+
+
+def resume_point(out_dir: str | Path) -> tuple[Path, int] | None:
+    """The last checkpoint a killed fit left and how many epochs it holds; None to start from scratch. An
+    unreadable one (it cannot be half-written, see AtomicCheckpointIO, but a disk can fail) is set aside."""
+    import torch
+
+    last = checkpoint_dir(out_dir) / f"{LAST}.ckpt"
+    if not last.is_file():
+        return None
+    try:
+        epoch = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"])
+    except Exception as exc:  # noqa: BLE001 - whatever broke it, training from scratch is the remedy
+        say(f"checkpoint {last} is unreadable ({type(exc).__name__}): training from the first epoch")
+        last.replace(last.with_suffix(".unreadable"))
+        return None
+    return last, epoch + 1
+
+
 def fit(job: TrainJob) -> TrainResult | None:
-    """Train; return the result on global rank 0 (other ranks return None)."""
+    """Train; return the result on global rank 0 (other ranks return None). A fit killed before it ended
+    left `checkpoints/last.ckpt` in the job's out_dir: the same job resumes from it."""
     import lightning as L
     import torch
     from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -159,12 +196,15 @@ def fit(job: TrainJob) -> TrainResult | None:
     m = job.model
     weights = resolve(m.weights, job.recipe_dir) if m.weights else None
     tuned = fine_tune(module, weights, list(m.freeze))
+    say_once = rank_zero_only(say)  # once, not once per DDP rank
     if tuned is not None:
-        rank_zero_only(print)(tuned.summary(), flush=True)  # once, not once per DDP rank
+        say_once(tuned.summary())
     t = job.trainer
-    checkpoint = BestWeights(monitor=t.checkpoint.monitor, mode=t.checkpoint.mode)
     history = EpochHistory(max_epochs=t.max_epochs)
-    callbacks: list[Any] = [checkpoint, history]
+    stream = MetricStream(job.tracking, history) if job.tracking is not None else None
+    checkpoint = Checkpoints(checkpoint_dir(out), monitor=t.checkpoint.monitor, mode=t.checkpoint.mode,
+                             history=history, stream=stream)
+    callbacks: list[Any] = [history, checkpoint, *([stream] if stream is not None else [])]
     pruning = None
     if job.prune is not None:
         pruning = OptunaPruning(job.prune)
@@ -178,28 +218,34 @@ def fit(job: TrainJob) -> TrainResult | None:
         precision=t.precision, max_epochs=t.max_epochs, min_epochs=t.min_epochs, deterministic=t.deterministic,
         gradient_clip_val=t.gradient_clip_val, callbacks=callbacks, logger=False, default_root_dir=str(out),
         enable_progress_bar=interactive, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
-        enable_checkpointing=False,  # BestWeights keeps the best epoch in memory
+        plugins=[AtomicCheckpointIO()],
     )
     dm_kwargs: dict[str, Any] = {"arrays": arrays, "batch_size": m.batch_size, "seed": job.seed}
     if inputs is not None and inputs.images and m.augment != AugmentConfig():
         # only when asked: a custom datamodule that cannot augment then says so instead of ignoring it
         dm_kwargs["augment"] = m.augment.model_dump()
     dm = build_module({"class": job.datamodule.target, "kwargs": dm_kwargs | dict(job.datamodule.params)})
+    resume = resume_point(out)
+    if resume is not None:
+        say_once(f"resuming training from checkpoint {resume[0]}: {resume[1]} of {t.max_epochs} epochs done")
     started = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume[0]) if resume else None)
     fit_seconds = time.perf_counter() - started
     if trainer.global_rank != 0:
         return None
-    if checkpoint.best_state is not None:
-        module.load_state_dict(checkpoint.best_state)
+    best = checkpoint_dir(out) / f"{BEST}.ckpt"
+    if checkpoint.best_model_path and best.is_file():
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
     saved = out / "model.pt"
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, saved)
-    score = checkpoint.best_score
+    score = checkpoint.best_model_score
     result = TrainResult(
         history=history.rows, epochs_run=len(history.rows), best_score=float(score) if score is not None else None,
         fit_seconds=fit_seconds, world_size=trainer.world_size, pruned=bool(pruning and pruning.pruned),
         state_dict=saved.name, init=init,
         fine_tune=tuned.model_dump() if tuned is not None else None,
+        epoch_times=history.times, streamed_to=job.tracking.run_id if job.tracking and stream and stream.complete else None,
+        resumed_from_epoch=resume[1] if resume else None,
     )
     (out / "train_result.json").write_text(result.model_dump_json(indent=2))
     return result

@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mlops.core.log import say
+
 
 class PruneLink(BaseModel):
     storage: str
@@ -70,6 +72,16 @@ def _optuna_pruning() -> type:
                 self._trial = optuna.trial.Trial(study, self.link.trial_id)
             return self._trial
 
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            """A trial resumed from a killed one's checkpoint is a new Optuna trial: it reports the epochs the
+            checkpoint holds first, so the pruner compares it over all its epochs."""
+            if not trainer.is_global_zero:
+                return
+            for callback in trainer.callbacks:
+                for row in getattr(callback, "rows", []) if type(callback).__name__ == "EpochHistory" else []:
+                    if self.link.metric in row:
+                        self._open().report(float(row[self.link.metric]), step=int(row["epoch"]))
+
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             if trainer.sanity_checking:
                 return
@@ -84,8 +96,7 @@ def _optuna_pruning() -> type:
                 self.pruned = True
                 trainer.should_stop = True
                 if trainer.is_global_zero:
-                    print(f"trial pruned at epoch {trainer.current_epoch + 1} ({self.link.metric} {float(value):.4f})",
-                          flush=True)
+                    say(f"trial pruned at epoch {trainer.current_epoch + 1} ({self.link.metric} {float(value):.4f})")
 
     OptunaPruning.__module__ = __name__
     OptunaPruning.__qualname__ = "OptunaPruning"

@@ -67,6 +67,11 @@ def test_run_records_everything_in_mlflow(isolated_env: dict[str, str]) -> None:
     assert int(run.data.params["split.train_rows"]) + int(run.data.params["split.val_rows"]) + int(
         run.data.params["split.test_rows"]) == 569
     assert len(client.get_metric_history(summary["run_id"], "val/loss")) == 3
+    mv = client.get_model_version("quickstart", summary["model_version"])  # the ONNX stored once: the run's bundle
+    assert mv.source == run.info.artifact_uri + "/bundle"
+    assert "bundle/MLmodel" in {a.path for a in client.list_artifacts(summary["run_id"], "bundle")}
+    train = [d for d in run.inputs.dataset_inputs if any(t.value == "train" for t in d.tags)]
+    assert train and summary["data_fingerprint"].startswith(train[0].dataset.digest)
     assert {"test/auroc", "val/accuracy", "export/parity_max_abs_diff"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"])}
     artifacts |= {a.path for d in ("plots", "environment", "bundle", "data") for a in client.list_artifacts(summary["run_id"], d)}

@@ -21,21 +21,23 @@ import pytest
 from tests.conftest import ROOT
 from tests.postgres import throwaway_database
 
-ROUNDS = 3  # each round its own store, both processes released by one barrier
+ROUNDS = 2  # each round its own store, both processes released by one barrier (a fresh store costs ~20 s)
 MODEL = "race"
 
 
 def _onnx_bundle(where: Path) -> tuple[Path, str]:
-    """A bundle directory holding a tiny ONNX model (an identity), and the model's sha256."""
-    import onnx
-    from onnx import TensorProto, helper
+    """An export step's folder holding a real bundle (the test fixture's), and its model's sha256; beside it the
+    load_data and split folders a register step reads its input example from."""
+    import numpy as np
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])])
-    bundle = where / "bundle"
-    bundle.mkdir(parents=True)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(bundle / "model.onnx"))
+    from tests.serve_fixtures import build_bundle, training_frame
+
+    bundle = build_bundle(where / "bundle")
+    frame = training_frame(20)
+    (where / "load_data").mkdir()
+    frame.to_parquet(where / "load_data" / "data.parquet")
+    (where / "split").mkdir()
+    np.savez(where / "split" / "split.npz", train=np.arange(10), val=np.arange(10, 15), test=np.arange(15, 20))
     return bundle, hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
 
 
@@ -54,7 +56,7 @@ def _train_and_register(uri: str, export_dir: Path, sha: str) -> str:
                      tracking_uri=uri)
     ctx.results |= {"export": ExportResult.model_construct(onnx_sha256=sha),
                     "load_data": LoadDataResult.model_construct(fingerprint="sha256:0")}
-    ctx.dirs["export"] = export_dir
+    ctx.dirs |= {"export": export_dir, "load_data": export_dir / "load_data", "split": export_dir / "split"}
     return str(register(ctx, export_dir / "register").model_version)
 
 

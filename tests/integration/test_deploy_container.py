@@ -2,7 +2,9 @@
 the Dockerfile's exact ENTRYPOINT + CMD as a process in the context directory (standing in for WORKDIR), with
 the Dockerfile's ENV and the overrides a `docker run -e` would give (HOST, PORT, MLOPS_HOME). The server must
 become ready, answer a prediction, pass the Dockerfile's own HEALTHCHECK command, and import nothing that the
-context's requirements.txt does not install (checked from the process's own import log)."""
+context's requirements.txt does not install (checked from the process's own import log). It must run the stack
+the benchmark measures: uvicorn on uvloop with the httptools parser and orjson, each pinned by requirements.lock
+(the image installs them, not as uvicorn's optional extras): a server that falls back to asyncio or h11 fails."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from mlops.deploy.container import LOCK_FILE, norm, read_lock
 from mlops.deploy.generate import deploy_recipe
 from mlops.recipe import load_recipe
 from tests.conftest import ROOT
@@ -33,6 +36,8 @@ pytestmark = pytest.mark.integration
 READY_TIMEOUT = 120
 # imported by a library when present, declared by none: anyio's try-import of sniffio
 UNDECLARED_OPTIONAL = {"sniffio"}
+# the served stack is the measured stack (benchmarks/serve.py): required in the image, never optional
+FAST_STACK = ("uvloop", "httptools", "orjson", "uvicorn")
 ROW = {"age": 41.0, "income": 50.0, "city": "a"}
 
 
@@ -55,10 +60,6 @@ def env_of(dockerfile: str) -> dict[str, str]:
 def healthcheck_command(dockerfile: str) -> list[str]:
     text = instruction(dockerfile, "HEALTHCHECK")
     return json.loads(text[text.index("CMD ") + 4:])
-
-
-def norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def distributions_needed(requirements: list[str]) -> tuple[set[str], set[str]]:
@@ -124,6 +125,12 @@ def test_context_holds_what_the_image_needs(context: Path) -> None:
     requirements = (context / "requirements.txt").read_text()
     assert not re.search(r"^(torch|lightning|mlflow|prefect)", requirements, re.M)
     assert re.search(r"^onnxruntime==\d", requirements, re.M)
+    # the fast loop, parser and JSON library at the lock's versions, and the lock as pip's constraints
+    lock = read_lock(ROOT / LOCK_FILE)
+    for name in FAST_STACK:
+        assert re.search(rf"^{name}=={re.escape(lock[norm(name)])}$", requirements, re.M), f"{name} not pinned by the lock"
+    assert (context / "constraints.txt").read_text() == (ROOT / LOCK_FILE).read_text()
+    assert "-c constraints.txt" in instruction(dockerfile, "RUN")
     assert re.search(r"^USER 10001$", dockerfile, re.M)  # numeric, so Kubernetes can enforce runAsNonRoot
     assert "/v2/health/ready" in instruction(dockerfile, "HEALTHCHECK")
     assert instruction(dockerfile, "FROM").endswith("-slim")
@@ -168,7 +175,14 @@ def test_entrypoint_runs_the_server_as_the_image_would(context: Path, tmp_path: 
     assert ready == {"ready": True}
     assert answer["predictions"][0]["label"] in labels
     assert health.returncode == 0, health.stderr
-    assert "from bundle" in stdout.read_text()  # the bundle of the context, by its relative path
+    said = stdout.read_text()
+    assert "from bundle" in said  # the bundle of the context, by its relative path
+    # the loop and parser uvicorn was told to run (named, so no silent fallback), and the JSON library the log
+    # and the answers use: the fast ones, each installed in this environment
+    stack = re.search(r"^mlops serve: stack: (.*)$", said, re.M)
+    assert stack, said[-2000:]
+    for part in ("event loop uvloop ", "HTTP parser httptools ", "JSON orjson ", "uvicorn "):
+        assert part in stack.group(1) + " ", f"the server did not run on {part.strip()}: {stack.group(1)}"
     assert (tmp_path / "home" / "predictions" / f"{name}.sqlite").is_file()
 
     imported = imports_in(stderr.read_text())
@@ -190,4 +204,5 @@ def test_entrypoint_runs_the_server_as_the_image_would(context: Path, tmp_path: 
     missing = third_party - required - optional - UNDECLARED_OPTIONAL
     assert not missing, f"imported but not installed by requirements.txt: {sorted(missing)}"
     assert {p.lower() for p in pinned} <= third_party, "requirements.txt pins a package the server never imports"
+    assert {"uvloop", "httptools", "orjson"} <= third_party  # imported by the server, not merely installed
     assert not third_party & {"torch", "lightning", "mlflow", "prefect", "pandas", "hydra-core"}

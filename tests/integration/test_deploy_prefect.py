@@ -11,8 +11,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, run_cli
+from tests.net import prefect_api as api
 from tests.net import start_prefect_server, stop_process
 from tests.postgres import throwaway_database, unavailable
 
@@ -46,14 +45,6 @@ def postgres_db() -> Iterator[str]:
         yield f"postgresql+asyncpg://{info.user}@{info.host}:{info.port}/{name}"
 
 
-def api(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{url}{path}", data=data, headers={"content-type": "application/json"},
-                                     method="POST" if data is not None else "GET")
-    with urllib.request.urlopen(request, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
 @pytest.fixture
 def prefect_server(postgres_db: str, tmp_path: Path, isolated_env: dict[str, str]) -> Iterator[dict[str, str]]:
     log = tmp_path / "prefect-server.log"
@@ -70,8 +61,9 @@ def test_train_deployment_runs_to_completion(prefect_server: dict[str, str], iso
     url = prefect_server["url"]
     env = isolated_env | {"PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path / "client-home")}
 
+    # --local-checkout: the worker runs this checkout (a CI checkout's commit may be on no branch it could clone)
     deployed = run_cli(["deploy", "recipes/quickstart.yaml", *OVERRIDES, "--target", "prefect", "--prefect",
-                        "--output", str(tmp_path / "out"), "--json"], env)
+                        "--local-checkout", "--output", str(tmp_path / "out"), "--json"], env)
 
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     result = json.loads(deployed.stdout.strip().splitlines()[-1])

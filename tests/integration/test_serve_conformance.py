@@ -344,3 +344,94 @@ def test_both_runtimes_answer_the_same(pool: Pool) -> None:
     (labels_a, probs_a), (labels_b, probs_b) = answers["mlops"], answers["kserve"]
     assert labels_a == labels_b
     np.testing.assert_allclose(probs_a, probs_b, rtol=0, atol=1e-6)
+
+
+# --- versioned V2 routes, the server's extensions, the traffic route's move ----------------------------------
+
+@pytest.fixture(scope="module")
+def versioned(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Our app serving version 7 (champion) and 8 (A/B challenger at 0 %) on a real uvicorn on loopback. A
+    bundle directory has no registry version, so this server is built here rather than by `mlops serve`."""
+    import threading
+
+    import uvicorn
+
+    from mlops.core.predlog import PredictionLog
+    from mlops.core.refs import CHALLENGER
+    from mlops.serve.app import Server
+    from mlops.serve.routing import Arm
+
+    log = PredictionLog(tmp_path_factory.mktemp("versioned") / "log.sqlite")
+    app = Server(Predictor(bundle), log, version="7", challenger=Arm(Predictor(bundle), "8", CHALLENGER)).app()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.mark.parametrize(("version", "variant"), [("7", "champion"), ("8", "challenger")])
+def test_v2_versioned_routes_through_kserves_client(versioned: str, reference: dict[str, np.ndarray],
+                                                    version: str, variant: str) -> None:
+    """KServe's client builds `/v2/models/{model_name}/...`: a model name of `toy/versions/V` reaches the
+    versioned routes, and its InferResponse parser reads their answers."""
+    versioned_name = f"{MODEL}/versions/{version}"
+
+    async def work(client: Any) -> tuple[bool, Any, dict[str, str]]:
+        headers: dict[str, str] = {}
+        ready = await client.is_model_ready(versioned, versioned_name)
+        answer = await client.infer(versioned, v2_request(f"req-{version}"), model_name=versioned_name,
+                                    response_headers=headers)
+        return ready, answer, headers
+
+    ready, answer, headers = run(work, "v2")
+    assert ready is True
+    assert answer.model_name == MODEL and answer.id == f"req-{version}"  # its parser drops model_version:
+    assert headers["x-model-variant"] == variant  # the version, not the A/B split (0 %), chose the arm
+    raw = httpx.post(f"{versioned}/v2/models/{versioned_name}/infer", json={"inputs": [
+        {"name": c, "shape": [1], "datatype": "BYTES" if c == "city" else "FP64", "data": [ROW[c]]} for c in COLUMNS]},
+        timeout=30)
+    assert raw.status_code == 200 and raw.json()["model_version"] == version
+    outputs = v2_outputs(answer)
+    assert_matches(list(outputs["label"].data), outputs["probabilities"].data, reference)
+    meta = httpx.get(f"{versioned}/v2/models/{MODEL}/versions/{version}", timeout=30).json()
+    assert meta["versions"] == [version] and [i["name"] for i in meta["inputs"]] == COLUMNS
+
+
+def test_v2_version_not_served_is_a_404_naming_it(versioned: str) -> None:
+    async def work(client: Any) -> tuple[bool, Exception | None]:
+        ready = await client.is_model_ready(versioned, f"{MODEL}/versions/6")
+        try:
+            await client.infer(versioned, v2_request(), model_name=f"{MODEL}/versions/6")
+        except httpx.HTTPStatusError as exc:
+            return ready, exc
+        return ready, None
+
+    ready, refused = run(work, "v2")
+    assert ready is False  # V2: a 4xx readiness is "not ready"
+    assert isinstance(refused, httpx.HTTPStatusError) and refused.response.status_code == 404
+    body = refused.response.json()
+    assert body["field"] == "version" and "'6'" in body["error"] and "7, 8" in body["error"]
+    assert httpx.get(f"{versioned}/v2/models/{MODEL}", timeout=30).json()["versions"] == ["7", "8"]
+
+
+def test_server_metadata_lists_the_extensions_served(versioned: str) -> None:
+    metadata = httpx.get(f"{versioned}/v2", timeout=30).json()
+    assert metadata["extensions"] == ["model_repository"]
+    loaded = httpx.post(f"{versioned}/v2/repository/models/{MODEL}/load", timeout=30)
+    assert loaded.status_code == 200 and loaded.json()["load"] is True
+
+
+def test_traffic_route_moved_and_its_old_path_is_deprecated(versioned: str) -> None:
+    new = httpx.post(f"{versioned}/mlops/v1/models/{MODEL}/traffic", json={"percent": 0}, timeout=30)
+    old = httpx.post(f"{versioned}/v2/repository/models/{MODEL}/traffic", json={"percent": 0}, timeout=30)
+    assert new.status_code == old.status_code == 200 and new.json() == old.json()
+    assert "deprecation" not in new.headers
+    assert old.headers["deprecation"].startswith("@")
+    assert f"</mlops/v1/models/{MODEL}/traffic>" in old.headers["link"]

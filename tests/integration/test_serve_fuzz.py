@@ -574,7 +574,9 @@ PATHS = [V1, V2, FEEDBACK, "/v2/repository/models/toy/traffic", "/v2/repository/
          "/v2/health/live", "/v2/health/ready", f"/v2/models/{MODEL}", f"/v2/models/{MODEL}/ready",
          f"/v1/models/{MODEL}", "/metrics", "/openapi.json", "/", "/v1/models/other:predict", "/v2/models/other/infer",
          f"/v1/models/{MODEL}:explain", "/v3", "/v2/models//infer", "/%00", "/%ff%fe", "/v2/../v2", "/a?b=%zz",
-         "/v2/models/toy/infer/", "/" + "x" * 4000, "/v1/models/" + "%2F" * 50]
+         "/v2/models/toy/infer/", "/" + "x" * 4000, "/v1/models/" + "%2F" * 50,
+         "/mlops/v1/models/toy/traffic", f"/v2/models/{MODEL}/versions/1/infer", f"/v2/models/{MODEL}/versions/1",
+         f"/v2/models/{MODEL}/versions/1/ready", f"/v2/models/{MODEL}/versions//infer"]
 CONTENT_TYPES = [None, "application/json", "application/json; charset=utf-8", "text/plain",
                  "application/x-www-form-urlencoded", "multipart/form-data; boundary=zz", "application/octet-stream",
                  "application/ld+json", "text/html", "", "application/json; charset=latin-1", "image/png"]

@@ -71,20 +71,20 @@ def test_traffic_moves_live_between_the_arms(tmp_path: Path) -> None:
                                 ).headers["X-Model-Variant"] for i in range(40)}
 
         assert variants() == {"champion"}
-        moved = client.post("/v2/repository/models/toy/traffic", json={"percent": 100})
+        moved = client.post("/mlops/v1/models/toy/traffic", json={"percent": 100})
         assert moved.status_code == 200
         assert moved.json() == {"name": "toy", "champion": {"version": "1"}, "challenger": {"version": "2"},
                                 "percent": 100.0}
         assert variants() == {"challenger"}
-        assert client.post("/v2/repository/models/toy/traffic", json={"percent": 50}).status_code == 200
+        assert client.post("/mlops/v1/models/toy/traffic", json={"percent": 50}).status_code == 200
         assert variants() == {"champion", "challenger"}
-        bad = client.post("/v2/repository/models/toy/traffic", json={"percent": 101})
+        bad = client.post("/mlops/v1/models/toy/traffic", json={"percent": 101})
         assert bad.status_code == 400 and bad.json()["field"] == "percent"
 
 
 def test_traffic_without_a_challenger_is_a_409(tmp_path: Path) -> None:
     server = Server(Predictor(build_bundle(tmp_path / "c")), None)
     with TestClient(server.app()) as client:
-        refused = client.post("/v2/repository/models/toy/traffic", json={"percent": 10})
+        refused = client.post("/mlops/v1/models/toy/traffic", json={"percent": 10})
         assert refused.status_code == 409 and "--ab" in refused.json()["error"]
-        assert client.post("/v2/repository/models/toy/traffic", json={"percent": 0}).status_code == 200
+        assert client.post("/mlops/v1/models/toy/traffic", json={"percent": 0}).status_code == 200

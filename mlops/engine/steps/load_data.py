@@ -11,6 +11,8 @@ from mlops.data.sources import IMAGE_FILES, data_path, load_rows, source_name
 from mlops.engine.results import LoadDataResult
 from mlops.engine.steps.common import RunContext
 
+DATASET_FILE = "dataset.json"
+
 
 def load_data(ctx: RunContext, out: Path) -> LoadDataResult:
     data = ctx.loaded.recipe.data
@@ -22,5 +24,9 @@ def load_data(ctx: RunContext, out: Path) -> LoadDataResult:
     if rows.image_files:  # so that check_data can name the file of an image it refuses
         (out / IMAGE_FILES).write_text(json.dumps(rows.image_files))
     source = source_name(data)
+    # where the rows came from, as the run's MLflow dataset names it: the data file's absolute path
+    uri = str(data_path(data, ctx.loaded.path)) if data.path else source
+    (out / DATASET_FILE).write_text(json.dumps({"name": Path(uri).name if data.path else str(data.dataset),
+                                                "uri": uri, "target": data.target}))
     return LoadDataResult(fingerprint=fingerprint, dvc=dvc, source=source, rows=len(frame),
                           columns=[str(c) for c in frame.columns])

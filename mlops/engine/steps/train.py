@@ -1,28 +1,51 @@
-"""Fit the LightningModule, in this process or in a worker subprocess (DDP, several devices)."""
+"""Fit the LightningModule, in this process or in a worker subprocess (DDP, several devices).
+
+The step works in its cache working directory (see `mlops.engine.cache`): the fit's checkpoints and
+`mlflow_run.json`, the MLflow run its epochs stream to, stay there until training finished, so running the
+same command again after a kill resumes the fit and the run (`mlops.engine.execute` reads the record).
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
 from mlops.engine.children import clean_env, die_with_parent
 from mlops.engine.results import PreprocessResult
 from mlops.engine.steps.common import RunContext
 from mlops.train import worker
-from mlops.train.fit import TrainJob, TrainResult, fit, load_result
+from mlops.train.fit import TrainJob, TrainResult, checkpoint_dir, fit, load_result
+from mlops.train.progress import TrackingLink
 from mlops.train.pruning import TrialPruned
+
+RUN_RECORD = "mlflow_run.json"  # beside the checkpoints: the MLflow run a resumed fit goes on streaming to
+
+
+def recorded_run(out: Path) -> TrackingLink | None:
+    """The MLflow run a killed fit in `out` was streaming to, if it recorded one."""
+    try:
+        return TrackingLink.model_validate(json.loads((out / RUN_RECORD).read_text()))
+    except (OSError, ValueError):
+        return None
 
 
 def train(ctx: RunContext, out: Path) -> TrainResult:
     r = ctx.loaded.recipe
     prep = ctx.result("preprocess", PreprocessResult)
+    link = TrackingLink(tracking_uri=ctx.tracking_uri, run_id=ctx.run_id) if ctx.run_id else None
+    if link is not None:
+        write_text(out / RUN_RECORD, link.model_dump_json())
+    (out / "train_result.json").unlink(missing_ok=True)  # a killed attempt's: never read as this fit's
     job = TrainJob(
         model=r.model, datamodule=r.data.datamodule, trainer=r.trainer, seed=r.seed, task=prep.task,
         input_dim=prep.n_features, output_dim=1 if prep.task == "regression" else len(prep.labels or []),
         arrays=str(ctx.dir("preprocess") / "arrays.npz"), out_dir=str(out), prune=ctx.prune,
-        inputs=prep.inputs, pixel_stats=prep.pixel_stats, recipe_dir=str(ctx.loaded.path.parent),
+        inputs=prep.inputs, pixel_stats=prep.pixel_stats, recipe_dir=str(ctx.loaded.path.parent), tracking=link,
     )
     if r.trainer.multiprocess:
         result = _train_in_worker(job, out)
@@ -31,7 +54,11 @@ def train(ctx: RunContext, out: Path) -> TrainResult:
         assert fitted is not None
         result = fitted
     if result.pruned:
-        raise TrialPruned(result)  # never cache or export a model the pruner stopped half-way
+        # never cache or export a model the pruner stopped half-way, nor resume it
+        shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+        raise TrialPruned(result)
+    # finished: model.pt holds the best epoch's weights, and the checkpoints would only weigh on the cache
+    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
     return result
 
 

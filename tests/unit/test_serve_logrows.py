@@ -1,0 +1,84 @@
+"""The served requests' log rows built by the commit that writes them (mlops.serve.logrows): several requests
+built in one pass give the rows each would have got alone; a group that fails to build fails only its own
+requests; the loop's commit and the log thread both write deferred rows. Real ONNX Runtime, Pillow, tokenizers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlops.core.predlog import LoopCommits, PredictionLog, built_rows, read_predictions
+from mlops.package.predictor import DESCRIPTORS, EMBEDDING, Predictor
+from mlops.serve.logrows import PendingPrediction
+from tests.media_fixtures import IMAGE, build_media_bundle, instance
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    return Predictor(build_media_bundle(tmp_path_factory.mktemp("media") / "bundle"), threads=1)
+
+
+def pending(predictor: Predictor, seeds: list[int], tag: str) -> PendingPrediction:
+    texts = ["great coffee, fresh and strong", "stale chips", "my dog loves these treats"]
+    feeds = predictor.feeds_from_rows([instance(s, texts[s % 3], 30.0 + s) for s in seeds])
+    prediction = predictor.predict(feeds)
+    ids = [f"{tag}-{i}" for i in range(len(seeds))]
+    return PendingPrediction(predictor, ids, "media", "3", "champion", feeds, prediction, 1.5)
+
+
+def without_time(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return [row[:1] + row[2:] for row in rows]
+
+
+def test_a_group_builds_the_rows_each_request_gets_alone(predictor: Predictor) -> None:
+    items = [pending(predictor, [0], "a"), pending(predictor, [1, 2], "b"), pending(predictor, [3, 4, 5], "c")]
+    together = PendingPrediction.build(items)
+    alone = [PendingPrediction.build([item])[0] for item in items]
+    assert [len(rows) for rows in together] == [1, 2, 3]
+    assert [without_time(r) for r in together] == [without_time(r) for r in alone]
+    first = json.loads(together[2][1][5])  # the inputs of request c's second row: its own image and text
+    assert "sha1" in first[IMAGE] and first[DESCRIPTORS]
+    assert all(EMBEDDING in json.loads(row[6]) for rows in together for row in rows)
+    assert len({json.loads(row[5])[DESCRIPTORS].__repr__() for rows in together for row in rows}) == 6
+
+
+class Broken:
+    """Deferred rows whose building fails (a bug): only its own requests may fail."""
+
+    def group_key(self) -> Hashable:
+        return "broken"
+
+    @classmethod
+    def build(cls, items: Sequence[Any]) -> list[list[tuple[Any, ...]]]:
+        raise RuntimeError("cannot build")
+
+
+def test_a_group_that_fails_to_build_fails_only_its_requests(predictor: Predictor) -> None:
+    ok = pending(predictor, [0], "ok")
+    built = built_rows([[("x",)], Broken(), ok, Broken()])
+    assert built[0] == [("x",)]
+    assert isinstance(built[1], RuntimeError) and built[3] is built[1]
+    assert isinstance(built[2], list) and len(built[2]) == 1
+
+
+def test_the_loop_commit_and_the_log_thread_write_deferred_rows(predictor: Predictor, tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "log.sqlite")
+    commits = LoopCommits(log)
+
+    async def requests() -> list[Any]:
+        writes = [commits.write("predictions", pending(predictor, [k, k + 1], f"loop{k}")) for k in range(4)]
+        return await asyncio.gather(*writes, commits.write("predictions", Broken()), return_exceptions=True)
+
+    results = asyncio.run(requests())
+    assert results[:4] == [None] * 4 and isinstance(results[4], RuntimeError)
+    log.submit("predictions", pending(predictor, [9], "thread")).result(timeout=10)
+    log.close()
+    commits.close()
+    rows = {r["id"]: r for r in read_predictions(tmp_path / "log.sqlite")}
+    assert set(rows) == {f"loop{k}-{i}" for k in range(4) for i in range(2)} | {"thread-0"}
+    assert all(DESCRIPTORS in json.loads(row["inputs"]) for row in rows.values())
