@@ -265,24 +265,28 @@ def recover_orphans(study: optuna.Study) -> list[int]:
 
 
 def _fail_stale(study: optuna.Study) -> list[int]:
-    """Optuna fails the trials whose heartbeat stopped; its callback (`_RequeueStale`) queues them again."""
+    """Fail the trials whose heartbeat stopped, as Optuna's `fail_stale_trials` does, each with its reason first
+    (a failed trial takes no attributes), from ONE reading of which trials are stale: reading it twice (once for
+    the reasons, once in Optuna's call) let a trial turn stale in between and be failed without its reason.
+    The storage's callback (`_RequeueStale`) queues each one again."""
     from optuna.storages._heartbeat import is_heartbeat_enabled
 
     storage = study._storage
     if not is_heartbeat_enabled(storage):
         return []
     callback = storage.get_heartbeat_stale_trial_callback()
-    # the reason goes on first: once Optuna has failed a trial it takes no attributes
+    failed = []
     for trial_id in storage._get_stale_trial_ids(study._study_id):
         try:
             storage.set_trial_user_attr(trial_id, ERROR, f"{DIED} (no heartbeat for {STALE_S} s)")
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
             pass
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
     if not isinstance(callback, _RequeueStale):
         return []
+    for trial_id in failed:
+        callback(study, storage.get_trial(trial_id))
     with callback.lock:
         done, callback.requeued[:] = list(callback.requeued), []
     return done
