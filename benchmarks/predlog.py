@@ -47,6 +47,7 @@ from serve import (  # noqa: E402 - the serving benchmark's server and load help
     find_bundle,
     machine_line,
     paths,
+    pinned_cores,
     request_bodies,
     start,
     stop,
@@ -123,10 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("benchmarks/predlog.py needs wrk: `make bench-deps` (Debian: apt-get install wrk)")
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpu = client_cpu = None
-    if len(cpus) >= 2 and shutil.which("taskset"):
-        server_cpu, client_cpu = cpus[0], cpus[1]
+    server_cpu, client_cpu, cpus = pinned_cores()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-predlog-") as tmp_name:
         tmp = Path(tmp_name)

@@ -516,6 +516,16 @@ def goals(proto: str, results: dict[tuple[str, str, int], dict[str, float]], bat
 # --------------------------------------------------------------------------- main
 
 
+def pinned_cores() -> tuple[int | None, int | None, list[int]]:
+    """(the servers' core, wrk's core, the usable cores): the first two when the machine has two and `taskset`,
+    else None; this process then moves to wrk's core: it only waits on wrk, and must not take the servers'."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or not shutil.which("taskset"):
+        return None, None, cpus
+    os.sched_setaffinity(0, {cpus[1]})
+    return cpus[0], cpus[1], cpus
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5, help="seconds per timed wrk run (default 5)")
@@ -540,11 +550,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("benchmarks/serve.py needs wrk: `make bench-deps` (Debian: apt-get install wrk)")
 
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpu = client_cpu = None
-    if len(cpus) >= 2 and shutil.which("taskset"):
-        server_cpu, client_cpu = cpus[0], cpus[1]
-        os.sched_setaffinity(0, {client_cpu})  # this process only waits on wrk: keep it off the server's core
+    server_cpu, client_cpu, cpus = pinned_cores()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp_name:
         tmp = Path(tmp_name)

@@ -99,26 +99,44 @@ class LiveServer:
         return self.output.read_text(errors="replace")[-3000:]
 
 
+def start_server(runtime: str, command: Callable[[int], list[str]], output: Callable[[int], Path],
+                 env: dict[str, str], start_timeout: float = 120, tries: int = 3) -> LiveServer:
+    """`command(port)` started on a free port, its output in the file `output(port)`, once ready. The port is free
+    when probed but not held: another xdist worker may take it first, so a server that cannot bind is started
+    again on another port."""
+    from tests.conftest import ROOT
+
+    for _ in range(tries):
+        port = free_port()
+        with open(output(port), "wb") as out:  # a file, not a pipe: nobody has to drain it while a test runs
+            proc = subprocess.Popen(command(port), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        server = LiveServer(runtime, port, proc, output(port))
+        deadline = time.monotonic() + start_timeout
+        while proc.poll() is None and time.monotonic() < deadline and not is_ready(port, 2):
+            time.sleep(0.2)
+        time.sleep(0.3)  # a server that lost the port exits at once: make sure the answer came from ours
+        if proc.poll() is None and is_ready(port, 2):
+            return server
+        stop_process(proc, timeout=15, kill_timeout=15)
+        if "address already in use" not in server.tail().lower():
+            raise AssertionError(f"{runtime} server did not become ready on port {port}:\n{server.tail()}")
+    raise AssertionError(f"{runtime} server: no free port in {tries} tries")
+
+
 def serve_bundle(bundle: Path, tmp: Path, runtime: str = "mlops", args: tuple[str, ...] = (),
                  start_timeout: float = 120) -> Iterator[LiveServer]:
     """`mlops serve BUNDLE` (or `--runtime kserve`) with `args`, without the caller's MLOPS_SERVE_TOKEN, its
     workspace and log under `tmp`; yielded once ready, stopped however the caller ends."""
-    from tests.conftest import ROOT
-
-    port = free_port()
-    output = tmp / "server.out"
     env = {k: v for k, v in os.environ.items() if k != "MLOPS_SERVE_TOKEN"} | {"MLOPS_HOME": str(tmp / ".mlops"),
                                                                              "PYTHONUNBUFFERED": "1"}
     extra = ["--runtime", "kserve"] if runtime == "kserve" else ["--log", str(tmp / "predictions.sqlite")]
-    with open(output, "wb") as out:  # a file, not a pipe: nobody has to drain it while a test runs
-        proc = subprocess.Popen([sys.executable, "-m", "mlops.cli", "serve", str(bundle), "--port", str(port),
-                                 *args, *extra], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = LiveServer(runtime, port, proc, output)
+    server = start_server(runtime, lambda port: [sys.executable, "-m", "mlops.cli", "serve", str(bundle), "--port",
+                                                 str(port), *args, *extra],
+                          lambda port: tmp / f"server-{port}.out", env, start_timeout)
     try:
-        wait_ready(port, proc, start_timeout, server.tail, request_timeout=2)
         yield server
     finally:
-        stop_process(proc)
+        stop_process(server.proc)
 
 
 def start_prefect_server(home: Path, env: dict[str, str], log: Path, timeout: float = 180,

@@ -27,15 +27,16 @@ _COLUMN_TYPES = {"numeric": "double", "categorical": "string", "image": "binary"
 
 def register_bundle(client: Any, uri: str, run_id: str, model_name: str, bundle_dir: Path,
                     tags: dict[str, str], set_aliases: bool = True,
-                    example: pd.DataFrame | None = None) -> dict[str, Any]:
+                    rows: pd.DataFrame | None = None) -> dict[str, Any]:
     """Register the bundle the run already holds under `bundle/` (stored once: the version points at those
     artifacts) and, unless it failed its gates, set aliases: `challenger`, and `champion` when there is none
-    yet. `example` is one raw row the version shows as its input example. Returns version and aliases."""
+    yet. The version's input example is one of `rows` (raw rows, `example_row`). Returns version and aliases."""
     from mlflow.exceptions import MlflowException
 
+    meta = read_bundle(bundle_dir)
     with tempfile.TemporaryDirectory(prefix="mlops-mlmodel-") as tmp:
         # the MLmodel (flavors, signature, example) beside the bundle's files in the run: no second model copy
-        write_mlmodel(Path(tmp), read_bundle(bundle_dir), run_id, example)
+        write_mlmodel(Path(tmp), meta, run_id, None if rows is None else example_row(meta, rows))
         client.log_artifacts(run_id, tmp, BUNDLE_ARTIFACTS)
     try:
         client.create_registered_model(model_name)

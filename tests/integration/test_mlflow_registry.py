@@ -26,7 +26,7 @@ from mlops.engine.steps.register import register
 from mlops.engine.steps.split import split
 from mlops.package.bundle import read_bundle
 from mlops.package.predictor import Predictor
-from mlops.package.registry import example_row, register_bundle
+from mlops.package.registry import register_bundle
 from mlops.recipe import load_recipe
 from tests import media_fixtures as media
 from tests.deploy_fixtures import mlops_home
@@ -159,14 +159,13 @@ def test_an_image_and_text_version_shows_raw_inputs(store: tuple[Any, str], tmp_
 
     client, uri = store
     bundle = media.build_media_bundle(tmp_path / "bundle")
-    meta = read_bundle(bundle)
     frame = pd.DataFrame({media.IMAGE: [media.image_png(seed) for seed in range(3)],
                           media.TEXT: ["great coffee", "stale chips bad smell", "too sweet for me"],
                           media.NUMBER: [41.0, np.nan, 39.0]})
     run_id = client.create_run(experiment_id(client, "reviews", uri)).info.run_id
     client.log_artifacts(run_id, str(bundle), "bundle")
     started = time.monotonic()
-    register_bundle(client, uri, run_id, "reviews", bundle, {"gates": "passed"}, example=example_row(meta, frame))
+    register_bundle(client, uri, run_id, "reviews", bundle, {"gates": "passed"}, rows=frame)
     assert time.monotonic() - started < 10  # no pip inference, no model re-serialised
 
     info = mlflow.models.get_model_info("models:/reviews@champion")

@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,8 +19,7 @@ import numpy as np
 import pytest
 
 from mlops.package.predictor import Predictor
-from tests.conftest import ROOT
-from tests.net import free_port, is_ready, stop_process
+from tests.net import LiveServer, free_port, start_server, stop_process
 from tests.serve_fixtures import build_bundle
 
 pytestmark = pytest.mark.integration
@@ -56,21 +53,6 @@ START_TIMEOUT = 90  # the machine may be busy with other suites: a cold `python 
 
 # --- the servers -----------------------------------------------------------------------------------------
 
-@dataclass
-class Runtime:
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    output: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def tail(self) -> str:
-        return self.output.read_text(errors="replace")[-4000:]
-
-
 def _command(runtime: str, bundle: Path, port: int, workdir: Path) -> list[str]:
     if runtime == "mlops":
         return [sys.executable, "-m", "mlops.cli", "serve", str(bundle), "--port", str(port),
@@ -79,27 +61,10 @@ def _command(runtime: str, bundle: Path, port: int, workdir: Path) -> list[str]:
     return [sys.executable, "-m", "mlops.cli", "serve", str(bundle), "--runtime", "kserve", "--port", str(port)]
 
 
-def _start(runtime: str, bundle: Path, workdir: Path) -> Runtime:
-    """Start one server on a free port. The port is free when probed but not held: another xdist worker may
-    take it first, so a server that cannot bind is started again on another port."""
+def _start(runtime: str, bundle: Path, workdir: Path) -> LiveServer:
     env = os.environ | {"MLOPS_HOME": str(workdir / ".mlops"), "PYTHONUNBUFFERED": "1"}
-    for _ in range(3):
-        port = free_port()
-        output = workdir / f"{runtime}-{port}.log"
-        with output.open("wb") as sink:  # a file, not a pipe: nobody reads a pipe while the tests run
-            proc = subprocess.Popen(_command(runtime, bundle, port, workdir), cwd=ROOT, env=env, stdout=sink,
-                                    stderr=subprocess.STDOUT)
-        server = Runtime(runtime, port, proc, output)
-        deadline = time.monotonic() + START_TIMEOUT
-        while proc.poll() is None and time.monotonic() < deadline and not is_ready(port):
-            time.sleep(0.2)
-        time.sleep(0.3)  # a server that lost the port exits at once: make sure the answer came from ours
-        if proc.poll() is None and is_ready(port):
-            return server
-        stop_process(proc, timeout=15, kill_timeout=15)
-        if "address already in use" not in server.tail().lower():
-            raise AssertionError(f"{runtime} server did not become ready on port {port}:\n{server.tail()}")
-    raise AssertionError(f"{runtime} server: no free port in 3 tries")
+    return start_server(runtime, lambda port: _command(runtime, bundle, port, workdir),
+                        lambda port: workdir / f"{runtime}-{port}.log", env, START_TIMEOUT)
 
 
 class Pool:
@@ -108,9 +73,9 @@ class Pool:
     def __init__(self, bundle: Path, workdir: Path) -> None:
         self.bundle = bundle
         self.workdir = workdir
-        self.started: dict[str, Runtime] = {}
+        self.started: dict[str, LiveServer] = {}
 
-    def get(self, runtime: str) -> Runtime:
+    def get(self, runtime: str) -> LiveServer:
         if runtime not in self.started:
             self.started[runtime] = _start(runtime, self.bundle, self.workdir)
         server = self.started[runtime]
@@ -137,7 +102,7 @@ def pool(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Poo
 
 
 @pytest.fixture(scope="module", params=RUNTIMES)
-def server(request: pytest.FixtureRequest, pool: Pool) -> Runtime:
+def server(request: pytest.FixtureRequest, pool: Pool) -> LiveServer:
     return pool.get(request.param)
 
 
@@ -180,24 +145,24 @@ def assert_matches(labels: list[str], probabilities: Any, reference: dict[str, n
 
 # --- conformance: every check runs against both runtimes -------------------------------------------------
 
-def test_v2_server_and_model_health(server: Runtime) -> None:
+def test_v2_server_and_model_health(server: LiveServer) -> None:
     async def work(client: Any) -> tuple[bool, bool, bool, bool]:
-        return (await client.is_server_live(server.url), await client.is_server_ready(server.url),
-                await client.is_model_ready(server.url, MODEL), await client.is_model_ready(server.url, "other"))
+        return (await client.is_server_live(server.base), await client.is_server_ready(server.base),
+                await client.is_model_ready(server.base, MODEL), await client.is_model_ready(server.base, "other"))
 
     assert run(work, "v2") == (True, True, True, False)
 
 
-def test_v1_model_status(server: Runtime) -> None:
+def test_v1_model_status(server: LiveServer) -> None:
     async def work(client: Any) -> bool:
-        return await client.is_model_ready(server.url, MODEL)
+        return await client.is_model_ready(server.base, MODEL)
 
     assert run(work, "v1") is True
-    assert httpx.get(f"{server.url}/v1/models/{MODEL}").json() == {"name": MODEL, "ready": True}
+    assert httpx.get(f"{server.base}/v1/models/{MODEL}").json() == {"name": MODEL, "ready": True}
 
 
-def test_v2_model_metadata(server: Runtime) -> None:
-    meta = httpx.get(f"{server.url}/v2/models/{MODEL}").json()
+def test_v2_model_metadata(server: LiveServer) -> None:
+    meta = httpx.get(f"{server.base}/v2/models/{MODEL}").json()
     assert meta["name"] == MODEL
     assert meta["inputs"] == [{"name": "age", "datatype": "FP32", "shape": [-1, 1]},
                               {"name": "income", "datatype": "FP32", "shape": [-1, 1]},
@@ -207,11 +172,11 @@ def test_v2_model_metadata(server: Runtime) -> None:
 
 
 @pytest.mark.parametrize("shape", ["objects", "lists"])
-def test_v1_predict(server: Runtime, reference: dict[str, np.ndarray], shape: str) -> None:
+def test_v1_predict(server: LiveServer, reference: dict[str, np.ndarray], shape: str) -> None:
     instances = ROWS if shape == "objects" else [[r[c] for c in COLUMNS] for r in ROWS]
 
     async def work(client: Any) -> dict[str, Any]:
-        return await client.infer(server.url, {"instances": instances, "id": "req-v1"}, model_name=MODEL)
+        return await client.infer(server.base, {"instances": instances, "id": "req-v1"}, model_name=MODEL)
 
     body = run(work, "v1")
     predictions = body["predictions"]
@@ -220,9 +185,9 @@ def test_v1_predict(server: Runtime, reference: dict[str, np.ndarray], shape: st
     assert body["ids"] == [f"req-v1-{i}" for i in range(len(ROWS))]
 
 
-def test_v2_infer_one_input_per_column(server: Runtime, reference: dict[str, np.ndarray]) -> None:
+def test_v2_infer_one_input_per_column(server: LiveServer, reference: dict[str, np.ndarray]) -> None:
     async def work(client: Any) -> Any:
-        return await client.infer(server.url, v2_request("req-v2"), model_name=MODEL)
+        return await client.infer(server.base, v2_request("req-v2"), model_name=MODEL)
 
     response = run(work, "v2")
     assert response.id == "req-v2"
@@ -235,13 +200,13 @@ def test_v2_infer_one_input_per_column(server: Runtime, reference: dict[str, np.
     assert_matches(list(label.data), probabilities.data, reference)
 
 
-def test_v2_infer_single_bytes_tensor(server: Runtime, reference: dict[str, np.ndarray]) -> None:
+def test_v2_infer_single_bytes_tensor(server: LiveServer, reference: dict[str, np.ndarray]) -> None:
     """One [N, n_columns] tensor in schema order: mixing numbers and strings makes it BYTES."""
     request = kserve.InferRequest(model_name=MODEL, request_id="req-single", infer_inputs=[
         kserve.InferInput("input", [len(ROWS), len(COLUMNS)], "BYTES", [[r[c] for c in COLUMNS] for r in ROWS])])
 
     async def work(client: Any) -> Any:
-        return await client.infer(server.url, request, model_name=MODEL)
+        return await client.infer(server.base, request, model_name=MODEL)
 
     response = run(work, "v2")
     assert response.id == "req-single"
@@ -249,17 +214,17 @@ def test_v2_infer_single_bytes_tensor(server: Runtime, reference: dict[str, np.n
     assert_matches(list(outputs["label"].data), outputs["probabilities"].data, reference)
 
 
-def test_v2_id_is_generated_when_absent(server: Runtime) -> None:
+def test_v2_id_is_generated_when_absent(server: LiveServer) -> None:
     body = {"inputs": [{"name": c, "shape": [1], "datatype": "BYTES" if c == "city" else "FP64", "data": [ROW[c]]}
                        for c in COLUMNS]}
-    response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=body)
+    response = httpx.post(f"{server.base}/v2/models/{MODEL}/infer", json=body)
     assert response.status_code == 200, response.text
     assert isinstance(response.json()["id"], str) and response.json()["id"]
 
 
-def test_client_surfaces_a_bad_request_as_4xx(server: Runtime) -> None:
+def test_client_surfaces_a_bad_request_as_4xx(server: LiveServer) -> None:
     async def work(client: Any) -> Any:
-        return await client.infer(server.url, {"instances": [ROW | {"zip": 1}]}, model_name=MODEL)
+        return await client.infer(server.base, {"instances": [ROW | {"zip": 1}]}, model_name=MODEL)
 
     with pytest.raises(httpx.HTTPStatusError) as caught:
         run(work, "v1")
@@ -305,9 +270,9 @@ BAD = [
 
 @pytest.mark.parametrize(("path", "body", "status", "field"), [case[1:] for case in BAD],
                          ids=[case[0] for case in BAD])
-def test_bad_request_names_the_field(server: Runtime, path: str, body: dict[str, Any], status: int,
+def test_bad_request_names_the_field(server: LiveServer, path: str, body: dict[str, Any], status: int,
                                      field: str) -> None:
-    response = httpx.post(server.url + path, json=body)
+    response = httpx.post(server.base + path, json=body)
     assert response.status_code == status, response.text
     answer = response.json()
     assert answer["field"] == field, answer
@@ -315,8 +280,8 @@ def test_bad_request_names_the_field(server: Runtime, path: str, body: dict[str,
 
 
 @pytest.mark.parametrize("path", [V1.replace(MODEL, "other"), V2.replace(MODEL, "other")])
-def test_unknown_model_is_404(server: Runtime, path: str) -> None:
-    response = httpx.post(server.url + path, json={"instances": [ROW]} if "v1" in path else _v2(*GOOD_V2))
+def test_unknown_model_is_404(server: LiveServer, path: str) -> None:
+    response = httpx.post(server.base + path, json={"instances": [ROW]} if "v1" in path else _v2(*GOOD_V2))
     assert response.status_code == 404, response.text
     assert "other" in response.json()["error"]
 
@@ -326,7 +291,7 @@ def test_unknown_model_is_404(server: Runtime, path: str) -> None:
 def test_both_runtimes_answer_the_same(pool: Pool) -> None:
     answers: dict[str, tuple[list[str], np.ndarray]] = {}
     for runtime in RUNTIMES:
-        url = pool.get(runtime).url
+        url = pool.get(runtime).base
 
         async def v1(client: Any, url: str = url) -> dict[str, Any]:
             return await client.infer(url, {"instances": ROWS}, model_name=MODEL)

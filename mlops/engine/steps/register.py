@@ -10,8 +10,7 @@ from mlops.core.registry import store_lock
 from mlops.engine.results import ExportResult, LoadDataResult, RegisterResult
 from mlops.engine.steps.common import RunContext, frames
 from mlops.evaluate.gates import GateDecision
-from mlops.package.bundle import read_bundle
-from mlops.package.registry import aliases_of, example_row, promote_version, register_bundle
+from mlops.package.registry import aliases_of, promote_version, register_bundle
 
 
 def register(ctx: RunContext, out: Path) -> RegisterResult:
@@ -37,7 +36,6 @@ def register(ctx: RunContext, out: Path) -> RegisterResult:
                 "data_fingerprint": ctx.result("load_data", LoadDataResult).fingerprint, "gates": gates}
         bundle = ctx.dir("export") / "bundle"
         # a real test row (what the model was judged on) as the version's input example
-        example = example_row(read_bundle(bundle), frames(ctx)["test"])
         registered = register_bundle(client, ctx.tracking_uri, ctx.run_id, r.model_name, bundle, tags,
-                                     set_aliases=gates != "failed", example=example)
+                                     set_aliases=gates != "failed", rows=frames(ctx)["test"])
         return RegisterResult.model_validate(registered | {"gates": gates})
