@@ -272,6 +272,9 @@ def _serve_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--body-timeout", type=float, default=None, metavar="S",
                    help="a request body must arrive in full within S seconds, else the answer is a 408 "
                         "(default 30)")
+    p.add_argument("--grpc-port", type=int, default=None, metavar="PORT",
+                   help="also serve the V2 gRPC protocol (KServe's GRPCInferenceService, as tritonclient.grpc "
+                        "calls it) on PORT, beside HTTP, with the same log, metrics, shadow and A/B (default off)")
 
     p = _command(sub, "feedback", "mlops.cli.serve:cmd_feedback",
                  "record ground truth by prediction id in a prediction log (CSV or JSONL)")
@@ -281,6 +284,32 @@ def _serve_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="MODEL", help=f"{MODEL_REF}, or a NAME: use its default log "
                                                     ".mlops/predictions/<NAME>.sqlite")
     _json(p, "the counts")
+
+    p = _command(sub, "loadtest", "mlops.cli.loadtest:cmd_loadtest",
+                 "load-test a model in the real serving process (or a live server) with Locust: rps, p50/p95/p99, "
+                 "error rate, peak memory")
+    p.add_argument("model", metavar="MODEL", help=f"{MODEL_REF}: served here on 127.0.0.1 for the test (with --url: "
+                                                  "the model the live server serves, for its inputs and name)")
+    p.add_argument("--url", help="drive the running `mlops serve` at URL instead (nothing started; its peak memory "
+                                 "is not measured)")
+    p.add_argument("--data", metavar="FILE", help="CSV or Parquet rows to send, one per request (default: rows drawn "
+                                                  "from the training data's schema in the bundle; images and texts "
+                                                  "need --data)")
+    p.add_argument("--users", type=int, default=8, help="concurrent users (default 8)")
+    p.add_argument("--rps", type=float, help="target requests per second across all users (default: as fast as the "
+                                             "server answers)")
+    p.add_argument("--duration", type=float, default=10.0, metavar="S", help="measured seconds (default 10)")
+    p.add_argument("--warmup", type=float, default=2.0, metavar="S", help="seconds of load before the measurement, "
+                                                                          "not counted (default 2)")
+    p.add_argument("--spawn-rate", type=float, metavar="N", help="users started per second (default: all at once)")
+    p.add_argument("--rows", type=int, default=200, metavar="N", help="rows the requests cycle through (default 200)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="the longest the server may take to start, and a request to be answered (default 60)")
+    p.add_argument("--max-p99-ms", type=float, metavar="MS", help="fail (exit 3) when p99 latency is above MS")
+    p.add_argument("--max-error-rate", type=float, metavar="R", help="fail (exit 3) when the error rate is above R")
+    p.add_argument("--min-rps", type=float, metavar="N", help="fail (exit 3) when fewer requests per second are "
+                                                              "answered")
+    _json(p, "the load test's figures")
 
 
 def _deploy_commands(sub: argparse._SubParsersAction) -> None:
@@ -478,3 +507,37 @@ def _improve_commands(sub: argparse._SubParsersAction) -> None:
                                                     "(default: the 90th percentile)")
     _output(p, "output directory (default .mlops/improve/errors/NAME)")
     _json(p, "the analysis")
+    _label_commands(sub)
+
+
+def _label_commands(sub: argparse._SubParsersAction) -> None:
+    label = sub.add_parser("label", help="a labelling round trip with Label Studio: the predictions most worth "
+                                         "labelling out, the annotations back in as feedback")
+    label_sub = label.add_subparsers(dest="label_command", metavar="COMMAND", required=True)
+    p = _command(label_sub, "export", "mlops.cli.label:cmd_label_export", "write a Label Studio import file of the "
+                 "predictions most worth labelling (lowest confidence, shadow disagreements, drifted windows), the "
+                 "model's answer as a pre-annotation, and its labeling config")
+    p.add_argument("model", metavar="MODEL", help="the model's NAME, or NAME/VERSION for one version only (its log "
+                                                  "is .mlops/predictions/NAME.sqlite unless --log)")
+    p.add_argument("--log", help="the prediction log")
+    p.add_argument("--recipe", help="read improve.refresh.log from this recipe")
+    p.add_argument("--count", type=int, default=50, help="how many tasks (default 50)")
+    p.add_argument("--by", metavar="CRITERIA", help="comma-separated, taken in turn: confidence (lowest first), "
+                   "disagreement (with the shadow), drift (windows the monitor judged drifted); default all three")
+    p.add_argument("--since", help="only predictions since: ISO time, unix seconds, or a duration ago (7d, 12h)")
+    p.add_argument("--labels", help="comma-separated classes to choose from (default: every label the model "
+                                    "answered in the log)")
+    p.add_argument("--include-labelled", action="store_true", help="also propose predictions that have feedback")
+    p.add_argument("--config-out", metavar="FILE", help="where the labeling config (XML) goes (default: beside the "
+                                                        "tasks, NAME.config.xml)")
+    _output(p, "the tasks file (default .mlops/improve/labelling/NAME/tasks.json)", old=False)
+    _json(p, "what was written")
+
+    p = _command(label_sub, "import", "mlops.cli.label:cmd_label_import", "record a Label Studio JSON export's "
+                 "annotations as feedback by prediction id (as mlops feedback does)")
+    p.add_argument("file", help="the project's export from Label Studio (Export -> JSON) of `mlops label export` "
+                                "tasks")
+    p.add_argument("--log", help="the prediction log (SQLite) that `mlops serve` wrote")
+    p.add_argument("--model", metavar="MODEL", help=f"{MODEL_REF}, or a NAME: use its default log "
+                                                    ".mlops/predictions/<NAME>.sqlite")
+    _json(p, "the counts")

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 IMAGE_NUMERIC = ("width", "height", "brightness", "contrast", "sharpness")
 COLOUR_NUMERIC = ("red", "green", "blue")
@@ -31,7 +34,7 @@ TEXT_CATEGORICAL = ("script",)
 DESCRIPTOR_NAMES = frozenset(IMAGE_NUMERIC + COLOUR_NUMERIC + TEXT_NUMERIC + TEXT_CATEGORICAL)
 SEPARATOR = "."  # a descriptor's column is "<input>.<descriptor>", e.g. "review.chars", "image.brightness"
 # ITU-R BT.601 luma: the grey level Pillow's convert("L") computes
-_LUMA = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+_LUMA = (0.299, 0.587, 0.114)
 
 
 def descriptor_columns(name: str, kind: str, channels: int = 1) -> dict[str, str]:
@@ -53,11 +56,12 @@ def described_input(column: str) -> str:
 def image_descriptors(name: str, pixels: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
     """Descriptors of decoded images: `pixels` uint8 [N, H, W, C] as the model takes them, `sizes` [N, 2] the
     (width, height) each image had as sent. Few numpy calls: the server computes them for every request."""
+    import numpy as np
     n, h, w, c = pixels.shape
     # reductions as matrix products: numpy's strided reductions over small images cost more than the
     # arithmetic (a channel mean of one 32x32 image: 17 us as .mean(axis=1), 1.5 us as a product)
     flat_px = pixels.reshape(n, h * w, c).astype(np.float32)
-    grey = flat_px[..., 0] if c == 1 else flat_px @ _LUMA
+    grey = flat_px[..., 0] if c == 1 else flat_px @ np.asarray(_LUMA, dtype=np.float32)
     flat = grey.astype(np.float64)
     ones = np.ones(h * w)
     mean = flat @ ones / (h * w)
@@ -76,6 +80,7 @@ def image_descriptors(name: str, pixels: np.ndarray, sizes: np.ndarray) -> dict[
 
 def _laplacian(grey: np.ndarray) -> np.ndarray:
     """Mean |4-neighbour Laplacian| per image: edges and noise raise it, blur lowers it."""
+    import numpy as np
     if grey.shape[1] < 3 or grey.shape[2] < 3:
         return np.zeros(grey.shape[0])
     lap = grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:]
@@ -87,6 +92,7 @@ def text_descriptors(name: str, texts: list[str], ids: np.ndarray | None = None,
                      pad_id: int = 0) -> dict[str, np.ndarray]:
     """Descriptors of texts; with the model's token ids [N, L] and its tokenizer's unknown id, the share of
     tokens it did not know (NaN for a text without tokens)."""
+    import numpy as np
     n = len(texts)
     chars = np.fromiter((len(t) for t in texts), np.float64, n)
     words = np.fromiter((len(t.split()) for t in texts), np.float64, n)

@@ -8,16 +8,16 @@ first ones shown), so the user can find them without re-running anything.
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from mlops.core.errors import DataError, ExpectationError
 from mlops.data.columns import column_kinds, image_spec, is_missing, text_column, text_values
 from mlops.data.media import MediaError, decode_image, image_header
 from mlops.data.schema import feature_columns
 from mlops.recipe.schema import ColumnExpectation, DataConfig, ExpectationsConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SHOWN_ROWS = 10
 SHOWN_VALUES = 5
@@ -42,6 +42,8 @@ def violations(frame: pd.DataFrame, cfg: ExpectationsConfig) -> list[dict[str, A
 
 
 def _column_violations(column: str, values: pd.Series, rule: ColumnExpectation) -> list[dict[str, Any]]:
+    import numpy as np
+    import pandas as pd
     found = []
     missing = values.isna().to_numpy()
     if rule.max_missing is not None and len(values) and missing.mean() > rule.max_missing:
@@ -81,6 +83,7 @@ def _column_violations(column: str, values: pd.Series, rule: ColumnExpectation) 
 
 
 def _text_violations(column: str, values: pd.Series, rule: ColumnExpectation) -> list[dict[str, Any]]:
+    import numpy as np
     found = []
     texts = text_values(values)
     lengths = np.asarray([len(t) for t in texts], dtype=np.int64)

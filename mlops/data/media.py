@@ -21,10 +21,10 @@ import io
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
+    import numpy as np
     from tokenizers import Tokenizer
 
 PAD_ID = 0  # token id 0 is padding: the network masks it
@@ -159,6 +159,7 @@ def image_header(raw: bytes) -> tuple[int, int, str]:
 
 def image_array(value: np.ndarray, spec: ImageSpec) -> np.ndarray:
     """An already decoded image (uint8 [H, W] or [H, W, C]) -> the spec's size; its channels must match."""
+    import numpy as np
     from PIL import Image
 
     arr = np.asarray(value)
@@ -180,6 +181,7 @@ def image_array(value: np.ndarray, spec: ImageSpec) -> np.ndarray:
 
 
 def _to_array(img: Any, spec: ImageSpec) -> np.ndarray:
+    import numpy as np
     from PIL import Image
 
     img = img.convert("L" if spec.channels == 1 else "RGB")
@@ -202,6 +204,7 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 def decode_images(values: Iterable[bytes], spec: ImageSpec) -> np.ndarray:
     """Many encoded images -> uint8 [N, H, W, C] (the first bad one raises, with its index)."""
+    import numpy as np
     out = []
     for i, raw in enumerate(values):
         try:
@@ -267,6 +270,7 @@ def check_text(value: Any, spec: TextSpec) -> str:
 
 def encode_texts(tokenizer: Tokenizer, texts: list[str], max_length: int) -> np.ndarray:
     """Token ids int64 [N, max_length], truncated, padded with PAD_ID."""
+    import numpy as np
     ids = np.full((len(texts), max_length), PAD_ID, dtype=np.int64)
     for i, enc in enumerate(tokenizer.encode_batch(texts, add_special_tokens=False)):
         row = enc.ids[:max_length]

@@ -5,6 +5,8 @@
     OUT/triton/<name>/          Triton repository (runtime triton): config.pbtxt, 1/model.onnx
     OUT/prefect.yaml            Prefect deployments of the recipe's flows (cloned from the project's git remote)
     OUT/alerts.rules.yml        Prometheus alert rules (checked by promtool when installed)
+    OUT/grafana/                a Grafana dashboard over the same series, with its provisioning files (`alerts`
+                                target, `deploy.grafana`)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from mlops.core.registry import tracking_uri
 from mlops.core.workspace import workspace
 from mlops.deploy.alerts import FILENAME, alert_rules, promtool_check
 from mlops.deploy.container import build_context
+from mlops.deploy.grafana import write_grafana
 from mlops.deploy.kserve import image_for, inference_service, storage_for
 from mlops.deploy.kubectl import kubectl_apply
 from mlops.deploy.orchestration import code_source, flow_deployments, prefect_yaml, register
@@ -110,6 +113,11 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
         result["files"]["alerts"] = str(rules)
         checked = promtool_check(rules)
         result["checks"]["alerts"] = checked.splitlines()[-1].strip() if checked else "promtool not installed"
+    if "alerts" in wanted and cfg.grafana.enabled:
+        grafana = write_grafana(out, cfg, r.monitor, r.model_name)
+        result["files"]["grafana"] = str(grafana["dashboard"].parent.parent)
+        result["next"].append(f"load the dashboard: mount {grafana['provisioning']} at /etc/grafana/provisioning "
+                              f"and {grafana['dashboard'].parent} at {cfg.grafana.dashboards_path}")
     if apply:
         result["applied"] = kubectl_apply(Path(result["files"]["inferenceservice"]), cfg.namespace)
     elif "inferenceservice" in result["files"]:

@@ -42,9 +42,11 @@ from mlops.deploy.live_checks import (
 )
 from mlops.deploy.local import LiveServe, LocalServe
 from mlops.deploy.validate import crd_path, validate_manifest
+from mlops.evaluate.loadtest import Settings, check_bounds, run_load_test, schema_rows
 from mlops.package.registry import promote_champion
 from mlops.recipe import LoadedRecipe
-from mlops.recipe.deploy import DeployConfig
+from mlops.recipe.deploy import CanaryLoadTest, DeployConfig
+from mlops.recipe.schema import LoadTestConfig
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -88,6 +90,7 @@ class RolloutResult:
     manifests: list[str] = field(default_factory=list)
     promoted: bool = False
     promotion: dict[str, Any] | None = None
+    load_test: dict[str, Any] | None = None  # deploy.rollout.checks.load_test's figures and broken bounds
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -217,23 +220,47 @@ def rollout(loaded: LoadedRecipe, to: str, options: RolloutOptions | None = None
         raise MlopsError(f"{to} is {canary.ref}, which is already the stable model ({options.stable or 'champion'}): "
                          "nothing to roll out")
     out = options.out or workspace().deploy_dir(canary.name, f"rollout-v{canary.version}")
-    server = _traffic_server(options, out, client, canary)
-    applier: Applier | None = KubectlApplier(cfg.namespace) if options.kubectl else server
+    load = None
+    if cfg.rollout.checks.load_test is not None:  # before any traffic moves: a canary too slow never gets any
+        load = canary_load_test(cfg.rollout.checks.load_test, download_bundle(client, canary), report)
+    if load is not None and load["failed"]:
+        result = RolloutResult(model=canary.name, stable=stable.ref, canary=canary.ref, decision="rollback",
+                               reason="the canary's load test: " + "; ".join(load["failed"]) + "; no traffic moved",
+                               load_test=load)
+    else:
+        server = _traffic_server(options, out, client, canary)
+        applier: Applier | None = KubectlApplier(cfg.namespace) if options.kubectl else server
 
-    def do_promote(mv: ModelVersion, why: str) -> dict[str, Any]:
-        return promote_champion(client, mv.name, mv.version, options.reason or why)
+        def do_promote(mv: ModelVersion, why: str) -> dict[str, Any]:
+            return promote_champion(client, mv.name, mv.version, options.reason or why)
 
-    try:
-        result = walk(cfg, stable, canary, _sources(options, server), out, apply=applier, promote=do_promote,
-                      crd=crd_path(options.crd), start_percent=options.start_percent, sleep=sleep, report=report)
-    finally:
-        if server is not None:
-            server.close()
+        try:
+            result = walk(cfg, stable, canary, _sources(options, server), out, apply=applier, promote=do_promote,
+                          crd=crd_path(options.crd), start_percent=options.start_percent, sleep=sleep, report=report)
+        finally:
+            if server is not None:
+                server.close()
+        result.load_test = load
     summary = {"decision": result.decision, "reason": result.reason, "stable": stable.ref,
                "at": datetime.now(UTC).isoformat(timespec="seconds"),
                "steps": [{"percent": s.percent, "decision": s.decision} for s in result.steps]}
     client.set_model_version_tag(canary.name, canary.version, "mlops.rollout", json.dumps(summary))
     return result
+
+
+def canary_load_test(checks: CanaryLoadTest, bundle: Path, report: Callable[[str], None] | None = None
+                     ) -> dict[str, Any]:
+    """The canary's bundle load-tested on loopback (rows drawn from its training schema): its figures, with
+    `failed` the bounds of `checks` it broke."""
+    settings = Settings.of(LoadTestConfig(enabled=True, users=checks.users, duration_s=checks.duration_s,
+                                          warmup_s=checks.warmup_s, rps=checks.rps))
+    result = run_load_test(bundle, schema_rows(bundle, settings.rows), settings)
+    failed = check_bounds(result, {m: b for m, b in (("load/p99_ms", (None, checks.max_p99_ms)),
+                                                     ("load/error_rate", (None, checks.max_error_rate)),
+                                                     ("load/rps", (checks.min_rps, None))) if b != (None, None)})
+    if report is not None:
+        report(f"canary load test: {result.line()}" + (f"; FAILED: {'; '.join(failed)}" if failed else "; ok"))
+    return result.model_dump() | {"failed": failed}
 
 
 def _traffic_server(options: RolloutOptions, out: Path, client: MlflowClient, canary: ModelVersion

@@ -7,7 +7,8 @@ imported (so `mlops plan` loads no training or serving library). Reaching `a.b.c
 too: their `__init__.py` run on import. Only the packages given as roots are followed; for the rest, the
 top-level name is noted so the version of a library that shapes results can join the key.
 
-Parsed modules are cached per process by path, mtime and size: a sweep or a test compiles many plans.
+Parsed modules are cached by path, mtime and size: per process (a sweep or a test compiles many plans) and
+in the workspace (`remembered_parses`), so `mlops plan` parses only the files that changed since the last one.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import ast
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from mlops.core.atomic import write_json
 
 # libraries whose version changes what a step computes, by the name code imports them under -> distribution
 LIBRARIES = {"numpy": "numpy", "sklearn": "scikit-learn", "torch": "torch", "lightning": "lightning",
@@ -65,6 +70,25 @@ def parse(path: Path, module: str, is_package: bool) -> Source:
         found = Source(hashlib.sha256(data).hexdigest(), frozenset(imported_names(ast.parse(data), module, is_package)))
         _parsed[key] = found
     return found
+
+
+@contextmanager
+def remembered_parses(file: Path) -> Iterator[None]:
+    """Parses read from `file` before the block and written back after it when the block parsed anything new:
+    parsing is most of what a plan's code versions cost (about 0.4 s of CPU for the 80 modules of a plan).
+    Keyed like the process cache, by path, mtime and size, so an edited module is parsed again."""
+    try:
+        for path, module, mtime, size, digest, imports in json.loads(file.read_text()):
+            _parsed.setdefault((path, module, mtime, size), Source(digest, frozenset(imports)))
+    except (OSError, ValueError, TypeError):
+        pass  # none yet, or unreadable: parse again and write a fresh one
+    before = len(_parsed)
+    yield
+    if len(_parsed) != before:
+        try:
+            write_json(file, [[*key, src.digest, sorted(src.imports)] for key, src in _parsed.items()], indent=None)
+        except OSError:
+            pass  # a read-only workspace: the plan is right all the same, only slower next time
 
 
 def imported_names(tree: ast.Module, module: str, is_package: bool) -> set[str]:

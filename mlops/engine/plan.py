@@ -20,7 +20,7 @@ from mlops.core.errors import MlopsError
 from mlops.core.workspace import workspace
 from mlops.data.fingerprint import builtin_source_key, file_source_fingerprint, fingerprint_bytes
 from mlops.engine.cache import Cache
-from mlops.engine.codeversion import Snapshot, libraries
+from mlops.engine.codeversion import Snapshot, libraries, remembered_parses
 from mlops.engine.results import R, StepOutput, result_type
 from mlops.recipe import LoadedRecipe
 
@@ -31,6 +31,10 @@ if TYPE_CHECKING:  # what a plan runs; importing the steps here would make `mlop
 
 PACKAGE = Path(mlops.__file__).parent  # where the closure of mlops modules is read from (tests point it at a copy)
 STEP_PACKAGE = "mlops.engine.steps"  # step `name` is the function `name` of module `mlops.engine.steps.<name>`
+
+# the server the load test runs as `python -m mlops.cli serve` (mlops.evaluate.loadtest.SERVER_MODULE): a process
+# of its own that no step imports, so its code joins the assess step's version as a target does
+LOAD_TEST_SERVER = "mlops.cli.serve.cmd_serve"
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,7 @@ def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
     # evaluate, on every slice in assess, and on the champion's rows in gate
     trained = (r.model.target, r.data.datamodule.target)
     metrics = tuple(c.target for c in ev.custom_metrics.values())
+    server = (LOAD_TEST_SERVER,) if ev.load_test.enabled else ()  # assess runs it; gate's code reaches that code
     specs = [
         Step("load_data", "read the rows and fingerprint their bytes", (), data_cfg | {"source": source}),
         Step("check_data", "check the recipe's data expectations before training", ("load_data",),
@@ -146,20 +151,21 @@ def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
               "log_limits": r.monitor.log_limits.model_dump(mode="json")}),
         Step("assess", "slices, fairness, robustness, inference benchmark of the ONNX model", ("export", "split"),
              ev.model_dump(mode="json", by_alias=True, exclude={"gates", "expectations", "seed"})
-             | {"seed": r.eval_seed, "target": r.data.target}, metrics),
+             | {"seed": r.eval_seed, "target": r.data.target}, metrics + server),
         Step("gate", "apply the gates (vs champion: paired test), write the evaluation report", ("assess",),
-             {"gates": [g.model_dump(mode="json") for g in ev.gates]}, metrics, cached=False),
+             {"gates": [g.model_dump(mode="json") for g in ev.gates]}, metrics + server, cached=False),
         Step("register", "register in MLflow; aliases only if the gates passed", ("export", "gate"), tracking,
              cached=False),
     ]
     keys: dict[str, str] = {}
     steps = []
     snapshot = Snapshot()
-    for s in specs:
-        code = code_version(s.name, s.targets, snapshot)
-        payload = {"step": s.name, "config": s.config, "inputs": [keys[i] for i in s.inputs], "code": code}
-        keys[s.name] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        steps.append(replace(s, code=code, key=keys[s.name]))
+    with remembered_parses(workspace().cache / "parsed-modules.json"):
+        for s in specs:
+            code = code_version(s.name, s.targets, snapshot)
+            payload = {"step": s.name, "config": s.config, "inputs": [keys[i] for i in s.inputs], "code": code}
+            keys[s.name] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            steps.append(replace(s, code=code, key=keys[s.name]))
     return Plan(loaded=loaded, steps=steps, data_fingerprint=source if r.data.path else None, cache=cache or Cache())
 
 

@@ -110,11 +110,14 @@ class AssessResult(BaseModel):
     fairness: dict[str, dict[str, Any]]  # by sensitive column
     robustness: list[dict[str, Any]]
     performance: dict[str, Any]  # the onnx (and torch) inference benchmarks
+    importance: dict[str, Any] = {}  # permutation importance and attributions (mlops.evaluate.importance)
+    load_test: dict[str, Any] | None = None  # mlops.evaluate.loadtest.LoadTestResult, when evaluate.load_test is on
 
     def gate_inputs(self, metrics: dict[str, float]) -> dict[str, Any]:
         """What the gates read (mlops.evaluate.gates.metric_value): these results, with `metrics` added."""
         return {"metrics": metrics | self.metrics, "slices": self.slices, "fairness": self.fairness,
-                "robustness": self.robustness, "performance": self.performance}
+                "robustness": self.robustness, "performance": self.performance, "importance": self.importance,
+                "load_test": self.load_test}
 
 
 class RegisterResult(BaseModel):

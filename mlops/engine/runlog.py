@@ -227,6 +227,9 @@ def _log_assess(client: Any, run_id: str, result: AssessResult, out: Path, now: 
     if metrics:
         client.log_batch(run_id, metrics=metrics)
     client.log_artifact(run_id, str(out / "assess.json"), "evaluation")
+    for name in result.importance.get("files", []):  # feature_importance.json, its plot, the attributions
+        if (out / name).is_file():
+            client.log_artifact(run_id, str(out / name), "evaluation/importance")
 
 
 def _log_gate(client: Any, run_id: str, result: GateDecision, out: Path, now: int) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from mlops.core.errors import MlopsError, Problem, RecipeError
 from mlops.data.checks import (
     DataRows,
@@ -24,7 +22,6 @@ from mlops.data.checks import (
     rows_task,
 )
 from mlops.data.expectations import category_whitespace
-from mlops.evaluate.slices import MAX_VALUES, slice_labels
 from mlops.recipe import LoadedRecipe, load_recipe
 from mlops.recipe.checks import semantic_problems
 from mlops.recipe.compose import Composed
@@ -78,6 +75,12 @@ def slice_value_problems(recipe: Recipe, composed: Composed, rows: DataRows) -> 
         cfg = declared.get(column)
         if not eq or gate.vs is not None or cfg is None or column not in rows.frame.columns:
             continue  # not a value slice, or one the recipe checks refuse already (or a descriptor's)
+        # imported here, not at the top: slices pull pandas and the Predictor's numpy, which a recipe without a
+        # data file (a built-in set) never needs, and `mlops validate` must start fast (see test_light_imports)
+        import pandas as pd
+
+        from mlops.evaluate.slices import MAX_VALUES, slice_labels
+
         series = rows.frame[column]
         quantiles = isinstance(cfg.bins, int) or (cfg.bins is None and pd.api.types.is_numeric_dtype(series)
                                                    and series.nunique() > MAX_VALUES)

@@ -18,6 +18,8 @@ from mlops.data.media import ModelInputs
 from mlops.evaluate.adversarial import adversarial_checks
 from mlops.evaluate.fairness import fairness_report
 from mlops.evaluate.gates import GateDecision, GateVerdict, Outcome, evaluate_gates, failure_lines, outcome
+from mlops.evaluate.importance import feature_importance
+from mlops.evaluate.loadtest import Settings, run_load_test
 from mlops.evaluate.metrics import custom_metric_fns
 from mlops.evaluate.performance import benchmark_onnx, benchmark_torch, perf_metrics
 from mlops.evaluate.report import write_report
@@ -29,10 +31,10 @@ from mlops.recipe.schema import Recipe, SliceConfig
 
 
 def assess_bundle(recipe: Recipe, bundle_dir: Path, test: Any, train: Any, module: Any = None,
-                  features: Any = None, network: ModelInputs | None = None) -> dict[str, Any]:
+                  features: Any = None, network: ModelInputs | None = None, out: Path | None = None) -> dict[str, Any]:
     """`module` (the trained torch module, optional) is benchmarked and attacked; `features` are the test rows
     as it takes them (for the benchmark); `network` what it takes when its forward takes a dict, None when
-    it takes the preprocessed feature matrix."""
+    it takes the preprocessed feature matrix. With `out`, the feature importance's files are written there."""
     ev = recipe.evaluate
     scored = score_bundle(bundle_dir, test, recipe.data.target)
     custom = custom_metric_fns(ev.custom_metrics)
@@ -57,13 +59,25 @@ def assess_bundle(recipe: Recipe, bundle_dir: Path, test: Any, train: Any, modul
         metrics |= perf_metrics(performance["onnx"], performance["torch"])
     if robustness:
         metrics |= robustness_summary(robustness)
+    load_test = None
+    if ev.load_test.enabled:  # the served model under concurrent requests: mlops serve on loopback, Locust
+        load = run_load_test(bundle_dir, test, Settings.of(ev.load_test))
+        say(f"load test: {load.line()}")
+        metrics |= load.metrics()
+        load_test = load.model_dump()
     for column, report in fairness.items():
         for name in ("demographic_parity_diff", "demographic_parity_ratio", "equal_opportunity_diff",
                      "equalized_odds_diff"):
             if report.get(name) is not None:
                 metrics[f"fairness/{metric_key(column)}/{name}"] = float(report[name])
+    importance: dict[str, Any] = {}
+    if ev.importance.enabled:
+        importance = feature_importance(bundle_dir, test, train, recipe.data.target, ev.importance,
+                                        recipe.eval_seed, module, network, out)
+        metrics |= {f"importance/{metric_key(c['column'])}": c["mean"] for c in importance["columns"]
+                    if c["mean"] == c["mean"]}  # NaN (a score undefined on these rows) is no metric
     return {"metrics": metrics, "slices": slices, "fairness": fairness, "robustness": robustness,
-            "performance": performance}
+            "performance": performance, "importance": importance, "load_test": load_test}
 
 
 def metric_key(text: str) -> str:

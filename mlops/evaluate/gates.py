@@ -16,6 +16,7 @@ from mlops.evaluate.scored import Scored
 from mlops.evaluate.stats import compare
 from mlops.recipe.metrics import Direction, task_metrics
 from mlops.recipe.schema import Gate
+from mlops.recipe.suggest import closest
 
 Status = Literal["passed", "failed", "skipped", "error"]
 Outcome = Literal["passed", "failed", "allowed"]  # allowed: failed, but --allow-failed-gates gave it aliases
@@ -89,6 +90,11 @@ def metric_value(gate: Gate, results: dict[str, Any]) -> tuple[float | None, str
         value = rows[0]["metrics"].get(name)
         return (float(value), "") if value is not None else (None, f"{name} is undefined on slice '{gate.slice}'")
     value = results.get("metrics", {}).get(gate.metric)
+    if value is None and family == "importance" and (results.get("importance") or {}).get("columns"):
+        columns = [str(c["column"]) for c in results["importance"]["columns"]]
+        hint = closest(name, columns)
+        return None, f"'{name}' is not an input column of this model" + (
+            f": did you mean 'importance/{hint}'?" if hint else f" (columns: {', '.join(columns[:12])})")
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None, f"'{gate.metric}' was not computed for this model"
     return float(value), ""

@@ -4,7 +4,7 @@ ROC and calibration curves, and the serving-latency histogram."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -127,6 +127,55 @@ def latency_histogram_png(latencies_ms: list[float], path: Path, title: str) -> 
     ax.set_ylabel("requests")
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def importance_png(importance: dict[str, Any], path: Path, top: int = 30) -> Path:
+    """Permutation importance as horizontal bars, most important on top, with the repeats' confidence interval."""
+    columns = importance["columns"][:top]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.28 * max(len(columns), 1)))
+    names = [c["column"] for c in columns][::-1]
+    means = np.array([c["mean"] for c in columns][::-1], dtype=np.float64)
+    lo = np.array([c["ci"][0] for c in columns][::-1], dtype=np.float64)
+    hi = np.array([c["ci"][1] for c in columns][::-1], dtype=np.float64)
+    ax.barh(range(len(names)), means, xerr=np.vstack([means - lo, hi - means]), color="#4c72b0", ecolor="black",
+            capsize=3)
+    ax.set_yticks(range(len(names)), names)
+    ax.axvline(0, color="grey", lw=1)
+    level = float(importance.get("confidence", 0.95))
+    ax.set_xlabel(f"drop of {importance.get('metric', 'score')} when shuffled ({level:.0%} CI over "
+                  f"{importance.get('repeats')} repeats)")
+    ax.set_title("permutation importance")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def load_latency_png(series: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """A load test's latency percentiles second by second, with the requests answered each second beneath."""
+    if not series:
+        raise ValueError("no load-test seconds to plot")
+    t = np.array([p["t_s"] for p in series], dtype=np.float64)
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(2, 1, figsize=(6, 4.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    for q, style in (("p50_ms", "-"), ("p95_ms", "--"), ("p99_ms", ":")):
+        values = np.array([np.nan if p[q] is None else p[q] for p in series], dtype=np.float64)
+        ax.plot(t, values, ls=style, marker=".", label=q.removesuffix("_ms"))
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    bx.bar(t - 0.5, [p["requests"] - p["failures"] for p in series], width=0.9, color="#4c72b0", label="answered")
+    bx.bar(t - 0.5, [p["failures"] for p in series], width=0.9, color="#c44e52", label="failed",
+           bottom=[p["requests"] - p["failures"] for p in series])
+    bx.set_xlabel("seconds into the measurement")
+    bx.set_ylabel("requests / s")
+    bx.set_ylim(0, 1.45 * max(max(p["requests"] for p in series), 1))  # room above the bars for the legend
+    bx.legend(loc="upper right", fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -19,11 +19,13 @@ from typing import Any
 
 from mlops.core.atomic import write_text
 from mlops.core.pages import fmt, render_page
-from mlops.evaluate.plots import latency_histogram_png
+from mlops.evaluate.plots import importance_png, latency_histogram_png, load_latency_png
 
 JSON_NAME = "evaluation.json"
 HTML_NAME = "evaluation.html"
 LATENCY_PLOT = "latency_histogram"
+IMPORTANCE_PLOT = "feature_importance"
+LOAD_PLOT = "load_test_latency"
 
 _RESULT = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIPPED", "error": "ERROR"}
 
@@ -41,6 +43,13 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
             plots[LATENCY_PLOT] = str(path.resolve())
         except ValueError:  # no finite sample: the percentiles table still says what there is
             pass
+    importance = report.get("importance") or {}
+    if importance.get("columns") and IMPORTANCE_PLOT not in plots:
+        plots[IMPORTANCE_PLOT] = str(importance_png(importance, out_dir / f"{IMPORTANCE_PLOT}.png").resolve())
+    load = report.get("load_test") or {}
+    if load.get("series") and LOAD_PLOT not in plots:
+        title = f"load test: {load.get('users')} users, {fmt(load.get('rps'))} rps"
+        plots[LOAD_PLOT] = str(load_latency_png(load["series"], out_dir / f"{LOAD_PLOT}.png", title).resolve())
     if plots:
         report["plots"] = plots
 
@@ -98,7 +107,9 @@ def page_context(report: dict[str, Any]) -> dict[str, Any]:
         "fairness": _fairness(report["fairness"]) if report.get("fairness") else [],
         "robustness": [_robustness(r) for r in report.get("robustness") or []],
         "performance": _performance(report["performance"]) if report.get("performance") else None,
+        "load_test": _load_test(report["load_test"]) if report.get("load_test") else None,
         "plots": [_plot(str(name), Path(path)) for name, path in (report.get("plots") or {}).items()],
+        "importance": _importance(report["importance"]) if (report.get("importance") or {}).get("columns") else None,
     }
 
 
@@ -190,6 +201,17 @@ def _performance(perf: dict[str, Any]) -> dict[str, Any] | None:
             "rows": [(str(k), [stats.get(k) for _, stats in engines]) for k in keys]}
 
 
+def _load_test(load: dict[str, Any]) -> dict[str, Any]:
+    """The load test's figures as rows of a table, and what drove it in one line."""
+    pace = f" paced to {fmt(load['rps_target'])} rps" if load.get("rps_target") else ""
+    rows = [(k, load.get(k)) for k in ("requests", "failures", "rps", "p50_ms", "p95_ms", "p99_ms", "error_rate",
+                                       "peak_memory_mb")]
+    rows += [(f"errors: {why}", n) for why, n in (load.get("errors") or {}).items()]
+    return {"what": f"{load.get('users')} users{pace} for {fmt(load.get('duration_s'))} s after "
+                    f"{fmt(load.get('warmup_s'))} s of warm-up, against {load.get('target')}",
+            "rows": rows}
+
+
 def _plot(name: str, path: Path) -> dict[str, str]:
     """A plot as a data URI, so the page stays one file; a missing file is named instead."""
     caption = name.replace("_", " ")
@@ -198,3 +220,32 @@ def _plot(name: str, path: Path) -> dict[str, str]:
     mime = mimetypes.guess_type(path.name)[0] or "image/png"
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return {"caption": caption, "src": f"data:{mime};base64,{data}", "path": str(path)}
+
+
+def _importance(imp: dict[str, Any]) -> dict[str, Any]:
+    """The permutation importance table, each image column's overlays as data URIs, each text's tokens shaded
+    by their attribution (green toward the predicted class, red away; opacity relative to the row's largest)."""
+    level = float(imp.get("confidence", 0.95))
+    rows = [{"column": str(c.get("column", "")), "kind": str(c.get("kind", "")), "mean": c.get("mean"),
+             "std": c.get("std"), "lo": (c.get("ci") or [None, None])[0], "hi": (c.get("ci") or [None, None])[1]}
+            for c in imp.get("columns") or []]
+    images, texts, skipped = [], [], []
+    for a in imp.get("attributions") or []:
+        if a.get("skipped"):
+            skipped.append(str(a["skipped"]))
+        elif a.get("kind") == "image":
+            images.append({"column": str(a.get("column")),
+                           "overlays": [_plot(f"row {i}", Path(p)) for i, p in enumerate(a.get("overlays") or [])]})
+        elif a.get("kind") == "text":
+            texts.append({"column": str(a.get("column")), "rows": [_tokens(r) for r in a.get("rows") or []]})
+    return {"metric": str(imp.get("metric", "")), "baseline": imp.get("baseline"), "rows_scored": imp.get("rows"),
+            "repeats": imp.get("repeats"), "level": f"{level:.0%}", "rows": rows, "images": images, "texts": texts,
+            "skipped": skipped}
+
+
+def _tokens(row: dict[str, Any]) -> list[dict[str, str]]:
+    scores = [float(s) for s in row.get("scores") or []]
+    top = max((abs(s) for s in scores), default=0.0) or 1.0
+    return [{"token": str(t), "title": f"{s:.4g}",
+             "style": f"background: rgba({'0,160,0' if s >= 0 else '200,0,0'},{abs(s) / top:.2f})"}
+            for t, s in zip(row.get("tokens") or [], scores, strict=False)]

@@ -4,6 +4,7 @@ rate by status from the server's Prometheus counters (the log holds answered pre
 from __future__ import annotations
 
 import os
+import time
 import urllib.request
 from typing import Any
 
@@ -81,3 +82,66 @@ def error_rate(previous: dict[str, float] | None, current: dict[str, float], cou
     return {"requests": total, "errors": errors, "rate": errors / total if total else None,
             "by_status": {s: v for s, v in sorted(delta.items()) if v}, "restarted": restarted,
             "counted": "4xx and 5xx" if count_4xx else "5xx"}
+
+
+# --- the server's memory, from its process metrics --------------------------------------------------------------
+
+MB = 1e6  # the recipe's max_memory_growth_mb is in MB of 10^6 bytes, as the alert rule's bound
+
+
+def scrape_memory(url: str, timeout: float = 10.0) -> dict[str, float] | None:
+    """The serving process's resident memory now: {"ts", "rss_bytes", "process_start"} from its /metrics
+    (prometheus_client's process collector); None when the server exports no process metrics (not Linux)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    token = os.environ.get("MLOPS_SERVE_TOKEN")
+    request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"} if token else {})
+
+    def fetch() -> str:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - a URL the recipe names
+            return str(resp.read().decode("utf-8", "replace"))
+
+    try:
+        text = with_retries(fetch, f"scrape {url}")
+        values = {s.name: float(s.value) for family in text_string_to_metric_families(text) for s in family.samples
+                  if s.name in ("process_resident_memory_bytes", "process_start_time_seconds")}
+    except OSError as exc:
+        raise MlopsError(f"cannot scrape {url} (monitor.resources.metrics_url): {exc}") from None
+    except ValueError as exc:
+        raise MlopsError(f"{url} (monitor.resources.metrics_url) is not Prometheus text: {exc}") from None
+    if "process_resident_memory_bytes" not in values:
+        return None
+    return {"ts": time.time(), "rss_bytes": values["process_resident_memory_bytes"],
+            "process_start": values.get("process_start_time_seconds", 0.0)}
+
+
+def memory_growth(current: dict[str, float], earlier: list[dict[str, float]], window_s: float) -> dict[str, Any]:
+    """How much the server's resident memory grew over the last `window_s`: from the oldest earlier sample of
+    the same process (same start time) within the window, else from the newest one before it, that growth
+    scaled to the window (the average rate). `earlier`: previous runs' samples, any order. A restarted server's
+    samples are another process's: growth is measured again from its first scrape."""
+    same = sorted((s for s in earlier if s.get("process_start") == current["process_start"]
+                   and s["ts"] < current["ts"]), key=lambda s: s["ts"])
+    out: dict[str, Any] = {"sample": current, "rss_mb": current["rss_bytes"] / MB, "growth_mb": None}
+    if not same:
+        return out
+    inside = [s for s in same if s["ts"] >= current["ts"] - window_s]
+    since = inside[0] if inside else same[-1]
+    span = current["ts"] - since["ts"]
+    growth = (current["rss_bytes"] - since["rss_bytes"]) / MB
+    if span > window_s:
+        growth *= window_s / span
+    return out | {"growth_mb": growth, "since_ts": since["ts"], "since_rss_mb": since["rss_bytes"] / MB,
+                  "span_s": span}
+
+
+def server_memory(url: str, window_s: float, stored_windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `operations.memory` section of a run's latest window: the server's resident memory now and its growth
+    since the samples earlier runs kept in their windows (`stored_windows`: the store's records)."""
+    current = scrape_memory(url)
+    if current is None:
+        return {"url": url, "growth_mb": None, "skipped": f"{url} exports no process_resident_memory_bytes"}
+    earlier = [m["sample"] for w in stored_windows
+               if (m := (w["summary"].get("operations") or {}).get("memory")) and m.get("url") == url
+               and "sample" in m]
+    return memory_growth(current, earlier, window_s) | {"url": url}

@@ -18,7 +18,8 @@ from mlops.monitor.logstream import EMBEDDING_COLUMN
 from mlops.monitor.results import Observation, WindowSummary
 from mlops.recipe.monitor import LIVE_METRICS, DriftConfig, MonitorConfig
 
-RULES = ("drift", "prediction_drift", "schema", "missing_values", "accuracy_drop", "latency", "error_rate")
+RULES = ("drift", "prediction_drift", "schema", "missing_values", "accuracy_drop", "latency", "error_rate",
+         "memory_growth")
 EVENT_PREFIX = "mlops.alert."
 RESOLVED_PREFIX = "mlops.resolved."  # not under mlops.alert.*: a trigger on `mlops.alert.*` must not fire on it
 
@@ -179,11 +180,32 @@ def error_rate_rule(summary: WindowSummary, cfg: MonitorConfig, baseline: dict[s
                        f"{errors['errors']:g} of {errors['requests']:g} requests failed ({errors['counted']})", errors)
 
 
+def memory_growth_rule(summary: WindowSummary, cfg: MonitorConfig, baseline: dict[str, Any]) -> Observation:
+    """The server's resident memory growth over `resources.window` (its /metrics, scraped on each run; the
+    latest window of a run carries the sample in `operations.memory`), against `max_memory_growth_mb`."""
+    r = cfg.resources
+    memory = summary.operations.get("memory")
+    if not r.enabled or not (r.metrics_url or cfg.error_rate.metrics_url):
+        return _skip("memory_growth", "disabled" if not r.enabled else "no monitor.resources.metrics_url")
+    if memory is None:
+        return _skip("memory_growth", "judged on the latest window of a run only", r.max_memory_growth_mb)
+    if memory.get("growth_mb") is None:
+        return _skip("memory_growth", memory.get("skipped", "the first scrape of this server process: growth is "
+                                                 "measured from the next run"), r.max_memory_growth_mb)
+    growth = memory["growth_mb"]
+    return Observation("memory_growth", growth, r.max_memory_growth_mb, growth > r.max_memory_growth_mb,
+                       f"resident memory {memory['since_rss_mb']:.0f} -> {memory['rss_mb']:.0f} MB over "
+                       f"{memory['span_s']:.0f} s: {growth:+.1f} MB within {r.window} (bound "
+                       f"{r.max_memory_growth_mb:g} MB)",
+                       memory)
+
+
 Rule = Callable[[WindowSummary, MonitorConfig, dict[str, Any]], Observation]
 # in the order of RULES: the order the dashboard's rule table and the alerts of one window follow
 JUDGED: dict[str, Rule] = {"drift": drift_rule, "prediction_drift": prediction_drift_rule, "schema": schema_rule,
                            "missing_values": missing_values_rule, "accuracy_drop": accuracy_rule,
-                           "latency": latency_rule, "error_rate": error_rate_rule}
+                           "latency": latency_rule, "error_rate": error_rate_rule,
+                           "memory_growth": memory_growth_rule}
 
 
 def observe(summary: WindowSummary, cfg: MonitorConfig, task: str, baseline: dict[str, Any]) -> list[Observation]:

@@ -44,7 +44,7 @@ from mlops.monitor.logstream import (
     read_chunks,
     time_windows,
 )
-from mlops.monitor.operations import error_rate, scrape_requests
+from mlops.monitor.operations import error_rate, scrape_requests, server_memory
 from mlops.monitor.reference import (
     CONFIDENCE,
     LABEL,
@@ -96,6 +96,7 @@ def monitor(loaded: LoadedRecipe, model: str | None, *, log: str | None = None, 
     states = target.store.rule_states(target.meta.name, target.version)
     read = _read(target, after, last_key)
     scrape = _error_rate(target, read.summaries)
+    _memory(target, read.summaries)
     dashboard = target.out_dir / "dashboard.html"
     alerts = _judge_rules(read.summaries, states, target, dashboard)
     result = _result(LiveResult, target, read, alerts, dashboard)
@@ -218,6 +219,16 @@ def _error_rate(target: _Target, summaries: list[WindowSummary]) -> tuple[str, d
     summaries[-1].errors = error_rate(target.store.last_scrape(e.metrics_url, target.meta.name), current,
                                       e.count_4xx)
     return e.metrics_url, current
+
+
+def _memory(target: _Target, summaries: list[WindowSummary]) -> None:
+    """The server's resident memory and its growth since earlier runs' samples (kept in their latest windows),
+    judged with the latest window."""
+    r = target.cfg.resources
+    url = r.metrics_url or target.cfg.error_rate.metrics_url
+    if r.enabled and url and summaries:
+        stored = target.store.windows(target.meta.name, target.cfg.report.dashboard_windows)
+        summaries[-1].operations["memory"] = server_memory(url, parse_duration(r.window), stored)
 
 
 def build_reference(loaded: LoadedRecipe, meta: BundleMeta, bundle_dir: Path, log_path: Path, flt: LogFilter,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mlops.core.errors import Problem
 from mlops.recipe.compose import Composed
-from mlops.recipe.metrics import available
+from mlops.recipe.metrics import LOAD, available, importance_metrics, is_importance_metric
 from mlops.recipe.schema import BUILTIN_DATAMODULE, BUILTIN_MODEL, MULTI_INPUT_MODEL, Recipe
 from mlops.recipe.suggest import closest, keys_at, model_at
 
@@ -151,7 +151,20 @@ def gateable_metrics(recipe: Recipe, task: str | None = None) -> dict[str, str]:
         metrics = {k: v for k, v in metrics.items() if not k.startswith("perf/torch/")}
     if ev.robustness.enabled:  # the image, text, payload and attack checks, by their declared strengths
         metrics |= ev.robustness.metric_names()
+    if ev.load_test.enabled:
+        metrics |= {f"load/{name}": d for name, d in LOAD.items()}
+    if ev.importance.enabled:
+        metrics |= importance_metrics(importance_columns(recipe))
     return metrics
+
+
+def importance_columns(recipe: Recipe) -> list[str] | None:
+    """The input columns known before the data is read (data.features), or None: every column but the target,
+    known only once the data is read."""
+    d = recipe.data
+    if d.features is None:
+        return None
+    return [c for c in d.features if c != d.target and c not in d.drop]
 
 
 def gate_problems(recipe: Recipe, task: str | None = None, origin: Callable[[str], str] | None = None) -> list[Problem]:
@@ -165,16 +178,24 @@ def gate_problems(recipe: Recipe, task: str | None = None, origin: Callable[[str
         problems.append(Problem("evaluate.fairness", "fairness metrics need a classifier; this recipe is a regression",
                                 where("evaluate.fairness")))
     slice_columns = {s.column for s in ev.slices}
+    # with the input columns unknown until the data is read, any importance/<name> passes here: the gate names
+    # a column the model does not have when it runs
+    any_importance = ev.importance.enabled and importance_columns(recipe) is None
     for i, gate in enumerate(ev.gates):
         key = f"evaluate.gates.{i}"
         family = gate.metric.partition("/")[0]
-        if gate.metric not in valid:
+        if gate.metric not in valid and not (any_importance and is_importance_metric(gate.metric)):
             hint = closest(gate.metric, list(valid))
             reason = f"'{gate.metric}' is not a metric this recipe computes"
             if family == "fairness" and ev.fairness is None:
                 reason += " (fairness needs evaluate.fairness.sensitive)"
             elif family in ("perf", "robustness"):
                 reason += f" ({family} checks are off or the name is unknown)"
+            elif family == "load" and not ev.load_test.enabled:
+                reason += " (load/ metrics need evaluate.load_test.enabled: true)"
+            elif family == "importance":
+                reason += (" (not a column of data.features)" if ev.importance.enabled
+                           else " (importance/ metrics need evaluate.importance.enabled: true)")
             problems.append(Problem(f"{key}.metric", reason, where(f"{key}.metric"),
                                     f"did you mean '{hint}'?" if hint else f"task {task}: see `mlops schema`"))
             continue

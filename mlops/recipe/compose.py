@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from mlops.recipe.suggest import closest, keys_at, schema_accepts, unknown_part
 
 # Hydra keeps its config loader in a process-wide singleton: two threads composing at once (two retrains
 # triggered together, a server reloading while a flow composes) would clear each other's.
-_HYDRA_LOCK = threading.Lock()
+_HYDRA_LOCK = threading.RLock()
 
 COMMAND_LINE = "command line"
 SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # package data: found wherever mlops is installed
@@ -56,7 +58,13 @@ class Composed:
     path: Path
     overrides: list[str]
     config: dict[str, Any]
-    origins: dict[str, Origin] = field(default_factory=dict)
+    # where each key was set, worked out on first use: walking the defaults list again and reading every file
+    # with ruamel costs about as much as composing, and only a recipe with a problem needs it
+    find_origins: Callable[[], dict[str, Origin]] = field(default=dict, repr=False)
+
+    @cached_property
+    def origins(self) -> dict[str, Origin]:
+        return self.find_origins()
 
     @property
     def display(self) -> str:
@@ -100,18 +108,24 @@ def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
 
     path, overrides, search, hydra_overrides = _prepare(recipe, overrides)
     with _HYDRA_LOCK:
-        cfg, origins = _compose_locked(path, overrides, hydra_overrides, search)
+        cfg = _compose_locked(path, overrides, hydra_overrides, search)
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     config.pop("hydra", None)
-    for o in overrides:
-        key, _, value = o.lstrip("+~").partition("=")
-        if value.lstrip().startswith(("[", "{")):  # a whole list or mapping: what files said of its items is gone
-            for stale in [k for k in origins if k.startswith(f"{key}.")]:
-                del origins[stale]
-        origins[key] = Origin(COMMAND_LINE, override=o)
-    composed = Composed(path=path, overrides=overrides, config=config, origins=origins)
+
+    def find_origins() -> dict[str, Origin]:
+        with _HYDRA_LOCK:
+            origins = _file_origins(path, hydra_overrides, search)
+        for o in overrides:
+            key, _, value = o.lstrip("+~").partition("=")
+            if value.lstrip().startswith(("[", "{")):  # a whole list or mapping: what files said of its items is gone
+                for stale in [k for k in origins if k.startswith(f"{key}.")]:
+                    del origins[stale]
+            origins[key] = Origin(COMMAND_LINE, override=o)
+        return origins
+
+    composed = Composed(path=path, overrides=overrides, config=config, find_origins=find_origins)
     if missing:  # `???` in a file: a value the recipe leaves to whoever runs it
         raise RecipeError(composed.display, [
             Problem(k, "is required and not set", str(composed.origin(k)), f"give it on the command line: {k}=...")
@@ -226,9 +240,7 @@ def hydra_view(recipe: str | Path, overrides: list[str] | None = None) -> HydraV
     return HydraView(config, hydra, defaults, labelled_search_path(path))
 
 
-def _compose_locked(
-    path: Path, overrides: list[str], hydra_overrides: list[str], search: list[Path]
-) -> tuple[Any, dict[str, Origin]]:
+def _compose_locked(path: Path, overrides: list[str], hydra_overrides: list[str], search: list[Path]) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -238,15 +250,26 @@ def _compose_locked(
     try:
         with initialize_config_dir(config_dir=str(path.parent), version_base="1.3", job_name=path.stem):
             try:
-                cfg = hydra_compose(config_name=path.stem, overrides=hydra_overrides)
+                return hydra_compose(config_name=path.stem, overrides=hydra_overrides)
             except HydraException as exc:
                 raise _composition_error(path, overrides, exc, search) from None
             except Exception as exc:  # OmegaConf/YAML errors while loading a config file
                 raise MlopsError(f"{_display(path)}: cannot compose recipe: {exc}") from None
-            origins = _origins(path, hydra_overrides, search)
     finally:
         GlobalHydra.instance().clear()
-    return cfg, origins
+
+
+def _file_origins(path: Path, hydra_overrides: list[str], search: list[Path]) -> dict[str, Origin]:
+    """The origins of a recipe that composed, read in a Hydra context of its own (under the caller's lock)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(path.parent), version_base="1.3", job_name=path.stem):
+            return _origins(path, hydra_overrides, search)
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def _schema_override(override: str, groups: set[str]) -> str:

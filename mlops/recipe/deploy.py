@@ -69,6 +69,20 @@ class ResourcesConfig(Section):
     gpu_resource: str = Field("nvidia.com/gpu", description="the device plugin's resource name")
 
 
+class CanaryLoadTest(Section):
+    """A load test of the canary before any traffic moves: its bundle served on 127.0.0.1 and driven by Locust
+    (as `evaluate.load_test` does), with rows drawn from its training schema. A broken bound rolls back at once."""
+
+    users: PositiveInt = Field(8, description="concurrent Locust users")
+    rps: PositiveFloat | None = Field(None, description="target requests per second (absent: as fast as answered)")
+    duration_s: Annotated[float, Field(gt=0, le=3600)] = Field(10.0, description="measured seconds")
+    warmup_s: Annotated[float, Field(ge=0, le=600)] = Field(2.0, description="seconds of load not counted")
+    max_p99_ms: PositiveFloat | None = Field(None, description="the largest p99 latency under this load")
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] | None = Field(0.0, description="the largest share of "
+                                                                        "failed requests")
+    min_rps: PositiveFloat | None = Field(None, description="the fewest requests per second answered")
+
+
 class RolloutChecks(Section):
     """What must hold for the canary at each rollout step; a threshold left null is not checked."""
 
@@ -79,6 +93,8 @@ class RolloutChecks(Section):
         None, description="rows where a shadow model disagreed / rows it compared (needs `mlops serve --shadow`)")
     min_requests: PositiveInt = Field(100, description="requests the canary must answer in a step before its "
                                       "checks count")
+    load_test: CanaryLoadTest | None = Field(None, description="also require load-test figures of the canary "
+                                             "before its first step (docs/loadtest.md)")
 
 
 class RolloutConfig(Section):
@@ -113,6 +129,23 @@ class AlertsConfig(Section):
     window: Duration = Field("5m", description="the rate window of each expression")
     for_: Duration = Field("10m", alias="for", description="how long a condition must hold before firing")
     severity: str = "page"
+
+
+class GrafanaConfig(Section):
+    """The Grafana dashboard `mlops deploy` renders beside the alert rules (OUT/grafana/): the dashboard JSON, a
+    dashboard provider and the Prometheus datasource its panels query (docs/grafana.md)."""
+
+    enabled: bool = True
+    datasource_uid: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")] = Field(
+        "prometheus", description="the uid of the Prometheus datasource every panel queries (provisioned with it; "
+        "set it to an existing datasource's uid to use that one)")
+    datasource_name: Annotated[str, Field(min_length=1)] = "Prometheus"
+    datasource_url: str = Field("http://prometheus:9090", description="the Prometheus the provisioned datasource "
+                                "queries (it scrapes the servers and node_exporter's drift textfile)")
+    folder: str = Field("mlops", description="the Grafana folder the dashboards are provisioned into")
+    dashboards_path: str = Field("/var/lib/grafana/dashboards/mlops", description="where OUT/grafana/dashboards "
+                                 "is mounted in the Grafana container (the file provider reads it)")
+    refresh: Duration = Field("30s", description="the dashboard's auto-refresh interval")
 
 
 class FlowSchedule(Section):
@@ -185,6 +218,7 @@ class DeployConfig(Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    grafana: GrafanaConfig = Field(default_factory=GrafanaConfig)
     prefect: PrefectConfig = Field(default_factory=PrefectConfig)
 
     @model_validator(mode="after")

@@ -28,7 +28,24 @@ PERF: dict[str, Direction] = {
     "latency_p50_ms": "lower", "latency_p95_ms": "lower", "latency_p99_ms": "lower",
     "throughput_rps": "higher", "peak_memory_mb": "lower", "model_size_mb": "lower",
 }
+# the load test of the served model (evaluate.load_test): the whole server under concurrent requests
+LOAD: dict[str, Direction] = {
+    "rps": "higher", "p50_ms": "lower", "p95_ms": "lower", "p99_ms": "lower", "error_rate": "lower",
+    "peak_memory_mb": "lower",
+}
 SPLITS = ("val", "test")
+# permutation importance of each raw input column (evaluate.importance): a drop of the score, smaller is safer
+IMPORTANCE_PREFIX = "importance/"
+
+
+def importance_metrics(columns: list[str] | None) -> dict[str, Direction]:
+    """`importance/<column>` for each known input column; with the columns unknown before the data is read,
+    `mlops validate` accepts any `importance/<name>` (`is_importance_metric`) and the gate names a wrong one."""
+    return {f"{IMPORTANCE_PREFIX}{c}": "lower" for c in columns or []}
+
+
+def is_importance_metric(name: str) -> bool:
+    return name.startswith(IMPORTANCE_PREFIX) and len(name) > len(IMPORTANCE_PREFIX)
 
 
 def task_metrics(task: str) -> dict[str, Direction]:

@@ -199,6 +199,23 @@ class ErrorRateConfig(Section):
     min_requests: PositiveInt = Field(100, description="requests since the last run needed to judge the rate")
 
 
+class ResourcesConfig(Section):
+    """The serving process's memory, from the server's /metrics (`process_resident_memory_bytes`), scraped on each
+    run: a leak shows as resident memory that keeps growing. The `MlopsMemoryGrowth` alert of `mlops deploy`
+    fires on the same bound over the same window."""
+
+    enabled: bool = True
+    metrics_url: str | None = Field(None, description="the server's /metrics URL; null: monitor.error_rate."
+                                    "metrics_url (neither: the memory_growth rule is not judged)")
+    max_memory_growth_mb: PositiveFloat = Field(512.0, description="the memory_growth rule fires when the "
+                                                "server's resident memory grew by more than this many MB "
+                                                "(10^6 bytes) over `window`")
+    window: str = Field("1h", description="the span growth is measured over: from the oldest scrape of the "
+                        "same server process within it (runs further apart: their growth scaled to it)")
+
+    _d = field_validator("window")(lambda cls, v: _duration(v))
+
+
 class AlertsConfig(Section):
     """Where a firing rule goes, and the hysteresis that keeps it from flapping."""
 
@@ -284,6 +301,7 @@ class MonitorConfig(Section):
     accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     error_rate: ErrorRateConfig = Field(default_factory=ErrorRateConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     payloads: PayloadsConfig = Field(default_factory=PayloadsConfig)

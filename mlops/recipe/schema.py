@@ -257,6 +257,8 @@ class TrainerConfig(Section):
 class TrackingConfig(Section):
     uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI, then sqlite under .mlops/")
     experiment: str | None = Field(None, description="defaults to the recipe's name")
+    system_metrics: bool = Field(True, description="record the machine's CPU, memory, disk, network and GPU use "
+                                 "in the run while the model trains (MLflow's system metrics, every second)")
 
 
 class RegistryConfig(Section):
@@ -442,6 +444,43 @@ class PerformanceConfig(Section):
     torch: bool = Field(True, description="benchmark the torch model too")
 
 
+class LoadTestConfig(Section):
+    """A load test of the exported model in the real serving process (`mlops serve` on loopback), driven by
+    Locust with requests built from held-out rows: gates read load/rps, load/p99_ms, load/error_rate, ..."""
+
+    enabled: bool = Field(False, description="run the load test in the evaluation (`mlops run`, `mlops evaluate`)")
+    users: PositiveInt = Field(8, description="concurrent Locust users, each sending one request after another")
+    rps: PositiveFloat | None = Field(None, description="target requests per second across all users (each user "
+                                      "paced to rps/users); absent: as fast as the server answers")
+    duration_s: Annotated[float, Field(gt=0, le=3600)] = Field(10.0, description="seconds measured, after the "
+                                                                "warm-up")
+    warmup_s: Annotated[float, Field(ge=0, le=600)] = Field(2.0, description="seconds of load before the "
+                                                             "measurement starts (not counted)")
+    spawn_rate: PositiveFloat | None = Field(None, description="users started per second (default: all at once)")
+    rows: PositiveInt = Field(200, description="held-out rows the requests cycle through, one row per request")
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(60.0, description="the longest the server may take "
+                                                              "to start, and a request to be answered")
+
+
+class ImportanceConfig(Section):
+    """Feature importance of the exported model (mlops.evaluate.importance): each raw input column shuffled
+    across the test rows, the drop of the main score (AUROC, accuracy or R^2) with a confidence interval over
+    the repeats; gates read `importance/<column>` (lower is better: `max:` catches a leaking column). Image
+    and text models also get Captum attributions of the trained module on a few rows."""
+
+    enabled: bool = True
+    repeats: Annotated[int, Field(ge=1, le=100)] = Field(5, description="shuffles of each column")
+    max_rows: PositiveInt = Field(1000, description="test rows scored (a seeded sample of them when more)")
+    confidence: Annotated[float, Field(gt=0, lt=1)] = Field(0.95, description="level of the t-interval over the "
+                                                            "repeats")
+    samples: Annotated[int, Field(ge=0, le=256)] = Field(8, description="image and text models: test rows "
+                                                         "attributed with Captum (0: none)")
+    method: Literal["integrated_gradients", "occlusion"] = Field(
+        "integrated_gradients", description="how image pixels are attributed (texts: layer integrated gradients "
+        "on the token embeddings)")
+    n_steps: Annotated[int, Field(ge=2, le=256)] = Field(16, description="integrated gradients: interpolation steps")
+
+
 # the modes Pillow gives images (Image.open(...).mode), so that a misspelt one fails validation, not a run
 IMAGE_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
                "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
@@ -523,6 +562,8 @@ class EvaluateConfig(Section):
     fairness: FairnessConfig | None = None
     robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    importance: ImportanceConfig = Field(default_factory=ImportanceConfig)
+    load_test: LoadTestConfig = Field(default_factory=LoadTestConfig)
     expectations: ExpectationsConfig = Field(default_factory=ExpectationsConfig)
     gates: list[Gate] = Field(default_factory=list)
     seed: int | None = Field(None, description="seed of resampling and perturbations; the recipe's seed if absent")

@@ -42,6 +42,7 @@ from mlops.core.predlog import (
 )
 from mlops.core.refs import CHALLENGER
 from mlops.package.predictor import Prediction, Predictor, RequestError, imputed_parameters, parse_json_body
+from mlops.serve import binary
 from mlops.serve.batching import DEFAULT_WAIT_MS, MicroBatcher, SharedLogWrites, batch_rows_histogram
 from mlops.serve.logrows import PendingPrediction
 from mlops.serve.metrics import ServeMetrics
@@ -57,6 +58,7 @@ from mlops.serve.routing import (
 )
 from mlops.serve.tensors import input_tensors, output_tensors
 from mlops.serve.wire import (
+    BINARY_MEDIA,
     DEFAULT_BODY_TIMEOUT_S,
     MAX_ID_CHARS,
     MAX_REQUEST_ID_CHARS,
@@ -119,10 +121,18 @@ class Answer:
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
     after: Callable[[], Awaitable[None]] | None = None
+    tail: bytes = b""  # the V2 binary extension's raw outputs, after the JSON body (see binary.py)
 
     def encode(self) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         # orjson when installed (several times faster than json for these small bodies); outputs are finite
         payload = dumps_json(self.body)
+        if self.tail:
+            headers = [(b"content-type", BINARY_MEDIA.encode()), (binary.HEADER_LENGTH.encode(),
+                                                                  str(len(payload)).encode())]
+            payload += self.tail
+            headers.append((b"content-length", str(len(payload)).encode()))
+            headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+            return payload, headers
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
         return payload, headers
@@ -200,6 +210,10 @@ class Server:
         elif log is not None and self.batchers:
             self._log_writer = SharedLogWrites(log)
         self.watcher: Any = None  # an AliasWatcher when served from NAME@ALIAS references (mlops/serve/reload.py)
+        # what runs beside the HTTP server for its lifetime, on its event loop (the gRPC endpoint: grpc.py)
+        self.services: list[Callable[[], contextlib.AbstractAsyncContextManager[Any]]] = []
+        # the inputs whose binary BYTES are files, not text (arms take the same inputs: see check_compatible)
+        self.images = frozenset(i.name for i in predictor.meta.inputs if i.image is not None)
         for arm in (self.champion, self.challenger, self.shadow.arm if self.shadow else None):
             if arm is not None:
                 self.metrics.serving(arm.name, arm.variant, arm.version)
@@ -228,7 +242,12 @@ class Server:
     async def _body(self, call: Call, json_required: bool = False) -> Any:
         """The request's JSON body. Routes that change state take `application/json` only (`json_required`);
         inference routes take a request without a content type too (see wire.content_type_error)."""
-        refused = content_type_error(call.headers.get("content-type"), required=json_required)
+        return parse_json_body(await self._raw_body(call, json_required))
+
+    async def _raw_body(self, call: Call, json_required: bool = False, octet_stream: bool = False) -> bytes:
+        """The request's body as sent; `octet_stream`: application/octet-stream is taken too (the V2 binary
+        tensor extension)."""
+        refused = content_type_error(call.headers.get("content-type"), required=json_required, binary=octet_stream)
         if refused is not None:
             raise refused
         length = call.headers.get("content-length")
@@ -243,7 +262,7 @@ class Server:
             more = message.get("more_body", False)
             if len(raw) > self.max_body:
                 raise RequestError("body", f"over the size limit of {self.max_body} bytes", status=413)
-        return parse_json_body(raw)
+        return raw
 
     def _authorised(self, call: Call) -> bool:
         if not self.token:
@@ -378,7 +397,7 @@ class Server:
             return refused
         # the repository extension: POST /v2/repository/models/{name}/load (KServe's and Triton's name for it)
         return AnswerResponse(Answer(200, {"name": "mlops", "version": mlops.__version__,
-                                           "extensions": ["model_repository"]}))
+                                           "extensions": ["model_repository", "binary_tensor_data"]}))
 
     async def model_metadata(self, request: Request) -> Response:
         """`/v2/models/{name}` (every version served) and `/v2/models/{name}/versions/{version}` (that one)."""
@@ -401,7 +420,13 @@ class Server:
 
     async def _infer(self, call: Call, started: float) -> Answer:
         self._model(call.name)
-        body = await self._body(call)
+        raw = await self._raw_body(call, octet_stream=True)
+        # JSON, or with Inference-Header-Content-Length the binary tensor extension decoded into the same inputs
+        body = binary.parse_request(raw, call.headers.get(binary.HEADER_LENGTH), self.images)
+        return await self.infer_body(call, body, started)
+
+    async def infer_body(self, call: Call, body: Any, started: float) -> Answer:
+        """A V2 request's parsed body (JSON, binary extension or gRPC, all as the JSON `inputs`) answered."""
         if not isinstance(body, dict):
             raise RequestError("body", "must be a JSON object with 'inputs'")
         request_id = body.get("id")
@@ -411,17 +436,17 @@ class Server:
             raise RequestError("id", f"longer than {MAX_REQUEST_ID_CHARS} characters")
         arm = self._arm(call, request_id)
         feeds = arm.predictor.feeds_from_v2(body.get("inputs"))
+        # checked before the model runs: a request naming an output the model has not is neither run nor logged
+        requested = binary.requested_outputs(body, [o["name"] for o in output_tensors(arm.predictor.meta)])
         prediction, ids = await self._predict_and_log(arm, feeds, request_id, started)
         imputed = self._imputed(arm, feeds, prediction.rows)
-        outputs = []
-        for name, values in prediction.outputs.items():
-            datatype = "BYTES" if values.dtype == object else "FP32"
-            data = values.reshape(-1).tolist()
-            outputs.append({"name": name, "datatype": datatype, "shape": list(values.shape), "data": data})
-        return self._answer({"model_name": arm.name, "model_version": arm.version, "id": request_id or ids[0],
-                             "parameters": {"prediction_ids": ",".join(ids)} | imputed_parameters(imputed),
-                             "outputs": outputs},
-                            arm, feeds, ids, prediction)
+        outputs, tail = binary.v2_outputs(prediction.outputs, *requested)
+        answer = self._answer({"model_name": arm.name, "model_version": arm.version, "id": request_id or ids[0],
+                               "parameters": {"prediction_ids": ",".join(ids)} | imputed_parameters(imputed),
+                               "outputs": outputs},
+                              arm, feeds, ids, prediction)
+        answer.tail = tail
+        return answer
 
     async def infer(self, request: Request) -> Response:
         return await self._route(_call_of(request), V2_INFER, self._infer)
@@ -597,7 +622,10 @@ class Server:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         if self.watcher is not None:
             self.watcher.start()
-        yield
+        async with contextlib.AsyncExitStack() as services:  # stopped before the log closes below
+            for service in self.services:
+                await services.enter_async_context(service())
+            yield
         if self.watcher is not None:
             self.watcher.stop()
         for batcher in self.batchers.values():

@@ -1,4 +1,12 @@
-"""Prometheus metrics of the server, in a registry of its own (prometheus-client)."""
+"""Prometheus metrics of the server, in a registry of its own (prometheus-client): its requests, models and log,
+and the resources of the serving process and its machine's GPUs.
+
+Resources: prometheus_client's process collector (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+`process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_start_time_seconds`, read from
+/proc: Linux only, absent elsewhere) and platform collector (`python_info`). `mlops serve` runs one process
+(uvicorn without workers; scale with replicas), so these describe the process that answers requests. GPUs:
+`mlops.serve.gpu` (`mlops_gpu_*`, none without a GPU).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,19 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from mlops.serve.gpu import gpu_collector
 
 if TYPE_CHECKING:
     from mlops.core.predlog import PredictionLog
@@ -52,6 +70,13 @@ class ServeMetrics:
                               ["model", "feature"], registry=self.registry)
         self.reloads = Counter("mlops_model_reloads_total", "Versions swapped in because their alias moved",
                                ["model", "variant"], registry=self.registry)
+        # the serving process's CPU, memory and file descriptors (the monitor's memory_growth rule and the
+        # MlopsMemoryGrowth alert read process_resident_memory_bytes), and the GPUs when NVML sees any
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        gpus = gpu_collector()
+        if gpus is not None:
+            self.registry.register(gpus)
 
     def serving(self, model: str, variant: str, version: str | None, previous: str | None = None) -> None:
         if previous is not None:

@@ -32,8 +32,8 @@ CLIENT_ERRORS = {
     "408": "The request body did not arrive in full within the server's body timeout (`--body-timeout`).",
     "409": "The request is valid but this server cannot do it (e.g. traffic for a challenger it does not have).",
     "413": "Body over the size limit, or a batch of more rows than the server's max batch.",
-    "415": "A body that is not JSON: inference takes application/json (or no content type), feedback and traffic "
-           "application/json only.",
+    "415": "A body that is not JSON: inference takes application/json (or no content type; V2 infer also "
+           "application/octet-stream, the binary tensor extension), feedback and traffic application/json only.",
     "422": "Reserved for a well-formed request the model refuses; same error body.",
 }
 # what the document shows for an image input (a 1x1 grey PNG: the server resizes it) and a text input
@@ -154,6 +154,8 @@ def openapi_spec(meta: BundleMeta, max_batch: int, versions: list[str] | None = 
             "content": {"text/plain": {"schema": {"type": "string"}}}}, tags=("ops",))},
         "/openapi.json": {"get": op("openapi", "This document", ok_json({"type": "object"}), tags=("ops",))},
     }
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+        _binary_tensor_data(paths[path]["post"])
     responses = {_ERROR_NAMES[status]: {"description": text, "content": {JSON: {"schema": ERROR_REF}}}
                  for status, text in CLIENT_ERRORS.items()}
     responses["ServerError"] = {"description": "A bug or a broken model, reported with an error id; never expected.",
@@ -178,6 +180,33 @@ def openapi_spec(meta: BundleMeta, max_batch: int, versions: list[str] | None = 
                                            "description": "The MLOPS_SERVE_TOKEN the server was started with."}},
         },
     }
+
+
+BINARY = "application/octet-stream"
+BINARY_EXTENSION = (
+    "The V2 binary tensor data extension (what tritonclient sends by default): with the header "
+    "Inference-Header-Content-Length, the body is a V2 JSON request of that many bytes, then the raw tensors "
+    "(little-endian, row-major) of the inputs whose parameters give `binary_data_size`, in order; a BYTES "
+    "element is its length (4 bytes, little-endian) then its bytes (an image input's: the encoded file). "
+    "`parameters.binary_data_output: true`, or an output's `parameters.binary_data: true`, asks for binary "
+    "outputs: the answer is then application/octet-stream, its JSON part as long as its own "
+    "Inference-Header-Content-Length header says, each binary output's bytes after it.")
+
+
+def _binary_tensor_data(operation: dict[str, Any]) -> None:
+    """A V2 infer operation that also takes and answers the binary tensor data extension (mlops/serve/binary.py)."""
+    raw = {"schema": {"type": "string", "format": "binary"}}
+    operation["requestBody"]["description"] = BINARY_EXTENSION
+    operation["requestBody"]["content"][BINARY] = raw
+    operation.setdefault("parameters", []).append({
+        "name": "Inference-Header-Content-Length", "in": "header", "required": False,
+        "description": "The byte length of the JSON header at the start of a binary tensor data body.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"}})
+    ok = operation["responses"]["200"]
+    ok["content"][BINARY] = raw
+    ok["headers"] = ok.get("headers", {}) | {"Inference-Header-Content-Length": {
+        "description": "With binary outputs: the byte length of the answer's JSON part.",
+        "schema": {"type": "string"}}}
 
 
 _ERROR_NAMES = {"400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "408": "BodyTimeout", "409": "Conflict",

@@ -17,6 +17,7 @@ from mlops.core.workspace import workspace
 from mlops.package.predictor import Predictor
 from mlops.serve.app import DEFAULT_MAX_BODY, Server
 from mlops.serve.batching import DEFAULT_WAIT_MS
+from mlops.serve.grpc import check_port, grpc_service
 from mlops.serve.kserve_runtime import serve_kserve
 from mlops.serve.reload import DEFAULT_INTERVAL_S, AliasWatcher
 from mlops.serve.routing import DEFAULT_KEY_HEADER, Arm, check_compatible, parse_ab
@@ -52,6 +53,7 @@ class ServeOptions:
     reload_interval: float | None = None  # seconds between alias checks (0: only on request)
     runtime: Literal["mlops", "kserve"] = "mlops"
     body_timeout: float | None = None  # seconds a request body may take to arrive in full (default 30)
+    grpc_port: int | None = None  # the V2 gRPC endpoint's port, beside HTTP (None: no gRPC)
 
     @classmethod
     def from_args(cls, args: Any) -> ServeOptions:
@@ -105,6 +107,11 @@ def serve(options: ServeOptions) -> None:
     import uvicorn
 
     server = build_server(options)
+    if options.grpc_port is not None and not 0 < options.grpc_port < 65536:
+        raise MlopsError(f"--grpc-port {options.grpc_port}: expected a port from 1 to 65535")
+    if options.grpc_port is not None:  # on uvicorn's event loop, for the app's lifetime (its lifespan)
+        check_port(options.host, options.grpc_port)
+        server.services.append(grpc_service(server, options.host, options.grpc_port))
     protocol = http_protocol()
     loop = event_loop()
     for line in _describe(server, options):
@@ -163,6 +170,8 @@ def _describe(server: Server, options: ServeOptions) -> list[str]:
                      f"/v2/repository/models/{server.predictor.name}/load), no restart")
     log = server.log.path if server.log else None
     lines.append(f"http://{options.host}:{options.port}/v2/models/{server.predictor.name}/infer  (log {log})")
+    if options.grpc_port is not None:
+        lines.append(f"grpc://{options.host}:{options.grpc_port} (the V2 gRPC protocol: ModelInfer and the rest)")
     return lines
 
 
@@ -170,7 +179,8 @@ def serve_with_kserve(args: ServeOptions) -> None:
     """`mlops serve --runtime kserve`: the stock `kserve.ModelServer` over the same bundle. What only our app
     does (log, feedback, shadow, A/B, batching, token, body limit) is refused rather than silently dropped."""
     unsupported = [flag for flag, value in (("--log", args.log), ("--shadow", args.shadow), ("--ab", args.ab),
-                                            ("--batch-max", args.batch_max), ("--batch-wait-ms", args.batch_wait_ms))
+                                            ("--batch-max", args.batch_max), ("--batch-wait-ms", args.batch_wait_ms),
+                                            ("--grpc-port", args.grpc_port))
                    if value is not None]
     if os.environ.get("MLOPS_SERVE_TOKEN"):
         unsupported.append("MLOPS_SERVE_TOKEN")

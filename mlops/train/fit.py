@@ -38,6 +38,7 @@ from mlops.train.progress import (
     TrackingLink,
 )
 from mlops.train.pruning import OptunaPruning, PruneLink
+from mlops.train.system_metrics import SystemMetrics
 
 
 class TrainJob(BaseModel):
@@ -61,6 +62,7 @@ class TrainJob(BaseModel):
     pixel_stats: dict[str, PixelStats] = Field(default_factory=dict)
     recipe_dir: str | None = None  # where a relative model.weights starts (the recipe's folder)
     tracking: TrackingLink | None = None  # the MLflow run each epoch's metrics stream to while training runs
+    system_metrics: bool = True  # MLflow's system metrics (CPU, memory, GPU) in that run while training runs
 
 
 class TrainResult(BaseModel):
@@ -205,6 +207,8 @@ def fit(job: TrainJob) -> TrainResult | None:
     checkpoint = Checkpoints(checkpoint_dir(out), monitor=t.checkpoint.monitor, mode=t.checkpoint.mode,
                              history=history, stream=stream)
     callbacks: list[Any] = [history, checkpoint, *([stream] if stream is not None else [])]
+    if job.tracking is not None and job.system_metrics:
+        callbacks.append(SystemMetrics(job.tracking))
     pruning = None
     if job.prune is not None:
         pruning = OptunaPruning(job.prune)

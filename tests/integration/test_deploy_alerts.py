@@ -73,7 +73,7 @@ def test_rendered_rules_pass_promtool_check(tmp_path: Path) -> None:
 
     report = promtool_check(path)
 
-    assert report is not None and "SUCCESS: 4 rules found" in report
+    assert report is not None and "SUCCESS: 5 rules found" in report
 
 
 def test_promtool_check_rejects_broken_rules(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def test_deploy_renders_every_target_for_the_champion(env: dict[str, str], tmp_p
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout)  # --json: the result alone on stdout, the readable report on stderr
     assert result["model"] == "toy/1"
-    assert set(result["files"]) == {"inferenceservice", "image_context", "prefect", "alerts"}
+    assert set(result["files"]) == {"inferenceservice", "image_context", "prefect", "alerts", "grafana"}
     assert result["checks"]["inferenceservice"].startswith(f"valid against {CRD}")
     assert "inferenceservice   " in proc.stderr and "next: build the image:   docker build -t " in proc.stderr
     manifest = yaml.safe_load((out / "inferenceservice.yaml").read_text())

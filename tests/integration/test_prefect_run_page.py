@@ -19,7 +19,7 @@ from tests.conftest import last_json, run_cli
 pytestmark = pytest.mark.integration
 
 RUN = ["recipes/quickstart.yaml", "trainer.max_epochs=1"]
-IMPOSSIBLE_LATENCY = "evaluate.gates.3.max=1e-9"  # configs/gates/classification.yaml: perf/latency_p99_ms
+IMPOSSIBLE_LATENCY = "evaluate.gates.3.max=1e-9"  # configs/gates/classification_load.yaml: perf/latency_p99_ms
 CACHED_STEPS = {"load_data", "check_data", "split", "preprocess", "train", "evaluate", "export", "assess"}
 
 

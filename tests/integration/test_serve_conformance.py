@@ -388,7 +388,7 @@ def test_v2_version_not_served_is_a_404_naming_it(versioned: str) -> None:
 
 def test_server_metadata_lists_the_extensions_served(versioned: str) -> None:
     metadata = httpx.get(f"{versioned}/v2", timeout=30).json()
-    assert metadata["extensions"] == ["model_repository"]
+    assert metadata["extensions"] == ["model_repository", "binary_tensor_data"]
     loaded = httpx.post(f"{versioned}/v2/repository/models/{MODEL}/load", timeout=30)
     assert loaded.status_code == 200 and loaded.json()["load"] is True
 

@@ -170,7 +170,7 @@ def test_info_lists_the_search_path_in_order_with_its_sources(
 def test_info_kinds_print_only_their_part(capsys: pytest.CaptureFixture[str]) -> None:
     only_defaults = _run(capsys, "run", "--info", "defaults", QUICKSTART)
     assert "Defaults list" in only_defaults and "search path" not in only_defaults
-    assert "gates/classification@evaluate" in only_defaults
+    assert "gates/classification_load@evaluate" in only_defaults
 
 
 # --- shell completion -------------------------------------------------------------------------------------

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "lightning", "mlflow", "prefect", "evidently", "onnxruntime", "sklearn")
+# numpy and pandas too: a recipe on a built-in data set is checked and planned without reading a row, and the
+# two cost more CPU than everything else `validate` does (issue 19: at most 3x a bare hydra + pydantic start)
+HEAVY = ("torch", "lightning", "mlflow", "prefect", "evidently", "onnxruntime", "sklearn", "numpy", "pandas",
+         "pyarrow")
 
 SCRIPT = """
 import json, sys

@@ -149,13 +149,24 @@ def test_editing_an_imported_module_reruns_its_step_and_downstream_only(
 
 
 def test_editing_modules_no_step_imports_changes_no_key(package: Path, tmp_path: Path) -> None:
-    before = keys([], tmp_path)
+    no_load_test = ["gates=classification"]  # quickstart's load test starts the server: its code counts then
+    before = keys(no_load_test, tmp_path)
     unrelated = [*package.glob("cli.py"), *(package / "cli").rglob("*.py"), *(package / "deploy").rglob("*.py"),
                  *(package / "monitor").rglob("*.py")]
     assert len(unrelated) > 10
     for path in unrelated:
         edit(path)
-    assert keys([], tmp_path) == before
+    assert keys(no_load_test, tmp_path) == before
+
+
+def test_a_load_test_reruns_when_the_server_it_starts_changes(package: Path, tmp_path: Path) -> None:
+    """The load test runs `python -m mlops.cli serve` in a process of its own: no step imports the server, yet
+    its figures are the server's, so an edit to the serving code re-runs the assessment (and not training)."""
+    before = keys([], tmp_path)
+    without = keys(["gates=classification"], tmp_path)
+    edit(module_file(package, "mlops.serve.app"))
+    assert changed(before, keys([], tmp_path)) == downstream("assess", tmp_path)
+    assert keys(["gates=classification"], tmp_path) == without
 
 
 def user_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
@@ -226,8 +237,12 @@ def test_no_step_names_an_mlops_module_only_in_a_string(tmp_path: Path) -> None:
     modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
                for p in PACKAGE.rglob("*.py")}
     snapshot, roots = Snapshot(), {"mlops": (PACKAGE,)}
-    for step in keys([], tmp_path):
-        reached = dict(snapshot.closure([f"mlops.engine.steps.{step}"], roots).modules)
+    plan = compile_plan(load_validated(QUICKSTART, []), Cache(tmp_path))  # its load test starts `mlops serve`
+    for planned in plan.steps:
+        step = planned.name
+        # what a step runs in a process of its own joins its code version as a target (the load test's server)
+        targets = [t.rpartition(".")[0] for t in planned.targets if t.startswith("mlops.")]
+        reached = dict(snapshot.closure([f"mlops.engine.steps.{step}", *targets], roots).modules)
         assert f"mlops.engine.steps.{step}" in reached
         for name in reached:
             tree = ast.parse(module_file(PACKAGE, name).read_bytes())

@@ -123,7 +123,7 @@ def test_origins_point_at_the_file_and_line_that_set_each_key() -> None:
     bc = "mlops/configs/data/breast_cancer.yaml"
     assert o["data.dataset"] == Origin(bc, line_of(bc, "dataset:"))
     assert o["data.task"] == Origin(bc, line_of(bc, "task:"))
-    gates = "mlops/configs/gates/classification.yaml"
+    gates = "mlops/configs/gates/classification_load.yaml"
     assert o["evaluate.gates.1.vs"] == Origin(gates, line_of(gates, "vs:"))
     deploy = "mlops/configs/deploy/default.yaml"  # reached through mlops/configs/base.yaml's defaults list
     assert o["deploy.prefect.flows.train.cron"] == Origin(deploy, line_of(deploy, "train:"))

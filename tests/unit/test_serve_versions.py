@@ -39,7 +39,7 @@ def client(bundles: tuple[Path, Path], tmp_path: Path) -> Any:
 
 def test_server_metadata_lists_the_repository_extension_it_serves(client: TestClient) -> None:
     extensions = client.get("/v2").json()["extensions"]
-    assert extensions == ["model_repository"]
+    assert extensions == ["model_repository", "binary_tensor_data"]
     assert client.post("/v2/repository/models/toy/load").status_code == 200  # what the extension promises
 
 

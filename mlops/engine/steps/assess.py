@@ -16,10 +16,13 @@ def assess(ctx: RunContext, out: Path) -> AssessResult:
     parts = frames(ctx)
     ev = ctx.loaded.recipe.evaluate
     attack = ev.robustness.enabled and ev.robustness.adversarial.enabled
-    module = load_module(ctx) if ev.performance.torch or attack else None
+    takes = dict_inputs(ctx)
+    # Captum attributes an image or text model's module (evaluate.importance)
+    explain = ev.importance.enabled and ev.importance.samples > 0 and takes is not None and not takes.scalar_only
+    module = load_module(ctx) if ev.performance.torch or attack or explain else None
     features = split_arrays(ctx, "test") if module is not None and ev.performance.torch else None
-    network = dict_inputs(ctx) if module is not None else None
+    network = takes if module is not None else None
     result = assess_bundle(ctx.loaded.recipe, ctx.dir("export") / "bundle", parts["test"], parts["train"],
-                           module, features, network)
+                           module, features, network, out=out)
     (out / "assess.json").write_text(json.dumps(result, indent=2))
     return AssessResult.model_validate(result)

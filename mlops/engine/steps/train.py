@@ -46,6 +46,7 @@ def train(ctx: RunContext, out: Path) -> TrainResult:
         input_dim=prep.n_features, output_dim=1 if prep.task == "regression" else len(prep.labels or []),
         arrays=str(ctx.dir("preprocess") / "arrays.npz"), out_dir=str(out), prune=ctx.prune,
         inputs=prep.inputs, pixel_stats=prep.pixel_stats, recipe_dir=str(ctx.loaded.path.parent), tracking=link,
+        system_metrics=r.tracking.system_metrics,
     )
     if r.trainer.multiprocess:
         result = _train_in_worker(job, out)
