@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     _score_commands(sub)
     _monitor_commands(sub)
     _improve_commands(sub)
+    _server_commands(sub)
     p = _command(sub, "schema", "mlops.cli.recipe:cmd_schema", "print the recipe JSON Schema (for editors)")
     _output(p, "write to this file instead of stdout")
     return parser
@@ -246,7 +247,8 @@ def _serve_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help=MODEL_REF)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--log", help="prediction log (SQLite); default .mlops/predictions/<model>.sqlite")
+    p.add_argument("--log", help="prediction log: a SQLite PATH (default .mlops/predictions/<model>.sqlite) or "
+                   "postgresql://USER@HOST/DATABASE")
     p.add_argument("--max-batch", type=int, default=1024, help="most rows one request may carry")
     p.add_argument("--shadow", metavar="MODEL",
                    help="also run this model on every answered request, after the response; logged as variant "
@@ -280,7 +282,7 @@ def _serve_commands(sub: argparse._SubParsersAction) -> None:
                  "record ground truth by prediction id in a prediction log (CSV or JSONL)")
     p.add_argument("file", help="CSV with columns id and label (or value, for regression), or JSONL of "
                                 '{"id": ..., "label": ...} objects')
-    p.add_argument("--log", help="the prediction log (SQLite) that `mlops serve` wrote")
+    p.add_argument("--log", help="the prediction log that `mlops serve` wrote: a SQLite PATH or postgresql://...")
     p.add_argument("--model", metavar="MODEL", help=f"{MODEL_REF}, or a NAME: use its default log "
                                                     ".mlops/predictions/<NAME>.sqlite")
     _json(p, "the counts")
@@ -537,7 +539,23 @@ def _label_commands(sub: argparse._SubParsersAction) -> None:
                  "annotations as feedback by prediction id (as mlops feedback does)")
     p.add_argument("file", help="the project's export from Label Studio (Export -> JSON) of `mlops label export` "
                                 "tasks")
-    p.add_argument("--log", help="the prediction log (SQLite) that `mlops serve` wrote")
+    p.add_argument("--log", help="the prediction log that `mlops serve` wrote: a SQLite PATH or postgresql://...")
     p.add_argument("--model", metavar="MODEL", help=f"{MODEL_REF}, or a NAME: use its default log "
                                                     ".mlops/predictions/<NAME>.sqlite")
     _json(p, "the counts")
+
+
+def _server_commands(sub: argparse._SubParsersAction) -> None:
+    server = sub.add_parser("server", help="the local Prefect server that runs the flows when PREFECT_API_URL "
+                                           "names none (started by the first run, kept for the next)")
+    server_sub = server.add_subparsers(dest="server_command", metavar="COMMAND", required=True)
+    p = _command(server_sub, "status", "mlops.cli.server:cmd_server_status",
+                 "whether it runs: its URL, pid, uptime and log")
+    _json(p, "its status")
+    p = _command(server_sub, "start", "mlops.cli.server:cmd_server_start",
+                 "start it now (a run starts it anyway), or find it running")
+    _json(p, "its status")
+    p = _command(server_sub, "stop", "mlops.cli.server:cmd_server_stop",
+                 "stop it (the next run starts it again); its run history stays in PREFECT_HOME")
+    p.add_argument("--timeout", type=float, default=20, help="seconds to wait after SIGTERM before SIGKILL")
+    _json(p, "what was stopped")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mlops.cli.output import emit
 from mlops.core.errors import MlopsError
+from mlops.core.predlog_store import log_target
 from mlops.core.refs import ModelRef
 from mlops.core.timespec import time_option
 from mlops.core.workspace import workspace
@@ -27,12 +28,12 @@ def _name_and_version(model: str, old_version: str | None = None) -> tuple[str, 
     return model, old_version
 
 
-def _log_and_recipe(args: argparse.Namespace, name: str) -> tuple[Path, ImproveConfig | None]:
+def _log_and_recipe(args: argparse.Namespace, name: str) -> tuple[str | Path, ImproveConfig | None]:
     improve = load_recipe(args.recipe).recipe.improve if args.recipe else None
     if args.log:
-        return Path(args.log), improve
+        return log_target(args.log), improve
     if improve and improve.refresh.log:
-        return Path(improve.refresh.log), improve
+        return log_target(improve.refresh.log), improve
     return workspace().prediction_log(name), improve
 
 

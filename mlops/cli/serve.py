@@ -6,7 +6,8 @@ import argparse
 
 from mlops.cli.output import emit
 from mlops.core.errors import MlopsError
-from mlops.core.predlog import read_feedback_file, record_feedback
+from mlops.core.predlog import read_feedback_file
+from mlops.core.predlog_store import log_name, record_feedback
 from mlops.serve.run import ServeOptions, feedback_log_path, serve
 
 
@@ -24,6 +25,6 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         print(f"  unknown ids, e.g. {', '.join(result['unknown_ids'])}")
     emit(result)
     if not result["matched"]:
-        raise MlopsError(f"none of the {result['rows']} ids in {args.file} has a prediction in {log_path}: "
+        raise MlopsError(f"none of the {result['rows']} ids in {args.file} has a prediction in {log_name(log_path)}: "
                          "is it the right log?")
     return 0

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from mlops.core.atomic import replacing
 from mlops.core.errors import MlopsError
+from mlops.core.loglimits import LogLimits
 from mlops.core.refs import CHALLENGER, CHAMPION
 from mlops.core.workspace import Workspace
 
@@ -65,21 +66,6 @@ RETENTION_HIGH, RETENTION_LOW = 0.9, 0.8
 ARCHIVED_COLUMNS = {"predictions": ("id", "ts", "model", "version", "variant", "inputs", "outputs", "latency_ms"),
                     "feedback": ("id", "ts", "label", "value", "payload")}
 TS = 2  # where a row read for archiving, (rowid, *ARCHIVED_COLUMNS[table]), holds its time
-
-
-@dataclass(frozen=True)
-class LogLimits:
-    """How large the log may grow (None: unbounded). `archive`: rows past retention go to Parquet files beside
-    the log, which `LogReader` still reads; False: they are deleted."""
-
-    wal_max_bytes: int | None = None
-    max_age_s: float | None = None
-    max_bytes: int | None = None
-    archive: bool = True
-
-    @property
-    def retains(self) -> bool:
-        return self.max_age_s is not None or self.max_bytes is not None
 
 
 class DeferredRows(Protocol):
@@ -560,31 +546,6 @@ def _jsonl_items(path: Path, f: Any) -> Any:
 
 def _no_constant(token: str) -> float:
     raise ValueError(f"{token} is not valid JSON")
-
-
-def known_ids(path: str | Path, ids: list[str]) -> set[str]:
-    """Which of `ids` have a prediction in the log at `path`."""
-    with LogReader(path) as reader:
-        return reader.known_ids(ids)
-
-
-def record_feedback(log_path: str | Path, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
-    """Record the rows whose id has a prediction in the log (through the same writer as the server);
-    rows with an unknown id are counted and left out."""
-    log_path = Path(log_path)
-    if not log_path.is_file():
-        raise MlopsError(f"no prediction log at {log_path} (give --log PATH, or --model NAME for the default)")
-    found = known_ids(log_path, [r[0] for r in rows])
-    matched = [r for r in rows if r[0] in found]
-    unknown = [r[0] for r in rows if r[0] not in found]
-    if matched:
-        log = PredictionLog(log_path)
-        try:
-            log.submit("feedback", matched).result(timeout=60)
-        finally:
-            log.close()
-    return {"log": str(log_path), "rows": len(rows), "matched": len(matched), "unknown": len(unknown),
-            "unknown_ids": unknown[:5]}
 
 
 class IdempotentLog:

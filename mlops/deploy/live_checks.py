@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from mlops.core.errors import MlopsError
-from mlops.core.predlog import LogReader
+from mlops.core.predlog_store import is_log_url, log_name, log_target, open_reader
 from mlops.core.retry import with_retries
 from mlops.recipe.deploy import RolloutChecks
 
@@ -173,20 +173,20 @@ class PredictionLogSource:
     provides = frozenset({"requests", "p99", "shadow"})
 
     def __init__(self, path: str | Path, variant: str = "challenger", model: str | None = None) -> None:
-        self.path = Path(path)
+        self.path = log_target(path)  # a file, or a postgresql:// URL
         self.variant = variant
         self.model = model
 
     def __repr__(self) -> str:
-        return f"prediction log {self.path} (variant {self.variant})"
+        return f"prediction log {log_name(self.path)} (variant {self.variant})"
 
     def snapshot(self) -> float:
-        if not self.path.is_file():
+        if not is_log_url(self.path) and not Path(self.path).is_file():
             raise MlopsError(f"no prediction log at {self.path} (the --log of `mlops serve`)")
         return time.time()
 
     def reading(self, before: float, after: float) -> Reading:
-        with LogReader(self.path) as reader:
+        with open_reader(self.path) as reader:
             latencies = sorted(reader.latencies(before, after, None if self.variant == ANY_VARIANT else self.variant,
                                                 self.model))
             pairs = reader.shadow_pairs(before, after)

@@ -27,7 +27,7 @@ READY_TIMEOUT_S = 120
 
 
 class LocalServe:
-    def __init__(self, port: int, output: Path, bundle_of: Callable[[Any], Path], log: Path | None = None,
+    def __init__(self, port: int, output: Path, bundle_of: Callable[[Any], Path], log: str | Path | None = None,
                  host: str = "127.0.0.1") -> None:
         self.port = port
         self.bundle_of = bundle_of

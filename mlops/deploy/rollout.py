@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
+from mlops.core.predlog_store import log_target
 from mlops.core.refs import ModelVersion, download_bundle, resolve_version
 from mlops.core.registry import registry_client, tracking_uri
 from mlops.core.workspace import workspace
@@ -268,7 +269,7 @@ def _traffic_server(options: RolloutOptions, out: Path, client: MlflowClient, ca
     """The `mlops serve` whose traffic a local or live rollout moves, if it is one of those."""
     if options.local_port is not None:
         return LocalServe(options.local_port, out / "serve.log", lambda mv: download_bundle(client, mv),
-                          log=Path(options.log) if options.log else None)
+                          log=log_target(options.log) if options.log else None)
     if options.live_url is not None:
         return LiveServe(options.live_url, canary.name)
     return None

@@ -1,6 +1,7 @@
 """Run a plan as a Prefect flow: one task per step, our own content-keyed cache in front of each.
 
-Prefect's ephemeral API is used unless PREFECT_API_URL points at a server. Multirun jobs are subflows
+Prefect's API is the server at PREFECT_API_URL, else a local one kept across commands (`prefect_server`;
+MLOPS_PREFECT_SERVER=ephemeral: Prefect's temporary server per command). Multirun jobs are subflows
 of one parent flow in this process (one temporary server, not one per job), each its own MLflow run
 nested under a parent run. A step our cache had ends its task run Cached; each run publishes its gate table
 and links to its MLflow run and evaluation report as Prefect artifacts; the `mlops` logger's lines go to the
@@ -24,6 +25,7 @@ from mlops.core.log import logger as mlops_logger
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.engine.execute import execute, run_step
 from mlops.engine.plan import Plan
+from mlops.engine.prefect_server import ensure_server
 from mlops.engine.steps.common import RunContext
 from mlops.engine.summary import MultirunSummary, RunSummary, VerdictBrief
 from mlops.engine.validate import load_validated
@@ -49,7 +51,9 @@ def configure_prefect() -> None:
 def prepare_flow_run() -> None:
     """What must hold before a flow starts in this process: a watchdog for the temporary server it may start,
     and the `mlops` logger feeding the run's logs (also when Prefect was imported before configure_prefect).
-    Done here, not at import: the watchdog's hook imports Prefect's server module (about 4 s)."""
+    Done here, not at import: the watchdog's hook imports Prefect's server module (about 4 s).
+    Without a server named (PREFECT_API_URL), the local one kept across commands runs it (prefect_server)."""
+    ensure_server()
     _watch_temporary_server()
     log_to_runs()
 

@@ -41,7 +41,7 @@ from pydantic import BaseModel
 from mlops.core.errors import MlopsError
 from mlops.core.log import say
 from mlops.evaluate import locustfile
-from mlops.evaluate.robustness import _instance
+from mlops.evaluate.robustness import request_instance
 from mlops.package.bundle import read_bundle
 from mlops.package.predictor import Predictor
 
@@ -148,7 +148,7 @@ def request_bodies(bundle_dir: Path, frame: pd.DataFrame, limit: int) -> list[st
     bodies = []
     for i in range(min(len(frame), limit)):
         try:
-            row = _instance(predictor, frame.iloc[[i]])
+            row = request_instance(predictor, frame.iloc[[i]])
             predictor.feeds_from_rows([row])  # a row the server would refuse measures the error path: skip it
         except Exception:  # noqa: BLE001 - the reason does not matter here, only that it is not a good request
             continue

@@ -708,7 +708,7 @@ def _control_row(predictor: Predictor, source: pd.DataFrame) -> dict[str, Any] |
     reason = "there are no test rows"
     for i in range(min(len(source), CONTROL_TRIES)):
         try:
-            row = _instance(predictor, source.iloc[[i]])
+            row = request_instance(predictor, source.iloc[[i]])
             predictor.predict(predictor.feeds_from_rows([row]))
             return row
         except Exception as exc:  # a row the bundle cannot answer is no control: try the next
@@ -716,7 +716,7 @@ def _control_row(predictor: Predictor, source: pd.DataFrame) -> dict[str, Any] |
     return reason
 
 
-def _instance(predictor: Predictor, frame: pd.DataFrame) -> dict[str, Any]:
+def request_instance(predictor: Predictor, frame: pd.DataFrame) -> dict[str, Any]:
     """A one-row frame as a JSON request carries it: images as {"b64": ...}, null for a missing value."""
     row: dict[str, Any] = {}
     for name, spec in predictor.columns.items():

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlops.core.predlog import SERVED, LogReader, json_object
+from mlops.core.predlog import SERVED, json_object
+from mlops.core.predlog_store import open_reader
 from mlops.recipe.improve import FeedbackConfig
 
 
@@ -52,7 +53,7 @@ def read_joined(path: str | Path, model: str | None = None, *, since: float | No
     `labels` (the model's classes) lets a thumbs-down name the truth of a binary task.
     """
     feedback = feedback or FeedbackConfig()
-    with LogReader(path) as reader:
+    with open_reader(path) as reader:
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         for r in reader.predictions(variants, model, since, version):  # a re-sent id keeps its latest answer
             latest[(r["id"], r["variant"])] = r

@@ -38,11 +38,10 @@ from mlops.core.predlog import (
     SERVED,
     SHADOW,
     FeedbackError,
-    LogReader,
     feedback_row,
     json_object,
-    record_feedback,
 )
+from mlops.core.predlog_store import log_name, log_target, open_reader, record_feedback
 from mlops.data.descriptors import SEPARATOR
 from mlops.package.predictor import DESCRIPTORS, EMBEDDING
 
@@ -129,18 +128,19 @@ def parse_criteria(text: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(chosen))
 
 
-def select_for_labelling(log: Path, model: str, *, count: int, criteria: tuple[str, ...] = CRITERIA,
+def select_for_labelling(log: Path, model: str, *, count: int | None, criteria: tuple[str, ...] = CRITERIA,
                          since: float | None = None, version: str | None = None,
                          monitor_store: Path | None = None, include_labelled: bool = False
                          ) -> tuple[list[Candidate], int, int]:
-    """The `count` predictions most worth labelling, each with its reasons; the size of the pool and the number of
-    drifted windows found. Raises when the model has no served prediction in the log."""
-    if count < 1:
+    """The `count` predictions most worth labelling (None: every one the criteria rank, in order), each with its
+    reasons; the size of the pool and the number of drifted windows found. Raises when the model has no served
+    prediction in the log."""
+    if count is not None and count < 1:
         raise MlopsError("--count must be at least 1")
-    with LogReader(log) as reader:
+    with open_reader(log) as reader:
         served = reader.predictions(SERVED, model, since, version)
         if not served:
-            models = sorted({r[0] for r in reader.db.execute("SELECT DISTINCT model FROM predictions")})
+            models = sorted({r["model"] for r in reader.predictions((*SERVED, SHADOW))})  # a mistake's path only
             raise MlopsError(f"no served prediction of '{model}' in {log}" + (
                 f" (it holds {', '.join(models)}): check the model's name" if models else
                 " (the log is empty): serve the model and send it traffic first (mlops serve NAME@champion)"))
@@ -163,7 +163,7 @@ def select_for_labelling(log: Path, model: str, *, count: int, criteria: tuple[s
             windows = drifted_windows(monitor_store, model, log) if monitor_store is not None else []
             drift_windows = len(windows)
             rankings[criterion] = _by_drift(pool, windows)
-    chosen = _round_robin(rankings, count)
+    chosen = _round_robin(rankings, len(pool) if count is None else count)
     # why: the criterion that picked it, and any other it meets (every row has a confidence: that one only picks)
     members = {k: set(ids) for k, ids in rankings.items() if k != "confidence"}
     for pid, picked_by in chosen.items():
@@ -209,10 +209,10 @@ def drifted_windows(store: Path, model: str, log: Path) -> list[tuple[int, int]]
             db.close()
     except sqlite3.Error:
         return []  # not a monitor store, or another shape of one: no window to go by
-    here = log.resolve()
+    here = log_name(log_target(log, resolve=True))  # as the monitor keys its windows
     out = []
     for logged, first, last, summary in rows:
-        if Path(logged).resolve() != here:
+        if log_name(log_target(logged, resolve=True)) != here:
             continue
         dataset = ((json_object(summary).get("drift") or {}).get("dataset") or {})
         if dataset.get("drift"):
@@ -270,7 +270,7 @@ def media_columns(rows: list[Candidate]) -> dict[str, str]:
 
 def seen_labels(log: Path, model: str) -> list[str]:
     """Every label the model (served or shadow) answered or feedback told: the classes a person can pick."""
-    with LogReader(log) as reader:
+    with open_reader(log) as reader:
         rows = reader.predictions((*SERVED, SHADOW), model)
         seen = {str(json_object(r["outputs"])["label"]) for r in rows if "label" in json_object(r["outputs"])}
         seen |= {str(f["label"]) for f in reader.latest_feedback([r["id"] for r in rows]).values()
@@ -337,8 +337,11 @@ def export_tasks(log: Path, model: str, out: Path, *, count: int = 50, criteria:
                  version: str | None = None, monitor_store: Path | None = None,
                  include_labelled: bool = False) -> LabelExport:
     """Write Label Studio's import file of the predictions most worth labelling, and the labeling config."""
+    if count < 1:
+        raise MlopsError("--count must be at least 1")
+    # every ranked row, in order: a row whose image or text the log did not keep gives its place to the next
     chosen, considered, windows = select_for_labelling(
-        log, model, count=count, criteria=criteria, since=since, version=version, monitor_store=monitor_store,
+        log, model, count=None, criteria=criteria, since=since, version=version, monitor_store=monitor_store,
         include_labelled=include_labelled)
     if not chosen:
         raise MlopsError(f"nothing of '{model}' in {log} to label by {', '.join(criteria)}: "
@@ -357,6 +360,8 @@ def export_tasks(log: Path, model: str, out: Path, *, count: int = 50, criteria:
     to_name = _key(next(iter(media))) if media else TABLE_NAME
     tasks, kept = [], []
     for c in chosen:
+        if len(tasks) == count:
+            break
         t = to_task(c, task, media, to_name, model)
         if t is not None:
             tasks.append(t)

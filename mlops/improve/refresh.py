@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops.core.atomic import write_bytes, write_json
+from mlops.core.predlog_store import log_exists, log_target
 from mlops.core.workspace import workspace
 from mlops.data.descriptors import SEPARATOR
 from mlops.data.fingerprint import fingerprint_bytes
@@ -70,12 +71,13 @@ class RefreshSummary:
     lineage: str | None
 
 
-def production_log(loaded: LoadedRecipe) -> Path:
+def production_log(loaded: LoadedRecipe) -> str | Path:
     """The prediction log a retrain learns from and its live stages watch: `improve.refresh.log`, else the
     workspace's log of the model."""
     configured = loaded.recipe.improve.refresh.log
     if configured:
-        return Path(configured).expanduser()
+        target = log_target(configured)  # a file, or a postgresql:// URL
+        return target.expanduser() if isinstance(target, Path) else target
     return workspace().prediction_log(loaded.recipe.model_name)
 
 
@@ -94,7 +96,7 @@ def refresh_data(loaded: LoadedRecipe, now: float, out_root: Path | None = None)
     ids: list[str] = []
     dropped: dict[str, int] = {}
     by_source: dict[str, int] = {}
-    if cfg.refresh.production and log.is_file():
+    if cfg.refresh.production and log_exists(log):
         production, ids, dropped, by_source = production_frame(
             log, r.model_name, reference, target, task, cfg, since,
             n_reference=len(reference) if cfg.refresh.reference else 0)

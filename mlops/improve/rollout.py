@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 from mlops.core.errors import MlopsError
 from mlops.core.log import say
+from mlops.core.predlog_store import log_exists
 from mlops.core.refs import ModelVersion
 from mlops.deploy.local import LiveServe
 from mlops.deploy.rollout import RolloutOptions, rollout
@@ -43,7 +44,7 @@ class RolloutTarget:
     model: str
     version: str  # the challenger
     champion: str | None  # the version it would replace
-    log: Path  # the model's prediction log
+    log: str | Path  # the model's prediction log: a file, or a postgresql:// URL
     max_accuracy_drop: float = 0.02
     poll_s: float = 2.0
 
@@ -277,7 +278,7 @@ class LogRollout:
         self._move(target, "complete", 100)
 
     def _read(self, target: RolloutTarget, since: float, extra: tuple[str, ...]) -> tuple[list[Any], list[Any]]:
-        if not target.log.is_file():
+        if not log_exists(target.log):
             return [], []
         rows = read_joined(target.log, target.model, since=since, variants=(*SERVED, *extra))
         served = [j for j in rows if j.variant in SERVED]
@@ -305,7 +306,7 @@ class DeployRollout:
             return [StageResult("canary", False, "there is no champion to roll out next to")]
         try:
             options = RolloutOptions(stable=ModelVersion(target.model, target.champion).ref,
-                                     metrics_url=self.metrics_url, log=target.log if target.log.is_file() else None,
+                                     metrics_url=self.metrics_url, log=target.log if log_exists(target.log) else None,
                                      kubectl=self.kubectl, local_port=self.local_port, live_url=self.live_url,
                                      promote=False)
             walked = rollout(self.loaded, ModelVersion(target.model, target.version).ref, options,

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from mlops.core.predlog import LogFilter, LogReader
+from mlops.core.predlog import LogFilter
+from mlops.core.predlog_store import open_reader
 from mlops.data.descriptors import described_input, descriptor_columns
 from mlops.package.bundle import BundleMeta
 from mlops.package.predictor import DESCRIPTORS, EMBEDDING
@@ -134,10 +135,10 @@ class Window:
         return int(self.rows.rowid[-1])
 
 
-def read_chunks(path: Path, flt: LogFilter, columns: dict[str, str], task: str, after_rowid: int = 0,
+def read_chunks(path: str | Path, flt: LogFilter, columns: dict[str, str], task: str, after_rowid: int = 0,
                 chunk_rows: int = CHUNK_ROWS) -> Iterator[Rows]:
     """Parsed chunks of the model's rows after `after_rowid`, in log order. `columns`: name -> kind."""
-    with LogReader(path) as reader:
+    with open_reader(path) as reader:
         last = after_rowid
         while True:
             raw = reader.chunk(flt, last, chunk_rows)
@@ -149,10 +150,10 @@ def read_chunks(path: Path, flt: LogFilter, columns: dict[str, str], task: str, 
                 return
 
 
-def other_traffic(path: Path, flt: LogFilter, after_rowid: int) -> dict[str, int]:
+def other_traffic(path: str | Path, flt: LogFilter, after_rowid: int) -> dict[str, int]:
     """Rows after `after_rowid` that the filter left out, by model, version and variant: what to tell a user
     whose filter matched nothing (the wrong version, a shadow-only model...)."""
-    with LogReader(path) as reader:
+    with open_reader(path) as reader:
         return reader.traffic(after_rowid)
 
 

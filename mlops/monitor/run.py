@@ -22,7 +22,8 @@ from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
 from mlops.core.log import say
 from mlops.core.pages import write_page
-from mlops.core.predlog import LogFilter, LogReader
+from mlops.core.predlog import LogFilter
+from mlops.core.predlog_store import log_name, log_target, open_reader
 from mlops.core.refs import fetch
 from mlops.core.registry import tracking_uri
 from mlops.core.timespec import iso, parse_duration, parse_time, time_option
@@ -119,7 +120,7 @@ class _Target:
     meta: BundleMeta
     version: str | None
     bundle_dir: Path
-    log_path: Path
+    log_path: str | Path  # a file, or a postgresql:// URL
     flt: LogFilter
     judge: WindowJudge
     baseline: dict[str, Any]
@@ -129,7 +130,7 @@ class _Target:
 
     @property
     def log_key(self) -> str:
-        return str(self.log_path)
+        return log_name(self.log_path)  # the cursor's key: never a password
 
 
 def _target(loaded: LoadedRecipe, model: str | None, log: str | None, since: str | None,
@@ -143,8 +144,8 @@ def _target(loaded: LoadedRecipe, model: str | None, log: str | None, since: str
     resolved = fetch(model or f"{r.model_name}@champion", tracking_uri(r.tracking.uri))
     meta = read_bundle(resolved.path)
     ws = workspace()
-    log_path = Path(log or cfg.log or ws.prediction_log(meta.name)).resolve()
-    LogReader(log_path, archive=False).close()  # a missing or foreign log fails before the reference is built
+    log_path = log_target(log or cfg.log or ws.prediction_log(meta.name), resolve=True)
+    open_reader(log_path, archive=False).close()  # a missing or foreign log fails before the reference is built
     judge = WindowJudge(meta, cfg)  # refuses bad per-feature settings before any heavy work
     baseline = accuracy_baseline(cfg, meta.task, meta.metrics)
     flt = LogFilter(meta.name, resolved.version, tuple(cfg.variants), since_ts, until_ts)

@@ -61,7 +61,8 @@ class RefreshConfig(Section):
 
     reference: bool = Field(True, description="include the recipe's own data")
     production: bool = Field(True, description="include labelled rows from the prediction log")
-    log: str | None = Field(None, description="the prediction log (SQLite); default .mlops/predictions/<model>.sqlite")
+    log: str | None = Field(None, description="the prediction log: a SQLite path (default "
+                            ".mlops/predictions/<model>.sqlite) or postgresql://USER@HOST/DATABASE")
     window_days: PositiveFloat = Field(30, description="only predictions made in the last this many days")
     min_production_rows: Annotated[int, Field(ge=0)] = Field(1, description="skip the retrain when fewer labelled "
                                                               "production rows are available")

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import ByteSize, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from mlops.core.predlog import LogLimits
+from mlops.core.loglimits import LogLimits
 from mlops.core.timespec import parse_duration, parse_time
 from mlops.recipe.section import Section
 

@@ -42,6 +42,7 @@ import numpy as np
 from mlops.core.errors import MlopsError
 from mlops.core.log import say
 from mlops.core.predlog import IdempotentLog, prediction_rows
+from mlops.core.predlog_store import is_log_url, log_name, log_store
 from mlops.core.workspace import workspace
 from mlops.package.predictor import EMBEDDING, Predictor
 from mlops.score.rows import from_text, judge
@@ -100,11 +101,14 @@ class StreamConfig:
             raise MlopsError(f"--idle-exit-s {args.idle_exit_s}: expected a positive number of seconds")
         if not args.source.startswith(("redis://", "rediss://", "unix://")):
             raise MlopsError(f"--source {args.source}: expected a Redis URL (redis://HOST:PORT/DB)")
+        if args.log and is_log_url(args.log):  # its idempotent insert holds SQLite's write lock
+            raise MlopsError(f"--log {log_name(args.log)}: `mlops stream` writes a SQLite log only (a PATH or "
+                             "sqlite:///PATH); a log on PostgreSQL is `mlops serve`'s, for now")
         return cls(url=args.source, stream=args.stream, group=args.group,
                    consumer=args.consumer or f"{socket.gethostname()}-{os.getpid()}",
                    output_stream=args.output_stream or f"{args.stream}:predictions",
                    dead_letter=args.dead_letter or f"{args.stream}:dead",
-                   log=Path(args.log) if args.log else None, batch=args.batch, block_ms=args.block_ms,
+                   log=log_store(args.log)[1] if args.log else None, batch=args.batch, block_ms=args.block_ms,
                    claim_idle_ms=args.claim_idle_ms, max_messages=args.max_messages, idle_exit_s=args.idle_exit_s)
 
 

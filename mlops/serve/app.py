@@ -40,6 +40,8 @@ from mlops.core.predlog import (
     feedback_row,
     loop_commits_ok,
 )
+from mlops.core.predlog_pg import LogWriteError, PgLogReader, PgPredictionLog
+from mlops.core.predlog_store import open_reader
 from mlops.core.refs import CHALLENGER
 from mlops.package.predictor import Prediction, Predictor, RequestError, imputed_parameters, parse_json_body
 from mlops.serve import binary
@@ -169,7 +171,7 @@ class Server:
     """One champion; optionally an A/B `challenger` answering `ab_percent` % of request keys, and a `shadow`
     that sees every answered request but never answers (each an `Arm`: predictor, version)."""
 
-    def __init__(self, predictor: Predictor, log: PredictionLog | None, version: str | None = None,
+    def __init__(self, predictor: Predictor, log: PredictionLog | PgPredictionLog | None, version: str | None = None,
                  token: str | None = None, max_body: int = DEFAULT_MAX_BODY, variant: str = "champion",
                  shadow: Arm | None = None, challenger: Arm | None = None, ab_percent: float = 0.0,
                  ab_key_header: str = DEFAULT_KEY_HEADER, shadow_queue: int = DEFAULT_SHADOW_QUEUE,
@@ -181,7 +183,7 @@ class Server:
         self.token = token
         self.max_body = max_body
         self.body_timeout_s = body_timeout_s
-        self._reader: LogReader | None = None  # feedback's look-up of prediction ids, opened on first use
+        self._reader: LogReader | PgLogReader | None = None  # feedback's look-up of prediction ids, opened on first use
         self.variant = variant
         self.metrics = ServeMetrics()
         if log is not None:
@@ -205,7 +207,7 @@ class Server:
         # where the rows of answered requests go: committed on the loop when commits do not fsync (see
         # LoopCommits); else through the log thread, a batch's requests sharing one hand-off and one commit
         self._log_writer: Any = log
-        if log is not None and loop_commits_ok():
+        if isinstance(log, PredictionLog) and loop_commits_ok():  # LoopCommits opens the SQLite file itself
             self._log_writer = LoopCommits(log)
         elif log is not None and self.batchers:
             self._log_writer = SharedLogWrites(log)
@@ -298,7 +300,7 @@ class Server:
         except ClientDisconnect:  # nobody is left to answer; nothing was predicted nor logged
             status = 499
             raise
-        except sqlite3.Error as exc:  # the prediction could not be logged: never answer it as a success
+        except (sqlite3.Error, LogWriteError) as exc:  # the prediction could not be logged: never answer it as a success
             status = 503
             say(f"prediction log error on {route}: {exc}", "mlops serve")
             return Answer(503, {"error": f"log: the prediction log is unavailable ({exc})", "field": "log"})
@@ -529,7 +531,7 @@ class Server:
         if self.log is None:
             return set()
         if self._reader is None:
-            self._reader = LogReader(self.log.path, archive=False)  # the live rows: archives are not loaded here
+            self._reader = open_reader(self.log.path, archive=False)  # the live rows: archives are not loaded here
         return self._reader.known_ids(ids)
 
     async def prometheus(self, request: Request) -> Response:

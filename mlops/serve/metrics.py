@@ -31,6 +31,7 @@ from mlops.serve.gpu import gpu_collector
 
 if TYPE_CHECKING:
     from mlops.core.predlog import PredictionLog
+    from mlops.core.predlog_pg import PgPredictionLog
 
 # down to 0.1 ms: an ONNX MLP answers well under a millisecond, KServe's 5 ms floor would hide it
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
@@ -108,7 +109,7 @@ class ServeMetrics:
         for feature, rows in unseen.items():
             self.unseen.labels(model, feature).inc(len(rows))
 
-    def watch_log(self, model: str, log: PredictionLog) -> None:
+    def watch_log(self, model: str, log: PredictionLog | PgPredictionLog) -> None:
         """`mlops_prediction_log_bytes{model, part}`: the prediction log's bytes on disk (db, wal, archive), read
         when scraped (a few stats), so that Prometheus sees the log grow before the disk fills; and its WAL
         truncations (`mlops_prediction_log_wal_truncations_total{outcome="done|busy"}`, and the seconds spent in
@@ -122,7 +123,7 @@ class ServeMetrics:
 class _LogCollector:
     """A collector: the log's sizes and truncations as of each scrape."""
 
-    def __init__(self, model: str, log: PredictionLog) -> None:
+    def __init__(self, model: str, log: PredictionLog | PgPredictionLog) -> None:
         self.model = model
         self.log = log
 

@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from mlops.core.errors import MlopsError
 from mlops.core.log import say
-from mlops.core.predlog import SHADOW, PredictionLog
+from mlops.core.predlog import SHADOW
+from mlops.core.predlog_store import log_name, log_target, open_log
 from mlops.core.refs import CHALLENGER, CHAMPION, ModelRef, fetch
 from mlops.core.workspace import workspace
 from mlops.package.predictor import Predictor
@@ -88,8 +89,8 @@ def build_server(options: ServeOptions) -> Server:
             check_compatible(predictor, other_predictor, flag)
             arms[variant] = Arm(other_predictor, arm.version, variant)
             refs[variant] = arm
-    log = PredictionLog(options.log or workspace().prediction_log(predictor.name),
-                        limits=predictor.meta.log_limits.limits())
+    log = open_log(options.log or workspace().prediction_log(predictor.name),  # a path or a postgresql:// URL
+                   limits=predictor.meta.log_limits.limits())
     server = Server(predictor, log, version=served.version, token=os.environ.get("MLOPS_SERVE_TOKEN") or None,
                     max_body=options.max_body or DEFAULT_MAX_BODY, shadow=arms.get(SHADOW),
                     challenger=arms.get(CHALLENGER), ab_percent=ab_percent, ab_key_header=options.ab_key_header,
@@ -168,7 +169,7 @@ def _describe(server: Server, options: ServeOptions) -> list[str]:
         lines.append(f"following {', '.join(w.ref for w in server.watcher.watched.values())}: a moved alias is "
                      f"swapped in within {server.watcher.interval:g} s (or at once on POST "
                      f"/v2/repository/models/{server.predictor.name}/load), no restart")
-    log = server.log.path if server.log else None
+    log = log_name(server.log.path) if server.log else None  # a URL without its password
     lines.append(f"http://{options.host}:{options.port}/v2/models/{server.predictor.name}/infer  (log {log})")
     if options.grpc_port is not None:
         lines.append(f"grpc://{options.host}:{options.grpc_port} (the V2 gRPC protocol: ModelInfer and the rest)")
@@ -193,10 +194,10 @@ def serve_with_kserve(args: ServeOptions) -> None:
                  body_timeout_s=body_timeout)
 
 
-def feedback_log_path(model: str | None, log_path: str | None) -> Path:
+def feedback_log_path(model: str | None, log_path: str | None) -> str | Path:
     """`--log PATH`, else the default log of `--model` (a name, NAME@ALIAS, NAME/VERSION or a bundle dir)."""
-    if log_path:
-        return Path(log_path)
+    if log_path:  # a URL stays a URL: Path() would squash its //
+        return log_target(log_path)
     if not model:
         raise MlopsError("give --log PATH (the prediction log) or --model NAME (for its default log)")
     name = ModelRef.parse(model).model_name() if ("@" in model or "/" in model or Path(model).is_dir()) else model

@@ -1,0 +1,70 @@
+"""A run's fixed costs: `mlops run recipes/quickstart.yaml` with the local Prefect server kept across commands vs
+Prefect's temporary server per command (MLOPS_PREFECT_SERVER=ephemeral), in one run, on one fresh Prefect home.
+
+    .venv/bin/python benchmarks/run_overhead.py [OVERRIDES...]
+
+Runs, in order: local cold (no server yet: it starts one, and migrates the fresh database), local warm (the
+server runs; an empty step cache, so every step runs), local cached (the same workspace again: every step
+reused), then ephemeral warm and ephemeral cached the same way. For each: the wall time of the command, the
+engine's own time (the summary's `seconds`: the steps and their MLflow bookkeeping, from the run's JSON), and
+orchestration = wall - engine (process start, imports, Prefect's server and flow run). Stops the server at the
+end. The machine's load average is printed beside the table: the figures move with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mlops(args: list[str], env: dict[str, str]) -> tuple[float, dict]:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mlops.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"mlops {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return wall, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    overrides = sys.argv[1:]
+    rows: list[tuple[str, float, float]] = []
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLOPS_", "PREFECT_API_URL"))}
+        base |= {"PREFECT_HOME": f"{tmp}/prefect", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "240",
+                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+        try:
+            for mode in ("local", "ephemeral"):
+                env = base | ({"MLOPS_PREFECT_SERVER": "ephemeral"} if mode == "ephemeral" else {})
+                runs = [("cold", "a"), ("warm", "b"), ("cached", "b")] if mode == "local" else \
+                    [("warm", "c"), ("cached", "c")]
+                for label, workspace in runs:
+                    wall, summary = mlops(["run", "--json", "recipes/quickstart.yaml", *overrides],
+                                          env | {"MLOPS_HOME": f"{tmp}/{workspace}"})
+                    reused = sum(v == "reused" for v in summary["cache"].values())
+                    rows.append((f"{mode} {label} ({reused}/{len(summary['cache'])} steps reused)", wall,
+                                 float(summary["seconds"])))
+                    print(f"{rows[-1][0]}: {wall:.1f} s", file=sys.stderr)
+        finally:
+            subprocess.run([sys.executable, "-m", "mlops.cli", "server", "stop"], cwd=ROOT, env=base,
+                           capture_output=True)
+    load_after = os.getloadavg()
+    print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, after "
+          f"{load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; {os.cpu_count()} CPUs")
+    print(f"{'run':44} {'wall s':>8} {'engine s':>9} {'orchestration s':>16} {'orch. % of wall':>16}")
+    for name, wall, engine in rows:
+        orch = wall - engine
+        print(f"{name:44} {wall:8.1f} {engine:9.1f} {orch:16.1f} {100 * orch / wall:15.0f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""`--log` takes a path or a URL: a plain path or sqlite:/// stays the embedded SQLite log, postgresql:// goes to
+PostgreSQL, and any other URL is refused, never taken for a path (it once became a folder named `postgresql:`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlops.core.errors import MlopsError
+from mlops.core.predlog import LogReader, PredictionLog
+from mlops.core.predlog_store import (
+    is_log_url,
+    log_exists,
+    log_name,
+    log_store,
+    log_target,
+    open_log,
+    open_reader,
+    record_feedback,
+)
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ("preds.sqlite", ("sqlite", Path("preds.sqlite"))),
+    ("/abs/dir/preds.sqlite", ("sqlite", Path("/abs/dir/preds.sqlite"))),
+    (Path("rel/preds.sqlite"), ("sqlite", Path("rel/preds.sqlite"))),
+    ("sqlite:///rel/preds.sqlite", ("sqlite", Path("rel/preds.sqlite"))),
+    ("sqlite:////abs/preds.sqlite", ("sqlite", Path("/abs/preds.sqlite"))),
+    ("SQLite:////abs/preds.sqlite", ("sqlite", Path("/abs/preds.sqlite"))),
+    ("C:/logs/preds.sqlite", ("sqlite", Path("C:/logs/preds.sqlite"))),  # a drive letter, not a scheme
+    ("postgresql://mlops@db:5432/logs", ("postgresql", "postgresql://mlops@db:5432/logs")),
+    ("postgres://db/logs", ("postgresql", "postgres://db/logs")),
+])
+def test_a_target_names_its_store(target: str | Path, expected: tuple[str, object]) -> None:
+    assert log_store(target) == expected
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("ftp://x", r"unknown scheme 'ftp://'.*postgresql://"),
+    ("redis://cache:6379/0", "unknown scheme 'redis://'"),
+    ("postgres:/typo", "a URL takes 'postgres://'"),
+    ("postgresql:host/db", None),  # no slash: a relative path whose name holds a colon, as before
+    (Path("postgresql://db/logs"), "a URL takes 'postgresql://'"),  # squashed by Path(): refused, not a folder
+    ("sqlite://", "expected sqlite:///PATH"),
+    ("sqlite://host/x.sqlite", "expected sqlite:///PATH"),
+    ("sqlite:///", "expected sqlite:///PATH"),
+])
+def test_other_urls_are_refused_never_taken_for_a_path(target: str | Path, message: str | None,
+                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    if message is None:
+        assert log_store(target)[0] == "sqlite"
+        return
+    for opener in (open_log, open_reader):
+        with pytest.raises(MlopsError, match=message):
+            opener(target)
+    assert list(tmp_path.iterdir()) == []  # nothing created on the way
+
+
+def test_sqlite_targets_open_the_sqlite_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for target, file in ((f"sqlite:///{tmp_path}/a.sqlite", tmp_path / "a.sqlite"),
+                         ("sqlite:///b/b.sqlite", tmp_path / "b" / "b.sqlite"),
+                         (str(tmp_path / "c.sqlite"), tmp_path / "c.sqlite")):
+        log = open_log(target)
+        try:
+            assert isinstance(log, PredictionLog)
+            log.submit("feedback", [("i", 1.0, "a", None, "{}")]).result(timeout=10)
+        finally:
+            log.close()
+        assert file.is_file()
+        with open_reader(target) as reader:
+            assert isinstance(reader, LogReader)
+            assert reader.latest_feedback(["i"])["i"]["label"] == "a"
+
+
+def test_feedback_needs_an_existing_sqlite_log(tmp_path: Path) -> None:
+    with pytest.raises(MlopsError, match="no prediction log at"):
+        record_feedback(f"sqlite:///{tmp_path}/missing.sqlite", [("i", 1.0, "a", None, "{}")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_target_is_carried_as_a_url_or_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://mlops@db:5432/logs"
+    assert log_target(url) == url and is_log_url(url)
+    assert log_target("sqlite:///x.sqlite") == Path("x.sqlite") and not is_log_url("x.sqlite")
+    assert log_target("x.sqlite", resolve=True) == tmp_path.resolve() / "x.sqlite"
+    with pytest.raises(MlopsError):
+        log_target("ftp://x")
+    assert not log_exists("x.sqlite") and log_exists(url)
+    (tmp_path / "x.sqlite").touch()
+    assert log_exists("x.sqlite") and log_exists("sqlite:///x.sqlite")
+
+
+def test_messages_never_show_a_password() -> None:
+    assert log_name("postgresql://mlops:s3cret@db:5433/logs") == "postgresql://mlops:***@db:5433/logs"
+    assert log_name("postgresql://mlops@db/logs") == "postgresql://mlops@db/logs"
+    assert log_name(Path("x/preds.sqlite")) == "x/preds.sqlite"
+
+
+def test_the_sqlite_log_does_not_import_the_postgresql_driver() -> None:
+    code = ("import sys; from mlops.core.predlog_store import open_log, open_reader; import mlops.serve.app; "
+            "assert 'psycopg2' not in sys.modules, 'psycopg2 imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
