@@ -120,6 +120,7 @@ bench: $(STAMP) bench-deps
 	$(BIN)/python benchmarks/media.py
 	$(BIN)/python benchmarks/predlog.py
 	$(BIN)/python benchmarks/light.py
+	$(BIN)/python benchmarks/run_overhead.py
 
 # benchmarks/serve.py drives the servers with Debian's wrk (HTTP load generator, Lua-scripted POST bodies)
 .PHONY: bench-deps

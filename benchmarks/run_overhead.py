@@ -44,7 +44,7 @@ def main() -> None:
                  "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
         try:
             for mode in ("local", "ephemeral"):
-                env = base | ({"MLOPS_PREFECT_SERVER": "ephemeral"} if mode == "ephemeral" else {})
+                env = base | {"MLOPS_PREFECT_SERVER": mode}
                 runs = [("cold", "a"), ("warm", "b"), ("cached", "b")] if mode == "local" else \
                     [("warm", "c"), ("cached", "c")]
                 for label, workspace in runs:

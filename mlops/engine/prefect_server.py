@@ -1,16 +1,20 @@
 """A local Prefect server kept across commands, so a run pays no server start-up.
 
 Without `PREFECT_API_URL` (and no Prefect profile naming a server), Prefect starts a temporary server per
-process: about 9-13 s of every `mlops run`. Instead the first command that runs a flow starts
-`prefect server start` on 127.0.0.1 as a detached process (its own session: it outlives the command and a
-closed terminal), waits for `/api/health`, and points this process (and its children) at it; later commands
-find it running and reuse it. `mlops server status` reports it, `mlops server stop` stops it.
+process: about 9-13 s of every `mlops run`. `mlops server start` starts `prefect server start` on 127.0.0.1 as a
+detached process (its own session: it outlives the command and a closed terminal) and waits for `/api/health`;
+every later command finds it running and points this process (and its children) at it. `mlops server status`
+reports it, `mlops server stop` stops it. With `MLOPS_PREFECT_SERVER=local` the first command that runs a flow
+starts it; `MLOPS_PREFECT_SERVER=ephemeral` never uses it.
+
+Not started unasked: a server that outlives the command is a process the user did not ask for (and tests, CI
+jobs and benchmarks in temporary homes would leave them behind), so without the setting and without a running
+server a command keeps Prefect's temporary server, as before.
 
 One server per Prefect home, not per project: the server's identity is its database (`PREFECT_HOME`, by
-default `~/.prefect`, as the temporary server uses today, so run history stays where it was), and two servers
-on one SQLite file would contend for it. Its state (`mlops-server.json`), log and start lock live beside that
-database. `MLOPS_PREFECT_SERVER=ephemeral` keeps Prefect's temporary server per command. A user's
-`PREFECT_API_URL` always wins: nothing here runs then.
+default `~/.prefect`, as the temporary server uses, so run history stays where it was), and two servers on one
+SQLite file would contend for it. Its state (`mlops-server.json`), log and start lock live beside that
+database. A user's `PREFECT_API_URL` always wins: nothing here runs then.
 
 Nothing of Prefect is imported here, except to read its settings in `ensure_server` (a flow is about to run:
 Prefect is loaded anyway).
@@ -37,17 +41,18 @@ from typing import Any
 from mlops.core.errors import MlopsError
 from mlops.core.log import say
 
-MODE_ENV = "MLOPS_PREFECT_SERVER"  # "ephemeral": Prefect's temporary server per command (no local server)
+# "local": start the local server on first use; "ephemeral": Prefect's temporary server per command, even when
+# a local server runs; unset: use the local server when one runs (`mlops server start`), else the temporary one
+MODE_ENV = "MLOPS_PREFECT_SERVER"
 START_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"  # the same patience as the temporary one
 _started: dict[int, subprocess.Popen[bytes]] = {}  # servers this process started: reaped when stopped here
-_watchdogs: dict[int, subprocess.Popen[bytes]] = {}  # by the pid of the server each watches
 
 
 @dataclass(frozen=True)
 class ServerState:
     """What the state file records of a running local server."""
 
-    pid: int  # also its process group (started in a session of its own)
+    pid: int  # the server's supervisor: its session and process group hold the server too
     port: int
     url: str  # the API URL: http://127.0.0.1:PORT/api
     prefect_home: str
@@ -103,6 +108,11 @@ def prefect_home() -> Path:
 
 def server_files(home: Path | None = None) -> ServerFiles:
     return ServerFiles(home or prefect_home())
+
+
+def start_on_use() -> bool:
+    """Whether the user asked for the local server to start on first use."""
+    return os.environ.get(MODE_ENV, "").strip().lower() == "local"
 
 
 def ephemeral_mode() -> bool:
@@ -204,41 +214,38 @@ def _free_port(previous: int | None) -> int:
         return int(s.getsockname()[1])
 
 
-# Stops the server once its state file is gone or names another server: its Prefect home was deleted (a
-# temporary directory) or replaced, so nobody could find the server again to stop it. In the server's process
-# group, so `mlops server stop` ends both.
-_WATCHDOG = """
-import json, os, signal, sys, time
-state, server = sys.argv[1], int(sys.argv[2])
-def ours():
+# Runs the server (`argv[3:]`) as its child, in the session `start_new_session` gave it, so one killpg stops
+# both; and stops the server once its state file is gone or names another server: its Prefect home was deleted
+# (a temporary directory) or replaced, and nobody could find the server again to stop it. Before the state file
+# first names it (the start is under way), it waits up to `argv[2]` seconds.
+_SUPERVISOR = """
+import json, os, signal, subprocess, sys, time
+state, wait = sys.argv[1], float(sys.argv[2])
+server = subprocess.Popen(sys.argv[3:])
+def stop(*_):  # the group's SIGTERM: gone only once the server is (its port free)
+    server.terminate()
     try:
-        return json.loads(open(state).read()).get("pid") == server
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+def named():
+    try:
+        return json.loads(open(state).read()).get("pid") == os.getpid()
     except FileNotFoundError:
         return False
     except (OSError, ValueError):
-        return True  # being replaced, or unreadable for a moment: look again
-while ours():
+        return None  # being replaced, or unreadable for a moment: look again
+deadline = time.monotonic() + wait
+while server.poll() is None and named() is not True and time.monotonic() < deadline:
+    time.sleep(0.5)
+while server.poll() is None and named() is not False:
     time.sleep(5)
-    try:
-        os.kill(server, 0)
-    except ProcessLookupError:
-        sys.exit(0)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM is for the server
-try:
-    os.killpg(server, signal.SIGTERM)
-    for _ in range(100):
-        time.sleep(0.1)
-        os.kill(server, 0)
-    os.killpg(server, signal.SIGKILL)
-except ProcessLookupError:
-    pass
+if server.poll() is not None:
+    sys.exit(server.returncode)
+stop()
 """
-
-
-def _watch(files: ServerFiles, pid: int) -> None:
-    _watchdogs[pid] = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(files.state), str(pid)],
-                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL, process_group=pid)
 
 
 def _versions() -> tuple[str, str]:
@@ -270,7 +277,8 @@ def _start(files: ServerFiles, previous: ServerState | None, timeout: float) -> 
             offset = log.tell()
             log.write(f"--- mlops: prefect server start on port {port} at {time.ctime()}\n".encode())
             log.flush()
-            proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+            proc = subprocess.Popen([sys.executable, "-c", _SUPERVISOR, str(files.state), str(timeout + 60),
+                                     sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                      "--port", str(port)], cwd=files.home, env=env, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         _started[proc.pid] = proc
@@ -282,6 +290,7 @@ def _start(files: ServerFiles, previous: ServerState | None, timeout: float) -> 
                                  f"{START_TIMEOUT_ENV}, or set {MODE_ENV}=ephemeral); its log {files.log}:\n"
                                  f"{_log_tail(files.log, offset)}")
             time.sleep(0.25)
+        time.sleep(0.3)  # a server that lost its port to another one exits at once: the answer was not ours
         if proc.poll() is None:
             state = ServerState(pid=proc.pid, port=port, url=url, prefect_home=str(files.home), log=str(files.log),
                                 started_at=time.time(), mlops_version=mlops_version,
@@ -289,7 +298,6 @@ def _start(files: ServerFiles, previous: ServerState | None, timeout: float) -> 
             tmp = files.state.with_suffix(".tmp")
             tmp.write_text(state.to_json())
             tmp.replace(files.state)
-            _watch(files, proc.pid)
             return state
         tail = _log_tail(files.log, offset)
         if "address already in use" not in tail.lower():
@@ -315,13 +323,12 @@ def _stop_group(pid: int, timeout: float) -> None:
         deadline = time.monotonic() + 10
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-    for started in (_started, _watchdogs):
-        proc = started.pop(pid, None)
-        if proc is not None:  # ours: reap it
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+    proc = _started.pop(pid, None)
+    if proc is not None:  # ours: reap it
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def start_server(files: ServerFiles | None = None, timeout: float | None = None) -> tuple[ServerState, bool]:
@@ -332,8 +339,8 @@ def start_server(files: ServerFiles | None = None, timeout: float | None = None)
     with _locked(files):
         previous = read_state(files)
         if previous is not None and not is_stale(previous):
-            # alive: give one that is still starting (or briefly busy) a few seconds before judging it
-            deadline = time.monotonic() + 10
+            # alive but silent: give a busy one (a loaded machine, a long query) time before restarting it
+            deadline = time.monotonic() + 30
             while not healthy(previous.url) and time.monotonic() < deadline and pid_alive(previous.pid):
                 time.sleep(0.25)
             if healthy(previous.url):
@@ -381,11 +388,17 @@ def _point_prefect_at(url: str) -> None:
 
 def ensure_server() -> str | None:
     """Before a flow runs: unless the user names a server (PREFECT_API_URL, a profile) or asked for the
-    temporary one (MLOPS_PREFECT_SERVER=ephemeral), make sure the local server runs and point Prefect at it.
-    Its URL, or None when nothing was done."""
+    temporary one (MLOPS_PREFECT_SERVER=ephemeral), point Prefect at the local server when it runs (started
+    first with MLOPS_PREFECT_SERVER=local). Its URL, or None when Prefect's temporary server is used."""
     if ephemeral_mode() or _api_url_configured():
         return None
-    state, started = start_server()
+    if not start_on_use():
+        found = running()
+        if found is None:
+            return None  # Prefect's temporary server, as without this module
+        state, started = found, False
+    else:
+        state, started = start_server()
     _, prefect_version = _versions()
     if started:
         say(f"started a local Prefect server at {state.ui} (pid {state.pid}, log {state.log}); it keeps running "

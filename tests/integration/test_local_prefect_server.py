@@ -10,12 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mlops.engine.prefect_server import ServerState, pid_alive
+from mlops.engine.prefect_server import ServerState, healthy, pid_alive
 from tests.conftest import ROOT, cli_env, last_json, run_cli
 from tests.net import prefect_api
 
@@ -39,7 +40,7 @@ def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     Whatever server the tests leave is stopped."""
     tmp = tmp_path_factory.mktemp("local-prefect")
     env = cli_env(tmp / ".mlops", tmp / "prefect", None)
-    env.pop("MLOPS_PREFECT_SERVER", None)  # the default: a local server kept across commands
+    env["MLOPS_PREFECT_SERVER"] = "local"  # a local server started on first use, kept across commands
     yield env
     run_cli(["server", "stop", "--timeout", "10"], env, timeout=120)
     state = _state(env)
@@ -115,3 +116,16 @@ def test_a_run_is_a_flow_run_on_the_local_server(local_env: dict[str, str]) -> N
     tasks = prefect_api(state.url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [runs[0]["id"]]}}})
     assert {t["name"].rsplit("-", 1)[0] for t in tasks} >= set(summary["cache"])
     assert json.loads(json.dumps(summary))["run_id"]
+
+
+def test_a_server_nobody_can_find_stops_itself(local_env: dict[str, str]) -> None:
+    """Its state file gone (its Prefect home was a deleted temporary directory): it would run on for good."""
+    _ensure(local_env)
+    state = _state(local_env)
+    assert state is not None and pid_alive(state.pid)
+    _state_file(local_env).unlink()
+    deadline = time.monotonic() + 60
+    while pid_alive(state.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not pid_alive(state.pid)
+    assert not healthy(state.url)

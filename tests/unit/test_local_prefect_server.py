@@ -85,3 +85,13 @@ def test_nothing_starts_when_a_server_is_named_or_the_temporary_one_asked_for(
     assert ps.ensure_server() is None
     assert not ps.server_files().state.exists()
     assert not ps.server_files().lock.exists()  # not even the start lock was taken
+
+
+def test_nothing_starts_unasked_when_no_local_server_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without MLOPS_PREFECT_SERVER=local and without a running server (no `mlops server start`), a command keeps
+    Prefect's temporary server: no process is left behind that the user did not ask for."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("MLOPS_PREFECT_SERVER", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    assert ps.ensure_server() is None
+    assert not ps.server_files().state.exists()
