@@ -146,6 +146,14 @@ def _output(p: argparse.ArgumentParser, help_text: str, old: bool = True, **kwar
         _renamed(p, "--out", "--output", **kwargs)
 
 
+def _feedback_log(p: argparse.ArgumentParser) -> None:
+    """Where feedback is recorded (`mlops feedback`, `mlops label import`): the log a server wrote."""
+    p.add_argument("--log", help="the prediction log that `mlops serve` wrote: a SQLite PATH or postgresql://...")
+    p.add_argument("--model", metavar="MODEL", help=f"{MODEL_REF}, or a NAME: use its default log "
+                                                    ".mlops/predictions/<NAME>.sqlite")
+    _json(p, "the counts")
+
+
 def _reason(p: argparse.ArgumentParser, help_text: str, default: str = "") -> None:
     p.add_argument("--reason", default=default, help=help_text)
 
@@ -282,10 +290,7 @@ def _serve_commands(sub: argparse._SubParsersAction) -> None:
                  "record ground truth by prediction id in a prediction log (CSV or JSONL)")
     p.add_argument("file", help="CSV with columns id and label (or value, for regression), or JSONL of "
                                 '{"id": ..., "label": ...} objects')
-    p.add_argument("--log", help="the prediction log that `mlops serve` wrote: a SQLite PATH or postgresql://...")
-    p.add_argument("--model", metavar="MODEL", help=f"{MODEL_REF}, or a NAME: use its default log "
-                                                    ".mlops/predictions/<NAME>.sqlite")
-    _json(p, "the counts")
+    _feedback_log(p)
 
     p = _command(sub, "loadtest", "mlops.cli.loadtest:cmd_loadtest",
                  "load-test a model in the real serving process (or a live server) with Locust: rps, p50/p95/p99, "
@@ -539,10 +544,7 @@ def _label_commands(sub: argparse._SubParsersAction) -> None:
                  "annotations as feedback by prediction id (as mlops feedback does)")
     p.add_argument("file", help="the project's export from Label Studio (Export -> JSON) of `mlops label export` "
                                 "tasks")
-    p.add_argument("--log", help="the prediction log that `mlops serve` wrote: a SQLite PATH or postgresql://...")
-    p.add_argument("--model", metavar="MODEL", help=f"{MODEL_REF}, or a NAME: use its default log "
-                                                    ".mlops/predictions/<NAME>.sqlite")
-    _json(p, "the counts")
+    _feedback_log(p)
 
 
 def _server_commands(sub: argparse._SubParsersAction) -> None:

@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS feedback (
 CREATE INDEX IF NOT EXISTS feedback_id ON feedback(id);
 """
 
-_STOP = object()
+STOP = object()  # what close() queues: the writer thread commits what came before it and ends
 CHECKPOINT_EVERY_S = 1.0  # how often the log thread folds the WAL into the database file
 WAL_CHECK_EVERY_S = 0.1  # how often it compares the WAL with its bound (a stat: a few microseconds)
 # how long a TRUNCATE checkpoint retries for the write lock and for readers to leave the WAL: it holds the write
@@ -107,7 +107,36 @@ def built_rows(items: Sequence[Rows]) -> list[list[tuple[Any, ...]] | BaseExcept
     return out
 
 
-class PredictionLog:
+class QueuedLog:
+    """The hand-off every store of the log shares: rows queued to one writer thread (the store's `_writer`),
+    each submit's future resolved once the group holding it is committed (or failed with its error)."""
+
+    _queue: queue.Queue[Any]
+    _thread: threading.Thread
+
+    def _start_writer(self, name: str) -> None:
+        self._queue = queue.Queue()
+        self._thread = threading.Thread(target=self._writer, name=name, daemon=True)
+        self._thread.start()
+
+    def _writer(self) -> None:
+        raise NotImplementedError
+
+    def submit(self, table: str, rows: Rows) -> Future[None]:
+        done: Future[None] = Future()
+        self._queue.put((table, rows, done))
+        return done
+
+    async def write(self, table: str, rows: Rows) -> None:
+        """Queue rows and wait until they are committed (without blocking the event loop)."""
+        await asyncio.wrap_future(self.submit(table, rows))
+
+    def close(self) -> None:
+        self._queue.put(STOP)
+        self._thread.join(timeout=10)
+
+
+class PredictionLog(QueuedLog):
     def __init__(self, path: str | Path, max_group: int = 512, limits: LogLimits | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,14 +145,12 @@ class PredictionLog:
         self.wal_truncations = 0  # TRUNCATE checkpoints that reset the WAL (and those that found it in use)
         self.wal_truncations_busy = 0
         self.wal_truncate_seconds = 0.0  # spent in them: about what writers waited (the write lock is held)
-        self._queue: queue.Queue[Any] = queue.Queue()
         init = sqlite3.connect(self.path)
         init.execute("PRAGMA journal_mode=WAL")
         init.executescript(SCHEMA)
         init.commit()
         init.close()
-        self._thread = threading.Thread(target=self._writer, name="prediction-log", daemon=True)
-        self._thread.start()
+        self._start_writer("prediction-log")
 
     def _writer(self) -> None:
         db = sqlite3.connect(self.path, check_same_thread=False)
@@ -160,8 +187,8 @@ class PredictionLog:
                     group.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            stopping = any(item is _STOP for item in group)
-            records = [item for item in group if item is not _STOP]
+            stopping = any(item is STOP for item in group)
+            records = [item for item in group if item is not STOP]
             built = built_rows([rows for _, rows, _ in records])
             try:
                 for (table, _, _), rows in zip(records, built, strict=True):
@@ -223,20 +250,6 @@ class PredictionLog:
         """Bytes on disk: the database file, its WAL, and the archived Parquet files (the `mlops_prediction_log_bytes`
         gauge)."""
         return log_sizes(self.path)
-
-    def submit(self, table: str, rows: Rows) -> Future[None]:
-        done: Future[None] = Future()
-        self._queue.put((table, rows, done))
-        return done
-
-    async def write(self, table: str, rows: Rows) -> None:
-        """Queue rows and wait until they are committed (without blocking the event loop)."""
-        await asyncio.wrap_future(self.submit(table, rows))
-
-    def close(self) -> None:
-        self._queue.put(_STOP)
-        self._thread.join(timeout=10)
-
 
 def wal_path(path: Path) -> Path:
     return path.with_name(path.name + "-wal")

@@ -22,7 +22,6 @@ VACUUM, a scheduled DELETE) owns them there, so they are not applied (a note say
 from __future__ import annotations
 
 import queue
-import threading
 from concurrent.futures import Future
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,8 +30,10 @@ from mlops.core.errors import MlopsError
 from mlops.core.log import say
 from mlops.core.predlog import (
     SHADOW,
+    STOP,
     LogFilter,
     LogLimits,
+    QueuedLog,
     Rows,
     built_rows,
     json_object,
@@ -67,7 +68,6 @@ _INSERT = {
 }
 _VALUES = {"predictions": "(%s, %s, %s, %s, %s, %s, %s, %s)", "feedback": "(%s, %s, %s, %s, %s)"}
 CONNECT_TIMEOUT_S = 10
-_STOP = object()
 _limits_noted = False
 
 
@@ -119,7 +119,7 @@ def _note_limits(limits: LogLimits) -> None:
             "bound the tables with its own tools (partitions, a scheduled DELETE)", "prediction log")
 
 
-class PgPredictionLog:
+class PgPredictionLog(QueuedLog):
     """The prediction log's writer on PostgreSQL: `submit(table, rows)` returns a future resolved once the
     rows are committed (or failed with the error that kept them out: the server answers 503, not 200).
     The same interface as SQLite's `PredictionLog`; `path` is the URL."""
@@ -141,9 +141,7 @@ class PgPredictionLog:
         except Exception:
             self._db.close()
             raise
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._thread = threading.Thread(target=self._writer, name="prediction-log-pg", daemon=True)
-        self._thread.start()
+        self._start_writer("prediction-log-pg")
 
     @staticmethod
     def _ensure_durable(db: Any) -> None:
@@ -167,8 +165,8 @@ class PgPredictionLog:
                     group.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            stopping = any(item is _STOP for item in group)
-            records = [item for item in group if item is not _STOP]
+            stopping = any(item is STOP for item in group)
+            records = [item for item in group if item is not STOP]
             if not records:
                 continue
             built = built_rows([rows for _, rows, _ in records])
@@ -232,19 +230,7 @@ class PgPredictionLog:
     def submit(self, table: str, rows: Rows) -> Future[None]:
         if table not in _INSERT:
             raise ValueError(f"no table {table!r} in the prediction log")
-        done: Future[None] = Future()
-        self._queue.put((table, rows, done))
-        return done
-
-    async def write(self, table: str, rows: Rows) -> None:
-        """Queue rows and wait until they are committed (without blocking the event loop)."""
-        import asyncio
-
-        await asyncio.wrap_future(self.submit(table, rows))
-
-    def close(self) -> None:
-        self._queue.put(_STOP)
-        self._thread.join(timeout=10)
+        return super().submit(table, rows)
 
 
 class PgLogReader:

@@ -38,8 +38,9 @@ def operational(rows: Rows, percentile: float) -> dict[str, Any]:
 # --- request errors from Prometheus counters --------------------------------------------------------------------
 
 
-def scrape_requests(url: str, model: str, timeout: float = 10.0) -> dict[str, float]:
-    """Predict requests served so far by status ({"200": 1234.0, "400": 5.0, ...}) from a server's /metrics."""
+def scrape_samples(url: str, setting: str, timeout: float = 10.0) -> list[Any]:
+    """Every sample of a server's /metrics (prometheus_client's parser), retried; `setting` names the recipe key
+    that gave the URL, for the error a user sees."""
     from prometheus_client.parser import text_string_to_metric_families
 
     token = os.environ.get("MLOPS_SERVE_TOKEN")  # a server started with one asks it for /metrics too
@@ -52,13 +53,17 @@ def scrape_requests(url: str, model: str, timeout: float = 10.0) -> dict[str, fl
     try:
         text = with_retries(fetch, f"scrape {url}")
     except OSError as exc:
-        raise MlopsError(f"cannot scrape {url} (monitor.error_rate.metrics_url): {exc}") from None
-    counts: dict[str, float] = {}
+        raise MlopsError(f"cannot scrape {url} ({setting}): {exc}") from None
     try:
-        samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+        return [s for family in text_string_to_metric_families(text) for s in family.samples]
     except ValueError as exc:
-        raise MlopsError(f"{url} (monitor.error_rate.metrics_url) is not Prometheus text: {exc}") from None
-    for sample in samples:
+        raise MlopsError(f"{url} ({setting}) is not Prometheus text: {exc}") from None
+
+
+def scrape_requests(url: str, model: str, timeout: float = 10.0) -> dict[str, float]:
+    """Predict requests served so far by status ({"200": 1234.0, "400": 5.0, ...}) from a server's /metrics."""
+    counts: dict[str, float] = {}
+    for sample in scrape_samples(url, "monitor.error_rate.metrics_url", timeout):
         labels = sample.labels
         if sample.name == "mlops_requests_total" and labels.get("model") == model \
                 and labels.get("route") in PREDICT_ROUTES:
@@ -92,23 +97,8 @@ MB = 1e6  # the recipe's max_memory_growth_mb is in MB of 10^6 bytes, as the ale
 def scrape_memory(url: str, timeout: float = 10.0) -> dict[str, float] | None:
     """The serving process's resident memory now: {"ts", "rss_bytes", "process_start"} from its /metrics
     (prometheus_client's process collector); None when the server exports no process metrics (not Linux)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    token = os.environ.get("MLOPS_SERVE_TOKEN")
-    request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"} if token else {})
-
-    def fetch() -> str:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - a URL the recipe names
-            return str(resp.read().decode("utf-8", "replace"))
-
-    try:
-        text = with_retries(fetch, f"scrape {url}")
-        values = {s.name: float(s.value) for family in text_string_to_metric_families(text) for s in family.samples
-                  if s.name in ("process_resident_memory_bytes", "process_start_time_seconds")}
-    except OSError as exc:
-        raise MlopsError(f"cannot scrape {url} (monitor.resources.metrics_url): {exc}") from None
-    except ValueError as exc:
-        raise MlopsError(f"{url} (monitor.resources.metrics_url) is not Prometheus text: {exc}") from None
+    values = {s.name: float(s.value) for s in scrape_samples(url, "monitor.resources.metrics_url", timeout)
+              if s.name in ("process_resident_memory_bytes", "process_start_time_seconds")}
     if "process_resident_memory_bytes" not in values:
         return None
     return {"ts": time.time(), "rss_bytes": values["process_resident_memory_bytes"],
