@@ -7,7 +7,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that was free when probed (not held: start the server on it at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from mlops.core.ports import free_port  # the tests' way to a port too (re-exported)
 
 
 def is_ready(port: int, timeout: float = 1) -> bool:

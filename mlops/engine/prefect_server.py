@@ -26,7 +26,6 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from typing import Any
 
 from mlops.core.errors import MlopsError
 from mlops.core.log import say
+from mlops.core.ports import free_port, port_free
 
 # "local": start the local server on first use; "ephemeral": Prefect's temporary server per command, even when
 # a local server runs; unset: use the local server when one runs (`mlops server start`), else the temporary one
@@ -195,23 +195,11 @@ def _locked(files: ServerFiles) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT does not hold it
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _free_port(previous: int | None) -> int:
     """The previous server's port when free (the UI's address stays the same), else one the OS hands out."""
-    if previous and _port_free(previous):
+    if previous and port_free(previous):
         return previous
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 # Runs the server (`argv[3:]`) as its child, in the session `start_new_session` gave it, so one killpg stops

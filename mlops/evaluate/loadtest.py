@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from pydantic import BaseModel
 
 from mlops.core.errors import MlopsError
 from mlops.core.log import say
+from mlops.core.ports import free_port
 from mlops.evaluate import locustfile
 from mlops.evaluate.robustness import request_instance
 from mlops.package.bundle import read_bundle
@@ -163,12 +163,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

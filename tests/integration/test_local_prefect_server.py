@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,22 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from mlops.core.ports import port_free
 from mlops.engine.prefect_server import ServerState, healthy, pid_alive
 from tests.conftest import ROOT, cli_env, last_json, run_cli
 from tests.net import prefect_api
 
 ENSURE = ("import os; from mlops.engine.prefect_server import ensure_server; "
           "print(ensure_server()); print(os.environ.get('PREFECT_API_URL'))")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT does not hold it
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +75,7 @@ def test_started_once_reused_reported_and_stopped(local_env: dict[str, str]) -> 
     stopped = last_json(run_cli(["server", "stop", "--json"], local_env))
     assert stopped == {"stopped": True, "pid": state.pid, "url": url}
     assert not pid_alive(state.pid)
-    assert _port_free(state.port)
+    assert port_free(state.port)
     assert not _state_file(local_env).exists()
     assert last_json(run_cli(["server", "status", "--json"], local_env))["running"] is False
 
