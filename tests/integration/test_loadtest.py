@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mlops.evaluate.gates import evaluate_gates
 from mlops.core.ports import free_port
+from mlops.evaluate.gates import evaluate_gates
 from mlops.evaluate.loadtest import Settings, run_load_test, served
 from mlops.recipe.schema import Gate
 from tests.serve_fixtures import build_bundle, training_frame
