@@ -56,9 +56,12 @@ demo: $(STAMP)
 	@echo "  $(BIN)/mlops sweep recipes/quickstart_sweep.yaml"
 	@echo "  $(BIN)/mlops run recipes/churn_csv.yaml"
 
-# the whole loop, no human in it: train, serve, drift, monitor, retrain, shadow, canary, promote (a few minutes)
+# the whole loop, no human in it: train, serve, drift, monitor, retrain, shadow, canary, promote (a few minutes).
+# ARGS go to examples/demo_loop.py; on shared infrastructure, two replicas on one prediction log in PostgreSQL
+# (an existing, empty database: createdb -h 127.0.0.1 -U postgres mlops_loop):
+#   make demo-loop ARGS="--log postgresql://postgres@127.0.0.1:5432/mlops_loop --replicas 2"
 demo-loop: $(STAMP)
-	$(BIN)/python examples/demo_loop.py
+	$(BIN)/python examples/demo_loop.py $(ARGS)
 
 # the same loop on the digits CNN: production images drift (a brighter, noisier scanner)
 demo-loop-images: $(STAMP)

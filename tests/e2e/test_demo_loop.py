@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.postgres import throwaway_database
 
 pytestmark = pytest.mark.e2e
 
@@ -40,6 +41,59 @@ def test_the_loop_closes_with_no_human_in_it(isolated_env: dict[str, str], tmp_p
     assert retrain["trigger"] in ("drift", "accuracy_drop") and retrain["version"] == "2"
     assert summary["served_version"] == "2" and summary["server_pid_unchanged"]  # ... live, with no restart
     assert summary["traffic_errors"] == {}, tail  # and production never saw an error on the way
+
+
+# two replicas train nothing more but share the 2 cores with the loop's other processes: more room than one
+@pytest.mark.timeout(1800)
+def test_the_loop_closes_on_a_shared_postgres_log_with_two_replicas(isolated_env: dict[str, str],
+                                                                   tmp_path: Path) -> None:
+    """`make demo-loop ARGS="--log postgresql://... --replicas 2"`: two servers write one prediction log in
+    PostgreSQL; production's predictions and their ground truth reach them in turn; the monitor and the retrain read
+    that one log; both servers end up answering with the new champion, neither restarted."""
+    with throwaway_database("mlops_loop") as (info, name):
+        log = f"postgresql://{info.user}@{info.host}:{info.port}/{name}"
+        proc = subprocess.run([sys.executable, "examples/demo_loop.py", "--home", str(tmp_path / "loop"), "--json",
+                               "--log", log, "--replicas", "2", *FAST], cwd=ROOT, env=isolated_env,
+                              capture_output=True, text=True, timeout=1800)
+        tail = proc.stdout[-6000:] + proc.stderr[-3000:]
+        assert proc.returncode == 0, tail
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        import psycopg2  # here, not at the top: throwaway_database has skipped the test when it is missing
+
+        with psycopg2.connect(log, connect_timeout=5) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM predictions WHERE variant <> 'shadow'")
+            answered_rows = cur.fetchone()[0]
+            cur.execute("SELECT count(*) FROM feedback")
+            feedback_rows = cur.fetchone()[0]
+    assert summary["replicas"] == 2 and summary["log"] == log
+    # what the single-replica loop asserts ...
+    assert summary["champion_before"] == "1"
+    assert {"drift", "accuracy_drop"} & set(summary["alerts_after_drift"]), tail
+    retrain = summary["retrain"]
+    assert retrain["outcome"] == "promoted" and retrain["exit"] == 0, tail
+    assert retrain["trigger"] in ("drift", "accuracy_drop") and retrain["version"] == "2"
+    assert summary["served_versions"] == ["2", "2"] and summary["server_pid_unchanged"], tail  # both, no restart
+    assert summary["traffic_errors"] == {}, tail  # no prediction failed, no ground truth was lost
+    # ... and both replicas served rows that the monitor read: each monitor run read exactly what the two answered
+    # since the last one, which neither answered alone
+    reads = summary["monitor_reads"]
+    assert [r["rows"] for r in reads] == [1000, 1500], reads
+    for read in reads:
+        assert len(read["served_by_replica"]) == 2 and min(read["served_by_replica"]) > 0, read
+        assert sum(read["served_by_replica"]) == read["rows"], read
+    served = summary["served_by_replica"]
+    assert min(served) > 0 and answered_rows >= sum(served), (served, answered_rows)  # every answer is in the log
+    assert feedback_rows >= sum(served)  # each with its ground truth, mostly sent to the other replica
+
+
+def test_more_replicas_than_one_need_a_shared_log(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    for extra in ([], ["--log", str(tmp_path / "predictions.sqlite")]):
+        proc = subprocess.run([sys.executable, "examples/demo_loop.py", "--home", str(tmp_path / "loop"),
+                               "--replicas", "2", *extra], cwd=ROOT, env=isolated_env, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "--log postgresql://" in proc.stderr
+        assert not (tmp_path / "loop").exists()  # refused before anything ran
 
 
 @pytest.mark.timeout(1800)
