@@ -616,6 +616,24 @@ class LogFilter:
     until: float | None = None  # exclusive
 
 
+@dataclass(frozen=True)
+class LogField:
+    """One value read out of every row's JSON by the database (`chunk_fields`), so that the whole document
+    never travels, nor gets parsed in Python: `column` "inputs" or "outputs", `path` the object keys down to it."""
+
+    column: str
+    path: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.column not in ("inputs", "outputs") or not self.path:
+            raise ValueError(f"not a log field: {self}")
+
+
+def sql_extractable(key: str) -> bool:
+    """Whether a key can be named in a SQLite JSON path (`$."key"` has no escape for a quote)."""
+    return '"' not in key and "\\" not in key
+
+
 def _chunks(values: list[Any], size: int = 500) -> Iterator[list[Any]]:
     """Within SQLite's limit on bound parameters."""
     for start in range(0, len(values), size):
@@ -633,6 +651,9 @@ class LogReader:
 
     Opening it checks that the file is a prediction log, and says where logs come from when it is missing.
     """
+
+    # whether `chunk_fields` can run: SQLite's `->` operator and built-in JSON functions came with 3.38
+    reads_fields = sqlite3.sqlite_version_info >= (3, 38, 0)
 
     def __init__(self, path: str | Path, timeout: float = 30.0, archive: bool = True) -> None:
         self.path = Path(path)
@@ -691,25 +712,59 @@ class LogReader:
         each chunk is its own short query, so a live server keeps writing meanwhile), each as
         (rowid, id, ts, version, inputs, outputs, latency_ms, truth label, truth value): the truth of the
         latest feedback for the id, None when none arrived."""
-        where = ["p.rowid > ?", "p.model = ?"]
-        params: list[Any] = [after_rowid, flt.model]
-        if flt.version is not None:
-            where.append("p.version = ?")
-            params.append(flt.version)
-        if flt.variants:
-            where.append(f"p.variant IN ({_marks(flt.variants)})")
-            params.extend(flt.variants)
-        if flt.since is not None:
-            where.append("p.ts >= ?")
-            params.append(flt.since)
-        if flt.until is not None:
-            where.append("p.ts < ?")
-            params.append(flt.until)
-        latest = "(SELECT f.{col} FROM feedback f WHERE f.id = p.id ORDER BY f.rowid DESC LIMIT 1)"
+        where, params = _where(flt, after_rowid)
         sql = (f"SELECT p.rowid, p.id, p.ts, p.version, p.inputs, p.outputs, p.latency_ms, "
-               f"{latest.format(col='label')}, {latest.format(col='value')} FROM predictions p "
-               f"WHERE {' AND '.join(where)} ORDER BY p.rowid LIMIT ?")
+               f"{_LATEST.format(col='label')}, {_LATEST.format(col='value')} FROM predictions p "
+               f"WHERE {where} ORDER BY p.rowid LIMIT ?")
         return self.db.execute(sql, [*params, limit]).fetchall()
+
+    def chunk_fields(self, flt: LogFilter, after_rowid: int, limit: int, fields: Sequence[LogField],
+                     known: Sequence[str] | None = None) -> list[tuple[Any, ...]]:
+        """As `chunk`, with the JSON read by the database: each row (rowid, id, ts, version, latency_ms,
+        truth label, truth value, others, inputs' values, outputs' values). The values: a JSON array per document
+        of its fields' values in their order, each as the document holds it (null where missing). `others`, with
+        `known`: the inputs document without the `known` keys ("{}" when it holds nothing else), else None.
+
+        Each document is parsed once per row (one json_extract over every path: SQLite parses again for each
+        call, so a call per field would cost several times more than parsing the row in Python)."""
+        where, params = _where(flt, after_rowid)
+        values = ", ".join(_sqlite_values(c, [f.path for f in fields if f.column == c]) for c in ("inputs", "outputs"))
+        others = "NULL"
+        if known is not None:
+            others = "p.inputs"
+            for start in range(0, len(known), _PATHS_PER_CALL):
+                group = [_sqlite_path((k,)) for k in known[start:start + _PATHS_PER_CALL]]
+                others = f"json_remove({others}, {_literals(group)})"
+        sql = (f"SELECT p.rowid, p.id, p.ts, p.version, p.latency_ms, {_LATEST.format(col='label')}, "
+               f"{_LATEST.format(col='value')}, {others}, {values} FROM predictions p "
+               f"WHERE {where} ORDER BY p.rowid LIMIT ?")
+        return self.db.execute(sql, [*params, limit]).fetchall()
+
+    def window_bounds(self, flt: LogFilter, after_rowid: int, *, size: int | None = None,
+                      duration: float | None = None, after_key: int | None = None) -> list[tuple[int, int | None, int]]:
+        """The filter's rows after `after_rowid` cut into windows by the database, each as (last rowid, key,
+        rows), in log order; only those numbers come back, never the rows.
+
+        `size`: every `size` rows a window (key None); the last one may hold fewer (not complete yet).
+        `duration`: windows aligned to multiples of `duration` seconds, key floor(ts / duration), taken in log
+        order as the running maximum (a late row joins the window being filled) and at least `after_key` + 1
+        (a window already judged is never reopened); the last one may still be open."""
+        where, params = _where(flt, after_rowid)
+        if (size is None) == (duration is None):
+            raise ValueError("window_bounds takes a size or a duration")
+        if size is not None:
+            sql = ("SELECT MAX(rowid), NULL, COUNT(*) FROM (SELECT p.rowid AS rowid, (ROW_NUMBER() OVER "
+                   f"(ORDER BY p.rowid) - 1) / ? AS g FROM predictions p WHERE {where}) GROUP BY g ORDER BY g")
+            return self.db.execute(sql, [int(size), *params]).fetchall()
+        # floor of a division by CAST (SQLite's floor() is an optional build feature): truncation, one less below 0
+        ratio = "(p.ts / ?)"
+        key = f"(CAST({ratio} AS INTEGER) - ({ratio} < CAST({ratio} AS INTEGER)))"
+        lowest = -(2**62) if after_key is None else int(after_key) + 1
+        sql = (f"SELECT MAX(rowid), k, COUNT(*) FROM (SELECT p.rowid AS rowid, MAX(MAX({key}, ?)) OVER "
+               f"(ORDER BY p.rowid ROWS UNBOUNDED PRECEDING) AS k FROM predictions p WHERE {where}) "
+               "GROUP BY k ORDER BY k")
+        span = float(duration)  # type: ignore[arg-type]
+        return self.db.execute(sql, [span, span, span, lowest, *params]).fetchall()
 
     def traffic(self, after_rowid: int = 0, limit: int = 10) -> dict[str, int]:
         """Rows after `after_rowid` by model, version and variant, busiest first."""
@@ -766,6 +821,58 @@ class LogReader:
             f"SELECT s.outputs, p.outputs FROM predictions s JOIN predictions p ON s.id = p.id "
             f"AND p.variant != '{SHADOW}' WHERE s.variant = '{SHADOW}' AND s.ts >= ? AND s.ts < ?", [since, until])
         return [(json_object(a), json_object(b)) for a, b in rows]
+
+
+_LATEST = "(SELECT f.{col} FROM feedback f WHERE f.id = p.id ORDER BY f.rowid DESC LIMIT 1)"
+# at most this many paths per json_extract call (SQLite allows 127 arguments to a function by default)
+_PATHS_PER_CALL = 100
+
+
+def _where(flt: LogFilter, after_rowid: int) -> tuple[str, list[Any]]:
+    """The filter's WHERE clause over `predictions p` after a rowid, and its parameters."""
+    where = ["p.rowid > ?", "p.model = ?"]
+    params: list[Any] = [after_rowid, flt.model]
+    if flt.version is not None:
+        where.append("p.version = ?")
+        params.append(flt.version)
+    if flt.variants:
+        where.append(f"p.variant IN ({_marks(flt.variants)})")
+        params.extend(flt.variants)
+    if flt.since is not None:
+        where.append("p.ts >= ?")
+        params.append(flt.since)
+    if flt.until is not None:
+        where.append("p.ts < ?")
+        params.append(flt.until)
+    return " AND ".join(where), params
+
+
+def _literals(values: Sequence[str]) -> str:
+    """SQL string literals (quotes doubled): JSON paths of the bundle's own columns, inlined in the query."""
+    return ",".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+def _sqlite_path(path: tuple[str, ...]) -> str:
+    if not all(sql_extractable(k) for k in path):
+        raise ValueError(f"a JSON path cannot name {path!r} in SQLite: read the whole row (chunk) instead")
+    return "$" + "".join(f'."{k}"' for k in path)
+
+
+def _sqlite_values(column: str, paths: list[tuple[str, ...]]) -> str:
+    """A JSON array of the values at `paths` in `p.column`: one json_extract (one parse) per 100 paths."""
+    if not paths:
+        return "'[]'"
+    calls = []
+    for start in range(0, len(paths), _PATHS_PER_CALL):
+        group = [_sqlite_path(p) for p in paths[start:start + _PATHS_PER_CALL]]
+        # json_extract with one path gives the bare value (true as 1): `->` gives its JSON, kept as JSON
+        calls.append(f"json_array(p.{column} -> {_literals(group)})" if len(group) == 1 else
+                     f"json_extract(p.{column}, {_literals(group)})")
+    if len(calls) == 1:
+        return calls[0]
+    # over 100 fields, the arrays joined as text (SQLite has no array concatenation; each call runs twice here)
+    inner = " || ',' || ".join(f"substr({c}, 2, length({c}) - 2)" for c in calls)
+    return f"'[' || {inner} || ']'"
 
 
 def json_object(text: str | bytes | None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ VACUUM, a scheduled DELETE) owns them there, so they are not applied (a note say
 from __future__ import annotations
 
 import queue
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,6 +32,7 @@ from mlops.core.log import say
 from mlops.core.predlog import (
     SHADOW,
     STOP,
+    LogField,
     LogFilter,
     LogLimits,
     QueuedLog,
@@ -233,10 +235,40 @@ class PgPredictionLog(QueuedLog):
         return super().submit(table, rows)
 
 
+_LATEST = ("LEFT JOIN LATERAL (SELECT label, value FROM feedback WHERE feedback.id = p.id ORDER BY feedback.rowid "
+           "DESC LIMIT 1) f ON true")
+
+
+# a document as jsonb: jsonb refuses the escape \u0000 (a NUL in a string, which JSON allows and a client may
+# send), so it is read as U+FFFD rather than failing the whole read
+_JSONB = r"replace({}, '\u0000', '\ufffd')::jsonb"
+
+
+def _where(flt: LogFilter, after_rowid: int) -> tuple[str, list[Any]]:
+    """The filter's WHERE clause over `predictions p` after a rowid, and its parameters."""
+    where = ["p.rowid > %s", "p.model = %s"]
+    params: list[Any] = [after_rowid, flt.model]
+    if flt.version is not None:
+        where.append("p.version = %s")
+        params.append(flt.version)
+    if flt.variants:
+        where.append("p.variant = ANY(%s)")
+        params.append(list(flt.variants))
+    if flt.since is not None:
+        where.append("p.ts >= %s")
+        params.append(flt.since)
+    if flt.until is not None:
+        where.append("p.ts < %s")
+        params.append(flt.until)
+    return " AND ".join(where), params
+
+
 class PgLogReader:
     """A read-only view of a prediction log on PostgreSQL, with `LogReader`'s methods and return shapes. Each
     query sees every commit made before it (autocommit: no snapshot is held between queries). `archive` is
     accepted for the same signature: nothing is archived on PostgreSQL."""
+
+    reads_fields = True  # `chunk_fields` runs on every supported PostgreSQL
 
     def __init__(self, url: str, timeout: float = 30.0, archive: bool = True) -> None:
         self.path = url
@@ -283,25 +315,50 @@ class PgLogReader:
 
     def chunk(self, flt: LogFilter, after_rowid: int, limit: int) -> list[tuple[Any, ...]]:
         """As `LogReader.chunk`: (rowid, id, ts, version, inputs, outputs, latency_ms, truth label, truth value)."""
-        where = ["p.rowid > %s", "p.model = %s"]
-        params: list[Any] = [after_rowid, flt.model]
-        if flt.version is not None:
-            where.append("p.version = %s")
-            params.append(flt.version)
-        if flt.variants:
-            where.append("p.variant = ANY(%s)")
-            params.append(list(flt.variants))
-        if flt.since is not None:
-            where.append("p.ts >= %s")
-            params.append(flt.since)
-        if flt.until is not None:
-            where.append("p.ts < %s")
-            params.append(flt.until)
+        where, params = _where(flt, after_rowid)
         sql = ("SELECT p.rowid, p.id, p.ts, p.version, p.inputs, p.outputs, p.latency_ms, f.label, f.value "
-               "FROM predictions p LEFT JOIN LATERAL (SELECT label, value FROM feedback WHERE feedback.id = p.id "
-               f"ORDER BY feedback.rowid DESC LIMIT 1) f ON true WHERE {' AND '.join(where)} "
-               "ORDER BY p.rowid LIMIT %s")
+               f"FROM predictions p {_LATEST} WHERE {where} ORDER BY p.rowid LIMIT %s")
         return self._rows(sql, [*params, limit])
+
+    def chunk_fields(self, flt: LogFilter, after_rowid: int, limit: int, fields: Sequence[LogField],
+                     known: Sequence[str] | None = None) -> list[tuple[Any, ...]]:
+        """As `LogReader.chunk_fields`: (rowid, id, ts, version, latency_ms, truth label, truth value, others,
+        inputs' values, outputs' values). Each document is parsed once per row (to jsonb); only the fields
+        travel."""
+        where, params = _where(flt, after_rowid)
+        values, paths = [], []
+        for column in ("inputs", "outputs"):
+            mine = [list(f.path) for f in fields if f.column == column]
+            # an ARRAY, not jsonb_build_array: a function takes 100 arguments at most
+            values.append("to_jsonb(ARRAY[" + ", ".join([f"j.{column[0]} #> %s"] * len(mine)) + "]::jsonb[])::text"
+                          if mine else "'[]'")
+            paths += mine
+        others, known_params = "NULL", []
+        if known is not None:
+            # a document that is no object has no columns (and `-` refuses a scalar)
+            others = "CASE WHEN jsonb_typeof(j.i) = 'object' THEN (j.i - %s::text[])::text END"
+            known_params = [list(known)]
+        # OFFSET 0 keeps the planner from inlining the casts into every use (one parse per row, not per field)
+        sql = (f"SELECT p.rowid, p.id, p.ts, p.version, p.latency_ms, f.label, f.value, {others}, {values[0]}, "
+               f"{values[1]} FROM predictions p CROSS JOIN LATERAL (SELECT {_JSONB.format('p.inputs')} AS i, "
+               f"{_JSONB.format('p.outputs')} AS o OFFSET 0) j {_LATEST} WHERE {where} ORDER BY p.rowid LIMIT %s")
+        return self._rows(sql, [*known_params, *paths, *params, limit])
+
+    def window_bounds(self, flt: LogFilter, after_rowid: int, *, size: int | None = None,
+                      duration: float | None = None, after_key: int | None = None) -> list[tuple[int, int | None, int]]:
+        """As `LogReader.window_bounds`: (last rowid, key, rows) of each window, cut by the database."""
+        where, params = _where(flt, after_rowid)
+        if (size is None) == (duration is None):
+            raise ValueError("window_bounds takes a size or a duration")
+        if size is not None:
+            sql = ("SELECT MAX(rowid), NULL::bigint, COUNT(*) FROM (SELECT p.rowid, (ROW_NUMBER() OVER "
+                   f"(ORDER BY p.rowid) - 1) / %s AS g FROM predictions p WHERE {where}) w GROUP BY g ORDER BY g")
+            return self._rows(sql, [int(size), *params])
+        lowest = -(2**62) if after_key is None else int(after_key) + 1
+        sql = ("SELECT MAX(rowid), k, COUNT(*) FROM (SELECT p.rowid, MAX(GREATEST(floor(p.ts / %s)::bigint, %s)) "
+               f"OVER (ORDER BY p.rowid ROWS UNBOUNDED PRECEDING) AS k FROM predictions p WHERE {where}) w "
+               "GROUP BY k ORDER BY k")
+        return self._rows(sql, [float(duration), lowest, *params])  # type: ignore[arg-type]
 
     def traffic(self, after_rowid: int = 0, limit: int = 10) -> dict[str, int]:
         """Rows after `after_rowid` by model, version and variant, busiest first."""

@@ -1,9 +1,16 @@
 """The prediction log, read as a stream of windows with bounded memory.
 
-Rows are read by rowid in chunks (keyset pagination: each chunk is its own short query, so a live server
-keeps writing meanwhile), parsed into compact columns (float64 per numeric value, one object per category)
-and cut into windows by count or by time. Ground truth is joined by prediction id in the same query (the
-latest feedback for an id wins). Only one window's columns are held at a time, never the log.
+The database cuts the windows (`read_windows`): by count or by time, it returns only each window's last rowid
+and size. Each window's rows are then read by rowid in chunks (keyset pagination: each chunk is its own short
+query, so a live server keeps writing meanwhile) with the monitored fields taken out of the JSON by the
+database (`LogReader.chunk_fields`: SQLite's JSON functions, PostgreSQL's jsonb), so that neither the documents
+nor their parsing come to Python, and turned into compact columns (float64 per numeric value, one object per
+category). Ground truth is joined by prediction id in the same query (the latest feedback for an id wins). Only
+one window's columns are held at a time, never the log.
+
+An image or text model's rows are still parsed whole in Python (`parse_rows`): their payloads (a base64 image,
+the start of a text) and descriptors are kept as the row holds them. So is every row where SQLite lacks `->`
+(before 3.38) or a column's name holds a quote (no JSON path can name it).
 """
 
 from __future__ import annotations
@@ -17,13 +24,20 @@ from typing import Any
 
 import numpy as np
 
-from mlops.core.predlog import LogFilter
+from mlops.core.predlog import LogField, LogFilter, LogReader, sql_extractable
+from mlops.core.predlog_pg import PgLogReader
 from mlops.core.predlog_store import open_reader
 from mlops.data.descriptors import described_input, descriptor_columns
 from mlops.package.bundle import BundleMeta
 from mlops.package.predictor import DESCRIPTORS, EMBEDDING
 
 CHUNK_ROWS = 10_000
+# Whether the monitored fields are extracted by the database (json_extract, jsonb) or each window's rows are
+# parsed whole by orjson. Measured on 1,000,000 rows (2 cores, 2026-12-04): the databases' JSON parsing is slower
+# than orjson here (count windows of 1,000: SQLite 9.6 s vs 7.9 s, PostgreSQL 21.4 s vs 10.6 s), with the same
+# peak memory; it sends 2-3x fewer bytes, which pays only over a slow link to a remote database. The windows'
+# bounds are cut by the database either way, so memory follows the window.
+FIELDS_IN_SQL = False
 EXAMPLE_CHARS = 500  # of a text, what the monitor keeps to show
 LATE_GRACE_S = 2.0  # a time window is complete once its end is this far in the past (writes in flight)
 
@@ -136,18 +150,89 @@ class Window:
 
 
 def read_chunks(path: str | Path, flt: LogFilter, columns: dict[str, str], task: str, after_rowid: int = 0,
-                chunk_rows: int = CHUNK_ROWS) -> Iterator[Rows]:
-    """Parsed chunks of the model's rows after `after_rowid`, in log order. `columns`: name -> kind."""
+                chunk_rows: int = CHUNK_ROWS, in_sql: bool = FIELDS_IN_SQL) -> Iterator[Rows]:
+    """Parsed chunks of the model's rows after `after_rowid`, in log order. `columns`: name -> kind.
+    `in_sql` False: every row's whole JSON parsed in Python (what media inputs take anyway)."""
     with open_reader(path) as reader:
-        last = after_rowid
-        while True:
-            raw = reader.chunk(flt, last, chunk_rows)
-            if not raw:
-                return
-            last = raw[-1][0]
-            yield parse_rows(raw, columns, task)
-            if len(raw) < chunk_rows:
-                return
+        yield from _chunks(reader, flt, columns, task, after_rowid, chunk_rows, None, in_sql)
+
+
+def _chunks(reader: LogReader | PgLogReader, flt: LogFilter, columns: dict[str, str], task: str, after_rowid: int,
+            chunk_rows: int, total: int | None, in_sql: bool = FIELDS_IN_SQL) -> Iterator[Rows]:
+    """Chunks of at most `chunk_rows` rows after `after_rowid` (`total` rows in all, None: to the end)."""
+    fields = row_fields(columns, task) if in_sql and reader.reads_fields else None
+    known = (*columns, DESCRIPTORS)  # the descriptors' key is the server's own, never an unknown column
+    last, left = after_rowid, total
+    while left is None or left > 0:
+        limit = chunk_rows if left is None else min(chunk_rows, left)
+        if fields is None:
+            raw = reader.chunk(flt, last, limit)
+        else:
+            raw = reader.chunk_fields(flt, last, limit, fields, known)
+        if not raw:
+            return
+        last = raw[-1][0]
+        yield parse_rows(raw, columns, task) if fields is None else parse_fields(raw, columns, task)
+        if left is not None:
+            left -= len(raw)
+        if len(raw) < limit:
+            return
+
+
+class LogWindows:
+    """The complete windows of the filter's rows after rowid `after_rowid`, cut by the database
+    (`window_bounds`: by `size` rows, or by `duration` seconds after window `after_key`); each one's rows are
+    read when it is reached. `rows` (known once iteration starts): every row after the cursor, in a complete
+    window or waiting for the next one. By time, the last window is complete once its end is LATE_GRACE_S in
+    the past (`now`)."""
+
+    def __init__(self, path: str | Path, flt: LogFilter, columns: dict[str, str], task: str, after_rowid: int = 0,
+                 *, size: int | None = None, duration: float | None = None, after_key: int | None = None,
+                 now: float | None = None, chunk_rows: int = CHUNK_ROWS, in_sql: bool = FIELDS_IN_SQL) -> None:
+        if (size is None) == (duration is None):
+            raise ValueError("windows by count (size) or by time (duration)")
+        self.path, self.flt, self.columns, self.task = path, flt, columns, task
+        self.after_rowid, self.size, self.duration, self.after_key = after_rowid, size, duration, after_key
+        self.now, self.chunk_rows, self.in_sql = now, chunk_rows, in_sql
+        self.rows = 0
+
+    def __iter__(self) -> Iterator[Window]:
+        with open_reader(self.path) as reader:
+            bounds = reader.window_bounds(self.flt, self.after_rowid, size=self.size, duration=self.duration,
+                                          after_key=self.after_key)
+            self.rows = sum(int(n) for _, _, n in bounds)
+            after = self.after_rowid
+            for index, (end, key, n) in enumerate(self._complete(bounds)):
+                # the window's rows only (in chunks of chunk_rows at most), never a row of the next one
+                parts = list(_chunks(reader, self.flt, self.columns, self.task, after, self.chunk_rows, n,
+                                     self.in_sql))
+                if not parts:  # rows gone since the bounds were read (a retention pass): the next run goes on
+                    return
+                rows = Rows.concat(parts)
+                if self.duration is None:
+                    yield Window(index, rows, float(rows.ts.min()), float(rows.ts.max()))
+                else:
+                    yield Window(index, rows, key * self.duration, (key + 1) * self.duration, key)
+                after = end
+
+    def _complete(self, bounds: list[tuple[int, int | None, int]]) -> list[tuple[int, int | None, int]]:
+        if self.duration is None:
+            return [b for b in bounds if b[2] == self.size]
+        now = time.time() if self.now is None else self.now
+        # every window but the last is closed (a later row began the next one); the last once its end has passed
+        if bounds and (int(bounds[-1][1]) + 1) * self.duration + LATE_GRACE_S > now:  # type: ignore[arg-type]
+            return bounds[:-1]
+        return bounds
+
+
+def read_windows(path: str | Path, flt: LogFilter, columns: dict[str, str], task: str, after_rowid: int = 0, *,
+                 size: int | None = None, duration: float | None = None, after_key: int | None = None,
+                 now: float | None = None, chunk_rows: int = CHUNK_ROWS, in_sql: bool = FIELDS_IN_SQL) -> LogWindows:
+    """The model's complete windows after `after_rowid`: every `size` rows, or aligned to multiples of
+    `duration` seconds after window `after_key` (a late row joins the window being filled). `in_sql` False:
+    the windows' rows parsed whole in Python (the bounds still come from the database)."""
+    return LogWindows(path, flt, columns, task, after_rowid, size=size, duration=duration, after_key=after_key,
+                      now=now, chunk_rows=chunk_rows, in_sql=in_sql)
 
 
 def other_traffic(path: str | Path, flt: LogFilter, after_rowid: int) -> dict[str, int]:
@@ -160,6 +245,16 @@ def other_traffic(path: str | Path, flt: LogFilter, after_rowid: int) -> dict[st
 NUMERIC_KINDS = ("numeric",)
 EMBEDDING_COLUMN = EMBEDDING  # the embedding's drift is judged as one more feature, by this name
 MEDIA_KINDS = ("image", "text")  # known inputs, not profiled themselves: their descriptors and embedding are
+
+
+def row_fields(columns: dict[str, str], task: str) -> list[LogField] | None:
+    """What `parse_fields` reads of each row, in its order: each monitored input, the outputs, the embedding.
+    None where some column must be parsed in Python (media inputs, or a name no SQLite JSON path can hold)."""
+    if any(kind in MEDIA_KINDS for kind in columns.values()) or not all(map(sql_extractable, columns)):
+        return None
+    outputs = ("prediction",) if task == "regression" else ("label", "probabilities")
+    return [*(LogField("inputs", (name,)) for name in columns),
+            *(LogField("outputs", (name,)) for name in (*outputs, EMBEDDING))]
 
 
 def monitored_columns(meta: BundleMeta) -> dict[str, str]:
@@ -215,6 +310,51 @@ def parse_rows(raw: list[tuple[Any, ...]], columns: dict[str, str], task: str) -
     return rows
 
 
+def parse_fields(raw: list[tuple[Any, ...]], columns: dict[str, str], task: str) -> Rows:
+    """`parse_rows` for rows whose fields the database took out of their JSON (`chunk_fields` with
+    `row_fields`): the same columns, from one parse of the chunk's small arrays of values."""
+    n = len(raw)
+    cols: list[tuple[Any, ...]] = list(zip(*raw, strict=True)) if raw else [() for _ in range(10)]
+    rowid = np.fromiter(cols[0], np.int64, n)
+    ids = np.asarray(cols[1], dtype=object) if n else np.empty(0, dtype=object)
+    ts = np.fromiter(cols[2], np.float64, n)
+    canon: dict[Any, Any] = {}
+    versions = np.asarray([canon.setdefault(v, v) for v in cols[3]], dtype=object)
+    latency = np.fromiter(cols[4], np.float64, n)
+    rows = Rows(rowid, ids, ts, latency, versions, {}, {})
+    rows.truth_label = np.asarray(cols[5], dtype=object) if n else np.empty(0, dtype=object)
+    rows.truth_value = np.asarray([np.nan if v is None else v for v in cols[6]], dtype=np.float64)
+    for i, others in enumerate(cols[7]):
+        if others and others != "{}":
+            extra = _loads(others)
+            for key in extra if isinstance(extra, dict) else ():  # a document that is no object has no column
+                rows.unknown.setdefault(key, np.zeros(n, dtype=bool))[i] = True
+    inputs, outputs = (_transposed(texts, width) for texts, width in (
+        (cols[8], len(columns)), (cols[9], 2 if task == "regression" else 3)))
+    for (name, kind), values in zip(columns.items(), inputs, strict=True):
+        parse = _numeric if kind in NUMERIC_KINDS else _categorical
+        rows_values, bad = parse(values)
+        (rows.numeric if kind in NUMERIC_KINDS else rows.categorical)[name] = rows_values
+        if bad is not None:
+            rows.bad_values[name] = bad
+    if task == "regression":
+        rows.prediction = np.asarray([_scalar(v) for v in outputs[0]], dtype=np.float64)
+    else:
+        rows.label = np.asarray([None if v is None else str(v) for v in outputs[0]], dtype=object)
+        probas = outputs[1]
+        if all(isinstance(p, list) for p in probas) and probas:
+            rows.proba = np.asarray(probas, dtype=np.float64)
+    rows.embedding = _embedding_matrix(outputs[-1])
+    return rows
+
+
+def _transposed(texts: tuple[str, ...], width: int) -> list[list[Any]]:
+    """Each row's JSON array of values, parsed in one call for the whole chunk, as `width` columns."""
+    if not texts:
+        return [[] for _ in range(width)]
+    return [list(c) for c in zip(*_loads("[" + ",".join(texts) + "]"), strict=True)]
+
+
 def _payloads(values: list[Any], kind: str) -> np.ndarray:
     out = np.full(len(values), None, dtype=object)
     for i, v in enumerate(values):
@@ -225,7 +365,10 @@ def _payloads(values: list[Any], kind: str) -> np.ndarray:
 
 
 def _embeddings(outputs: list[dict[str, Any]]) -> np.ndarray | None:
-    vectors = [o.get(EMBEDDING) for o in outputs]
+    return _embedding_matrix([o.get(EMBEDDING) for o in outputs])
+
+
+def _embedding_matrix(vectors: list[Any]) -> np.ndarray | None:
     first = next((v for v in vectors if isinstance(v, list) and v), None)
     if first is None:
         return None
