@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,11 +38,9 @@ from mlops.monitor.logstream import (
     NUMERIC_KINDS,
     Rows,
     Window,
-    count_windows,
     monitored_columns,
     other_traffic,
-    read_chunks,
-    time_windows,
+    read_windows,
 )
 from mlops.monitor.operations import error_rate, scrape_requests, server_memory
 from mlops.monitor.reference import (
@@ -155,19 +152,6 @@ def _target(loaded: LoadedRecipe, model: str | None, log: str | None, since: str
                    MonitorStore(ws.monitor_store(meta.name)), ws.monitor_dir(meta.name))
 
 
-class _Counted:
-    """Counts the rows that pass through, so a run can say how many wait for the next window."""
-
-    def __init__(self, chunks: Iterator[Rows]) -> None:
-        self.chunks = chunks
-        self.rows = 0
-
-    def __iter__(self) -> Iterator[Rows]:
-        for chunk in self.chunks:
-            self.rows += len(chunk)
-            yield chunk
-
-
 @dataclass
 class _Read:
     """The windows one run read after rowid `after`, each judged."""
@@ -182,9 +166,12 @@ class _Read:
 def _read(target: _Target, after: int, last_key: int | None) -> _Read:
     """Every complete window after rowid `after` (by time: after window `last_key`), summarised."""
     cfg = target.cfg
-    chunks = _Counted(read_chunks(target.log_path, target.flt, target.judge.columns, target.meta.task, after))
-    windows: Iterator[Window] = (count_windows(iter(chunks), cfg.window.size) if cfg.window.by == "count" else
-                                 time_windows(iter(chunks), parse_duration(cfg.window.duration), last_key))
+    by_count = cfg.window.by == "count"
+    # the database cuts the windows; their rows are read one window at a time
+    windows = read_windows(target.log_path, target.flt, target.judge.columns, target.meta.task, after,
+                           size=cfg.window.size if by_count else None,
+                           duration=None if by_count else parse_duration(cfg.window.duration),
+                           after_key=None if by_count else last_key)
     summaries: list[WindowSummary] = []
     latest: tuple[Window, WindowSummary] | None = None
     cursor: tuple[int, int | None] | None = None
@@ -195,9 +182,9 @@ def _read(target: _Target, after: int, last_key: int | None) -> _Read:
         if summary.judged:
             latest = (window, summary)
     notes = list(target.reference.notes)
-    if chunks.rows == 0:
+    if windows.rows == 0:
         notes += _other_traffic_note(target, after)
-    return _Read(summaries, chunks.rows, cursor, latest, notes)
+    return _Read(summaries, windows.rows, cursor, latest, notes)
 
 
 def _other_traffic_note(target: _Target, after: int) -> list[str]:
