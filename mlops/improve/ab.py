@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.errors import MlopsError
+from mlops.core.predlog_store import log_name
 from mlops.improve.feedback import business_value, read_joined
 from mlops.improve.intervals import (
     detectable_effect,
@@ -32,12 +33,12 @@ def ab_report(log: Path, model: str, cfg: AbConfig | None = None, feedback: Feed
     cfg = cfg or AbConfig()
     rows = read_joined(log, model, since=since, feedback=feedback)
     if not rows:
-        raise MlopsError(f"no predictions of model '{model}' in {log}" + (" in the window asked" if since else ""))
+        raise MlopsError(f"no predictions of model '{model}' in {log_name(log)}" + (" in the window asked" if since else ""))
     arms = {arm: [j for j in rows if j.variant == arm] for arm in ARMS}
     if not arms["challenger"]:
-        raise MlopsError(f"no challenger arm in {log}: serve an A/B test with `mlops serve {model}@champion --ab "
+        raise MlopsError(f"no challenger arm in {log_name(log)}: serve an A/B test with `mlops serve {model}@champion --ab "
                          f"{model}@challenger:PERCENT`")
-    report: dict[str, Any] = {"model": model, "log": str(log), "since": since, "alpha": cfg.alpha, "power": cfg.power,
+    report: dict[str, Any] = {"model": model, "log": log_name(log), "since": since, "alpha": cfg.alpha, "power": cfg.power,
                               "min_effect": cfg.min_effect,
                               "arms": {arm: {"requests": len(js), "versions": sorted({str(j.version) for j in js}),
                                              "labelled": sum(j.truth is not None or j.correct is not None for j in js)}

@@ -26,6 +26,7 @@ from typing import Any
 from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
 from mlops.core.pages import image_data_url, render_page, write_page
+from mlops.core.predlog_store import log_name
 from mlops.data.descriptors import described_input
 from mlops.improve.feedback import read_joined
 from mlops.improve.intervals import wilson
@@ -43,7 +44,7 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
     rows = [j for j in read_joined(log, model, since=since, variants=variants, feedback=feedback, version=version)
             if j.correct is not None or (j.truth is not None and _number(j.outputs.get("prediction")) is not None)]
     if not rows:
-        raise MlopsError(f"no prediction of '{model}' in {log} has ground truth yet: record feedback by prediction id "
+        raise MlopsError(f"no prediction of '{model}' in {log_name(log)} has ground truth yet: record feedback by prediction id "
                          "(POST /v1/feedback or mlops feedback FILE)")
     regression = all(j.correct is None for j in rows)
     frame, media = _frame([j.inputs for j in rows])
@@ -77,7 +78,7 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
         if len(mistakes) >= top:
             break
     clusters = _clusters(frame, wrong, min_rows, alpha, overall["error_rate"], seed) if k and k < n else []
-    return {"model": model, "log": str(log), "since": since, "version": version, "task":
+    return {"model": model, "log": log_name(log), "since": since, "version": version, "task":
             "regression" if regression else "classification", "tolerance": tolerance if regression else None,
             "overall": overall, "slices": slices[:top], "all_slices": len(slices), "confident_mistakes": mistakes,
             "clusters": clusters[:top], "min_rows": min_rows, "alpha": alpha}

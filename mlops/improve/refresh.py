@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops.core.atomic import write_bytes, write_json
-from mlops.core.predlog_store import log_exists, log_target
+from mlops.core.predlog_store import log_exists, log_name, log_target
 from mlops.core.workspace import workspace
 from mlops.data.descriptors import SEPARATOR
 from mlops.data.fingerprint import fingerprint_bytes
@@ -102,7 +102,7 @@ def refresh_data(loaded: LoadedRecipe, now: float, out_root: Path | None = None)
             n_reference=len(reference) if cfg.refresh.reference else 0)
     base = reference if cfg.refresh.reference else reference.iloc[0:0]
     result = Refresh(path=None, fingerprint=None, reference_rows=len(base), production_rows=len(production),
-                     ids=ids, by_source=by_source, dropped=dropped, log=str(log), since=since)
+                     ids=ids, by_source=by_source, dropped=dropped, log=log_name(log), since=since)
     if cfg.refresh.production and len(production) < cfg.refresh.min_production_rows:
         return result
     frames = [f for f in (base, production) if len(f)]
@@ -122,7 +122,7 @@ def refresh_data(loaded: LoadedRecipe, now: float, out_root: Path | None = None)
     write_json(lineage, {
         "fingerprint": fingerprint, "path": str(path), "model": r.model_name,
         "reference": {"source": source_name(r.data), "rows": len(base)},
-        "production": {"log": str(log), "window_days": cfg.refresh.window_days, "since": since,
+        "production": {"log": log_name(log), "window_days": cfg.refresh.window_days, "since": since,
                        "rows": len(production), "by_source": by_source, "dropped": dropped, "ids": ids},
     })
     result.overrides = data_overrides(loaded, path)
