@@ -42,6 +42,7 @@ def main() -> None:
         "mlops validate recipes/quickstart.yaml": [*mlops, "validate", "recipes/quickstart.yaml"],
         "mlops plan recipes/quickstart.yaml": [*mlops, "plan", "recipes/quickstart.yaml"],
         "mlops validate recipes/churn_csv.yaml": [*mlops, "validate", "recipes/churn_csv.yaml"],
+        "mlops plan recipes/churn_csv.yaml": [*mlops, "plan", "recipes/churn_csv.yaml"],
     }
     with tempfile.TemporaryDirectory(prefix="bench-light-") as tmp:
         env = os.environ | {"MLOPS_HOME": f"{tmp}/.mlops"}

@@ -14,15 +14,26 @@ import csv
 import io
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlops.core.errors import DataError, MlopsError, Problem
 from mlops.core.workspace import ALLOW_OUTSIDE_DATA, data_outside_project
-from mlops.data.columns import MEDIA_KINDS, column_kind, image_spec, is_missing
+from mlops.data.columns import (
+    LIGHT_BYTES,
+    MEDIA_KINDS,
+    Column,
+    Table,
+    Unsure,
+    column_kind,
+    image_spec,
+    is_missing,
+)
+from mlops.data.columns import read_table as read_light_table
 from mlops.data.descriptors import DESCRIPTOR_NAMES, SEPARATOR
 from mlops.data.media import TABULAR, ImageSpec, MediaError, decode_image
-from mlops.data.schema import feature_columns, infer_task, label_names
+from mlops.data.schema import MAX_CLASSES, feature_columns, infer_task, label_names
 from mlops.data.sources import (
     BUILTIN_CLASSES,
     column_names,
@@ -52,20 +63,19 @@ def data_problems(recipe: Recipe, composed: Composed) -> list[Problem]:
     data = recipe.data
     if data.path is not None:
         path = data_path(data, composed.path)
-        where = str(composed.origin("data.path"))
         # never read: a recipe file may come from an untrusted pull request (a path on the command line is the
         # operator's own)
-        root = None if composed.origin("data.path").override else data_outside_project(path, composed.path)
+        root = None if _path_overridden(composed) else data_outside_project(path, composed.path)
         if root is not None:
-            return [Problem("data.path", f"{path} is outside the project {root}", where,
+            return [Problem("data.path", f"{path} is outside the project {root}", _path_where(composed),
                             f"move the data into the project, or allow it with {ALLOW_OUTSIDE_DATA}=1")]
         folder = data.format == "image_folder" or (data.format is None and path.is_dir())
         if folder and not path.is_dir():
-            return [Problem("data.path", f"image folder not found: {path}", where)]
+            return [Problem("data.path", f"image folder not found: {path}", _path_where(composed))]
         if not folder and not path.is_file():
-            return [Problem("data.path", f"file not found: {path}", where)]
+            return [Problem("data.path", f"file not found: {path}", _path_where(composed))]
         if data.format is None and not folder and path.suffix.lower() not in (".csv", ".parquet", ".pq"):
-            return [Problem("data.path", f"cannot tell the format of '{path.name}'", where, "set data.format")]
+            return [Problem("data.path", f"cannot tell the format of '{path.name}'", _path_where(composed), "set data.format")]
     try:
         columns = column_names(data, composed.path)
     except MlopsError as exc:
@@ -122,10 +132,11 @@ def image_sample_problems(recipe: Recipe, composed: Composed, rows: DataRows) ->
     for SAMPLE_SECONDS: an unreadable image is reported at data.path, naming its file and row. Without Pillow
     (a light install: validate only) nothing is decoded."""
     data = recipe.data
-    where = str(composed.origin("data.path"))
     path = data_path(data, composed.path)
     folder = file_format(data, path) == "image_folder"
-    frame = rows.frame.iloc[:: max(1, len(rows.frame) // SAMPLE_ROWS) if folder else 1].head(SAMPLE_ROWS)
+    step = max(1, len(rows.frame) // SAMPLE_ROWS) if folder else 1
+    index = list(range(0, len(rows.frame), step))[:SAMPLE_ROWS]
+    frame = rows.frame.take(index)  # a read frame's index is 0..n-1: positions are row numbers
     base = path if folder else path.parent  # where relative image paths start
     target = data.target
     names = [str(c) for c in frame.columns if c != target and c not in set(data.drop)
@@ -140,7 +151,7 @@ def image_sample_problems(recipe: Recipe, composed: Composed, rows: DataRows) ->
     bad: list[str] = []
     deadline = time.monotonic() + SAMPLE_SECONDS
     decoded = 0
-    for row, values in zip(frame.index.tolist(), frame[images].itertuples(index=False), strict=True):
+    for row, values in zip(index, zip(*(frame[c].tolist() for c in images), strict=True), strict=True):
         for name, value in zip(images, values, strict=True):
             if is_missing(value):
                 continue  # check_data refuses a missing image, with every such row
@@ -152,6 +163,9 @@ def image_sample_problems(recipe: Recipe, composed: Composed, rows: DataRows) ->
                 bad.append(f"{shown} (row {row}{'' if folder else f', column {name!r}'}): {message}")
         if decoded >= SAMPLE_ROWS or time.monotonic() > deadline:
             break
+    if not bad:
+        return []
+    where = _path_where(composed)
     problems = [Problem("data.path", text, where) for text in bad[:SHOWN_IMAGES]]
     if len(bad) > SHOWN_IMAGES:
         more = len(bad) - SHOWN_IMAGES
@@ -183,7 +197,7 @@ def _decode_problem(value: object, base: Path, spec: ImageSpec) -> str | None:
 class DataRows:
     """The rows `mlops validate` read of a file data source: every one, or the first ones of a large file."""
 
-    frame: pd.DataFrame
+    frame: pd.DataFrame | Table  # a Table: a CSV file read without pandas (`mlops.data.columns.read_table`)
     sampled: str = ""  # what was read of a file too large to read whole ("" when every row was read)
     broken: list[str] = field(default_factory=list)  # what is wrong with the file itself: ragged lines, no rows
 
@@ -197,19 +211,23 @@ def read_rows(recipe: Recipe, composed: Composed) -> DataRows:
     if fmt == "image_folder":
         return DataRows(image_folder_frame(path))
     try:
-        return _read_csv(path) if fmt == "csv" else _read_parquet(path)
+        return _read_csv(path, compared_columns(recipe)) if fmt == "csv" else _read_parquet(path)
     except MlopsError:
         raise
     except Exception as exc:  # a corrupt or mislabelled file is the user's to fix
         raise DataError(f"cannot read {path} as {fmt}: {exc}") from None
 
 
-def _read_csv(path: Path) -> DataRows:
+def compared_columns(recipe: Recipe) -> set[str]:
+    """The columns validate compares by value (the target's classes, a gate's slice values)."""
+    sliced = {(g.slice or "").partition("=")[0] for g in recipe.evaluate.gates}
+    return {recipe.data.target, *sliced}
+
+
+def _read_csv(path: Path, exact: Collection[str] = ()) -> DataRows:
     """The first READ_BYTES of a CSV file, cut after a whole line. Every record is counted against the header
     with the csv module first: pandas fills a short line with missing values and takes a long first line's
     extra field as the index, silently, where a run would later train on shifted columns."""
-    import pandas as pd
-
     with path.open("rb") as f:
         head = f.read(READ_BYTES + 1)
     whole = len(head) <= READ_BYTES
@@ -229,11 +247,20 @@ def _read_csv(path: Path) -> DataRows:
     if ragged:
         lines = ", ".join(f"line {line} has {n}" for line, n in ragged[:SHOWN_ROWS])
         more = f" ({len(ragged)} such lines{'' if whole else ' in the part read'})" if len(ragged) > SHOWN_ROWS else ""
-        return DataRows(pd.DataFrame(), broken=[f"{path.name}: the header has {len(header)} fields but {lines}"
-                                                f"{more}"])
+        return DataRows(Table({}, 0), broken=[f"{path.name}: the header has {len(header)} fields but {lines}{more}"])
     if whole and not records:
-        return DataRows(pd.DataFrame(), broken=[f"{path.name} has a header but no rows"])
-    frame = pd.read_csv(io.BytesIO(head), nrows=None if whole else records)
+        return DataRows(Table({}, 0), broken=[f"{path.name} has a header but no rows"])
+    nrows = None if whole else records
+    try:
+        if len(head) > LIGHT_BYTES:
+            raise Unsure("pandas reads a large file faster")
+        frame: pd.DataFrame | Table = read_light_table(head, nrows, exact)
+    except Unsure:
+        # imported here: only a large file, or one the light reader cannot vouch for (quoting oddities, another
+        # encoding), pays for pandas, and `mlops validate` must start fast (see test_light_imports)
+        import pandas as pd
+
+        frame = pd.read_csv(io.BytesIO(head), nrows=nrows)
     return DataRows(frame, "" if whole else f"read the first {records:,} rows ({READ_BYTES // 2**20} MiB) of {path.name}")
 
 
@@ -260,37 +287,73 @@ def rows_task(recipe: Recipe, rows: DataRows) -> str | None:
         return recipe.data.task
     if rows.sampled or rows.broken:
         return None
-    return infer_task(rows.frame[recipe.data.target].dropna(), "auto")
+    return target_task(rows.frame[recipe.data.target], "auto")
+
+
+def target_task(target: pd.Series | Column, declared: str) -> str:
+    """`infer_task` of the target's present values, for a pandas column or a light one (the same rules)."""
+    if not isinstance(target, Column):
+        return infer_task(target.dropna(), declared)
+    if declared != "auto":
+        return declared
+    n = len(set(target.present()))
+    if target.dtype == "float" and n > MAX_CLASSES:
+        return "regression"
+    if not target.numeric or (target.dtype == "int" and n <= MAX_CLASSES):
+        return "binary" if n == 2 else "multiclass"
+    return "regression"
+
+
+def target_labels(target: pd.Series | Column) -> list[str]:
+    """`label_names` for a pandas column or a light one."""
+    if not isinstance(target, Column):
+        return label_names(target)
+    return [str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in sorted(set(target.present()))]
+
+
+def _missing_rows(series: pd.Series | Column) -> list[int]:
+    if isinstance(series, Column):
+        return [i for i, v in enumerate(series.values) if v is None]
+    return series.isna().to_numpy().nonzero()[0].tolist()
+
+
+def _class_sizes(target: pd.Series | Column) -> list[int]:
+    """How many rows each class has (the target has no missing value)."""
+    if isinstance(target, Column):
+        sizes: dict[Any, int] = {}
+        for v in target.values:
+            sizes[v] = sizes.get(v, 0) + 1
+        return list(sizes.values())
+    return [int(c) for c in target.astype(str).value_counts().tolist()]
 
 
 def row_problems(recipe: Recipe, composed: Composed, rows: DataRows) -> tuple[list[Problem], list[Problem]]:
     """What the rows say against the recipe: (problems, warnings). What only every row can tell (a class that
     does not occur, a single class, too few rows) is a warning when the file was read in part."""
     data = recipe.data
-    where = str(composed.origin("data.path"))
     if rows.broken:
-        return [Problem("data.path", text, where) for text in rows.broken], []
+        return [Problem("data.path", text, _path_where(composed)) for text in rows.broken], []
     frame, n = rows.frame, len(rows.frame)
     sure: list[Problem] = []  # problems when every row was read, else warnings
     warnings = [Problem("data.path", f"column '{name}' is empty: all its {n:,} values are missing"
-                        f"{_in_sample(rows)}", where, "drop it (data.drop) or fill it in")
-                for name in feature_columns(data, frame) if frame[name].isna().all()]
+                        f"{_in_sample(rows)}", _path_where(composed), "drop it (data.drop) or fill it in")
+                for name in feature_columns(data, frame) if len(_missing_rows(frame[name])) == n]
     target = frame[data.target]
-    missing = target.isna().to_numpy().nonzero()[0]
-    if len(missing):
+    missing = _missing_rows(target)
+    if missing:
         shown = ", ".join(str(i) for i in missing[:SHOWN_ROWS]) + (", ..." if len(missing) > SHOWN_ROWS else "")
         sure.append(Problem("data.target", f"the target '{data.target}' is missing in {len(missing):,} of {n:,} rows "
                             f"(rows {shown}, counted from 0)", str(composed.origin("data.target")),
                             "fill it in or remove those rows"))
-    task = data.task if data.task != "auto" else infer_task(target.dropna(), "auto")
-    labels = label_names(target) if task != "regression" else []
+    task = target_task(target, data.task)
+    labels = target_labels(target) if task != "regression" else []
     if task != "regression":
         sure += _class_problems(recipe, composed, labels, n)
-    if not rows.sampled and not missing.size:
-        counts = target.astype(str).value_counts() if task != "regression" and data.split.stratify else None
+    if not rows.sampled and not missing:
+        counts = _class_sizes(target) if task != "regression" and data.split.stratify else None
         shortfall = split_shortfall(n, data.split, counts)
         if shortfall:
-            sure.append(Problem("data.path", shortfall, where, "add rows, or change data.split"))
+            sure.append(Problem("data.path", shortfall, _path_where(composed), "add rows, or change data.split"))
     if not rows.sampled:
         return sure, warnings
     return [], warnings + [Problem(p.key, p.message + _in_sample(rows), p.where, p.hint) for p in sure]
@@ -333,14 +396,14 @@ def _class_problems(recipe: Recipe, composed: Composed, labels: list[str], n: in
     return problems
 
 
-def split_shortfall(n: int, split: SplitConfig, counts: pd.Series | None) -> str | None:
+def split_shortfall(n: int, split: SplitConfig, counts: list[int] | None) -> str | None:
     """Why `n` rows cannot be split as `mlops.data.split.split_indices` splits them, or None: the sizes
     scikit-learn's train_test_split computes (floor of the train share, the rest to the other side), and
     what a stratified split needs (two rows of every class, a class's worth of rows on each side).
     `counts`: the rows of each class, for a stratified split."""
     asked = f"{n:,} rows cannot be split {split.train:g}/{split.val:g}/{split.test:g}"
-    if counts is not None and counts.min() < 2:
-        return f"{asked} with stratification: {int((counts < 2).sum())} class(es) have a single row"
+    if counts is not None and min(counts) < 2:
+        return f"{asked} with stratification: {sum(c < 2 for c in counts)} class(es) have a single row"
     k = len(counts) if counts is not None else 1
     train = math.floor(split.train * n)
     val = math.floor(split.val / (split.val + split.test) * (n - train))
@@ -349,6 +412,21 @@ def split_shortfall(n: int, split: SplitConfig, counts: pd.Series | None) -> str
             need = f"at least one row of each of the {k} classes" if k > 1 else "at least one row"
             return f"{asked}: the {name} split would get {size}, it needs {need}"
     return None
+
+
+def _path_where(composed: Composed) -> str:
+    """Where data.path was set, for a problem with the data: worked out only then (finding the origins of a
+    recipe's keys costs about as much as composing it, and `mlops validate` must start fast)."""
+    return str(composed.origin("data.path"))
+
+
+def _path_overridden(composed: Composed) -> bool:
+    """Whether data.path comes from the command line, as `composed.origin("data.path").override` says, without
+    working out the files' origins when no override can have set it (none names data, data.path or below)."""
+    keys = [o.lstrip("+~").partition("=")[0] for o in composed.overrides]
+    if not any(k in ("data", "data.path") or k.startswith("data.path.") for k in keys):
+        return False
+    return composed.origin("data.path").override is not None
 
 
 def _in_sample(rows: DataRows) -> str:

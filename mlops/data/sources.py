@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlops.core.errors import DataError
-from mlops.data.columns import column_kind, is_missing
+from mlops.data.columns import LIGHT_BYTES, Table, Unsure, column_kind, csv_header, is_missing
+from mlops.data.columns import read_table as read_light_table
 from mlops.data.media import IMAGE_SUFFIXES, is_image_path
 from mlops.recipe.schema import DataConfig
 
@@ -25,13 +26,14 @@ IMAGE_FOLDER_COLUMNS = ["image", "label"]  # an image folder's rows: the file (r
 MANIFEST = b"\n\0mlops-images/1\n"  # what follows a table's bytes when its rows name image files
 SHOWN_ERRORS = 10
 IMAGE_FILES = "image_files.json"  # load_data's record of Rows.image_files, beside its data.parquet
+HEADER_BYTES = 2**20  # a CSV header longer than this is read by pandas
 
 
 @dataclass
 class Rows:
     """The rows of a recipe's data, with every image column as encoded bytes."""
 
-    frame: pd.DataFrame
+    frame: pd.DataFrame | Table  # a Table only for `source_identity`'s light read
     raw: bytes | None  # what identifies the rows, for the fingerprint (None for a built-in data set)
     # per image column read from files: each row's file as the data names it (None: bytes or missing), so
     # that a later check can name the file of a row it refuses
@@ -111,18 +113,29 @@ def load_rows(data: DataConfig, recipe_path: Path, keep_images: bool = True) -> 
     if fmt == "image_folder":
         frame = image_folder_frame(path)
         return _with_images(data, frame, b"mlops-image-folder/1\n", path, path, keep_images, manifest_only=True)
-    frame, raw = read_table(path, fmt)
+    frame, raw = read_table(path, fmt, light=not keep_images)
     return _with_images(data, frame, raw, path.parent, path, keep_images)
 
 
-def read_table(path: Path, fmt: str) -> tuple[pd.DataFrame, bytes]:
+def read_table(path: Path, fmt: str, light: bool = False) -> tuple[pd.DataFrame | Table, bytes]:
+    """`light`: a CSV file up to LIGHT_BYTES as a light Table when it can be read the same without pandas (for
+    the identity of its rows: `mlops plan` must start fast, see test_light_imports)."""
     import io
-
-    import pandas as pd
 
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     raw = path.read_bytes()
+    if light and fmt == "csv" and len(raw) <= LIGHT_BYTES:
+        try:
+            table = read_light_table(raw)
+        except Unsure:
+            pass  # pandas reads it (and words any error)
+        else:
+            if not len(table):
+                raise DataError(f"{path} has no rows")
+            return table, raw
+    import pandas as pd
+
     try:
         frame = pd.read_csv(io.BytesIO(raw)) if fmt == "csv" else pd.read_parquet(io.BytesIO(raw))
     except Exception as exc:  # a corrupt or mislabelled file is the user's to fix
@@ -193,7 +206,8 @@ def _with_images(data: DataConfig, frame: pd.DataFrame, raw: bytes, base: Path, 
                               f"got {type(v).__name__} {v!r}")
             contents.append(content)
             names.append(shown)
-        frame[name] = contents
+        if not isinstance(frame, Table):  # a light table is read for the identity alone
+            frame[name] = contents
         files[name] = names
     if errors:
         shown_errors = "\n".join(f"  {e}" for e in errors[:SHOWN_ERRORS])
@@ -267,9 +281,19 @@ def column_names(data: DataConfig, recipe_path: Path) -> list[str]:
         return list(IMAGE_FOLDER_COLUMNS)
     try:
         if fmt == "csv":
-            import pandas as pd
+            with path.open("rb") as f:
+                head = f.read(HEADER_BYTES)
+            cut = head.find(b"\n")
+            try:
+                if cut < 0 and len(head) == HEADER_BYTES:
+                    raise Unsure("a header longer than HEADER_BYTES")
+                return csv_header(head if cut < 0 else head[: cut + 1])
+            except Unsure:
+                # imported here: only a header the light reader cannot vouch for pays for pandas (validate must start
+                # fast, see test_light_imports)
+                import pandas as pd
 
-            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+                return [str(c) for c in pd.read_csv(path, nrows=0).columns]
         import pyarrow.parquet as pq
 
         return list(pq.read_schema(path).names)

@@ -21,6 +21,7 @@ from mlops.data.checks import (
     row_problems,
     rows_task,
 )
+from mlops.data.columns import Column
 from mlops.data.expectations import category_whitespace
 from mlops.recipe import LoadedRecipe, load_recipe
 from mlops.recipe.checks import semantic_problems
@@ -64,6 +65,26 @@ def load_validated(path: str | Path, overrides: list[str] | None = None) -> Load
     return loaded
 
 
+# as in mlops.evaluate.slices (which imports numpy and pandas; a test compares them)
+MAX_VALUES = 20  # a numeric column with more distinct values than this is binned even without `bins`
+MISSING = "(missing)"
+
+
+def value_slices(column: Column) -> list[str]:
+    """Every slice label of a light column sliced by value, in order, as `slice_labels` lists them: values as
+    `category_strings` writes them (1.0 as '1'), numbers in numeric order, missing last."""
+    labels = set()
+    for v in column.values:
+        if v is None:
+            labels.add(MISSING)
+        elif isinstance(v, float) and v.is_integer():
+            labels.add(str(int(v)))
+        else:
+            labels.add(str(v) or MISSING)
+    values = sorted(labels - {MISSING}, key=float if column.numeric else None)
+    return values + ([MISSING] if MISSING in labels else [])
+
+
 def slice_value_problems(recipe: Recipe, composed: Composed, rows: DataRows) -> tuple[list[Problem], list[Problem]]:
     """A gate's `slice: column=value` must name a slice the column has, labelled as the evaluation labels it
     (`slice_labels`): (problems, warnings when the file was read in part). Quantile bins depend on the test
@@ -75,18 +96,25 @@ def slice_value_problems(recipe: Recipe, composed: Composed, rows: DataRows) -> 
         cfg = declared.get(column)
         if not eq or gate.vs is not None or cfg is None or column not in rows.frame.columns:
             continue  # not a value slice, or one the recipe checks refuse already (or a descriptor's)
-        # imported here, not at the top: slices pull pandas and the Predictor's numpy, which a recipe without a
-        # data file (a built-in set) never needs, and `mlops validate` must start fast (see test_light_imports)
-        import pandas as pd
-
-        from mlops.evaluate.slices import MAX_VALUES, slice_labels
-
         series = rows.frame[column]
-        quantiles = isinstance(cfg.bins, int) or (cfg.bins is None and pd.api.types.is_numeric_dtype(series)
-                                                   and series.nunique() > MAX_VALUES)
-        if quantiles:
-            continue
-        order = slice_labels(series, cfg.bins, column=column)[1]
+        if isinstance(series, Column) and cfg.bins is None:  # a CSV read without pandas: one slice per value
+            if series.numeric and len(set(series.present())) > MAX_VALUES:
+                continue  # quantile bins
+            order = value_slices(series)
+        else:
+            # imported here, not at the top: slices pull pandas and the Predictor's numpy, which a CSV or a built-in
+            # set never needs for a value slice, and `mlops validate` must start fast (see test_light_imports)
+            import pandas as pd
+
+            from mlops.evaluate.slices import slice_labels
+
+            if isinstance(series, Column):  # bin edges on a light column: labelled as the evaluation labels them
+                series = pd.Series(series.tolist(), name=column, dtype=None if series.dtype != "int" else "int64")
+            quantiles = isinstance(cfg.bins, int) or (cfg.bins is None and pd.api.types.is_numeric_dtype(series)
+                                                       and series.nunique() > MAX_VALUES)
+            if quantiles:
+                continue
+            order = slice_labels(series, cfg.bins, column=column)[1]
         if value not in order:  # named by a did-you-mean at most, as every message about the file's rows
             hint = closest(value, order)
             key = f"evaluate.gates.{i}.slice"

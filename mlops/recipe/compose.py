@@ -509,7 +509,8 @@ def _check_yaml(file: Path) -> Any:
     MAX_FILE_BYTES, lists and mappings at most MAX_DEPTH deep, at most MAX_VALUES values once its aliases are
     expanded (`a: &a [x, x]`, `b: &b [*a, *a]`, ... doubles at each line: a few hundred bytes that OmegaConf
     would spend minutes expanding), and a mapping. The parser's events are counted, each anchor's expanded
-    size once, so the check costs one pass over the file however large the expansion."""
+    size once, so the check costs one pass over the file however large the expansion. A key twice in one mapping
+    is refused at its second line (YAML would keep one of the two, and which one the reader decides)."""
     import yaml
     from ruamel.yaml import YAML
 
@@ -519,9 +520,16 @@ def _check_yaml(file: Path) -> Any:
     text = file.read_text(errors="replace")
     sizes: dict[str, int] = {}  # anchor -> values it expands to
     open_: list[list[Any]] = [[None, 0]]  # [anchor, values so far] of each open list or mapping; first: the file
+    keys: list[_Keys | None] = [None]  # the keys of each open mapping (None: a list, or the file)
     try:
         for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
             line = event.start_mark.line + 1
+            if isinstance(event, yaml.NodeEvent):
+                _check_key(file, line, event, keys)
+                if isinstance(event, yaml.CollectionStartEvent):
+                    keys.append(_Keys() if isinstance(event, yaml.MappingStartEvent) else _Keys(lines=None))
+            elif isinstance(event, yaml.CollectionEndEvent):
+                keys.pop()
             if isinstance(event, yaml.NodeEvent) and len(open_) == 1 and not open_[0][1]:
                 _check_top(file, line, event)
             if isinstance(event, yaml.CollectionStartEvent):
@@ -550,6 +558,42 @@ def _check_yaml(file: Path) -> Any:
         mark = exc.problem_mark or exc.context_mark
         raise MlopsError(f"{_display(file)}:{mark.line + 1 if mark else 1}: not valid YAML: {exc.problem}") from None
     return YAML(typ="rt").load(text)
+
+
+@dataclass
+class _Keys:
+    """One open mapping (or list) while `_check_yaml` reads the file: where each key was first seen, and the
+    key (or index) of the node being read, for the dotted path of a duplicate."""
+
+    lines: dict[str, int] | None = field(default_factory=dict)  # None: a list
+    key: str | None = None
+    value_next: bool = False  # a mapping's next node is the value of `key`
+    items: int = -1
+
+
+def _check_key(file: Path, line: int, event: Any, keys: list[_Keys | None]) -> None:
+    """Note a mapping key (refusing one seen before in the same mapping), the value that follows it, or a list
+    item."""
+    import yaml
+
+    top = keys[-1]
+    if top is None:
+        return
+    if top.lines is None:
+        top.items += 1
+        top.key = str(top.items)
+        return
+    if top.value_next:
+        top.value_next = False
+        return
+    key = str(event.value) if isinstance(event, yaml.ScalarEvent) else "?"
+    top.value_next = True
+    top.key = key
+    if key in top.lines and isinstance(event, yaml.ScalarEvent):
+        path = ".".join(k.key for k in keys if k is not None and k.key is not None)
+        raise MlopsError(f"{_display(file)}:{line}: {path}: the key appears twice in one mapping (first at line "
+                         f"{top.lines[key]}); YAML would keep only one of the two values: remove or merge one")
+    top.lines.setdefault(key, line)
 
 
 def _check_top(file: Path, line: int, event: Any) -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# numpy and pandas too: a recipe on a built-in data set is checked and planned without reading a row, and the
-# two cost more CPU than everything else `validate` does (issue 19: at most 3x a bare hydra + pydantic start)
+# numpy and pandas too: a recipe on a built-in data set is checked and planned without reading a row, one on a CSV
+# file reads it with the csv module (`mlops.data.columns.read_table`), and the two cost more CPU than everything
+# else `validate` does (issue 19: at most 3x a bare hydra + pydantic start)
 HEAVY = ("torch", "lightning", "mlflow", "prefect", "evidently", "onnxruntime", "sklearn", "numpy", "pandas",
          "pyarrow")
 
@@ -38,8 +39,10 @@ print("RESULT " + json.dumps({"code": code, "loaded": loaded}))
         (["--help"], "usage: mlops"),
         (["validate", "recipes/quickstart.yaml"], "ok: recipes/quickstart.yaml is a valid recipe 'quickstart'"),
         (["plan", "recipes/quickstart.yaml"], "plan for recipe 'quickstart'"),
+        (["validate", "recipes/churn_csv.yaml"], "ok: recipes/churn_csv.yaml is a valid recipe 'churn'"),
+        (["plan", "recipes/churn_csv.yaml"], "plan for recipe 'churn'"),
     ],
-    ids=["help", "validate", "plan"],
+    ids=["help", "validate", "plan", "validate-csv", "plan-csv"],
 )
 def test_command_does_not_import_heavy_libraries(argv: list[str], expected_stdout: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MLOPS_CONFIG_PATH", "PYTHONSTARTUP")}
