@@ -2,6 +2,7 @@
 
     OUT/inferenceservice.yaml   KServe InferenceService (validated: CRD schema when given, KServe's rules)
     OUT/image/                  build context of the serving image (runtime mlops): Dockerfile, bundle, ...
+    OUT/collector.yaml          the collector of KServe's payload logger (`deploy.kserve.logger`, without a url)
     OUT/triton/<name>/          Triton repository (runtime triton): config.pbtxt, 1/model.onnx
     OUT/prefect.yaml            Prefect deployments of the recipe's flows (cloned from the project's git remote)
     OUT/alerts.rules.yml        Prometheus alert rules (checked by promtool when installed)
@@ -16,13 +17,14 @@ from typing import Any
 
 from mlops.core.atomic import write_json, write_text
 from mlops.core.errors import MlopsError
+from mlops.core.predlog_store import is_log_url, log_name
 from mlops.core.refs import ModelVersion, fetch
 from mlops.core.registry import tracking_uri
 from mlops.core.workspace import workspace
 from mlops.deploy.alerts import FILENAME, alert_rules, promtool_check
 from mlops.deploy.container import build_context
 from mlops.deploy.grafana import write_grafana
-from mlops.deploy.kserve import image_for, inference_service, storage_for
+from mlops.deploy.kserve import collector_manifest, image_for, inference_service, storage_for
 from mlops.deploy.kubectl import kubectl_apply
 from mlops.deploy.orchestration import code_source, flow_deployments, prefect_yaml, register
 from mlops.deploy.triton import build_repository
@@ -76,6 +78,18 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
     if "kserve" in wanted and mv is not None and bundle is not None:
         result["files"]["inferenceservice"] = str(write_text(out / "inferenceservice.yaml", render_manifest(cfg, mv, crd)))
         result["checks"]["inferenceservice"] = f"valid against {crd} and KServe's rules"
+        logger = cfg.kserve.logger
+        if logger.enabled and logger.url is None:
+            log = logger.log or r.improve.refresh.log
+            if not log:
+                raise MlopsError("deploy.kserve.logger renders a collector: set deploy.kserve.logger.log (or "
+                                 "improve.refresh.log) to the prediction log it writes, e.g. "
+                                 "postgresql://USER@HOST/DATABASE")
+            if not is_log_url(log):
+                result["warnings"].append(f"the collector writes the SQLite log {log_name(log)} inside its pod: only "
+                                          "what mounts that volume reads it; a postgresql:// log is shared")
+            result["files"]["collector"] = str(write_text(out / "collector.yaml", collector_manifest(cfg, mv, log)))
+            result["next"].append(f"run the collector: kubectl apply -n {cfg.namespace} -f {out / 'collector.yaml'}")
         if cfg.runtime == "triton":
             repo = build_repository(out / "triton", bundle, mv)
             result["files"]["triton_repository"] = str(repo)

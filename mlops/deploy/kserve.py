@@ -47,7 +47,31 @@ def predictor_values(cfg: DeployConfig, mv: ModelVersion, autoscale: bool = True
         "image": image_for(cfg, mv), "pull_policy": cfg.image.pull_policy, "port": cfg.port,
         "storage_uri": storage_for(cfg, mv), "resources": _resources(cfg),
         "autoscaling": a.model_dump() if autoscale else None, "replicas": max(a.min_replicas, 1),
+        "logger": logger_values(cfg, mv.name),
     }
+
+
+COLLECTOR_PORT = 8080
+
+
+def collector_name(cfg: DeployConfig, model: str) -> str:
+    return f"{service_name(cfg, model)}-collector"[:63]
+
+
+def logger_values(cfg: DeployConfig, model: str) -> dict[str, str] | None:
+    """`spec.predictor.logger`: where KServe's agent posts each payload (the rendered collector by default)."""
+    logger = cfg.kserve.logger
+    if not logger.enabled:
+        return None
+    url = logger.url or f"http://{collector_name(cfg, model)}.{cfg.namespace}.svc.cluster.local/"
+    return {"mode": logger.mode, "url": url}
+
+
+def collector_manifest(cfg: DeployConfig, mv: ModelVersion, log: str) -> str:
+    """The collector's Deployment and Service: `mlops collect --http` in the serving image, into `log`."""
+    return render("collector.yaml.j2", name=collector_name(cfg, mv.name), namespace=cfg.namespace, model=mv.name,
+                  image=image_for(cfg, mv), pull_policy=cfg.image.pull_policy, port=COLLECTOR_PORT, log=log,
+                  replicas=cfg.kserve.logger.replicas)
 
 
 def inference_service(cfg: DeployConfig, stable: ModelVersion, canary: ModelVersion | None = None,

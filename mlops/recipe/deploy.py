@@ -195,6 +195,27 @@ class PrefectConfig(Section):
                               "at /opt/project, mlops installed) instead of a git clone on a process pool")
 
 
+class PayloadLoggerConfig(Section):
+    """KServe's payload logger: the agent posts each request and response as a CloudEvent to `url`, by default
+    the collector `mlops deploy` renders beside the InferenceService (`mlops collect --http`), which lands them
+    in the prediction log the monitor reads."""
+
+    enabled: bool = False
+    mode: Literal["all", "request", "response"] = Field("all", description="which payloads the agent sends")
+    url: str | None = Field(None, description="where the agent posts; absent: the collector `mlops deploy` "
+                            "renders (a Deployment and a Service)")
+    log: str | None = Field(None, description="the collector's prediction log (postgresql://USER@HOST/DATABASE, "
+                            "which the monitor reads too); absent: improve.refresh.log")
+    replicas: PositiveInt = Field(1, description="collector replicas; more than one needs a PostgreSQL log and "
+                                  "mode request or response (a pair is matched in one collector's memory)")
+
+
+class KServeConfig(Section):
+    """KServe-specific settings of the InferenceService."""
+
+    logger: PayloadLoggerConfig = Field(default_factory=PayloadLoggerConfig)
+
+
 class DeployConfig(Section):
     """Where and how the recipe's model is served, rolled out, orchestrated and alerted on."""
 
@@ -220,6 +241,7 @@ class DeployConfig(Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     grafana: GrafanaConfig = Field(default_factory=GrafanaConfig)
     prefect: PrefectConfig = Field(default_factory=PrefectConfig)
+    kserve: KServeConfig = Field(default_factory=KServeConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> DeployConfig:
@@ -245,4 +267,15 @@ class DeployConfig(Section):
                         "mode scales on cpu or memory", self.autoscaling.metric))
         if self.mode == "Standard" and self.autoscaling.min_replicas == 0:
             out.append((("autoscaling", "min_replicas"), "scale to zero needs Knative mode", 0))
+        logger = self.kserve.logger
+        # collectors pair a request with its response in memory: replicas share only a PostgreSQL log (SQLite
+        # is one file in one pod), and a pair split over two replicas is written as two half rows
+        if logger.enabled and logger.url is None and logger.replicas > 1 and not (logger.log or "").startswith(
+                ("postgresql://", "postgres://")):
+            out.append((("kserve", "logger", "replicas"), "several collectors need a PostgreSQL log: set "
+                        "kserve.logger.log to postgresql://USER@HOST/DATABASE, or replicas: 1", logger.replicas))
+        if logger.enabled and logger.url is None and logger.replicas > 1 and logger.mode == "all":
+            out.append((("kserve", "logger", "replicas"), "mode 'all' pairs each request with its response in "
+                        "one collector: with several replicas a pair splits; set replicas: 1 (or mode request or "
+                        "response)", logger.replicas))
         return out

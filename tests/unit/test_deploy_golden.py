@@ -18,7 +18,7 @@ import yaml
 from mlops.core.refs import ModelVersion
 from mlops.deploy.alerts import alert_rules
 from mlops.deploy.container import dockerfile, requirements_txt
-from mlops.deploy.kserve import inference_service
+from mlops.deploy.kserve import collector_manifest, inference_service
 from mlops.deploy.orchestration import flow_deployments, prefect_yaml
 from mlops.deploy.render import render
 from mlops.deploy.triton import config_pbtxt
@@ -50,12 +50,14 @@ TRITON_GPU = DeployConfig(runtime="triton", storage_uri="s3://models/mlops", res
 TRITON_STANDARD = DeployConfig(runtime="triton", mode="Standard", storage_uri="gs://bucket/models",
                                autoscaling={"metric": "memory", "target": 80})
 
+LOGGER = DeployConfig.model_validate({"namespace": "models", "kserve": {"logger": {"enabled": True}}})
 MANIFESTS: dict[str, Callable[[], str]] = {
     "isvc-knative-mlops.yaml": lambda: inference_service(KNATIVE, V3),
     "isvc-knative-mlops-canary10.yaml": lambda: inference_service(KNATIVE, V3, V4, 10),
     "isvc-standard-mlops-canary50.yaml": lambda: inference_service(STANDARD, V3, V4, 50),
     "isvc-knative-triton-gpu.yaml": lambda: inference_service(TRITON_GPU, ModelVersion("wine_multiclass", "7")),
     "isvc-standard-triton-canary1.yaml": lambda: inference_service(TRITON_STANDARD, V3, V4, 1),
+    "isvc-knative-mlops-logger.yaml": lambda: inference_service(LOGGER, V3),
 }
 
 
@@ -87,6 +89,7 @@ OTHERS: dict[str, Callable[[Path], str]] = {
                                       "error_rate": {"baseline": 0.001, "max_increase": 0.001, "count_4xx": True}}),
         "churn"),
     "triton-config.pbtxt": _triton,
+    "collector.yaml": lambda _: collector_manifest(LOGGER, V3, "postgresql://mlops@db.models.svc/predictions"),
 }
 
 
@@ -119,7 +122,7 @@ def test_every_template_has_a_golden_file() -> None:
     """A new template without a golden test would go unreviewed."""
     templates = {p.name for p in (ROOT / "mlops" / "deploy" / "templates").glob("*.j2")}
     covered = {"inferenceservice.yaml.j2", "Dockerfile.j2", "requirements.txt.j2", "dockerignore.j2",
-               "prefect.yaml.j2", "alerts.rules.yml.j2", "triton_config.pbtxt.j2"}
+               "prefect.yaml.j2", "alerts.rules.yml.j2", "triton_config.pbtxt.j2", "collector.yaml.j2"}
 
     assert templates == covered
     assert {p.name for p in GOLDEN.iterdir()} == set(MANIFESTS) | set(OTHERS)

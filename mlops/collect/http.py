@@ -1,0 +1,264 @@
+"""KServe's payload logger landed in the prediction log (`mlops collect --http [HOST:]PORT --log STORE`).
+
+An InferenceService's `spec.predictor.logger` makes KServe's agent POST each request and each response as a
+CloudEvent in binary content mode: the payload as the body, and headers `ce-id` (the request id, the same on
+both), `ce-type` (`org.kubeflow.serving.inference.request` / `.response`), `ce-source`, `ce-specversion`,
+`ce-time`, and the extensions `ce-inferenceservicename`, `ce-namespace`, `ce-component`, `ce-endpoint`.
+Structured mode (`application/cloudevents+json`: the attributes and `data` in one JSON body) is read too.
+
+The two events of one id are paired in memory; once both are there, the prediction row(s) are written as
+`mlops serve` writes them (`prediction_rows`: inputs and outputs one JSON object per instance, id = ce-id for one
+instance, `ce-id-K` for the K-th of several) and the second event is answered 201 only after the commit.
+The first of a pair is answered 202 at once: KServe's agent posts from a few workers, and holding a request's
+event until its response's came could starve them. What has no partner after `pair_timeout_s` (the logger's
+mode `request` or `response`, or a lost event) is written with what is known: the missing side as `{}` per
+instance (the columns are NOT NULL), latency 0. Rows are kept only in memory until written: a collector
+killed with unpaired events loses those (the pair's second event was never acknowledged, so never both).
+
+Inputs: V1 `instances` of named objects map directly; V1 list instances and V2 tensors need names, taken from
+`input_names` (in order; `input_0`... without them). V2 tensors give one row per first-dimension entry.
+Outputs: V1 `predictions` of objects as they are (ours: `label`, `probabilities` or `prediction`); a bare
+float as `{"prediction": v}` (regression), any other scalar as `{"label": v}` (a class); V2 outputs by name.
+Model = ce-inferenceservicename, version = the `ce-modelversion` extension if sent (else none), variant
+`champion` as `mlops serve` logs by default; latency from the two events' ce-time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from mlops.core.log import say
+from mlops.core.predlog import prediction_rows
+from mlops.core.predlog_store import log_name, open_log
+
+REQUEST_TYPE = "org.kubeflow.serving.inference.request"
+RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
+VARIANT = "champion"  # what `mlops serve` logs when no A/B variant is set
+PAIR_TIMEOUT_S = 60.0
+WHO = "mlops collect"
+
+
+class EventError(ValueError):
+    """An event the collector cannot take: answered 400 with this message."""
+
+
+@dataclass
+class Event:
+    id: str
+    kind: str  # "request" | "response"
+    model: str
+    version: str | None
+    time: float | None
+    data: Any
+
+
+@dataclass
+class Pending:
+    request: Event | None = None
+    response: Event | None = None
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+def _time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None  # a malformed time only costs the latency, never the row
+
+
+def parse_event(headers: dict[str, str], body: bytes) -> Event:
+    """One CloudEvent (binary or structured mode) -> Event; EventError says what is wrong."""
+    attrs: dict[str, Any]
+    if headers.get("content-type", "").split(";")[0].strip() == "application/cloudevents+json":
+        try:
+            attrs = json.loads(body)
+        except ValueError as exc:
+            raise EventError(f"structured CloudEvent body is not JSON: {exc}") from exc
+        if not isinstance(attrs, dict):
+            raise EventError("structured CloudEvent body is not a JSON object")
+        data = attrs.get("data")
+        if data is None and "data_base64" in attrs:
+            raise EventError("data_base64 is not supported: send the payload as JSON")
+    else:
+        attrs = {k[3:]: v for k, v in headers.items() if k.startswith("ce-")}
+        try:
+            data = json.loads(body) if body else None
+        except ValueError as exc:
+            raise EventError(f"body is not JSON (the logged payload must be JSON): {exc}") from exc
+    ce_id = attrs.get("id")
+    if not ce_id:
+        raise EventError("missing ce-id (the request id KServe pairs request and response by)")
+    kinds = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
+    if attrs.get("type") not in kinds:
+        raise EventError(f"ce-type {attrs.get('type')!r} is neither {REQUEST_TYPE} nor {RESPONSE_TYPE}")
+    if not isinstance(data, dict):
+        raise EventError("payload is not a JSON object (expected V1 instances/predictions or V2 inputs/outputs)")
+    model = attrs.get("inferenceservicename") or attrs.get("source") or "unknown"
+    return Event(str(ce_id), kinds[attrs["type"]], str(model), attrs.get("modelversion") or None,
+                 _time(attrs.get("time")), data)
+
+
+def _v2_rows(tensors: Any, what: str) -> list[dict[str, Any]]:
+    if not isinstance(tensors, list) or not all(isinstance(t, dict) and "name" in t for t in tensors):
+        raise EventError(f"V2 {what} must be a list of tensors with a name")
+    rows: list[dict[str, Any]] = []
+    for t in tensors:
+        data, shape = t.get("data", []), t.get("shape") or [len(t.get("data", []))]
+        n = int(shape[0]) if shape else 1
+        width = len(data) // n if n else 0
+        while len(rows) < n:
+            rows.append({})
+        for i in range(n):
+            part = data[i * width:(i + 1) * width] if isinstance(data, list) else data
+            rows[i][t["name"]] = part[0] if isinstance(part, list) and width == 1 else part
+    return rows
+
+
+def input_rows(payload: dict[str, Any], input_names: list[str] | None) -> list[dict[str, Any]]:
+    """A request payload -> one inputs object per instance, as the log keeps them."""
+    if "instances" in payload:
+        out = []
+        for inst in payload["instances"]:
+            if isinstance(inst, dict):
+                out.append(inst)
+            else:
+                values = inst if isinstance(inst, list) else [inst]
+                names = input_names or [f"input_{k}" for k in range(len(values))]
+                if len(names) != len(values):
+                    raise EventError(f"an instance has {len(values)} values, the inputs are {len(names)}")
+                out.append(dict(zip(names, values, strict=True)))
+        return out
+    if "inputs" in payload:
+        rows = _v2_rows(payload["inputs"], "inputs")
+        if input_names and len(payload["inputs"]) == 1 and rows and isinstance(next(iter(rows[0].values())), list):
+            only = payload["inputs"][0]["name"]  # one [n, k] tensor of k named inputs
+            rows = [dict(zip(input_names, r[only], strict=False)) for r in rows]
+        return rows
+    raise EventError("request payload has neither V1 'instances' nor V2 'inputs'")
+
+
+def _scalar_key(value: Any) -> str:
+    """Where a bare V1 prediction goes so the monitor reads it as ours: a float is a regression's `prediction`,
+    a class (an integer, a string, a boolean) a classifier's `label`."""
+    return "prediction" if isinstance(value, float) else "label"
+
+
+def output_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """A response payload -> one outputs object per instance."""
+    if "predictions" in payload:
+        return [p if isinstance(p, dict) else {_scalar_key(p): p} for p in payload["predictions"]]
+    if "outputs" in payload:
+        return _v2_rows(payload["outputs"], "outputs")
+    raise EventError("response payload has neither V1 'predictions' nor V2 'outputs'")
+
+
+def event_rows(pair: Pending, input_names: list[str] | None) -> list[tuple[Any, ...]]:
+    """The prediction rows of a pair (or of one side alone, the other as `{}` per instance)."""
+    req, resp = pair.request, pair.response
+    first = req or resp
+    assert first is not None
+    inputs = input_rows(req.data, input_names) if req else None
+    outputs = output_rows(resp.data) if resp else None
+    n = len(inputs if inputs is not None else outputs or [])
+    inputs = inputs if inputs is not None else [{} for _ in range(n)]
+    outputs = outputs if outputs is not None else [{} for _ in range(n)]
+    if len(outputs) != n:
+        raise EventError(f"request {first.id}: {n} instances but {len(outputs)} predictions")
+    latency = 0.0
+    if req and resp and req.time is not None and resp.time is not None:
+        latency = max(0.0, (resp.time - req.time) * 1000)
+    ids = [first.id] if n == 1 else [f"{first.id}-{i}" for i in range(n)]
+    version = (resp.version if resp else None) or (req.version if req else None)
+    return prediction_rows(ids, first.model, version, VARIANT, inputs, outputs, latency)
+
+
+def cloudevents_app(log: str, input_names: list[str] | None = None,
+                    pair_timeout_s: float = PAIR_TIMEOUT_S) -> Starlette:
+    """The collector's ASGI app: POST / takes CloudEvents, GET /healthz answers ok."""
+    writer = open_log(log)
+    pending: dict[str, Pending] = {}
+
+    async def write(pair: Pending) -> int:
+        rows = event_rows(pair, input_names)
+        await writer.write("predictions", rows)
+        return len(rows)
+
+    def expire(ce_id: str) -> None:
+        pair = pending.pop(ce_id, None)
+        if pair is not None:
+            asyncio.get_running_loop().create_task(_write_alone(pair))
+
+    async def _write_alone(pair: Pending) -> None:
+        try:
+            await write(pair)
+        except Exception as exc:  # a background write: reported, never raised into the loop
+            say(f"could not log unpaired event {(pair.request or pair.response).id}: {exc}", WHO)  # type: ignore[union-attr]
+
+    async def receive(request: Request) -> JSONResponse:
+        try:
+            event = parse_event({k.lower(): v for k, v in request.headers.items()}, await request.body())
+            # the payload's shape is checked now, so a bad event is refused to its sender, not at pairing
+            input_rows(event.data, input_names) if event.kind == "request" else output_rows(event.data)
+            pair = pending.setdefault(event.id, Pending())
+            if getattr(pair, event.kind) is not None:
+                raise EventError(f"a second {event.kind} event for id {event.id}")
+            setattr(pair, event.kind, event)
+            if pair.request is None or pair.response is None:
+                loop = asyncio.get_running_loop()
+                pair.timer = loop.call_later(pair_timeout_s, expire, event.id)
+                return JSONResponse({"id": event.id, "status": "pending"}, status_code=202)
+            pending.pop(event.id, None)
+            if pair.timer is not None:
+                pair.timer.cancel()
+            try:
+                rows = await write(pair)
+            except EventError:
+                raise
+            except Exception as exc:  # the store failed: the agent may retry, the event is not lost silently
+                say(f"log write failed for {event.id}: {exc}", WHO)
+                return JSONResponse({"error": f"log write failed: {exc}"}, status_code=503)
+            return JSONResponse({"id": event.id, "rows": rows}, status_code=201)
+        except EventError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "pending": len(pending)})
+
+    async def shutdown() -> None:
+        for ce_id in list(pending):  # unpaired events are written as they are rather than dropped
+            pair = pending.pop(ce_id)
+            if pair.timer is not None:
+                pair.timer.cancel()
+            await _write_alone(pair)
+        writer.close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await shutdown()
+
+    return Starlette(routes=[Route("/", receive, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])],
+                     lifespan=lifespan)
+
+
+def serve_cloudevents(log: str, host: str, port: int, input_names: list[str] | None = None,
+                      pair_timeout_s: float = PAIR_TIMEOUT_S) -> None:
+    """Collect KServe's payload logger into the log `log` on host:port until SIGTERM/SIGINT (uvicorn's)."""
+    app = cloudevents_app(log, input_names, pair_timeout_s)
+    say(f"collecting KServe CloudEvents on http://{host}:{port}/ into {log_name(log)}", WHO)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    say("stopped", WHO)

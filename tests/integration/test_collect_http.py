@@ -1,0 +1,148 @@
+"""`mlops collect --http`: KServe's payload logger (CloudEvents over HTTP, binary content mode, as its agent
+posts them) lands as prediction rows in a SQLite and a PostgreSQL log, rows the monitor's parser reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlops.core.ports import free_port
+from mlops.core.predlog import LogFilter
+from mlops.core.predlog_store import open_reader
+from mlops.monitor.logstream import parse_rows
+from tests.postgres import throwaway_database
+
+pytestmark = pytest.mark.integration
+
+REQUEST = "org.kubeflow.serving.inference.request"
+RESPONSE = "org.kubeflow.serving.inference.response"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'log.sqlite'}"
+        return
+    with throwaway_database("mlops_collect") as (info, name):
+        yield f"postgresql://{info.user}@{info.host}:{info.port}/{name}"
+
+
+@pytest.fixture
+def collector(log: str) -> Iterator[str]:
+    """`serve_cloudevents` in its own process (as the CLI runs it); yields its base URL."""
+    port = free_port()
+    code = ("import sys; from mlops.collect.http import serve_cloudevents; "
+            "serve_cloudevents(sys.argv[1], '127.0.0.1', int(sys.argv[2]), input_names=['age', 'city'], "
+            "pair_timeout_s=1.0)")
+    proc = subprocess.Popen([sys.executable, "-c", code, log, str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=1).read()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"collector exited: {proc.stdout.read().decode()}")  # type: ignore[union-attr]
+                time.sleep(0.05)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def post(base: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(base + "/", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def event(ce_id: str, kind: str, payload: Any, when: str) -> tuple[dict[str, str], bytes]:
+    """Headers and body as KServe's agent (pkg/logger) sends one event in binary content mode."""
+    return ({"Content-Type": "application/json", "ce-id": ce_id, "ce-type": kind, "ce-specversion": "1.0",
+             "ce-source": "http://localhost:9081/", "ce-time": when, "ce-inferenceservicename": "churn",
+             "ce-namespace": "models", "ce-component": "predictor", "ce-endpoint": "default"},
+            json.dumps(payload).encode())
+
+
+def rows_of(log: str) -> list[dict[str, Any]]:
+    with open_reader(log) as reader:
+        return reader.predictions(("champion",), model="churn")
+
+
+def test_v1_pair_is_one_row_per_instance(collector: str, log: str) -> None:
+    ce_id = uuid.uuid4().hex
+    status, first = post(collector, *event(ce_id, REQUEST, {"instances": [[41, "Paris"], {"age": 30, "city": "Oslo"}]},
+                                           "2026-01-01T00:00:00.000Z"))
+    assert (status, first["status"]) == (202, "pending")
+    status, second = post(collector, *event(ce_id, RESPONSE, {"predictions": [1, 0]}, "2026-01-01T00:00:00.250Z"))
+    assert (status, second["rows"]) == (201, 2)
+    rows = {r["id"]: r for r in rows_of(log)}
+    assert set(rows) == {f"{ce_id}-0", f"{ce_id}-1"}
+    assert json.loads(rows[f"{ce_id}-0"]["inputs"]) == {"age": 41, "city": "Paris"}
+    assert json.loads(rows[f"{ce_id}-1"]["outputs"]) == {"label": 0}
+    assert rows[f"{ce_id}-0"]["latency_ms"] == pytest.approx(250.0)
+    assert rows[f"{ce_id}-0"]["version"] is None
+    with open_reader(log) as reader:
+        raw = reader.chunk(LogFilter("churn"), 0, 100)
+    parsed = parse_rows(raw, {"age": "numeric", "city": "categorical"}, "classification")
+    assert dict(zip(parsed.ids.tolist(), parsed.label.tolist(), strict=True)) == {f"{ce_id}-0": "1", f"{ce_id}-1": "0"}
+    assert parsed.numeric["age"].tolist() == [41.0, 30.0]
+
+
+def test_v2_pair_response_first(collector: str, log: str) -> None:
+    ce_id = uuid.uuid4().hex
+    body = {"outputs": [{"name": "label", "shape": [1], "datatype": "INT64", "data": [1]}]}
+    assert post(collector, *event(ce_id, RESPONSE, body, "2026-01-01T00:00:01Z"))[0] == 202
+    body = {"inputs": [{"name": "age", "shape": [1], "datatype": "FP32", "data": [52.0]},
+                       {"name": "city", "shape": [1], "datatype": "BYTES", "data": ["Rome"]}]}
+    assert post(collector, *event(ce_id, REQUEST, body, "2026-01-01T00:00:00Z"))[0] == 201
+    (row,) = [r for r in rows_of(log) if r["id"] == ce_id]
+    assert json.loads(row["inputs"]) == {"age": 52.0, "city": "Rome"}
+    assert json.loads(row["outputs"]) == {"label": 1}
+
+
+def test_request_alone_is_written_after_the_timeout(collector: str, log: str) -> None:
+    ce_id = uuid.uuid4().hex
+    assert post(collector, *event(ce_id, REQUEST, {"instances": [{"age": 1, "city": "Lima"}]},
+                                  "2026-01-01T00:00:00Z"))[0] == 202
+    for _ in range(100):
+        found = [r for r in rows_of(log) if r["id"] == ce_id]
+        if found:
+            break
+        time.sleep(0.1)
+    assert found and json.loads(found[0]["outputs"]) == {}
+
+
+def test_bad_events_get_400(collector: str) -> None:
+    headers, body = event("x", REQUEST, {"instances": [{"a": 1}]}, "2026-01-01T00:00:00Z")
+    no_id = {k: v for k, v in headers.items() if k != "ce-id"}
+    for h, b, word in ((no_id, body, "ce-id"), ({**headers, "ce-type": "com.example"}, body, "ce-type"),
+                       (headers, b"not json", "JSON"), (headers, b'{"rows": []}', "instances")):
+        status, answer = post(collector, h, b)
+        assert status == 400 and word in answer["error"], answer
+
+
+def test_structured_mode_regression(collector: str, log: str) -> None:
+    ce_id = uuid.uuid4().hex
+    for kind, data, status in ((REQUEST, {"instances": [{"age": 3, "city": "Kyiv"}]}, 202),
+                               (RESPONSE, {"predictions": [2.5]}, 201)):
+        body = {"specversion": "1.0", "id": ce_id, "type": kind, "source": "x", "inferenceservicename": "churn",
+                "datacontenttype": "application/json", "data": data}
+        assert post(collector, {"Content-Type": "application/cloudevents+json"}, json.dumps(body).encode())[0] == status
+    (row,) = [r for r in rows_of(log) if r["id"] == ce_id]
+    assert json.loads(row["outputs"]) == {"prediction": 2.5}
