@@ -8,9 +8,10 @@ Structured mode (`application/cloudevents+json`: the attributes and `data` in on
 
 The two events of one id are paired in memory; once both are there, the prediction row(s) are written as
 `mlops serve` writes them (`prediction_rows`: inputs and outputs one JSON object per instance, id = ce-id for one
-instance, `ce-id-K` for the K-th of several) and the second event is answered 201 only after the commit.
-The first of a pair is answered 202 at once: KServe's agent posts from a few workers, and holding a request's
-event until its response's came could starve them. What has no partner after `pair_timeout_s` (the logger's
+instance, `ce-id-K` for the K-th of several) and the second event is answered 200 only after the commit.
+The first of a pair is answered 200 at once, its body saying "pending" (KServe's agent logs any status but 200
+as an error): the agent posts from a few workers, and holding a request's event until its response's came could
+starve them. What has no partner after `pair_timeout_s` (the logger's
 mode `request` or `response`, or a lost event) is written with what is known: the missing side as `{}` per
 instance (the columns are NOT NULL), latency 0. Rows are kept only in memory until written: a collector
 killed with unpaired events loses those (the pair's second event was never acknowledged, so never both).
@@ -220,7 +221,7 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
             if pair.request is None or pair.response is None:
                 loop = asyncio.get_running_loop()
                 pair.timer = loop.call_later(pair_timeout_s, expire, event.id)
-                return JSONResponse({"id": event.id, "status": "pending"}, status_code=202)
+                return JSONResponse({"id": event.id, "status": "pending"}, status_code=200)
             pending.pop(event.id, None)
             if pair.timer is not None:
                 pair.timer.cancel()
@@ -231,7 +232,7 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
             except Exception as exc:  # the store failed: the agent may retry, the event is not lost silently
                 say(f"log write failed for {event.id}: {exc}", WHO)
                 return JSONResponse({"error": f"log write failed: {exc}"}, status_code=503)
-            return JSONResponse({"id": event.id, "rows": rows}, status_code=201)
+            return JSONResponse({"id": event.id, "rows": rows}, status_code=200)
         except EventError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
 

@@ -88,9 +88,9 @@ def test_v1_pair_is_one_row_per_instance(collector: str, log: str) -> None:
     ce_id = uuid.uuid4().hex
     status, first = post(collector, *event(ce_id, REQUEST, {"instances": [[41, "Paris"], {"age": 30, "city": "Oslo"}]},
                                            "2026-01-01T00:00:00.000Z"))
-    assert (status, first["status"]) == (202, "pending")
+    assert (status, first["status"]) == (200, "pending")
     status, second = post(collector, *event(ce_id, RESPONSE, {"predictions": [1, 0]}, "2026-01-01T00:00:00.250Z"))
-    assert (status, second["rows"]) == (201, 2)
+    assert (status, second["rows"]) == (200, 2)
     rows = {r["id"]: r for r in rows_of(log)}
     assert set(rows) == {f"{ce_id}-0", f"{ce_id}-1"}
     assert json.loads(rows[f"{ce_id}-0"]["inputs"]) == {"age": 41, "city": "Paris"}
@@ -107,10 +107,10 @@ def test_v1_pair_is_one_row_per_instance(collector: str, log: str) -> None:
 def test_v2_pair_response_first(collector: str, log: str) -> None:
     ce_id = uuid.uuid4().hex
     body = {"outputs": [{"name": "label", "shape": [1], "datatype": "INT64", "data": [1]}]}
-    assert post(collector, *event(ce_id, RESPONSE, body, "2026-01-01T00:00:01Z"))[0] == 202
+    assert post(collector, *event(ce_id, RESPONSE, body, "2026-01-01T00:00:01Z"))[0] == 200
     body = {"inputs": [{"name": "age", "shape": [1], "datatype": "FP32", "data": [52.0]},
                        {"name": "city", "shape": [1], "datatype": "BYTES", "data": ["Rome"]}]}
-    assert post(collector, *event(ce_id, REQUEST, body, "2026-01-01T00:00:00Z"))[0] == 201
+    assert post(collector, *event(ce_id, REQUEST, body, "2026-01-01T00:00:00Z"))[0] == 200
     (row,) = [r for r in rows_of(log) if r["id"] == ce_id]
     assert json.loads(row["inputs"]) == {"age": 52.0, "city": "Rome"}
     assert json.loads(row["outputs"]) == {"label": 1}
@@ -119,7 +119,7 @@ def test_v2_pair_response_first(collector: str, log: str) -> None:
 def test_request_alone_is_written_after_the_timeout(collector: str, log: str) -> None:
     ce_id = uuid.uuid4().hex
     assert post(collector, *event(ce_id, REQUEST, {"instances": [{"age": 1, "city": "Lima"}]},
-                                  "2026-01-01T00:00:00Z"))[0] == 202
+                                  "2026-01-01T00:00:00Z"))[0] == 200
     for _ in range(100):
         found = [r for r in rows_of(log) if r["id"] == ce_id]
         if found:
@@ -139,8 +139,8 @@ def test_bad_events_get_400(collector: str) -> None:
 
 def test_structured_mode_regression(collector: str, log: str) -> None:
     ce_id = uuid.uuid4().hex
-    for kind, data, status in ((REQUEST, {"instances": [{"age": 3, "city": "Kyiv"}]}, 202),
-                               (RESPONSE, {"predictions": [2.5]}, 201)):
+    for kind, data, status in ((REQUEST, {"instances": [{"age": 3, "city": "Kyiv"}]}, 200),
+                               (RESPONSE, {"predictions": [2.5]}, 200)):
         body = {"specversion": "1.0", "id": ce_id, "type": kind, "source": "x", "inferenceservicename": "churn",
                 "datacontenttype": "application/json", "data": data}
         assert post(collector, {"Content-Type": "application/cloudevents+json"}, json.dumps(body).encode())[0] == status
