@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,18 +42,22 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mlops.core.log import say
-from mlops.core.predlog import prediction_rows
+from mlops.core.predlog import CHALLENGER, CHAMPION, prediction_rows
 from mlops.core.predlog_store import log_name, open_log
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
-VARIANT = "champion"  # what `mlops serve` logs when no A/B variant is set
 PAIR_TIMEOUT_S = 60.0
+MAX_PENDING = 10_000  # unpaired ids held in memory; past it the oldest is written alone
 WHO = "mlops collect"
 
 
 class EventError(ValueError):
     """An event the collector cannot take: answered 400 with this message."""
+
+
+class MismatchError(EventError):
+    """A request and a response that disagree on the instance count: each is logged alone."""
 
 
 @dataclass
@@ -63,6 +68,7 @@ class Event:
     version: str | None
     time: float | None
     data: Any
+    variant: str = CHAMPION
 
 
 @dataclass
@@ -109,29 +115,55 @@ def parse_event(headers: dict[str, str], body: bytes) -> Event:
     if not isinstance(data, dict):
         raise EventError("payload is not a JSON object (expected V1 instances/predictions or V2 inputs/outputs)")
     model = attrs.get("inferenceservicename") or attrs.get("source") or "unknown"
-    return Event(str(ce_id), kinds[attrs["type"]], str(model), attrs.get("modelversion") or None,
-                 _time(attrs.get("time")), data)
+    # KServe sends no version extension; a V2 answer names its version in the body (ours does)
+    version = attrs.get("modelversion") or data.get("model_version") or None
+    # ce-endpoint is `canary` for the canary predictor of a rollout: our name for that arm is the challenger
+    variant = CHALLENGER if attrs.get("endpoint") == "canary" else CHAMPION
+    return Event(str(ce_id), kinds[attrs["type"]], str(model), None if version is None else str(version),
+                 _time(attrs.get("time")), data, variant)
 
 
 def _v2_rows(tensors: Any, what: str) -> list[dict[str, Any]]:
     if not isinstance(tensors, list) or not all(isinstance(t, dict) and "name" in t for t in tensors):
         raise EventError(f"V2 {what} must be a list of tensors with a name")
     rows: list[dict[str, Any]] = []
+    sizes = set()
     for t in tensors:
         data, shape = t.get("data", []), t.get("shape") or [len(t.get("data", []))]
-        n = int(shape[0]) if shape else 1
+        if not isinstance(data, list) or not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise EventError(f"V2 {what} tensor {t['name']!r}: data must be a list and shape a list of sizes")
+        flat = _flat_len(data)
+        if flat != math.prod(shape):
+            raise EventError(f"V2 {what} tensor {t['name']!r}: shape {shape} holds {math.prod(shape)} values, "
+                             f"data has {flat}")
+        n = shape[0] if shape else 1
+        sizes.add(n)
+        data = data if len(data) == flat else _flatten(data)  # nested JSON data, as V2 allows, made flat
         width = len(data) // n if n else 0
         while len(rows) < n:
             rows.append({})
         for i in range(n):
             part = data[i * width:(i + 1) * width] if isinstance(data, list) else data
             rows[i][t["name"]] = part[0] if isinstance(part, list) and width == 1 else part
+    if len(sizes) > 1:
+        raise EventError(f"V2 {what} tensors disagree on the batch size (first dimensions {sorted(sizes)})")
     return rows
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    return [x for d in data for x in (_flatten(d) if isinstance(d, list) else [d])]
+
+
+def _flat_len(data: list[Any]) -> int:
+    return sum(_flat_len(d) if isinstance(d, list) else 1 for d in data)
 
 
 def input_rows(payload: dict[str, Any], input_names: list[str] | None) -> list[dict[str, Any]]:
     """A request payload -> one inputs object per instance, as the log keeps them."""
     if "instances" in payload:
+        if not isinstance(payload["instances"], list):
+            raise EventError("V1 'instances' must be a list")
         out = []
         for inst in payload["instances"]:
             if isinstance(inst, dict):
@@ -161,6 +193,8 @@ def _scalar_key(value: Any) -> str:
 def output_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
     """A response payload -> one outputs object per instance."""
     if "predictions" in payload:
+        if not isinstance(payload["predictions"], list):
+            raise EventError("V1 'predictions' must be a list")
         return [p if isinstance(p, dict) else {_scalar_key(p): p} for p in payload["predictions"]]
     if "outputs" in payload:
         return _v2_rows(payload["outputs"], "outputs")
@@ -178,13 +212,26 @@ def event_rows(pair: Pending, input_names: list[str] | None) -> list[tuple[Any, 
     inputs = inputs if inputs is not None else [{} for _ in range(n)]
     outputs = outputs if outputs is not None else [{} for _ in range(n)]
     if len(outputs) != n:
-        raise EventError(f"request {first.id}: {n} instances but {len(outputs)} predictions")
+        raise MismatchError(f"request {first.id}: {n} instances but {len(outputs)} predictions")
     latency = 0.0
     if req and resp and req.time is not None and resp.time is not None:
         latency = max(0.0, (resp.time - req.time) * 1000)
-    ids = [first.id] if n == 1 else [f"{first.id}-{i}" for i in range(n)]
+    ids = answered_ids(resp.data, n) if resp else None
+    ids = ids or ([first.id] if n == 1 else [f"{first.id}-{i}" for i in range(n)])
     version = (resp.version if resp else None) or (req.version if req else None)
-    return prediction_rows(ids, first.model, version, VARIANT, inputs, outputs, latency)
+    return prediction_rows(ids, first.model, version, first.variant, inputs, outputs, latency)
+
+
+def answered_ids(payload: dict[str, Any], n: int) -> list[str] | None:
+    """The prediction ids `mlops serve` answered (V1 `ids`, V2 `parameters.prediction_ids`): clients send ground
+    truth by them, so the rows must carry them. None when the response has none (another server)."""
+    ids = payload.get("ids")
+    if ids is None and isinstance(payload.get("parameters"), dict):
+        joined = payload["parameters"].get("prediction_ids")
+        ids = joined.split(",") if isinstance(joined, str) else None
+    if isinstance(ids, list) and len(ids) == n and all(isinstance(i, str) and i for i in ids):
+        return ids
+    return None
 
 
 def cloudevents_app(log: str, input_names: list[str] | None = None,
@@ -201,6 +248,8 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
     def expire(ce_id: str) -> None:
         pair = pending.pop(ce_id, None)
         if pair is not None:
+            if pair.timer is not None:
+                pair.timer.cancel()
             asyncio.get_running_loop().create_task(_write_alone(pair))
 
     async def _write_alone(pair: Pending) -> None:
@@ -214,6 +263,9 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
             event = parse_event({k.lower(): v for k, v in request.headers.items()}, await request.body())
             # the payload's shape is checked now, so a bad event is refused to its sender, not at pairing
             input_rows(event.data, input_names) if event.kind == "request" else output_rows(event.data)
+            if event.id not in pending and len(pending) >= MAX_PENDING:
+                oldest = next(iter(pending))  # dicts keep insertion order: the oldest unpaired id
+                expire(oldest)
             pair = pending.setdefault(event.id, Pending())
             if getattr(pair, event.kind) is not None:
                 raise EventError(f"a second {event.kind} event for id {event.id}")
@@ -227,9 +279,13 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
                 pair.timer.cancel()
             try:
                 rows = await write(pair)
+            except MismatchError:  # the first event was acknowledged already: log each side alone, lose neither
+                await _write_alone(Pending(request=pair.request))
+                await _write_alone(Pending(response=pair.response))
+                raise
             except EventError:
                 raise
-            except Exception as exc:  # the store failed: the agent may retry, the event is not lost silently
+            except Exception as exc:  # the store failed: KServe's agent does not retry, so the pair is lost
                 say(f"log write failed for {event.id}: {exc}", WHO)
                 return JSONResponse({"error": f"log write failed: {exc}"}, status_code=503)
             return JSONResponse({"id": event.id, "rows": rows}, status_code=200)

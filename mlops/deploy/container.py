@@ -32,6 +32,10 @@ from mlops.recipe.deploy import DeployConfig
 # uvloop and httptools): the fast loop and parser are required, not uvicorn's optional extras
 SERVE_PACKAGES = ("httptools", "numpy", "onnxruntime", "orjson", "prometheus-client", "pydantic", "starlette",
                   "uvicorn", "uvloop")
+# the shared prediction logs' drivers: a replica started with `--log postgresql://...` or `redis://...`, and the
+# payload logger's collector (`mlops collect --http`) that runs in this image, import one when the log opens;
+# the image carries both, so where the log goes is the deployment's choice, not the image's
+SHARED_LOG_PACKAGES = ("psycopg2-binary", "redis")
 # what a bundle's image and text inputs add: decoding images, tokenizing text (mlops.data.media)
 INPUT_PACKAGES = {"image": "pillow", "text": "tokenizers"}
 LOCK_FILE = "requirements.lock"
@@ -65,10 +69,11 @@ def read_lock(path: Path) -> dict[str, str]:
 def serve_requirements(input_kinds: set[str] | frozenset[str] = frozenset(),
                        lock: Path | None = None) -> list[tuple[str, str]]:
     """The serving packages, pinned: from `lock` when given (the versions the lock installs here and in the
-    image), else from what is installed here. The bundle's inputs add pillow (images) and tokenizers (text)."""
+    image), else from what is installed here. The bundle's inputs add pillow (images) and tokenizers (text); the
+    shared logs' drivers are always there."""
     pins = read_lock(lock) if lock is not None else {}
     pinned = []
-    for name in sorted({*SERVE_PACKAGES, *(INPUT_PACKAGES[k] for k in input_kinds if k in INPUT_PACKAGES)}):
+    for name in sorted({*SERVE_PACKAGES, *SHARED_LOG_PACKAGES, *(INPUT_PACKAGES[k] for k in input_kinds if k in INPUT_PACKAGES)}):
         try:
             installed: str | None = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -135,6 +135,15 @@ def test_bad_events_get_400(collector: str) -> None:
                        (headers, b"not json", "JSON"), (headers, b'{"rows": []}', "instances")):
         status, answer = post(collector, h, b)
         assert status == 400 and word in answer["error"], answer
+    # payloads of the right keys but the wrong shapes: a 400, never a 500 or rows of garbage
+    for payload in ({"instances": 5}, {"instances": "ab"},
+                    {"inputs": [{"name": "a", "shape": "x", "datatype": "FP32", "data": [1.0]}]},
+                    {"inputs": [{"name": "a", "shape": [3], "datatype": "FP32", "data": [1.0]}]},
+                    {"inputs": [{"name": "a", "shape": [2], "datatype": "FP32", "data": [1.0, 2.0]},
+                                {"name": "b", "shape": [3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}):
+        h, b = event(uuid.uuid4().hex, REQUEST, payload, "2026-01-01T00:00:00Z")
+        status, answer = post(collector, h, b)
+        assert status == 400 and answer.get("error"), (payload, status, answer)
 
 
 def test_structured_mode_regression(collector: str, log: str) -> None:

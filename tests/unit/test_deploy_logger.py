@@ -66,7 +66,7 @@ def test_collector_runs_mlops_collect_in_the_serving_image() -> None:
     cfg = config(enabled=True, log=PG)
     deployment, service = yaml.safe_load_all(collector_manifest(cfg, V3, PG))
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["mlops", "collect", "--http", "0.0.0.0:8080", "--log", PG]
+    assert container["command"] == ["python", "-m", "mlops.cli", "collect", "--http", "0.0.0.0:8080", "--log", PG]
     assert container["image"] == f"{cfg.image.repository}:{V3.tag}"
     assert service["metadata"]["name"] == "quickstart-collector"
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
