@@ -25,9 +25,18 @@ from mlops.engine.summary import Evaluation, RunSummary, VerdictBrief
 from mlops.engine.validate import load_validated
 from mlops.improve.audit import AuditLog
 from mlops.improve.registry import Registry
-from mlops.improve.retrain import RetrainOptions, RetrainOutcome, approve, reject, retrain_recipe, settled
+from mlops.improve.retrain import (
+    RetrainOptions,
+    RetrainOutcome,
+    approve,
+    audit_for,
+    reject,
+    retrain_recipe,
+    settled,
+)
 from mlops.monitor.results import LiveResult, MonitorResult
 from mlops.monitor.run import monitor_recipe
+from mlops.recipe import load_recipe
 
 configure_prefect()
 
@@ -144,7 +153,9 @@ def retrain(recipe: str, overrides: list[str] | None = None, reason: str = "auto
     outcome = retrain_recipe(recipe, list(overrides or []), reason, options)
     if outcome.outcome != "awaiting_approval" or not _pauses(pause_for_approval):
         return outcome
-    return await_approval(outcome, approval_timeout_s, dict(rollout_options or {}))
+    # the answer is recorded where the retrain recorded its start: the audit follows the recipe's production log
+    audit = audit_for(load_recipe(recipe, list(overrides or [])))
+    return await_approval(outcome, approval_timeout_s, dict(rollout_options or {}), audit=audit)
 
 
 def _pauses(asked: bool | None) -> bool:

@@ -10,8 +10,15 @@ from typing import Any
 from mlops import flows
 from mlops.cli.output import emit
 from mlops.engine.validate import load_validated
-from mlops.improve.audit import AuditLog
-from mlops.improve.retrain import RetrainOptions, RetrainOutcome, approve, preflight, reject, retrain_recipe
+from mlops.improve.retrain import (
+    RetrainOptions,
+    RetrainOutcome,
+    approve,
+    audit_for,
+    preflight,
+    reject,
+    retrain_recipe,
+)
 
 EXIT_SKIPPED = 1  # nothing was trained: no trigger, a limit, or no new labelled rows
 EXIT_STOPPED = 3  # trained, and stopped (gates, policy) or rolled back: the champion did not change
@@ -25,7 +32,7 @@ def _rollout_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     loaded = load_validated(args.recipe, args.overrides)  # a bad recipe fails here, before anything starts
-    if preflight(loaded, args.reason, args.force, AuditLog(), time.time()).refusal:
+    if preflight(loaded, args.reason, args.force, audit_for(loaded), time.time()).refusal:
         # recorded, without starting Prefect for nothing
         outcome = retrain_recipe(args.recipe, args.overrides, args.reason,
                                  RetrainOptions(by=args.by, force=args.force))
@@ -37,13 +44,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    outcome = approve(args.run, args.by, args.reason, rollout_options=_rollout_options(args))
+    outcome = approve(args.run, args.by, args.reason, rollout_options=_rollout_options(args), log=args.log)
     _resume(outcome, approved=True, note=args.reason)
     return _finish(outcome)
 
 
 def cmd_reject(args: argparse.Namespace) -> int:
-    outcome = reject(args.run, args.by, args.reason)
+    outcome = reject(args.run, args.by, args.reason, log=args.log)
     _resume(outcome, approved=False, note=args.reason)
     return _finish(outcome)
 

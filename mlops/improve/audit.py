@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlops.core import timespec
+from mlops.core import state_pg, timespec
 from mlops.core.workspace import workspace
 
 # events (the `event` field)
@@ -135,3 +135,82 @@ def limit_refusal(records: list[dict[str, Any]], cooldown_minutes: float, max_pe
         return (f"limit: {len(in_day)} retrains started in the last 24 hours (improve.limits.max_per_day="
                 f"{max_per_day}); the next may start after {timespec.iso(in_day[-max_per_day] + 86400)}")
     return None
+
+
+_AUDIT_PRESENT = "SELECT to_regclass('mlops_audit') IS NOT NULL"
+_AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS mlops_audit (
+    seq BIGSERIAL PRIMARY KEY,
+    ts DOUBLE PRECISION NOT NULL,
+    model TEXT,
+    run_id TEXT,
+    record JSONB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mlops_audit_model ON mlops_audit (model, seq);
+"""
+
+
+class PgAuditLog(AuditLog):
+    """The audit log in the prediction log's PostgreSQL database (table `mlops_audit`): same records, same
+    interface; `locked()` is a transaction holding an advisory lock, so two retrains triggered at once (on any
+    host) cannot both pass the cooldown check."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = Path(state_pg.redacted(url))  # for messages only
+        self._db: Any = None
+        self._depth = 0
+        self._mutex = threading.RLock()
+
+    def _conn(self) -> Any:
+        if self._db is None or self._db.closed:
+            self._db = state_pg.connect(self.url)
+            state_pg.ensure_schema(self._db, _AUDIT_PRESENT, _AUDIT_SCHEMA)
+        return self._db
+
+    @contextmanager
+    def locked(self) -> Iterator[AuditLog]:
+        with self._mutex:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self
+                finally:
+                    self._depth -= 1
+                return
+            with state_pg.xact_lock(self._conn(), _AUDIT_KEY):
+                self._depth = 1
+                try:
+                    yield self
+                finally:
+                    self._depth = 0
+
+    def append(self, event: str, **fields: Any) -> dict[str, Any]:
+        now = fields.pop("ts", None) or time.time()
+        record = {"ts": now, "time": iso(now), "event": event} | fields
+        payload = json.dumps(record, default=str)
+        with self.locked(), self._db.cursor() as cur:
+            cur.execute("INSERT INTO mlops_audit (ts, model, run_id, record) VALUES (%s, %s, %s, %s)",
+                        (now, record.get("model"), record.get("run_id"), payload))
+        return json.loads(payload)
+
+    def records(self, model: str | None = None) -> list[dict[str, Any]]:
+        db = self._conn()
+        with db.cursor() as cur:
+            if model is None:
+                cur.execute("SELECT record::text FROM mlops_audit ORDER BY seq")
+            else:
+                cur.execute("SELECT record::text FROM mlops_audit WHERE model = %s ORDER BY seq", (model,))
+            rows = cur.fetchall()
+        if not self._depth:
+            db.commit()  # end the read's transaction: no idle-in-transaction connection
+        return [json.loads(r[0]) for r in rows]
+
+
+_AUDIT_KEY = state_pg.advisory_key("mlops", "audit")
+
+
+def open_audit(log: str | None = None) -> AuditLog:
+    """The audit log that follows the prediction log: in its PostgreSQL database when LOG is a postgresql:// URL,
+    else the local JSONL file (the default, unchanged)."""
+    return PgAuditLog(log) if state_pg.is_postgres(log) else AuditLog()

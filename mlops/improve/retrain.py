@@ -32,7 +32,7 @@ from mlops.core.workspace import workspace
 from mlops.engine.runner import run_flow
 from mlops.engine.validate import load_validated
 from mlops.improve import audit as events
-from mlops.improve.audit import AuditLog, limit_refusal
+from mlops.improve.audit import AuditLog, limit_refusal, open_audit
 from mlops.improve.decide import APPROVE, AWAIT, PROMOTE, REJECT, ROLLBACK, STOP, Decision, promotion_decision
 from mlops.improve.refresh import Refresh, RefreshSummary, production_log, refresh_data
 from mlops.improve.registry import MlflowRegistry, Registry, tag_values
@@ -146,6 +146,12 @@ class Preflight:
         return "limits" if self.trigger.refusal is None else "trigger"
 
 
+def audit_for(loaded: LoadedRecipe) -> AuditLog:
+    """The recipe's audit log: it follows the production log (in its PostgreSQL database when the log is a
+    postgresql:// URL, else the workspace's file)."""
+    return open_audit(str(production_log(loaded)))
+
+
 def preflight(loaded: LoadedRecipe, reason: str, force: bool, audit: AuditLog, now: float) -> Preflight:
     """The trigger this retrain answers, and the limit it runs into. Reads only."""
     records = audit.records(loaded.recipe.model_name)
@@ -245,7 +251,7 @@ def retrain_recipe(recipe: str, overrides: list[str], reason: str, options: Retr
     options = options or RetrainOptions()
     loaded = load_validated(recipe, overrides)
     _check(loaded)
-    audit = audit or AuditLog()
+    audit = audit or audit_for(loaded)
     now = time.time() if options.now is None else options.now
     rid = f"{datetime.fromtimestamp(now, UTC).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     base = {"model": loaded.recipe.model_name, "retrain_id": rid, "recipe": str(loaded.path),
@@ -560,10 +566,10 @@ def settled(audit: AuditLog, run_id: str) -> tuple[Outcome, str] | None:
 
 def approve(run: str, by: str | None = None, note: str = "", *, rollout: Rollout | None = None,
             rollout_options: dict[str, Any] | None = None, registry: Registry | None = None,
-            audit: AuditLog | None = None) -> RetrainOutcome:
+            audit: AuditLog | None = None, log: str | None = None) -> RetrainOutcome:
     """A person accepts a waiting challenger: it goes on to the shadow window, the canary steps and
     champion."""
-    audit = audit or AuditLog()
+    audit = audit or open_audit(log)  # `log`: the production log, whose database holds a shared audit
     who = f"user:{by or user()}"
     with audit.locked():
         record = pending(audit, run)
@@ -584,9 +590,9 @@ def approve(run: str, by: str | None = None, note: str = "", *, rollout: Rollout
 
 
 def reject(run: str, by: str | None = None, note: str = "", *, registry: Registry | None = None,
-           audit: AuditLog | None = None) -> RetrainOutcome:
+           audit: AuditLog | None = None, log: str | None = None) -> RetrainOutcome:
     """A person turns a waiting challenger down: it loses the `challenger` alias; the champion stays."""
-    audit = audit or AuditLog()
+    audit = audit or open_audit(log)  # `log`: the production log, whose database holds a shared audit
     who = f"user:{by or user()}"
     with audit.locked():
         record = pending(audit, run)

@@ -63,7 +63,7 @@ from mlops.monitor.results import (
     WindowSummary,
 )
 from mlops.monitor.rules import RuleState, accuracy_baseline, observe, step
-from mlops.monitor.store import MonitorStore
+from mlops.monitor.store import MonitorStore, open_store
 from mlops.package.bundle import read_bundle
 
 if TYPE_CHECKING:
@@ -90,16 +90,20 @@ def monitor(loaded: LoadedRecipe, model: str | None, *, log: str | None = None, 
     target = _target(loaded, model, log, since, until)
     if backtest:
         return _backtest(target, _read(target, 0, None))
-    after, last_key = target.store.cursor(target.meta.name, target.version, target.log_key, target.cfg.window.by)
-    states = target.store.rule_states(target.meta.name, target.version)
-    read = _read(target, after, last_key)
-    scrape = _error_rate(target, read.summaries)
-    _memory(target, read.summaries)
-    dashboard = target.out_dir / "dashboard.html"
-    alerts = _judge_rules(read.summaries, states, target, dashboard)
-    result = _result(LiveResult, target, read, alerts, dashboard)
-    target.store.commit_run(target.meta.name, target.version, target.log_key, target.cfg.window.by, after,
-                            read.summaries, alerts, states, read.cursor, scrape)
+    # the cursor is read and advanced under the model's hold (on PostgreSQL, an advisory lock shared by every
+    # host), so two monitors started together never judge one window twice
+    with target.store.exclusive(target.meta.name):
+        after, last_key = target.store.cursor(target.meta.name, target.version, target.log_key,
+                                              target.cfg.window.by)
+        states = target.store.rule_states(target.meta.name, target.version)
+        read = _read(target, after, last_key)
+        scrape = _error_rate(target, read.summaries)
+        _memory(target, read.summaries)
+        dashboard = target.out_dir / "dashboard.html"
+        alerts = _judge_rules(read.summaries, states, target, dashboard)
+        result = _result(LiveResult, target, read, alerts, dashboard)
+        target.store.commit_run(target.meta.name, target.version, target.log_key, target.cfg.window.by, after,
+                                read.summaries, alerts, states, read.cursor, scrape)
     _send(target, alerts)
     result.evidently = _latest_window_reports(target, read)
     _write_dashboard(target, dashboard, read, result.evidently)
@@ -149,7 +153,7 @@ def _target(loaded: LoadedRecipe, model: str | None, log: str | None, since: str
     reference = build_reference(loaded, meta, resolved.path, log_path, flt, cfg)
     judge.reference = reference
     return _Target(cfg, meta, resolved.version, resolved.path, log_path, flt, judge, baseline, reference,
-                   MonitorStore(ws.monitor_store(meta.name)), ws.monitor_dir(meta.name))
+                   open_store(ws.monitor_store(meta.name), log_path), ws.monitor_dir(meta.name))
 
 
 @dataclass
@@ -269,7 +273,7 @@ def _result(kind: type[R], target: _Target, read: _Read, alerts: list[AlertRecor
         backtest=kind is BacktestResult, reference=target.reference.describe(), baseline=target.baseline,
         notes=read.notes, windows=[s.brief() for s in read.summaries],
         pending_rows=read.rows - sum(s.rows for s in read.summaries), alerts=alerts,
-        fired=sorted({a.rule for a in alerts if a.state == "fired"}), store=str(target.store.path),
+        fired=sorted({a.rule for a in alerts if a.state == "fired"}), store=target.store.name,
         dashboard=str(dashboard), **only)
 
 
