@@ -148,7 +148,8 @@ def _output(p: argparse.ArgumentParser, help_text: str, old: bool = True, **kwar
 
 def _feedback_log(p: argparse.ArgumentParser) -> None:
     """Where feedback is recorded (`mlops feedback`, `mlops label import`): the log a server wrote."""
-    p.add_argument("--log", help="the prediction log that `mlops serve` wrote: a SQLite PATH or postgresql://...")
+    p.add_argument("--log", help="the prediction log that `mlops serve` wrote: a SQLite PATH, postgresql://... or "
+                   "redis://... (appended to the stream unchecked)")
     p.add_argument("--model", metavar="MODEL", help=f"{MODEL_REF}, or a NAME: use its default log "
                                                     ".mlops/predictions/<NAME>.sqlite")
     _json(p, "the counts")
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     _monitor_commands(sub)
     _improve_commands(sub)
     _server_commands(sub)
+    _collect_commands(sub)
     p = _command(sub, "schema", "mlops.cli.recipe:cmd_schema", "print the recipe JSON Schema (for editors)")
     _output(p, "write to this file instead of stdout")
     return parser
@@ -255,8 +257,9 @@ def _serve_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help=MODEL_REF)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--log", help="prediction log: a SQLite PATH (default .mlops/predictions/<model>.sqlite) or "
-                   "postgresql://USER@HOST/DATABASE")
+    p.add_argument("--log", help="prediction log: a SQLite PATH (default .mlops/predictions/<model>.sqlite), "
+                   "postgresql://USER@HOST/DATABASE (shared by replicas), or redis://HOST:PORT/DB[?stream=NAME] (a "
+                   "stream that `mlops collect` lands in a store)")
     p.add_argument("--max-batch", type=int, default=1024, help="most rows one request may carry")
     p.add_argument("--shadow", metavar="MODEL",
                    help="also run this model on every answered request, after the response; logged as variant "
@@ -478,6 +481,8 @@ def _improve_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--by", help="who decides (recorded; default: the current user)")
         _reason(p, "why (recorded)")
         _renamed(p, "--note", "--reason")
+        p.add_argument("--log", help="the production log, when it is a postgresql://... URL: the audit the retrain "
+                       "recorded lives in its database (default: the workspace's audit file)")
         if name == "approve":
             _rollout_args(p)
         _json(p, "what happened")
@@ -545,6 +550,29 @@ def _label_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", help="the project's export from Label Studio (Export -> JSON) of `mlops label export` "
                                 "tasks")
     _feedback_log(p)
+
+
+def _collect_commands(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "collect", "mlops.cli.collect:cmd_collect",
+                 "land predictions written elsewhere in a prediction log: a Redis stream that `mlops serve --log "
+                 "redis://...` appends to, or KServe's payload logger (--http)")
+    p.add_argument("url", nargs="?", metavar="URL",
+                   help="the stream: redis://[:PASSWORD@]HOST[:PORT]/DB[?stream=NAME] (default stream "
+                        "mlops:predictions)")
+    p.add_argument("--log", required=True, metavar="STORE",
+                   help="where the rows land: a SQLite PATH or postgresql://USER@HOST/DATABASE")
+    p.add_argument("--http", metavar="[HOST:]PORT",
+                   help="instead of a stream: receive KServe's payload logger (CloudEvents) on this address "
+                        "(host default 127.0.0.1)")
+    p.add_argument("--input-names", metavar="NAME,...",
+                   help="with --http: the input columns, in order, of list instances and V2 tensors")
+    p.add_argument("--once", action="store_true",
+                   help="stop once the backlog is landed (default: run until SIGTERM or Ctrl-C)")
+    p.add_argument("--batch", type=int, default=500, metavar="N", help="entries read, landed and acknowledged at "
+                                                                       "a time (default 500)")
+    p.add_argument("--claim-idle", type=float, default=30.0, metavar="S",
+                   help="take over entries another collector left unacknowledged for S seconds (default 30)")
+    _json(p, "the result")
 
 
 def _server_commands(sub: argparse._SubParsersAction) -> None:

@@ -19,6 +19,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_feedback(args: argparse.Namespace) -> int:
     log_path = feedback_log_path(args.model, args.log)
     result = record_feedback(log_path, read_feedback_file(args.file))
+    if not result["checked"]:  # a Redis stream cannot be searched: appended as given, `mlops collect` lands them
+        print(f"feedback from {args.file}: {result['rows']} rows appended to {result['log']} (a stream: ids are "
+              "not checked)")
+        emit(result)
+        return 0
     print(f"feedback from {args.file}: {result['matched']} of {result['rows']} ids matched a prediction and were "
           f"recorded, {result['unknown']} unknown (log {result['log']})")
     if result["unknown"]:

@@ -41,6 +41,7 @@ from mlops.core.predlog import (
     loop_commits_ok,
 )
 from mlops.core.predlog_pg import LogWriteError, PgLogReader, PgPredictionLog
+from mlops.core.predlog_redis import RedisPredictionLog
 from mlops.core.predlog_store import open_reader
 from mlops.core.refs import CHALLENGER
 from mlops.package.predictor import Prediction, Predictor, RequestError, imputed_parameters, parse_json_body
@@ -171,8 +172,9 @@ class Server:
     """One champion; optionally an A/B `challenger` answering `ab_percent` % of request keys, and a `shadow`
     that sees every answered request but never answers (each an `Arm`: predictor, version)."""
 
-    def __init__(self, predictor: Predictor, log: PredictionLog | PgPredictionLog | None, version: str | None = None,
-                 token: str | None = None, max_body: int = DEFAULT_MAX_BODY, variant: str = "champion",
+    def __init__(self, predictor: Predictor, log: PredictionLog | PgPredictionLog | RedisPredictionLog | None,
+                 version: str | None = None, token: str | None = None, max_body: int = DEFAULT_MAX_BODY,
+                 variant: str = "champion",
                  shadow: Arm | None = None, challenger: Arm | None = None, ab_percent: float = 0.0,
                  ab_key_header: str = DEFAULT_KEY_HEADER, shadow_queue: int = DEFAULT_SHADOW_QUEUE,
                  batch_max: int = 1, batch_wait_ms: float = DEFAULT_WAIT_MS,
@@ -530,6 +532,8 @@ class Server:
         (see PredictionLog), and a read sees every commit."""
         if self.log is None:
             return set()
+        if isinstance(self.log, RedisPredictionLog):  # a stream cannot be searched: taken unchecked, collected
+            return set(ids)
         if self._reader is None:
             self._reader = open_reader(self.log.path, archive=False)  # the live rows: archives are not loaded here
         return self._reader.known_ids(ids)

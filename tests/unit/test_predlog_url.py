@@ -40,7 +40,7 @@ def test_a_target_names_its_store(target: str | Path, expected: tuple[str, objec
 
 @pytest.mark.parametrize(("target", "message"), [
     ("ftp://x", r"unknown scheme 'ftp://'.*postgresql://"),
-    ("redis://cache:6379/0", "unknown scheme 'redis://'"),
+    ("kafka://broker:9092/t", "unknown scheme 'kafka://'"),
     ("postgres:/typo", "a URL takes 'postgres://'"),
     ("postgresql:host/db", None),  # no slash: a relative path whose name holds a colon, as before
     (Path("postgresql://db/logs"), "a URL takes 'postgresql://'"),  # squashed by Path(): refused, not a folder
