@@ -707,19 +707,20 @@ class LogReader:
     def close(self) -> None:
         self.db.close()
 
-    def chunk(self, flt: LogFilter, after_rowid: int, limit: int) -> list[tuple[Any, ...]]:
+    def chunk(self, flt: LogFilter, after_rowid: int, limit: int, through: int | None = None
+              ) -> list[tuple[Any, ...]]:
         """Up to `limit` rows of the filter's traffic after `after_rowid`, in log order (keyset pagination:
         each chunk is its own short query, so a live server keeps writing meanwhile), each as
         (rowid, id, ts, version, inputs, outputs, latency_ms, truth label, truth value): the truth of the
         latest feedback for the id, None when none arrived."""
-        where, params = _where(flt, after_rowid)
+        where, params = _where(flt, after_rowid, through)
         sql = (f"SELECT p.rowid, p.id, p.ts, p.version, p.inputs, p.outputs, p.latency_ms, "
                f"{_LATEST.format(col='label')}, {_LATEST.format(col='value')} FROM predictions p "
                f"WHERE {where} ORDER BY p.rowid LIMIT ?")
         return self.db.execute(sql, [*params, limit]).fetchall()
 
     def chunk_fields(self, flt: LogFilter, after_rowid: int, limit: int, fields: Sequence[LogField],
-                     known: Sequence[str] | None = None) -> list[tuple[Any, ...]]:
+                     known: Sequence[str] | None = None, through: int | None = None) -> list[tuple[Any, ...]]:
         """As `chunk`, with the JSON read by the database: each row (rowid, id, ts, version, latency_ms,
         truth label, truth value, others, inputs' values, outputs' values). The values: a JSON array per document
         of its fields' values in their order, each as the document holds it (null where missing). `others`, with
@@ -727,7 +728,7 @@ class LogReader:
 
         Each document is parsed once per row (one json_extract over every path: SQLite parses again for each
         call, so a call per field would cost several times more than parsing the row in Python)."""
-        where, params = _where(flt, after_rowid)
+        where, params = _where(flt, after_rowid, through)
         values = ", ".join(_sqlite_values(c, [f.path for f in fields if f.column == c]) for c in ("inputs", "outputs"))
         others = "NULL"
         if known is not None:
@@ -828,10 +829,13 @@ _LATEST = "(SELECT f.{col} FROM feedback f WHERE f.id = p.id ORDER BY f.rowid DE
 _PATHS_PER_CALL = 100
 
 
-def _where(flt: LogFilter, after_rowid: int) -> tuple[str, list[Any]]:
-    """The filter's WHERE clause over `predictions p` after a rowid, and its parameters."""
+def _where(flt: LogFilter, after_rowid: int, through: int | None = None) -> tuple[str, list[Any]]:
+    """The filter's WHERE clause over `predictions p` after a rowid (and up to `through`), and its parameters."""
     where = ["p.rowid > ?", "p.model = ?"]
     params: list[Any] = [after_rowid, flt.model]
+    if through is not None:  # a window's rows: the primary key's range bounds the scan whatever the plan
+        where.append("p.rowid <= ?")
+        params.append(through)
     if flt.version is not None:
         where.append("p.version = ?")
         params.append(flt.version)

@@ -244,10 +244,13 @@ _LATEST = ("LEFT JOIN LATERAL (SELECT label, value FROM feedback WHERE feedback.
 _JSONB = r"replace({}, '\u0000', '\ufffd')::jsonb"
 
 
-def _where(flt: LogFilter, after_rowid: int) -> tuple[str, list[Any]]:
-    """The filter's WHERE clause over `predictions p` after a rowid, and its parameters."""
+def _where(flt: LogFilter, after_rowid: int, through: int | None = None) -> tuple[str, list[Any]]:
+    """The filter's WHERE clause over `predictions p` after a rowid (and up to `through`), and its parameters."""
     where = ["p.rowid > %s", "p.model = %s"]
     params: list[Any] = [after_rowid, flt.model]
+    if through is not None:  # a window's rows: the primary key's range bounds the scan whatever the plan
+        where.append("p.rowid <= %s")
+        params.append(through)
     if flt.version is not None:
         where.append("p.version = %s")
         params.append(flt.version)
@@ -313,19 +316,20 @@ class PgLogReader:
     def _rows(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         return self._query(sql, params)[0]
 
-    def chunk(self, flt: LogFilter, after_rowid: int, limit: int) -> list[tuple[Any, ...]]:
+    def chunk(self, flt: LogFilter, after_rowid: int, limit: int, through: int | None = None
+              ) -> list[tuple[Any, ...]]:
         """As `LogReader.chunk`: (rowid, id, ts, version, inputs, outputs, latency_ms, truth label, truth value)."""
-        where, params = _where(flt, after_rowid)
+        where, params = _where(flt, after_rowid, through)
         sql = ("SELECT p.rowid, p.id, p.ts, p.version, p.inputs, p.outputs, p.latency_ms, f.label, f.value "
                f"FROM predictions p {_LATEST} WHERE {where} ORDER BY p.rowid LIMIT %s")
         return self._rows(sql, [*params, limit])
 
     def chunk_fields(self, flt: LogFilter, after_rowid: int, limit: int, fields: Sequence[LogField],
-                     known: Sequence[str] | None = None) -> list[tuple[Any, ...]]:
+                     known: Sequence[str] | None = None, through: int | None = None) -> list[tuple[Any, ...]]:
         """As `LogReader.chunk_fields`: (rowid, id, ts, version, latency_ms, truth label, truth value, others,
         inputs' values, outputs' values). Each document is parsed once per row (to jsonb); only the fields
         travel."""
-        where, params = _where(flt, after_rowid)
+        where, params = _where(flt, after_rowid, through)
         values, paths = [], []
         for column in ("inputs", "outputs"):
             mine = [list(f.path) for f in fields if f.column == column]

@@ -158,17 +158,20 @@ def read_chunks(path: str | Path, flt: LogFilter, columns: dict[str, str], task:
 
 
 def _chunks(reader: LogReader | PgLogReader, flt: LogFilter, columns: dict[str, str], task: str, after_rowid: int,
-            chunk_rows: int, total: int | None, in_sql: bool = FIELDS_IN_SQL) -> Iterator[Rows]:
-    """Chunks of at most `chunk_rows` rows after `after_rowid` (`total` rows in all, None: to the end)."""
+            chunk_rows: int, total: int | None, in_sql: bool = FIELDS_IN_SQL, through: int | None = None
+            ) -> Iterator[Rows]:
+    """Chunks of at most `chunk_rows` rows after `after_rowid` (`total` rows in all, None: to the end), up to rowid
+    `through` when given (a window's last: without it, a planner that misjudges the filter, as PostgreSQL does on
+    a table not yet analysed, reads every later row for each chunk)."""
     fields = row_fields(columns, task) if in_sql and reader.reads_fields else None
     known = (*columns, DESCRIPTORS)  # the descriptors' key is the server's own, never an unknown column
     last, left = after_rowid, total
     while left is None or left > 0:
         limit = chunk_rows if left is None else min(chunk_rows, left)
         if fields is None:
-            raw = reader.chunk(flt, last, limit)
+            raw = reader.chunk(flt, last, limit, through)
         else:
-            raw = reader.chunk_fields(flt, last, limit, fields, known)
+            raw = reader.chunk_fields(flt, last, limit, fields, known, through)
         if not raw:
             return
         last = raw[-1][0]
@@ -205,7 +208,7 @@ class LogWindows:
             for index, (end, key, n) in enumerate(self._complete(bounds)):
                 # the window's rows only (in chunks of chunk_rows at most), never a row of the next one
                 parts = list(_chunks(reader, self.flt, self.columns, self.task, after, self.chunk_rows, n,
-                                     self.in_sql))
+                                     self.in_sql, end))
                 if not parts:  # rows gone since the bounds were read (a retention pass): the next run goes on
                     return
                 rows = Rows.concat(parts)
