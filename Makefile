@@ -122,6 +122,9 @@ bench: $(STAMP) bench-deps
 	$(BIN)/python benchmarks/drift.py
 	$(BIN)/python benchmarks/media.py
 	$(BIN)/python benchmarks/predlog.py
+	$(BIN)/python benchmarks/predlog_stores.py
+	$(BIN)/python benchmarks/monitor_windows.py
+	$(BIN)/python benchmarks/sweep_startup.py
 	$(BIN)/python benchmarks/light.py
 	$(BIN)/python benchmarks/run_overhead.py
 

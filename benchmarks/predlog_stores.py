@@ -1,6 +1,8 @@
-"""Acknowledged rows/s of the prediction log's stores, at 8 submitting threads: SQLite vs PostgreSQL, in one run.
+"""Acknowledged rows/s of the prediction log's stores, at 8 submitting threads: SQLite, PostgreSQL and a Redis
+stream, in one run.
 
     .venv/bin/python benchmarks/predlog_stores.py [--duration 5] [--rounds 3] [--url postgresql://...]
+                                                  [--redis redis://127.0.0.1:6379/0]
 
 Each of 8 threads acts as a request: it submits one prediction row (`submit`, as the server's log thread takes
 it) and waits for its future, i.e. for the commit that holds it, then submits the next. Group commit lets
@@ -10,7 +12,9 @@ alike:
 * sqlite NORMAL: the embedded default (survives a process crash; no fsync per commit);
 * sqlite FULL: `MLOPS_LOG_SYNC=FULL`, an fsync per group (survives power loss: PostgreSQL's durability);
 * postgresql: one writer (one replica), synchronous_commit on (a WAL flush per group);
-* postgresql x2: two writers on the same database, 4 threads each (two replicas sharing the log).
+* postgresql x2: two writers on the same database, 4 threads each (two replicas sharing the log);
+* redis: one writer appending to a stream (XADD pipelines; acknowledged when Redis answered, durable as Redis's
+  appendfsync makes it), which `mlops collect` lands in a store; the stream is deleted after each round.
 
 `mlops serve` with SQLite NORMAL commits on its event loop instead (LoopCommits), which skips the thread hand-off
 measured here; this compares the stores through the same writer path. Needs PostgreSQL (default: a throwaway
@@ -72,8 +76,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--url", help="an empty PostgreSQL database to write (default: a throwaway one)")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="a Redis server for the stream")
     args = parser.parse_args()
     import psycopg2
+    import redis
 
     admin: Any = None
     url = args.url
@@ -92,11 +98,14 @@ def main() -> None:
                         ("sqlite NORMAL", "NORMAL", [Path(tmp) / f"normal-{r}.sqlite"]),
                         ("sqlite FULL", "FULL", [Path(tmp) / f"full-{r}.sqlite"]),
                         ("postgresql", None, [url]),
-                        ("postgresql x2", None, [url, url])):
+                        ("postgresql x2", None, [url, url]),
+                        ("redis", None, [f"{args.redis}?stream=bench:{uuid.uuid4().hex[:8]}"])):
                     if sync:
                         os.environ["MLOPS_LOG_SYNC"] = sync
                     results.setdefault(variant, []).append(measure(targets, args.duration))
                     os.environ.pop("MLOPS_LOG_SYNC", None)
+                    if variant == "redis":
+                        redis.Redis.from_url(args.redis).delete(str(targets[0]).split("stream=")[1])
     finally:
         if admin is not None:
             with admin.cursor() as cur:
