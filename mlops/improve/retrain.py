@@ -162,7 +162,7 @@ def answered_trigger(loaded: LoadedRecipe, reason: str, records: list[dict[str, 
     """What `reason` names, or the monitor's newest alert no earlier retrain (in `records`) answered."""
     r = loaded.recipe
     started = [float(x["ts"]) for x in records if x.get("event") == events.STARTED]
-    return resolve_trigger(reason, r.improve.triggers, read_alerts(workspace().monitor, r.model_name),
+    return resolve_trigger(reason, r.improve.triggers, read_alerts(workspace().monitor, r.model_name, production_log(loaded)),
                            max(started) if started else None)
 
 

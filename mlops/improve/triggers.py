@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlops.core.predlog_pg import redacted
+from mlops.core.state_pg import is_postgres
 from mlops.core.timespec import iso, parse_time
-from mlops.monitor.store import alert_records
+from mlops.monitor.store import alert_records, shared_alert_records
 from mlops.recipe.improve import TriggersConfig
 
 DRIFT, ACCURACY_DROP, SCHEDULE, MANUAL = "drift", "accuracy_drop", "schedule", "manual"
@@ -104,11 +106,17 @@ def _trim(record: dict[str, Any], limit: int = 4000) -> dict[str, Any]:
 # --- the monitor's alert records ---------------------------------------------------------------------------
 
 
-def read_alerts(monitor_dir: Path, model: str) -> list[Alert]:
-    """Drift and accuracy alerts for `model` found in the monitor's JSON/JSONL files; anything else is ignored."""
-    if not monitor_dir.is_dir():
-        return []
+def read_alerts(monitor_dir: Path, model: str, log: str | Path | None = None) -> list[Alert]:
+    """Drift and accuracy alerts for `model` found in the monitor's JSON/JSONL files and stores; anything else is
+    ignored. With a PostgreSQL `log`, the alerts the monitor recorded in its database too."""
     alerts: list[Alert] = []
+    if log is not None and is_postgres(str(log)):
+        for record in shared_alert_records(str(log), model):
+            alert = as_alert(record, model, redacted(str(log)))
+            if alert is not None:
+                alerts.append(alert)
+    if not monitor_dir.is_dir():
+        return sorted(set(alerts), key=lambda a: a.ts)
     suffixes = (".json", ".jsonl", ".ndjson", *_STORES)
     for path in sorted(p for p in monitor_dir.rglob("*") if p.suffix in suffixes and p.is_file()):
         for record in (alert_records(path, model) if path.suffix in _STORES else _records(path)):
@@ -136,7 +144,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return [i for i in items if isinstance(i, dict)]
 
 
-def as_alert(record: dict[str, Any], model: str, source: Path) -> Alert | None:
+def as_alert(record: dict[str, Any], model: str, source: str | Path) -> Alert | None:
     kind = _kind(record)
     if kind is None or not _about(record, model):
         return None

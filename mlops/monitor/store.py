@@ -204,6 +204,9 @@ class PgMonitorStore(MonitorStore):
         self._db = state_pg.connect(url)
         state_pg.ensure_schema(self._db, _PG_PRESENT, PG_SCHEMA)
 
+    def close(self) -> None:
+        self._db.close()
+
     def _rows(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
         with self._db.cursor() as cur:
             cur.execute(sql, params)
@@ -344,6 +347,17 @@ def _json_default(v: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
+def shared_alert_records(log: str, model: str) -> list[dict[str, Any]]:
+    """As `alert_records`, from the monitor's tables in the database of a PostgreSQL log (where the monitor keeps
+    its state when the log is there): what a retrain on any machine answers."""
+    store = PgMonitorStore(log)
+    try:
+        rows = store._rows("SELECT * FROM mlops_monitor_alerts WHERE model = %s ORDER BY id", (model,))
+    finally:
+        store.close()
+    return [_merged(row) for row in rows]
+
+
 def alert_records(path: Path, model: str) -> list[dict[str, Any]]:
     """Every alert of `model` in the store at `path`, read-only: its payload with the row's own
     columns on top and `ts` the time it was recorded. [] when `path` is not a monitor store (or another shape
@@ -358,18 +372,20 @@ def alert_records(path: Path, model: str) -> list[dict[str, Any]]:
         return []
     finally:
         db.close()
-    out = []
-    for row in rows:
-        record = dict(row)
-        try:
-            payload = json.loads(record.pop("payload", None) or "{}")
-        except ValueError:
-            payload = {}
-        merged = (payload if isinstance(payload, dict) else {}) | record
-        if record.get("created") is not None:  # the row's own time, not a time inside its payload
-            merged["ts"] = record["created"]
-        out.append(merged)
-    return out
+    return [_merged(dict(row)) for row in rows]
+
+
+def _merged(record: dict[str, Any]) -> dict[str, Any]:
+    """An alert row as the retraining phase reads it: its payload with the row's own columns on top, `ts` the
+    time it was recorded."""
+    try:
+        payload = json.loads(record.pop("payload", None) or "{}")
+    except ValueError:
+        payload = {}
+    merged = (payload if isinstance(payload, dict) else {}) | record
+    if record.get("created") is not None:  # the row's own time, not a time inside its payload
+        merged["ts"] = record["created"]
+    return merged
 
 
 def last_alert(model: str, rule: str = "drift", state: str | None = "fired",

@@ -12,6 +12,7 @@ import pytest
 from mlops.core import state_pg
 from mlops.core.errors import MlopsError
 from mlops.improve import audit
+from mlops.improve.triggers import read_alerts
 from mlops.monitor.results import AlertRecord, AlertWindow, WindowSummary
 from mlops.monitor.rules import RuleState
 from mlops.monitor.store import MonitorStore, PgMonitorStore, open_store
@@ -160,3 +161,16 @@ def test_two_monitors_one_judges(pg_url: str) -> None:
     assert store.cursor("m", "1", "log", "rows") == (50, None)
     with store.exclusive("m"):  # released by the one that judged: the next run may go
         pass
+
+
+def test_a_retrain_anywhere_reads_the_alerts_a_monitor_recorded_in_the_database(pg_url: str, tmp_path) -> None:
+    """The monitor's state follows the log into PostgreSQL; so must what a retrain answers (its trigger)."""
+    store = open_store(tmp_path / "unused.sqlite", pg_url)
+    w = _window(0, 1, 100)
+    with store.exclusive("m"):
+        store.commit_run("m", "1", "log", "rows", 0, [w], [_alert(w)], {}, (100, None), None)
+    empty = tmp_path / "no-monitor-here"  # another machine: nothing of the monitor's on its disk
+    [alert] = read_alerts(empty, "m", pg_url)
+    assert alert.kind == "drift" and alert.ts > 0 and "@" in alert.source
+    assert read_alerts(empty, "other-model", pg_url) == []
+    assert read_alerts(empty, "m") == []  # without the log, only local files are read
