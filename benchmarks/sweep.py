@@ -15,28 +15,39 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def sweep(parallelism: int, trials: int, epochs: int) -> dict[str, float]:
+@contextmanager
+def quickstart_sweep(overrides: list[str], env: dict[str, str], prefix: str) -> Iterator[tuple[dict[str, Any], Any,
+                                                                                              float]]:
+    """`mlops sweep --json recipes/quickstart_sweep.yaml` with `overrides` in a temporary home: its JSON result,
+    its Optuna study (readable while the context lasts) and the command's wall seconds."""
     import optuna
 
-    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         env = os.environ | {"MLOPS_HOME": f"{tmp}/.mlops", "PREFECT_HOME": f"{tmp}/.prefect",
-                            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "240"}
-        args = [sys.executable, "-m", "mlops.cli", "sweep", "--json", "recipes/quickstart_sweep.yaml",
-                f"sweep.n_trials={trials}", f"sweep.parallelism={parallelism}", "sweep.sampler=random",
-                "sweep.pruner=none", f"trainer.max_epochs={epochs}", "trainer.early_stopping=null",
-                f"sweep.params={{trainer.max_epochs: {{type: int, low: {epochs}, high: {epochs + 1}}}}}"]
+                            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "240"} | env
+        args = [sys.executable, "-m", "mlops.cli", "sweep", "--json", "recipes/quickstart_sweep.yaml", *overrides]
         started = time.perf_counter()
         proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
         total = time.perf_counter() - started
         if proc.returncode != 0:
             raise SystemExit(f"sweep failed:\n{proc.stderr[-3000:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
-        study = optuna.load_study(study_name=result["study_name"], storage=result["storage"])
+        yield result, optuna.load_study(study_name=result["study_name"], storage=result["storage"]), total
+
+
+def sweep(parallelism: int, trials: int, epochs: int) -> dict[str, float]:
+    overrides = [f"sweep.n_trials={trials}", f"sweep.parallelism={parallelism}", "sweep.sampler=random",
+                 "sweep.pruner=none", f"trainer.max_epochs={epochs}", "trainer.early_stopping=null",
+                 f"sweep.params={{trainer.max_epochs: {{type: int, low: {epochs}, high: {epochs + 1}}}}}"]
+    with quickstart_sweep(overrides, {}, "bench-sweep-") as (result, study, total):
         done = [t for t in study.trials if t.datetime_complete]
         span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
         return {"trials_s": span, "command_s": total, "complete": result["trials"]["complete"]}

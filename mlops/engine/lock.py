@@ -6,6 +6,7 @@ import importlib.metadata
 import platform
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str]:
     return out
 
 
+@cache  # read once a process (0.5-0.7 s): a sweep's warm worker reads it before forking, so no trial reads it again
 def pip_freeze() -> str:
     """Every installed distribution as `name==version` (read from metadata: no pip subprocess)."""
     rows = {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata["Name"]}

@@ -20,3 +20,19 @@ def split_sweep(overrides: list[Any]) -> list[list[str]]:
 
     batches = BasicSweeper.split_arguments(overrides, max_batch_size=None)
     return [list(job) for batch in batches for job in batch]
+
+
+# What Hydra imports lazily on the first compose of a process (its core plugins, found by scanning): the sweep's
+# warm worker imports them once, so that no trial forked from it pays for them (mlops/sweep/warm.py).
+COMPOSE_MODULES = (
+    "hydra._internal.hydra",
+    "hydra._internal.config_loader_impl",
+    "hydra._internal.core_plugins.basic_launcher",
+    "hydra._internal.core_plugins.basic_sweeper",
+    "hydra._internal.core_plugins.file_config_source",
+    "hydra._internal.core_plugins.importlib_resources_config_source",
+    "hydra._internal.core_plugins.structured_config_source",
+    "hydra._internal.core_plugins.bash_completion",
+    "hydra._internal.core_plugins.fish_completion",
+    "hydra._internal.core_plugins.zsh_completion",
+)

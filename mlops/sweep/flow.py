@@ -16,6 +16,7 @@ from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 from mlops.core.errors import GateError, MlopsError
 from mlops.core.log import say
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
+from mlops.engine.children import clean_env
 from mlops.engine.plan import compile_plan
 from mlops.engine.runner import configure_prefect, prepare_flow_run, run_flow
 from mlops.engine.steps.common import RunContext
@@ -25,7 +26,8 @@ from mlops.engine.steps.split import split
 from mlops.engine.summary import RunSummary, TrialRun
 from mlops.engine.validate import load_validated
 from mlops.recipe import LoadedRecipe
-from mlops.sweep.launch import launch
+from mlops.sweep import warm
+from mlops.sweep.launch import PROCESS, launch
 from mlops.sweep.objective import objective_value
 from mlops.sweep.report import log_study
 from mlops.sweep.study import (
@@ -49,6 +51,8 @@ configure_prefect()
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+PROCESS_ATTR = "mlops.process"  # a trial's user attribute: {pid, parent, warm} of the process that ran it
 
 
 class BestTrial(BaseModel):
@@ -79,8 +83,9 @@ class SweepSummary(BaseModel):
 
 
 @task(name="trial", cache_policy=NO_CACHE, persist_result=False)
-def trial_task(job: dict[str, Any]) -> TrialRun:
-    return TrialRun.model_validate(launch(TrialJob.model_validate(job)))
+def trial_task(job: dict[str, Any]) -> dict[str, Any]:
+    """A TrialRun as JSON, plus the process that ran it (`launch`)."""
+    return launch(TrialJob.model_validate(job))
 
 
 def _prepare_data(loaded: LoadedRecipe) -> None:
@@ -113,15 +118,17 @@ def _parent_run(study: Any, loaded: LoadedRecipe) -> str:
     return str(run.info.run_id)
 
 
-def _tell(study: Any, trial: Any, loaded: LoadedRecipe, outcome: TrialRun | BaseException) -> str:
+def _tell(study: Any, trial: Any, loaded: LoadedRecipe, launched: dict[str, Any] | BaseException) -> str:
     from optuna.trial import TrialState
 
 
-    if isinstance(outcome, BaseException):
-        trial.set_user_attr(ERROR, str(outcome)[:2000])
+    if isinstance(launched, BaseException):
+        trial.set_user_attr(ERROR, str(launched)[:2000])
         study.tell(trial, state=TrialState.FAIL)
-        return f"failed: {outcome}"
+        return f"failed: {launched}"
+    outcome = TrialRun.model_validate(launched)
     trial.set_user_attr("mlflow_run_id", outcome.run_id)
+    trial.set_user_attr(PROCESS_ATTR, launched[PROCESS])
     if outcome.state == "pruned":
         study.tell(trial, state=TrialState.PRUNED)
         return f"pruned after {len(outcome.history)} epochs"
@@ -160,7 +167,7 @@ def _run_trials(study: Any, loaded: LoadedRecipe, parent: str) -> None:
         for future in done:
             trial = inflight.pop(future)
             try:
-                outcome: TrialRun | BaseException = future.result()
+                outcome: dict[str, Any] | BaseException = future.result()
             except Exception as exc:  # the trial's own error, after its retries
                 outcome = exc
             verdict = _tell(study, trial, loaded, outcome)
@@ -189,13 +196,15 @@ def sweep_flow(recipe: str, overrides: list[str], worker: bool = False,
     parent = _parent_run(study, loaded)
     say(f"study {study.study_name} ({counts(study)['complete']} trials complete so far), "
         f"MLflow parent run {parent}")
-    _prepare_data(loaded)
-    _run_trials(study, loaded, parent)
-    summary = SweepSummary(study_name=study.study_name, storage=storage_url(loaded.recipe.sweep),
-                           parent_run_id=parent, trials=counts(study), requeued=requeued)
-    if worker:
-        return summary
-    _await_other_workers(study, loaded, parent)
+    # started first, so that it imports while the data is prepared; trials fork from it (MLOPS_SWEEP_WARM=0: not)
+    with warm.trial_worker(clean_env()):
+        _prepare_data(loaded)
+        _run_trials(study, loaded, parent)
+        summary = SweepSummary(study_name=study.study_name, storage=storage_url(loaded.recipe.sweep),
+                               parent_run_id=parent, trials=counts(study), requeued=requeued)
+        if worker:
+            return summary
+        _await_other_workers(study, loaded, parent)
     final, best = _finish(study, loaded, parent, allow_failed_gates)
     return summary.model_copy(update={"run": final, "best": best, "trials": counts(study)})
 

@@ -98,14 +98,27 @@ def _pids() -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
 
-def _trial_pids(marker: str) -> list[int]:
-    """Live trial processes whose command line names a file under `marker` (this test's TMPDIR)."""
-    found = []
-    for pid in _pids():
-        cmd = _cmdline(pid)
-        if "mlops.sweep.trial" in cmd and marker in cmd and not _zombie(pid):
-            found.append(pid)
-    return found
+def _trial_processes(sweep: int) -> tuple[dict[int, str], bool]:
+    """The sweep's trial processes, live (pid -> command line): each trial's own `mlops.sweep.trial` process, or
+    the warm worker (`mlops.sweep.warm`) and the trial children it forked; and whether a trial is in flight.
+    Found in the sweep's process tree, not by command line: a forked trial shows the worker's."""
+    tree = _descendants(sweep)
+    found = {pid: cmd for pid, cmd in tree.items()
+             if ("mlops.sweep.trial" in cmd or "mlops.sweep.warm" in cmd) and not _zombie(pid)}
+    in_flight = any("mlops.sweep.trial" in cmd or _parent(pid) in found for pid, cmd in found.items())
+    return found, in_flight
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _alive(processes: dict[int, str]) -> dict[int, str]:
+    """Those of `processes` still running as the same process."""
+    return {pid: cmd for pid, cmd in processes.items() if _cmdline(pid) == cmd and not _zombie(pid)}
 
 
 def _zombie(pid: int) -> bool:
@@ -147,8 +160,9 @@ def _kill(processes: dict[int, str]) -> None:
 
 
 def test_sweep_resumes_after_kill_9(tmp_path: Path, isolated_env: dict[str, str]) -> None:
-    """kill -9 mid-trial: the trial process dies with the sweep; the same command finishes the study,
-    re-running only the trial in flight (same parameters), never a completed one."""
+    """kill -9 mid-trial: the trial process (and the warm worker it was forked from) dies with the sweep; the
+    same command finishes the study, re-running only the trial in flight (same parameters), never a completed
+    one. Under pytest-xdist too (`-p xdist -n 1`): trial processes are found in the sweep's process tree."""
     from optuna.trial import TrialState
 
     n_trials = 4
@@ -156,7 +170,7 @@ def test_sweep_resumes_after_kill_9(tmp_path: Path, isolated_env: dict[str, str]
         model:
           hidden: [16]
         trainer:
-          max_epochs: 3
+          max_epochs: 60  # a trial forked from the warm worker starts at once: it must still be training when killed
           early_stopping: null
         sweep:
           metric: val/loss
@@ -170,9 +184,7 @@ def test_sweep_resumes_after_kill_9(tmp_path: Path, isolated_env: dict[str, str]
             model.lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
             model.dropout: {type: float, low: 0.0, high: 0.5}
         """)
-    trial_tmp = tmp_path / "tmp"
-    trial_tmp.mkdir()
-    env = _env(isolated_env, TMPDIR=str(trial_tmp))  # trial job files land here: how we find trial processes
+    env = _env(isolated_env)
     cmd = [sys.executable, "-m", "mlops.cli", "sweep", "--json", str(recipe)]
     log = tmp_path / "first.log"
     with log.open("w") as out:
@@ -192,12 +204,13 @@ def test_sweep_resumes_after_kill_9(tmp_path: Path, isolated_env: dict[str, str]
                 except Exception:  # the sweep holds a write lock for a moment
                     states = {}
                 # kill once trial 0 is complete and the next trial's process is running
-                if states.get("COMPLETE") and states.get("RUNNING") and _trial_pids(str(trial_tmp)):
+                if states.get("COMPLETE") and states.get("RUNNING") and _trial_processes(proc.pid)[1]:
                     break
             time.sleep(0.3)
-        time.sleep(1.0)  # let the running trial get going (it must not be allowed to finish: ~15 s at least)
+        time.sleep(1.0)  # let the running trial get going (it must not be allowed to finish: 60 epochs)
         children = _descendants(proc.pid)
-        assert any("mlops.sweep.trial" in c for c in children.values()), children
+        trial_processes, in_flight = _trial_processes(proc.pid)
+        assert in_flight, children
         killed_at = datetime.now()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -208,11 +221,11 @@ def test_sweep_resumes_after_kill_9(tmp_path: Path, isolated_env: dict[str, str]
             proc.wait()
             _kill(leftovers)
 
-    # the trial dies with its parent (PR_SET_PDEATHSIG): no orphan keeps training
+    # every trial process dies with its parent (PR_SET_PDEATHSIG), the warm worker too: no orphan keeps training
     deadline = time.monotonic() + 5
-    while _trial_pids(str(trial_tmp)) and time.monotonic() < deadline:
+    while _alive(trial_processes) and time.monotonic() < deadline:
         time.sleep(0.2)
-    survivors = {pid: _cmdline(pid) for pid in _trial_pids(str(trial_tmp))}
+    survivors = _alive(trial_processes)
     _kill(children)  # the temporary Prefect server outlives a kill -9 (it is no trial): stop what we started
     assert not survivors, f"trial processes outlived the killed sweep: {survivors}"
 
