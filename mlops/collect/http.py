@@ -107,10 +107,10 @@ def parse_event(headers: dict[str, str], body: bytes) -> Event:
         except ValueError as exc:
             raise EventError(f"body is not JSON (the logged payload must be JSON): {exc}") from exc
     ce_id = attrs.get("id")
-    if not ce_id:
+    if not ce_id or not isinstance(ce_id, str | int):
         raise EventError("missing ce-id (the request id KServe pairs request and response by)")
     kinds = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
-    if attrs.get("type") not in kinds:
+    if not isinstance(attrs.get("type"), str) or attrs["type"] not in kinds:
         raise EventError(f"ce-type {attrs.get('type')!r} is neither {REQUEST_TYPE} nor {RESPONSE_TYPE}")
     if not isinstance(data, dict):
         raise EventError("payload is not a JSON object (expected V1 instances/predictions or V2 inputs/outputs)")

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from mlops.core.errors import MlopsError
 from mlops.core.log import say
+from mlops.core.predlog_pg import LogWriteError
 from mlops.core.predlog_redis import connect, entry_row, stream_url
 from mlops.core.predlog_store import known_keys, log_name, log_store, open_log
 
@@ -160,6 +161,24 @@ def collect_stream(url: str, store: str | Path, once: bool = False, batch: int =
     if log_store(store)[0] == "redis":  # a wrong store fails here, before anything is read
         raise MlopsError(f"--log {log_name(store)}: collect lands a stream in a SQLite PATH or postgresql:// store, "
                          "not in another stream")
+    if batch < 1 or claim_idle_s < 0:
+        raise MlopsError(f"--batch {batch} / --claim-idle {claim_idle_s}: a batch holds 1 entry or more, and the idle "
+                         "time before claiming another collector's entries is 0 s or more")
+    try:
+        return _collect(url, store, once, batch, claim_idle_s)
+    except MlopsError:
+        raise
+    except Exception as exc:
+        import redis  # connect() imported it already (an optional package): here for its exception types only
+
+        if isinstance(exc, redis.RedisError | LogWriteError | TimeoutError):
+            # nothing is lost: what was not acknowledged is delivered again to the next run
+            raise MlopsError(f"collecting {log_name(url)} into {log_name(store)} stopped: {exc}; run it again once "
+                             "Redis and the store answer (entries not yet acknowledged are delivered again)") from None
+        raise
+
+
+def _collect(url: str, store: str | Path, once: bool, batch: int, claim_idle_s: float) -> CollectResult:
     stop = threading.Event()
     previous: dict[int, Any] = {}
     if not once and threading.current_thread() is threading.main_thread():

@@ -78,7 +78,20 @@ def entry_row(fields: dict[Any, Any]) -> tuple[str, tuple[Any, ...]]:
     row = json.loads(decoded["row"])
     if not isinstance(row, list) or len(row) != len(ARCHIVED_COLUMNS[table]):
         raise ValueError(f"a {table} row has {len(ARCHIVED_COLUMNS[table])} values")
+    # each value of the column's type: a value the store refuses would fail its whole batch at every redelivery
+    for name, value, kinds in zip(ARCHIVED_COLUMNS[table], row, _KINDS[table], strict=True):
+        if not isinstance(value, kinds) or isinstance(value, bool) or (name == "id" and not value):
+            raise ValueError(f"a {table} row's {name} is {value!r}")
     return table, tuple(row)
+
+
+_NUMBER = (int, float)
+_TEXT = (str,)
+_OPTIONAL_TEXT = (str, type(None))
+_KINDS: dict[str, tuple[tuple[type, ...], ...]] = {  # in ARCHIVED_COLUMNS' order
+    "predictions": (_TEXT, _NUMBER, _TEXT, _OPTIONAL_TEXT, _TEXT, _TEXT, _TEXT, _NUMBER),
+    "feedback": (_TEXT, _NUMBER, _OPTIONAL_TEXT, (int, float, type(None)), _OPTIONAL_TEXT),
+}
 
 
 class RedisPredictionLog(QueuedLog):

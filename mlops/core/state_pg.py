@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from mlops.core.predlog_pg import connect, redacted
+from mlops.core.predlog_store import log_store
 
 __all__ = ["advisory_key", "connect", "ensure_schema", "is_postgres", "redacted", "xact_lock"]
 
@@ -23,7 +24,7 @@ STATE_SCHEMA_LOCK = 0x6D6C6F7073_0010
 
 def is_postgres(target: str | None) -> bool:
     """Whether a log target (a path or URL) is a PostgreSQL log, whose database then holds the loop's state."""
-    return bool(target) and str(target).startswith(("postgresql://", "postgres://"))
+    return bool(target) and log_store(str(target))[0] == "postgresql"  # the log's own reading: any case
 
 
 def advisory_key(*parts: str) -> int:

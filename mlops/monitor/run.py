@@ -88,8 +88,13 @@ def monitor(loaded: LoadedRecipe, model: str | None, *, log: str | None = None, 
     """Judge the log's new windows (a backtest: all of them, afresh), fire alerts through the rules' hysteresis,
     record and send them (a backtest does neither), and write the pages."""
     target = _target(loaded, model, log, since, until)
-    if backtest:
-        return _backtest(target, _read(target, 0, None))
+    try:
+        return _backtest(target, _read(target, 0, None)) if backtest else _live(target)
+    finally:
+        target.store.close()  # on PostgreSQL, its connection (and with it any lock it still held)
+
+
+def _live(target: _Target) -> LiveResult:
     # the cursor is read and advanced under the model's hold (on PostgreSQL, an advisory lock shared by every
     # host), so two monitors started together never judge one window twice
     with target.store.exclusive(target.meta.name):

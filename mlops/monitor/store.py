@@ -64,6 +64,9 @@ class MonitorStore:
         with self._connect() as db:
             db.executescript(SCHEMA)
 
+    def close(self) -> None:
+        """Nothing held between calls: each opens its own connection."""
+
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
@@ -309,12 +312,13 @@ class PgMonitorStore(MonitorStore):
                        (model, socket.gethostname(), os.getpid(), time.time()))
             yield
         finally:
-            with self._db.cursor() as cur:  # no holder row outlives its lock, so none names a finished monitor
-                cur.execute("DELETE FROM mlops_monitor_holder WHERE model = %s AND host = %s AND pid = %s",
-                            (model, socket.gethostname(), os.getpid()))
-                cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
-            self._db.commit()
-
+            if not self._db.closed:  # a broken connection's session lock went with it
+                self._db.rollback()  # a query that failed in the run left its transaction aborted: nothing runs until then
+                with self._db.cursor() as cur:  # no holder row outlives its lock, so none names a finished monitor
+                    cur.execute("DELETE FROM mlops_monitor_holder WHERE model = %s AND host = %s AND pid = %s",
+                                (model, socket.gethostname(), os.getpid()))
+                    cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                self._db.commit()
 
     def _holder(self, model: str) -> list[dict[str, Any]]:
         """Who holds the model's lock: its row is written just after the lock is taken, so a monitor refused in

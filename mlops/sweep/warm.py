@@ -368,6 +368,8 @@ def _serve(control: socket.socket) -> _Request | None:
                 _reap(trials, sel)
             else:  # a trial socket: its launcher closed it (gave up, or died): the trial goes too
                 pid = key.data
+                if pid not in trials:  # reaped earlier in this same round of events (its socket is closed)
+                    continue
                 sel.unregister(key.fileobj)
                 trials.pop(pid).close()
                 with contextlib.suppress(ProcessLookupError):

@@ -135,6 +135,11 @@ def test_bad_events_get_400(collector: str) -> None:
                        (headers, b"not json", "JSON"), (headers, b'{"rows": []}', "instances")):
         status, answer = post(collector, h, b)
         assert status == 400 and word in answer["error"], answer
+    for attrs in ({"type": []}, {"id": {"a": 1}}):  # structured mode: attributes of the wrong JSON type
+        event_json = {"specversion": "1.0", "id": "s1", "type": REQUEST, "source": "x",
+                      "data": {"instances": [{"a": 1}]}} | attrs
+        status, answer = post(collector, {"Content-Type": "application/cloudevents+json"}, json.dumps(event_json).encode())
+        assert status == 400 and answer.get("error"), (attrs, status, answer)
     # payloads of the right keys but the wrong shapes: a 400, never a 500 or rows of garbage
     for payload in ({"instances": 5}, {"instances": "ab"},
                     {"inputs": [{"name": "a", "shape": "x", "datatype": "FP32", "data": [1.0]}]},

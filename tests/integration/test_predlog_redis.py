@@ -102,16 +102,21 @@ def test_collect_lands_predictions_shadow_and_feedback_once(stream: tuple[Any, s
     result = record_feedback(url, [("a", time.time(), "yes", None, None), ("zzz", time.time(), "no", None, None)])
     assert result["checked"] is False and result["matched"] == 2  # a stream cannot be searched for ids
     client.xadd(name, {"table": "users", "row": "[]"})  # not a row of the log
+    # rows the store would refuse (a null id, an id that is a list, a text for a time): each alone to the dead
+    # letters, never a batch that fails at every redelivery
+    for bad in ('[null, 0, "m", null, "champion", "{}", "{}", 0]', '[["x"], 0, "m", null, "champion", "{}", "{}", 0]',
+                '["x", "noon", "m", null, "champion", "{}", "{}", 0]'):
+        client.xadd(name, {"table": "predictions", "row": bad})
 
     first = collect_stream(url, store, once=True)
-    assert (first.landed, first.skipped, first.dead, first.pending) == (6, 0, 1, 0)
+    assert (first.landed, first.skipped, first.dead, first.pending) == (6, 0, 4, 0)
     again = collect_stream(url, store, once=True)
     assert (again.landed, again.batches) == (0, 0)
     with open_reader(store) as reader:
         assert sorted(r["id"] for r in reader.predictions(("champion",))) == ["a", "b", "c"]
         assert [r["id"] for r in reader.predictions(("shadow",))] == ["a"]
         assert reader.latest_feedback(["a"])["a"]["label"] == "yes"
-    assert client.xlen(f"{name}:dead") == 1
+    assert client.xlen(f"{name}:dead") == 4
 
     # a batch delivered again (a collector killed after its commit, before its XACK) lands nothing twice
     client.xgroup_setid(name, "mlops-collect", id="0")

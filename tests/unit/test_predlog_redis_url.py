@@ -61,12 +61,19 @@ def test_an_entry_round_trips_a_row_and_rejects_what_is_not_one() -> None:
         entry_row({b"table": b"users", b"row": b"[]"})
     with pytest.raises(ValueError, match="5 values"):
         entry_row({b"table": b"feedback", b"row": b'["p1", 1.0]'})
+    for row, column in ((b'["", 1.0, null, null, null]', "id"), (b'["p1", "noon", null, null, null]', "ts"),
+                        (b'["p1", 1.0, null, "high", null]', "value"), (b'["p1", true, null, null, null]', "ts")):
+        with pytest.raises(ValueError, match=f"row's {column} is"):
+            entry_row({b"table": b"feedback", b"row": row})
+    assert entry_row({b"table": b"feedback", b"row": b'["p1", 1, "yes", 0.5, null]'})[1] == ("p1", 1, "yes", 0.5, None)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["collect", "--log", "x.sqlite"], "either a stream URL"),
     (["collect", "redis://h/0", "--http", "8081", "--log", "x.sqlite"], "either a stream URL"),
     (["collect", "--http", "host:port", "--log", "x.sqlite"], r"expected \[HOST:\]PORT"),
+    (["collect", "redis://h/0", "--log", "x.sqlite", "--batch", "0"], "a batch holds 1 entry or more"),
+    (["collect", "redis://h/0", "--log", "x.sqlite", "--claim-idle", "-1"], "0 s or more"),
 ])
 def test_collect_takes_exactly_one_source(argv: list[str], message: str) -> None:
     with pytest.raises(MlopsError, match=message):
