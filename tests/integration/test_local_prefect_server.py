@@ -114,7 +114,9 @@ def test_a_server_nobody_can_find_stops_itself(local_env: dict[str, str]) -> Non
     state = _state(local_env)
     assert state is not None and pid_alive(state.pid)
     _state_file(local_env).unlink()
-    deadline = time.monotonic() + 60
+    # the supervisor looks every 5 s, then gives the server 30 s to stop before killing it; on a loaded CI machine
+    # 60 s once did not cover that (21 s quiet), so the bound is generous: the test is that it stops at all
+    deadline = time.monotonic() + 150
     while pid_alive(state.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not pid_alive(state.pid)

@@ -16,6 +16,7 @@ from mlops.deploy.container import (
     INPUT_PACKAGES,
     LOCK_FILE,
     SERVE_PACKAGES,
+    SHARED_LOG_PACKAGES,
     norm,
     read_lock,
     serve_requirements,
@@ -60,7 +61,7 @@ def test_the_serving_image_pins_the_benchmarked_stack_from_the_lock() -> None:
     pins = read_lock(LOCK)
     pinned = dict(serve_requirements(set(INPUT_PACKAGES), LOCK))
     assert {"uvloop", "httptools", "orjson", "uvicorn"} <= set(pinned)
-    assert set(pinned) == {*SERVE_PACKAGES, *INPUT_PACKAGES.values()}
+    assert set(pinned) == {*SERVE_PACKAGES, *SHARED_LOG_PACKAGES, *INPUT_PACKAGES.values()}
     assert all(pinned[name] == pins[norm(name)] for name in pinned)
 
 
