@@ -113,6 +113,7 @@ class QueuedLog:
 
     _queue: queue.Queue[Any]
     _thread: threading.Thread
+    max_group: int
 
     def _start_writer(self, name: str) -> None:
         self._queue = queue.Queue()
@@ -121,6 +122,28 @@ class QueuedLog:
 
     def _writer(self) -> None:
         raise NotImplementedError
+
+    def _group(self, first: Any) -> tuple[bool, list[Any], list[Any]]:
+        """`first` and everything already waiting (up to `max_group`), as one group: whether it holds STOP, its
+        requests (table, rows, future), and their rows built (an exception in place of a request's that failed)."""
+        group = [first]
+        while len(group) < self.max_group:  # everything already waiting joins this commit
+            try:
+                group.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        records = [item for item in group if item is not STOP]
+        return len(records) < len(group), records, built_rows([rows for _, rows, _ in records])
+
+    @staticmethod
+    def _settle(records: list[Any], built: list[Any], error: BaseException | None) -> None:
+        """Resolve each request of a group: failed by its own rows' error, or by the group's, else done."""
+        for (_, _, done), rows in zip(records, built, strict=True):
+            failed = rows if isinstance(rows, BaseException) else error
+            if failed is None:
+                done.set_result(None)
+            else:
+                done.set_exception(failed)
 
     def submit(self, table: str, rows: Rows) -> Future[None]:
         done: Future[None] = Future()
@@ -181,15 +204,7 @@ class PredictionLog(QueuedLog):
                 last_retention = now
             if first is None:
                 continue
-            group = [first]
-            while len(group) < self.max_group:  # everything already waiting joins this commit
-                try:
-                    group.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stopping = any(item is STOP for item in group)
-            records = [item for item in group if item is not STOP]
-            built = built_rows([rows for _, rows, _ in records])
+            stopping, records, built = self._group(first)
             try:
                 for (table, _, _), rows in zip(records, built, strict=True):
                     if not isinstance(rows, BaseException):
@@ -199,12 +214,7 @@ class PredictionLog(QueuedLog):
             except sqlite3.Error as exc:  # reported to every waiting request: they answer 503, not 200
                 db.rollback()
                 error = exc
-            for (_, _, done), rows in zip(records, built, strict=True):
-                failed = rows if isinstance(rows, BaseException) else error
-                if failed is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(failed)
+            self._settle(records, built, error)
         try:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # leave a compact file behind on a clean stop
         except sqlite3.Error:
@@ -713,7 +723,7 @@ class LogReader:
         each chunk is its own short query, so a live server keeps writing meanwhile), each as
         (rowid, id, ts, version, inputs, outputs, latency_ms, truth label, truth value): the truth of the
         latest feedback for the id, None when none arrived."""
-        where, params = _where(flt, after_rowid, through)
+        where, params = filter_where(flt, after_rowid, through)
         sql = (f"SELECT p.rowid, p.id, p.ts, p.version, p.inputs, p.outputs, p.latency_ms, "
                f"{_LATEST.format(col='label')}, {_LATEST.format(col='value')} FROM predictions p "
                f"WHERE {where} ORDER BY p.rowid LIMIT ?")
@@ -728,7 +738,7 @@ class LogReader:
 
         Each document is parsed once per row (one json_extract over every path: SQLite parses again for each
         call, so a call per field would cost several times more than parsing the row in Python)."""
-        where, params = _where(flt, after_rowid, through)
+        where, params = filter_where(flt, after_rowid, through)
         values = ", ".join(_sqlite_values(c, [f.path for f in fields if f.column == c]) for c in ("inputs", "outputs"))
         others = "NULL"
         if known is not None:
@@ -750,7 +760,7 @@ class LogReader:
         `duration`: windows aligned to multiples of `duration` seconds, key floor(ts / duration), taken in log
         order as the running maximum (a late row joins the window being filled) and at least `after_key` + 1
         (a window already judged is never reopened); the last one may still be open."""
-        where, params = _where(flt, after_rowid)
+        where, params = filter_where(flt, after_rowid)
         if (size is None) == (duration is None):
             raise ValueError("window_bounds takes a size or a duration")
         if size is not None:
@@ -829,25 +839,22 @@ _LATEST = "(SELECT f.{col} FROM feedback f WHERE f.id = p.id ORDER BY f.rowid DE
 _PATHS_PER_CALL = 100
 
 
-def _where(flt: LogFilter, after_rowid: int, through: int | None = None) -> tuple[str, list[Any]]:
-    """The filter's WHERE clause over `predictions p` after a rowid (and up to `through`), and its parameters."""
-    where = ["p.rowid > ?", "p.model = ?"]
+def filter_where(flt: LogFilter, after_rowid: int, through: int | None = None, mark: str = "?"
+                 ) -> tuple[str, list[Any]]:
+    """The filter's WHERE clause over `predictions p` after a rowid (and up to `through`), and its parameters,
+    with `mark` as the driver's placeholder (SQLite's `?`, psycopg2's `%s`)."""
+    where = [f"p.rowid > {mark}", f"p.model = {mark}"]
     params: list[Any] = [after_rowid, flt.model]
     if through is not None:  # a window's rows: the primary key's range bounds the scan whatever the plan
-        where.append("p.rowid <= ?")
+        where.append(f"p.rowid <= {mark}")
         params.append(through)
-    if flt.version is not None:
-        where.append("p.version = ?")
-        params.append(flt.version)
+    for clause, value in (("p.version = {}", flt.version), ("p.ts >= {}", flt.since), ("p.ts < {}", flt.until)):
+        if value is not None:
+            where.append(clause.format(mark))
+            params.append(value)
     if flt.variants:
-        where.append(f"p.variant IN ({_marks(flt.variants)})")
+        where.append(f"p.variant IN ({','.join([mark] * len(flt.variants))})")
         params.extend(flt.variants)
-    if flt.since is not None:
-        where.append("p.ts >= ?")
-        params.append(flt.since)
-    if flt.until is not None:
-        where.append("p.ts < ?")
-        params.append(flt.until)
     return " AND ".join(where), params
 
 

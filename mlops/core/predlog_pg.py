@@ -21,7 +21,6 @@ VACUUM, a scheduled DELETE) owns them there, so they are not applied (a note say
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -31,13 +30,12 @@ from mlops.core.errors import MlopsError
 from mlops.core.log import say
 from mlops.core.predlog import (
     SHADOW,
-    STOP,
     LogField,
     LogFilter,
     LogLimits,
     QueuedLog,
     Rows,
-    built_rows,
+    filter_where,
     json_object,
 )
 
@@ -161,28 +159,14 @@ class PgPredictionLog(QueuedLog):
     def _writer(self) -> None:
         stopping = False
         while not stopping:
-            group = [self._queue.get()]
-            while len(group) < self.max_group:  # everything already waiting joins this commit
-                try:
-                    group.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stopping = any(item is STOP for item in group)
-            records = [item for item in group if item is not STOP]
+            stopping, records, built = self._group(self._queue.get())
             if not records:
                 continue
-            built = built_rows([rows for _, rows, _ in records])
             tables: dict[str, list[tuple[Any, ...]]] = {}
             for (table, _, _), rows in zip(records, built, strict=True):
                 if not isinstance(rows, BaseException):
                     tables.setdefault(table, []).extend(rows)
-            error = self._commit(tables)
-            for (_, _, done), rows in zip(records, built, strict=True):
-                failed = rows if isinstance(rows, BaseException) else error
-                if failed is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(failed)
+            self._settle(records, built, self._commit(tables))
         if self._db is not None:
             self._db.close()
 
@@ -244,28 +228,6 @@ _LATEST = ("LEFT JOIN LATERAL (SELECT label, value FROM feedback WHERE feedback.
 _JSONB = r"replace({}, '\u0000', '\ufffd')::jsonb"
 
 
-def _where(flt: LogFilter, after_rowid: int, through: int | None = None) -> tuple[str, list[Any]]:
-    """The filter's WHERE clause over `predictions p` after a rowid (and up to `through`), and its parameters."""
-    where = ["p.rowid > %s", "p.model = %s"]
-    params: list[Any] = [after_rowid, flt.model]
-    if through is not None:  # a window's rows: the primary key's range bounds the scan whatever the plan
-        where.append("p.rowid <= %s")
-        params.append(through)
-    if flt.version is not None:
-        where.append("p.version = %s")
-        params.append(flt.version)
-    if flt.variants:
-        where.append("p.variant = ANY(%s)")
-        params.append(list(flt.variants))
-    if flt.since is not None:
-        where.append("p.ts >= %s")
-        params.append(flt.since)
-    if flt.until is not None:
-        where.append("p.ts < %s")
-        params.append(flt.until)
-    return " AND ".join(where), params
-
-
 class PgLogReader:
     """A read-only view of a prediction log on PostgreSQL, with `LogReader`'s methods and return shapes. Each
     query sees every commit made before it (autocommit: no snapshot is held between queries). `archive` is
@@ -319,7 +281,7 @@ class PgLogReader:
     def chunk(self, flt: LogFilter, after_rowid: int, limit: int, through: int | None = None
               ) -> list[tuple[Any, ...]]:
         """As `LogReader.chunk`: (rowid, id, ts, version, inputs, outputs, latency_ms, truth label, truth value)."""
-        where, params = _where(flt, after_rowid, through)
+        where, params = filter_where(flt, after_rowid, through, "%s")
         sql = ("SELECT p.rowid, p.id, p.ts, p.version, p.inputs, p.outputs, p.latency_ms, f.label, f.value "
                f"FROM predictions p {_LATEST} WHERE {where} ORDER BY p.rowid LIMIT %s")
         return self._rows(sql, [*params, limit])
@@ -329,7 +291,7 @@ class PgLogReader:
         """As `LogReader.chunk_fields`: (rowid, id, ts, version, latency_ms, truth label, truth value, others,
         inputs' values, outputs' values). Each document is parsed once per row (to jsonb); only the fields
         travel."""
-        where, params = _where(flt, after_rowid, through)
+        where, params = filter_where(flt, after_rowid, through, "%s")
         values, paths = [], []
         for column in ("inputs", "outputs"):
             mine = [list(f.path) for f in fields if f.column == column]
@@ -351,7 +313,7 @@ class PgLogReader:
     def window_bounds(self, flt: LogFilter, after_rowid: int, *, size: int | None = None,
                       duration: float | None = None, after_key: int | None = None) -> list[tuple[int, int | None, int]]:
         """As `LogReader.window_bounds`: (last rowid, key, rows) of each window, cut by the database."""
-        where, params = _where(flt, after_rowid)
+        where, params = filter_where(flt, after_rowid, mark="%s")
         if (size is None) == (duration is None):
             raise ValueError("window_bounds takes a size or a duration")
         if size is not None:

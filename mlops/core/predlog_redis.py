@@ -14,13 +14,12 @@ and that store is what monitor, errors and the other readers open (`open_reader`
 from __future__ import annotations
 
 import json
-import queue
 from concurrent.futures import Future
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mlops.core.errors import MlopsError
-from mlops.core.predlog import ARCHIVED_COLUMNS, STOP, LogLimits, QueuedLog, Rows, built_rows
+from mlops.core.predlog import ARCHIVED_COLUMNS, LogLimits, QueuedLog, Rows
 from mlops.core.predlog_pg import LogWriteError, redacted
 
 SCHEMES = ("redis", "rediss")
@@ -115,26 +114,12 @@ class RedisPredictionLog(QueuedLog):
     def _writer(self) -> None:
         stopping = False
         while not stopping:
-            group = [self._queue.get()]
-            while len(group) < self.max_group:  # everything already waiting joins this pipeline
-                try:
-                    group.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stopping = any(item is STOP for item in group)
-            records = [item for item in group if item is not STOP]
+            stopping, records, built = self._group(self._queue.get())  # what waits joins this pipeline
             if not records:
                 continue
-            built = built_rows([rows for _, rows, _ in records])
             entries = [entry(table, row) for (table, _, _), rows in zip(records, built, strict=True)
                        if not isinstance(rows, BaseException) for row in rows]
-            error = self._send(entries)
-            for (_, _, done), rows in zip(records, built, strict=True):
-                failed = rows if isinstance(rows, BaseException) else error
-                if failed is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(failed)
+            self._settle(records, built, self._send(entries))
         if self._client is not None:
             self._client.close()
 

@@ -63,18 +63,26 @@ class AuditLog:
                 finally:
                     self._depth -= 1
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            with self._hold():
                 self._depth = 1
                 try:
                     yield self
                 finally:
                     self._depth = 0
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _hold(self) -> Iterator[None]:
+        """The lock across processes: an exclusive `flock` of the lock file beside the log."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
             finally:
-                os.close(fd)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Record one event; `ts` and `time` are added. Returns the record as written."""
@@ -169,21 +177,10 @@ class PgAuditLog(AuditLog):
         return self._db
 
     @contextmanager
-    def locked(self) -> Iterator[AuditLog]:
-        with self._mutex:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield self
-                finally:
-                    self._depth -= 1
-                return
-            with state_pg.xact_lock(self._conn(), _AUDIT_KEY):
-                self._depth = 1
-                try:
-                    yield self
-                finally:
-                    self._depth = 0
+    def _hold(self) -> Iterator[None]:
+        """The lock across hosts: a transaction holding the audit's advisory lock."""
+        with state_pg.xact_lock(self._conn(), _AUDIT_KEY):
+            yield
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         now = fields.pop("ts", None) or time.time()
