@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mlops.core.predlog import feedback_row
+from mlops.core.predlog_store import open_log
 from mlops.monitor.logstream import Rows, Window
 
 COLUMNS = {"age": "numeric", "income": "numeric", "city": "categorical", "plan": "categorical"}
@@ -126,3 +128,13 @@ def windows_differ(old: list[Window], new: list[Window]) -> list[str]:
             out.append(f"window {w.index}: bounds {(w.start_ts, w.end_ts, w.key)} against {(v.start_ts, v.end_ts, v.key)}")
         out += [f"window {w.index}: {d}" for d in rows_differ(w.rows, v.rows)]
     return out
+
+
+def write_log(target: str | Path, rows: list[tuple[Any, ...]], feedback: list[tuple[Any, ...]]) -> None:
+    """`rows` and `feedback` into the log at `target` (a SQLite path or a postgresql:// URL), through its writer."""
+    log = open_log(target)
+    try:
+        log.submit("predictions", rows).result(timeout=60)
+        log.submit("feedback", feedback).result(timeout=60)
+    finally:
+        log.close()

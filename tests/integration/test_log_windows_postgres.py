@@ -11,22 +11,12 @@ from pathlib import Path
 import pytest
 
 from mlops.core.predlog import LogFilter, LogReader
-from mlops.core.predlog_store import open_log
 from mlops.monitor.logstream import count_windows, read_chunks, read_windows, time_windows
-from tests.logwindow_fixtures import COLUMNS, generated_feedback, generated_rows, windows_differ
+from tests.logwindow_fixtures import COLUMNS, generated_feedback, generated_rows, windows_differ, write_log
 from tests.postgres import throwaway_database
 
 pytestmark = pytest.mark.integration
 N = 1200
-
-
-def _write(target: str, rows: list[tuple], feedback: list[tuple]) -> None:
-    log = open_log(target)
-    try:
-        log.submit("predictions", rows).result(timeout=60)
-        log.submit("feedback", feedback).result(timeout=60)
-    finally:
-        log.close()
 
 
 @pytest.fixture(scope="module", params=["binary", "regression"])
@@ -38,8 +28,8 @@ def logs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     sqlite = str(tmp_path_factory.mktemp("pgwin") / "log.sqlite")
     with throwaway_database("mlops_logwin") as (info, name):
         url = f"postgresql://{info.user}@{info.host}:{info.port}/{name}"
-        _write(url, rows, feedback)
-        _write(sqlite, rows, feedback)
+        write_log(url, rows, feedback)
+        write_log(sqlite, rows, feedback)
         yield url, sqlite, task
 
 
@@ -78,7 +68,7 @@ def test_a_nul_in_a_string_does_not_stop_the_read(tmp_path: Path) -> None:
     rows[7] = (*rows[7][:5], json.dumps({"age": 30.0, "income": 5, "city": "a\x00b", "plan": "x"}), *rows[7][6:])
     with throwaway_database("mlops_lognul") as (info, name):
         url = f"postgresql://{info.user}@{info.host}:{info.port}/{name}"
-        _write(url, rows, [])
+        write_log(url, rows, [])
         flt = LogFilter("toy", variants=())
         window = next(iter(read_windows(url, flt, COLUMNS, "binary", size=20, in_sql=True)))
     assert window.rows.ids[7] == "r7" and window.rows.categorical["city"][7] == "a\ufffdb"

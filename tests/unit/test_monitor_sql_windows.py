@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlops.core.predlog import LogFilter, LogReader, PredictionLog
+from mlops.core.predlog import LogFilter, LogReader
 from mlops.monitor.logstream import (
     LATE_GRACE_S,
     Rows,
@@ -18,19 +18,17 @@ from mlops.monitor.logstream import (
     read_windows,
     time_windows,
 )
-from tests.logwindow_fixtures import COLUMNS, generated_feedback, generated_rows, rows_differ, windows_differ
+from tests.logwindow_fixtures import (
+    COLUMNS,
+    generated_feedback,
+    generated_rows,
+    rows_differ,
+    windows_differ,
+    write_log,
+)
 
 pytestmark = pytest.mark.skipif(not LogReader.reads_fields, reason="SQLite before 3.38 has no -> operator")
 N = 1500
-
-
-def _write(path: Path, rows: list[tuple], feedback: list[tuple]) -> None:
-    log = PredictionLog(path)
-    try:
-        log.submit("predictions", rows).result(timeout=60)
-        log.submit("feedback", feedback).result(timeout=60)
-    finally:
-        log.close()
 
 
 @pytest.fixture(scope="module", params=["binary", "regression"])
@@ -38,7 +36,7 @@ def log(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     task = request.param
     path = tmp_path_factory.mktemp("sqlwin") / "log.sqlite"
     rows = generated_rows(N, seed=3, task=task)
-    _write(path, rows, generated_feedback(rows))
+    write_log(path, rows, generated_feedback(rows))
     return path, task, rows
 
 
