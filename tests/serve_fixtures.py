@@ -12,7 +12,16 @@ from onnx import TensorProto, helper, numpy_helper
 from mlops.data.preprocess import fit_preprocessor
 from mlops.data.schema import infer_schema
 from mlops.package.bundle import write_bundle
-from mlops.package.graph import ML_OPSET, assemble, io_description, postprocessing_graph, preprocessing_graph
+from mlops.package.graph import (
+    ML_OPSET,
+    PACKED_NUMERIC,
+    assemble,
+    io_description,
+    packed_columns,
+    packed_graph,
+    postprocessing_graph,
+    preprocessing_graph,
+)
 from mlops.recipe.schema import DataConfig
 
 
@@ -46,9 +55,12 @@ def build_bundle(dest: Path, name: str = "toy", weights_seed: int = 1, frame: pd
     full = assemble(preprocessing_graph(pre, 18, 10), net, postprocessing_graph("binary", 2, schema.labels, None, 18, 10))
     inputs = [{"name": s.name, "kind": "numeric", "dtype": "float32"} for s in pre.numeric]
     inputs += [{"name": c.name, "kind": "categorical", "dtype": "string"} for c in pre.categorical]
+    packed = packed_graph(full)
+    assert packed is not None
     write_bundle(dest, full.SerializeToString(), {
         "name": name, "task": "binary", "inputs": inputs, "outputs": io_description(full)["outputs"],
         "labels": schema.labels, "recipe_hash": "test", "data_fingerprint": "sha256:test", "metrics": {},
         "data_schema": schema.model_dump(), "parity": {}, "mlops_version": "test"}
-        | ({"categories": cfg.categories.model_dump()} if "categories" in data else {}))
+        | ({"categories": cfg.categories.model_dump()} if "categories" in data else {}),
+        packed=(packed.SerializeToString(), PACKED_NUMERIC, packed_columns(full)))
     return dest

@@ -24,7 +24,7 @@ from mlops.core.log import say
 from mlops.core.refs import ModelVersion
 from mlops.deploy.kserve import image_for
 from mlops.deploy.render import render
-from mlops.package.bundle import read_bundle
+from mlops.package.bundle import bundle_files, read_bundle
 from mlops.recipe.deploy import DeployConfig
 
 # what `mlops serve` imports beyond the standard library and mlops itself (tests/integration/
@@ -121,7 +121,7 @@ def build_context(dest: Path, bundle_dir: Path, cfg: DeployConfig, mv: ModelVers
         (tmp / ".dockerignore").write_text(render("dockerignore.j2"))
         (tmp / "bundle").mkdir()
         # the graph, its metadata, and the assets its inputs read (a text input's tokenizer)
-        for name in ("model.onnx", "bundle.json", *(i.text.tokenizer for i in meta.inputs if i.text is not None)):
+        for name in bundle_files(meta):
             shutil.copy2(bundle_dir / name, tmp / "bundle" / name)
         shutil.copytree(Path(mlops.__file__).parent, tmp / "mlops",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "crd"))  # serving needs no CRD

@@ -12,6 +12,7 @@ import numpy as np
 from mlops.core.errors import ParityError
 from mlops.data.media import TABULAR, ModelInputs
 from mlops.data.preprocess import Preprocessor, category_strings, numeric_column
+from mlops.package.predictor import pack_feeds
 
 if TYPE_CHECKING:
     import onnx
@@ -173,18 +174,23 @@ def torch_dict_outputs(module: torch.nn.Module, inputs: dict[str, np.ndarray], t
 
 def check_parity(session: Any, module: torch.nn.Module, frame: pd.DataFrame, pre: Preprocessor, task: str,
                  target_scale: tuple[float, float] | None, batch_sizes: list[int], atol: float,
-                 media: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                 media: dict[str, np.ndarray] | None = None, packed: tuple[str, list[str]] | None = None
+                 ) -> dict[str, Any]:
     """ONNX Runtime on raw columns vs torch on preprocessed features, over several batch sizes.
 
     `media`: a dict-input network's image and text inputs for the same rows (uint8 pixels, int64 token ids,
-    as mlops.data.media makes them), fed to the graph as they are and to the module beside `tabular`."""
+    as mlops.data.media makes them), fed to the graph as they are and to the module beside `tabular`.
+    `packed`: the session is packed.onnx (its packed input's name and columns), fed as the Predictor feeds it."""
     if media is None:
         expected = torch_outputs(module, pre.transform(frame), task)
     else:
         tabular = {TABULAR: pre.transform(frame)} if pre.n_features else {}
         expected = torch_dict_outputs(module, tabular | media, task)[0]
-    return compare_outputs(session, onnx_feeds(frame, pre) | (media or {}), expected, task, target_scale,
-                           batch_sizes, atol)
+    feeds = onnx_feeds(frame, pre) | (media or {})
+    if packed is not None:
+        name, columns = packed
+        feeds = pack_feeds(feeds, name, columns, [k for k in feeds if k not in set(columns)])
+    return compare_outputs(session, feeds, expected, task, target_scale, batch_sizes, atol)
 
 
 def compare_outputs(session: Any, feeds: dict[str, np.ndarray], expected: np.ndarray, task: str,

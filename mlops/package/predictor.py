@@ -15,6 +15,7 @@ import math
 import random
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -134,18 +135,20 @@ _BUFFER_ADDRESS = re.compile(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 class Predictor:
     def __init__(self, bundle_dir: str | Path, max_batch: int = 1024, threads: int = 1) -> None:
-        import onnxruntime as ort
-
         self.path = Path(bundle_dir)
         self.meta: BundleMeta = read_bundle(self.path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads  # many small requests: one thread each beats contention
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-        self.graph_inputs = frozenset(i.name for i in self.session.get_inputs())
+        packed = self.meta.packed
+        # a tabular bundle's packed.onnx: the same model with its numeric columns as one input, run by predict()
+        self.runner = self._open(packed.file if packed else "model.onnx", threads)
+        self._threads = threads
+        self.packed_input = packed.input if packed else None
+        self.packed_columns = list(packed.columns) if packed else []
+        self._unpacked = [i.name for i in self.runner.get_inputs() if i.name != self.packed_input]
+        # model.onnx's inputs: the named raw columns (packed.onnx takes the same values, numeric ones joined)
+        self.graph_inputs = frozenset([*self.packed_columns, *self._unpacked])
         # what an answer holds (label and probabilities, or prediction); the embedding only when asked for
-        self.output_names = [o.name for o in self.session.get_outputs() if o.name != EMBEDDING]
-        self.has_embedding = any(o.name == EMBEDDING for o in self.session.get_outputs())
+        self.output_names = [o.name for o in self.runner.get_outputs() if o.name != EMBEDDING]
+        self.has_embedding = any(o.name == EMBEDDING for o in self.runner.get_outputs())
         self.max_batch = max_batch
         self.columns = {i.name: i for i in self.meta.inputs}
         self.categories = self.meta.categories or LEGACY_CATEGORIES
@@ -165,8 +168,22 @@ class Predictor:
             if self.logs_embedding else None
         self._sample = random.Random()  # which payloads the log keeps: a share, not a choice by content
 
+    def _open(self, file: str, threads: int) -> Any:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # many small requests: one thread each beats contention
+        opts.inter_op_num_threads = 1
+        return ort.InferenceSession(str(self.path / file), opts, providers=["CPUExecutionProvider"])
+
+    @cached_property
+    def session(self) -> Any:
+        """model.onnx itself, named raw columns in: what the evaluation's checks run, as Triton and every other
+        client of the bundle would. Opened on first use when predict() runs packed.onnx."""
+        return self.runner if self.packed_input is None else self._open("model.onnx", self._threads)
+
     def _embedding_width(self) -> int:
-        shape = next(o.shape for o in self.session.get_outputs() if o.name == EMBEDDING)
+        shape = next(o.shape for o in self.runner.get_outputs() if o.name == EMBEDDING)
         return int(shape[-1])
 
     @property
@@ -178,8 +195,11 @@ class Predictor:
         `outputs`). An image or text model's `Prediction.embedding` is what its log keeps of it."""
         logged = self.logs_embedding
         names = [*self.output_names, EMBEDDING] if (embedding or logged) and self.has_embedding else self.output_names
-        graph_feeds = {k: v for k, v in feeds.items() if k in self.graph_inputs}
-        outputs = dict(zip(names, self.session.run(names, graph_feeds), strict=True))
+        if self.packed_input is None:
+            graph_feeds = {k: v for k, v in feeds.items() if k in self.graph_inputs}
+        else:
+            graph_feeds = pack_feeds(feeds, self.packed_input, self.packed_columns, self._unpacked)
+        outputs = dict(zip(names, self.runner.run(names, graph_feeds), strict=True))
         rows = len(next(iter(graph_feeds.values()))) if graph_feeds else 0
         kept = None
         if logged:
@@ -553,6 +573,14 @@ class Predictor:
             raise RequestError(where, f"expected a string category for '{name}', got the number {v!r} (send it "
                                "as a string if it is one)")
         raise RequestError(where, f"expected a string category, got {type(v).__name__}")
+
+
+def pack_feeds(feeds: dict[str, np.ndarray], name: str, columns: list[str], others: list[str]
+               ) -> dict[str, np.ndarray]:
+    """Named feeds as packed.onnx takes them: the numeric [N, 1] columns as one float32 [N, K] input `name`,
+    columns in its order; `others` (string columns) as they are."""
+    packed = {name: np.concatenate([feeds[c] for c in columns], axis=1)}
+    return packed | {k: feeds[k] for k in others} if others else packed
 
 
 def _numeric_dtype(dtype: str) -> bool:

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 from mlops.core.atomic import publishing
 from mlops.core.errors import MlopsError
-from mlops.package.bundle import read_bundle
+from mlops.package.bundle import bundle_files, read_bundle
 from mlops.package.predictor import Predictor
 from mlops.score.batch import MAX_EXAMPLES, BatchResult
 from mlops.score.rows import output_fields, score_frame
@@ -111,8 +111,7 @@ def score_spark(inp: InputFile, bundle: Path, version: str | None, output: str, 
     check_columns(inp, needed, id_column)
     fields = output_fields(meta)
     # the bundle travels with the job: its graph, its metadata and the assets its inputs read (a tokenizer)
-    names = ["model.onnx", "bundle.json", *(i.text.tokenizer for i in meta.inputs if i.text is not None)]
-    files = {name: (bundle / name).read_bytes() for name in names}
+    files = {name: (bundle / name).read_bytes() for name in bundle_files(meta)}
     spark = spark or spark_session(master, conf)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(chunk_rows))
     df = read_input(spark, inp, needed, id_column)

@@ -12,7 +12,15 @@ from mlops.core.errors import ParityError
 from mlops.data.preprocess import fit_preprocessor
 from mlops.data.schema import infer_schema
 from mlops.package.export import check_parity, export_network, onnx_feeds
-from mlops.package.graph import assemble, postprocessing_graph, preprocessing_graph
+from mlops.package.graph import (
+    PACKED_NUMERIC,
+    assemble,
+    packed_columns,
+    packed_graph,
+    postprocessing_graph,
+    preprocessing_graph,
+)
+from mlops.package.predictor import pack_feeds
 from mlops.recipe.schema import DataConfig
 
 
@@ -79,3 +87,33 @@ def test_parity_passes_for_the_exported_model_and_fails_for_another(frame: pd.Da
     other = torch.nn.Sequential(torch.nn.Linear(7, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
     with pytest.raises(ParityError, match="max \\|diff\\|"):
         check_parity(session, other, frame, pre, "binary", None, [7], 1e-5)
+
+
+def test_the_packed_graph_answers_as_the_named_one_with_one_numeric_input(frame: pd.DataFrame) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(7, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    pre, named = _full_model(frame, net)
+    onnx_net = export_network(net, pre.n_features, 18)
+    full = assemble(preprocessing_graph(pre, 18, onnx_net.ir_version), onnx_net,
+                    postprocessing_graph("binary", 2, ["n", "y"], None, 18, onnx_net.ir_version))
+    packed = packed_graph(full)
+    assert packed is not None and packed_columns(full) == ["age", "income"]
+    inputs = {i.name: i for i in packed.graph.input}
+    assert list(inputs) == [PACKED_NUMERIC, "city", "flag"]  # the numbers joined, the strings as they were
+    session = ort.InferenceSession(packed.SerializeToString())
+    test = frame.copy()
+    test.loc[1, "income"] = np.nan  # imputed inside the packed block as in the named graph
+    feeds = onnx_feeds(test, pre)
+    got = session.run(None, pack_feeds(feeds, PACKED_NUMERIC, ["age", "income"], ["city", "flag"]))
+    want = named.run(None, feeds)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    check_parity(session, net, test, pre, "binary", None, [1, 7], 1e-5, packed=(PACKED_NUMERIC, ["age", "income"]))
+    assert packed_graph(packed) is None  # nothing left to pack
+
+
+def test_a_graph_without_numeric_columns_has_nothing_to_pack(frame: pd.DataFrame) -> None:
+    cfg = DataConfig(path="x.csv", target="y", categorical=["flag"])
+    only = frame[["city", "flag", "y"]]
+    pre = fit_preprocessor(infer_schema(cfg, only), only)
+    assert packed_graph(preprocessing_graph(pre, 18, 10)) is None

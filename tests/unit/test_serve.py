@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from mlops.core.errors import MlopsError
 from mlops.core.predlog import PredictionLog, read_predictions
 from mlops.package.predictor import Predictor, RequestError
 from mlops.serve.app import Server
@@ -450,3 +452,20 @@ def test_a_body_that_never_finishes_is_a_408(bundle: Path, tmp_path: Path, path:
     assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
     assert json.loads(sent[1]["body"]) == {"error": "body: not received in full within 0.2 s", "field": "body"}
     assert len(sent) == 2 and read_predictions(tmp_path / "log.sqlite") == []
+
+
+def test_the_predictor_runs_the_packed_graph_and_answers_as_model_onnx(bundle: Path, tmp_path: Path) -> None:
+    predictor = Predictor(bundle)
+    assert predictor.packed_input is not None and predictor.packed_columns == ["age", "income"]
+    feeds = predictor.feeds_from_rows([{"age": 30, "income": None, "city": "a"}, {"age": None, "income": 5.0,
+                                                                                   "city": "zz"}])
+    answer = predictor.predict(feeds).outputs
+    named = dict(zip([o.name for o in predictor.session.get_outputs()], predictor.session.run(None, feeds),
+                     strict=True))  # model.onnx itself, named columns in
+    assert [i.name for i in predictor.session.get_inputs()] == ["age", "income", "city"]
+    np.testing.assert_array_equal(answer["probabilities"], named["probabilities"])
+    assert list(answer["label"]) == list(named["label"])
+    altered = shutil.copytree(bundle, tmp_path / "altered")
+    (altered / "packed.onnx").write_bytes((altered / "packed.onnx").read_bytes() + b"x")
+    with pytest.raises(MlopsError, match="packed.onnx .*altered"):
+        Predictor(altered)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -359,9 +360,7 @@ def test_build_server_wires_shadow_and_ab_and_imports_no_training_stack(bundle: 
 
 def test_build_server_refuses_a_model_taking_other_inputs(bundle: Path, tmp_path: Path) -> None:
     meta = json.loads((bundle / "bundle.json").read_text())
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    (odd / "model.onnx").write_bytes((bundle / "model.onnx").read_bytes())
+    odd = shutil.copytree(bundle, tmp_path / "odd")
     meta["inputs"] = list(reversed(meta["inputs"]))
     (odd / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(MlopsError, match="--shadow model 'toy' takes inputs"):

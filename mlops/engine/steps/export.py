@@ -18,9 +18,12 @@ from mlops.engine.steps.trained import dict_inputs, load_module, split_arrays
 from mlops.package.bundle import write_bundle
 from mlops.package.export import check_parity, compare_outputs, export_network, torch_dict_outputs
 from mlops.package.graph import (
+    PACKED_NUMERIC,
     assemble,
     assemble_inputs,
     io_description,
+    packed_columns,
+    packed_graph,
     postprocessing_graph,
     preprocessing_graph,
 )
@@ -55,15 +58,32 @@ def export(ctx: RunContext, out: Path) -> ExportResult:
     }
     assets = {spec.tokenizer: (ctx.dir("preprocess") / spec.tokenizer).read_text()
               for spec in prep.inputs.texts.values()}
+    packed = None
     if inputs is None:
         session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
         parity = check_parity(session, module, frames(ctx)["test"], pre, prep.task, scale,
                               r.export.parity_batch_sizes, r.export.parity_atol)
+        packed = _packed(full, module, frames(ctx)["test"], pre, prep.task, scale, r.export.parity_batch_sizes,
+                         r.export.parity_atol)
     else:
         parity = _raw_input_parity(ctx, out, module, inputs, model_bytes, meta, assets)
-    written = write_bundle(out / "bundle", model_bytes, meta | {"parity": parity}, assets)
+    written = write_bundle(out / "bundle", model_bytes, meta | {"parity": parity}, assets, packed)
     return ExportResult.model_validate({"bundle": "bundle", "parity": parity, "onnx_sha256": written.onnx_sha256,
                                         "onnx_bytes": len(model_bytes)})
+
+
+def _packed(full: Any, module: Any, test: Any, pre: Preprocessor, task: str, scale: tuple[float, float] | None,
+            batch_sizes: list[int], atol: float) -> tuple[bytes, str, list[str]] | None:
+    """packed.onnx (the numeric columns as one input, what the Predictor runs), its parity checked as
+    model.onnx's was; None for a model without numeric columns."""
+    packed = packed_graph(full)
+    if packed is None:
+        return None
+    data = packed.SerializeToString()
+    columns = packed_columns(full)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    check_parity(session, module, test, pre, task, scale, batch_sizes, atol, packed=(PACKED_NUMERIC, columns))
+    return data, PACKED_NUMERIC, columns
 
 
 def _bundle_inputs(pre: Preprocessor, inputs: ModelInputs) -> list[dict[str, Any]]:
