@@ -127,6 +127,7 @@ bench: $(STAMP) bench-deps
 	$(BIN)/python benchmarks/sweep_startup.py
 	$(BIN)/python benchmarks/light.py
 	$(BIN)/python benchmarks/run_overhead.py
+	$(BIN)/python benchmarks/bundle.py
 
 # benchmarks/serve.py drives the servers with Debian's wrk (HTTP load generator, Lua-scripted POST bodies)
 .PHONY: bench-deps

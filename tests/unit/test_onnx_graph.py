@@ -117,3 +117,24 @@ def test_a_graph_without_numeric_columns_has_nothing_to_pack(frame: pd.DataFrame
     only = frame[["city", "flag", "y"]]
     pre = fit_preprocessor(infer_schema(cfg, only), only)
     assert packed_graph(preprocessing_graph(pre, 18, 10)) is None
+
+
+def test_numbers_alone_have_their_scaling_folded_into_the_first_layer(frame: pd.DataFrame) -> None:
+    torch.manual_seed(0)
+    numbers = frame[["age", "income", "y"]]
+    cfg = DataConfig(path="x.csv", target="y")
+    pre = fit_preprocessor(infer_schema(cfg, numbers), numbers)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    onnx_net = export_network(net, 2, 18)
+    full = assemble(preprocessing_graph(pre, 18, onnx_net.ir_version), onnx_net,
+                    postprocessing_graph("binary", 2, ["n", "y"], None, 18, onnx_net.ir_version))
+    packed = packed_graph(full)
+    assert packed is not None
+    ops = [n.op_type for n in packed.graph.node]
+    assert "Sub" not in ops and "Div" not in ops and "Concat" not in ops  # scaling inside the first Gemm
+    named = ort.InferenceSession(full.SerializeToString())
+    session = ort.InferenceSession(packed.SerializeToString())
+    feeds = onnx_feeds(numbers, pre)  # age has missing values: imputed before the folded layer
+    got = session.run(["probabilities"], pack_feeds(feeds, PACKED_NUMERIC, ["age", "income"], []))[0]
+    np.testing.assert_allclose(got, named.run(["probabilities"], feeds)[0], atol=1e-6)
+    check_parity(session, net, numbers, pre, "binary", None, [1, 60], 1e-5, packed=(PACKED_NUMERIC, ["age", "income"]))
