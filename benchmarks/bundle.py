@@ -6,9 +6,9 @@ the trained network alone (already preprocessed rows), at batch 1 and 64, one th
 The model is the quickstart's (breast cancer, 30 numeric columns, MLP 30-64-32-2), trained here by
 `mlops run recipes/quickstart.yaml` in a temporary home. Each side's call, interleaved round by round:
 
-* bundle, packed (what `mlops serve` runs): `Predictor.predict` on the 30 named [N, 1] columns a request
-  decodes into. It joins them into packed.onnx's one [N, 30] input; imputation, scaling, the network,
-  softmax, argmax and the label are inside the graph.
+* bundle, packed (what `mlops serve` runs): `Predictor.predict` on the feeds a request's rows decode into
+  (`feeds_from_rows`: plain numbers become packed.onnx's one [N, 30] input in one numpy call); imputation,
+  scaling, the network, softmax, argmax and the label are inside the graph.
 * bundle, model.onnx: the same columns fed to model.onnx as 30 named inputs (what Triton or any other ONNX
   client of the bundle runs).
 * torch eager, network alone: the trained LightningModule on the preprocessed float32 [N, 30] tensor, under
@@ -67,7 +67,7 @@ def main() -> int:
         results: dict[int, dict[str, list[float]]] = {}
         for batch in (1, 64):
             rows = frame.iloc[:batch]
-            feeds = predictor.frame_feeds(rows)
+            feeds = predictor.feeds_from_rows(rows.to_dict("records"))  # as a request's rows decode
             x = torch.from_numpy(pre.transform(rows))
             got = predictor.predict(feeds).outputs["probabilities"]
             with torch.inference_mode():

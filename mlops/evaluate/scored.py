@@ -55,6 +55,8 @@ def onnx_outputs(session: Any, feeds: dict[str, np.ndarray], task: str, batch: i
     """Probabilities [N, C] or predictions [N] from an ONNX session over raw-column feeds, in chunks."""
     names = [o.name for o in session.get_outputs()]
     want = "prediction" if task == "regression" else "probabilities"
+    taken = {i.name for i in session.get_inputs()}  # a decoded request's feeds hold more (its numbers' block)
+    feeds = {k: v for k, v in feeds.items() if k in taken}
     n = len(next(iter(feeds.values())))
     parts = []
     for start in range(0, n, batch):

@@ -52,6 +52,7 @@ LEGACY_CATEGORIES = CategoriesConfig(trim=False, unseen="allow")
 # the largest integer a float32 holds exactly: beyond it an integer cast to FP32 would silently change
 FP32_EXACT_INT = 2**24
 FP32_MAX = float(np.finfo(np.float32).max)
+BLOCK_PREFIX = "mlops.block:"  # the decoded numbers block's feeds key (Predictor.block_key)
 SMALL_COLUMN = 16  # up to this many values a column is checked in Python (see _small_numeric_column)
 
 
@@ -144,6 +145,9 @@ class Predictor:
         self.packed_input = packed.input if packed else None
         self.packed_columns = list(packed.columns) if packed else []
         self._unpacked = [i.name for i in self.runner.get_inputs() if i.name != self.packed_input]
+        # where a decoded request keeps its numbers as one block already (feeds_from_rows): named by the columns'
+        # order, so another bundle's Predictor (a shadow, a challenger) packing other columns never takes it
+        self.block_key = f"{BLOCK_PREFIX}{','.join(self.packed_columns)}" if packed else None
         # model.onnx's inputs: the named raw columns (packed.onnx takes the same values, numeric ones joined)
         self.graph_inputs = frozenset([*self.packed_columns, *self._unpacked])
         # what an answer holds (label and probabilities, or prediction); the embedding only when asked for
@@ -198,7 +202,7 @@ class Predictor:
         if self.packed_input is None:
             graph_feeds = {k: v for k, v in feeds.items() if k in self.graph_inputs}
         else:
-            graph_feeds = pack_feeds(feeds, self.packed_input, self.packed_columns, self._unpacked)
+            graph_feeds = pack_feeds(feeds, self.packed_input, self.packed_columns, self._unpacked, self.block_key)
         outputs = dict(zip(names, self.runner.run(names, graph_feeds), strict=True))
         rows = len(next(iter(graph_feeds.values()))) if graph_feeds else 0
         kept = None
@@ -331,9 +335,48 @@ class Predictor:
                     raise RequestError(f"{where}[{i}].{n}", "missing column (send null for a missing value)")
                 columns[n].append(row[n])
         feeds: dict[str, np.ndarray] = {}
+        block = self._numeric_block(columns, len(rows))
+        if block is not None:
+            assert self.block_key is not None
+            feeds[self.block_key] = block
+            for j, n in enumerate(self.packed_columns):
+                feeds[n] = block[:, j:j + 1]  # views: the block and its columns cannot disagree
         for n, values in columns.items():
-            feeds |= self.column_feeds(n, values, f"{where}[].{n}")
+            if n not in feeds:
+                feeds |= self.column_feeds(n, values, f"{where}[].{n}")
         return feeds
+
+    def _numeric_block(self, columns: dict[str, list[Any]], rows: int) -> np.ndarray | None:
+        """The numeric columns as packed.onnx's one [N, K] input, in one numpy call rather than one per column,
+        when every value is a plain number that fits FP32 (the checks of `_fast_column`); None otherwise, and each
+        column is then checked on its own, which names the value at fault."""
+        if self.block_key is None:
+            return None
+        lists = [columns[c] for c in self.packed_columns]
+        if rows > SMALL_COLUMN:
+            types = {t for values in lists for t in map(type, values)}
+            if not types <= {float, int}:
+                return None
+            try:
+                wide = np.asarray(lists, dtype=np.float64)
+            except OverflowError:  # an int beyond float64
+                return None
+            bound = FP32_EXACT_INT if int in types else FP32_MAX
+            if not (np.isfinite(wide).all() and (np.abs(wide) <= bound).all()):
+                return None
+            return wide.astype(np.float32).T.copy()
+        for values in lists:
+            for v in values:
+                t = type(v)
+                if t is float:
+                    if not -FP32_MAX <= v <= FP32_MAX:  # also false for NaN
+                        return None
+                elif t is int:
+                    if not -FP32_EXACT_INT <= v <= FP32_EXACT_INT:
+                        return None
+                else:
+                    return None
+        return np.array(lists, dtype=np.float32).T.copy()  # C order: what ONNX Runtime takes without a copy
 
     def feeds_from_v2(self, inputs: Any) -> dict[str, np.ndarray]:
         """V2 inputs: one tensor per column (shape [N] or [N,1]), or one [N, n_columns] tensor."""
@@ -575,11 +618,15 @@ class Predictor:
         raise RequestError(where, f"expected a string category, got {type(v).__name__}")
 
 
-def pack_feeds(feeds: dict[str, np.ndarray], name: str, columns: list[str], others: list[str]
-               ) -> dict[str, np.ndarray]:
+def pack_feeds(feeds: dict[str, np.ndarray], name: str, columns: list[str], others: list[str],
+               block_key: str | None = None) -> dict[str, np.ndarray]:
     """Named feeds as packed.onnx takes them: the numeric [N, 1] columns as one float32 [N, K] input `name`,
-    columns in its order; `others` (string columns) as they are."""
-    packed = {name: np.concatenate([feeds[c] for c in columns], axis=1)}
+    columns in its order; `others` (string columns) as they are. The decoder's block under `block_key` is taken
+    as it is while every column is still a view of it (a column replaced or rows sliced since: joined anew)."""
+    block = feeds.get(block_key) if block_key is not None else None
+    if block is None or not all(feeds[c].base is block for c in columns):
+        block = np.concatenate([feeds[c] for c in columns], axis=1)
+    packed = {name: block}
     return packed | {k: feeds[k] for k in others} if others else packed
 
 

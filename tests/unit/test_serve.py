@@ -469,3 +469,29 @@ def test_the_predictor_runs_the_packed_graph_and_answers_as_model_onnx(bundle: P
     (altered / "packed.onnx").write_bytes((altered / "packed.onnx").read_bytes() + b"x")
     with pytest.raises(MlopsError, match="packed.onnx .*altered"):
         Predictor(altered)
+
+
+def test_a_few_rows_of_plain_numbers_decode_into_one_block_that_never_goes_stale(bundle: Path) -> None:
+    predictor = Predictor(bundle)
+    rows = [{"age": 30, "income": 2.5, "city": "a"}, {"age": 41.5, "income": -1, "city": "b"}]
+    feeds = predictor.feeds_from_rows(rows)
+    assert predictor.block_key is not None and predictor.block_key in feeds
+    np.testing.assert_array_equal(feeds[predictor.block_key], np.float32([[30, 2.5], [41.5, -1]]))
+    np.testing.assert_array_equal(feeds["age"], np.float32([[30], [41.5]]))
+    with_null = predictor.feeds_from_rows([{"age": None, "income": 2.5, "city": "a"}])
+    assert predictor.block_key not in with_null  # checked column by column, as ever
+    answer = predictor.predict(feeds).outputs["probabilities"]
+    feeds["age"] = np.float32([[99.0], [41.5]])  # replaced after decoding: the block is joined anew
+    changed = predictor.predict(feeds).outputs["probabilities"]
+    fresh = predictor.predict(predictor.feeds_from_rows([rows[0] | {"age": 99.0}, rows[1]])).outputs["probabilities"]
+    np.testing.assert_array_equal(changed, fresh)
+    assert not np.array_equal(answer[0], changed[0])
+    np.testing.assert_array_equal(predictor.predict({k: v[1:] for k, v in feeds.items()}).outputs["probabilities"],
+                                  fresh[1:])  # rows sliced: the block is joined anew
+    many = [{"age": i, "income": i / 3, "city": "a"} for i in range(40)]  # past the few rows checked in Python
+    block = predictor.feeds_from_rows(many)
+    assert predictor.block_key in block
+    one_by_one = predictor.feeds_from_rows([*many[:-1], many[-1] | {"age": None}])
+    assert predictor.block_key not in one_by_one
+    np.testing.assert_array_equal(predictor.predict(block).outputs["probabilities"][:-1],
+                                  predictor.predict(one_by_one).outputs["probabilities"][:-1])
