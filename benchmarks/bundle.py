@@ -63,7 +63,7 @@ def main() -> int:
         module = module_of(summary)
         cache = Path(summary["run_dir"]).parents[2] / "cache"  # a fresh home: one preprocess step's output
         pre = Preprocessor.model_validate_json(next(cache.glob("preprocess/*/preprocessor.json")).read_text())
-        frame = load_builtin("breast_cancer")  # the rows as the recipe read them
+        frame = load_builtin("breast_cancer").drop(columns="target")  # the rows as the recipe read them
         results: dict[int, dict[str, list[float]]] = {}
         for batch in (1, 64):
             rows = frame.iloc[:batch]

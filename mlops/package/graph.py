@@ -38,8 +38,11 @@ def preprocessing_graph(pre: Preprocessor, opset: int, ir_version: int) -> onnx.
                   numpy_helper.from_array(np.array([[s.std for s in pre.numeric]], np.float32), "num_std")]
         nodes += [
             helper.make_node("Concat", names, [PACKED_NUMERIC], axis=1, name=PACK_NODE),
-            helper.make_node("IsNaN", [PACKED_NUMERIC], ["num_nan"]),
-            helper.make_node("Where", ["num_nan", "num_mean", PACKED_NUMERIC], ["num_filled"]),
+            # a missing number (NaN) becomes its column's mean: one ai.onnx.ml op, where IsNaN + Where took two
+            # and a broadcast (about 3x the time at batch 64)
+            helper.make_node("Imputer", [PACKED_NUMERIC], ["num_filled"], domain="ai.onnx.ml",
+                             imputed_value_floats=[float(np.float32(s.mean)) for s in pre.numeric],
+                             replaced_value_float=float("nan")),
             helper.make_node("Sub", ["num_filled", "num_mean"], ["num_centred"]),
             helper.make_node("Div", ["num_centred", "num_std"], ["num_scaled"]),
         ]
@@ -120,8 +123,10 @@ def _fold_scaling(graph: onnx.GraphProto) -> None:
     gemm.input[0] = "num_filled"
     for op in (div, by_output["num_centred"]):
         graph.node.remove(op)
-    std_init = inits["num_std"]
-    graph.initializer.remove(std_init)
+    used = {i for n in graph.node for i in n.input}
+    for name in ("num_mean", "num_std"):  # ONNX Runtime warns at every load about an unused initializer
+        if name not in used:
+            graph.initializer.remove(inits[name])
 
 
 def packed_columns(full: onnx.ModelProto) -> list[str]:
