@@ -78,8 +78,10 @@ def main() -> int:
                 with torch.inference_mode():
                     return module(x)
 
+            # what any other ONNX client sends model.onnx: one contiguous array per column
+            columns = {k: np.ascontiguousarray(feeds[k]) for k in predictor.graph_inputs}
             sides = {"packed": lambda f=feeds: predictor.predict(f),
-                     "model.onnx": lambda f=feeds: named.run(None, {k: f[k] for k in predictor.graph_inputs}),
+                     "model.onnx": lambda f=columns: named.run(None, f),
                      "torch": eager}
             results[batch] = {k: [] for k in sides}
             for _ in range(args.rounds):

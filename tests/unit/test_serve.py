@@ -495,3 +495,17 @@ def test_a_few_rows_of_plain_numbers_decode_into_one_block_that_never_goes_stale
     assert predictor.block_key not in one_by_one
     np.testing.assert_array_equal(predictor.predict(block).outputs["probabilities"][:-1],
                                   predictor.predict(one_by_one).outputs["probabilities"][:-1])
+
+
+def test_a_bundle_from_before_packing_is_served_through_model_onnx(bundle: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    meta = json.loads((bundle / "bundle.json").read_text())
+    del meta["packed"]
+    (old / "bundle.json").write_text(json.dumps(meta))
+    (old / "model.onnx").write_bytes((bundle / "model.onnx").read_bytes())
+    before, now = Predictor(old), Predictor(bundle)
+    assert before.packed_input is None and before.block_key is None and before.session is before.runner
+    rows = [{"age": 30, "income": None, "city": "a"}, {"age": 2, "income": 5.0, "city": "b"}]
+    np.testing.assert_allclose(before.predict(before.feeds_from_rows(rows)).outputs["probabilities"],
+                               now.predict(now.feeds_from_rows(rows)).outputs["probabilities"], atol=1e-6)
