@@ -72,7 +72,8 @@ def write_bundle(dest: Path, model_bytes: bytes, meta: dict[str, Any],
     """Write atomically: a crash leaves either the old bundle or the new one, never half of one. `assets` are
     text files the inputs' preprocessing reads (a tokenizer's JSON), by their name in the bundle. `packed`:
     packed.onnx's bytes, its packed input's name and columns."""
-    extra: dict[str, Any] = {"onnx_sha256": hashlib.sha256(model_bytes).hexdigest()}
+    # what is written is described: meta read from another bundle never keeps a packed.onnx not written here
+    extra: dict[str, Any] = {"onnx_sha256": hashlib.sha256(model_bytes).hexdigest(), "packed": None}
     if packed is not None:
         extra["packed"] = {"sha256": hashlib.sha256(packed[0]).hexdigest(), "input": packed[1], "columns": packed[2]}
     full = BundleMeta.model_validate(meta | extra)
