@@ -53,7 +53,7 @@ LEGACY_CATEGORIES = CategoriesConfig(trim=False, unseen="allow")
 FP32_EXACT_INT = 2**24
 FP32_MAX = float(np.finfo(np.float32).max)
 BLOCK_PREFIX = "mlops.block:"  # the decoded numbers block's feeds key (Predictor.block_key)
-SMALL_COLUMN = 16  # up to this many values a column is checked in Python (see _small_numeric_column)
+SMALL_COLUMN = 16  # up to this many values a column is checked in Python (see _plain_fp32)
 
 
 class RequestError(Exception):
@@ -348,35 +348,12 @@ class Predictor:
 
     def _numeric_block(self, columns: dict[str, list[Any]], rows: int) -> np.ndarray | None:
         """The numeric columns as packed.onnx's one [N, K] input, in one numpy call rather than one per column,
-        when every value is a plain number that fits FP32 (the checks of `_fast_column`); None otherwise, and each
+        when every value is a plain number that fits FP32 (`_plain_fp32`); None otherwise, and each
         column is then checked on its own, which names the value at fault."""
         if self.block_key is None:
             return None
-        lists = [columns[c] for c in self.packed_columns]
-        if rows > SMALL_COLUMN:
-            types = {t for values in lists for t in map(type, values)}
-            if not types <= {float, int}:
-                return None
-            try:
-                wide = np.asarray(lists, dtype=np.float64)
-            except OverflowError:  # an int beyond float64
-                return None
-            bound = FP32_EXACT_INT if int in types else FP32_MAX
-            if not (np.isfinite(wide).all() and (np.abs(wide) <= bound).all()):
-                return None
-            return wide.astype(np.float32).T.copy()
-        for values in lists:
-            for v in values:
-                t = type(v)
-                if t is float:
-                    if not -FP32_MAX <= v <= FP32_MAX:  # also false for NaN
-                        return None
-                elif t is int:
-                    if not -FP32_EXACT_INT <= v <= FP32_EXACT_INT:
-                        return None
-                else:
-                    return None
-        return np.array(lists, dtype=np.float32).T.copy()  # C order: what ONNX Runtime takes without a copy
+        plain = _plain_fp32([columns[c] for c in self.packed_columns], rows)
+        return None if plain is None else plain.T.copy()  # C order: what ONNX Runtime takes without a copy
 
     def feeds_from_v2(self, inputs: Any) -> dict[str, np.ndarray]:
         """V2 inputs: one tensor per column (shape [N] or [N,1]), or one [N, n_columns] tensor."""
@@ -688,35 +665,39 @@ def _fast_column(values: list[Any], datatype: str | None) -> np.ndarray | None:
     also finds the row at fault for the error."""
     if datatype == "BYTES" or not values:
         return None
-    if len(values) <= SMALL_COLUMN:
-        return _small_numeric_column(values)
-    types = set(map(type, values))
+    plain = _plain_fp32([values], len(values))
+    return None if plain is None else plain.reshape(-1, 1)
+
+
+def _plain_fp32(lists: list[list[Any]], rows: int) -> np.ndarray | None:
+    """Lists of `rows` values each as one float32 [len(lists), rows] array when every value is a plain number
+    that fits FP32 (an int within 2**24, a finite float within FP32's range); None otherwise. A few rows (a
+    single-row request above all) are checked value by value in Python, where numpy's per-call cost would be
+    most of the time; more at C speed. The same checks, the same result."""
+    if rows <= SMALL_COLUMN:
+        for values in lists:
+            for v in values:
+                t = type(v)
+                if t is float:
+                    if not -FP32_MAX <= v <= FP32_MAX:  # also false for NaN
+                        return None
+                elif t is int:
+                    if not -FP32_EXACT_INT <= v <= FP32_EXACT_INT:
+                        return None
+                else:
+                    return None
+        return np.array(lists, dtype=np.float32)
+    types = {t for values in lists for t in map(type, values)}
     if not types <= {float, int}:
         return None
     try:
-        arr = np.asarray(values, dtype=np.float64)
+        arr = np.asarray(lists, dtype=np.float64)
     except OverflowError:  # an int beyond float64
         return None
     bound = FP32_EXACT_INT if int in types else FP32_MAX  # an int past 2**24 is a lossy cast: refused below
     if not (np.isfinite(arr).all() and (np.abs(arr) <= bound).all()):
         return None
-    return arr.astype(np.float32).reshape(-1, 1)
-
-
-def _small_numeric_column(values: list[Any]) -> np.ndarray | None:
-    """`_fast_column` for a few rows (a single-row request above all): value by value in Python, where
-    numpy's per-call cost would be most of the time. The same checks, the same result."""
-    for v in values:
-        t = type(v)
-        if t is float:
-            if not -FP32_MAX <= v <= FP32_MAX:  # also false for NaN
-                return None
-        elif t is int:
-            if not -FP32_EXACT_INT <= v <= FP32_EXACT_INT:
-                return None
-        else:
-            return None
-    return np.array(values, dtype=np.float32).reshape(-1, 1)
+    return arr.astype(np.float32)
 
 
 def _flatten(data: list[Any]) -> list[Any]:
