@@ -22,6 +22,7 @@ Prefect is loaded anyway).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -205,10 +206,14 @@ def _free_port(previous: int | None) -> int:
 # Runs the server (`argv[3:]`) as its child, in the session `start_new_session` gave it, so one killpg stops
 # both; and stops the server once its state file is gone or names another server: its Prefect home was deleted
 # (a temporary directory) or replaced, and nobody could find the server again to stop it. Before the state file
-# first names it (the start is under way), it waits up to `argv[2]` seconds.
+# first names it (the start is under way), it waits up to `argv[2]` seconds. The starter sends SIGUSR1 once it
+# wrote the state file: a file written and deleted between two looks would otherwise read as "not yet written",
+# and the server would run on until that wait ended (a CI run saw it outlive a 150 s bound).
 _SUPERVISOR = """
 import json, os, signal, subprocess, sys, time
 state, wait = sys.argv[1], float(sys.argv[2])
+announced = []
+signal.signal(signal.SIGUSR1, lambda *_: announced.append(True))  # before the server: the starter waits for it
 server = subprocess.Popen(sys.argv[3:])
 def stop(*_):  # the group's SIGTERM: gone only once the server is (its port free)
     server.terminate()
@@ -226,7 +231,7 @@ def named():
     except (OSError, ValueError):
         return None  # being replaced, or unreadable for a moment: look again
 deadline = time.monotonic() + wait
-while server.poll() is None and named() is not True and time.monotonic() < deadline:
+while server.poll() is None and not announced and named() is not True and time.monotonic() < deadline:
     time.sleep(0.5)
 while server.poll() is None and named() is not False:
     time.sleep(5)
@@ -286,6 +291,8 @@ def _start(files: ServerFiles, previous: ServerState | None, timeout: float) -> 
             tmp = files.state.with_suffix(".tmp")
             tmp.write_text(state.to_json())
             tmp.replace(files.state)
+            with contextlib.suppress(ProcessLookupError):  # named: from now on a missing state file means "stop"
+                os.kill(proc.pid, signal.SIGUSR1)
             return state
         tail = _log_tail(files.log, offset)
         if "address already in use" not in tail.lower():
