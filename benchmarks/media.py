@@ -124,7 +124,8 @@ def trained(summary: dict[str, Any]) -> tuple[dict[str, Any], float]:
 def module_of(summary: dict[str, Any]) -> Any:
     import torch
 
-    from mlops.train.fit import TrainResult, build_module
+    from mlops.train.fit import build_module
+    from mlops.train.result import TrainResult
 
     result, _ = trained(summary)
     module = build_module(TrainResult.model_validate(result).init)
