@@ -217,7 +217,7 @@ def _recipe_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-failed-gates", action="store_true", help="exit 0 even when a gate fails (says so)")
     _recipe(p)
 
-    p = _command(sub, "sweep", "mlops.cli.run:cmd_sweep",
+    p = _command(sub, "sweep", "mlops.cli.sweep:cmd_sweep",
                  "run the recipe's Optuna sweep (resumable); register the best as challenger")
     p.add_argument("--worker", action="store_true",
                    help="join the study from another process or machine (shared RDB storage); no registration")

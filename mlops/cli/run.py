@@ -1,4 +1,4 @@
-"""`mlops run`, `evaluate` and `sweep`: the commands that train or score through the engine."""
+"""`mlops run` and `evaluate`: the commands that train or score through the engine (`sweep`: mlops.cli.sweep)."""
 
 from __future__ import annotations
 
@@ -14,22 +14,20 @@ from mlops.engine.evaluate_model import evaluate_model
 from mlops.engine.multirun import expand
 from mlops.engine.summary import MultirunSummary, RunSummary
 from mlops.engine.validate import load_validated
-from mlops.sweep.flow import sweep
-from mlops.sweep.study import sweep_config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     resolve_recipe(args)  # -cp/-cn
     jobs = expand(args.overrides) if args.multirun else [args.overrides]
-    for job in jobs:  # fail fast, before any server starts or anything is written
-        load_validated(args.recipe, job)
+    # fail fast, before any server starts or anything is written
+    validated = [load_validated(args.recipe, job) for job in jobs]
     result: RunSummary | MultirunSummary
     if args.multirun:
-        result = runner.multirun(args.recipe, jobs, allow_failed_gates=args.allow_failed_gates)
+        result = runner.multirun(args.recipe, jobs, allow_failed_gates=args.allow_failed_gates, validated=validated)
         for summary in result.jobs:
             print_summary(summary, brief=True)
     else:
-        result = runner.run(args.recipe, jobs[0], allow_failed_gates=args.allow_failed_gates)
+        result = runner.run(args.recipe, jobs[0], allow_failed_gates=args.allow_failed_gates, validated=validated[0])
         print_summary(result, brief=False)
     emit(result)
     return 0
@@ -47,20 +45,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if result.gates.outcome == "failed":
         raise GateError("\n".join([f"{result.model} FAILED its gates:",
                                    *(f"  {line}" for line in result.gates.failures)]))
-    return 0
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    sweep_config(load_validated(args.recipe, args.overrides))  # a recipe without a sweep fails before anything starts
-    result = sweep(args.recipe, args.overrides, worker=args.worker, allow_failed_gates=args.allow_failed_gates)
-    t = result.trials
-    print(f"study {result.study_name}: {t['complete']} complete, {t['pruned']} pruned, {t['failed']} failed "
-          f"(storage {result.storage})")
-    if result.best is not None and result.run is not None:
-        best = result.best
-        print(f"best trial {best.number}: {best.value:.5f}  {' '.join(best.overrides)}")
-        print_summary(result.run, brief=False)
-    emit(result)
     return 0
 
 

@@ -47,4 +47,7 @@ def say(message: str, who: str = LOGGER_NAME) -> None:
     server), and a record in the run's logs under Prefect."""
     logger().info(message, extra={"who": who})
     for handler in logger().handlers:
-        handler.flush()
+        # the terminal's line now; not Prefect's API handler, whose flush waits for the server to store every
+        # queued line (about 35 ms a line): its worker sends them in batches, and drains them at exit
+        if isinstance(handler, _CurrentStdout):
+            handler.flush()

@@ -17,7 +17,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mlops.core.atomic import publishing
 from mlops.core.errors import MlopsError
@@ -131,6 +131,24 @@ def bundle_name(path: Path) -> str:
 
 def resolve_version(client: MlflowClient, ref: str | ModelRef) -> ModelVersion:
     """`NAME@ALIAS` or `NAME/VERSION` -> the registered version it means now."""
+    parsed, mv = _registered(client, ref)
+    return ModelVersion(parsed.name, str(mv.version))
+
+
+def pinned_identity(client: MlflowClient, ref: str | ModelRef) -> tuple[str, str] | None:
+    """What a registered reference means now: its pinned `NAME/VERSION`, and an identity of its content (the
+    version's run and the bundle checksum it was registered with; a number deleted and registered again has
+    another run). None when it names nothing registered (a model with no champion yet)."""
+    try:
+        parsed, mv = _registered(client, ref)
+    except MlopsError:
+        return None
+    pinned = ModelVersion(parsed.name, str(mv.version)).ref
+    return pinned, f"{pinned} run {mv.run_id} onnx {mv.tags.get('onnx_sha256', '?')}"
+
+
+def _registered(client: MlflowClient, ref: str | ModelRef) -> tuple[ModelRef, Any]:
+    """`ref` parsed, and the registry's entry it means now (an mlflow ModelVersion: version, run id, tags)."""
     from mlflow.exceptions import MlflowException
 
     parsed = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
@@ -138,12 +156,10 @@ def resolve_version(client: MlflowClient, ref: str | ModelRef) -> ModelVersion:
         raise MlopsError(f"'{parsed.text}' is a bundle directory, not a registered model (NAME@ALIAS, NAME/VERSION)")
     try:
         if parsed.alias is not None:
-            mv = client.get_model_version_by_alias(parsed.name, parsed.alias)
-        else:
-            mv = client.get_model_version(parsed.name, str(parsed.version))
+            return parsed, client.get_model_version_by_alias(parsed.name, parsed.alias)
+        return parsed, client.get_model_version(parsed.name, str(parsed.version))
     except MlflowException as exc:
         raise MlopsError(f"no registered model '{parsed.text}' in {client.tracking_uri}: {exc.message}") from None
-    return ModelVersion(parsed.name, str(mv.version))
 
 
 def download_bundle(client: MlflowClient, mv: ModelVersion) -> Path:

@@ -3,6 +3,7 @@ step as a Prefect task, and a sweep trial's subprocess calls this directly (one 
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import time
@@ -12,48 +13,44 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from mlops.core.atomic import write_text
 from mlops.core.errors import GateError
 from mlops.core.log import say
+from mlops.core.refs import CHAMPION, pinned_identity
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.core.workspace import workspace
 from mlops.engine.cache import Cache
 from mlops.engine.lock import build_lock
-from mlops.engine.plan import Plan, Step, compile_plan
+from mlops.engine.plan import STEP_PACKAGE, Plan, Step, compile_plan
 from mlops.engine.results import (
     AssessResult,
+    CheckDataResult,
     EvaluateResult,
     ExportResult,
     LoadDataResult,
+    PreprocessResult,
     RegisterResult,
     SplitResult,
     StepOutput,
 )
 from mlops.engine.runlog import log_environment, log_step, start_run
-from mlops.engine.steps import (
-    assess,
-    check_data,
-    evaluate,
-    export,
-    gate,
-    load_data,
-    preprocess,
-    register,
-    split,
-    train,
-)
 from mlops.engine.steps.common import RunContext, StepFn
-from mlops.engine.steps.train import recorded_run
 from mlops.engine.summary import GateSummary, RunSummary, TrialRun, VerdictBrief
 from mlops.evaluate.gates import GateDecision
 from mlops.recipe import LoadedRecipe
-from mlops.train.fit import TrainResult, checkpoint_dir
 from mlops.train.pruning import TrialPruned
+from mlops.train.result import TrainResult, checkpoint_dir, recorded_run
 
-# every step, in plan order: step `name` is the function `name` of module `mlops.engine.steps.<name>`
-STEPS: dict[str, StepFn] = {fn.__name__: fn for fn in (
-    load_data.load_data, check_data.check_data, split.split, preprocess.preprocess, train.train,
-    evaluate.evaluate, export.export, assess.assess, gate.gate, register.register)}
+# every step, in plan order, with the model it returns: step `name` is the function `name` of module
+# `mlops.engine.steps.<name>` (`step_fn`). A step reused from the cache is parsed into its model here, without
+# importing its module: train, evaluate, export and assess import torch and Lightning (about 4 s), which a
+# rerun whose training is cached never needs. A test holds each function's return annotation to this table.
+STEP_RESULTS: dict[str, type[BaseModel]] = {
+    "load_data": LoadDataResult, "check_data": CheckDataResult, "split": SplitResult,
+    "preprocess": PreprocessResult, "train": TrainResult, "evaluate": EvaluateResult, "export": ExportResult,
+    "assess": AssessResult, "gate": GateDecision, "register": RegisterResult}
 StepRunner = Callable[[str], Callable[[Plan, RunContext, str], StepOutput[Any]]]
 
 
@@ -123,8 +120,15 @@ def execute_until(loaded: LoadedRecipe, until: str, parent_run_id: str | None = 
                     onnx_sha256=exported.onnx_sha256 if isinstance(exported, ExportResult) else None)
 
 
+def step_fn(name: str) -> StepFn:
+    """Step `name`'s function, its module imported now: only a step that runs needs its libraries."""
+    fn: StepFn = getattr(importlib.import_module(f"{STEP_PACKAGE}.{name}"), name)
+    return fn
+
+
 def run_step(plan: Plan, ctx: RunContext, name: str) -> StepOutput[Any]:
-    return plan.run(ctx, name, STEPS[name])
+    # the step's module is imported when the step runs, not when its result comes from the cache
+    return plan.run(ctx, name, lambda c, out: step_fn(name)(c, out), STEP_RESULTS[name])
 
 
 def _start(loaded: LoadedRecipe, parent_run_id: str | None, cache: Cache | None, tags: dict[str, str] | None,
@@ -151,6 +155,8 @@ def _run_steps(run: _Run, steps: list[Step], step_runner: StepRunner | None = No
     hits: dict[str, bool] = {}
     try:
         for step in steps:
+            if step.champion:
+                step = plan.keyed_on(step.name, _champion_now(run))
             hit = step.cached and plan.cache.has(step.name, step.key)
             output = (step_runner(step.name) if step_runner else run_step)(plan, ctx, step.name)
             ctx.record(step.name, output)
@@ -167,6 +173,20 @@ def _run_steps(run: _Run, steps: list[Step], step_runner: StepRunner | None = No
         client.set_terminated(ctx.run_id, "FAILED")
         raise
     return hits
+
+
+def _champion_now(run: _Run) -> str:
+    """The champion a gate step compares with, looked up now and pinned in the run's context (the gate scores
+    that very version), as its cache key's part: the version and its content, and whether failed gates are
+    allowed (that changes the outcome too)."""
+    ctx = run.ctx
+    allowed = f"allow_failed_gates={ctx.allow_failed_gates}"
+    if not any(g.vs is not None for g in ctx.loaded.recipe.evaluate.gates):
+        ctx.champion = None
+        return f"no gate compares with a champion; {allowed}"
+    found = pinned_identity(run.client, f"{ctx.loaded.recipe.model_name}@{CHAMPION}")
+    ctx.champion = found[0] if found else None
+    return f"champion {found[1] if found else 'none'} in {ctx.tracking_uri}; {allowed}"
 
 
 def _resume_run(plan: Plan, client: Any, uri: str, experiment: str, parent_run_id: str | None,

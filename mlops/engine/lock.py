@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import platform
 import subprocess
 import sys
@@ -10,6 +12,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops.core.atomic import write_json
+from mlops.core.workspace import workspace
 from mlops.data.sources import data_path
 
 if TYPE_CHECKING:
@@ -30,11 +34,25 @@ def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str]:
     return out
 
 
-@cache  # read once a process (0.5-0.7 s): a sweep's warm worker reads it before forking, so no trial reads it again
+@cache  # once a process: a sweep's warm worker reads it before forking, so no trial reads it again
 def pip_freeze() -> str:
-    """Every installed distribution as `name==version` (read from metadata: no pip subprocess)."""
+    """Every installed distribution as `name==version` (read from metadata: no pip subprocess).
+
+    Reading every distribution's metadata costs 0.5-0.7 s, so the list is remembered in the workspace under
+    the modification times of the directories Python finds distributions in: installing, upgrading or
+    removing one adds or removes a `*.dist-info` (or a `.pth`) there, which changes its directory's time."""
+    stamp = [[entry, os.stat(entry).st_mtime_ns] for entry in sys.path if entry and os.path.isdir(entry)]
+    memo = workspace().cache / "pip-freeze.json"
+    try:
+        saved = json.loads(memo.read_text())
+        if saved["stamp"] == stamp:
+            return str(saved["text"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet, or unreadable: read the metadata
     rows = {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata["Name"]}
-    return "\n".join(sorted(rows, key=str.lower)) + "\n"
+    text = "\n".join(sorted(rows, key=str.lower)) + "\n"
+    write_json(memo, {"stamp": stamp, "text": text})
+    return text
 
 
 def git_state(where: Path) -> dict[str, Any] | None:

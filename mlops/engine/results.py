@@ -4,7 +4,7 @@ Field names are the JSON keys the cache has always written (a field added later 
 entry still loads). Every step module imports this one, so it is part of every step's code version
 (`mlops.engine.plan`): it stays small and imports nothing of mlops but the data models of the network's inputs
 (`mlops.data.media`, which the data steps reach anyway). The train
-step returns `mlops.train.fit.TrainResult` and the gate step `mlops.evaluate.gates.GateDecision`, each
+step returns `mlops.train.result.TrainResult` and the gate step `mlops.evaluate.gates.GateDecision`, each
 defined where it is produced, so that only the steps that read them carry those modules in their version.
 """
 

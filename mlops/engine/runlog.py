@@ -27,7 +27,7 @@ from mlops.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
     from mlops.evaluate.gates import GateDecision
-    from mlops.train.fit import TrainResult
+    from mlops.train.result import TrainResult
 
 MAX_PARAM = 6000  # MLflow's limit on a parameter value
 MAX_DIGEST = 36  # MLflow's limit on a dataset's digest: a fingerprint's first characters ("sha256:" + 29 hex)

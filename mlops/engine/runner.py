@@ -29,6 +29,7 @@ from mlops.engine.prefect_server import ensure_server
 from mlops.engine.steps.common import RunContext
 from mlops.engine.summary import MultirunSummary, RunSummary, VerdictBrief
 from mlops.engine.validate import load_validated
+from mlops.recipe import LoadedRecipe
 
 
 def configure_prefect() -> None:
@@ -116,6 +117,7 @@ configure_prefect()
 from prefect import flow, task  # noqa: E402  (configured first: Prefect reads settings at import)
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Completed, Failed, State  # noqa: E402
+from prefect.utilities.annotations import quote  # noqa: E402
 
 
 def _step(plan: Plan, ctx: RunContext, name: str) -> Any:
@@ -135,7 +137,10 @@ def as_tasks(name: str) -> Any:
     named = step_task.with_options(name=name)
 
     def call(plan: Plan, ctx: RunContext, step: str) -> Any:
-        out = named(plan, ctx, step)
+        # quoted: Prefect would otherwise walk the whole plan and every earlier result (recipe models, metrics,
+        # histories) looking for futures, for each task (about 1 s of a cached run under cProfile), and a plan
+        # holds none
+        out = named(quote(plan), quote(ctx), step)
         return out.result() if isinstance(out, State) else out  # a task that returns a state hands it back
 
     return call
@@ -224,13 +229,28 @@ def _multirun_name() -> str:
     return f"{Path(flow_run.parameters['recipe']).stem} multirun"
 
 
+# recipes that `run` and `multirun` were handed validated (the CLI checks every job before any flow starts), by
+# (recipe path, overrides): the flow takes each once instead of composing and checking it again. Its parameters
+# stay a path and overrides, so a deployment's flow run still loads the recipe itself.
+_validated: dict[tuple[str, tuple[str, ...]], LoadedRecipe] = {}
+
+
+def _hand_over(recipe: str, validated: list[LoadedRecipe] | None) -> None:
+    for loaded in validated or []:
+        _validated[(recipe, tuple(loaded.overrides))] = loaded
+
+
+def _load(recipe: str, overrides: list[str]) -> LoadedRecipe:
+    return _validated.pop((recipe, tuple(overrides)), None) or load_validated(recipe, overrides)
+
+
 @flow(name="mlops-run", flow_run_name=_run_name, validate_parameters=False)
 def run_flow(recipe: str, overrides: list[str], parent_run_id: str | None = None,
              allow_failed_gates: bool = False) -> RunSummary | State:
     """Train, evaluate, export, gate and register one recipe (the deployable entrypoint)."""
     log_to_runs()
     try:
-        summary = execute(load_validated(recipe, overrides), parent_run_id, step_runner=as_tasks,
+        summary = execute(_load(recipe, overrides), parent_run_id, step_runner=as_tasks,
                           allow_failed_gates=allow_failed_gates)
     except GateError as exc:  # a verdict, not a crash: the flow run is Failed with the reason, no traceback
         failed = _failed_run(exc)
@@ -244,7 +264,8 @@ def run_flow(recipe: str, overrides: list[str], parent_run_id: str | None = None
 @flow(name="mlops-multirun", flow_run_name=_multirun_name, validate_parameters=False)
 def multirun_flow(recipe: str, jobs: list[list[str]], allow_failed_gates: bool = False) -> MultirunSummary | State:
     """Hydra-style multirun: one subflow and one nested MLflow run per combination of overrides."""
-    loaded = [load_validated(recipe, job) for job in jobs]  # validate every job before running any
+    loaded = [_load(recipe, job) for job in jobs]  # validate every job before running any
+    _hand_over(recipe, loaded)  # each job's subflow takes its recipe from here
     first = loaded[0]
     uri = tracking_uri(first.recipe.tracking.uri)
     client = registry_client(uri)
@@ -271,14 +292,22 @@ def multirun_flow(recipe: str, jobs: list[list[str]], allow_failed_gates: bool =
     return MultirunSummary(parent_run_id=parent, jobs=summaries)
 
 
-def run(recipe: str | Path, overrides: list[str], allow_failed_gates: bool = False) -> RunSummary:
+def run(recipe: str | Path, overrides: list[str], allow_failed_gates: bool = False,
+        validated: LoadedRecipe | None = None) -> RunSummary:
+    """One run of `recipe` as a flow run; `validated`: the recipe with these overrides, already validated."""
     prepare_flow_run()
-    state = run_flow(str(Path(recipe).resolve()), overrides, allow_failed_gates=allow_failed_gates, return_state=True)
+    path = str(Path(recipe).resolve())
+    _hand_over(path, [validated] if validated else None)
+    state = run_flow(path, overrides, allow_failed_gates=allow_failed_gates, return_state=True)
     # raises the flow's exception, GateError included; model_validate hands the summary back as it is
     return RunSummary.model_validate(state.result())
 
 
-def multirun(recipe: str | Path, jobs: list[list[str]], allow_failed_gates: bool = False) -> MultirunSummary:
+def multirun(recipe: str | Path, jobs: list[list[str]], allow_failed_gates: bool = False,
+             validated: list[LoadedRecipe] | None = None) -> MultirunSummary:
+    """Every job of a multirun as a subflow run; `validated`: the jobs' recipes, already validated."""
     prepare_flow_run()
-    state = multirun_flow(str(Path(recipe).resolve()), jobs, allow_failed_gates=allow_failed_gates, return_state=True)
+    path = str(Path(recipe).resolve())
+    _hand_over(path, validated)
+    state = multirun_flow(path, jobs, allow_failed_gates=allow_failed_gates, return_state=True)
     return MultirunSummary.model_validate(state.result())

@@ -85,16 +85,18 @@ def metric_key(text: str) -> str:
     return re.sub(r"[^\w\-. ]", "_", text)
 
 
-def champion_bundle(uri: str, model_name: str) -> tuple[str, Path] | None:
-    """The registered champion's bundle, downloaded once; None when the model has no champion yet."""
-    found = fetch_if_registered(f"{model_name}@{CHAMPION}", uri)
+def champion_bundle(uri: str, model_name: str, pinned: str | None = None) -> tuple[str, Path] | None:
+    """The registered champion's bundle (the version `pinned` names, when the caller looked the champion up
+    already), downloaded once; None when the model has no champion yet."""
+    found = fetch_if_registered(pinned or f"{model_name}@{CHAMPION}", uri)
     return (found.label, found.path) if found else None
 
 
 def decide(recipe: Recipe, bundle_dir: Path, frames: dict[str, Any], results: dict[str, Any],
            plots: dict[str, str], tracking_uri: str, out: Path, model: dict[str, Any],
-           allow_failed: bool = False, champion: tuple[str, Path] | None | bool = True) -> GateDecision:
-    """Apply the recipe's gates and write the report into `out`. `champion=True` looks it up in the registry."""
+           allow_failed: bool = False, champion: str | bool | None = True) -> GateDecision:
+    """Apply the recipe's gates and write the report into `out`. `champion=True` looks it up in the registry;
+    a `NAME/VERSION` is the champion the caller found there; None: there is none."""
 
     ev = recipe.evaluate
     target = recipe.data.target
@@ -106,7 +108,8 @@ def decide(recipe: Recipe, bundle_dir: Path, frames: dict[str, Any], results: di
     champion_error = None
     if any(g.vs is not None for g in ev.gates):
         challenger = {split: score_bundle(bundle_dir, frame, target) for split, frame in frames.items()}
-        found = champion_bundle(tracking_uri, recipe.model_name) if champion is True else champion or None
+        found = champion_bundle(tracking_uri, recipe.model_name, None if champion is True else champion) \
+            if champion else None
         if found:
             ref, champ_dir = found
             say(f"scoring the champion {ref} on the same {len(frames['test'])} test rows")

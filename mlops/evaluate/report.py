@@ -121,7 +121,7 @@ def _model_title(model: dict[str, Any]) -> str:
 def _meta(report: dict[str, Any]) -> list[dict[str, Any]]:
     model = report.get("model") or {}
     rows = [("recipe", report.get("recipe")), ("outcome", None), ("champion", report.get("champion")),
-            ("task", model.get("task")), ("run id", model.get("run_id")), ("ONNX sha256", model.get("onnx_sha256")),
+            ("task", model.get("task")), ("decided in run", model.get("run_id")), ("ONNX sha256", model.get("onnx_sha256")),
             ("labels", ", ".join(map(str, model["labels"])) if model.get("labels") else None)]
     out = []
     for term, value in rows:

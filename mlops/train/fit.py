@@ -35,9 +35,9 @@ from mlops.train.progress import (
     Checkpoints,
     EpochHistory,
     MetricStream,
-    TrackingLink,
 )
 from mlops.train.pruning import OptunaPruning, PruneLink
+from mlops.train.result import TrackingLink, TrainResult, checkpoint_dir
 from mlops.train.system_metrics import SystemMetrics
 
 
@@ -63,21 +63,6 @@ class TrainJob(BaseModel):
     recipe_dir: str | None = None  # where a relative model.weights starts (the recipe's folder)
     tracking: TrackingLink | None = None  # the MLflow run each epoch's metrics stream to while training runs
     system_metrics: bool = True  # MLflow's system metrics (CPU, memory, GPU) in that run while training runs
-
-
-class TrainResult(BaseModel):
-    history: list[dict[str, float]]  # one entry per epoch: {"epoch": n, metric: value, ...}
-    epochs_run: int
-    best_score: float | None
-    fit_seconds: float
-    world_size: int
-    pruned: bool = False
-    state_dict: str  # file name of the best weights, relative to the job's out_dir
-    init: dict[str, Any]  # class path and constructor arguments, to rebuild the module for export
-    fine_tune: dict[str, Any] | None = None  # model.weights / model.freeze: what was loaded, skipped, frozen
-    epoch_times: list[int] = Field(default_factory=list)  # when each history row's epoch ended (ms since the epoch)
-    streamed_to: str | None = None  # the MLflow run that received each epoch's metrics as it ended
-    resumed_from_epoch: int | None = None  # epochs done by a killed fit this one resumed from its checkpoint
 
 
 def dict_inputs(job: TrainJob) -> ModelInputs | None:
@@ -154,11 +139,6 @@ def quiet_lightning() -> None:
     for pattern in (".*does not have many workers.*", ".*LeafSpec.*", ".*isinstance.*treespec.*",
                     ".*exists and is not empty.*"):  # a resumed fit finds its own checkpoints there
         warnings.filterwarnings("ignore", pattern)
-
-
-def checkpoint_dir(out_dir: str | Path) -> Path:
-    """Where a fit keeps `last.ckpt` and `best.ckpt`: inside the train step's working directory."""
-    return Path(out_dir) / "checkpoints"
 
 
 def resume_point(out_dir: str | Path) -> tuple[Path, int] | None:

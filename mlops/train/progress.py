@@ -15,19 +15,12 @@ from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from pydantic import BaseModel
 
 from mlops.core.log import say
+from mlops.train.result import TrackingLink
 
 LAST = "last"  # checkpoints/last.ckpt: where a killed fit resumes
 BEST = "best"  # checkpoints/best.ckpt: the best epoch by trainer.checkpoint.monitor, the weights kept
-
-
-class TrackingLink(BaseModel):
-    """The MLflow run a fit streams its epochs to (rank 0 only)."""
-
-    tracking_uri: str
-    run_id: str
 
 
 class EpochHistory(Callback):

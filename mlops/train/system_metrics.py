@@ -15,7 +15,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from mlops.train.progress import TrackingLink
+from mlops.train.result import TrackingLink
 
 SAMPLING_INTERVAL_S = 1.0
 

@@ -46,6 +46,14 @@ def test_run_caches_registers_and_moves_aliases(isolated_env: dict[str, str]) ->
     assert {k: v for k, v in again["cache"].items() if k not in ("gate", "register")} == {
         k: "reused" for k in ("load_data", "check_data", "split", "preprocess", "train", "evaluate", "export", "assess")}
     assert again["model_version"] == "1" and again["run_id"] != first["run_id"]
+    # the gate compared with no champion the first time, with version 1 now: it ran again
+    assert again["cache"]["gate"] == "ran" and again["gates"]["champion"] == "quickstart/1"
+
+    # and again: the champion is the same version, so the gate's decision is reused too; register always runs
+    third = last_json(run_cli(["run", "--json", "recipes/quickstart.yaml", "trainer.max_epochs=2"], isolated_env))
+    assert third["cache"]["gate"] == "reused" and third["cache"]["register"] == "ran"
+    assert third["gates"] == again["gates"] | {"report": third["gates"]["report"]}
+    assert Path(third["gates"]["report"]).is_file() and third["model_version"] == "1"
 
     # a model change re-runs from train on; data steps stay cached; the new version is only the challenger
     changed = last_json(run_cli(["run", "--json", "recipes/quickstart.yaml", "trainer.max_epochs=2", "model.lr=0.01"],

@@ -241,7 +241,7 @@ def test_monitor_fires_memory_growth_on_a_growing_server(tmp_path: Path, monkeyp
 
 def test_system_metrics_of_a_fit_shorter_than_one_sample(tmp_path: Path) -> None:
     """MLflow's loop drops an unfinished interval: the callback still logs the fit's last sample. Rank 0 only."""
-    from mlops.train.progress import TrackingLink
+    from mlops.train.result import TrackingLink
     from mlops.train.system_metrics import SystemMetrics
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

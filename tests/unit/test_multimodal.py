@@ -29,8 +29,9 @@ from mlops.recipe.schema import (
 )
 from mlops.train.datamodule import ArrayDataModule
 from mlops.train.finetune import load_weights, read_state_dict
-from mlops.train.fit import TrainJob, TrainResult, build_module, fit, model_init
+from mlops.train.fit import TrainJob, build_module, fit, model_init
 from mlops.train.multimodal import MultiInputNet, TextEncoder
+from mlops.train.result import TrainResult
 
 ROWS = {"train": 40, "val": 12}
 VOCAB = 60

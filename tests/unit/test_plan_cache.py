@@ -222,10 +222,13 @@ def test_a_library_upgrade_reruns_the_steps_that_import_it(tmp_path: Path, monke
 
 
 def test_every_planned_step_has_its_own_module(tmp_path: Path) -> None:
-    from mlops.engine.execute import STEPS
+    from mlops.engine.execute import STEP_RESULTS, step_fn
+    from mlops.engine.results import result_type
 
-    assert list(STEPS) == list(keys([], tmp_path))
-    assert all(STEPS[name].__module__ == f"mlops.engine.steps.{name}" for name in STEPS)
+    assert list(STEP_RESULTS) == list(keys([], tmp_path))
+    assert all(step_fn(name).__module__ == f"mlops.engine.steps.{name}" for name in STEP_RESULTS)
+    # a cached step is parsed into the table's model: it must be the one its function returns
+    assert {name: result_type(step_fn(name)) for name in STEP_RESULTS} == STEP_RESULTS
 
 
 def test_no_step_names_an_mlops_module_only_in_a_string(tmp_path: Path) -> None:

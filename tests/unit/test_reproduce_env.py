@@ -74,3 +74,34 @@ def test_an_environment_is_rebuilt_from_a_runs_lock(tmp_path: Path) -> None:
     assert "nvidia" not in listed and "mlops" not in listed
     with pytest.raises(MlopsError, match="exists"):
         rebuild_environment(client, run_id, dest)
+
+
+def test_the_environment_lock_is_remembered_until_a_distribution_is_installed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read from metadata once; read again when a directory on sys.path gains (or loses) a distribution."""
+    import sys
+    import time
+
+    from mlops.core.workspace import workspace
+
+    site = tmp_path / "site"
+
+    def install(name: str) -> None:
+        info = site / f"{name}-1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+
+    install("mlops-fake-one")
+    monkeypatch.setattr(sys, "path", [*sys.path, str(site)])
+    freeze = pip_freeze.__wrapped__
+    first = freeze()
+    assert "mlops-fake-one==1.0" in first
+    memo = workspace().cache / "pip-freeze.json"
+    assert memo.is_file()
+    marked = memo.read_text().replace("mlops-fake-one==1.0", "mlops-fake-one==9.9")
+    memo.write_text(marked)
+    assert "mlops-fake-one==9.9" in freeze()  # nothing changed: the remembered list, no metadata read
+    time.sleep(0.01)  # a later mtime than the one remembered, also on a coarse clock
+    install("mlops-fake-two")
+    again = freeze()
+    assert "mlops-fake-one==1.0" in again and "mlops-fake-two==1.0" in again

@@ -6,5 +6,5 @@ JSON-able result whose paths are relative to that directory. None of them knows 
 
 Step `name` is the function `name` in module `mlops.engine.steps.<name>`, and that module's import
 closure is the step's code version (`mlops.engine.plan`). So this package imports nothing: whatever it
-imported would be part of every step's version. `mlops.engine.execute.STEPS` lists them.
+imported would be part of every step's version. `mlops.engine.execute.STEP_RESULTS` lists them.
 """

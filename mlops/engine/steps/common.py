@@ -23,6 +23,9 @@ class RunContext:
     tracking_uri: str
     prune: Any = None  # a PruneLink when this run is a sweep trial
     allow_failed_gates: bool = False
+    # the champion the gate compares with: True, look it up when the gate runs; else the `NAME/VERSION` the
+    # engine found when it keyed the gate's cache entry on it (None: the model has no champion yet)
+    champion: str | None | bool = True
     results: dict[str, BaseModel] = field(default_factory=dict)  # each step's result, by step name
     dirs: dict[str, Path] = field(default_factory=dict)  # the directory holding each step's files
 

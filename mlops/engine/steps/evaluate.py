@@ -13,7 +13,7 @@ from mlops.evaluate.metrics import compute_metrics, custom_metric_fns
 from mlops.evaluate.plots import calibration_png, confusion_matrix_png, residual_png, roc_png
 from mlops.evaluate.scored import Scored
 from mlops.package.export import torch_outputs
-from mlops.train.fit import TrainResult
+from mlops.train.result import TrainResult
 
 
 def evaluate(ctx: RunContext, out: Path) -> EvaluateResult:

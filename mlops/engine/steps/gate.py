@@ -12,7 +12,8 @@ from mlops.evaluate.gates import GateDecision
 
 def gate(ctx: RunContext, out: Path) -> GateDecision:
     """Decide on promotion: every gate against the computed metrics, `vs: champion` gates by a paired test on
-    the same rows, and the evaluation report. Never cached: the champion it compares with can change."""
+    the same rows, and the evaluation report. Its cache key holds the champion it compares with (the engine
+    looks it up first, `ctx.champion`): a rerun reuses the decision only while that champion is the same."""
     r = ctx.loaded.recipe
     parts = frames(ctx)
     evaluated = ctx.result("evaluate", EvaluateResult)
@@ -21,4 +22,4 @@ def gate(ctx: RunContext, out: Path) -> GateDecision:
     return decide(r, ctx.dir("export") / "bundle", {k: parts[k] for k in ("val", "test")}, results, plots,
                   ctx.tracking_uri, out,
                   {"run_id": ctx.run_id, "onnx_sha256": ctx.result("export", ExportResult).onnx_sha256},
-                  allow_failed=ctx.allow_failed_gates)
+                  allow_failed=ctx.allow_failed_gates, champion=ctx.champion)

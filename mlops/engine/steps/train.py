@@ -7,7 +7,6 @@ same command again after a kill resumes the fit and the run (`mlops.engine.execu
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -19,19 +18,9 @@ from mlops.engine.children import clean_env, die_with_parent
 from mlops.engine.results import PreprocessResult
 from mlops.engine.steps.common import RunContext
 from mlops.train import worker
-from mlops.train.fit import TrainJob, TrainResult, checkpoint_dir, fit, load_result
-from mlops.train.progress import TrackingLink
+from mlops.train.fit import TrainJob, fit, load_result
 from mlops.train.pruning import TrialPruned
-
-RUN_RECORD = "mlflow_run.json"  # beside the checkpoints: the MLflow run a resumed fit goes on streaming to
-
-
-def recorded_run(out: Path) -> TrackingLink | None:
-    """The MLflow run a killed fit in `out` was streaming to, if it recorded one."""
-    try:
-        return TrackingLink.model_validate(json.loads((out / RUN_RECORD).read_text()))
-    except (OSError, ValueError):
-        return None
+from mlops.train.result import RUN_RECORD, TrackingLink, TrainResult, checkpoint_dir
 
 
 def train(ctx: RunContext, out: Path) -> TrainResult:

@@ -12,7 +12,8 @@ import torch
 from mlops.data.media import ModelInputs
 from mlops.engine.results import PreprocessResult
 from mlops.engine.steps.common import RunContext
-from mlops.train.fit import TrainResult, build_module, network_inputs
+from mlops.train.fit import build_module, network_inputs
+from mlops.train.result import TrainResult
 
 
 def load_module(ctx: RunContext) -> Any:
