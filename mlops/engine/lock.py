@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops.core.atomic import write_json
+from mlops.core.installed import installed_stamp
 from mlops.core.workspace import workspace
 from mlops.data.sources import data_path
 
@@ -40,8 +40,8 @@ def pip_freeze() -> str:
 
     Reading every distribution's metadata costs 0.5-0.7 s, so the list is remembered in the workspace under
     the modification times of the directories Python finds distributions in: installing, upgrading or
-    removing one adds or removes a `*.dist-info` (or a `.pth`) there, which changes its directory's time."""
-    stamp = [[entry, os.stat(entry).st_mtime_ns] for entry in sys.path if entry and os.path.isdir(entry)]
+    removing one changes them (`installed_stamp`)."""
+    stamp = installed_stamp()
     memo = workspace().cache / "pip-freeze.json"
     try:
         saved = json.loads(memo.read_text())

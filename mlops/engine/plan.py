@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlops
 from mlops.core.errors import MlopsError
+from mlops.core.installed import remembered_versions
 from mlops.core.workspace import workspace
 from mlops.data.fingerprint import builtin_source_key, file_source_fingerprint, fingerprint_bytes
 from mlops.engine.cache import Cache
@@ -130,55 +131,62 @@ def weights_fingerprint(loaded: LoadedRecipe) -> str | None:
 
 
 def compile_plan(loaded: LoadedRecipe, cache: Cache | None = None) -> Plan:
+    """The run's steps with their cache keys. Parses and library versions are remembered in the workspace."""
+    memo = workspace().cache
+    with remembered_versions(memo / "library-versions.json"), remembered_parses(memo / "parsed-modules.json"):
+        return _compile(loaded, cache)
+
+
+def _compile(loaded: LoadedRecipe, cache: Cache | None) -> Plan:
     r = loaded.recipe
+    # every step's config is sliced from one dump of the whole recipe: a section's own model_dump builds that
+    # section's serializer first (the sections defer their builds), about 10 ms for the plan's dozen; the one
+    # aliased key a slice could differ in (`_target_`) is what the model, datamodule and metrics are keyed by
+    d = loaded.resolved()
+    data, ev_d, monitor = d["data"], d["evaluate"], d["monitor"]
     # the category policies act in preprocess (trim) and in the bundle (unseen): reading the rows ignores both
-    data_cfg = r.data.model_dump(mode="json", exclude={"split", "datamodule", "categories"})
+    data_cfg = {k: v for k, v in data.items() if k not in ("split", "datamodule", "categories")}
     source = source_fingerprint(loaded)
-    tracking = {"tracking": r.tracking.model_dump(mode="json"), "registry": r.registry.model_dump(mode="json")}
+    tracking = {"tracking": d["tracking"], "registry": d["registry"]}
     ev = r.evaluate
     # the user's code each step calls: the model and datamodule shape training; custom metrics are computed by
     # evaluate, on every slice in assess, and on the champion's rows in gate
     trained = (r.model.target, r.data.datamodule.target)
     metrics = tuple(c.target for c in ev.custom_metrics.values())
     server = (LOAD_TEST_SERVER,) if ev.load_test.enabled else ()  # assess runs it; gate's code reaches that code
+    text = {k: v for k, v in d["model"]["text"].items() if k in ("tokenizer", "vocab_size", "lowercase", "max_length")}
     specs = [
         Step("load_data", "read the rows and fingerprint their bytes", (), data_cfg | {"source": source}),
         Step("check_data", "check the recipe's data expectations before training", ("load_data",),
-             {"expectations": r.evaluate.expectations.model_dump(mode="json")}),
+             {"expectations": ev_d["expectations"]}),
         Step("split", "deterministic train/val/test split", ("load_data",),
-             {"split": r.data.split.model_dump(mode="json"), "seed": r.split_seed, "target": r.data.target,
-              "task": r.data.task}),
+             {"split": data["split"], "seed": r.split_seed, "target": r.data.target, "task": r.data.task}),
         Step("preprocess", "infer the data schema, fit imputation/scaling/one-hot on train; decode images, learn "
-             "the tokenizer", ("split",), data_cfg | {"trim": r.data.categories.trim, "text": r.model.text.model_dump(
-                 mode="json", include={"tokenizer", "vocab_size", "lowercase", "max_length"})}),  # not the encoder
+             "the tokenizer", ("split",), data_cfg | {"trim": r.data.categories.trim, "text": text}),  # not the encoder
         Step("train", "fit the LightningModule", ("preprocess",),
-             {"model": r.model.model_dump(mode="json", by_alias=True),
-              "datamodule": r.data.datamodule.model_dump(mode="json", by_alias=True),
-              "trainer": r.trainer.model_dump(mode="json"), "seed": r.seed,
+             {"model": d["model"], "datamodule": data["datamodule"], "trainer": d["trainer"], "seed": r.seed,
               "weights": weights_fingerprint(loaded)}, trained),
         Step("evaluate", "val/test metrics and plots", ("train", "preprocess"),
-             {"custom_metrics": ev.model_dump(mode="json", by_alias=True)["custom_metrics"]}, metrics),
+             {"custom_metrics": ev_d["custom_metrics"]}, metrics),
         Step("export", "ONNX with preprocessing inside, parity check, bundle", ("train", "preprocess", "evaluate"),
-             {"export": r.export.model_dump(mode="json"), "name": r.model_name, "recipe": loaded.model_hash,
-              "payloads": r.monitor.payloads.model_dump(mode="json"),
-              "log_limits": r.monitor.log_limits.model_dump(mode="json")}),
+             {"export": d["export"], "name": r.model_name, "recipe": loaded.model_hash,
+              "payloads": monitor["payloads"], "log_limits": monitor["log_limits"]}),
         Step("assess", "slices, fairness, robustness, inference benchmark of the ONNX model", ("export", "split"),
-             ev.model_dump(mode="json", by_alias=True, exclude={"gates", "expectations", "seed"})
+             {k: v for k, v in ev_d.items() if k not in ("gates", "expectations", "seed")}
              | {"seed": r.eval_seed, "target": r.data.target}, metrics + server),
         Step("gate", "apply the gates (vs champion: paired test), write the evaluation report", ("assess",),
-             {"gates": [g.model_dump(mode="json") for g in ev.gates]}, metrics + server, champion=True),
+             {"gates": ev_d["gates"]}, metrics + server, champion=True),
         Step("register", "register in MLflow; aliases only if the gates passed", ("export", "gate"), tracking,
              cached=False),
     ]
     keys: dict[str, str] = {}
     steps = []
     snapshot = Snapshot()
-    with remembered_parses(workspace().cache / "parsed-modules.json"):
-        for s in specs:
-            code = code_version(s.name, s.targets, snapshot)
-            payload = {"step": s.name, "config": s.config, "inputs": [keys[i] for i in s.inputs], "code": code}
-            keys[s.name] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-            steps.append(replace(s, code=code, key=keys[s.name]))
+    for s in specs:
+        code = code_version(s.name, s.targets, snapshot)
+        payload = {"step": s.name, "config": s.config, "inputs": [keys[i] for i in s.inputs], "code": code}
+        keys[s.name] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        steps.append(replace(s, code=code, key=keys[s.name]))
     return Plan(loaded=loaded, steps=steps, data_fingerprint=source if r.data.path else None, cache=cache or Cache())
 
 

@@ -18,6 +18,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field, model_validator
 
+from mlops.core.lazymodel import LazyModel
 from mlops.data.media import ModelInputs, PixelStats
 
 R = TypeVar("R", bound=BaseModel)
@@ -41,7 +42,7 @@ def result_type(fn: Callable[..., R]) -> type[R]:
     return kind  # type: ignore[return-value]
 
 
-class LoadDataResult(BaseModel):
+class LoadDataResult(LazyModel):
     fingerprint: str  # the content fingerprint of the rows' bytes ("sha256:...")
     dvc: dict[str, Any] | None  # what DVC recorded for the file, when DVC tracks it
     source: str  # the recipe's data path, or `<package>:<name>` for a built-in data set
@@ -49,20 +50,20 @@ class LoadDataResult(BaseModel):
     columns: list[str]
 
 
-class CheckDataResult(BaseModel):
+class CheckDataResult(LazyModel):
     rows: int
     checked: int  # how many expectations held (a violated one raises instead)
     media: dict[str, int] = Field(default_factory=dict)  # image/text column -> rows found fit for the network
 
 
-class SplitResult(BaseModel):
+class SplitResult(LazyModel):
     task: str  # the task the target implies ("binary", "multiclass", "regression"), 'auto' resolved
     sizes: dict[str, int]  # rows per split: train, val, test
     digest: str  # a hash of the row indices of every split
     seed: int
 
 
-class PreprocessResult(BaseModel):
+class PreprocessResult(LazyModel):
     task: str
     n_features: int  # width of the encoded scalar feature matrix (the `tabular` input)
     labels: list[str] | None  # class labels in output order; None for regression
@@ -80,13 +81,13 @@ class PreprocessResult(BaseModel):
         return value
 
 
-class EvaluateResult(BaseModel):
+class EvaluateResult(LazyModel):
     metrics: dict[str, float]  # every metric of the task on val and test ("test/auroc": ...)
     plots: list[str]  # file names inside the step's directory
     step: int  # the MLflow step the metrics are logged at: the one after the last epoch
 
 
-class Parity(BaseModel):
+class Parity(LazyModel):
     """The ONNX model's outputs against the trained module's on the test rows (package.export.check_parity)."""
 
     max_abs_diff: float
@@ -95,14 +96,14 @@ class Parity(BaseModel):
     atol: float
 
 
-class ExportResult(BaseModel):
+class ExportResult(LazyModel):
     bundle: str  # the bundle's directory, relative to the step's directory
     parity: Parity
     onnx_sha256: str
     onnx_bytes: int
 
 
-class AssessResult(BaseModel):
+class AssessResult(LazyModel):
     """What `mlops.evaluate.assess.assess_bundle` computes; the same dict is in the entry's `assess.json`."""
 
     metrics: dict[str, float]  # perf/*, robustness/*, fairness/*
@@ -120,7 +121,7 @@ class AssessResult(BaseModel):
                 "load_test": self.load_test}
 
 
-class RegisterResult(BaseModel):
+class RegisterResult(LazyModel):
     model_name: str
     model_version: str | None  # None when the registry is disabled
     aliases: list[str]

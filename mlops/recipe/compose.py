@@ -420,19 +420,18 @@ def _composition_error(path: Path, overrides: list[str], exc: Exception, search:
 
 def _defaults_line(path: Path, group: str) -> int | None:
     """The 1-based line of `group`'s entry in the defaults list of config file `path`, if it has one."""
-    from ruamel.yaml import YAML
-
     try:
-        data = YAML(typ="rt").load(path.read_text())
-    except Exception:
+        read = _check_yaml(path)
+    except MlopsError:
         return None
+    data = read.data
     defaults = data.get("defaults") if isinstance(data, dict) else None
     if not isinstance(defaults, list):
         return None
     for i, item in enumerate(defaults):
         keys = [str(k).removeprefix("override ").split("@")[0].strip() for k in item] if isinstance(item, dict) else []
         if group in keys or str(item).split("@")[0].strip() == group:
-            return defaults.lc.item(i)[0] + 1
+            return read.defaults_lines[i]
     return None
 
 
@@ -442,15 +441,16 @@ def _check_files(path: Path, search: list[Path], overrides: list[str], groups: s
     own answer is 'maximum recursion depth exceeded'), and `default:` is a misspelt `defaults:`."""
 
     def walk(file: Path, group: str, chain: list[Path]) -> None:
-        data = _check_yaml(file)
+        read = _check_yaml(file)
+        data = read.data
         if not isinstance(data, dict):
             return
-        _check_defaults_key(file, data)
+        _check_defaults_key(file, read)
         defaults = data.get("defaults")
         if defaults is None:
             return
         if not isinstance(defaults, list):
-            raise MlopsError(f"{_display(file)}:{data.lc.key('defaults')[0] + 1}: defaults: a list of the configs this"
+            raise MlopsError(f"{_display(file)}:{read.key_lines['defaults']}: defaults: a list of the configs this"
                              " file extends (`- base`, `- data: wine`, `- _self_`), not a single value")
         for i, item in enumerate(defaults):
             for name in _default_configs(item, group):
@@ -459,7 +459,7 @@ def _check_files(path: Path, search: list[Path], overrides: list[str], groups: s
                     continue
                 target = target.resolve()
                 if target in chain:
-                    where = f"{_display(file)}:{defaults.lc.item(i)[0] + 1}: defaults: '{name}'"
+                    where = f"{_display(file)}:{read.defaults_lines[i]}: defaults: '{name}'"
                     if target == file:
                         raise MlopsError(f"{where} is this file itself: a config cannot extend itself (remove the line)")
                     cycle = " -> ".join(_display(f) for f in [*chain[chain.index(target):], target])
@@ -492,27 +492,37 @@ def _default_configs(item: Any, group: str) -> list[str]:
     return [f"{sub}/{o}" for o in options if isinstance(o, str) and o != "???"]
 
 
-def _check_defaults_key(file: Path, data: dict[str, Any]) -> None:
+def _check_defaults_key(file: Path, read: _Read) -> None:
     """`default:` (or another near miss) where `defaults:` was meant: Hydra would take it for a recipe key and
     compose without the defaults list, and the errors would be about what that list should have brought."""
-    if "defaults" in data:
+    if "defaults" in read.data:
         return
     known = set(keys_at(""))
-    for key in data:
+    for key in read.data:
         if key not in known and closest(str(key), ["defaults"]):
-            raise MlopsError(f"{_display(file)}:{data.lc.key(key)[0] + 1}: {key}: unknown key; did you mean"
+            raise MlopsError(f"{_display(file)}:{read.key_lines.get(str(key), 1)}: {key}: unknown key; did you mean"
                              " 'defaults' (the list of configs this file extends)?")
 
 
-def _check_yaml(file: Path) -> Any:
-    """The file read with positions (ruamel round-trip), once it is known to be safe to read: at most
+@dataclass
+class _Read:
+    """A config file as `_check_yaml` read it: its data, and the lines that its checks' messages name."""
+
+    data: Any
+    key_lines: dict[str, int]  # each top-level key's 1-based line
+    defaults_lines: list[int]  # the line of each item of its top-level `defaults` list
+
+
+def _check_yaml(file: Path) -> _Read:
+    """The file read, once it is known to be safe to read: at most
     MAX_FILE_BYTES, lists and mappings at most MAX_DEPTH deep, at most MAX_VALUES values once its aliases are
     expanded (`a: &a [x, x]`, `b: &b [*a, *a]`, ... doubles at each line: a few hundred bytes that OmegaConf
     would spend minutes expanding), and a mapping. The parser's events are counted, each anchor's expanded
     size once, so the check costs one pass over the file however large the expansion. A key twice in one mapping
-    is refused at its second line (YAML would keep one of the two, and which one the reader decides)."""
+    is refused at its second line (YAML would keep one of the two, and which one the reader decides). The lines
+    come from the same pass: a reader that keeps positions (ruamel's round-trip) cost more than the rest of the
+    check, and PyYAML is what OmegaConf itself reads the file with."""
     import yaml
-    from ruamel.yaml import YAML
 
     size = file.stat().st_size
     if size > MAX_FILE_BYTES:
@@ -521,13 +531,20 @@ def _check_yaml(file: Path) -> Any:
     sizes: dict[str, int] = {}  # anchor -> values it expands to
     open_: list[list[Any]] = [[None, 0]]  # [anchor, values so far] of each open list or mapping; first: the file
     keys: list[_Keys | None] = [None]  # the keys of each open mapping (None: a list, or the file)
+    defaults_lines: list[int] = []
+    top_keys: _Keys | None = None  # the file's own mapping, when it is one
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        for event in yaml.parse(text, Loader=loader):
             line = event.start_mark.line + 1
             if isinstance(event, yaml.NodeEvent):
                 _check_key(file, line, event, keys)
+                top, value = keys[1:3] if len(keys) == 3 else (None, None)
+                if top is not None and top.key == "defaults" and value is not None and value.lines is None:
+                    defaults_lines.append(line)
                 if isinstance(event, yaml.CollectionStartEvent):
                     keys.append(_Keys() if isinstance(event, yaml.MappingStartEvent) else _Keys(lines=None))
+                    top_keys = keys[1] if len(keys) == 2 else top_keys
             elif isinstance(event, yaml.CollectionEndEvent):
                 keys.pop()
             if isinstance(event, yaml.NodeEvent) and len(open_) == 1 and not open_[0][1]:
@@ -554,10 +571,11 @@ def _check_yaml(file: Path) -> Any:
             if open_[-1][1] > MAX_VALUES:
                 raise MlopsError(f"{_display(file)}:{line}: its YAML aliases expand to more than {MAX_VALUES} values;"
                                  " write the values out instead")
+        data = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader (the C one when built)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise MlopsError(f"{_display(file)}:{mark.line + 1 if mark else 1}: not valid YAML: {exc.problem}") from None
-    return YAML(typ="rt").load(text)
+    return _Read(data, dict(top_keys.lines or {}) if top_keys else {}, defaults_lines)
 
 
 @dataclass

@@ -215,10 +215,33 @@ def test_editing_the_users_custom_metric_reruns_evaluate_and_downstream(
 def test_a_library_upgrade_reruns_the_steps_that_import_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlops.engine import codeversion
 
-    real = codeversion.library_version
+    real = codeversion.installed.version
     before = keys([], tmp_path)
-    monkeypatch.setattr(codeversion, "library_version", lambda d: "99.0" if d == "torch" else real(d))
+    monkeypatch.setattr(codeversion.installed, "version", lambda d: "99.0" if d == "torch" else real(d))
     assert changed(before, keys([], tmp_path)) == downstream("train", tmp_path)
+
+
+def test_library_versions_are_remembered_until_an_install_changes_sys_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan reads the result-shaping libraries' versions from the workspace's memo; a directory on sys.path
+    that changed (an install, an upgrade) makes it read the metadata again."""
+    import importlib.metadata
+
+    from mlops.core import installed
+
+    memo, real = tmp_path / "memo.json", importlib.metadata.version
+    monkeypatch.setattr(installed, "_versions", {})
+    with installed.remembered_versions(memo):
+        assert installed.version("numpy") == real("numpy")
+        assert installed.version("no-such-distribution-here") == installed.ABSENT
+    monkeypatch.setattr(installed, "_versions", {})  # a new process
+    monkeypatch.setattr(importlib.metadata, "version", lambda d: "99.0")  # what a read would now find
+    with installed.remembered_versions(memo):
+        assert installed.version("numpy") == real("numpy")  # remembered, not read
+    monkeypatch.setattr(installed, "_versions", {})
+    monkeypatch.setattr(installed, "installed_stamp", lambda: [["/an/install", 1]])
+    with installed.remembered_versions(memo):
+        assert installed.version("numpy") == "99.0"
 
 
 def test_every_planned_step_has_its_own_module(tmp_path: Path) -> None:
