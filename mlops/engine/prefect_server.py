@@ -107,6 +107,23 @@ def prefect_home() -> Path:
     return Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser().resolve()
 
 
+def check_home(home: Path | None = None) -> Path:
+    """The Prefect home, created when missing, refused in plain words when it cannot be written: Prefect's own
+    answer is a warning, then a server that cannot open its database, thousands of lines of its traceback and
+    a wait for that server to answer (a read-only mount, a typo under a directory that is a file)."""
+    home = home or prefect_home()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / f".mlops-write-check-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise MlopsError(f"the Prefect home {home} (PREFECT_HOME, else ~/.prefect) cannot be written: "
+                         f"{exc.strerror or exc}; Prefect keeps its settings and its server's database there: point "
+                         "PREFECT_HOME at a writable directory") from None
+    return home
+
+
 def server_files(home: Path | None = None) -> ServerFiles:
     return ServerFiles(home or prefect_home())
 
@@ -330,6 +347,7 @@ def start_server(files: ServerFiles | None = None, timeout: float | None = None)
     """The local server of this Prefect home, started when none runs (a stale state file is replaced);
     whether this call started it."""
     files = files or server_files()
+    check_home(files.home)
     timeout = timeout if timeout is not None else float(os.environ.get(START_TIMEOUT_ENV) or 180)
     with _locked(files):
         previous = read_state(files)

@@ -25,7 +25,7 @@ from mlops.core.log import logger as mlops_logger
 from mlops.core.registry import experiment_id, registry_client, tracking_uri
 from mlops.engine.execute import execute, run_step
 from mlops.engine.plan import Plan
-from mlops.engine.prefect_server import ensure_server
+from mlops.engine.prefect_server import check_home, ensure_server
 from mlops.engine.steps.common import RunContext
 from mlops.engine.summary import MultirunSummary, RunSummary, VerdictBrief
 from mlops.engine.validate import load_validated
@@ -53,7 +53,10 @@ def prepare_flow_run() -> None:
     """What must hold before a flow starts in this process: a watchdog for the temporary server it may start,
     and the `mlops` logger feeding the run's logs (also when Prefect was imported before configure_prefect).
     Done here, not at import: the watchdog's hook imports Prefect's server module (about 4 s).
-    Without a server named (PREFECT_API_URL), the local one kept across commands runs it (prefect_server)."""
+    Without a server named (PREFECT_API_URL), the local one kept across commands runs it (prefect_server).
+    A home it cannot write is refused first, unless a server is named by URL (Prefect then keeps nothing there)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        check_home()
     ensure_server()
     _watch_temporary_server()
     log_to_runs()

@@ -32,3 +32,19 @@ def test_a_user_error_inside_a_task_prints_one_error_and_where_its_trace_is(isol
     assert trace.parent == Path(isolated_env["MLOPS_HOME"]) / "logs"
     text = trace.read_text()
     assert "Traceback (most recent call last)" in text and "mlops.core.errors.ExpectationError" in text
+
+
+def test_a_prefect_home_that_cannot_be_written_is_one_error_before_anything_runs(tmp_path: Path) -> None:
+    """Prefect's own answer is a warning, a temporary server that cannot open its database, thousands of lines
+    of traceback and a wait for that server: the CLI refuses the home instead, naming it."""
+    from tests.conftest import cli_env
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    env = cli_env(tmp_path / ".mlops", blocker / "prefect", None)  # the temporary server, as a user gets it
+    proc = run_cli(["run", "recipes/quickstart.yaml", "trainer.max_epochs=1"], env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"error: the Prefect home {blocker / 'prefect'} (PREFECT_HOME, else ~/.prefect) cannot be written" \
+        in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / ".mlops" / "mlflow.db").exists()  # refused before any tracking or training

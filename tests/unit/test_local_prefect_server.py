@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mlops.core.errors import MlopsError
 from mlops.engine import prefect_server as ps
 
 
@@ -95,3 +96,13 @@ def test_nothing_starts_unasked_when_no_local_server_runs(tmp_path: Path, monkey
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
     assert ps.ensure_server() is None
     assert not ps.server_files().state.exists()
+
+
+def test_a_home_that_cannot_be_written_is_refused_in_plain_words(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(MlopsError, match=r"the Prefect home .*a-file/home .* cannot be written: .*PREFECT_HOME"):
+        ps.check_home(blocker / "home")
+    with pytest.raises(MlopsError, match="cannot be written"):
+        ps.start_server(ps.server_files(blocker / "home"))
+    assert ps.check_home(tmp_path / "new" / "home").is_dir()  # a missing one is created
