@@ -35,8 +35,10 @@ $MLOPS_HOME/bundles/quickstart/ (what `mlops serve quickstart@champion` left the
 the label postprocessing) built into a temporary directory. The header says which.
 
 Reports per protocol a table of requests/s and p99 latency at each concurrency, then the issue's goals:
-ours / KServe throughput at c=8 (>= 3.5x), ours / KServe p99 at c=8 (<= 0.3x), ours / bare at c=8
-(>= 0.5x), batched / unbatched throughput at c=32 (>= 1.5x), and what the shadow adds to p99 at c=8 (<= 5 %).
+ours / KServe throughput at c=8 (>= 3x), ours / KServe p99 at c=8 (<= 0.3x), ours / bare at c=8 (>= 1.2x:
+issue 19 asks for more than the floor, doing the same work smarter), batched / unbatched throughput at c=32
+(>= 1.5x), and what the shadow adds to p99 at c=8 (<= 5 %). Issue 19's LitServe and BentoML peers are not run
+here (neither is installed by the project), so "ahead of every peer" is not reported.
 """
 
 from __future__ import annotations
@@ -504,9 +506,9 @@ def goals(proto: str, results: dict[tuple[str, str, int], dict[str, float]], bat
     shadow = ratio(get(SHADOW, 8), get(OURS, 8), "p99")
     shadow = None if shadow is None else shadow - 1
     return [
-        line("ours / KServe stock throughput at c=8", tput, ">= 3.5x", tput is not None and tput >= 3.5, ".2f"),
+        line("ours / KServe stock throughput at c=8", tput, ">= 3x", tput is not None and tput >= 3.0, ".2f"),
         line("ours / KServe stock p99 at c=8", p99, "<= 0.3x", p99 is not None and p99 <= 0.3, ".2f"),
-        line("ours / bare ASGI throughput at c=8", bare, ">= 0.5x", bare is not None and bare >= 0.5, ".2f"),
+        line("ours / bare ASGI throughput at c=8", bare, ">= 1.2x", bare is not None and bare >= 1.2, ".2f"),
         line("batched / unbatched throughput at c=32", batched, ">= 1.5x", batched is not None and batched >= 1.5,
              ".2f", "" if batched is not None else f": {batch_note}"),
         line("shadow's p99 overhead at c=8", shadow, "<= +5 %", shadow is not None and shadow <= 0.05, "+.1%"),
