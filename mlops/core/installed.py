@@ -20,13 +20,25 @@ from mlops.core.atomic import write_json
 ABSENT = "absent"
 
 _versions: dict[str, str] = {}  # distribution -> its installed version (ABSENT), for the process's life
+_read_under: list[list[str | int]] | None = None  # the installed_stamp `_versions` was checked against last
+
+# what names a directory that holds distributions (or points to them: an editable install's .pth)
+_DISTRIBUTION_SUFFIXES = (".dist-info", ".egg-info", ".pth")
 
 
 def installed_stamp() -> list[list[str | int]]:
-    """The directories Python finds modules and distributions in, with their modification times: installing,
-    upgrading or removing a distribution adds or removes a `*.dist-info` (or a `.pth`) in one, which changes
-    that directory's time."""
-    return [[entry, os.stat(entry).st_mtime_ns] for entry in sys.path if entry and os.path.isdir(entry)]
+    """The directories on sys.path that hold distributions, with their modification times: installing,
+    upgrading or removing one adds or removes a `*.dist-info` (or a `.pth`) in such a directory, which changes
+    its time. Directories without any (the script's own, the working directory under `python -m`, whose
+    times change with every file written there) are left out, so they do not throw away what is remembered."""
+    stamp: list[list[str | int]] = []
+    for entry in sys.path:
+        try:
+            if entry and any(name.endswith(_DISTRIBUTION_SUFFIXES) for name in os.listdir(entry)):
+                stamp.append([entry, os.stat(entry).st_mtime_ns])
+        except OSError:  # not a directory (a zip), or gone
+            continue
+    return stamp
 
 
 def version(distribution: str) -> str:
@@ -44,18 +56,25 @@ def version(distribution: str) -> str:
 @contextmanager
 def remembered_versions(file: Path) -> Iterator[None]:
     """Versions read from `file` before the block, when nothing was installed since it was written, and written
-    back after it when the block read any new one."""
+    back after it when the block read any new one. What this process read before an install is forgotten
+    first (a long-lived process, a sweep, a notebook, must not write an old version under the new stamp), and
+    nothing is written when something was installed while the block ran."""
+    global _read_under
     stamp = installed_stamp()
+    if _read_under != stamp:
+        _versions.clear()
+        _read_under = stamp
     try:
         saved = json.loads(file.read_text())
         if saved["stamp"] == stamp:
             for distribution, found in saved["versions"].items():
-                _versions.setdefault(distribution, found)
+                if isinstance(found, str):
+                    _versions.setdefault(distribution, found)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         pass  # none yet, or unreadable: read the metadata and write a fresh one
     before = len(_versions)
     yield
-    if len(_versions) != before:
+    if len(_versions) != before and installed_stamp() == stamp:
         try:
             write_json(file, {"stamp": stamp, "versions": _versions})
         except OSError:

@@ -29,6 +29,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -114,9 +115,9 @@ def check_home(home: Path | None = None) -> Path:
     home = home or prefect_home()
     try:
         home.mkdir(parents=True, exist_ok=True)
-        probe = home / f".mlops-write-check-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".mlops-write-check-", dir=home)  # a name no other process has
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise MlopsError(f"the Prefect home {home} (PREFECT_HOME, else ~/.prefect) cannot be written: "
                          f"{exc.strerror or exc}; Prefect keeps its settings and its server's database there: point "

@@ -54,9 +54,11 @@ def prepare_flow_run() -> None:
     and the `mlops` logger feeding the run's logs (also when Prefect was imported before configure_prefect).
     Done here, not at import: the watchdog's hook imports Prefect's server module (about 4 s).
     Without a server named (PREFECT_API_URL), the local one kept across commands runs it (prefect_server).
-    A home it cannot write is refused first, unless a server is named by URL (Prefect then keeps nothing there)."""
-    if not os.environ.get("PREFECT_API_URL"):
-        check_home()
+    A home it cannot write is refused first (Prefect's own, from its settings: the environment, a profile or
+    prefect.toml), unless a server is named by URL there (Prefect then keeps nothing in it)."""
+    settings = get_current_settings()
+    if not settings.api.url:
+        check_home(Path(settings.home).expanduser())
     ensure_server()
     _watch_temporary_server()
     log_to_runs()
@@ -119,6 +121,7 @@ configure_prefect()
 
 from prefect import flow, task  # noqa: E402  (configured first: Prefect reads settings at import)
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.settings import get_current_settings  # noqa: E402
 from prefect.states import Completed, Failed, State  # noqa: E402
 from prefect.utilities.annotations import quote  # noqa: E402
 

@@ -422,7 +422,7 @@ def _defaults_line(path: Path, group: str) -> int | None:
     """The 1-based line of `group`'s entry in the defaults list of config file `path`, if it has one."""
     try:
         read = _check_yaml(path)
-    except MlopsError:
+    except (MlopsError, OSError):
         return None
     data = read.data
     defaults = data.get("defaults") if isinstance(data, dict) else None
@@ -431,7 +431,7 @@ def _defaults_line(path: Path, group: str) -> int | None:
     for i, item in enumerate(defaults):
         keys = [str(k).removeprefix("override ").split("@")[0].strip() for k in item] if isinstance(item, dict) else []
         if group in keys or str(item).split("@")[0].strip() == group:
-            return read.defaults_lines[i]
+            return read.item_line(i)
     return None
 
 
@@ -450,7 +450,7 @@ def _check_files(path: Path, search: list[Path], overrides: list[str], groups: s
         if defaults is None:
             return
         if not isinstance(defaults, list):
-            raise MlopsError(f"{_display(file)}:{read.key_lines['defaults']}: defaults: a list of the configs this"
+            raise MlopsError(f"{_display(file)}:{read.key_lines.get('defaults', 1)}: defaults: a list of the configs this"
                              " file extends (`- base`, `- data: wine`, `- _self_`), not a single value")
         for i, item in enumerate(defaults):
             for name in _default_configs(item, group):
@@ -459,7 +459,7 @@ def _check_files(path: Path, search: list[Path], overrides: list[str], groups: s
                     continue
                 target = target.resolve()
                 if target in chain:
-                    where = f"{_display(file)}:{read.defaults_lines[i]}: defaults: '{name}'"
+                    where = f"{_display(file)}:{read.item_line(i)}: defaults: '{name}'"
                     if target == file:
                         raise MlopsError(f"{where} is this file itself: a config cannot extend itself (remove the line)")
                     cycle = " -> ".join(_display(f) for f in [*chain[chain.index(target):], target])
@@ -510,7 +510,14 @@ class _Read:
 
     data: Any
     key_lines: dict[str, int]  # each top-level key's 1-based line
-    defaults_lines: list[int]  # the line of each item of its top-level `defaults` list
+    defaults_lines: list[int]  # the line of each item of its top-level `defaults` list, as written in it
+
+    def item_line(self, i: int) -> int:
+        """The line of the defaults list's item `i`; the `defaults` key's when the list is not written out
+        under it (`defaults: *shared`, a merge key)."""
+        if i < len(self.defaults_lines):
+            return self.defaults_lines[i]
+        return self.key_lines.get("defaults", 1)
 
 
 def _check_yaml(file: Path) -> _Read:
@@ -575,6 +582,11 @@ def _check_yaml(file: Path) -> _Read:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise MlopsError(f"{_display(file)}:{mark.line + 1 if mark else 1}: not valid YAML: {exc.problem}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (a control character)
+        line = text.count("\n", 0, exc.position) + 1
+        code = ord(exc.character) if isinstance(exc.character, str) else exc.character  # the C reader: a number
+        char = f"#x{code:04x}" if isinstance(code, int) else repr(code)
+        raise MlopsError(f"{_display(file)}:{line}: not valid YAML: character {char}: {exc.reason}") from None
     return _Read(data, dict(top_keys.lines or {}) if top_keys else {}, defaults_lines)
 
 

@@ -231,6 +231,7 @@ def test_library_versions_are_remembered_until_an_install_changes_sys_path(
 
     memo, real = tmp_path / "memo.json", importlib.metadata.version
     monkeypatch.setattr(installed, "_versions", {})
+    monkeypatch.setattr(installed, "_read_under", None)
     with installed.remembered_versions(memo):
         assert installed.version("numpy") == real("numpy")
         assert installed.version("no-such-distribution-here") == installed.ABSENT
@@ -242,6 +243,49 @@ def test_library_versions_are_remembered_until_an_install_changes_sys_path(
     monkeypatch.setattr(installed, "installed_stamp", lambda: [["/an/install", 1]])
     with installed.remembered_versions(memo):
         assert installed.version("numpy") == "99.0"
+
+
+def test_a_long_lived_process_forgets_versions_read_before_an_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep or a notebook that planned before `pip install -U` must not write the old version under the new
+    stamp, where every later plan would take it."""
+    import json
+
+    from mlops.core import installed
+
+    memo = tmp_path / "memo.json"
+    monkeypatch.setattr(installed, "_versions", {})
+    monkeypatch.setattr(installed, "_read_under", None)
+    monkeypatch.setattr(installed, "installed_stamp", lambda: [["/site", 1]])
+    with installed.remembered_versions(memo):
+        installed._versions["torch"] = "1.0.0"  # read before the upgrade
+    monkeypatch.setattr(installed, "installed_stamp", lambda: [["/site", 2]])  # the upgrade
+    with installed.remembered_versions(memo):
+        installed.version("numpy")
+    assert "torch" not in json.loads(memo.read_text())["versions"]
+    assert json.loads(memo.read_text())["stamp"] == [["/site", 2]]
+
+
+def test_only_directories_holding_distributions_stamp_what_is_installed(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The working directory (sys.path's first entry under `python -m`) changes with every file written there:
+    it must not throw the memo away."""
+    import os
+    import sys
+
+    from mlops.core import installed
+
+    site, work = tmp_path / "site", tmp_path / "work"
+    (site / "numpy-2.0.dist-info").mkdir(parents=True)
+    work.mkdir()
+    monkeypatch.setattr(sys, "path", [str(work), str(site), str(tmp_path / "gone.zip")])
+    os.utime(site, ns=(0, 0))  # so that an install moves its time whatever the file system's clock granularity
+    before = installed.installed_stamp()
+    assert [entry for entry, _ in before] == [str(site)]
+    (work / "new-file").write_text("")
+    assert installed.installed_stamp() == before
+    (site / "torch-2.0.dist-info").mkdir()
+    assert installed.installed_stamp() != before
 
 
 def test_every_planned_step_has_its_own_module(tmp_path: Path) -> None:

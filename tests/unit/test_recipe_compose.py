@@ -334,7 +334,12 @@ def test_a_missing_group_option_lists_the_folders_searched(tmp_path: Path, monke
      "defaults: 'mine' is this file itself: a config cannot extend itself (remove the line)"),
     ("name: mine\ndefault:\n  - base\n  - data: mine\n  - _self_\n", 2,
      "default: unknown key; did you mean 'defaults' (the list of configs this file extends)?"),
-], ids=["a-list", "includes-itself", "default-for-defaults"])
+    ("shared: &d\n  - base\n  - mine\ndefaults: *d\nname: mine\n", 4,  # no item's own line: the key's
+     "defaults: 'mine' is this file itself: a config cannot extend itself (remove the line)"),
+    ("name: mine\nmodel:\n  lr: 0.1\x01\n", 3,
+     "not valid YAML: character #x0001: control characters are not allowed"),
+], ids=["a-list", "includes-itself", "default-for-defaults", "includes-itself-through-an-alias",
+        "a-control-character"])
 def test_a_malformed_recipe_is_worded_at_its_line(text: str, line: int, message: str, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
