@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,9 +86,21 @@ def remembered_parses(file: Path) -> Iterator[None]:
     yield
     if len(_parsed) != before:
         try:
-            write_json(file, [[*key, src.digest, sorted(src.imports)] for key, src in _parsed.items()], indent=None)
+            write_json(file, [[*key, src.digest, sorted(src.imports)] for key, src in _parsed.items()
+                              if _current(key)], indent=None)
         except OSError:
             pass  # a read-only workspace: the plan is right all the same, only slower next time
+
+
+def _current(key: tuple[str, str, int, int]) -> bool:
+    """Whether a remembered parse is of the file as it is now: an edited or deleted module's older parses are
+    not written back, so the memo holds one entry a module and does not grow with every edit."""
+    path, _, mtime, size = key
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_mtime_ns, st.st_size) == (mtime, size)
 
 
 def imported_names(tree: ast.Module, module: str, is_package: bool) -> set[str]:

@@ -288,6 +288,29 @@ def test_only_directories_holding_distributions_stamp_what_is_installed(tmp_path
     assert installed.installed_stamp() != before
 
 
+def test_the_remembered_parses_keep_one_entry_a_module(tmp_path: Path) -> None:
+    """An edited module is parsed again; its older parse is not written back, so the memo does not grow with
+    every edit (nor keep a deleted module)."""
+    import json
+    import os
+
+    from mlops.engine import codeversion
+
+    memo, module, gone = tmp_path / "memo.json", tmp_path / "mod.py", tmp_path / "gone.py"
+    module.write_text("import json\n")
+    gone.write_text("import os\n")
+    with codeversion.remembered_parses(memo):
+        codeversion.parse(module, "mod", False)
+        codeversion.parse(gone, "gone", False)
+    module.write_text("import json, csv\n")
+    os.utime(module, ns=(1, 10**18))  # another version whatever the file system's clock granularity
+    gone.unlink()
+    with codeversion.remembered_parses(memo):
+        assert "csv" in codeversion.parse(module, "mod", False).imports
+    saved = [entry for entry in json.loads(memo.read_text()) if entry[0] in (str(module), str(gone))]
+    assert [(entry[0], entry[2]) for entry in saved] == [(str(module), 10**18)]
+
+
 def test_every_planned_step_has_its_own_module(tmp_path: Path) -> None:
     from mlops.engine.execute import STEP_RESULTS, step_fn
     from mlops.engine.results import result_type
