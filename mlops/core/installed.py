@@ -1,5 +1,6 @@
 """What is installed: distributions' versions, read from their metadata (never by importing them) once per
-process, and remembered across processes in the workspace by `remembered_versions`.
+process, and remembered across processes in the workspace by `remembered_versions`; `read_stamped` and
+`write_stamped` are the memo any such reading keeps (the environment lock's pip freeze too).
 
 Reading one version parses the distribution's whole METADATA file with the email parser (about 2 ms each, a
 plan reads eight); the memo is keyed by `installed_stamp`, so an install, upgrade or removal reads them again.
@@ -7,6 +8,7 @@ plan reads eight); the memo is keyed by `installed_stamp`, so an install, upgrad
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from mlops.core.atomic import write_json
 
@@ -53,6 +56,22 @@ def version(distribution: str) -> str:
     return found
 
 
+def read_stamped(file: Path, stamp: list[list[str | int]], key: str) -> Any:
+    """What `file` remembers under `key`, when it was written under `stamp` (nothing installed since); None
+    otherwise (none yet, another stamp, unreadable)."""
+    try:
+        saved = json.loads(file.read_text())
+        return saved[key] if saved["stamp"] == stamp else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def write_stamped(file: Path, stamp: list[list[str | int]], key: str, value: Any) -> None:
+    """Remember `value` in `file` as `key`, under `stamp`; a read-only workspace only makes the next read slower."""
+    with contextlib.suppress(OSError):
+        write_json(file, {"stamp": stamp, key: value})
+
+
 @contextmanager
 def remembered_versions(file: Path) -> Iterator[None]:
     """Versions read from `file` before the block, when nothing was installed since it was written, and written
@@ -64,18 +83,10 @@ def remembered_versions(file: Path) -> Iterator[None]:
     if _read_under != stamp:
         _versions.clear()
         _read_under = stamp
-    try:
-        saved = json.loads(file.read_text())
-        if saved["stamp"] == stamp:
-            for distribution, found in saved["versions"].items():
-                if isinstance(found, str):
-                    _versions.setdefault(distribution, found)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        pass  # none yet, or unreadable: read the metadata and write a fresh one
+    saved = read_stamped(file, stamp, "versions")
+    if isinstance(saved, dict):
+        _versions.update({d: v for d, v in saved.items() if isinstance(v, str) and d not in _versions})
     before = len(_versions)
     yield
     if len(_versions) != before and installed_stamp() == stamp:
-        try:
-            write_json(file, {"stamp": stamp, "versions": _versions})
-        except OSError:
-            pass  # a read-only workspace: the versions are right all the same, only slower to read next time
+        write_stamped(file, stamp, "versions", _versions)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import platform
 import subprocess
 import sys
@@ -11,8 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlops.core.atomic import write_json
-from mlops.core.installed import installed_stamp
+from mlops.core import installed
 from mlops.core.workspace import workspace
 from mlops.data.sources import data_path
 
@@ -25,13 +23,8 @@ KEY_PACKAGES = ("mlops", "torch", "lightning", "mlflow", "prefect", "hydra-core"
 
 
 def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str]:
-    out = {}
-    for name in names:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
+    found = {name: installed.version(name) for name in names}
+    return {name: v for name, v in found.items() if v != installed.ABSENT}
 
 
 @cache  # once a process: a sweep's warm worker reads it before forking, so no trial reads it again
@@ -41,17 +34,14 @@ def pip_freeze() -> str:
     Reading every distribution's metadata costs 0.5-0.7 s, so the list is remembered in the workspace under
     the modification times of the directories Python finds distributions in: installing, upgrading or
     removing one changes them (`installed_stamp`)."""
-    stamp = installed_stamp()
+    stamp = installed.installed_stamp()
     memo = workspace().cache / "pip-freeze.json"
-    try:
-        saved = json.loads(memo.read_text())
-        if saved["stamp"] == stamp:
-            return str(saved["text"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # none yet, or unreadable: read the metadata
+    saved = installed.read_stamped(memo, stamp, "text")
+    if isinstance(saved, str):
+        return saved
     rows = {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata["Name"]}
     text = "\n".join(sorted(rows, key=str.lower)) + "\n"
-    write_json(memo, {"stamp": stamp, "text": text})
+    installed.write_stamped(memo, stamp, "text", text)
     return text
 
 

@@ -108,8 +108,8 @@ def decide(recipe: Recipe, bundle_dir: Path, frames: dict[str, Any], results: di
     champion_error = None
     if any(g.vs is not None for g in ev.gates):
         challenger = {split: score_bundle(bundle_dir, frame, target) for split, frame in frames.items()}
-        found = champion_bundle(tracking_uri, recipe.model_name, None if champion is True else champion) \
-            if champion else None
+        pinned = champion if isinstance(champion, str) else None
+        found = champion_bundle(tracking_uri, recipe.model_name, pinned) if champion else None
         if found:
             ref, champ_dir = found
             say(f"scoring the champion {ref} on the same {len(frames['test'])} test rows")
