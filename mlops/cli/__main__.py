@@ -1,5 +1,5 @@
 """`python -m mlops.cli`: the `mlops` command without its console script."""
 
-from mlops.cli import main
+from mlops.cli.entry import main
 
 raise SystemExit(main())

@@ -586,6 +586,7 @@ def _server_commands(sub: argparse._SubParsersAction) -> None:
                  "start it now (a run starts it anyway), or find it running")
     _json(p, "its status")
     p = _command(server_sub, "stop", "mlops.cli.server:cmd_server_stop",
-                 "stop it (the next run starts it again); its run history stays in PREFECT_HOME")
+                 "stop it (the next run starts it again), and this user's warm run workers "
+                 "(MLOPS_WARM_RUNS=1); its run history stays in PREFECT_HOME")
     p.add_argument("--timeout", type=float, default=20, help="seconds to wait after SIGTERM before SIGKILL")
     _json(p, "what was stopped")

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from mlops.cli import warm
 from mlops.cli.output import emit
 from mlops.engine import prefect_server as ps
 
@@ -67,8 +68,12 @@ def cmd_server_start(args: argparse.Namespace) -> int:
 
 def cmd_server_stop(args: argparse.Namespace) -> int:
     state = ps.stop_server(timeout=args.timeout)
-    info = {"stopped": state is not None, "pid": state.pid if state else None, "url": state.url if state else None}
+    workers = warm.stop_workers()
+    info = {"stopped": state is not None, "pid": state.pid if state else None, "url": state.url if state else None,
+            "warm_workers_stopped": workers}
     print(f"stopped the local Prefect server (pid {state.pid}, {state.url})" if state
           else "no local Prefect server was running")
+    if workers:
+        print(f"stopped {workers} warm run worker(s) (MLOPS_WARM_RUNS)")
     emit(info)
     return 0

@@ -251,7 +251,7 @@ def trial_worker(env: dict[str, str]) -> Iterator[WarmWorker | None]:
 
 
 @dataclass
-class _Request:
+class ChildRequest:
     """A trial to become, in the forked child."""
 
     module: str
@@ -263,38 +263,38 @@ class _Request:
 
 def main(argv: list[str]) -> int:
     control = socket.socket(fileno=int(argv[0]))
-    _warm_up()
+    warm_up()
     request = _serve(control)
     if request is None:
         return 0
-    _become(request)
+    become(request)
     # as `python -m module`: the module runs as __main__
     try:
         runpy.run_module(request.module, run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exc:
-        code = _exit_code(exc)
+        code = exit_code(exc)
     except BaseException:
         traceback.print_exc()
         code = 1
-    _exit(code)
+    exit_child(code)
     return code
 
 
-def _exit_code(exc: SystemExit) -> int:
+def exit_code(exc: SystemExit) -> int:
     if exc.code is None or isinstance(exc.code, int):
         return int(exc.code or 0)
     print(exc.code, file=sys.stderr)
     return 1
 
 
-def _exit(code: int) -> None:
+def exit_child(code: int) -> None:
     """End the child as the interpreter ends a process (its threads joined, atexit handlers run, streams
     flushed), but without C++ static destructors: onnxruntime's wait for its thread pool's threads, which
     exist in the worker but not in a forked child, and would hang the child forever."""
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # what Py_Finalize does first: the threading module's exit hooks (a ThreadPoolExecutor's, which tell its
+    # workers to stop: MLflow's artifact uploads, Prefect's), then a join of every non-daemon thread
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()  # what Py_Finalize runs; the only way to run them and then skip C's exit handlers
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
@@ -302,10 +302,10 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
-def _warm_up() -> None:
-    """Import what trials import. Nothing here may start a thread: the worker forks (libraries' native pools
-    created at load, such as OpenBLAS's, have their own fork handlers)."""
-    for name in (*WARM_IMPORTS, *COMPOSE_MODULES):
+def warm_up(also: tuple[str, ...] = ()) -> None:
+    """Import what trials import (and `also`). Nothing here may start a thread: the worker forks (libraries'
+    native pools created at load, such as OpenBLAS's, have their own fork handlers)."""
+    for name in (*WARM_IMPORTS, *COMPOSE_MODULES, *also):
         try:
             importlib.import_module(name)
         except ImportError:
@@ -313,10 +313,10 @@ def _warm_up() -> None:
     pip_freeze()  # every trial's run records it: read here once, inherited by each fork
     started = threading.active_count()
     if started != 1:
-        raise SystemExit(f"mlops.sweep.warm: importing started {started - 1} thread(s): forking is unsafe")
+        raise SystemExit(f"warm worker: importing started {started - 1} thread(s): forking is unsafe")
 
 
-def _serve(control: socket.socket) -> _Request | None:
+def _serve(control: socket.socket) -> ChildRequest | None:
     """Fork a child per request until the sweep closes the control socket (or dies). Returns only in a child,
     with what it is to run; in the worker, returns None when the sweep is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the sweep and the trials; the worker goes with the sweep
@@ -340,14 +340,14 @@ def _serve(control: socket.socket) -> _Request | None:
                 if not message:  # the sweep closed it, or died
                     for fd in fds:
                         os.close(fd)
-                    _stop(trials)
+                    stop_children(trials)
                     return None
                 body = json.loads(message)
                 conn = socket.socket(fileno=fds[0])
-                request = _Request(body["module"], list(body["args"]), dict(body["env"]), body["cwd"], list(fds[1:]))
+                request = ChildRequest(body["module"], list(body["args"]), dict(body["env"]), body["cwd"], list(fds[1:]))
                 sys.stdout.flush()
                 sys.stderr.flush()
-                pid = _fork()
+                pid = fork_quietly()
                 if pid == 0:  # the child: drop the worker's ends of everything, then become the trial
                     sel.close()
                     for other in (control, *trials.values()):
@@ -360,12 +360,12 @@ def _serve(control: socket.socket) -> _Request | None:
                     os.close(fd)
                 trials[pid] = conn
                 sel.register(conn, selectors.EVENT_READ, pid)
-                _send(conn, {"pid": pid})
+                send_message(conn, {"pid": pid})
             elif key.data == "wake":
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_r, 512):
                         pass
-                _reap(trials, sel)
+                reap_children(trials, sel)
             else:  # a trial socket: its launcher closed it (gave up, or died): the trial goes too
                 pid = key.data
                 if pid not in trials:  # reaped earlier in this same round of events (its socket is closed)
@@ -376,15 +376,15 @@ def _serve(control: socket.socket) -> _Request | None:
                     os.kill(pid, signal.SIGKILL)
 
 
-def _fork() -> int:
+def fork_quietly() -> int:
     with warnings.catch_warnings():
         # Python 3.12+ warns at fork in a process with threads: ours are only native library pools (OpenBLAS,
-        # jemalloc) made at load, which handle fork themselves; no Python thread runs (checked in _warm_up)
+        # jemalloc) made at load, which handle fork themselves; no Python thread runs (checked in warm_up)
         warnings.simplefilter("ignore", DeprecationWarning)
         return os.fork()
 
 
-def _reap(trials: dict[int, socket.socket], sel: selectors.BaseSelector) -> None:
+def reap_children(trials: dict[int, socket.socket], sel: selectors.BaseSelector) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -396,16 +396,16 @@ def _reap(trials: dict[int, socket.socket], sel: selectors.BaseSelector) -> None
         if conn is None:  # killed after its launcher left
             continue
         sel.unregister(conn)
-        _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+        send_message(conn, {"exit": os.waitstatus_to_exitcode(status)})
         conn.close()
 
 
-def _send(conn: socket.socket, message: dict[str, Any]) -> None:
+def send_message(conn: socket.socket, message: dict[str, Any]) -> None:
     with contextlib.suppress(OSError):  # its launcher is gone: nothing to tell
         conn.sendall(json.dumps(message).encode())
 
 
-def _stop(trials: dict[int, socket.socket]) -> None:
+def stop_children(trials: dict[int, socket.socket]) -> None:
     for pid, conn in trials.items():
         conn.close()
         with contextlib.suppress(ProcessLookupError):
@@ -415,7 +415,7 @@ def _stop(trials: dict[int, socket.socket]) -> None:
             os.waitpid(pid, 0)
 
 
-def _become(request: _Request) -> None:
+def become(request: ChildRequest) -> None:
     """Turn this forked child into what `python -m` would start in the launcher's place: its stdio,
     working directory, environment, default signals; and it dies with the worker."""
     worker = os.getppid()
@@ -448,7 +448,7 @@ def _reseed() -> None:
     """A new process draws its random state from the OS; a forked one would share the worker's (Python's
     `random` reseeds itself after fork, numpy and torch do not). Trials that set a seed set it anyway."""
     # imported here, not at the top: the sweep process imports this module and needs neither (the worker has
-    # both imported already by _warm_up, so this costs nothing)
+    # both imported already by warm_up, so this costs nothing)
     import numpy
     import torch
 
