@@ -11,8 +11,8 @@ included) returned as the command's. Ctrl-C and SIGTERM reach the run as they wo
 a command killed outright (kill -9) closes its socket, and the worker kills its run.
 
 One worker per environment: the socket's name is a digest of the interpreter, mlops' source files (their times),
-the installed distributions (mlops.core.installed), the working directory and every environment variable, since
-libraries read some of them when imported. A command from another shell, a changed variable or an edited source
+the installed distributions (mlops.core.installed), the working directory and the environment variables
+(UNKEYED_VARIABLES aside), since libraries read some of them when imported. A command from another shell, a changed variable or an edited source
 file gets a worker of its own, and the old one, unused, exits after `MLOPS_WARM_RUNS_IDLE_S` (default 900) s
 without a run. `mlops server stop` stops them all. An idle worker holds about 500 MB (torch is imported).
 
@@ -45,10 +45,11 @@ DEFAULT_IDLE_S = 900.0
 START_TIMEOUT_S = 180.0  # the worker's imports: about 6 s here, much longer on a loaded CI box
 MAX_MESSAGE = 1 << 20
 # imported by the worker on top of what a sweep trial imports (mlops.sweep.warm.WARM_IMPORTS)
-# a shell's own bookkeeping, which differs between two shells (or a `timeout` in front) of one user; no library
-# reads it when imported, so it does not make another worker (the run still gets the command's own values)
-SHELL_VARIABLES = frozenset({"_", "SHLVL", "OLDPWD", "PWD", "COLUMNS", "LINES", "TERM_SESSION_ID", "WINDOWID",
-                             "TMUX_PANE", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY"})
+# left out of the worker's key (a run still gets the command's own values): a shell's own bookkeeping, which
+# differs between two shells (or a `timeout` in front) of one user, and the workspace, which mlops reads when a
+# command runs, never at import; no library reads any of them when imported
+UNKEYED_VARIABLES = frozenset({"_", "SHLVL", "OLDPWD", "PWD", "COLUMNS", "LINES", "TERM_SESSION_ID", "WINDOWID",
+                               "TMUX_PANE", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "MLOPS_HOME"})
 RUN_IMPORTS = ("mlops.cli.run", "prefect.flow_engine", "prefect.task_engine", "mlflow.tracking.client")
 
 # not `python -m mlops.cli.warm`: that would run a second copy of this module as __main__, beside the one the
@@ -99,7 +100,7 @@ def worker_key(env: dict[str, str], cwd: str) -> str:
     from mlops.core.installed import installed_stamp  # light (standard library only), kept off --help's path
 
     identity = [sys.executable, str(Path(__file__).resolve().parents[1]), _source_stamp(), installed_stamp(), cwd,
-                sorted((k, v) for k, v in env.items() if k not in SHELL_VARIABLES)]
+                sorted((k, v) for k, v in env.items() if k not in UNKEYED_VARIABLES)]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
 
 

@@ -134,9 +134,10 @@ def test_no_worker_to_be_had_runs_the_command_in_its_own_process(warm_env: dict[
     assert "Traceback" not in proc.stderr
 
 
-def test_the_worker_key_ignores_a_shells_bookkeeping_only() -> None:
-    env = {"PATH": "/bin", "HOME": "/root", "_": "/usr/bin/python", "SHLVL": "1"}
+def test_the_worker_key_ignores_a_shells_bookkeeping_and_the_workspace_only() -> None:
+    env = {"PATH": "/bin", "HOME": "/root", "_": "/usr/bin/python", "SHLVL": "1", "MLOPS_HOME": "/a"}
     key = warm.worker_key(env, "/work")
-    assert warm.worker_key(env | {"_": "/usr/bin/timeout", "SHLVL": "2", "OLDPWD": "/"}, "/work") == key
+    assert warm.worker_key(env | {"_": "/usr/bin/timeout", "SHLVL": "2", "OLDPWD": "/", "MLOPS_HOME": "/b"},
+                           "/work") == key
     assert warm.worker_key(env | {"MLFLOW_TRACKING_URI": "sqlite:///x.db"}, "/work") != key
     assert warm.worker_key(env, "/elsewhere") != key
