@@ -44,6 +44,8 @@ def cli_env(mlops_home: Path, prefect_home: Path, prefect_api: str | None) -> di
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PYTHONUNBUFFERED": "1",
+        # `mlops server stop` stops this user's warm run workers: a test's must never reach the developer's
+        "MLOPS_WARM_DIR": str(mlops_home.parent / "warm-workers"),
     }
     if prefect_api is not None:
         env["PREFECT_API_URL"] = prefect_api

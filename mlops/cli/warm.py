@@ -12,9 +12,10 @@ a command killed outright (kill -9) closes its socket, and the worker kills its 
 
 One worker per environment: the socket's name is a digest of the interpreter, mlops' source files (their times),
 the installed distributions (mlops.core.installed), the working directory and the environment variables
-(UNKEYED_VARIABLES aside), since libraries read some of them when imported. A command from another shell, a changed variable or an edited source
-file gets a worker of its own, and the old one, unused, exits after `MLOPS_WARM_RUNS_IDLE_S` (default 900) s
-without a run. `mlops server stop` stops them all. An idle worker holds about 500 MB (torch is imported).
+(UNKEYED_VARIABLES aside), since libraries read some of them when imported. A command with a changed variable,
+from another directory or after an edited source file gets a worker of its own, and the old one, unused, exits
+after `MLOPS_WARM_RUNS_IDLE_S` (default 900) s without a run. `mlops server stop` stops them all. An idle worker
+holds about 1 GB resident (its imports: torch among them), which its forked runs share.
 
 Opt-in, like the local Prefect server it pairs with: a process that outlives the command is one the user asked for.
 When the worker cannot be started or reached, the command says so in one line and runs in its own process.
@@ -35,7 +36,10 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlops.sweep.warm import ChildRequest  # noqa: F401 - in annotations
 
 SWITCH = "MLOPS_WARM_RUNS"  # "1" (true, yes, on): warm runs; unset or anything else: each command imports anew
 DIR_ENV = "MLOPS_WARM_DIR"  # where the sockets, state and logs are (default /tmp/mlops-warm-UID: a short path,
@@ -54,7 +58,8 @@ RUN_IMPORTS = ("mlops.cli.run", "prefect.flow_engine", "prefect.task_engine", "m
 
 # not `python -m mlops.cli.warm`: that would run a second copy of this module as __main__, beside the one the
 # command imports (whose `_in_child` a forked run sets)
-WORKER_MAIN = "import sys; from pathlib import Path; from mlops.cli.warm import serve; raise SystemExit(serve(Path(sys.argv[1])))"
+WORKER_MAIN = ("import sys; from pathlib import Path; from mlops.cli.warm import serve; "
+               "raise SystemExit(serve(Path(sys.argv[1])))")
 _in_child = False  # set in a forked run: it runs the command itself, never hands it on again
 
 
@@ -320,10 +325,12 @@ def _still_ours(path: Path, inode: int) -> bool:
         return False
 
 
-def _request(conn: socket.socket) -> Any:
-    from mlops.sweep.warm import ChildRequest
+def _request(conn: socket.socket) -> ChildRequest | None:
+    """The command a connection asks for, or None (said in the worker's log) when it is not one."""
+    from mlops.sweep.warm import ChildRequest  # the worker's side only (see serve)
 
-    conn.settimeout(10.0)
+    conn.settimeout(10.0)  # a command sends its request at once
+    fds: list[int] = []
     try:
         message, fds, _flags, _addr = socket.recv_fds(conn, MAX_MESSAGE, 3)
         body = json.loads(message)
@@ -332,11 +339,13 @@ def _request(conn: socket.socket) -> Any:
         conn.settimeout(None)
         return ChildRequest("mlops.cli", list(body["args"]), dict(body["env"]), str(body["cwd"]), list(fds))
     except (OSError, ValueError, KeyError, TypeError) as exc:
+        for fd in fds:
+            os.close(fd)
         print(f"refused a request: {exc}", file=sys.stderr, flush=True)
         return None
 
 
-def _run_child(request: Any) -> None:
+def _run_child(request: ChildRequest) -> None:
     """In the forked child: become the command, run it, and end with its exit code."""
     global _in_child
     from mlops.cli import main  # the CLI itself, not mlops.cli.entry: this child runs the command

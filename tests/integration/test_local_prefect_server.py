@@ -73,7 +73,7 @@ def test_started_once_reused_reported_and_stopped(local_env: dict[str, str]) -> 
     assert status["log"] == state.log and Path(state.log).is_file()
 
     stopped = last_json(run_cli(["server", "stop", "--json"], local_env))
-    assert stopped == {"stopped": True, "pid": state.pid, "url": url}
+    assert stopped == {"stopped": True, "pid": state.pid, "url": url, "warm_workers_stopped": 0}
     assert not pid_alive(state.pid)
     assert port_free(state.port)
     assert not _state_file(local_env).exists()
