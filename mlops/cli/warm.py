@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops.core.installed import installed_stamp
+
 if TYPE_CHECKING:
     from mlops.sweep.warm import ChildRequest  # noqa: F401 - in annotations
 
@@ -102,8 +104,6 @@ def _source_stamp() -> list[int]:
 
 def worker_key(env: dict[str, str], cwd: str) -> str:
     """The digest that names the worker a command from this environment may fork from."""
-    from mlops.core.installed import installed_stamp  # light (standard library only), kept off --help's path
-
     identity = [sys.executable, str(Path(__file__).resolve().parents[1]), _source_stamp(), installed_stamp(), cwd,
                 sorted((k, v) for k, v in env.items() if k not in UNKEYED_VARIABLES)]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
@@ -238,8 +238,6 @@ def stop_workers() -> int:
 def serve(path: Path) -> int:
     # the worker's side needs the sweep worker's fork machinery, which imports the engine (the command's own
     # side must stay light)
-    import selectors
-
     from mlops.sweep import warm as forking
 
     forking.warm_up(RUN_IMPORTS)
@@ -254,59 +252,30 @@ def serve(path: Path) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the command's, not the worker's
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    wake_r, wake_w = os.pipe()
-    for fd in (wake_r, wake_w):
-        os.set_blocking(fd, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that SIGCHLD writes to the wake-up pipe
-    sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ, "listener")
-    sel.register(wake_r, selectors.EVENT_READ, "wake")
-    runs: dict[int, socket.socket] = {}
+    runs = forking.Children(listener)
     idle, last = idle_seconds(), time.monotonic()
     try:
-        while not stopping and (runs or time.monotonic() - last < idle) and _still_ours(path, inode):
-            for key, _ in sel.select(timeout=min(idle, 30.0)):
-                if key.data == "listener":
+        while not stopping and (runs.live or time.monotonic() - last < idle) and _still_ours(path, inode):
+            for key, _ in runs.sel.select(timeout=min(idle, 30.0)):
+                if key.data == "source":
                     conn, _addr = listener.accept()
                     request = _request(conn)
                     if request is None:
                         conn.close()
                         continue
                     last = time.monotonic()
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    pid = forking.fork_quietly()
-                    if pid == 0:  # the child: drop the worker's ends of everything, then become the command
-                        sel.close()
-                        for other in (listener, *runs.values()):
-                            other.close()
-                        os.close(wake_r)
-                        os.close(wake_w)
-                        conn.close()
+                    pid = runs.fork(conn, request.stdio)
+                    if pid == 0:
                         _run_child(request)
-                    for fd in request.stdio:
-                        os.close(fd)
-                    runs[pid] = conn
-                    sel.register(conn, selectors.EVENT_READ, pid)
                     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} run pid {pid}: mlops {' '.join(request.args)}",
                           flush=True)
-                    forking.send_message(conn, {"pid": pid})
                 elif key.data == "wake":
-                    with contextlib.suppress(BlockingIOError):
-                        while os.read(wake_r, 512):
-                            pass
-                    forking.reap_children(runs, sel)
+                    runs.reap()
                     last = time.monotonic()
                 else:  # the command closed its socket (killed): its run goes too
-                    pid = key.data
-                    if pid in runs:
-                        sel.unregister(key.fileobj)
-                        runs.pop(pid).close()
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
+                    runs.hung_up(key.data)
     finally:
-        forking.stop_children(runs)
+        runs.stop()
         if _still_ours(path, inode):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

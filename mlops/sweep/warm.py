@@ -320,19 +320,11 @@ def _serve(control: socket.socket) -> ChildRequest | None:
     """Fork a child per request until the sweep closes the control socket (or dies). Returns only in a child,
     with what it is to run; in the worker, returns None when the sweep is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the sweep and the trials; the worker goes with the sweep
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that SIGCHLD writes to the wake-up pipe
-    sel = selectors.DefaultSelector()
-    sel.register(control, selectors.EVENT_READ, "control")
-    sel.register(wake_r, selectors.EVENT_READ, "wake")
-    trials: dict[int, socket.socket] = {}  # live child pid -> its trial socket
+    trials = Children(control)
     control.sendall(READY + json.dumps(dict(os.environ)).encode())  # the imports' own variables included
     while True:
-        for key, _ in sel.select():
-            if key.data == "control":
+        for key, _ in trials.sel.select():
+            if key.data == "source":
                 try:
                     message, fds, _flags, _addr = socket.recv_fds(control, MAX_MESSAGE, 4)
                 except OSError:
@@ -340,40 +332,95 @@ def _serve(control: socket.socket) -> ChildRequest | None:
                 if not message:  # the sweep closed it, or died
                     for fd in fds:
                         os.close(fd)
-                    stop_children(trials)
+                    trials.stop()
                     return None
                 body = json.loads(message)
                 conn = socket.socket(fileno=fds[0])
                 request = ChildRequest(body["module"], list(body["args"]), dict(body["env"]), body["cwd"], list(fds[1:]))
-                sys.stdout.flush()
-                sys.stderr.flush()
-                pid = fork_quietly()
-                if pid == 0:  # the child: drop the worker's ends of everything, then become the trial
-                    sel.close()
-                    for other in (control, *trials.values()):
-                        other.close()
-                    os.close(wake_r)
-                    os.close(wake_w)
-                    conn.close()
+                if trials.fork(conn, request.stdio) == 0:
                     return request
-                for fd in request.stdio:
-                    os.close(fd)
-                trials[pid] = conn
-                sel.register(conn, selectors.EVENT_READ, pid)
-                send_message(conn, {"pid": pid})
             elif key.data == "wake":
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(wake_r, 512):
-                        pass
-                reap_children(trials, sel)
+                trials.reap()
             else:  # a trial socket: its launcher closed it (gave up, or died): the trial goes too
-                pid = key.data
-                if pid not in trials:  # reaped earlier in this same round of events (its socket is closed)
-                    continue
-                sel.unregister(key.fileobj)
-                trials.pop(pid).close()
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                trials.hung_up(key.data)
+
+
+class Children:
+    """A worker's forked children, each with the socket of whoever asked for it, and the selector that wakes
+    the worker for a request on `source`, a child's exit (SIGCHLD, through a wake-up pipe: its key's data is
+    "wake") or a launcher that hung up (its key's data is the child's pid)."""
+
+    def __init__(self, source: socket.socket) -> None:
+        self.source = source
+        self.live: dict[int, socket.socket] = {}  # child pid -> its launcher's socket
+        self.wake_r, self.wake_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that SIGCHLD writes to the wake-up pipe
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(source, selectors.EVENT_READ, "source")
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+
+    def fork(self, conn: socket.socket, stdio: list[int]) -> int:
+        """Fork a child for the launcher at `conn`, whose stdio descriptors it takes. In the child: 0, with
+        the worker's ends of everything dropped. In the worker: the child's pid, sent to its launcher."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = fork_quietly()
+        if pid == 0:
+            self.sel.close()
+            for other in (self.source, *self.live.values(), conn):
+                other.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            return 0
+        for fd in stdio:
+            os.close(fd)
+        self.live[pid] = conn
+        self.sel.register(conn, selectors.EVENT_READ, pid)
+        send_message(conn, {"pid": pid})
+        return pid
+
+    def reap(self) -> None:
+        """Tell each launcher whose child ended its exit code."""
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_r, 512):
+                pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.live.pop(pid, None)
+            if conn is None:  # killed after its launcher left
+                continue
+            self.sel.unregister(conn)
+            send_message(conn, {"exit": os.waitstatus_to_exitcode(status)})
+            conn.close()
+
+    def hung_up(self, pid: int) -> None:
+        """The launcher of child `pid` closed its socket (gave up, or died): the child goes too."""
+        conn = self.live.pop(pid, None)
+        if conn is None:  # reaped earlier in this same round of events (its socket is closed)
+            return
+        self.sel.unregister(conn)
+        conn.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Kill every child still running, and wait for them."""
+        for pid, conn in self.live.items():
+            conn.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in self.live:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.live.clear()
 
 
 def fork_quietly() -> int:
@@ -384,35 +431,9 @@ def fork_quietly() -> int:
         return os.fork()
 
 
-def reap_children(trials: dict[int, socket.socket], sel: selectors.BaseSelector) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        conn = trials.pop(pid, None)
-        if conn is None:  # killed after its launcher left
-            continue
-        sel.unregister(conn)
-        send_message(conn, {"exit": os.waitstatus_to_exitcode(status)})
-        conn.close()
-
-
 def send_message(conn: socket.socket, message: dict[str, Any]) -> None:
     with contextlib.suppress(OSError):  # its launcher is gone: nothing to tell
         conn.sendall(json.dumps(message).encode())
-
-
-def stop_children(trials: dict[int, socket.socket]) -> None:
-    for pid, conn in trials.items():
-        conn.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    for pid in trials:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
 
 
 def become(request: ChildRequest) -> None:
