@@ -12,6 +12,7 @@ still gets its own id, log rows, variant and metrics.
 from __future__ import annotations
 
 import contextlib
+import gc
 import secrets
 import sqlite3
 import time
@@ -39,6 +40,7 @@ from mlops.core.predlog import (
     dumps_json,
     feedback_row,
     loop_commits_ok,
+    new_prediction_id,
 )
 from mlops.core.predlog_pg import LogWriteError, PgLogReader, PgPredictionLog
 from mlops.core.predlog_redis import RedisPredictionLog
@@ -358,7 +360,7 @@ class Server:
         else:
             prediction = arm.predictor.predict(feeds)
         rows = prediction.rows
-        base = request_id or uuid.uuid4().hex
+        base = request_id or new_prediction_id()
         ids = [base] if rows == 1 else [f"{base}-{i}" for i in range(rows)]
         if self.log is not None:
             latency = (time.perf_counter() - started) * 1000
@@ -626,6 +628,12 @@ class Server:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        # what was loaded at start-up (the model, the libraries) outlives every request: kept out of the cyclic
+        # collector's sweeps, whose full passes over it stalled every request in flight for ~15 ms (p99 at 8
+        # connections 16 ms before, 6 ms after, V2 bodies of 30 tensors: each request's many small objects
+        # bring those passes round often)
+        gc.collect()
+        gc.freeze()
         if self.watcher is not None:
             self.watcher.start()
         async with contextlib.AsyncExitStack() as services:  # stopped before the log closes below

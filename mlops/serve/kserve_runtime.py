@@ -19,7 +19,6 @@ import importlib
 import importlib.metadata
 import logging
 import sys
-import uuid
 from functools import cache
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mlops.core.predlog import new_prediction_id
 from mlops.package.bundle import read_bundle
 from mlops.package.predictor import Predictor, RequestError, imputed_parameters, parse_json_body
 from mlops.serve.app import inference_route
@@ -233,7 +233,7 @@ def _inference_content(scope: dict[str, Any]) -> RequestError | None:
 
 def _ids(request_id: str | None, rows: int) -> list[str]:
     """Prediction ids as our app makes them (one per row). Nothing here logs them: see the module doc."""
-    base = request_id or uuid.uuid4().hex
+    base = request_id or new_prediction_id()
     return [base] if rows == 1 else [f"{base}-{i}" for i in range(rows)]
 
 

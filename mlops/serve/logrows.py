@@ -43,7 +43,12 @@ class PendingPrediction:
         if len(pending) == 1:
             inputs, outputs = first.predictor.log_rows(first.feeds), first.prediction.log_instances()
         else:
-            feeds = {name: np.concatenate([p.feeds[name] for p in pending]) for name in first.feeds}
+            # a block's columns are views of it: the block is joined once, not each of them
+            predictor = first.predictor
+            views = (frozenset(predictor.packed_columns) if predictor.block_key is not None
+                     and predictor.block_key in first.feeds else frozenset())
+            feeds = {name: np.concatenate([p.feeds[name] for p in pending]) for name in first.feeds
+                     if name not in views}
             inputs = first.predictor.log_rows(feeds)
             outputs = joined(p.prediction for p in pending).log_instances()
         out, start = [], 0

@@ -18,6 +18,7 @@ from mlops.core.workspace import workspace
 from mlops.package.predictor import Predictor
 from mlops.serve.app import DEFAULT_MAX_BODY, Server
 from mlops.serve.batching import DEFAULT_WAIT_MS
+from mlops.serve.fastpath import FastInference, fast_protocol
 from mlops.serve.grpc import check_port, grpc_service
 from mlops.serve.kserve_runtime import serve_kserve
 from mlops.serve.reload import DEFAULT_INTERVAL_S, AliasWatcher
@@ -113,7 +114,8 @@ def serve(options: ServeOptions) -> None:
     if options.grpc_port is not None:  # on uvicorn's event loop, for the app's lifetime (its lifespan)
         check_port(options.host, options.grpc_port)
         server.services.append(grpc_service(server, options.host, options.grpc_port))
-    protocol = http_protocol()
+    app = server.app()
+    protocol = fast_protocol(http_protocol(), app)
     loop = event_loop()
     for line in _describe(server, options):
         say(f"{line}", "mlops serve")
@@ -121,7 +123,7 @@ def serve(options: ServeOptions) -> None:
     # http: a request uvicorn's parser refuses is answered with our JSON 400; ws="none": this app has no
     # WebSocket route, and an upgrade request is answered as plain HTTP (not a bodiless 403 from uvicorn);
     # loop named, not "auto": the loop reported above is the one uvicorn runs (it has no silent fallback then)
-    uvicorn.run(server.app(), host=options.host, port=options.port, log_level="warning", access_log=False,
+    uvicorn.run(app, host=options.host, port=options.port, log_level="warning", access_log=False,
                 http=protocol, ws="none", loop=loop)
 
 
@@ -142,6 +144,8 @@ def stack_line(loop: str, protocol: type) -> str:
     codec = "orjson" if "orjson" in sys.modules else "json"
     parts = [f"uvicorn {_version('uvicorn')}", f"event loop {loop} {_version(loop)}",
              f"HTTP parser {parser} {_version(parser)}", f"JSON {codec} {_version(codec)}"]
+    if issubclass(protocol, FastInference):
+        parts.append("inference fast path on")
     return "stack: " + ", ".join(p.rstrip() for p in parts)
 
 

@@ -1,0 +1,90 @@
+"""Predictor.feeds_from_v2's block path (a packed model's numeric tensors decoded in one numpy call) gives what
+the tensor-by-tensor path gives, and declines whatever that path must check value by value, so a request's
+answer and every error stay the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mlops.package.predictor import Predictor, RequestError
+from tests.serve_fixtures import build_bundle
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    return Predictor(build_bundle(tmp_path_factory.mktemp("block") / "bundle"), max_batch=4)
+
+
+def tensor(name: str, data: Any, datatype: str = "FP64", shape: Any = None) -> dict[str, Any]:
+    return {"name": name, "shape": [len(data)] if shape is None else shape, "datatype": datatype, "data": data}
+
+
+def request(ages: Any = (41.0,), incomes: Any = (50.0,), **change: Any) -> list[dict[str, Any]]:
+    """age, income (FP64) and city (BYTES) tensors; `change`: a tensor in place of one, None to leave it out."""
+    tensors = {"age": tensor("age", list(ages)), "income": tensor("income", list(incomes)),
+               "city": tensor("city", ["a"] * len(ages), "BYTES")}
+    for name, t in change.items():
+        tensors[name] = t
+    return [t for t in tensors.values() if t is not None]
+
+
+CASES = {
+    "plain floats": request(),
+    "two rows, ints and floats, [N, 1]": [tensor("age", [41, 52.5], "FP32", [2, 1]), tensor("income", [50.0, 7], "FP32"),
+                                          tensor("city", ["a", "b"], "BYTES")],
+    "inputs in another order": list(reversed(request())),
+    "a null (missing value)": request(ages=(None,)),
+    "a bool": request(ages=(True,)),
+    "a string in a number": request(incomes=("50",)),
+    "over FP32": request(incomes=(1e39,)),
+    "an int past 2**24": request(incomes=(2**25,)),
+    "a float shape": request(age=tensor("age", [41.0], shape=[1.0])),
+    "a bool shape": request(age=tensor("age", [41.0], shape=[True])),
+    "rows that disagree": request(ages=(41.0, 42.0)),
+    "shape and data that disagree": request(age=tensor("age", [41.0], shape=[2])),
+    "nested data": request(age=tensor("age", [[41.0]], shape=[1, 1])),
+    "a second dimension of 2": request(age=tensor("age", [41.0, 42.0], shape=[1, 2])),
+    "an INT8 tensor": request(age=tensor("age", [41], "INT8")),
+    "an INT8 value out of range": request(age=tensor("age", [1000], "INT8")),
+    "BYTES for a number": request(age=tensor("age", [41.0], "BYTES")),
+    "an input given twice": [*request(), tensor("age", [41.0])],
+    "an input missing": request(income=None),
+    "an unknown input": [*request(), tensor("height", [1.0])],
+    "over the batch limit": request(ages=(1.0,) * 5, incomes=(1.0,) * 5),
+    "empty data": request(age=tensor("age", [], shape=[0]), income=tensor("income", [], shape=[0])),
+}
+
+
+def outcome(predictor: Predictor, inputs: list[dict[str, Any]]) -> Any:
+    try:
+        feeds = predictor.feeds_from_v2(inputs)
+    except RequestError as exc:
+        return ("error", exc.status, exc.field, exc.message)
+    named = {k: v for k, v in feeds.items() if k in predictor.columns}  # the block itself is an internal key
+    return {k: (v.dtype.str, v.shape, v.tolist()) for k, v in sorted(named.items())}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_block_path_answers_as_the_tensor_by_tensor_path(predictor: Predictor, case: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = outcome(predictor, CASES[case])
+    monkeypatch.setattr(predictor, "_v2_block", lambda inputs: None)
+    slow = outcome(predictor, CASES[case])
+    assert repr(fast) == repr(slow)  # repr: NaN == NaN, and -0.0 is not 0.0
+
+
+def test_the_block_is_taken_for_plain_numbers_and_feeds_the_packed_model(predictor: Predictor) -> None:
+    assert predictor.block_key is not None
+    feeds = predictor.feeds_from_v2(request(ages=(41.0, 30.0), incomes=(50.0, 20.0)))
+    block = feeds[predictor.block_key]
+    assert block.flags.c_contiguous and block.dtype == np.float32 and block.shape == (2, 2)
+    assert np.shares_memory(feeds["age"], block)  # the named columns are views of the block
+    expected = predictor.predict(predictor.feeds_from_rows([{"age": 41.0, "income": 50.0, "city": "a"},
+                                                             {"age": 30.0, "income": 20.0, "city": "a"}]))
+    got = predictor.predict(feeds)
+    for name, values in expected.outputs.items():
+        assert np.array_equal(values, got.outputs[name]), name
