@@ -4,7 +4,6 @@ answer and every error stay the same."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
