@@ -30,8 +30,8 @@ from mlops.recipe.deploy import DeployConfig
 # what `mlops serve` imports beyond the standard library and mlops itself (tests/integration/
 # test_deploy_container.py checks this list against the imports of the running server, and that it runs on
 # uvloop and httptools): the fast loop and parser are required, not uvicorn's optional extras
-SERVE_PACKAGES = ("httptools", "numpy", "onnxruntime", "orjson", "prometheus-client", "pydantic", "starlette",
-                  "uvicorn", "uvloop")
+SERVE_PACKAGES = ("httptools", "msgspec", "numpy", "onnxruntime", "orjson", "prometheus-client", "pydantic",
+                  "starlette", "uvicorn", "uvloop")
 # the shared prediction logs' drivers: a replica started with `--log postgresql://...` or `redis://...`, and the
 # payload logger's collector (`mlops collect --http`) that runs in this image, import one when the log opens;
 # the image carries both, so where the log goes is the deployment's choice, not the image's

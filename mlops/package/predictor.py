@@ -72,6 +72,11 @@ class RequestError(Exception):
 def parse_json_body(raw: bytes | str) -> Any:
     """A request body as both runtimes parse it: strict JSON (no NaN/Infinity), whatever the content-type
     said. Nesting deeper than Python's recursion limit is a bad request too, not a crash."""
+    if _fast_decode is not None and isinstance(raw, bytes):
+        try:
+            return _fast_decode(raw)
+        except Exception:  # noqa: BLE001 - the standard library's reading decides, and words the error
+            pass
     try:
         text = raw.decode(json.detect_encoding(raw), "surrogatepass") if isinstance(raw, bytes) else raw
         return _DECODER.decode(text)
@@ -88,6 +93,17 @@ def _reject_constant(token: str) -> float:
 # one decoder for every request: `json.loads(..., parse_constant=...)` builds a new one per call. Not orjson,
 # which is faster but reads an integer past 64 bits as a float, and would pass it on as an exact number
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+# msgspec's decoder first when installed (the serve extra): 2-4x faster on a request body, and where it reads a
+# body at all it reads what the standard library does (integers past 64 bits exact, like json; NaN, Infinity
+# and overflowing numbers refused). What it refuses that json takes (UTF-16 or -32, a byte-order mark, a lone
+# surrogate's escape) or refuses with other words goes to _DECODER, which keeps the answers as they were
+try:
+    import msgspec
+
+    _fast_decode: Any = msgspec.json.Decoder().decode
+except ImportError:  # pragma: no cover - msgspec comes with the serve extra
+    _fast_decode = None
 
 
 @dataclass
@@ -342,13 +358,8 @@ class Predictor:
                 if n not in row:
                     raise RequestError(f"{where}[{i}].{n}", "missing column (send null for a missing value)")
                 columns[n].append(row[n])
-        feeds: dict[str, np.ndarray] = {}
         block = self._numeric_block(columns, len(rows))
-        if block is not None:
-            assert self.block_key is not None
-            feeds[self.block_key] = block
-            for j, n in enumerate(self.packed_columns):
-                feeds[n] = block[:, j:j + 1]  # views: the block and its columns cannot disagree
+        feeds = {} if block is None else self._block_feeds(block)
         for n, values in columns.items():
             if n not in feeds:
                 feeds |= self.column_feeds(n, values, f"{where}[].{n}")
@@ -441,10 +452,14 @@ class Predictor:
         plain = _plain_fp32(lists, rows)
         if plain is None:
             return None
-        block = plain.T.copy()  # C order: what ONNX Runtime takes without a copy
+        return self._block_feeds(plain.T.copy())  # C order: what ONNX Runtime takes without a copy
+
+    def _block_feeds(self, block: np.ndarray) -> dict[str, np.ndarray]:
+        """The block under `block_key` and each packed column as an [N, 1] view of it (so the two cannot
+        disagree), the views made in one pass over the transposed block rather than a slice each."""
+        assert self.block_key is not None
         feeds = {self.block_key: block}
-        for j, n in enumerate(self.packed_columns):
-            feeds[n] = block[:, j:j + 1]  # views: the block and its columns cannot disagree
+        feeds.update(zip(self.packed_columns, block.T[:, :, None]))
         return feeds
 
     def _single_tensor(self, t: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
