@@ -459,7 +459,7 @@ class Predictor:
         disagree), the views made in one pass over the transposed block rather than a slice each."""
         assert self.block_key is not None
         feeds = {self.block_key: block}
-        feeds.update(zip(self.packed_columns, block.T[:, :, None]))
+        feeds.update(zip(self.packed_columns, block.T[:, :, None], strict=True))
         return feeds
 
     def _single_tensor(self, t: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
