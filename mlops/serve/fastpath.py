@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -27,6 +28,7 @@ import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
+from mlops.core.log import say
 from mlops.serve.app import V2_INFER, Answer, Call, ServeApp, inference_route, versioned_infer_route
 
 
@@ -187,7 +189,13 @@ class FastInference:
         if cycle.disconnected or transport.is_closing():
             cycle.response_complete = True
         else:
-            payload, headers = answer.encode()
+            try:
+                payload, headers = answer.encode()
+            except Exception as exc:  # a bug in an answer's body: a 500 with an id, as `Server._handle` answers one
+                error_id = uuid.uuid4().hex[:12]
+                say(f"error {error_id} encoding an answer: {type(exc).__name__}: {exc}", "mlops serve")
+                payload, headers = Answer(500, {"error": f"internal error {error_id}", "field": None}).encode()
+                answer = Answer(500, None, after=answer.after)
             keep_alive = cycle.keep_alive and (b"connection", b"close") not in headers
             head = [STATUS_LINE[answer.status]]
             for n, v in (*self.server_state.default_headers, *headers):
