@@ -22,7 +22,7 @@ request committing meanwhile waits).
 Each server runs pinned to one core, wrk (`make bench-deps`) on another: `wrk -t1 -c8`, one single-row V1 body,
 after a warm-up; the servers are measured interleaved, round after round, so that background load hits them
 alike. A sampler reads the WAL's size every 20 ms during each run. Reports per variant requests/s, p50 and p99
-(median over the rounds, and the worst round's p99), the WAL's peak, its rewinds and their mean duration.
+(median over the rounds, and the worst round's p99), the WAL's peak, its truncations and their mean duration.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def truncations(server: Server) -> tuple[float, float, float]:
-    """(done, busy, seconds) of the server's WAL rewinds, from its /metrics."""
+    """(done, busy, seconds) of the server's WAL truncations, from its /metrics."""
     with urllib.request.urlopen(server.url("/metrics"), timeout=5) as r:
         text = r.read().decode()
 
@@ -170,7 +170,7 @@ def main() -> None:
                 stop(s)
 
         print("\n| variant | req/s | p50 ms | p99 ms (median of rounds) | worst p99 ms | errors | WAL peak MB "
-              "| rewinds (busy) | ms per rewind |")
+              "| truncations (busy) | ms per truncation |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for key in VARIANTS:
             runs, samplers = results[key], walls[key]
