@@ -11,7 +11,7 @@ concurrent requests share one commit. `synchronous=NORMAL` survives a process cr
 
 The log stays bounded under sustained traffic (`LogLimits`, from the recipe's `monitor.log_limits`, carried by
 the bundle). The WAL: passive checkpoints copy it into the database file but never rewind it while writes keep
-coming, so the log thread rewinds it (a RESTART checkpoint) once it holds more than `wal_max_bytes`. The rows: older
+coming, so the log thread truncates it (a TRUNCATE checkpoint) once it passes `wal_max_bytes`. The rows: older
 than `max_age`, or the oldest ones while the database holds more than `max_bytes`, are moved to Parquet files
 beside the log (`Workspace.prediction_archive`), or deleted; `LogReader` reads the archived rows with the rest.
 """
@@ -25,7 +25,6 @@ import math
 import os
 import queue
 import sqlite3
-import struct
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -58,7 +57,6 @@ WAL_CHECK_EVERY_S = 0.1  # how often it compares the WAL with its bound (a stat:
 # how long a TRUNCATE checkpoint retries for the write lock and for readers to leave the WAL: it holds the write
 # lock while it waits for readers, so this bounds what a slow reader can add to the writers' wait
 WAL_TRUNCATE_WAIT_MS = 2
-WAL_FRAME_HEADER = 24  # bytes before each page in the WAL file
 RETENTION_EVERY_S = 60.0  # how often it applies the retention policy
 ARCHIVE_FILE_ROWS = 50_000  # rows per archived Parquet file: few files, a bounded memory to write one
 RETENTION_BATCH = 2000  # rows deleted per transaction: a server's writes wait for one batch's delete at most
@@ -167,11 +165,8 @@ class PredictionLog(QueuedLog):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_group = max_group
         self.limits = limits or LogLimits()
-        # RESTART checkpoints that rewound the WAL past its bound (and those that found it in use): the metrics
-        # keep their first name, from when these were TRUNCATE checkpoints (see _bound_wal)
-        self.wal_truncations = 0
+        self.wal_truncations = 0  # TRUNCATE checkpoints that reset the WAL (and those that found it in use)
         self.wal_truncations_busy = 0
-        self._rewound_at: int | None = None  # the wal-index's frame count when the WAL was last rewound
         self.wal_truncate_seconds = 0.0  # spent in them: about what writers waited (the write lock is held)
         init = sqlite3.connect(self.path)
         init.execute("PRAGMA journal_mode=WAL")
@@ -227,26 +222,14 @@ class PredictionLog(QueuedLog):
         db.close()
 
     def _bound_wal(self, db: sqlite3.Connection, max_bytes: int) -> None:
-        """Rewind the WAL once what it holds since its last rewind passes `max_bytes`. A passive checkpoint first
-        copies what it can without stopping anyone; a RESTART checkpoint then holds the write lock while it
-        copies the rest, so that the next commit writes from the file's start again: the file stops growing at
-        about `max_bytes` and is reused, and is truncated when the log closes. (A TRUNCATE checkpoint here also
-        shrank the file, but the truncation itself held the lock for 31-37 ms at a 64 MB bound on this machine,
-        every request in flight waiting; a RESTART about 12 ms, its copy and fsync: benchmarks/predlog.py
-        measures it.) It hardly waits
-        for a reader (WAL_TRUNCATE_WAIT_MS): a reader still on an older snapshot makes it give up until the next
-        check."""
-        frames = wal_frames(self.path)
-        if frames is None:  # no readable wal-index: the file's size, an upper bound of what the WAL holds
-            try:
-                used = os.path.getsize(wal_path(self.path))
-            except FileNotFoundError:
+        """Reset the WAL once it is longer than `max_bytes`. A passive checkpoint first copies what it can
+        without stopping anyone; the TRUNCATE checkpoint then holds the write lock while it copies the rest and
+        rewinds the file, so writers wait that long (benchmarks/predlog.py measures it). It hardly waits for a
+        reader (WAL_TRUNCATE_WAIT_MS): a reader still on an older snapshot makes it give up until the next check."""
+        try:
+            if os.path.getsize(wal_path(self.path)) <= max_bytes:
                 return
-        else:
-            used = frames[0] * frames[1]
-            if frames[0] == self._rewound_at:  # rewound, and nobody wrote since: nothing to do
-                return
-        if used <= max_bytes:
+        except FileNotFoundError:
             return
         (patience,) = db.execute("PRAGMA busy_timeout").fetchone()
         started = time.perf_counter()
@@ -254,7 +237,7 @@ class PredictionLog(QueuedLog):
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             db.execute(f"PRAGMA busy_timeout={WAL_TRUNCATE_WAIT_MS}")
             started = time.perf_counter()
-            (busy, _, _) = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            (busy, _, _) = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error:
             busy = 1
         finally:
@@ -264,8 +247,6 @@ class PredictionLog(QueuedLog):
             self.wal_truncations_busy += 1
         else:
             self.wal_truncations += 1
-            # the wal-index keeps the old frame count until the next write begins the WAL anew
-            self._rewound_at = frames[0] if frames is not None else None
 
     def _retain(self, db: sqlite3.Connection) -> None:
         bound = self.limits.wal_max_bytes
@@ -282,24 +263,6 @@ class PredictionLog(QueuedLog):
 
 def wal_path(path: Path) -> Path:
     return path.with_name(path.name + "-wal")
-
-
-def wal_frames(path: Path) -> tuple[int, int] | None:
-    """(frames the WAL holds since its last rewind, bytes per frame), read from the wal-index header at the start
-    of the `-shm` file (mxFrame and szPage, SQLite's documented WAL-index format: sqlite.org/walformat.html,
-    native byte order). SQLite writes two copies of the header; a read that finds them different raced a commit
-    and gives None, as does a missing or short file: the caller then goes by the WAL file's size."""
-    try:
-        with open(path.with_name(path.name + "-shm"), "rb") as shm:
-            header = shm.read(96)
-    except OSError:
-        return None
-    if len(header) < 96 or header[:48] != header[48:96] or header[12] != 1:  # isInit
-        return None
-    (size,) = struct.unpack_from("=H", header, 14)
-    (frames,) = struct.unpack_from("=I", header, 16)
-    page = 65536 if size == 1 else size  # 64 KiB pages are written as 1
-    return frames, page + WAL_FRAME_HEADER
 
 
 def log_sizes(path: Path) -> dict[str, int]:
