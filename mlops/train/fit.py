@@ -213,7 +213,14 @@ def fit(job: TrainJob) -> TrainResult | None:
     if resume is not None:
         say_once(f"resuming training from checkpoint {resume[0]}: {resume[1]} of {t.max_epochs} epochs done")
     started = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume[0]) if resume else None)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume[0]) if resume else None)
+    except SystemExit:
+        # Lightning answers a Ctrl-C inside fit by tearing down and calling exit(1): the user's interrupt, which
+        # the CLI reports as one ("interrupted", exit 130), not a crashed run
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     fit_seconds = time.perf_counter() - started
     if trainer.global_rank != 0:
         return None
