@@ -462,6 +462,12 @@ def new_prediction_id() -> str:
     return f"{time.time_ns():016x}{os.urandom(8).hex()}"
 
 
+def prediction_ids(request_id: str | None, rows: int) -> list[str]:
+    """One id per answered row: the request's own id (or a new one), with the row's number after it for a batch."""
+    base = request_id or new_prediction_id()
+    return [base] if rows == 1 else [f"{base}-{i}" for i in range(rows)]
+
+
 def prediction_rows(ids: list[str], model: str, version: str | None, variant: str, inputs: list[dict[str, Any]],
                     outputs: list[dict[str, Any]], latency_ms: float) -> list[tuple[Any, ...]]:
     now = time.time()

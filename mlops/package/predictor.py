@@ -259,7 +259,8 @@ class Predictor:
         rows: list[dict[str, Any]] = [{} for _ in range(n)]
         policy = self.meta.payloads
         # a decoded block's numbers as Python floats in one call, not numpy scalars one by one (the same values)
-        block = feeds[self.block_key].tolist() if self.block_key is not None and self.block_key in feeds else None
+        decoded = self.block_in(feeds)
+        block = None if decoded is None else decoded.tolist()
         for name, spec in self.columns.items():
             j = self._packed_at.get(name) if block is not None else None
             if j is not None:
@@ -453,6 +454,10 @@ class Predictor:
         if plain is None:
             return None
         return self._block_feeds(plain.T.copy())  # C order: what ONNX Runtime takes without a copy
+
+    def block_in(self, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The decoded numbers block `feeds` carry for this model (`_block_feeds`), if any."""
+        return feeds.get(self.block_key) if self.block_key is not None else None
 
     def _block_feeds(self, block: np.ndarray) -> dict[str, np.ndarray]:
         """The block under `block_key` and each packed column as an [N, 1] view of it (so the two cannot

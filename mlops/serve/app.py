@@ -17,7 +17,7 @@ import secrets
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -40,7 +40,7 @@ from mlops.core.predlog import (
     dumps_json,
     feedback_row,
     loop_commits_ok,
-    new_prediction_id,
+    prediction_ids,
 )
 from mlops.core.predlog_pg import LogWriteError, PgLogReader, PgPredictionLog
 from mlops.core.predlog_redis import RedisPredictionLog
@@ -97,6 +97,16 @@ def versioned_infer_route(path: str) -> tuple[str, str] | None:
     if not sep or not name or not version or "/" in name or "/" in version:
         return None
     return name, version
+
+
+def inference_target(path: str) -> tuple[str, str, str | None] | None:
+    """(route, name, version) of a POST path the inference handlers answer straight from the ASGI messages (or
+    the fast path from the HTTP protocol's callbacks): either inference route, or the versioned V2 one."""
+    found = inference_route(path)
+    if found is not None:
+        return found[0], found[1], None
+    versioned = versioned_infer_route(path)
+    return None if versioned is None else (V2_INFER, versioned[0], versioned[1])
 
 
 # The old path of the traffic route: it is ours, not KServe's repository extension, so it moved out of /v2. The
@@ -324,6 +334,17 @@ class Server:
         except ClientDisconnect:  # the client left while sending its body: nothing to answer
             return Response(status_code=499)
 
+    def inference(self, route: str, name: str, version: str | None, raw_headers: list[tuple[bytes, bytes]],
+                  receive: Callable[[], Awaitable[dict[str, Any]]]) -> Coroutine[Any, Any, Answer]:
+        """An inference request (`inference_target`'s route, name and version) answered by `_handle`: the ASGI
+        path awaits it, the HTTP fast path steps it by hand (mlops/serve/fastpath.py)."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers}
+        if version is not None:
+            work = self._versioned_infer
+        else:
+            work = self._infer if route == V2_INFER else self._v1_predict
+        return self._handle(Call(name, headers, receive, version=version), route, work)
+
     def _served(self, call: Call) -> Arm:
         """The arm a request names: the champion, or on a versioned route the arm serving that version (the
         challenger's too: a client may ask for it by version). A version no arm serves is a 404 naming it."""
@@ -359,9 +380,7 @@ class Server:
             prediction = await batcher.predict(feeds, arm.predictor)
         else:
             prediction = arm.predictor.predict(feeds)
-        rows = prediction.rows
-        base = request_id or new_prediction_id()
-        ids = [base] if rows == 1 else [f"{base}-{i}" for i in range(rows)]
+        ids = prediction_ids(request_id, prediction.rows)
         if self.log is not None:
             latency = (time.perf_counter() - started) * 1000
             # the rows are built by the commit, for every request it writes at once (mlops.serve.logrows)
@@ -672,21 +691,10 @@ class ServeApp(Starlette):
 
     async def _dispatch(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            inference = inference_route(scope["path"])
-            versioned = None if inference is not None else versioned_infer_route(scope["path"])
-            if inference is not None or versioned is not None:
-                server = self.server
-                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-                if versioned is not None:
-                    route, work = V2_INFER, server._versioned_infer
-                    call = Call(versioned[0], headers, receive, version=versioned[1])
-                else:
-                    assert inference is not None
-                    route, name = inference
-                    work = server._infer if route == V2_INFER else server._v1_predict
-                    call = Call(name, headers, receive)
+            target = inference_target(scope["path"])
+            if target is not None:
                 try:
-                    answer = await server._handle(call, route, work)
+                    answer = await self.server.inference(*target, scope["headers"], receive)
                 except ClientDisconnect:
                     return
                 await send_answer(send, answer)

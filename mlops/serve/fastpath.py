@@ -29,7 +29,7 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from mlops.core.log import say
-from mlops.serve.app import V2_INFER, Answer, Call, ServeApp, inference_route, versioned_infer_route
+from mlops.serve.app import Answer, ServeApp, inference_target
 
 
 def drive(coro: Coroutine[Any, Any, Any], done: Callable[[Any], None] | None) -> None:
@@ -144,11 +144,7 @@ class FastInference:
             return None
         if "%" in path:
             path = urllib.parse.unquote(path)
-        found = inference_route(path)
-        if found is not None:
-            return found[0], found[1], None
-        versioned = versioned_infer_route(path)
-        return None if versioned is None else (V2_INFER, versioned[0], versioned[1])
+        return inference_target(path)
 
     def _hand_over(self) -> None:
         """The request's body did not come whole with its headers: uvicorn's cycle and the ASGI app take it,
@@ -169,18 +165,12 @@ class FastInference:
         self._fast, self._fast_body = None, []
         cycle = FastCycle(keep_alive=self.parser.should_keep_alive())
         self.cycle = cycle
-        server = self.serve_app.server
 
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
 
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers}
-        call = Call(name, headers, receive, version=version)
-        if version is not None:
-            work = server._versioned_infer
-        else:
-            work = server._infer if route == V2_INFER else server._v1_predict
-        drive(server._handle(call, route, work), lambda answer: self._respond(cycle, answer))
+        answer = self.serve_app.server.inference(route, name, version, self.headers, receive)
+        drive(answer, lambda done: self._respond(cycle, done))
 
     def _respond(self, cycle: FastCycle, answer: Answer) -> None:
         """The response as uvicorn's `send` would write it: its default headers (server, date) first, and

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops.core.predlog import new_prediction_id
+from mlops.core.predlog import prediction_ids
 from mlops.package.bundle import read_bundle
 from mlops.package.predictor import Predictor, RequestError, imputed_parameters, parse_json_body
 from mlops.serve.app import inference_route
@@ -124,7 +124,7 @@ def _runtime() -> SimpleNamespace:
             feeds = predictor.feeds_from_rows(body["instances"])
             prediction = predictor.predict(feeds)
             imputed = predictor.imputed(predictor.unseen(feeds), prediction.rows)
-            return {"predictions": prediction.instances(), "ids": _ids(request_id, prediction.rows)} | (
+            return {"predictions": prediction.instances(), "ids": prediction_ids(request_id, prediction.rows)} | (
                 {"imputed": imputed} if imputed else {})
 
         def _infer_v2(self, request: Any) -> Any:
@@ -133,7 +133,7 @@ def _runtime() -> SimpleNamespace:
             images = frozenset(i.name for i in predictor.meta.inputs if i.image is not None)
             feeds = predictor.feeds_from_v2(v2_inputs(request, images))
             prediction = predictor.predict(feeds)
-            ids = _ids(request.id, prediction.rows)
+            ids = prediction_ids(request.id, prediction.rows)
             imputed = predictor.imputed(predictor.unseen(feeds), prediction.rows)
             parameters = {"prediction_ids": ",".join(ids)} | imputed_parameters(imputed)
             outputs = []
@@ -229,12 +229,6 @@ def _inference_content(scope: dict[str, Any]) -> RequestError | None:
         scope["headers"] = [*scope["headers"], (b"content-type", b"application/json")]
         return None
     return content_type_error(content_type, required=False, binary=True)
-
-
-def _ids(request_id: str | None, rows: int) -> list[str]:
-    """Prediction ids as our app makes them (one per row). Nothing here logs them: see the module doc."""
-    base = request_id or new_prediction_id()
-    return [base] if rows == 1 else [f"{base}-{i}" for i in range(rows)]
 
 
 def _field(loc: tuple[Any, ...] | list[Any], kind: str) -> str:

@@ -45,8 +45,7 @@ class PendingPrediction:
         else:
             # a block's columns are views of it: the block is joined once, not each of them
             predictor = first.predictor
-            views = (frozenset(predictor.packed_columns) if predictor.block_key is not None
-                     and predictor.block_key in first.feeds else frozenset())
+            views = frozenset(predictor.packed_columns) if predictor.block_in(first.feeds) is not None else frozenset()
             feeds = {name: np.concatenate([p.feeds[name] for p in pending]) for name in first.feeds
                      if name not in views}
             inputs = first.predictor.log_rows(feeds)
