@@ -6,16 +6,18 @@ The same bundle is served three times, each `mlops serve` with its own log and i
 written into a copy of the bundle (the server follows the bundle's), retention off in all three:
 
 * unbounded: no WAL bound, no retention: passive checkpoints only (every server before the bound);
-* WAL 16 MB: a TRUNCATE checkpoint each time the WAL passes 16 MB, no retention;
-* WAL 4 MB: four times tighter (four times more truncations, each about as long).
+* WAL 16 MB: a rewind (a RESTART checkpoint; a TRUNCATE one before 2026-12-05) each time the WAL holds more
+  than 16 MB, no retention;
+* WAL 4 MB: four times tighter (four times more rewinds, each about as long).
 
 Retention is not measured here: its pass runs once a minute (RETENTION_EVERY_S), longer than these runs;
 tests/integration/test_predlog_soak.py runs it under load.
 
-The default bound (64 MB) truncates every 64 MB of WAL: at the 28 MB/s a 2,641 requests/s load wrote, every
+The default bound (64 MB) rewinds every 64 MB of WAL: at the 28 MB/s a 2,641 requests/s load wrote, every
 2.3 s. A short run on a small machine writes far less, so the bounds here are tighter, to see enough
-truncations; their cost per truncation is what carries over (`mlops_prediction_log_wal_truncate_seconds_total`
-/ truncations: how long the write lock was held, which every request committing meanwhile waits).
+rewinds; their cost per rewind is what carries over (`mlops_prediction_log_wal_truncate_seconds_total`
+/ `..._truncations_total`, names kept from the TRUNCATE days: how long the write lock was held, which every
+request committing meanwhile waits).
 
 Each server runs pinned to one core, wrk (`make bench-deps`) on another: `wrk -t1 -c8`, one single-row V1 body,
 after a warm-up; the servers are measured interleaved, round after round, so that background load hits them

@@ -11,7 +11,7 @@ concurrent requests share one commit. `synchronous=NORMAL` survives a process cr
 
 The log stays bounded under sustained traffic (`LogLimits`, from the recipe's `monitor.log_limits`, carried by
 the bundle). The WAL: passive checkpoints copy it into the database file but never rewind it while writes keep
-coming, so the log thread truncates it (a TRUNCATE checkpoint) once it passes `wal_max_bytes`. The rows: older
+coming, so the log thread rewinds it (a RESTART checkpoint) once it holds more than `wal_max_bytes`. The rows: older
 than `max_age`, or the oldest ones while the database holds more than `max_bytes`, are moved to Parquet files
 beside the log (`Workspace.prediction_archive`), or deleted; `LogReader` reads the archived rows with the rest.
 """
@@ -53,10 +53,13 @@ CREATE INDEX IF NOT EXISTS feedback_id ON feedback(id);
 
 STOP = object()  # what close() queues: the writer thread commits what came before it and ends
 CHECKPOINT_EVERY_S = 1.0  # how often the log thread folds the WAL into the database file
-WAL_CHECK_EVERY_S = 0.1  # how often it compares the WAL with its bound (a stat: a few microseconds)
+# how often it compares the WAL with its bound: a passive checkpoint, whose answer is the WAL's frame count (it
+# copies the frames since the last one, work the once-a-second checkpoint would do otherwise)
+WAL_CHECK_EVERY_S = 0.1
 # how long a TRUNCATE checkpoint retries for the write lock and for readers to leave the WAL: it holds the write
 # lock while it waits for readers, so this bounds what a slow reader can add to the writers' wait
 WAL_TRUNCATE_WAIT_MS = 2
+WAL_FRAME_HEADER = 24  # bytes before each page in the WAL file
 RETENTION_EVERY_S = 60.0  # how often it applies the retention policy
 ARCHIVE_FILE_ROWS = 50_000  # rows per archived Parquet file: few files, a bounded memory to write one
 RETENTION_BATCH = 2000  # rows deleted per transaction: a server's writes wait for one batch's delete at most
@@ -165,8 +168,12 @@ class PredictionLog(QueuedLog):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_group = max_group
         self.limits = limits or LogLimits()
-        self.wal_truncations = 0  # TRUNCATE checkpoints that reset the WAL (and those that found it in use)
+        # RESTART checkpoints that rewound the WAL past its bound (and those that found it in use): the metrics
+        # keep their first name, from when these were TRUNCATE checkpoints (see _bound_wal)
+        self.wal_truncations = 0
         self.wal_truncations_busy = 0
+        self._rewound_at: int | None = None  # the WAL's frame count when it was last rewound
+        self._page: int | None = None  # the database's page size: a WAL frame is one page and its header
         self.wal_truncate_seconds = 0.0  # spent in them: about what writers waited (the write lock is held)
         init = sqlite3.connect(self.path)
         init.execute("PRAGMA journal_mode=WAL")
@@ -190,7 +197,7 @@ class PredictionLog(QueuedLog):
             except queue.Empty:
                 first = None
             now = time.monotonic()
-            if now - last_checkpoint >= CHECKPOINT_EVERY_S:
+            if now - last_checkpoint >= CHECKPOINT_EVERY_S and self.limits.wal_max_bytes is None:  # else below
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for readers or writers
                 except sqlite3.Error:
@@ -222,22 +229,29 @@ class PredictionLog(QueuedLog):
         db.close()
 
     def _bound_wal(self, db: sqlite3.Connection, max_bytes: int) -> None:
-        """Reset the WAL once it is longer than `max_bytes`. A passive checkpoint first copies what it can
-        without stopping anyone; the TRUNCATE checkpoint then holds the write lock while it copies the rest and
-        rewinds the file, so writers wait that long (benchmarks/predlog.py measures it). It hardly waits for a
-        reader (WAL_TRUNCATE_WAIT_MS): a reader still on an older snapshot makes it give up until the next check."""
+        """Rewind the WAL once what it holds since its last rewind passes `max_bytes`. A passive checkpoint copies
+        what it can without stopping anyone, and its answer says how many frames the WAL holds; past the bound a
+        RESTART checkpoint then holds the write lock while it copies the rest, so that the next commit writes from
+        the file's start again: the file stops growing at about `max_bytes` and is reused, and is truncated when
+        the log closes. (A TRUNCATE checkpoint here also shrank the file, but the truncation itself held the lock
+        for 31-37 ms at a 64 MB bound on this machine, every request in flight waiting: benchmarks/predlog.py
+        measures it.) The frame count comes from SQLite, not from reading its `-shm` file: closing any descriptor
+        of that file would drop the POSIX locks SQLite holds on it, and another process could then reset the
+        wal-index under the server's mapping (SIGBUS). It hardly waits for a reader (WAL_TRUNCATE_WAIT_MS): a
+        reader still on an older snapshot makes it give up until the next check."""
         try:
-            if os.path.getsize(wal_path(self.path)) <= max_bytes:
-                return
-        except FileNotFoundError:
+            (_, frames, _) = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            return  # the next check catches up
+        if frames == self._rewound_at:  # rewound, and nobody wrote since: the count is the old one still
+            return
+        if frames * (self._page_size(db) + WAL_FRAME_HEADER) <= max_bytes:
             return
         (patience,) = db.execute("PRAGMA busy_timeout").fetchone()
         started = time.perf_counter()
         try:
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             db.execute(f"PRAGMA busy_timeout={WAL_TRUNCATE_WAIT_MS}")
-            started = time.perf_counter()
-            (busy, _, _) = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            (busy, _, _) = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         except sqlite3.Error:
             busy = 1
         finally:
@@ -247,6 +261,12 @@ class PredictionLog(QueuedLog):
             self.wal_truncations_busy += 1
         else:
             self.wal_truncations += 1
+            self._rewound_at = frames
+
+    def _page_size(self, db: sqlite3.Connection) -> int:
+        if self._page is None:
+            (self._page,) = db.execute("PRAGMA page_size").fetchone()
+        return self._page
 
     def _retain(self, db: sqlite3.Connection) -> None:
         bound = self.limits.wal_max_bytes

@@ -8,7 +8,7 @@ drift`), so an alert in Prometheus and a finding of `mlops monitor` read the sam
 
 And one over the server itself, from `monitor.log_limits`: log_size, when the prediction log's database and WAL
 (`mlops_prediction_log_bytes`) take more than the bounds declared for them (`retention.max_bytes` +
-`wal_max_bytes`): its retention or its WAL truncation is not keeping up, and the disk fills.
+`wal_max_bytes`): its retention or its WAL rewinds are not keeping up, and the disk fills.
 
 And one over the serving process, from `monitor.resources`: memory_growth, when its resident memory
 (`process_resident_memory_bytes`, prometheus_client's process collector) grew by more than `max_memory_growth_mb`

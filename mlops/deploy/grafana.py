@@ -199,8 +199,9 @@ def rows(deploy: DeployConfig, monitor: Any) -> list[Row]:
                 Query(f"sum by (part) (mlops_prediction_log_bytes{{{MODEL}}})", "{{part}}",
                       ("mlops_prediction_log_bytes",)),),
                 _bound(float(log_bound) if log_bound else None)),
-            PanelSpec("Prediction log WAL truncations", "timeseries", "TRUNCATE checkpoints of the log's WAL per "
-                      "second (busy: retried because a reader or writer was in the way).", "short", (
+            PanelSpec("Prediction log WAL rewinds", "timeseries", "Rewinds (RESTART checkpoints) of the log's WAL "
+                      "past its bound, per second (busy: retried because a reader or writer was in the way).",
+                      "short", (
                 Query(f"sum by (outcome) (rate(mlops_prediction_log_wal_truncations_total{{{MODEL}}}[{RATE}]))",
                       "{{outcome}}", ("mlops_prediction_log_wal_truncations_total",)),)),
         )),

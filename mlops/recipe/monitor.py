@@ -276,9 +276,11 @@ class LogLimitsConfig(Section):
     """How large the prediction log may grow under sustained traffic. Written into the bundle at export: the
     server's log follows it, and `mlops deploy` alerts when the log outgrows it."""
 
-    wal_max_bytes: ByteSize | None = Field("64MB", validate_default=True, description="a write-ahead log longer than this is truncated "
-                                           "(a TRUNCATE checkpoint: writers wait for it); null: only passive "
-                                           "checkpoints, which never shrink it while writes go on")
+    wal_max_bytes: ByteSize | None = Field("64MB", validate_default=True, description="a write-ahead log holding "
+                                           "more than this is rewound (a RESTART checkpoint: writers wait for it; "
+                                           "the file is then reused from its start, so it keeps about this size "
+                                           "on disk); null: only passive checkpoints, which never rewind it while "
+                                           "writes go on")
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     def limits(self) -> LogLimits:

@@ -112,8 +112,9 @@ class ServeMetrics:
     def watch_log(self, model: str, log: PredictionLog | PgPredictionLog) -> None:
         """`mlops_prediction_log_bytes{model, part}`: the prediction log's bytes on disk (db, wal, archive), read
         when scraped (a few stats), so that Prometheus sees the log grow before the disk fills; and its WAL
-        truncations (`mlops_prediction_log_wal_truncations_total{outcome="done|busy"}`, and the seconds spent in
-        them, which writers wait)."""
+        rewinds past its bound (`mlops_prediction_log_wal_truncations_total{outcome="done|busy"}`, named when they
+        were TRUNCATE checkpoints, now RESTART ones: see PredictionLog._bound_wal; and the seconds spent in them,
+        which writers wait)."""
         self.registry.register(_LogCollector(model, log))
 
     def render(self) -> tuple[bytes, str]:
@@ -134,9 +135,9 @@ class _LogCollector:
         for part, size in self.log.sizes().items():
             sizes.add_metric([self.model, part], size)
         yield sizes
-        truncations = CounterMetricFamily("mlops_prediction_log_wal_truncations", "TRUNCATE checkpoints of the "
-                                          "prediction log's WAL past its bound (busy: a reader or writer was in "
-                                          "the way, retried)", labels=["model", "outcome"])
+        truncations = CounterMetricFamily("mlops_prediction_log_wal_truncations", "Rewinds (RESTART checkpoints) of "
+                                          "the prediction log's WAL past its bound (busy: a reader or writer was "
+                                          "in the way, retried)", labels=["model", "outcome"])
         truncations.add_metric([self.model, "done"], self.log.wal_truncations)
         truncations.add_metric([self.model, "busy"], self.log.wal_truncations_busy)
         yield truncations

@@ -39,7 +39,7 @@ TITLES = {"Request rate", "Errors by status", "Predict error ratio", "Requests i
           "Latency percentiles vs the 100 ms SLA", "Batch sizes", "Predicted classes", "Unseen categories",
           "Versions served", "Drift per feature", "Drift score per feature", "Shadow disagreement", "Canary share",
           "Latency per variant (p99)", "CPU", "Memory", "Open file descriptors", "GPU utilisation", "GPU memory",
-          "Prediction log on disk", "Prediction log WAL truncations"}
+          "Prediction log on disk", "Prediction log WAL rewinds"}
 ROWS = ["Traffic", "Model", "Drift (mlops monitor)", "Shadow and canary", "Resources"]
 # what is not a series name in a PromQL expression once strings, matchers, ranges and label lists are gone
 OPERATOR_WORDS = {"and", "or", "unless", "bool", "offset"}

@@ -1,0 +1,80 @@
+"""The prediction log's WAL bound: a log past its bound is rewound (a RESTART checkpoint): the next commit writes
+from the file's start, so the file stops growing, and every row stays readable; readers in other processes opening
+the log all the while do not upset the writing one (a bound read from SQLite's `-shm` file did: closing a
+descriptor of that file dropped SQLite's locks on it, another process reset the wal-index, SIGBUS)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from mlops.core.loglimits import LogLimits
+from mlops.core.predlog import LogReader, PredictionLog, prediction_rows, wal_path
+
+INPUTS = {f"feature_{i}": 1000.0 + i / 7 for i in range(30)}
+
+
+def write(log: PredictionLog, first: int, n: int) -> None:
+    for k in range(first, first + n):
+        log.submit("predictions", prediction_rows([f"p{k}"], "m", "1", "champion", [INPUTS], [{"label": "yes"}],
+                                                  0.5)).result(timeout=30)
+
+
+def test_a_log_past_its_wal_bound_is_rewound_and_its_file_stops_growing(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    bound = 256 * 1024
+    log = PredictionLog(path, limits=LogLimits(wal_max_bytes=bound))
+    try:
+        write(log, 0, 400)  # several bounds' worth: each commit appends at least a page or two
+        db = sqlite3.connect(path)
+        log._bound_wal(db, bound)  # what the log thread does every 0.1 s, made now
+        db.close()
+        assert log.wal_truncations >= 1, (log.wal_truncations, log.wal_truncations_busy)
+        size = wal_path(path).stat().st_size
+        write(log, 400, 50)  # far less than the bound: written at the file's start again, over the old frames
+        with sqlite3.connect(path) as check:
+            (_, frames, _) = check.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            (page,) = check.execute("PRAGMA page_size").fetchone()
+        assert 0 < frames * (page + 24) < size
+        assert wal_path(path).stat().st_size == size  # reused, not grown (nor shrunk, until the log closes)
+    finally:
+        log.close()
+    with LogReader(path) as reader:
+        assert len(reader.predictions(("champion",), model="m")) == 450
+    assert wal_path(path).stat().st_size == 0  # the clean stop truncates it
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    ROWS = int(sys.argv[2])
+    from mlops.core.loglimits import LogLimits
+    from mlops.core.predlog import PredictionLog, prediction_rows
+    log = PredictionLog(sys.argv[1], limits=LogLimits(wal_max_bytes=64 * 1024))
+    print("ready", flush=True)
+    inputs = {f"feature_{i}": 1000.0 + i / 7 for i in range(30)}
+    for k in range(ROWS):
+        log.submit("predictions", prediction_rows([f"p{k}"], "m", "1", "champion", [inputs], [{"label": "yes"}],
+                                                  0.5)).result(timeout=30)
+    print(log.wal_truncations, log.wal_truncations_busy)
+    log.close()
+""")
+
+
+def test_readers_in_other_processes_while_the_wal_is_rewound(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "20000"], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+    reads = 0
+    while writer.poll() is None:
+        with LogReader(path) as reader:  # a fresh connection each time: it maps the wal-index anew
+            reader.predictions(("champion",), model="m")
+        reads += 1
+    out = writer.stdout.read()
+    assert writer.returncode == 0, writer.returncode  # -7 was the SIGBUS
+    done, busy = map(int, out.split())
+    assert done + busy >= 3 and reads > 10, (out, reads)
+    with LogReader(path) as reader:
+        assert len(reader.predictions(("champion",), model="m")) == 20000
