@@ -129,12 +129,20 @@ bench: $(STAMP) bench-deps
 	$(BIN)/python benchmarks/run_overhead.py
 	$(BIN)/python benchmarks/bundle.py
 
-# benchmarks/serve.py drives the servers with Debian's wrk (HTTP load generator, Lua-scripted POST bodies)
+# benchmarks/serve.py drives the servers with Debian's wrk (HTTP load generator, Lua-scripted POST bodies), and
+# runs its peers LitServe and BentoML (benchmarks/peers.py) from their own venv, never mlops's dependencies
+PEERS_VENV := .venv-peers
+
 .PHONY: bench-deps
-bench-deps:
+bench-deps: $(PEERS_VENV)/.installed
 	@command -v wrk >/dev/null || ( \
 		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk )
+
+$(PEERS_VENV)/.installed: benchmarks/peers-requirements.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet -r benchmarks/peers-requirements.txt
+	touch $@
 
 schema: $(STAMP)
 	$(BIN)/mlops schema --output recipe.schema.json

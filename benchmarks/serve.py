@@ -17,6 +17,10 @@ protocol and concurrency, every server in turn) so that background load hits the
 * KServe stock: `kserve.ModelServer(http_port=...).start([model])` over our kserve.Model, every other setting
   at KServe's default (its per-request logging on): the goals compare with this one;
 * KServe tuned: `mlops serve BUNDLE --runtime kserve`, the same with its per-request logging off;
+* LitServe and BentoML (benchmarks/peers.py, on `--peers-venv`, default .venv-peers from `make bench-deps`):
+  each serves the bundle's model.onnx as the floor does (benchmarks/onnx_floor.py), with the settings its
+  documentation gives for throughput on one core, on its own route (`/predict`, both protocols' bodies);
+  without that environment their rows say so and the peer goal is not judged;
 * bare ASGI: a raw ASGI callable under uvicorn (same uvicorn settings as `mlops serve`: uvloop and httptools
   when installed, access log off, log level warning) that decodes the JSON with no validation,
   runs the ONNX Runtime session (1 intra-op thread, as ours) and answers JSON. The floor for any server.
@@ -37,8 +41,8 @@ the label postprocessing) built into a temporary directory. The header says whic
 Reports per protocol a table of requests/s and p99 latency at each concurrency, then the issue's goals:
 ours / KServe throughput at c=8 (>= 3x), ours / KServe p99 at c=8 (<= 0.3x), ours / bare at c=8 (>= 1.2x:
 issue 19 asks for more than the floor, doing the same work smarter), batched / unbatched throughput at c=32
-(>= 1.5x), and what the shadow adds to p99 at c=8 (<= 5 %). Issue 19's LitServe and BentoML peers are not run
-here (neither is installed by the project), so "ahead of every peer" is not reported.
+(>= 1.5x), what the shadow adds to p99 at c=8 (<= 5 %), and ours / the best of KServe stock, LitServe and
+BentoML at c=8 (> 1x: issue 19's "ahead of every peer").
 """
 
 from __future__ import annotations
@@ -62,16 +66,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from onnx_floor import FloorModel  # noqa: E402 - beside this file, shared with the peers' processes
+
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 8, 32)
 PROTOCOLS = ("v1", "v2")
 DEFAULT_BATCH_ARGS = ["--batch-max", "32", "--batch-wait-ms", "2"]
 
 OURS, BATCHED, SHADOW, STOCK, KSERVE, BARE = "ours", "batched", "shadow", "stock", "kserve", "bare"
+LITSERVE, BENTOML = "litserve", "bentoml"
+PEERS = (STOCK, LITSERVE, BENTOML)  # issue 19's "every peer"
+PEERS_VENV = ROOT / ".venv-peers"  # `make bench-deps`: LitServe and BentoML, never mlops's dependencies
 LABELS = {OURS: "`mlops serve` (log + metrics)", BATCHED: "`mlops serve` + adaptive batching",
           SHADOW: "`mlops serve --shadow` (same bundle)", STOCK: "KServe ModelServer, stock settings",
           KSERVE: "KServe ModelServer, tuned (`mlops serve --runtime kserve`)",
-          BARE: "bare ASGI + ONNX Runtime (floor)"}
+          BARE: "bare ASGI + ONNX Runtime (floor)",
+          LITSERVE: "LitServe (fast_queue, 1 worker, 1 API server)", BENTOML: "BentoML (`bentoml serve`, 1 worker)"}
 
 
 # --------------------------------------------------------------------------- the bare ASGI floor
@@ -79,18 +90,8 @@ LABELS = {OURS: "`mlops serve` (log + metrics)", BATCHED: "`mlops serve` + adapt
 
 def bare_asgi_app(bundle: Path) -> Any:
     """A raw ASGI app: V1/V2 JSON in, ONNX Runtime, JSON out; no validation, no log, no metrics."""
-    import numpy as np
-    import onnxruntime as ort
-
-    meta = json.loads((bundle / "bundle.json").read_text())
-    name = meta["name"]
-    dtypes = {i["name"]: (object if i["dtype"] == "string" else np.float32) for i in meta["inputs"]}
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # as mlops.package.predictor.Predictor
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(bundle / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    output_names = [o.name for o in session.get_outputs()]
-    v1_path, v2_path = f"/v1/models/{name}:predict", f"/v2/models/{name}/infer"
+    model = FloorModel(bundle)
+    routes = set(paths(model.name).values())
 
     async def respond(send: Any, status: int, payload: Any) -> None:
         body = json.dumps(payload).encode()
@@ -117,24 +118,10 @@ def bare_asgi_app(bundle: Path) -> Any:
             message = await receive()
             raw += message.get("body", b"")
             more = message.get("more_body", False)
-        body = json.loads(raw)
-        if path == v1_path:
-            rows = body["instances"]
-            feeds = {n: np.array([r[n] for r in rows], dtype=t).reshape(-1, 1) for n, t in dtypes.items()}
-        elif path == v2_path:
-            feeds = {t["name"]: np.array(t["data"], dtype=dtypes[t["name"]]).reshape(-1, 1) for t in body["inputs"]}
-        else:
+        if path not in routes:
             await respond(send, 404, {"error": path})
             return
-        outputs = dict(zip(output_names, session.run(None, feeds), strict=True))
-        if path == v1_path:
-            columns = {k: v.tolist() for k, v in outputs.items()}
-            n = len(next(iter(feeds.values())))
-            await respond(send, 200, {"predictions": [{k: v[i] for k, v in columns.items()} for i in range(n)]})
-        else:
-            await respond(send, 200, {"model_name": name, "outputs": [
-                {"name": k, "datatype": "BYTES" if v.dtype == object else "FP32", "shape": list(v.shape),
-                 "data": v.reshape(-1).tolist()} for k, v in outputs.items()]})
+        await respond(send, 200, model.answer(json.loads(raw)))
 
     return app
 
@@ -307,9 +294,16 @@ class Server:
     log: Path | None = None
     note: str = ""
     ok: dict[str, bool] = field(default_factory=dict)
+    route: str | None = None  # one route for both protocols (the peers' own), else the KServe protocols' paths
+    ready: str = "/v2/health/ready"
+    cwd: Path = ROOT
+    env: dict[str, str] = field(default_factory=dict)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def infer_url(self, name: str, proto: str) -> str:
+        return self.url(self.route or paths(name)[proto])
 
 
 def start(server: Server, cpu: int | None, tmp: Path, env: dict[str, str]) -> None:
@@ -317,7 +311,7 @@ def start(server: Server, cpu: int | None, tmp: Path, env: dict[str, str]) -> No
     server.log = tmp / f"{server.key}.out"
     cmd = pinned([*server.cmd, "--port", str(server.port)], cpu)
     with open(server.log, "wb") as out:
-        server.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        server.proc = subprocess.Popen(cmd, cwd=server.cwd, env=env | server.env, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)
 
 
@@ -328,7 +322,7 @@ def wait_ready(server: Server, timeout: float = 120.0) -> None:
         if server.proc.poll() is not None:
             raise RuntimeError(f"exited with {server.proc.returncode}:\n{server.log.read_text()[-2000:]}")
         with contextlib.suppress(OSError):
-            with urllib.request.urlopen(server.url("/v2/health/ready"), timeout=2) as r:
+            with urllib.request.urlopen(server.url(server.ready), timeout=2) as r:
                 if r.status == 200:
                     return
         time.sleep(0.2)
@@ -352,7 +346,7 @@ def stop(server: Server) -> None:
 def check_answers(server: Server, name: str, bodies: dict[str, str]) -> None:
     """Every server must answer 200 with a prediction to the exact body wrk will send, before timing."""
     for proto, body in bodies.items():
-        req = urllib.request.Request(server.url(paths(name)[proto]), data=body.encode(), method="POST",
+        req = urllib.request.Request(server.infer_url(name, proto), data=body.encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
@@ -443,7 +437,8 @@ def machine_line(server_cpu: int | None, client_cpu: int | None, cpus: list[int]
 VERSIONS = """
 import contextlib, importlib.metadata as md, platform
 got = []
-for pkg in ("uvicorn", "uvloop", "httptools", "orjson", "starlette", "kserve", "onnxruntime"):
+for pkg in ("uvicorn", "uvloop", "httptools", "orjson", "starlette", "kserve", "litserve", "bentoml", "pyzmq",
+            "onnxruntime"):
     with contextlib.suppress(md.PackageNotFoundError):
         got.append(f"{pkg} {md.version(pkg)}")
 print(f"Python {platform.python_version()}, " + ", ".join(got))
@@ -503,12 +498,19 @@ def goals(proto: str, results: dict[tuple[str, str, int], dict[str, float]], bat
     p99 = ratio(get(OURS, 8), get(STOCK, 8), "p99")
     bare = ratio(get(OURS, 8), get(BARE, 8), "rps")
     batched = ratio(get(BATCHED, 32), get(OURS, 32), "rps")
+    peers = {k: get(k, 8) for k in PEERS}
+    missing = [LABELS[k] for k, r in peers.items() if not r]
+    best = max((r["rps"] for r in peers.values() if r), default=0.0)
+    ahead = ratio(get(OURS, 8), {"rps": best}, "rps")
     shadow = ratio(get(SHADOW, 8), get(OURS, 8), "p99")
     shadow = None if shadow is None else shadow - 1
     return [
         line("ours / KServe stock throughput at c=8", tput, ">= 3x", tput is not None and tput >= 3.0, ".2f"),
         line("ours / KServe stock p99 at c=8", p99, "<= 0.3x", p99 is not None and p99 <= 0.3, ".2f"),
         line("ours / bare ASGI throughput at c=8", bare, ">= 1.2x", bare is not None and bare >= 1.2, ".2f"),
+        line("ours / the best peer's throughput at c=8 (KServe stock, LitServe, BentoML)", ahead, "> 1x: ahead "
+             "of every peer", None if missing else ahead is not None and ahead > 1, ".2f",
+             f": not measured: {', '.join(missing)}" if missing else ""),
         line("batched / unbatched throughput at c=32", batched, ">= 1.5x", batched is not None and batched >= 1.5,
              ".2f", "" if batched is not None else f": {batch_note}"),
         line("shadow's p99 overhead at c=8", shadow, "<= +5 %", shadow is not None and shadow <= 0.05, "+.1%"),
@@ -538,6 +540,8 @@ def main() -> None:
                         "takes images (benchmarks/media.py passes one of its PNG files)")
     parser.add_argument("--venv", type=Path, metavar="PATH", help="run `mlops serve` and the bare floor on this "
                         "virtual environment's python (created from the serving image's requirements when absent)")
+    parser.add_argument("--peers-venv", type=Path, default=PEERS_VENV, metavar="PATH", help="the environment "
+                        "LitServe and BentoML run on (default .venv-peers, which `make bench-deps` creates)")
     parser.add_argument("--bare-asgi", metavar="BUNDLE", help=argparse.SUPPRESS)  # the floor's own process
     parser.add_argument("--kserve-stock", metavar="BUNDLE", help=argparse.SUPPRESS)  # stock KServe's process
     parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
@@ -573,7 +577,20 @@ def main() -> None:
                     Server(STOCK, [sys.executable, str(Path(__file__).resolve()), "--kserve-stock", str(bundle)]),
                     Server(KSERVE, [sys.executable, "-m", "mlops.cli", "serve", str(bundle), "--runtime", "kserve"]),
                     Server(BARE, [served, str(Path(__file__).resolve()), "--bare-asgi", str(bundle)])]
+        peer_python = args.peers_venv.absolute() / "bin" / "python"
+        here = Path(__file__).resolve().parent
+        peers = [Server(LITSERVE, [str(peer_python), str(here / "peers.py"), "litserve", str(bundle)],
+                        route="/predict", ready="/health"),
+                 Server(BENTOML, [str(peer_python), "-m", "bentoml", "serve", "peers:BentoPeer", "--host", "127.0.0.1"],
+                        route="/predict", ready="/readyz", cwd=here,
+                        env={"BENCH_BUNDLE": str(bundle), "BENTOML_DO_NOT_TRACK": "True"})]
+        if peer_python.exists():
+            servers += peers
+        # the table's rows: a server that cannot run still has its row, saying why
         shown = servers if batch else [*servers[:1], Server(BATCHED, [], note=batch_note), *servers[1:]]
+        if not peer_python.exists():
+            shown = [*shown, *(Server(p.key, [], note=f"no {peer_python}: `make bench-deps` creates it")
+                               for p in peers)]
 
         print(f"\nserving benchmark: {machine_line(server_cpu, client_cpu, cpus)}")
         if args.venv:
@@ -581,6 +598,8 @@ def main() -> None:
             print(f"KServe on {sys.executable}: {versions()}")
         else:
             print(f"{versions()}")
+        if peer_python.exists():
+            print(f"LitServe and BentoML on {peer_python}: {versions(str(peer_python))}")
         print(f"bundle: {origin}")
         print(f"load: wrk -t1 -c{{{','.join(map(str, CONCURRENCY))}}} -d{args.duration:g}s --latency, one "
               f"single-row body per protocol, after a {args.warmup:g}s warm-up; servers measured interleaved")
@@ -607,12 +626,12 @@ def main() -> None:
             for proto in PROTOCOLS:
                 live = [s for s in servers if s.ok.get(proto)]
                 for s in live:
-                    wrk(s.url(paths(name)[proto]), scripts[proto], 8, args.warmup, client_cpu)
+                    wrk(s.infer_url(name, proto), scripts[proto], 8, args.warmup, client_cpu)
                 before = {s.key: (metric(s, "mlops_shadow_rows_total"), metric(s, "mlops_shadow_dropped_total"))
                           for s in live if s.key == SHADOW}
                 for c in CONCURRENCY:
                     for s in live:
-                        results[(s.key, proto, c)] = wrk(s.url(paths(name)[proto]), scripts[proto], c,
+                        results[(s.key, proto, c)] = wrk(s.infer_url(name, proto), scripts[proto], c,
                                                          args.duration, client_cpu)
                 for s in live:
                     if s.key == SHADOW:
