@@ -56,8 +56,8 @@ CHECKPOINT_EVERY_S = 1.0  # how often the log thread folds the WAL into the data
 # how often it compares the WAL with its bound: a passive checkpoint, whose answer is the WAL's frame count (it
 # copies the frames since the last one, work the once-a-second checkpoint would do otherwise)
 WAL_CHECK_EVERY_S = 0.1
-# how long a TRUNCATE checkpoint retries for the write lock and for readers to leave the WAL: it holds the write
-# lock while it waits for readers, so this bounds what a slow reader can add to the writers' wait
+# how long the rewind's RESTART checkpoint retries for the write lock and for readers to leave the WAL: it holds
+# the write lock while it waits for readers, so this bounds what a slow reader can add to the writers' wait
 WAL_TRUNCATE_WAIT_MS = 2
 WAL_FRAME_HEADER = 24  # bytes before each page in the WAL file
 RETENTION_EVERY_S = 60.0  # how often it applies the retention policy
