@@ -27,9 +27,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
         names = [n.strip() for n in args.input_names.split(",") if n.strip()] if args.input_names else None
         serve_cloudevents(args.log, host, port, input_names=names)
         return 0
-    result = collect_stream(args.url, args.log, once=args.once, batch=args.batch, claim_idle_s=args.claim_idle)
+    result = collect_stream(args.url, args.log, once=args.once, batch=args.batch, claim_idle_s=args.claim_idle,
+                            trim=not args.keep)
     if not args.json:
         print(f"{result.landed} rows landed in {result.log} from {result.stream} ({result.skipped} already there, "
-              f"{result.dead} not rows: moved to {result.stream}:dead); {result.pending} pending")
+              f"{result.dead} not rows: moved to {result.stream}:dead); {result.pending} pending, "
+              f"{result.trimmed} landed entries removed from the stream")
     emit(result)
     return 0

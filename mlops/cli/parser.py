@@ -572,6 +572,9 @@ def _collect_commands(sub: argparse._SubParsersAction) -> None:
                                                                        "a time (default 500)")
     p.add_argument("--claim-idle", type=float, default=30.0, metavar="S",
                    help="take over entries another collector left unacknowledged for S seconds (default 30)")
+    p.add_argument("--keep", action="store_true",
+                   help="leave landed entries in the stream (default: remove those every consumer group has "
+                        "acknowledged, every 10 s and at the end)")
     _json(p, "the result")
 
 

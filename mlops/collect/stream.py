@@ -12,6 +12,12 @@ entry could still both land it (the check and the insert are not one transaction
 
 An entry that is not a row of the log (another writer's, a damaged one) is copied to the stream `NAME:dead`
 and acknowledged, so it neither blocks the group nor disappears.
+
+Landed entries leave the stream (`trim`, the default): every 10 s and when the run ends, XTRIM MINID removes the
+entries before the oldest one any consumer group of the stream still needs (its oldest pending entry, else the
+entry after its last delivered one), so Redis holds the backlog, not the whole history. A group that has read
+nothing keeps everything; a reader without a group (plain XREAD) is not known to Redis: `trim=False` (`mlops
+collect --keep`) leaves the stream as it is.
 """
 
 from __future__ import annotations
@@ -52,6 +58,14 @@ class CollectResult(BaseModel):
     claimed: int = 0  # entries taken over from other consumers idle past claim_idle_s
     batches: int = 0
     pending: int = 0  # entries of the group still unacknowledged when the run ended
+    trimmed: int = 0  # landed entries removed from the stream (XTRIM)
+
+
+def _entry_id(value: bytes | str) -> tuple[int, int]:
+    """A stream entry id, "MS-SEQ", as numbers: ids compare as (ms, seq), not as text."""
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _key(table: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -143,6 +157,21 @@ class _Collector:
         self.land(entries)
         return len(entries)
 
+    def trim(self) -> None:
+        """Remove the entries no consumer group of the stream needs any more (see the module doc)."""
+        needed = []
+        for group in self.client.xinfo_groups(self.stream):
+            name = group["name"]
+            if int(group["pending"]):
+                needed.append(_entry_id(self.client.xpending(self.stream, name)["min"]))
+            else:
+                ms, seq = _entry_id(group["last-delivered-id"])
+                needed.append((ms, seq + 1))
+        if needed:
+            ms, seq = min(needed)
+            if (ms, seq) > (0, 0):
+                self.result.trimmed += int(self.client.xtrim(self.stream, minid=f"{ms}-{seq}", approximate=False))
+
     def progress(self) -> None:
         self.result.pending = int(self.client.xpending(self.stream, GROUP)["pending"])
         say(f"{self.result.landed} rows landed in {self.result.log} ({self.result.skipped} already there), "
@@ -154,10 +183,11 @@ class _Collector:
 
 
 def collect_stream(url: str, store: str | Path, once: bool = False, batch: int = 500,
-                   claim_idle_s: float = 30) -> CollectResult:
+                   claim_idle_s: float = 30, trim: bool = True) -> CollectResult:
     """Land the Redis stream at `url` (redis://HOST:PORT/DB[?stream=NAME]) in the log `store` (a SQLite path or
     postgresql:// URL). `once`: stop when the backlog is landed and no new entry came within a short wait;
-    otherwise run until SIGTERM or SIGINT (the batch in hand is finished and acknowledged first)."""
+    otherwise run until SIGTERM or SIGINT (the batch in hand is finished and acknowledged first). `trim`: remove
+    what every consumer group has acknowledged from the stream as it goes."""
     if log_store(store)[0] == "redis":  # a wrong store fails here, before anything is read
         raise MlopsError(f"--log {log_name(store)}: collect lands a stream in a SQLite PATH or postgresql:// store, "
                          "not in another stream")
@@ -165,7 +195,7 @@ def collect_stream(url: str, store: str | Path, once: bool = False, batch: int =
         raise MlopsError(f"--batch {batch} / --claim-idle {claim_idle_s}: a batch holds 1 entry or more, and the idle "
                          "time before claiming another collector's entries is 0 s or more")
     try:
-        return _collect(url, store, once, batch, claim_idle_s)
+        return _collect(url, store, once, batch, claim_idle_s, trim)
     except MlopsError:
         raise
     except Exception as exc:
@@ -178,7 +208,7 @@ def collect_stream(url: str, store: str | Path, once: bool = False, batch: int =
         raise
 
 
-def _collect(url: str, store: str | Path, once: bool, batch: int, claim_idle_s: float) -> CollectResult:
+def _collect(url: str, store: str | Path, once: bool, batch: int, claim_idle_s: float, trim: bool) -> CollectResult:
     stop = threading.Event()
     previous: dict[int, Any] = {}
     if not once and threading.current_thread() is threading.main_thread():
@@ -203,8 +233,12 @@ def _collect(url: str, store: str | Path, once: bool, batch: int, claim_idle_s: 
                 collector.claim(claim_idle_s)
                 last_claim = now
             if now - last_report >= 10:
+                if trim:
+                    collector.trim()
                 collector.progress()
                 last_report = now
+        if trim:
+            collector.trim()
         collector.progress()
         return collector.result
     finally:

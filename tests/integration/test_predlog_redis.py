@@ -108,9 +108,11 @@ def test_collect_lands_predictions_shadow_and_feedback_once(stream: tuple[Any, s
                 '["x", "noon", "m", null, "champion", "{}", "{}", 0]'):
         client.xadd(name, {"table": "predictions", "row": bad})
 
-    first = collect_stream(url, store, once=True)
-    assert (first.landed, first.skipped, first.dead, first.pending) == (6, 0, 4, 0)
-    again = collect_stream(url, store, once=True)
+    # kept in the stream (trim=False): the replay below needs the landed entries
+    first = collect_stream(url, store, once=True, trim=False)
+    assert (first.landed, first.skipped, first.dead, first.pending, first.trimmed) == (6, 0, 4, 0, 0)
+    assert client.xlen(name) == 10
+    again = collect_stream(url, store, once=True, trim=False)
     assert (again.landed, again.batches) == (0, 0)
     with open_reader(store) as reader:
         assert sorted(r["id"] for r in reader.predictions(("champion",))) == ["a", "b", "c"]
@@ -124,6 +126,34 @@ def test_collect_lands_predictions_shadow_and_feedback_once(stream: tuple[Any, s
     assert (replay.landed, replay.skipped) == (0, 6)
     with open_reader(store) as reader:
         assert len(reader.predictions(("champion", "shadow"))) == 4
+    assert (replay.trimmed, client.xlen(name)) == (10, 0)  # all landed and acknowledged: the stream is emptied
+
+
+def test_landed_entries_leave_the_stream_and_what_any_group_still_needs_stays(stream: tuple[Any, str, str],
+                                                                              store: str) -> None:
+    client, name, url = stream
+    first_ids = [client.xadd(name, entry("predictions", row)) for row in _predictions([f"a{k}" for k in range(5)])]
+    # another group (a second consumer of the stream) was given the first two and acknowledged neither, a third
+    # group has read nothing yet
+    client.xgroup_create(name, "other", id="0")
+    client.xreadgroup("other", "them", {name: ">"}, count=2)
+    done = collect_stream(url, store, once=True)
+    assert (done.landed, done.pending, done.trimmed) == (5, 0, 0)  # "other" still needs its first pending entry
+    client.xack(name, "other", first_ids[0])
+    assert collect_stream(url, store, once=True).trimmed == 1  # up to "other"'s oldest pending one
+    assert client.xrange(name)[0][0] == first_ids[1]
+
+    client.xgroup_create(name, "unread", id="$")  # a group that starts with what comes next
+    client.xack(name, "other", first_ids[1])
+    client.xreadgroup("other", "them", {name: ">"})
+    client.xack(name, "other", *first_ids[2:])
+    later = [client.xadd(name, entry("predictions", row)) for row in _predictions(["b0", "b1"])]
+    done = collect_stream(url, store, once=True)
+    # every group is past the first five; "unread" has not read the last two: they stay for it
+    assert (done.landed, done.trimmed) == (2, 4)
+    assert [entry_id for entry_id, _ in client.xrange(name)] == later
+    with open_reader(store) as reader:
+        assert len(reader.predictions(("champion",))) == 7
 
 
 def _count_per_id(path: Path) -> dict[str, int]:
@@ -167,6 +197,7 @@ def test_a_collector_killed_mid_backlog_then_rerun_lands_every_row_exactly_once(
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["landed"] + partial == n and result["pending"] == 0
+    assert client.xlen(name) == 0  # every entry landed and acknowledged: trimmed away
     counts = _count_per_id(store)
     assert len(counts) == n and set(counts.values()) == {1}
 
@@ -193,9 +224,10 @@ def test_the_server_logs_to_the_stream_and_collect_lands_its_row(stream: tuple[A
         stop_process(server.proc)
     store = tmp_path / "log.sqlite"
     done = subprocess.run([sys.executable, "-m", "mlops.cli", "collect", url, "--log", str(store), "--once",
-                           "--json"], capture_output=True, text=True, timeout=120, env=env)
+                           "--keep", "--json"], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["landed"] == 1
+    assert (json.loads(done.stdout)["landed"], json.loads(done.stdout)["trimmed"]) == (1, 0)
+    assert client.xlen(name) == 1  # --keep: the landed entry stays in the stream
     with open_reader(store) as reader:
         [row] = reader.predictions(("champion",))
     assert (row["id"], row["model"]) == ("p1", "toy")
