@@ -67,9 +67,23 @@ def parse(path: Path, module: str, is_package: bool) -> Source:
     found = _parsed.get(key)
     if found is None:
         data = path.read_bytes()
-        found = Source(hashlib.sha256(data).hexdigest(), frozenset(imported_names(ast.parse(data), module, is_package)))
+        found = Source(hashlib.sha256(data).hexdigest(), frozenset(imported_names(syntax_tree(data), module, is_package)))
         _parsed[key] = found
     return found
+
+
+def syntax_tree(data: bytes, attempts: int = 3) -> ast.Module:
+    """`ast.parse`, again when CPython 3.11 fails it with "AST constructor recursion depth mismatch": its counter
+    is per interpreter, not per thread, so a library's background thread building an AST at the same moment (Prefect
+    and MLflow run several during `mlops run`) can fail a parse of perfectly good source (python/cpython#106905;
+    seen once in CI). Any other error, or the same one every time, is raised."""
+    for attempt in range(attempts):
+        try:
+            return ast.parse(data)
+        except SystemError as exc:
+            if "recursion depth mismatch" not in str(exc) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @contextmanager
