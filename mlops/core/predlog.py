@@ -173,12 +173,13 @@ class PredictionLog(QueuedLog):
         self.wal_truncations = 0
         self.wal_truncations_busy = 0
         self._rewound_at: int | None = None  # the WAL's frame count when it was last rewound
-        self._page: int | None = None  # the database's page size: a WAL frame is one page and its header
         self.wal_truncate_seconds = 0.0  # spent in them: about what writers waited (the write lock is held)
         init = sqlite3.connect(self.path)
         init.execute("PRAGMA journal_mode=WAL")
         init.executescript(SCHEMA)
         init.commit()
+        (page,) = init.execute("PRAGMA page_size").fetchone()
+        self._frame_bytes = page + WAL_FRAME_HEADER  # a WAL frame: one page and its header
         init.close()
         self._start_writer("prediction-log")
 
@@ -245,7 +246,7 @@ class PredictionLog(QueuedLog):
             return  # the next check catches up
         if frames == self._rewound_at:  # rewound, and nobody wrote since: the count is the old one still
             return
-        if frames * (self._page_size(db) + WAL_FRAME_HEADER) <= max_bytes:
+        if frames * self._frame_bytes <= max_bytes:
             return
         (patience,) = db.execute("PRAGMA busy_timeout").fetchone()
         started = time.perf_counter()
@@ -262,11 +263,6 @@ class PredictionLog(QueuedLog):
         else:
             self.wal_truncations += 1
             self._rewound_at = frames
-
-    def _page_size(self, db: sqlite3.Connection) -> int:
-        if self._page is None:
-            (self._page,) = db.execute("PRAGMA page_size").fetchone()
-        return self._page
 
     def _retain(self, db: sqlite3.Connection) -> None:
         bound = self.limits.wal_max_bytes

@@ -122,16 +122,16 @@ def _log_dataset(client: Any, run_id: str, name: str, uri: str, digest: str, fin
     source = {"tags": {"mlops.data.source": uri}} if builtin else {"uri": uri}
     dataset = Dataset(name=name, digest=digest[:MAX_DIGEST], source_type="code" if builtin else "local",
                       source=json.dumps(source), schema=schema, profile=json.dumps(profile))
-    tags = [InputTag("mlflow.data.context", context), InputTag(FINGERPRINT_TAG, fingerprint)]
+    inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", context), InputTag(FINGERPRINT_TAG, fingerprint)])]
     try:
-        client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
+        client.log_inputs(run_id, datasets=inputs)
     except MlflowException as exc:
         # MLflow looks the data set up, then inserts it: a run of the same data started at the same moment (two
         # `mlops run`, parallel sweep trials) can insert it in between, and this insert breaks the unique key. Its
         # transaction rolled back whole; the second try finds their row and only links this run to it.
         if not _unique_violation(exc):
             raise
-        client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
+        client.log_inputs(run_id, datasets=inputs)
 
 
 def _unique_violation(exc: Exception) -> bool:
