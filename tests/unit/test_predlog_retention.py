@@ -170,3 +170,36 @@ def test_the_recipe_declares_the_limits_the_log_follows() -> None:
                                                 archive=False)
     assert MonitorConfig().log_limits.limits() == LogLimits(wal_max_bytes=64 * 10**6, max_age_s=30 * DAY,
                                                             max_bytes=5 * 10**9, archive=True)
+
+
+def _steps_of_a_pass_moving_nothing(path: Path, rows: int) -> int:
+    """SQLite VM steps (progress-handler calls, one per 100 instructions) of a retention pass over a log of
+    `rows` recent predictions and one feedback item, none due."""
+    writer = PredictionLog(path)
+    try:
+        writer.submit("predictions", [_row(i, NOW - 3600 + i * 0.01) for i in range(rows)]).result(timeout=60)
+        writer.submit("feedback", [feedback_row({"id": "r1", "label": "no"}, NOW - 10)]).result(timeout=30)
+    finally:
+        writer.close()
+    db = sqlite3.connect(path)
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    db.set_progress_handler(count, 100)
+    try:
+        moved = apply_retention(db, path, LogLimits(max_age_s=30 * DAY, max_bytes=5 * 10**9), now=NOW)
+    finally:
+        db.close()
+    assert moved == {"predictions": 0, "feedback": 0}
+    return steps[0]
+
+
+def test_a_pass_with_nothing_to_move_reads_no_more_of_a_larger_log(tmp_path: Path) -> None:
+    # it runs every minute on the server's log thread: reading the oldest file's worth of rows to look at their
+    # times (as it once did) stalled the served requests of a busy log each time
+    small = _steps_of_a_pass_moving_nothing(tmp_path / "small.sqlite", 500)
+    large = _steps_of_a_pass_moving_nothing(tmp_path / "large.sqlite", 20_000)
+    assert large <= small + 5, (small, large)
