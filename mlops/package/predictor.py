@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mlops.core.errors import DataError, MlopsError
+from mlops.core.predlog import fp32_values
 from mlops.data.descriptors import image_descriptors, text_descriptors
 from mlops.data.media import (
     UNKNOWN_TOKEN,
@@ -258,15 +259,14 @@ class Predictor:
         n = len(next(iter(feeds.values()))) if feeds else 0
         rows: list[dict[str, Any]] = [{} for _ in range(n)]
         policy = self.meta.payloads
-        # a decoded block's numbers as Python floats in one call, not numpy scalars one by one (the same values)
+        # a decoded block's numbers as Python floats in one call, not numpy scalars one by one
         decoded = self.block_in(feeds)
-        block = None if decoded is None else decoded.tolist()
+        block = None if decoded is None else fp32_values(np.ascontiguousarray(decoded, dtype=np.float32))
         for name, spec in self.columns.items():
             j = self._packed_at.get(name) if block is not None else None
             if j is not None:
                 for i in range(n):
-                    f = block[i][j]  # type: ignore[index]
-                    rows[i][name] = None if f != f else f  # NaN: missing
+                    rows[i][name] = block[i][j]  # type: ignore[index]
             elif spec.kind == "image":
                 pixels = feeds[name]
                 sent = feeds.get(name + SENT_BYTES)
@@ -282,6 +282,9 @@ class Predictor:
                 for i in range(n):
                     keep = texts is not None and (policy.text_sample >= 1 or self._sample.random() < policy.text_sample)
                     rows[i][name] = texts[i] if keep and len(texts[i].encode()) <= policy.max_bytes else None
+            elif feeds[name].dtype == np.float32:
+                for i, f in enumerate(fp32_values(np.ascontiguousarray(feeds[name][:, 0]))):
+                    rows[i][name] = f
             else:
                 values = feeds[name]
                 for i in range(n):

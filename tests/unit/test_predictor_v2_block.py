@@ -87,3 +87,25 @@ def test_the_block_is_taken_for_plain_numbers_and_feeds_the_packed_model(predict
     got = predictor.predict(feeds)
     for name, values in expected.outputs.items():
         assert np.array_equal(values, got.outputs[name]), name
+
+
+@pytest.mark.parametrize("path", ["block", "columns"])
+def test_the_log_holds_the_numbers_sent_not_their_widened_float32(predictor: Predictor, path: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = [{"age": 17.99, "income": 0.1, "city": "a"}, {"age": 123456.78, "income": 3, "city": "b"},
+            {"age": 1e-7, "income": -2.5e30, "city": "a"}]
+    feeds = predictor.feeds_from_rows(sent)
+    if path == "columns":  # a model without a packed block logs each column from its own array
+        monkeypatch.setattr(predictor, "block_in", lambda feeds: None)
+    else:
+        assert predictor.block_in(feeds) is not None
+    logged = predictor.log_rows(feeds)
+    # 17.99 as sent, where float(np.float32(17.99)) is 17.989999771118164
+    assert [[r["age"], r["income"]] for r in logged] == [[17.99, 0.1], [123456.78, 3.0], [1e-7, -2.5e30]]
+    for row, i in zip(logged, range(len(sent)), strict=True):  # the very float32 numbers the model was given
+        assert np.float32(row["age"]) == feeds["age"][i, 0] and np.float32(row["income"]) == feeds["income"][i, 0]
+
+
+def test_a_missing_number_is_logged_as_null(predictor: Predictor) -> None:
+    logged = predictor.log_rows(predictor.feeds_from_rows([{"age": None, "income": 2.5, "city": "a"}]))
+    assert logged[0]["age"] is None and logged[0]["income"] == 2.5
