@@ -383,7 +383,15 @@ class Predictor:
         if not isinstance(inputs, list) or not inputs:
             raise RequestError("inputs", "must be a non-empty list of tensors")
         names = list(self.columns)
-        for k, t in enumerate(inputs):
+        # the block, when it is taken, has read the four fields of every tensor it holds (a plain request's
+        # all): only the others are checked below. Otherwise every tensor is, before anything else.
+        try:
+            taken = self._v2_block(inputs)
+        except (TypeError, KeyError):  # a tensor that is not an object, or lacks a field: named below
+            taken = None
+        block, others = taken if taken is not None else (None, range(len(inputs)))
+        for k in others:
+            t = inputs[k]
             if not isinstance(t, dict):
                 raise RequestError(f"inputs[{k}]", "must be an object with name, shape, datatype, data")
             for key in ("name", "shape", "datatype", "data"):
@@ -393,7 +401,6 @@ class Predictor:
                 raise RequestError(f"inputs[{k}].name", "must be a string")
         if len(inputs) == 1 and inputs[0]["name"] not in self.columns:
             return self._single_tensor(inputs[0], names)
-        block = self._v2_block(inputs)
         seen: dict[str, np.ndarray] = block or {}
         rows = None if block is None else len(seen[self.block_key])  # type: ignore[index]
         for k, t in enumerate(inputs):
@@ -422,19 +429,24 @@ class Predictor:
             raise RequestError(f"inputs.{missing[0]}", "missing input (send null in BYTES or NaN-free data)")
         return seen
 
-    def _v2_block(self, inputs: list[dict[str, Any]]) -> dict[str, np.ndarray] | None:
+    def _v2_block(self, inputs: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], list[int]] | None:
         """A packed model's numeric inputs as packed.onnx's one block, in one numpy call as V1's rows are
         (`_numeric_block`), when each is its own FP32 or FP64 tensor of shape [N] or [N, 1] holding N plain
         numbers that fit FP32 (`_plain_fp32`), every one given once, all with the same N within the batch
-        limit. None otherwise: the tensor-by-tensor path then checks each and names the value at fault. The
-        other inputs (categories, texts, images) are left to that path either way."""
+        limit; with the block, where the other tensors are in `inputs`. None otherwise: the tensor-by-tensor
+        path then checks each and names the value at fault. The other inputs (categories, texts, images) are
+        left to that path either way. A tensor that is not an object or lacks a field raises TypeError or
+        KeyError."""
         if self.block_key is None:
             return None
         lists: list[Any] = [None] * len(self.packed_columns)
         rows = None
-        for t in inputs:
-            j = self._packed_at.get(t["name"])
+        at = self._packed_at
+        others = []
+        for k, t in enumerate(inputs):
+            j = at.get(t["name"])
             if j is None:
+                others.append(k)
                 continue
             shape, data = t["shape"], t["data"]
             if (lists[j] is not None or t["datatype"] not in ("FP32", "FP64") or type(data) is not list
@@ -456,7 +468,7 @@ class Predictor:
         plain = _plain_fp32(lists, rows)
         if plain is None:
             return None
-        return self._block_feeds(plain.T.copy())  # C order: what ONNX Runtime takes without a copy
+        return self._block_feeds(plain.T.copy()), others  # C order: what ONNX Runtime takes without a copy
 
     def block_in(self, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
         """The decoded numbers block `feeds` carry for this model (`_block_feeds`), if any."""

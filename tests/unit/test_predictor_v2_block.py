@@ -55,6 +55,14 @@ CASES = {
     "an unknown input": [*request(), tensor("height", [1.0])],
     "over the batch limit": request(ages=(1.0,) * 5, incomes=(1.0,) * 5),
     "empty data": request(age=tensor("age", [], shape=[0]), income=tensor("income", [], shape=[0])),
+    # the block reads only the tensors it holds: the others' fields are still checked, first in order
+    "a tensor that is not an object": [*request(), [1.0]],
+    "a number's tensor without a shape": request(age={"name": "age", "datatype": "FP32", "data": [41.0]}),
+    "the category's tensor without a datatype": request(city={"name": "city", "shape": [1], "data": ["a"]}),
+    "a category's tensor first, without data": [{"name": "city", "shape": [1], "datatype": "BYTES"},
+                                                *request(city=None)],
+    "a name that is a number": [*request(), tensor(5, [1.0])],  # type: ignore[arg-type]
+    "a name that is a list": [*request(), tensor(["age"], [1.0])],  # type: ignore[arg-type]
 }
 
 
