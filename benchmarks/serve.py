@@ -1,7 +1,7 @@
 """Serving throughput and latency: `mlops serve` vs KServe's stock ModelServer vs a bare ASGI loop, in one run.
 
-    .venv/bin/python benchmarks/serve.py [--duration 5] [--bundle DIR] [--batch-args "--batch-max 32 ..."]
-                                         [--venv PATH]
+    .venv/bin/python benchmarks/serve.py [--duration 5] [--rounds 3] [--bundle DIR]
+                                         [--batch-args "--batch-max 32 ..."] [--venv PATH]
 
 All servers serve the same bundle, each in its own process started with `taskset -c <server core>`; the load
 generator (Debian's `wrk`, `make bench-deps` installs it) runs with `taskset -c <client core>`, one thread,
@@ -38,6 +38,11 @@ $MLOPS_HOME/bundles/quickstart/ (what `mlops serve quickstart@champion` left the
 (tests/serve_fixtures.build_bundle: the ONNX preprocessing graph over age/income/city, a linear layer,
 the label postprocessing) built into a temporary directory. The header says which.
 
+`--rounds N` (default 3): every server measured N times at each protocol and concurrency, the rounds
+interleaved too (round 1 of every server, then round 2, ...); the table gives each cell's median requests/s and
+median p99, and each goal its ratio of those medians with the range of the same ratio round by round (this
+machine moves 10-20 % between runs of minutes, so one round's ratio may land on either side of a goal).
+
 Reports per protocol a table of requests/s and p99 latency at each concurrency, then the issue's goals:
 ours / KServe throughput at c=8 (>= 3x), ours / KServe p99 at c=8 (<= 0.3x), ours / bare at c=8 (>= 1.2x:
 issue 19 asks for more than the floor, doing the same work smarter), batched / unbatched throughput at c=32
@@ -56,6 +61,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -485,14 +491,32 @@ def ratio(a: dict[str, float] | None, b: dict[str, float] | None, what: str) -> 
     return a[what] / b[what]
 
 
-def goals(proto: str, results: dict[tuple[str, str, int], dict[str, float]], batch_note: str) -> list[str]:
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """One cell from its rounds: the median of each figure; errors summed (any round's count)."""
+    out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    out["non2xx"] = sum(r["non2xx"] for r in runs)
+    out["socket_errors"] = sum(r["socket_errors"] for r in runs)
+    return out
+
+
+def goals(proto: str, results: dict[tuple[str, str, int], dict[str, float]], batch_note: str,
+          rounds: dict[tuple[str, str, int], list[dict[str, float]]] | None = None) -> list[str]:
     def get(key: str, c: int) -> dict[str, float] | None:
         return results.get((key, proto, c))
 
-    def line(text: str, value: float | None, goal: str, met: bool | None, fmt: str, why: str = "") -> str:
+    def spread(a: tuple[str, int], b: tuple[str, int], what: str) -> str:
+        """The same ratio round by round (each round's two runs were made one after the other)."""
+        ours, theirs = ((rounds or {}).get((key, proto, c), []) for key, c in (a, b))
+        if len(ours) != len(theirs):  # one of them not measured
+            return ""
+        each = [x for x in (ratio(ra, rb, what) for ra, rb in zip(ours, theirs, strict=True)) if x is not None]
+        return f" [rounds {min(each):.2f}-{max(each):.2f}]" if len(each) > 1 else ""
+
+    def line(text: str, value: float | None, goal: str, met: bool | None, fmt: str, why: str = "",
+             each: str = "") -> str:
         shown = "n/a" if value is None else format(value, fmt)
         verdict = "n/a" if value is None or met is None else ("MET" if met else "NOT MET")
-        return f"- {text}: **{shown}** (goal {goal}) {verdict}{why}"
+        return f"- {text}: **{shown}**{each} (goal {goal}) {verdict}{why}"
 
     tput = ratio(get(OURS, 8), get(STOCK, 8), "rps")
     p99 = ratio(get(OURS, 8), get(STOCK, 8), "p99")
@@ -505,14 +529,17 @@ def goals(proto: str, results: dict[tuple[str, str, int], dict[str, float]], bat
     shadow = ratio(get(SHADOW, 8), get(OURS, 8), "p99")
     shadow = None if shadow is None else shadow - 1
     return [
-        line("ours / KServe stock throughput at c=8", tput, ">= 3x", tput is not None and tput >= 3.0, ".2f"),
-        line("ours / KServe stock p99 at c=8", p99, "<= 0.3x", p99 is not None and p99 <= 0.3, ".2f"),
-        line("ours / bare ASGI throughput at c=8", bare, ">= 1.2x", bare is not None and bare >= 1.2, ".2f"),
+        line("ours / KServe stock throughput at c=8", tput, ">= 3x", tput is not None and tput >= 3.0, ".2f",
+             each=spread((OURS, 8), (STOCK, 8), "rps")),
+        line("ours / KServe stock p99 at c=8", p99, "<= 0.3x", p99 is not None and p99 <= 0.3, ".2f",
+             each=spread((OURS, 8), (STOCK, 8), "p99")),
+        line("ours / bare ASGI throughput at c=8", bare, ">= 1.2x", bare is not None and bare >= 1.2, ".2f",
+             each=spread((OURS, 8), (BARE, 8), "rps")),
         line("ours / the best peer's throughput at c=8 (KServe stock, LitServe, BentoML)", ahead, "> 1x: ahead "
              "of every peer", None if missing else ahead is not None and ahead > 1, ".2f",
              f": not measured: {', '.join(missing)}" if missing else ""),
         line("batched / unbatched throughput at c=32", batched, ">= 1.5x", batched is not None and batched >= 1.5,
-             ".2f", "" if batched is not None else f": {batch_note}"),
+             ".2f", "" if batched is not None else f": {batch_note}", spread((BATCHED, 32), (OURS, 32), "rps")),
         line("shadow's p99 overhead at c=8", shadow, "<= +5 %", shadow is not None and shadow <= 0.05, "+.1%"),
     ]
 
@@ -534,6 +561,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5, help="seconds per timed wrk run (default 5)")
     parser.add_argument("--warmup", type=float, default=2, help="seconds of warm-up per server and protocol")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs per server, protocol and concurrency, "
+                        "interleaved; the table shows medians (default 3)")
     parser.add_argument("--bundle", help="bundle directory to serve (default: see the module doc)")
     parser.add_argument("--batch-args", help="adaptive batching flags of `mlops serve` (default: read --help)")
     parser.add_argument("--example-image", type=Path, help="the image file a request sends, for a bundle that "
@@ -604,7 +633,7 @@ def main() -> None:
         print(f"load: wrk -t1 -c{{{','.join(map(str, CONCURRENCY))}}} -d{args.duration:g}s --latency, one "
               f"single-row body per protocol, after a {args.warmup:g}s warm-up; servers measured interleaved")
         print(f"V1 body: {bodies['v1'][:300]}")
-        results: dict[tuple[str, str, int], dict[str, float]] = {}
+        rounds: dict[tuple[str, str, int], list[dict[str, float]]] = {}
         shadow_counts: dict[str, tuple[float, float]] = {}
         try:
             for s in servers:
@@ -630,9 +659,10 @@ def main() -> None:
                 before = {s.key: (metric(s, "mlops_shadow_rows_total"), metric(s, "mlops_shadow_dropped_total"))
                           for s in live if s.key == SHADOW}
                 for c in CONCURRENCY:
-                    for s in live:
-                        results[(s.key, proto, c)] = wrk(s.infer_url(name, proto), scripts[proto], c,
-                                                         args.duration, client_cpu)
+                    for _ in range(args.rounds):
+                        for s in live:
+                            rounds.setdefault((s.key, proto, c), []).append(
+                                wrk(s.infer_url(name, proto), scripts[proto], c, args.duration, client_cpu))
                 for s in live:
                     if s.key == SHADOW:
                         time.sleep(1)  # let the shadow queue drain before counting
@@ -642,11 +672,13 @@ def main() -> None:
             for s in servers:
                 stop(s)
 
+        results = {key: median_run(runs) for key, runs in rounds.items()}
         for proto in PROTOCOLS:
-            print(f"\n### {proto.upper()} (`POST {paths(name)[proto]}`, one row per request)\n")
+            print(f"\n### {proto.upper()} (`POST {paths(name)[proto]}`, one row per request, median of "
+                  f"{args.rounds} rounds)\n")
             print("\n".join(table(proto, shown, results)))
             print(f"\nGoals ({proto.upper()}):")
-            print("\n".join(goals(proto, results, batch_note)))
+            print("\n".join(goals(proto, results, batch_note, rounds)))
             if proto in shadow_counts:
                 rows, dropped = shadow_counts[proto]
                 print(f"- shadow during the timed runs: {rows:,.0f} rows compared, {dropped:,.0f} requests dropped "
