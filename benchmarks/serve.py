@@ -585,6 +585,8 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("benchmarks/serve.py needs wrk: `make bench-deps` (Debian: apt-get install wrk)")
 
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds {args.rounds}: expected at least 1")
     server_cpu, client_cpu, cpus = pinned_cores()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp_name:
@@ -631,7 +633,8 @@ def main() -> None:
             print(f"LitServe and BentoML on {peer_python}: {versions(str(peer_python))}")
         print(f"bundle: {origin}")
         print(f"load: wrk -t1 -c{{{','.join(map(str, CONCURRENCY))}}} -d{args.duration:g}s --latency, one "
-              f"single-row body per protocol, after a {args.warmup:g}s warm-up; servers measured interleaved")
+              f"single-row body per protocol, after a {args.warmup:g}s warm-up; servers measured interleaved, "
+              f"{args.rounds} round(s) each")
         print(f"V1 body: {bodies['v1'][:300]}")
         rounds: dict[tuple[str, str, int], list[dict[str, float]]] = {}
         shadow_counts: dict[str, tuple[float, float]] = {}
