@@ -360,17 +360,20 @@ def _move_rows(db: sqlite3.Connection, path: Path, table: str, cutoff: float, qu
         head.close()
         if not take:
             break
+        # fewer than `take` when another process's retention pass on the same file moved some in between
         batch = db.execute(f"SELECT rowid, {', '.join(columns)} FROM {table} WHERE rowid <= ? ORDER BY rowid",
                            (last,)).fetchall()
+        if not batch:
+            break
         if archive:
             _write_archive(path, table, columns, batch)
-        for start in range(0, take, RETENTION_BATCH):
-            part = batch[start:min(start + RETENTION_BATCH, take)]
+        for start in range(0, len(batch), RETENTION_BATCH):
+            part = batch[start:start + RETENTION_BATCH]
             db.execute(f"DELETE FROM {table} WHERE rowid BETWEEN ? AND ?", (part[0][0], part[-1][0]))
             db.commit()
             if between is not None:
                 between()
-        moved += take
+        moved += len(batch)
         if not full:
             break
     return moved

@@ -203,3 +203,32 @@ def test_a_pass_with_nothing_to_move_reads_no_more_of_a_larger_log(tmp_path: Pat
     small = _steps_of_a_pass_moving_nothing(tmp_path / "small.sqlite", 500)
     large = _steps_of_a_pass_moving_nothing(tmp_path / "large.sqlite", 20_000)
     assert large <= small + 5, (small, large)
+
+
+def test_rows_another_pass_moved_in_between_are_not_moved_again(log: Path) -> None:
+    # two processes applying retention to one file: the other one's pass commits between this pass's finding
+    # the rows due and reading them, which then returns fewer rows than it found
+    other = sqlite3.connect(log)
+    db = sqlite3.connect(log)
+    raced = []
+
+    class Racing:
+        def __getattr__(self, name: str) -> object:
+            return getattr(db, name)
+
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+            if sql.startswith("SELECT rowid, id") and not raced:  # the rows' full read: the other pass came first
+                raced.append(sql)
+                other.execute("DELETE FROM predictions WHERE rowid <= 30")
+                other.commit()
+            return db.execute(sql, *args)
+
+    try:
+        moved = apply_retention(Racing(), log, LogLimits(max_age_s=30 * DAY, archive=False),  # type: ignore[arg-type]
+                                now=NOW)
+    finally:
+        db.close()
+        other.close()
+    assert raced and moved["predictions"] == 70  # the 100 old rows, less the 30 the other pass took
+    with sqlite3.connect(log) as check:
+        assert check.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 20
