@@ -62,6 +62,7 @@ WAL_TRUNCATE_WAIT_MS = 2
 WAL_FRAME_HEADER = 24  # bytes before each page in the WAL file
 RETENTION_EVERY_S = 60.0  # how often it applies the retention policy
 ARCHIVE_FILE_ROWS = 50_000  # rows per archived Parquet file: few files, a bounded memory to write one
+ARCHIVE_CHUNK_ROWS = 1000  # rows converted to Arrow in one call (see _write_archive)
 RETENTION_BATCH = 2000  # rows deleted per transaction: a server's writes wait for one batch's delete at most
 # past HIGH x max_bytes of live rows, the oldest are moved out until LOW x max_bytes remain: the file (which SQLite
 # never shrinks, it reuses the freed pages) stays under max_bytes, and a pass moves a sizeable share at once
@@ -268,8 +269,10 @@ class PredictionLog(QueuedLog):
         try:  # the deletes write to the WAL too: it is kept within its bound between them
             apply_retention(db, self.path, self.limits, between=None if bound is None else
                             lambda: self._bound_wal(db, bound))
-        except (sqlite3.Error, OSError):  # the log keeps answering; the rows wait for the next pass (the log's
-            db.rollback()  # size alert says if that lasts)
+        # the log keeps answering; the rows wait for the next pass (the log's size alert says if that lasts).
+        # ValueError and TypeError: Arrow's ArrowInvalid and ArrowTypeError, a value its column's type refuses
+        except (sqlite3.Error, OSError, ValueError, TypeError):
+            db.rollback()
 
     def sizes(self) -> dict[str, int]:
         """Bytes on disk: the database file, its WAL, and the archived Parquet files (the `mlops_prediction_log_bytes`
@@ -383,13 +386,19 @@ def _write_archive(path: Path, table: str, columns: tuple[str, ...], rows: list[
     import pyarrow as pa  # here: the server imports this module, and most servers never archive
     import pyarrow.parquet as pq
 
-    values = list(zip(*rows, strict=True))
-    data = pa.table({"rowid": pa.array(values[0], pa.int64()),
-                     **{name: values[i + 1] for i, name in enumerate(columns)}})
+    # the columns' types as SQLite's affinities store them (TEXT, REAL), every file alike
+    schema = pa.schema([("rowid", pa.int64()), *((name, pa.float64() if name in ("ts", "value", "latency_ms")
+                                                  else pa.string()) for name in columns)])
+    # converted ARCHIVE_CHUNK_ROWS at a time: one conversion of a whole file's rows (50,000 JSON texts) holds the
+    # GIL for hundreds of milliseconds in one call, which the server's event loop in the same process waits out
+    batches = [pa.RecordBatch.from_arrays([pa.array(values, field.type) for values, field in
+                                           zip(zip(*rows[k:k + ARCHIVE_CHUNK_ROWS], strict=True), schema, strict=True)],
+                                          schema=schema)
+               for k in range(0, len(rows), ARCHIVE_CHUNK_ROWS)]
     dest = Workspace.prediction_archive(path) / f"{table}-{rows[0][0]:012d}-{rows[-1][0]:012d}.parquet"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with replacing(dest, durable=True) as tmp:
-        pq.write_table(data, tmp, compression="zstd")
+        pq.write_table(pa.Table.from_batches(batches, schema), tmp, compression="zstd", row_group_size=len(rows))
     return dest
 
 

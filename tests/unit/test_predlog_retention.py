@@ -232,3 +232,26 @@ def test_rows_another_pass_moved_in_between_are_not_moved_again(log: Path) -> No
     assert raced and moved["predictions"] == 70  # the 100 old rows, less the 30 the other pass took
     with sqlite3.connect(log) as check:
         assert check.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 20
+
+
+def test_an_archive_file_is_written_a_chunk_at_a_time_with_its_columns_types(log: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow.parquet as pq
+
+    import mlops.core.predlog as predlog
+
+    before = sqlite3.connect(log)
+    rows = before.execute("SELECT rowid, * FROM predictions WHERE rowid <= 100 ORDER BY rowid").fetchall()
+    before.close()
+    monkeypatch.setattr(predlog, "ARCHIVE_CHUNK_ROWS", 7)  # 100 rows: 15 conversions, one file
+    assert _retain(log, LogLimits(max_age_s=30 * DAY)) == {"predictions": 100, "feedback": 1}
+    archive = Workspace.prediction_archive(log)
+    (file,) = archive.glob("predictions-*.parquet")
+    data = pq.read_table(file)
+    assert [tuple(r.values()) for r in data.to_pylist()] == rows  # every row, in order, as SQLite held it
+    assert {f.name: str(f.type) for f in data.schema} == {
+        "rowid": "int64", "id": "string", "ts": "double", "model": "string", "version": "string",
+        "variant": "string", "inputs": "string", "outputs": "string", "latency_ms": "double"}
+    # a column whose values are all missing keeps its type (inferred, it was Arrow's null type)
+    (feedback,) = archive.glob("feedback-*.parquet")
+    assert str(pq.read_schema(feedback).field("value").type) == "double"
