@@ -500,13 +500,13 @@ def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def goals(proto: str, results: dict[tuple[str, str, int], dict[str, float]], batch_note: str,
-          rounds: dict[tuple[str, str, int], list[dict[str, float]]] | None = None) -> list[str]:
+          rounds: dict[tuple[str, str, int], list[dict[str, float]]]) -> list[str]:
     def get(key: str, c: int) -> dict[str, float] | None:
         return results.get((key, proto, c))
 
     def spread(a: tuple[str, int], b: tuple[str, int], what: str) -> str:
         """The same ratio round by round (each round's two runs were made one after the other)."""
-        ours, theirs = ((rounds or {}).get((key, proto, c), []) for key, c in (a, b))
+        ours, theirs = (rounds.get((key, proto, c), []) for key, c in (a, b))
         if len(ours) != len(theirs):  # one of them not measured
             return ""
         each = [x for x in (ratio(ra, rb, what) for ra, rb in zip(ours, theirs, strict=True)) if x is not None]

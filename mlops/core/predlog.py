@@ -69,6 +69,7 @@ RETENTION_BATCH = 2000  # rows deleted per transaction: a server's writes wait f
 RETENTION_HIGH, RETENTION_LOW = 0.9, 0.8
 ARCHIVED_COLUMNS = {"predictions": ("id", "ts", "model", "version", "variant", "inputs", "outputs", "latency_ms"),
                     "feedback": ("id", "ts", "label", "value", "payload")}
+REAL_COLUMNS = frozenset({"ts", "value", "latency_ms"})  # REAL in SCHEMA; the others are TEXT
 
 
 class DeferredRows(Protocol):
@@ -386,15 +387,16 @@ def _write_archive(path: Path, table: str, columns: tuple[str, ...], rows: list[
     import pyarrow as pa  # here: the server imports this module, and most servers never archive
     import pyarrow.parquet as pq
 
-    # the columns' types as SQLite's affinities store them (TEXT, REAL), every file alike
-    schema = pa.schema([("rowid", pa.int64()), *((name, pa.float64() if name in ("ts", "value", "latency_ms")
-                                                  else pa.string()) for name in columns)])
+    # the columns' types as SQLite's affinities store them, every file alike
+    schema = pa.schema([("rowid", pa.int64()),
+                        *((name, pa.float64() if name in REAL_COLUMNS else pa.string()) for name in columns)])
     # converted ARCHIVE_CHUNK_ROWS at a time: one conversion of a whole file's rows (50,000 JSON texts) holds the
     # GIL for hundreds of milliseconds in one call, which the server's event loop in the same process waits out
-    batches = [pa.RecordBatch.from_arrays([pa.array(values, field.type) for values, field in
-                                           zip(zip(*rows[k:k + ARCHIVE_CHUNK_ROWS], strict=True), schema, strict=True)],
-                                          schema=schema)
-               for k in range(0, len(rows), ARCHIVE_CHUNK_ROWS)]
+    batches = []
+    for k in range(0, len(rows), ARCHIVE_CHUNK_ROWS):
+        chunk = zip(*rows[k:k + ARCHIVE_CHUNK_ROWS], strict=True)  # the chunk's columns
+        arrays = [pa.array(values, field.type) for values, field in zip(chunk, schema, strict=True)]
+        batches.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
     dest = Workspace.prediction_archive(path) / f"{table}-{rows[0][0]:012d}-{rows[-1][0]:012d}.parquet"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with replacing(dest, durable=True) as tmp:
@@ -481,11 +483,12 @@ try:  # the log's JSON columns and the answers: orjson when installed, the same 
         return orjson.dumps(value)
 
     def fp32_values(array: Any) -> list[Any]:
-        """A C-contiguous float32 array's numbers as (nested) lists of floats, each the shortest decimal that
-        reads back as the same float32 (17.99 where `tolist()` gives the widened 17.989999771118164), NaN and
-        infinities as None. The log then holds the numbers a client sent, in about half the text; the
-        model's float32 inputs are unchanged by the round trip. One C call each way for a whole block."""
-        return orjson.loads(orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY))
+        """A float32 array's numbers as (nested) lists of floats, each the shortest decimal that reads back as
+        the same float32 (17.99 where `tolist()` gives the widened 17.989999771118164), NaN and infinities as
+        None. The log then holds the numbers a client sent, in about half the text; the model's float32 inputs
+        are unchanged by the round trip. One C call each way for a whole block (orjson takes C order only)."""
+        contiguous = array.astype("float32", order="C", copy=False)
+        return orjson.loads(orjson.dumps(contiguous, option=orjson.OPT_SERIALIZE_NUMPY))
 except ImportError:  # pragma: no cover - orjson comes with the serve extra
     def dumps_json(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":")).encode()

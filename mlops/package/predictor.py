@@ -261,7 +261,7 @@ class Predictor:
         policy = self.meta.payloads
         # a decoded block's numbers as Python floats in one call, not numpy scalars one by one
         decoded = self.block_in(feeds)
-        block = None if decoded is None else fp32_values(np.ascontiguousarray(decoded, dtype=np.float32))
+        block = None if decoded is None else fp32_values(decoded)
         for name, spec in self.columns.items():
             j = self._packed_at.get(name) if block is not None else None
             if j is not None:
@@ -283,7 +283,7 @@ class Predictor:
                     keep = texts is not None and (policy.text_sample >= 1 or self._sample.random() < policy.text_sample)
                     rows[i][name] = texts[i] if keep and len(texts[i].encode()) <= policy.max_bytes else None
             elif feeds[name].dtype == np.float32:
-                for i, f in enumerate(fp32_values(np.ascontiguousarray(feeds[name][:, 0]))):
+                for i, f in enumerate(fp32_values(feeds[name][:, 0])):
                     rows[i][name] = f
             else:
                 values = feeds[name]
