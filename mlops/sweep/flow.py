@@ -40,8 +40,10 @@ from mlops.sweep.study import (
     open_study,
     owner,
     recover_orphans,
+    step_aside,
     storage_url,
     suggest,
+    surplus,
 )
 from mlops.sweep.trial import TrialJob
 from mlops.train.pruning import PruneLink
@@ -149,6 +151,9 @@ def _run_trials(study: Any, loaded: LoadedRecipe, parent: str) -> None:
                 print(f"mlops: trial {number} lost its worker: queued again", flush=True)
         while len(inflight) < cfg.parallelism and finished(study) + counts(study)["running"] < cfg.n_trials:
             trial = study.ask()
+            if surplus(study, trial, cfg.n_trials):  # another process took the last trial at the same moment
+                step_aside(study, trial)
+                continue
             trial.set_user_attr(OWNER, owner())
             params = suggest(trial, cfg)
             prune = None if cfg.pruner == "none" else PruneLink(

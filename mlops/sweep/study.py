@@ -38,6 +38,7 @@ OWNER = "mlops.owner"  # host:pid of the process running a trial, to tell a dead
 ERROR = "mlops.error"
 RETRY_OF = "mlops.retry_of"
 DIED = "its process died before it finished"
+SURPLUS = "mlops.surplus"  # asked for when another process had just taken the budget's last trial: never run
 ORPHAN_GRACE_S = 60
 # Optuna's heartbeat: a live worker stamps its running trials every HEARTBEAT_S; one not stamped for STALE_S
 # is dead (a worker killed, a host lost). Whole seconds (Optuna's RDBStorage takes ints); tests lower them.
@@ -292,19 +293,41 @@ def _fail_stale(study: optuna.Study) -> list[int]:
     return done
 
 
+def _counted_failure(t: optuna.trial.FrozenTrial, retried: set[int]) -> bool:
+    """A failure we recorded with an error counts toward the budget; a dead process's trial (queued again) and
+    a surplus one (never run, see `surplus`) do not."""
+    return (t.state == TrialState.FAIL and not str(t.user_attrs.get(ERROR, "")).startswith(DIED)
+            and t.number not in retried and not t.user_attrs.get(SURPLUS))
+
+
 def counts(study: optuna.Study) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
     return {
         "complete": sum(t.state == TrialState.COMPLETE for t in trials),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        # failures we recorded with an error count toward the budget; a dead process's trial (queued again)
-        # does not
-        "failed": sum(t.state == TrialState.FAIL and not str(t.user_attrs.get(ERROR, "")).startswith(DIED)
-                      and t.number not in retried for t in trials),
+        "failed": sum(_counted_failure(t, retried) for t in trials),
         "running": sum(t.state == TrialState.RUNNING for t in trials),
         "waiting": sum(t.state == TrialState.WAITING for t in trials),
     }
+
+
+def surplus(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
+    """Whether the trials numbered before `trial`, just asked for, already take the whole budget (finished,
+    running, or queued to run again). Processes sharing a study (a coordinator and its `--worker`s) each check
+    that the budget has room and then ask: two that check at the same moment both ask, one trial too many. The
+    storage numbers trials in the order they were created, so the later one is the surplus and steps aside."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
+    taken = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+                or _counted_failure(t, retried) for t in trials if t.number < trial.number)
+    return taken >= budget
+
+
+def step_aside(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Close a surplus trial without running it: failed, marked so that no count takes it (see `surplus`)."""
+    trial.set_user_attr(SURPLUS, True)
+    study.tell(trial, state=TrialState.FAIL)
 
 
 def finished(study: optuna.Study) -> int:

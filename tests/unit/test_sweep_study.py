@@ -21,6 +21,8 @@ from mlops.sweep.study import (
     finished,
     owner,
     recover_orphans,
+    step_aside,
+    surplus,
 )
 
 
@@ -56,6 +58,28 @@ def test_recover_orphans_requeues_only_dead_trials(monkeypatch: pytest.MonkeyPat
     failing.set_user_attr(ERROR, "RuntimeError: boom")
     study.tell(failing, state=TrialState.FAIL)
     assert counts(study)["failed"] == 1 and study.get_trials()[dead.number].user_attrs[ERROR] == DIED
+
+
+def test_of_two_processes_asking_for_the_last_trial_at_once_the_later_steps_aside() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    budget = 3
+    first = study.ask()
+    study.tell(first, 1.0)
+    died = study.ask()  # a dead process's trial, queued again: the copy takes its place in the budget
+    died.set_user_attr(ERROR, DIED)
+    study.tell(died, state=TrialState.FAIL)
+    study.enqueue_trial({}, user_attrs={RETRY_OF: died.number})
+    # both saw one complete and one waiting trial, room for one more, and asked at the same moment
+    retry, coordinator, worker = study.ask(), study.ask(), study.ask()
+    assert retry.user_attrs[RETRY_OF] == died.number
+    assert [surplus(study, t, budget) for t in (retry, coordinator, worker)] == [False, False, True]
+    step_aside(study, worker)
+    after = counts(study)
+    assert after == {"complete": 1, "pruned": 0, "failed": 0, "running": 2, "waiting": 0}
+    assert finished(study) + after["running"] == budget
+    assert study.get_trials()[worker.number].state == TrialState.FAIL
+    assert not surplus(study, coordinator, budget) and surplus(study, coordinator, 2)
 
 
 def test_a_young_ownerless_trial_is_left_alone() -> None:
