@@ -363,7 +363,7 @@ def focus(servers: list[Server], measured: Server | None) -> None:
     their process groups) until their turn. Idle servers are not idle: KServe's, LitServe's and BentoML's loops,
     timers and workers wake up on that core, and a server that just answered a backlog is still finishing it,
     so with all of them running each measurement also took whatever the others did at that moment (measured
-    alone, the bare floor answered 6,500-6,800 requests/s where the full runs had 4,200-4,700)."""
+    alone, the bare floor answered 6,500-6,800 requests/s where a full run gave it 4,669)."""
     for s in servers:
         if s is not measured and measured is not None:
             signal_group(s, signal.SIGSTOP)

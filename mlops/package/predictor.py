@@ -389,8 +389,7 @@ class Predictor:
         column is then checked on its own, which names the value at fault."""
         if self.block_key is None:
             return None
-        plain = _plain_fp32([columns[c] for c in self.packed_columns], rows)
-        return None if plain is None else plain.T.copy()  # C order: what ONNX Runtime takes without a copy
+        return _fp32_block([columns[c] for c in self.packed_columns], rows)
 
     def feeds_from_v2(self, inputs: Any) -> dict[str, np.ndarray]:
         """V2 inputs: one tensor per column (shape [N] or [N,1]), or one [N, n_columns] tensor."""
@@ -476,11 +475,8 @@ class Predictor:
             lists = list(datas)
             for name, data in zip(names, datas, strict=True):
                 lists[self._packed_at[name]] = data
-        row = _plain_row(list(chain.from_iterable(lists))) if n == 1 else None
-        if row is not None:
-            return self._block_feeds(row)
-        plain = _plain_fp32(lists, n)
-        return None if plain is None else self._block_feeds(plain.T.copy())
+        block = _fp32_block(lists, n)
+        return None if block is None else self._block_feeds(block)
 
     def _v2_block(self, inputs: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], list[int]] | None:
         """A packed model's numeric inputs as packed.onnx's one block, in one numpy call as V1's rows are
@@ -518,10 +514,8 @@ class Predictor:
             lists[j] = data
         if rows is None or any(values is None for values in lists):
             return None
-        plain = _plain_fp32(lists, rows)
-        if plain is None:
-            return None
-        return self._block_feeds(plain.T.copy()), others  # C order: what ONNX Runtime takes without a copy
+        block = _fp32_block(lists, rows)
+        return None if block is None else (self._block_feeds(block), others)
 
     def block_in(self, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
         """The decoded numbers block `feeds` carry for this model (`_block_feeds`), if any."""
@@ -820,6 +814,18 @@ def _plain_row(values: list[Any]) -> np.ndarray | None:
     if max(values) > FP32_MAX or min(values) < -FP32_MAX:
         return None
     return np.array([values], dtype=np.float32)
+
+
+def _fp32_block(lists: list[list[Any]], rows: int) -> np.ndarray | None:
+    """Columns of `rows` values each as the float32 [rows, len(lists)] block packed.onnx takes, in C order (what
+    ONNX Runtime takes without a copy), when `_plain_fp32` takes every value; None otherwise. A single row of
+    floats is checked by `_plain_row`'s C loops first."""
+    if rows == 1:
+        row = _plain_row(list(chain.from_iterable(lists)))
+        if row is not None:
+            return row
+    plain = _plain_fp32(lists, rows)
+    return None if plain is None else plain.T.copy()
 
 
 def _plain_fp32(lists: list[list[Any]], rows: int) -> np.ndarray | None:

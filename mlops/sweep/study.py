@@ -293,23 +293,25 @@ def _fail_stale(study: optuna.Study) -> list[int]:
     return done
 
 
-def _counted_failure(t: optuna.trial.FrozenTrial, retried: set[int]) -> bool:
-    """A failure we recorded with an error counts toward the budget; a dead process's trial (queued again) and
-    a surplus one (never run, see `surplus`) do not."""
-    return (t.state == TrialState.FAIL and not str(t.user_attrs.get(ERROR, "")).startswith(DIED)
-            and t.number not in retried and not t.user_attrs.get(SURPLUS))
-
-
-def counts(study: optuna.Study) -> dict[str, int]:
-    trials = study.get_trials(deepcopy=False)
+def _tally(trials: list[optuna.trial.FrozenTrial], before: int | None = None) -> dict[str, int]:
+    """`counts` of the trials, or of those numbered before `before`."""
     retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
+    if before is not None:
+        trials = [t for t in trials if t.number < before]
     return {
         "complete": sum(t.state == TrialState.COMPLETE for t in trials),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "failed": sum(_counted_failure(t, retried) for t in trials),
+        # failures we recorded with an error count toward the budget; a dead process's trial (queued again)
+        # and a surplus one (never run, see `surplus`) do not
+        "failed": sum(t.state == TrialState.FAIL and not str(t.user_attrs.get(ERROR, "")).startswith(DIED)
+                      and t.number not in retried and not t.user_attrs.get(SURPLUS) for t in trials),
         "running": sum(t.state == TrialState.RUNNING for t in trials),
         "waiting": sum(t.state == TrialState.WAITING for t in trials),
     }
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    return _tally(study.get_trials(deepcopy=False))
 
 
 def surplus(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
@@ -317,11 +319,7 @@ def surplus(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
     running, or queued to run again). Processes sharing a study (a coordinator and its `--worker`s) each check
     that the budget has room and then ask: two that check at the same moment both ask, one trial too many. The
     storage numbers trials in the order they were created, so the later one is the surplus and steps aside."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
-    taken = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-                or _counted_failure(t, retried) for t in trials if t.number < trial.number)
-    return taken >= budget
+    return sum(_tally(study.get_trials(deepcopy=False), before=trial.number).values()) >= budget
 
 
 def step_aside(study: optuna.Study, trial: optuna.Trial) -> None:
