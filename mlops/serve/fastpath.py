@@ -36,22 +36,34 @@ def drive(coro: Coroutine[Any, Any, Any], done: Callable[[Any], None] | None) ->
     """Run `coro` to its end the way a Task steps it (resumed when the asyncio future it awaits is done, or
     on the next trip around the loop after a bare yield), then call `done` with its result. The first step
     runs now. Nothing here may be cancelled: the handlers it drives answer their own errors."""
-    loop = asyncio.get_running_loop()
+    _Driven(coro, done, asyncio.get_running_loop()).step()
 
-    def step(_: Any = None) -> None:
+
+class _Driven:
+    """One coroutine being driven. Its `step` is a bound method, not a closure: a closure that schedules itself
+    holds itself through its own cell, a reference cycle that only the cyclic collector frees, and with it the
+    coroutine, its frame and the request's cycle (measured: about 12 such objects a request, a gen-0 collection
+    every ~60 requests and gen-1 ones of up to 1.6 ms in the p99's window). A future drops its callbacks once it
+    has called them, so nothing here outlives the request."""
+
+    __slots__ = ("coro", "done", "loop")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], done: Callable[[Any], None] | None,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.coro, self.done, self.loop = coro, done, loop
+
+    def step(self, _: Any = None) -> None:
         try:
-            awaited = coro.send(None)
+            awaited = self.coro.send(None)
         except StopIteration as stop:
-            if done is not None:
-                done(stop.value)
+            if self.done is not None:
+                self.done(stop.value)
             return
         if awaited is None:  # asyncio.sleep(0)
-            loop.call_soon(step)
+            self.loop.call_soon(self.step)
         else:  # an asyncio future: Task's own protocol (the flag tells the future a Task-like owner took it)
             awaited._asyncio_future_blocking = False
-            awaited.add_done_callback(step)
-
-    step()
+            awaited.add_done_callback(self.step)
 
 
 class _NoEvent:
