@@ -82,3 +82,29 @@ def test_the_loop_commit_and_the_log_thread_write_deferred_rows(predictor: Predi
     rows = {r["id"]: r for r in read_predictions(tmp_path / "log.sqlite")}
     assert set(rows) == {f"loop{k}-{i}" for k in range(4) for i in range(2)} | {"thread-0"}
     assert all(DESCRIPTORS in json.loads(row["inputs"]) for row in rows.values())
+
+
+def test_the_loop_commit_waits_one_more_trip_for_the_next_requests(predictor: Predictor, tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "log.sqlite")
+    commits = LoopCommits(log)
+    groups: list[int] = []
+    commit = commits._commit
+
+    def counted() -> None:
+        groups.append(len(commits._group or ()))
+        commit()
+
+    commits._commit = counted  # type: ignore[method-assign]
+
+    async def requests() -> None:
+        first = asyncio.ensure_future(commits.write("predictions", pending(predictor, [0], "first")))
+        await asyncio.sleep(0)  # the first request's write opens the group in this trip
+        second = asyncio.ensure_future(commits.write("predictions", pending(predictor, [1], "second")))
+        await asyncio.gather(first, second)  # the second writes in the next trip: the same commit
+        await commits.write("predictions", pending(predictor, [2], "alone"))  # a lone write still commits
+
+    asyncio.run(requests())
+    commits.close()
+    log.close()
+    assert groups == [2, 1]
+    assert {r["id"] for r in read_predictions(tmp_path / "log.sqlite")} == {"first-0", "second-0", "alone-0"}
