@@ -36,7 +36,7 @@ from mlops.sweep.study import (
     OWNER,
     as_overrides,
     counts,
-    finished,
+    has_room,
     open_study,
     owner,
     recover_orphans,
@@ -149,7 +149,7 @@ def _run_trials(study: Any, loaded: LoadedRecipe, parent: str) -> None:
             checked = time.monotonic()
             for number in recover_orphans(study):
                 print(f"mlops: trial {number} lost its worker: queued again", flush=True)
-        while len(inflight) < cfg.parallelism and finished(study) + counts(study)["running"] < cfg.n_trials:
+        while len(inflight) < cfg.parallelism and has_room(counts(study), cfg.n_trials):
             trial = study.ask()
             if surplus(study, trial, cfg.n_trials):  # another process took the last trial at the same moment
                 step_aside(study, trial)
@@ -219,16 +219,18 @@ def _await_other_workers(study: Any, loaded: LoadedRecipe, parent: str, poll: fl
     trial is chosen once they are done. A dead worker's trial (its pid gone on this host, its heartbeat
     stopped on another) is queued again, and run here."""
 
+    assert loaded.recipe.sweep is not None
+    budget = loaded.recipe.sweep.n_trials
     announced = False
-    while counts(study)["running"] or counts(study)["waiting"]:
-        assert loaded.recipe.sweep is not None
-        if counts(study)["waiting"] and finished(study) + counts(study)["running"] < loaded.recipe.sweep.n_trials:
+    while True:
+        c = counts(study)  # one read of the storage per look
+        if c["waiting"] and has_room(c, budget):
             _run_trials(study, loaded, parent)
             continue
-        if not counts(study)["running"]:
+        if not c["running"]:
             return
         if not announced:
-            say(f"waiting for {counts(study)['running']} trial(s) running in other workers")
+            say(f"waiting for {c['running']} trial(s) running in other workers")
             announced = True
         recover_orphans(study)
         time.sleep(poll)

@@ -329,5 +329,13 @@ def step_aside(study: optuna.Study, trial: optuna.Trial) -> None:
 
 
 def finished(study: optuna.Study) -> int:
-    c = counts(study)
+    return _done(counts(study))
+
+
+def has_room(c: dict[str, int], budget: int) -> bool:
+    """Whether `counts` `c` leave room in the budget for another trial: the finished and running ones take less."""
+    return _done(c) + c["running"] < budget
+
+
+def _done(c: dict[str, int]) -> int:
     return c["complete"] + c["pruned"] + c["failed"]
