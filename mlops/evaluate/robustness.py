@@ -199,7 +199,7 @@ def _wrong_type(predictor: Any, base: dict[str, np.ndarray], column: str, dtype:
             return _check("wrong_type", column, crashed=True, finite=False, value=None,
                           detail=f"{what}: {type(exc).__name__} instead of a request error: {exc}")
         # accepted silently: the model answers something for a value it cannot mean; say what it answered
-        out, err = _run(predictor.session, feeds, predictor.meta.task)
+        out, err = _run(predictor.session, predictor.graph_feeds(feeds), predictor.meta.task)
         return _check("wrong_type", column, crashed=err is not None, finite=err is None and _finite(out),
                       value=None, passed=False, detail=f"{what}: accepted silently instead of rejected"
                       + (f", then the model crashed: {err}" if err else ""))

@@ -238,8 +238,9 @@ class Predictor:
         return Prediction(outputs, rows, kept)
 
     def graph_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Only what the graph takes (a text's raw strings ride along in `feeds` for the log)."""
-        return {k: v for k, v in feeds.items() if k in self.graph_inputs}
+        """Only what model.onnx takes (a text's raw strings ride along in `feeds` for the log), the block as
+        its named columns."""
+        return {k: v for k, v in self.named(feeds).items() if k in self.graph_inputs}
 
     def frame_feeds(self, frame: Any) -> dict[str, np.ndarray]:
         """A data frame's rows as the graph takes them, as a request's would be: scalar columns as the graph's
@@ -379,7 +380,7 @@ class Predictor:
         block = self._numeric_block(columns, len(rows))
         feeds = {} if block is None else self._block_feeds(block)
         for n, values in columns.items():
-            if n not in feeds:
+            if block is None or not self.packs(n):
                 feeds |= self.column_feeds(n, values, f"{where}[].{n}")
         return feeds
 
@@ -441,7 +442,7 @@ class Predictor:
                 raise RequestError(f"inputs[{k}].shape", f"has {n_rows} rows, other inputs have {rows}")
             rows = n_rows
             seen |= feeds
-        missing = [n for n in names if n not in seen]
+        missing = [n for n in names if n not in seen and (block is None or not self.packs(n))]
         if missing:
             raise RequestError(f"inputs.{missing[0]}", "missing input (send null in BYTES or NaN-free data)")
         return seen
@@ -522,12 +523,26 @@ class Predictor:
         return feeds.get(self.block_key) if self.block_key is not None else None
 
     def _block_feeds(self, block: np.ndarray) -> dict[str, np.ndarray]:
-        """The block under `block_key` and each packed column as an [N, 1] view of it (so the two cannot
-        disagree), the views made in one pass over the transposed block rather than a slice each."""
+        """The block under `block_key`, standing for every packed column: feeds hold a packed model's numbers
+        either as the block or as named columns, never both, so the two cannot disagree. The columns are not
+        made per request (measured: 30 [N, 1] views, the check that they still are, and every consumer's pass over
+        31 names cost about 5 % of a served request); what needs them by name asks `named`."""
         assert self.block_key is not None
-        feeds = {self.block_key: block}
-        feeds.update(zip(self.packed_columns, block.T[:, :, None], strict=True))
-        return feeds
+        return {self.block_key: block}
+
+    def packs(self, name: str) -> bool:
+        """Whether column `name` is one of the packed numbers (in the block when feeds carry one)."""
+        return name in self._packed_at
+
+    def named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`feeds` with this model's block, if they carry one, as its named [N, 1] columns (views of it):
+        what model.onnx, another model's feeds and code that edits a column take."""
+        block = self.block_in(feeds)
+        if block is None:
+            return feeds
+        out = {k: v for k, v in feeds.items() if k != self.block_key}
+        out.update(zip(self.packed_columns, block.T[:, :, None], strict=True))
+        return out
 
     def _single_tensor(self, t: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
         values = self._tensor_values(t, 0, columns=len(names))
@@ -730,11 +745,11 @@ class Predictor:
 
 def pack_feeds(feeds: dict[str, np.ndarray], name: str, columns: list[str], others: list[str],
                block_key: str | None = None) -> dict[str, np.ndarray]:
-    """Named feeds as packed.onnx takes them: the numeric [N, 1] columns as one float32 [N, K] input `name`,
-    columns in its order; `others` (string columns) as they are. The decoder's block under `block_key` is taken
-    as it is while every column is still a view of it (a column replaced or rows sliced since: joined anew)."""
+    """Feeds as packed.onnx takes them: the numeric [N, 1] columns as one float32 [N, K] input `name`, columns
+    in its order; `others` (string columns) as they are. The decoder's block under `block_key`, when the feeds
+    carry one, is that input already (`Predictor._block_feeds`)."""
     block = feeds.get(block_key) if block_key is not None else None
-    if block is None or not all(feeds[c].base is block for c in columns):
+    if block is None:
         block = np.concatenate([feeds[c] for c in columns], axis=1)
     packed = {name: block}
     return packed | {k: feeds[k] for k in others} if others else packed

@@ -43,11 +43,7 @@ class PendingPrediction:
         if len(pending) == 1:
             inputs, outputs = first.predictor.log_rows(first.feeds), first.prediction.log_instances()
         else:
-            # a block's columns are views of it: the block is joined once, not each of them
-            predictor = first.predictor
-            views = frozenset(predictor.packed_columns) if predictor.block_in(first.feeds) is not None else frozenset()
-            feeds = {name: np.concatenate([p.feeds[name] for p in pending]) for name in first.feeds
-                     if name not in views}
+            feeds = {name: np.concatenate([p.feeds[name] for p in pending]) for name in first.feeds}
             inputs = first.predictor.log_rows(feeds)
             outputs = joined(p.prediction for p in pending).log_instances()
         out, start = [], 0

@@ -114,13 +114,21 @@ def check_compatible(champion: Predictor, other: Predictor, flag: str) -> None:
                          f"(input {k + 1}: {its}, the champion's: {mine})")
 
 
-def feeds_for(predictor: Predictor, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Another model's feeds from the checked feeds of the champion: its own inputs, in its order, shared
-    read-only, except a text's token ids, which it makes from the texts kept beside them (its own tokenizer and
-    length). `check_compatible` has made sure the rest is what it takes."""
+def feeds_for(predictor: Predictor, feeds: dict[str, np.ndarray], source: Predictor) -> dict[str, np.ndarray]:
+    """Another model's feeds from the checked feeds of `source` (the champion): its own inputs, in its order,
+    shared read-only, except a text's token ids, which it makes from the texts kept beside them (its own tokenizer
+    and length). `check_compatible` has made sure the rest is what it takes. The champion's numbers block passes
+    as it is to a model that packs the same columns, as named columns to any other."""
     mine: dict[str, np.ndarray] = {}
+    block = predictor.block_in(feeds)
+    if block is not None:
+        mine[predictor.block_key] = block  # type: ignore[index]
+    else:
+        feeds = source.named(feeds)
     for i in predictor.meta.inputs:
         texts = feeds.get(i.name + RAW_TEXT) if i.text is not None else None
+        if block is not None and predictor.packs(i.name):
+            continue
         if texts is not None:
             mine[i.name] = predictor.encode_texts(i.name, texts.tolist())
             mine[i.name + RAW_TEXT] = texts
@@ -155,14 +163,17 @@ _STOP = object()
 SHADOW_BATCH = 64  # queued requests the shadow answers in one model call
 
 
-def _joined(work: list[tuple[Any, ...]]) -> tuple[dict[str, np.ndarray], list[str], list[dict[str, Any]], Prediction]:
-    """Several requests' (feeds, ids, inputs, served) as one. Raises when their served answers do not stack
-    (an A/B server whose arms answer different outputs): the caller then runs them one by one."""
-    first_feeds, first_served = work[0][0], work[0][3]
-    if any(set(w[3].outputs) != set(first_served.outputs) for w in work):
+def _joined(work: list[tuple[Any, ...]]) -> tuple[dict[str, np.ndarray], list[str], list[dict[str, Any]], Prediction,
+                                                  Predictor]:
+    """Several requests' (feeds, ids, inputs, served, served_by) as one. Raises when their served answers do
+    not stack (an A/B server whose arms answer different outputs) or their feeds differ in parts: the caller then
+    runs them one by one."""
+    first_feeds, first_served, first_by = work[0][0], work[0][3], work[0][4]
+    if any(set(w[3].outputs) != set(first_served.outputs) or w[4] is not first_by for w in work):
         raise ValueError("the served answers have different outputs")
     feeds = {name: np.concatenate([w[0][name] for w in work]) for name in first_feeds}
-    return feeds, [i for w in work for i in w[1]], [r for w in work for r in w[2]], joined(w[3] for w in work)
+    return (feeds, [i for w in work for i in w[1]], [r for w in work for r in w[2]], joined(w[3] for w in work),
+            first_by)
 
 
 class ShadowRunner:
@@ -246,19 +257,20 @@ class ShadowRunner:
                 say(f"shadow '{self.arm.name}' failed: {type(exc).__name__}: {exc}", "mlops serve")
 
     def _with_inputs(self, item: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        """(feeds, ids, served_by, served) -> (feeds, ids, the log's input rows, served); None when that fails."""
+        """(feeds, ids, served_by, served) -> (feeds, ids, the log's input rows, served, served_by); None when
+        that fails."""
         feeds, ids, served_by, served = item
         try:
-            return feeds, ids, served_by.log_rows(feeds), served
+            return feeds, ids, served_by.log_rows(feeds), served, served_by
         except Exception as exc:
             self.metrics.shadow_errors.labels(self.arm.name).inc()
             say(f"shadow '{self.arm.name}' failed: {type(exc).__name__}: {exc}", "mlops serve")
             return None
 
     def _run(self, feeds: dict[str, np.ndarray], ids: list[str], inputs: list[dict[str, Any]],
-             served: Prediction) -> None:
+             served: Prediction, served_by: Predictor) -> None:
         started = time.perf_counter()
-        prediction = self.arm.predictor.predict(feeds_for(self.arm.predictor, feeds))
+        prediction = self.arm.predictor.predict(feeds_for(self.arm.predictor, feeds, served_by))
         latency = (time.perf_counter() - started) * 1000
         if prediction.rows != served.rows:
             raise ValueError(f"answered {prediction.rows} rows for a request of {served.rows}")

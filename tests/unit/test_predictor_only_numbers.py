@@ -125,7 +125,9 @@ def test_a_plain_request_takes_the_shortcut(predictor: Predictor, monkeypatch: p
     monkeypatch.setattr(predictor, "_v2_block", general)
     rows = predictor.feeds_from_rows([{"income": 50.0, "age": 41.0}])
     tensors = predictor.feeds_from_v2(list(reversed(v2(ages=(41.0, 42.0), incomes=(50.0, 7.5)))))
-    assert rows["age"].tolist() == [[41.0]] and rows["income"].tolist() == [[50.0]]
+    assert list(rows) == list(tensors) == [predictor.block_key]  # the block alone stands for the columns
+    by_name, tensors = predictor.named(rows), predictor.named(tensors)
+    assert by_name["age"].tolist() == [[41.0]] and by_name["income"].tolist() == [[50.0]]
     assert tensors["age"].tolist() == [[41.0], [42.0]] and tensors["income"].tolist() == [[50.0], [7.5]]
     got, expected = predictor.predict(rows), predictor.predict({"age": np.array([[41.0]], np.float32),
                                                                "income": np.array([[50.0]], np.float32)})

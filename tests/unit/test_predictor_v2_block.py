@@ -71,7 +71,7 @@ def outcome(predictor: Predictor, inputs: list[dict[str, Any]]) -> Any:
         feeds = predictor.feeds_from_v2(inputs)
     except RequestError as exc:
         return ("error", exc.status, exc.field, exc.message)
-    named = {k: v for k, v in feeds.items() if k in predictor.columns}  # the block itself is an internal key
+    named = {k: v for k, v in predictor.named(feeds).items() if k in predictor.columns}
     return {k: (v.dtype.str, v.shape, v.tolist()) for k, v in sorted(named.items())}
 
 
@@ -89,7 +89,8 @@ def test_the_block_is_taken_for_plain_numbers_and_feeds_the_packed_model(predict
     feeds = predictor.feeds_from_v2(request(ages=(41.0, 30.0), incomes=(50.0, 20.0)))
     block = feeds[predictor.block_key]
     assert block.flags.c_contiguous and block.dtype == np.float32 and block.shape == (2, 2)
-    assert np.shares_memory(feeds["age"], block)  # the named columns are views of the block
+    assert "age" not in feeds and "income" not in feeds  # the block stands for them: the two cannot disagree
+    assert np.shares_memory(predictor.named(feeds)["age"], block)  # asked for by name: views of the block
     expected = predictor.predict(predictor.feeds_from_rows([{"age": 41.0, "income": 50.0, "city": "a"},
                                                              {"age": 30.0, "income": 20.0, "city": "a"}]))
     got = predictor.predict(feeds)
@@ -98,16 +99,15 @@ def test_the_block_is_taken_for_plain_numbers_and_feeds_the_packed_model(predict
 
 
 @pytest.mark.parametrize("path", ["block", "columns"])
-def test_the_log_holds_the_numbers_sent_not_their_widened_float32(predictor: Predictor, path: str,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_log_holds_the_numbers_sent_not_their_widened_float32(predictor: Predictor, path: str) -> None:
     sent = [{"age": 17.99, "income": 0.1, "city": "a"}, {"age": 123456.78, "income": 3, "city": "b"},
             {"age": 1e-7, "income": -2.5e30, "city": "a"}]
     feeds = predictor.feeds_from_rows(sent)
-    if path == "columns":  # a model without a packed block logs each column from its own array
-        monkeypatch.setattr(predictor, "block_in", lambda feeds: None)
-    else:
-        assert predictor.block_in(feeds) is not None
+    assert predictor.block_in(feeds) is not None
+    if path == "columns":  # feeds without a block (a frame's, a model without packing): each column its own array
+        feeds = predictor.named(feeds)
     logged = predictor.log_rows(feeds)
+    feeds = predictor.named(feeds)
     # 17.99 as sent, where float(np.float32(17.99)) is 17.989999771118164
     assert [[r["age"], r["income"]] for r in logged] == [[17.99, 0.1], [123456.78, 3.0], [1e-7, -2.5e30]]
     for row, i in zip(logged, range(len(sent)), strict=True):  # the very float32 numbers the model was given

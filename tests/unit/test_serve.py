@@ -477,12 +477,15 @@ def test_a_few_rows_of_plain_numbers_decode_into_one_block_that_never_goes_stale
     feeds = predictor.feeds_from_rows(rows)
     assert predictor.block_key is not None and predictor.block_key in feeds
     np.testing.assert_array_equal(feeds[predictor.block_key], np.float32([[30, 2.5], [41.5, -1]]))
-    np.testing.assert_array_equal(feeds["age"], np.float32([[30], [41.5]]))
+    assert "age" not in feeds  # the block alone stands for the packed columns: the two cannot disagree
+    np.testing.assert_array_equal(predictor.named(feeds)["age"], np.float32([[30], [41.5]]))
     with_null = predictor.feeds_from_rows([{"age": None, "income": 2.5, "city": "a"}])
     assert predictor.block_key not in with_null  # checked column by column, as ever
     answer = predictor.predict(feeds).outputs["probabilities"]
-    feeds["age"] = np.float32([[99.0], [41.5]])  # replaced after decoding: the block is joined anew
-    changed = predictor.predict(feeds).outputs["probabilities"]
+    named = predictor.named(feeds)
+    assert predictor.block_key not in named
+    named["age"] = np.float32([[99.0], [41.5]])  # a column replaced by name: the block is joined anew
+    changed = predictor.predict(named).outputs["probabilities"]
     fresh = predictor.predict(predictor.feeds_from_rows([rows[0] | {"age": 99.0}, rows[1]])).outputs["probabilities"]
     np.testing.assert_array_equal(changed, fresh)
     assert not np.array_equal(answer[0], changed[0])

@@ -541,7 +541,7 @@ def test_the_shadows_feeds_are_its_own_token_ids(bundle: Path, other: Path) -> N
     champion, shadow = Predictor(bundle), Predictor(other)
     feeds = champion.feeds_from_rows(instances(3))
 
-    mine = feeds_for(shadow, feeds)
+    mine = feeds_for(shadow, feeds, champion)
 
     assert mine[IMAGE] is feeds[IMAGE] and mine[NUMBER] is feeds[NUMBER]  # shared, not copied
     np.testing.assert_array_equal(mine[TEXT], shadow.feeds_from_rows(instances(3))[TEXT])

@@ -30,6 +30,7 @@ from mlops.serve.routing import (
     Arm,
     assign_arm,
     disagreements,
+    feeds_for,
     parse_ab,
     request_key,
 )
@@ -202,9 +203,10 @@ class GatedPredictor(Predictor):
         self.release, self.calls = threading.Event(), []
 
     def predict(self, feeds: dict[str, np.ndarray]) -> Prediction:
-        self.calls.append(len(feeds["age"]))
+        ages = self.named(feeds)["age"]
+        self.calls.append(len(ages))
         self.release.wait(timeout=20)
-        if (feeds["age"] == -1).any():
+        if (ages == -1).any():
             raise RuntimeError("the shadow cannot take age -1")
         return super().predict(feeds)
 
@@ -235,6 +237,29 @@ def test_queued_shadow_work_runs_in_one_call_and_a_bad_request_fails_alone(bundl
     assert set(shadow) == set(served) - {"bad"} and len(shadow) == 5
     for pid, row in shadow.items():  # same model: every row answered as the served one, from its own inputs
         assert (row["inputs"], row["outputs"]) == (served[pid]["inputs"], served[pid]["outputs"])
+
+
+def test_the_champions_block_reaches_a_shadow_packing_the_same_columns_whole_and_any_other_by_name(
+        bundle: Path, tmp_path: Path) -> None:
+    unpacked = tmp_path / "unpacked"  # a shadow from before packing: model.onnx takes each column by name
+    unpacked.mkdir()
+    meta = json.loads((bundle / "bundle.json").read_text())
+    del meta["packed"]
+    (unpacked / "bundle.json").write_text(json.dumps(meta))
+    shutil.copy(bundle / "model.onnx", unpacked / "model.onnx")
+    champion, same, before = Predictor(bundle), Predictor(bundle), Predictor(unpacked)
+    feeds = champion.feeds_from_rows(rows(4))
+    block = champion.block_in(feeds)
+    assert block is not None
+
+    whole, by_name = feeds_for(same, feeds, champion), feeds_for(before, feeds, champion)
+
+    assert whole[same.block_key] is block and not any(same.packs(k) for k in whole)  # passed on, not split
+    assert before.block_in(by_name) is None
+    assert all(np.shares_memory(by_name[c], block) for c in champion.packed_columns)  # views, not copies
+    expected = champion.predict(feeds).outputs["probabilities"]
+    np.testing.assert_allclose(same.predict(whole).outputs["probabilities"], expected)
+    np.testing.assert_allclose(before.predict(by_name).outputs["probabilities"], expected, atol=1e-6)
 
 
 # --- A/B ------------------------------------------------------------------------------------------------
