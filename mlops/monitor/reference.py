@@ -25,7 +25,7 @@ from mlops.evaluate.scored import bundle_feeds
 from mlops.monitor.drift import CategoricalReference, NumericReference
 from mlops.monitor.embedding import EmbeddingReference
 from mlops.monitor.logstream import Rows, read_chunks
-from mlops.package.predictor import Predictor
+from mlops.package.predictor import Predictor, join_feeds
 
 if TYPE_CHECKING:
     from mlops.package.bundle import BundleMeta
@@ -133,10 +133,7 @@ def _media_profile(meta: BundleMeta, bundle_dir: Path, frame: Any, chunk: int = 
         if prediction.embedding is not None:
             embeddings.append(prediction.embedding)
 
-    def joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-
-    return (joined(scalars), _reference_outputs(answers, meta.task), joined(described),
+    return (join_feeds(scalars), _reference_outputs(answers, meta.task), join_feeds(described),
             np.concatenate(embeddings) if embeddings else None)
 
 

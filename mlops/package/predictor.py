@@ -14,6 +14,7 @@ import json
 import math
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
@@ -535,8 +536,9 @@ class Predictor:
         return name in self._packed_at
 
     def named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`feeds` with this model's block, if they carry one, as its named [N, 1] columns (views of it):
-        what model.onnx, another model's feeds and code that edits a column take."""
+        """`feeds` with this model's block as its named [N, 1] columns (views of it), in a new dict: what
+        model.onnx, another model's feeds and code that edits a column take. Feeds without the block are
+        returned as they are."""
         block = self.block_in(feeds)
         if block is None:
             return feeds
@@ -753,6 +755,12 @@ def pack_feeds(feeds: dict[str, np.ndarray], name: str, columns: list[str], othe
         block = np.concatenate([feeds[c] for c in columns], axis=1)
     packed = {name: block}
     return packed | {k: feeds[k] for k in others} if others else packed
+
+
+def join_feeds(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Several feeds of the same parts (a block, named columns, an image's pixels...) as one, their rows in
+    order: a batch of requests, a log group, chunks of a frame. None given: none."""
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
 
 
 def _numeric_dtype(dtype: str) -> bool:

@@ -27,7 +27,15 @@ import numpy as np
 
 from mlops.data.media import ImageSpec, is_image_path
 from mlops.package.bundle import BundleInput
-from mlops.package.predictor import EMBEDDING, RAW_TEXT, SENT_BYTES, SENT_SIZE, Predictor, RequestError
+from mlops.package.predictor import (
+    EMBEDDING,
+    RAW_TEXT,
+    SENT_BYTES,
+    SENT_SIZE,
+    Predictor,
+    RequestError,
+    join_feeds,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -144,7 +152,7 @@ def _column_by_parts(predictor: Predictor, spec: BundleInput, values: list[Any],
             start = bad + 1
     if not parts:
         parts.append({k: v[:0] for k, v in _placeholder(spec).items()})
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    return join_feeds(parts)
 
 
 def _placeholder(spec: BundleInput) -> dict[str, np.ndarray]:

@@ -42,7 +42,7 @@ import numpy as np
 
 from mlops.core.log import say
 from mlops.core.predlog import Rows, built_rows
-from mlops.package.predictor import Prediction
+from mlops.package.predictor import Prediction, join_feeds
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Histogram
@@ -179,7 +179,7 @@ class MicroBatcher:
         if len(batch) == 1:
             feeds = batch[0].feeds
         else:
-            feeds = {name: np.concatenate([w.feeds[name] for w in batch]) for name in batch[0].feeds}
+            feeds = join_feeds([w.feeds for w in batch])
         sizes = [w.rows for w in batch]
         predictor = batch[0].predictor
         loop = asyncio.get_running_loop()

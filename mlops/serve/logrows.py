@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mlops.core.predlog import prediction_rows
-from mlops.package.predictor import Prediction, Predictor
+from mlops.package.predictor import Prediction, Predictor, join_feeds
 
 
 @dataclass(eq=False)
@@ -43,8 +43,7 @@ class PendingPrediction:
         if len(pending) == 1:
             inputs, outputs = first.predictor.log_rows(first.feeds), first.prediction.log_instances()
         else:
-            feeds = {name: np.concatenate([p.feeds[name] for p in pending]) for name in first.feeds}
-            inputs = first.predictor.log_rows(feeds)
+            inputs = first.predictor.log_rows(join_feeds([p.feeds for p in pending]))
             outputs = joined(p.prediction for p in pending).log_instances()
         out, start = [], 0
         for p in pending:

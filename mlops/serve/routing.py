@@ -24,7 +24,7 @@ from mlops.core.errors import MlopsError
 from mlops.core.log import say
 from mlops.core.predlog import SHADOW, PredictionLog, prediction_rows
 from mlops.package.bundle import BundleMeta
-from mlops.package.predictor import RAW_TEXT, Prediction
+from mlops.package.predictor import RAW_TEXT, Prediction, join_feeds
 from mlops.serve.logrows import joined
 
 if TYPE_CHECKING:
@@ -126,9 +126,9 @@ def feeds_for(predictor: Predictor, feeds: dict[str, np.ndarray], source: Predic
     else:
         feeds = source.named(feeds)
     for i in predictor.meta.inputs:
-        texts = feeds.get(i.name + RAW_TEXT) if i.text is not None else None
         if block is not None and predictor.packs(i.name):
             continue
+        texts = feeds.get(i.name + RAW_TEXT) if i.text is not None else None
         if texts is not None:
             mine[i.name] = predictor.encode_texts(i.name, texts.tolist())
             mine[i.name + RAW_TEXT] = texts
@@ -166,14 +166,14 @@ SHADOW_BATCH = 64  # queued requests the shadow answers in one model call
 def _joined(work: list[tuple[Any, ...]]) -> tuple[dict[str, np.ndarray], list[str], list[dict[str, Any]], Prediction,
                                                   Predictor]:
     """Several requests' (feeds, ids, inputs, served, served_by) as one. Raises when their served answers do
-    not stack (an A/B server whose arms answer different outputs) or their feeds differ in parts: the caller then
-    runs them one by one."""
-    first_feeds, first_served, first_by = work[0][0], work[0][3], work[0][4]
-    if any(set(w[3].outputs) != set(first_served.outputs) or w[4] is not first_by for w in work):
-        raise ValueError("the served answers have different outputs")
-    feeds = {name: np.concatenate([w[0][name] for w in work]) for name in first_feeds}
-    return (feeds, [i for w in work for i in w[1]], [r for w in work for r in w[2]], joined(w[3] for w in work),
-            first_by)
+    not stack (an A/B server whose arms answer different outputs) or their feeds differ in parts (arms packing
+    other columns): the caller then runs them one by one. Feeds of the same parts read the same through any of
+    their servers, so the first one stands for all."""
+    first_feeds, first_served = work[0][0], work[0][3]
+    if any(set(w[3].outputs) != set(first_served.outputs) or w[0].keys() != first_feeds.keys() for w in work):
+        raise ValueError("the requests' answers or feeds do not stack")
+    return (join_feeds([w[0] for w in work]), [i for w in work for i in w[1]], [r for w in work for r in w[2]],
+            joined(w[3] for w in work), work[0][4])
 
 
 class ShadowRunner:
