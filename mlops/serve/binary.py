@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops.package.predictor import RequestError, parse_json_body
+from mlops.package.predictor import RequestError, parse_json_body, parse_v2_body
 
 HEADER_LENGTH = "inference-header-content-length"  # the request's and the answer's header (lower case)
 # each V2 numeric datatype's little-endian numpy dtype
@@ -42,7 +42,7 @@ def parse_request(raw: bytes, header_length: str | None, images: frozenset[str])
     binary inputs decoded into `data` lists (see the module's docstring). `images`: the inputs whose BYTES stay
     bytes."""
     if header_length is None:
-        return parse_json_body(raw)
+        return parse_v2_body(raw)
     if not header_length.isdigit() or int(header_length) > len(raw):
         raise RequestError(HEADER_LENGTH, f"must be the byte length of the JSON header at the start of the "
                            f"body ({len(raw)} bytes), got {header_length[:40]!r}")

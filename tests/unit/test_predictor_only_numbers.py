@@ -4,12 +4,13 @@ Either way a request's feeds and every error are what the general path gives."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import pytest
 
-from mlops.package.predictor import Predictor, RequestError
+from mlops.package.predictor import PlainTensors, Predictor, RequestError, parse_json_body, parse_v2_body
 from tests.serve_fixtures import build_bundle, training_frame
 
 
@@ -133,3 +134,66 @@ def test_a_plain_request_takes_the_shortcut(predictor: Predictor, monkeypatch: p
                                                                "income": np.array([[50.0]], np.float32)})
     for name, values in expected.outputs.items():
         assert np.array_equal(values, got.outputs[name]), name
+
+
+# bodies as bytes, for what the one-pass decoder of a plain V2 body (parse_v2_body) must read as the generic one
+V2_BODIES: dict[str, bytes] = {
+    **{case: json.dumps({"inputs": inputs}).encode() for case, inputs in V2_CASES.items()},
+    "an id, parameters and outputs": json.dumps({"id": "r1", "parameters": {"binary_data_output": False},
+                                                 "outputs": [{"name": "label"}], "inputs": v2()}).encode(),
+    "an id that is a number": json.dumps({"id": 5, "inputs": v2()}).encode(),
+    "an unknown field": json.dumps({"inputs": v2(), "extra": 1}).encode(),
+    "a tensor with parameters": json.dumps({"inputs": v2(age={**tensor("age", [41.0]), "parameters": {}})}).encode(),
+    "inputs given twice": b'{"inputs": [], "inputs": ' + json.dumps(v2()).encode() + b"}",
+    "a field given twice": json.dumps({"inputs": v2()}).encode().replace(b'"data": [41.0]',
+                                                                         b'"data": [1.0], "data": [41.0]'),
+    "an int past 64 bits": json.dumps({"inputs": v2(ages=(2**70,))}).encode(),
+    "an int at 2**24": json.dumps({"inputs": v2(ages=(2**24, ), incomes=(-2**24,))}).encode(),
+    "a number past float64": json.dumps({"inputs": v2()}).encode().replace(b"41.0", b"1e400"),
+    "FP32's largest and negative zero": json.dumps({"inputs": v2(ages=(-0.0,), incomes=(3.4028234663852886e38,))}
+                                                   ).encode(),
+    "a NaN token": json.dumps({"inputs": v2(ages=(float("nan"),))}).encode(),
+    "inputs that is not a list": b'{"inputs": {"age": 1}}',
+    "no inputs": b'{"id": "x"}',
+    "not an object": b"[1, 2]",
+    "malformed": b'{"inputs": [',
+}
+
+
+def body_outcome(predictor: Predictor, parse: Any, raw: bytes) -> Any:
+    try:
+        body = parse(raw)
+    except RequestError as exc:
+        return ("error", exc.status, exc.field, exc.message)
+    if not isinstance(body, dict):
+        return ("not an object", body)
+    rest = {k: v for k, v in body.items() if k != "inputs"}
+    return rest, outcome(predictor, "v2", body.get("inputs"))
+
+
+@pytest.mark.parametrize("case", list(V2_BODIES))
+def test_a_plain_v2_body_decodes_as_the_generic_one(predictor: Predictor, case: str) -> None:
+    raw = V2_BODIES[case]
+    assert repr(body_outcome(predictor, parse_v2_body, raw)) == repr(body_outcome(predictor, parse_json_body, raw))
+
+
+def test_a_plain_v2_body_is_decoded_in_one_pass(predictor: Predictor) -> None:
+    body = parse_v2_body(json.dumps({"id": "r1", "inputs": list(reversed(v2(ages=(41.0, 42), incomes=(50.0, 7.5))))
+                                     }).encode())
+    assert type(body["inputs"]) is PlainTensors and body["id"] == "r1"
+    feeds = predictor.feeds_from_v2(body["inputs"])
+    block = feeds[predictor.block_key]
+    assert list(feeds) == [predictor.block_key] and block.flags.c_contiguous and block.dtype == np.float32
+    assert block.tolist() == [[41.0, 50.0], [42.0, 7.5]]
+    # a body the decoder refuses (a bool) is read by the generic decoder: its inputs are the JSON's list
+    assert type(parse_v2_body(json.dumps({"inputs": v2(ages=(True,))}).encode())["inputs"]) is list
+
+
+def test_a_log_row_is_the_block_row_named(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert predictor._block_is_row
+    feeds = predictor.feeds_from_v2(v2(ages=(41.0, -0.0), incomes=(0.1, 2**24)))
+    fast = predictor.log_rows(feeds)
+    monkeypatch.setattr(predictor, "_block_is_row", False)  # the general path, column by column
+    general = predictor.log_rows(feeds)
+    assert repr(fast) == repr(general) == repr([{"age": 41.0, "income": 0.1}, {"age": -0.0, "income": 16777216.0}])
+    assert [list(r) for r in fast] == [list(predictor.columns)] * 2  # the inputs' order, as the general path
