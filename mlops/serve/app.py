@@ -462,7 +462,7 @@ class Server:
         arm = self._arm(call, request_id)
         feeds = arm.predictor.feeds_from_v2(body.get("inputs"))
         # checked before the model runs: a request naming an output the model has not is neither run nor logged
-        requested = binary.requested_outputs(body, [o["name"] for o in output_tensors(arm.predictor.meta)])
+        requested = binary.requested_outputs(body, arm.answer_outputs)
         prediction, ids = await self._predict_and_log(arm, feeds, request_id, started)
         imputed = self._imputed(arm, feeds, prediction.rows)
         outputs, tail = binary.v2_outputs(prediction.outputs, *requested)

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from mlops.core.predlog import SHADOW, PredictionLog, prediction_rows
 from mlops.package.bundle import BundleMeta
 from mlops.package.predictor import RAW_TEXT, Prediction, join_feeds
 from mlops.serve.logrows import joined
+from mlops.serve.tensors import output_tensors
 
 if TYPE_CHECKING:
     from mlops.package.predictor import Predictor
@@ -48,6 +50,11 @@ class Arm:
     @property
     def name(self) -> str:
         return self.predictor.name
+
+    @cached_property
+    def answer_outputs(self) -> list[str]:
+        """The outputs an answer holds by default, in the V2 metadata's order (a V2 request may ask for fewer)."""
+        return [o["name"] for o in output_tensors(self.predictor.meta)]
 
 
 def assign_arm(key: str, percent: float) -> bool:
