@@ -146,7 +146,7 @@ try:
 
     _fast_decode: Any = msgspec.json.Decoder().decode
 
-    class _PlainTensor(msgspec.Struct, forbid_unknown_fields=True):
+    class _PlainTensor(msgspec.Struct, forbid_unknown_fields=True, gc=False):
         """A V2 tensor whose values a packed block takes as they are: FP32 or FP64, each a float within FP32's
         range or an int within 2**24 (`_plain_fp32`'s rule; a bool is neither here, as there)."""
 
@@ -156,8 +156,9 @@ try:
         data: list[Annotated[float, msgspec.Meta(ge=-FP32_MAX, le=FP32_MAX)]
                    | Annotated[int, msgspec.Meta(ge=-FP32_EXACT_INT, le=FP32_EXACT_INT)]]
 
-    class _PlainV2(msgspec.Struct, forbid_unknown_fields=True):
-        """A V2 infer body of plain tensors; its other fields as the generic decoder reads them (checked later)."""
+    class _PlainV2(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+        """A V2 infer body of plain tensors; its other fields as the generic decoder reads them (checked later).
+        Neither struct is tracked by the cyclic collector (gc=False): what JSON decodes into holds no cycle."""
 
         inputs: list[_PlainTensor]
         id: Any = msgspec.UNSET
