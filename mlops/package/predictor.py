@@ -460,7 +460,9 @@ class Predictor:
         or as `parse_v2_body`'s PlainTensors."""
         if type(inputs) is PlainTensors:
             if self._only_packed is not None and len(inputs.tensors) == len(self.packed_columns):
-                fast = self._plain_only_packed(inputs.tensors)
+                tensors = inputs.tensors
+                fast = self._only_packed_block(list(map(_NAME_OF, tensors)), list(map(_DATA_OF, tensors)),
+                                               list(map(_SHAPE_OF, tensors)), checked=True)
                 if fast is not None:
                     return fast
             inputs = inputs.as_json()
@@ -523,52 +525,34 @@ class Predictor:
         fields are read and checked by C loops (map, set, list comparisons), not a Python loop per tensor as
         `_v2_block` does. None for anything else, which `_v2_block` and the tensor-by-tensor checks decide."""
         try:
-            names = list(map(_NAME, inputs))
-            if names != self.packed_columns and set(names) != self._only_packed:
-                return None
             if not set(map(_DATATYPE, inputs)) <= _FLOATS:
                 return None
-            datas = list(map(_DATA, inputs))
-            shapes = list(map(_SHAPE, inputs))
-        except (TypeError, KeyError):  # not an object, a field missing, a name or datatype that is not a string
+            names, datas, shapes = list(map(_NAME, inputs)), list(map(_DATA, inputs)), list(map(_SHAPE, inputs))
+        except (TypeError, KeyError):  # not an object, a field missing, a datatype that is not a string
             return None
-        if set(map(type, datas)) != {list}:
+        if (set(map(type, names)) != {str} or set(map(type, datas)) != {list} or set(map(type, shapes)) != {list}
+                or set(map(type, chain.from_iterable(shapes))) != {int}):  # exact ints: not True, 1.0
             return None
-        n = len(datas[0])
-        if not 0 < n <= self.max_batch or set(map(len, datas)) != {n} or set(map(type, shapes)) != {list}:
-            return None
-        dims = list(chain.from_iterable(shapes))
-        k = len(inputs)
-        if set(map(type, dims)) != {int} or (dims != [n, 1] * k and dims != [n] * k):  # exact ints: not True, 1.0
-            return None
-        return self._packed_block(names, datas, n, checked=False)
+        return self._only_packed_block(names, datas, shapes, checked=False)
 
-    def _plain_only_packed(self, tensors: list[Any]) -> dict[str, np.ndarray] | None:
-        """`_v2_only_packed` for `_PlainTensor`s, whose types and values the decoder has checked already: what is
-        left is that each column is given once and the shapes and lengths agree."""
-        names = list(map(_NAME_OF, tensors))
+    def _only_packed_block(self, names: list[str], datas: list[list[Any]], shapes: list[list[int]], checked: bool
+                           ) -> dict[str, np.ndarray] | None:
+        """The block's feeds from tensors' fields of the types V2 gives them (`_v2_only_packed` checked those, the
+        plain decoder's structs hold no other) when every column is given once, with N rows in each (within the
+        batch limit), all of shape [N, 1] or all [N], and every value a plain number that fits FP32 (`checked`:
+        the decoder has made sure of that); None otherwise."""
         if names != self.packed_columns and set(names) != self._only_packed:
             return None
-        datas = list(map(_DATA_OF, tensors))
-        n = len(datas[0])
-        if not 0 < n <= self.max_batch or set(map(len, datas)) != {n}:
+        n, k = len(datas[0]), len(names)
+        if (not 0 < n <= self.max_batch or set(map(len, datas)) != {n}
+                or (shapes.count([n, 1]) != k and shapes.count([n]) != k)):
             return None
-        shapes, k = list(map(_SHAPE_OF, tensors)), len(tensors)
-        if shapes.count([n, 1]) != k and shapes.count([n]) != k:  # exact: the decoder took ints only, no bool
-            return None
-        return self._packed_block(names, datas, n, checked=True)
-
-    def _packed_block(self, names: list[str], datas: list[list[Any]], n: int, checked: bool
-                      ) -> dict[str, np.ndarray] | None:
-        """The block's feeds from each column's `n` values (`names`: every column once, in any order), or None
-        when a value is not a plain number that fits FP32 (`checked`: the decoder has made sure they all are)."""
         lists = datas
         if names != self.packed_columns:  # every column once, in another order: put in the block's
             lists = list(datas)
             for name, data in zip(names, datas, strict=True):
                 lists[self._packed_at[name]] = data
         if checked:  # one C pass over the values, column after column: [k, n], the block its transpose
-            k = len(lists)
             flat = np.fromiter(chain.from_iterable(lists), np.float32, k * n)
             block = flat.reshape(1, k) if n == 1 else flat.reshape(k, n).T.copy()
         else:
