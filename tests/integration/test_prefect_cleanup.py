@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import ROOT, cli_env
+from tests.processes import running
 
 
 def _children(pid: int) -> list[int]:
@@ -31,14 +32,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    """Running: not gone, and not a zombie waiting for a reaper (an init that reaps nothing keeps those)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _temporary_server(parent: subprocess.Popen[bytes], timeout: float) -> int:
@@ -64,11 +57,11 @@ def test_the_temporary_server_dies_with_a_killed_run(tmp_path: Path) -> None:
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=30)
         deadline = time.monotonic() + 30  # generous for a loaded box: it takes well under a second when idle
-        while _alive(server) and time.monotonic() < deadline:
+        while running(server) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _alive(server), f"Prefect's temporary server (pid {server}) outlived its killed parent"
+        assert not running(server), f"Prefect's temporary server (pid {server}) outlived its killed parent"
     finally:
         if run.poll() is None:
             run.kill()
-        if server is not None and _alive(server):
+        if server is not None and running(server):
             os.kill(server, signal.SIGKILL)

@@ -4,7 +4,6 @@ errors), reuses one worker per environment, and leaves no run behind when its co
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -19,6 +18,7 @@ import pytest
 
 from mlops.cli import warm
 from tests.conftest import ROOT, last_json, run_cli
+from tests.processes import running
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("warm-runs")]
 
@@ -46,15 +46,6 @@ def _forks(env: dict[str, str]) -> list[tuple[int, str]]:
 
 def _workers(env: dict[str, str]) -> list[Path]:
     return sorted(Path(env[warm.DIR_ENV]).glob("*.sock"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat")
-    return state.exists() and state.read_text().split(")")[-1].split()[0] != "Z"
 
 
 def test_runs_fork_from_one_worker_and_answer_as_runs_of_their_own(warm_env: dict[str, str]) -> None:
@@ -111,9 +102,9 @@ def test_a_killed_command_takes_its_run_with_it_and_ctrl_c_reaches_the_run(warm_
     proc.kill()
     proc.communicate()
     deadline = time.monotonic() + 30
-    while _alive(run_pid) and time.monotonic() < deadline:
+    while running(run_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(run_pid)
+    assert not running(run_pid)
 
     runs = Path(warm_env["MLOPS_HOME"]) / "runs" / "quickstart"
     before = set(runs.glob("*")) if runs.is_dir() else set()
@@ -130,7 +121,7 @@ def test_a_killed_command_takes_its_run_with_it_and_ctrl_c_reaches_the_run(warm_
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted" in err
-    assert not _alive(run_pid)
+    assert not running(run_pid)
     assert len(_workers(warm_env)) == 1  # the worker goes on
 
 
