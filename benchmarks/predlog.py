@@ -8,7 +8,11 @@ written into a copy of the bundle (the server follows the bundle's), retention o
 * unbounded: no WAL bound, no retention: passive checkpoints only (every server before the bound);
 * WAL 16 MB: a rewind (a RESTART checkpoint; a TRUNCATE one before 2026-12-05) each time the WAL holds more
   than 16 MB, no retention;
-* WAL 4 MB: four times tighter (four times more rewinds, each about as long).
+* WAL 4 MB: four times tighter (four times more rewinds, each about as long);
+* WAL 64 MB (the default), the log thread's checkpoints every 20 ms (the product's `CHECKPOINT_EVERY_S`) against
+  the same every 0.1 s (before 2026-12-06; that server's `mlops.core.predlog.CHECKPOINT_EVERY_S` set by a
+  `sitecustomize` on its PYTHONPATH): a checkpoint ends with an fsync of what it copied, and a large one stalls the
+  event loop's own commits.
 
 Retention is not measured here: its pass runs once a minute (RETENTION_EVERY_S), longer than these runs;
 tests/integration/test_predlog_soak.py runs it under load.
@@ -64,6 +68,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "unbounded": {"wal_max_bytes": None, "retention": NO_RETENTION},
     "WAL 16 MB": {"wal_max_bytes": 16 * MB, "retention": NO_RETENTION},
     "WAL 4 MB": {"wal_max_bytes": 4 * MB, "retention": NO_RETENTION},
+    "WAL 64 MB, checkpoints every 20 ms": {"wal_max_bytes": 64 * MB, "retention": NO_RETENTION},
+    "WAL 64 MB, checkpoints every 0.1 s": {"wal_max_bytes": 64 * MB, "retention": NO_RETENTION,
+                                           "checkpoint_every_s": 0.1},
 }
 
 
@@ -79,6 +86,16 @@ def truncations(server: Server) -> tuple[float, float, float]:
     return (value(r'mlops_prediction_log_wal_truncations_total\{[^}]*outcome="done"\}'),
             value(r'mlops_prediction_log_wal_truncations_total\{[^}]*outcome="busy"\}'),
             value(r"mlops_prediction_log_wal_truncate_seconds_total\{[^}]*\}"))
+
+
+def checkpoint_env(variant: dict[str, Any], site: Path) -> dict[str, str]:
+    """The environment that gives a server the variant's checkpoint interval, if it has one of its own."""
+    every = variant.get("checkpoint_every_s")
+    if every is None:
+        return {}
+    site.mkdir(parents=True)
+    (site / "sitecustomize.py").write_text(f"import mlops.core.predlog\nmlops.core.predlog.CHECKPOINT_EVERY_S = {every!r}\n")
+    return {"PYTHONPATH": str(site)}
 
 
 def bundle_with(bundle: Path, limits: dict[str, Any], dest: Path) -> Path:
@@ -137,11 +154,12 @@ def main() -> None:
         env = os.environ | {"MLOPS_HOME": str(tmp / ".mlops"), "PYTHONUNBUFFERED": "1"}
         env.pop("MLOPS_SERVE_TOKEN", None)
         servers, logs = [], {}
-        for i, (key, limits) in enumerate(VARIANTS.items()):
+        for i, (key, variant) in enumerate(VARIANTS.items()):
             logs[key] = tmp / f"log{i}.sqlite"
+            limits = {k: v for k, v in variant.items() if k != "checkpoint_every_s"}
             served = bundle_with(bundle, limits, tmp / f"bundle{i}")
             servers.append(Server(key, [sys.executable, "-m", "mlops.cli", "serve", str(served), "--log",
-                                        str(logs[key])]))
+                                        str(logs[key])], env=checkpoint_env(variant, tmp / f"site{i}")))
         print(f"\nprediction log bound benchmark: {machine_line(server_cpu, client_cpu, cpus)}")
         print(versions())
         print(f"bundle: {origin}")
@@ -181,9 +199,12 @@ def main() -> None:
                   f"| {max(w.peak for w in samplers) / MB:.1f} | {done:.0f} ({busy:.0f}) "
                   f"| {seconds / done * 1000 if done else float('nan'):.1f} |")
         base = statistics.median(r["p99"] for r in results["unbounded"])
-        for key in list(VARIANTS)[1:]:
+        for key in list(VARIANTS)[1:4]:
             p99 = statistics.median(r["p99"] for r in results[key])
             print(f"- {key}: p99 {p99:.2f} ms vs {base:.2f} ms unbounded ({(p99 / base - 1) * 100:+.0f} %)")
+        often, seldom = (statistics.median(r["p99"] for r in results[key]) for key in list(VARIANTS)[3:5])
+        print(f"- checkpoints every 20 ms vs every 0.1 s (WAL 64 MB): p99 {often:.2f} ms vs {seldom:.2f} ms "
+              f"({often / seldom:.2f}x)")
         print(f"finished in {time.monotonic() - started:.0f}s; load average now "
               f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -112,7 +112,7 @@ def test_bounded_log_keeps_wal_and_database_near_their_bounds(tmp_path: Path,
     soak = _soak(path, LogLimits(wal_max_bytes=WAL_BOUND, max_bytes=DB_BOUND, archive=True))
 
     assert soak.rows > 1000 and soak.reader_rows > 0
-    # the log thread checks every 0.1 s (and not while it moves rows out): the WAL passes the bound by what is
+    # the log thread checks every 20 ms (and not while it moves rows out): the WAL passes the bound by what is
     # written meanwhile, a few bound's worth here, where the control grows by a hundred
     assert soak.wal_peak < 8 * WAL_BOUND, soak
     assert soak.truncations[0] > 0, soak

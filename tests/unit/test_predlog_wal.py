@@ -5,14 +5,19 @@ descriptor of that file dropped SQLite's locks on it, another process reset the 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import pytest
+
+from mlops.core import predlog
 from mlops.core.loglimits import LogLimits
-from mlops.core.predlog import LogReader, PredictionLog, prediction_rows, wal_path
+from mlops.core.predlog import LogReader, LoopCommits, PredictionLog, prediction_rows, wal_path
 
 INPUTS = {f"feature_{i}": 1000.0 + i / 7 for i in range(30)}
 
@@ -30,7 +35,7 @@ def test_a_log_past_its_wal_bound_is_rewound_and_its_file_stops_growing(tmp_path
     try:
         write(log, 0, 400)  # several bounds' worth: each commit appends at least a page or two
         db = sqlite3.connect(path)
-        log._bound_wal(db, bound)  # what the log thread does every 0.1 s, made now
+        log._bound_wal(db, bound)  # what the log thread does every CHECKPOINT_EVERY_S while writes come, made now
         db.close()
         assert log.wal_truncations >= 1, (log.wal_truncations, log.wal_truncations_busy)
         size = wal_path(path).stat().st_size
@@ -45,6 +50,42 @@ def test_a_log_past_its_wal_bound_is_rewound_and_its_file_stops_growing(tmp_path
     with LogReader(path) as reader:
         assert len(reader.predictions(("champion",), model="m")) == 450
     assert wal_path(path).stat().st_size == 0  # the clean stop truncates it
+
+
+def _until(condition, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("bound", [None, 64 * 1024 * 1024])
+def test_the_loops_commits_are_checkpointed_as_they_come_and_an_idle_log_thread_rests(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: int | None) -> None:
+    # a rest longer than the test: only the loop's nudge can wake the thread for its checkpoint
+    monkeypatch.setattr(predlog, "REST_S", 600.0)
+    path = tmp_path / "log.sqlite"
+    log = PredictionLog(path, limits=LogLimits(wal_max_bytes=bound))
+    commits = LoopCommits(log)
+    try:
+        _until(lambda: log._resting, "nothing was written, yet the log thread kept waking to checkpoint")
+        empty = path.stat().st_size
+
+        async def serve() -> None:  # as the app does: rows written and committed on the event loop
+            for k in range(20):
+                await commits.write("predictions", prediction_rows(
+                    [f"p{k}-{j}" for j in range(50)], "m", "1", "champion", [INPUTS] * 50, [{"label": "yes"}] * 50,
+                    0.5))
+
+        asyncio.run(serve())
+        # only a checkpoint copies the WAL's pages into the database file
+        _until(lambda: path.stat().st_size > empty, "the loop's commits stayed in the WAL: no checkpoint woke")
+        _until(lambda: log._resting, "the log thread did not rest again once the writes stopped")
+    finally:
+        commits.close()
+        log.close()
+    with LogReader(path) as reader:
+        assert len(reader.predictions(("champion",), model="m")) == 1000
 
 
 WRITER = textwrap.dedent("""
