@@ -212,10 +212,12 @@ class PredictionLog(QueuedLog):
                 self._resting = True
                 if self._dirty:
                     self._resting = self._dirty = False
-                    self._checkpoint(db)
+                    # one a reader kept from finishing (or from rewinding) is tried again at the next tick
+                    self._dirty = not self._checkpoint(db)
                 last_checkpoint = now
             if now - last_retention >= RETENTION_EVERY_S and self.limits.retains:
                 self._retain(db)
+                self._dirty, self._resting = True, False  # its deletes are in the WAL too
                 last_retention = now
             if first is None or first is NUDGE:
                 continue
@@ -229,7 +231,7 @@ class PredictionLog(QueuedLog):
             except sqlite3.Error as exc:  # reported to every waiting request: they answer 503, not 200
                 db.rollback()
                 error = exc
-            self._dirty = True
+            self._dirty, self._resting = True, False  # its checkpoint is due in CHECKPOINT_EVERY_S, not REST_S
             self._settle(records, built, error)
         try:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # leave a compact file behind on a clean stop
@@ -245,17 +247,18 @@ class PredictionLog(QueuedLog):
             self._resting = False
             self._queue.put(NUDGE)
 
-    def _checkpoint(self, db: sqlite3.Connection) -> None:
-        """Fold the WAL into the database file without waiting for anyone; rewind it past its bound."""
+    def _checkpoint(self, db: sqlite3.Connection) -> bool:
+        """Fold the WAL into the database file without waiting for anyone, and rewind it past its bound. Whether
+        that is done: every frame copied (and the WAL within its bound)."""
         if self.limits.wal_max_bytes is not None:
-            self._bound_wal(db, self.limits.wal_max_bytes)  # its passive checkpoint is this one
-            return
+            return self._bound_wal(db, self.limits.wal_max_bytes)  # its passive checkpoint is this one
         try:
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for readers or writers
+            (busy, frames, copied) = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # waits for nobody
         except sqlite3.Error:
-            pass  # the next one catches up
+            return False  # the next one catches up
+        return not busy and frames == copied
 
-    def _bound_wal(self, db: sqlite3.Connection, max_bytes: int) -> None:
+    def _bound_wal(self, db: sqlite3.Connection, max_bytes: int) -> bool:
         """Rewind the WAL once what it holds since its last rewind passes `max_bytes`. A passive checkpoint copies
         what it can without stopping anyone, and its answer says how many frames the WAL holds; past the bound a
         RESTART checkpoint then holds the write lock while it copies the rest, so that the next commit writes from
@@ -265,15 +268,16 @@ class PredictionLog(QueuedLog):
         measures it.) The frame count comes from SQLite, not from reading its `-shm` file: closing any descriptor
         of that file would drop the POSIX locks SQLite holds on it, and another process could then reset the
         wal-index under the server's mapping (SIGBUS). It hardly waits for a reader (WAL_TRUNCATE_WAIT_MS): a
-        reader still on an older snapshot makes it give up until the next check."""
+        reader still on an older snapshot makes it give up until the next check. Whether it is done (every frame
+        copied, the WAL within its bound)."""
         try:
-            (_, frames, _) = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            (busy, frames, copied) = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error:
-            return  # the next check catches up
+            return False  # the next check catches up
         if frames == self._rewound_at:  # rewound, and nobody wrote since: the count is the old one still
-            return
+            return True
         if frames * self._frame_bytes <= max_bytes:
-            return
+            return not busy and frames == copied
         (patience,) = db.execute("PRAGMA busy_timeout").fetchone()
         started = time.perf_counter()
         try:
@@ -286,9 +290,10 @@ class PredictionLog(QueuedLog):
         self.wal_truncate_seconds += time.perf_counter() - started
         if busy:
             self.wal_truncations_busy += 1
-        else:
-            self.wal_truncations += 1
-            self._rewound_at = frames
+            return False
+        self.wal_truncations += 1
+        self._rewound_at = frames
+        return True
 
     def _retain(self, db: sqlite3.Connection) -> None:
         bound = self.limits.wal_max_bytes

@@ -6,12 +6,15 @@ descriptor of that file dropped SQLite's locks on it, another process reset the 
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -59,33 +62,76 @@ def _until(condition, what: str, timeout: float = 20) -> None:  # type: ignore[n
         time.sleep(0.01)
 
 
+class _RecordingQueue(queue.Queue):  # type: ignore[type-arg]
+    """The log thread's queue, noting how long each of its waits may last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts: list[float | None] = []
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        self.timeouts.append(timeout)
+        return super().get(block, timeout)
+
+
 @pytest.mark.parametrize("bound", [None, 64 * 1024 * 1024])
-def test_the_loops_commits_are_checkpointed_as_they_come_and_an_idle_log_thread_rests(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: int | None) -> None:
-    # a rest longer than the test: only the loop's nudge can wake the thread for its checkpoint
+@pytest.mark.parametrize("through", ["the loop", "the log thread"])
+def test_writes_are_checkpointed_as_they_come_and_an_idle_log_thread_rests(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: int | None, through: str) -> None:
+    # a rest longer than the test: a checkpoint that waited for the rest to end would never come
     monkeypatch.setattr(predlog, "REST_S", 600.0)
+    monkeypatch.setattr(predlog, "queue", SimpleNamespace(Queue=_RecordingQueue, Empty=queue.Empty))
     path = tmp_path / "log.sqlite"
     log = PredictionLog(path, limits=LogLimits(wal_max_bytes=bound))
+    waits = log._queue.timeouts  # type: ignore[attr-defined]
     commits = LoopCommits(log)
     try:
-        _until(lambda: log._resting, "nothing was written, yet the log thread kept waking to checkpoint")
+        _until(lambda: bool(waits) and waits[-1] == 600.0, "nothing was written, yet the log thread kept waking to checkpoint")
         empty = path.stat().st_size
+        rows = [prediction_rows([f"p{k}-{j}" for j in range(50)], "m", "1", "champion", [INPUTS] * 50,
+                                [{"label": "yes"}] * 50, 0.5) for k in range(20)]
+        if through == "the loop":
+            async def serve() -> None:  # as the app does: rows written and committed on the event loop
+                for r in rows:
+                    await commits.write("predictions", r)
 
-        async def serve() -> None:  # as the app does: rows written and committed on the event loop
-            for k in range(20):
-                await commits.write("predictions", prediction_rows(
-                    [f"p{k}-{j}" for j in range(50)], "m", "1", "champion", [INPUTS] * 50, [{"label": "yes"}] * 50,
-                    0.5))
-
-        asyncio.run(serve())
+            asyncio.run(serve())
+        else:  # as the shadow runner and feedback do
+            for r in rows:
+                log.submit("predictions", r).result(timeout=30)
         # only a checkpoint copies the WAL's pages into the database file
-        _until(lambda: path.stat().st_size > empty, "the loop's commits stayed in the WAL: no checkpoint woke")
-        _until(lambda: log._resting, "the log thread did not rest again once the writes stopped")
+        _until(lambda: path.stat().st_size > empty, "the writes stayed in the WAL: no checkpoint came")
+        _until(lambda: bool(waits) and waits[-1] == 600.0, "the log thread did not rest again once the writes stopped")
     finally:
         commits.close()
         log.close()
     with LogReader(path) as reader:
         assert len(reader.predictions(("champion",), model="m")) == 1000
+
+
+def test_a_checkpoint_a_reader_held_back_is_tried_again_until_it_is_done(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(predlog, "REST_S", 600.0)
+    monkeypatch.setattr(predlog, "queue", SimpleNamespace(Queue=_RecordingQueue, Empty=queue.Empty))
+    path = tmp_path / "log.sqlite"
+    log = PredictionLog(path)
+    waits = log._queue.timeouts  # type: ignore[attr-defined]
+    try:
+        write(log, 0, 1)
+        _until(lambda: bool(waits) and waits[-1] == 600.0, "the log thread did not rest after its first write")
+        reader = sqlite3.connect(path)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM predictions").fetchone()  # a snapshot: later frames stay in the WAL
+        size = path.stat().st_size
+        write(log, 1, 200)
+        ticks = len(waits)
+        _until(lambda: len(waits) > ticks + 5, "the log thread rested with frames it could not copy yet")
+        assert path.stat().st_size == size and waits[-1] != 600.0
+        reader.rollback()  # the reader lets go: the next try copies them, without another write
+        reader.close()
+        _until(lambda: path.stat().st_size > size, "the frames a reader held back were never copied")
+    finally:
+        log.close()
 
 
 WRITER = textwrap.dedent("""
