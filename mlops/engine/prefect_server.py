@@ -157,7 +157,9 @@ def pid_alive(pid: int) -> bool:
         return False
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):  # no /proc (macOS): kill(0) said it exists
+    except FileNotFoundError:  # reaped since kill(0) answered, unless there is no /proc at all (macOS)
+        return not Path("/proc/self").exists()
+    except (OSError, IndexError):  # kill(0) said it exists
         return True
 
 

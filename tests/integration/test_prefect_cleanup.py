@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from mlops.engine.prefect_server import pid_alive
 from tests.conftest import ROOT, cli_env
-from tests.processes import running
 
 
 def _children(pid: int) -> list[int]:
@@ -57,11 +57,11 @@ def test_the_temporary_server_dies_with_a_killed_run(tmp_path: Path) -> None:
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=30)
         deadline = time.monotonic() + 30  # generous for a loaded box: it takes well under a second when idle
-        while running(server) and time.monotonic() < deadline:
+        while pid_alive(server) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not running(server), f"Prefect's temporary server (pid {server}) outlived its killed parent"
+        assert not pid_alive(server), f"Prefect's temporary server (pid {server}) outlived its killed parent"
     finally:
         if run.poll() is None:
             run.kill()
-        if server is not None and running(server):
+        if server is not None and pid_alive(server):
             os.kill(server, signal.SIGKILL)

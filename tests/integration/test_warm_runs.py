@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from mlops.cli import warm
+from mlops.engine.prefect_server import pid_alive
 from tests.conftest import ROOT, last_json, run_cli
-from tests.processes import running
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("warm-runs")]
 
@@ -102,9 +102,9 @@ def test_a_killed_command_takes_its_run_with_it_and_ctrl_c_reaches_the_run(warm_
     proc.kill()
     proc.communicate()
     deadline = time.monotonic() + 30
-    while running(run_pid) and time.monotonic() < deadline:
+    while pid_alive(run_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not running(run_pid)
+    assert not pid_alive(run_pid)
 
     runs = Path(warm_env["MLOPS_HOME"]) / "runs" / "quickstart"
     before = set(runs.glob("*")) if runs.is_dir() else set()
@@ -121,7 +121,7 @@ def test_a_killed_command_takes_its_run_with_it_and_ctrl_c_reaches_the_run(warm_
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted" in err
-    assert not running(run_pid)
+    assert not pid_alive(run_pid)
     assert len(_workers(warm_env)) == 1  # the worker goes on
 
 

@@ -55,6 +55,19 @@ def test_stale_records(sleeper: int) -> None:
     assert ps.pid_alive(sleeper)
 
 
+def test_a_process_reaped_between_the_signal_and_the_proc_read_is_gone(sleeper: int,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    read = Path.read_text
+
+    def reaped_meanwhile(self: Path, *args: object, **kwargs: object) -> str:
+        if self == Path(f"/proc/{sleeper}/stat"):  # kill(0) found it; its /proc entry is gone by the read
+            raise FileNotFoundError(str(self))
+        return read(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", reaped_meanwhile)
+    assert not ps.pid_alive(sleeper)
+
+
 def test_a_stale_state_file_is_not_running_and_stop_removes_it(tmp_path: Path) -> None:
     files = ps.server_files(tmp_path)
     files.state.write_text(_state(_dead_pid(), home=tmp_path).to_json())
