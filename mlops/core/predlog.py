@@ -140,9 +140,8 @@ class QueuedLog:
                 group.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        group = [item for item in group if item is not NUDGE]
-        records = [item for item in group if item is not STOP]
-        return len(records) < len(group), records, built_rows([rows for _, rows, _ in records])
+        records = [item for item in group if item is not STOP and item is not NUDGE]
+        return any(item is STOP for item in group), records, built_rows([rows for _, rows, _ in records])
 
     @staticmethod
     def _settle(records: list[Any], built: list[Any], error: BaseException | None) -> None:
@@ -212,8 +211,10 @@ class PredictionLog(QueuedLog):
                 self._resting = True
                 if self._dirty:
                     self._resting = self._dirty = False
-                    # one a reader kept from finishing (or from rewinding) is tried again at the next tick
-                    self._dirty = not self._checkpoint(db)
+                    # one a reader kept from finishing (or from rewinding) is tried again at the next tick; a
+                    # commit made during it marked the log again, and that mark stays
+                    if not self._checkpoint(db):
+                        self._dirty = True
                 last_checkpoint = now
             if now - last_retention >= RETENTION_EVERY_S and self.limits.retains:
                 self._retain(db)

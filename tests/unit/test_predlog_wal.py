@@ -134,6 +134,28 @@ def test_a_checkpoint_a_reader_held_back_is_tried_again_until_it_is_done(tmp_pat
         log.close()
 
 
+def test_a_commit_made_during_a_checkpoint_gets_one_of_its_own(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(predlog, "REST_S", 600.0)  # a checkpoint that waited for the rest would never come
+    calls: list[int] = []
+    checkpoint = PredictionLog._checkpoint
+
+    def with_a_commit_meanwhile(self: PredictionLog, db: sqlite3.Connection) -> bool:
+        calls.append(1)
+        done = checkpoint(self, db)
+        if len(calls) == 1:
+            self.note_commit()  # as the loop's commit does while the checkpoint runs: the thread is not resting
+        return done
+
+    monkeypatch.setattr(PredictionLog, "_checkpoint", with_a_commit_meanwhile)
+    log = PredictionLog(tmp_path / "log.sqlite")
+    try:
+        write(log, 0, 1)
+        _until(lambda: len(calls) >= 2, "the commit made during the checkpoint was left for the next write")
+    finally:
+        log.close()
+
+
 WRITER = textwrap.dedent("""
     import sys
     ROWS = int(sys.argv[2])
