@@ -545,11 +545,13 @@ def goals(proto: str, results: dict[tuple[str, str, int], dict[str, float]], bat
         each = [x for x in (ratio(ra, rb, what) for ra, rb in zip(ours, theirs, strict=True)) if x is not None]
         return f" [rounds {min(each):.2f}-{max(each):.2f}]" if len(each) > 1 else ""
 
+    def shown(value: float | None, fmt: str) -> str:
+        return "n/a" if value is None else format(value, fmt)
+
     def line(text: str, value: float | None, goal: str, met: bool | None, fmt: str, why: str = "",
              each: str = "") -> str:
-        shown = "n/a" if value is None else format(value, fmt)
         verdict = "n/a" if value is None or met is None else ("MET" if met else "NOT MET")
-        return f"- {text}: **{shown}**{each} (goal {goal}) {verdict}{why}"
+        return f"- {text}: **{shown(value, fmt)}**{each} (goal {goal}) {verdict}{why}"
 
     tput = ratio(get(OURS, 8), get(STOCK, 8), "rps")
     p99 = ratio(get(OURS, 8), get(STOCK, 8), "p99")
@@ -569,7 +571,7 @@ def goals(proto: str, results: dict[tuple[str, str, int], dict[str, float]], bat
              each=spread((OURS, 8), (STOCK, 8), "p99")),
         # the p99 goal's bound on this machine: the floor decodes, runs the model and answers, nothing more (no
         # validation, no log, no metrics), so a p99 ratio it cannot reach is out of reach of any server doing more
-        f"  - the bare floor's own p99 / KServe stock's at c=8: **{'n/a' if floor_p99 is None else f'{floor_p99:.2f}'}**"
+        f"  - the bare floor's own p99 / KServe stock's at c=8: **{shown(floor_p99, '.2f')}**"
         f"{spread((BARE, 8), (STOCK, 8), 'p99')} (the bound: the same ratio for a server that does less than ours)",
         line("ours / bare ASGI throughput at c=8", bare, ">= 1.2x", bare is not None and bare >= 1.2, ".2f",
              each=spread((OURS, 8), (BARE, 8), "rps")),

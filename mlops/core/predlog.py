@@ -174,7 +174,7 @@ class PredictionLog(QueuedLog):
         self.max_group = max_group
         self.limits = limits or LogLimits()
         # RESTART checkpoints that rewound the WAL past its bound (and those that found it in use): the metrics
-        # keep their first name, from when these were TRUNCATE checkpoints (see _bound_wal)
+        # keep their first name, from when these were TRUNCATE checkpoints (see _checkpoint)
         self.wal_truncations = 0
         self.wal_truncations_busy = 0
         self._rewound_at: int | None = None  # the WAL's frame count when it was last rewound
@@ -249,36 +249,27 @@ class PredictionLog(QueuedLog):
             self._queue.put(NUDGE)
 
     def _checkpoint(self, db: sqlite3.Connection) -> bool:
-        """Fold the WAL into the database file without waiting for anyone, and rewind it past its bound. Whether
-        that is done: every frame copied (and the WAL within its bound)."""
-        if self.limits.wal_max_bytes is not None:
-            return self._bound_wal(db, self.limits.wal_max_bytes)  # its passive checkpoint is this one
+        """Fold the WAL into the database file without waiting for anyone, and rewind it once what it holds since
+        its last rewind passes `wal_max_bytes`. Whether that is done: every frame copied, the WAL within its bound.
+
+        A passive checkpoint copies what it can without stopping anyone, and its answer says how many frames the
+        WAL holds; past the bound a RESTART checkpoint then holds the write lock while it copies the rest, so that
+        the next commit writes from the file's start again: the file stops growing at about `wal_max_bytes` and is
+        reused, and is truncated when the log closes. (A TRUNCATE checkpoint here also shrank the file, but the
+        truncation itself held the lock for 31-37 ms at a 64 MB bound on this machine, every request in flight
+        waiting: benchmarks/predlog.py measures it.) The frame count comes from SQLite, not from reading its `-shm`
+        file: closing any descriptor of that file would drop the POSIX locks SQLite holds on it, and another
+        process could then reset the wal-index under the server's mapping (SIGBUS). The rewind hardly waits for a
+        reader (WAL_TRUNCATE_WAIT_MS): a reader still on an older snapshot makes it give up until the next try."""
         try:
             (busy, frames, copied) = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # waits for nobody
         except sqlite3.Error:
             return False  # the next one catches up
-        return not busy and frames == copied
-
-    def _bound_wal(self, db: sqlite3.Connection, max_bytes: int) -> bool:
-        """Rewind the WAL once what it holds since its last rewind passes `max_bytes`. A passive checkpoint copies
-        what it can without stopping anyone, and its answer says how many frames the WAL holds; past the bound a
-        RESTART checkpoint then holds the write lock while it copies the rest, so that the next commit writes from
-        the file's start again: the file stops growing at about `max_bytes` and is reused, and is truncated when
-        the log closes. (A TRUNCATE checkpoint here also shrank the file, but the truncation itself held the lock
-        for 31-37 ms at a 64 MB bound on this machine, every request in flight waiting: benchmarks/predlog.py
-        measures it.) The frame count comes from SQLite, not from reading its `-shm` file: closing any descriptor
-        of that file would drop the POSIX locks SQLite holds on it, and another process could then reset the
-        wal-index under the server's mapping (SIGBUS). It hardly waits for a reader (WAL_TRUNCATE_WAIT_MS): a
-        reader still on an older snapshot makes it give up until the next check. Whether it is done (every frame
-        copied, the WAL within its bound)."""
-        try:
-            (busy, frames, copied) = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error:
-            return False  # the next check catches up
+        bound = self.limits.wal_max_bytes
+        if bound is None or frames * self._frame_bytes <= bound:
+            return not busy and frames == copied
         if frames == self._rewound_at:  # rewound, and nobody wrote since: the count is the old one still
             return True
-        if frames * self._frame_bytes <= max_bytes:
-            return not busy and frames == copied
         (patience,) = db.execute("PRAGMA busy_timeout").fetchone()
         started = time.perf_counter()
         try:
@@ -300,7 +291,7 @@ class PredictionLog(QueuedLog):
         bound = self.limits.wal_max_bytes
         try:  # the deletes write to the WAL too: it is kept within its bound between them
             apply_retention(db, self.path, self.limits, between=None if bound is None else
-                            lambda: self._bound_wal(db, bound))
+                            lambda: self._checkpoint(db))
         # the log keeps answering; the rows wait for the next pass (the log's size alert says if that lasts).
         # ValueError and TypeError: Arrow's ArrowInvalid and ArrowTypeError, a value its column's type refuses
         except (sqlite3.Error, OSError, ValueError, TypeError):
@@ -310,6 +301,7 @@ class PredictionLog(QueuedLog):
         """Bytes on disk: the database file, its WAL, and the archived Parquet files (the `mlops_prediction_log_bytes`
         gauge)."""
         return log_sizes(self.path)
+
 
 def wal_path(path: Path) -> Path:
     return path.with_name(path.name + "-wal")

@@ -113,7 +113,7 @@ class ServeMetrics:
         """`mlops_prediction_log_bytes{model, part}`: the prediction log's bytes on disk (db, wal, archive), read
         when scraped (a few stats), so that Prometheus sees the log grow before the disk fills; and its WAL
         rewinds past its bound (`mlops_prediction_log_wal_truncations_total{outcome="done|busy"}`, named when they
-        were TRUNCATE checkpoints, now RESTART ones: see PredictionLog._bound_wal; and the seconds spent in them,
+        were TRUNCATE checkpoints, now RESTART ones: see PredictionLog._checkpoint; and the seconds spent in them,
         which writers wait)."""
         self.registry.register(_LogCollector(model, log))
 

@@ -38,7 +38,7 @@ def test_a_log_past_its_wal_bound_is_rewound_and_its_file_stops_growing(tmp_path
     try:
         write(log, 0, 400)  # several bounds' worth: each commit appends at least a page or two
         db = sqlite3.connect(path)
-        log._bound_wal(db, bound)  # what the log thread does every CHECKPOINT_EVERY_S while writes come, made now
+        log._checkpoint(db)  # what the log thread does every CHECKPOINT_EVERY_S while writes come, made now
         db.close()
         assert log.wal_truncations >= 1, (log.wal_truncations, log.wal_truncations_busy)
         size = wal_path(path).stat().st_size
