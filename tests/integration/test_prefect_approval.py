@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from tests.improve_fixtures import (
     log_predictions,
     toy_recipe,
 )
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -79,16 +79,6 @@ def paused_in_background(outcome: RetrainOutcome, registry: FakeRegistry,
     return thread, got
 
 
-def until(found: Callable[[], Any], what: str, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = found()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"no {what} in {timeout} s")
-
-
 def paused_run(run_id: str) -> Any:
     from prefect import get_client
     from prefect.client.schemas.filters import (
@@ -122,7 +112,7 @@ def test_the_prefect_ui_form_approves_a_paused_retrain(recipe: str) -> None:
     registry, audit = FakeRegistry(alias={CHAMPION: "1", CHALLENGER: "1"}, versions=1), AuditLog()
     waiting = waiting_retrain(recipe, registry, audit)
     thread, got = paused_in_background(waiting, registry, audit)
-    paused = until(lambda: paused_run(str(waiting.run_id)), "paused flow run")
+    paused = until(lambda: paused_run(str(waiting.run_id)), "paused flow run", 90, interval=0.5)
     # the form's schema was saved with the pause: the UI renders it from there
     assert paused.state.state_details.run_input_keyset
     resume_flow_run(paused.id, run_input={"approve": True, "by": "dana", "note": "slices look fine"})
@@ -138,7 +128,7 @@ def test_mlops_reject_resumes_the_paused_retrain_it_answered(recipe: str) -> Non
     registry, audit = FakeRegistry(alias={CHAMPION: "1", CHALLENGER: "1"}, versions=1), AuditLog()
     waiting = waiting_retrain(recipe, registry, audit)
     thread, got = paused_in_background(waiting, registry, audit)
-    paused = until(lambda: paused_run(str(waiting.run_id)), "paused flow run")
+    paused = until(lambda: paused_run(str(waiting.run_id)), "paused flow run", 90, interval=0.5)
     # what `mlops reject RUN` does: the audit log's way first, then the paused flow run resumes with the answer
     rejected = reject(str(waiting.run_id), by="carol", registry=registry, audit=audit)
     assert rejected.outcome == "rejected"

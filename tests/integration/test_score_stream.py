@@ -10,9 +10,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from mlops.package.predictor import Predictor
 from mlops.score.stream import IdempotentLog
 from tests.conftest import ROOT
 from tests.net import REDIS_URL, drop_stream, redis_client
+from tests.polling import until
 from tests.serve_fixtures import build_bundle
 
 pytestmark = pytest.mark.integration
@@ -84,17 +84,6 @@ def start(recipe: Path, bundle: Path, log: Path, stream: str, consumer: str, *ex
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for(what: str, check: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"consumer exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def last_command(r: Any, consumer: str) -> str | None:
     """The last command the consumer's named Redis connection ran."""
     for client in r.client_list():
@@ -130,7 +119,8 @@ def test_consumers_killed_mid_batch_lose_and_double_nothing(r: Any, stream: str,
         #    killed there, the batch is written but neither logged nor acknowledged
         hold.execute("BEGIN IMMEDIATE")
         procs.append(c1 := start(recipe, bundle, log, stream, "c1"))
-        wait_for("c1's first batch in the output streams", lambda: r.xlen(out) + r.xlen(dead) > 0, c1)
+        until(lambda: r.xlen(out) + r.xlen(dead) > 0, "c1's first batch in the output streams",
+              proc=c1, interval=0.02)
         kill(c1)
         hold.execute("ROLLBACK")
         first_batch = r.xlen(out) + r.xlen(dead)
@@ -141,11 +131,12 @@ def test_consumers_killed_mid_batch_lose_and_double_nothing(r: Any, stream: str,
         #    can acknowledge it (Redis pauses writes once the log is committed)
         hold.execute("BEGIN IMMEDIATE")
         procs.append(c2 := start(recipe, bundle, log, stream, "c2", "--claim-idle-ms", "0"))
-        wait_for("c2 to claim c1's batch", lambda: pending(r, stream, "c2") == BATCH, c2)
-        wait_for("c2 to run its write script", lambda: last_command(r, "c2") == "evalsha", c2)
+        until(lambda: pending(r, stream, "c2") == BATCH, "c2 to claim c1's batch", proc=c2, interval=0.02)
+        until(lambda: last_command(r, "c2") == "evalsha", "c2 to run its write script",
+              proc=c2, interval=0.02)
         r.client_pause(15_000, all=False)  # WRITE: the XACK waits, reads go on
         hold.execute("ROLLBACK")
-        wait_for("c2 to log the batch", lambda: len(read_predictions(log)) > 0, c2)
+        until(lambda: len(read_predictions(log)) > 0, "c2 to log the batch", proc=c2, interval=0.02)
         kill(c2)
         r.client_unpause()
         assert r.xlen(out) + r.xlen(dead) == BATCH  # nothing written twice by the claim
@@ -190,7 +181,7 @@ def test_sigterm_finishes_the_batch_in_flight(r: Any, stream: str, setup: tuple[
     good, bad = produce(r, stream, 300)
     proc = start(recipe, bundle, log, stream, "t1", "--batch", "4")
     try:
-        wait_for("the first predictions", lambda: r.xlen(f"{stream}:predictions") > 0, proc)
+        until(lambda: r.xlen(f"{stream}:predictions") > 0, "the first predictions", proc=proc, interval=0.02)
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
     finally:

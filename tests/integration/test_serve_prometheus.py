@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT
 from tests.net import free_port, stop_process, wait_ready
+from tests.polling import until
 from tests.serve_fixtures import build_bundle
 
 pytestmark = pytest.mark.integration
@@ -69,21 +69,6 @@ def call(port: int, method: str, path: str, body: Any = None, timeout: float = 5
         return response.status, response.read()
     finally:
         conn.close()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, diagnose: Callable[[], str]) -> Any:
-    """Poll `check` until it returns something truthy; `diagnose` explains a timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-        except OSError:
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s\n{diagnose()}")
-        time.sleep(0.25)
 
 
 def tail(path: Path) -> str:
@@ -189,12 +174,13 @@ def test_prometheus_scrapes_what_was_sent(server: int, prometheus: Callable[[int
         ours = [t for t in targets if t["labels"].get("job") == JOB]
         return ours[0] if ours and ours[0]["health"] == "up" else None
 
-    target = wait_for("the scrape target to be up", target_up, 60, lambda: tail(log))
+    target = until(target_up, "the scrape target to be up", 60, interval=0.25, diagnose=lambda: tail(log),
+                   ignore=(OSError,))
     assert target["scrapeUrl"] == f"http://127.0.0.1:{server}/metrics", target
     selector = f'job="{JOB}"'
-    requests = wait_for("the request counter in Prometheus",
-                        lambda: query(base, f"sum by (route, status) (mlops_requests_total{{{selector}}})"), 30,
-                        lambda: tail(log))
+    requests = until(lambda: query(base, f"sum by (route, status) (mlops_requests_total{{{selector}}})"),
+                     "the request counter in Prometheus", 30, interval=0.25, diagnose=lambda: tail(log),
+                     ignore=(OSError,))
 
     assert requests == expected  # by (route, status): labels sort as route, status
     assert query(base, f"up{{{selector}}}") == {(f"127.0.0.1:{server}", JOB): 1.0}

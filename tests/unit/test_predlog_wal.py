@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from mlops.core import predlog
 from mlops.core.loglimits import LogLimits
 from mlops.core.predlog import LogReader, LoopCommits, PredictionLog, prediction_rows, wal_path
+from tests.polling import until
 
 INPUTS = {f"feature_{i}": 1000.0 + i / 7 for i in range(30)}
 
@@ -55,13 +55,6 @@ def test_a_log_past_its_wal_bound_is_rewound_and_its_file_stops_growing(tmp_path
     assert wal_path(path).stat().st_size == 0  # the clean stop truncates it
 
 
-def _until(condition, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 class _RecordingQueue(queue.Queue):  # type: ignore[type-arg]
     """The log thread's queue, noting how long each of its waits may last."""
 
@@ -86,7 +79,8 @@ def test_writes_are_checkpointed_as_they_come_and_an_idle_log_thread_rests(
     waits = log._queue.timeouts  # type: ignore[attr-defined]
     commits = LoopCommits(log)
     try:
-        _until(lambda: bool(waits) and waits[-1] == 600.0, "nothing was written, yet the log thread kept waking to checkpoint")
+        until(lambda: bool(waits) and waits[-1] == 600.0, "nothing was written, yet the log thread kept waking to checkpoint",
+              20, interval=0.01)
         empty = path.stat().st_size
         rows = [prediction_rows([f"p{k}-{j}" for j in range(50)], "m", "1", "champion", [INPUTS] * 50,
                                 [{"label": "yes"}] * 50, 0.5) for k in range(20)]
@@ -100,8 +94,10 @@ def test_writes_are_checkpointed_as_they_come_and_an_idle_log_thread_rests(
             for r in rows:
                 log.submit("predictions", r).result(timeout=30)
         # only a checkpoint copies the WAL's pages into the database file
-        _until(lambda: path.stat().st_size > empty, "the writes stayed in the WAL: no checkpoint came")
-        _until(lambda: bool(waits) and waits[-1] == 600.0, "the log thread did not rest again once the writes stopped")
+        until(lambda: path.stat().st_size > empty, "the writes stayed in the WAL: no checkpoint came",
+              20, interval=0.01)
+        until(lambda: bool(waits) and waits[-1] == 600.0, "the log thread did not rest again once the writes stopped",
+              20, interval=0.01)
     finally:
         commits.close()
         log.close()
@@ -118,18 +114,21 @@ def test_a_checkpoint_a_reader_held_back_is_tried_again_until_it_is_done(tmp_pat
     waits = log._queue.timeouts  # type: ignore[attr-defined]
     try:
         write(log, 0, 1)
-        _until(lambda: bool(waits) and waits[-1] == 600.0, "the log thread did not rest after its first write")
+        until(lambda: bool(waits) and waits[-1] == 600.0, "the log thread did not rest after its first write",
+              20, interval=0.01)
         reader = sqlite3.connect(path)
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM predictions").fetchone()  # a snapshot: later frames stay in the WAL
         size = path.stat().st_size
         write(log, 1, 200)
         ticks = len(waits)
-        _until(lambda: len(waits) > ticks + 5, "the log thread rested with frames it could not copy yet")
+        until(lambda: len(waits) > ticks + 5, "the log thread rested with frames it could not copy yet",
+              20, interval=0.01)
         assert path.stat().st_size == size and waits[-1] != 600.0
         reader.rollback()  # the reader lets go: the next try copies them, without another write
         reader.close()
-        _until(lambda: path.stat().st_size > size, "the frames a reader held back were never copied")
+        until(lambda: path.stat().st_size > size, "the frames a reader held back were never copied",
+              20, interval=0.01)
     finally:
         log.close()
 
@@ -151,7 +150,8 @@ def test_a_commit_made_during_a_checkpoint_gets_one_of_its_own(tmp_path: Path,
     log = PredictionLog(tmp_path / "log.sqlite")
     try:
         write(log, 0, 1)
-        _until(lambda: len(calls) >= 2, "the commit made during the checkpoint was left for the next write")
+        until(lambda: len(calls) >= 2, "the commit made during the checkpoint was left for the next write",
+              20, interval=0.01)
     finally:
         log.close()
 
