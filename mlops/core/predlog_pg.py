@@ -219,6 +219,78 @@ class PgPredictionLog(QueuedLog):
         return super().submit(table, rows)
 
 
+class PgIdempotentLog:
+    """The log on PostgreSQL written as `mlops stream` needs it (SQLite's `IdempotentLog`, the same interface): a
+    row whose (id, variant) is already there is skipped. The check and the insert share one transaction under the
+    writers' advisory lock, the one the servers' groups take, so two consumers racing on a redelivered message
+    still log it once, and `rowid` order stays commit order for the monitor's cursor."""
+
+    def __init__(self, url: str) -> None:
+        self.path = url
+        self._db: Any = self._open()
+
+    def _open(self) -> Any:
+        import psycopg2
+
+        db = connect(self.path)  # an unreachable server fails here, before any message is read
+        try:
+            create_schema(db)
+            PgPredictionLog._ensure_durable(db)
+        except psycopg2.Error as exc:
+            db.close()
+            raise MlopsError(f"cannot use the prediction log {redacted(self.path)}: {str(exc).strip()}") from None
+        return db
+
+    def write(self, rows: list[tuple[Any, ...]]) -> int:
+        """Insert the rows not yet logged; return how many were already there. A connection that broke (the
+        database restarted) is opened again and the write made once more: a commit whose answer was lost is
+        then found by the check, so nothing is logged twice (and those rows count as already there)."""
+        import psycopg2
+
+        if not rows:
+            return 0
+        for attempt in (0, 1):
+            try:
+                return self._write(rows)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                self.close()
+                if attempt:
+                    raise MlopsError(f"lost the prediction log {redacted(self.path)}: {str(exc).strip()}. The "
+                                     "batch stays pending in the stream and is logged when a consumer starts "
+                                     "again") from None
+                self._db = self._open()
+            except psycopg2.Error as exc:  # refused (a role without INSERT, a full disk): the user's to fix
+                self._rollback()
+                raise MlopsError(f"the prediction log {redacted(self.path)} refused the batch: "
+                                 f"{str(exc).strip()}") from None
+        raise AssertionError("unreachable")
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> int:
+        with self._db.cursor() as cur:
+            # BEGIN, the lock and the check in one round trip: the answer is the last statement's
+            cur.execute("BEGIN; SELECT pg_advisory_xact_lock(%s); "
+                        "SELECT id, variant FROM predictions WHERE id = ANY(%s)",
+                        (WRITE_LOCK, sorted({r[0] for r in rows})))
+            present = {(i, v) for i, v in cur.fetchall()}
+            new = [r for r in rows if (r[0], r[4]) not in present]
+            insert = [_INSERT["predictions"] + b",".join(cur.mogrify(_VALUES["predictions"], r) for r in new)]
+            cur.execute(b"; ".join([*(insert if new else []), b"COMMIT"]))
+        return len(rows) - len(new)
+
+    def _rollback(self) -> None:
+        import psycopg2
+
+        try:
+            with self._db.cursor() as cur:
+                cur.execute("ROLLBACK")
+        except psycopg2.Error:
+            pass
+
+    def close(self) -> None:
+        if not self._db.closed:
+            self._db.close()
+
+
 _LATEST = ("LEFT JOIN LATERAL (SELECT label, value FROM feedback WHERE feedback.id = p.id ORDER BY feedback.rowid "
            "DESC LIMIT 1) f ON true")
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.errors import MlopsError
-from mlops.core.predlog import LogLimits, LogReader, PredictionLog
-from mlops.core.predlog_pg import PgLogReader, PgPredictionLog, redacted
+from mlops.core.predlog import IdempotentLog, LogLimits, LogReader, PredictionLog
+from mlops.core.predlog_pg import PgIdempotentLog, PgLogReader, PgPredictionLog, redacted
 from mlops.core.predlog_redis import RedisPredictionLog
 
 LOG_URL_SCHEMES = ("sqlite", "postgresql", "postgres", "redis", "rediss")
@@ -64,6 +64,24 @@ def open_log(target: str | Path, max_group: int = 512, limits: LogLimits | None 
     if store == "redis":
         return RedisPredictionLog(where, max_group=max_group, limits=limits)
     return PgPredictionLog(where, max_group=max_group, limits=limits)
+
+
+def idempotent_target(target: str | Path) -> str | Path:
+    """`target` as `log_target` gives it, for a writer that skips rows the log already holds (`mlops stream`'s):
+    that writer looks ids up, which a Redis stream cannot answer, so a stream is refused, saying why."""
+    store, where = log_store(target)
+    if store == "redis":
+        raise MlopsError(f"--log {log_name(where)}: `mlops stream` logs a redelivered message once by looking its "
+                         "id up in the log, which a Redis stream cannot answer: give a SQLite PATH or "
+                         "postgresql://USER@HOST/DATABASE (the log the servers share)")
+    return where
+
+
+def open_idempotent_log(target: str | Path) -> IdempotentLog | PgIdempotentLog:
+    """The writer that skips a row whose (id, variant) the log at `target` already holds: SQLite's or
+    PostgreSQL's."""
+    where = idempotent_target(target)
+    return IdempotentLog(where) if isinstance(where, Path) else PgIdempotentLog(where)
 
 
 def open_reader(target: str | Path, timeout: float = 30.0, archive: bool = True) -> LogReader | PgLogReader:

@@ -295,7 +295,8 @@ class MonitorConfig(Section):
     log: str | None = Field(None, description="the prediction log; null: where `mlops serve` writes it "
                             "(.mlops/predictions/<model>.sqlite)")
     variants: list[str] = Field(default_factory=lambda: ["champion", "challenger"],
-                                description="log rows of these variants are the model's traffic (not the shadow's)")
+                                description="log rows of these variants are the model's traffic (not the shadow's; "
+                                "add `stream` for the rows `mlops stream` scored)")
     window: WindowConfig = Field(default_factory=WindowConfig)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)

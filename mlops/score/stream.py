@@ -9,8 +9,8 @@ an object of named columns (as a V1 instance). Each batch of messages goes throu
    message and its error (the field at fault named) to the dead-letter stream. A record is written only if its
    marker key `mlops:written:<stream>:<id>` was absent (SET NX, kept DEDUPE_TTL_S), so a redelivered
    message is never written twice;
-3. write the predictions to the prediction log (the server's table, variant `stream`), skipping ids already
-   there, in one SQLite transaction that holds the write lock from check to commit;
+3. write the predictions to the prediction log (the server's table, variant `stream`; SQLite or PostgreSQL),
+   skipping ids already there, in one transaction that holds the log's write lock from check to commit;
 4. XACK the batch.
 
 A consumer killed anywhere in 1-4 leaves its messages pending; whoever reads them next (the same consumer
@@ -41,8 +41,8 @@ import numpy as np
 
 from mlops.core.errors import MlopsError
 from mlops.core.log import say
-from mlops.core.predlog import IdempotentLog, prediction_rows
-from mlops.core.predlog_store import is_log_url, log_name, log_store
+from mlops.core.predlog import prediction_rows
+from mlops.core.predlog_store import idempotent_target, log_name, open_idempotent_log
 from mlops.core.workspace import workspace
 from mlops.package.predictor import EMBEDDING, Predictor
 from mlops.score.rows import from_text, judge
@@ -83,7 +83,7 @@ class StreamConfig:
     consumer: str
     output_stream: str
     dead_letter: str
-    log: Path | None
+    log: str | Path | None  # a SQLite file or a postgresql:// URL; None: the model's default log
     batch: int = 64
     block_ms: int = 1000
     claim_idle_ms: int = 60_000
@@ -101,14 +101,11 @@ class StreamConfig:
             raise MlopsError(f"--idle-exit-s {args.idle_exit_s}: expected a positive number of seconds")
         if not args.source.startswith(("redis://", "rediss://", "unix://")):
             raise MlopsError(f"--source {args.source}: expected a Redis URL (redis://HOST:PORT/DB)")
-        if args.log and is_log_url(args.log):  # its idempotent insert holds SQLite's write lock
-            raise MlopsError(f"--log {log_name(args.log)}: `mlops stream` writes a SQLite log only (a PATH or "
-                             "sqlite:///PATH); a log on PostgreSQL is `mlops serve`'s, for now")
         return cls(url=args.source, stream=args.stream, group=args.group,
                    consumer=args.consumer or f"{socket.gethostname()}-{os.getpid()}",
                    output_stream=args.output_stream or f"{args.stream}:predictions",
                    dead_letter=args.dead_letter or f"{args.stream}:dead",
-                   log=log_store(args.log)[1] if args.log else None, batch=args.batch, block_ms=args.block_ms,
+                   log=idempotent_target(args.log) if args.log else None, batch=args.batch, block_ms=args.block_ms,
                    claim_idle_ms=args.claim_idle_ms, max_messages=args.max_messages, idle_exit_s=args.idle_exit_s)
 
 
@@ -193,7 +190,7 @@ def _no_constant(token: str) -> float:
 
 
 class Consumer:
-    def __init__(self, config: StreamConfig, predictor: Predictor, version: str | None, log_path: Path) -> None:
+    def __init__(self, config: StreamConfig, predictor: Predictor, version: str | None, log: str | Path) -> None:
         import redis
 
         self.config = config
@@ -203,7 +200,7 @@ class Consumer:
         self.redis = redis.Redis.from_url(config.url, socket_timeout=max(config.block_ms / 1000 + 10, 30),
                                           client_name=f"mlops-stream:{config.group}:{config.consumer}")
         self.write_once = self.redis.register_script(WRITE_ONCE)
-        self.log = IdempotentLog(log_path)
+        self.log = open_idempotent_log(log)
         self.result = StreamResult()
         self.stopping = threading.Event()
 
@@ -436,7 +433,7 @@ def consume(config: StreamConfig, bundle: Path, version: str | None, install_sig
             previous[sig] = signal.signal(sig, stop)
     say(f"model '{predictor.name}' version {version or '-'} consuming {config.stream} as "
           f"{config.group}/{config.consumer} -> {config.output_stream} (dead letters {config.dead_letter}, log "
-          f"{consumer.log.path})", "mlops stream")
+          f"{log_name(consumer.log.path)})", "mlops stream")
     import redis
 
     try:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from mlops.core.errors import MlopsError
-from mlops.core.predlog import prediction_rows, read_predictions
+from mlops.core.predlog import IdempotentLog, prediction_rows, read_predictions
 from mlops.package.predictor import Predictor
-from mlops.score.stream import BadMessage, IdempotentLog, StreamConfig, decode_message
+from mlops.score.stream import BadMessage, StreamConfig, decode_message
 from tests.serve_fixtures import build_bundle
 
 
@@ -83,7 +83,17 @@ def test_stream_names_default_from_the_input_stream() -> None:
 @pytest.mark.parametrize(("kw", "message"), [
     ({"batch": 0}, "--batch 0"), ({"max_messages": 0}, "--max-messages 0"), ({"idle_exit_s": -1.0}, "--idle-exit-s"),
     ({"source": "http://x"}, "expected a Redis URL"), ({"claim_idle_ms": -1}, "--claim-idle-ms -1"),
+    ({"log": "redis://:secret@127.0.0.1:6379/0"}, r"--log redis://:\*\*\*@127.0.0.1:6379/0: .*a Redis stream cannot"),
+    ({"log": "mysql://u@h/db"}, "unknown scheme 'mysql://'"),
 ])
 def test_bad_stream_flags_say_what_is_expected(kw: dict[str, object], message: str) -> None:
     with pytest.raises(MlopsError, match=message):
         StreamConfig.from_args(_args(**kw))
+
+
+@pytest.mark.parametrize(("given", "kept"), [
+    ("postgresql://mlops@db:5432/logs", "postgresql://mlops@db:5432/logs"),  # a URL stays a URL, // and all
+    ("sqlite:///logs/p.sqlite", Path("logs/p.sqlite")), ("p.sqlite", Path("p.sqlite")),
+])
+def test_the_stream_log_is_a_sqlite_file_or_a_postgresql_url(given: str, kept: str | Path) -> None:
+    assert StreamConfig.from_args(_args(log=given)).log == kept
