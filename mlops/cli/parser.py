@@ -430,7 +430,8 @@ def _score_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-stream", help="where predictions go (default <stream>:predictions)")
     p.add_argument("--dead-letter", help="where bad messages go, with the error (default <stream>:dead)")
     p.add_argument("--log", help="prediction log: a SQLite PATH or postgresql://USER@HOST/DATABASE (the log the "
-                                 "servers share); default .mlops/predictions/<model>.sqlite")
+                                 "servers share); default the recipe's monitor.log, else "
+                                 ".mlops/predictions/<model>.sqlite")
     p.add_argument("--batch", type=int, default=64, metavar="N", help="messages read and scored at once (default 64)")
     p.add_argument("--block-ms", type=int, default=1000, help="how long one read waits for new messages")
     p.add_argument("--claim-idle-ms", type=int, default=60_000,

@@ -83,7 +83,7 @@ def _print_batch(r: BatchResult) -> None:
 
 def cmd_stream(args: argparse.Namespace) -> int:
     loaded = load_recipe(args.recipe, args.overrides)
-    config = StreamConfig.from_args(args)  # bad flags fail before the model is fetched
+    config = StreamConfig.from_args(args, loaded.recipe.monitor.log)  # bad flags fail before the model is fetched
     model = _model(args, loaded)
     result = consume(config, model.path, model.version)
     print(f"stream {config.stream} (group {config.group}, consumer {config.consumer}): {result.handled} messages: "

@@ -66,12 +66,13 @@ def open_log(target: str | Path, max_group: int = 512, limits: LogLimits | None 
     return PgPredictionLog(where, max_group=max_group, limits=limits)
 
 
-def idempotent_target(target: str | Path) -> str | Path:
+def idempotent_target(target: str | Path, source: str = "--log") -> str | Path:
     """`target` as `log_target` gives it, for a writer that skips rows the log already holds (`mlops stream`'s):
-    that writer looks ids up, which a Redis stream cannot answer, so a stream is refused, saying why."""
+    that writer looks ids up, which a Redis stream cannot answer, so a stream is refused, saying why (and where
+    it came from: `source`)."""
     store, where = log_store(target)
     if store == "redis":
-        raise MlopsError(f"--log {log_name(where)}: `mlops stream` logs a redelivered message once by looking its "
+        raise MlopsError(f"{source} {log_name(where)}: `mlops stream` logs a redelivered message once by looking its "
                          "id up in the log, which a Redis stream cannot answer: give a SQLite PATH or "
                          "postgresql://USER@HOST/DATABASE (the log the servers share)")
     return where

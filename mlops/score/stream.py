@@ -92,7 +92,9 @@ class StreamConfig:
     max_deliveries: int = MAX_DELIVERIES
 
     @classmethod
-    def from_args(cls, args: Any) -> StreamConfig:
+    def from_args(cls, args: Any, recipe_log: str | None = None) -> StreamConfig:
+        """The flags, checked; `recipe_log` (the recipe's `monitor.log`) is the log when `--log` is not given,
+        so that the monitor reads what the consumer writes."""
         for flag, value, low in (("--batch", args.batch, 1), ("--block-ms", args.block_ms, 1),
                                  ("--claim-idle-ms", args.claim_idle_ms, 0), ("--max-messages", args.max_messages, 1)):
             if value is not None and value < low:
@@ -101,11 +103,13 @@ class StreamConfig:
             raise MlopsError(f"--idle-exit-s {args.idle_exit_s}: expected a positive number of seconds")
         if not args.source.startswith(("redis://", "rediss://", "unix://")):
             raise MlopsError(f"--source {args.source}: expected a Redis URL (redis://HOST:PORT/DB)")
+        log = (idempotent_target(args.log) if args.log else
+               idempotent_target(recipe_log, "the recipe's monitor.log") if recipe_log else None)
         return cls(url=args.source, stream=args.stream, group=args.group,
                    consumer=args.consumer or f"{socket.gethostname()}-{os.getpid()}",
                    output_stream=args.output_stream or f"{args.stream}:predictions",
                    dead_letter=args.dead_letter or f"{args.stream}:dead",
-                   log=idempotent_target(args.log) if args.log else None, batch=args.batch, block_ms=args.block_ms,
+                   log=log, batch=args.batch, block_ms=args.block_ms,
                    claim_idle_ms=args.claim_idle_ms, max_messages=args.max_messages, idle_exit_s=args.idle_exit_s)
 
 

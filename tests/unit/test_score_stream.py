@@ -97,3 +97,13 @@ def test_bad_stream_flags_say_what_is_expected(kw: dict[str, object], message: s
 ])
 def test_the_stream_log_is_a_sqlite_file_or_a_postgresql_url(given: str, kept: str | Path) -> None:
     assert StreamConfig.from_args(_args(log=given)).log == kept
+
+
+def test_the_recipes_log_is_the_streams_default_so_the_monitor_reads_what_it_writes() -> None:
+    shared = "postgresql://mlops@db/logs"
+
+    assert StreamConfig.from_args(_args(), recipe_log=shared).log == shared
+    assert StreamConfig.from_args(_args(log="mine.sqlite"), recipe_log=shared).log == Path("mine.sqlite")
+    assert StreamConfig.from_args(_args()).log is None  # the model's default log, named once the model is known
+    with pytest.raises(MlopsError, match="the recipe's monitor.log redis://127.0.0.1:6379/0: "):
+        StreamConfig.from_args(_args(), recipe_log="redis://127.0.0.1:6379/0")
