@@ -67,7 +67,7 @@ class LiveServer:
         env |= {"MLOPS_HOME": str(self.home / ".mlops"), "PYTHONUNBUFFERED": "1"}
         with self.output.open("ab") as sink:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        wait_ready(self.port, self.proc, START_TIMEOUT, lambda: self.output.read_text(errors="replace")[-3000:])
+        wait_ready(self.port, self.proc, START_TIMEOUT, self.tail)
         self.starts.append(list(args))
 
     def stop(self) -> None:
@@ -78,6 +78,10 @@ class LiveServer:
     def metrics(self) -> str:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
             return r.read().decode()
+
+    def tail(self) -> str:
+        """What the server printed, its last lines."""
+        return self.output.read_text(errors="replace")[-3000:] if self.output.exists() else "(no output)"
 
 
 class Traffic:
@@ -90,17 +94,20 @@ class Traffic:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def send(self, n: int) -> None:
+        """n requests, each answered: the server is not restarting, so a failure is the test's to report."""
         for _ in range(n):
-            self._one()
+            self._one(restarting=False)
 
-    def _one(self) -> None:
+    def _one(self, restarting: bool = True) -> None:
         rid = f"q{len(self.answered)}-{self.rng.randrange(10**9)}"
         row = {"age": self.rng.uniform(20, 70), "income": self.rng.uniform(20, 80), "city": self.rng.choice("abc")}
         try:
             _, _, headers = post(f"{self.server.url}/v1/models/toy:predict", {"id": rid, "instances": [row]},
                                  {"X-Request-Key": rid})
             post(f"{self.server.url}/v1/feedback", {"id": rid, "label": truth(row)})
-        except (OSError, urllib.error.URLError):
+        except (OSError, urllib.error.URLError) as exc:
+            if not restarting:  # a request skipped here once left a shadow check one row short, unexplained
+                raise AssertionError(f"request {rid} failed: {exc!r}\n{self.server.tail()}") from exc
             time.sleep(0.05)  # the server is restarting for the next stage
             return
         variant = {k.lower(): v for k, v in headers.items()}.get("x-model-variant", "")
@@ -181,7 +188,7 @@ def test_the_shadow_check_reads_what_the_live_server_logged(registry: MlflowRegi
         return LogRollout(clock=lambda: next(calls, time.time()))
 
     result = watch().shadow(target, ShadowStageConfig(min_rows=80, max_disagreement=1.0, timeout_s=10))
-    assert result.passed, result.summary
+    assert result.passed, f"{result.summary} (the server's shadow counter: {shadow_rows:.0f})\n{server.tail()}"
     assert result.evidence["paired_rows"] == 80 == shadow_rows
     assert result.evidence["disagreements"] == counted > 0  # the two seeds' models do disagree
     accuracy = result.evidence["accuracy"]
