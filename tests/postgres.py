@@ -49,3 +49,10 @@ def throwaway_database(prefix: str) -> Iterator[tuple[Any, str]]:
             # FORCE (PostgreSQL 13+) ends connections a dying server may still hold
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@contextmanager
+def throwaway_url(prefix: str, scheme: str = "postgresql") -> Iterator[str]:
+    """`throwaway_database`'s database as a URL, SCHEME://USER@HOST:PORT/NAME; dropped on exit."""
+    with throwaway_database(prefix) as (info, name):
+        yield f"{scheme}://{info.user}@{info.host}:{info.port}/{name}"

@@ -111,6 +111,49 @@ def create_schema(db: Any) -> None:
     db.commit()
 
 
+def ensure_durable(db: Any) -> None:
+    """A server (or role) configured with synchronous_commit=off would acknowledge commits it could still lose:
+    this session turns it back on (any other setting already waits for at least the local flush). Then
+    autocommit: the writers write their own BEGIN and COMMIT."""
+    with db.cursor() as cur:
+        cur.execute("SHOW synchronous_commit")
+        (mode,) = cur.fetchone()
+        if mode == "off":
+            cur.execute("SET synchronous_commit = on")
+    db.commit()
+    db.autocommit = True
+
+
+def open_writer(url: str) -> Any:
+    """A connection that writes the log: its tables created if missing, its commits durable. Closed again if
+    either fails."""
+    db = connect(url)  # a wrong URL fails here, at startup, not at the first write
+    try:
+        create_schema(db)
+        ensure_durable(db)
+    except Exception:
+        db.close()
+        raise
+    return db
+
+
+def insert_values(cur: Any, table: str, rows: list[tuple[Any, ...]]) -> bytes:
+    """One multi-row INSERT of `rows` into `table`, its values bound by the driver."""
+    return _INSERT[table] + b",".join(cur.mogrify(_VALUES[table], r) for r in rows)
+
+
+def rollback(db: Any) -> None:
+    """End the open transaction, if the connection still can: a failed statement skips the rest of its query
+    string, and leaves its transaction open and aborted."""
+    import psycopg2
+
+    try:
+        with db.cursor() as cur:
+            cur.execute("ROLLBACK")
+    except psycopg2.Error:
+        pass
+
+
 def _note_limits(limits: LogLimits) -> None:
     global _limits_noted
     if (limits.retains or limits.wal_max_bytes is not None) and not _limits_noted:
@@ -134,27 +177,8 @@ class PgPredictionLog(QueuedLog):
         self.max_group = max_group
         self.limits = limits or LogLimits()
         _note_limits(self.limits)
-        self._db: Any = connect(url)  # a wrong URL fails here, at startup, not at the first request
-        try:
-            create_schema(self._db)
-            self._ensure_durable(self._db)
-        except Exception:
-            self._db.close()
-            raise
+        self._db: Any = open_writer(url)
         self._start_writer("prediction-log-pg")
-
-    @staticmethod
-    def _ensure_durable(db: Any) -> None:
-        """A server (or role) configured with synchronous_commit=off would acknowledge commits it could still
-        lose: this session turns it back on (any other setting already waits for at least the local flush).
-        Then autocommit: `_commit` writes its own BEGIN and COMMIT."""
-        with db.cursor() as cur:
-            cur.execute("SHOW synchronous_commit")
-            (mode,) = cur.fetchone()
-            if mode == "off":
-                cur.execute("SET synchronous_commit = on")
-        db.commit()
-        db.autocommit = True
 
     def _writer(self) -> None:
         stopping = False
@@ -181,12 +205,12 @@ class PgPredictionLog(QueuedLog):
         try:
             if self._db is None:  # the last connection broke (a restarted server): this group tries a new one
                 self._db = connect(self.path)
-                self._ensure_durable(self._db)
+                ensure_durable(self._db)
             with self._db.cursor() as cur:
                 parts = [b"BEGIN", cur.mogrify("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))]
                 for table, rows in tables.items():
                     if rows:
-                        parts.append(_INSERT[table] + b",".join(cur.mogrify(_VALUES[table], r) for r in rows))
+                        parts.append(insert_values(cur, table, rows))
                 parts.append(b"COMMIT")
                 cur.execute(b"; ".join(parts))
             return None
@@ -197,15 +221,9 @@ class PgPredictionLog(QueuedLog):
             return error
 
     def _discard_transaction(self) -> None:
-        import psycopg2
-
         if self._db is None:
             return
-        try:  # a failed statement skips the rest of the string, and leaves its transaction open and aborted
-            with self._db.cursor() as cur:
-                cur.execute("ROLLBACK")
-        except psycopg2.Error:
-            pass
+        rollback(self._db)
         if self._db.closed:
             self._db = None
 
@@ -232,14 +250,10 @@ class PgIdempotentLog:
     def _open(self) -> Any:
         import psycopg2
 
-        db = connect(self.path)  # an unreachable server fails here, before any message is read
-        try:
-            create_schema(db)
-            PgPredictionLog._ensure_durable(db)
+        try:  # an unreachable server fails here, before any message is read
+            return open_writer(self.path)
         except psycopg2.Error as exc:
-            db.close()
             raise MlopsError(f"cannot use the prediction log {redacted(self.path)}: {str(exc).strip()}") from None
-        return db
 
     def write(self, rows: list[tuple[Any, ...]]) -> int:
         """Insert the rows not yet logged; return how many were already there. A connection that broke (the
@@ -260,7 +274,7 @@ class PgIdempotentLog:
                                      "again") from None
                 self._db = self._open()
             except psycopg2.Error as exc:  # refused (a role without INSERT, a full disk): the user's to fix
-                self._rollback()
+                rollback(self._db)
                 raise MlopsError(f"the prediction log {redacted(self.path)} refused the batch: "
                                  f"{str(exc).strip()}") from None
         raise AssertionError("unreachable")
@@ -271,20 +285,10 @@ class PgIdempotentLog:
             cur.execute("BEGIN; SELECT pg_advisory_xact_lock(%s); "
                         "SELECT id, variant FROM predictions WHERE id = ANY(%s)",
                         (WRITE_LOCK, sorted({r[0] for r in rows})))
-            present = {(i, v) for i, v in cur.fetchall()}
+            present = set(cur.fetchall())
             new = [r for r in rows if (r[0], r[4]) not in present]
-            insert = [_INSERT["predictions"] + b",".join(cur.mogrify(_VALUES["predictions"], r) for r in new)]
-            cur.execute(b"; ".join([*(insert if new else []), b"COMMIT"]))
+            cur.execute(b"; ".join([insert_values(cur, "predictions", new), b"COMMIT"] if new else [b"COMMIT"]))
         return len(rows) - len(new)
-
-    def _rollback(self) -> None:
-        import psycopg2
-
-        try:
-            with self._db.cursor() as cur:
-                cur.execute("ROLLBACK")
-        except psycopg2.Error:
-            pass
 
     def close(self) -> None:
         if not self._db.closed:

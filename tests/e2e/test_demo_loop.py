@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.postgres import throwaway_database
+from tests.postgres import throwaway_url
 
 pytestmark = pytest.mark.e2e
 
@@ -50,8 +50,7 @@ def test_the_loop_closes_on_a_shared_postgres_log_with_two_replicas(isolated_env
     """`make demo-loop ARGS="--log postgresql://... --replicas 2"`: two servers write one prediction log in
     PostgreSQL; production's predictions and their ground truth reach them in turn; the monitor and the retrain read
     that one log; both servers end up answering with the new champion, neither restarted."""
-    with throwaway_database("mlops_loop") as (info, name):
-        log = f"postgresql://{info.user}@{info.host}:{info.port}/{name}"
+    with throwaway_url("mlops_loop") as log:
         proc = subprocess.run([sys.executable, "examples/demo_loop.py", "--home", str(tmp_path / "loop"), "--json",
                                "--log", log, "--replicas", "2", *FAST], cwd=ROOT, env=isolated_env,
                               capture_output=True, text=True, timeout=1800)

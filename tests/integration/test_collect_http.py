@@ -20,7 +20,7 @@ from mlops.core.ports import free_port
 from mlops.core.predlog import LogFilter
 from mlops.core.predlog_store import open_reader
 from mlops.monitor.logstream import parse_rows
-from tests.postgres import throwaway_database
+from tests.postgres import throwaway_url
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +33,8 @@ def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'log.sqlite'}"
         return
-    with throwaway_database("mlops_collect") as (info, name):
-        yield f"postgresql://{info.user}@{info.host}:{info.port}/{name}"
+    with throwaway_url("mlops_collect") as url:
+        yield url
 
 
 @pytest.fixture

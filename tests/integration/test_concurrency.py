@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
-from tests.postgres import throwaway_database
+from tests.postgres import throwaway_url
 
 ROUNDS = 2  # each round its own store, both processes released by one barrier (a fresh store costs ~20 s)
 MODEL = "race"
@@ -79,9 +79,8 @@ def fresh_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[lis
     with ExitStack() as stack:
         uris = []
         for _ in range(ROUNDS):
-            info, name = stack.enter_context(throwaway_database("mlops_race"))
             # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the dev extra brings psycopg2
-            uris.append(f"postgresql+psycopg2://{info.user}@{info.host}:{info.port}/{name}")
+            uris.append(stack.enter_context(throwaway_url("mlops_race", "postgresql+psycopg2")))
         yield uris
 
 

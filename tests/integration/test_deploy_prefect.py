@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import ROOT, run_cli
 from tests.net import prefect_api as api
 from tests.net import start_prefect_server, stop_process
-from tests.postgres import throwaway_database, unavailable
+from tests.postgres import throwaway_url, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +41,8 @@ def postgres_db() -> Iterator[str]:
         import asyncpg  # noqa: F401  (Prefect's PostgreSQL driver)
     except ImportError as exc:
         unavailable(f"{exc.name} is not installed (asyncpg comes with prefect; psycopg2 with the dev extra)")
-    with throwaway_database("mlops_prefect") as (info, name):
-        yield f"postgresql+asyncpg://{info.user}@{info.host}:{info.port}/{name}"
+    with throwaway_url("mlops_prefect", "postgresql+asyncpg") as url:
+        yield url
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from mlops.core.predlog import LogFilter, LogReader
 from mlops.monitor.logstream import count_windows, read_chunks, read_windows, time_windows
 from tests.logwindow_fixtures import COLUMNS, generated_feedback, generated_rows, windows_differ, write_log
-from tests.postgres import throwaway_database
+from tests.postgres import throwaway_url
 
 pytestmark = pytest.mark.integration
 N = 1200
@@ -26,8 +26,7 @@ def logs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     rows = generated_rows(N, seed=5, task=task)
     feedback = generated_feedback(rows)
     sqlite = str(tmp_path_factory.mktemp("pgwin") / "log.sqlite")
-    with throwaway_database("mlops_logwin") as (info, name):
-        url = f"postgresql://{info.user}@{info.host}:{info.port}/{name}"
+    with throwaway_url("mlops_logwin") as url:
         write_log(url, rows, feedback)
         write_log(sqlite, rows, feedback)
         yield url, sqlite, task
@@ -66,8 +65,7 @@ def test_a_nul_in_a_string_does_not_stop_the_read(tmp_path: Path) -> None:
     NUL in a category): that row's value reads as U+FFFD, and the window around it is read."""
     rows = generated_rows(40, seed=2)
     rows[7] = (*rows[7][:5], json.dumps({"age": 30.0, "income": 5, "city": "a\x00b", "plan": "x"}), *rows[7][6:])
-    with throwaway_database("mlops_lognul") as (info, name):
-        url = f"postgresql://{info.user}@{info.host}:{info.port}/{name}"
+    with throwaway_url("mlops_lognul") as url:
         write_log(url, rows, [])
         flt = LogFilter("toy", variants=())
         window = next(iter(read_windows(url, flt, COLUMNS, "binary", size=20, in_sql=True)))

@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from mlops.data.sources import load_builtin
 from tests.conftest import cli_env
 from tests.net import free_port, stop_process, wait_ready
-from tests.postgres import throwaway_database
+from tests.postgres import throwaway_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("mlflow-server")]
 
@@ -46,9 +46,9 @@ DOWNLOAD = re.compile(r'"GET /api/2\.0/mlflow-artifacts/artifacts/\S+?/bundle/mo
 @pytest.fixture(scope="module")
 def postgres_db() -> Iterator[str]:
     """A fresh, empty database; yields its SQLAlchemy URI and drops it afterwards."""
-    with throwaway_database("mlops_it") as (info, name):
-        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed: name the driver
-        yield f"postgresql+psycopg2://{info.user}@{info.host}:{info.port}/{name}"
+    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed: name the driver
+    with throwaway_url("mlops_it", "postgresql+psycopg2") as url:
+        yield url
 
 
 def _tail(path: Path, n: int = 4000) -> str:

@@ -25,15 +25,15 @@ from mlops.core.predlog import (
 )
 from mlops.core.predlog_pg import LogWriteError
 from mlops.core.predlog_store import open_log, open_reader, record_feedback
-from tests.postgres import throwaway_database
+from tests.postgres import throwaway_url
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    with throwaway_database("mlops_predlog") as (info, name):
-        yield f"postgresql://{info.user}@{info.host}:{info.port}/{name}"
+    with throwaway_url("mlops_predlog") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

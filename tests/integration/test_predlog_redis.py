@@ -24,7 +24,7 @@ from mlops.core.predlog import prediction_rows
 from mlops.core.predlog_redis import entry
 from mlops.core.predlog_store import open_log, open_reader, record_feedback
 from tests.net import REDIS_URL, redis_client, start_server, stop_process
-from tests.postgres import throwaway_database
+from tests.postgres import throwaway_url
 from tests.serve_fixtures import build_bundle
 
 pytestmark = pytest.mark.integration
@@ -87,8 +87,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield str(tmp_path / "log.sqlite")
         return
-    with throwaway_database("mlops_collect") as (info, dbname):
-        yield f"postgresql://{info.user}@{info.host}:{info.port}/{dbname}"
+    with throwaway_url("mlops_collect") as url:
+        yield url
 
 
 def test_collect_lands_predictions_shadow_and_feedback_once(stream: tuple[Any, str, str], store: str) -> None:

@@ -27,7 +27,7 @@ from mlops.package.predictor import Predictor
 from tests.conftest import ROOT
 from tests.net import REDIS_URL, drop_stream, redis_client
 from tests.polling import until
-from tests.postgres import throwaway_database
+from tests.postgres import throwaway_url
 from tests.serve_fixtures import build_bundle
 
 pytestmark = pytest.mark.integration
@@ -111,8 +111,8 @@ def held_log(request: pytest.FixtureRequest, setup: tuple[Path, Path, Path]) -> 
         yield log
         log.db.close()
         return
-    with throwaway_database("mlops_stream") as (info, name):
-        log = HeldPgLog(f"postgresql://{info.user}@{info.host}:{info.port}/{name}")
+    with throwaway_url("mlops_stream") as url:
+        log = HeldPgLog(url)
         yield log
         log.db.close()
 
@@ -262,8 +262,7 @@ def test_the_shared_log_takes_each_prediction_once_from_racing_consumers_and_sur
     """Four writers (consumers' logs on one PostgreSQL database) write the same 120 stream rows at once, each in
     its own order and batches: every (id, variant) lands once, and the skipped rows add up. Then the database
     drops a writer's connection (as a restart does): its next batch reconnects and lands."""
-    with throwaway_database("mlops_stream_race") as (info, name):
-        url = f"postgresql://{info.user}@{info.host}:{info.port}/{name}"
+    with throwaway_url("mlops_stream_race") as url:
         rows = prediction_rows([f"s:{k}-0" for k in range(120)], "toy", "3", "stream",
                                [{"a": k} for k in range(120)], [{"label": "yes"}] * 120, 1.0)
         logs = [PgIdempotentLog(url) for _ in range(4)]
@@ -282,8 +281,8 @@ def test_the_shared_log_takes_each_prediction_once_from_racing_consumers_and_sur
         admin = connect(url)
         admin.autocommit = True
         with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND "
-                        "application_name = 'mlops prediction log' AND pid <> pg_backend_pid()", (name,))
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND application_name = 'mlops prediction log' AND pid <> pg_backend_pid()")
             later = prediction_rows(["s:500-0"], "toy", "3", "stream", [{"a": 500}], [{"label": "no"}], 1.0)
             assert logs[1].write(later + rows[:3]) == 3  # reconnected: the new row lands, the old are found
             cur.execute("SELECT id, variant FROM predictions")

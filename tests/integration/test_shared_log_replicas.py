@@ -33,7 +33,7 @@ from mlops.package.bundle import read_bundle
 from tests.conftest import ROOT, cli_env, last_json, run_cli
 from tests.monitor_fixtures import build_breast_cancer_bundle, quickstart_split
 from tests.net import free_port, stop_process, wait_ready
-from tests.postgres import throwaway_database
+from tests.postgres import throwaway_url
 
 pytestmark = pytest.mark.integration
 
@@ -48,8 +48,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def log_url() -> Iterator[str]:
-    with throwaway_database("mlops_replicas") as (info, name):
-        yield f"postgresql://{info.user}@{info.host}:{info.port}/{name}"
+    with throwaway_url("mlops_replicas") as url:
+        yield url
 
 
 class Replica:

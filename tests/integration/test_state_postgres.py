@@ -16,15 +16,15 @@ from mlops.improve.triggers import read_alerts
 from mlops.monitor.results import AlertRecord, AlertWindow, WindowSummary
 from mlops.monitor.rules import RuleState
 from mlops.monitor.store import MonitorStore, PgMonitorStore, open_store
-from tests.postgres import throwaway_database
+from tests.postgres import throwaway_url
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    with throwaway_database("mlops_state") as (info, name):
-        yield f"postgresql://{info.user}@{info.host}:{info.port}/{name}"
+    with throwaway_url("mlops_state") as url:
+        yield url
 
 
 def test_audit_round_trip(pg_url: str) -> None:
@@ -100,8 +100,8 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[MonitorStore]:
     if request.param == "sqlite":
         yield open_store(tmp_path / "m.sqlite", tmp_path / "predictions.db")
         return
-    with throwaway_database("mlops_mon") as (info, name):
-        yield open_store(tmp_path / "unused.sqlite", f"postgresql://{info.user}@{info.host}:{info.port}/{name}")
+    with throwaway_url("mlops_mon") as url:
+        yield open_store(tmp_path / "unused.sqlite", url)
 
 
 def test_monitor_state_round_trip_and_hysteresis(store: MonitorStore, tmp_path) -> None:

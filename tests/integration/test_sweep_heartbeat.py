@@ -21,15 +21,15 @@ from optuna.trial import TrialState
 from mlops.sweep import study as study_mod
 from mlops.sweep.study import DIED, ERROR, OWNER, RETRY_OF, counts, rdb_storage, recover_orphans
 from tests.conftest import ROOT
-from tests.postgres import throwaway_database
+from tests.postgres import throwaway_url
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    with throwaway_database("mlops_heartbeat") as (info, name):
-        yield f"postgresql+psycopg2://{info.user}@{info.host}:{info.port}/{name}"
+    with throwaway_url("mlops_heartbeat", "postgresql+psycopg2") as url:
+        yield url
 
 
 WORKER = textwrap.dedent("""
