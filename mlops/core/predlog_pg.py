@@ -124,14 +124,30 @@ def ensure_durable(db: Any) -> None:
     db.autocommit = True
 
 
+# SQLSTATE of "permission denied" (insufficient_privilege)
+_NO_PRIVILEGE = "42501"
+
+
 def open_writer(url: str) -> Any:
     """A connection that writes the log: its tables created if missing, its commits durable. Closed again if
-    either fails."""
+    either fails; what PostgreSQL refused (a role that may not create the tables) is the user's to fix, so it is
+    said as such, at startup, not as a traceback."""
+    import psycopg2
+
     db = connect(url)  # a wrong URL fails here, at startup, not at the first write
     try:
         create_schema(db)
         ensure_durable(db)
-    except Exception:
+    except psycopg2.Error as exc:
+        db.close()
+        hint = ""
+        if exc.pgcode == _NO_PRIVILEGE:
+            hint = (" (the tables predictions and feedback are missing and this role may not create them: create "
+                    "them once with a role that may, e.g. start one server as the database's owner, then GRANT "
+                    "SELECT, INSERT on them and USAGE on their rowid sequences to this role)")
+        reason = exc.diag.message_primary or str(exc).strip()  # the first line, without the statement quoted
+        raise MlopsError(f"cannot use the prediction log {redacted(url)}: {reason}{hint}") from None
+    except BaseException:
         db.close()
         raise
     return db
@@ -245,15 +261,7 @@ class PgIdempotentLog:
 
     def __init__(self, url: str) -> None:
         self.path = url
-        self._db: Any = self._open()
-
-    def _open(self) -> Any:
-        import psycopg2
-
-        try:  # an unreachable server fails here, before any message is read
-            return open_writer(self.path)
-        except psycopg2.Error as exc:
-            raise MlopsError(f"cannot use the prediction log {redacted(self.path)}: {str(exc).strip()}") from None
+        self._db: Any = open_writer(url)  # an unreachable server fails here, before any message is read
 
     def write(self, rows: list[tuple[Any, ...]]) -> int:
         """Insert the rows not yet logged; return how many were already there. A connection that broke (the
@@ -272,7 +280,7 @@ class PgIdempotentLog:
                     raise MlopsError(f"lost the prediction log {redacted(self.path)}: {str(exc).strip()}. The "
                                      "batch stays pending in the stream and is logged when a consumer starts "
                                      "again") from None
-                self._db = self._open()
+                self._db = open_writer(self.path)
             except psycopg2.Error as exc:  # refused (a role without INSERT, a full disk): the user's to fix
                 rollback(self._db)
                 raise MlopsError(f"the prediction log {redacted(self.path)} refused the batch: "

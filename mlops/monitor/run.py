@@ -201,9 +201,26 @@ def _other_traffic_note(target: _Target, after: int) -> list[str]:
     others = other_traffic(target.log_path, target.flt, after)
     if not others:
         return []
-    version = f" version {target.version}" if target.version else ""
-    return [f"no new rows of model '{target.meta.name}'{version} ({', '.join(target.flt.variants)}) in "
-            f"{target.log_path}; it has " + "; ".join(f"{n} rows of {k}" for k, n in others.items())]
+    return [filter_miss_note(target.meta.name, target.version, target.flt.variants, target.log_path, others)]
+
+
+def filter_miss_note(model: str, version: str | None, variants: tuple[str, ...], where: object,
+                     others: dict[str, int]) -> str:
+    """What the log holds instead (`others`: `LogReader.traffic`'s counts) and, where this model's rows are under a
+    variant the filter leaves out (`stream`, from `mlops stream`, is the usual one), the override that adds it."""
+    at = f" version {version}" if version else ""
+    note = (f"no new rows of model '{model}'{at} ({', '.join(variants)}) in {where}; it has "
+            + "; ".join(f"{n} rows of {k}" for k, n in others.items()))
+    missed = set()
+    for key in others:  # traffic's keys read "model M version V variant W" (V "-" where none)
+        head, variant = key.rsplit(" variant ", 1)
+        name, v = head.removeprefix("model ").rsplit(" version ", 1)
+        if name == model and version in (None, v) and variant not in variants:
+            missed.add(variant)
+    if missed:
+        note += (f". To judge the {', '.join(sorted(missed))} rows too, list the variant in monitor.variants, e.g. "
+                 f"monitor.variants=[{','.join([*variants, *sorted(missed)])}]")
+    return note
 
 
 def _error_rate(target: _Target, summaries: list[WindowSummary]) -> tuple[str, dict[str, float]] | None:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from mlops.core.predlog import (
     prediction_rows,
 )
 from mlops.core.predlog_pg import LogWriteError
-from mlops.core.predlog_store import open_log, open_reader, record_feedback
+from mlops.core.predlog_store import open_idempotent_log, open_log, open_reader, record_feedback
 from tests.postgres import throwaway_url
 
 pytestmark = pytest.mark.integration
@@ -198,29 +199,51 @@ def test_replicas_starting_together_share_one_schema(pg_url: str) -> None:
         assert len(reader.predictions(("champion",))) == 4
 
 
-def test_a_role_without_create_serves_a_log_that_exists(pg_url: str) -> None:
-    """Tables made once (by an owner, a migration); the servers' role may only insert and select."""
-    open_log(pg_url).close()
+@contextmanager
+def role_without_create(pg_url: str, *grants: str) -> Iterator[str]:
+    """The log's URL as a new login role that may not create tables in it (PUBLIC's CREATE on schema public
+    revoked), given `grants` (GRANT statements' privilege clauses); the role is dropped on exit."""
     db = admin(pg_url)
     role = f"writer_{pg_url.rsplit('_', 1)[-1]}"
     try:
         with db.cursor() as cur:
             cur.execute(f'CREATE ROLE "{role}" LOGIN')
             cur.execute('REVOKE CREATE ON SCHEMA public FROM PUBLIC')
-            cur.execute(f'GRANT SELECT, INSERT ON predictions, feedback TO "{role}"')
-            cur.execute(f'GRANT USAGE ON SEQUENCE predictions_rowid_seq, feedback_rowid_seq TO "{role}"')
-        url = pg_url.replace("://postgres@", f"://{role}@")
-        log = open_log(url)
-        log.submit("predictions", prediction_rows(["w"], "m", None, "champion", [{}], [{}], 1.0)).result(timeout=30)
-        log.close()
-        with open_reader(url) as reader:
-            assert reader.known_ids(["w"]) == {"w"}
+            for grant in grants:
+                cur.execute(f'GRANT {grant} TO "{role}"')
+        yield pg_url.replace("://postgres@", f"://{role}@")
     finally:
         with db.cursor() as cur:
             cur.execute(f'DROP OWNED BY "{role}"')
         db.close()
         with admin(pg_url.rsplit("/", 1)[0] + "/postgres").cursor() as cur:
             cur.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_a_role_without_create_serves_a_log_that_exists(pg_url: str) -> None:
+    """Tables made once (by an owner, a migration); the servers' role may only insert and select."""
+    open_log(pg_url).close()
+    with role_without_create(pg_url, "SELECT, INSERT ON predictions, feedback",
+                             "USAGE ON SEQUENCE predictions_rowid_seq, feedback_rowid_seq") as url:
+        log = open_log(url)
+        log.submit("predictions", prediction_rows(["w"], "m", None, "champion", [{}], [{}], 1.0)).result(timeout=30)
+        log.close()
+        with open_reader(url) as reader:
+            assert reader.known_ids(["w"]) == {"w"}
+
+
+def test_a_role_without_create_on_a_database_without_the_tables_is_told_what_to_do(pg_url: str) -> None:
+    """A server (or a stream consumer) started as such a role stops at startup with what to fix, not a traceback
+    from the driver."""
+    with role_without_create(pg_url) as url:
+        for opener in (open_log, open_idempotent_log):
+            with pytest.raises(MlopsError) as caught:
+                opener(url)
+            message = str(caught.value)
+            assert message.startswith(f"cannot use the prediction log {url}: permission denied"), message
+            assert "may not create them" in message and "GRANT" in message
+    with pytest.raises(MlopsError, match="no prediction log at"):  # nothing half-made behind
+        open_reader(pg_url)
 
 
 def test_an_unreachable_server_fails_at_open(pg_url: str) -> None:

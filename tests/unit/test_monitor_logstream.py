@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlops.core.predlog import LogFilter, PredictionLog, feedback_row
+from mlops.core.predlog import LogFilter, PredictionLog, feedback_row, prediction_rows
+from mlops.core.predlog_store import open_reader
 from mlops.monitor.logstream import Rows, count_windows, read_chunks, time_windows
 from mlops.monitor.operations import error_rate, operational
 from mlops.monitor.quality import live_quality
+from mlops.monitor.run import filter_miss_note
 from mlops.monitor.schema_checks import check_schema
 from mlops.package.bundle import read_bundle
 from mlops.recipe.monitor import SchemaChecksConfig
@@ -170,3 +172,22 @@ def test_error_rate_since_the_previous_scrape_survives_a_restart() -> None:
     assert later["rate"] == pytest.approx(10 / 100)
     restarted = error_rate({"200": 180.0, "500": 5.0}, {"200": 10.0, "500": 2.0}, count_4xx=False)
     assert restarted["restarted"] and restarted["rate"] == pytest.approx(2 / 12)
+
+
+def test_a_filter_that_misses_streamed_rows_names_the_override(tmp_path: Path) -> None:
+    """A consumer's rows are variant `stream`; a monitor left at champion and challenger sees none of them, and
+    its note says which override adds them (and suggests nothing for other models' or versions' rows)."""
+    path = tmp_path / "log.sqlite"
+    _write(path, prediction_rows(["a", "b"], "m", "3", "stream", [{}, {}], [{}, {}], 1.0)
+           + prediction_rows(["c"], "m", "2", "canary", [{}], [{}], 1.0)
+           + prediction_rows(["d"], "other", "3", "shadow", [{}], [{}], 1.0))
+    with open_reader(path) as reader:
+        others = reader.traffic(0)
+    note = filter_miss_note("m", "3", ("champion", "challenger"), path, others)
+    assert "2 rows of model m version 3 variant stream" in note
+    assert note.endswith("To judge the stream rows too, list the variant in monitor.variants, e.g. "
+                         "monitor.variants=[champion,challenger,stream]")
+    assert "canary" not in note.split(". To judge")[1] and "shadow" not in note.split(". To judge")[1]
+    every_version = filter_miss_note("m", None, ("champion",), path, others)
+    assert every_version.endswith("monitor.variants=[champion,canary,stream]")
+    assert ". To judge" not in filter_miss_note("m", "3", ("stream",), path, others)
