@@ -115,6 +115,12 @@ def built_rows(items: Sequence[Rows]) -> list[list[tuple[Any, ...]] | BaseExcept
     return out
 
 
+# what a group's commit can fail with: SQLite's errors, and a value it cannot bind (a str that is no UTF-8, an int
+# past 64 bits). The servers refuse such values at the request, but a writer stopped by one would leave every later
+# request waiting for a commit that never comes: the group fails instead (503) and the writer goes on
+UNWRITABLE = (sqlite3.Error, ValueError, OverflowError)
+
+
 class QueuedLog:
     """The hand-off every store of the log shares: rows queued to one writer thread (the store's `_writer`),
     each submit's future resolved once the group holding it is committed (or failed with its error)."""
@@ -229,7 +235,7 @@ class PredictionLog(QueuedLog):
                         db.executemany(_INSERT[table], rows)
                 db.commit()
                 error = None
-            except sqlite3.Error as exc:  # reported to every waiting request: they answer 503, not 200
+            except UNWRITABLE as exc:  # reported to every waiting request: they answer 503, not 200
                 db.rollback()
                 error = exc
             self._dirty, self._resting = True, False  # its checkpoint is due in CHECKPOINT_EVERY_S, not REST_S
@@ -475,7 +481,7 @@ class LoopCommits:
             for table, rows in tables.items():
                 self.db.executemany(_INSERT[table], rows)
             self.db.commit()
-        except sqlite3.Error as exc:  # every request of the group fails: none of them answers 200
+        except UNWRITABLE as exc:  # every request of the group fails: none of them answers 200
             self.db.rollback()
             error = exc
         self.log.note_commit()

@@ -230,7 +230,9 @@ class PgPredictionLog(QueuedLog):
                 parts.append(b"COMMIT")
                 cur.execute(b"; ".join(parts))
             return None
-        except (psycopg2.Error, MlopsError) as exc:  # reported to every waiting request: they answer 503
+        # a value the driver cannot encode (ValueError, OverflowError) fails the group too, not the writer (see
+        # mlops.core.predlog.UNWRITABLE)
+        except (psycopg2.Error, MlopsError, ValueError, OverflowError) as exc:  # every waiting request answers 503
             self._discard_transaction()
             error = LogWriteError(f"{type(exc).__name__}: {str(exc).strip()}")
             error.__cause__ = exc

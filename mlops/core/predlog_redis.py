@@ -138,7 +138,8 @@ class RedisPredictionLog(QueuedLog):
                 pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
             pipe.execute()  # raises on the first failed command
             return None
-        except (redis.RedisError, MlopsError, OSError) as exc:  # reported to every waiting request: they answer 503
+        # a value Redis cannot take (a str that is no UTF-8) fails the group, not the writer (predlog.UNWRITABLE)
+        except (redis.RedisError, MlopsError, OSError, ValueError) as exc:  # every waiting request answers 503
             if self._client is not None:
                 try:
                     self._client.close()

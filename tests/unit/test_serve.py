@@ -98,6 +98,16 @@ BAD = [
     ("feedback-no-id", "/v1/feedback", {"label": "yes"}, 400, "body.id"),
     ("feedback-no-label", "/v1/feedback", {"id": "x"}, 400, "body.label"),
     ("feedback-bad-value", "/v1/feedback", [{"id": "x", "value": "high"}], 400, "[0].value"),
+    # a lone surrogate (JSON escapes it, json.dumps below writes "\ud800") is no text the log or an answer can hold
+    ("v1-surrogate-id", "/v1/models/toy:predict", {"instances": [ROW], "id": "\ud800"}, 400, "id"),
+    ("v1-surrogate-column", "/v1/models/toy:predict", {"instances": [ROW | {"\udfff": 1}]}, 400, "instances[0]"),
+    ("v1-surrogate-category", "/v1/models/toy:predict", {"instances": [ROW | {"city": "a\ud800"}]}, 400,
+     "instances[0].city"),
+    ("v2-surrogate-id", "/v2/models/toy/infer", v2(GOOD_V2, id="\udc00"), 400, "id"),
+    ("v2-surrogate-name", "/v2/models/toy/infer", v2(GOOD_V2 + [col("\ud800", [1, 2])]), 400, "inputs[3].name"),
+    ("v2-surrogate-bytes", "/v2/models/toy/infer", v2(GOOD_V2[:2] + [col("city", ["a", "\ud800"], "BYTES")]), 400,
+     "inputs[2].data[1]"),
+    ("feedback-surrogate-id", "/v1/feedback", {"id": "\ud800", "label": "yes"}, 400, "id"),
 ]
 
 

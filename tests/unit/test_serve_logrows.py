@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mlops.core.predlog import LoopCommits, PredictionLog, built_rows, read_predictions
+from mlops.core.predlog import LoopCommits, PredictionLog, built_rows, prediction_rows, read_predictions
 from mlops.package.predictor import DESCRIPTORS, EMBEDDING, Predictor
 from mlops.serve.logrows import PendingPrediction
 from tests.media_fixtures import IMAGE, build_media_bundle, instance
@@ -108,3 +108,35 @@ def test_the_loop_commit_waits_one_more_trip_for_the_next_requests(predictor: Pr
     log.close()
     assert groups == [2, 1]
     assert {r["id"] for r in read_predictions(tmp_path / "log.sqlite")} == {"first-0", "second-0", "alone-0"}
+
+
+def test_a_row_sqlite_cannot_bind_fails_its_group_and_the_writers_go_on(tmp_path: Path) -> None:
+    """A str that is no UTF-8 (a lone surrogate) or an int past 64 bits, should one ever reach the log: its group
+    answers with the error (503), and the next requests commit, on the loop and on the log thread alike. Before,
+    the error escaped the commit: the loop's group waited for good and the log thread died."""
+    log = PredictionLog(tmp_path / "log.sqlite")
+    commits = LoopCommits(log)
+    bad = [prediction_rows(["s"], "m", None, "champion", [{}], [{}], 1.0)[0][:2] + ("m\ud800",)
+           + prediction_rows(["s"], "m", None, "champion", [{}], [{}], 1.0)[0][3:],
+           ("big", 1.0, "m", None, "champion", "{}", "{}", 10**30)]
+
+    async def requests(row: tuple[Any, ...], tag: str) -> list[Any]:
+        return await asyncio.gather(commits.write("predictions", [row]),
+                                    commits.write("predictions", prediction_rows([tag], "m", None, "champion",
+                                                                                 [{}], [{}], 1.0)),
+                                    return_exceptions=True)
+
+    for n, row in enumerate(bad):
+        grouped = asyncio.run(asyncio.wait_for(requests(row, f"with-bad-{n}"), timeout=30))
+        assert all(isinstance(r, ValueError | OverflowError) for r in grouped), grouped  # the group failed
+        with pytest.raises((ValueError, OverflowError)):
+            log.submit("predictions", [row]).result(timeout=30)
+        asyncio.run(asyncio.wait_for(commits.write("predictions", prediction_rows([f"loop-{n}"], "m", None,
+                                                                                  "champion", [{}], [{}], 1.0)),
+                                     timeout=30))
+        log.submit("predictions", prediction_rows([f"thread-{n}"], "m", None, "champion", [{}], [{}], 1.0)
+                   ).result(timeout=30)
+    log.close()
+    commits.close()
+    assert {r["id"] for r in read_predictions(tmp_path / "log.sqlite")} == {"loop-0", "thread-0", "loop-1",
+                                                                            "thread-1"}
