@@ -62,6 +62,23 @@ class ServeOptions:
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
 
+def check_options(options: ServeOptions) -> None:
+    """What every runtime takes refused before anything loads: a port out of range (uvicorn would bind another
+    one, or fail after the model loaded), a request limit under one row, flags that do nothing alone."""
+    for flag, port in (("--port", options.port), ("--grpc-port", options.grpc_port)):
+        if port is not None and not 0 < port < 65536:
+            raise MlopsError(f"{flag} {port}: expected a port from 1 to 65535")
+    if options.grpc_port is not None and options.grpc_port == options.port:
+        raise MlopsError(f"--grpc-port {options.grpc_port} is --port too: HTTP and gRPC need a port each")
+    if options.max_batch < 1:
+        raise MlopsError(f"--max-batch {options.max_batch}: expected the most rows one request may carry, at least 1")
+    if options.batch_wait_ms is not None and (options.batch_max or 1) <= 1:
+        raise MlopsError(f"--batch-wait-ms {options.batch_wait_ms} does nothing without --batch-max N (N >= 2): "
+                         "batching is off")
+    if not options.ab_key_header.strip():
+        raise MlopsError("--ab-key-header '': expected a header name (default X-Request-Key)")
+
+
 def check_body_timeout(body_timeout: float | None) -> float:
     """`--body-timeout S` (absent: the default), refusing nonsense."""
     timeout = DEFAULT_BODY_TIMEOUT_S if body_timeout is None else body_timeout
@@ -73,6 +90,7 @@ def check_body_timeout(body_timeout: float | None) -> float:
 def build_server(options: ServeOptions) -> Server:
     """The server of `options`: its models fetched and checked against each other, its log opened. Bad options
     fail before anything loads."""
+    check_options(options)
     ab_ref, ab_percent = parse_ab(options.ab) if options.ab else (None, 0.0)
     batch_max, batch_wait_ms = check_batching(options.batch_max, options.batch_wait_ms)
     body_timeout = check_body_timeout(options.body_timeout)
@@ -109,8 +127,6 @@ def serve(options: ServeOptions) -> None:
     import uvicorn
 
     server = build_server(options)
-    if options.grpc_port is not None and not 0 < options.grpc_port < 65536:
-        raise MlopsError(f"--grpc-port {options.grpc_port}: expected a port from 1 to 65535")
     if options.grpc_port is not None:  # on uvicorn's event loop, for the app's lifetime (its lifespan)
         check_port(options.host, options.grpc_port)
         server.services.append(grpc_service(server, options.host, options.grpc_port))
@@ -192,6 +208,7 @@ def serve_with_kserve(args: ServeOptions) -> None:
     if unsupported:
         raise MlopsError(f"--runtime kserve serves inference only; {', '.join(unsupported)} need the default "
                          "runtime (--runtime mlops)")
+    check_options(args)
     body_timeout = check_body_timeout(args.body_timeout)
     served = fetch(args.model)
     serve_kserve(served.path, args.host, args.port, max_batch=args.max_batch, version=served.version,

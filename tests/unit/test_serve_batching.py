@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from mlops.package.predictor import Prediction, Predictor, RequestError
 from mlops.serve.app import Server
 from mlops.serve.batching import MicroBatcher
 from mlops.serve.routing import Arm, assign_arm
-from mlops.serve.run import ServeOptions, build_server
+from mlops.serve.run import ServeOptions, build_server, serve_with_kserve
 from tests.conftest import ROOT
 from tests.serve_fixtures import build_bundle, training_frame
 
@@ -356,3 +357,24 @@ def test_serve_flags_and_build_server(bundle: Path, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1].replace("'", '"')) == []
+
+
+@pytest.mark.parametrize(("bad", "named"), [
+    ({"port": 80000}, "--port 80000: expected a port from 1 to 65535"),  # uvicorn would bind another port
+    ({"port": -1}, "--port -1: expected a port"),  # uvicorn would fail once the model had loaded
+    ({"grpc_port": 0}, "--grpc-port 0: expected a port"),
+    ({"port": 9000, "grpc_port": 9000}, "--grpc-port 9000 is --port too"),
+    ({"max_batch": 0}, "--max-batch 0: expected"),  # every request would be a 413
+    ({"max_batch": -5}, "--max-batch -5: expected"),
+    ({"batch_wait_ms": 5.0}, "--batch-wait-ms 5.0 does nothing without --batch-max"),
+    ({"batch_max": 1, "batch_wait_ms": 5.0}, "does nothing without --batch-max"),
+    ({"ab_key_header": " "}, "--ab-key-header"),
+])
+def test_serve_options_that_cannot_work_are_refused_before_the_model_loads(tmp_path: Path, bad: dict[str, Any],
+                                                                           named: str) -> None:
+    options = ServeOptions(model=str(tmp_path / "no-such-bundle"), log=str(tmp_path / "log.sqlite"), **bad)
+    with pytest.raises(MlopsError, match=re.escape(named)):  # a missing bundle would be the error were it later
+        build_server(options)
+    if set(bad) <= {"port", "max_batch"}:  # what the stock runtime takes too (it refuses the rest by name)
+        with pytest.raises(MlopsError, match=re.escape(named)):
+            serve_with_kserve(replace(options, log=None))
