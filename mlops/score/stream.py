@@ -44,7 +44,7 @@ from mlops.core.log import say
 from mlops.core.predlog import prediction_rows
 from mlops.core.predlog_store import idempotent_target, log_name, open_idempotent_log
 from mlops.core.workspace import workspace
-from mlops.package.predictor import EMBEDDING, Predictor
+from mlops.package.predictor import EMBEDDING, Predictor, RequestError, parse_json_body
 from mlops.score.rows import from_text, judge
 
 if TYPE_CHECKING:
@@ -156,10 +156,7 @@ def decode_message(fields: dict[bytes, bytes], predictor: Predictor) -> dict[str
         if len(text) > 1:
             extra = sorted(set(text) - {JSON_FIELD})[0]
             raise BadMessage(extra, f"unknown field next to '{JSON_FIELD}' (send the row in '{JSON_FIELD}' only)")
-        try:
-            row = json.loads(text[JSON_FIELD], parse_constant=_no_constant)
-        except ValueError as exc:
-            raise BadMessage(JSON_FIELD, f"invalid JSON: {exc}") from None
+        row = _json(JSON_FIELD, text[JSON_FIELD])
         if not isinstance(row, dict):
             raise BadMessage(JSON_FIELD, "must be a JSON object of named columns")
     else:
@@ -178,19 +175,26 @@ def image_field(name: str, raw: bytes) -> Any:
     """An image field's value as a request's: `{"b64": "..."}` (JSON, as in a V1 instance), the base64 of the
     encoded image, or the encoded image itself (Redis fields are binary-safe)."""
     if raw.lstrip().startswith(b"{"):
-        try:
-            return json.loads(raw, parse_constant=_no_constant)
-        except ValueError as exc:
-            raise BadMessage(name, f'invalid JSON (an image field holds {{"b64": ...}}, base64 or the image\'s '
-                             f"bytes): {exc}") from None
+        return _json(name, raw, ' (an image field holds {"b64": ...}, base64 or the image\'s bytes)')
     try:
         return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         return raw  # not base64: the image's own bytes, which the check decodes (or refuses as unreadable)
 
 
-def _no_constant(token: str) -> float:
-    raise ValueError(f"{token} is not valid JSON")
+def _json(name: str, raw: str | bytes, hint: str = "") -> Any:
+    """A field's JSON read as a request body is (`parse_json_body`): strict, and refused without a crash when it
+    nests past the recursion limit or escapes a lone surrogate, which no dead letter could carry. The field at
+    fault is the message's field, or the column inside the `json` field (`city`, `city[0]`)."""
+    try:
+        return parse_json_body(raw)
+    except RequestError as exc:
+        where = exc.field  # "body", "body[0]" (in a list), or "city", "city[0]" (in an object)
+        if where == "body" or where.startswith("body["):
+            field = name + where[4:]
+        else:
+            field = where if name == JSON_FIELD else f"{name}.{where}"
+        raise BadMessage(field, exc.message.replace("invalid JSON", f"invalid JSON{hint}", 1)) from None
 
 
 class Consumer:

@@ -55,3 +55,25 @@ def test_stream_rows_meet_the_category_rules(stream: tuple[Any, str], tmp_path: 
     (_, dead), = r.xrange(f"{name}:dead")
     assert dead[b"source_id"] == sent["number"] and dead[b"field"] == b"city"
     assert b"expected a string category for 'city', got the number 3" in dead[b"error"]
+
+
+def test_poison_messages_are_dead_lettered_and_the_consumer_goes_on(stream: tuple[Any, str], tmp_path: Path) -> None:
+    r, name = stream
+    sent = {"key": r.xadd(name, {"json": '{"\\ud800": 1}'}),  # JSON's escape of a lone surrogate
+            "value": r.xadd(name, {"json": json.dumps(ROW | {"city": "\ud800"})}),
+            "deep": r.xadd(name, {"json": "[" * 100_000 + "]" * 100_000}),
+            "deep value": r.xadd(name, {"json": json.dumps(ROW)[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}"}),
+            "plain": r.xadd(name, {"json": json.dumps(ROW)})}
+    config = StreamConfig(url=REDIS_URL, stream=name, group="g", consumer="c", output_stream=f"{name}:predictions",
+                          dead_letter=f"{name}:dead", log=tmp_path / "p.sqlite", block_ms=100, max_messages=5,
+                          idle_exit_s=5)
+
+    result = consume(config, build_bundle(tmp_path / "bundle"), None, install_signals=False)
+
+    assert (result.handled, result.predicted, result.dead) == (5, 1, 4)
+    dead = {fields[b"source_id"]: fields for _, fields in r.xrange(f"{name}:dead")}
+    assert dead[sent["key"]][b"field"] == b"json" and b"a key holds a lone UTF-16 surrogate" in dead[sent["key"]][b"error"]
+    assert dead[sent["value"]][b"field"] == b"city" and b"lone UTF-16 surrogate" in dead[sent["value"]][b"error"]
+    for deep in ("deep", "deep value"):
+        assert dead[sent[deep]][b"field"] == b"json" and dead[sent[deep]][b"error"] == b"invalid JSON: nested too deeply"
+    assert r.xpending(name, "g")["pending"] == 0

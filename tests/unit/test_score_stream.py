@@ -40,6 +40,9 @@ def test_a_json_message_keeps_json_types(predictor: Predictor) -> None:
     ({b"json": b"[1, 2, 3]"}, "json", "must be a JSON object"),
     ({b"json": b'{"age": 1, "income": 1, "city": "a"}', b"age": b"1"}, "age", "unknown field next to 'json'"),
     ({b"json": b'{"age": 1, "income": 1}'}, "city", "missing column"),
+    ({b"json": b'{"\\ud800": 1}'}, "json", "a key holds a lone UTF-16 surrogate"),
+    ({b"json": b'{"age": 1, "income": 1, "city": ["\\udfff"]}'}, "city[0]", "lone UTF-16 surrogate"),
+    ({b"json": b"[" * 100_000 + b"]" * 100_000}, "json", "nested too deeply"),
 ])
 def test_a_bad_message_names_its_field(fields: dict[bytes, bytes], field: str, message: str,
                                        predictor: Predictor) -> None:
