@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from mlops.cli.output import emit
+from mlops.core.atomic import check_output
 from mlops.core.errors import MlopsError
 from mlops.core.refs import ModelRef
 from mlops.deploy.generate import deploy_recipe
@@ -21,6 +22,8 @@ EXIT_HOLD = 75  # EX_TEMPFAIL: not enough traffic to judge a step; run again lat
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     loaded = load_recipe(args.recipe, args.overrides)
+    if args.output:
+        check_output(args.output, "--output", directory=True)
     # getattr: the git options come with parser.py's `deploy` subcommand
     result = deploy_recipe(loaded, args.model, out=args.output, crd=args.crd, targets=args.target,
                            project_dir=args.project_dir, register_prefect=args.prefect, apply=args.apply,
@@ -49,6 +52,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if not args.model:
         raise MlopsError("rollout: give the canary with --model MODEL (e.g. quickstart@challenger)")
     loaded = load_recipe(args.recipe, args.overrides)
+    if args.output:
+        check_output(args.output, "--output", directory=True)
     options = RolloutOptions(stable=args.stable, metrics_url=args.metrics_url, log=args.log,
                              canary_variant=args.canary_variant, kubectl=args.apply, local_port=args.local_port,
                              live_url=args.live_url, out=args.output, crd=args.crd, start_percent=args.resume_at,

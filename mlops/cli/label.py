@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mlops.cli.output import emit
 from mlops.cli.readout import _log_and_recipe, _name_and_version
+from mlops.core.atomic import check_output
 from mlops.core.timespec import time_option
 from mlops.core.workspace import workspace
 from mlops.improve.labelling import export_tasks, import_annotations, parse_criteria
@@ -16,10 +17,12 @@ from mlops.serve.run import feedback_log_path
 def cmd_label_export(args: argparse.Namespace) -> int:
     name, version = _name_and_version(args.model)
     log, _ = _log_and_recipe(args, name)
-    out = Path(args.output) if args.output else workspace().root / "improve" / "labelling" / name / "tasks.json"
+    default = workspace().root / "improve" / "labelling" / name / "tasks.json"
+    out = check_output(args.output, "--output") if args.output else default
+    config_out = check_output(args.config_out, "--config-out") if args.config_out else None
     labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
     result = export_tasks(log, name, out, count=args.count, criteria=parse_criteria(args.by),
-                          config_out=Path(args.config_out) if args.config_out else None, labels=labels,
+                          config_out=config_out, labels=labels,
                           since=time_option("--since", args.since), version=version,
                           monitor_store=workspace().monitor_store(name), include_labelled=args.include_labelled)
     reasons = ", ".join(f"{k} {v}" for k, v in result.by_reason.items()) or "-"

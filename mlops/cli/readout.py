@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mlops.cli.output import emit
+from mlops.core.atomic import check_output
 from mlops.core.errors import MlopsError
 from mlops.core.predlog_store import log_target
 from mlops.core.refs import ModelRef
@@ -58,11 +59,11 @@ def cmd_errors(args: argparse.Namespace) -> int:
         raise MlopsError("--bins must be at least 2, --top and --min-rows at least 1")
     name, version = _name_and_version(args.model, args.renamed_version)
     log, improve = _log_and_recipe(args, name)
+    out = check_output(args.output, "--output", directory=True) if args.output else workspace().errors_dir(name)
     analysis = analyse_errors(log, name, since=time_option("--since", args.since), version=version,
                               variants=tuple(args.variant or ("champion", "challenger")),
                               feedback=improve.feedback if improve else None, bins=args.bins, top=args.top,
                               min_rows=args.min_rows, tolerance=args.tolerance)
-    out = Path(args.output) if args.output else workspace().errors_dir(name)
     paths = write_report(analysis, out)
     o = analysis["overall"]
     print(f"errors of {name}: {o['errors']} of {o['rows']} labelled predictions wrong ({o['error_rate']:.1%}, "

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from mlops.cli.output import emit
-from mlops.core.atomic import write_text
+from mlops.core.atomic import check_output, write_text
 from mlops.core.errors import MlopsError
 from mlops.engine.multirun import expand
 from mlops.engine.validate import load_validated
@@ -32,7 +32,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     text = json.dumps(json_schema(), indent=2)
     if args.output:
-        write_text(args.output, text + "\n")
+        write_text(check_output(args.output, "--output"), text + "\n")
     else:
         print(text)
     return 0

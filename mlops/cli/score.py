@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from mlops.cli.output import emit
+from mlops.core.atomic import check_output
 from mlops.core.errors import MlopsError
 from mlops.core.refs import Resolved, fetch
 from mlops.data.sources import data_path
@@ -56,6 +57,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     spark_conf = parse_spark_conf(args.spark_conf)
     path, fmt = (args.input, args.format) if args.input else default_input(loaded)
     inp = open_input(path, args.format or fmt)  # a missing input fails before the model is fetched
+    if args.engine == "local":  # spark's output is a dataset directory or a URI, checked by Spark
+        check_output(args.output, "--output")
     model = _model(args, loaded)
     if args.engine == "spark":
         result = score_spark(inp, model.path, model.version, args.output, args.chunk_rows, args.id_column,

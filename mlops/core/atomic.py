@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mlops.core.errors import MlopsError
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename in `path` durable (a no-op where directories cannot be opened)."""
@@ -31,11 +33,38 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def output_problem(path: Path, directory: bool = False) -> str | None:
+    """What keeps `path` from being written as a file (or created as a `directory`), None when nothing does:
+    the path is the other kind, or a file stands where one of its parent directories should be."""
+    if path.exists():
+        if directory and not path.is_dir():
+            return "is a file, not a directory: give a directory (it is created if missing)"
+        if not directory and path.is_dir():
+            return "is a directory: give a file path"
+        return None
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a directory, so nothing can be created under it"
+            return None
+    return None
+
+
+def check_output(path: str | Path, what: str, directory: bool = False) -> Path:
+    """`path` as given for `what` (a flag, such as `-o`), checked before any work is done: MlopsError naming
+    both when it cannot be written as a file (or created as a `directory`)."""
+    path = Path(path)
+    problem = output_problem(path, directory)
+    if problem:
+        raise MlopsError(f"{what} {path}: {problem}")
+    return path
+
+
 @contextmanager
 def replacing(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
     """A temporary path beside `path` for a writer that needs a file name (pyarrow, Evidently, matplotlib);
     renamed over `path` when the block ends without an error, removed when it raises."""
-    path = Path(path)
+    path = check_output(path, "cannot write")  # a user's path under a file, or a directory, is their mistake
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -76,7 +105,7 @@ def publishing(dest: str | Path, *, keep_existing: bool = False) -> Iterator[Pat
     `keep_existing`: a `dest` that appeared meanwhile (a concurrent writer of the same content, such as two
     sweep trials computing one cached step) is kept and ours dropped. Otherwise an existing `dest` is replaced.
     """
-    dest = Path(dest)
+    dest = check_output(dest, "cannot write", directory=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
