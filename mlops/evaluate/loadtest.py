@@ -19,6 +19,7 @@ Bounded in time: the server must be ready within `timeout_s`, Locust must finish
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -119,11 +120,28 @@ class Settings:
                    spawn_rate=cfg.spawn_rate, rows=cfg.rows, timeout_s=cfg.timeout_s)
 
 
+def check_settings(settings: Settings) -> None:
+    """Refuse what would run forever (a NaN duration) or not at all, naming the setting (`mlops loadtest`'s flag,
+    the recipe's key in parentheses). Comparisons written so that NaN fails them."""
+    problems = []
+    if not settings.users >= 1:
+        problems.append(f"--users (users) {settings.users}: expected at least 1")
+    for flag, value, low in (("--duration (duration_s)", settings.duration_s, 0.0),
+                             ("--timeout (timeout_s)", settings.timeout_s, 0.0)):
+        if not low < value <= 86_400:
+            problems.append(f"{flag} {value:g}: expected seconds in (0, 86400]")
+    if not 0 <= settings.warmup_s <= 86_400:
+        problems.append(f"--warmup (warmup_s) {settings.warmup_s:g}: expected seconds in [0, 86400]")
+    for flag, rate in (("--rps (rps)", settings.rps), ("--spawn-rate (spawn_rate)", settings.spawn_rate)):
+        if rate is not None and not 0 < rate < math.inf:
+            problems.append(f"{flag} {rate:g}: expected a positive number per second (or leave it out)")
+    if problems:
+        raise MlopsError("the load test's settings: " + "; ".join(problems))
+
+
 def run_load_test(bundle_dir: Path, rows: pd.DataFrame, settings: Settings, url: str | None = None) -> LoadTestResult:
     """Load-test the bundle: served here on loopback (url None), or the live server at `url` that serves it."""
-    if settings.users < 1 or settings.duration_s <= 0 or settings.warmup_s < 0:
-        raise MlopsError(f"a load test needs users >= 1, duration > 0 and warm-up >= 0 (got {settings.users} users, "
-                         f"{settings.duration_s:g} s, warm-up {settings.warmup_s:g} s)")
+    check_settings(settings)
     meta = read_bundle(bundle_dir)
     bodies = request_bodies(bundle_dir, rows, settings.rows)
     path = f"/v1/models/{meta.name}:predict"

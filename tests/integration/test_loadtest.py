@@ -5,6 +5,7 @@ server answers errors or nobody listens. Each run measures 2 s or less."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from mlops.core.ports import free_port
 from mlops.evaluate.gates import evaluate_gates
 from mlops.evaluate.loadtest import Settings, run_load_test, served
 from mlops.recipe.schema import Gate
+from tests.polling import until
 from tests.serve_fixtures import build_bundle, training_frame
 
 pytestmark = pytest.mark.integration
@@ -156,3 +158,40 @@ def test_a_canary_that_breaks_its_load_bounds_gets_no_traffic(tmp_path: Path) ->
     assert [f.split()[0] for f in result.load_test["failed"]] == ["load/p99_ms"]
     assert "no traffic moved" in result.reason and "FAILED: load/p99_ms" in lines[0]
     assert champion == stable
+
+
+def test_cli_with_every_request_failed_or_a_bound_out_of_range_says_so(bundle: Path, tmp_path: Path) -> None:
+    nobody = _cli(str(bundle), "--url", f"http://127.0.0.1:{free_port()}", "--users", "1", "--duration", "1",
+                  "--warmup", "0", tmp=tmp_path)
+    assert nobody.returncode == 2, nobody.stdout + nobody.stderr  # it exited 0, its figures those of the errors
+    assert "error: every one of the" in nobody.stderr and "requests to http://127.0.0.1:" in nobody.stderr
+    for flag, value in (("--max-error-rate", "2"), ("--max-error-rate", "nan"), ("--min-rps", "-1")):
+        bad = _cli(str(bundle), flag, value, tmp=tmp_path)
+        assert bad.returncode == 2 and f"error: {flag} {value}: expected a number from 0 to" in bad.stderr, bad.stderr
+
+
+def test_sigterm_stops_the_server_and_locust_it_started(bundle: Path, tmp_path: Path) -> None:
+    """`timeout 8 mlops loadtest ...` left the server and Locust (each in a session of its own) running at full CPU,
+    and their temporary directories behind."""
+    import os
+
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "MLFLOW_"))} | {
+        "MLOPS_HOME": str(tmp_path / ".mlops"), "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "mlops.cli", "loadtest", str(bundle), "--users", "1",
+                             "--duration", "120", "--warmup", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    started: list[psutil.Process] = []
+
+    def both_children() -> bool:  # the server and Locust, each the head of its own session
+        started[:] = psutil.Process(proc.pid).children()
+        return len(started) >= 2
+
+    until(both_children, "the load test's server and Locust to start", 120, proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    gone, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not list(tmp_path.glob("mlops-lo*")), list(tmp_path.iterdir())  # both temporary directories removed

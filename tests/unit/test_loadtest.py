@@ -5,6 +5,7 @@ and that the mlops process never imports Locust (it patches the standard library
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,7 +140,12 @@ def test_the_mlops_process_never_imports_locust() -> None:
 
 def test_nonsense_settings_are_refused_before_anything_starts(tmp_path: Path) -> None:
     bundle = build_bundle(tmp_path / "b")
-    for users, duration, warmup in ((0, 1.0, 0.0), (1, 0.0, 0.0), (1, 1.0, -1.0)):
-        settings = Settings(users=users, duration_s=duration, warmup_s=warmup, rows=5, timeout_s=5)
-        with pytest.raises(MlopsError, match="a load test needs users >= 1"):
+    nan = float("nan")
+    for bad, named in (({"users": 0}, "--users (users) 0"), ({"duration_s": 0.0}, "--duration (duration_s) 0"),
+                       ({"duration_s": nan}, "--duration (duration_s) nan"),  # ran for ever
+                       ({"warmup_s": -1.0}, "--warmup (warmup_s) -1"), ({"timeout_s": nan}, "--timeout"),
+                       ({"rps": -1.0}, "--rps (rps) -1"),  # Locust's traceback
+                       ({"rps": 0.0}, "--rps (rps) 0"), ({"spawn_rate": nan}, "--spawn-rate")):
+        settings = Settings(**({"users": 1, "duration_s": 1.0, "warmup_s": 0.0, "rows": 5, "timeout_s": 5} | bad))
+        with pytest.raises(MlopsError, match=re.escape(f"the load test's settings: {named}")):
             run_load_test(bundle, training_frame(5), settings)
