@@ -28,18 +28,35 @@ CONNECT_TIMEOUT_S = 10
 _URL_HELP = "redis://[:PASSWORD@]HOST[:PORT]/DB[?stream=NAME]"
 
 
+def check_url(url: str, what: str, expected: str = _URL_HELP) -> None:
+    """Refuse, naming `what` (a flag, or "prediction log"), a redis:// URL that redis-py would answer with a bare
+    ValueError (a port that is no number) or read otherwise than written (a path that is no database number: it
+    quietly uses database 0). A unix:// URL's path is its socket's, not checked here."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in SCHEMES:
+        return
+    try:
+        parts.port  # noqa: B018 - parsed on access: a port that is no number, or past 65535, raises here
+    except ValueError:  # named by its host, not the URL: redacted() itself reads the port
+        port = parts.netloc.rpartition(":")[2]
+        raise MlopsError(f"{what} {parts.scheme}://{parts.hostname}:{port}: the port {port!r} is not a number "
+                         f"from 0 to 65535 (expected {expected})") from None
+    path = parts.path.strip("/")
+    if path and not path.isdecimal():
+        raise MlopsError(f"{what} {redacted(url)!r}: the path is the database number, e.g. /0, not {path!r} "
+                         f"(expected {expected})")
+
+
 def stream_url(url: str) -> tuple[str, str]:
     """The connection URL (without `stream=`, which redis-py would refuse as an unknown option) and the stream."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in SCHEMES or not parts.hostname:
         raise MlopsError(f"prediction log {redacted(url)!r}: expected {_URL_HELP}")
+    check_url(url, "prediction log")
     query = parse_qsl(parts.query, keep_blank_values=True)
     streams = [v for k, v in query if k == "stream"]
     if len(streams) > 1 or (streams and not streams[0]):
         raise MlopsError(f"prediction log {redacted(url)!r}: give one non-empty stream=NAME ({_URL_HELP})")
-    path = parts.path.strip("/")
-    if path and not path.isdigit():
-        raise MlopsError(f"prediction log {redacted(url)!r}: the path is the database number, e.g. /0 ({_URL_HELP})")
     rest = urlencode([(k, v) for k, v in query if k != "stream"])
     return urlunsplit(parts._replace(query=rest)), streams[0] if streams else DEFAULT_STREAM
 
@@ -52,7 +69,10 @@ def connect(url: str, timeout: float = CONNECT_TIMEOUT_S) -> Any:
         raise MlopsError(f"the prediction log {redacted(url)} is on Redis, which needs the redis package: "
                          "pip install redis") from None
     address, _ = stream_url(url)
-    client = redis.Redis.from_url(address, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client = redis.Redis.from_url(address, socket_connect_timeout=timeout, socket_timeout=timeout)
+    except ValueError as exc:  # an option's value redis-py cannot read (?db=x)
+        raise MlopsError(f"prediction log {redacted(url)!r}: {exc} (expected {_URL_HELP})") from None
     try:
         client.ping()
     except redis.RedisError as exc:

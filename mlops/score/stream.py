@@ -42,6 +42,8 @@ import numpy as np
 from mlops.core.errors import MlopsError
 from mlops.core.log import say
 from mlops.core.predlog import prediction_rows
+from mlops.core.predlog_pg import redacted
+from mlops.core.predlog_redis import check_url
 from mlops.core.predlog_store import idempotent_target, log_name, open_idempotent_log
 from mlops.core.workspace import workspace
 from mlops.package.predictor import EMBEDDING, Predictor, RequestError, parse_json_body
@@ -102,13 +104,23 @@ class StreamConfig:
         if args.idle_exit_s is not None and not args.idle_exit_s > 0:
             raise MlopsError(f"--idle-exit-s {args.idle_exit_s}: expected a positive number of seconds")
         if not args.source.startswith(("redis://", "rediss://", "unix://")):
-            raise MlopsError(f"--source {args.source}: expected a Redis URL (redis://HOST:PORT/DB)")
+            raise MlopsError(f"--source {redacted(args.source)}: expected a Redis URL (redis://HOST:PORT/DB)")
+        check_url(args.source, "--source", "redis://[:PASSWORD@]HOST[:PORT]/DB")
+        if not args.stream:
+            raise MlopsError("--stream '': expected the name of the input stream")
+        output_stream = args.output_stream or f"{args.stream}:predictions"
+        dead_letter = args.dead_letter or f"{args.stream}:dead"
+        # a record written into the input stream is read back as a message: each round wraps the last (a dead
+        # letter holds its payload) and the stream grows without end
+        for flag, target in (("--output-stream", output_stream), ("--dead-letter", dead_letter)):
+            if target == args.stream:
+                raise MlopsError(f"{flag} {target} is the input stream (--stream {args.stream}): what the consumer "
+                                 "writes there it would read again, without end; name another stream")
         log = (idempotent_target(args.log) if args.log else
                idempotent_target(recipe_log, "the recipe's monitor.log") if recipe_log else None)
         return cls(url=args.source, stream=args.stream, group=args.group,
                    consumer=args.consumer or f"{socket.gethostname()}-{os.getpid()}",
-                   output_stream=args.output_stream or f"{args.stream}:predictions",
-                   dead_letter=args.dead_letter or f"{args.stream}:dead",
+                   output_stream=output_stream, dead_letter=dead_letter,
                    log=log, batch=args.batch, block_ms=args.block_ms,
                    claim_idle_ms=args.claim_idle_ms, max_messages=args.max_messages, idle_exit_s=args.idle_exit_s)
 
@@ -220,11 +232,12 @@ class Consumer:
         c = self.config
         try:
             self.redis.xgroup_create(c.stream, c.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
+        except redis.ResponseError as exc:  # the first command: a database out of range, a key not a stream
             if "BUSYGROUP" not in str(exc):
-                raise
+                raise MlopsError(f"--source {redacted(c.url)} --stream {c.stream}: Redis refused the consumer: "
+                                 f"{exc}") from None
         except redis.ConnectionError as exc:
-            raise MlopsError(f"cannot reach Redis at {c.url}: {exc}") from None
+            raise MlopsError(f"cannot reach Redis at {redacted(c.url)}: {exc}") from None
         self._drain_own_pending()
         self._claim_idle()
         last_message = last_claim = time.monotonic()

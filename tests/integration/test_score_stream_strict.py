@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from mlops.core.errors import MlopsError
 from mlops.score.stream import StreamConfig, consume
 from tests.net import REDIS_URL, drop_stream, redis_client
 from tests.serve_fixtures import build_bundle, training_frame
@@ -77,3 +78,12 @@ def test_poison_messages_are_dead_lettered_and_the_consumer_goes_on(stream: tupl
     for deep in ("deep", "deep value"):
         assert dead[sent[deep]][b"field"] == b"json" and dead[sent[deep]][b"error"] == b"invalid JSON: nested too deeply"
     assert r.xpending(name, "g")["pending"] == 0
+
+
+def test_a_database_redis_has_not_is_refused_naming_the_source(tmp_path: Path) -> None:
+    url = REDIS_URL.rsplit("/", 1)[0] + "/99"  # a default redis-server has 16
+    config = StreamConfig(url=url, stream="s", group="g", consumer="c", output_stream="s:predictions",
+                          dead_letter="s:dead", log=tmp_path / "p.sqlite", block_ms=100, max_messages=1, idle_exit_s=1)
+
+    with pytest.raises(MlopsError, match=r"--source redis://.*/99 --stream s: Redis refused the consumer: DB index"):
+        consume(config, build_bundle(tmp_path / "bundle"), None, install_signals=False)

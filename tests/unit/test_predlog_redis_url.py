@@ -8,7 +8,7 @@ import pytest
 from mlops.cli.collect import cmd_collect, http_address
 from mlops.cli.parser import build_parser
 from mlops.core.errors import MlopsError
-from mlops.core.predlog_redis import DEFAULT_STREAM, entry, entry_row, stream_url
+from mlops.core.predlog_redis import DEFAULT_STREAM, connect, entry, entry_row, stream_url
 from mlops.core.predlog_store import is_log_url, log_name, log_store, log_target, open_reader
 
 
@@ -33,10 +33,17 @@ def test_the_stream_comes_from_the_query_and_is_kept_from_the_client(url: str, a
     ("redis://cache/0?stream=a&stream=b", "one non-empty stream"),
     ("redis://cache/logs", "the database number"),
     ("redis:///0", "expected redis://"),
+    ("redis://cache:abc/0", "prediction log redis://cache:abc: the port 'abc' is not a number from 0 to 65535"),
+    ("redis://:s3cret@cache:99999/0", "the port '99999' is not a number from 0 to 65535"),
 ])
 def test_a_malformed_redis_url_is_refused_with_the_expected_form(url: str, message: str) -> None:
     with pytest.raises(MlopsError, match=message):
         stream_url(url)
+
+
+def test_an_option_redis_py_cannot_read_is_refused_naming_the_log() -> None:
+    with pytest.raises(MlopsError, match=r"prediction log 'redis://cache/0\?db=x': Invalid value for 'db'"):
+        connect("redis://cache/0?db=x")  # refused before any connection
 
 
 def test_the_password_is_redacted_in_names_and_errors() -> None:

@@ -88,6 +88,12 @@ def test_stream_names_default_from_the_input_stream() -> None:
     ({"source": "http://x"}, "expected a Redis URL"), ({"claim_idle_ms": -1}, "--claim-idle-ms -1"),
     ({"log": "redis://:secret@127.0.0.1:6379/0"}, r"--log redis://:\*\*\*@127.0.0.1:6379/0: .*a Redis stream cannot"),
     ({"log": "mysql://u@h/db"}, "unknown scheme 'mysql://'"),
+    ({"source": "redis://127.0.0.1:abc/0"}, "--source redis://127.0.0.1:abc: the port 'abc' is not a number"),
+    ({"source": "redis://:secret@127.0.0.1:6379/abc"}, r"--source 'redis://:\*\*\*@127.0.0.1:6379/abc': the path is "
+                                                         "the database number, e.g. /0, not 'abc'"),
+    ({"stream": ""}, "--stream '': expected the name"),
+    ({"dead_letter": "in"}, r"--dead-letter in is the input stream \(--stream in\)"),
+    ({"output_stream": "in"}, r"--output-stream in is the input stream \(--stream in\)"),
 ])
 def test_bad_stream_flags_say_what_is_expected(kw: dict[str, object], message: str) -> None:
     with pytest.raises(MlopsError, match=message):
