@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlops.core.atomic import replacing
+from mlops.core.atomic import output_problem, replacing
 from mlops.core.errors import MlopsError
 from mlops.core.loglimits import LogLimits
 from mlops.core.refs import CHALLENGER, CHAMPION
@@ -121,6 +121,37 @@ def built_rows(items: Sequence[Rows]) -> list[list[tuple[Any, ...]] | BaseExcept
 UNWRITABLE = (sqlite3.Error, ValueError, OverflowError)
 
 
+def open_for_writing(path: Path, **connect: Any) -> sqlite3.Connection:
+    """A connection to the log at `path` (`connect`: sqlite3.connect's options), made with its tables in WAL mode
+    if it is new. A path that cannot be a log is the user's mistake, refused naming it (an MlopsError): a
+    directory, a device, a file under a file, a file that is no SQLite database or one that holds other tables
+    (another program's database, which the log's tables must not be written into)."""
+    problem = output_problem(path)
+    if problem is None and path.exists() and not path.is_file():
+        problem = "is not a regular file (a prediction log is a SQLite file)"
+    if problem:
+        raise MlopsError(f"prediction log {path}: {problem}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, **connect)
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "predictions" not in tables:
+            raise MlopsError(f"{path} is not a prediction log: it is a database with other tables "
+                             f"({', '.join(sorted(tables)[:5])}); give a new file or a log `mlops serve` wrote")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA)
+        db.commit()
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        if exc.sqlite_errorname in ("SQLITE_BUSY", "SQLITE_LOCKED"):  # another writer, not a wrong path
+            raise
+        raise MlopsError(f"{path} is not a prediction log: {exc}") from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 class QueuedLog:
     """The hand-off every store of the log shares: rows queued to one writer thread (the store's `_writer`),
     each submit's future resolved once the group holding it is committed (or failed with its error)."""
@@ -176,7 +207,6 @@ class QueuedLog:
 class PredictionLog(QueuedLog):
     def __init__(self, path: str | Path, max_group: int = 512, limits: LogLimits | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_group = max_group
         self.limits = limits or LogLimits()
         # RESTART checkpoints that rewound the WAL past its bound (and those that found it in use): the metrics
@@ -188,10 +218,7 @@ class PredictionLog(QueuedLog):
         self._dirty = False
         self._resting = False
         self.wal_truncate_seconds = 0.0  # spent in them: about what writers waited (the write lock is held)
-        init = sqlite3.connect(self.path)
-        init.execute("PRAGMA journal_mode=WAL")
-        init.executescript(SCHEMA)
-        init.commit()
+        init = open_for_writing(self.path)
         (page,) = init.execute("PRAGMA page_size").fetchone()
         self._frame_bytes = page + WAL_FRAME_HEADER  # a WAL frame: one page and its header
         init.close()
@@ -677,10 +704,7 @@ class IdempotentLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
+        self.db = open_for_writing(path, timeout=60, isolation_level=None)
         self.db.execute(f"PRAGMA synchronous={_sync_mode()}")
 
     def write(self, rows: list[tuple[Any, ...]]) -> int:

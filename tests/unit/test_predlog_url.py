@@ -3,6 +3,7 @@ PostgreSQL, and any other URL is refused, never taken for a path (it once became
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from mlops.core.predlog_store import (
     log_name,
     log_store,
     log_target,
+    open_idempotent_log,
     open_log,
     open_reader,
     record_feedback,
@@ -75,6 +77,32 @@ def test_sqlite_targets_open_the_sqlite_log(tmp_path: Path, monkeypatch: pytest.
         with open_reader(target) as reader:
             assert isinstance(reader, LogReader)
             assert reader.latest_feedback(["i"])["i"]["label"] == "a"
+
+
+def test_a_sqlite_log_that_cannot_be_written_is_refused_naming_it(tmp_path: Path) -> None:
+    """`mlops serve --log`, `mlops collect --log`, `mlops stream --log`: a directory, a device, a path under a
+    file, a file that is not SQLite, another program's database: an MlopsError naming it, not sqlite3's error."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "bundle.json").write_text('{"format": "mlops-bundle/1"}\n')
+    other = sqlite3.connect(tmp_path / "mlflow.db")
+    other.execute("CREATE TABLE runs (id TEXT)")
+    other.commit()
+    other.close()
+    cases = [(tmp_path / "dir", "prediction log .*dir: is a directory"),
+             (Path("/dev/null"), "prediction log /dev/null: is not a regular file"),
+             (tmp_path / "bundle.json" / "log.sqlite", "bundle.json is a file, not a directory"),
+             (tmp_path / "bundle.json", "bundle.json is not a prediction log: file is not a database"),
+             (tmp_path / "mlflow.db", r"mlflow.db is not a prediction log: it is a database with other tables \(runs\)")]
+    for path, message in cases:
+        with pytest.raises(MlopsError, match=message):
+            open_log(path).close()
+        with pytest.raises(MlopsError, match=message):
+            open_idempotent_log(path).close()
+    assert (tmp_path / "bundle.json").read_text() == '{"format": "mlops-bundle/1"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.json", "dir", "mlflow.db"]
+    db = sqlite3.connect(tmp_path / "mlflow.db")
+    assert [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["runs"]
+    db.close()
 
 
 def test_feedback_needs_an_existing_sqlite_log(tmp_path: Path) -> None:
