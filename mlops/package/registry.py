@@ -181,12 +181,7 @@ def champion_history(client: Any, model_name: str) -> list[dict[str, Any]]:
     """Every recorded champion change of `model_name`, oldest first."""
     import json
 
-    from mlflow.exceptions import MlflowException
-
-    try:
-        tags = client.get_registered_model(model_name).tags
-    except MlflowException as exc:
-        raise MlopsError(f"no registered model '{model_name}': {exc.message}") from None
+    tags = registered_model(client, model_name).tags
     entries = [json.loads(v) for k, v in tags.items() if k.startswith(HISTORY_TAG)]
     return sorted(entries, key=lambda e: int(e["seq"]))
 
@@ -208,8 +203,19 @@ def champion_lineage(history: list[dict[str, Any]]) -> list[str]:
 
 
 def current_champion(client: Any, model_name: str) -> str | None:
-    version = client.get_registered_model(model_name).aliases.get(CHAMPION)
+    version = registered_model(client, model_name).aliases.get(CHAMPION)
     return str(version) if version is not None else None
+
+
+def registered_model(client: Any, model_name: str) -> Any:
+    """The registered model, or an error naming it (a typo'd name is the user's to fix, not a traceback)."""
+    # here, as this module's other mlflow imports: only when called
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(model_name)
+    except MlflowException as exc:
+        raise MlopsError(f"no registered model '{model_name}': {exc.message}") from None
 
 
 def _actor() -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from mlops.core.errors import MlopsError
 from mlops.engine.runlog import flatten
+from mlops.recipe.suggest import closest
 from mlops.tracking.prefix import SHOWN, unique_prefix
 
 # params every run has that say nothing about what differs
@@ -60,7 +61,12 @@ def read_lock(client: Any, run_id: str) -> dict[str, Any]:
         raise MlopsError(f"run {run_id} has no recipe.lock artifact (was it made by `mlops run`?)") from None
 
 
+MAX_RUNS = 50_000  # the most one MLflow search returns
+
+
 def list_runs(client: Any, experiment: str | None, metrics: list[str], sort: str | None, limit: int) -> list[dict[str, Any]]:
+    if not 1 <= limit <= MAX_RUNS:
+        raise MlopsError(f"--limit {limit}: expected a number of runs from 1 to {MAX_RUNS}")
     if experiment is not None:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
@@ -85,9 +91,24 @@ def list_runs(client: Any, experiment: str | None, metrics: list[str], sort: str
     for row in rows:
         row["differs"] = {k: row["params"].get(k) for k in varying}
         row["shown_metrics"] = {m: row["metrics"].get(m) for m in metrics}
+    _check_metrics_named(rows, [("--metric", m) for m in metrics] + ([("--sort", sort)] if sort else []))
     if sort:
         rows.sort(key=lambda r: (r["metrics"].get(sort) is None, -(r["metrics"].get(sort) or 0)))
     return rows
+
+
+def _check_metrics_named(rows: list[dict[str, Any]], named: list[tuple[str, str]]) -> None:
+    """A metric no listed run has is a typo far more often than a metric still to come: a column of dashes (or a
+    sort that changes nothing) would hide it, so it is refused with the nearest metric the runs do have."""
+    known = sorted({m for r in rows for m in r["metrics"]})
+    if not rows:
+        return
+    for flag, metric in named:
+        if metric not in known:
+            near = closest(metric, known)
+            hint = f"did you mean '{near}'? " if near else ""
+            raise MlopsError(f"{flag} {metric}: none of the {len(rows)} runs listed has this metric ({hint}they have "
+                             f"{', '.join(known[:12]) or 'none'}{', ...' if len(known) > 12 else ''})")
 
 
 def differing_params(params: list[dict[str, str]]) -> list[str]:

@@ -21,6 +21,13 @@ def test_runs_diff_and_reproduce(isolated_env: dict[str, str]) -> None:
     assert all(set(r["differs"]) == {"model.lr"} for r in rows)  # the only param that differs
     aurocs = [r["metrics"]["test/auroc"] for r in rows]
     assert aurocs == sorted(aurocs, reverse=True)
+    for args, said in ((["--sort", "test/aurc"], "--sort test/aurc: none of the 2 runs listed has this metric (did "
+                                                 "you mean 'test/auroc'?"),
+                       (["--metric", "test/acc"], "--metric test/acc: none of the 2 runs listed has this metric (did "
+                                                  "you mean 'test/accuracy'?"),
+                       (["--limit", "0"], "--limit 0: expected a number of runs from 1 to 50000")):
+        typo = run_cli(["runs", "recipes/churn_csv.yaml", *args], isolated_env)  # a column of dashes, a traceback
+        assert typo.returncode == 2 and typo.stderr.startswith(f"error: {said}"), typo.stderr
 
     diff = last_json(run_cli(["diff", "--json", a["run_id"], b["run_id"]], isolated_env))
     config = {(d["section"], d["key"]): (d["a"], d["b"]) for d in diff}

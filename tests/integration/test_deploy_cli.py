@@ -79,6 +79,8 @@ def test_promote_and_rollback_print_what_they_did(env: dict[str, str], tmp_path:
     assert rolled.stderr.startswith("rolled back toy: champion version 2 -> 1 (rollback #2 by ci-bot")
     assert "no manifest rendered: the recipe that registered it is not at hand (pass --recipe)" in rolled.stderr
     assert json.loads(rolled.stdout)["champion"] == "1"
+    typo = run_cli(["rollback", "tyo"], env)  # was MLflow's traceback
+    assert typo.returncode == 2 and typo.stderr.startswith("error: no registered model 'tyo'"), typo.stderr
 
 
 def test_rollout_without_traffic_holds_with_its_exit_code(env: dict[str, str], tmp_path: Path) -> None:
