@@ -676,6 +676,13 @@ CASES = [
         ("'churn' is not a class of the target 'churned'",),
         overrides=("evaluate.fairness.positive_label=churn",),
     ),
+    Case(
+        "override-of-a-number-to-infinity",
+        DEFAULTS + "name: q\n",
+        "model.lr",
+        ("finite number", "got inf"),
+        overrides=("model.lr=1e400",),
+    ),
 ]
 
 
