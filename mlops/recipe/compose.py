@@ -20,11 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlops.core.errors import MlopsError, Problem, RecipeError
 from mlops.core.workspace import project_root
-from mlops.recipe.suggest import closest, keys_at, schema_accepts, unknown_part
+from mlops.recipe.suggest import closest, keys_at, schema_accepts, schema_types, unknown_part
+
+if TYPE_CHECKING:
+    from omegaconf.errors import InterpolationResolutionError
 
 # Hydra keeps its config loader in a process-wide singleton: two threads composing at once (two retrains
 # triggered together, a server reloading while a flow composes) would clear each other's.
@@ -105,12 +108,18 @@ def config_search_path(recipe: Path) -> list[Path]:
 def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
     """Compose `recipe` with Hydra and record the origin of every key."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
 
     path, overrides, search, hydra_overrides = _prepare(recipe, overrides)
     with _HYDRA_LOCK:
         cfg = _compose_locked(path, overrides, hydra_overrides, search)
-    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
-    config = OmegaConf.to_container(cfg, resolve=True)
+    unresolved: InterpolationResolutionError | None = None
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
+    except InterpolationResolutionError as exc:  # worded once the origins can say where it was written
+        config, unresolved = OmegaConf.to_container(cfg, resolve=False), exc
+        missing = sorted(k for k, v in _written_strings(config).items() if v == "???" and not k.startswith("hydra."))
     assert isinstance(config, dict)
     config.pop("hydra", None)
 
@@ -130,7 +139,93 @@ def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
         raise RecipeError(composed.display, [
             Problem(k, "is required and not set", str(composed.origin(k)), f"give it on the command line: {k}=...")
             for k in missing])
+    if unresolved is not None:
+        raise RecipeError(composed.display, [_interpolation_problem(composed, unresolved)])
     return composed
+
+
+# OmegaConf's resolvers that a recipe may use, for the did-you-mean of an unknown one (OmegaConf lists its
+# registered resolvers only through a private attribute)
+KNOWN_RESOLVERS = ("oc.env", "oc.decode", "oc.create", "oc.select", "oc.dict.keys", "oc.dict.values", "oc.deprecated")
+
+
+def _interpolation_problem(composed: Composed, exc: InterpolationResolutionError) -> Problem:
+    """A `${...}` that OmegaConf could not resolve, at the key whose value writes it. OmegaConf names the key
+    it was resolving, which for `a: x${b}` with `b: ${oops}` is `a`: the key whose written value holds the
+    culprit (`${oops}`, the unset variable, the unknown resolver) is preferred when there is one."""
+    import re
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationKeyError, UnsupportedInterpolationType
+
+    text = str(exc.msg).splitlines()[0]
+    written = _written_strings(composed.config)
+    key = re.sub(r"\[(\d+)\]", r".\1", str(exc.full_key or ""))  # `gates[1].metric` as pydantic has it: gates.1.metric
+    env = re.search(r"Environment variable '([^']+)' not found", text)
+    if isinstance(exc, InterpolationKeyError) and (name := re.search(r"Interpolation key '([^']+)'", text)):
+        ref = name.group(1)
+        culprit = rf"\$\{{\s*{re.escape(ref)}\s*\}}"
+        message = f"unknown interpolation key '{ref}'"
+        near = closest(ref, [k for k in _all_keys(composed.config) if k != key])
+        in_schema = ref if schema_types(ref) else _schema_key_near(ref)
+        if near:
+            hint = f"did you mean '${{{near}}}'?"
+        elif in_schema:  # a key no file sets: its value is the schema's, which OmegaConf cannot see
+            hint = "" if in_schema == ref else f"did you mean '${{{in_schema}}}'? "
+            hint += (f"'{in_schema}' takes the schema's default, which is filled in after interpolations are"
+                     " resolved: set it in the recipe to refer to it")
+        else:
+            hint = "refer to a key the recipe's files set, by its dotted name"
+    elif env:
+        var = env.group(1)
+        culprit = rf"oc\.env\s*:\s*{re.escape(var)}\b"
+        message = f"environment variable {var} is not set"
+        hint = f"set it, or give a default: ${{oc.env:{var},default}}"
+    elif isinstance(exc, UnsupportedInterpolationType):
+        resolver = text.removeprefix("Unsupported interpolation type").strip()
+        culprit = rf"\$\{{\s*{re.escape(resolver)}\s*:"
+        message = f"unknown resolver '{resolver}'"
+        near = closest(resolver, [r for r in KNOWN_RESOLVERS if OmegaConf.has_resolver(r)])
+        hint = f"did you mean '{near}'?" if near else f"resolvers: {', '.join(KNOWN_RESOLVERS)}"
+    elif "Recursive interpolation" in text:
+        culprit = ""
+        message = "refers back to itself, directly or through other keys (a loop)"
+        hint = "write a value, or refer to a key that does not refer back"
+    else:
+        culprit = ""
+        message = f"cannot resolve the interpolation: {text}"
+        hint = ""
+    if culprit and not re.search(culprit, written.get(key, "")):
+        key = next((k for k, v in written.items() if re.search(culprit, v)), key)
+    if key in written:
+        message = f"'{written[key]}': {message}"
+    return Problem(key, message, str(composed.origin(key)), hint)
+
+
+def _schema_key_near(ref: str) -> str | None:
+    """The schema key that dotted `ref` misspells in its last part: `trainer.max_epochs` for `trainer.max_epoch`."""
+    parent, _, leaf = ref.rpartition(".")
+    near = closest(leaf, keys_at(parent))
+    return None if near is None else f"{parent}.{near}" if parent else near
+
+
+def _written_strings(config: Any, prefix: str = "") -> dict[str, str]:
+    """Every string value of an unresolved config by dotted key: where each `${...}` is written."""
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else []
+    found: dict[str, str] = {}
+    for k, v in items:
+        if isinstance(v, str):
+            found[f"{prefix}{k}"] = v
+        else:
+            found.update(_written_strings(v, f"{prefix}{k}."))
+    return found
+
+
+def _all_keys(config: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a config, sections included: what an interpolation may refer to."""
+    if not isinstance(config, dict):
+        return []
+    return [k for key, v in config.items() for k in [f"{prefix}{key}", *_all_keys(v, f"{prefix}{key}.")]]
 
 
 def _prepare(recipe: str | Path, overrides: list[str] | None) -> tuple[Path, list[str], list[Path], list[str]]:

@@ -677,6 +677,43 @@ CASES = [
         overrides=("evaluate.fairness.positive_label=churn",),
     ),
     Case(
+        "interpolation-of-an-unknown-key",
+        DEFAULTS + "name: q\ntrainer:\n  max_epochs: ${oops}  " + MARK + "\n",
+        "trainer.max_epochs",
+        ("'${oops}': unknown interpolation key 'oops'",),
+    ),
+    Case(
+        "override-interpolation-of-a-misspelt-key",
+        DEFAULTS + "name: q\n",
+        "seed",
+        ("unknown interpolation key 'trainer.max_epoch'", "did you mean '${trainer.max_epochs}'?"),
+        overrides=("seed=${trainer.max_epoch}",),
+    ),
+    Case(  # OmegaConf names `name`, whose value it was resolving: the unknown key is written at description
+        "interpolation-through-another-key",
+        DEFAULTS + "name: q-${description}\ndescription: ${oops}  " + MARK + "\n",
+        "description",
+        ("unknown interpolation key 'oops'",),
+    ),
+    Case(
+        "interpolation-of-an-unset-environment-variable",
+        DEFAULTS + "name: q\ntrainer:\n  max_epochs: ${oc.env:MLOPS_TEST_NEVER_SET}  " + MARK + "\n",
+        "trainer.max_epochs",
+        ("environment variable MLOPS_TEST_NEVER_SET is not set", "${oc.env:MLOPS_TEST_NEVER_SET,default}"),
+    ),
+    Case(
+        "interpolation-with-an-unknown-resolver",
+        DEFAULTS + "name: q\ntrainer:\n  max_epochs: ${oc.envv:EPOCHS}  " + MARK + "\n",
+        "trainer.max_epochs",
+        ("unknown resolver 'oc.envv'", "did you mean 'oc.env'?"),
+    ),
+    Case(
+        "interpolation-loop",
+        DEFAULTS + "name: q\ntrainer:\n  max_epochs: ${trainer.max_epochs}  " + MARK + "\n",
+        "trainer.max_epochs",
+        ("refers back to itself", "a loop"),
+    ),
+    Case(
         "override-of-a-number-to-infinity",
         DEFAULTS + "name: q\n",
         "model.lr",
