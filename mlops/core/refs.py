@@ -111,22 +111,35 @@ class Resolved:
         """The version as deployments name it: the registry's, or `sha-<checksum>` for a bundle directory."""
         if self.version is not None:
             return ModelVersion(self.name, self.version)
-        sha = str(_bundle_json(self.path).get("onnx_sha256", ""))[:12]
+        sha = str(bundle_json(self.path).get("onnx_sha256", ""))[:12]
         return ModelVersion(self.name, f"sha-{sha}")
 
 
-def _bundle_json(path: Path) -> dict[str, object]:
+def bundle_json(path: Path) -> dict[str, Any]:
+    """The bundle directory `path`'s bundle.json as JSON, unchecked (`mlops.package.bundle.read_bundle` checks
+    it). A file cut short or emptied says so, naming it: the bundle is there, its description is damaged."""
+    meta_file = path / BUNDLE_FILE
     try:
-        data = json.loads((path / BUNDLE_FILE).read_text())
-    except (OSError, ValueError):
+        raw = meta_file.read_bytes()
+    except OSError:
         raise MlopsError(f"{path} is not a model bundle (needs model.onnx and {BUNDLE_FILE})") from None
+    damaged = "the bundle was altered or cut short: restore it, or export the model again"
+    if not raw.strip():
+        raise MlopsError(f"{meta_file} is empty: {damaged}")
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError:
+        raise MlopsError(f"{meta_file} is not valid JSON (not UTF-8 text): {damaged}") from None
+    except json.JSONDecodeError as exc:
+        raise MlopsError(f"{meta_file} is not valid JSON ({exc.msg}: line {exc.lineno}, column {exc.colno}): "
+                         f"{damaged}") from None
     if not isinstance(data, dict):
-        raise MlopsError(f"{path}/{BUNDLE_FILE} is not a bundle description")
+        raise MlopsError(f"{meta_file}: expected a JSON object, got {type(data).__name__}: {damaged}")
     return data
 
 
 def bundle_name(path: Path) -> str:
-    return str(_bundle_json(path).get("name", ""))
+    return str(bundle_json(path).get("name", ""))
 
 
 def resolve_version(client: MlflowClient, ref: str | ModelRef) -> ModelVersion:

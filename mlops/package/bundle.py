@@ -8,10 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+import mlops
 from mlops.core.atomic import publishing
 from mlops.core.errors import MlopsError
+from mlops.core.refs import BUNDLE_FILE, bundle_json
 from mlops.data.media import ImageSpec, TextSpec
 from mlops.data.schema import DataSchema
 from mlops.recipe.monitor import LogLimitsConfig, PayloadsConfig
@@ -88,10 +90,10 @@ def write_bundle(dest: Path, model_bytes: bytes, meta: dict[str, Any],
 
 
 def read_bundle(path: Path) -> BundleMeta:
-    meta_file = path / "bundle.json"
+    meta_file = path / BUNDLE_FILE
     if not meta_file.is_file() or not (path / "model.onnx").is_file():
         raise MlopsError(f"{path} is not a model bundle (needs model.onnx and bundle.json)")
-    meta = BundleMeta.model_validate(json.loads(meta_file.read_text()))
+    meta = _checked_meta(path)
     if hashlib.sha256((path / "model.onnx").read_bytes()).hexdigest() != meta.onnx_sha256:
         raise MlopsError(f"{path}/model.onnx does not match the checksum in bundle.json: the bundle was altered")
     if meta.packed is not None:
@@ -100,6 +102,46 @@ def read_bundle(path: Path) -> BundleMeta:
             raise MlopsError(f"{packed} is missing or does not match the checksum in bundle.json: the bundle was "
                              "altered")
     return meta
+
+
+def _checked_meta(path: Path) -> BundleMeta:
+    """The bundle's bundle.json read and checked: a file cut short, edited by hand or of another format is
+    refused naming it and each key at fault (MlopsError), never with the JSON or pydantic error's traceback."""
+    meta_file = path / BUNDLE_FILE
+    data = bundle_json(path)
+    # the format first: a later one may name its keys otherwise, and its problems would only hide this one
+    found = data.get("format", FORMAT)
+    if found != FORMAT:
+        raise MlopsError(f"{meta_file}: format {found!r} is not one this mlops ({mlops.__version__}) reads (it "
+                         f"reads {FORMAT!r}): export the model again with this mlops, or use the mlops that wrote "
+                         "the bundle")
+    try:
+        return BundleMeta.model_validate(data)
+    except ValidationError as exc:
+        lines = dict.fromkeys(f"{meta_file}: {_key(e['loc'])}: {_problem(e)}" for e in exc.errors(include_url=False))
+        raise MlopsError("\n".join([*lines, "(the bundle was altered: restore it, or export the model again)"])
+                         ) from None
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    """pydantic's location as the key is written: inputs[0].name."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text.lstrip(".") or "(top level)"
+
+
+def _problem(error: Any) -> str:
+    if error["type"] == "missing":
+        return "required key missing"
+    if error["type"] == "model_type":
+        return f"expected an object, got {_shown(error.get('input'))}"
+    return f"{error['msg'].removeprefix('Value error, ')}, got {_shown(error.get('input'))}"
+
+
+def _shown(value: Any) -> str:
+    text = "null" if value is None else json.dumps(value) if isinstance(value, (str, bool)) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def bundle_files(meta: BundleMeta) -> list[str]:
