@@ -481,6 +481,10 @@ def _composition_error(path: Path, overrides: list[str], exc: Exception, search:
         line = None if culprit else _defaults_line(file, group)
         where = f"command-line override '{culprit}'" if culprit else _display(file) + (f":{line}" if line else "")
         looked = ", ".join(_display(d / group) + "/" for d in [path.parent, *search])
+        groups = sorted(_config_groups(path, search))
+        if not any((d / group).is_dir() for d in [path.parent, *search]) and (near := closest(group, groups)):
+            msg = f"{where}: {group}: no config group '{group}' (did you mean '{near}'? groups: {', '.join(groups)})"
+            return MlopsError(f"recipe {_display(path)} is invalid:\n  {msg}")
         msg = f"{where}: {group}: no config '{option}' in group '{group}' (options: {', '.join(options) or 'none'};"
         msg += f" looked in {looked})"
         return MlopsError(f"recipe {_display(path)} is invalid:\n  {msg}" + (f" (did you mean '{hint}'?)" if hint else ""))
@@ -503,7 +507,8 @@ def _composition_error(path: Path, overrides: list[str], exc: Exception, search:
             msg += f" (options: {', '.join(options)})" if options else ""
         elif "not in struct" in cause or "Could not override" in text:
             valid = keys_at(parent)
-            hint = closest(leaf, valid)
+            # a top-level key may also be a group choice's misspelt group: `gate=x` for `gates=x`
+            hint = closest(leaf, valid) or (None if parent else closest(leaf, sorted(_config_groups(path, search))))
             key = f"{parent}.{leaf}" if parent else leaf
             msg = f"command-line override '{culprit}': {key}: unknown key"
             msg += f" (did you mean '{parent + '.' if parent else ''}{hint}'?)" if hint else f" (valid keys: {', '.join(valid)})"

@@ -714,6 +714,19 @@ CASES = [
         ("refers back to itself", "a loop"),
     ),
     Case(
+        "misspelt-group-in-the-defaults-list",
+        DEFAULTS.replace("  - _self_", "  - gate: classification  " + MARK + "\n  - _self_") + "name: q\n",
+        "gate",
+        ("no config group 'gate'", "did you mean 'gates'?"),
+    ),
+    Case(
+        "override-of-a-misspelt-group",
+        DEFAULTS + "name: q\n",
+        "gate",
+        ("unknown key", "did you mean 'gates'?"),
+        overrides=("gate=classification",),
+    ),
+    Case(
         "override-of-a-number-to-infinity",
         DEFAULTS + "name: q\n",
         "model.lr",
