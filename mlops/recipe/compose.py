@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,6 +29,12 @@ from mlops.recipe.suggest import closest, keys_at, schema_accepts, schema_types,
 
 if TYPE_CHECKING:
     from omegaconf.errors import InterpolationResolutionError
+
+# A recipe whose defaults list leaves out `_self_` has its own values merged last, as Hydra 1.1+ does and as a
+# recipe means; Hydra's warning about it (from its site-packages, with a link about migrating from Hydra 1.0)
+# is not the user's to act on. A misspelt `_self_` is refused by `_check_files` before Hydra reads the file.
+warnings.filterwarnings("ignore", message=r"In '[^']*': Defaults list is missing `_self_`", category=UserWarning,
+                        module=r"hydra\.")
 
 # Hydra keeps its config loader in a process-wide singleton: two threads composing at once (two retrains
 # triggered together, a server reloading while a flow composes) would clear each other's.
@@ -555,6 +562,10 @@ def _check_files(path: Path, search: list[Path], overrides: list[str], groups: s
         for i, item in enumerate(defaults):
             for name in _default_configs(item, group):
                 target = _find_config_file(name, path, search)
+                if target is None and isinstance(item, str) and closest(item.strip(), ["_self_"]):
+                    # Hydra would take `- self` for a missing config, and warn that `_self_` is missing
+                    raise MlopsError(f"{_display(file)}:{read.item_line(i)}: defaults: no config '{item.strip()}'"
+                                     " (did you mean '_self_', where this file's own values merge?)")
                 if target is None:  # Hydra words a missing config (`_composition_error`)
                     continue
                 target = target.resolve()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -338,8 +341,10 @@ def test_a_missing_group_option_lists_the_folders_searched(tmp_path: Path, monke
      "defaults: 'mine' is this file itself: a config cannot extend itself (remove the line)"),
     ("name: mine\nmodel:\n  lr: 0.1\x01\n", 3,
      "not valid YAML: character #x0001: control characters are not allowed"),
+    ("defaults:\n  - base\n  - data: mine\n  - self\nname: mine\n", 4,
+     "defaults: no config 'self' (did you mean '_self_', where this file's own values merge?)"),
 ], ids=["a-list", "includes-itself", "default-for-defaults", "includes-itself-through-an-alias",
-        "a-control-character"])
+        "a-control-character", "self-for-_self_"])
 def test_a_malformed_recipe_is_worded_at_its_line(text: str, line: int, message: str, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
@@ -349,6 +354,26 @@ def test_a_malformed_recipe_is_worded_at_its_line(text: str, line: int, message:
 
     assert main(["validate", "recipes/mine.yaml"]) == 2
     assert capsys.readouterr().err == f"error: recipes/mine.yaml:{line}: {message}\n"
+
+
+@pytest.mark.parametrize(("text", "err"), [
+    ("defaults:\n  - base\n  - data: mine\n  - self\nname: mine\n",
+     "error: recipes/mine.yaml:4: defaults: no config 'self' (did you mean '_self_', where this file's own values"
+     " merge?)\n"),
+    ("defaults:\n  - base\n  - data: mine\nname: mine\n", ""),  # merged last all the same
+], ids=["misspelt", "left-out"])
+def test_no_hydra_warning_about_self_reaches_the_terminal(text: str, err: str, tmp_path: Path) -> None:
+    """In a fresh interpreter, as a user runs it (pytest would catch the warning): Hydra warns from its
+    site-packages that `_self_` is missing, which says nothing of a misspelt one."""
+    root = user_project(tmp_path)
+    (root / "recipes" / "mine.yaml").write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "MLOPS_CONFIG_PATH"} | {"MLOPS_HOME": str(tmp_path / ".h")}
+
+    proc = subprocess.run([sys.executable, "-m", "mlops.cli", "run", "--cfg", "job", "recipes/mine.yaml"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+    assert proc.stderr == err
+    assert proc.returncode == (2 if err else 0)
 
 
 def test_defaults_lists_that_include_each_other_are_a_cycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
