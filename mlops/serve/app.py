@@ -443,6 +443,13 @@ class Server:
 
         return await self._route(_call_of(request), "ready", work)
 
+    async def v1_model_status(self, request: Request) -> Response:
+        """V1 model status (V2's ready answer). `NAME:predict` (any `NAME:VERB`) is a POST route: another method on
+        it is a 405 saying so, not a 404 for a model named `NAME:predict`."""
+        if ":" in request.path_params["name"]:
+            raise HTTPException(405, headers={"Allow": "POST"})
+        return await self.model_ready(request)
+
     async def _infer(self, call: Call, started: float) -> Answer:
         self._model(call.name)
         raw = await self._raw_body(call, octet_stream=True)
@@ -638,7 +645,7 @@ class Server:
             Route("/v2/models/{name}", self.model_metadata), Route("/v2/models/{name}/ready", self.model_ready),
             Route("/v2/models/{name}/versions/{version}", self.model_metadata),
             Route("/v2/models/{name}/versions/{version}/ready", self.model_ready),
-            Route("/v1/models/{name}", self.model_ready),  # V1 model status: the same answer
+            Route("/v1/models/{name}", self.v1_model_status),
             Route("/v1/feedback", self.feedback, methods=["POST"]),
             Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
             Route(TRAFFIC_PATH, self.traffic, methods=["POST"]),

@@ -412,7 +412,8 @@ def test_with_a_token_only_health_answers_without_it(bundle: Path, tmp_path: Pat
 @pytest.mark.parametrize(("method", "path", "status", "field"), [
     ("GET", "/nowhere", 404, "path"), ("POST", "/v3/models/toy/infer", 404, "path"),
     ("GET", "/v2/models/toy/infer", 405, "method"), ("DELETE", "/v1/feedback", 405, "method"),
-    ("PUT", "/metrics", 405, "method"),
+    ("PUT", "/metrics", 405, "method"), ("GET", "/v1/models/toy:predict", 405, "method"),  # was "no model toy:predict"
+    ("GET", "/v1/models/other:predict", 405, "method"), ("GET", "/v1/models/other", 404, "model"),
 ])
 def test_unknown_routes_and_methods_answer_json_naming_what_is_wrong(client: TestClient, method: str, path: str,
                                                                      status: int, field: str) -> None:
