@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from mlops.cli.output import emit
 from mlops.core.atomic import check_output
 from mlops.core.errors import MlopsError
@@ -38,6 +40,9 @@ def _log_and_recipe(args: argparse.Namespace, name: str) -> tuple[str | Path, Im
     return workspace().prediction_log(name), improve
 
 
+AB_FLAGS = {"metric": "--metric", "business_metric": "--business", "min_effect": "--min-effect", "alpha": "--alpha"}
+
+
 def cmd_ab_report(args: argparse.Namespace) -> int:
     name, _ = _name_and_version(args.model)
     log, improve = _log_and_recipe(args, name)
@@ -46,8 +51,13 @@ def cmd_ab_report(args: argparse.Namespace) -> int:
                                  ("min_effect", args.min_effect), ("alpha", args.alpha)) if v is not None}
     try:
         cfg = AbConfig.model_validate(cfg.model_dump() | updates)
-    except ValueError as exc:
-        raise MlopsError(f"ab report: {exc}") from None
+    except ValidationError as exc:  # pydantic's dump names the model's fields: say the flags the user typed
+        problems = []
+        for error in exc.errors():
+            key = str(error["loc"][0]) if error["loc"] else ""
+            where = f"{AB_FLAGS[key]} {updates[key]}" if key in updates else f"improve.ab.{key}"
+            problems.append(f"{where}: {error['msg']}")
+        raise MlopsError("ab report: " + "; ".join(problems)) from None
     report = ab_report(log, name, cfg, improve.feedback if improve else None, time_option("--since", args.since))
     print(render(report), end="")
     emit(report)

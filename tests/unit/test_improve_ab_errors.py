@@ -196,3 +196,16 @@ def test_regression_errors_are_absolute_errors_above_a_tolerance(tmp_path: Path)
     assert a["task"] == "regression" and a["overall"]["errors"] == 10
     assert a["slices"][0]["column"] == "kind" and a["slices"][0]["slice"] == "big" and a["slices"][0]["error_rate"] == 1
     assert a["confident_mistakes"][0]["abs_error"] == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--alpha", "2"], "error: ab report: --alpha 2.0: Input should be less than"),
+    (["--alpha", "nan"], "error: ab report: --alpha nan: "),
+    (["--alpha", "0", "--min-effect", "-1"], "error: ab report: --min-effect -1.0: Input should be greater than 0; --alpha 0.0"),
+])
+def test_ab_report_names_the_flag_of_a_bad_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   flags: list[str], said: str) -> None:
+    """Not pydantic's dump of AbConfig's fields (its links to errors.pydantic.dev included)."""
+    assert main(["ab", "report", "toy", "--log", str(tmp_path / "ab.sqlite"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(said) and "pydantic" not in err and "AbConfig" not in err, err
