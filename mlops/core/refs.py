@@ -78,8 +78,11 @@ class ModelRef:
                 return cls(text, "alias", name, alias=alias)
         elif "/" in text:
             name, version = text.split("/", 1)
-            if name and version:
+            if name and version.isdigit():
                 return cls(text, "version", name, version=version)
+            if name and version:  # the registry numbers its versions: this was meant as a directory, or mistyped
+                raise MlopsError(f"'{text}' is not a model reference: no bundle directory is there, and '{version}' "
+                                 f"is not a version of the registry (a number, e.g. {name}/3)")
         raise MlopsError(f"'{text}' is not a model reference: use NAME@ALIAS (e.g. quickstart@champion), "
                          "NAME/VERSION (e.g. quickstart/3) or a bundle directory")
 

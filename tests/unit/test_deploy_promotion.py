@@ -103,6 +103,10 @@ def test_promote_refuses_bad_requests(registry: dict[str, object]) -> None:
         promote("toy@nope")
     with pytest.raises(MlopsError, match="is not a model reference: use NAME@ALIAS"):
         promote("toy")
+    # `errors toy/abc` said no prediction had ground truth yet; a missing directory reads the same way
+    with pytest.raises(MlopsError, match=r"'toy/abc' is not a model reference: no bundle directory is there, and "
+                                         r"'abc' is not a version of the registry \(a number, e.g. toy/3\)"):
+        promote("toy/abc")
     assert champion(client) == current
 
 
