@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import json
 import math
 import os
@@ -621,10 +622,38 @@ def feedback_row(item: Any, now: float | None = None) -> tuple[Any, ...]:
     if label is None and value is None and thumbs is None and not outcome:
         raise FeedbackError("label", "give 'label' (classification), 'value' (regression), 'thumbs' ('up'/'down') "
                             "or an outcome field (e.g. 'converted')")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)):
-        raise FeedbackError("value", "must be a finite number")
+    _check_text("id", item["id"])
+    if isinstance(label, str):
+        _check_text("label", label)
+    if value is not None:
+        value = _finite("value", value)
     return (item["id"], time.time() if now is None else now, None if label is None else str(label), value,
             json.dumps(item))
+
+
+def _check_text(field: str, text: str) -> None:
+    """A lone UTF-16 surrogate (JSON may escape one: "\\ud800") is no Unicode text: SQLite cannot store it."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FeedbackError(field, "holds a lone UTF-16 surrogate (an escape from \\ud800 to \\udfff without "
+                                       "its pair), which is no Unicode text") from None
+
+
+def _finite(field: str, value: Any) -> float:
+    """`value` as the log's REAL column holds it. An integer is converted here: past 64 bits it could not be
+    stored, past a float's range (a 400-digit one) it is no finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FeedbackError(field, "must be a finite number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise FeedbackError(field, "must be a finite number, got an integer past a float's range (about "
+                                   "1.8e308)") from None
+    if not math.isfinite(number):
+        raise FeedbackError(field, "must be a finite number")
+    return number
 
 
 def read_feedback_file(path: str | Path) -> list[tuple[Any, ...]]:
@@ -642,7 +671,7 @@ def read_feedback_file(path: str | Path) -> list[tuple[Any, ...]]:
         raise MlopsError(f"{path}: unknown feedback format '{suffix}' (use .csv or .jsonl)")
     now = time.time()
     rows = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(_feedback_text(path), newline="") as f:
         for line, item in (_csv_items(path, f) if suffix == ".csv" else _jsonl_items(path, f)):
             try:
                 rows.append(feedback_row(item, now))
@@ -651,6 +680,17 @@ def read_feedback_file(path: str | Path) -> list[tuple[Any, ...]]:
     if not rows:
         raise MlopsError(f"{path}: no feedback rows")
     return rows
+
+
+def _feedback_text(path: Path) -> str:
+    """The file's text (UTF-8, with or without a BOM); one that is not UTF-8 fails at the line that is not."""
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise MlopsError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}): save the file as UTF-8"
+                         ) from None
 
 
 def _csv_items(path: Path, f: Any) -> Any:

@@ -470,15 +470,22 @@ MALFORMED = [
     ("id-not-string", "truth.jsonl", '{"id": 7, "label": "yes"}\n', ":1: id: a prediction id"),
     ("unknown-format", "truth.txt", "id,label\np1,yes\n", "unknown feedback format '.txt'"),
     ("empty", "truth.csv", "id,label\n", "no feedback rows"),
+    ("not-utf8", "truth.csv", b"id,label\np1,yes\np2,\xff\n", ":3: not UTF-8 text (byte 0xff)"),
+    ("not-utf8-after-bom", "truth.csv", b"\xef\xbb\xbfid,label\np1,\xe9\n", ":2: not UTF-8 text (byte 0xe9)"),
+    # a lone surrogate JSON may escape: the log's SQLite cannot store it
+    ("surrogate-id", "truth.jsonl", '{"id": "\\ud800", "label": "yes"}\n', ":1: id: holds a lone UTF-16 surrogate"),
+    ("surrogate-label", "truth.jsonl", '{"id": "p1", "label": "a\\udfff"}\n', ":1: label: holds a lone UTF-16"),
+    ("huge-value", "truth.jsonl", '{"id": "p1", "value": ' + "9" * 400 + "}\n",
+     ":1: value: must be a finite number, got an integer past a float's range"),
 ]
 
 
 @pytest.mark.parametrize(("name", "text", "message"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
 def test_feedback_cli_rejects_a_malformed_file_at_its_line_and_field(
-        log_with_predictions: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, text: str,
+        log_with_predictions: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, text: str | bytes,
         message: str) -> None:
     path = tmp_path / name
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     assert main(["feedback", str(path), "--log", str(log_with_predictions)]) == 2
     err = capsys.readouterr().err
     assert f"error: {path}" in err and message in err, err
