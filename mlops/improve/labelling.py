@@ -393,6 +393,9 @@ def read_label_studio_export(path: Path) -> tuple[list[dict[str, Any]], dict[str
         tasks = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise MlopsError(f"{path} is not a Label Studio JSON export ({exc}): in Label Studio, Export -> JSON") from None
+    except RecursionError:  # JSON nested deeper than Python's recursion limit: no export is
+        raise MlopsError(f"{path} is not a Label Studio JSON export (nested too deeply): in Label Studio, Export -> "
+                         "JSON") from None
     if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
         raise MlopsError(f"{path} is not a Label Studio JSON export (expected a list of tasks): in Label Studio, "
                          "Export -> JSON")

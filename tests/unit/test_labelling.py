@@ -163,6 +163,7 @@ def test_json_min_exports_are_read_too(tmp_path: Path) -> None:
     ("id,label\na,yes\n", "not a Label Studio JSON export"),
     ('{"tasks": []}', "expected a list of tasks"),
     ('[{"id": 1, "text": "hello"}]', "no data.prediction_id"),
+    ("[" * 100_000 + "]" * 100_000, r"not a Label Studio JSON export \(nested too deeply\)"),  # a RecursionError
 ])
 def test_a_file_that_is_not_a_label_studio_export_is_refused(log: Path, tmp_path: Path, content: str,
                                                               said: str) -> None:
