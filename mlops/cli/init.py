@@ -35,6 +35,8 @@ def scaffold(name: str) -> dict[str, str]:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    if not args.directory.strip():  # an unset shell variable ("$DIR"): Path("") would be this folder
+        raise MlopsError(f"mlops init {args.directory!r}: expected a folder (. for this one)")
     root = Path(args.directory)
     if root.exists() and not root.is_dir():
         raise MlopsError(f"mlops init: {root} is a file, not a folder")

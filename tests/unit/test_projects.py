@@ -66,3 +66,12 @@ def test_the_package_carries_its_config_groups_and_the_scaffold() -> None:
             assert not f.name.startswith("."), f"{f}: a package-data glob skips hidden files"
             assert any(f.match(p) and len(f.parts) == len(PurePosixPath(p).parts) for p in patterns), \
                 f"mlops/{f} is not package data: add its folder to [tool.setuptools.package-data]"
+
+
+def test_init_with_an_empty_folder_name_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`mlops init "$DIR"` with DIR unset set up the current folder."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", ""]) == 2
+    assert "mlops init '': expected a folder (. for this one)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
