@@ -159,6 +159,8 @@ class EvidentlyReport:
     agrees_with_fast_path: bool | None = None
     disagreements: list[str] | None = None
     quality: dict[str, str] | None = None  # the classification or regression preset: html and json
+    # labelled rows the quality report left out, by label: their truth is no class of the model (feedback said '7')
+    unknown_labels: dict[str, int] | None = None
     # an image or text model: Evidently's embedding drift of the same rows (method, threshold, score, drift) and
     # whether its verdict is the fast path's
     embedding: dict[str, Any] | None = None

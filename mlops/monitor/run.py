@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -443,7 +445,13 @@ def evidently_report(rows: Rows, summary: WindowSummary, reference: Reference, j
         out.disagreements = disagree
         if disagree:
             say(f"WARNING Evidently and the fast path disagree on {disagree}", "mlops monitor")
-    out.quality = _quality_report(rows, cur_idx, reference, ref_idx, meta, cfg, out_dir) or None
+    out.quality, unknown = _quality_report(rows, cur_idx, reference, ref_idx, meta, cfg, out_dir)
+    out.unknown_labels = unknown or None
+    if out.unknown_labels:
+        shown = ", ".join(f"{label!r} {n}" for label, n in list(out.unknown_labels.items())[:5])
+        say(f"{sum(out.unknown_labels.values())} labelled rows of window {summary.index} have a label that is no "
+            f"class of the model ({shown}; its classes: {', '.join(meta.labels or [])}): left out of Evidently's "
+            "quality report, which judges the rest", "mlops monitor")
     out.embedding = _embedding_report(rows, cur_idx, reference, ref_idx, fast.get(EMBEDDING_COLUMN), cfg)
     return out
 
@@ -471,8 +479,11 @@ def _frame(columns: dict[str, np.ndarray], numeric: list[str]) -> Any:
 
 
 def _quality_report(rows: Rows, cur_idx: np.ndarray, reference: Reference, ref_idx: np.ndarray, meta: BundleMeta,
-                    cfg: MonitorConfig, out_dir: Path) -> dict[str, str] | None:
-    """Evidently's classification or regression preset over the labelled rows, when there are enough."""
+                    cfg: MonitorConfig, out_dir: Path) -> tuple[dict[str, str] | None, dict[str, int]]:
+    """Evidently's classification or regression preset over the labelled rows, when there are enough; and the
+    labelled rows left out because their truth is no class of the model (feedback may say anything: '7'), by
+    label, most first. Evidently cannot score a class the model does not have (it raises, "Cannot compute
+    TPR"), and the live metrics (`live_quality`) leave such rows out too."""
     import pandas as pd
 
 
@@ -480,11 +491,18 @@ def _quality_report(rows: Rows, cur_idx: np.ndarray, reference: Reference, ref_i
     truth = rows.truth_value if regression else rows.truth_label
     pred = rows.prediction if regression else rows.label
     if truth is None or pred is None or reference.target is None:
-        return None
-    labelled = (np.isfinite(truth[cur_idx].astype(np.float64)) if regression
-                else np.fromiter((t is not None for t in truth[cur_idx]), bool, len(cur_idx)))
+        return None, {}
+    unknown: Counter[str] = Counter()
+    if regression:
+        labelled = np.isfinite(truth[cur_idx].astype(np.float64))
+    else:
+        classes = set(meta.labels or [])
+        labelled = np.fromiter((t is not None for t in truth[cur_idx]), bool, len(cur_idx))
+        known = np.fromiter((t in classes for t in truth[cur_idx]), bool, len(cur_idx))
+        unknown.update(str(t) for t in truth[cur_idx][labelled & ~known])
+        labelled &= known
     if labelled.sum() < cfg.accuracy.min_labels:
-        return None
+        return None, dict(unknown.most_common())
     idx = cur_idx[labelled]
     ref_pred = reference.outputs[VALUE if regression else LABEL][ref_idx]
     current = pd.DataFrame({ev.TARGET: truth[idx], ev.PREDICTION: pred[idx]})
@@ -510,6 +528,15 @@ def _quality_report(rows: Rows, cur_idx: np.ndarray, reference: Reference, ref_i
                      MulticlassClassification(target=ev.TARGET, prediction_labels=ev.PREDICTION))
         dd = DataDefinition(categorical_columns=[ev.TARGET, ev.PREDICTION], classification=[task])
         preset = ClassificationPreset()
-    snapshot = Report([preset]).run(Dataset.from_pandas(current, data_definition=dd),
-                                    Dataset.from_pandas(ref_frame, data_definition=dd))
-    return ev.save(snapshot, out_dir, "evidently-quality")
+    from sklearn.exceptions import UndefinedMetricWarning  # with Evidently's, which imports it anyway
+
+    with warnings.catch_warnings():
+        # a class the window's truth or predictions lack (all labels '1'): Evidently's sklearn calls warn that
+        # recall or precision is ill-defined, and its own ratios divide by zero; the report shows those as 0 or
+        # empty, which is its answer, not a fault to print beside the monitor's lines
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+        warnings.filterwarnings("ignore", "divide by zero", RuntimeWarning)
+        snapshot = Report([preset]).run(Dataset.from_pandas(current, data_definition=dd),
+                                        Dataset.from_pandas(ref_frame, data_definition=dd))
+    return ev.save(snapshot, out_dir, "evidently-quality"), dict(unknown.most_common())
