@@ -447,18 +447,30 @@ def _truth(result: list[Any]) -> dict[str, Any] | None:
         choices = value.get("choices")
         if isinstance(choices, list) and len(choices) == 1:
             return {"label": str(choices[0])}
-        number = value.get("number")
-        if isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number):
-            return {"value": float(number)}
+        number = _finite(value.get("number"))
+        if number is not None:
+            return {"value": number}
     return None
 
 
+def _finite(number: Any) -> float | None:
+    """A number as a float, or None for anything else: a bool, NaN, an infinity, an integer past float's range
+    (JSON may hold 400 digits, and math.isfinite of one raises OverflowError)."""
+    if not isinstance(number, int | float) or isinstance(number, bool):
+        return None
+    try:
+        value = float(number)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _min_truth(item: dict[str, Any]) -> dict[str, Any] | None:
-    label, number = item.get(FROM_NAME), item.get(NUMBER_NAME)
+    label, number = item.get(FROM_NAME), _finite(item.get(NUMBER_NAME))
     if isinstance(label, str) and label:
         return {"label": label}
-    if isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number):
-        return {"value": float(number)}
+    if number is not None:
+        return {"value": number}
     return None
 
 
@@ -470,11 +482,13 @@ def import_annotations(path: Path, log: Path) -> LabelImport:
                          "annotate in Label Studio, then export again")
     now = time.time()
     rows = []
-    for k, item in enumerate(items):
+    for item in items:
         try:
             rows.append(feedback_row(item, now))
-        except FeedbackError as exc:  # a bug of ours: the items are built above
-            raise AssertionError(f"item {k}: {exc}") from None
+        except FeedbackError:  # an id or label the log cannot hold (a lone surrogate): the export was edited
+            skipped["invalid"] = skipped.get("invalid", 0) + 1
+    if not rows:
+        raise MlopsError(f"{path}: none of its {n} tasks has an annotation to import ({_counts(skipped)})")
     result = record_feedback(log, rows)
     if result["unknown"]:
         skipped["unknown_id"] = result["unknown"]

@@ -238,3 +238,15 @@ def test_texts_and_images_are_shown_when_the_log_kept_them(log: Path, tmp_path: 
     assert config.find("Text").get("value") == "$review"  # type: ignore[union-attr]
     assert config.find("Image").get("value") == "$photo"  # type: ignore[union-attr]
     assert config.find("Choices").get("toName") == task["predictions"][0]["result"][0]["to_name"]  # type: ignore[union-attr]
+
+
+def test_an_edited_export_with_values_the_log_cannot_hold_imports_the_rest(log: Path, tmp_path: Path) -> None:
+    """A lone surrogate in an id (an AssertionError before) and a number past float's range (an OverflowError in
+    math.isfinite) are counted and left out; the other tasks are imported."""
+    log_predictions(log, ["a"])
+    path = tmp_path / "min.json"
+    path.write_text('[{"id": 1, "prediction_id": "a", "label": "yes"}, {"id": 2, "prediction_id": "\\ud800", '
+                    '"label": "no"}, {"id": 3, "prediction_id": "a", "value": ' + "9" * 400 + "}]")
+    result = import_annotations(path, log)
+    assert (result.tasks, result.imported) == (3, 1) and result.skipped == {"invalid": 1, "no_annotation": 1}
+    assert {j.id: j.truth for j in read_joined(log, MODEL)}["a"] == "yes"
