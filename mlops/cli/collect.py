@@ -23,6 +23,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
         raise MlopsError("give either a stream URL (mlops collect redis://HOST:PORT/DB --log STORE) or --http "
                          "[HOST:]PORT (KServe's payload logger), not both and not neither")
     if args.http is not None:
+        if args.once:  # a receiver has no backlog to finish: it would run until stopped all the same
+            raise MlopsError("--once lands a stream's backlog and stops; with --http the collector receives "
+                             "events until SIGTERM or Ctrl-C: drop --once")
         host, port = http_address(args.http)
         names = [n.strip() for n in args.input_names.split(",") if n.strip()] if args.input_names else None
         serve_cloudevents(args.log, host, port, input_names=names)

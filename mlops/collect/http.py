@@ -15,6 +15,10 @@ starve them. What has no partner after `pair_timeout_s` (the logger's
 mode `request` or `response`, or a lost event) is written with what is known: the missing side as `{}` per
 instance (the columns are NOT NULL), latency 0. Rows are kept only in memory until written: a collector
 killed with unpaired events loses those (the pair's second event was never acknowledged, so never both).
+An event the collector cannot take is answered 400 `{"error": "<field>: <message>", "field": "<field>"}`, as the
+server answers a bad request, before it is paired: a body that is no JSON, a payload of the wrong shape, or one
+the log could not keep (a lone surrogate, nesting past MAX_DEPTH, an integer past 64 bits), which would
+otherwise fail its pair's write.
 
 Inputs: V1 `instances` of named objects map directly; V1 list instances and V2 tensors need names, taken from
 `input_names` (in order; `input_0`... without them). V2 tensors give one row per first-dimension entry.
@@ -28,8 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
+import signal
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +42,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -44,16 +50,27 @@ from starlette.routing import Route
 from mlops.core.log import say
 from mlops.core.predlog import CHALLENGER, CHAMPION, prediction_rows
 from mlops.core.predlog_store import log_name, open_log
+from mlops.package.predictor import RequestError, parse_json_body
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
 PAIR_TIMEOUT_S = 60.0
 MAX_PENDING = 10_000  # unpaired ids held in memory; past it the oldest is written alone
+MAX_DEPTH = 64  # levels of nesting a payload may have (a V2 tensor's data nests one per dimension)
 WHO = "mlops collect"
 
 
 class EventError(ValueError):
-    """An event the collector cannot take: answered 400 with this message."""
+    """An event the collector cannot take: answered 400 with the field at fault, as the server answers a bad
+    request (`{"error": "<field>: <message>", "field": <field>}`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+    def body(self) -> dict[str, str]:
+        return {"error": str(self), "field": self.field}
 
 
 class MismatchError(EventError):
@@ -69,6 +86,16 @@ class Event:
     time: float | None
     data: Any
     variant: str = CHAMPION
+
+
+@dataclass
+class Counts:
+    """What a collector did, for the summary it prints when it stops."""
+
+    events: int = 0  # taken (answered 200)
+    refused: int = 0  # answered 400
+    rows: int = 0  # written to the log
+    lost: int = 0  # events whose rows the log refused (answered 503, or written alone and failed)
 
 
 @dataclass
@@ -91,29 +118,24 @@ def parse_event(headers: dict[str, str], body: bytes) -> Event:
     """One CloudEvent (binary or structured mode) -> Event; EventError says what is wrong."""
     attrs: dict[str, Any]
     if headers.get("content-type", "").split(";")[0].strip() == "application/cloudevents+json":
-        try:
-            attrs = json.loads(body)
-        except ValueError as exc:
-            raise EventError(f"structured CloudEvent body is not JSON: {exc}") from exc
+        attrs = _json(body, "the structured CloudEvent body")
         if not isinstance(attrs, dict):
-            raise EventError("structured CloudEvent body is not a JSON object")
+            raise EventError("body", "structured CloudEvent body is not a JSON object")
         data = attrs.get("data")
         if data is None and "data_base64" in attrs:
-            raise EventError("data_base64 is not supported: send the payload as JSON")
+            raise EventError("data_base64", "not supported: send the payload as JSON in data")
     else:
         attrs = {k[3:]: v for k, v in headers.items() if k.startswith("ce-")}
-        try:
-            data = json.loads(body) if body else None
-        except ValueError as exc:
-            raise EventError(f"body is not JSON (the logged payload must be JSON): {exc}") from exc
+        data = _json(body, "the logged payload") if body else None
     ce_id = attrs.get("id")
     if not ce_id or not isinstance(ce_id, str | int):
-        raise EventError("missing ce-id (the request id KServe pairs request and response by)")
+        raise EventError("ce-id", "missing (the request id KServe pairs request and response by)")
     kinds = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
     if not isinstance(attrs.get("type"), str) or attrs["type"] not in kinds:
-        raise EventError(f"ce-type {attrs.get('type')!r} is neither {REQUEST_TYPE} nor {RESPONSE_TYPE}")
+        raise EventError("ce-type", f"{attrs.get('type')!r} is neither {REQUEST_TYPE} nor {RESPONSE_TYPE}")
     if not isinstance(data, dict):
-        raise EventError("payload is not a JSON object (expected V1 instances/predictions or V2 inputs/outputs)")
+        raise EventError("body", "payload is not a JSON object (expected V1 instances/predictions or V2 "
+                                 "inputs/outputs)")
     model = attrs.get("inferenceservicename") or attrs.get("source") or "unknown"
     # KServe sends no version extension; a V2 answer names its version in the body (ours does)
     version = attrs.get("modelversion") or data.get("model_version") or None
@@ -123,19 +145,49 @@ def parse_event(headers: dict[str, str], body: bytes) -> Event:
                  _time(attrs.get("time")), data, variant)
 
 
+def _json(body: bytes, what: str) -> Any:
+    """The body read as the server reads a request's (`parse_json_body`: strict JSON, no lone surrogate), and
+    checked to be what the log can keep (`_check_loggable`): a bad request, not a crash or a failed log write."""
+    try:
+        value = parse_json_body(body)
+    except RequestError as exc:
+        if exc.field == "body":
+            raise EventError("body", exc.message.replace("invalid JSON", f"{what} is not JSON", 1)) from None
+        raise EventError(exc.field, exc.message) from None
+    _check_loggable(value)
+    return value
+
+
+def _check_loggable(body: Any) -> None:
+    """Refuse, naming where, what the log's JSON cannot keep: nesting past MAX_DEPTH (orjson writes 255 levels
+    at most, and the V2 walks here recurse) or an integer past 64 bits (orjson refuses it). Found at the second
+    event of a pair, either would fail the pair's write (a 503, the pair lost) instead of the event at fault."""
+    stack: list[tuple[str, Any, int]] = [("", body, 0)]
+    while stack:  # not recursive: the body may nest as deep as the decoder allowed
+        where, value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise EventError(where, f"nested deeper than {MAX_DEPTH} levels, more than the log keeps")
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), v, depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where or 'body'}[{i}]", v, depth + 1) for i, v in enumerate(value))
+        elif isinstance(value, int) and not -(2 ** 63) <= value < 2 ** 64:
+            raise EventError(where or "body", "an integer past 64 bits, which the log's JSON cannot keep")
+
+
 def _v2_rows(tensors: Any, what: str) -> list[dict[str, Any]]:
     if not isinstance(tensors, list) or not all(isinstance(t, dict) and "name" in t for t in tensors):
-        raise EventError(f"V2 {what} must be a list of tensors with a name")
+        raise EventError(what, f"V2 {what} must be a list of tensors with a name")
     rows: list[dict[str, Any]] = []
     sizes = set()
     for t in tensors:
         data, shape = t.get("data", []), t.get("shape") or [len(t.get("data", []))]
         if not isinstance(data, list) or not isinstance(shape, list) or not all(
                 isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise EventError(f"V2 {what} tensor {t['name']!r}: data must be a list and shape a list of sizes")
+            raise EventError(what, f"V2 tensor {t['name']!r}: data must be a list and shape a list of sizes")
         flat = _flat_len(data)
         if flat != math.prod(shape):
-            raise EventError(f"V2 {what} tensor {t['name']!r}: shape {shape} holds {math.prod(shape)} values, "
+            raise EventError(what, f"V2 tensor {t['name']!r}: shape {shape} holds {math.prod(shape)} values, "
                              f"data has {flat}")
         n = shape[0] if shape else 1
         sizes.add(n)
@@ -147,7 +199,7 @@ def _v2_rows(tensors: Any, what: str) -> list[dict[str, Any]]:
             part = data[i * width:(i + 1) * width] if isinstance(data, list) else data
             rows[i][t["name"]] = part[0] if isinstance(part, list) and width == 1 else part
     if len(sizes) > 1:
-        raise EventError(f"V2 {what} tensors disagree on the batch size (first dimensions {sorted(sizes)})")
+        raise EventError(what, f"V2 {what} tensors disagree on the batch size (first dimensions {sorted(sizes)})")
     return rows
 
 
@@ -163,7 +215,7 @@ def input_rows(payload: dict[str, Any], input_names: list[str] | None) -> list[d
     """A request payload -> one inputs object per instance, as the log keeps them."""
     if "instances" in payload:
         if not isinstance(payload["instances"], list):
-            raise EventError("V1 'instances' must be a list")
+            raise EventError("instances", "V1 'instances' must be a list")
         out = []
         for inst in payload["instances"]:
             if isinstance(inst, dict):
@@ -172,7 +224,7 @@ def input_rows(payload: dict[str, Any], input_names: list[str] | None) -> list[d
                 values = inst if isinstance(inst, list) else [inst]
                 names = input_names or [f"input_{k}" for k in range(len(values))]
                 if len(names) != len(values):
-                    raise EventError(f"an instance has {len(values)} values, the inputs are {len(names)}")
+                    raise EventError("instances", f"an instance has {len(values)} values, the inputs are {len(names)}")
                 out.append(dict(zip(names, values, strict=True)))
         return out
     if "inputs" in payload:
@@ -181,7 +233,7 @@ def input_rows(payload: dict[str, Any], input_names: list[str] | None) -> list[d
             only = payload["inputs"][0]["name"]  # one [n, k] tensor of k named inputs
             rows = [dict(zip(input_names, r[only], strict=False)) for r in rows]
         return rows
-    raise EventError("request payload has neither V1 'instances' nor V2 'inputs'")
+    raise EventError("body", "request payload has neither V1 'instances' nor V2 'inputs'")
 
 
 def _scalar_key(value: Any) -> str:
@@ -194,11 +246,11 @@ def output_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
     """A response payload -> one outputs object per instance."""
     if "predictions" in payload:
         if not isinstance(payload["predictions"], list):
-            raise EventError("V1 'predictions' must be a list")
+            raise EventError("predictions", "V1 'predictions' must be a list")
         return [p if isinstance(p, dict) else {_scalar_key(p): p} for p in payload["predictions"]]
     if "outputs" in payload:
         return _v2_rows(payload["outputs"], "outputs")
-    raise EventError("response payload has neither V1 'predictions' nor V2 'outputs'")
+    raise EventError("body", "response payload has neither V1 'predictions' nor V2 'outputs'")
 
 
 def event_rows(pair: Pending, input_names: list[str] | None) -> list[tuple[Any, ...]]:
@@ -212,7 +264,7 @@ def event_rows(pair: Pending, input_names: list[str] | None) -> list[tuple[Any, 
     inputs = inputs if inputs is not None else [{} for _ in range(n)]
     outputs = outputs if outputs is not None else [{} for _ in range(n)]
     if len(outputs) != n:
-        raise MismatchError(f"request {first.id}: {n} instances but {len(outputs)} predictions")
+        raise MismatchError("predictions", f"request {first.id}: {n} instances but {len(outputs)} predictions")
     latency = 0.0
     if req and resp and req.time is not None and resp.time is not None:
         latency = max(0.0, (resp.time - req.time) * 1000)
@@ -239,10 +291,12 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
     """The collector's ASGI app: POST / takes CloudEvents, GET /healthz answers ok."""
     writer = open_log(log)
     pending: dict[str, Pending] = {}
+    counts = Counts()
 
     async def write(pair: Pending) -> int:
         rows = event_rows(pair, input_names)
         await writer.write("predictions", rows)
+        counts.rows += len(rows)
         return len(rows)
 
     def expire(ce_id: str) -> None:
@@ -256,6 +310,7 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
         try:
             await write(pair)
         except Exception as exc:  # a background write: reported, never raised into the loop
+            counts.lost += 1
             say(f"could not log unpaired event {(pair.request or pair.response).id}: {exc}", WHO)  # type: ignore[union-attr]
 
     async def receive(request: Request) -> JSONResponse:
@@ -268,11 +323,12 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
                 expire(oldest)
             pair = pending.setdefault(event.id, Pending())
             if getattr(pair, event.kind) is not None:
-                raise EventError(f"a second {event.kind} event for id {event.id}")
+                raise EventError("ce-id", f"a second {event.kind} event for id {event.id}")
             setattr(pair, event.kind, event)
             if pair.request is None or pair.response is None:
                 loop = asyncio.get_running_loop()
                 pair.timer = loop.call_later(pair_timeout_s, expire, event.id)
+                counts.events += 1
                 return JSONResponse({"id": event.id, "status": "pending"}, status_code=200)
             pending.pop(event.id, None)
             if pair.timer is not None:
@@ -286,11 +342,14 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
             except EventError:
                 raise
             except Exception as exc:  # the store failed: KServe's agent does not retry, so the pair is lost
+                counts.lost += 2
                 say(f"log write failed for {event.id}: {exc}", WHO)
                 return JSONResponse({"error": f"log write failed: {exc}"}, status_code=503)
+            counts.events += 1
             return JSONResponse({"id": event.id, "rows": rows}, status_code=200)
         except EventError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            counts.refused += 1
+            return JSONResponse(exc.body(), status_code=400)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "pending": len(pending)})
@@ -308,14 +367,44 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
         yield
         await shutdown()
 
-    return Starlette(routes=[Route("/", receive, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])],
-                     lifespan=lifespan)
+    app = Starlette(routes=[Route("/", receive, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])],
+                    lifespan=lifespan, exception_handlers={HTTPException: _http_exception})
+    app.state.counts = counts
+    return app
+
+
+async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
+    """No such route (404), a method the route does not take (405): a JSON body naming what is wrong, as the
+    server answers them, not Starlette's plain text."""
+    assert isinstance(exc, HTTPException)
+    allow = (exc.headers or {}).get("Allow")
+    if exc.status_code == 404:
+        error = EventError("path", f"no route {request.url.path[:200]} on this collector (POST / takes "
+                                   "CloudEvents, GET /healthz answers its health)")
+    elif exc.status_code == 405:
+        error = EventError("method", f"{request.method[:20]} is not allowed on {request.url.path[:200]}"
+                                     + (f" (allowed: {allow})" if allow else ""))
+    else:
+        error = EventError("request", str(exc.detail) or "refused")
+    return JSONResponse(error.body(), status_code=exc.status_code, headers={"Allow": allow} if allow else None)
 
 
 def serve_cloudevents(log: str, host: str, port: int, input_names: list[str] | None = None,
-                      pair_timeout_s: float = PAIR_TIMEOUT_S) -> None:
-    """Collect KServe's payload logger into the log `log` on host:port until SIGTERM/SIGINT (uvicorn's)."""
+                      pair_timeout_s: float = PAIR_TIMEOUT_S) -> Counts:
+    """Collect KServe's payload logger into the log `log` on host:port until SIGTERM/SIGINT; what it did."""
     app = cloudevents_app(log, input_names, pair_timeout_s)
     say(f"collecting KServe CloudEvents on http://{host}:{port}/ into {log_name(log)}", WHO)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
-    say("stopped", WHO)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn stops on SIGTERM, then raises it again to the handler it found: the default one would end the
+        # process before the summary below. This one lets it return, as it does after Ctrl-C
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    c: Counts = app.state.counts
+    say(f"stopped: {c.events} events taken, {c.refused} refused; {c.rows} rows landed in {log_name(log)}"
+        + (f"; {c.lost} events lost to failed log writes" if c.lost else ""), WHO)
+    return c

@@ -22,6 +22,7 @@ collect --keep`) leaves the stream as it is.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -191,9 +192,9 @@ def collect_stream(url: str, store: str | Path, once: bool = False, batch: int =
     if log_store(store)[0] == "redis":  # a wrong store fails here, before anything is read
         raise MlopsError(f"--log {log_name(store)}: collect lands a stream in a SQLite PATH or postgresql:// store, "
                          "not in another stream")
-    if batch < 1 or claim_idle_s < 0:
+    if batch < 1 or not 0 <= claim_idle_s < math.inf:  # NaN too
         raise MlopsError(f"--batch {batch} / --claim-idle {claim_idle_s}: a batch holds 1 entry or more, and the idle "
-                         "time before claiming another collector's entries is 0 s or more")
+                         "time before claiming another collector's entries is a number of seconds, 0 or more")
     try:
         return _collect(url, store, once, batch, claim_idle_s, trim)
     except MlopsError:
@@ -211,6 +212,7 @@ def collect_stream(url: str, store: str | Path, once: bool = False, batch: int =
 def _collect(url: str, store: str | Path, once: bool, batch: int, claim_idle_s: float, trim: bool) -> CollectResult:
     stop = threading.Event()
     previous: dict[int, Any] = {}
+    collector = _Collector(url, store, batch)  # before the handlers: a collector that fails to start leaves none
     if not once and threading.current_thread() is threading.main_thread():
         def stopping(signum: int, frame: FrameType | None) -> None:
             say("stopping after the current batch", WHO)
@@ -218,7 +220,6 @@ def _collect(url: str, store: str | Path, once: bool, batch: int, claim_idle_s: 
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, stopping)
-    collector = _Collector(url, store, batch)
     try:
         say(f"collecting {collector.stream} into {collector.result.log} as {collector.consumer}", WHO)
         collector.own_pending()

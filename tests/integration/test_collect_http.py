@@ -40,6 +40,15 @@ def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def collector(log: str) -> Iterator[str]:
     """`serve_cloudevents` in its own process (as the CLI runs it); yields its base URL."""
+    proc, base = start_collector(log)
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def start_collector(log: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     code = ("import sys; from mlops.collect.http import serve_cloudevents; "
             "serve_cloudevents(sys.argv[1], '127.0.0.1', int(sys.argv[2]), input_names=['age', 'city'], "
@@ -47,23 +56,21 @@ def collector(log: str) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-c", code, log, str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(f"collector exited: {proc.stdout.read().decode()}")  # type: ignore[union-attr]
-                time.sleep(0.05)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(base + "/healthz", timeout=1).read()
+            return proc, base
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"collector exited: {proc.stdout.read().decode()}")  # type: ignore[union-attr]
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail("the collector did not answer /healthz")
 
 
-def post(base: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(base + "/", data=body, headers=headers, method="POST")
+def post(base: str, headers: dict[str, str], body: bytes, method: str = "POST", path: str = "/"
+         ) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(base + path, data=body, headers=headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=10) as answer:
             return answer.status, json.loads(answer.read())
@@ -134,7 +141,7 @@ def test_bad_events_get_400(collector: str) -> None:
     for h, b, word in ((no_id, body, "ce-id"), ({**headers, "ce-type": "com.example"}, body, "ce-type"),
                        (headers, b"not json", "JSON"), (headers, b'{"rows": []}', "instances")):
         status, answer = post(collector, h, b)
-        assert status == 400 and word in answer["error"], answer
+        assert status == 400 and word in answer["error"] and answer["error"].startswith(answer["field"]), answer
     for attrs in ({"type": []}, {"id": {"a": 1}}):  # structured mode: attributes of the wrong JSON type
         event_json = {"specversion": "1.0", "id": "s1", "type": REQUEST, "source": "x",
                       "data": {"instances": [{"a": 1}]}} | attrs
@@ -160,3 +167,39 @@ def test_structured_mode_regression(collector: str, log: str) -> None:
         assert post(collector, {"Content-Type": "application/cloudevents+json"}, json.dumps(body).encode())[0] == status
     (row,) = [r for r in rows_of(log) if r["id"] == ce_id]
     assert json.loads(row["outputs"]) == {"prediction": 2.5}
+
+
+def test_what_the_log_cannot_keep_is_refused_naming_the_field(collector: str, log: str) -> None:
+    """Each was a 500 (too deep to parse), or a 503 "log write failed" once its pair was complete (the pair lost)."""
+    deep = "[" * 500 + "]" * 500
+    for payload, field, word in (('{"predictions": ' + "[" * 100_000 + "]" * 100_000 + "}", "body", "nested too deeply"),
+                                 ('{"predictions": ["\\ud800"]}', "predictions[0]", "lone UTF-16 surrogate"),
+                                 ('{"predictions": [{"\\udfff": 1}]}', "predictions[0]", "a key holds a lone"),
+                                 ('{"predictions": [' + deep + "]}", "predictions[0]" + "[0]" * 63, "nested deeper"),
+                                 ('{"predictions": [123456789012345678901234567890]}', "predictions[0]", "64 bits")):
+        ce_id = uuid.uuid4().hex
+        assert post(collector, *event(ce_id, REQUEST, {"instances": [{"age": 1, "city": "Lima"}]},
+                                      "2026-01-01T00:00:00Z"))[0] == 200
+        headers, _ = event(ce_id, RESPONSE, {}, "2026-01-01T00:00:01Z")
+        status, answer = post(collector, headers, payload.encode())
+        assert (status, answer["field"]) == (400, field) and word in answer["error"], (payload[:60], answer)
+        assert answer["error"].startswith(f"{field}: ")
+
+
+def test_no_route_and_a_wrong_method_answer_json(collector: str) -> None:
+    for method, path, status, field in (("GET", "/", 405, "method"), ("PUT", "/", 405, "method"),
+                                        ("POST", "/nope", 404, "path")):
+        got, answer = post(collector, {"Content-Type": "application/json"}, b"{}", method, path)
+        assert (got, answer["field"]) == (status, field) and answer["error"].startswith(f"{field}: "), answer
+
+
+def test_sigterm_prints_the_summary(log: str) -> None:
+    proc, base = start_collector(log)
+    ce_id = uuid.uuid4().hex
+    post(base, *event(ce_id, REQUEST, {"instances": [{"age": 1, "city": "Lima"}]}, "2026-01-01T00:00:00Z"))
+    post(base, *event(ce_id, RESPONSE, {"predictions": [1]}, "2026-01-01T00:00:01Z"))
+    proc.terminate()
+    out, _ = proc.communicate(timeout=20)
+
+    assert proc.returncode == 0, out
+    assert "stopped: 2 events taken, 0 refused; 1 rows landed in" in out.decode(), out

@@ -80,7 +80,11 @@ def test_an_entry_round_trips_a_row_and_rejects_what_is_not_one() -> None:
     (["collect", "redis://h/0", "--http", "8081", "--log", "x.sqlite"], "either a stream URL"),
     (["collect", "--http", "host:port", "--log", "x.sqlite"], r"expected \[HOST:\]PORT"),
     (["collect", "redis://h/0", "--log", "x.sqlite", "--batch", "0"], "a batch holds 1 entry or more"),
-    (["collect", "redis://h/0", "--log", "x.sqlite", "--claim-idle", "-1"], "0 s or more"),
+    (["collect", "redis://h/0", "--log", "x.sqlite", "--claim-idle", "-1"], "0 or more"),
+    (["collect", "redis://h/0", "--log", "x.sqlite", "--claim-idle", "nan"], "--claim-idle nan: .* 0 or more"),
+    (["collect", "redis://h/0", "--log", "x.sqlite", "--claim-idle", "inf"], "--claim-idle inf: .* 0 or more"),
+    (["collect", "--http", "8081", "--once", "--log", "x.sqlite"], "with --http .* drop --once"),
+    (["collect", "redis://h:abc/0", "--log", "x.sqlite"], "prediction log redis://h:abc: the port 'abc'"),
 ])
 def test_collect_takes_exactly_one_source(argv: list[str], message: str) -> None:
     with pytest.raises(MlopsError, match=message):
