@@ -81,8 +81,10 @@ def redacted(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
+    # the port as written: `parts.port` raises ValueError on one that is no number, and this message says so
+    port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
     host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{parts.username or ''}:***@{f'[{host}]' if ':' in host else host}" + (f":{port}" if port else "")
     return urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from mlops.core.errors import MlopsError
 from mlops.core.predlog import LogReader, PredictionLog
+from mlops.core.predlog_pg import redacted
 from mlops.core.predlog_store import (
     is_log_url,
     log_exists,
@@ -134,3 +135,14 @@ def test_the_sqlite_log_does_not_import_the_postgresql_driver() -> None:
     code = ("import sys; from mlops.core.predlog_store import open_log, open_reader; import mlops.serve.app; "
             "assert 'psycopg2' not in sys.modules, 'psycopg2 imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://u:s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
+    ("postgresql://u:s3cret@[::1]:5432/db", "postgresql://u:***@[::1]:5432/db"),
+    ("redis://:s3cret@h:99999/0", "redis://:***@h:99999/0"),  # a port out of range: urlsplit's port raises
+    ("redis://:s3cret@h:abc/0", "redis://:***@h:abc/0"),
+    ("postgresql://u@h/db", "postgresql://u@h/db"),
+])
+def test_a_url_in_a_message_keeps_its_port_as_written_and_never_its_password(url: str, shown: str) -> None:
+    assert redacted(url) == shown
