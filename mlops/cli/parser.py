@@ -569,7 +569,7 @@ def _collect_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-names", metavar="NAME,...",
                    help="with --http: the input columns, in order, of list instances and V2 tensors")
     p.add_argument("--once", action="store_true",
-                   help="stop once the backlog is landed (default: run until SIGTERM or Ctrl-C)")
+                   help="a stream URL only: stop once the backlog is landed (default: run until SIGTERM or Ctrl-C)")
     p.add_argument("--batch", type=int, default=500, metavar="N", help="entries read, landed and acknowledged at "
                                                                        "a time (default 500)")
     p.add_argument("--claim-idle", type=float, default=30.0, metavar="S",
