@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -67,6 +68,8 @@ def cmd_ab_report(args: argparse.Namespace) -> int:
 def cmd_errors(args: argparse.Namespace) -> int:
     if args.bins < 2 or args.top < 1 or args.min_rows < 1:
         raise MlopsError("--bins must be at least 2, --top and --min-rows at least 1")
+    if args.tolerance is not None and not 0 <= args.tolerance < math.inf:  # NaN fails too: no error would count
+        raise MlopsError(f"--tolerance {args.tolerance}: expected an absolute error, a number from 0")
     name, version = _name_and_version(args.model, args.renamed_version)
     log, improve = _log_and_recipe(args, name)
     out = check_output(args.output, "--output", directory=True) if args.output else workspace().errors_dir(name)

@@ -5,6 +5,7 @@ Light on purpose: the recipe schema validates `monitor.window.duration` and `ale
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 from mlops.core.errors import MlopsError
 
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+MAX_UNIX = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last moment datetime can name
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 
 
@@ -31,9 +33,14 @@ def parse_time(text: str, now: float | None = None) -> float:
     if _DURATION.match(text):
         return now - parse_duration(text)
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:  # nan compared with every row's time leaves none; 1e400 is inf; neither is a moment
+        if not math.isfinite(seconds) or not 0 <= seconds <= MAX_UNIX:
+            raise ValueError(f"'{text}' is not a time: unix seconds are a number from 0 to {MAX_UNIX:.0f} (year "
+                             "9999)")
+        return seconds
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

@@ -169,6 +169,10 @@ def test_errors_cli_writes_the_report(planted: Path, tmp_path: Path, capsys: pyt
     assert (tmp_path / "rep" / "errors.html").is_file()
     assert json.loads(captured.out)["report"]["json"] == str(tmp_path / "rep" / "errors.json")
     assert main(["errors", "toy", "--log", str(planted), "--bins", "1"]) == 2
+    capsys.readouterr()
+    for tolerance in ("nan", "-1"):  # NaN counted no error at all
+        assert main(["errors", "toy", "--log", str(planted), "--tolerance", tolerance]) == 2
+        assert f"error: --tolerance {float(tolerance)}: expected an absolute error" in capsys.readouterr().err
 
 
 def test_error_analysis_needs_ground_truth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

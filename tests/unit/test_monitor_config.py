@@ -61,3 +61,6 @@ def test_durations_and_times() -> None:
     for bad in ("0h", "h", "-1d", "soon"):
         with pytest.raises(ValueError):
             parse_time(bad) if bad == "soon" else parse_duration(bad)
+    for bad in ("nan", "1e400", "-5", "inf"):  # --since nan was taken, and left every row out
+        with pytest.raises(ValueError, match=f"'{bad}' is not a time: unix seconds are a number from 0 to"):
+            parse_time(bad)
