@@ -48,6 +48,11 @@ def parse_spark_conf(items: list[str]) -> dict[str, str]:
     return conf
 
 
+# output names that promise another format than the Parquet `mlops batch` writes
+OTHER_FORMATS = {".csv": "CSV", ".tsv": "TSV", ".json": "JSON", ".jsonl": "JSON lines", ".txt": "text",
+                 ".xlsx": "Excel", ".arrow": "Arrow IPC", ".feather": "Feather"}
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     loaded = load_recipe(args.recipe, args.overrides)
     if args.chunk_rows < 1:
@@ -59,6 +64,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     inp = open_input(path, args.format or fmt)  # a missing input fails before the model is fetched
     if args.engine == "local":  # spark's output is a dataset directory or a URI, checked by Spark
         check_output(args.output, "--output")
+    suffix = Path(args.output).suffix.lower()
+    if suffix in OTHER_FORMATS:  # a .csv name on a Parquet file: whoever opens it next reads garbage
+        raise MlopsError(f"--output {args.output}: the scores are written as Parquet, not {OTHER_FORMATS[suffix]}: "
+                         f"name it {Path(args.output).with_suffix('.parquet').name}")
     model = _model(args, loaded)
     if args.engine == "spark":
         result = score_spark(inp, model.path, model.version, args.output, args.chunk_rows, args.id_column,

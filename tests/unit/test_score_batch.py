@@ -185,6 +185,8 @@ def test_the_command_scores_the_recipes_data_by_default(bundle: Path, tmp_path: 
     (["--engine", "spark", "--spark-conf", "executor.memory=4g"], "expected KEY=VALUE with a spark.* key"),
     (["--chunk-rows", "-5"], "--chunk-rows -5: expected a positive number"),
     (["--input", "missing.csv"], "input file not found"),
+    (["--output", "scores.csv"], "--output scores.csv: the scores are written as Parquet, not CSV: name it "
+                                 "scores.parquet"),  # Parquet bytes under a .csv name
 ])
 def test_bad_flags_exit_2_with_what_to_do(extra: list[str], message: str, bundle: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
