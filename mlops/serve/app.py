@@ -466,6 +466,8 @@ class Server:
             raise RequestError("id", "must be a string")
         if request_id is not None and len(request_id) > MAX_REQUEST_ID_CHARS:
             raise RequestError("id", f"longer than {MAX_REQUEST_ID_CHARS} characters")
+        if not isinstance(body.get("parameters", {}), dict):  # the protocol's parameters are an object
+            raise RequestError("parameters", "must be an object of named parameters")
         arm = self._arm(call, request_id)
         # the decoded tensors are let go of before the log's commit is awaited: under load every request in flight
         # held its ~90 of them, enough to set off a collection of the youngest generation every few requests

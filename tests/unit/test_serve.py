@@ -108,6 +108,7 @@ BAD = [
     ("v2-surrogate-bytes", "/v2/models/toy/infer", v2(GOOD_V2[:2] + [col("city", ["a", "\ud800"], "BYTES")]), 400,
      "inputs[2].data[1]"),
     ("feedback-surrogate-id", "/v1/feedback", {"id": "\ud800", "label": "yes"}, 400, "id"),
+    ("v2-parameters-not-object", "/v2/models/toy/infer", v2(GOOD_V2, parameters="x"), 400, "parameters"),
     # past a float's range: it was a 500 (OverflowError) in the check meant to refuse it
     ("feedback-huge-value", "/v1/feedback", b'{"id": "x", "value": ' + b"9" * 400 + b"}", 400, "body.value"),
 ]
