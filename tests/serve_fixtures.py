@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from mlops.package.graph import (
     preprocessing_graph,
 )
 from mlops.recipe.schema import DataConfig
+from mlops.serve import kserve_runtime
 
 
 def training_frame(n: int = 200, seed: int = 0) -> pd.DataFrame:
@@ -64,3 +66,28 @@ def build_bundle(dest: Path, name: str = "toy", weights_seed: int = 1, frame: pd
         | ({"categories": cfg.categories.model_dump()} if "categories" in data else {}),
         packed=(packed.SerializeToString(), PACKED_NUMERIC, packed_columns(full)))
     return dest
+
+
+HAS_KSERVE = importlib.util.find_spec("kserve") is not None
+
+
+def kserve_app(bundle: Path, max_batch: int = 16) -> Any:
+    """KServe's own REST app (its V1 and V2 routes, data plane and error handlers) over our `BundleModel`, with the
+    handlers `serve_kserve` installs: what `mlops serve --runtime kserve` serves, without a socket."""
+    from fastapi import FastAPI
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+    from kserve.protocol.rest.server import RESTServer
+
+    model = kserve_runtime.BundleModel(bundle, max_batch=max_batch, version="7")
+    model.load()
+    repository = ModelRepository()
+    repository.update(model)
+    rest = RESTServer("unused", DataPlane(model_registry=repository),
+                      ModelRepositoryExtension(model_registry=repository), http_port=0)
+    app = FastAPI()
+    rest._register_endpoints(app)
+    rest._add_exception_handlers(app)
+    kserve_runtime.install_error_handlers(app)
+    return app

@@ -18,6 +18,7 @@ import argparse
 import importlib
 import importlib.metadata
 import logging
+import struct
 import sys
 from functools import cache
 from pathlib import Path
@@ -30,6 +31,7 @@ from mlops.core.predlog import prediction_ids
 from mlops.package.bundle import read_bundle
 from mlops.package.predictor import Predictor, RequestError, imputed_parameters, parse_json_body
 from mlops.serve.app import inference_route
+from mlops.serve.binary import HEADER_LENGTH
 from mlops.serve.tensors import input_tensors, output_tensors
 from mlops.serve.wire import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -273,6 +275,22 @@ def install_error_handlers(app: Any) -> None:
         # surrogate, say), V2 binary data that does not add up. A BundleRequestError has its own handler above
         return JSONResponse({"error": f"body: {exc}", "field": "body"}, status_code=400)
 
+    async def binary_payload(request: Any, exc: Exception) -> JSONResponse:
+        # kserve decodes the V2 binary extension itself (InferRequest.from_bytes, struct.unpack_from): what a
+        # request carrying the extension's header raises there is its payload's fault (a length that is no number,
+        # sizes past the body), which kserve's generic handler answered 500. Any other such error stays a 500
+        if HEADER_LENGTH in request.headers:
+            return JSONResponse({"error": f"body: the binary tensor data does not add up ({type(exc).__name__}: "
+                                          f"{exc})", "field": "body"}, status_code=400)
+        return await _runtime().kserve.errors.generic_exception_handler(request, exc)
+
+    async def undecodable_bytes(request: Any, exc: Exception) -> JSONResponse:
+        # the same decoding's BYTES element that is no UTF-8 raises kserve's InferenceError (a 500 there); its
+        # message is matched so that a model's own InferenceError stays kserve's
+        if HEADER_LENGTH in request.headers and str(exc).startswith("Failed to encode"):
+            return JSONResponse({"error": f"body: {exc}", "field": "body"}, status_code=400)
+        return await _runtime().kserve.errors.inference_error_handler(request, exc)
+
     async def http_exception(request: Any, exc: Exception) -> JSONResponse:
         # no route (404), a method the route does not take (405), a body FastAPI could not read (400)
         assert isinstance(exc, HTTPException)
@@ -294,6 +312,9 @@ def install_error_handlers(app: Any) -> None:
     app.add_exception_handler(HTTPException, http_exception)
     app.add_exception_handler(_runtime().kserve.errors.ModelNotFound, model_not_found)
     app.add_exception_handler(NotImplementedError, not_implemented)
+    for error in (ValueError, TypeError, struct.error):
+        app.add_exception_handler(error, binary_payload)
+    app.add_exception_handler(_runtime().kserve.errors.InferenceError, undecodable_bytes)
 
 
 def serve_kserve(bundle_dir: Path, host: str, port: int, name: str | None = None, *, max_batch: int = 1024,

@@ -21,7 +21,7 @@ from mlops.serve.app import Server
 from mlops.serve.binary import HEADER_LENGTH
 from mlops.serve.grpc import check_port, request_body, v2_messages
 from tests.media_fixtures import build_media_bundle, image_png
-from tests.serve_fixtures import build_bundle
+from tests.serve_fixtures import HAS_KSERVE, build_bundle, kserve_app
 
 http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is in the dev extra")
 from tritonclient.http._utils import _get_inference_request  # noqa: E402 - after the skip
@@ -303,3 +303,22 @@ def test_a_taken_grpc_port_is_refused_before_the_server_starts() -> None:
         with pytest.raises(MlopsError, match=f"--grpc-port {port}"):
             check_port("127.0.0.1", port)
     check_port("127.0.0.1", port)  # free again
+
+
+@pytest.mark.parametrize(("inputs", "tail", "length"), [m[1:4] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+def test_the_stock_runtime_never_answers_a_malformed_binary_body_with_a_500(bundle: Path, inputs: list[dict[str, Any]],
+                                                                            tail: bytes, length: int | None) -> None:
+    """`--runtime kserve`: KServe decodes the extension itself, and an error of its decoding (a header length that
+    is no number, sizes past the body) was its generic 500. What it takes (extra bytes, a size that disagrees with
+    the shape) is stock KServe's reading, and left to it."""
+    if not HAS_KSERVE:
+        pytest.skip("kserve is not installed (pip install -e '.[serve]')")
+    body, headers = _raw(inputs, tail, length)
+    if length == -1:
+        headers[HEADER_LENGTH] = "twelve"
+    with TestClient(kserve_app(bundle)) as stock:
+        response = stock.post(V2, content=body, headers=headers | {"content-type": "application/octet-stream"})
+    assert response.status_code < 500, response.text
+    if response.status_code != 200:
+        answer = response.json()
+        assert set(answer) == {"error", "field"} and answer["error"].startswith(f"{answer['field']}: "), answer

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import io
 import json
 import sqlite3
@@ -40,6 +39,7 @@ from tests.media_fixtures import (
     image_png,
     instance,
 )
+from tests.serve_fixtures import HAS_KSERVE, kserve_app
 
 V1 = f"/v1/models/{NAME}:predict"
 V2 = f"/v2/models/{NAME}/infer"
@@ -48,7 +48,6 @@ TEXTS = ["great coffee, fresh and strong", "awful packaging arrived broken", "my
 OTHER_CORPUS = ["a completely different vocabulary", "zebra quartz jukebox", "fresh strong coffee beans",
                 "broken glass everywhere", "five stars from me"]
 RUNTIMES = ["mlops", "kserve"]
-HAS_KSERVE = importlib.util.find_spec("kserve") is not None
 
 
 @pytest.fixture(scope="module")
@@ -85,28 +84,6 @@ def pixels(seed: int, size: tuple[int, int] = (8, 8), mode: str = "L") -> np.nda
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(image_png(seed, size, mode))))
-
-
-def kserve_app(bundle: Path, max_batch: int = 16) -> Any:
-    """KServe's own REST app (its V1 and V2 routes, data plane and error handlers) over our `BundleModel`, with the
-    handlers `serve_kserve` installs: what `mlops serve --runtime kserve` serves, without a socket."""
-    from fastapi import FastAPI
-    from kserve.model_repository import ModelRepository
-    from kserve.protocol.dataplane import DataPlane
-    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
-    from kserve.protocol.rest.server import RESTServer
-
-    model = kserve_runtime.BundleModel(bundle, max_batch=max_batch, version="7")
-    model.load()
-    repository = ModelRepository()
-    repository.update(model)
-    rest = RESTServer("unused", DataPlane(model_registry=repository),
-                      ModelRepositoryExtension(model_registry=repository), http_port=0)
-    app = FastAPI()
-    rest._register_endpoints(app)
-    rest._add_exception_handlers(app)
-    kserve_runtime.install_error_handlers(app)
-    return app
 
 
 def runtime_client(runtime: str, bundle: Path, tmp_path: Path, **kwargs: Any) -> TestClient:
