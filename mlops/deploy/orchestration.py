@@ -108,6 +108,12 @@ def _git(where: Path, *args: str) -> str | None:
     return proc.stdout.rstrip() if proc.returncode == 0 else None  # porcelain lines start with a space
 
 
+def clonable(text: str) -> bool:
+    """A URL git clones (scheme://, or scp-like USER@HOST:PATH) or an existing folder."""
+    return bool(re.match(r"^[a-z][a-z0-9+.-]*://\S+$", text) or re.match(r"^[\w.-]+@[\w.-]+:\S+$", text)
+                or Path(text).expanduser().is_dir())
+
+
 def code_source(project_dir: Path, repository: str | None = None, ref: str | None = None,
                 local: bool = False, image: str | None = None, image_dir: str = "/opt/project") -> CodeSource:
     """Where the deployments of the project at `project_dir` get its code: its git repository (the remote
@@ -115,8 +121,17 @@ def code_source(project_dir: Path, repository: str | None = None, ref: str | Non
     directory when `local` or when there is no repository to clone (then a warning says how to get one). Warns,
     naming the fix, when the deployed commit would miss uncommitted changes or is not pushed. With `image`, flows
     run in `image_dir` of that image instead (a docker work pool), and no git is involved."""
+    if not project_dir.is_dir():
+        raise MlopsError(f"--project-dir {project_dir}: {'not a folder' if project_dir.exists() else 'no such folder'}"
+                         " (the project whose flows are deployed)")
     project_dir = project_dir.resolve()
     here = CodeSource("local", directory=str(project_dir))
+    if local and (repository is not None or ref is not None):
+        raise MlopsError("--local-checkout runs the flows in --project-dir on this machine, from no repository: drop "
+                         "--git-repo and --git-ref, or --local-checkout")
+    if repository is not None and not clonable(repository):
+        raise MlopsError(f"--git-repo {repository!r}: expected a repository workers can clone: a URL (https://..., "
+                         "ssh://..., git@HOST:PATH, file://...) or a repository's folder")
     if image is not None:
         if local or repository is not None or ref is not None:
             raise MlopsError("a deployment runs in the image or from git, not both: drop --git-repo, --git-ref and "

@@ -4,15 +4,17 @@ pull step a worker runs, and each warning that names what the deployment would m
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from mlops.core.errors import MlopsError
-from mlops.deploy.orchestration import CodeSource, code_source, prefect_yaml
+from mlops.deploy.orchestration import CodeSource, clonable, code_source, prefect_yaml
 
 
 @pytest.fixture(autouse=True)
@@ -117,3 +119,18 @@ def test_a_docker_pool_runs_the_flows_in_the_image(tmp_path: Path) -> None:
     assert source.job_variables() == {"image": "ghcr.io/acme/churn-train:3"} and source.warnings == ()
     with pytest.raises(MlopsError, match="in the image or from git, not both"):
         code_source(tmp_path, image="ghcr.io/acme/churn-train:3", ref="main")
+
+
+@pytest.mark.parametrize(("kwargs", "said"), [
+    ({"repository": "x"}, "--git-repo 'x': expected a repository workers can clone"),  # taken as given before
+    ({"repository": "http://x", "local": True}, "--local-checkout runs the flows in --project-dir on this machine"),
+    ({"ref": "main", "local": True}, "drop --git-repo and --git-ref, or --local-checkout"),
+])
+def test_source_flags_that_contradict_or_name_no_repository_are_refused(tmp_path: Path, kwargs: dict[str, Any],
+                                                                        said: str) -> None:
+    with pytest.raises(MlopsError, match=re.escape(said)):
+        code_source(tmp_path, **kwargs)
+    with pytest.raises(MlopsError, match=re.escape(f"--project-dir {tmp_path / 'nope'}: no such folder")):
+        code_source(tmp_path / "nope")
+    for fine in ("https://example.invalid/p.git", "git@example.invalid:team/p.git", "ssh://git@h/p", str(tmp_path)):
+        assert clonable(fine), fine
