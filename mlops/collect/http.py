@@ -50,7 +50,7 @@ from starlette.routing import Route
 from mlops.core.log import say
 from mlops.core.predlog import CHALLENGER, CHAMPION, prediction_rows
 from mlops.core.predlog_store import log_name, open_log
-from mlops.package.predictor import RequestError, parse_json_body
+from mlops.package.predictor import RequestError, json_nodes, parse_json_body
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
@@ -162,16 +162,10 @@ def _check_loggable(body: Any) -> None:
     """Refuse, naming where, what the log's JSON cannot keep: nesting past MAX_DEPTH (orjson writes 255 levels
     at most, and the V2 walks here recurse) or an integer past 64 bits (orjson refuses it). Found at the second
     event of a pair, either would fail the pair's write (a 503, the pair lost) instead of the event at fault."""
-    stack: list[tuple[str, Any, int]] = [("", body, 0)]
-    while stack:  # not recursive: the body may nest as deep as the decoder allowed
-        where, value, depth = stack.pop()
+    for where, value, depth in json_nodes(body):
         if depth > MAX_DEPTH:
             raise EventError(where, f"nested deeper than {MAX_DEPTH} levels, more than the log keeps")
-        if isinstance(value, dict):
-            stack.extend((f"{where}.{k}" if where else str(k), v, depth + 1) for k, v in value.items())
-        elif isinstance(value, list):
-            stack.extend((f"{where or 'body'}[{i}]", v, depth + 1) for i, v in enumerate(value))
-        elif isinstance(value, int) and not -(2 ** 63) <= value < 2 ** 64:
+        if isinstance(value, int) and not -(2 ** 63) <= value < 2 ** 64:
             raise EventError(where or "body", "an integer past 64 bits, which the log's JSON cannot keep")
 
 

@@ -641,18 +641,26 @@ def _check_text(field: str, text: str) -> None:
                                        "its pair), which is no Unicode text") from None
 
 
-def _finite(field: str, value: Any) -> float:
-    """`value` as the log's REAL column holds it. An integer is converted here: past 64 bits it could not be
-    stored, past a float's range (a 400-digit one) it is no finite number."""
+def finite_float(value: Any) -> float | None:
+    """A JSON number as a float; None for anything else: a bool, NaN, an infinity, or an integer past a float's
+    range (JSON may hold 400 digits, and float() of one raises OverflowError)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FeedbackError(field, "must be a finite number")
+        return None
     try:
         number = float(value)
     except OverflowError:
-        raise FeedbackError(field, "must be a finite number, got an integer past a float's range (about "
-                                   "1.8e308)") from None
-    if not math.isfinite(number):
-        raise FeedbackError(field, "must be a finite number")
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _finite(field: str, value: Any) -> float:
+    """`value` as the log's REAL column holds it. An integer is converted here: past 64 bits it could not be
+    stored, past a float's range (a 400-digit one) it is no finite number."""
+    number = finite_float(value)
+    if number is None:
+        # float() of an int is never NaN or infinite: an int refused here overflowed
+        past = ", got an integer past a float's range (about 1.8e308)" if type(value) is int else ""
+        raise FeedbackError(field, f"must be a finite number{past}")
     return number
 
 

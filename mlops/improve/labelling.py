@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
 import sqlite3
 import time
@@ -39,6 +38,7 @@ from mlops.core.predlog import (
     SHADOW,
     FeedbackError,
     feedback_row,
+    finite_float,
     json_object,
 )
 from mlops.core.predlog_store import log_name, log_target, open_reader, record_feedback
@@ -447,26 +447,14 @@ def _truth(result: list[Any]) -> dict[str, Any] | None:
         choices = value.get("choices")
         if isinstance(choices, list) and len(choices) == 1:
             return {"label": str(choices[0])}
-        number = _finite(value.get("number"))
+        number = finite_float(value.get("number"))
         if number is not None:
             return {"value": number}
     return None
 
 
-def _finite(number: Any) -> float | None:
-    """A number as a float, or None for anything else: a bool, NaN, an infinity, an integer past float's range
-    (JSON may hold 400 digits, and math.isfinite of one raises OverflowError)."""
-    if not isinstance(number, int | float) or isinstance(number, bool):
-        return None
-    try:
-        value = float(number)
-    except OverflowError:
-        return None
-    return value if math.isfinite(value) else None
-
-
 def _min_truth(item: dict[str, Any]) -> dict[str, Any] | None:
-    label, number = item.get(FROM_NAME), _finite(item.get(NUMBER_NAME))
+    label, number = item.get(FROM_NAME), finite_float(item.get(NUMBER_NAME))
     if isinstance(label, str) and label:
         return {"label": label}
     if number is not None:

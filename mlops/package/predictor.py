@@ -14,7 +14,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
@@ -84,21 +84,30 @@ def _escapes_a_surrogate(raw: bytes) -> bool:
     return raw.find(b"\\") >= 0 and (b"\\ud" in raw or b"\\uD" in raw)
 
 
+def json_nodes(body: Any) -> Iterator[tuple[str, Any, int]]:
+    """Every value of a decoded JSON body, the body first, with where it is ("" for the body itself, then `id`,
+    `instances[0].city`, `body[2]` under a top-level list) and its depth. Not recursive: a body may nest as deep as
+    the decoder allowed. A value's children are visited after it, so a check that raises stops the walk there."""
+    stack: list[tuple[str, Any, int]] = [("", body, 0)]
+    while stack:
+        where, value, depth = stack.pop()
+        yield where, value, depth
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{key}" if where else str(key), item, depth + 1) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where or 'body'}[{i}]", item, depth + 1) for i, item in enumerate(value))
+
+
 def check_unicode(body: Any) -> None:
     """A lone surrogate (JSON may escape one: "\\ud800") is no Unicode text: it cannot be logged, answered or
     tokenized, and would fail the request (or its commit group) later. Refused here, naming where it is: the
     value's field (`id`, `instances[0].city`), or the object whose key holds it (`instances[0]`)."""
-    stack: list[tuple[str, Any]] = [("", body)]
-    while stack:  # not recursive: a body may nest as deep as the decoder allowed
-        where, value = stack.pop()
+    for where, value, _ in json_nodes(body):
         if isinstance(value, str):
             _check_text(where or "body", value, "")
         elif isinstance(value, dict):
-            for key, item in value.items():
+            for key in value:
                 _check_text(where or "body", key, "a key ")
-                stack.append((f"{where}.{key}" if where else key, item))
-        elif isinstance(value, list):
-            stack.extend((f"{where or 'body'}[{i}]", item) for i, item in enumerate(value))
 
 
 def _check_text(where: str, text: str, what: str) -> None:
