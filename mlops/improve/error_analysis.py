@@ -26,6 +26,7 @@ from typing import Any
 from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
 from mlops.core.pages import image_data_url, render_page, write_page
+from mlops.core.predlog import finite_float
 from mlops.core.predlog_store import log_name
 from mlops.data.descriptors import described_input
 from mlops.improve.feedback import read_joined
@@ -42,7 +43,7 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
 
 
     rows = [j for j in read_joined(log, model, since=since, variants=variants, feedback=feedback, version=version)
-            if j.correct is not None or (j.truth is not None and _number(j.outputs.get("prediction")) is not None)]
+            if j.correct is not None or (j.truth is not None and finite_float(j.outputs.get("prediction")) is not None)]
     if not rows:
         raise MlopsError(f"no prediction of '{model}' in {log_name(log)} has ground truth yet: record feedback by prediction id "
                          "(POST /v1/feedback or mlops feedback FILE)")
@@ -100,9 +101,17 @@ def _frame(inputs: list[dict[str, Any]]) -> tuple[Any, dict[str, str]]:
         for column in described:
             base = described_input(column)
             media.setdefault(base, "image" if isinstance(row.get(base), dict) else "text")
-        flat.append({k: v for k, v in row.items() if k != DESCRIPTORS} | described)
+        flat.append({k: _analysable(v) for k, v in row.items() if k != DESCRIPTORS} | described)
     frame = pd.DataFrame(flat)
     return frame.drop(columns=[c for c in media if c in frame.columns]), media
+
+
+def _analysable(value: Any) -> Any:
+    """A logged value as a column can hold it: an integer past a float's range (JSON may hold 400 digits; pandas
+    raises OverflowError on it) as its digits, a value no numeric bin takes and a category that still shows it."""
+    if type(value) is int and finite_float(value) is None:
+        return str(value)
+    return value
 
 
 def _embedding_regions(vectors: list[Any], min_rows: int, seed: int) -> Any:
@@ -139,16 +148,14 @@ def _shown_media(inputs: dict[str, Any], media: dict[str, str]) -> dict[str, Any
     return out
 
 
-def _number(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
 def _confidence(j: Any) -> float:
-    """The probability the model gave the label it answered."""
+    """The probability the model gave the label it answered; NaN when a logged probability is no finite number
+    (nothing to rank by)."""
     probs = j.outputs.get("probabilities")
-    if isinstance(probs, list) and probs and all(isinstance(p, int | float) for p in probs):
-        return float(max(probs))
-    return math.nan
+    if not isinstance(probs, list) or not probs:
+        return math.nan
+    numbers = [n for n in map(finite_float, probs) if n is not None]
+    return max(numbers) if len(numbers) == len(probs) else math.nan
 
 
 def _slices(frame: Any, wrong: Any, bins: int, min_rows: int, alpha: float, overall: float) -> list[dict[str, Any]]:

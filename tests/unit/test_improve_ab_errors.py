@@ -202,6 +202,44 @@ def test_regression_errors_are_absolute_errors_above_a_tolerance(tmp_path: Path)
     assert a["confident_mistakes"][0]["abs_error"] == pytest.approx(5.0)
 
 
+def test_errors_takes_an_integer_past_a_floats_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A log written by another writer may hold a 400-digit integer (JSON allows it; float() of it overflows):
+    in a logged input it is a value of its column, as its digits; as a prediction it is no number to score."""
+    from mlops.core.predlog import PredictionLog, prediction_rows
+
+    log = tmp_path / "huge.sqlite"
+    huge = int("1" + "0" * 400)
+    rows, feedback = [], []
+    for i in range(20):
+        row = prediction_rows([f"r{i}"], "toy", "1", "champion", [{"x": float(i)}], [{"prediction": 1.0}], 1.0)[0]
+        if i == 0:  # our writer refuses such an integer: the row is written as another writer would
+            row = (*row[:5], json.dumps({"x": huge}), *row[6:])
+        if i == 1:
+            row = (*row[:6], json.dumps({"prediction": huge}), *row[7:])
+        rows.append(row)
+        feedback.append((f"r{i}", 0.0, None, 1.0 + i % 2, json.dumps({"id": f"r{i}", "value": 1.0 + i % 2})))
+    writer = PredictionLog(log)
+    writer.submit("predictions", rows).result()
+    writer.submit("feedback", feedback).result()
+    writer.close()
+    a = analyse_errors(log, "toy", tolerance=0.5, min_rows=2, top=20)
+    assert a["overall"]["rows"] == 19 and a["overall"]["errors"] == 9  # r1's prediction is no number: left out
+    assert {m["id"] for m in a["confident_mistakes"]} == {f"r{i}" for i in range(3, 20, 2)}
+    assert main(["errors", "toy", "--log", str(log), "--tolerance", "0.5", "--min-rows", "2",
+                 "--output", str(tmp_path / "rep")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "rep" / "errors.html").is_file()
+    # a classifier's wrong answer whose probabilities hold one: ranked as no confidence known
+    cls = [prediction_rows([f"c{i}"], "cls", "1", "champion", [{"x": float(i)}],
+                           [{"label": "yes", "probabilities": [0.4, 0.6]}], 1.0)[0] for i in range(3)]
+    cls[0] = (*cls[0][:6], json.dumps({"label": "yes", "probabilities": [huge, 0.6]}), *cls[0][7:])
+    writer = PredictionLog(log)
+    writer.submit("predictions", cls).result()
+    writer.submit("feedback", [(f"c{i}", 0.0, "no", None, "{}") for i in range(3)]).result()
+    writer.close()
+    mistakes = analyse_errors(log, "cls", min_rows=1)["confident_mistakes"]
+    assert [(m["id"], m["confidence"]) for m in mistakes] == [("c1", 0.6), ("c2", 0.6), ("c0", None)]
+
+
 @pytest.mark.parametrize(("flags", "said"), [
     (["--alpha", "2"], "error: ab report: --alpha 2.0: Input should be less than"),
     (["--alpha", "nan"], "error: ab report: --alpha nan: "),
