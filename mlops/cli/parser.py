@@ -404,7 +404,8 @@ def _score_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("csv", "parquet"), help="input format when its suffix does not say")
     _output(p, "predictions as Parquet: a file (local engine), a dataset directory or URI (spark engine)",
             old=False, required=True)
-    p.add_argument("--id-column", help="input column holding each row's id (default: <input file name>:<row>)")
+    p.add_argument("--id-column", help="input column holding each row's id, unique: a file where an id repeats is "
+                   "refused (default: <input file name>:<row>)")
     p.add_argument("--chunk-rows", type=int, default=10_000, metavar="N",
                    help="rows per chunk: the unit of scoring, of resuming and of Spark's Arrow batches (default 10000)")
     p.add_argument("--engine", choices=("local", "spark"), default="local",

@@ -25,7 +25,7 @@ from mlops.core.atomic import replacing, write_bytes
 from mlops.core.errors import MlopsError
 from mlops.package.predictor import Predictor
 from mlops.score.rows import arrow_schema, output_fields, score_frame
-from mlops.score.source import InputFile, check_columns
+from mlops.score.source import InputFile, check_columns, check_unique_ids
 
 MANIFEST_FORMAT = "mlops-batch/1"
 DEFAULT_CHUNK_ROWS = 10_000
@@ -148,6 +148,8 @@ def score_local(inp: InputFile, bundle: Path, version: str | None, output: Path,
     predictor = Predictor(bundle, max_batch=chunk_rows, threads=min(os.cpu_count() or 1, 4))
     needed = list(predictor.columns)
     check_columns(inp, needed, id_column)
+    if id_column is not None:
+        check_unique_ids(inp, id_column, as_text=id_column not in needed)
     fields = output_fields(predictor.meta)
     schema = arrow_schema(fields)
     output = output.expanduser().resolve()

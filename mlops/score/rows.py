@@ -280,6 +280,12 @@ def output_fields(meta: BundleMeta) -> list[tuple[str, str, bool]]:
     return fields
 
 
+def declared_ids(cells: Sequence[Any]) -> list[str | None]:
+    """An id column's cells as the ids of their rows: text, None where missing (null, NaN or empty)."""
+    ids = [from_typed(v) for v in cells]
+    return [None if v is None or v == "" else str(v) for v in ids]
+
+
 def score_frame(predictor: Predictor, frame: pd.DataFrame, text: bool, first_row: int, source: str,
                 id_column: str | None, model_version: str | None, fields: list[tuple[str, str, bool]],
                 integers: frozenset[str] = frozenset(), base: Path | None = None,
@@ -297,8 +303,7 @@ def score_frame(predictor: Predictor, frame: pd.DataFrame, text: bool, first_row
     row_problems: list[tuple[str, str] | None] = []
     ids = generated
     if id_column is not None:
-        declared = [from_typed(v) for v in frame[id_column].tolist()]
-        declared = [None if v is None or v == "" else str(v) for v in declared]
+        declared = declared_ids(frame[id_column].tolist())
         row_problems = [None if v is not None else (id_column, "missing id") for v in declared]
         ids = [v if v is not None else g for v, g in zip(declared, generated, strict=True)]
     judged = judge(predictor, frame_columns(predictor, frame, text, integers, base), n, row_problems)

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops.core.errors import DataError, MlopsError
+from mlops.score.rows import declared_ids
 
 if TYPE_CHECKING:
     import pandas as pd
 
 FORMATS = ("csv", "parquet")
+ID_CHUNK_ROWS = 100_000  # ids read at a time by the duplicate check (one column: small)
+SHOWN_DUPLICATES = 5  # duplicated ids quoted in the error, and rows quoted for each
 
 
 @dataclass(frozen=True)
@@ -135,3 +138,38 @@ def check_columns(inp: InputFile, needed: list[str], id_column: str | None) -> N
                         f"{', '.join(missing)} (it has: {', '.join(inp.columns)})")
     if id_column is not None and id_column not in inp.columns:
         raise DataError(f"--id-column '{id_column}' is not a column of {inp.path} (it has: {', '.join(inp.columns)})")
+
+
+def check_unique_ids(inp: InputFile, id_column: str, as_text: bool) -> None:
+    """Every id of `id_column` names one row, read as the scoring reads it (`as_text`: cast to strings, for an id
+    column that is no model input). An id is a row's key in the output: the key a user joins predictions to
+    their inputs and to the ground truth they record by; two rows under one id make that join ambiguous, so a
+    file with duplicates is refused before anything is scored. A missing id is the row's own error, not a
+    duplicate."""
+    first: dict[str, int] = {}
+    repeated: dict[str, list[int]] = {}
+    row = 0
+    for frame in inp.chunks(ID_CHUNK_ROWS, [id_column], as_text=id_column if as_text else None):
+        for pid in declared_ids(frame[id_column].tolist()):
+            if pid is not None:
+                seen = first.setdefault(pid, row)
+                if seen != row:
+                    repeated.setdefault(pid, [seen]).append(row)
+            row += 1
+    if not repeated:
+        return
+    rows = sum(len(r) for r in repeated.values())
+    shown = "; ".join(f"{pid[:40]!r} at rows {_rows_text(r)}" for pid, r in list(repeated.items())[:SHOWN_DUPLICATES])
+    more = f"; and {len(repeated) - SHOWN_DUPLICATES} more" if len(repeated) > SHOWN_DUPLICATES else ""
+    ids = f"{len(repeated)} id{'s' if len(repeated) > 1 else ''}"
+    raise DataError(f"--id-column '{id_column}' of {inp.path}: {ids} appear{'' if len(repeated) > 1 else 's'} on "
+                    f"more than one row ({rows} rows in all): {shown}{more} (rows counted from 0, as the output's "
+                    "`row` column counts them). An id keys its row's prediction in the output; make the ids "
+                    "unique, or leave out --id-column to key each row by <file name>:<row>")
+
+
+def _rows_text(rows: list[int]) -> str:
+    listed = [str(r) for r in rows[:SHOWN_DUPLICATES]]
+    if len(rows) > SHOWN_DUPLICATES:
+        return f"{', '.join(listed)} and {len(rows) - SHOWN_DUPLICATES} more"
+    return f"{', '.join(listed[:-1])} and {listed[-1]}"

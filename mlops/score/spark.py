@@ -30,7 +30,7 @@ from mlops.package.bundle import bundle_files, read_bundle
 from mlops.package.predictor import Predictor
 from mlops.score.batch import MAX_EXAMPLES, BatchResult
 from mlops.score.rows import output_fields, score_frame
-from mlops.score.source import check_columns
+from mlops.score.source import check_columns, check_unique_ids
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -109,6 +109,8 @@ def score_spark(inp: InputFile, bundle: Path, version: str | None, output: str, 
     meta = read_bundle(bundle)  # checks the ONNX file against its checksum before shipping it
     needed = [i.name for i in meta.inputs]
     check_columns(inp, needed, id_column)
+    if id_column is not None:  # read here, on the driver: the input is a local file
+        check_unique_ids(inp, id_column, as_text=id_column not in needed)
     fields = output_fields(meta)
     # the bundle travels with the job: its graph, its metadata and the assets its inputs read (a tokenizer)
     files = {name: (bundle / name).read_bytes() for name in bundle_files(meta)}

@@ -16,6 +16,7 @@ from mlops.cli import main
 from mlops.core.errors import DataError, MlopsError
 from mlops.score.batch import parts_dir, score_local
 from mlops.score.source import open_input
+from mlops.score.spark import score_spark
 from tests.serve_fixtures import build_bundle, training_frame
 
 
@@ -157,6 +158,41 @@ def test_whole_file_problems_stop_before_scoring(bundle: Path, tmp_path: Path) -
     with pytest.raises(MlopsError, match="--chunk-rows 0"):
         score_local(open_input(scored_csv(tmp_path / "ok.csv")), bundle, None, tmp_path / "o.parquet", chunk_rows=0)
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_duplicate_ids_are_refused_before_scoring(bundle: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """An id keys its row's prediction: two rows under one id would make a join on it ambiguous. The refusal
+    names each duplicated id with its rows, and the count; empty ids are each row's own error, no duplicate."""
+    frame = pd.read_csv(scored_csv(tmp_path / "in.csv"), dtype=str, keep_default_na=False)
+    frame.loc[[9, 17, 33], "customer"] = "c001"
+    frame.loc[25, "customer"] = "c024"
+    frame.loc[23, "customer"] = ""  # a second missing id (row 22 has one)
+    frame.to_csv(tmp_path / "dup.csv", index=False)
+
+    with pytest.raises(DataError) as refused:
+        score_local(open_input(tmp_path / "dup.csv"), bundle, None, tmp_path / "o.parquet", chunk_rows=16,
+                    id_column="customer", progress=False)
+    message = str(refused.value)
+    assert "--id-column 'customer' of " in message and "2 ids appear on more than one row (6 rows in all): " \
+        "'c001' at rows 1, 9, 17 and 33; 'c024' at rows 24 and 25 (rows counted from 0" in message, message
+    assert "leave out --id-column" in message
+    assert not (tmp_path / "o.parquet").exists() and not parts_dir(tmp_path / "o.parquet").exists()
+    with pytest.raises(DataError, match="2 ids appear on more than one row"):  # before a Spark session starts
+        score_spark(open_input(tmp_path / "dup.csv"), bundle, None, str(tmp_path / "o"), id_column="customer")
+
+    # Parquet, its id column typed (an integer cast to text, as the scoring reads it), many duplicates
+    keys = list(range(40))
+    for i in range(7):
+        keys[30 + i] = i
+    table = pa.Table.from_pandas(frame.assign(key=keys).drop(columns="customer"), preserve_index=False)
+    pq.write_table(table, tmp_path / "dup.parquet")
+    code = main(["batch", str(write_recipe(tmp_path)), "--model", str(bundle), "--input", str(tmp_path / "dup.parquet"),
+                 "--output", str(tmp_path / "o.parquet"), "--id-column", "key", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --id-column 'key' of ") and "Traceback" not in err, err
+    assert "7 ids appear on more than one row (14 rows in all): '0' at rows 0 and 30; '1' at rows 1 and 31;" in err
+    assert "'4' at rows 4 and 34; and 2 more (rows counted" in err
 
 
 def write_recipe(directory: Path, data: str = "in.csv") -> Path:
