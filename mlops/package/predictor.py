@@ -77,6 +77,16 @@ class RequestError(Exception):
         return {"error": f"{self.field}: {self.message}", "field": self.field}
 
 
+def _missing(tensor: dict[str, Any], key: str) -> str:
+    """Why a V2 tensor's field is missing; a tensor that says its data comes as binary_data_size bytes was sent
+    as JSON alone, without the binary extension's header that would carry them."""
+    parameters = tensor.get("parameters")
+    if key == "data" and type(parameters) is dict and "binary_data_size" in parameters:
+        return ("is required: parameters.binary_data_size says the data follows the JSON as raw bytes, but the "
+                "request has no Inference-Header-Content-Length header (the binary tensor extension's) to find it")
+    return "is required"
+
+
 def _escapes_a_surrogate(raw: bytes) -> bool:
     """Whether the body may escape a UTF-16 surrogate ("\\ud800"): the only way a body msgspec reads can hold one,
     so that the walk of `check_unicode` is only for these. A body with no backslash at all (every plain one) is
@@ -535,7 +545,7 @@ class Predictor:
                 raise RequestError(f"inputs[{k}]", "must be an object with name, shape, datatype, data")
             for key in ("name", "shape", "datatype", "data"):
                 if key not in t:
-                    raise RequestError(f"inputs[{k}].{key}", "is required")
+                    raise RequestError(f"inputs[{k}].{key}", _missing(t, key))
             if not isinstance(t["name"], str):
                 raise RequestError(f"inputs[{k}].name", "must be a string")
         if len(inputs) == 1 and inputs[0]["name"] not in self.columns:

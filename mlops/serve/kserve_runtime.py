@@ -18,6 +18,7 @@ import argparse
 import importlib
 import importlib.metadata
 import logging
+import re
 import struct
 import sys
 from functools import cache
@@ -214,16 +215,28 @@ def _text(data: Any, where: str) -> Any:
     return data
 
 
+# KServe's V2 (and V1) repository extension: POST /v2/repository/models/<name>/unload and .../load
+REPOSITORY_ACTION = re.compile(r"^/v[12]/repository/models/[^/]+/(?:load|unload)/?$")
+
+
 def _check_id(request_id: str | None) -> None:
     if request_id is not None and len(request_id) > MAX_REQUEST_ID_CHARS:
         raise RequestError("id", f"longer than {MAX_REQUEST_ID_CHARS} characters")
 
 
-def _inference_content(scope: dict[str, Any]) -> RequestError | None:
-    """A POST to an inference route sent as text/plain, form data or multipart is refused (415) before
-    kserve, which would read such a body as JSON anyway. JSON and application/octet-stream (the V2 binary tensor
-    extension, binary CloudEvents) go through; a body without a content type is labelled JSON, as our app reads
-    it (kserve would take a V2 one for binary tensors, and refuse it for want of their header)."""
+def _refused_before_kserve(scope: dict[str, Any]) -> RequestError | None:
+    """What kserve is not given:
+    - its repository extension's `load` and `unload` (403): this server serves one bundle and takes no token,
+      so any client could unload the model (every later request a 404 until a restart) or make kserve look for
+      another; a new version is a rollout, not a call to a live server;
+    - a POST to an inference route sent as text/plain, form data or multipart (415): kserve would read such a
+      body as JSON anyway. JSON and application/octet-stream (the V2 binary tensor extension, binary CloudEvents)
+      go through; a body without a content type is labelled JSON, as our app reads it (kserve would take a V2
+      one for binary tensors, and refuse it for want of their header)."""
+    if REPOSITORY_ACTION.match(scope["path"]):
+        return RequestError("path", f"{scope['path'][:200]}: the model repository's load and unload are off under "
+                                    "--runtime kserve (one bundle, no token): restart the server or roll out a new "
+                                    "version instead", 403)
     if scope["method"] != "POST" or inference_route(scope["path"]) is None:
         return None
     content_type = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), None)
@@ -340,7 +353,7 @@ def serve_kserve(bundle_dir: Path, host: str, port: int, name: str | None = None
         logging.getLogger(logger).setLevel(logging.WARNING)
     app = runtime.kserve.model_server.app
     install_error_handlers(app)
-    app.add_middleware(RequestGuard, timeout_s=body_timeout_s, check=_inference_content)
+    app.add_middleware(RequestGuard, timeout_s=body_timeout_s, check=_refused_before_kserve)
     print(f"mlops serve (kserve {importlib.metadata.version('kserve')}): model '{model.name}' "
           f"version {version or '-'} from {bundle_dir}", flush=True)
     print(f"mlops serve (kserve): http://{host}:{port}/v2/models/{model.name}/infer  (no prediction log)", flush=True)

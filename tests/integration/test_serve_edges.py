@@ -185,3 +185,17 @@ def test_feedback_refuses_forms_unknown_ids_odd_labels_and_huge_ids(live: Live) 
         payload = assert_json_error(got, headers, answer, field)
         if status == 404:
             assert "'never-predicted'" in payload["error"]
+
+
+@pytest.mark.parametrize("action", ["unload", "load"])
+def test_no_client_can_unload_the_served_model(live: Live, action: str) -> None:
+    """KServe's repository extension would let any client unload the one model (every later request a 404): under
+    --runtime kserve it is a 403 naming the path; ours has no unload, and its load only re-reads aliases. Either
+    way the model still answers afterwards."""
+    status, headers, body = exchange(live.port, request("POST", f"/v2/repository/models/{MODEL}/{action}"))
+    assert status != 200 or (live.runtime == "mlops" and action == "load"), body
+    if live.runtime == "kserve":
+        assert status == 403
+        assert b"--runtime kserve" in assert_json_error(status, headers, body, "path")["error"].encode()
+    v1 = json.dumps({"instances": [ROW]}).encode()
+    assert exchange(live.port, request("POST", V1, v1, {"Content-Type": "application/json"}))[0] == 200

@@ -253,6 +253,15 @@ def test_well_formed_raw_body_is_answered(client: TestClient) -> None:
     assert response.headers["content-type"] == "application/json"  # no binary output was asked for
 
 
+def test_binary_sizes_without_the_header_name_the_header(client: TestClient) -> None:
+    """A binary-extension body whose client forgot Inference-Header-Content-Length is JSON with no data: the 400
+    says which header is missing rather than only that data is."""
+    response = client.post(V2, content=json.dumps({"inputs": GOOD}), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    assert answer["field"] == "inputs[0].data" and HEADER_LENGTH.lower() in answer["error"].lower(), answer
+
+
 # --- the gRPC request decoding (mlops/serve/grpc.py): the same inputs as JSON ------------------------------
 
 def _grpc_request(raw: bool) -> Any:
