@@ -28,7 +28,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
                              "events until SIGTERM or Ctrl-C: drop --once")
         host, port = http_address(args.http)
         names = [n.strip() for n in args.input_names.split(",") if n.strip()] if args.input_names else None
-        serve_cloudevents(args.log, host, port, input_names=names)
+        emit(serve_cloudevents(args.log, host, port, input_names=names))  # its summary, once stopped
         return 0
     result = collect_stream(args.url, args.log, once=args.once, batch=args.batch, claim_idle_s=args.claim_idle,
                             trim=not args.keep)

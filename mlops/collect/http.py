@@ -90,8 +90,10 @@ class Event:
 
 @dataclass
 class Counts:
-    """What a collector did, for the summary it prints when it stops."""
+    """What a collector did, for the summary it prints when it stops (and `--json` prints)."""
 
+    url: str = ""  # where it received events
+    log: str = ""  # where their rows landed (a URL without its password)
     events: int = 0  # taken (answered 200)
     refused: int = 0  # answered 400
     rows: int = 0  # written to the log
@@ -285,7 +287,7 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
     """The collector's ASGI app: POST / takes CloudEvents, GET /healthz answers ok."""
     writer = open_log(log)
     pending: dict[str, Pending] = {}
-    counts = Counts()
+    counts = Counts(log=log_name(log))
 
     async def write(pair: Pending) -> int:
         rows = event_rows(pair, input_names)
@@ -387,7 +389,9 @@ def serve_cloudevents(log: str, host: str, port: int, input_names: list[str] | N
                       pair_timeout_s: float = PAIR_TIMEOUT_S) -> Counts:
     """Collect KServe's payload logger into the log `log` on host:port until SIGTERM/SIGINT; what it did."""
     app = cloudevents_app(log, input_names, pair_timeout_s)
-    say(f"collecting KServe CloudEvents on http://{host}:{port}/ into {log_name(log)}", WHO)
+    c: Counts = app.state.counts
+    c.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    say(f"collecting KServe CloudEvents on {c.url} into {log_name(log)}", WHO)
     previous = None
     if threading.current_thread() is threading.main_thread():
         # uvicorn stops on SIGTERM, then raises it again to the handler it found: the default one would end the
@@ -398,7 +402,6 @@ def serve_cloudevents(log: str, host: str, port: int, input_names: list[str] | N
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    c: Counts = app.state.counts
     say(f"stopped: {c.events} events taken, {c.refused} refused; {c.rows} rows landed in {log_name(log)}"
         + (f"; {c.lost} events lost to failed log writes" if c.lost else ""), WHO)
     return c

@@ -4,6 +4,7 @@ posts them) lands as prediction rows in a SQLite and a PostgreSQL log, rows the 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import pytest
 
 from mlops.core.ports import free_port
 from mlops.core.predlog import LogFilter
-from mlops.core.predlog_store import open_reader
+from mlops.core.predlog_store import log_name, open_reader
 from mlops.monitor.logstream import parse_rows
 from tests.postgres import throwaway_url
 
@@ -55,11 +56,15 @@ def start_collector(log: str) -> tuple[subprocess.Popen[bytes], str]:
             "pair_timeout_s=1.0)")
     proc = subprocess.Popen([sys.executable, "-c", code, log, str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    return proc, answering(proc, f"http://127.0.0.1:{port}")
+
+
+def answering(proc: subprocess.Popen[bytes], base: str) -> str:
+    """`base` once the collector in `proc` answers /healthz."""
     for _ in range(200):
         try:
             urllib.request.urlopen(base + "/healthz", timeout=1).read()
-            return proc, base
+            return base
         except OSError:
             if proc.poll() is not None:
                 pytest.fail(f"collector exited: {proc.stdout.read().decode()}")  # type: ignore[union-attr]
@@ -203,3 +208,24 @@ def test_sigterm_prints_the_summary(log: str) -> None:
 
     assert proc.returncode == 0, out
     assert "stopped: 2 events taken, 0 refused; 1 rows landed in" in out.decode(), out
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_json_prints_one_summary_when_stopped(log: str, stop: signal.Signals) -> None:
+    """`mlops collect --http ... --json`: stdout holds one JSON object, the summary the text mode prints, after
+    SIGTERM (how Kubernetes stops the pod) as after Ctrl-C; the readable lines go to stderr."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlops.cli", "collect", "--http", str(port), "--log", log,
+                             "--input-names", "age,city", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    base = answering(proc, f"http://127.0.0.1:{port}")
+    ce_id = uuid.uuid4().hex
+    post(base, *event(ce_id, REQUEST, {"instances": [[1, "Lima"], [2, "Quito"]]}, "2026-01-01T00:00:00Z"))
+    post(base, *event(ce_id, RESPONSE, {"predictions": ["yes", "no"]}, "2026-01-01T00:00:01Z"))
+    post(base, {"Content-Type": "application/json", "ce-type": REQUEST}, b"{}")  # no ce-id: refused
+    proc.send_signal(stop)
+    out, err = proc.communicate(timeout=20)
+
+    assert proc.returncode == 0, err
+    summary = json.loads(out)  # one object, nothing else (json.loads refuses anything after it)
+    assert summary == {"url": base + "/", "log": log_name(log), "events": 2, "refused": 1, "rows": 2, "lost": 0}
+    assert "stopped: 2 events taken, 1 refused; 2 rows landed in" in err.decode(), err
