@@ -397,6 +397,13 @@ def _schema_override(override: str, groups: set[str]) -> str:
     return f"++{override}" if schema_accepts(parent, leaf) else override
 
 
+def nearest_key(recipe: Path, parent: str, leaf: str) -> str | None:
+    """What an override's unknown key `leaf` under dotted `parent` likely meant: a key the schema has there, else,
+    at the top level, one of the recipe's config groups (`gate=x` or `+gate=x` for the choice `gates=x`)."""
+    return closest(leaf, keys_at(parent)) or (
+        None if parent else closest(leaf, sorted(_config_groups(recipe, config_search_path(recipe)))))
+
+
 def _config_groups(primary: Path, search: list[Path]) -> set[str]:
     """The config groups a recipe's overrides may choose from: folders of the recipe's dir and search path."""
     return {d.name for base in [primary.parent, *search] if base.is_dir() for d in base.iterdir() if d.is_dir()}
@@ -514,8 +521,7 @@ def _composition_error(path: Path, overrides: list[str], exc: Exception, search:
             msg += f" (options: {', '.join(options)})" if options else ""
         elif "not in struct" in cause or "Could not override" in text:
             valid = keys_at(parent)
-            # a top-level key may also be a group choice's misspelt group: `gate=x` for `gates=x`
-            hint = closest(leaf, valid) or (None if parent else closest(leaf, sorted(_config_groups(path, search))))
+            hint = nearest_key(path, parent, leaf)
             key = f"{parent}.{leaf}" if parent else leaf
             msg = f"command-line override '{culprit}': {key}: unknown key"
             msg += f" (did you mean '{parent + '.' if parent else ''}{hint}'?)" if hint else f" (valid keys: {', '.join(valid)})"

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from mlops.core.errors import Problem, RecipeError
 from mlops.recipe import schema
-from mlops.recipe.compose import Composed
+from mlops.recipe.compose import Composed, nearest_key
 from mlops.recipe.schema import Recipe
 from mlops.recipe.suggest import closest, keys_at
 
@@ -31,7 +31,10 @@ def problem_from_error(composed: Composed, error: Any) -> Problem:
     where = str(composed.origin(key))
     if kind == "extra_forbidden":
         parent, _, leaf = key.rpartition(".")
-        suggestion = closest(leaf, keys_at(parent))
+        # an override that adds a key (`+gate=x`) composes, so it is refused here and not in Hydra: the same
+        # suggestions, groups included; a file's key is no group choice, so only the schema's keys are offered
+        set_by_override = composed.origin(key).override is not None
+        suggestion = nearest_key(composed.path, parent, leaf) if set_by_override else closest(leaf, keys_at(parent))
         valid = ", ".join(keys_at(parent))
         hint = f"did you mean '{suggestion}'?" if suggestion else f"valid keys: {valid}"
         return Problem(key, "unknown key", where, hint)

@@ -726,6 +726,13 @@ CASES = [
         ("unknown key", "did you mean 'gates'?"),
         overrides=("gate=classification",),
     ),
+    Case(  # with `+` Hydra adds the key, so the schema refuses it: the nearest group is suggested all the same
+        "override-adding-a-misspelt-group",
+        DEFAULTS + "name: q\n",
+        "gate",
+        ("unknown key", "did you mean 'gates'?"),
+        overrides=("+gate=classification",),
+    ),
     Case(
         "override-of-a-number-to-infinity",
         DEFAULTS + "name: q\n",
