@@ -32,7 +32,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from mlops.core.atomic import output_problem, replacing
 from mlops.core.errors import MlopsError
@@ -797,6 +797,14 @@ class LogFilter:
     until: float | None = None  # exclusive
 
 
+class Traffic(NamedTuple):
+    """Whose rows a count of the log's traffic is: a model's version (None where none was logged) and variant."""
+
+    model: str
+    version: str | None
+    variant: str
+
+
 @dataclass(frozen=True)
 class LogField:
     """One value read out of every row's JSON by the database (`chunk_fields`), so that the whole document
@@ -948,11 +956,11 @@ class LogReader:
         span = float(duration)  # type: ignore[arg-type]
         return self.db.execute(sql, [span, span, span, lowest, *params]).fetchall()
 
-    def traffic(self, after_rowid: int = 0, limit: int = 10) -> dict[str, int]:
+    def traffic(self, after_rowid: int = 0, limit: int = 10) -> dict[Traffic, int]:
         """Rows after `after_rowid` by model, version and variant, busiest first."""
         rows = self.db.execute("SELECT model, version, variant, COUNT(*) FROM predictions WHERE rowid > ? "
                                "GROUP BY model, version, variant ORDER BY COUNT(*) DESC LIMIT ?", (after_rowid, limit))
-        return {f"model {m} version {v or '-'} variant {var}": int(n) for m, v, var, n in rows}
+        return {Traffic(m, v, var): int(n) for m, v, var, n in rows}
 
     def predictions(self, variants: tuple[str, ...], model: str | None = None, since: float | None = None,
                     version: str | None = None) -> list[dict[str, Any]]:

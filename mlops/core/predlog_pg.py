@@ -35,6 +35,7 @@ from mlops.core.predlog import (
     LogLimits,
     QueuedLog,
     Rows,
+    Traffic,
     filter_where,
     json_object,
 )
@@ -414,13 +415,13 @@ class PgLogReader:
                "GROUP BY k ORDER BY k")
         return self._rows(sql, [float(duration), lowest, *params])  # type: ignore[arg-type]
 
-    def traffic(self, after_rowid: int = 0, limit: int = 10) -> dict[str, int]:
+    def traffic(self, after_rowid: int = 0, limit: int = 10) -> dict[Traffic, int]:
         """Rows after `after_rowid` by model, version and variant, busiest first."""
         rows = self._rows("SELECT model, version, variant, COUNT(*) FROM predictions WHERE rowid > %s "
                           # ties in SQLite's order (its GROUP BY sorts by the keys, bytewise, NULL first)
                           "GROUP BY model, version, variant ORDER BY COUNT(*) DESC, model COLLATE \"C\", "
                           "version COLLATE \"C\" NULLS FIRST, variant COLLATE \"C\" LIMIT %s", (after_rowid, limit))
-        return {f"model {m} version {v or '-'} variant {var}": int(n) for m, v, var, n in rows}
+        return {Traffic(m, v, var): int(n) for m, v, var, n in rows}
 
     def predictions(self, variants: tuple[str, ...], model: str | None = None, since: float | None = None,
                     version: str | None = None) -> list[dict[str, Any]]:

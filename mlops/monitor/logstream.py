@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops.core.predlog import LogField, LogFilter, LogReader, sql_extractable
+from mlops.core.predlog import LogField, LogFilter, LogReader, Traffic, sql_extractable
 from mlops.core.predlog_pg import PgLogReader
 from mlops.core.predlog_store import open_reader
 from mlops.data.descriptors import described_input, descriptor_columns
@@ -238,7 +238,7 @@ def read_windows(path: str | Path, flt: LogFilter, columns: dict[str, str], task
                       now=now, chunk_rows=chunk_rows, in_sql=in_sql)
 
 
-def other_traffic(path: str | Path, flt: LogFilter, after_rowid: int) -> dict[str, int]:
+def other_traffic(path: str | Path, flt: LogFilter, after_rowid: int) -> dict[Traffic, int]:
     """Rows after `after_rowid` that the filter left out, by model, version and variant: what to tell a user
     whose filter matched nothing (the wrong version, a shadow-only model...)."""
     with open_reader(path) as reader:

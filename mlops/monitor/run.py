@@ -23,7 +23,7 @@ from mlops.core.atomic import write_text
 from mlops.core.errors import MlopsError
 from mlops.core.log import say
 from mlops.core.pages import write_page
-from mlops.core.predlog import LogFilter
+from mlops.core.predlog import LogFilter, Traffic
 from mlops.core.predlog_store import log_name, log_target, open_reader
 from mlops.core.refs import fetch
 from mlops.core.registry import tracking_uri
@@ -207,18 +207,15 @@ def _other_traffic_note(target: _Target, after: int) -> list[str]:
 
 
 def filter_miss_note(model: str, version: str | None, variants: tuple[str, ...], where: object,
-                     others: dict[str, int]) -> str:
+                     others: dict[Traffic, int]) -> str:
     """What the log holds instead (`others`: `LogReader.traffic`'s counts) and, where this model's rows are under a
     variant the filter leaves out (`stream`, from `mlops stream`, is the usual one), the override that adds it."""
     at = f" version {version}" if version else ""
     note = (f"no new rows of model '{model}'{at} ({', '.join(variants)}) in {where}; it has "
-            + "; ".join(f"{n} rows of {k}" for k, n in others.items()))
-    missed = set()
-    for key in others:  # traffic's keys read "model M version V variant W" (V "-" where none)
-        head, variant = key.rsplit(" variant ", 1)
-        name, v = head.removeprefix("model ").rsplit(" version ", 1)
-        if name == model and version in (None, v) and variant not in variants:
-            missed.add(variant)
+            + "; ".join(f"{n} rows of model {t.model} version {t.version or '-'} variant {t.variant}"
+                        for t, n in others.items()))
+    missed = {t.variant for t in others
+              if t.model == model and version in (None, t.version) and t.variant not in variants}
     if missed:
         note += (f". To judge the {', '.join(sorted(missed))} rows too, list the variant in monitor.variants, e.g. "
                  f"monitor.variants=[{','.join([*variants, *sorted(missed)])}]")

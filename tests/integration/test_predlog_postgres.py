@@ -22,6 +22,7 @@ from mlops.core.predlog import (
     LogFilter,
     LogReader,
     PredictionLog,
+    Traffic,
     prediction_rows,
 )
 from mlops.core.predlog_pg import LogWriteError
@@ -315,6 +316,7 @@ def test_the_reader_answers_the_same_over_both_stores(tmp_path: Path, pg_url: st
         with open_reader(target) as reader:
             answers[str(target)] = _answers(reader)
     sqlite, postgresql = answers.values()
+    assert all(type(k) is Traffic for k in sqlite["traffic"]) and all(type(k) is Traffic for k in postgresql["traffic"])
     for key, expected in sqlite.items():
         assert expected, f"{key}: the rows select nothing, so the comparison proves nothing"
         assert postgresql[key] == expected, key

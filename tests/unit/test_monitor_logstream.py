@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlops.core.predlog import LogFilter, PredictionLog, feedback_row, prediction_rows
+from mlops.core.predlog import LogFilter, PredictionLog, Traffic, feedback_row, prediction_rows
 from mlops.core.predlog_store import open_reader
 from mlops.monitor.logstream import Rows, count_windows, read_chunks, time_windows
 from mlops.monitor.operations import error_rate, operational
@@ -183,7 +183,14 @@ def test_a_filter_that_misses_streamed_rows_names_the_override(tmp_path: Path) -
            + prediction_rows(["d"], "other", "3", "shadow", [{}], [{}], 1.0))
     with open_reader(path) as reader:
         others = reader.traffic(0)
+    # (model, version, variant) as logged, busiest first: nothing to parse back out of a printed key
+    assert list(others.items()) == [(Traffic("m", "3", "stream"), 2), (Traffic("m", "2", "canary"), 1),
+                                    (Traffic("other", "3", "shadow"), 1)]
     note = filter_miss_note("m", "3", ("champion", "challenger"), path, others)
+    assert note == (f"no new rows of model 'm' version 3 (champion, challenger) in {path}; it has 2 rows of model m "
+                    "version 3 variant stream; 1 rows of model m version 2 variant canary; 1 rows of model other "
+                    "version 3 variant shadow. To judge the stream rows too, list the variant in monitor.variants, "
+                    "e.g. monitor.variants=[champion,challenger,stream]")
     assert "2 rows of model m version 3 variant stream" in note
     assert note.endswith("To judge the stream rows too, list the variant in monitor.variants, e.g. "
                          "monitor.variants=[champion,challenger,stream]")
@@ -191,3 +198,15 @@ def test_a_filter_that_misses_streamed_rows_names_the_override(tmp_path: Path) -
     every_version = filter_miss_note("m", None, ("champion",), path, others)
     assert every_version.endswith("monitor.variants=[champion,canary,stream]")
     assert ". To judge" not in filter_miss_note("m", "3", ("stream",), path, others)
+
+
+def test_a_version_that_reads_like_the_note_is_still_matched(tmp_path: Path) -> None:
+    """A version is free text ("2 version 3"): the note matches the model's rows by the logged values, where
+    reading them back out of "model M version V variant W" split it at the wrong " version "."""
+    path = tmp_path / "log.sqlite"
+    _write(path, prediction_rows(["a"], "m", "2 version 3", "stream", [{}], [{}], 1.0))
+    with open_reader(path) as reader:
+        others = reader.traffic(0)
+    note = filter_miss_note("m", "2 version 3", ("champion",), path, others)
+    assert "1 rows of model m version 2 version 3 variant stream" in note
+    assert note.endswith("monitor.variants=[champion,stream]")
