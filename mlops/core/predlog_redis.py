@@ -14,6 +14,7 @@ and that store is what monitor, errors and the other readers open (`open_reader`
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import Future
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -30,10 +31,14 @@ _URL_HELP = "redis://[:PASSWORD@]HOST[:PORT]/DB[?stream=NAME]"
 
 def check_url(url: str, what: str, expected: str = _URL_HELP) -> None:
     """Refuse, naming `what` (a flag, or "prediction log"), a redis:// URL that redis-py would answer with a bare
-    ValueError (a port that is no number) or read otherwise than written (a path that is no database number: it
-    quietly uses database 0). A unix:// URL's path is its socket's, not checked here."""
+    ValueError (a port that is no number, an option's value it cannot read) or TypeError (an option it does not
+    know, at the first command), or read otherwise than written (a path that is no database number: it quietly
+    uses database 0). A unix:// URL's options are checked too; its path is its socket's."""
     parts = urlsplit(url)
-    if parts.scheme.lower() not in SCHEMES:
+    scheme = parts.scheme.lower()
+    if scheme == "unix":
+        _check_options(url, what, expected)
+    if scheme not in SCHEMES:
         return
     try:
         parts.port  # noqa: B018 - parsed on access: a port that is no number, or past 65535, raises here
@@ -45,6 +50,31 @@ def check_url(url: str, what: str, expected: str = _URL_HELP) -> None:
     if path and not path.isdecimal():
         raise MlopsError(f"{what} {redacted(url)!r}: the path is the database number, e.g. /0, not {path!r} "
                          f"(expected {expected})")
+    _check_options(url, what, expected)
+
+
+def _check_options(url: str, what: str, expected: str) -> None:
+    """The URL's query options (but `stream=`, ours) as redis-py reads them: it builds a connection (no I/O yet)
+    from a pool of its own, so an option it cannot take fails here, by name, and not at the first command."""
+    options = [(k, v) for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True) if k != "stream"]
+    if not options:
+        return
+    try:
+        import redis
+    except ImportError:  # connect() says what to install
+        return
+    try:
+        # the query replaced as text: urlunsplit drops the `//` of a URL with no host (unix:///run/redis.sock)
+        pool = redis.ConnectionPool.from_url(f"{url.partition('?')[0]}?{urlencode(options)}")
+        pool.make_connection()
+        pool.disconnect()
+    except TypeError as exc:  # "...__init__() got an unexpected keyword argument 'x'"
+        unknown = re.search(r"argument '([^']+)'", str(exc))
+        name = unknown.group(1) if unknown else str(exc)
+        raise MlopsError(f"{what} {redacted(url)!r}: {name!r} is no option of a Redis connection URL: drop it "
+                         f"(expected {expected})") from None
+    except (ValueError, redis.RedisError) as exc:  # a value redis-py cannot read (?db=x, ?protocol=9)
+        raise MlopsError(f"{what} {redacted(url)!r}: {exc} (expected {expected})") from None
 
 
 def stream_url(url: str) -> tuple[str, str]:
@@ -68,11 +98,8 @@ def connect(url: str, timeout: float = CONNECT_TIMEOUT_S) -> Any:
     except ImportError:
         raise MlopsError(f"the prediction log {redacted(url)} is on Redis, which needs the redis package: "
                          "pip install redis") from None
-    address, _ = stream_url(url)
-    try:
-        client = redis.Redis.from_url(address, socket_connect_timeout=timeout, socket_timeout=timeout)
-    except ValueError as exc:  # an option's value redis-py cannot read (?db=x)
-        raise MlopsError(f"prediction log {redacted(url)!r}: {exc} (expected {_URL_HELP})") from None
+    address, _ = stream_url(url)  # its options checked
+    client = redis.Redis.from_url(address, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         client.ping()
     except redis.RedisError as exc:

@@ -36,6 +36,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
@@ -105,9 +106,10 @@ class StreamConfig:
             raise MlopsError(f"--idle-exit-s {args.idle_exit_s}: expected a positive number of seconds")
         if not args.source.startswith(("redis://", "rediss://", "unix://")):
             raise MlopsError(f"--source {redacted(args.source)}: expected a Redis URL (redis://HOST:PORT/DB)")
-        check_url(args.source, "--source", "redis://[:PASSWORD@]HOST[:PORT]/DB")
         if not args.stream:
             raise MlopsError("--stream '': expected the name of the input stream")
+        _check_source_options(args.source, args.stream)
+        check_url(args.source, "--source", "redis://[:PASSWORD@]HOST[:PORT]/DB")
         output_stream = args.output_stream or f"{args.stream}:predictions"
         dead_letter = args.dead_letter or f"{args.stream}:dead"
         # a record written into the input stream is read back as a message: each round wraps the last (a dead
@@ -123,6 +125,19 @@ class StreamConfig:
                    output_stream=output_stream, dead_letter=dead_letter,
                    log=log, batch=args.batch, block_ms=args.block_ms,
                    claim_idle_ms=args.claim_idle_ms, max_messages=args.max_messages, idle_exit_s=args.idle_exit_s)
+
+
+def _check_source_options(source: str, stream: str) -> None:
+    """Refuse the URL options that mean something else to a consumer: `stream=` (the prediction log's URLs name
+    their stream so; a consumer reads --stream) and `decode_responses` (messages are read as bytes: an image
+    field is binary, and field names are decoded here, naming one that is no UTF-8)."""
+    for key, value in parse_qsl(urlsplit(source).query, keep_blank_values=True):
+        if key == "stream":
+            raise MlopsError(f"--source {redacted(source)!r}: the stream to read is given by --stream (here "
+                             f"{stream}), not by the URL: drop ?stream={value}")
+        if key == "decode_responses":
+            raise MlopsError(f"--source {redacted(source)!r}: a consumer reads each message as bytes (an image field "
+                             f"is binary): drop ?decode_responses={value}")
 
 
 @dataclass

@@ -44,6 +44,10 @@ def test_a_malformed_redis_url_is_refused_with_the_expected_form(url: str, messa
 def test_an_option_redis_py_cannot_read_is_refused_naming_the_log() -> None:
     with pytest.raises(MlopsError, match=r"prediction log 'redis://cache/0\?db=x': Invalid value for 'db'"):
         connect("redis://cache/0?db=x")  # refused before any connection
+    # an option it does not know was a TypeError at the first command
+    with pytest.raises(MlopsError, match=r"prediction log 'redis://:\*\*\*@cache/0\?stream=a&foo=1': 'foo' is no "
+                                         r"option of a Redis connection URL: drop it \(expected redis://"):
+        connect("redis://:s3cret@cache/0?stream=a&foo=1")
 
 
 def test_the_password_is_redacted_in_names_and_errors() -> None:

@@ -78,6 +78,7 @@ def _args(**kw: object) -> argparse.Namespace:
 
 def test_stream_names_default_from_the_input_stream() -> None:
     config = StreamConfig.from_args(_args())
+    assert StreamConfig.from_args(_args(source="redis://h:6379/0?socket_timeout=5&client_name=c")).url.endswith("c")
 
     assert (config.output_stream, config.dead_letter) == ("in:predictions", "in:dead")
     assert config.consumer.endswith(f"-{__import__('os').getpid()}")
@@ -92,6 +93,15 @@ def test_stream_names_default_from_the_input_stream() -> None:
     ({"source": "redis://:secret@127.0.0.1:6379/abc"}, r"--source 'redis://:\*\*\*@127.0.0.1:6379/abc': the path is "
                                                          "the database number, e.g. /0, not 'abc'"),
     ({"stream": ""}, "--stream '': expected the name"),
+    # options redis-py raised a TypeError or a ValueError for at the first command: refused by name, up front
+    ({"source": "redis://127.0.0.1:6379/0?stream=x"}, r"--source 'redis://127.0.0.1:6379/0\?stream=x': the stream "
+                                                        r"to read is given by --stream \(here in\), not by the URL: "
+                                                        r"drop \?stream=x"),
+    ({"source": "redis://127.0.0.1:6379/0?foo=1"}, "'foo' is no option of a Redis connection URL: drop it"),
+    ({"source": "unix:///run/redis.sock?foo=1"}, "'foo' is no option of a Redis connection URL"),
+    ({"source": "redis://127.0.0.1:6379/0?db=x"}, "Invalid value for 'db'"),
+    ({"source": "redis://127.0.0.1:6379/0?protocol=9"}, "protocol must be either 2 or 3"),
+    ({"source": "redis://127.0.0.1:6379/0?decode_responses=1"}, "reads each message as bytes"),
     ({"dead_letter": "in"}, r"--dead-letter in is the input stream \(--stream in\)"),
     ({"output_stream": "in"}, r"--output-stream in is the input stream \(--stream in\)"),
 ])
