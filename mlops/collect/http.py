@@ -47,7 +47,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mlops.core.errors import MlopsError
 from mlops.core.log import say
+from mlops.core.ports import check_listen
 from mlops.core.predlog import CHALLENGER, CHAMPION, prediction_rows
 from mlops.core.predlog_store import log_name, open_log
 from mlops.package.predictor import RequestError, json_nodes, parse_json_body
@@ -387,7 +389,9 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
 
 def serve_cloudevents(log: str, host: str, port: int, input_names: list[str] | None = None,
                       pair_timeout_s: float = PAIR_TIMEOUT_S) -> Counts:
-    """Collect KServe's payload logger into the log `log` on host:port until SIGTERM/SIGINT; what it did."""
+    """Collect KServe's payload logger into the log `log` on host:port until SIGTERM/SIGINT; what it did. An
+    address it cannot listen on (a port another process holds) is an MlopsError naming it, before the log opens."""
+    check_listen("--http", host, port)
     app = cloudevents_app(log, input_names, pair_timeout_s)
     c: Counts = app.state.counts
     c.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
@@ -399,6 +403,9 @@ def serve_cloudevents(log: str, host: str, port: int, input_names: list[str] | N
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    except SystemExit:  # uvicorn did not start (it logged why, then exits 3): the port was taken since the check
+        check_listen("--http", host, port)  # says so in our words when it still is
+        raise MlopsError(f"the collector could not start on {c.url} (uvicorn's line above says why)") from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -1,8 +1,12 @@
-"""Loopback ports for the processes mlops starts itself (a load test's server, the local Prefect server)."""
+"""Ports: loopback ones for the processes mlops starts itself (a load test's server, the local Prefect server),
+and the check that a server of ours can listen where it was told to."""
 
 from __future__ import annotations
 
+import errno
 import socket
+
+from mlops.core.errors import MlopsError
 
 
 def free_port() -> int:
@@ -21,3 +25,31 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def check_listen(flag: str, host: str, port: int) -> None:
+    """Refuse an address a server could not listen on now (a port another process holds, a privileged port, a
+    host of another machine): one `error:` line before anything starts, saying what to give `flag` instead,
+    where uvicorn would log its OSError and exit 3. A port taken in between still fails the start-up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a TIME_WAIT is no listener
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise MlopsError(listen_error(flag, host, port, exc)) from None
+
+
+def listen_error(flag: str, host: str, port: int, exc: OSError) -> str:
+    """Why `host:port` cannot be listened on, and what to give `flag` instead."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    said = f"cannot listen on {address} ({exc.strerror or exc})"
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:  # gaierror: its errno is no errno
+        return f"{said}: {host} is no address of this machine; give one of its addresses, or 0.0.0.0 for all"
+    if exc.errno == errno.EADDRINUSE:
+        other = free_port()  # free on loopback now: likely free on any address of this machine too
+        shown = str(other) if host == "127.0.0.1" else (f"[{host}]:{other}" if ":" in host else f"{host}:{other}")
+        return f"{said}: another process listens on port {port}; choose another port, e.g. {flag} {shown}"
+    if exc.errno == errno.EACCES:
+        return f"{said}: ports below 1024 need privileges; choose a port from 1024, e.g. {flag} 8081"
+    return f"{said}: choose another address"

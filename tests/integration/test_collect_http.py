@@ -4,7 +4,9 @@ posts them) lands as prediction rows in a SQLite and a PostgreSQL log, rows the 
 from __future__ import annotations
 
 import json
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -229,3 +231,23 @@ def test_json_prints_one_summary_when_stopped(log: str, stop: signal.Signals) ->
     summary = json.loads(out)  # one object, nothing else (json.loads refuses anything after it)
     assert summary == {"url": base + "/", "log": log_name(log), "events": 2, "refused": 1, "rows": 2, "lost": 0}
     assert "stopped: 2 events taken, 1 refused; 2 rows landed in" in err.decode(), err
+
+
+def test_a_busy_port_is_one_error_line_naming_it(tmp_path: Path) -> None:
+    """Another process listens on the port: uvicorn printed its own `ERROR: [Errno 98] ...` and exited 3,
+    without an `error:` line or a way to go on."""
+    log = tmp_path / "log.sqlite"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "mlops.cli", "collect", "--http", str(port), "--log",
+                               f"sqlite:///{log}", "--json"], capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""  # --json: no summary of a collector that never ran
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert f"cannot listen on 127.0.0.1:{port}" in line and f"another process listens on port {port}" in line, line
+    assert re.search(r"choose another port, e\.g\. --http \d+$", line), line
+    assert "Traceback" not in done.stderr and "Errno" not in done.stderr, done.stderr
+    assert not log.exists()  # refused before the log opened
