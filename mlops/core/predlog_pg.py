@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from mlops.core.errors import MlopsError
 from mlops.core.log import say
@@ -78,15 +78,31 @@ class LogWriteError(Exception):
 
 
 def redacted(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    # the port as written: `parts.port` raises ValueError on one that is no number, and this message says so
-    port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{f'[{host}]' if ':' in host else host}" + (f":{port}" if port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its secrets, for messages and logs: the password of `USER:PASSWORD@HOST`, and the value of
+    a query option that holds one (`?password=`, as libpq and redis-py take it; libpq's `?sslpassword=`).
+    Everything else stays as written: the query is masked as text (a re-encoded one would read otherwise) and a
+    port that is no number is shown, since the message is often about it."""
+    head, mark, tail = url.partition("?")
+    if mark:
+        query, hash_, fragment = tail.partition("#")
+        tail = "&".join(_masked_option(option) for option in query.split("&")) + hash_ + fragment
+    parts = urlsplit(head)
+    if parts.password is not None:
+        # the port as written: `parts.port` raises ValueError on one that is no number, and this message says so
+        port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}:***@{f'[{host}]' if ':' in host else host}" + (f":{port}" if port else "")
+        head = urlunsplit(parts._replace(netloc=netloc))
+    return head + mark + tail
+
+
+def _masked_option(option: str) -> str:
+    """`NAME=VALUE` with its value masked when NAME holds a password (any spelling `unquote_plus` reads as
+    `password` or `...password`, whatever its case)."""
+    name, equals, value = option.partition("=")
+    if equals and value and unquote_plus(name).strip().lower().endswith("password"):
+        return f"{name}=***"
+    return option
 
 
 def connect(url: str, timeout: float = CONNECT_TIMEOUT_S) -> Any:

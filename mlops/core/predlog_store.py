@@ -113,9 +113,9 @@ def log_target(target: str | Path, resolve: bool = False) -> str | Path:
 
 
 def log_name(target: str | Path) -> str:
-    """`target` as messages show it: a URL without its password."""
+    """`target` as messages show it: a URL without its password (in its user part or its query)."""
     text = str(target)
-    return redacted(text) if _URL.match(text) and "@" in text else text
+    return redacted(text) if _URL.match(text) else text
 
 
 def known_keys(target: str | Path, table: str, ids: list[str]) -> set[tuple[Any, ...]]:

@@ -58,6 +58,19 @@ def test_the_password_is_redacted_in_names_and_errors() -> None:
     assert "s3cret" not in str(err.value)
 
 
+@pytest.mark.parametrize("argv", [
+    ["collect", "redis://cache/0?password=s3cret&foo=1", "--log", "x.sqlite"],  # an option redis-py does not know
+    ["collect", "redis://cache/0?db=x&password=s3cret", "--log", "x.sqlite"],  # an option's value it cannot read
+    ["collect", "redis://cache/logs?password=s3cret", "--log", "x.sqlite"],  # a path that is no database number
+])
+def test_a_password_in_the_query_is_redacted_in_errors(argv: list[str]) -> None:
+    """redis-py reads `?password=`: the option checks' errors printed it as written."""
+    with pytest.raises(MlopsError, match=r"password=\*\*\*") as err:
+        cmd_collect(build_parser().parse_args(argv))
+    assert "s3cret" not in str(err.value)
+    assert log_name("redis://cache/0?password=s3cret") == "redis://cache/0?password=***"
+
+
 def test_a_stream_has_no_reader_and_the_refusal_says_how_to_read_it() -> None:
     with pytest.raises(MlopsError, match=r"mlops collect redis://:\*\*\*@cache:6379/0 --log STORE") as err:
         open_reader("redis://:s3cret@cache:6379/0")

@@ -128,6 +128,7 @@ def test_a_target_is_carried_as_a_url_or_a_path(tmp_path: Path, monkeypatch: pyt
 def test_messages_never_show_a_password() -> None:
     assert log_name("postgresql://mlops:s3cret@db:5433/logs") == "postgresql://mlops:***@db:5433/logs"
     assert log_name("postgresql://mlops@db/logs") == "postgresql://mlops@db/logs"
+    assert log_name("postgresql://db/logs?user=mlops&password=s3cret") == "postgresql://db/logs?user=mlops&password=***"
     assert log_name(Path("x/preds.sqlite")) == "x/preds.sqlite"
 
 
@@ -143,6 +144,22 @@ def test_the_sqlite_log_does_not_import_the_postgresql_driver() -> None:
     ("redis://:s3cret@h:99999/0", "redis://:***@h:99999/0"),  # a port out of range: urlsplit's port raises
     ("redis://:s3cret@h:abc/0", "redis://:***@h:abc/0"),
     ("postgresql://u@h/db", "postgresql://u@h/db"),
+    # a password in the query (libpq's password= and sslpassword=, redis-py's password=): masked, the rest as written
+    ("postgresql://u@h:5432/db?password=s3cret&sslmode=require", "postgresql://u@h:5432/db?password=***&sslmode=require"),
+    ("postgresql://u@h/db?sslmode=verify-full&sslpassword=s%2Fcret&connect_timeout=5",
+     "postgresql://u@h/db?sslmode=verify-full&sslpassword=***&connect_timeout=5"),
+    ("postgresql://u:s3cret@h:abc/db?PASSWORD=x", "postgresql://u:***@h:abc/db?PASSWORD=***"),
+    ("postgresql://u@h/db?passfile=/home/u/.pgpass&password=", "postgresql://u@h/db?passfile=/home/u/.pgpass&password="),
+    ("redis://cache:6379/0?password=s3cret&stream=a+b", "redis://cache:6379/0?password=***&stream=a+b"),
+    ("rediss://user@cache:99999/2?stream=x&password=s3cret", "rediss://user@cache:99999/2?stream=x&password=***"),
 ])
 def test_a_url_in_a_message_keeps_its_port_as_written_and_never_its_password(url: str, shown: str) -> None:
     assert redacted(url) == shown
+
+
+def test_a_refused_postgresql_log_does_not_show_the_password_of_its_query() -> None:
+    """A real refusal (nothing listens on port 1): its message names the log, without the password."""
+    with pytest.raises(MlopsError, match=r"cannot open the prediction log postgresql://postgres@127\.0\.0\.1:1/test"
+                                         r"\?password=\*\*\*&sslmode=disable: ") as err:
+        open_log("postgresql://postgres@127.0.0.1:1/test?password=s3cret&sslmode=disable")
+    assert "s3cret" not in str(err.value)
