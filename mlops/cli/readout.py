@@ -81,6 +81,8 @@ def cmd_errors(args: argparse.Namespace) -> int:
     o = analysis["overall"]
     print(f"errors of {name}: {o['errors']} of {o['rows']} labelled predictions wrong ({o['error_rate']:.1%}, "
           f"interval [{o['ci'][0]:.1%}, {o['ci'][1]:.1%}])")
+    if analysis["skipped"]["rows"]:
+        print(f"  skipped  {analysis['skipped']['reason']}")
     for s in analysis["slices"][:5]:
         print(f"  slice    {s['column']} {s['slice']}: {s['errors']}/{s['rows']} = {s['error_rate']:.1%} "
               f"[{s['ci'][0]:.1%}, {s['ci'][1]:.1%}]")

@@ -13,7 +13,9 @@ into regions (k-means, column `embedding.region`), so a slice or a rule can name
 errs; a mistake shows its image (when the log kept it) or its text.
 
 A regression answer counts as an error when its absolute error is above `tolerance` (default: the 90th
-percentile of the absolute errors analysed). Written as `errors.json` and one self-contained `errors.html`.
+percentile of the absolute errors analysed). Its truth is a feedback `value` (or a label that reads as a number);
+a regression answer whose feedback names a class instead (`"label": "high"`) is skipped, counted under `skipped`
+with its id, and said. Written as `errors.json` and one self-contained `errors.html`.
 """
 
 from __future__ import annotations
@@ -42,8 +44,18 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
     import numpy as np
 
 
-    rows = [j for j in read_joined(log, model, since=since, variants=variants, feedback=feedback, version=version)
-            if j.correct is not None or (j.truth is not None and finite_float(j.outputs.get("prediction")) is not None)]
+    rows, unusable = [], []
+    for j in read_joined(log, model, since=since, variants=variants, feedback=feedback, version=version):
+        if j.correct is not None:
+            rows.append(j)
+        elif j.truth is not None and finite_float(j.outputs.get("prediction")) is not None:  # a regression's answer
+            if _true_value(j) is None:  # a class name sent as its label: skipped, and said, rather than a ValueError
+                unusable.append(j)
+            else:
+                rows.append(j)
+    if not rows and unusable:
+        raise MlopsError(f"none of the {len(unusable)} predictions of '{model}' with feedback in {log_name(log)} has a "
+                         f"true value to score: {_unusable_note(unusable)}")
     if not rows:
         raise MlopsError(f"no prediction of '{model}' in {log_name(log)} has ground truth yet: record feedback by prediction id "
                          "(POST /v1/feedback or mlops feedback FILE)")
@@ -82,7 +94,29 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
     return {"model": model, "log": log_name(log), "since": since, "version": version, "task":
             "regression" if regression else "classification", "tolerance": tolerance if regression else None,
             "overall": overall, "slices": slices[:top], "all_slices": len(slices), "confident_mistakes": mistakes,
-            "clusters": clusters[:top], "min_rows": min_rows, "alpha": alpha}
+            "clusters": clusters[:top], "min_rows": min_rows, "alpha": alpha,
+            "skipped": {"rows": len(unusable), "reason": _unusable_note(unusable) if unusable else None,
+                        "ids": [j.id for j in unusable[:top]]}}
+
+
+def _true_value(j: Any) -> float | None:
+    """A regression answer's truth as a number: a feedback `value`, or a `label` that reads as one (`12.5` from a
+    CSV's label column); None for a class name (`high`), which no absolute error can be taken from."""
+    if isinstance(j.truth, str):
+        try:
+            number = float(j.truth)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return finite_float(j.truth)
+
+
+def _unusable_note(unusable: list[Any]) -> str:
+    """Which predictions' truth is no number, by id and feedback field, and how to give it."""
+    first = unusable[0]
+    field = {"outcome": "outcome (mapped by improve.feedback.outcome.labels)"}.get(first.source, first.source)
+    return (f"{len(unusable)} whose truth is no number, e.g. prediction {first.id!r}: {field} {first.truth!r} "
+            f"(the model answers a number: give its true 'value', e.g. {{\"id\": \"{first.id}\", \"value\": 12.5}})")
 
 
 REGION = "embedding.region"

@@ -202,6 +202,46 @@ def test_regression_errors_are_absolute_errors_above_a_tolerance(tmp_path: Path)
     assert a["confident_mistakes"][0]["abs_error"] == pytest.approx(5.0)
 
 
+def test_a_class_label_given_for_a_regression_is_skipped_naming_the_prediction(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`mlops feedback FILE` takes a `label` whatever the model's task (the server refuses one for a regression;
+    a file is not checked against a model): `mlops errors` reached float('high') and raised ValueError."""
+    from mlops.core.predlog import PredictionLog, prediction_rows
+
+    log = tmp_path / "reg.sqlite"
+    writer = PredictionLog(log)  # the rows `mlops serve` logs for a regression bundle's answers
+    writer.submit("predictions", [row for i in range(12) for row in prediction_rows(
+        [f"r{i}"], "reg", "1", "champion", [{"x": float(i)}], [{"prediction": 10.0 + i % 3}], 1.0)]).result()
+    writer.close()
+    feedback = tmp_path / "truth.csv"
+    feedback.write_text("id,label,value\nr0,high,\nr1,low,\n" + "".join(f"r{i},,10\n" for i in range(2, 11))
+                        + "r11,12.0,\n")  # a label that reads as a number is the truth still
+    assert main(["feedback", str(feedback), "--log", str(log)]) == 0
+    capsys.readouterr()
+
+    assert main(["errors", "reg", "--log", str(log), "--tolerance", "1.5", "--min-rows", "2",
+                 "--output", str(tmp_path / "rep"), "--json"]) == 0
+    captured = capsys.readouterr()
+    analysis = json.loads(captured.out)
+    assert analysis["overall"]["rows"] == 10 and analysis["overall"]["errors"] == 3  # r2, r5, r8 answer 12
+    assert analysis["skipped"]["rows"] == 2 and analysis["skipped"]["ids"] == ["r0", "r1"]
+    assert "skipped  2 whose truth is no number, e.g. prediction 'r0': label 'high'" in captured.err
+    assert "give its true 'value'" in captured.err and "Traceback" not in captured.err
+
+    writer = PredictionLog(log)  # a model whose every truth is a class name: nothing to score, said as an error
+    writer.submit("predictions", prediction_rows(["s0"], "solo", "1", "champion", [{"x": 1.0}],
+                                                 [{"prediction": 3.0}], 1.0)).result()
+    writer.close()
+    only_labels = tmp_path / "labels.jsonl"
+    only_labels.write_text('{"id": "s0", "label": "high"}\n')
+    assert main(["feedback", str(only_labels), "--log", str(log)]) == 0
+    capsys.readouterr()
+    assert main(["errors", "solo", "--log", str(log)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: none of the 1 predictions of 'solo' with feedback in ") and "Traceback" not in err
+    assert "prediction 's0': label 'high'" in err and '{"id": "s0", "value": 12.5}' in err, err
+
+
 def test_errors_takes_an_integer_past_a_floats_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A log written by another writer may hold a 400-digit integer (JSON allows it; float() of it overflows):
     in a logged input it is a value of its column, as its digits; as a prediction it is no number to score."""
