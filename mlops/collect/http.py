@@ -15,6 +15,11 @@ starve them. What has no partner after `pair_timeout_s` (the logger's
 mode `request` or `response`, or a lost event) is written with what is known: the missing side as `{}` per
 instance (the columns are NOT NULL), latency 0. Rows are kept only in memory until written: a collector
 killed with unpaired events loses those (the pair's second event was never acknowledged, so never both).
+The ids written are remembered (the last MAX_WRITTEN, with which of their events): an event re-sent after its
+rows were written (an at-least-once broker's retry, the same ce-id and type) is answered 200 with
+`"status": "duplicate"` and written nothing, where it would have started a new pair, written alone at its
+timeout as a second row of that id (the log's id index is not unique: `mlops serve` logs a shadow's row under the
+answered id). A late partner of an event already written alone is no retry: it is written alone too.
 An event the collector cannot take is answered 400 `{"error": "<field>: <message>", "field": "<field>"}`, as the
 server answers a bad request, before it is paired: a body that is no JSON, a payload of the wrong shape, or one
 the log could not keep (a lone surrogate, nesting past MAX_DEPTH, an integer past 64 bits), which would
@@ -58,6 +63,7 @@ REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
 PAIR_TIMEOUT_S = 60.0
 MAX_PENDING = 10_000  # unpaired ids held in memory; past it the oldest is written alone
+MAX_WRITTEN = 10_000  # ids whose rows were written, remembered to answer a re-sent event; past it the oldest goes
 MAX_DEPTH = 64  # levels of nesting a payload may have (a V2 tensor's data nests one per dimension)
 WHO = "mlops collect"
 
@@ -100,6 +106,7 @@ class Counts:
     refused: int = 0  # answered 400
     rows: int = 0  # written to the log
     lost: int = 0  # events whose rows the log refused (answered 503, or written alone and failed)
+    duplicates: int = 0  # re-sent events whose rows were written already: answered 200, not written again
 
 
 @dataclass
@@ -289,12 +296,21 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
     """The collector's ASGI app: POST / takes CloudEvents, GET /healthz answers ok."""
     writer = open_log(log)
     pending: dict[str, Pending] = {}
+    # id -> the kinds of event whose rows were written, oldest first: an at-least-once sender's retry of an event
+    # already written would otherwise start a new pair, written alone at its timeout, a second row of that id
+    written: dict[str, frozenset[str]] = {}
     counts = Counts(log=log_name(log))
 
     async def write(pair: Pending) -> int:
         rows = event_rows(pair, input_names)
         await writer.write("predictions", rows)
         counts.rows += len(rows)
+        first = pair.request or pair.response
+        assert first is not None
+        kinds = written.pop(first.id, frozenset()) | {e.kind for e in (pair.request, pair.response) if e is not None}
+        written[first.id] = kinds  # at the end again: it is the newest
+        if len(written) > MAX_WRITTEN:
+            del written[next(iter(written))]
         return len(rows)
 
     def expire(ce_id: str) -> None:
@@ -316,6 +332,9 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
             event = parse_event({k.lower(): v for k, v in request.headers.items()}, await request.body())
             # the payload's shape is checked now, so a bad event is refused to its sender, not at pairing
             input_rows(event.data, input_names) if event.kind == "request" else output_rows(event.data)
+            if event.kind in written.get(event.id, ()):  # its rows are in the log: a retry, not a new prediction
+                counts.duplicates += 1
+                return JSONResponse({"id": event.id, "status": "duplicate"}, status_code=200)
             if event.id not in pending and len(pending) >= MAX_PENDING:
                 oldest = next(iter(pending))  # dicts keep insertion order: the oldest unpaired id
                 expire(oldest)
@@ -410,5 +429,6 @@ def serve_cloudevents(log: str, host: str, port: int, input_names: list[str] | N
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     say(f"stopped: {c.events} events taken, {c.refused} refused; {c.rows} rows landed in {log_name(log)}"
+        + (f"; {c.duplicates} re-sent events already written, not written again" if c.duplicates else "")
         + (f"; {c.lost} events lost to failed log writes" if c.lost else ""), WHO)
     return c

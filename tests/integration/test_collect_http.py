@@ -229,8 +229,47 @@ def test_json_prints_one_summary_when_stopped(log: str, stop: signal.Signals) ->
 
     assert proc.returncode == 0, err
     summary = json.loads(out)  # one object, nothing else (json.loads refuses anything after it)
-    assert summary == {"url": base + "/", "log": log_name(log), "events": 2, "refused": 1, "rows": 2, "lost": 0}
+    assert summary == {"url": base + "/", "log": log_name(log), "events": 2, "refused": 1, "rows": 2, "lost": 0,
+                       "duplicates": 0}
     assert "stopped: 2 events taken, 1 refused; 2 rows landed in" in err.decode(), err
+
+
+def test_a_re_sent_event_of_a_written_pair_is_a_duplicate_and_not_written_again(log: str) -> None:
+    """An at-least-once broker re-sends an event whose 200 it missed: the same ce-id and type. Once its pair was
+    written, the retry started a new pair, written alone at its timeout (1 s here): a second row of that id."""
+    proc, base = start_collector(log)
+    try:
+        ce_id, late = resend_each_event(base, log)
+    finally:
+        proc.terminate()  # nothing held: nothing is written at the stop either
+        out, _ = proc.communicate(timeout=20)
+
+    ids = [r["id"] for r in rows_of(log)]
+    assert ids.count(ce_id) == 1 and ids.count(late) == 1, ids
+    assert "stopped: 3 events taken, 0 refused; 2 rows landed in" in out.decode(), out
+    assert "3 re-sent events already written, not written again" in out.decode(), out
+
+
+def resend_each_event(base: str, log: str) -> tuple[str, str]:
+    """A pair, and a request written alone at its timeout, each event sent again once written: (their ids)."""
+    ce_id = uuid.uuid4().hex
+    request = event(ce_id, REQUEST, {"instances": [{"age": 1, "city": "Lima"}]}, "2026-01-01T00:00:00Z")
+    response = event(ce_id, RESPONSE, {"predictions": [1]}, "2026-01-01T00:00:01Z")
+    assert post(base, *request) == (200, {"id": ce_id, "status": "pending"})
+    assert post(base, *response) == (200, {"id": ce_id, "rows": 1})
+    assert post(base, *response) == (200, {"id": ce_id, "status": "duplicate"})
+    assert post(base, *request) == (200, {"id": ce_id, "status": "duplicate"})
+    late = uuid.uuid4().hex
+    alone = event(late, REQUEST, {"instances": [{"age": 2, "city": "Quito"}]}, "2026-01-01T00:00:00Z")
+    assert post(base, *alone)[1]["status"] == "pending"
+    for _ in range(100):
+        if [r for r in rows_of(log) if r["id"] == late]:
+            break
+        time.sleep(0.1)
+    assert post(base, *alone) == (200, {"id": late, "status": "duplicate"})
+    with urllib.request.urlopen(base + "/healthz", timeout=10) as answer:
+        assert json.loads(answer.read())["pending"] == 0  # no retry held for a timeout to write alone
+    return ce_id, late
 
 
 def test_a_busy_port_is_one_error_line_naming_it(tmp_path: Path) -> None:
