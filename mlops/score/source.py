@@ -145,18 +145,29 @@ def check_unique_ids(inp: InputFile, id_column: str, as_text: bool) -> None:
     column that is no model input). An id is a row's key in the output: the key a user joins predictions to
     their inputs and to the ground truth they record by; two rows under one id make that join ambiguous, so a
     file with duplicates is refused before anything is scored. A missing id is the row's own error, not a
-    duplicate."""
+    duplicate.
+
+    The file is scored in chunks so that its size is not bounded by memory; this check keeps that: a first pass
+    holds one 64-bit hash per row (8 bytes, where a set of the ids themselves would take ten times that), and
+    only when two hashes agree does a second pass look at the ids behind them, to name the rows."""
+    import numpy as np
+
+    hashes = [_id_hashes(ids) for ids in _id_chunks(inp, id_column, as_text)]
+    ordered = np.sort(np.concatenate(hashes)) if hashes else np.empty(0, dtype=np.uint64)
+    suspects = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+    if not suspects:
+        return
     first: dict[str, int] = {}
     repeated: dict[str, list[int]] = {}
     row = 0
-    for frame in inp.chunks(ID_CHUNK_ROWS, [id_column], as_text=id_column if as_text else None):
-        for pid in declared_ids(frame[id_column].tolist()):
-            if pid is not None:
+    for ids in _id_chunks(inp, id_column, as_text):
+        for pid, h in zip(ids, _id_hashes(ids, keep_missing=True).tolist(), strict=True):
+            if pid is not None and h in suspects:
                 seen = first.setdefault(pid, row)
                 if seen != row:
                     repeated.setdefault(pid, [seen]).append(row)
             row += 1
-    if not repeated:
+    if not repeated:  # only the hashes collided
         return
     rows = sum(len(r) for r in repeated.values())
     shown = "; ".join(f"{pid[:40]!r} at rows {_rows_text(r)}" for pid, r in list(repeated.items())[:SHOWN_DUPLICATES])
@@ -166,6 +177,21 @@ def check_unique_ids(inp: InputFile, id_column: str, as_text: bool) -> None:
                     f"more than one row ({rows} rows in all): {shown}{more} (rows counted from 0, as the output's "
                     "`row` column counts them). An id keys its row's prediction in the output; make the ids "
                     "unique, or leave out --id-column to key each row by <file name>:<row>")
+
+
+def _id_chunks(inp: InputFile, id_column: str, as_text: bool) -> Iterator[list[str | None]]:
+    for frame in inp.chunks(ID_CHUNK_ROWS, [id_column], as_text=id_column if as_text else None):
+        yield declared_ids(frame[id_column].tolist())
+
+
+def _id_hashes(ids: list[str | None], keep_missing: bool = False) -> Any:
+    """One uint64 per id (pandas' vectorised hash of the text); a missing id is left out, or with `keep_missing`
+    kept as a hash of its own so that the result lines up with `ids`."""
+    import numpy as np
+    import pandas as pd
+
+    present = ids if keep_missing else [i for i in ids if i is not None]
+    return pd.util.hash_array(np.array(present, dtype=object)) if present else np.empty(0, dtype=np.uint64)
 
 
 def _rows_text(rows: list[int]) -> str:

@@ -15,7 +15,7 @@ import mlops.score.batch as batch
 from mlops.cli import main
 from mlops.core.errors import DataError, MlopsError
 from mlops.score.batch import parts_dir, score_local
-from mlops.score.source import open_input
+from mlops.score.source import check_unique_ids, open_input
 from mlops.score.spark import score_spark
 from tests.serve_fixtures import build_bundle, training_frame
 
@@ -193,6 +193,23 @@ def test_duplicate_ids_are_refused_before_scoring(bundle: Path, tmp_path: Path,
     assert code == 2 and err.startswith("error: --id-column 'key' of ") and "Traceback" not in err, err
     assert "7 ids appear on more than one row (14 rows in all): '0' at rows 0 and 30; '1' at rows 1 and 31;" in err
     assert "'4' at rows 4 and 34; and 2 more (rows counted" in err
+
+
+def test_the_duplicate_check_tells_a_hash_collision_from_a_duplicate(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first pass keeps a hash per row, not the ids; rows whose hashes agree are looked at again by their ids.
+    With every hash made equal, unique ids still pass and a real duplicate is still named with its rows."""
+    import mlops.score.source as source
+
+    monkeypatch.setattr(source, "_id_hashes", lambda ids, keep_missing=False: np.zeros(
+        len(ids) if keep_missing else sum(i is not None for i in ids), dtype=np.uint64))
+    monkeypatch.setattr(source, "ID_CHUNK_ROWS", 3)  # ids over several chunks
+    pd.DataFrame({"id": ["a", "b", "", "c", "d", "e", "f"]}).to_csv(tmp_path / "u.csv", index=False)
+    check_unique_ids(open_input(tmp_path / "u.csv"), "id", as_text=True)
+    pd.DataFrame({"id": ["a", "b", "", "c", "b", "e", "a"]}).to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(DataError, match="2 ids appear on more than one row \\(4 rows in all\\): 'b' at rows 1 and 4; "
+                                        "'a' at rows 0 and 6"):
+        check_unique_ids(open_input(tmp_path / "d.csv"), "id", as_text=True)
 
 
 def write_recipe(directory: Path, data: str = "in.csv") -> Path:
