@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -210,19 +209,6 @@ def _status(http_status: int) -> Any:
     return {401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
             503: grpc.StatusCode.UNAVAILABLE}.get(http_status, grpc.StatusCode.INVALID_ARGUMENT if http_status < 500
                                                    else grpc.StatusCode.INTERNAL)
-
-
-def check_port(host: str, port: int) -> None:
-    """Refuse a `--grpc-port` another process listens on before anything starts (a clean error, not a failed
-    start-up inside uvicorn; a port taken in between still fails the start-up)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: a TIME_WAIT is no listener
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise MlopsError(f"--grpc-port {port}: cannot listen on {host}:{port} ({exc.strerror or exc}): "
-                             "choose another port") from None
 
 
 def grpc_service(server: Server, host: str, port: int) -> Callable[[], contextlib.AbstractAsyncContextManager[Any]]:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from mlops.core.errors import MlopsError
 from mlops.core.log import say
+from mlops.core.ports import check_listen
 from mlops.core.predlog import SHADOW
 from mlops.core.predlog_store import log_name, log_target, open_log
 from mlops.core.refs import CHALLENGER, CHAMPION, ModelRef, fetch
@@ -19,7 +20,7 @@ from mlops.package.predictor import Predictor
 from mlops.serve.app import DEFAULT_MAX_BODY, Server
 from mlops.serve.batching import DEFAULT_WAIT_MS
 from mlops.serve.fastpath import FastInference, fast_protocol
-from mlops.serve.grpc import check_port, grpc_service
+from mlops.serve.grpc import grpc_service
 from mlops.serve.kserve_runtime import serve_kserve
 from mlops.serve.reload import DEFAULT_INTERVAL_S, AliasWatcher
 from mlops.serve.routing import DEFAULT_KEY_HEADER, Arm, check_compatible, parse_ab
@@ -121,6 +122,12 @@ def build_server(options: ServeOptions) -> Server:
 
 def serve(options: ServeOptions) -> None:
     """Run the server until interrupted: `options.runtime` mlops (ours) or kserve (the stock ModelServer)."""
+    check_options(options)
+    # a port another process holds is one error line before the model loads, not uvicorn's OSError and exit 3
+    # after it (a port taken in between still fails the start-up)
+    check_listen("--port", options.host, options.port)
+    if options.grpc_port is not None:
+        check_listen("--grpc-port", options.host, options.grpc_port)
     if options.runtime == "kserve":
         serve_with_kserve(options)
         return
@@ -128,7 +135,6 @@ def serve(options: ServeOptions) -> None:
 
     server = build_server(options)
     if options.grpc_port is not None:  # on uvicorn's event loop, for the app's lifetime (its lifespan)
-        check_port(options.host, options.grpc_port)
         server.services.append(grpc_service(server, options.host, options.grpc_port))
     app = server.app()
     protocol = fast_protocol(http_protocol(), app)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +15,9 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from mlops.cli import main
 from mlops.core.errors import MlopsError
+from mlops.core.ports import free_port
 from mlops.core.predlog import PredictionLog, read_predictions
 from mlops.package.predictor import Predictor, RequestError
 from mlops.serve.app import Server
@@ -213,6 +216,24 @@ def test_kserve_runtime_refuses_what_only_our_app_does(tmp_path: Path) -> None:
                            "--shadow", str(bundle)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "--shadow" in proc.stderr and "--runtime mlops" in proc.stderr
+
+
+
+@pytest.mark.parametrize(("runtime", "flag"), [("mlops", "--port"), ("mlops", "--grpc-port"), ("kserve", "--port")])
+def test_a_port_another_process_listens_on_is_one_error_line_before_the_model_loads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], runtime: str, flag: str) -> None:
+    """Before, uvicorn logged its OSError and exited 3 once the model had loaded (gRPC's port alone was checked).
+    The model here does not exist: the port's error comes first, so nothing was fetched."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = ["--port", str(port)] if flag == "--port" else ["--port", str(free_port()), "--grpc-port", str(port)]
+        code = main(["serve", str(tmp_path / "no-bundle"), "--runtime", runtime, *ports])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "another process listens on" in err, err
+    assert f"e.g. {flag} " in err and "no-bundle" not in err, err
 
 
 @pytest.mark.parametrize("sync", ["NORMAL", "FULL"], ids=["commit-on-loop", "commit-on-log-thread"])
