@@ -19,7 +19,8 @@ The ids written are remembered (the last MAX_WRITTEN, with which of their events
 rows were written (an at-least-once broker's retry, the same ce-id and type) is answered 200 with
 `"status": "duplicate"` and written nothing, where it would have started a new pair, written alone at its
 timeout as a second row of that id (the log's id index is not unique: `mlops serve` logs a shadow's row under the
-answered id). A late partner of an event already written alone is no retry: it is written alone too.
+answered id). An event re-sent unchanged while its partner is awaited is a duplicate too; one that differs is a
+400. A late partner of an event already written alone is no retry: it is written alone too.
 An event the collector cannot take is answered 400 `{"error": "<field>: <message>", "field": "<field>"}`, as the
 server answers a bad request, before it is paired: a body that is no JSON, a payload of the wrong shape, or one
 the log could not keep (a lone surrogate, nesting past MAX_DEPTH, an integer past 64 bits), which would
@@ -339,8 +340,13 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
                 oldest = next(iter(pending))  # dicts keep insertion order: the oldest unpaired id
                 expire(oldest)
             pair = pending.setdefault(event.id, Pending())
-            if getattr(pair, event.kind) is not None:
-                raise EventError("ce-id", f"a second {event.kind} event for id {event.id}")
+            held = getattr(pair, event.kind)
+            if held == event:  # a retry while its partner is awaited: held once, its timer left as it runs
+                counts.duplicates += 1
+                return JSONResponse({"id": event.id, "status": "duplicate"}, status_code=200)
+            if held is not None:
+                raise EventError("ce-id", f"a second {event.kind} event for id {event.id}, unlike the first (its "
+                                          "model, version, time or payload differ)")
             setattr(pair, event.kind, event)
             if pair.request is None or pair.response is None:
                 loop = asyncio.get_running_loop()
