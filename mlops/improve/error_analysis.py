@@ -59,15 +59,21 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
     if not rows:
         raise MlopsError(f"no prediction of '{model}' in {log_name(log)} has ground truth yet: record feedback by prediction id "
                          "(POST /v1/feedback or mlops feedback FILE)")
-    regression = all(j.correct is None for j in rows)
+    # the model's outputs say the task: a thumb on a regression's answer sets `correct` too, and a log that mixes
+    # thumbs with true values must still be scored by its values (each value row read as wrong, before)
+    regression = all("label" not in j.outputs for j in rows)
     frame, media = _frame([j.inputs for j in rows])
     regions = _embedding_regions([j.outputs.get(EMBEDDING) for j in rows], min_rows, seed)
     if regions is not None:
         frame[REGION] = regions
     if regression:
-        abs_err = np.array([abs(float(j.outputs["prediction"]) - float(j.truth)) for j in rows])
-        tolerance = float(np.percentile(abs_err, 90)) if tolerance is None else tolerance
-        wrong = abs_err > tolerance
+        abs_err = np.array([_abs_error(j) for j in rows])
+        # the tolerance is read off true values; a thumbs-up's error is 0 by construction and would pull it down
+        measured = np.array([e for e, j in zip(abs_err, rows, strict=True) if j.source != "thumbs" and e == e])
+        if tolerance is None:
+            tolerance = float(np.percentile(measured, 90)) if measured.size else 0.0
+        # a thumbs-down names no value: wrong as its sender says, its error unknown (NaN: ranked last)
+        wrong = np.where(np.isnan(abs_err), np.array([j.correct is False for j in rows]), abs_err > tolerance)
         confidence = abs_err
     else:
         wrong = np.array([not j.correct for j in rows])
@@ -97,6 +103,13 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
             "clusters": clusters[:top], "min_rows": min_rows, "alpha": alpha,
             "skipped": {"rows": len(unusable), "reason": _unusable_note(unusable) if unusable else None,
                         "ids": [j.id for j in unusable[:top]]}}
+
+
+def _abs_error(j: Any) -> float:
+    """A regression answer's absolute error, NaN when its truth is no number (a thumbs-down) or its prediction
+    none (a thumb on a row whose prediction the log holds as no finite number)."""
+    truth, predicted = _true_value(j), finite_float(j.outputs.get("prediction"))
+    return math.nan if truth is None or predicted is None else abs(predicted - truth)
 
 
 def _true_value(j: Any) -> float | None:

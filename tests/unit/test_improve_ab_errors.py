@@ -242,6 +242,35 @@ def test_a_class_label_given_for_a_regression_is_skipped_naming_the_prediction(
     assert "prediction 's0': label 'high'" in err and '{"id": "s0", "value": 12.5}' in err, err
 
 
+
+def test_a_regression_log_mixing_thumbs_and_values_is_scored_by_its_values(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A thumb on a regression's answer sets whether it was right; one such row made the whole analysis a
+    classification, in which every row with a true value counted as wrong. Now the model's outputs say the task:
+    values are scored by their error, a thumbs-down is a mistake, a thumbs-up is none."""
+    from mlops.core.predlog import PredictionLog, prediction_rows
+
+    log = tmp_path / "mixed.sqlite"
+    writer = PredictionLog(log)
+    writer.submit("predictions", [row for i in range(12) for row in prediction_rows(
+        [f"r{i}"], "reg", "1", "champion", [{"x": float(i)}], [{"prediction": 10.0 + i % 3}], 1.0)]).result()
+    writer.close()
+    feedback = tmp_path / "truth.jsonl"
+    feedback.write_text("".join(f'{{"id": "r{i}", "value": 10}}\n' for i in range(10))
+                        + '{"id": "r10", "thumbs": "up"}\n{"id": "r11", "thumbs": "down"}\n')
+    assert main(["feedback", str(feedback), "--log", str(log)]) == 0
+    capsys.readouterr()
+
+    assert main(["errors", "reg", "--log", str(log), "--tolerance", "1.5", "--min-rows", "2",
+                 "--output", str(tmp_path / "rep"), "--json"]) == 0
+    analysis = json.loads(capsys.readouterr().out)
+    assert analysis["task"] == "regression" and analysis["overall"]["rows"] == 12
+    # r2, r5 and r8 answer 12 where the truth is 10; r11 was a thumbs-down; r10's thumbs-up and the rest are right
+    assert analysis["overall"]["errors"] == 4
+    mistakes = analysis["confident_mistakes"]
+    assert [m["id"] for m in mistakes] == ["r2", "r5", "r8", "r11"] and mistakes[-1]["abs_error"] is None, mistakes
+
+
 def test_errors_takes_an_integer_past_a_floats_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A log written by another writer may hold a 400-digit integer (JSON allows it; float() of it overflows):
     in a logged input it is a value of its column, as its digits; as a prediction it is no number to score."""
