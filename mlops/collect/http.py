@@ -416,7 +416,7 @@ def serve_cloudevents(log: str, host: str, port: int, input_names: list[str] | N
                       pair_timeout_s: float = PAIR_TIMEOUT_S) -> Counts:
     """Collect KServe's payload logger into the log `log` on host:port until SIGTERM/SIGINT; what it did. An
     address it cannot listen on (a port another process holds) is an MlopsError naming it, before the log opens."""
-    check_listen("--http", host, port)
+    check_listen("--http", host, port, takes_host=True)
     app = cloudevents_app(log, input_names, pair_timeout_s)
     c: Counts = app.state.counts
     c.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
@@ -429,7 +429,7 @@ def serve_cloudevents(log: str, host: str, port: int, input_names: list[str] | N
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     except SystemExit:  # uvicorn did not start (it logged why, then exits 3): the port was taken since the check
-        check_listen("--http", host, port)  # says so in our words when it still is
+        check_listen("--http", host, port, takes_host=True)  # says so in our words when it still is
         raise MlopsError(f"the collector could not start on {c.url} (uvicorn's line above says why)") from None
     finally:
         if previous is not None:

@@ -27,29 +27,36 @@ def port_free(port: int) -> bool:
     return True
 
 
-def check_listen(flag: str, host: str, port: int) -> None:
+def check_listen(flag: str, host: str, port: int, *, takes_host: bool = False) -> None:
     """Refuse an address a server could not listen on now (a port another process holds, a privileged port, a
     host of another machine): one `error:` line before anything starts, saying what to give `flag` instead,
-    where uvicorn would log its OSError and exit 3. A port taken in between still fails the start-up."""
+    where uvicorn would log its OSError and exit 3. A port taken in between still fails the start-up.
+    `takes_host`: `flag` takes [HOST:]PORT (collect's --http), not a port beside its own --host (serve's --port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a TIME_WAIT is no listener
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise MlopsError(listen_error(flag, host, port, exc)) from None
+            raise MlopsError(listen_error(flag, host, port, exc, takes_host=takes_host)) from None
 
 
-def listen_error(flag: str, host: str, port: int, exc: OSError) -> str:
-    """Why `host:port` cannot be listened on, and what to give `flag` instead."""
+def listen_error(flag: str, host: str, port: int, exc: OSError, *, takes_host: bool = False) -> str:
+    """Why `host:port` cannot be listened on, and what to give `flag` instead (the host too when `flag` takes it
+    and it is not the loopback default: `--port 0.0.0.0:N` would be refused as no number)."""
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def example(other: int) -> str:
+        if not takes_host or host == "127.0.0.1":
+            return str(other)
+        return f"[{host}]:{other}" if ":" in host else f"{host}:{other}"
+
     said = f"cannot listen on {address} ({exc.strerror or exc})"
     if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:  # gaierror: its errno is no errno
         return f"{said}: {host} is no address of this machine; give one of its addresses, or 0.0.0.0 for all"
     if exc.errno == errno.EADDRINUSE:
         other = free_port()  # free on loopback now: likely free on any address of this machine too
-        shown = str(other) if host == "127.0.0.1" else (f"[{host}]:{other}" if ":" in host else f"{host}:{other}")
-        return f"{said}: another process listens on port {port}; choose another port, e.g. {flag} {shown}"
+        return f"{said}: another process listens on port {port}; choose another port, e.g. {flag} {example(other)}"
     if exc.errno == errno.EACCES:
-        return f"{said}: ports below 1024 need privileges; choose a port from 1024, e.g. {flag} 8081"
+        return f"{said}: ports below 1024 need privileges; choose a port from 1024, e.g. {flag} {example(8081)}"
     return f"{said}: choose another address"

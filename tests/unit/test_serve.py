@@ -236,6 +236,23 @@ def test_a_port_another_process_listens_on_is_one_error_line_before_the_model_lo
     assert f"e.g. {flag} " in err and "no-bundle" not in err, err
 
 
+@pytest.mark.parametrize("flag", ["--port", "--grpc-port"])
+def test_the_port_suggested_beside_host_is_a_number(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    flag: str) -> None:
+    """With --host 0.0.0.0 the suggestion read `--port 0.0.0.0:N`, which the parser refuses: --port takes a number
+    (only collect's --http takes HOST:PORT)."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = ["--port", str(port)] if flag == "--port" else ["--port", str(free_port()), "--grpc-port", str(port)]
+        code = main(["serve", str(tmp_path / "no-bundle"), "--host", "0.0.0.0", *ports])
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot listen on 0.0.0.0:{port}" in err, err
+    suggested = err.rpartition(f"e.g. {flag} ")[2].split()[0]
+    assert suggested.isdecimal(), err
+
+
 @pytest.mark.parametrize("sync", ["NORMAL", "FULL"], ids=["commit-on-loop", "commit-on-log-thread"])
 def test_a_prediction_that_cannot_be_logged_is_never_a_200(bundle: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch, sync: str) -> None:
