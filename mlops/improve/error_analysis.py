@@ -49,7 +49,7 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
         if j.correct is not None:
             rows.append(j)
         elif j.truth is not None and finite_float(j.outputs.get("prediction")) is not None:  # a regression's answer
-            if _true_value(j) is None:  # a class name sent as its label: skipped, and said, rather than a ValueError
+            if j.true_value is None:  # a class name sent as its label: skipped, and said, rather than a ValueError
                 unusable.append(j)
             else:
                 rows.append(j)
@@ -108,20 +108,8 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
 def _abs_error(j: Any) -> float:
     """A regression answer's absolute error, NaN when its truth is no number (a thumbs-down) or its prediction
     none (a thumb on a row whose prediction the log holds as no finite number)."""
-    truth, predicted = _true_value(j), finite_float(j.outputs.get("prediction"))
+    truth, predicted = j.true_value, finite_float(j.outputs.get("prediction"))
     return math.nan if truth is None or predicted is None else abs(predicted - truth)
-
-
-def _true_value(j: Any) -> float | None:
-    """A regression answer's truth as a number: a feedback `value`, or a `label` that reads as one (`12.5` from a
-    CSV's label column); None for a class name (`high`), which no absolute error can be taken from."""
-    if isinstance(j.truth, str):
-        try:
-            number = float(j.truth)
-        except ValueError:
-            return None
-        return number if math.isfinite(number) else None
-    return finite_float(j.truth)
 
 
 def _unusable_note(unusable: list[Any]) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlops.core.predlog import SERVED, json_object
+from mlops.core.predlog import SERVED, finite_float, json_object
 from mlops.core.predlog_store import open_reader
 from mlops.recipe.improve import FeedbackConfig
 
@@ -43,6 +43,19 @@ class Joined:
         if "label" in self.outputs:
             return str(self.outputs["label"])
         return self.outputs.get("prediction")
+
+    @property
+    def true_value(self) -> float | None:
+        """A regression answer's truth as a number: a feedback `value`, or a `label` that reads as one (`12.5` from
+        a CSV's label column); None for a class name (`high`: `mlops feedback FILE` takes one whatever the task),
+        from which no error can be taken."""
+        if isinstance(self.truth, str):
+            try:
+                number = float(self.truth)
+            except ValueError:
+                return None
+            return number if math.isfinite(number) else None
+        return finite_float(self.truth)
 
 
 def read_joined(path: str | Path, model: str | None = None, *, since: float | None = None,

@@ -88,6 +88,30 @@ def test_ab_report_on_regression_compares_mean_errors(tmp_path: Path) -> None:
     assert m["ci"][1] < 0 and m["verdict"] == "challenger better" and m["method"].startswith("Welch")
 
 
+@pytest.mark.parametrize("metric", ["mae", "mse"])
+def test_ab_report_leaves_out_a_regression_truth_that_is_no_number(tmp_path: Path, metric: str) -> None:
+    """A feedback file may give a regression's answer a class name as its label (`mlops errors` skips it): the
+    A/B report's mean error raised ValueError at float('high'); such a row, and a prediction past a float's range,
+    is not measured."""
+    from mlops.core.predlog import PredictionLog, prediction_rows
+
+    log = tmp_path / "ab.sqlite"
+    rows = []
+    for variant in ("champion", "challenger"):
+        rows += prediction_rows([f"{variant}{i}" for i in range(5)], "toy", "1", variant, [{"x": 1.0}] * 5,
+                                [{"prediction": 1.0}] * 5, 1.0)
+    rows[9] = (*rows[9][:6], json.dumps({"prediction": int("1" + "0" * 400)}), *rows[9][7:])  # another writer's
+    writer = PredictionLog(log)
+    writer.submit("predictions", rows).result()
+    writer.submit("feedback", [(f"{v}{i}", 0.0, None, 3.0, "{}") for v in ("champion", "challenger")
+                               for i in range(5) if f"{v}{i}" != "champion4"]
+                  + [("champion4", 0.0, "high", None, "{}")]).result()
+    writer.close()
+    m = ab_report(log, "toy", AbConfig(metric=metric))["metric"]
+    assert m["n"] == {"champion": 4, "challenger": 4}, m
+    assert m["champion"] == pytest.approx(2.0 if metric == "mae" else 4.0), m
+
+
 def test_ab_report_refuses_a_log_without_a_challenger_arm(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     log = tmp_path / "ab.sqlite"
