@@ -203,7 +203,8 @@ def _other_traffic_note(target: _Target, after: int) -> list[str]:
     others = other_traffic(target.log_path, target.flt, after)
     if not others:
         return []
-    return [filter_miss_note(target.meta.name, target.version, target.flt.variants, target.log_path, others)]
+    return [filter_miss_note(target.meta.name, target.version, target.flt.variants, log_name(target.log_path),
+                             others)]
 
 
 def filter_miss_note(model: str, version: str | None, variants: tuple[str, ...], where: object,
@@ -283,14 +284,14 @@ def _alert(o: Observation, transition: str, s: WindowSummary, target: _Target, d
         window=AlertWindow(index=s.index, start=s.start_ts, end=s.end_ts, start_iso=s.start_iso, end_iso=s.end_iso,
                            rows=s.rows, first_rowid=s.start_rowid, last_rowid=s.end_rowid),
         consecutive=target.cfg.alerts.consecutive, detail=o.detail, dashboard=str(dashboard),
-        log=str(target.log_path))
+        log=log_name(target.log_path))
 
 
 def _result(kind: type[R], target: _Target, read: _Read, alerts: list[AlertRecord], dashboard: Path,
             **only: Any) -> R:
     """The result every run has, with what only its `kind` has."""
     return kind(
-        model=target.meta.name, version=target.version, bundle=str(target.bundle_dir), log=str(target.log_path),
+        model=target.meta.name, version=target.version, bundle=str(target.bundle_dir), log=log_name(target.log_path),
         backtest=kind is BacktestResult, reference=target.reference.describe(), baseline=target.baseline,
         notes=read.notes, windows=[s.brief() for s in read.summaries],
         pending_rows=read.rows - sum(s.rows for s in read.summaries), alerts=alerts,
@@ -355,7 +356,7 @@ def _dashboard_context(target: _Target) -> dict[str, Any]:
     w = target.cfg.window
     window = f"every {w.size} rows" if w.by == "count" else f"every {w.duration} (UTC-aligned)"
     return dashboard_context(model=target.meta.name, version=target.version, bundle=str(target.bundle_dir),
-                             log=str(target.log_path), reference=target.reference.description,
+                             log=log_name(target.log_path), reference=target.reference.description,
                              window=f"{window}, judged from {w.min_samples} rows", baseline=target.baseline,
                              max_drop=target.cfg.accuracy.max_drop, sla_ms=target.cfg.latency.sla_ms)
 

@@ -363,3 +363,43 @@ def test_the_server_logs_and_takes_feedback_on_postgresql(pg_url: str, tmp_path:
         assert [r["id"] for r in reader.predictions(("champion",))] == ["p1", "back"]
         assert reader.latest_feedback(["p1"])["p1"]["label"] == "yes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_monitor_never_shows_the_password_of_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`mlops monitor --log postgresql://USER:PASSWORD@...` printed the URL as given: in its summary line, in
+    `--json`'s `log`, in every alert (sent to a webhook as it is recorded) and on the dashboard."""
+    import uuid
+
+    from mlops.cli import main
+    from mlops.package.predictor import Predictor
+    from tests.monitor_fixtures import QUICKSTART, build_breast_cancer_bundle, quickstart_split
+    from tests.postgres import throwaway_database
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / ".mlops"))
+    bundle = build_breast_cancer_bundle(tmp_path / "bundle")
+    predictor = Predictor(bundle, max_batch=200)
+    columns = [i.name for i in predictor.meta.inputs]
+    frame = quickstart_split()["train"].iloc[:200]
+    feeds = predictor.feeds_from_rows([{c: float(row[c]) for c in columns} for row in frame.to_dict("records")])
+    rows = [(uuid.uuid4().hex, 1_767_225_600.0 + k, predictor.name, None, "champion", json.dumps(i), json.dumps(o),
+             2.0) for k, (i, o) in enumerate(zip(predictor.log_rows(feeds), predictor.predict(feeds).log_instances(),
+                                                 strict=True))]
+    with throwaway_database("mlops_monitor") as (info, name):
+        secret = info.password or "s3cret"  # trust authentication takes any; a server that asks gets the right one
+        url = f"postgresql://{info.user}:{secret}@{info.host}:{info.port}/{name}"
+        shown = f"postgresql://{info.user}:***@{info.host}:{info.port}/{name}"
+        log = open_log(url)
+        log.submit("predictions", rows).result()
+        log.close()
+        code = main(["monitor", str(QUICKSTART), "--model", str(bundle), "--log", url, "--json",
+                     "monitor.window.size=100", "monitor.window.min_samples=100", "monitor.report.evidently=false",
+                     "monitor.drift.features={mean_radius: {key: true}}", "monitor.alerts.consecutive=1"])
+        out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["log"] == shown
+    assert result["windows"] and result["alerts"], result  # the alerts carry the log too
+    assert secret not in out and secret not in err
+    assert secret not in Path(result["dashboard"]).read_text()
