@@ -107,7 +107,7 @@ class Counts:
     refused: int = 0  # answered 400
     rows: int = 0  # written to the log
     lost: int = 0  # events whose rows the log refused (answered 503, or written alone and failed)
-    duplicates: int = 0  # re-sent events whose rows were written already: answered 200, not written again
+    duplicates: int = 0  # re-sent events, held or written already: answered 200 `duplicate`, not taken again
 
 
 @dataclass
@@ -435,6 +435,6 @@ def serve_cloudevents(log: str, host: str, port: int, input_names: list[str] | N
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     say(f"stopped: {c.events} events taken, {c.refused} refused; {c.rows} rows landed in {log_name(log)}"
-        + (f"; {c.duplicates} re-sent events already written, not written again" if c.duplicates else "")
+        + (f"; {c.duplicates} re-sent events held or written already, not taken again" if c.duplicates else "")
         + (f"; {c.lost} events lost to failed log writes" if c.lost else ""), WHO)
     return c
