@@ -126,7 +126,7 @@ def serve(options: ServeOptions) -> None:
     # a port another process holds is one error line before the model loads, not uvicorn's OSError and exit 3
     # after it (a port taken in between still fails the start-up)
     check_listen("--port", options.host, options.port)
-    if options.grpc_port is not None:
+    if options.grpc_port is not None and options.runtime != "kserve":  # kserve's refusal of the flag says more
         check_listen("--grpc-port", options.host, options.grpc_port)
     if options.runtime == "kserve":
         serve_with_kserve(options)

@@ -253,6 +253,20 @@ def test_the_port_suggested_beside_host_is_a_number(tmp_path: Path, capsys: pyte
     assert suggested.isdecimal(), err
 
 
+def test_a_taken_grpc_port_under_kserve_is_refused_as_the_flag_it_does_not_take(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The stock runtime takes no --grpc-port: said first, not "choose another port" for a flag it then refuses."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", str(tmp_path / "no-bundle"), "--runtime", "kserve", "--port", str(free_port()),
+                     "--grpc-port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--grpc-port need the default runtime (--runtime mlops)" in err, err
+    assert "cannot listen" not in err, err
+
+
 @pytest.mark.parametrize("sync", ["NORMAL", "FULL"], ids=["commit-on-loop", "commit-on-log-thread"])
 def test_a_prediction_that_cannot_be_logged_is_never_a_200(bundle: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch, sync: str) -> None:
