@@ -141,7 +141,7 @@ def select_for_labelling(log: Path, model: str, *, count: int | None, criteria: 
         served = reader.predictions(SERVED, model, since, version)
         if not served:
             models = sorted({r["model"] for r in reader.predictions((*SERVED, SHADOW))})  # a mistake's path only
-            raise MlopsError(f"no served prediction of '{model}' in {log}" + (
+            raise MlopsError(f"no served prediction of '{model}' in {log_name(log)}" + (
                 f" (it holds {', '.join(models)}): check the model's name" if models else
                 " (the log is empty): serve the model and send it traffic first (mlops serve NAME@champion)"))
         shadows = reader.predictions((SHADOW,), model, since) if "disagreement" in criteria else []
@@ -344,7 +344,7 @@ def export_tasks(log: Path, model: str, out: Path, *, count: int = 50, criteria:
         log, model, count=None, criteria=criteria, since=since, version=version, monitor_store=monitor_store,
         include_labelled=include_labelled)
     if not chosen:
-        raise MlopsError(f"nothing of '{model}' in {log} to label by {', '.join(criteria)}: "
+        raise MlopsError(f"nothing of '{model}' in {log_name(log)} to label by {', '.join(criteria)}: "
                          + ("every served prediction has feedback already (--include-labelled to label again)"
                             if not considered else "no row matches these criteria (try --by confidence)"))
     regression = all("label" not in c.outputs for c in chosen)
@@ -377,7 +377,7 @@ def export_tasks(log: Path, model: str, out: Path, *, count: int = 50, criteria:
         for r in c.reasons:
             by_reason[r] = by_reason.get(r, 0) + 1
     say(f"label export: {len(tasks)} tasks of {model} to {out} (labeling config {config_out})")
-    return LabelExport(model, str(log), str(out), str(config_out), task, labels, len(tasks), by_reason, considered,
+    return LabelExport(model, log_name(log), str(out), str(config_out), task, labels, len(tasks), by_reason, considered,
                        list(criteria), windows, [c.id for c in kept])
 
 
@@ -481,10 +481,10 @@ def import_annotations(path: Path, log: Path) -> LabelImport:
     if result["unknown"]:
         skipped["unknown_id"] = result["unknown"]
     if not result["matched"]:
-        raise MlopsError(f"none of the {len(rows)} prediction ids in {path} has a prediction in {log}: is it the "
+        raise MlopsError(f"none of the {len(rows)} prediction ids in {path} has a prediction in {log_name(log)}: is it the "
                          "right log (--log, --model)?")
-    say(f"label import: {result['matched']} annotations of {path} recorded as feedback in {log}")
-    return LabelImport(str(path), str(log), n, int(result["matched"]), skipped, list(result["unknown_ids"]))
+    say(f"label import: {result['matched']} annotations of {path} recorded as feedback in {log_name(log)}")
+    return LabelImport(str(path), log_name(log), n, int(result["matched"]), skipped, list(result["unknown_ids"]))
 
 
 def _counts(skipped: dict[str, int]) -> str:

@@ -403,3 +403,28 @@ def test_monitor_never_shows_the_password_of_its_log(tmp_path: Path, monkeypatch
     assert result["windows"] and result["alerts"], result  # the alerts carry the log too
     assert secret not in out and secret not in err
     assert secret not in Path(result["dashboard"]).read_text()
+
+
+def test_label_commands_never_show_the_password_of_their_log(tmp_path: Path) -> None:
+    """`mlops label export` and `import` named a `--log postgresql://USER:PASSWORD@...` as given in their errors,
+    their summary line and `--json`'s `log`."""
+    from mlops.improve.labelling import FROM_NAME, import_annotations, select_for_labelling
+    from tests.postgres import throwaway_database
+
+    with throwaway_database("mlops_label") as (info, name):
+        secret = info.password or "s3cret"  # trust authentication takes any; a server that asks gets the right one
+        url = f"postgresql://{info.user}:{secret}@{info.host}:{info.port}/{name}"
+        log = open_log(url)
+        log.submit("predictions", prediction_rows(["p1"], "toy", "1", "champion", [{"x": 1.0}],
+                                                  [{"label": "yes"}], 1.0)).result()
+        log.close()
+        with pytest.raises(MlopsError, match="no served prediction of 'other' in ") as missing:
+            select_for_labelling(url, "other", count=1)
+        export = tmp_path / "export.json"
+        export.write_text(json.dumps([{"prediction_id": "unknown", FROM_NAME: "no"}]))
+        with pytest.raises(MlopsError, match="none of the 1 prediction ids in ") as unknown:
+            import_annotations(export, url)
+        export.write_text(json.dumps([{"prediction_id": "p1", FROM_NAME: "no"}]))
+        imported = import_annotations(export, url)
+    assert secret not in str(missing.value) and secret not in str(unknown.value)
+    assert imported.imported == 1 and secret not in imported.log and ":***@" in imported.log, imported
