@@ -143,7 +143,8 @@ def _start(loaded: LoadedRecipe, parent_run_id: str | None, cache: Cache | None,
     run_id = resumed or start_run(client, exp, loaded, parent_run_id, run_tags)
     run_dir = _run_dir(loaded, run_id, resumed=resumed is not None)
     say(f"run {run_id} of recipe '{loaded.recipe.name}' -> {run_dir}")
-    ctx = RunContext(loaded=loaded, run_id=run_id, tracking_uri=uri, prune=prune, allow_failed_gates=allow_failed_gates)
+    ctx = RunContext(loaded=loaded, run_id=run_id, tracking_uri=uri, prune=prune, allow_failed_gates=allow_failed_gates,
+                     run_dir=run_dir)
     return _Run(plan=plan, ctx=ctx, client=client, run_dir=run_dir, started=started)
 
 

@@ -94,9 +94,12 @@ def champion_bundle(uri: str, model_name: str, pinned: str | None = None) -> tup
 
 def decide(recipe: Recipe, bundle_dir: Path, frames: dict[str, Any], results: dict[str, Any],
            plots: dict[str, str], tracking_uri: str, out: Path, model: dict[str, Any],
-           allow_failed: bool = False, champion: str | bool | None = True) -> GateDecision:
+           allow_failed: bool = False, champion: str | bool | None = True,
+           report_at: Path | None = None) -> GateDecision:
     """Apply the recipe's gates and write the report into `out`. `champion=True` looks it up in the registry;
-    a `NAME/VERSION` is the champion the caller found there; None: there is none."""
+    a `NAME/VERSION` is the champion the caller found there; None: there is none. `report_at`: the folder the
+    caller copies the report into, named instead of `out` (a run's step writes into a cache entry's staging
+    folder, gone once the entry is stored)."""
 
     ev = recipe.evaluate
     target = recipe.data.target
@@ -130,7 +133,7 @@ def decide(recipe: Recipe, bundle_dir: Path, frames: dict[str, Any], results: di
               "recipe": recipe.name, "outcome": result, "champion": ref,
               "gates": [v.model_dump() for v in verdicts]} | results | {"plots": plots}
     paths = write_report(report, out)
-    _print_verdicts(verdicts, result, paths["html"])
+    _print_verdicts(verdicts, result, str(report_at / Path(paths["html"]).name) if report_at else paths["html"])
     return GateDecision(outcome=result, gates=verdicts, failures=failure_lines(verdicts), champion=ref,
                         report={k: Path(v).name for k, v in paths.items()})
 

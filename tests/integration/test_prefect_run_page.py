@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,6 +66,9 @@ def test_a_runs_prefect_page_shows_cache_logs_artifacts_and_gate_failures(isolat
     assert len(again.stdout.strip().splitlines()) == 1, again.stdout[-2000:]
     assert again.stderr.count("mlops: step train: reused cached result") == 1, again.stderr[-3000:]
     assert again.stderr.count("mlops: evaluation report ") == 1, again.stderr[-3000:]
+    # the report the gate names is the run's own, there after the run (not the cache entry's staging folder)
+    named = again.stderr.split("mlops: evaluation report ", 1)[1].splitlines()[0].strip()
+    assert named == second["gates"]["report"] and Path(named).is_file(), named
 
     with prefect_client(isolated_env) as client:
         run = flow_run_of(client, " ".join(["quickstart", *RUN[1:]]))

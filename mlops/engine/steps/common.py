@@ -26,6 +26,7 @@ class RunContext:
     # the champion the gate compares with: True, look it up when the gate runs; else the `NAME/VERSION` the
     # engine found when it keyed the gate's cache entry on it (None: the model has no champion yet)
     champion: str | None | bool = True
+    run_dir: Path | None = None  # the run's own folder: the evaluation report ends there (the gate names it)
     results: dict[str, BaseModel] = field(default_factory=dict)  # each step's result, by step name
     dirs: dict[str, Path] = field(default_factory=dict)  # the directory holding each step's files
 

@@ -22,4 +22,4 @@ def gate(ctx: RunContext, out: Path) -> GateDecision:
     return decide(r, ctx.dir("export") / "bundle", {k: parts[k] for k in ("val", "test")}, results, plots,
                   ctx.tracking_uri, out,
                   {"run_id": ctx.run_id, "onnx_sha256": ctx.result("export", ExportResult).onnx_sha256},
-                  allow_failed=ctx.allow_failed_gates, champion=ctx.champion)
+                  allow_failed=ctx.allow_failed_gates, champion=ctx.champion, report_at=ctx.run_dir)
