@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = _handler(spec)  # imports the command's module: Prefect, if it uses it, sets up its logging
         with json_mode(getattr(args, "json", False)), user_error_traces(args.command) as traces:
             code = handler(args)
+        sys.stdout.flush()  # here, where a reader that went away is caught below, not at exit
         if traces.written:  # a sweep goes on past a failed trial: its trace is kept all the same
             print(f"(the full traces of the errors reported are in {traces.path})", file=sys.stderr)
         return code
@@ -77,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout's reader stopped reading (`mlops runs | head`): end quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush goes nowhere
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer the pipe ended
 
 
 if __name__ == "__main__":

@@ -119,6 +119,20 @@ def test_cfg_job_imports_nothing_heavy(tmp_path: Path) -> None:
         assert result == [0, []], proc.stderr
 
 
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`mlops run --info RECIPE | head -2`: the pipe closes before the output is written; no traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "MLOPS_CONFIG_PATH"} | {"MLOPS_HOME": str(tmp_path)}
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mlops.cli", "run", "--info", QUICKSTART], cwd=REPO, env=env,
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141
+
+
 # --- -cp / -cn ----------------------------------------------------------------------------------------------
 
 
