@@ -212,8 +212,8 @@ def serve_with_kserve(args: ServeOptions) -> None:
     if os.environ.get("MLOPS_SERVE_TOKEN"):
         unsupported.append("MLOPS_SERVE_TOKEN")
     if unsupported:
-        raise MlopsError(f"--runtime kserve serves inference only; {', '.join(unsupported)} need the default "
-                         "runtime (--runtime mlops)")
+        raise MlopsError(f"--runtime kserve serves inference only; {', '.join(unsupported)} "
+                         f"{'needs' if len(unsupported) == 1 else 'need'} the default runtime (--runtime mlops)")
     check_options(args)
     body_timeout = check_body_timeout(args.body_timeout)
     served = fetch(args.model)

@@ -215,7 +215,7 @@ def test_kserve_runtime_refuses_what_only_our_app_does(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "mlops.cli", "serve", str(bundle), "--runtime", "kserve",
                            "--shadow", str(bundle)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "--shadow" in proc.stderr and "--runtime mlops" in proc.stderr
+    assert "--shadow needs the default runtime (--runtime mlops)" in proc.stderr, proc.stderr
 
 
 
