@@ -43,7 +43,9 @@ def _print(info: dict[str, Any]) -> None:
         print(f"  home       {info['prefect_home']}")
         print(f"  log        {info['log']}")
     else:
-        print(f"no local Prefect server runs for {info['prefect_home']}: the next `mlops run` starts one")
+        then = ("the next `mlops run` starts one" if ps.start_on_use() and not ps.ephemeral_mode() else
+                "commands use Prefect's temporary server (`mlops server start` keeps one)")
+        print(f"no local Prefect server runs for {info['prefect_home']}: {then}")
     if "prefect_api_url" in info:
         print(f"  note       PREFECT_API_URL={info['prefect_api_url']}: commands use that server")
     elif info.get("mode") == "ephemeral":

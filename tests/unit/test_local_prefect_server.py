@@ -119,3 +119,17 @@ def test_a_home_that_cannot_be_written_is_refused_in_plain_words(tmp_path: Path)
     with pytest.raises(MlopsError, match="cannot be written"):
         ps.start_server(ps.server_files(blocker / "home"))
     assert ps.check_home(tmp_path / "new" / "home").is_dir()  # a missing one is created
+
+
+@pytest.mark.parametrize(("mode", "says"), [("", "commands use Prefect's temporary server"),
+                                            ("local", "the next `mlops run` starts one")])
+def test_status_without_a_server_says_what_the_next_command_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], mode: str, says: str) -> None:
+    """Without MLOPS_PREFECT_SERVER=local nothing starts a server unasked: status said the next run would."""
+    from mlops.cli import main
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv(ps.MODE_ENV, mode)
+    assert main(["server", "status"]) == 0
+    assert says in capsys.readouterr().out
