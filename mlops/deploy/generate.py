@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
     project_dir = (project_dir or Path.cwd()).resolve()
     result: dict[str, Any] = {"recipe": r.name, "model": mv.ref if mv else None, "out": str(out), "files": {},
                               "checks": {}, "next": [], "warnings": []}
+    again = " ".join(["mlops deploy", *map(shlex.quote, [loaded.composed.display, *loaded.overrides])])  # in a hint
     if "kserve" in wanted and mv is not None and bundle is not None:
         result["files"]["inferenceservice"] = str(write_text(out / "inferenceservice.yaml", render_manifest(cfg, mv, crd)))
         result["checks"]["inferenceservice"] = f"valid against {crd} and KServe's rules"
@@ -121,7 +123,7 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
             result["next"].append(f"run a worker:      prefect worker start --pool {cfg.prefect.work_pool}")
         else:
             result["next"].append(f"register flows:    (cd {project_dir} && prefect deploy --all --prefect-file "
-                                  f"{prefect_file})  or  mlops deploy --prefect")
+                                  f"{prefect_file})  or  {again} --prefect")
     if "alerts" in wanted and cfg.alerts.enabled:
         rules = write_text(out / FILENAME, alert_rules(cfg.alerts, r.monitor, r.model_name))
         result["files"]["alerts"] = str(rules)
@@ -136,6 +138,6 @@ def deploy_recipe(loaded: Any, model: str | None = None, out: Path | None = None
         result["applied"] = kubectl_apply(Path(result["files"]["inferenceservice"]), cfg.namespace)
     elif "inferenceservice" in result["files"]:
         result["next"].append(f"deploy it:         kubectl apply -n {cfg.namespace} -f "
-                              f"{result['files']['inferenceservice']}  (or mlops deploy --apply)")
+                              f"{result['files']['inferenceservice']}  (or {again} --apply)")
     write_json(out / "deploy.json", result)
     return result

@@ -237,3 +237,12 @@ def test_deploy_writes_the_dashboard_beside_the_alert_rules(tmp_path: Path, monk
     off = deploy_recipe(load_recipe(QUICKSTART, ["deploy.grafana.enabled=false"]), out=tmp_path / "off",
                         targets=["alerts"], project_dir=ROOT)
     assert "grafana" not in off["files"] and not (tmp_path / "off" / "grafana").exists()
+
+
+def test_the_hints_name_the_recipe_a_command_needs(tmp_path: Path) -> None:
+    """`mlops deploy --prefect` alone is a usage error (RECIPE is required): the hint names the recipe and its
+    overrides, as it was deployed."""
+    loaded = load_recipe(QUICKSTART, ["deploy.prefect.work_pool=pool-a"])
+    result = deploy_recipe(loaded, out=tmp_path / "out", targets=["prefect"], project_dir=tmp_path)
+    (hint,) = [line for line in result["next"] if line.startswith("register flows:")]
+    assert hint.endswith(f"or  mlops deploy {loaded.composed.display} deploy.prefect.work_pool=pool-a --prefect"), hint
