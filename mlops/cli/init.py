@@ -30,8 +30,14 @@ def scaffold(name: str) -> dict[str, str]:
     files = {}
     for template in sorted(p for p in SCAFFOLD.rglob("*") if p.is_file()):
         rel = template.relative_to(SCAFFOLD).as_posix().replace(NAME, name)
-        files["." + rel if rel == GITIGNORE.lstrip(".") else rel] = template.read_text().replace(NAME, name)
+        files["." + rel if rel == GITIGNORE.lstrip(".") else rel] = fill(template.read_text(), name)
     return files
+
+
+def fill(text: str, name: str) -> str:
+    """The template with the project's name, a comment after it kept in its column (the others' column)."""
+    text = re.sub(f"{NAME}( +)#", lambda m: name + " " * max(1, len(NAME) + len(m[1]) - len(name)) + "#", text)
+    return text.replace(NAME, name)
 
 
 def cmd_init(args: argparse.Namespace) -> int:

@@ -75,3 +75,17 @@ def test_init_with_an_empty_folder_name_writes_nothing(tmp_path: Path, monkeypat
     assert main(["init", ""]) == 2
     assert "mlops init '': expected a folder (. for this one)" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("folder", ["churn-model", "a_much_longer_project_name_x", "ab"])
+def test_the_recipe_keeps_its_comments_in_one_column_whatever_the_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
+    """`name: churn_model              # ...` was padded for the template's placeholder, out of line."""
+    from mlops.cli.init import project_name, scaffold
+
+    name = project_name(tmp_path / folder)
+    text = scaffold(name)[f"recipes/{name}.yaml"]
+    line = next(ln for ln in text.splitlines() if ln.startswith("name: "))
+    base = next(ln for ln in text.splitlines() if ln.startswith("  - base "))
+    assert line.startswith(f"name: {name} ") and "#" in line, line
+    assert line.index("#") == (base.index("#") if len(name) < 20 else len(f"name: {name} ")), (line, base)
