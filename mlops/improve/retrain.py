@@ -36,7 +36,14 @@ from mlops.improve.audit import AuditLog, limit_refusal, open_audit
 from mlops.improve.decide import APPROVE, AWAIT, PROMOTE, REJECT, ROLLBACK, STOP, Decision, promotion_decision
 from mlops.improve.refresh import Refresh, RefreshSummary, production_log, refresh_data
 from mlops.improve.registry import MlflowRegistry, Registry, tag_values
-from mlops.improve.rollout import Rollout, RolloutTarget, StageResult, canary_steps, default_rollout
+from mlops.improve.rollout import (
+    Rollout,
+    RolloutTarget,
+    StageResult,
+    canary_steps,
+    default_rollout,
+    unjudgeable_canary,
+)
 from mlops.improve.triggers import MANUAL, Trigger, read_alerts, resolve_trigger
 from mlops.recipe import LoadedRecipe, load_recipe
 from mlops.recipe.improve import RetrainConfig
@@ -196,9 +203,10 @@ class _Claim:
 
 
 def _claim(loaded: LoadedRecipe, base: dict[str, Any], reason: str, options: RetrainOptions, audit: AuditLog,
-           now: float) -> _Claim | RetrainOutcome:
-    """trigger -> limits -> refresh, then the start recorded; or why it is skipped, recorded too. Runs under
-    the audit log's lock, so that the start record claims the slot the limits saw free."""
+           now: float, refusal: str | None = None) -> _Claim | RetrainOutcome:
+    """trigger -> limits -> refresh, then the start recorded; or why it is skipped, recorded too; or `refusal`
+    raised (the user's to fix: nothing recorded). Runs under the audit log's lock, so that the start record
+    claims the slot the limits saw free."""
     checked = preflight(loaded, reason, options.force, audit, now)
     trigger = checked.trigger
     base = base | {"trigger": trigger.kind, "reason": trigger.reason}
@@ -210,6 +218,8 @@ def _claim(loaded: LoadedRecipe, base: dict[str, Any], reason: str, options: Ret
     refresh = _refresh(loaded, audit, base, who, now)
     if isinstance(refresh, RetrainOutcome):
         return refresh
+    if refusal is not None:
+        raise MlopsError(refusal)
     audit.append(events.STARTED, **base, by=who, forced=bool(options.force and checked.limit),
                  overridden=checked.limit, evidence=trigger.evidence, ts=now)
     return _Claim(base, trigger, refresh, who)
@@ -251,13 +261,19 @@ def retrain_recipe(recipe: str, overrides: list[str], reason: str, options: Retr
     options = options or RetrainOptions()
     loaded = load_validated(recipe, overrides)
     _check(loaded)
+    unjudgeable = unjudgeable_canary(loaded, options.rollout_options) if rollout is None else None
+    policy = loaded.recipe.improve.promotion.policy
+    if unjudgeable is not None and policy == "approval_when_uncertain":  # walked here only if the gates settle it
+        say(f"warning: {unjudgeable}; `mlops approve` takes them too")
     audit = audit or audit_for(loaded)
     now = time.time() if options.now is None else options.now
     rid = f"{datetime.fromtimestamp(now, UTC).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     base = {"model": loaded.recipe.model_name, "retrain_id": rid, "recipe": str(loaded.path),
             "overrides": list(overrides)}
     with audit.locked():  # check and claim the slot atomically: two triggers at once cannot both pass
-        claimed = _claim(loaded, base, reason, options, audit, now)
+        # under `auto` the canary is walked here: a canary nothing can judge is refused before the training it
+        # would waste (and after the checks that skip a retrain, which say more)
+        claimed = _claim(loaded, base, reason, options, audit, now, unjudgeable if policy == "auto" else None)
     if isinstance(claimed, RetrainOutcome):
         return claimed
     _announce(audit, claimed)
@@ -574,6 +590,9 @@ def approve(run: str, by: str | None = None, note: str = "", *, rollout: Rollout
     with audit.locked():
         record = pending(audit, run)
         loaded = load_validated(record["recipe"], record["train_overrides"])
+        unjudgeable = unjudgeable_canary(loaded, rollout_options or {}) if rollout is None else None
+        if unjudgeable is not None:  # before the approval is recorded: it stays pending, to approve with them
+            raise MlopsError(unjudgeable)
         model, version = record["model"], record["version"]
         ledger = Ledger(registry or _registry(loaded), audit, _base(record))
         held = ledger.registry.aliases(model).get(CHALLENGER)

@@ -28,6 +28,7 @@ from mlops.core.errors import MlopsError
 from mlops.core.log import say
 from mlops.core.predlog_store import log_exists
 from mlops.core.refs import ModelVersion
+from mlops.deploy.live_checks import PredictionLogSource, required_signals
 from mlops.deploy.local import LiveServe
 from mlops.deploy.rollout import RolloutOptions, rollout
 from mlops.evaluate.scored import Scored
@@ -37,6 +38,10 @@ from mlops.improve.intervals import proportion_difference
 from mlops.recipe import LoadedRecipe
 from mlops.recipe.improve import ShadowStageConfig
 from mlops.serve.routing import disagreements
+
+# the rollout check that needs each live signal (mlops.deploy.live_checks.required_signals)
+SIGNAL_CHECKS = {"errors": "max_error_rate", "p99": "max_p99_ms", "shadow": "max_shadow_disagreement",
+                 "requests": "min_requests"}
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,24 @@ def canary_steps(loaded: LoadedRecipe) -> list[CanaryStep]:
     return [CanaryStep(percent=p, min_rows=rollout.checks.min_requests, max_p99_ms=rollout.checks.max_p99_ms,
                        max_shadow_disagreement=rollout.checks.max_shadow_disagreement, timeout_s=window)
             for p in rollout.steps]
+
+
+def unjudgeable_canary(loaded: LoadedRecipe, options: dict[str, Any]) -> str | None:
+    """Why the default rollout's canary would fail for want of a source, or None. With no server to read (none
+    of `--live-url`, `--local-port`, `--metrics-url`, kubectl) the canary is judged on the prediction log alone,
+    which cannot count the 5xx answers `deploy.rollout.checks.max_error_rate` reads: the walk then stops at
+    the canary, after the training and the shadow window it waited through, and rolls back."""
+    r = loaded.recipe
+    if r.improve.rollout.mode != "staged" or any(options.get(k) for k in ("live_url", "local_port", "metrics_url",
+                                                                          "kubectl")):
+        return None
+    missing = required_signals(r.deploy.rollout.checks) - PredictionLogSource.provides
+    if not missing:
+        return None
+    checks = ", ".join(f"deploy.rollout.checks.{SIGNAL_CHECKS[m]}" for m in sorted(missing))
+    return (f"a staged rollout's canary needs {', '.join(sorted(missing))} ({checks}), which the prediction log "
+            "cannot give: pass the server to judge it on (--live-url URL of a running `mlops serve`, --local-port N "
+            f"to start one, or --metrics-url URL), set {checks} to null, or use improve.rollout.mode=direct")
 
 
 def default_rollout(loaded: LoadedRecipe, **options: Any) -> Rollout:

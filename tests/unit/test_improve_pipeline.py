@@ -137,6 +137,34 @@ def test_approval_required_waits_and_a_person_approves(recipe: str) -> None:
         approve("nope", registry=registry, audit=audit)
 
 
+
+def test_a_staged_canary_with_nothing_to_judge_it_is_refused_before_training(recipe: str) -> None:
+    """With no server to read (--live-url, --local-port, --metrics-url), the canary's error-rate check cannot be
+    measured on the log: the rollout stopped there and rolled back, after the training and the shadow window.
+    Under `auto` that is refused before anything trains; an approval is refused before it is recorded, and
+    stays pending for an approval that names a server (here a scripted rollout)."""
+    registry, audit = registry_with_champion(), AuditLog()
+    trainer = FakeTrainer(verdicts=[champion_verdict(0.01, 0.04)])
+    with pytest.raises(MlopsError, match="--live-url URL .* deploy.rollout.checks.max_error_rate"):
+        retrain_recipe(recipe, ["improve.promotion.policy=auto"], "drift", trainer=trainer, registry=registry,
+                       audit=audit)
+    assert trainer.calls == [] and trail(audit) == []
+    # nothing to measure but what the log gives: nothing refused (the scripted rollout stands in for the walk)
+    done = retrain_recipe(recipe, ["improve.promotion.policy=auto", "deploy.rollout.checks.max_error_rate=null"],
+                          "drift", trainer=trainer, registry=registry, audit=audit, rollout=ScriptedRollout())
+    assert done.outcome == "promoted"
+
+    registry, audit = registry_with_champion(), AuditLog()
+    waiting = retrain_recipe(recipe, ["improve.promotion.policy=require_approval"], "drift", RetrainOptions(force=True),
+                             trainer=trainer, registry=registry, audit=audit)
+    assert waiting.outcome == "awaiting_approval" and waiting.run_id is not None
+    with pytest.raises(MlopsError, match="--local-port N"):
+        approve(waiting.run_id, by="alice", registry=registry, audit=audit)
+    assert trail(audit)[-1] == "decision:await_approval"
+    approved = approve(waiting.run_id, by="alice", registry=registry, audit=audit, rollout=ScriptedRollout())
+    assert approved.outcome == "promoted"
+
+
 def test_an_uncertain_challenger_waits_and_a_rejection_restores_the_aliases(recipe: str) -> None:
     registry, audit = registry_with_champion(), AuditLog()
     trainer = FakeTrainer(verdicts=[champion_verdict(-0.01, 0.02)])  # the interval straddles zero
