@@ -118,6 +118,7 @@ bench: $(STAMP) bench-deps
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/sweep.py
 	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/batching.py
 	$(BIN)/python benchmarks/batch.py
 	$(BIN)/python benchmarks/drift.py
 	$(BIN)/python benchmarks/media.py
