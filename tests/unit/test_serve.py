@@ -263,7 +263,7 @@ def test_a_taken_grpc_port_under_kserve_is_refused_as_the_flag_it_does_not_take(
         code = main(["serve", str(tmp_path / "no-bundle"), "--runtime", "kserve", "--port", str(free_port()),
                      "--grpc-port", str(port)])
     err = capsys.readouterr().err
-    assert code == 2 and "--grpc-port need the default runtime (--runtime mlops)" in err, err
+    assert code == 2 and "--grpc-port needs the default runtime (--runtime mlops)" in err, err
     assert "cannot listen" not in err, err
 
 
