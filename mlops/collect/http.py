@@ -333,17 +333,15 @@ def cloudevents_app(log: str, input_names: list[str] | None = None,
             event = parse_event({k.lower(): v for k, v in request.headers.items()}, await request.body())
             # the payload's shape is checked now, so a bad event is refused to its sender, not at pairing
             input_rows(event.data, input_names) if event.kind == "request" else output_rows(event.data)
-            if event.kind in written.get(event.id, ()):  # its rows are in the log: a retry, not a new prediction
+            held = getattr(pending.get(event.id), event.kind, None)
+            # a retry, not a new prediction: its rows are in the log, or it is held (its timer left as it runs)
+            if event.kind in written.get(event.id, ()) or held == event:
                 counts.duplicates += 1
                 return JSONResponse({"id": event.id, "status": "duplicate"}, status_code=200)
             if event.id not in pending and len(pending) >= MAX_PENDING:
                 oldest = next(iter(pending))  # dicts keep insertion order: the oldest unpaired id
                 expire(oldest)
             pair = pending.setdefault(event.id, Pending())
-            held = getattr(pair, event.kind)
-            if held == event:  # a retry while its partner is awaited: held once, its timer left as it runs
-                counts.duplicates += 1
-                return JSONResponse({"id": event.id, "status": "duplicate"}, status_code=200)
             if held is not None:
                 raise EventError("ce-id", f"a second {event.kind} event for id {event.id}, unlike the first (its "
                                           "model, version, time or payload differ)")

@@ -18,13 +18,19 @@ def free_port() -> int:
 
 def port_free(port: int) -> bool:
     """Whether a server could bind 127.0.0.1:PORT now."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT does not hold it
+    return _bind_error("127.0.0.1", port) is None
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why a server could not bind host:PORT now, or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT does not hold it
         try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
 
 
 def check_listen(flag: str, host: str, port: int, *, takes_host: bool = False) -> None:
@@ -32,13 +38,9 @@ def check_listen(flag: str, host: str, port: int, *, takes_host: bool = False) -
     host of another machine): one `error:` line before anything starts, saying what to give `flag` instead,
     where uvicorn would log its OSError and exit 3. A port taken in between still fails the start-up.
     `takes_host`: `flag` takes [HOST:]PORT (collect's --http), not a port beside its own --host (serve's --port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a TIME_WAIT is no listener
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise MlopsError(listen_error(flag, host, port, exc, takes_host=takes_host)) from None
+    failed = _bind_error(host, port)
+    if failed is not None:
+        raise MlopsError(listen_error(flag, host, port, failed, takes_host=takes_host))
 
 
 def listen_error(flag: str, host: str, port: int, exc: OSError, *, takes_host: bool = False) -> str:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core.errors import MlopsError
-from mlops.core.predlog import finite_float
 from mlops.core.predlog_store import log_name
 from mlops.improve.feedback import business_value, read_joined
 from mlops.improve.intervals import (
@@ -59,11 +58,9 @@ def _metric_value(metric: str, j: Any) -> float | None:
         if j.correct is None:
             return None
         return float(j.correct) if metric == "accuracy" else float(not j.correct)
-    # a truth that is no number (a class name a feedback file gave) or a prediction past a float's range: not measured
-    truth, predicted = j.true_value, finite_float(j.outputs.get("prediction"))
-    if truth is None or predicted is None:
+    err = j.error  # None for a truth that is no number (a class name a feedback file gave) or such a prediction
+    if err is None:
         return None
-    err = predicted - truth
     return abs(err) if metric == "mae" else err * err
 
 

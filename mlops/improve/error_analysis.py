@@ -108,8 +108,7 @@ def analyse_errors(log: Path, model: str, *, since: float | None = None, version
 def _abs_error(j: Any) -> float:
     """A regression answer's absolute error, NaN when its truth is no number (a thumbs-down) or its prediction
     none (a thumb on a row whose prediction the log holds as no finite number)."""
-    truth, predicted = j.true_value, finite_float(j.outputs.get("prediction"))
-    return math.nan if truth is None or predicted is None else abs(predicted - truth)
+    return math.nan if j.error is None else abs(j.error)
 
 
 def _unusable_note(unusable: list[Any]) -> str:

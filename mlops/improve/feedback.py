@@ -57,6 +57,12 @@ class Joined:
             return number if math.isfinite(number) else None
         return finite_float(self.truth)
 
+    @property
+    def error(self) -> float | None:
+        """A regression answer's signed error (prediction - truth); None when either is no finite number."""
+        truth, predicted = self.true_value, finite_float(self.outputs.get("prediction"))
+        return None if truth is None or predicted is None else predicted - truth
+
 
 def read_joined(path: str | Path, model: str | None = None, *, since: float | None = None,
                 variants: tuple[str, ...] = SERVED, feedback: FeedbackConfig | None = None,
